@@ -1,0 +1,1 @@
+"""fedfleet coordinator package."""

@@ -1,0 +1,1 @@
+"""fedfleet edge_client package."""

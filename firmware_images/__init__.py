@@ -1,0 +1,1 @@
+"""fedfleet firmware_images package."""

@@ -1,0 +1,1 @@
+"""fedfleet privacy package."""

@@ -1,0 +1,1 @@
+"""fedfleet simulation package."""

@@ -1,0 +1,1 @@
+"""fedfleet strategies package."""

@@ -1,0 +1,58 @@
+"""``breast-cancer-mlp``: scikit-learn's Wisconsin breast-cancer table with an MLP.
+
+The hospital case: 30 numeric columns per patient, a binary diagnosis.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from sklearn.datasets import load_breast_cancer
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+from tasks.base import Dataset, TaskSpec, TrainDefaults
+from tasks.registry import register_task
+
+
+def _feature_names() -> tuple[str, ...]:
+    # Column names as a site's CSV would carry them: lower case, underscores.
+    return tuple(name.replace(" ", "_") for name in load_breast_cancer().feature_names)
+
+
+def build_mlp() -> nn.Module:
+    """30 → 32 → 2 with ReLU."""
+    return nn.Sequential(nn.Linear(30, 32), nn.ReLU(), nn.Linear(32, 2))
+
+
+@lru_cache(maxsize=4)
+def load_breast_cancer_dataset(seed: int = 0) -> Dataset:
+    """Features standardised with the training split's mean and std; stratified 80/20."""
+    bunch = load_breast_cancer()
+    x = bunch.data.astype(np.float32)
+    y = bunch.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=0.2, random_state=seed, stratify=y
+    )
+    mean, std = x_tr.mean(axis=0), x_tr.std(axis=0) + 1e-6
+    return Dataset(
+        x_train=((x_tr - mean) / std).astype(np.float32),
+        y_train=y_tr,
+        x_test=((x_te - mean) / std).astype(np.float32),
+        y_test=y_te,
+    )
+
+
+SPEC = register_task(
+    TaskSpec(
+        name="breast-cancer-mlp",
+        description="scikit-learn breast cancer (30 features, 2 classes), MLP",
+        build_model=build_mlp,
+        load_data=load_breast_cancer_dataset,
+        num_classes=2,
+        input_shape=(30,),
+        defaults=TrainDefaults(learning_rate=0.05, batch_size=16, local_epochs=1),
+        feature_names=_feature_names(),
+    )
+)

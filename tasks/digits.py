@@ -1,0 +1,61 @@
+"""``digits-cnn``: scikit-learn's 8x8 handwritten digits with a small CNN."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+from tasks.base import Dataset, TaskSpec, TrainDefaults
+from tasks.registry import register_task
+
+
+class DigitsCNN(nn.Module):
+    """Two 3x3 convolutions, one max-pool, two linear layers (~38k parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(32 * 4 * 4, 64),
+            nn.ReLU(),
+            nn.Linear(64, 10),
+        )
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.classifier(self.features(x))
+
+
+@lru_cache(maxsize=4)
+def load_digits_dataset(seed: int = 0) -> Dataset:
+    """Pixels scaled to [0, 1], shape (n, 1, 8, 8); a stratified 80/20 split by ``seed``."""
+    bunch = load_digits()
+    x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    y = bunch.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=0.2, random_state=seed, stratify=y
+    )
+    return Dataset(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+
+
+SPEC = register_task(
+    TaskSpec(
+        name="digits-cnn",
+        description="scikit-learn digits (8x8 images, 10 classes), small CNN",
+        build_model=DigitsCNN,
+        load_data=load_digits_dataset,
+        num_classes=10,
+        input_shape=(1, 8, 8),
+        defaults=TrainDefaults(learning_rate=0.05, batch_size=16, local_epochs=1),
+    )
+)
