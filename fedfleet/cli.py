@@ -28,6 +28,7 @@ _SUBAPPS: tuple[tuple[str, str, str], ...] = (
     ("keys", "firmware_images.cli:keys_app", "Ed25519 signing keys."),
 )
 
+
 def build_app() -> typer.Typer:
     """Build the root Typer app with every sub-app that can be imported."""
     app = typer.Typer(
@@ -37,6 +38,18 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
+
+    @app.callback()
+    def root(
+        version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    ) -> None:
+        """Federated learning with an edge device fleet."""
+        if version:
+            from fedfleet import __version__
+
+            typer.echo(__version__)
+            raise typer.Exit()
+
     for name, target, help_text in _SUBAPPS:
         module_name, attr = target.split(":")
         try:

@@ -32,9 +32,7 @@ def load_breast_cancer_dataset(seed: int = 0) -> Dataset:
     bunch = load_breast_cancer()
     x = bunch.data.astype(np.float32)
     y = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=0.2, random_state=seed, stratify=y
-    )
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
     mean, std = x_tr.mean(axis=0), x_tr.std(axis=0) + 1e-6
     return Dataset(
         x_train=((x_tr - mean) / std).astype(np.float32),

@@ -42,9 +42,7 @@ def load_digits_dataset(seed: int = 0) -> Dataset:
     bunch = load_digits()
     x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
     y = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=0.2, random_state=seed, stratify=y
-    )
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
     return Dataset(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
 
 

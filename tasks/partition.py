@@ -83,8 +83,10 @@ def partition_indices(
         parts = _shards(labels, num_clients, spec.shards_per_client, rng)
     elif spec.kind == "natural":
         if groups is None:
-            raise ValueError("partition 'natural' needs a task with natural users "
-                             "(synthetic-logreg); use iid or dirichlet:ALPHA instead")
+            raise ValueError(
+                "partition 'natural' needs a task with natural users "
+                "(synthetic-logreg); use iid or dirichlet:ALPHA instead"
+            )
         parts = [np.flatnonzero(groups % num_clients == c) for c in range(num_clients)]
     else:  # pragma: no cover - PartitionSpec.parse guards this
         raise ValueError(f"unknown partition kind {spec.kind!r}")
@@ -114,6 +116,5 @@ def _shards(
     shards = np.array_split(order, num_clients * k)
     deal = rng.permutation(len(shards))
     return [
-        np.concatenate([shards[s] for s in deal[c * k : (c + 1) * k]])
-        for c in range(num_clients)
+        np.concatenate([shards[s] for s in deal[c * k : (c + 1) * k]]) for c in range(num_clients)
     ]

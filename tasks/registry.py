@@ -34,6 +34,6 @@ def available_tasks() -> list[str]:
 
 def _load_builtin() -> None:
     # Imported here so that importing the registry stays cheap and cycle-free.
-    import tasks.breast_cancer  # noqa: F401
-    import tasks.digits  # noqa: F401
+    import tasks.breast_cancer
+    import tasks.digits
     import tasks.synthetic  # noqa: F401

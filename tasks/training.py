@@ -58,9 +58,7 @@ def train_local(
     if n == 0:
         return TrainResult(num_examples=0, loss=float("nan"), steps=0)
     xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
-    global_params = (
-        [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    )
+    global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
@@ -72,7 +70,9 @@ def train_local(
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(xt[ti]), yt[ti])
         if global_params is not None:
-            prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
+            prox = sum(
+                ((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params, strict=True)
+            )
             loss = loss + 0.5 * proximal_mu * prox
         loss.backward()
         optimizer.step()
@@ -83,7 +83,9 @@ def train_local(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1024) -> EvalResult:
+def evaluate(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1024
+) -> EvalResult:
     """Loss and accuracy of ``model`` on ``(x, y)``."""
     n = len(x)
     if n == 0:

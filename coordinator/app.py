@@ -1,0 +1,121 @@
+"""The Flower ``ServerApp``: builds a run from its config and hands it to the round loop."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from coordinator.checkpoint import CheckpointStore
+from coordinator.config import RunConfig
+from coordinator.loop import RoundLoop, UniformSelector, wait_for_nodes
+from coordinator.results import RoundRecord, write_results
+from edge_client import messages as k
+from strategies import StrategyParams, build_strategy
+from tasks import evaluate, get_task
+
+log = logging.getLogger(__name__)
+
+
+def initial_arrays(config: RunConfig) -> ArrayRecord:
+    """The round-0 global model: the task's model built under the run's seed."""
+    torch.manual_seed(config.seed)
+    return ArrayRecord(get_task(config.task).build_model().state_dict())
+
+
+def central_evaluate_fn(config: RunConfig) -> Callable[[int, ArrayRecord], MetricRecord]:
+    """Evaluate a global model on the task's held-out test set."""
+    task = get_task(config.task)
+    data = task.load_data(config.seed)
+    model = task.build_model()
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        result = evaluate(model, data.x_test, data.y_test)
+        return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
+
+    return evaluate_fn
+
+
+def build_loop(
+    config: RunConfig, *, on_round: Callable[[RoundRecord], None] | None = None
+) -> RoundLoop:
+    """Assemble the round loop for ``config`` (strategy, selector, evaluation, checkpoints)."""
+    strategy = build_strategy(config.strategy, StrategyParams())
+    train_config = ConfigRecord(
+        {
+            k.LOCAL_EPOCHS: config.local_epochs,
+            k.BATCH_SIZE: config.batch_size,
+            k.LEARNING_RATE: config.learning_rate,
+        }
+    )
+    checkpoints = (
+        CheckpointStore(Path(config.out_dir) / "checkpoint.pt") if config.out_dir else None
+    )
+    return RoundLoop(
+        strategy=strategy,
+        selector=UniformSelector(clients_per_round=config.clients_per_round, seed=config.seed),
+        num_rounds=config.num_server_rounds,
+        train_config=train_config,
+        evaluate_fn=central_evaluate_fn(config),
+        checkpoints=checkpoints,
+        on_round=on_round,
+        timeout=config.round_timeout,
+        min_clients=config.min_clients,
+        fraction_evaluate=config.fraction_evaluate,
+    )
+
+
+def run_federation(
+    grid: Grid, context: Context, *, on_round: Callable[[RoundRecord], None] | None = None
+) -> None:
+    """The ServerApp's main: validate the run config, run the rounds, write results."""
+    config = RunConfig.from_run_config(context.run_config)
+    out_dir = Path(config.out_dir) if config.out_dir else None
+    records: list[RoundRecord] = []
+
+    def record_round(record: RoundRecord) -> None:
+        records.append(record)
+        log.info(
+            "round %d: accuracy=%.4f loss=%.4f clients=%d/%d %.2fs",
+            record.round,
+            record.accuracy,
+            record.loss,
+            record.clients,
+            record.selected,
+            record.duration_s,
+        )
+        if out_dir is not None:
+            write_results(out_dir, config=config.as_run_config(), rounds=records, state_dict=None)
+        if on_round is not None:
+            on_round(record)
+
+    loop = build_loop(config, on_round=record_round)
+    wait_for_nodes(grid, minimum=config.clients_per_round, timeout=config.round_timeout)
+    result = loop.run(grid, initial_arrays(config))
+    if out_dir is not None:
+        write_results(
+            out_dir,
+            config=config.as_run_config(),
+            rounds=result.rounds,
+            state_dict=result.arrays.to_torch_state_dict(),
+        )
+
+
+def build_server_app(*, on_round: Callable[[RoundRecord], None] | None = None) -> ServerApp:
+    """A ServerApp running fedfleet's round loop; ``on_round`` sees each round's record."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_federation(grid, context, on_round=on_round)
+
+    return server_app
+
+
+# The component Flower loads (`[tool.flwr.app.components] serverapp`).
+app = build_server_app()

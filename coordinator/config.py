@@ -1,0 +1,96 @@
+"""The coordinator's typed run settings, built from a Flower run config.
+
+One object per run, built in ``RunConfig.from_run_config`` (a factory), validated
+once here with messages that say which value to change.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tasks import PartitionSpec, available_tasks
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Core settings of a federated run (feature switches parse their own keys).
+
+    ``clients_per_round`` clients are sampled each round out of ``num_clients``;
+    ``round_timeout`` is the seconds a round waits for replies; ``min_clients`` is the
+    quorum of successful replies below which a round is not applied.
+    """
+
+    task: str = "digits-cnn"
+    strategy: str = "fedavg"
+    num_server_rounds: int = 3
+    num_clients: int = 10
+    clients_per_round: int = 10
+    local_epochs: int = 1
+    batch_size: int = 16
+    learning_rate: float = 0.05
+    partition: str = "iid"
+    seed: int = 0
+    fraction_evaluate: float = 0.0
+    round_timeout: float = 3600.0
+    min_clients: int = 1
+    out_dir: str = ""
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Read the kebab-case keys of a Flower run config; unknown keys are left to
+        the features that own them (``secagg-*``, ``dp-*``, ``strategy-*``)."""
+        values: dict[str, Any] = {}
+        for field_name, default in asdict(cls()).items():
+            key = field_name.replace("_", "-")
+            if key in run_config:
+                try:
+                    values[field_name] = type(default)(run_config[key])
+                except (TypeError, ValueError):
+                    raise ValueError(
+                        f"run config {key}={run_config[key]!r} is not a valid "
+                        f"{type(default).__name__}"
+                    ) from None
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, naming the value to change."""
+        if self.task not in available_tasks():
+            raise ValueError(
+                f"unknown task {self.task!r}; choose one of: {', '.join(available_tasks())}"
+            )
+        PartitionSpec.parse(self.partition)
+        for name in (
+            "num_server_rounds",
+            "num_clients",
+            "clients_per_round",
+            "local_epochs",
+            "batch_size",
+            "min_clients",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 1")
+        if self.clients_per_round > self.num_clients:
+            raise ValueError(
+                f"clients-per-round ({self.clients_per_round}) is larger than clients "
+                f"({self.num_clients}); lower --clients-per-round or raise --clients"
+            )
+        if self.min_clients > self.clients_per_round:
+            raise ValueError(
+                f"min-clients ({self.min_clients}) is larger than clients-per-round "
+                f"({self.clients_per_round}); lower min-clients"
+            )
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError("learning-rate must be a positive number")
+        if not 0.0 <= self.fraction_evaluate <= 1.0:
+            raise ValueError("fraction-evaluate must be between 0 and 1")
+        if not self.round_timeout > 0:
+            raise ValueError("round-timeout must be > 0 seconds")
+
+    def as_run_config(self) -> dict[str, Any]:
+        """The kebab-case mapping Flower passes around (inverse of from_run_config)."""
+        return {name.replace("_", "-"): value for name, value in asdict(self).items()}

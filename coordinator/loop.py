@@ -1,0 +1,216 @@
+"""The round loop: sample → train → (secure) aggregate → evaluate → checkpoint → record.
+
+This is the only place rounds happen. Strategies fill the configure/aggregate hooks,
+an exchange moves the train messages (plain, or a secure-aggregation protocol), a
+selector picks the round's clients, reply filters drop unusable updates; the loop owns
+ordering, quorum, timeouts, checkpoints and records.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from coordinator.checkpoint import Checkpoint, CheckpointStore
+from coordinator.grid_view import SelectedNodesGrid
+from coordinator.results import RoundRecord
+
+log = logging.getLogger(__name__)
+
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+class Selector(Protocol):
+    """Chooses the clients of a round from the connected node ids."""
+
+    def select(self, server_round: int, node_ids: Sequence[int]) -> list[int]: ...
+
+
+class TrainExchange(Protocol):
+    """Delivers train instructions and returns the replies the strategy aggregates.
+
+    The plain exchange returns every client's reply; a secure-aggregation exchange
+    runs its protocol stages and returns replies whose sum is all the server learns.
+    """
+
+    def exchange(
+        self, grid: Grid, messages: Iterable[Message], *, server_round: int, timeout: float
+    ) -> list[Message]: ...
+
+
+ReplyFilter = Callable[[int, list[Message]], tuple[list[Message], dict[str, float]]]
+
+
+@dataclass
+class UniformSelector:
+    """``k`` clients uniformly at random, reproducible from (seed, round)."""
+
+    clients_per_round: int
+    seed: int
+
+    def select(self, server_round: int, node_ids: Sequence[int]) -> list[int]:
+        ordered = sorted(node_ids)
+        k = min(self.clients_per_round, len(ordered))
+        rng = np.random.default_rng([self.seed, server_round, 0x5E1EC7])
+        return sorted(int(ordered[i]) for i in rng.choice(len(ordered), size=k, replace=False))
+
+
+class PlainExchange:
+    """Send the instructions, wait up to ``timeout`` for replies."""
+
+    def exchange(
+        self, grid: Grid, messages: Iterable[Message], *, server_round: int, timeout: float
+    ) -> list[Message]:
+        return list(grid.send_and_receive(messages, timeout=timeout))
+
+
+@dataclass
+class LoopResult:
+    """The final global model and every round's record."""
+
+    arrays: ArrayRecord
+    rounds: list[RoundRecord] = field(default_factory=list)
+
+
+def wait_for_nodes(grid: Grid, *, minimum: int, timeout: float, poll: float = 0.5) -> list[int]:
+    """Block until ``minimum`` nodes are connected; raise with a clear reason if not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= minimum:
+            return nodes
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"only {len(nodes)} of the {minimum} clients needed connected within "
+                f"{timeout:.0f} s; start more SuperNodes or lower clients-per-round"
+            )
+        time.sleep(poll)
+
+
+@dataclass
+class RoundLoop:
+    """Runs rounds ``start_round .. num_rounds`` of one federated run."""
+
+    strategy: Strategy
+    selector: Selector
+    num_rounds: int
+    train_config: ConfigRecord
+    evaluate_fn: EvaluateFn | None = None
+    exchange: TrainExchange = field(default_factory=PlainExchange)
+    reply_filters: list[ReplyFilter] = field(default_factory=list)
+    checkpoints: CheckpointStore | None = None
+    on_round: Callable[[RoundRecord], None] | None = None
+    timeout: float = 3600.0
+    min_clients: int = 1
+    fraction_evaluate: float = 0.0
+    evaluate_config: ConfigRecord = field(default_factory=ConfigRecord)
+
+    def run(self, grid: Grid, arrays: ArrayRecord) -> LoopResult:
+        """Run the remaining rounds (resuming from the checkpoint store if it has one)."""
+        result = LoopResult(arrays=arrays)
+        start = 1
+        if self.checkpoints is not None and (ckpt := self.checkpoints.load()) is not None:
+            result.arrays, result.rounds = ckpt.arrays, list(ckpt.rounds)
+            start = ckpt.round + 1
+            log.info("resuming after round %d from %s", ckpt.round, self.checkpoints.path)
+        for server_round in range(start, self.num_rounds + 1):
+            record, new_arrays = self._one_round(grid, server_round, result.arrays)
+            if new_arrays is not None:
+                result.arrays = new_arrays
+            result.rounds.append(record)
+            if self.checkpoints is not None:
+                self.checkpoints.save(
+                    Checkpoint(round=server_round, arrays=result.arrays, rounds=result.rounds)
+                )
+            if self.on_round is not None:
+                self.on_round(record)
+        return result
+
+    def _one_round(
+        self, grid: Grid, server_round: int, arrays: ArrayRecord
+    ) -> tuple[RoundRecord, ArrayRecord | None]:
+        t0 = time.perf_counter()
+        node_ids = sorted(grid.get_node_ids())
+        selected = self.selector.select(server_round, node_ids)
+        view = SelectedNodesGrid(grid, selected)
+        messages = self.strategy.configure_train(
+            server_round, arrays, ConfigRecord(dict(self.train_config)), view
+        )
+        replies = self.exchange.exchange(
+            view, messages, server_round=server_round, timeout=self.timeout
+        )
+        replies.sort(key=lambda m: m.metadata.src_node_id)
+        ok = [m for m in replies if not m.has_error()]
+        extra: dict[str, float] = {}
+        for reply_filter in self.reply_filters:
+            ok, stats = reply_filter(server_round, ok)
+            extra.update(stats)
+        failures = len(selected) - len(ok)
+        new_arrays: ArrayRecord | None = None
+        if len(ok) >= self.min_clients:
+            new_arrays, train_metrics = self.strategy.aggregate_train(server_round, ok)
+            if train_metrics is not None:
+                extra.update(
+                    {
+                        f"train_{k}": float(v)
+                        for k, v in train_metrics.items()  # type: ignore[arg-type]
+                        if isinstance(v, int | float)
+                    }
+                )
+        else:
+            log.warning(
+                "round %d: %d usable replies, quorum is %d; the global model is unchanged",
+                server_round,
+                len(ok),
+                self.min_clients,
+            )
+        current = new_arrays if new_arrays is not None else arrays
+        if self.fraction_evaluate > 0:
+            extra.update(self._federated_evaluate(grid, server_round, current, node_ids))
+        accuracy, loss = float("nan"), float("nan")
+        if self.evaluate_fn is not None:
+            metrics = self.evaluate_fn(server_round, current)
+            if metrics is not None:
+                accuracy = float(metrics.get("accuracy", float("nan")))  # type: ignore[arg-type]
+                loss = float(metrics.get("loss", float("nan")))  # type: ignore[arg-type]
+        record = RoundRecord(
+            round=server_round,
+            accuracy=accuracy,
+            loss=loss,
+            duration_s=time.perf_counter() - t0,
+            clients=len(ok),
+            selected=len(selected),
+            failures=failures,
+            applied=new_arrays is not None,
+            extra=extra,
+        )
+        return record, new_arrays
+
+    def _federated_evaluate(
+        self, grid: Grid, server_round: int, arrays: ArrayRecord, node_ids: list[int]
+    ) -> dict[str, float]:
+        k = max(1, int(len(node_ids) * self.fraction_evaluate))
+        rng = np.random.default_rng([server_round, 0xE7A1])
+        chosen = sorted(int(node_ids[i]) for i in rng.choice(len(node_ids), size=k, replace=False))
+        view = SelectedNodesGrid(grid, chosen)
+        messages = self.strategy.configure_evaluate(
+            server_round, arrays, ConfigRecord(dict(self.evaluate_config)), view
+        )
+        replies = sorted(
+            grid.send_and_receive(messages, timeout=self.timeout),
+            key=lambda m: m.metadata.src_node_id,
+        )
+        metrics = self.strategy.aggregate_evaluate(
+            server_round, [m for m in replies if not m.has_error()]
+        )
+        if metrics is None:
+            return {}
+        return {f"fed_{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}  # type: ignore[arg-type]

@@ -1,0 +1,88 @@
+"""The Flower ``ClientApp`` used by simulated clients and silo sites.
+
+It trains and evaluates the run's task on the client's data. Cross-cutting behaviour
+(secure aggregation, DP clipping, auditing) is added as Flower mods, not subclasses.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
+
+from edge_client import messages as k
+from edge_client.data import ClientData, partition_data
+from edge_client.settings import ClientSettings
+from tasks import evaluate, get_task, train_local
+
+
+def load_client_data(settings: ClientSettings) -> ClientData:
+    """The client's data: its partition of the task's dataset."""
+    return partition_data(
+        task_name=settings.task,
+        partition_id=settings.partition_id,
+        num_partitions=settings.num_partitions,
+        partition=settings.partition,
+        seed=settings.seed,
+    )
+
+
+def _model_from(message: Message, task_name: str) -> torch.nn.Module:
+    model = get_task(task_name).build_model()
+    model.load_state_dict(message.content.array_records[k.ARRAYS].to_torch_state_dict())
+    return model
+
+
+def handle_train(message: Message, context: Context) -> Message:
+    """Train the received global model on local data; reply with weights and metrics."""
+    settings = ClientSettings.from_message(context, message.content.config_records[k.CONFIG])
+    data = load_client_data(settings)
+    model = _model_from(message, settings.task)
+    result = train_local(
+        model,
+        data.x_train,
+        data.y_train,
+        epochs=settings.local_epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        seed=settings.train_seed,
+        proximal_mu=settings.proximal_mu,
+    )
+    content = RecordDict(
+        {
+            k.ARRAYS: ArrayRecord(model.state_dict()),
+            k.METRICS: MetricRecord(
+                {k.NUM_EXAMPLES: result.num_examples, k.TRAIN_LOSS: result.loss}
+            ),
+        }
+    )
+    return Message(content=content, reply_to=message)
+
+
+def handle_evaluate(message: Message, context: Context) -> Message:
+    """Evaluate the received global model on the client's held-out data."""
+    settings = ClientSettings.from_message(context, message.content.config_records[k.CONFIG])
+    data = load_client_data(settings)
+    model = _model_from(message, settings.task)
+    result = evaluate(model, data.x_eval, data.y_eval)
+    metrics = MetricRecord(
+        {
+            k.NUM_EXAMPLES: result.num_examples,
+            k.EVAL_LOSS: result.loss,
+            k.EVAL_ACCURACY: result.accuracy,
+        }
+    )
+    return Message(content=RecordDict({k.METRICS: metrics}), reply_to=message)
+
+
+def build_client_app(*, mods: list[Mod] | None = None) -> ClientApp:
+    """A ClientApp with fedfleet's train and evaluate handlers and the given mods."""
+    client_app = ClientApp(mods=mods or [])
+    client_app.train()(handle_train)
+    client_app.evaluate()(handle_evaluate)
+    return client_app
+
+
+# The component Flower loads (`[tool.flwr.app.components] clientapp`).
+app = build_client_app()

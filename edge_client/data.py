@@ -1,0 +1,66 @@
+"""Where a client's training data comes from.
+
+In simulation a client is a partition of a task's dataset: ``partition-id`` and
+``num-partitions`` from the node config select the index array. Sites in deployment
+read their own files instead (see the site runtime).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from tasks import PartitionSpec, get_task, partition_indices
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """A client's local training and evaluation arrays."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_eval: np.ndarray
+    y_eval: np.ndarray
+
+
+@lru_cache(maxsize=16)
+def cached_partitions(
+    task_name: str, num_partitions: int, partition: str, seed: int
+) -> tuple[np.ndarray, ...]:
+    """All clients' index arrays for one (task, N, partition, seed): computed once."""
+    data = get_task(task_name).load_data(seed)
+    parts = partition_indices(
+        data.y_train,
+        num_partitions,
+        PartitionSpec.parse(partition),
+        seed=seed,
+        groups=data.groups_train,
+    )
+    return tuple(parts)
+
+
+def partition_data(
+    *, task_name: str, partition_id: int, num_partitions: int, partition: str, seed: int
+) -> ClientData:
+    """The simulated client's share of the task's training data.
+
+    Each client evaluates on a held-out 10% of its own share (at least one sample when
+    it has two or more).
+    """
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(
+            f"partition-id {partition_id} is outside 0..{num_partitions - 1}; "
+            "check the node config of this client"
+        )
+    data = get_task(task_name).load_data(seed)
+    idx = cached_partitions(task_name, num_partitions, partition, seed)[partition_id]
+    n_eval = len(idx) // 10 if len(idx) >= 10 else min(1, len(idx) // 2)
+    train_idx, eval_idx = idx[n_eval:], idx[:n_eval]
+    return ClientData(
+        x_train=data.x_train[train_idx],
+        y_train=data.y_train[train_idx],
+        x_eval=data.x_train[eval_idx],
+        y_eval=data.y_train[eval_idx],
+    )

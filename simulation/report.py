@@ -1,0 +1,41 @@
+"""Plots and summaries of a finished run, from its ``metrics.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def plot_accuracy(metrics_path: Path, out_png: Path) -> Path:
+    """Accuracy (and loss) per round, titled with task, clients, strategy and seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    doc: dict[str, Any] = json.loads(metrics_path.read_text())
+    cfg, rows = doc["config"], doc["rounds"]
+    rounds = [r["round"] for r in rows]
+    acc = [r["accuracy"] if r["accuracy"] is not None else float("nan") for r in rows]
+    loss = [r["loss"] if r["loss"] is not None else float("nan") for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    ax.plot(rounds, acc, marker="o", color="tab:blue", label="test accuracy")
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy (central evaluation)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(rounds, loss, color="tab:orange", alpha=0.6, label="test loss")
+    ax2.set_ylabel("test loss")
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [str(line.get_label()) for line in lines], loc="center right")
+    ax.set_title(
+        f"{cfg.get('task')} · {cfg.get('num-clients')} clients "
+        f"({cfg.get('clients-per-round')}/round) · {cfg.get('strategy')} · seed {cfg.get('seed')}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png

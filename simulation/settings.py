@@ -1,0 +1,99 @@
+"""``fedfleet simulate`` settings: defaults < ``--config FILE.toml`` < command-line flags."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+
+from coordinator.config import RunConfig
+
+Engine = Literal["inprocess", "flower"]
+ENGINES: tuple[Engine, ...] = ("inprocess", "flower")
+
+
+@dataclass(frozen=True)
+class SimulateSettings:
+    """Everything one simulation needs; keys of the TOML file are the flag names."""
+
+    task: str = "digits-cnn"
+    strategy: str = "fedavg"
+    clients: int = 10
+    clients_per_round: int = 10
+    rounds: int = 3
+    local_epochs: int = 1
+    batch_size: int = 16
+    lr: float = 0.05
+    partition: str = "iid"
+    seed: int = 0
+    engine: str = "inprocess"
+    fraction_evaluate: float = 0.0
+
+    @classmethod
+    def build(cls, *, config_file: Path | None, overrides: Mapping[str, Any]) -> SimulateSettings:
+        """Merge the TOML file (if any) and the flags given; validate the result."""
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            values.update(load_toml(config_file))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name: f for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                raise ValueError(
+                    f"unknown setting {key.replace('_', '-')!r}; valid keys: "
+                    + ", ".join(sorted(n.replace("_", "-") for n in known))
+                )
+        try:
+            settings = cls(**values)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; choose inprocess or flower")
+        from strategies import available_strategies
+
+        if self.strategy not in available_strategies():
+            raise ValueError(
+                f"unknown strategy {self.strategy!r}; choose one of: "
+                + ", ".join(available_strategies())
+            )
+        self.run_config()  # the coordinator's own validation
+
+    def run_config(self, *, out_dir: str = "") -> RunConfig:
+        """The coordinator's RunConfig for these settings (validated)."""
+        config = RunConfig(
+            task=self.task,
+            strategy=self.strategy,
+            num_server_rounds=self.rounds,
+            num_clients=self.clients,
+            clients_per_round=self.clients_per_round,
+            local_epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.lr,
+            partition=self.partition,
+            seed=self.seed,
+            fraction_evaluate=self.fraction_evaluate,
+            out_dir=out_dir,
+        )
+        config.validate()
+        return config
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a settings TOML; kebab-case keys become field names. Clear errors."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+    section = raw.get("simulate", raw)
+    if not isinstance(section, dict):
+        raise ValueError(f"config file {path}: [simulate] must be a table")
+    return {k.replace("-", "_"): v for k, v in section.items()}
