@@ -1,0 +1,70 @@
+"""Each task trains to a sensible accuracy centrally; the registry refuses mistakes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tasks import available_tasks, evaluate, get_task, register_task, train_local
+
+# (task, epochs, minimum test accuracy after centralised training)
+EXPECTED = [("digits-cnn", 8, 0.90), ("breast-cancer-mlp", 5, 0.93), ("synthetic-logreg", 5, 0.75)]
+
+
+def test_registry_lists_the_three_tasks() -> None:
+    assert {"digits-cnn", "breast-cancer-mlp", "synthetic-logreg"} <= set(available_tasks())
+
+
+@pytest.mark.parametrize(("name", "epochs", "minimum"), EXPECTED)
+def test_task_trains_to_sensible_accuracy(name: str, epochs: int, minimum: float) -> None:
+    task = get_task(name)
+    data = task.load_data(0)
+    torch.manual_seed(0)
+    model = task.build_model()
+    before = evaluate(model, data.x_test, data.y_test).accuracy
+    train_local(model, data.x_train, data.y_train, epochs=epochs,
+                batch_size=task.defaults.batch_size, learning_rate=task.defaults.learning_rate, seed=1)
+    after = evaluate(model, data.x_test, data.y_test).accuracy
+    assert after >= minimum
+    assert after > before
+
+
+@pytest.mark.parametrize("name", ["digits-cnn", "breast-cancer-mlp", "synthetic-logreg"])
+def test_data_is_offline_deterministic_and_shaped(name: str) -> None:
+    task = get_task(name)
+    a, b = task.load_data(3), task.load_data(3)
+    assert a.x_train.shape[1:] == task.input_shape
+    assert a.x_train.dtype == np.float32 and a.y_train.dtype == np.int64
+    np.testing.assert_array_equal(a.y_train, b.y_train)
+    assert set(np.unique(a.y_train)) <= set(range(task.num_classes))
+
+
+def test_training_is_reproducible_for_a_seed() -> None:
+    task = get_task("breast-cancer-mlp")
+    data = task.load_data(0)
+    states = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = task.build_model()
+        train_local(model, data.x_train, data.y_train, epochs=1, batch_size=16, learning_rate=0.05, seed=7)
+        states.append(model.state_dict())
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key])
+
+
+def test_unknown_task_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="unknown task 'nope'.*digits-cnn"):
+        get_task("nope")
+
+
+def test_registering_a_duplicate_is_refused() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_task(get_task("digits-cnn"))
+
+
+def test_training_on_no_data_reports_zero_examples() -> None:
+    task = get_task("breast-cancer-mlp")
+    result = train_local(task.build_model(), np.empty((0, 30), np.float32), np.empty(0, np.int64),
+                         epochs=1, batch_size=8, learning_rate=0.1, seed=0)
+    assert result.num_examples == 0 and result.steps == 0
