@@ -1,5 +1,21 @@
 """How updates combine and who trains: one registry of strategies."""
 
-from strategies.registry import StrategyParams, available_strategies, build_strategy
+from strategies.registry import (
+    StrategyInfo,
+    StrategyParams,
+    available_strategies,
+    build_strategy,
+    needs_individual_updates,
+    register_strategy,
+    strategy_info,
+)
 
-__all__ = ["StrategyParams", "available_strategies", "build_strategy"]
+__all__ = [
+    "StrategyInfo",
+    "StrategyParams",
+    "available_strategies",
+    "build_strategy",
+    "needs_individual_updates",
+    "register_strategy",
+    "strategy_info",
+]

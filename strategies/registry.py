@@ -23,16 +23,39 @@ class StrategyParams:
 
 StrategyFactory = Callable[[StrategyParams], Strategy]
 
-_STRATEGIES: dict[str, StrategyFactory] = {}
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    """A registered strategy: its factory and what it needs from the round.
+
+    ``needs_individual_updates`` is true for aggregators that must see each client's
+    update on its own (median, trimmed mean, Krum, Bulyan): they cannot run on the
+    masked sum that secure aggregation reveals.
+    """
+
+    name: str
+    factory: StrategyFactory
+    needs_individual_updates: bool = False
 
 
-def register_strategy(name: str) -> Callable[[StrategyFactory], StrategyFactory]:
-    """Decorator: register a strategy factory under ``name``; duplicates are refused."""
+_STRATEGIES: dict[str, StrategyInfo] = {}
+
+
+def register_strategy(
+    name: str, *, needs_individual_updates: bool = False
+) -> Callable[[StrategyFactory], StrategyFactory]:
+    """Decorator: register a strategy factory under ``name``; duplicates are refused.
+
+    Set ``needs_individual_updates`` for aggregators that must see every client's
+    update separately (secure aggregation refuses them).
+    """
 
     def decorator(factory: StrategyFactory) -> StrategyFactory:
         if name in _STRATEGIES:
             raise ValueError(f"strategy {name!r} is already registered")
-        _STRATEGIES[name] = factory
+        _STRATEGIES[name] = StrategyInfo(
+            name=name, factory=factory, needs_individual_updates=needs_individual_updates
+        )
         return factory
 
     return decorator
@@ -43,15 +66,24 @@ def available_strategies() -> list[str]:
     return sorted(_STRATEGIES)
 
 
-def build_strategy(name: str, params: StrategyParams | None = None) -> Strategy:
-    """Instantiate the strategy ``name``; the error lists the valid names."""
+def strategy_info(name: str) -> StrategyInfo:
+    """The registry entry of ``name``; the error lists the valid names."""
     try:
-        factory = _STRATEGIES[name]
+        return _STRATEGIES[name]
     except KeyError:
         raise ValueError(
             f"unknown strategy {name!r}; choose one of: {', '.join(available_strategies())}"
         ) from None
-    return factory(params or StrategyParams())
+
+
+def needs_individual_updates(name: str) -> bool:
+    """Whether strategy ``name`` must see each client's update (not only their sum)."""
+    return strategy_info(name).needs_individual_updates
+
+
+def build_strategy(name: str, params: StrategyParams | None = None) -> Strategy:
+    """Instantiate the strategy ``name``; the error lists the valid names."""
+    return strategy_info(name).factory(params or StrategyParams())
 
 
 # Sampling is done by the round loop: the strategy takes every node of the view it gets.
