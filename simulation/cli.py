@@ -23,45 +23,45 @@ def simulate(
     task: Annotated[
         str | None,
         typer.Option(
-            help="Task name (digits-cnn, breast-cancer-mlp, synthetic-logreg). [default: digits-cnn]"
+            help="Task name (digits-cnn, breast-cancer-mlp, synthetic-logreg). (default: digits-cnn)"
         ),
     ] = None,
     strategy: Annotated[
         str | None,
-        typer.Option(help="Aggregation strategy (fedavg, fedprox, ...). [default: fedavg]"),
+        typer.Option(help="Aggregation strategy (fedavg, fedprox, ...). (default: fedavg)"),
     ] = None,
     clients: Annotated[
-        int | None, typer.Option(help="Number of simulated clients. [default: 10]")
+        int | None, typer.Option(help="Number of simulated clients. (default: 10)")
     ] = None,
     clients_per_round: Annotated[
-        int | None, typer.Option(help="Clients sampled each round. [default: 10]")
+        int | None, typer.Option(help="Clients sampled each round. (default: 10)")
     ] = None,
-    rounds: Annotated[int | None, typer.Option(help="Federated rounds. [default: 3]")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds. (default: 3)")] = None,
     local_epochs: Annotated[
-        int | None, typer.Option(help="Local epochs per round. [default: 1]")
+        int | None, typer.Option(help="Local epochs per round. (default: 1)")
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Local minibatch size. [default: 16]")
+        int | None, typer.Option(help="Local minibatch size. (default: 16)")
     ] = None,
     lr: Annotated[
-        float | None, typer.Option(help="Local SGD learning rate. [default: 0.05]")
+        float | None, typer.Option(help="Local SGD learning rate. (default: 0.05)")
     ] = None,
     partition: Annotated[
-        str | None, typer.Option(help="iid | dirichlet:ALPHA | shards:K | natural. [default: iid]")
+        str | None, typer.Option(help="iid | dirichlet:ALPHA | shards:K | natural. (default: iid)")
     ] = None,
     seed: Annotated[
-        int | None, typer.Option(help="Seed of data split, sampling and training. [default: 0]")
+        int | None, typer.Option(help="Seed of data split, sampling and training. (default: 0)")
     ] = None,
     engine: Annotated[
         str | None,
         typer.Option(
-            help="inprocess (fast, no Ray) | flower (Flower's Ray engine). [default: inprocess]"
+            help="inprocess (fast, no Ray) | flower (Flower's Ray engine). (default: inprocess)"
         ),
     ] = None,
     fraction_evaluate: Annotated[
         float | None,
         typer.Option(
-            help="Fraction of clients doing federated evaluation each round. [default: 0]"
+            help="Fraction of clients doing federated evaluation each round. (default: 0)"
         ),
     ] = None,
     config: Annotated[
@@ -69,7 +69,7 @@ def simulate(
         typer.Option("--config", help="TOML file with the same settings (flags override it)."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Output folder. [default: runs/<timestamp>/]")
+        Path | None, typer.Option("--out", help="Output folder. (default: runs/<timestamp>/)")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar or per-round lines.")] = False,
 ) -> None:

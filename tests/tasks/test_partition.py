@@ -19,8 +19,14 @@ def _assert_exact_cover(parts: list[np.ndarray], n: int) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(labels=labels_strategy, clients=st.integers(1, 50), seed=st.integers(0, 2**16),
-       spec=st.sampled_from(["iid", "dirichlet:0.1", "dirichlet:1", "dirichlet:100", "shards:1", "shards:3"]))
+@given(
+    labels=labels_strategy,
+    clients=st.integers(1, 50),
+    seed=st.integers(0, 2**16),
+    spec=st.sampled_from(
+        ["iid", "dirichlet:0.1", "dirichlet:1", "dirichlet:100", "shards:1", "shards:3"]
+    ),
+)
 def test_every_sample_is_assigned_exactly_once(labels, clients, seed, spec) -> None:
     parts = partition_indices(labels, clients, PartitionSpec.parse(spec), seed=seed)
     assert len(parts) == clients
@@ -51,7 +57,9 @@ def _mean_label_entropy(labels: np.ndarray, parts: list[np.ndarray]) -> float:
 def test_label_skew_grows_as_alpha_shrinks(seed) -> None:
     labels = np.repeat(np.arange(10), 200)
     entropy = [
-        _mean_label_entropy(labels, partition_indices(labels, 20, PartitionSpec.parse(f"dirichlet:{a}"), seed=seed))
+        _mean_label_entropy(
+            labels, partition_indices(labels, 20, PartitionSpec.parse(f"dirichlet:{a}"), seed=seed)
+        )
         for a in (0.05, 1.0, 100.0)
     ]
     assert entropy[0] < entropy[1] < entropy[2]
@@ -65,11 +73,15 @@ def test_shards_give_each_client_few_labels() -> None:
 
 def test_natural_partition_follows_groups() -> None:
     groups = np.array([0, 1, 2, 3, 0, 1])
-    parts = partition_indices(np.zeros(6, np.int64), 2, PartitionSpec.parse("natural"), seed=0, groups=groups)
+    parts = partition_indices(
+        np.zeros(6, np.int64), 2, PartitionSpec.parse("natural"), seed=0, groups=groups
+    )
     assert [p.tolist() for p in parts] == [[0, 2, 4], [1, 3, 5]]
 
 
-@pytest.mark.parametrize("text", ["dirichlet", "dirichlet:-1", "dirichlet:x", "shards:0", "shards:a", "zipf", "iid:3"])
+@pytest.mark.parametrize(
+    "text", ["dirichlet", "dirichlet:-1", "dirichlet:x", "shards:0", "shards:a", "zipf", "iid:3"]
+)
 def test_bad_partition_specs_say_what_is_valid(text: str) -> None:
     with pytest.raises(ValueError, match="dirichlet:ALPHA"):
         PartitionSpec.parse(text)

@@ -23,8 +23,15 @@ def test_task_trains_to_sensible_accuracy(name: str, epochs: int, minimum: float
     torch.manual_seed(0)
     model = task.build_model()
     before = evaluate(model, data.x_test, data.y_test).accuracy
-    train_local(model, data.x_train, data.y_train, epochs=epochs,
-                batch_size=task.defaults.batch_size, learning_rate=task.defaults.learning_rate, seed=1)
+    train_local(
+        model,
+        data.x_train,
+        data.y_train,
+        epochs=epochs,
+        batch_size=task.defaults.batch_size,
+        learning_rate=task.defaults.learning_rate,
+        seed=1,
+    )
     after = evaluate(model, data.x_test, data.y_test).accuracy
     assert after >= minimum
     assert after > before
@@ -47,7 +54,9 @@ def test_training_is_reproducible_for_a_seed() -> None:
     for _ in range(2):
         torch.manual_seed(0)
         model = task.build_model()
-        train_local(model, data.x_train, data.y_train, epochs=1, batch_size=16, learning_rate=0.05, seed=7)
+        train_local(
+            model, data.x_train, data.y_train, epochs=1, batch_size=16, learning_rate=0.05, seed=7
+        )
         states.append(model.state_dict())
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key])
@@ -65,6 +74,13 @@ def test_registering_a_duplicate_is_refused() -> None:
 
 def test_training_on_no_data_reports_zero_examples() -> None:
     task = get_task("breast-cancer-mlp")
-    result = train_local(task.build_model(), np.empty((0, 30), np.float32), np.empty(0, np.int64),
-                         epochs=1, batch_size=8, learning_rate=0.1, seed=0)
+    result = train_local(
+        task.build_model(),
+        np.empty((0, 30), np.float32),
+        np.empty(0, np.int64),
+        epochs=1,
+        batch_size=8,
+        learning_rate=0.1,
+        seed=0,
+    )
     assert result.num_examples == 0 and result.steps == 0
