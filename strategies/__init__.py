@@ -1,5 +1,9 @@
-"""How updates combine and who trains: one registry of strategies."""
+"""How updates combine and who trains: one registry of strategies.
 
+Importing the package registers the built-in strategies (``strategies/catalog.py``).
+"""
+
+from strategies import catalog as _catalog  # noqa: F401  (registers the strategies)
 from strategies.registry import (
     StrategyInfo,
     StrategyParams,

@@ -1,0 +1,102 @@
+"""The update guard: a reply filter every strategy runs behind.
+
+Before any strategy sees a round's replies, the coordinator's loop passes them through
+its reply filters (``RoundLoop.reply_filters``). :class:`UpdateGuard` drops a reply
+whose update (reply weights minus the weights that client started from) is not
+finite, whose L2 norm exceeds ``max_norm``, or that is malformed (missing or
+mismatched arrays, a missing, negative or non-finite ``num-examples``). The counts go
+into the round's metrics (``rejected``, ``rejected_nonfinite``, ``rejected_norm``,
+``rejected_malformed``) with the largest and median kept norm, to calibrate the bound.
+
+Doing it once in the loop, not in each strategy, means every registered strategy —
+Flower's or ours — gets the same protection.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+from flwr.app import ArrayRecord, Message
+
+from strategies.aggregation import update_norm
+from strategies.streaming import DecodedArrays
+
+BaseLookup = Callable[[Message], ArrayRecord | None]
+"""Returns the global weights the reply's client started from (``None``: unknown)."""
+
+
+class Verdict(Enum):
+    """Why a reply was kept or rejected."""
+
+    OK = "ok"
+    NON_FINITE = "nonfinite"
+    NORM = "norm"
+    MALFORMED = "malformed"
+
+
+@dataclass(frozen=True)
+class UpdateGuard:
+    """Reject non-finite, oversized (``‖update‖₂ > max_norm``) and malformed updates.
+
+    ``max_norm`` is in the units of the model's parameters (an L2 norm over all of
+    them); ``None`` disables the norm bound but not the other checks.
+    ``weight_key`` is the metric strategies weight by.
+    """
+
+    max_norm: float | None = None
+    weight_key: str = "num-examples"
+
+    def __post_init__(self) -> None:
+        if self.max_norm is not None and not (self.max_norm > 0 and math.isfinite(self.max_norm)):
+            raise ValueError("max_norm must be a positive number (or None for no bound)")
+
+    def verdict(self, reply: Message, base: ArrayRecord | None) -> tuple[Verdict, float]:
+        """Check one reply against the weights its client started from."""
+        content = reply.content
+        if len(content.array_records) != 1 or len(content.metric_records) != 1:
+            return Verdict.MALFORMED, math.nan
+        weight = next(iter(content.metric_records.values())).get(self.weight_key)
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            return Verdict.MALFORMED, math.nan
+        if not (math.isfinite(weight) and weight >= 0):
+            return Verdict.MALFORMED, math.nan
+        arrays = DecodedArrays(next(iter(content.array_records.values())))
+        if base is None:
+            finite = all(np.isfinite(arrays[name]).all() for name in arrays)
+            return (Verdict.OK if finite else Verdict.NON_FINITE), math.nan
+        try:
+            norm = update_norm(arrays, DecodedArrays(base))
+        except ValueError:
+            return Verdict.MALFORMED, math.nan
+        if math.isnan(norm):
+            return Verdict.NON_FINITE, norm
+        if self.max_norm is not None and norm > self.max_norm:
+            return Verdict.NORM, norm
+        return Verdict.OK, norm
+
+    def filter(
+        self, server_round: int, replies: Sequence[Message], *, base_of: BaseLookup
+    ) -> tuple[list[Message], dict[str, float]]:
+        """The kept replies (order preserved) and the round's rejection counts."""
+        kept: list[Message] = []
+        counts = dict.fromkeys(Verdict, 0)
+        norms: list[float] = []
+        for reply in replies:
+            verdict, norm = self.verdict(reply, base_of(reply))
+            counts[verdict] += 1
+            if verdict is Verdict.OK:
+                kept.append(reply)
+                if not math.isnan(norm):
+                    norms.append(norm)
+        stats: dict[str, float] = {
+            "rejected": float(len(replies) - len(kept)),
+            **{f"rejected_{v.value}": float(counts[v]) for v in Verdict if v is not Verdict.OK},
+        }
+        if norms:
+            stats["update_norm_max"] = max(norms)
+            stats["update_norm_median"] = float(np.median(norms))
+        return kept, stats
