@@ -1,0 +1,205 @@
+"""``/api/v1/devices``: enroll, list, inspect, update, retire, heartbeat."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, Response
+
+from fleet.api.deps import (
+    COMMON_RESPONSES,
+    CONFLICT,
+    NOT_FOUND,
+    Operator,
+    SessionDep,
+    SettingsDep,
+    Viewer,
+)
+from fleet.crud import devices as crud
+from fleet.models.common import MAX_ID, DeviceId, Page, Slug
+from fleet.models.devices import (
+    Device,
+    DeviceCreate,
+    DeviceEnrolled,
+    DevicePublic,
+    DeviceStatus,
+    DeviceUpdate,
+    Heartbeat,
+    HeartbeatAck,
+    MqttCredentials,
+)
+
+router = APIRouter(prefix="/devices", tags=["devices"], responses=COMMON_RESPONSES)
+
+DeviceIdPath = Annotated[DeviceId, Path(description="Device id, e.g. 'dev-0123456789abcdef'.")]
+Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
+Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip.")]
+
+
+def _load(session: SessionDep, device_id: str) -> Device:
+    device = crud.get_device(session, device_id)
+    if device is None:
+        raise HTTPException(404, f"device {device_id} does not exist")
+    return device
+
+
+def _no_store(response: Response) -> None:
+    # The body holds a secret: keep it out of browser and proxy caches.
+    response.headers["Cache-Control"] = "no-store"
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DeviceEnrolled,
+    responses=CONFLICT,
+    summary="Enroll a device; its MQTT password is in this response only",
+)
+def enroll_device(
+    body: DeviceCreate,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: Operator,
+) -> DeviceEnrolled:
+    device, password = crud.enroll_device(
+        session, body, actor=principal.actor("api"), offline_after_s=settings.offline_after_s
+    )
+    session.commit()
+    _no_store(response)
+    return DeviceEnrolled(
+        device=crud.public_view(session, device, offline_after_s=settings.offline_after_s),
+        mqtt=MqttCredentials(username=device.mqtt_username, password=password),
+    )
+
+
+@router.get("", response_model=Page[DevicePublic], summary="List devices with filters")
+def list_devices(
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: Viewer,
+    group: Annotated[Slug | None, Query(description="Group name.")] = None,
+    tag: Annotated[
+        list[Slug] | None, Query(max_length=8, description="Tag; repeat to require several.")
+    ] = None,
+    hardware_target: Annotated[Slug | None, Query(description="e.g. 'rpi5'.")] = None,
+    status: Annotated[
+        DeviceStatus | None,
+        Query(description="Derived status; without it, retired devices are left out."),
+    ] = None,
+    model_version: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="Model version the device runs.")
+    ] = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> Page[DevicePublic]:
+    filters = crud.DeviceFilter(
+        group=group,
+        tags=tuple(tag or ()),
+        hardware_target=hardware_target,
+        status=status,
+        model_version_id=model_version,
+    )
+    return crud.list_devices(
+        session,
+        filters=filters,
+        limit=limit,
+        offset=offset,
+        offline_after_s=settings.offline_after_s,
+    )
+
+
+@router.get("/{device_id}", response_model=DevicePublic, responses=NOT_FOUND)
+def get_device(
+    device_id: DeviceIdPath, session: SessionDep, settings: SettingsDep, principal: Viewer
+) -> DevicePublic:
+    device = _load(session, device_id)
+    return crud.public_view(session, device, offline_after_s=settings.offline_after_s)
+
+
+@router.patch(
+    "/{device_id}",
+    response_model=DevicePublic,
+    responses={**NOT_FOUND, **CONFLICT},
+    summary="Rename, move to a group (null: no group), or replace the tags",
+)
+def update_device(
+    device_id: DeviceIdPath,
+    body: DeviceUpdate,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: Operator,
+) -> DevicePublic:
+    device = _load(session, device_id)
+    crud.update_device(
+        session,
+        device,
+        body,
+        actor=principal.actor("api"),
+        offline_after_s=settings.offline_after_s,
+    )
+    session.commit()
+    return crud.public_view(session, device, offline_after_s=settings.offline_after_s)
+
+
+@router.post(
+    "/{device_id}/retire",
+    response_model=DevicePublic,
+    responses={**NOT_FOUND, **CONFLICT},
+    summary="Retire a device: it keeps its history but loses broker access",
+)
+def retire_device(
+    device_id: DeviceIdPath, session: SessionDep, settings: SettingsDep, principal: Operator
+) -> DevicePublic:
+    device = _load(session, device_id)
+    crud.retire_device(
+        session, device, actor=principal.actor("api"), offline_after_s=settings.offline_after_s
+    )
+    session.commit()
+    return crud.public_view(session, device, offline_after_s=settings.offline_after_s)
+
+
+@router.post(
+    "/{device_id}/credentials",
+    response_model=MqttCredentials,
+    responses={**NOT_FOUND, **CONFLICT},
+    summary="Issue a new MQTT password (shown once; the old one stops working)",
+)
+def rotate_credentials(
+    device_id: DeviceIdPath, response: Response, session: SessionDep, principal: Operator
+) -> MqttCredentials:
+    device = _load(session, device_id)
+    password = crud.rotate_credentials(session, device, actor=principal.actor("api"))
+    session.commit()
+    _no_store(response)
+    return MqttCredentials(username=device.mqtt_username, password=password)
+
+
+@router.post(
+    "/{device_id}/heartbeat",
+    response_model=HeartbeatAck,
+    responses={**NOT_FOUND, **CONFLICT},
+    summary="Record that the device is alive (and which model version it runs)",
+)
+def heartbeat(
+    device_id: DeviceIdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: Operator,
+    body: Heartbeat | None = None,
+) -> HeartbeatAck:
+    model: object = crud.heartbeat_unchanged()
+    if body is not None and "model_version_id" in body.model_fields_set:
+        model = body.model_version_id
+    device = crud.record_heartbeat(session, device_id, model_version_id=model)
+    if device is None:
+        raise HTTPException(404, f"device {device_id} does not exist")
+    session.commit()
+    status = crud.derive_status(
+        device,
+        now=device.last_seen_at or device.enrolled_at,
+        offline_after_s=settings.offline_after_s,
+    )
+    return HeartbeatAck(
+        device_id=device.id, status=status, last_seen_at=device.last_seen_at or device.enrolled_at
+    )

@@ -1,0 +1,193 @@
+"""Database engines and sessions for SQLite (default) and PostgreSQL.
+
+Nothing here runs at import time: :func:`make_engine` is called by the app factory and
+the CLI with the URL from :class:`fleet.settings.FleetSettings`, so tests can point the
+fleet at any database.
+
+SQLite is configured for a small server: WAL journal (readers never block the writer),
+foreign keys on, a busy timeout, and ``BEGIN IMMEDIATE`` for write sessions so two
+writers queue on the lock instead of failing with "database is locked" when a read
+transaction tries to upgrade. PostgreSQL gets a connection pool and, when a schema is
+configured, a ``search_path`` so several fleets (or test sessions) can share a database.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Session
+
+_SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+#: Execution option that makes a SQLite transaction start with ``BEGIN IMMEDIATE``.
+_WRITE_OPTION = "fleet_write"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always returned timezone-aware.
+
+    SQLite has no timezone type and returns naive datetimes; this makes both backends
+    behave the same. Naive datetimes are refused on the way in (ambiguous).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use an aware UTC time")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def normalize_database_url(url: str) -> str:
+    """Return ``url`` with the driver the fleet uses; refuse anything else.
+
+    ``postgresql://`` and ``postgres://`` become ``postgresql+psycopg://`` (psycopg 3 is
+    the installed driver). Raises ValueError with an example of a valid URL.
+    """
+    text = url.strip()
+    if text.startswith("postgres://"):
+        text = "postgresql://" + text[len("postgres://") :]
+    try:
+        parsed = make_url(text)
+    except Exception as exc:  # SQLAlchemy raises ArgumentError with a terse message
+        raise ValueError(
+            f"cannot parse database URL {url!r}; use sqlite:///PATH/fleet.db or "
+            "postgresql://USER@HOST:5432/DB"
+        ) from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.drivername != "sqlite":
+            raise ValueError(f"unsupported SQLite driver {parsed.drivername!r}; use sqlite:///")
+        if not parsed.database or parsed.database == ":memory:":
+            raise ValueError(
+                "an in-memory SQLite database cannot be shared between requests; "
+                "give a file: sqlite:///PATH/fleet.db"
+            )
+        return parsed.render_as_string(hide_password=False)
+    if backend == "postgresql":
+        if parsed.drivername not in ("postgresql", "postgresql+psycopg"):
+            raise ValueError(
+                f"unsupported PostgreSQL driver {parsed.drivername!r}; use postgresql:// "
+                "(psycopg 3)"
+            )
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    raise ValueError(
+        f"unsupported database {backend!r} in URL; use sqlite:///PATH/fleet.db or "
+        "postgresql://USER@HOST:5432/DB"
+    )
+
+
+def check_schema_name(schema: str) -> str:
+    """Validate a PostgreSQL schema name (it is interpolated into ``search_path``)."""
+    if not _SCHEMA_RE.fullmatch(schema):
+        raise ValueError(
+            f"invalid schema name {schema!r}: use lowercase letters, digits and '_', "
+            "starting with a letter"
+        )
+    return schema
+
+
+def make_engine(
+    url: str,
+    *,
+    schema: str | None = None,
+    pool_size: int = 10,
+    echo: bool = False,
+) -> Engine:
+    """Create the engine for ``url``.
+
+    Args:
+        url: ``sqlite:///PATH`` or ``postgresql://...`` (normalized by
+            :func:`normalize_database_url`).
+        schema: PostgreSQL schema to use as ``search_path`` (ignored for SQLite).
+        pool_size: PostgreSQL connections kept open (SQLite uses one per thread).
+        echo: log every SQL statement.
+    """
+    url = normalize_database_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        Path(parsed.database or ".").expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            echo=echo,
+            connect_args={"check_same_thread": False, "timeout": 30.0},
+        )
+        _configure_sqlite(engine)
+        return engine
+    connect_args: dict[str, Any] = {}
+    if schema is not None:
+        connect_args["options"] = f"-csearch_path={check_schema_name(schema)}"
+    return create_engine(
+        url,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=pool_size * 2,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the sqlite3 module so "begin" below decides.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        write = connection.get_execution_options().get(_WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class FleetSession(Session):
+    """The session every fleet transaction uses.
+
+    :mod:`fleet.audit` attaches its checks to this class: a transaction that changes
+    fleet data without recording an audit event is refused at commit.
+    """
+
+
+def is_sqlite(engine: Engine) -> bool:
+    """True when ``engine`` talks to SQLite."""
+    return engine.dialect.name == "sqlite"
+
+
+@contextmanager
+def session_scope(engine: Engine, *, write: bool) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error.
+
+    ``write=True`` takes SQLite's write lock at the start of the transaction (see the
+    module docstring); PostgreSQL ignores it.
+    """
+    import fleet.audit  # noqa: F401  (attaches the audit checks to FleetSession)
+
+    bind = engine.execution_options(**{_WRITE_OPTION: True}) if write else engine
+    with FleetSession(bind, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise

@@ -1,0 +1,1 @@
+"""Alembic migrations of the fleet database (run by :mod:`fleet.migrate`)."""

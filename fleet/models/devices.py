@@ -1,0 +1,189 @@
+"""Devices, groups and tags.
+
+A device belongs to at most one group (rollouts target groups) and carries any number
+of tags (free labels for filtering). Its broker credentials are stored as a Mosquitto
+PBKDF2-SHA512 hash (see :mod:`fleet.credentials`) so the broker password file can be
+written straight from the table.
+
+Device status is derived, not stored: ``retired`` once retired; ``never_seen`` before
+the first heartbeat; ``offline`` when the broker reported it offline (MQTT Last Will)
+or when the last heartbeat is older than the offline threshold; ``online`` otherwise.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from pydantic import Field as PydanticField
+from sqlmodel import Field
+
+from fleet.db import UTCDateTime
+from fleet.models.common import (
+    FleetModel,
+    Id,
+    InputModel,
+    Name,
+    Slug,
+    Text,
+    enum_type,
+    utcnow,
+)
+
+
+class DeviceStatus(str, enum.Enum):
+    online = "online"
+    offline = "offline"
+    never_seen = "never_seen"
+    retired = "retired"
+
+
+class ReportedStatus(str, enum.Enum):
+    """What the device (or the broker's Last Will on its behalf) last said."""
+
+    online = "online"
+    offline = "offline"
+
+
+# --- groups ---------------------------------------------------------------------------
+
+
+class GroupBase(FleetModel):
+    name: str = Field(max_length=63, unique=True, index=True)
+    description: str = Field(default="", max_length=1000)
+
+
+class GroupCreate(InputModel):
+    name: Slug
+    description: Text = ""
+
+
+class GroupUpdate(InputModel):
+    name: Slug | None = None
+    description: Text | None = None
+
+
+class Group(GroupBase, table=True):
+    __tablename__ = "groups"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class GroupPublic(GroupBase):
+    id: int
+    created_at: datetime
+    device_count: int = Field(description="Devices in the group, retired ones excluded.")
+
+
+# --- tags -----------------------------------------------------------------------------
+
+
+class TagCreate(InputModel):
+    name: Slug
+
+
+class Tag(FleetModel, table=True):
+    __tablename__ = "tags"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=63, unique=True, index=True)
+
+
+class TagPublic(FleetModel):
+    name: str
+    device_count: int
+
+
+class DeviceTagLink(FleetModel, table=True):
+    __tablename__ = "device_tags"
+
+    device_id: str = Field(
+        foreign_key="devices.id", primary_key=True, ondelete="CASCADE", max_length=32
+    )
+    tag_id: int = Field(foreign_key="tags.id", primary_key=True, ondelete="CASCADE", index=True)
+
+
+# --- devices --------------------------------------------------------------------------
+
+TagList = list[Slug]
+
+
+class DeviceBase(FleetModel):
+    name: str = Field(max_length=63, unique=True, description="Unique human name.")
+    hardware_target: str = Field(
+        max_length=63, index=True, description="Build target, e.g. 'rpi5', 'cpu-x86'."
+    )
+
+
+class DeviceCreate(InputModel):
+    name: Name
+    hardware_target: Slug
+    group: Slug | None = PydanticField(default=None, description="Existing group name.")
+    tags: TagList = PydanticField(default_factory=list, max_length=32)
+
+
+class DeviceUpdate(InputModel):
+    """Fields to change. ``group: null`` removes the device from its group; ``tags``
+    replaces the whole tag set."""
+
+    name: Name | None = None
+    group: Slug | None = None
+    tags: TagList | None = PydanticField(default=None, max_length=32)
+
+
+class Device(DeviceBase, table=True):
+    __tablename__ = "devices"
+
+    id: str = Field(primary_key=True, max_length=32)
+    group_id: int | None = Field(default=None, foreign_key="groups.id", index=True)
+    mqtt_username: str = Field(max_length=64, unique=True)
+    mqtt_password_hash: str | None = Field(
+        default=None, max_length=200, description="Mosquitto $7$ hash; NULL once retired."
+    )
+    enrolled_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    enrolled_by: str = Field(max_length=100)
+    last_seen_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    reported_status: ReportedStatus | None = Field(default=None, sa_type=enum_type(ReportedStatus))
+    model_version_id: int | None = Field(default=None, foreign_key="model_versions.id", index=True)
+    retired_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class DevicePublic(DeviceBase):
+    id: str
+    group: str | None
+    tags: list[str]
+    status: DeviceStatus
+    last_seen_at: datetime | None
+    model_version_id: int | None = PydanticField(description="Model version it runs.")
+    mqtt_username: str
+    enrolled_at: datetime
+    enrolled_by: str
+    retired_at: datetime | None
+
+
+class MqttCredentials(FleetModel):
+    """Broker credentials. The password is shown once and only its hash is kept."""
+
+    username: str
+    password: str
+
+
+class DeviceEnrolled(FleetModel):
+    device: DevicePublic
+    mqtt: MqttCredentials
+
+
+class Heartbeat(InputModel):
+    """A device's periodic sign of life (normally relayed from MQTT by the fleet)."""
+
+    model_version_id: Id | None = PydanticField(
+        default=None,
+        description="Model version the device runs; omit to leave unchanged, null for none.",
+    )
+
+
+class HeartbeatAck(FleetModel):
+    device_id: str
+    status: DeviceStatus
+    last_seen_at: datetime

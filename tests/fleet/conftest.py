@@ -1,0 +1,241 @@
+"""Fixtures for the fleet tests: a fresh database per test on SQLite and PostgreSQL.
+
+PostgreSQL tests use one schema per test session (``fleet_test_<random>``, dropped at
+the end), so several people can run them against the shared ``test`` database at once.
+Each test starts from empty tables (TRUNCATE on PostgreSQL; a copy of a migrated
+template file on SQLite).
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, text
+
+from fleet import migrate
+from fleet.audit import Actor
+from fleet.crud import tokens as token_crud
+from fleet.db import make_engine, session_scope
+from fleet.models.auth import Role
+from fleet.settings import FleetSettings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # starlette suggests httpx2; httpx is what we have
+    from fastapi.testclient import TestClient
+
+PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=5"
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+CLI_ACTOR = Actor(name="cli:tests", role="admin", source="cli")
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where a test's fleet database lives."""
+
+    backend: str
+    url: str
+    schema: str | None
+
+    def engine(self) -> Engine:
+        return make_engine(self.url, schema=self.schema)
+
+
+def _create_schema() -> str:
+    schema = f"fleet_test_{secrets.token_hex(6)}"
+    try:
+        with psycopg.connect(PG_DSN, autocommit=True) as connection:
+            connection.execute(f"CREATE SCHEMA {schema}")
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL on 127.0.0.1:5432 (database 'test') is unreachable: {exc}. "
+            "Start it, or deselect these tests with -m 'not postgres'."
+        )
+    return schema
+
+
+def _drop_schema(schema: str) -> None:
+    with psycopg.connect(PG_DSN, autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture(scope="session")
+def pg_schema() -> Iterator[str]:
+    """A migrated PostgreSQL schema for this test session."""
+    schema = _create_schema()
+    engine = make_engine(PG_URL, schema=schema)
+    try:
+        migrate.upgrade(engine)
+        engine.dispose()
+        yield schema
+    finally:
+        engine.dispose()
+        _drop_schema(schema)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file that each test copies (much faster than migrating)."""
+    path = tmp_path_factory.mktemp("fleet-template") / "fleet.db"
+    engine = make_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine)
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+    return path
+
+
+def _truncate_all(schema: str) -> None:
+    with psycopg.connect(PG_DSN, autocommit=True) as connection:
+        tables = [
+            row[0]
+            for row in connection.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename <> "
+                "'alembic_version'",
+                (schema,),
+            )
+        ]
+        if tables:
+            names = ", ".join(f"{schema}.{t}" for t in tables)
+            connection.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """An empty, migrated fleet database on each backend."""
+    if request.param == "sqlite":
+        path = tmp_path / "fleet.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return Database("sqlite", f"sqlite:///{path}", None)
+    schema = request.getfixturevalue("pg_schema")
+    _truncate_all(schema)
+    return Database("postgres", PG_URL, schema)
+
+
+@pytest.fixture
+def sqlite_database(tmp_path: Path, sqlite_template: Path) -> Database:
+    """An empty, migrated SQLite fleet database (for tests that need only one backend)."""
+    path = tmp_path / "fleet.db"
+    shutil.copy(sqlite_template, path)
+    return Database("sqlite", f"sqlite:///{path}", None)
+
+
+def make_settings(database: Database, tmp_path: Path, **changes: object) -> FleetSettings:
+    values: dict[str, object] = {
+        "database_url": database.url,
+        "database_schema": database.schema,
+        "data_dir": tmp_path,
+        "artifact_dir": tmp_path / "artifacts",
+        "migrate_on_start": False,
+    }
+    values.update(changes)
+    return FleetSettings(**values)  # type: ignore[arg-type]
+
+
+SettingsFactory = Callable[..., FleetSettings]
+
+
+@pytest.fixture
+def settings_factory(database: Database, tmp_path: Path) -> SettingsFactory:
+    """Settings for this test's database, with any field changed."""
+    return lambda **changes: make_settings(database, tmp_path, **changes)
+
+
+@pytest.fixture
+def settings(settings_factory: SettingsFactory) -> FleetSettings:
+    return settings_factory()
+
+
+@pytest.fixture
+def app_factory() -> Iterator[Callable[[FleetSettings], TestClient]]:
+    """Build extra apps (with other settings); their engines are disposed at teardown."""
+    from fleet.app import create_app
+
+    clients: list[TestClient] = []
+
+    def build(settings: FleetSettings) -> TestClient:
+        test_client = TestClient(create_app(settings))
+        test_client.__enter__()
+        clients.append(test_client)
+        return test_client
+
+    yield build
+    for test_client in clients:
+        test_client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(settings: FleetSettings) -> Iterator[TestClient]:
+    from fleet.app import create_app
+
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def new_token() -> Callable[..., str]:
+    """Create a token directly in the database: ``new_token(engine, role, name=...)``."""
+    return create_token
+
+
+def create_token(engine: Engine, role: Role, name: str | None = None) -> str:
+    with session_scope(engine, write=True) as session:
+        secret, _ = token_crud.create_token(
+            session, name=name or role.value, role=role, actor=CLI_ACTOR
+        )
+    return secret
+
+
+@pytest.fixture
+def tokens(client: TestClient) -> dict[Role, str]:
+    """One token per role."""
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    return {role: create_token(engine, role) for role in Role}
+
+
+@pytest.fixture
+def headers(tokens: dict[Role, str]) -> dict[Role, dict[str, str]]:
+    """``Authorization`` headers per role."""
+    return {role: {"Authorization": f"Bearer {secret}"} for role, secret in tokens.items()}
+
+
+@pytest.fixture
+def admin(headers: dict[Role, dict[str, str]]) -> dict[str, str]:
+    return headers[Role.admin]
+
+
+@pytest.fixture
+def run_sql() -> Callable[..., list[tuple[object, ...]]]:
+    """``run_sql(engine, "SELECT ...", **params)`` → rows."""
+    return sql
+
+
+@pytest.fixture
+def pg_scratch_schema() -> Callable[[], Iterator[str]]:
+    """A context manager giving a new, empty PostgreSQL schema, dropped afterwards."""
+    return _scratch_schema
+
+
+@contextmanager
+def _scratch_schema() -> Iterator[str]:
+    schema = _create_schema()
+    try:
+        yield schema
+    finally:
+        _drop_schema(schema)
+
+
+def sql(engine: Engine, statement: str, **params: object) -> list[tuple[object, ...]]:
+    """Run one SQL statement in its own transaction; return the rows (if any)."""
+    with engine.begin() as connection:
+        result = connection.execute(text(statement), params)
+        return [tuple(row) for row in result] if result.returns_rows else []
