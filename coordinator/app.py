@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -12,10 +13,11 @@ from flwr.serverapp import Grid, ServerApp
 
 from coordinator.checkpoint import CheckpointStore
 from coordinator.config import RunConfig
-from coordinator.loop import RoundLoop, UniformSelector, wait_for_nodes
+from coordinator.loop import RoundLoop, wait_for_nodes
 from coordinator.results import RoundRecord, write_results
+from coordinator.secagg_exchange import SecAggExchange, secagg_from_run_config
+from coordinator.strategy_setup import build_strategy_setup
 from edge_client import messages as k
-from strategies import StrategyParams, build_strategy
 from tasks import evaluate, get_task
 
 log = logging.getLogger(__name__)
@@ -42,10 +44,20 @@ def central_evaluate_fn(config: RunConfig) -> Callable[[int, ArrayRecord], Metri
 
 
 def build_loop(
-    config: RunConfig, *, on_round: Callable[[RoundRecord], None] | None = None
+    config: RunConfig,
+    *,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    run_config: Mapping[str, Any] | None = None,
 ) -> RoundLoop:
-    """Assemble the round loop for ``config`` (strategy, selector, evaluation, checkpoints)."""
-    strategy = build_strategy(config.strategy, StrategyParams())
+    """Assemble the round loop for ``config`` (strategy, selector, evaluation, checkpoints).
+
+    ``run_config`` is the full Flower run config: the strategy side (``strategy-*``,
+    selection, attack-resistant reply filters, FedBuff) reads its own keys from it.
+    """
+    run_config = run_config or config.as_run_config()
+    secagg = secagg_from_run_config(run_config, config)  # refuses bad settings before round 1
+    secure = SecAggExchange(secagg) if secagg is not None else None
+    setup = build_strategy_setup(config, run_config, exchange=secure)
     train_config = ConfigRecord(
         {
             k.LOCAL_EPOCHS: config.local_epochs,
@@ -57,15 +69,17 @@ def build_loop(
         CheckpointStore(Path(config.out_dir) / "checkpoint.pt") if config.out_dir else None
     )
     return RoundLoop(
-        strategy=strategy,
-        selector=UniformSelector(clients_per_round=config.clients_per_round, seed=config.seed),
+        strategy=setup.strategy,
+        selector=setup.selector,
+        exchange=setup.exchange,
+        reply_filters=setup.reply_filters + ([secure.round_stats] if secure else []),
         num_rounds=config.num_server_rounds,
         train_config=train_config,
         evaluate_fn=central_evaluate_fn(config),
         checkpoints=checkpoints,
         on_round=on_round,
         timeout=config.round_timeout,
-        min_clients=config.min_clients,
+        min_clients=setup.min_clients,
         fraction_evaluate=config.fraction_evaluate,
     )
 
@@ -94,7 +108,7 @@ def run_federation(
         if on_round is not None:
             on_round(record)
 
-    loop = build_loop(config, on_round=record_round)
+    loop = build_loop(config, on_round=record_round, run_config=context.run_config)
     wait_for_nodes(grid, minimum=config.clients_per_round, timeout=config.round_timeout)
     result = loop.run(grid, initial_arrays(config))
     if out_dir is not None:

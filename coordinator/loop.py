@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import Strategy
 from coordinator.checkpoint import Checkpoint, CheckpointStore
 from coordinator.grid_view import SelectedNodesGrid
 from coordinator.results import RoundRecord
+from edge_client.messages import AGGREGATED_CLIENTS
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ class TrainExchange(Protocol):
 
     The plain exchange returns every client's reply; a secure-aggregation exchange
     runs its protocol stages and returns replies whose sum is all the server learns.
+    An exchange that keeps instructions in flight across rounds (the buffered
+    asynchronous one) exposes their number as ``in_flight``, so the loop does not count
+    them as failures.
     """
 
     def exchange(
@@ -47,6 +51,16 @@ class TrainExchange(Protocol):
 
 
 ReplyFilter = Callable[[int, list[Message]], tuple[list[Message], dict[str, float]]]
+
+
+def represented_clients(reply: Message) -> int:
+    """How many clients' updates one reply stands for: 1, or — for the single reply of a
+    secure-aggregation exchange — the number of clients in its sum (``aggregated-clients``)."""
+    for record in reply.content.metric_records.values():
+        value = record.get(AGGREGATED_CLIENTS)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return 1
 
 
 @dataclass
@@ -144,18 +158,23 @@ class RoundLoop:
         messages = self.strategy.configure_train(
             server_round, arrays, ConfigRecord(dict(self.train_config)), view
         )
+        in_flight_before = getattr(self.exchange, "in_flight", 0)
         replies = self.exchange.exchange(
             view, messages, server_round=server_round, timeout=self.timeout
         )
+        # Instructions this round resolved: its own, plus (for an exchange that keeps
+        # some in flight across rounds, e.g. FedBuff's) earlier ones that came back now.
+        resolved = len(selected) + in_flight_before - getattr(self.exchange, "in_flight", 0)
         replies.sort(key=lambda m: m.metadata.src_node_id)
         ok = [m for m in replies if not m.has_error()]
         extra: dict[str, float] = {}
         for reply_filter in self.reply_filters:
             ok, stats = reply_filter(server_round, ok)
             extra.update(stats)
-        failures = len(selected) - len(ok)
+        contributors = sum(represented_clients(m) for m in ok)
+        failures = resolved - contributors
         new_arrays: ArrayRecord | None = None
-        if len(ok) >= self.min_clients:
+        if contributors >= self.min_clients:
             new_arrays, train_metrics = self.strategy.aggregate_train(server_round, ok)
             if train_metrics is not None:
                 extra.update(
@@ -169,7 +188,7 @@ class RoundLoop:
             log.warning(
                 "round %d: %d usable replies, quorum is %d; the global model is unchanged",
                 server_round,
-                len(ok),
+                contributors,
                 self.min_clients,
             )
         current = new_arrays if new_arrays is not None else arrays
@@ -186,7 +205,7 @@ class RoundLoop:
             accuracy=accuracy,
             loss=loss,
             duration_s=time.perf_counter() - t0,
-            clients=len(ok),
+            clients=contributors,
             selected=len(selected),
             failures=failures,
             applied=new_arrays is not None,

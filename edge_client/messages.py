@@ -35,3 +35,55 @@ RC_NUM_CLIENTS: Final = "num-clients"
 # node_config keys (set by the simulation engines, or by a SuperNode's --node-config).
 NC_PARTITION_ID: Final = "partition-id"
 NC_NUM_PARTITIONS: Final = "num-partitions"
+
+# --- strategies, selection, asynchronous rounds and attacks (issue 10) -------------
+# Reply metric: the simulated seconds a device took to train and upload (simulation
+# only; the coordinator orders arrivals by it when the run's clock is "simulated").
+SIM_SECONDS: Final = "sim-seconds"
+# run_config keys.
+RC_CLOCK: Final = "clock"  # "wall" (default) | "simulated"
+RC_SPEEDS: Final = "speeds"  # simulated device-speed model, e.g. "pareto:1.5"
+RC_ATTACK: Final = "attack"  # "" | sign-flip | scale:F | gaussian:S | label-flip
+RC_ATTACKERS: Final = "attackers"  # fraction of clients that attack, in [0, 1]
+
+# --- secure aggregation, SecAgg+ (issue 3; privacy/secagg) --------------------------
+# Message types of the protocol stages (the train stage wraps the plain train handler).
+MT_SECAGG_SETUP: Final = "query.secagg_setup"
+MT_SECAGG_SHARE: Final = "query.secagg_share"
+MT_SECAGG_TRAIN: Final = "train.secagg"
+MT_SECAGG_UNMASK: Final = "query.secagg_unmask"
+# Record names: every stage carries a ConfigRecord SECAGG; the masked input travels
+# as array SECAGG_VECTOR of ArrayRecord SECAGG_MASKED (uint32/uint64, Z_(2^M)).
+SECAGG: Final = "secagg"
+SECAGG_MASKED: Final = "secagg-masked"
+SECAGG_VECTOR: Final = "y"
+# Keys inside the SECAGG ConfigRecord.
+SA_ROUND: Final = "round"
+SA_GRAPH_SEED: Final = "graph-seed"  # bytes(32), drawn by the coordinator
+SA_PARTICIPANTS: Final = "participants"  # list[int] node ids of the round
+SA_PARAMS: Final = "params"  # [degree, threshold, bits, max-weight, modulus-bits]
+SA_CLIP: Final = "clip"  # float, per-coordinate clipping bound R
+SA_C_PUBLIC: Final = "c-public"  # X25519 public key for share encryption
+SA_S_PUBLIC: Final = "s-public"  # X25519 public key for pairwise masks
+SA_PEERS: Final = "peers"  # list[int]: neighbours whose keys follow
+SA_PEERS_C: Final = "peers-c"
+SA_PEERS_S: Final = "peers-s"
+SA_RECEIVERS: Final = "receivers"  # list[int]: who each ciphertext is for
+SA_SENDERS: Final = "senders"  # list[int]: who each ciphertext is from
+SA_CIPHERTEXTS: Final = "ciphertexts"  # list[bytes]: AES-GCM share ciphertexts
+SA_COMMITMENT: Final = "commitment"  # bytes(32): SHA-256 commitment to the self seed
+SA_SURVIVORS: Final = "survivors"  # list[int]
+SA_DROPPED: Final = "dropped"  # list[int]
+SA_SEED_OWNERS: Final = "seed-owners"
+SA_SEED_SHARES: Final = "seed-shares"
+SA_KEY_OWNERS: Final = "key-owners"
+SA_KEY_SHARES: Final = "key-shares"
+# Metric of the coordinator's one synthetic reply: how many clients' updates it sums.
+AGGREGATED_CLIENTS: Final = "aggregated-clients"
+# Error codes of a client's refusal (its reply is an Error; it counts as dropped).
+ERR_SECAGG_REFUSED: Final = 3101  # honest-client check failed / inconsistent request
+ERR_SECAGG_BAD_SHARE: Final = 3102  # a neighbour's share failed AES-GCM authentication
+# Client context state record (between stages).
+SECAGG_STATE: Final = "secagg-state"
+# run_config keys (parsed by privacy.secagg.config.SecAggConfig).
+RC_SECAGG: Final = "secagg"

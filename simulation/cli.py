@@ -64,6 +64,39 @@ def simulate(
             help="Fraction of clients doing federated evaluation each round. (default: 0)"
         ),
     ] = None,
+    strategy_options: Annotated[
+        str | None,
+        typer.Option(
+            help="Strategy knobs NAME=VALUE,... (server-lr, server-momentum, trim-fraction, "
+            "byzantine, krum-select, buffer-size, staleness-exponent, max-update-norm, ...)."
+        ),
+    ] = None,
+    attack: Annotated[
+        str | None,
+        typer.Option(help="Poison attackers' updates: sign-flip | scale:F | gaussian:S | label-flip."),
+    ] = None,
+    attackers: Annotated[
+        float | None, typer.Option(help="Fraction of clients that attack. [default: 0]")
+    ] = None,
+    speeds: Annotated[
+        str | None,
+        typer.Option(
+            help="Simulated device speeds (turns on simulated wall-clock): "
+            "uniform | pareto:ALPHA | lognormal:SIGMA. [default: off]"
+        ),
+    ] = None,
+    selection: Annotated[
+        str | None,
+        typer.Option(help="Client selection: random | device-aware. [default: random]"),
+    ] = None,
+    over_select: Annotated[
+        float | None,
+        typer.Option(help="Start this fraction more clients, keep the first to finish. [default: 0]"),
+    ] = None,
+    deadline: Annotated[
+        float | None,
+        typer.Option(help="Round deadline in simulated seconds (needs --speeds). [default: none]"),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option("--config", help="TOML file with the same settings (flags override it)."),
@@ -87,6 +120,13 @@ def simulate(
         "seed": seed,
         "engine": engine,
         "fraction_evaluate": fraction_evaluate,
+        "strategy_options": strategy_options,
+        "attack": attack,
+        "attackers": attackers,
+        "speeds": speeds,
+        "selection": selection,
+        "over_select": over_select,
+        "deadline": deadline,
     }
     try:
         settings = SimulateSettings.build(config_file=config, overrides=overrides)

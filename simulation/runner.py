@@ -30,7 +30,10 @@ def quiet_flower_logs() -> None:
 def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = False) -> dict:
     """Run ``settings`` and write results into ``out_dir``; returns the metrics document."""
     quiet_flower_logs()
-    run_config = settings.run_config(out_dir=str(out_dir.resolve())).as_run_config()
+    run_config = {
+        **settings.run_config(out_dir=str(out_dir.resolve())).as_run_config(),
+        **settings.feature_run_config(),
+    }
     console = Console(stderr=True, quiet=quiet)
     progress = Progress(
         TextColumn("[bold]round"),
@@ -57,12 +60,14 @@ def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = F
 
         if settings.engine == "inprocess":
             from coordinator.app import build_server_app
-            from edge_client.app import app as client_app
+            from edge_client.app import build_client_app
+            from simulation.attacks import attack_mod
             from simulation.inprocess import run_inprocess
+            from simulation.speeds import speed_mod
 
             run_inprocess(
                 server_app=build_server_app(on_round=on_round),
-                client_app=client_app,
+                client_app=build_client_app(mods=[attack_mod, speed_mod]),
                 num_nodes=settings.clients,
                 run_config=run_config,
             )

@@ -31,6 +31,14 @@ class SimulateSettings:
     seed: int = 0
     engine: str = "inprocess"
     fraction_evaluate: float = 0.0
+    # strategies, selection, attacks (issue 10): see feature_run_config
+    strategy_options: str = ""
+    attack: str = ""
+    attackers: float = 0.0
+    speeds: str = ""
+    selection: str = "random"
+    over_select: float = 0.0
+    deadline: float = 0.0
 
     @classmethod
     def build(cls, *, config_file: Path | None, overrides: Mapping[str, Any]) -> SimulateSettings:
@@ -64,6 +72,9 @@ class SimulateSettings:
                 + ", ".join(available_strategies())
             )
         self.run_config()  # the coordinator's own validation
+        from simulation.strategy_settings import validate_strategy_settings
+
+        validate_strategy_settings(self)
 
     def run_config(self, *, out_dir: str = "") -> RunConfig:
         """The coordinator's RunConfig for these settings (validated)."""
@@ -83,6 +94,12 @@ class SimulateSettings:
         )
         config.validate()
         return config
+
+    def feature_run_config(self) -> dict[str, bool | int | float | str]:
+        """Run-config keys of the feature switches (beyond the coordinator's core keys)."""
+        from simulation.strategy_settings import strategy_run_config
+
+        return strategy_run_config(self)
 
 
 def load_toml(path: Path) -> dict[str, Any]:

@@ -1,0 +1,194 @@
+"""The strategy side of a run, assembled in one place for ``build_loop``.
+
+From the run config: the registered strategy with its ``strategy-*`` knobs, the
+selector (``selection``, ``over-select``, ``min-battery``), the train exchange (plain,
+or buffered for an asynchronous strategy such as FedBuff), and the reply filters:
+
+1. the update guard (non-finite / ``strategy-max-update-norm`` / malformed),
+2. the device-aware selector's observer (learns failures and speeds),
+3. the round deadline (synchronous rounds on the simulated clock: ``deadline-s``,
+   over-selection surplus),
+4. the buffered exchange's state (asynchronous rounds).
+
+Asynchrony is chosen here, once, from the registry's ``asynchronous`` flag; the round
+loop itself has no FedBuff case. Set-ups that cannot work are refused before round 1
+(``strategies.validation``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+from flwr.app import ArrayRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from coordinator.buffered import BufferedExchange, Clock, TopUpSelector
+from coordinator.config import RunConfig
+from coordinator.loop import PlainExchange, ReplyFilter, Selector, TrainExchange
+from edge_client import messages as k
+from strategies import StrategyParams, build_strategy, strategy_info
+from strategies.guard import UpdateGuard
+from strategies.selection import (
+    CountSelector,
+    DeviceAwareSelector,
+    RandomSelector,
+    RoundDeadline,
+    SelectionConfig,
+    TelemetrySource,
+)
+from strategies.validation import check_strategy_setup
+
+
+@dataclass
+class InstructionLog:
+    """Per node, the global weights its latest train instruction carried.
+
+    Entries older than ``retain_rounds`` rounds are forgotten, so clients that never
+    reply do not keep old models alive.
+    """
+
+    retain_rounds: int = 1
+    _bases: dict[int, tuple[int, ArrayRecord]] = field(default_factory=dict)
+
+    def record(self, messages: Iterable[Message], server_round: int) -> list[Message]:
+        outgoing = list(messages)
+        for message in outgoing:
+            records = message.content.array_records
+            if records:
+                arrays = next(iter(records.values()))
+                self._bases[message.metadata.dst_node_id] = (server_round, arrays)
+        oldest = server_round - self.retain_rounds
+        self._bases = {n: e for n, e in self._bases.items() if e[0] >= oldest}
+        return outgoing
+
+    def base_of(self, reply: Message) -> ArrayRecord | None:
+        entry = self._bases.pop(reply.metadata.src_node_id, None)
+        return entry[1] if entry is not None else None
+
+
+@dataclass
+class RecordingExchange:
+    """Wraps a train exchange and logs what each node was sent."""
+
+    inner: TrainExchange
+    log: InstructionLog
+
+    @property
+    def in_flight(self) -> int:
+        return int(getattr(self.inner, "in_flight", 0))
+
+    def exchange(
+        self, grid: Grid, messages: Iterable[Message], *, server_round: int, timeout: float
+    ) -> list[Message]:
+        outgoing = self.log.record(messages, server_round)
+        return self.inner.exchange(grid, outgoing, server_round=server_round, timeout=timeout)
+
+
+@dataclass
+class StrategySetup:
+    """What ``build_loop`` plugs into the round loop."""
+
+    strategy: Strategy
+    params: StrategyParams
+    selector: Selector
+    exchange: TrainExchange
+    reply_filters: list[ReplyFilter]
+    min_clients: int
+
+
+def _clock(run_config: Mapping[str, Any]) -> Clock:
+    clock = str(run_config.get(k.RC_CLOCK, "wall"))
+    if clock not in ("wall", "simulated"):
+        raise ValueError(f"run config {k.RC_CLOCK}={clock!r}: choose wall or simulated")
+    return cast(Literal["wall", "simulated"], clock)
+
+
+def _secure_aggregation(run_config: Mapping[str, Any]) -> bool:
+    value = run_config.get("secagg", False)
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def build_strategy_setup(
+    config: RunConfig,
+    run_config: Mapping[str, Any],
+    *,
+    exchange: TrainExchange | None = None,
+    telemetry: TelemetrySource | None = None,
+) -> StrategySetup:
+    """Validate and assemble strategy, selector, exchange and reply filters.
+
+    ``exchange`` replaces the plain synchronous exchange (e.g. secure aggregation);
+    ``telemetry`` feeds device-aware selection (battery, charging, profile speed).
+    """
+    params = StrategyParams.from_run_config(run_config)
+    secagg = _secure_aggregation(run_config)
+    check_strategy_setup(
+        strategy=config.strategy,
+        params=params,
+        clients_per_round=config.clients_per_round,
+        min_clients=config.min_clients,
+        secure_aggregation=secagg,
+    )
+    info = strategy_info(config.strategy)
+    selection = SelectionConfig.from_run_config(run_config)
+    clock = _clock(run_config)
+    inner: CountSelector
+    if selection.mode == "device-aware":
+        inner = DeviceAwareSelector(
+            clients_per_round=config.clients_per_round,
+            seed=config.seed,
+            over_select=0.0 if info.asynchronous else selection.over_select,
+            min_battery=selection.min_battery,
+            outstanding_rounds=params.max_staleness if info.asynchronous else 0,
+            telemetry=telemetry,
+            seconds_key=k.SIM_SECONDS,
+        )
+    else:
+        inner = RandomSelector(
+            clients_per_round=config.clients_per_round,
+            seed=config.seed,
+            over_select=0.0 if info.asynchronous else selection.over_select,
+        )
+    filters: list[ReplyFilter] = []
+    selector: Selector = inner
+    train_exchange: TrainExchange
+    if info.asynchronous:
+        buffered = BufferedExchange(
+            buffer_size=params.buffer_size, clock=clock, seconds_key=k.SIM_SECONDS
+        )
+        selector = TopUpSelector(
+            inner=inner, exchange=buffered, concurrency=config.clients_per_round
+        )
+        train_exchange = buffered
+    else:
+        train_exchange = exchange or PlainExchange()
+    if not secagg:  # masked replies cannot be checked one by one; clients clip instead
+        log = InstructionLog(retain_rounds=params.max_staleness + 1 if info.asynchronous else 1)
+        train_exchange = RecordingExchange(inner=train_exchange, log=log)
+        guard = UpdateGuard(max_norm=params.max_update_norm, weight_key=k.NUM_EXAMPLES)
+        filters.append(functools.partial(guard.filter, base_of=log.base_of))
+    if isinstance(inner, DeviceAwareSelector):
+        filters.append(inner.observe)
+    if info.asynchronous:
+        filters.append(buffered.round_stats)
+    elif clock == "simulated":
+        deadline = RoundDeadline(
+            target=config.clients_per_round,
+            deadline_s=selection.deadline_s,
+            seconds_key=k.SIM_SECONDS,
+        )
+        filters.append(deadline.filter)
+    return StrategySetup(
+        strategy=build_strategy(config.strategy, params),
+        params=params,
+        selector=selector,
+        exchange=train_exchange,
+        reply_filters=filters,
+        min_clients=max(config.min_clients, info.min_updates(params)),
+    )
