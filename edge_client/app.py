@@ -6,6 +6,8 @@ It trains and evaluates the run's task on the client's data. Cross-cutting behav
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -13,6 +15,7 @@ from flwr.clientapp.typing import Mod
 
 from edge_client import messages as k
 from edge_client.data import ClientData, partition_data
+from edge_client.secagg_client import PreMaskTransform, register_secagg
 from edge_client.settings import ClientSettings
 from tasks import evaluate, get_task, train_local
 
@@ -76,11 +79,18 @@ def handle_evaluate(message: Message, context: Context) -> Message:
     return Message(content=RecordDict({k.METRICS: metrics}), reply_to=message)
 
 
-def build_client_app(*, mods: list[Mod] | None = None) -> ClientApp:
-    """A ClientApp with fedfleet's train and evaluate handlers and the given mods."""
+def build_client_app(
+    *, mods: list[Mod] | None = None, pre_mask: Sequence[PreMaskTransform] = ()
+) -> ClientApp:
+    """A ClientApp with fedfleet's train and evaluate handlers and the given mods.
+
+    Secure aggregation's stages are registered too (``train.secagg`` wraps
+    ``handle_train``); ``pre_mask`` transforms each update before it is masked.
+    """
     client_app = ClientApp(mods=mods or [])
     client_app.train()(handle_train)
     client_app.evaluate()(handle_evaluate)
+    register_secagg(client_app, train=handle_train, pre_mask=pre_mask)
     return client_app
 
 

@@ -1,0 +1,331 @@
+"""Secure aggregation as the round loop's train exchange (SecAgg+ over Flower messages).
+
+:class:`SecAggExchange` drives the four protocol stages through the Grid —
+``query.secagg_setup``, ``query.secagg_share``, ``train.secagg``, ``query.secagg_unmask``
+— and returns ONE synthetic reply: its ``ArrayRecord`` is the global model plus the
+weighted mean update recovered from the masked sum, its ``num-examples`` the total
+weight, its ``aggregated-clients`` the number of survivors. Any strategy that only needs
+the weighted sum of the updates (FedAvg, FedProx, FedAdam, FedYogi, FedAvgM, ...)
+aggregates it unchanged; the coordinator never sees an individual update.
+
+When too many clients drop (or shares are missing or inconsistent) the round fails
+cleanly: no reply, so the loop keeps the previous model, and ``secagg_failed = 1`` is
+recorded in the round's metrics. ``secagg-on-failure = stop`` ends the run instead.
+The protocol steps themselves are pure functions in ``privacy.secagg.server``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from coordinator.config import RunConfig
+from edge_client import messages as k
+from edge_client.secagg_client import (
+    bytes_list,
+    bytes_value,
+    int_list,
+    params_to_record,
+)
+from privacy.secagg import server as protocol
+from privacy.secagg.arrays import apply_update, num_params
+from privacy.secagg.config import SecAggConfig
+from privacy.secagg.quantize import decode_sum, input_length, ring_dtype
+from privacy.secagg.shamir import decode_share
+
+log = logging.getLogger(__name__)
+
+
+class SecAggRoundFailed(Exception):
+    """A round whose sum cannot be recovered; the previous model stays."""
+
+
+class SecAggRunStopped(RuntimeError):
+    """Raised when ``secagg-on-failure = stop`` and a round failed."""
+
+
+def secagg_from_run_config(run_config: Mapping[str, Any], config: RunConfig) -> SecAggConfig | None:
+    """The run's secure-aggregation settings, checked against its client count before
+    round 1 (``None`` when ``secagg`` is off). Strategies that need individual updates
+    are refused by the strategy set-up (``strategies.validation``)."""
+    secagg = SecAggConfig.from_run_config(run_config)
+    if not secagg.enabled:
+        return None
+    secagg.params_for(config.clients_per_round)  # T > K+1, overflow, too few clients
+    if config.min_clients > config.clients_per_round:
+        raise ValueError("min-clients is larger than clients-per-round")
+    return secagg
+
+
+@dataclass
+class SecAggExchange:
+    """The SecAgg+ train exchange; ``round_stats`` is its reply filter for metrics."""
+
+    config: SecAggConfig
+    poll_interval: float = 0.2
+    _stats: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    # -- the loop's hooks -------------------------------------------------------------
+    def exchange(
+        self, grid: Grid, messages: Iterable[Message], *, server_round: int, timeout: float
+    ) -> list[Message]:
+        t0 = time.perf_counter()
+        stats: dict[str, float] = {"secagg_failed": 0.0}
+        self._stats[server_round] = stats
+        try:
+            reply = self._run(grid, list(messages), server_round, timeout, stats)
+        except SecAggRoundFailed as exc:
+            stats["secagg_failed"] = 1.0
+            stats["secagg_seconds"] = time.perf_counter() - t0
+            log.warning(
+                "round %d: secure aggregation failed (%s); model unchanged", server_round, exc
+            )
+            if self.config.on_failure == "stop":
+                raise SecAggRunStopped(
+                    f"secure aggregation failed in round {server_round}: {exc} "
+                    "(secagg-on-failure = stop)"
+                ) from None
+            return []
+        stats["secagg_seconds"] = time.perf_counter() - t0
+        return [reply]
+
+    def round_stats(
+        self, server_round: int, replies: list[Message]
+    ) -> tuple[list[Message], dict[str, float]]:
+        """A reply filter that keeps every reply and reports this round's counters."""
+        return replies, self._stats.pop(server_round, {})
+
+    # -- the protocol -----------------------------------------------------------------
+    def _run(
+        self,
+        grid: Grid,
+        messages: list[Message],
+        server_round: int,
+        timeout: float,
+        stats: dict[str, float],
+    ) -> Message:
+        deadline = time.monotonic() + timeout
+        train = {m.metadata.dst_node_id: m for m in messages}
+        if not train:
+            raise SecAggRoundFailed("no clients were selected")
+        try:
+            state = protocol.start_round(
+                server_round=server_round, config=self.config, participants=list(train)
+            )
+        except ValueError as exc:
+            raise SecAggRoundFailed(str(exc)) from None
+        threshold = state.params.threshold
+        group = str(server_round)
+
+        def send(
+            content: Mapping[int, RecordDict],
+            message_type: str,
+            outgoing: dict[int, Message] | None = None,
+        ) -> Iterator[tuple[int, Message]]:
+            made = {
+                node: grid.create_message(content[node], message_type, node, group)
+                for node in sorted(content)
+            }
+            if outgoing is not None:
+                outgoing.update(made)
+            yield from self._send(grid, made.values(), deadline)
+
+        # Stage 1: advertise keys.
+        base = {
+            k.SA_ROUND: server_round,
+            k.SA_GRAPH_SEED: state.graph_seed,
+            k.SA_PARTICIPANTS: list(state.participants),
+            **params_to_record(state.params),
+        }
+        setup = {node: _record(base) for node in state.participants}
+        for node, reply in send(setup, k.MT_SECAGG_SETUP):
+            if not reply.has_error():
+                rec = reply.content.config_records.get(k.SECAGG)
+                if rec is not None:
+                    with _tolerant():
+                        protocol.record_keys(
+                            state,
+                            node,
+                            c_public=bytes_value(rec, k.SA_C_PUBLIC),
+                            s_public=bytes_value(rec, k.SA_S_PUBLIC),
+                        )
+        stats["secagg_dropped_setup"] = float(len(state.participants) - len(state.advertised))
+
+        # Stage 2: share keys.
+        share_requests = {}
+        for node in sorted(state.advertised):
+            peers = protocol.keys_for(state, node)
+            share_requests[node] = _record(
+                {
+                    k.SA_ROUND: server_round,
+                    k.SA_PEERS: list(peers),
+                    k.SA_PEERS_C: [c for c, _ in peers.values()],
+                    k.SA_PEERS_S: [s for _, s in peers.values()],
+                }
+            )
+        for node, reply in send(share_requests, k.MT_SECAGG_SHARE):
+            if not reply.has_error():
+                rec = reply.content.config_records.get(k.SECAGG)
+                if rec is not None:
+                    with _tolerant():
+                        receivers = int_list(rec, k.SA_RECEIVERS)
+                        blobs = bytes_list(rec, k.SA_CIPHERTEXTS)
+                        if len(receivers) == len(blobs):
+                            protocol.record_shares(
+                                state,
+                                node,
+                                ciphertexts=dict(zip(receivers, blobs, strict=True)),
+                                commitment=bytes_value(rec, k.SA_COMMITMENT),
+                            )
+        stats["secagg_dropped_share"] = float(len(state.advertised) - len(state.shared))
+        if len(state.shared) < threshold:
+            raise SecAggRoundFailed(
+                f"only {len(state.shared)} clients shared keys, threshold is {threshold}"
+            )
+
+        # Stage 3: masked inputs (the strategy's train instruction + routed shares).
+        global_arrays = next(iter(train.values())).content.array_records[k.ARRAYS]
+        length = input_length(num_params(global_arrays))
+        dtype = ring_dtype(state.params.modulus_bits)
+        total = np.zeros(length, dtype=dtype)
+        survivors: list[int] = []
+        sent: dict[int, Message] = {}
+        train_requests = {}
+        for node in sorted(state.shared):
+            routed = protocol.shares_for(state, node)
+            content = RecordDict(dict(train[node].content.items()))
+            content[k.SECAGG] = ConfigRecord(
+                {
+                    k.SA_ROUND: server_round,
+                    k.SA_SENDERS: list(routed),
+                    k.SA_CIPHERTEXTS: list(routed.values()),
+                }
+            )
+            train_requests[node] = content
+        bad_shares = 0
+        for node, reply in send(train_requests, k.MT_SECAGG_TRAIN, sent):
+            if reply.has_error():
+                bad_shares += int(reply.error.code == k.ERR_SECAGG_BAD_SHARE)
+                continue
+            vector = _masked_vector(reply, length=length, dtype=dtype)
+            if vector is None:
+                continue
+            np.add(total, vector, out=total)
+            survivors.append(node)
+        stats["secagg_bad_shares"] = float(bad_shares)
+        stats["secagg_dropped_input"] = float(len(state.shared) - len(survivors))
+        if len(survivors) < threshold:
+            raise SecAggRoundFailed(
+                f"only {len(survivors)} masked inputs arrived, threshold is {threshold}"
+            )
+
+        # Stage 4: unmask.
+        survivor_set = set(survivors)
+        dropped = state.shared - survivor_set
+        unmask_requests = {}
+        for node in survivors:
+            near = set(state.graph[node]) | {node}
+            unmask_requests[node] = _record(
+                {
+                    k.SA_ROUND: server_round,
+                    k.SA_SURVIVORS: sorted(near & survivor_set),
+                    k.SA_DROPPED: sorted(near & dropped),
+                }
+            )
+        seed_shares: dict[int, dict[int, int]] = {}
+        key_shares: dict[int, dict[int, int]] = {}
+        answered = 0
+        for node, reply in send(unmask_requests, k.MT_SECAGG_UNMASK):
+            if reply.has_error():
+                continue
+            rec = reply.content.config_records.get(k.SECAGG)
+            if rec is None:
+                continue
+            with _tolerant():
+                seeds = _shares(rec, k.SA_SEED_OWNERS, k.SA_SEED_SHARES)
+                keys = _shares(rec, k.SA_KEY_OWNERS, k.SA_KEY_SHARES)
+                holders_ok = all(node in protocol.holders_of(state, o) for o in seeds | keys)
+                if holders_ok and set(seeds) <= survivor_set and set(keys) <= dropped:
+                    for owner, value in seeds.items():
+                        seed_shares.setdefault(owner, {})[node] = value
+                    for owner, value in keys.items():
+                        key_shares.setdefault(owner, {})[node] = value
+                    answered += 1
+        stats["secagg_unmask_missing"] = float(len(survivors) - answered)
+        try:
+            plain = protocol.recover_sum(
+                state,
+                masked_sum=total,
+                survivors=survivors,
+                seed_shares=seed_shares,
+                key_shares=key_shares,
+            )
+            decoded = decode_sum(plain, num_inputs=len(survivors), params=state.params)
+        except (protocol.UnmaskError, ValueError) as exc:
+            raise SecAggRoundFailed(str(exc)) from None
+        stats["secagg_survivors"] = float(len(survivors))
+        stats["secagg_clipped_fraction"] = decoded.clipped_fraction
+        stats["secagg_modulus_bits"] = float(state.params.modulus_bits)
+        new_arrays = apply_update(global_arrays, decoded.mean_update)
+        metrics = MetricRecord(
+            {k.NUM_EXAMPLES: decoded.total_weight, k.AGGREGATED_CLIENTS: len(survivors)}
+        )
+        return Message(
+            RecordDict({k.ARRAYS: new_arrays, k.METRICS: metrics}), reply_to=sent[min(survivors)]
+        )
+
+    def _send(
+        self, grid: Grid, messages: Iterable[Message], deadline: float
+    ) -> Iterator[tuple[int, Message]]:
+        """Deliver ``messages`` (at most ``max_in_flight`` at a time when set) and yield
+        (node, reply) until the stage's replies are in or the round's deadline passes."""
+        pending = list(messages)
+        window = self.config.max_in_flight or len(pending) or 1
+        for start in range(0, len(pending), window):
+            chunk = pending[start : start + window]
+            remaining = max(0.0, deadline - time.monotonic())
+            for reply in grid.send_and_receive(chunk, timeout=remaining):
+                yield reply.metadata.src_node_id, reply
+
+
+def _record(values: Mapping[str, Any]) -> RecordDict:
+    return RecordDict({k.SECAGG: ConfigRecord(dict(values))})
+
+
+def _masked_vector(reply: Message, *, length: int, dtype: type) -> np.ndarray | None:
+    """The masked input of a stage-3 reply, or None if it is malformed."""
+    record = reply.content.array_records.get(k.SECAGG_MASKED)
+    if record is None or k.SECAGG_VECTOR not in record:
+        return None
+    try:
+        vector = record[k.SECAGG_VECTOR].numpy()
+    except (ValueError, TypeError):
+        return None
+    if vector.dtype != dtype or vector.shape != (length,):
+        return None
+    return vector
+
+
+def _shares(record: ConfigRecord, owners_key: str, shares_key: str) -> dict[int, int]:
+    owners = int_list(record, owners_key)
+    values = bytes_list(record, shares_key)
+    if len(owners) != len(values) or len(set(owners)) != len(owners):
+        raise ValueError("malformed share list")
+    return {o: decode_share(v) for o, v in zip(owners, values, strict=True)}
+
+
+class _tolerant:
+    """Context manager: a malformed reply makes its client count as dropped."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        return exc_type is not None and issubclass(exc_type, KeyError | ValueError | TypeError)

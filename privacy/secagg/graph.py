@@ -1,0 +1,59 @@
+"""The masking graph: a random K-regular graph on a round's clients, from a public seed.
+
+Bell et al. (CCS 2020) replace SecAgg's complete graph by a sparse random graph of
+degree K = O(log n): a client masks only with, and shares its secrets only among, its K
+neighbours, which turns the O(n) per-client cost into O(log n). Following their
+practical instantiation, the graph is a Harary graph H(K, n) — clients on a ring, each
+joined to the K/2 nearest on either side — whose ring order is a uniformly random
+permutation of the clients. It is exactly K-regular and K-connected.
+
+The permutation is derived from a 32-byte seed that the coordinator draws from
+``os.urandom`` and sends to every client: each client recomputes its own neighbours
+from the seed and checks that the coordinator routes keys only from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from privacy.secagg.prg import keystream
+
+Graph = dict[int, tuple[int, ...]]
+
+
+def ring_order(node_ids: Sequence[int], *, seed: bytes) -> list[int]:
+    """The clients in a random ring order determined by ``seed`` (and the id set).
+
+    Each client gets a 64-bit ChaCha20 value from the seed at the index of its rank
+    among the sorted ids; sorting by (value, id) is a uniform permutation up to ties of
+    probability ≈ n²/2^65.
+    """
+    ids = sorted(set(node_ids))
+    if len(ids) != len(node_ids):
+        raise ValueError("node ids must be distinct")
+    values = keystream(seed, len(ids), np.uint64)
+    return [ids[i] for i in sorted(range(len(ids)), key=lambda i: (int(values[i]), ids[i]))]
+
+
+def neighbour_graph(node_ids: Sequence[int], *, degree: int, seed: bytes) -> Graph:
+    """Each client's neighbours in the random Harary graph H(degree, n).
+
+    ``degree`` ≥ n−1 gives the complete graph (SecAgg); otherwise it must be even.
+    """
+    n = len(node_ids)
+    if degree < 1:
+        raise ValueError("the masking graph needs degree >= 1")
+    order = ring_order(node_ids, seed=seed)
+    if degree >= n - 1:
+        return {i: tuple(sorted(j for j in order if j != i)) for i in order}
+    if degree % 2:
+        raise ValueError(f"degree {degree} must be even (or >= n-1 for the complete graph)")
+    half = degree // 2
+    graph: Graph = {}
+    for pos, i in enumerate(order):
+        peers = {order[(pos + d) % n] for d in range(1, half + 1)}
+        peers |= {order[(pos - d) % n] for d in range(1, half + 1)}
+        graph[i] = tuple(sorted(peers))
+    return graph
