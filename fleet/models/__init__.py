@@ -30,6 +30,13 @@ from fleet.models.devices import (
     TagCreate,
     TagPublic,
 )
+from fleet.models.ota import (  # OTA rollouts, telemetry, drift (issue 7)
+    DriftEvent,
+    DriftReference,
+    Rollout,
+    RolloutDevice,
+    TelemetryRecord,
+)
 from fleet.models.registry import (
     Artifact,
     ArtifactFormat,
@@ -72,6 +79,8 @@ __all__ = [
     "DeviceStatus",
     "DeviceTagLink",
     "DeviceUpdate",
+    "DriftEvent",
+    "DriftReference",
     "ErrorBody",
     "FieldError",
     "FleetModel",
@@ -90,6 +99,8 @@ __all__ = [
     "Page",
     "ReportedStatus",
     "Role",
+    "Rollout",
+    "RolloutDevice",
     "RoundReport",
     "Run",
     "RunCreate",
@@ -102,5 +113,6 @@ __all__ = [
     "Tag",
     "TagCreate",
     "TagPublic",
+    "TelemetryRecord",
     "metadata",
 ]

@@ -1,0 +1,510 @@
+"""The MQTT device agent: status, heartbeats, OTA installs, inference and telemetry.
+
+Threads: paho's network loop only *enqueues* (callbacks never block, paho issue #379);
+one worker drains the agent's inbox in order (commands, chunks, timers). Several agents
+can share one worker pool (the simulator runs hundreds in one process): an agent is
+never drained by two workers at once.
+
+Install flow (:mod:`edge_client.ota` does the disk work): an ``install`` command starts
+(or resumes) a download; the agent keeps ``chunk_window`` chunk requests in flight and
+asks again for any unanswered after ``chunk_timeout_s`` or after a reconnect; when all
+chunks are in, it verifies, writes the inactive slot, self-tests, switches and acks.
+Any failure acks ``ok=false`` with the stage and keeps the previous model running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+from edge_client import mqtt_protocol as proto
+from edge_client.device_config import DeviceConfig
+from edge_client.ota import Download, InstallError, LoadedModel, SlotStore, install
+from firmware_images.keys import load_public_key
+
+log = logging.getLogger(__name__)
+
+_MAX_LATENCIES = 2048
+
+
+@dataclass
+class _Stats:
+    """Inference counters for the current telemetry window."""
+
+    count: int = 0
+    latencies_ms: deque[float] | None = None
+    predictions: Counter[str] | None = None
+    features: list[np.ndarray] | None = None
+
+    def reset(self, bins: tuple[tuple[float, ...], ...]) -> None:
+        self.count = 0
+        self.latencies_ms = deque(maxlen=_MAX_LATENCIES)
+        self.predictions = Counter()
+        self.features = [np.zeros(len(edges) + 1, dtype=np.int64) for edges in bins]
+
+
+class DeviceAgent:
+    """One device. ``start()`` connects and runs in background threads; ``stop()`` ends it."""
+
+    def __init__(self, config: DeviceConfig, *, executor: Executor | None = None) -> None:
+        self.config = config
+        self.store = SlotStore(
+            config.slots_dir,
+            public_key=load_public_key(config.public_key),
+            target=config.target,
+            max_failed_starts=config.max_failed_starts,
+        )
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="agent")
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._drain_lock = threading.Lock()
+        self._scheduled = False
+        self._model_lock = threading.Lock()
+        self.model: LoadedModel | None = None
+        self._download: Download | None = None
+        self._command: proto.Command | None = None
+        self._in_flight: dict[int, float] = {}
+        self._bins: tuple[tuple[float, ...], ...] = ()
+        self._stats = _Stats()
+        self._stats.reset(())
+        self._seq = itertools.count()
+        self._started = time.monotonic()
+        self._next_heartbeat = 0.0
+        self._next_telemetry = time.monotonic() + config.telemetry_s
+        self._connected = False
+        self._stopping = False
+        self._ticker: threading.Thread | None = None
+        self._http: ThreadingHTTPServer | None = None
+        self.acks: list[proto.Ack] = []  # what this agent acknowledged (for tests/diagnostics)
+        self.ignored = 0  # messages refused by the protocol checks
+        self.client = self._make_client()
+
+    # --- life cycle -------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.config
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=cfg.device_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
+        client.username_pw_set(cfg.broker.username or cfg.device_id, cfg.broker.password)
+        if cfg.broker.ca_file is not None:
+            client.tls_set(ca_certs=str(cfg.broker.ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        will = proto.encode(proto.Status(online=False, target=cfg.target))
+        client.will_set(proto.topic(cfg.device_id, "status"), will, qos=proto.QOS, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        client.max_inflight_messages_set(64)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        return client
+
+    def start(self, *, ticker: bool = True) -> None:
+        """Load the active model, connect, and start the timers (and HTTP endpoint)."""
+        self.model = self.store.start()
+        if self.model is not None:
+            log.info("%s runs model %s", self.config.device_id, self.model.meta.version)
+        self.client.connect_async(
+            self.config.broker.host, self.config.broker.port, self.config.broker.keepalive_s
+        )
+        self.client.loop_start()
+        if ticker:
+            self._ticker = threading.Thread(target=self._tick_loop, daemon=True)
+            self._ticker.start()
+        if self.config.http_port is not None:
+            self._http = serve_http(self, port=self.config.http_port)
+
+    def stop(self) -> None:
+        """Say offline, disconnect and stop the threads this agent owns."""
+        self._stopping = True
+        if self._connected:
+            info = self.client.publish(
+                proto.topic(self.config.device_id, "status"),
+                proto.encode(proto.Status(online=False, target=self.config.target)),
+                qos=proto.QOS,
+                retain=True,
+            )
+            with contextlib.suppress(RuntimeError):
+                info.wait_for_publish(timeout=2.0)
+        self.client.disconnect()
+        self.client.loop_stop()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        if self._own_executor:
+            self._executor.shutdown(wait=True)
+
+    def _tick_loop(self) -> None:
+        while not self._stopping:
+            time.sleep(0.25)
+            self.tick()
+
+    def tick(self) -> None:
+        """Schedule the timers (heartbeat, telemetry, chunk timeouts)."""
+        self._enqueue("tick", None)
+
+    # --- paho callbacks: enqueue only -------------------------------------------
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._enqueue("connected", not reason.is_failure)
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, _reason: Any, _p: Any) -> None:
+        self._enqueue("disconnected", None)
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        self._enqueue("message", (message.topic, bytes(message.payload)))
+
+    def _enqueue(self, kind: str, value: Any) -> None:
+        self._inbox.put((kind, value))
+        with self._drain_lock:
+            if self._scheduled or (self._stopping and kind != "message"):
+                return
+            self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # the executor was shut down
+            self._executor.submit(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                kind, value = self._inbox.get_nowait()
+            except queue.Empty:
+                with self._drain_lock:
+                    if self._inbox.empty():
+                        self._scheduled = False
+                        return
+                continue
+            try:
+                self._handle(kind, value)
+            except Exception:  # one bad message must never stop the agent
+                log.exception("%s: error while handling %s", self.config.device_id, kind)
+
+    # --- the work ---------------------------------------------------------------
+
+    def _handle(self, kind: str, value: Any) -> None:
+        if kind == "connected":
+            if value:
+                self._connected = True
+                self._on_connected()
+        elif kind == "disconnected":
+            self._connected = False
+            self._in_flight.clear()
+        elif kind == "tick":
+            self._on_tick()
+        elif kind == "message":
+            self._on_mqtt(*value)
+
+    def _on_connected(self) -> None:
+        dev = self.config.device_id
+        self.client.subscribe(
+            [(proto.topic(dev, "cmd"), proto.QOS), (proto.topic(dev, "chunk"), proto.QOS)]
+        )
+        self.publish_status()
+        self._heartbeat()
+        self._in_flight.clear()
+        self._request_chunks()
+
+    def _on_tick(self) -> None:
+        now = time.monotonic()
+        if not self._connected:
+            return
+        if now >= self._next_heartbeat:
+            self._heartbeat()
+        if now >= self._next_telemetry:
+            self._publish_telemetry(now)
+        if self._download is not None:
+            stale = [i for i, t in self._in_flight.items() if now - t > self.config.chunk_timeout_s]
+            for index in stale:
+                del self._in_flight[index]
+            if stale:
+                self._request_chunks()
+
+    def _on_mqtt(self, topic_name: str, payload: bytes) -> None:
+        try:
+            device, channel = proto.parse_topic(topic_name)
+            if device != self.config.device_id:
+                raise proto.ProtocolError(f"message for another device {device}")
+            if channel == "chunk":
+                self._on_chunk(proto.decode_chunk(payload))
+                return
+            message = proto.decode(payload, channel=channel)
+        except proto.ProtocolError as err:
+            self.ignored += 1
+            log.warning("%s: ignored a message on %s: %s", self.config.device_id, topic_name, err)
+            return
+        if isinstance(message, proto.Command):
+            self._on_command(message)
+
+    def _on_command(self, command: proto.Command) -> None:
+        if command.action == "ping":
+            self._ack(command, ok=True)
+        elif command.action == "rollback":
+            self._rollback(command)
+        elif command.action == "install":
+            self._begin_install(command)
+
+    def _begin_install(self, command: proto.Command) -> None:
+        ref = command.artifact
+        assert ref is not None  # checked by the protocol  # noqa: S101
+        if self.model is not None and self.model.meta.sha256 == ref.sha256:
+            self._ack(command, ok=True, stage="already-installed")
+            return
+        if self._download is not None and self._download.transfer_id == ref.sha256:
+            self._command = command  # a resend: keep the transfer, answer this command
+            self._request_chunks()
+            return
+        self._command = command
+        self._bins = command.telemetry_bins
+        self._download = self.store.download(ref)
+        self._in_flight.clear()
+        log.info(
+            "%s: fetching %s (%d chunks, %d already here)",
+            self.config.device_id,
+            ref.sha256[:12],
+            ref.chunks,
+            self._download.received,
+        )
+        if self._download.complete:
+            self._finish_install()
+        else:
+            self._request_chunks()
+
+    def _request_chunks(self) -> None:
+        download = self._download
+        if download is None or not self._connected:
+            return
+        room = self.config.chunk_window - len(self._in_flight)
+        if room <= 0:
+            return
+        wanted = [i for i in download.missing() if i not in self._in_flight][:room]
+        if not wanted:
+            return
+        now = time.monotonic()
+        for index in wanted:
+            self._in_flight[index] = now
+        request = proto.ChunkRequest(transfer_id=download.transfer_id, indices=tuple(wanted))
+        self.client.publish(
+            proto.topic(self.config.device_id, "chunk-req"), proto.encode(request), qos=proto.QOS
+        )
+
+    def _on_chunk(self, chunk: proto.Chunk) -> None:
+        download = self._download
+        if download is None:
+            log.info("%s: ignored a chunk with no transfer running", self.config.device_id)
+            return
+        if chunk.transfer_id != download.transfer_id:
+            self.ignored += 1
+        download.accept(chunk)  # logs and ignores anything that does not belong
+        if chunk.transfer_id == download.transfer_id:
+            self._in_flight.pop(chunk.index, None)
+        if download.complete:
+            self._finish_install()
+        else:
+            self._request_chunks()
+
+    def _finish_install(self) -> None:
+        download, command = self._download, self._command
+        self._download, self._command = None, None
+        self._in_flight.clear()
+        assert download is not None and command is not None  # noqa: S101
+        try:
+            path = download.finish()
+            loaded = install(
+                self.store,
+                bundle_file=path,
+                model_version_id=command.model_version_id,
+                hold_before_switch_s=self.config.hold_before_switch_s,
+            )
+        except InstallError as err:
+            log.error("%s: install failed at %s: %s", self.config.device_id, err.stage, err)
+            download.discard()
+            self._ack(command, ok=False, stage=err.stage, error=str(err))
+            return
+        download.discard()
+        with self._model_lock:
+            self.model = loaded
+            self._stats.reset(self._bins)
+        log.info("%s: now runs %s", self.config.device_id, loaded.meta.version)
+        self.publish_status()
+        self._ack(command, ok=True, stage="installed")
+
+    def _rollback(self, command: proto.Command) -> None:
+        slot = self.store.rollback(reason=f"fleet command {command.command_id}")
+        if slot is None:
+            self._ack(command, ok=False, stage="rollback", error="no previous model to go back to")
+            return
+        try:
+            loaded = self.store.load_slot(slot)
+        except InstallError as err:
+            self._ack(command, ok=False, stage="rollback", error=str(err))
+            return
+        with self._model_lock:
+            self.model = loaded
+        self.publish_status()
+        self._ack(command, ok=True, stage="rolled-back")
+
+    # --- publishing -------------------------------------------------------------
+
+    def _publish(
+        self, channel: proto.Channel, message: proto.Message, *, retain: bool = False
+    ) -> None:
+        self.client.publish(
+            proto.topic(self.config.device_id, channel),
+            proto.encode(message),
+            qos=proto.QOS,
+            retain=retain,
+        )
+
+    def publish_status(self) -> None:
+        model = self.model
+        status = proto.Status(
+            online=True,
+            model_version_id=model.meta.model_version_id if model else None,
+            model_version=model.meta.version if model else None,
+            sha256=model.meta.sha256 if model else None,
+            slot=model.slot if model else None,
+            target=self.config.target,
+        )
+        self._publish("status", status, retain=True)
+
+    def _heartbeat(self) -> None:
+        self._next_heartbeat = time.monotonic() + self.config.heartbeat_s
+        model = self.model
+        self._publish(
+            "heartbeat",
+            proto.Heartbeat(
+                uptime_s=round(time.monotonic() - self._started, 3),
+                model_version_id=model.meta.model_version_id if model else None,
+            ),
+        )
+
+    def _publish_telemetry(self, now: float) -> None:
+        window = self.config.telemetry_s
+        self._next_telemetry = now + window
+        with self._model_lock:
+            stats = self._stats
+            self._stats = _Stats()
+            self._stats.reset(self._bins)
+            model = self.model
+        lat = np.asarray(stats.latencies_ms or [0.0])
+        message = proto.Telemetry(
+            seq=next(self._seq),
+            window_s=window,
+            count=stats.count,
+            latency_p50_ms=float(np.percentile(lat, 50)),
+            latency_p95_ms=float(np.percentile(lat, 95)),
+            model_version_id=model.meta.model_version_id if model else None,
+            predictions=dict(stats.predictions or {}),
+            features=tuple(
+                proto.FeatureSummary(counts=tuple(int(c) for c in f)) for f in stats.features or []
+            ),
+        )
+        self._publish("telemetry", message)
+
+    def _ack(self, command: proto.Command, *, ok: bool, stage: str = "", error: str = "") -> None:
+        model = self.model
+        ack = proto.Ack(
+            command_id=command.command_id,
+            ok=ok,
+            action=command.action,
+            rollout_id=command.rollout_id,
+            model_version_id=model.meta.model_version_id if model else None,
+            stage=stage,
+            error=error[:500],
+        )
+        self.acks.append(ack)
+        self._publish("ack", ack)
+
+    # --- inference for the local application -------------------------------------
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Run the active model on a float32 batch; raise RuntimeError if none is installed."""
+        with self._model_lock:
+            model = self.model
+        if model is None:
+            raise RuntimeError("no model installed yet; wait for a rollout")
+        batch = np.asarray(x, dtype=np.float32)
+        began = time.perf_counter()
+        out = model.runner.run(batch)
+        elapsed_ms = (time.perf_counter() - began) * 1000.0
+        self._record(batch, out, elapsed_ms)
+        return out
+
+    def _record(self, batch: np.ndarray, out: np.ndarray, elapsed_ms: float) -> None:
+        with self._model_lock:
+            stats = self._stats
+            stats.count += len(batch)
+            assert stats.latencies_ms is not None and stats.predictions is not None  # noqa: S101
+            stats.latencies_ms.append(elapsed_ms)
+            if out.ndim == 2:
+                stats.predictions.update(str(int(c)) for c in out.argmax(axis=1))
+            flat = batch.reshape(len(batch), -1)
+            for j, edges in enumerate(self._bins[: flat.shape[1]]):
+                if stats.features is not None and j < len(stats.features):
+                    idx = np.searchsorted(np.asarray(edges), flat[:, j], side="right")
+                    stats.features[j] += np.bincount(idx, minlength=len(edges) + 1)
+
+
+def serve_http(agent: DeviceAgent, *, port: int) -> ThreadingHTTPServer:
+    """A small inference endpoint on 127.0.0.1: ``POST /predict``, ``GET /status``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, code: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path != "/status":
+                self._send(404, {"detail": "use GET /status or POST /predict"})
+                return
+            model = agent.model
+            self._send(200, {"model_version": model.meta.version if model else None})
+
+        def do_POST(self) -> None:
+            if self.path != "/predict":
+                self._send(404, {"detail": "use POST /predict"})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > 16 * 1024 * 1024:
+                self._send(413, {"detail": "body over 16 MiB"})
+                return
+            try:
+                inputs = np.asarray(json.loads(self.rfile.read(length))["inputs"], np.float32)
+                out = agent.predict(inputs)
+            except (ValueError, KeyError, TypeError) as err:
+                self._send(400, {"detail": f'send {{"inputs": [[...], ...]}}: {err}'})
+                return
+            except RuntimeError as err:
+                self._send(503, {"detail": str(err)})
+                return
+            self._send(200, {"outputs": out.tolist(), "classes": out.argmax(axis=1).tolist()})
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug(format, *args)
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+AgentFactory = Callable[[DeviceConfig], DeviceAgent]

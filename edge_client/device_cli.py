@@ -1,0 +1,62 @@
+"""``fedfleet device ...``: run the MQTT device agent."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="The MQTT device agent.",
+)
+
+
+@app.callback()
+def _root() -> None:
+    """The MQTT device agent."""
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Option("--config", help="The device.toml to run with.")],
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Connect to the broker, report status, install rollouts and serve inference."""
+    from edge_client.device_agent import DeviceAgent
+    from edge_client.device_config import load_config
+    from firmware_images.errors import KeyFileError
+
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        typer.echo(
+            f"error: --log-level {log_level!r} is not one of debug, info, warning, error", err=True
+        )
+        raise typer.Exit(2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_config(config)
+        agent = DeviceAgent(settings)
+    except (ValueError, OSError, KeyFileError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    agent.start()
+    model = agent.model
+    typer.echo(
+        f"device {settings.device_id} running "
+        f"{model.meta.version + ' (slot ' + model.slot + ')' if model else 'no model yet'}; "
+        f"broker {settings.broker.host}:{settings.broker.port}",
+    )
+    sys.stdout.flush()
+    done.wait()
+    agent.stop()

@@ -1,0 +1,365 @@
+"""Over-the-air model updates on the device: chunked download, A/B slots, install, rollback.
+
+On disk (``slots_dir``)::
+
+    slot-a/bundle.ffb  slot-a/meta.json      one verified bundle per slot
+    slot-b/bundle.ffb  slot-b/meta.json
+    pointer.json                            which slot runs; written atomically
+    downloads/<sha256>.part                 a transfer in progress (preallocated)
+
+Invariants that keep a device from bricking:
+
+- the active slot changes only by one atomic rename of ``pointer.json``; everything
+  before that (download, verification, self-test, writing the inactive slot) can be
+  interrupted — a crash, ``kill -9``, a power cut — and the device comes back on the
+  slot it ran before;
+- a slot counts only when its ``meta.json`` exists and is written *after* its bundle;
+- after a switch the new slot is on probation: each start increments ``failed_starts``
+  before loading it and a successful load and self-test confirms it; after
+  ``max_failed_starts`` failed starts the pointer goes back to the previous slot.
+
+A download keeps at most the chunks in flight in memory: each accepted chunk is checked
+against its SHA-256 from the install command and written at its offset. Resuming after
+a restart re-hashes the ``.part`` file to find which chunks are already there.
+
+Device side: imports ``firmware_images`` (verify, run), never the fleet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge_client.mqtt_protocol import ArtifactRef, Chunk
+from firmware_images.bundle import verify_bundle, write_atomic
+from firmware_images.errors import BundleError
+from firmware_images.manifest import Manifest
+from firmware_images.runtime import ModelRunner, runner_for, self_test
+
+log = logging.getLogger(__name__)
+
+SlotName = Literal["a", "b"]
+SLOTS: tuple[SlotName, SlotName] = ("a", "b")
+BUNDLE_FILE = "bundle.ffb"
+META_FILE = "meta.json"
+POINTER_FILE = "pointer.json"
+
+
+class InstallError(Exception):
+    """An install step failed; the previous model still runs. ``stage`` names the step."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+@dataclass(frozen=True)
+class SlotMeta:
+    """What a slot holds: the registry version id, manifest version and bundle SHA-256."""
+
+    model_version_id: int | None
+    version: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """The active slot, the one before it, and the probation state of the active one."""
+
+    active: SlotName | None = None
+    previous: SlotName | None = None
+    confirmed: bool = True
+    failed_starts: int = 0
+
+
+@dataclass
+class LoadedModel:
+    """A running model: its slot, metadata, manifest and runner."""
+
+    slot: SlotName
+    meta: SlotMeta
+    manifest: Manifest
+    runner: ModelRunner
+
+
+class SlotStore:
+    """The A/B slots and the atomic active-slot pointer under ``root``."""
+
+    def __init__(
+        self, root: Path, *, public_key: Ed25519PublicKey, target: str, max_failed_starts: int
+    ) -> None:
+        if max_failed_starts < 1:
+            raise ValueError("max_failed_starts must be at least 1")
+        self.root = Path(root)
+        self.public_key = public_key
+        self.target = target
+        self.max_failed_starts = max_failed_starts
+        for slot in SLOTS:
+            (self.root / f"slot-{slot}").mkdir(parents=True, exist_ok=True)
+        (self.root / "downloads").mkdir(parents=True, exist_ok=True)
+
+    # --- pointer ------------------------------------------------------------------
+
+    def pointer(self) -> Pointer:
+        """The pointer on disk (an unreadable one counts as 'no model yet')."""
+        path = self.root / POINTER_FILE
+        try:
+            obj = json.loads(path.read_text())
+            return Pointer(
+                active=_slot_or_none(obj.get("active")),
+                previous=_slot_or_none(obj.get("previous")),
+                confirmed=bool(obj.get("confirmed", True)),
+                failed_starts=int(obj.get("failed_starts", 0)),
+            )
+        except FileNotFoundError:
+            return Pointer()
+        except (ValueError, TypeError, AttributeError):
+            log.error("pointer file %s is damaged; starting without a model", path)
+            return Pointer()
+
+    def _write_pointer(self, pointer: Pointer) -> None:
+        body = {
+            "active": pointer.active,
+            "previous": pointer.previous,
+            "confirmed": pointer.confirmed,
+            "failed_starts": pointer.failed_starts,
+        }
+        write_atomic(self.root / POINTER_FILE, json.dumps(body).encode())
+
+    def inactive_slot(self) -> SlotName:
+        """The slot a new install goes to."""
+        return "b" if self.pointer().active == "a" else "a"
+
+    # --- slots --------------------------------------------------------------------
+
+    def slot_dir(self, slot: SlotName) -> Path:
+        return self.root / f"slot-{slot}"
+
+    def meta(self, slot: SlotName) -> SlotMeta | None:
+        """The slot's metadata, or None when the slot is empty or half-written."""
+        try:
+            obj = json.loads((self.slot_dir(slot) / META_FILE).read_text())
+            return SlotMeta(
+                model_version_id=obj["model_version_id"],
+                version=str(obj["version"]),
+                sha256=str(obj["sha256"]),
+            )
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def load_slot(self, slot: SlotName) -> LoadedModel:
+        """Verify the slot's bundle again and load and self-test its model."""
+        meta = self.meta(slot)
+        if meta is None:
+            raise InstallError("load", f"slot {slot} holds no complete bundle")
+        path = self.slot_dir(slot) / BUNDLE_FILE
+        try:
+            verified = verify_bundle(path, public_key=self.public_key, target=self.target)
+            runner = runner_for(verified.manifest, verified.model)
+            self_test(verified.manifest, runner)
+        except BundleError as err:
+            raise InstallError("load", f"slot {slot}: {err}") from None
+        return LoadedModel(slot=slot, meta=meta, manifest=verified.manifest, runner=runner)
+
+    def write_slot(self, slot: SlotName, *, bundle_file: Path, meta: SlotMeta) -> None:
+        """Copy a verified bundle into ``slot``: metadata removed first, written last."""
+        folder = self.slot_dir(slot)
+        (folder / META_FILE).unlink(missing_ok=True)
+        tmp = folder / (BUNDLE_FILE + ".tmp")
+        shutil.copyfile(bundle_file, tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, folder / BUNDLE_FILE)
+        body = {"model_version_id": meta.model_version_id, "version": meta.version}
+        body["sha256"] = meta.sha256
+        write_atomic(folder / META_FILE, json.dumps(body).encode())
+
+    # --- start, switch, rollback -------------------------------------------------
+
+    def start(self) -> LoadedModel | None:
+        """Load the active slot at agent start, with probation and automatic rollback.
+
+        Returns None when the device has no model yet (or none that loads).
+        """
+        for _ in range(self.max_failed_starts + 1):
+            pointer = self.pointer()
+            active = pointer.active
+            if active is None:
+                return None
+            if not pointer.confirmed:
+                # Counted BEFORE loading, so a crash while loading counts as a failure.
+                pointer = Pointer(active, pointer.previous, False, pointer.failed_starts + 1)
+                self._write_pointer(pointer)
+            try:
+                loaded = self.load_slot(active)
+            except InstallError as err:
+                log.error("start of slot %s failed: %s", active, err)
+                if pointer.confirmed:
+                    return None  # nothing to go back to automatically
+                if pointer.failed_starts >= self.max_failed_starts:
+                    self.rollback(reason=f"{pointer.failed_starts} failed starts")
+                continue
+            if not pointer.confirmed:
+                self._write_pointer(Pointer(pointer.active, pointer.previous, True, 0))
+            return loaded
+        return None
+
+    def switch(self, slot: SlotName) -> None:
+        """Make ``slot`` active on probation (one atomic write)."""
+        current = self.pointer().active
+        self._write_pointer(Pointer(slot, current, confirmed=False, failed_starts=0))
+
+    def rollback(self, *, reason: str) -> SlotName | None:
+        """Go back to the previous slot if it holds a bundle; returns the slot now active."""
+        pointer = self.pointer()
+        if pointer.previous is None or self.meta(pointer.previous) is None:
+            log.error("cannot roll back (%s): no previous slot", reason)
+            return None
+        log.warning("rolling back to slot %s: %s", pointer.previous, reason)
+        self._write_pointer(Pointer(pointer.previous, pointer.active, True, 0))
+        return pointer.previous
+
+    # --- downloads ----------------------------------------------------------------
+
+    def download(self, ref: ArtifactRef) -> Download:
+        """The (possibly resumed) download of ``ref``; other downloads are deleted."""
+        folder = self.root / "downloads"
+        for other in folder.glob("*.part"):
+            if other.stem != ref.sha256:
+                other.unlink(missing_ok=True)
+        return Download(folder / f"{ref.sha256}.part", ref)
+
+
+class Download:
+    """One artifact being assembled from chunks on disk; memory use is one chunk."""
+
+    def __init__(self, path: Path, ref: ArtifactRef) -> None:
+        self.path = Path(path)
+        self.ref = ref
+        self.rejected = 0
+        self._received: set[int] = set()
+        fresh = not self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.ftruncate(fd, ref.size)
+        finally:
+            os.close(fd)
+        if not fresh:
+            self._rescan()
+
+    def _rescan(self) -> None:
+        with open(self.path, "rb") as handle:
+            for index in range(self.ref.chunks):
+                data = handle.read(self._length(index))
+                if hashlib.sha256(data).hexdigest() == self.ref.chunk_sha256[index]:
+                    self._received.add(index)
+
+    def _length(self, index: int) -> int:
+        return min(self.ref.chunk_size, self.ref.size - index * self.ref.chunk_size)
+
+    @property
+    def transfer_id(self) -> str:
+        return self.ref.sha256
+
+    @property
+    def received(self) -> int:
+        return len(self._received)
+
+    @property
+    def complete(self) -> bool:
+        return len(self._received) == self.ref.chunks
+
+    def missing(self) -> list[int]:
+        """Indices not received yet, in order."""
+        return [i for i in range(self.ref.chunks) if i not in self._received]
+
+    def accept(self, chunk: Chunk) -> bool:
+        """Write ``chunk`` if it belongs here and matches its hash; False if ignored."""
+        if chunk.transfer_id != self.ref.sha256:
+            log.warning("ignored a chunk of another transfer %s", chunk.transfer_id[:12])
+            return False
+        if not 0 <= chunk.index < self.ref.chunks:
+            log.warning("ignored chunk %d: out of range", chunk.index)
+            return False
+        if chunk.index in self._received:
+            return False  # duplicate
+        if (
+            len(chunk.data) != self._length(chunk.index)
+            or hashlib.sha256(chunk.data).hexdigest() != self.ref.chunk_sha256[chunk.index]
+        ):
+            self.rejected += 1
+            log.warning("refused chunk %d: its hash does not match; fetching it again", chunk.index)
+            return False
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, chunk.data, chunk.index * self.ref.chunk_size)
+        finally:
+            os.close(fd)
+        self._received.add(chunk.index)
+        return True
+
+    def finish(self) -> Path:
+        """fsync the file and check its whole SHA-256; raise InstallError if it differs."""
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as handle:
+            os.fsync(handle.fileno())
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != self.ref.sha256:
+            self.discard()
+            raise InstallError("download", "downloaded file does not match its SHA-256")
+        return self.path
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self._received.clear()
+
+
+def install(
+    store: SlotStore,
+    *,
+    bundle_file: Path,
+    model_version_id: int | None,
+    hold_before_switch_s: float = 0.0,
+) -> LoadedModel:
+    """Verify, write the inactive slot, self-test, switch, start. Raises InstallError.
+
+    ``hold_before_switch_s`` pauses after the slot is written and before the switch (a
+    fault-injection hook for the crash-during-install test; 0 in service).
+    """
+    try:
+        verified = verify_bundle(bundle_file, public_key=store.public_key, target=store.target)
+    except BundleError as err:
+        raise InstallError("verify", str(err)) from None
+    try:
+        self_test(verified.manifest, runner_for(verified.manifest, verified.model))
+    except BundleError as err:
+        raise InstallError("self-test", str(err)) from None
+    slot = store.inactive_slot()
+    meta = SlotMeta(
+        model_version_id=model_version_id,
+        version=verified.manifest.version,
+        sha256=hashlib.sha256(Path(bundle_file).read_bytes()).hexdigest(),
+    )
+    store.write_slot(slot, bundle_file=bundle_file, meta=meta)
+    if hold_before_switch_s > 0:
+        log.warning("holding %.1f s before the switch (fault injection)", hold_before_switch_s)
+        time.sleep(hold_before_switch_s)
+    store.switch(slot)
+    loaded = store.start()
+    if loaded is None or loaded.slot != slot:
+        raise InstallError("start", "the new model did not start; rolled back")
+    return loaded
+
+
+def _slot_or_none(value: object) -> SlotName | None:
+    return value if value in SLOTS else None  # type: ignore[return-value]

@@ -1,0 +1,188 @@
+"""Tables and schemas of OTA rollouts, device telemetry and drift.
+
+A **rollout** installs one model version's bundle on the devices of one group in waves
+(cumulative percentages, e.g. ``5,25,100``). Each device of the group gets one
+``rollout_devices`` row with its wave and state; the fleet's rollout controller
+(:mod:`fleet.rollouts`) advances the waves. **Telemetry** rows are the devices'
+inference summaries as received (one per message); **drift** compares their input bins
+with the model's training reference (:mod:`fleet.drift`).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from datetime import datetime
+from typing import Any
+
+from pydantic import Field as PydanticField
+from pydantic import field_validator
+from sqlalchemy import JSON
+from sqlmodel import Field
+
+from fleet.db import UTCDateTime
+from fleet.models.common import FleetModel, Id, InputModel, Slug, enum_type, utcnow
+
+
+class RolloutStatus(str, enum.Enum):
+    running = "running"
+    succeeded = "succeeded"
+    aborted = "aborted"
+
+
+class DeviceRolloutState(str, enum.Enum):
+    pending = "pending"  # not sent yet (a later wave)
+    sent = "sent"  # install command sent, no answer yet
+    installed = "installed"  # acknowledged: runs the new model
+    failed = "failed"  # refused, failed its self-test, or never answered
+    rolled_back = "rolled_back"  # back on its previous model after an abort
+
+
+class RolloutCreate(InputModel):
+    """A staged rollout: ``waves`` are cumulative percentages of the group, ending at 100."""
+
+    model_version_id: Id = PydanticField(description="Model version to install.")
+    group: Slug = PydanticField(description="Group whose devices get it.")
+    waves: list[int] = PydanticField(
+        default_factory=lambda: [5, 25, 100],
+        min_length=1,
+        max_length=20,
+        description="Cumulative percentages of the group per wave, increasing, ending at 100.",
+    )
+    max_failure_rate: float = PydanticField(
+        default=0.1, ge=0.0, le=1.0, description="Failed fraction of a wave that aborts."
+    )
+    ack_timeout_s: float = PydanticField(
+        default=600.0, gt=0.0, le=86400.0, description="Seconds a device has to acknowledge."
+    )
+
+    @field_validator("waves")
+    @classmethod
+    def _check_waves(cls, waves: list[int]) -> list[int]:
+        if any(not 1 <= w <= 100 for w in waves):
+            raise ValueError("each wave is a percentage in 1..100, e.g. [5, 25, 100]")
+        if any(b <= a for a, b in itertools.pairwise(waves)) or waves[-1] != 100:
+            raise ValueError("waves must increase and end at 100, e.g. [5, 25, 100]")
+        return waves
+
+
+class Rollout(FleetModel, table=True):
+    __tablename__ = "rollouts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_version_id: int = Field(foreign_key="model_versions.id", index=True)
+    group_id: int = Field(foreign_key="groups.id", index=True)
+    waves: list[int] = Field(sa_type=JSON)
+    max_failure_rate: float
+    ack_timeout_s: float
+    status: RolloutStatus = Field(
+        default=RolloutStatus.running, sa_type=enum_type(RolloutStatus), index=True
+    )
+    current_wave: int = 0
+    reason: str = Field(default="", max_length=1000)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    created_by: str = Field(max_length=100)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class RolloutDevice(FleetModel, table=True):
+    __tablename__ = "rollout_devices"
+
+    rollout_id: int = Field(foreign_key="rollouts.id", primary_key=True, ondelete="CASCADE")
+    device_id: str = Field(foreign_key="devices.id", primary_key=True, max_length=32)
+    wave: int
+    artifact_id: int = Field(foreign_key="artifacts.id")
+    state: DeviceRolloutState = Field(
+        default=DeviceRolloutState.pending, sa_type=enum_type(DeviceRolloutState)
+    )
+    previous_model_version_id: int | None = None
+    command_id: str | None = Field(default=None, max_length=64, index=True)
+    attempts: int = 0
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    acked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    error: str = Field(default="", max_length=500)
+
+
+class WaveProgress(FleetModel):
+    wave: int
+    percent: int
+    devices: int
+    installed: int
+    failed: int
+    waiting: int
+    rolled_back: int
+
+
+class RolloutPublic(FleetModel):
+    id: int
+    model_version_id: int
+    group: str
+    waves: list[int]
+    max_failure_rate: float
+    ack_timeout_s: float
+    status: RolloutStatus
+    current_wave: int
+    reason: str
+    created_at: datetime
+    created_by: str
+    finished_at: datetime | None
+    progress: list[WaveProgress]
+
+
+# --- telemetry and drift --------------------------------------------------------------
+
+
+class TelemetryRecord(FleetModel, table=True):
+    __tablename__ = "telemetry_records"
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(foreign_key="devices.id", index=True, max_length=32)
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+    model_version_id: int | None = Field(default=None, index=True)
+    seq: int
+    window_s: float
+    count: int
+    latency_p50_ms: float
+    latency_p95_ms: float
+    predictions: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    features: list[Any] = Field(default_factory=list, sa_type=JSON)
+
+
+class DriftReference(FleetModel, table=True):
+    """A model version's training reference: per-feature bin edges and proportions."""
+
+    __tablename__ = "drift_references"
+
+    model_version_id: int = Field(foreign_key="model_versions.id", primary_key=True)
+    edges: list[Any] = Field(sa_type=JSON)
+    proportions: list[Any] = Field(sa_type=JSON)
+    samples: int
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class DriftEvent(FleetModel, table=True):
+    __tablename__ = "drift_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_version_id: int = Field(foreign_key="model_versions.id", index=True)
+    group_id: int | None = Field(default=None, foreign_key="groups.id")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    method: str = Field(max_length=16)
+    score: float
+    threshold: float
+    per_feature: list[Any] = Field(sa_type=JSON)
+    samples: int
+    run_id: int | None = Field(default=None, foreign_key="runs.id")
+
+
+class DriftEventPublic(FleetModel):
+    id: int
+    model_version_id: int
+    group: str | None
+    created_at: datetime
+    method: str
+    score: float = PydanticField(description="Largest per-feature PSI.")
+    threshold: float
+    per_feature: list[float]
+    samples: int
+    run_id: int | None = PydanticField(description="Retraining run started from this event.")

@@ -1,0 +1,410 @@
+"""The fleet's MQTT side: ingest what devices say, send commands, serve artifact chunks.
+
+Three threads, none of them paho's callback (which only enqueues):
+
+- the **chunk server** answers ``chunk-req`` messages at once from an in-memory cache of
+  the artifact files (a few bundles; a chunk request never touches the database);
+- the **ingester** drains status, heartbeat, telemetry and ack messages in batches (up
+  to ``batch_max`` messages or ``batch_wait_s`` seconds) and writes each batch in one
+  transaction: one UPDATE per kind for devices, one multi-row INSERT for telemetry,
+  rollout-device states for acks;
+- the caller's thread sends commands (:meth:`FleetBridge.send_command`).
+
+Malformed or unknown messages are counted and logged, never raised. The wire contract is
+:mod:`edge_client.mqtt_protocol`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from sqlalchemy import Engine, insert, update
+from sqlmodel import col, select
+
+from edge_client import mqtt_protocol as proto
+from fleet import audit
+from fleet.artifacts import ArtifactStore
+from fleet.db import session_scope
+from fleet.models.common import utcnow
+from fleet.models.devices import Device, ReportedStatus
+from fleet.models.ota import DeviceRolloutState, RolloutDevice, TelemetryRecord
+from fleet.models.registry import ModelVersion
+
+log = logging.getLogger(__name__)
+
+_CACHE_ARTIFACTS = 4
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    """Broker connection of the fleet service and batching of the ingester.
+
+    ``batch_max``: messages per database transaction; ``batch_wait_s``: longest wait
+    before a partial batch is written; ``chunk_size``: artifact chunk size in bytes.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    client_id: str = "fedfleet-fleet"
+    batch_max: int = 1000
+    batch_wait_s: float = 0.2
+    chunk_size: int = proto.DEFAULT_CHUNK_BYTES
+
+    def __repr__(self) -> str:  # never print the password
+        return f"BridgeSettings(host={self.host!r}, port={self.port}, user={self.username!r})"
+
+
+@dataclass
+class BridgeStats:
+    """Counters since start (messages, not bytes)."""
+
+    received: int = 0
+    ignored: int = 0
+    telemetry_rows: int = 0
+    heartbeats: int = 0
+    statuses: int = 0
+    acks: int = 0
+    chunks_served: int = 0
+    batches: int = 0
+    acks_seen: list[proto.Ack] = field(default_factory=list)
+
+
+class FleetBridge:
+    """The fleet service's MQTT client. ``start()``/``stop()``; thread-safe ``send_command``."""
+
+    def __init__(self, *, engine: Engine, store: ArtifactStore, settings: BridgeSettings) -> None:
+        if settings.batch_max < 1 or settings.batch_wait_s <= 0:
+            raise ValueError("batch_max must be >= 1 and batch_wait_s > 0")
+        self.engine = engine
+        self.store = store
+        self.settings = settings
+        self.stats = BridgeStats()
+        self._ingest: queue.SimpleQueue[tuple[str, str, bytes]] = queue.SimpleQueue()
+        self._chunks: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._refs: dict[str, proto.ArtifactRef] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._connected = threading.Event()
+        self._known: set[str] = set()
+        self._models: set[int] = set()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            clean_session=True,
+            protocol=mqtt.MQTTv311,
+        )
+        if settings.username is not None:
+            self.client.username_pw_set(settings.username, settings.password)
+        if settings.ca_file is not None:
+            self.client.tls_set(ca_certs=str(settings.ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self.client.max_inflight_messages_set(256)
+        self.client.max_queued_messages_set(0)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    # --- life cycle -------------------------------------------------------------
+
+    def start(self, *, wait_s: float = 10.0) -> FleetBridge:
+        """Connect, subscribe, start the worker threads; wait until connected."""
+        self.client.connect_async(self.settings.host, self.settings.port, keepalive=30)
+        self.client.loop_start()
+        for target, name in ((self._serve_chunks, "chunks"), (self._ingest_loop, "ingest")):
+            thread = threading.Thread(target=target, name=f"bridge-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if not self._connected.wait(wait_s):
+            self.stop()
+            raise ConnectionError(
+                f"the fleet could not connect to the broker at {self.settings.host}:"
+                f"{self.settings.port} within {wait_s} s; check the address and credentials"
+            )
+        return self
+
+    def stop(self) -> None:
+        """Flush pending ingestion, disconnect, join the threads."""
+        self._stop.set()
+        self._chunks.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> FleetBridge:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    # --- paho callbacks: enqueue only -------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the fleet: %s", reason)
+            return
+        client.subscribe([(proto.uplink_filter(c), proto.QOS) for c in proto.UPLINK])
+        self._connected.set()
+
+    def _on_disconnect(self, *_args: Any) -> None:
+        self._connected.clear()
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        payload = bytes(message.payload)
+        if message.topic.endswith("/chunk-req"):
+            self._chunks.put((message.topic, payload))
+        else:
+            self._ingest.put(("msg", message.topic, payload))
+
+    # --- commands ---------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def send_command(self, device_id: str, command: proto.Command) -> None:
+        """Publish ``command`` to the device (QoS 1; the broker queues it while offline)."""
+        self.client.publish(proto.topic(device_id, "cmd"), proto.encode(command), qos=proto.QOS)
+
+    def artifact_ref(self, sha256: str) -> proto.ArtifactRef:
+        """Size, chunking and per-chunk hashes of a stored artifact (cached)."""
+        ref = self._refs.get(sha256)
+        if ref is None:
+            data = self._artifact_bytes(sha256)
+            size = self.settings.chunk_size
+            hashes = tuple(
+                hashlib.sha256(data[i : i + size]).hexdigest() for i in range(0, len(data), size)
+            )
+            ref = proto.ArtifactRef(
+                sha256=sha256, size=len(data), chunk_size=size, chunk_sha256=hashes
+            )
+            self._refs[sha256] = ref
+        return ref
+
+    def _artifact_bytes(self, sha256: str) -> bytes:
+        with self._cache_lock:
+            data = self._cache.get(sha256)
+            if data is not None:
+                self._cache.move_to_end(sha256)
+                return data
+        data = Path(self.store.path_for(sha256)).read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ValueError(f"artifact file {sha256[:12]} is damaged on the fleet's disk")
+        with self._cache_lock:
+            self._cache[sha256] = data
+            while len(self._cache) > _CACHE_ARTIFACTS:
+                self._cache.popitem(last=False)
+        return data
+
+    # --- chunk server -----------------------------------------------------------
+
+    def _serve_chunks(self) -> None:
+        while True:
+            item = self._chunks.get()
+            if item is None:
+                return
+            topic_name, payload = item
+            try:
+                self._serve_one(topic_name, payload)
+            except Exception:  # a bad request must never stop the server
+                log.exception("chunk request on %s failed", topic_name)
+
+    def _serve_one(self, topic_name: str, payload: bytes) -> None:
+        self.stats.received += 1
+        try:
+            device_id, _channel = proto.parse_topic(topic_name)
+            request = proto.decode(payload, channel="chunk-req")
+        except proto.ProtocolError as err:
+            self.stats.ignored += 1
+            log.warning("ignored a chunk request on %s: %s", topic_name, err)
+            return
+        assert isinstance(request, proto.ChunkRequest)  # noqa: S101 - decode by channel
+        try:
+            data = self._artifact_bytes(request.transfer_id)
+        except (FileNotFoundError, ValueError) as err:
+            self.stats.ignored += 1
+            log.warning("%s asked for unknown artifact %s: %s", device_id, request.transfer_id, err)
+            return
+        size = self.settings.chunk_size
+        out_topic = proto.topic(device_id, "chunk")
+        for index in request.indices:
+            start = index * size
+            if start >= len(data):
+                continue
+            frame = proto.encode_chunk(
+                proto.Chunk(
+                    transfer_id=request.transfer_id, index=index, data=data[start : start + size]
+                )
+            )
+            self.client.publish(out_topic, frame, qos=proto.QOS)
+            self.stats.chunks_served += 1
+
+    # --- ingestion --------------------------------------------------------------
+
+    def _ingest_loop(self) -> None:
+        while not (self._stop.is_set() and self._ingest.empty()):
+            batch: list[tuple[str, str, bytes]] = []
+            deadline = time.monotonic() + self.settings.batch_wait_s
+            while len(batch) < self.settings.batch_max:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(self._ingest.get(timeout=timeout))
+                except queue.Empty:
+                    break
+            if batch:
+                try:
+                    self.ingest_batch(batch)
+                except Exception:
+                    log.exception("could not write a batch of %d device messages", len(batch))
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until everything received so far has been written (tests, shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._ingest.empty() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(self.settings.batch_wait_s * 2)
+
+    def ingest_batch(self, batch: list[tuple[str, str, bytes]]) -> None:
+        """Decode a batch of device messages and write them in one transaction."""
+        now = utcnow()
+        seen: set[str] = set()
+        offline: set[str] = set()
+        versions: dict[str, int | None] = {}
+        telemetry: list[dict[str, Any]] = []
+        acks: list[tuple[str, proto.Ack]] = []
+        for _kind, topic_name, payload in batch:
+            self.stats.received += 1
+            try:
+                device_id, channel = proto.parse_topic(topic_name)
+                message = proto.decode(payload, channel=channel)
+            except proto.ProtocolError as err:
+                self.stats.ignored += 1
+                log.warning("ignored a message on %s: %s", topic_name, err)
+                continue
+            if isinstance(message, proto.Status):
+                self.stats.statuses += 1
+                if message.online:
+                    seen.add(device_id)
+                    offline.discard(device_id)
+                    versions[device_id] = message.model_version_id
+                else:
+                    offline.add(device_id)
+                    seen.discard(device_id)
+            elif isinstance(message, proto.Heartbeat):
+                self.stats.heartbeats += 1
+                seen.add(device_id)
+                offline.discard(device_id)
+            elif isinstance(message, proto.Telemetry):
+                seen.add(device_id)
+                telemetry.append(
+                    {
+                        "device_id": device_id,
+                        "received_at": now,
+                        "model_version_id": message.model_version_id,
+                        "seq": message.seq,
+                        "window_s": message.window_s,
+                        "count": message.count,
+                        "latency_p50_ms": message.latency_p50_ms,
+                        "latency_p95_ms": message.latency_p95_ms,
+                        "predictions": message.predictions,
+                        "features": [list(f.counts) for f in message.features],
+                    }
+                )
+            elif isinstance(message, proto.Ack):
+                self.stats.acks += 1
+                self.stats.acks_seen.append(message)
+                acks.append((device_id, message))
+                versions[device_id] = message.model_version_id
+        with (
+            session_scope(self.engine, write=True) as session,
+            audit.exempt(session, reason="device messages from the MQTT bridge"),
+        ):
+            known = self._known_devices(session, seen | offline | set(versions))
+            models = self._known_models(session, {v for v in versions.values() if v})
+            online_ids = sorted(seen & known)
+            if online_ids:
+                session.execute(
+                    update(Device)
+                    .where(col(Device.id).in_(online_ids), col(Device.retired_at).is_(None))
+                    .values(last_seen_at=now, reported_status=ReportedStatus.online)
+                    .execution_options(synchronize_session=False)
+                )
+            offline_ids = sorted(offline & known)
+            if offline_ids:
+                session.execute(
+                    update(Device)
+                    .where(col(Device.id).in_(offline_ids))
+                    .values(reported_status=ReportedStatus.offline)
+                    .execution_options(synchronize_session=False)
+                )
+            for device_id, version in versions.items():
+                if device_id in known and (version is None or version in models):
+                    session.execute(
+                        update(Device)
+                        .where(col(Device.id) == device_id)
+                        .values(model_version_id=version)
+                        .execution_options(synchronize_session=False)
+                    )
+            rows = [r for r in telemetry if r["device_id"] in known]
+            if rows:
+                session.execute(insert(TelemetryRecord), rows)
+                self.stats.telemetry_rows += len(rows)
+            for device_id, ack in acks:
+                self._apply_ack(session, device_id, ack, now)
+            session.flush()
+        self.stats.batches += 1
+
+    def _known_devices(self, session: Any, ids: set[str]) -> set[str]:
+        missing = ids - self._known
+        if missing:
+            found = session.exec(select(Device.id).where(col(Device.id).in_(sorted(missing))))
+            self._known.update(found.all())
+        return ids & self._known
+
+    def _known_models(self, session: Any, ids: set[int]) -> set[int]:
+        missing = ids - self._models
+        if missing:
+            found = session.exec(
+                select(ModelVersion.id).where(col(ModelVersion.id).in_(sorted(missing)))
+            )
+            self._models.update(i for i in found.all() if i is not None)
+        return ids & self._models
+
+    @staticmethod
+    def _apply_ack(session: Any, device_id: str, ack: proto.Ack, now: Any) -> None:
+        row = session.exec(
+            select(RolloutDevice).where(
+                RolloutDevice.device_id == device_id, RolloutDevice.command_id == ack.command_id
+            )
+        ).first()
+        if row is None:
+            return  # an ack for a command that is not (or no longer) a rollout's
+        if ack.action == "install":
+            if row.state is not DeviceRolloutState.sent:
+                return  # duplicate or late
+            row.state = DeviceRolloutState.installed if ack.ok else DeviceRolloutState.failed
+            row.error = "" if ack.ok else f"{ack.stage}: {ack.error}"[:500]
+        elif ack.action == "rollback":
+            if ack.ok:
+                row.state = DeviceRolloutState.rolled_back
+            else:
+                row.error = f"rollback failed: {ack.error}"[:500]
+        row.acked_at = now
+        session.add(row)

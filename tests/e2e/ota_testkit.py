@@ -1,0 +1,121 @@
+"""A whole OTA fleet on loopback for end-to-end tests: database, broker, bridge, devices.
+
+:class:`OtaFleet` creates a migrated SQLite fleet database, a signing key, enrolls
+devices, writes the broker's password and ACL files with ``fleet.broker_config``, starts
+a private Mosquitto with them (stopped by PID), starts the fleet bridge and a rollout
+controller thread, and runs the devices as :class:`SimulatedFleet` agents.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_client.device_config import BrokerSettings
+from fleet import migrate
+from fleet.artifacts import ArtifactStore
+from fleet.broker_config import FLEET_USER, device_credentials_from_db, write_broker_config
+from fleet.broker_process import MosquittoProcess
+from fleet.db import make_engine
+from fleet.mqtt_bridge import BridgeSettings, FleetBridge
+from fleet.rollouts import RolloutController
+from fleet.simulated_devices import SimDevice, SimulatedFleet, enroll_devices
+
+TARGET = "cpu-x86"
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+    """Poll ``predicate`` every 50 ms; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+class OtaFleet:
+    """Everything of the OTA path, started in :meth:`start` and stopped in :meth:`close`."""
+
+    def __init__(self, root: Path, *, devices: int, group: str = "wards") -> None:
+        self.root = root
+        self.engine = make_engine(f"sqlite:///{root / 'fleet.db'}")
+        migrate.upgrade(self.engine)
+        self.store = ArtifactStore(root / "artifacts")
+        self.key = Ed25519PrivateKey.generate()
+        self.pubkey = root / "fleet.pub"
+        self.pubkey.write_bytes(
+            self.key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        self.group = group
+        self.devices: list[SimDevice] = (
+            enroll_devices(self.engine, count=devices, group=group, target=TARGET)
+            if devices
+            else []
+        )
+        files = write_broker_config(
+            out=root / "broker", devices=device_credentials_from_db(self.engine)
+        )
+        self.fleet_password = files.fleet_password_file.read_text().strip()
+        self.broker = MosquittoProcess(passwd=files.passwd, acl=files.acl)
+        self.bridge: FleetBridge | None = None
+        self.controller: RolloutController | None = None
+        self.sim: SimulatedFleet | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def broker_settings(self) -> BrokerSettings:
+        return BrokerSettings(host="127.0.0.1", port=self.broker.port)
+
+    def start(self, *, agents: bool = True, **sim_options: float) -> OtaFleet:
+        self.broker.start()
+        self.bridge = FleetBridge(
+            engine=self.engine,
+            store=self.store,
+            settings=BridgeSettings(
+                port=self.broker.port,
+                username=FLEET_USER,
+                password=self.fleet_password,
+                chunk_size=16 * 1024,
+                batch_wait_s=0.05,
+            ),
+        ).start()
+        self.controller = RolloutController(engine=self.engine, sender=self.bridge)
+        self._thread = threading.Thread(target=self._control, daemon=True)
+        self._thread.start()
+        if agents and self.devices:
+            self.sim = SimulatedFleet(
+                self.devices,
+                root=self.root / "devices",
+                target=TARGET,
+                public_key=self.pubkey,
+                broker=self.broker_settings,
+                heartbeat_s=float(sim_options.get("heartbeat_s", 5.0)),
+                telemetry_s=float(sim_options.get("telemetry_s", 60.0)),
+                chunk_timeout_s=float(sim_options.get("chunk_timeout_s", 2.0)),
+            ).start()
+        return self
+
+    def _control(self) -> None:
+        while not self._stop.wait(0.1):
+            if self.controller is not None:
+                self.controller.step()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.sim is not None:
+            self.sim.stop()
+        if self.bridge is not None:
+            self.bridge.stop()
+        self.broker.close()
+        self.engine.dispose()
