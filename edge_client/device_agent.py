@@ -92,6 +92,7 @@ class DeviceAgent:
         self._http: ThreadingHTTPServer | None = None
         self.acks: list[proto.Ack] = []  # what this agent acknowledged (for tests/diagnostics)
         self.ignored = 0  # messages refused by the protocol checks
+        self.rejected_chunks = 0  # chunks whose hash did not match (fetched again)
         self.client = self._make_client()
 
     # --- life cycle -------------------------------------------------------------
@@ -310,7 +311,9 @@ class DeviceAgent:
             return
         if chunk.transfer_id != download.transfer_id:
             self.ignored += 1
+        rejected = download.rejected
         download.accept(chunk)  # logs and ignores anything that does not belong
+        self.rejected_chunks += download.rejected - rejected
         if chunk.transfer_id == download.transfer_id:
             self._in_flight.pop(chunk.index, None)
         if download.complete:

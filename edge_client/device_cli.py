@@ -60,3 +60,7 @@ def run(
     sys.stdout.flush()
     done.wait()
     agent.stop()
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m edge_client.device_cli run ...`
+    app()
