@@ -14,6 +14,9 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+# OTA (issue 7): `fedfleet rollout` is mounted from here; fleet commands added below.
+from fleet.ota_cli import register_fleet_commands, rollout_app  # noqa: F401
+
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
@@ -27,6 +30,7 @@ token_app = typer.Typer(
     help="Create, list and revoke API tokens.",
 )
 app.add_typer(token_app, name="token")
+register_fleet_commands(app)
 
 DatabaseUrl = Annotated[
     str | None,

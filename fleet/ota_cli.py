@@ -1,0 +1,304 @@
+"""``fedfleet rollout ...`` and the OTA commands of ``fedfleet fleet``.
+
+- ``fedfleet fleet broker-config --out DIR``: Mosquitto password, ACL and config files;
+- ``fedfleet fleet mqtt``: the fleet's MQTT service (bridge + rollout controller);
+- ``fedfleet fleet simulate-devices --count N --target cpu-x86``: N agents in one process;
+- ``fedfleet rollout create|list|show``: staged rollouts, written to the fleet database
+  (the MQTT service picks them up).
+
+Heavy imports stay inside the commands. Errors: one line on stderr, non-zero exit.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+rollout_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Staged OTA rollouts.",
+)
+
+DbUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="sqlite:///PATH or postgresql://... (default: $FEDFLEET_FLEET_DATABASE_URL).",
+        show_default=False,
+    ),
+]
+BrokerHost = Annotated[str, typer.Option("--broker-host", help="Broker address.")]
+BrokerPort = Annotated[int, typer.Option("--broker-port", help="Broker port.")]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _engine(database_url: str | None) -> Any:
+    from fleet import cli as fleet_cli
+
+    settings = fleet_cli._settings(database_url=database_url)
+    return fleet_cli._engine(settings), settings
+
+
+def _actor() -> Any:
+    from fleet import cli as fleet_cli
+
+    return fleet_cli._cli_actor()
+
+
+# --- fedfleet fleet broker-config ------------------------------------------------------
+
+
+def broker_config(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the broker files to.")],
+    port: Annotated[int, typer.Option(help="Plain MQTT listener port (127.0.0.1).")] = 1883,
+    bind: Annotated[str, typer.Option(help="Address the listeners bind to.")] = "127.0.0.1",
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate: adds a TLS listener.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM key of --tls-cert.")] = None,
+    tls_port: Annotated[int, typer.Option(help="TLS listener port.")] = 8883,
+    database_url: DbUrl = None,
+) -> None:
+    """Write Mosquitto's password file, ACL file and config from the enrolled devices."""
+    from fleet.broker_config import (
+        TlsListener,
+        device_credentials_from_db,
+        write_broker_config,
+    )
+
+    if (tls_cert is None) != (tls_key is None):
+        _fail("give both --tls-cert and --tls-key for a TLS listener, or neither")
+    engine, _settings = _engine(database_url)
+    try:
+        tls = TlsListener(tls_cert, tls_key, tls_port) if tls_cert and tls_key else None
+        files = write_broker_config(
+            out=out, devices=device_credentials_from_db(engine), port=port, bind=bind, tls=tls
+        )
+    except (ValueError, OSError) as err:
+        _fail(str(err))
+    finally:
+        engine.dispose()
+    typer.echo(
+        f"wrote {files.passwd}, {files.acl} and {files.conf} for {files.devices} devices; "
+        f"run: mosquitto -c {files.conf}  (send it SIGHUP after enrolling more devices)"
+    )
+
+
+# --- fedfleet fleet mqtt ---------------------------------------------------------------
+
+
+def mqtt_service(
+    broker_host: BrokerHost = "127.0.0.1",
+    broker_port: BrokerPort = 1883,
+    password_file: Annotated[
+        Path, typer.Option(help="The fleet's broker password (from broker-config).")
+    ] = Path("broker/fleet.pass"),
+    ca_file: Annotated[Path | None, typer.Option(help="CA certificate: connect with TLS.")] = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Run the fleet's MQTT service: ingest device messages, serve chunks, drive rollouts."""
+    from fleet.artifacts import ArtifactStore
+    from fleet.broker_config import FLEET_USER
+    from fleet.mqtt_bridge import BridgeSettings, FleetBridge
+    from fleet.rollouts import RolloutController
+
+    if not password_file.is_file():
+        _fail(f"{password_file} not found; run `fedfleet fleet broker-config --out DIR` first")
+    engine, settings = _engine(database_url)
+    bridge = FleetBridge(
+        engine=engine,
+        store=ArtifactStore(settings.artifact_dir),
+        settings=BridgeSettings(
+            host=broker_host,
+            port=broker_port,
+            username=FLEET_USER,
+            password=password_file.read_text().strip(),
+            ca_file=ca_file,
+        ),
+    )
+    try:
+        bridge.start()
+    except ConnectionError as err:
+        _fail(str(err), code=1)
+    controller = RolloutController(engine=engine, sender=bridge)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    typer.echo(f"fleet MQTT service connected to {broker_host}:{broker_port}")
+    while not done.wait(0.5):
+        controller.step()
+    bridge.stop()
+    engine.dispose()
+
+
+# --- fedfleet fleet simulate-devices ---------------------------------------------------
+
+
+def simulate_devices(
+    count: Annotated[int, typer.Option("--count", help="Number of simulated devices.")] = 10,
+    target: Annotated[str, typer.Option(help="Hardware target of the devices.")] = "cpu-x86",
+    group: Annotated[str, typer.Option(help="Group to enroll them into.")] = "simulated",
+    public_key: Annotated[
+        Path, typer.Option(help="Ed25519 public key the bundles are signed with.")
+    ] = Path("fleet.pub"),
+    work_dir: Annotated[Path, typer.Option(help="Slots and credentials folder.")] = Path(
+        "sim-devices"
+    ),
+    broker_host: BrokerHost = "127.0.0.1",
+    broker_port: BrokerPort = 1883,
+    seconds: Annotated[
+        float, typer.Option(help="Stop after this many seconds (0 = until Ctrl-C).")
+    ] = 0.0,
+    database_url: DbUrl = None,
+) -> None:
+    """Run N device agents in this process (enrolled on first use, reused after)."""
+    from edge_client.device_config import BrokerSettings
+    from fleet.simulated_devices import (
+        SimulatedFleet,
+        enroll_devices,
+        load_credentials,
+        save_credentials,
+    )
+
+    if not 1 <= count <= 5000:
+        _fail("--count must be 1..5000")
+    if not public_key.is_file():
+        _fail(f"--public-key {public_key} not found; give the key bundles are signed with")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    creds_file = work_dir / "devices.json"
+    if creds_file.is_file():
+        try:
+            devices = load_credentials(creds_file)
+        except ValueError as err:
+            _fail(str(err))
+    else:
+        devices = []
+    if len(devices) < count:
+        engine, _settings = _engine(database_url)
+        try:
+            devices += enroll_devices(
+                engine, count=count - len(devices), group=group, target=target
+            )
+        except ValueError as err:
+            _fail(str(err))
+        finally:
+            engine.dispose()
+        save_credentials(devices, creds_file)
+        typer.echo(
+            f"enrolled devices; rerun `fedfleet fleet broker-config` and reload Mosquitto "
+            f"(credentials in {creds_file})",
+            err=True,
+        )
+    sim = SimulatedFleet(
+        devices[:count],
+        root=work_dir,
+        target=target,
+        public_key=public_key,
+        broker=BrokerSettings(host=broker_host, port=broker_port),
+    )
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    sim.start()
+    typer.echo(f"{count} simulated {target} devices running against {broker_host}:{broker_port}")
+    began = time.monotonic()
+    while not done.wait(1.0):
+        if seconds and time.monotonic() - began >= seconds:
+            break
+    sim.stop()
+
+
+# --- fedfleet rollout ------------------------------------------------------------------
+
+
+@rollout_app.command("create")
+def rollout_create(
+    model: Annotated[int, typer.Option("--model", help="Model version id to roll out.")],
+    group: Annotated[str, typer.Option("--group", help="Group of devices.")],
+    waves: Annotated[
+        str, typer.Option(help="Cumulative percentages per wave, e.g. 5,25,100.")
+    ] = "5,25,100",
+    max_failure_rate: Annotated[
+        float, typer.Option(help="Failed fraction of a wave that aborts (0..1).")
+    ] = 0.1,
+    ack_timeout_s: Annotated[float, typer.Option(help="Seconds a device has to answer.")] = 600.0,
+    database_url: DbUrl = None,
+) -> None:
+    """Create a staged rollout; the fleet's MQTT service carries it out."""
+    from pydantic import ValidationError
+
+    from fleet.db import session_scope
+    from fleet.errors import FleetError
+    from fleet.models.ota import RolloutCreate
+    from fleet.rollouts import create_rollout, public_view
+
+    try:
+        percents = [int(w) for w in waves.split(",") if w.strip()]
+        data = RolloutCreate(
+            model_version_id=model,
+            group=group,
+            waves=percents,
+            max_failure_rate=max_failure_rate,
+            ack_timeout_s=ack_timeout_s,
+        )
+    except ValueError as err:
+        if isinstance(err, ValidationError):
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]).replace("_", "-")
+            _fail(f"--{field}: {first['msg'].removeprefix('Value error, ')}")
+        _fail(f"--waves must be comma-separated integers like 5,25,100 ({err})")
+    engine, _settings = _engine(database_url)
+    try:
+        with session_scope(engine, write=True) as session:
+            rollout = create_rollout(session, data, actor=_actor())
+            view = public_view(session, rollout)
+    except FleetError as err:
+        _fail(str(err))
+    finally:
+        engine.dispose()
+    sizes = ", ".join(str(w.devices) for w in view.progress)
+    typer.echo(
+        f"rollout {view.id}: model {view.model_version_id} to group '{view.group}' in "
+        f"{len(view.progress)} waves ({sizes} devices); abort above "
+        f"{view.max_failure_rate:.0%} failures"
+    )
+
+
+@rollout_app.command("list")
+def rollout_list(database_url: DbUrl = None) -> None:
+    """List rollouts, newest first, with their progress."""
+    from sqlmodel import Session, col, select
+
+    from fleet.models.ota import Rollout
+    from fleet.rollouts import public_view
+
+    engine, _settings = _engine(database_url)
+    with Session(engine) as session:
+        for rollout in session.exec(select(Rollout).order_by(col(Rollout.id).desc())).all():
+            view = public_view(session, rollout)
+            done = sum(w.installed for w in view.progress)
+            total = sum(w.devices for w in view.progress)
+            typer.echo(
+                f"{view.id}\tmodel {view.model_version_id}\t{view.group}\t{view.status.value}\t"
+                f"wave {view.current_wave + 1}/{len(view.progress)}\t{done}/{total} installed"
+                + (f"\t{view.reason}" if view.reason else "")
+            )
+    engine.dispose()
+
+
+def register_fleet_commands(app: typer.Typer) -> None:
+    """Add the OTA commands to ``fedfleet fleet``."""
+    app.command("broker-config")(broker_config)
+    app.command("mqtt")(mqtt_service)
+    app.command("simulate-devices")(simulate_devices)

@@ -1,0 +1,261 @@
+"""Broker files from the fleet: the real Mosquitto accepts them and enforces the ACL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import ssl
+import stat
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from typer.testing import CliRunner
+
+from edge_client import mqtt_protocol as proto
+from fleet.broker_config import FLEET_USER, acl_text, passwd_text, write_broker_config
+from fleet.broker_process import MosquittoProcess, free_port
+from fleet.credentials import mosquitto_hash
+
+PASSWORDS = {"dev-aaaa": "pw-a-" + uuid.uuid4().hex, "dev-bbbb": "pw-b-" + uuid.uuid4().hex}
+
+
+class Listener:
+    """An MQTT client that records (topic, payload) of what it receives."""
+
+    def __init__(
+        self, port: int, user: str, password: str, topics: list[str], **tls: object
+    ) -> None:
+        self.got: list[tuple[str, bytes]] = []
+        self.subscribed = threading.Event()
+        self.connected: list[bool] = []
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"{user}-{uuid.uuid4().hex[:4]}"
+        )
+        self.client.username_pw_set(user, password)
+        if tls:
+            self.client.tls_set(**tls)  # type: ignore[arg-type]
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_message = lambda _c, _u, m: self.got.append((m.topic, bytes(m.payload)))
+        self.topics = topics
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object
+    ) -> None:
+        self.connected.append(not reason.is_failure)  # type: ignore[attr-defined]
+        if self.topics and not reason.is_failure:  # type: ignore[attr-defined]
+            client.subscribe([(t, 1) for t in self.topics])
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[tuple[MosquittoProcess, str]]:
+    files = write_broker_config(
+        out=tmp_path / "broker",
+        devices=[(user, mosquitto_hash(pw)) for user, pw in PASSWORDS.items()],
+    )
+    process = MosquittoProcess(passwd=files.passwd, acl=files.acl)
+    try:
+        yield process.start(), files.fleet_password_file.read_text().strip()
+    finally:
+        process.close()
+
+
+def _wait(predicate: object, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_device_cannot_publish_or_read_as_another_device(
+    broker: tuple[MosquittoProcess, str],
+) -> None:
+    # Prepare: the fleet listens to every status; device b listens to its commands.
+    process, fleet_password = broker
+    fleet = Listener(process.port, FLEET_USER, fleet_password, [proto.uplink_filter("status")])
+    dev_b = Listener(
+        process.port, "dev-bbbb", PASSWORDS["dev-bbbb"], [proto.topic("dev-bbbb", "cmd")]
+    )
+    dev_a = Listener(
+        process.port,
+        "dev-aaaa",
+        PASSWORDS["dev-aaaa"],
+        [proto.topic("dev-bbbb", "cmd"), proto.topic("dev-aaaa", "cmd")],
+    )
+    try:
+        assert _wait(
+            lambda: (
+                fleet.subscribed.is_set()
+                and dev_a.subscribed.is_set()
+                and dev_b.subscribed.is_set()
+            )
+        )
+        # Execute: a speaks as b, then as itself; the fleet commands b and a.
+        dev_a.client.publish(proto.topic("dev-bbbb", "status"), b"forged", qos=1).wait_for_publish(
+            5
+        )
+        dev_a.client.publish(proto.topic("dev-aaaa", "status"), b"own", qos=1).wait_for_publish(5)
+        dev_a.client.publish(proto.topic("dev-bbbb", "cmd"), b"forged-cmd", qos=1).wait_for_publish(
+            5
+        )
+        fleet.client.publish(proto.topic("dev-bbbb", "cmd"), b"for-b", qos=1).wait_for_publish(5)
+        fleet.client.publish(proto.topic("dev-aaaa", "cmd"), b"for-a", qos=1).wait_for_publish(5)
+        assert _wait(lambda: len(fleet.got) >= 1 and len(dev_a.got) >= 1 and len(dev_b.got) >= 1)
+        time.sleep(0.5)  # anything forged would have arrived by now
+    finally:
+        for client in (fleet, dev_a, dev_b):
+            client.close()
+
+    # Assert: only a's own status reached the fleet; a never saw b's command; b got only the fleet's.
+    assert fleet.got == [(proto.topic("dev-aaaa", "status"), b"own")]
+    assert dev_a.got == [(proto.topic("dev-aaaa", "cmd"), b"for-a")]
+    assert dev_b.got == [(proto.topic("dev-bbbb", "cmd"), b"for-b")]
+
+
+def test_wrong_password_and_unknown_users_are_refused(broker: tuple[MosquittoProcess, str]) -> None:
+    process, _ = broker
+    wrong = Listener(process.port, "dev-aaaa", "not-the-password", [])
+    stranger = Listener(process.port, "dev-zzzz", "whatever", [])
+    try:
+        assert _wait(lambda: wrong.connected and stranger.connected)
+    finally:
+        wrong.close()
+        stranger.close()
+    assert wrong.connected[0] is False and stranger.connected[0] is False
+
+
+def test_files_hold_hashes_only_and_a_private_fleet_password(tmp_path: Path) -> None:
+    files = write_broker_config(
+        out=tmp_path / "b", devices=[("dev-aaaa", mosquitto_hash("secret-pw"))]
+    )
+    text = files.passwd.read_text()
+    assert "secret-pw" not in text and text.startswith("dev-aaaa:$7$")
+    assert stat.S_IMODE(files.fleet_password_file.stat().st_mode) == 0o600
+    again = write_broker_config(out=tmp_path / "b", devices=[])
+    assert again.fleet_password_file.read_text() == files.fleet_password_file.read_text()
+    assert "pattern write fedfleet/v1/dev/%u/status" in acl_text()
+    assert "pattern read fedfleet/v1/dev/%u/cmd" in acl_text()
+    assert "allow_anonymous false" in files.conf.read_text()
+
+
+def test_bad_inputs_are_refused_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="malformed"):
+        passwd_text([("dev:evil", "$7$x")])
+    with pytest.raises(ValueError, match="device id"):
+        write_broker_config(out=tmp_path / "x", devices=[("a/b", "$7$1$a$b")])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="not a folder"):
+        write_broker_config(out=tmp_path / "file", devices=[])
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "server.pem", folder / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    os.chmod(key_path, 0o644)  # test key: the mosquitto user must read it
+    return cert_path, key_path
+
+
+def test_tls_listener_accepts_a_device_with_the_ca(tmp_path: Path) -> None:
+    # Prepare: broker files plus a TLS listener with a self-signed certificate.
+    certs = Path(tempfile.mkdtemp(prefix="fedfleet-tls-"))
+    os.chmod(certs, 0o755)
+    try:
+        cert, key = _self_signed(certs)
+        files = write_broker_config(
+            out=tmp_path / "b", devices=[("dev-aaaa", mosquitto_hash("pw"))]
+        )
+        tls_port = free_port()
+        extra = f"listener {tls_port} 127.0.0.1\ncertfile {cert}\nkeyfile {key}"
+        with MosquittoProcess(passwd=files.passwd, acl=files.acl, extra=extra):
+            # Execute
+            device = Listener(
+                tls_port,
+                "dev-aaaa",
+                "pw",
+                [proto.topic("dev-aaaa", "cmd")],
+                ca_certs=str(cert),
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+            try:
+                ok = _wait(lambda: bool(device.connected))
+            finally:
+                device.close()
+    finally:
+        shutil.rmtree(certs, ignore_errors=True)
+    # Assert
+    assert ok and device.connected[0] is True
+
+
+def test_cli_writes_the_files_from_the_database_and_refuses_half_tls(tmp_path: Path) -> None:
+    from fleet.cli import app
+
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["broker-config", "--out", str(tmp_path / "out"), "--database-url", url]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "acl").is_file() and "0 devices" in result.output
+    bad = runner.invoke(
+        app,
+        [
+            "broker-config",
+            "--out",
+            str(tmp_path / "o2"),
+            "--tls-cert",
+            "x.pem",
+            "--database-url",
+            url,
+        ],
+    )
+    assert bad.exit_code == 2 and "--tls-key" in bad.output
+    assert not (tmp_path / "o2").exists()
