@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from fleet.api import audit, devices, groups, health, models, runs, tokens
+from fleet.api import audit, devices, groups, health, models, rollouts, runs, tokens
 
 API_PREFIX = "/api/v1"
 
@@ -12,7 +12,7 @@ API_PREFIX = "/api/v1"
 def api_router() -> APIRouter:
     """All ``/api/v1`` routes (every one requires a bearer token)."""
     router = APIRouter(prefix=API_PREFIX)
-    for module in (devices, groups, models, runs, audit, tokens):
+    for module in (devices, groups, models, runs, rollouts, audit, tokens):
         router.include_router(module.router)
     return router
 
