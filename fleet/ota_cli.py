@@ -105,6 +105,7 @@ def mqtt_service(
         Path, typer.Option(help="The fleet's broker password (from broker-config).")
     ] = Path("broker/fleet.pass"),
     ca_file: Annotated[Path | None, typer.Option(help="CA certificate: connect with TLS.")] = None,
+    drift_every_s: Annotated[float, typer.Option(help="Seconds between drift checks.")] = 60.0,
     database_url: DbUrl = None,
 ) -> None:
     """Run the fleet's MQTT service: ingest device messages, serve chunks, drive rollouts."""
@@ -112,6 +113,7 @@ def mqtt_service(
     from fleet.broker_config import FLEET_USER
     from fleet.mqtt_bridge import BridgeSettings, FleetBridge
     from fleet.rollouts import RolloutController
+    from fleet.telemetry import check_all
 
     if not password_file.is_file():
         _fail(f"{password_file} not found; run `fedfleet fleet broker-config --out DIR` first")
@@ -136,8 +138,15 @@ def mqtt_service(
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     typer.echo(f"fleet MQTT service connected to {broker_host}:{broker_port}")
+    next_drift = time.monotonic() + drift_every_s
     while not done.wait(0.5):
         controller.step()
+        if time.monotonic() >= next_drift:
+            next_drift = time.monotonic() + drift_every_s
+            for event in check_all(engine):
+                typer.echo(
+                    f"drift event {event.id}: model {event.model_version_id} PSI {event.score:.2f}"
+                )
     bridge.stop()
     engine.dispose()
 

@@ -15,10 +15,12 @@ from datetime import datetime
 
 import numpy as np
 from pydantic import Field as PydanticField
+from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from fleet import audit
 from fleet.crud import runs as runs_crud
+from fleet.db import session_scope
 from fleet.drift import DEFAULT_THRESHOLD, Reference, psi_per_feature
 from fleet.errors import Conflict, InvalidReference
 from fleet.models.common import FleetModel
@@ -233,3 +235,33 @@ def retrain_from_event(session: Session, event: DriftEvent, *, actor: audit.Acto
         after=event_public(session, event),
     )
     return run
+
+
+def check_all(engine: Engine, *, threshold: float = DEFAULT_THRESHOLD) -> list[DriftEvent]:
+    """Run :func:`check_drift` for every (model version with a reference, group) pair that
+    sent telemetry; the fleet's MQTT service calls this periodically."""
+    with Session(engine) as session:
+        pairs = session.exec(
+            select(TelemetryRecord.model_version_id, Device.group_id)
+            .join(Device, col(Device.id) == col(TelemetryRecord.device_id))
+            .join(
+                DriftReference,
+                col(DriftReference.model_version_id) == col(TelemetryRecord.model_version_id),
+            )
+            .distinct()
+        ).all()
+        groups = {g.id: g.name for g in session.exec(select(Group)).all()}
+    events = []
+    for model_version_id, group_id in pairs:
+        if model_version_id is None:
+            continue
+        with session_scope(engine, write=True) as session:
+            event = check_drift(
+                session,
+                model_version_id=model_version_id,
+                group=groups.get(group_id) if group_id is not None else None,
+                threshold=threshold,
+            )
+            if event is not None:
+                events.append(event)
+    return events

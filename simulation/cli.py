@@ -95,7 +95,30 @@ def simulate(
     ] = None,
     deadline: Annotated[
         float | None,
-        typer.Option(help="Round deadline in simulated seconds (needs --speeds). [default: none]"),
+        typer.Option(
+            "--deadline",
+            "--round-deadline",
+            help="Round deadline in simulated seconds; later clients are dropped "
+            "(needs --devices or --speeds). [default: none]",
+        ),
+    ] = None,
+    devices: Annotated[
+        str | None,
+        typer.Option(
+            help="Simulated device mix NAME=FRACTION,... of jetson-orin, rpi5, rpi4, cpu-x86, "
+            "phone-like; reports simulated wall-clock per round. [default: off]"
+        ),
+    ] = None,
+    app: Annotated[
+        Path | None,
+        typer.Option(help="Run this Flower App folder (pyproject.toml) instead of fedfleet's."),
+    ] = None,
+    app_config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--run-config",
+            help='With --app: override its [tool.flwr.app.config], e.g. "num-server-rounds=5".',
+        ),
     ] = None,
     config: Annotated[
         Path | None,
@@ -127,6 +150,9 @@ def simulate(
         "selection": selection,
         "over_select": over_select,
         "deadline": deadline,
+        "devices": devices,
+        "app": str(app) if app is not None else None,
+        "app_config": " ".join(app_config) if app_config else None,
     }
     try:
         settings = SimulateSettings.build(config_file=config, overrides=overrides)
@@ -149,7 +175,9 @@ def simulate(
         if created and not (out_dir / "metrics.json").exists():
             shutil.rmtree(out_dir, ignore_errors=True)
         _fail(f"{type(exc).__name__}: {exc}")
-    if not quiet:
+    if not quiet and settings.app:
+        typer.echo(f"results: {out_dir}/exchanges.json and what the app wrote in {out_dir}")
+    elif not quiet:
         typer.echo(f"results: {out_dir}/metrics.json, {out_dir}/accuracy.png, {out_dir}/model.pt")
 
 

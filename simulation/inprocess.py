@@ -3,25 +3,63 @@ message straight to a ``ClientApp`` in this process. No Ray, no gRPC, no subproc
 
 The ServerApp and ClientApp run unchanged — the same objects Flower would load — so a
 simulation exercises the code that deploys. Clients are lazily materialised: a node is
-an id and a node config until it first receives a message; its ``Context`` (and the
-state a mod keeps in it) is created then and kept for later rounds.
+an id and a node config (its partition id) until it first receives a message; its
+``Context`` (and the state a mod keeps in it) is created then and kept for later rounds.
+10,000 registered clients therefore cost 10,000 integers until they train.
+
+Two optional layers, both outside the apps:
+
+- ``batch_train``: the messages of one push are handled as a cohort
+  (:mod:`simulation.cohort`): each ClientApp call runs in full, but the
+  ``tasks.train_local`` calls they make are trained together by
+  :mod:`simulation.batched` with the same arithmetic. Only for ClientApps whose local
+  training is ``tasks.train_local`` (fedfleet's own); any other app is called message
+  by message, as Flower would.
+- ``fleet``: a :class:`simulation.fleet.SimulatedFleet` decides which devices are
+  online and which drop out, and stamps each reply with its simulated duration.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 from uuid import uuid4
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-ERROR_CLIENT_EXCEPTION = 1  # Error.code of a reply when the ClientApp raised
+from simulation.cohort import CohortStats, run_cohort
+from simulation.fleet import SimulatedFleet
+
+ERROR_CLIENT_EXCEPTION = ErrorCode.CLIENT_APP_RAISED_EXCEPTION  # the ClientApp raised
+NodeConfigFn = Callable[[int], dict[str, bool | int | float | str]]
+# (instructions of one push, their replies, machine seconds the push took)
+ExchangeCallback = Callable[[list[Message], list[Message], float], None]
+
+
+def partition_node_config(num_nodes: int) -> NodeConfigFn:
+    """Client ``i``'s node config, as Flower's simulation engine sets it."""
+
+    def node_config(i: int) -> dict[str, bool | int | float | str]:
+        return {"partition-id": i, "num-partitions": num_nodes}
+
+    return node_config
 
 
 class InProcessGrid(Grid):
@@ -29,7 +67,9 @@ class InProcessGrid(Grid):
 
     ``node_config_fn(i)`` gives client ``i``'s node config (``partition-id`` etc.);
     node ids are ``1000 + i`` so they never collide with Flower's SuperLink id.
-    ``on_message`` (if given) sees every (instruction, reply, seconds) for progress.
+    ``on_message`` (if given) sees every (instruction, reply, seconds) for progress;
+    in a batched cohort the seconds are the cohort's time shared equally.
+    ``on_exchange`` (if given) sees each push: its instructions, replies and seconds.
     """
 
     NODE_ID_BASE = 1000
@@ -40,10 +80,15 @@ class InProcessGrid(Grid):
         client_app: ClientApp,
         num_nodes: int,
         run_config: dict[str, bool | int | float | str],
-        node_config_fn: Callable[[int], dict[str, bool | int | float | str]],
+        node_config_fn: NodeConfigFn,
         run_id: int = 1,
         on_message: Callable[[Message, Message, float], None] | None = None,
+        batch_train: bool = False,
+        fleet: SimulatedFleet | None = None,
+        on_exchange: ExchangeCallback | None = None,
     ) -> None:
+        if num_nodes < 1:
+            raise ValueError("num_nodes must be >= 1")
         self._client_app = client_app
         self._num_nodes = num_nodes
         self._run_config = run_config
@@ -52,6 +97,10 @@ class InProcessGrid(Grid):
         self._contexts: dict[int, Context] = {}
         self._replies: dict[str, Message] = {}
         self._on_message = on_message
+        self._batch_train = batch_train
+        self.fleet = fleet
+        self.cohort_stats = CohortStats()
+        self._on_exchange = on_exchange
 
     # -- Grid API -------------------------------------------------------------------
     def set_run(self, run: Run) -> None:
@@ -75,12 +124,20 @@ class InProcessGrid(Grid):
         return range(self.NODE_ID_BASE, self.NODE_ID_BASE + self._num_nodes)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        ids = []
-        for message in messages:
+        batch = list(messages)
+        for message in batch:
             message.metadata.__dict__["_message_id"] = uuid4().hex
-            self._replies[message.metadata.message_id] = self._deliver(message)
-            ids.append(message.metadata.message_id)
-        return ids
+            if message.has_content():
+                # Flower's strategies put one RecordDict into every message; over a
+                # network each client gets its own copy, and so it does here.
+                message.content = private_copy(message.content)
+        t0 = time.perf_counter()
+        replies = self._deliver_all(batch)
+        for message, reply in zip(batch, replies, strict=True):
+            self._replies[message.metadata.message_id] = reply
+        if self._on_exchange is not None and batch:
+            self._on_exchange(batch, replies, time.perf_counter() - t0)
+        return [m.metadata.message_id for m in batch]
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
@@ -91,6 +148,11 @@ class InProcessGrid(Grid):
         return list(self.pull_messages(list(self.push_messages(messages))))
 
     # -- delivery ---------------------------------------------------------------------
+    @property
+    def materialised_clients(self) -> int:
+        """Clients that have received at least one message (hold a Context)."""
+        return len(self._contexts)
+
     def context_for(self, node_id: int) -> Context:
         """The node's Context, created on first use and kept across rounds."""
         ctx = self._contexts.get(node_id)
@@ -108,17 +170,69 @@ class InProcessGrid(Grid):
             self._contexts[node_id] = ctx
         return ctx
 
-    def _deliver(self, message: Message) -> Message:
-        t0 = time.perf_counter()
+    def _call_client(self, message: Message) -> Message:
+        """One ClientApp call; a client's failure is its reply, never the engine's crash."""
         ctx = self.context_for(message.metadata.dst_node_id)
         try:
-            reply = self._client_app(message, ctx)
-        except Exception as exc:  # a client's failure is its reply, never the engine's crash
+            return self._client_app(message, ctx)
+        except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
-            reply = Message(Error(code=ERROR_CLIENT_EXCEPTION, reason=reason), reply_to=message)
-        if self._on_message is not None:
-            self._on_message(message, reply, time.perf_counter() - t0)
-        return reply
+            return Message(Error(code=ERROR_CLIENT_EXCEPTION, reason=reason), reply_to=message)
+
+    def _deliver_all(self, batch: list[Message]) -> list[Message]:
+        replies: list[Message | None] = [None] * len(batch)
+        admitted: list[int] = []
+        for i, message in enumerate(batch):
+            refusal = self.fleet.admit(message) if self.fleet is not None else None
+            if refusal is None:
+                admitted.append(i)
+            else:
+                error = Error(code=ErrorCode.NODE_UNAVAILABLE, reason=refusal)
+                replies[i] = Message(error, reply_to=message)
+        if self._batch_train and len(admitted) > 1:
+            t0 = time.perf_counter()
+            calls = [functools.partial(self._call_client, batch[i]) for i in admitted]
+            outs = run_cohort(calls, stats=self.cohort_stats)
+            share = (time.perf_counter() - t0) / len(admitted)
+            seconds = [share] * len(admitted)
+        else:
+            outs, seconds = [], []
+            for i in admitted:
+                t0 = time.perf_counter()
+                outs.append(self._call_client(batch[i]))
+                seconds.append(time.perf_counter() - t0)
+        for i, reply, spent in zip(admitted, outs, seconds, strict=True):
+            if self.fleet is not None:
+                reply = self.fleet.stamp(batch[i], reply)
+            replies[i] = reply
+            if self._on_message is not None:
+                self._on_message(batch[i], reply, spent)
+        return [r for r in replies if r is not None]
+
+
+def private_copy(content: RecordDict) -> RecordDict:
+    """A copy of ``content`` no client can change for another: new records and
+    ``Array`` objects, sharing only the immutable serialized bytes."""
+    copy = RecordDict()
+    for name, record in content.items():
+        if isinstance(record, ArrayRecord):
+            copy[name] = ArrayRecord(
+                {
+                    key: Array(dtype=a.dtype, shape=tuple(a.shape), stype=a.stype, data=a.data)
+                    for key, a in record.items()
+                }
+            )
+        elif isinstance(record, MetricRecord):
+            copy[name] = MetricRecord(_copy_values(record))
+        elif isinstance(record, ConfigRecord):
+            copy[name] = ConfigRecord(_copy_values(record))
+        else:  # pragma: no cover - RecordDict holds only the three record types
+            raise TypeError(f"unexpected record type {type(record).__name__}")
+    return copy
+
+
+def _copy_values(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: list(v) if isinstance(v, list) else v for key, v in record.items()}
 
 
 def run_inprocess(
@@ -127,21 +241,22 @@ def run_inprocess(
     client_app: ClientApp,
     num_nodes: int,
     run_config: dict[str, bool | int | float | str],
-    node_config_fn: Callable[[int], dict[str, bool | int | float | str]] | None = None,
+    node_config_fn: NodeConfigFn | None = None,
     on_message: Callable[[Message, Message, float], None] | None = None,
+    batch_train: bool = False,
+    fleet: SimulatedFleet | None = None,
+    on_exchange: ExchangeCallback | None = None,
 ) -> InProcessGrid:
     """Run ``server_app`` to completion against ``num_nodes`` in-process clients."""
-    if node_config_fn is None:
-
-        def node_config_fn(i: int) -> dict[str, bool | int | float | str]:
-            return {"partition-id": i, "num-partitions": num_nodes}
-
     grid = InProcessGrid(
         client_app=client_app,
         num_nodes=num_nodes,
         run_config=run_config,
-        node_config_fn=node_config_fn,
+        node_config_fn=node_config_fn or partition_node_config(num_nodes),
         on_message=on_message,
+        batch_train=batch_train,
+        fleet=fleet,
+        on_exchange=on_exchange,
     )
     TaskIdentity.task_id = 1
     TaskIdentity.run_id = grid.run.run_id

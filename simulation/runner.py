@@ -35,6 +35,10 @@ def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = F
         **settings.feature_run_config(),
     }
     console = Console(stderr=True, quiet=quiet)
+    if settings.app:  # a third-party Flower App: its own rounds and results
+        from simulation.flower_app import run_flower_app
+
+        return run_flower_app(settings, out_dir=out_dir, console=console)
     progress = Progress(
         TextColumn("[bold]round"),
         MofNCompleteColumn(),
@@ -52,6 +56,8 @@ def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = F
         def on_round(record: RoundRecord) -> None:
             eps = record.extra.get("epsilon")
             eps_text = f" ε={eps:.3f}" if eps is not None else ""
+            sim = record.extra.get("sim_round_s")
+            eps_text += f"  simulated {sim:.1f}s" if sim is not None else ""
             progress.console.print(
                 f"round {record.round:>3}: accuracy {record.accuracy:.4f}  loss {record.loss:.4f}  "
                 f"clients {record.clients}/{record.selected}  {record.duration_s:.2f}s{eps_text}"
@@ -60,17 +66,27 @@ def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = F
 
         if settings.engine == "inprocess":
             from coordinator.app import build_server_app
-            from edge_client.app import build_client_app
-            from simulation.attacks import attack_mod
+            from simulation.apps import batches_training, build_simulation_client_app
+            from simulation.fleet_settings import build_fleet, fleet_round_stats, grid_summary
             from simulation.inprocess import run_inprocess
-            from simulation.speeds import speed_mod
 
-            run_inprocess(
-                server_app=build_server_app(on_round=on_round),
-                client_app=build_client_app(mods=[attack_mod, speed_mod]),
+            fleet = build_fleet(settings)
+
+            def on_round_inprocess(record: RoundRecord) -> None:
+                if fleet is not None:
+                    fleet_round_stats(fleet, record.extra)
+                on_round(record)
+
+            client_app = build_simulation_client_app()  # simulation mods: simulation/apps.py
+            grid = run_inprocess(
+                server_app=build_server_app(on_round=on_round_inprocess),
+                client_app=client_app,
                 num_nodes=settings.clients,
                 run_config=run_config,
+                batch_train=batches_training(client_app),
+                fleet=fleet,
             )
+            progress.console.print(f"{settings.clients} clients, {grid_summary(grid)}")
         else:
             from simulation.flower_engine import run_flower_engine
 

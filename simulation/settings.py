@@ -39,6 +39,10 @@ class SimulateSettings:
     selection: str = "random"
     over_select: float = 0.0
     deadline: float = 0.0
+    # simulated fleet and third-party apps (issue 8): see simulation/fleet_settings.py
+    devices: str = ""
+    app: str = ""
+    app_config: str = ""
 
     @classmethod
     def build(cls, *, config_file: Path | None, overrides: Mapping[str, Any]) -> SimulateSettings:
@@ -75,6 +79,9 @@ class SimulateSettings:
         from simulation.strategy_settings import validate_strategy_settings
 
         validate_strategy_settings(self)
+        from simulation.fleet_settings import validate_fleet_settings
+
+        validate_fleet_settings(self)
 
     def run_config(self, *, out_dir: str = "") -> RunConfig:
         """The coordinator's RunConfig for these settings (validated)."""
@@ -97,9 +104,10 @@ class SimulateSettings:
 
     def feature_run_config(self) -> dict[str, bool | int | float | str]:
         """Run-config keys of the feature switches (beyond the coordinator's core keys)."""
+        from simulation.fleet_settings import fleet_run_config
         from simulation.strategy_settings import strategy_run_config
 
-        return strategy_run_config(self)
+        return {**strategy_run_config(self), **fleet_run_config(self)}
 
 
 def load_toml(path: Path) -> dict[str, Any]:

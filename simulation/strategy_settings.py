@@ -68,10 +68,10 @@ def validate_strategy_settings(settings: SimulateSettings) -> None:
         raise ValueError("--attackers is set but --attack is not; add e.g. --attack sign-flip")
     if settings.attack and settings.attackers == 0:
         raise ValueError("--attack is set but --attackers is 0; add e.g. --attackers 0.2")
-    if settings.deadline and not settings.speeds:
+    if settings.deadline and not (settings.speeds or settings.devices):
         raise ValueError(
             "--deadline is in simulated seconds and needs simulated device speeds; "
-            "add --speeds pareto:1.5 (or drop --deadline)"
+            "add --devices rpi5=0.5,cpu-x86=0.5 or --speeds pareto:1.5 (or drop --deadline)"
         )
     rc = {**settings.run_config().as_run_config(), **strategy_run_config(settings)}
     SelectionConfig.from_run_config(rc)

@@ -7,6 +7,9 @@ can reproduce a client's training exactly. An optional FedProx proximal term
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +45,25 @@ def batch_order(n: int, *, batch_size: int, epochs: int, seed: int) -> list[np.n
     return batches
 
 
+# A simulator may run many clients' ``train_local`` calls as one batched computation
+# with the same arithmetic (simulation/batched.py). It installs a replacement for the
+# current execution context only; everywhere else ``train_local`` runs as written.
+TrainLocalFn = Callable[..., TrainResult]
+_TRAIN_LOCAL_OVERRIDE: ContextVar[TrainLocalFn | None] = ContextVar(
+    "fedfleet_train_local_override", default=None
+)
+
+
+@contextmanager
+def train_local_override(fn: TrainLocalFn) -> Iterator[None]:
+    """Route ``train_local`` calls made in this context to ``fn`` (same signature)."""
+    token = _TRAIN_LOCAL_OVERRIDE.set(fn)
+    try:
+        yield
+    finally:
+        _TRAIN_LOCAL_OVERRIDE.reset(token)
+
+
 def train_local(
     model: nn.Module,
     x: np.ndarray,
@@ -54,6 +76,18 @@ def train_local(
     proximal_mu: float = 0.0,
 ) -> TrainResult:
     """Train ``model`` in place with SGD on ``(x, y)``; returns examples and mean loss."""
+    override = _TRAIN_LOCAL_OVERRIDE.get()
+    if override is not None:
+        return override(
+            model,
+            x,
+            y,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            proximal_mu=proximal_mu,
+        )
     n = len(x)
     if n == 0:
         return TrainResult(num_examples=0, loss=float("nan"), steps=0)

@@ -1,0 +1,218 @@
+"""Many clients' local training as one batched computation, with ``train_local``'s arithmetic.
+
+``tasks.train_local`` trains one model with plain minibatch SGD in a seeded batch order
+(``tasks.training.batch_order``). :func:`train_batched` trains a list of such jobs —
+one per client of a round — together: it stacks the clients' parameters and takes each
+SGD step for all of them at once with ``torch.func`` (``vmap`` over
+``grad_and_value(functional_call(...))``, the per-model ensembling recipe of the
+``torch.func`` documentation). Every client keeps its own batch order, learning rate,
+epochs, proximal term and data size:
+
+- at step ``s`` only clients with an ``s``-th minibatch take part; they are grouped by
+  minibatch size (the last minibatch of an epoch is smaller), so there is no padding
+  and no client ever sees another's samples;
+- the loss of a step is the mean cross-entropy of that client's minibatch (plus
+  ``mu/2 · ||w − w_global||²`` for FedProx), exactly the expression ``train_local``
+  differentiates, and the update is the same ``p ← p − lr · g`` as ``torch.optim.SGD``;
+- the reported loss is the last epoch's example-weighted mean, accumulated in the same
+  order and precision as ``train_local``.
+
+The results equal one-by-one training up to float32 rounding of batched kernels (tests
+assert it). Models the batched path cannot reproduce exactly — randomness in the forward
+pass (dropout), running statistics (batch norm), buffers — are trained one by one with
+the real ``train_local``. The batched path also avoids building a ``torch.optim``
+optimizer per client.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tasks import TrainResult
+from tasks.training import batch_order, train_local
+
+# Modules whose training-mode forward pass draws random numbers or updates state: a
+# batched forward pass would not reproduce them, so such models train one by one.
+_STATEFUL_OR_RANDOM: tuple[type[nn.Module], ...] = (
+    nn.modules.dropout._DropoutNd,
+    nn.modules.batchnorm._NormBase,
+    nn.AlphaDropout,
+)
+
+
+@dataclass
+class TrainJob:
+    """One client's ``train_local`` call: the same arguments, captured."""
+
+    model: nn.Module
+    x: np.ndarray
+    y: np.ndarray
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    proximal_mu: float = 0.0
+
+
+def batchable(model: nn.Module) -> bool:
+    """Whether the batched path reproduces ``train_local`` for this model exactly."""
+    if any(isinstance(m, _STATEFUL_OR_RANDOM) for m in model.modules()):
+        return False
+    if any(True for _ in model.buffers()):
+        return False
+    params = list(model.parameters())
+    return bool(params) and all(p.dtype == torch.float32 and p.requires_grad for p in params)
+
+
+def train_one_by_one(job: TrainJob) -> TrainResult:
+    """The reference: the real ``train_local``, outside any simulator override."""
+    return contextvars.Context().run(
+        train_local,
+        job.model,
+        job.x,
+        job.y,
+        epochs=job.epochs,
+        batch_size=job.batch_size,
+        learning_rate=job.learning_rate,
+        seed=job.seed,
+        proximal_mu=job.proximal_mu,
+    )
+
+
+def train_batched(jobs: Sequence[TrainJob]) -> list[TrainResult]:
+    """Train every job's model in place; results in the order of ``jobs``.
+
+    Jobs are grouped by model architecture and minibatch size; each group is trained
+    as one stack. Jobs with no data return what ``train_local`` returns (0 examples);
+    models that :func:`batchable` refuses are trained one by one.
+    """
+    results: list[TrainResult | None] = [None] * len(jobs)
+    groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    for i, job in enumerate(jobs):
+        _check(job)
+        if len(job.x) == 0:
+            results[i] = TrainResult(num_examples=0, loss=float("nan"), steps=0)
+        elif not batchable(job.model):
+            results[i] = train_one_by_one(job)
+        else:
+            groups[(_signature(job.model), job.batch_size)].append(i)
+    for members in groups.values():
+        if len(members) == 1:
+            results[members[0]] = train_one_by_one(jobs[members[0]])
+            continue
+        for i, result in zip(members, _train_group([jobs[i] for i in members]), strict=True):
+            results[i] = result
+    return [r for r in results if r is not None]
+
+
+def _check(job: TrainJob) -> None:
+    if job.epochs < 1 or job.batch_size < 1:
+        raise ValueError("epochs and batch_size must be >= 1")
+    if len(job.x) != len(job.y):
+        raise ValueError("x and y must have the same number of samples")
+
+
+def _signature(model: nn.Module) -> tuple[Any, ...]:
+    """Two models with the same signature can share one functional template."""
+    return (type(model), tuple((n, tuple(p.shape)) for n, p in model.named_parameters()))
+
+
+LossFn = Callable[..., torch.Tensor]
+
+
+def _loss_fn(template: nn.Module, mu: float) -> LossFn:
+    """The loss ``train_local`` differentiates, as a function of the parameters."""
+    loss_module = nn.CrossEntropyLoss()
+
+    def loss(
+        params: dict[str, torch.Tensor],
+        global_params: dict[str, torch.Tensor] | None,
+        x: torch.Tensor,
+        y: torch.Tensor,
+    ) -> torch.Tensor:
+        value = loss_module(torch.func.functional_call(template, params, (x,)), y)
+        if global_params is not None:
+            prox = sum(((params[name] - global_params[name]) ** 2).sum() for name in params)
+            value = value + 0.5 * mu * prox
+        return value
+
+    return loss
+
+
+def _train_group(jobs: list[TrainJob]) -> list[TrainResult]:
+    """Train jobs whose models share one architecture and minibatch size."""
+    template = jobs[0].model
+    names = [name for name, _ in template.named_parameters()]
+    models = [job.model for job in jobs]
+    own_params = []
+    for model in models:
+        model.train()
+        own_params.append([p for _, p in model.named_parameters()])
+    with torch.no_grad():
+        stacked = {
+            name: torch.stack([params[j].detach() for params in own_params])
+            for j, name in enumerate(names)
+        }
+    initial = {name: value.clone() for name, value in stacked.items()}
+    xs = [torch.from_numpy(np.ascontiguousarray(job.x)) for job in jobs]
+    ys = [torch.from_numpy(np.ascontiguousarray(job.y)) for job in jobs]
+    orders = [
+        batch_order(len(job.x), batch_size=job.batch_size, epochs=job.epochs, seed=job.seed)
+        for job in jobs
+    ]
+    per_epoch = [math.ceil(len(job.x) / job.batch_size) for job in jobs]
+    last_epoch_loss = [0.0] * len(jobs)
+    steps = [len(order) for order in orders]
+    step_fns: dict[float, Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor]]] = {}
+
+    for step in range(max(steps)):
+        # Clients taking a step now, grouped so each group stacks equal shapes.
+        cohorts: dict[tuple[int, float, float], list[int]] = defaultdict(list)
+        for c, order in enumerate(orders):
+            if step < len(order):
+                key = (len(order[step]), jobs[c].learning_rate, jobs[c].proximal_mu)
+                cohorts[key].append(c)
+        for (_, lr, mu), members in cohorts.items():
+            fn = step_fns.get(mu)
+            if fn is None:
+                in_dims = (0, 0 if mu > 0 else None, 0, 0)
+                grad_fn = torch.func.grad_and_value(_loss_fn(template, mu))
+                fn = step_fns[mu] = torch.func.vmap(grad_fn, in_dims=in_dims)
+            everyone = len(members) == len(jobs)
+            index = torch.tensor(members)
+            params = stacked if everyone else {n: v[index] for n, v in stacked.items()}
+            global_params = None
+            if mu > 0:
+                global_params = initial if everyone else {n: v[index] for n, v in initial.items()}
+            x = torch.stack([xs[c][torch.from_numpy(orders[c][step])] for c in members])
+            y = torch.stack([ys[c][torch.from_numpy(orders[c][step])] for c in members])
+            grads, losses = fn(params, global_params, x, y)
+            with torch.no_grad():
+                updated = {n: torch.add(params[n], grads[n], alpha=-lr) for n in names}
+                if everyone:
+                    stacked = updated
+                else:
+                    for n in names:
+                        stacked[n].index_copy_(0, index, updated[n])
+            batch = x.shape[1]
+            for c, value in zip(members, losses.tolist(), strict=True):
+                if step >= steps[c] - per_epoch[c]:
+                    last_epoch_loss[c] += float(value) * batch
+
+    with torch.no_grad():
+        for j, name in enumerate(names):
+            for c, value in enumerate(stacked[name].unbind(0)):
+                own_params[c][j].copy_(value)
+    return [
+        TrainResult(num_examples=len(job.x), loss=last_epoch_loss[c] / len(job.x), steps=steps[c])
+        for c, job in enumerate(jobs)
+    ]

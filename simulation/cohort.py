@@ -1,0 +1,121 @@
+"""Run a round's client calls side by side so their local training is batched.
+
+Each call (a ``ClientApp`` handling one message, mods and all) runs unchanged in its
+own greenlet. When it reaches ``tasks.train_local`` it hands the arguments over and
+pauses; once every call of the cohort has either paused there or finished, the paused
+jobs are trained together by :func:`simulation.batched.train_batched`, each call is
+resumed with its own result, and so on until all have returned.
+
+Scheduling is cooperative and deterministic: calls start in the order given, only one
+runs at a time, and they switch only at ``train_local``. A call that never trains
+(evaluation, a refusal, a third-party handler) simply runs to completion. Greenlets
+rather than threads: no two client calls ever run Python code at the same moment, so
+nothing that is safe one by one becomes unsafe here.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+from greenlet import greenlet
+from torch import nn
+
+from simulation.batched import TrainJob, train_batched
+from tasks import TrainResult
+from tasks.training import train_local_override
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Done(Generic[T]):
+    value: T
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+@dataclass
+class CohortStats:
+    """How much batching a cohort achieved: jobs trained and batched calls made."""
+
+    jobs: int = 0
+    batches: int = 0
+
+
+def run_cohort(
+    calls: Sequence[Callable[[], T]],
+    *,
+    trainer: Callable[[Sequence[TrainJob]], list[TrainResult]] = train_batched,
+    stats: CohortStats | None = None,
+) -> list[T]:
+    """Run ``calls`` with batched ``train_local``; return their results in order.
+
+    An exception raised by a call propagates from here after every other call has
+    been allowed to finish (callers that turn client failures into replies catch
+    inside the call). An exception in ``trainer`` is raised inside each waiting call,
+    where ``train_local`` was called.
+    """
+    main = greenlet.getcurrent()
+    results: list[Any] = [None] * len(calls)
+    waiting: dict[int, TrainJob] = {}
+    lets: list[greenlet] = []
+
+    def submit(
+        model: nn.Module,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        learning_rate: float,
+        seed: int,
+        proximal_mu: float = 0.0,
+    ) -> TrainResult:
+        job = TrainJob(model, x, y, epochs, batch_size, learning_rate, seed, proximal_mu)
+        outcome = main.switch(job)
+        if isinstance(outcome, _Failed):
+            raise outcome.error
+        return outcome  # type: ignore[no-any-return]
+
+    def body(call: Callable[[], T]) -> _Done[T] | _Failed:
+        try:
+            with train_local_override(submit):
+                return _Done(call())
+        except BaseException as exc:  # delivered to the scheduler, re-raised there
+            return _Failed(exc)
+
+    def advance(index: int, outcome: object) -> None:
+        if isinstance(outcome, TrainJob):
+            waiting[index] = outcome
+        else:
+            results[index] = outcome
+
+    for index, call in enumerate(calls):
+        let = greenlet(body, parent=main)
+        let.gr_context = contextvars.copy_context()
+        lets.append(let)
+        advance(index, let.switch(call))
+    while waiting:
+        order = sorted(waiting)
+        jobs = [waiting.pop(i) for i in order]
+        trained: list[Any]
+        try:
+            trained = list(trainer(jobs))
+        except Exception as exc:
+            trained = [_Failed(exc)] * len(jobs)
+        if stats is not None:
+            stats.jobs += len(jobs)
+            stats.batches += 1
+        for index, outcome in zip(order, trained, strict=True):
+            advance(index, lets[index].switch(outcome))
+    failures = [r.error for r in results if isinstance(r, _Failed)]
+    if failures:
+        raise failures[0]
+    return [r.value for r in results]

@@ -1,0 +1,240 @@
+"""The simulated world around the clients: which device each is, whether it is online,
+whether it drops out, how long it takes and how many bytes cross the network.
+
+The in-process engine consults a :class:`SimulatedFleet` for every instruction:
+
+- ``admit``: a device that is offline at the current simulated time of day, or that
+  drops out during this instruction, never runs the ClientApp; the server gets the error
+  reply Flower's SuperLink gives for an unreachable node (``NODE_UNAVAILABLE``).
+- ``stamp``: a successful reply carries, under ``sim-seconds``, the seconds the device
+  took to download, compute and upload (``simulation.devices.client_duration_s``). The
+  coordinator's round deadline and over-selection (``deadline-s``, ``over-select`` on
+  the ``simulated`` clock) and asynchronous strategies read arrival times from it, as a
+  real coordinator reads them from its own clock.
+
+All random draws are functions of (seed, node, hour or per-node instruction count), so
+a run is reproducible and independent of the order in which the engine executes clients.
+The clock itself is the coordinator's: after each round the engine sets ``now_s`` to the
+simulated time the coordinator reports (``sim_time_s``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Message, MetricRecord
+
+from edge_client import messages as k
+from simulation.devices import (
+    DeviceMix,
+    DeviceProfile,
+    MessageKind,
+    assign_devices,
+    client_duration_s,
+    draw_slowdown,
+    get_profile,
+    relative_speed,
+)
+from strategies.selection import NodeStatus
+
+START_HOUR = 9.0  # the simulated run starts at 09:00 local time on day 0
+
+
+def payload_bytes(message: Message) -> int:
+    """Bytes of the arrays a message carries (what dominates it on the wire)."""
+    if message.has_error():
+        return 0
+    return sum(
+        len(array.data)
+        for record in message.content.array_records.values()
+        for array in record.values()
+    )
+
+
+@dataclass
+class FleetStats:
+    """Counters since the last :meth:`SimulatedFleet.take_stats`."""
+
+    instructions: int = 0
+    offline: int = 0
+    dropped: int = 0
+    bytes_down: int = 0
+    bytes_up: int = 0
+    seconds: list[float] = field(default_factory=list)
+
+
+class SimulatedFleet:
+    """Device assignment, availability, dropouts and timing for ``num_nodes`` clients.
+
+    Node ``node_id_base + i`` is client ``i``; its profile comes from ``mix`` by
+    :func:`simulation.devices.assign_devices`. ``task`` selects the profiles' compute
+    times (an unknown task uses their defaults).
+    """
+
+    def __init__(
+        self,
+        *,
+        mix: DeviceMix,
+        num_nodes: int,
+        node_id_base: int,
+        task: str,
+        seed: int,
+        start_hour: float = START_HOUR,
+    ) -> None:
+        if not 0.0 <= start_hour < 24.0:
+            raise ValueError("start_hour must be in [0, 24)")
+        self.mix = mix
+        self.task = task
+        self.seed = seed
+        self.start_hour = start_hour
+        self.now_s = 0.0
+        self._base = node_id_base
+        self._num_nodes = num_nodes
+        names = assign_devices(num_nodes, mix, seed=seed)
+        self._profiles: list[DeviceProfile] = [get_profile(n) for n, _ in mix]
+        index = {name: i for i, (name, _) in enumerate(mix)}
+        self._kind = np.array([index[n] for n in names], dtype=np.int16)
+        self._count: dict[int, int] = {}
+        self._stats = FleetStats()
+
+    # -- who is who --------------------------------------------------------------------
+    def _index(self, node_id: int) -> int:
+        i = node_id - self._base
+        if not 0 <= i < self._num_nodes:
+            raise ValueError(f"no simulated node with id {node_id}")
+        return i
+
+    def profile_of(self, node_id: int) -> DeviceProfile:
+        """The device profile of ``node_id``."""
+        return self._profiles[int(self._kind[self._index(node_id)])]
+
+    def counts(self) -> dict[str, int]:
+        """How many clients have each profile."""
+        values, counts = np.unique(self._kind, return_counts=True)
+        return {self._profiles[int(v)].name: int(c) for v, c in zip(values, counts, strict=True)}
+
+    # -- time and availability -------------------------------------------------------
+    def hour_of_day(self) -> float:
+        """Local time of day at the current simulated time, in hours [0, 24)."""
+        return (self.start_hour + self.now_s / 3600.0) % 24.0
+
+    def online(self, node_id: int) -> bool:
+        """Whether the device is online now: one draw per (node, hour of the run)."""
+        i = self._index(node_id)
+        slot = math.floor((self.start_hour * 3600.0 + self.now_s) / 3600.0)
+        u = np.random.default_rng([self.seed, i, slot, 0xA7A1]).random()
+        return bool(u < self.profile_of(node_id).availability_at(self.hour_of_day()))
+
+    def telemetry(self, node_id: int) -> NodeStatus:
+        """What a fleet's telemetry would say about the device now (a
+        ``strategies.selection.TelemetrySource`` for device-aware selection)."""
+        return NodeStatus(
+            available=self.online(node_id),
+            speed=relative_speed(self.profile_of(node_id), self.task),
+        )
+
+    # -- one instruction ---------------------------------------------------------------
+    def _draws(self, node_id: int) -> tuple[float, float]:
+        """(dropout uniform, compute slowdown) of the node's current instruction."""
+        i = self._index(node_id)
+        rng = np.random.default_rng([self.seed, i, self._count.get(node_id, 0), 0xD209])
+        return float(rng.random()), draw_slowdown(self.profile_of(node_id), rng)
+
+    def admit(self, message: Message) -> str | None:
+        """``None`` if the device receives and completes ``message``, else why not."""
+        node = message.metadata.dst_node_id
+        self._count[node] = self._count.get(node, 0) + 1
+        self._stats.instructions += 1
+        if not self.online(node):
+            self._stats.offline += 1
+            return f"simulated device {node} ({self.profile_of(node).name}) is offline"
+        self._stats.bytes_down += payload_bytes(message)
+        u, _ = self._draws(node)
+        if u < self.profile_of(node).dropout:
+            self._stats.dropped += 1
+            return f"simulated device {node} ({self.profile_of(node).name}) dropped out"
+        return None
+
+    def duration_s(self, message: Message, reply: Message) -> float:
+        """Seconds the device took for ``message`` → ``reply`` (download to upload)."""
+        node = message.metadata.dst_node_id
+        kind: MessageKind = (
+            "train" if message.metadata.message_type.startswith("train") else ("evaluate")
+        )
+        _, slowdown = self._draws(node)
+        return client_duration_s(
+            self.profile_of(node),
+            task=self.task,
+            num_examples=_metric_int(reply, k.NUM_EXAMPLES),
+            model_bytes=payload_bytes(message),
+            upload_bytes=payload_bytes(reply),
+            epochs=_config_int(message, k.LOCAL_EPOCHS, default=1),
+            kind=kind,
+            slowdown=slowdown,
+        )
+
+    def stamp(self, message: Message, reply: Message) -> Message:
+        """Put the simulated seconds on a successful reply (``sim-seconds``)."""
+        if reply.has_error():
+            return reply
+        seconds = self.duration_s(message, reply)
+        self._stats.bytes_up += payload_bytes(reply)
+        self._stats.seconds.append(seconds)
+        records = reply.content.metric_records
+        record = records.get(k.METRICS) or next(iter(records.values()), None)
+        if record is None:
+            record = MetricRecord()
+            reply.content[k.METRICS] = record
+        record[k.SIM_SECONDS] = seconds
+        return reply
+
+    # -- reporting ---------------------------------------------------------------------
+    def take_stats(self) -> dict[str, float]:
+        """Per-round keys for metrics.json, and reset the counters.
+
+        ``sim_hour`` (time of day at the round's start), ``offline`` and ``dropped``
+        (instructions that never came back), ``bytes_down``/``bytes_up`` (array payload
+        bytes sent to and received from devices), ``sim_median_s``/``sim_slowest_s``
+        (device durations of the replies that came back: the stragglers).
+        """
+        s = self._stats
+        stats: dict[str, float] = {
+            "sim_hour": round(self.hour_of_day(), 3),
+            "offline": float(s.offline),
+            "dropped": float(s.dropped),
+            "bytes_down": float(s.bytes_down),
+            "bytes_up": float(s.bytes_up),
+        }
+        if s.seconds:
+            stats["sim_median_s"] = float(np.median(s.seconds))
+            stats["sim_slowest_s"] = float(max(s.seconds))
+        self._stats = FleetStats()
+        return stats
+
+    def advance_to(self, sim_time_s: float) -> None:
+        """Set the simulated clock (never backwards)."""
+        self.now_s = max(self.now_s, float(sim_time_s))
+
+
+def _metric_int(reply: Message, key: str) -> int:
+    for record in reply.content.metric_records.values():
+        value = record.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return max(0, int(value))
+    return 0
+
+
+def _config_int(message: Message, key: str, *, default: int) -> int:
+    for record in message.content.config_records.values():
+        value = record.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return max(1, value)
+    return default
+
+
+def fleet_summary(fleet: SimulatedFleet) -> Sequence[str]:
+    """Human lines describing the fleet (for the run's header)."""
+    return [f"{name}: {count} clients" for name, count in sorted(fleet.counts().items())]

@@ -1,0 +1,122 @@
+"""``fedfleet simulate`` flags of the simulated fleet and of third-party apps.
+
+``--devices jetson-orin=0.2,rpi5=0.5,cpu-x86=0.3`` gives every client a device profile
+and puts the run on the simulated clock (run-config ``devices``, ``clock=simulated``);
+the round deadline and over-selection (``--round-deadline``/``--deadline``,
+``--over-select``) then act on the simulated seconds the devices take.
+``--app DIR --run-config K=V`` runs a third-party Flower App instead of fedfleet's.
+Validation happens here, before any run folder exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edge_client import messages as k
+from simulation.devices import describe, parse_device_mix
+
+if TYPE_CHECKING:
+    from simulation.fleet import SimulatedFleet
+    from simulation.inprocess import InProcessGrid
+    from simulation.settings import SimulateSettings
+
+RunConfigDict = dict[str, bool | int | float | str]
+RC_DEVICES = "devices"  # run-config key: the device mix, e.g. "rpi5=0.5,cpu-x86=0.5"
+
+# Settings that configure fedfleet's own apps; a third-party app reads its own config.
+_FEDFLEET_APP_ONLY = (
+    "task",
+    "strategy",
+    "clients_per_round",
+    "rounds",
+    "local_epochs",
+    "batch_size",
+    "lr",
+    "partition",
+    "fraction_evaluate",
+    "strategy_options",
+    "attack",
+    "attackers",
+    "speeds",
+    "selection",
+    "over_select",
+    "deadline",
+    "secagg",
+    "dropout",
+)
+
+
+def fleet_run_config(settings: SimulateSettings) -> RunConfigDict:
+    """Run-config keys of the simulated fleet (none without ``--devices``)."""
+    if not settings.devices:
+        return {}
+    return {RC_DEVICES: describe(parse_device_mix(settings.devices)), k.RC_CLOCK: "simulated"}
+
+
+def validate_fleet_settings(settings: SimulateSettings) -> None:
+    """Refuse fleet or ``--app`` settings that cannot work, naming the flag to change."""
+    if settings.devices:
+        parse_device_mix(settings.devices)
+        if settings.engine != "inprocess":
+            raise ValueError(
+                "--devices is simulated by the in-process engine; drop --engine flower"
+            )
+        if settings.speeds:
+            raise ValueError("--devices and --speeds both model device speed; keep one")
+    if settings.app_config and not settings.app:
+        raise ValueError("--run-config sets a Flower App's config; it needs --app DIR")
+    if not settings.app:
+        return
+    app_dir = Path(settings.app)
+    if not (app_dir / "pyproject.toml").is_file():
+        raise ValueError(f"--app {app_dir}: no pyproject.toml there; point it at a Flower App")
+    if settings.engine != "inprocess":
+        raise ValueError(
+            "--app runs on the in-process engine; for Flower's engine use `flwr run DIR`"
+        )
+    defaults = {f.name: f.default for f in fields(settings)}
+    for name in _FEDFLEET_APP_ONLY:
+        if name in defaults and getattr(settings, name) != defaults[name]:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"{flag} configures fedfleet's own apps and does not apply to --app; "
+                "set the app's own keys with --run-config KEY=VALUE"
+            )
+    from simulation.flower_app import load_flower_app
+
+    load_flower_app(app_dir, overrides=settings.app_config)
+
+
+def build_fleet(settings: SimulateSettings, *, task: str | None = None) -> SimulatedFleet | None:
+    """The run's simulated fleet, or ``None`` without ``--devices``."""
+    if not settings.devices:
+        return None
+    from simulation.fleet import SimulatedFleet
+    from simulation.inprocess import InProcessGrid
+
+    return SimulatedFleet(
+        mix=parse_device_mix(settings.devices),
+        num_nodes=settings.clients,
+        node_id_base=InProcessGrid.NODE_ID_BASE,
+        task=task or settings.task,
+        seed=settings.seed,
+    )
+
+
+def fleet_round_stats(fleet: SimulatedFleet, extra: dict[str, float]) -> None:
+    """After a round: add the fleet's counters to the round's ``extra`` and move the
+    fleet's clock to the simulated time the coordinator reports (``sim_time_s``)."""
+    extra.update(fleet.take_stats())
+    if "sim_time_s" in extra:
+        fleet.advance_to(extra["sim_time_s"])
+
+
+def grid_summary(grid: InProcessGrid) -> str:
+    """One line about the engine's work: clients materialised, batching achieved."""
+    stats = grid.cohort_stats
+    batching = (
+        f", {stats.jobs} local trainings in {stats.batches} batched steps" if stats.jobs else ""
+    )
+    return f"{grid.materialised_clients} clients materialised{batching}"

@@ -1,0 +1,1 @@
+"""quickstart-app: a Flower / PyTorch app."""
