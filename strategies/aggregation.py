@@ -135,7 +135,7 @@ def update_norm(
         for i in range(0, xv.shape[0], block):
             j = min(i + block, xv.shape[0])
             s = scratch[: j - i]
-            np.subtract(xv[i:j], bv[i:j], out=s, casting="unsafe")
+            np.subtract(xv[i:j], bv[i:j], out=s, dtype=np.float64)
             if not np.isfinite(s).all():
                 return math.nan
             total += float(np.dot(s, s))
