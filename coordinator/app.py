@@ -15,6 +15,7 @@ from coordinator.checkpoint import CheckpointStore
 from coordinator.config import RunConfig
 from coordinator.loop import RoundLoop, wait_for_nodes
 from coordinator.results import RoundRecord, write_results
+from coordinator.run_tracker import RunTracker
 from coordinator.secagg_exchange import SecAggExchange, secagg_from_run_config
 from coordinator.strategy_setup import build_strategy_setup
 from edge_client import messages as k
@@ -91,8 +92,11 @@ def run_federation(
     config = RunConfig.from_run_config(context.run_config)
     out_dir = Path(config.out_dir) if config.out_dir else None
     records: list[RoundRecord] = []
+    tracker = RunTracker.for_run(context.run_config)  # deployment runs: status.json
+    grid = tracker.wrap(grid)
 
     def record_round(record: RoundRecord) -> None:
+        tracker.annotate(record)
         records.append(record)
         log.info(
             "round %d: accuracy=%.4f loss=%.4f clients=%d/%d %.2fs",

@@ -7,6 +7,7 @@ It trains and evaluates the run's task on the client's data. Cross-cutting behav
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -17,11 +18,16 @@ from edge_client import messages as k
 from edge_client.data import ClientData, partition_data
 from edge_client.secagg_client import PreMaskTransform, register_secagg
 from edge_client.settings import ClientSettings
+from edge_client.site_policy import site_mod
 from tasks import evaluate, get_task, train_local
 
 
 def load_client_data(settings: ClientSettings) -> ClientData:
-    """The client's data: its partition of the task's dataset."""
+    """The client's data: its partition of the task's dataset, or a silo's own records."""
+    if settings.site_config:
+        from edge_client.site_data import load_for_task
+
+        return load_for_task(Path(settings.site_config), settings.task)
     return partition_data(
         task_name=settings.task,
         partition_id=settings.partition_id,
@@ -95,4 +101,4 @@ def build_client_app(
 
 
 # The component Flower loads (`[tool.flwr.app.components] clientapp`).
-app = build_client_app()
+app = build_client_app(mods=[site_mod])

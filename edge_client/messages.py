@@ -87,3 +87,15 @@ ERR_SECAGG_BAD_SHARE: Final = 3102  # a neighbour's share failed AES-GCM authent
 SECAGG_STATE: Final = "secagg-state"
 # run_config keys (parsed by privacy.secagg.config.SecAggConfig).
 RC_SECAGG: Final = "secagg"
+
+# --- silo deployment: site runtime, policy and audit (issue 9) ----------------------
+# node_config key: the SuperNode of a site names its site.toml (data, policy, audit).
+NC_SITE_CONFIG: Final = "site-config"
+# run_config keys the site policy reads (the DP feature owns their meaning).
+SITE_RC_DP: Final = "dp"  # "" | "none" | "local" | "central" | "distributed"
+SITE_RC_DP_EPSILON: Final = "dp-epsilon"  # the run's ε target per site
+# Reply metric the site audits as ε (= the DP feature's DP_EPSILON: the site's ε spent
+# on this task after this training).
+SITE_EPSILON_METRIC: Final = "dp-epsilon"
+# run_config key: the deployment run id (`fedfleet run submit`); absent in simulation.
+RC_RUN_ID: Final = "run-id"

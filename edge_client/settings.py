@@ -29,11 +29,15 @@ class ClientSettings:
     batch_size: int
     learning_rate: float
     proximal_mu: float
+    site_config: str = ""  # a silo's site.toml (node config `site-config`); "" in simulation
 
     @classmethod
     def from_message(cls, context: Context, config: ConfigRecord) -> ClientSettings:
         """Combine run config, node config and the round's config; clear errors if absent."""
         rc, nc = context.run_config, context.node_config
+        site_config = str(nc.get(k.NC_SITE_CONFIG, ""))
+        if site_config:  # a silo reads its own data: one partition, its own
+            nc = {k.NC_PARTITION_ID: 0, k.NC_NUM_PARTITIONS: 1, **nc}
         try:
             partition_id = int(nc[k.NC_PARTITION_ID])
             num_partitions = int(nc[k.NC_NUM_PARTITIONS])
@@ -53,6 +57,7 @@ class ClientSettings:
             batch_size=int(_scalar(config, k.BATCH_SIZE, 16)),
             learning_rate=float(_scalar(config, k.LEARNING_RATE, 0.05)),
             proximal_mu=float(_scalar(config, k.PROXIMAL_MU, 0.0)),
+            site_config=site_config,
         )
 
     @property

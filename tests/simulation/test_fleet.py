@@ -82,7 +82,11 @@ def _run(fleet: SimulatedFleet) -> tuple[list[Message], list[Message]]:
     replies: list[Message] = []
     sent: list[Message] = []
     run_inprocess(
-        server_app=_server(replies, sent), client_app=_client(), num_nodes=4, run_config={}, fleet=fleet
+        server_app=_server(replies, sent),
+        client_app=_client(),
+        num_nodes=4,
+        run_config={},
+        fleet=fleet,
     )
     return replies, sent
 
@@ -101,7 +105,9 @@ def test_replies_carry_the_profiles_duration_and_bytes_are_counted() -> None:
         upload_bytes=payload_bytes(replies[0]),
         epochs=2,
     )
-    assert expected == pytest.approx(0.05 + 8000 * 8 / 8e6 + 0.25 + 1.0 + 0.05 + 4000 * 8 / 4e6, abs=0.01)
+    assert expected == pytest.approx(
+        0.05 + 8000 * 8 / 8e6 + 0.25 + 1.0 + 0.05 + 4000 * 8 / 4e6, abs=0.01
+    )
     assert [r.content["metrics"][k.SIM_SECONDS] for r in replies] == [pytest.approx(expected)] * 4
     stats = fleet.take_stats()
     assert stats["bytes_down"] == 4 * payload_bytes(sent[0])

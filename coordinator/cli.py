@@ -1,0 +1,301 @@
+"""``fedfleet coordinator``, ``fedfleet run`` and ``fedfleet certs``: the operator's commands.
+
+Heavy imports stay inside the commands so ``fedfleet --help`` stays fast. Every
+failure on user input is one ``error: ...`` line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+coordinator_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+run_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+certs_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+
+CoordinatorOpt = Annotated[
+    Path,
+    typer.Option("--coordinator", "-c", help="The coordinator.toml of the SuperLink."),
+]
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _settings(path: Path) -> Any:
+    from coordinator.superlink import CoordinatorSettings
+
+    try:
+        return CoordinatorSettings.load(path)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+# --- certs ---------------------------------------------------------------------------
+
+
+@certs_app.callback()
+def certs() -> None:
+    """Create a development CA and TLS certificates."""
+
+
+@certs_app.command("create")
+def certs_create(
+    out: Annotated[
+        Path, typer.Option(help="Folder for ca.crt/ca.key/server.crt/server.key.")
+    ] = Path("certs"),
+    host: Annotated[
+        list[str] | None,
+        typer.Option(help="Address sites dial (repeatable); default 127.0.0.1 and localhost."),
+    ] = None,
+    days: Annotated[int, typer.Option(help="Validity of the certificates in days.")] = 365,
+    force: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
+) -> None:
+    """Create a development CA and a server certificate signed by it."""
+    from coordinator.certs import DEFAULT_HOSTS, create_dev_ca
+
+    try:
+        paths = create_dev_ca(out, hosts=tuple(host or DEFAULT_HOSTS), days=days, overwrite=force)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"CA certificate (give to sites): {paths.ca_cert}")
+    typer.echo(f"server certificate and key:     {paths.server_cert}, {paths.server_key}")
+
+
+# --- coordinator -----------------------------------------------------------------------
+
+
+@coordinator_app.command("up")
+def coordinator_up(
+    config: Annotated[Path, typer.Option(help="coordinator.toml")] = Path("coordinator.toml"),
+) -> None:
+    """Start the SuperLink (TLS, SuperNode authentication, persistent database) and stay
+    in the foreground until Ctrl-C."""
+    from coordinator.superlink import SuperLinkProcess
+
+    settings = _settings(config)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = settings.state_dir / "superlink.log"
+    with log_path.open("ab") as log_file:
+        superlink = SuperLinkProcess(settings, log_file=log_file, own_session=False)
+        try:
+            superlink.start()
+        except (ValueError, RuntimeError, TimeoutError) as exc:
+            _fail(f"{exc} ({log_path})")
+
+        def _stop(signum: int, frame: object) -> None:
+            superlink.stop()
+            raise typer.Exit(code=0)
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        typer.echo(
+            f"SuperLink up on https://{settings.address} (TLS, SuperNode authentication on); "
+            f"database {settings.database}; log {log_path}. Ctrl-C stops it."
+        )
+        assert superlink.process is not None  # noqa: S101 - started above
+        code = superlink.process.wait()
+        _fail(f"the SuperLink exited with code {code}; see {log_path}")
+
+
+@coordinator_app.command("add-site")
+def coordinator_add_site(
+    name: Annotated[str, typer.Argument(help="The site's name (as in its site.toml).")],
+    public_key: Annotated[Path, typer.Option(help="The site's public key file (NAME.pub).")],
+    coordinator: CoordinatorOpt = Path("coordinator.toml"),
+) -> None:
+    """Register a site's public key: only registered SuperNodes may connect."""
+    from coordinator.superlink import register_site
+
+    settings = _settings(coordinator)
+    try:
+        node_id = register_site(settings, name=name, public_key=public_key)
+    except (ValueError, subprocess.TimeoutExpired) as exc:
+        _fail(str(exc))
+    typer.echo(f"site {name} registered as node {node_id}")
+
+
+# --- runs ------------------------------------------------------------------------------
+
+
+def _flwr_run(settings: Any, state: Any) -> int:
+    """Submit the run's app to the SuperLink; return Flower's run id."""
+    from coordinator.superlink import CONNECTION, bin_dir, flwr_env
+
+    result = subprocess.run(
+        [str(bin_dir() / "flwr"), "run", str(state.app_dir), CONNECTION, "--format", "json"],
+        env=flwr_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    try:
+        doc = json.loads(result.stdout[result.stdout.index("{") :])
+    except ValueError:
+        doc = {}
+    if result.returncode != 0 or not doc.get("success"):
+        detail = doc.get("error-message") or (result.stderr.strip().splitlines() or ["?"])[-1]
+        _fail(f"the SuperLink at {settings.address} refused the run: {detail}")
+    flower_run = int(doc["run-id"])
+    state.flower_runs.append(flower_run)
+    state.save()
+    return flower_run
+
+
+def _follow(state: Any, timeout: float) -> None:
+    from rich.progress import Progress
+
+    deadline = time.monotonic() + timeout
+    with Progress(transient=True) as progress:
+        bar = progress.add_task(f"{state.run_id}", total=state.num_rounds)
+        while not state.finished:
+            progress.update(bar, completed=state.completed_rounds)
+            if time.monotonic() > deadline:
+                _fail(
+                    f"run {state.run_id} did not finish within {timeout:.0f} s; "
+                    f"see `fedfleet run status {state.run_id}`"
+                )
+            time.sleep(1.0)
+    _print_rounds(state)
+
+
+@run_app.command("submit")
+def run_submit(
+    config: Annotated[Path, typer.Option(help="run.toml with a [run] table of run-config keys.")],
+    coordinator: CoordinatorOpt = Path("coordinator.toml"),
+    wait: Annotated[bool, typer.Option(help="Follow the run until it finishes.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
+) -> None:
+    """Submit a run to the coordinator over TLS; prints its run id."""
+    from coordinator.run_state import RunState, parse_run_toml
+
+    settings = _settings(coordinator)
+    try:
+        run_config = parse_run_toml(config)
+    except ValueError as exc:
+        _fail(str(exc))
+    state = RunState.create(settings.state_dir, run_config)
+    flower_run = _flwr_run(settings, state)
+    typer.echo(state.run_id)
+    typer.echo(f"submitted as Flower run {flower_run}; state in {state.run_dir}", err=True)
+    if wait:
+        _follow(state, timeout)
+
+
+def _load_state(settings: Any, run_id: str) -> Any:
+    from coordinator.run_state import RunState
+
+    try:
+        return RunState.load(settings.state_dir, run_id)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+def _print_rounds(state: Any) -> None:
+    for row in state.rounds():
+        acc = row.get("accuracy")
+        acc_text = "n/a" if acc is None else f"{acc:.4f}"
+        typer.echo(
+            f"round {row['round']}: accuracy={acc_text} sites={row['clients']}/{row['selected']}"
+            f" refused={int(row.get('refused') or 0)} applied={row['applied']}"
+            f" {row['duration_s']:.1f}s"
+        )
+
+
+@run_app.command("status")
+def run_status(
+    run_id: Annotated[str, typer.Argument(help="The run id printed by `run submit`.")],
+    coordinator: CoordinatorOpt = Path("coordinator.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Show the run's rounds, who answered, refusals and what it waits for now."""
+    from coordinator.superlink import load_sites
+
+    settings = _settings(coordinator)
+    state = _load_state(settings, run_id)
+    names = {int(v["node-id"]): name for name, v in load_sites(settings).items()}
+    status = state.status()
+    doc = {
+        "run-id": state.run_id,
+        "finished": state.finished,
+        "completed-rounds": state.completed_rounds,
+        "num-rounds": state.num_rounds,
+        "flower-runs": state.flower_runs,
+        "status": status,
+        "refusals": state.refusals(),
+        "rounds": state.rounds(),
+    }
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+
+    def named(ids: list[int]) -> str:
+        return ", ".join(names.get(int(i), str(i)) for i in ids) or "none"
+
+    typer.echo(
+        f"run {state.run_id}: round {state.completed_rounds}/{state.num_rounds}"
+        f"{' finished' if state.finished else ''}"
+    )
+    _print_rounds(state)
+    for refusal in doc["refusals"]:
+        typer.echo(
+            f"refused in round {refusal['round']} by {named([refusal['node-id']])}: "
+            f"{refusal['reason']}"
+        )
+    if not state.finished and status:
+        phase = status.get("phase")
+        if phase == "waiting-for-sites":
+            typer.echo(f"waiting for sites to connect; connected: {named(status['connected'])}")
+        elif phase == "waiting-for-replies":
+            typer.echo(
+                f"round {status['round']}: waiting for {named(status['waiting_for'])} "
+                f"until {status['deadline']} (updated {status['updated']})"
+            )
+        else:
+            typer.echo(f"last: {phase} (updated {status.get('updated')})")
+
+
+@run_app.command("resume")
+def run_resume(
+    run_id: Annotated[str, typer.Argument(help="The run to continue.")],
+    coordinator: CoordinatorOpt = Path("coordinator.toml"),
+    wait: Annotated[bool, typer.Option(help="Follow the run until it finishes.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
+) -> None:
+    """Continue a run from its last completed round (after the coordinator died)."""
+    from coordinator.superlink import CONNECTION, bin_dir, flwr_env
+
+    settings = _settings(coordinator)
+    state = _load_state(settings, run_id)
+    if state.finished:
+        _fail(f"run {run_id} already finished all {state.num_rounds} rounds; nothing to resume")
+    for flower_run in state.flower_runs:  # an earlier attempt must not run concurrently
+        subprocess.run(
+            [str(bin_dir() / "flwr"), "stop", str(flower_run), CONNECTION],
+            env=flwr_env(settings),
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+    flower_run = _flwr_run(settings, state)
+    typer.echo(
+        f"run {run_id} resumes after round {state.completed_rounds} as Flower run {flower_run}",
+        err=True,
+    )
+    typer.echo(state.run_id)
+    if wait:
+        _follow(state, timeout)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_app())

@@ -1,0 +1,310 @@
+"""The coordinator's SuperLink: its settings (``coordinator.toml``), process and CLI link.
+
+``CoordinatorSettings`` says where the SuperLink listens, its TLS files, its database
+(registered sites and runs survive restarts) and the state folder (runs, sites).
+``SuperLinkProcess`` starts ``flower-superlink`` with TLS, SuperNode authentication and
+``--database``; ``flwr_env`` gives the environment in which Flower's own CLI
+(``flwr run``, ``flwr supernode register``) reaches it over TLS (Flower 1.42 keeps the
+connection in ``$FLWR_HOME/config.toml``; ``flwr`` itself has no TLS flags).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import tomllib
+
+CONNECTION = "fedfleet"
+_ALLOWED = {
+    "superlink": {"address", "database"},
+    "tls": {"ca-cert", "certificate", "private-key"},
+    "state": {"dir"},
+}
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    """A parsed ``coordinator.toml``; relative paths are relative to its folder."""
+
+    host: str
+    port: int
+    ca_cert: Path
+    certificate: Path
+    private_key: Path
+    database: Path
+    state_dir: Path
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def load(cls, path: Path) -> CoordinatorSettings:
+        """Read ``coordinator.toml`` with errors that name the key to fix."""
+        if not path.is_file():
+            raise ValueError(
+                f"coordinator config {path} does not exist; write one (see docs/deployment.md)"
+            )
+        try:
+            doc = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path} is not valid TOML: {exc}") from None
+        return cls.from_dict(doc, base=path.resolve().parent, source=path.name)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], *, base: Path, source: str) -> CoordinatorSettings:
+        for table, value in doc.items():
+            if table not in _ALLOWED or not isinstance(value, dict):
+                raise ValueError(f"{source}: unknown table [{table}]; use {sorted(_ALLOWED)}")
+            unknown = set(value) - _ALLOWED[table]
+            if unknown:
+                raise ValueError(
+                    f"{source}: unknown key {table}.{sorted(unknown)[0]}; "
+                    f"allowed: {sorted(_ALLOWED[table])}"
+                )
+
+        def get(table: str, key: str, default: str) -> str:
+            value = doc.get(table, {}).get(key, default)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{source}: {table}.{key} must be a non-empty string")
+            return value
+
+        address = get("superlink", "address", "127.0.0.1:9092")
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{source}: superlink.address {address!r} must be host:port")
+        settings = cls(
+            host=host,
+            port=int(port),
+            ca_cert=base / get("tls", "ca-cert", "certs/ca.crt"),
+            certificate=base / get("tls", "certificate", "certs/server.crt"),
+            private_key=base / get("tls", "private-key", "certs/server.key"),
+            database=base / get("superlink", "database", "state/superlink.db"),
+            state_dir=base / get("state", "dir", "state"),
+        )
+        return settings
+
+    def check_tls_files(self) -> None:
+        """Refuse to start without the TLS files, saying how to make them."""
+        for key, path in (
+            ("tls.ca-cert", self.ca_cert),
+            ("tls.certificate", self.certificate),
+            ("tls.private-key", self.private_key),
+        ):
+            if not path.is_file():
+                raise ValueError(
+                    f"{key} {path} does not exist; run `fedfleet certs create --out "
+                    f"{path.parent}` or point {key} at your certificate"
+                )
+
+
+def bin_dir() -> Path:
+    """The folder of this interpreter's console scripts (flower-superlink, flwr...)."""
+    return Path(sys.executable).parent
+
+
+def flwr_env(settings: CoordinatorSettings) -> dict[str, str]:
+    """Environment for Flower processes: telemetry off, FLWR_HOME with a TLS connection
+    to this SuperLink, and the virtualenv's ``bin/`` first on PATH (the SuperLink starts
+    ``flower-superexec`` by name)."""
+    home = settings.state_dir / "flwr-home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        "[superlink]\n"
+        f'default = "{CONNECTION}"\n\n'
+        f"[superlink.{CONNECTION}]\n"
+        f'address = "{settings.address}"\n'
+        f"root-certificates = {json.dumps(str(settings.ca_cert.resolve()))}\n"
+    )
+    env = dict(os.environ)
+    env["FLWR_HOME"] = str(home)
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["PATH"] = f"{bin_dir()}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def superlink_command(settings: CoordinatorSettings) -> list[str]:
+    """The ``flower-superlink`` command line: TLS, node authentication, persistence."""
+    return [
+        str(bin_dir() / "flower-superlink"),
+        "--ssl-ca-certfile",
+        str(settings.ca_cert),
+        "--ssl-certfile",
+        str(settings.certificate),
+        "--ssl-keyfile",
+        str(settings.private_key),
+        "--enable-supernode-auth",
+        "--database",
+        str(settings.database),
+        "--disable-runtime-dependency-installation",
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+    ]
+
+
+def tls_ready(host: str, port: int, ca_cert: Path, *, timeout: float = 1.0) -> bool:
+    """Whether a TLS handshake with ``host:port`` succeeds under ``ca_cert``."""
+    context = ssl.create_default_context(cafile=str(ca_cert))
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as sock,
+            context.wrap_socket(sock, server_hostname=host),
+        ):
+            return True
+    except OSError:
+        return False
+
+
+class SuperLinkProcess:
+    """A ``flower-superlink`` child process, by default in its own session (so stopping
+    its process group also ends the SuperExec and ServerApp processes it started).
+    ``own_session=False`` keeps it in the caller's group (``coordinator up``: killing
+    that command's group ends the whole coordinator)."""
+
+    def __init__(
+        self,
+        settings: CoordinatorSettings,
+        *,
+        log_file: IO[bytes] | None = None,
+        own_session: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.log_file = log_file
+        self.own_session = own_session
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, ready_timeout: float = 60.0) -> None:
+        """Start the SuperLink and wait until it answers TLS handshakes."""
+        self.settings.check_tls_files()
+        self.settings.database.parent.mkdir(parents=True, exist_ok=True)
+        env = flwr_env(self.settings)
+        if shutil.which("flower-superlink", path=env["PATH"]) is None:
+            raise ValueError("flower-superlink is not installed; pip install 'fedfleet[server]'")
+        self.process = subprocess.Popen(
+            superlink_command(self.settings),
+            env=env,
+            stdout=self.log_file or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=self.own_session,
+        )
+        deadline = time.monotonic() + ready_timeout
+        while not tls_ready(self.settings.host, self.settings.port, self.settings.ca_cert):
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"flower-superlink exited with code {self.process.returncode}; "
+                    "is the port in use? see its log"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"the SuperLink did not start within {ready_timeout:.0f} s")
+            time.sleep(0.3)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def stop(self, *, timeout: float = 10.0) -> None:
+        """SIGTERM the SuperLink's process group, SIGKILL after ``timeout`` seconds."""
+        if self.process is None:
+            return
+        if self.own_session:
+            stop_group(self.process, timeout=timeout)
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def stop_group(process: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:
+    """End a child started with ``start_new_session=True`` and everything it started."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=timeout)
+            if sig == signal.SIGTERM:
+                # the leader exited; make sure its children are gone too
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def register_site(settings: CoordinatorSettings, *, name: str, public_key: Path) -> int:
+    """Register a site's public key with the running SuperLink; return its node id.
+
+    The key is an OpenSSH ECDSA (NIST curve) public key as ``fedfleet site init``
+    writes it. The name → node id map is kept in ``<state>/sites.json``.
+    """
+    if not public_key.is_file():
+        raise ValueError(f"public key {public_key} does not exist")
+    if name in load_sites(settings):
+        raise ValueError(f"site {name!r} is already registered")
+    result = subprocess.run(
+        [
+            str(bin_dir() / "flwr"),
+            "supernode",
+            "register",
+            str(public_key),
+            CONNECTION,
+            "--name",
+            name,
+            "--format",
+            "json",
+        ],
+        env=flwr_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    try:
+        doc = json.loads(result.stdout[result.stdout.index("{") :])
+    except ValueError:
+        doc = {}
+    if result.returncode != 0 or not doc.get("success"):
+        detail = doc.get("error-message") or result.stderr.strip().splitlines()[-1:] or "?"
+        raise ValueError(f"the SuperLink refused to register {name}: {detail}")
+    node_id = int(doc["node-id"])
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    lock_fd = os.open(settings.state_dir / ".sites.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:  # several add-site commands may run at once
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        sites = load_sites(settings)
+        sites[name] = {"node-id": node_id, "public-key": public_key.read_text().strip()}
+        sites_path(settings).write_text(json.dumps(sites, indent=2))
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
+    return node_id
+
+
+def sites_path(settings: CoordinatorSettings) -> Path:
+    return settings.state_dir / "sites.json"
+
+
+def load_sites(settings: CoordinatorSettings) -> dict[str, dict[str, Any]]:
+    """Registered sites: name → {"node-id", "public-key"}."""
+    path = sites_path(settings)
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,130 @@
+"""The site runtime: its key pair, its ``site.toml`` template, and its SuperNode.
+
+``init_site`` writes an ECDSA P-384 key pair in OpenSSH format (what Flower 1.42's
+SuperNode authentication takes: the operator registers ``NAME.pub``; the SuperNode
+signs with ``NAME.key``) and a commented ``site.toml``. ``supernode_command`` is the
+``flower-supernode`` command line of ``fedfleet site join``: TLS with the
+coordinator's root certificate, node authentication with the site's private key, and
+the node config naming the site config, so the ClientApp reads the site's own data and
+applies its policy and audit log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from edge_client import messages as k
+from edge_client.site_config import NAME_PATTERN, SITE_TOML_TEMPLATE, SiteConfig
+
+
+@dataclass(frozen=True)
+class SiteFiles:
+    """What ``fedfleet site init`` wrote."""
+
+    config: Path
+    private_key: Path
+    public_key: Path
+
+
+def init_site(*, name: str, out_dir: Path, overwrite: bool = False) -> SiteFiles:
+    """Create ``NAME.key``, ``NAME.pub`` and ``site.toml`` in ``out_dir``.
+
+    Refuses to replace existing files unless ``overwrite`` (a new key locks the site
+    out until the operator registers it again).
+    """
+    if not NAME_PATTERN.match(name):
+        raise ValueError(
+            f"site name {name!r} must be lowercase letters, digits, '.', '_' or '-' (at most 63)"
+        )
+    files = SiteFiles(
+        config=out_dir / "site.toml",
+        private_key=out_dir / f"{name}.key",
+        public_key=out_dir / f"{name}.pub",
+    )
+    for path in (files.config, files.private_key, files.public_key):
+        if path.exists() and not overwrite:
+            raise ValueError(f"{path} already exists; choose another --out or pass --force")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    fd = os.open(files.private_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(private)
+    files.public_key.write_bytes(public + f" fedfleet-site-{name}\n".encode())
+    files.config.write_text(SITE_TOML_TEMPLATE.format(name=name))
+    return files
+
+
+def supernode_command(config: SiteConfig, *, max_retries: int | None = None) -> list[str]:
+    """The ``flower-supernode`` command of ``fedfleet site join`` for ``config``."""
+    node_config = f"{k.NC_SITE_CONFIG}={json.dumps(str(config.source))}"
+    command = [
+        str(Path(sys.executable).parent / "flower-supernode"),
+        "--superlink",
+        config.coordinator_address,
+        "--root-certificates",
+        str(config.ca_cert),
+        "--auth-supernode-private-key",
+        str(config.private_key),
+        "--node-config",
+        node_config,
+        "--port",
+        str(config.runtime_port),
+    ]
+    if max_retries is not None:
+        command += ["--max-retries", str(max_retries)]
+    return command
+
+
+def supernode_env() -> dict[str, str]:
+    """Environment of the SuperNode: telemetry off, the virtualenv's bin/ on PATH (the
+    SuperNode starts ``flower-superexec`` and ``flwr-clientapp`` by name)."""
+    env = dict(os.environ)
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def check_ready(config: SiteConfig) -> None:
+    """Refuse to join when the data cannot be used: schema errors surface here, before
+    any connection or training (one ValueError naming the column and type)."""
+    from edge_client.site_data import load_site_data
+
+    for task in config.policy.allowed_tasks:
+        from tasks import available_tasks, get_task
+
+        if task not in available_tasks():
+            raise ValueError(
+                f"policy.allowed-tasks names unknown task {task!r}; "
+                f"known: {', '.join(available_tasks())}"
+            )
+        spec = get_task(task)
+        num_features = 1
+        for dim in spec.input_shape:
+            num_features *= dim
+        load_site_data(config.data, num_features=num_features, num_classes=spec.num_classes)
+
+
+def run_supernode(config: SiteConfig) -> int:
+    """Start the SuperNode in the foreground; return its exit code."""
+    process = subprocess.Popen(supernode_command(config), env=supernode_env())
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        return process.wait()

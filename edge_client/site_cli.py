@@ -1,0 +1,16 @@
+"""``fedfleet site``: the commands a hospital or bank site runs.
+
+``init``/``join``/``audit`` live in :mod:`edge_client.site_commands` (issue 9);
+``budget`` is the privacy ledger's (issue 4).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from edge_client.site_commands import site_audit, site_init, site_join
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+app.command("init")(site_init)
+app.command("join")(site_join)
+app.command("audit")(site_audit)

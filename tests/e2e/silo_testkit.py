@@ -1,0 +1,271 @@
+"""A real silo federation on 127.0.0.1 for the end-to-end tests.
+
+One coordinator (`fedfleet coordinator up`: a TLS SuperLink with SuperNode
+authentication and a database) and three sites (`fedfleet site join`), each a separate
+process group started here and stopped by its own PID. Each site holds a differently
+split share of `breast-cancer-mlp`'s training data, in a different file format
+(CSV, Parquet, NumPy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from typer.testing import CliRunner
+
+from coordinator.certs import create_dev_ca
+from coordinator.cli import run_app
+from coordinator.run_state import RunState
+from coordinator.superlink import CoordinatorSettings, register_site, tls_ready
+from edge_client.site import init_site
+from tasks import get_task
+
+TASK = "breast-cancer-mlp"
+FEDFLEET = str(Path(sys.executable).parent / "fedfleet")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, poll: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def start_group(command: list[str], *, log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """A child in its own session, so killpg(pid) ends it and everything it started."""
+    with log.open("ab") as fh:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=_env(),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=15)
+
+
+def site_splits(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Three different splits of the task's training data: class-0-heavy, class-1-heavy,
+    and uniform — each site sees a different label mix and size."""
+    data = get_task(TASK).load_data(seed)
+    rng = np.random.default_rng(1234)
+    y = data.y_train
+    zeros, ones = rng.permutation(np.flatnonzero(y == 0)), rng.permutation(np.flatnonzero(y == 1))
+    a = np.concatenate([zeros[:80], ones[:20]])  # 80% class 0, 100 records
+    b = np.concatenate([zeros[80:110], ones[20:150]])  # 81% class 1, 160 records
+    c = np.concatenate([zeros[110:], ones[150:]])  # the rest, 195 records
+    return [(data.x_train[i], y[i]) for i in (a, b, c)]
+
+
+def write_site_data(site_dir: Path, fmt: str, x: np.ndarray, y: np.ndarray) -> tuple[str, str]:
+    """Write the records as ``fmt``; return (data path, schema TOML lines)."""
+    names = list(get_task(TASK).feature_names or [f"f{i}" for i in range(x.shape[1])])
+    (site_dir / "data").mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        path = "data/records.csv"
+        lines = [",".join([*names, "diagnosis"])]
+        lines += [
+            ",".join([*(f"{v:.7g}" for v in row), str(int(lab))])
+            for row, lab in zip(x, y, strict=True)
+        ]
+        (site_dir / path).write_text("\n".join(lines) + "\n")
+    elif fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = "data/records.parquet"
+        columns = {n: x[:, i].astype(np.float64) for i, n in enumerate(names)}
+        columns["diagnosis"] = y.astype(np.int64)
+        pq.write_table(pa.table(columns), site_dir / path)
+    else:
+        path = "data/records.npz"
+        np.savez(site_dir / path, x=x.astype(np.float32), y=y.astype(np.int64))
+    schema = "\n".join(f'{n} = "float"' for n in names)
+    return path, schema
+
+
+@dataclass
+class Site:
+    name: str
+    dir: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "site.toml"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "supernode.log"
+
+    @property
+    def audit(self) -> Path:
+        return self.dir / "state" / "audit.jsonl"
+
+
+@dataclass
+class SiloFederation:
+    root: Path
+    sites: list[Site] = field(default_factory=list)
+    coordinator: subprocess.Popen[bytes] | None = None
+    extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    port: int = 0
+    runner: CliRunner = field(default_factory=CliRunner)
+
+    @property
+    def coordinator_toml(self) -> Path:
+        return self.root / "coordinator.toml"
+
+    @property
+    def settings(self) -> CoordinatorSettings:
+        return CoordinatorSettings.load(self.coordinator_toml)
+
+    def start(self, *, num_sites: int = 3) -> SiloFederation:
+        create_dev_ca(self.root / "certs")
+        self.port = free_port()
+        self.coordinator_toml.write_text(f'[superlink]\naddress = "127.0.0.1:{self.port}"\n')
+        self.start_coordinator()
+        formats = ["csv", "parquet", "npz"]
+        for i, (x, y) in enumerate(site_splits()[:num_sites]):
+            site = Site(name=f"site-{i}", dir=self.root / f"site-{i}", port=free_port())
+            self.make_site(site, fmt=formats[i % 3], x=x, y=y)
+            self.sites.append(site)
+        # register concurrently (each `flwr supernode register` is a Python start-up)
+        threads = [
+            threading.Thread(target=self._register, args=(s,), daemon=True) for s in self.sites
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=180)
+        for site in self.sites:
+            self.start_site(site)
+        return self
+
+    def _register(self, site: Site) -> None:
+        register_site(self.settings, name=site.name, public_key=site.dir / f"{site.name}.pub")
+
+    def make_site(self, site: Site, *, fmt: str, x: np.ndarray, y: np.ndarray) -> None:
+        init_site(name=site.name, out_dir=site.dir)
+        (site.dir / "ca.crt").write_bytes((self.root / "certs" / "ca.crt").read_bytes())
+        data_path, schema = write_site_data(site.dir, fmt, x, y)
+        text = site.config.read_text()
+        text = text.replace('address = "127.0.0.1:9092"', f'address = "127.0.0.1:{self.port}"')
+        text = text.replace("port = 9094", f"port = {site.port}")
+        text = text.replace('path = "data/records.csv"', f'path = "{data_path}"')
+        text = text.replace('label = "label"', 'label = "diagnosis"')
+        text = text.replace('# age = "int"\n# mean-radius = "float"\n', schema + "\n")
+        text = text.replace("require-dp = true", "require-dp = false")
+        site.config.write_text(text)
+
+    def start_coordinator(self) -> None:
+        self.coordinator = start_group(
+            [FEDFLEET, "coordinator", "up", "--config", str(self.coordinator_toml)],
+            log=self.root / "coordinator.log",
+            cwd=self.root,
+        )
+        ca = self.root / "certs" / "ca.crt"
+        wait_for(
+            lambda: tls_ready("127.0.0.1", self.port, ca) or self._dead(self.coordinator),
+            timeout=120,
+            what="the SuperLink",
+        )
+        if self.coordinator.poll() is not None:
+            raise RuntimeError((self.root / "coordinator.log").read_text()[-3000:])
+
+    @staticmethod
+    def _dead(process: subprocess.Popen[bytes] | None) -> bool:
+        return process is not None and process.poll() is not None
+
+    def start_site(self, site: Site) -> None:
+        site.process = start_group(
+            [FEDFLEET, "site", "join", "--config", str(site.config)], log=site.log, cwd=site.dir
+        )
+
+    def start_supernode(self, command: list[str], log: Path) -> subprocess.Popen[bytes]:
+        process = start_group(command, log=log, cwd=self.root)
+        self.extra.append(process)
+        return process
+
+    def submit(self, run: dict[str, Any]) -> RunState:
+        lines = ["[run]"] + [
+            f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v) if not isinstance(v, str) else chr(34) + v + chr(34)}"
+            for k, v in run.items()
+        ]
+        path = self.root / f"run-{time.monotonic_ns()}.toml"
+        path.write_text("\n".join(lines) + "\n")
+        result = self.runner.invoke(
+            run_app, ["submit", "--config", str(path), "--coordinator", str(self.coordinator_toml)]
+        )
+        assert result.exit_code == 0, result.output
+        run_id = result.stdout.strip().splitlines()[-1]
+        return RunState.load(self.settings.state_dir, run_id)
+
+    def resume(self, run_id: str) -> str:
+        result = self.runner.invoke(
+            run_app, ["resume", run_id, "--coordinator", str(self.coordinator_toml)]
+        )
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    def status(self, run_id: str) -> str:
+        result = self.runner.invoke(
+            run_app, ["status", run_id, "--coordinator", str(self.coordinator_toml)]
+        )
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    def wait_finished(self, state: RunState, *, timeout: float) -> RunState:
+        wait_for(
+            lambda: state.finished or self._dead(self.coordinator),
+            timeout=timeout,
+            what=f"run {state.run_id} to finish ({state.status()})",
+        )
+        assert not self._dead(self.coordinator), "the coordinator died"
+        return state
+
+    def stop(self) -> None:
+        for process in [*self.extra, *(s.process for s in self.sites), self.coordinator]:
+            if process is not None:
+                kill_group(process)

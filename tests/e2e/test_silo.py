@@ -1,0 +1,214 @@
+"""Silo deployment end to end: a real TLS SuperLink with SuperNode authentication and
+three sites as separate processes on 127.0.0.1, sharing one federation (module fixture).
+
+Tests run in file order: the coordinator-crash test comes last because it kills and
+restarts the shared coordinator.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from silo_testkit import TASK, SiloFederation, free_port, kill_group, wait_for
+
+from coordinator.app import central_evaluate_fn, initial_arrays
+from coordinator.certs import create_dev_ca
+from coordinator.config import RunConfig
+from edge_client.audit import AuditLog
+from edge_client.site import init_site
+from edge_client.site_cli import app as site_app
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+BASE_RUN = {
+    "task": TASK,
+    "sites": 3,
+    "min-sites": 2,
+    "num-server-rounds": 3,
+    "learning-rate": 0.05,
+    "batch-size": 16,
+    "seed": 7,
+}
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiloFederation]:
+    federation = SiloFederation(tmp_path_factory.mktemp("silo"))
+    try:
+        yield federation.start()
+    finally:
+        federation.stop()
+
+
+def initial_accuracy(seed: int) -> float:
+    config = RunConfig(task=TASK, seed=seed)
+    return float(central_evaluate_fn(config)(0, initial_arrays(config))["accuracy"])
+
+
+def test_untrusted_connections_are_refused(fed: SiloFederation, tmp_path: Path) -> None:
+    """An unregistered key, a wrong CA and plaintext all fail; registered sites connect."""
+    # Prepare: a site whose key was never registered, a CA the coordinator does not use.
+    stranger = init_site(name="stranger", out_dir=tmp_path / "stranger")
+    other_ca = create_dev_ca(tmp_path / "other-ca")
+    own_ca = fed.root / "certs" / "ca.crt"
+    link = f"127.0.0.1:{fed.port}"
+    base = [
+        str(Path(sys.executable).parent / "flower-supernode"),
+        "--superlink",
+        link,
+        "--max-retries",
+        "1",
+    ]
+    runs = {
+        "unregistered": [
+            *base,
+            "--root-certificates",
+            str(own_ca),
+            "--auth-supernode-private-key",
+            str(stranger.private_key),
+        ],
+        "wrong-ca": [
+            *base,
+            "--root-certificates",
+            str(other_ca.ca_cert),
+            "--auth-supernode-private-key",
+            str(fed.sites[0].dir / f"{fed.sites[0].name}.key"),
+        ],
+        "plaintext": [*base, "--insecure"],
+    }
+    # Execute
+    procs = {
+        name: fed.start_supernode([*cmd, "--port", str(free_port())], tmp_path / f"{name}.log")
+        for name, cmd in runs.items()
+    }
+    codes = {name: p.wait(timeout=180) for name, p in procs.items()}
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in runs}
+    # Assert: each exits non-zero for the right reason
+    assert all(code != 0 for code in codes.values()), codes
+    assert "Failed to activate SuperNode" in logs["unregistered"]
+    assert "CERTIFICATE_VERIFY_FAILED" in logs["wrong-ca"]
+    assert "could not establish a connection" in logs["plaintext"]
+    # a raw plaintext HTTP request to the SuperLink gets no HTTP answer either
+    with pytest.raises(httpx.HTTPError):
+        httpx.post(f"http://{link}/v1/fleet/activate-node", timeout=5)
+    # and the SuperLink's log names the refused key
+    superlink_log = (fed.settings.state_dir / "superlink.log").read_text()
+    assert "No SuperNode found with the given public key" in superlink_log
+
+
+def test_three_rounds_with_tls_and_auth_improve_accuracy(fed: SiloFederation) -> None:
+    # Execute
+    state = fed.submit({**BASE_RUN, "secagg": True})
+    fed.wait_finished(state, timeout=600)
+    # Assert: three rounds, all three sites in each, accuracy up from the initial model
+    rounds = state.rounds()
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(r["clients"] == 3 and r["applied"] for r in rounds), rounds
+    assert rounds[-1]["accuracy"] > initial_accuracy(BASE_RUN["seed"]) + 0.1
+    assert rounds[-1]["accuracy"] >= 0.85
+    # every site audited what it sent for this run, and the chain verifies
+    for site in fed.sites:
+        entries = [
+            e
+            for e in AuditLog(site.audit.parent).entries()
+            if e["kind"] == "reply" and e["type"].startswith("train")
+        ]
+        assert len({e["round"] for e in entries}) == 3, site.name
+        assert all(len(e["sha256"]) == 64 and e["size"] > 0 for e in entries)
+        assert AuditLog(site.audit.parent).verify().ok
+    assert "round 3/3 finished" in fed.status(state.run_id)
+
+
+def test_tampered_audit_line_is_detected(fed: SiloFederation) -> None:
+    site = fed.sites[0]
+    runner = CliRunner()
+    ok = runner.invoke(site_app, ["audit", "--config", str(site.config), "--verify"])
+    assert ok.exit_code == 0, ok.output
+    lines = site.audit.read_text().splitlines()
+    original = site.audit.read_text()
+    try:
+        entry = json.loads(lines[1])
+        entry["size"] = entry["size"] // 2  # claim less left the site
+        lines[1] = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+        site.audit.write_text("\n".join(lines) + "\n")
+        bad = runner.invoke(site_app, ["audit", "--config", str(site.config), "--verify"])
+    finally:
+        site.audit.write_text(original)
+    assert bad.exit_code == 1
+    assert "line 2" in bad.output
+
+
+def test_task_outside_allowlist_is_refused_and_recorded(fed: SiloFederation) -> None:
+    state = fed.submit(
+        {**BASE_RUN, "task": "synthetic-logreg", "num-server-rounds": 1, "round-timeout": 120}
+    )
+    fed.wait_finished(state, timeout=300)
+    rounds = state.rounds()
+    assert rounds[0]["applied"] is False and rounds[0]["refused"] == 3
+    refusals = state.refusals()
+    assert len(refusals) == 3
+    assert all("not on site" in r["reason"] and "allowlist" in r["reason"] for r in refusals)
+    status = fed.status(state.run_id)
+    assert "refused in round 1 by site-" in status
+
+
+def test_site_killed_mid_round_rejoins_next_round(fed: SiloFederation) -> None:
+    victim = fed.sites[2]
+    before = victim.log.read_text().count("Receiving: train message")
+    state = fed.submit({**BASE_RUN, "num-server-rounds": 2, "round-timeout": 60})
+
+    def received_round_one_instruction() -> bool:
+        return victim.log.read_text().count("Receiving: train message") >= before + 1
+
+    # Execute: kill -9 the site's whole process group once it holds round 1's instruction
+    wait_for(
+        received_round_one_instruction, timeout=300, what="round 1 to reach the victim", poll=0.2
+    )
+    assert victim.process is not None
+    kill_group(victim.process, signal.SIGKILL)
+    time.sleep(1.0)
+    fed.start_site(victim)  # it comes back at once; round 1 must go on without it
+    fed.wait_finished(state, timeout=600)
+    # Assert: round 1 met the quorum (2 of 3) at its deadline; the site is back in round 2
+    rounds = state.rounds()
+    assert [r["clients"] for r in rounds] == [2, 3], rounds
+    assert all(r["applied"] for r in rounds)
+
+
+def test_coordinator_killed_then_resumed_equals_uninterrupted_run(fed: SiloFederation) -> None:
+    run = {**BASE_RUN, "num-server-rounds": 2, "round-timeout": 120, "seed": 11}
+    reference = fed.wait_finished(fed.submit(run), timeout=600)
+    state = fed.submit(run)
+    wait_for(
+        lambda: state.completed_rounds >= 1 and state.status().get("round") == 2,
+        timeout=300,
+        what="round 2 to start",
+        poll=0.2,
+    )
+    # Execute: kill -9 the coordinator's process group (SuperLink, SuperExec, ServerApp)
+    assert fed.coordinator is not None
+    kill_group(fed.coordinator, signal.SIGKILL)
+    completed_at_crash = state.completed_rounds
+    fed.start_coordinator()
+    output = fed.resume(state.run_id)
+    assert f"resumes after round {completed_at_crash}" in output
+    fed.wait_finished(state, timeout=600)
+    # Assert: rounds 1..2 once each, and the final model equals the uninterrupted run's
+    assert [r["round"] for r in state.rounds()] == [1, 2]
+    assert len(state.flower_runs) == 2
+    ref_model = torch.load(reference.run_dir / "model.pt", weights_only=True)
+    model = torch.load(state.run_dir / "model.pt", weights_only=True)
+    assert ref_model.keys() == model.keys()
+    assert all(torch.equal(ref_model[k], model[k]) for k in ref_model)
