@@ -76,22 +76,22 @@ def simulate(
         typer.Option(help="Poison attackers' updates: sign-flip | scale:F | gaussian:S | label-flip."),
     ] = None,
     attackers: Annotated[
-        float | None, typer.Option(help="Fraction of clients that attack. [default: 0]")
+        float | None, typer.Option(help="Fraction of clients that attack. (default: 0)")
     ] = None,
     speeds: Annotated[
         str | None,
         typer.Option(
             help="Simulated device speeds (turns on simulated wall-clock): "
-            "uniform | pareto:ALPHA | lognormal:SIGMA. [default: off]"
+            "uniform | pareto:ALPHA | lognormal:SIGMA. (default: off)"
         ),
     ] = None,
     selection: Annotated[
         str | None,
-        typer.Option(help="Client selection: random | device-aware. [default: random]"),
+        typer.Option(help="Client selection: random | device-aware. (default: random)"),
     ] = None,
     over_select: Annotated[
         float | None,
-        typer.Option(help="Start this fraction more clients, keep the first to finish. [default: 0]"),
+        typer.Option(help="Start this fraction more clients, keep the first to finish. (default: 0)"),
     ] = None,
     deadline: Annotated[
         float | None,
@@ -99,7 +99,7 @@ def simulate(
             "--deadline",
             "--round-deadline",
             help="Round deadline in simulated seconds; later clients are dropped "
-            "(needs --devices or --speeds). [default: none]",
+            "(needs --devices or --speeds). (default: none)",
         ),
     ] = None,
     devices: Annotated[
