@@ -68,6 +68,7 @@ class DeviceAgent:
             public_key=load_public_key(config.public_key),
             target=config.target,
             max_failed_starts=config.max_failed_starts,
+            durable=config.durable,
         )
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="agent")
@@ -93,6 +94,7 @@ class DeviceAgent:
         self.acks: list[proto.Ack] = []  # what this agent acknowledged (for tests/diagnostics)
         self.ignored = 0  # messages refused by the protocol checks
         self.rejected_chunks = 0  # chunks whose hash did not match (fetched again)
+        self.timings: dict[str, float] = {}  # monotonic times of the last install's steps
         self.client = self._make_client()
 
     # --- life cycle -------------------------------------------------------------
@@ -272,6 +274,7 @@ class DeviceAgent:
             return
         self._command = command
         self._bins = command.telemetry_bins
+        self.timings = {"command": time.monotonic()}
         self._download = self.store.download(ref)
         self._in_flight.clear()
         log.info(
@@ -322,6 +325,7 @@ class DeviceAgent:
             self._request_chunks()
 
     def _finish_install(self) -> None:
+        self.timings["downloaded"] = time.monotonic()
         download, command = self._download, self._command
         self._download, self._command = None, None
         self._in_flight.clear()
@@ -344,6 +348,7 @@ class DeviceAgent:
             self.model = loaded
             self._stats.reset(self._bins)
         log.info("%s: now runs %s", self.config.device_id, loaded.meta.version)
+        self.timings["installed"] = time.monotonic()
         self.publish_status()
         self._ack(command, ok=True, stage="installed")
 

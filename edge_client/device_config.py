@@ -57,7 +57,9 @@ class DeviceConfig:
     ``chunk_timeout_s``: seconds before an unanswered chunk is asked for again;
     ``max_failed_starts``: starts a new model may fail before the agent rolls back;
     ``http_port``: local inference endpoint on 127.0.0.1 (None = off);
-    ``hold_before_switch_s``: fault-injection pause for tests (0 in service).
+    ``hold_before_switch_s``: fault-injection pause for tests (0 in service);
+    ``durable``: fsync slot writes (always on a device; the simulator turns it off
+    because its hundreds of "devices" share one disk).
     """
 
     device_id: str
@@ -72,6 +74,7 @@ class DeviceConfig:
     max_failed_starts: int = 3
     http_port: int | None = None
     hold_before_switch_s: float = 0.0
+    durable: bool = True
 
     def __post_init__(self) -> None:
         check_device_id(self.device_id)

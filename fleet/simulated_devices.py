@@ -128,6 +128,7 @@ class SimulatedFleet:
                 telemetry_s=telemetry_s,
                 chunk_window=chunk_window,
                 chunk_timeout_s=chunk_timeout_s,
+                durable=False,  # hundreds of simulated devices share one disk
             )
             self.agents.append(DeviceAgent(config, executor=self.executor))
         self._stop = threading.Event()

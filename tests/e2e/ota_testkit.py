@@ -42,7 +42,10 @@ def wait_for(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> N
 class OtaFleet:
     """Everything of the OTA path, started in :meth:`start` and stopped in :meth:`close`."""
 
-    def __init__(self, root: Path, *, devices: int, group: str = "wards") -> None:
+    def __init__(
+        self, root: Path, *, devices: int, group: str = "wards", chunk_size: int = 16 * 1024
+    ) -> None:
+        self.chunk_size = chunk_size
         self.root = root
         self.engine = make_engine(f"sqlite:///{root / 'fleet.db'}")
         migrate.upgrade(self.engine)
@@ -84,7 +87,7 @@ class OtaFleet:
                 port=self.broker.port,
                 username=FLEET_USER,
                 password=self.fleet_password,
-                chunk_size=16 * 1024,
+                chunk_size=self.chunk_size,
                 batch_wait_s=0.05,
             ),
         ).start()
