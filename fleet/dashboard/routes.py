@@ -488,6 +488,9 @@ def install(app: FastAPI) -> None:
     """Add the dashboard routes, static files and their error pages to ``app``."""
     pages = Pages()
     app.include_router(build_router(pages))
+    from fleet.dashboard.rollouts_page import rollout_router  # OTA rollouts (issue 7)
+
+    app.include_router(rollout_router(pages))
     app.mount("/static", StaticFiles(packages=[("fleet.dashboard", "static")]), name="static")
 
     @app.exception_handler(LoginRequired)

@@ -278,3 +278,22 @@ def test_unanswered_installs_are_resent_then_count_as_failed(
     controller.step(now=now + timedelta(seconds=30))  # second timeout: failed -> abort
     view = client.get(f"/api/v1/rollouts/{rollout_id}", headers=admin).json()
     assert view["status"] == "aborted" and view["progress"][0]["failed"] == 1
+
+
+def test_dashboard_shows_rollout_progress_per_wave(
+    client: TestClient, admin: Headers, tokens: dict[Any, str], bundle: bytes
+) -> None:
+    model_id = _setup(client, admin, devices=20, bundle=bundle)
+    body = {"model_version_id": model_id, "group": "wards", "waves": [5, 25, 100]}
+    rollout_id = client.post("/api/v1/rollouts", json=body, headers=admin).json()["id"]
+    assert client.get("/rollouts", follow_redirects=False).status_code in (303, 307)
+    viewer = next(t for r, t in tokens.items() if r.value == "viewer")
+    login = client.post("/login", data={"token": viewer, "next": "/rollouts"})
+    try:
+        assert login.status_code == 200, login.text
+        page = client.get("/rollouts").text
+    finally:
+        client.cookies.clear()
+    assert f'data-rollout="{rollout_id}"' in page
+    assert "5%: 0/0/1 of 1" in page and "100%: 0/0/15 of 15" in page
+    assert 'href="/rollouts"' in page and "No drift detected." in page
