@@ -64,8 +64,12 @@ def load_flower_app(app_dir: Path, *, overrides: str = "") -> FlowerApp:
         raise ValueError(f"--app {app_dir}: {exc}".replace("\n", " ")) from None
     app_section = config["tool"]["flwr"]["app"]
     components = app_section["components"]
+    items = shlex.split(overrides)
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--run-config item {item!r} is not KEY=VALUE, e.g. lr=0.1")
     try:
-        parsed = parse_config_args(shlex.split(overrides)) if overrides.strip() else {}
+        parsed = parse_config_args(items) if items else {}
     except (click.ClickException, ValueError) as exc:
         message = exc.message if isinstance(exc, click.ClickException) else str(exc)
         raise ValueError(f"--run-config {overrides!r}: {message}") from None

@@ -21,7 +21,7 @@ class Net(nn.Module):
 def load_data(partition_id: int, num_partitions: int, batch_size: int):
     """This client's share of a fixed synthetic dataset (80/20 train/test split)."""
     rng = np.random.default_rng(42)
-    centers = rng.normal(0.0, 2.0, size=(4, 16))
+    centers = rng.normal(0.0, 0.4, size=(4, 16))
     y = rng.integers(0, 4, size=2000)
     x = (centers[y] + rng.normal(0.0, 1.0, size=(2000, 16))).astype(np.float32)
     part = np.array_split(np.arange(2000), num_partitions)[partition_id]
