@@ -144,6 +144,8 @@ def load_config(path: Path) -> DeviceConfig:
         **broker_raw,
     )
     http = raw.get("http", {})
+    if not isinstance(http, dict) or set(http) - {"port"}:
+        raise ValueError(f"{path}: [http] takes only 'port' (the endpoint is on 127.0.0.1)")
     try:
         return DeviceConfig(
             device_id=raw["device_id"],
@@ -156,7 +158,7 @@ def load_config(path: Path) -> DeviceConfig:
             chunk_window=int(raw.get("chunk_window", 8)),
             chunk_timeout_s=float(raw.get("chunk_timeout_s", 5.0)),
             max_failed_starts=int(raw.get("max_failed_starts", 3)),
-            http_port=http.get("port") if isinstance(http, dict) else None,
+            http_port=http.get("port"),
             hold_before_switch_s=float(raw.get("hold_before_switch_s", 0.0)),
         )
     except (TypeError, ValueError) as err:

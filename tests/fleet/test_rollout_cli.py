@@ -1,0 +1,122 @@
+"""``fedfleet rollout create|list`` and the OTA ``fedfleet fleet`` commands: bad input
+gets one clear line on stderr and a non-zero exit; nothing is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlmodel import Session, func, select
+from typer.testing import CliRunner
+
+from fleet import migrate
+from fleet.artifacts import ArtifactStore
+from fleet.db import make_engine
+from fleet.demo_bundles import build_demo_bundle
+from fleet.models.ota import Rollout
+from fleet.simulated_devices import enroll_devices, register_bundle
+
+
+@pytest.fixture
+def fleet_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, int]:
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    monkeypatch.setenv("FEDFLEET_FLEET_DATA_DIR", str(tmp_path))
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    enroll_devices(engine, count=4, group="wards", target="cpu-x86")
+    bundle = build_demo_bundle(private_key=Ed25519PrivateKey.generate(), version="v1")
+    model = register_bundle(
+        engine,
+        ArtifactStore(tmp_path / "artifacts"),
+        bundle=bundle.data,
+        task="t",
+        target="cpu-x86",
+    )
+    engine.dispose()
+    return url, model
+
+
+def _rollouts(url: str) -> int:
+    engine = make_engine(url)
+    with Session(engine) as session:
+        count = session.exec(select(func.count()).select_from(Rollout)).one()
+    engine.dispose()
+    return int(count)
+
+
+def test_rollout_create_and_list(fleet_db: tuple[str, int]) -> None:
+    from fleet.cli import rollout_app
+
+    url, model = fleet_db
+    runner = CliRunner()
+    created = runner.invoke(
+        rollout_app,
+        [
+            "create",
+            "--model",
+            str(model),
+            "--group",
+            "wards",
+            "--waves",
+            "25,50,100",
+            "--max-failure-rate",
+            "0.1",
+            "--database-url",
+            url,
+        ],
+    )
+    assert created.exit_code == 0, created.output
+    assert "3 waves (1, 1, 2 devices)" in created.output
+    listed = runner.invoke(rollout_app, ["list", "--database-url", url])
+    assert listed.exit_code == 0 and "running" in listed.output and "0/4 installed" in listed.output
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--waves", "5,x,100"], "--waves"),
+        (["--waves", "50,25,100"], "increase"),
+        (["--max-failure-rate", "2"], "--max-failure-rate"),
+        (["--group", "nowhere"], "group 'nowhere' does not exist"),
+    ],
+)
+def test_rollout_create_refuses_bad_input_with_one_line(
+    fleet_db: tuple[str, int], args: list[str], words: str
+) -> None:
+    from fleet.cli import rollout_app
+
+    url, model = fleet_db
+    base = ["create", "--model", str(model), "--group", "wards", "--database-url", url]
+    result = CliRunner().invoke(rollout_app, [*base, *args])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0]
+    assert "Traceback" not in result.output
+    assert _rollouts(url) == 0
+
+
+def test_simulate_devices_and_mqtt_refuse_missing_files(tmp_path: Path) -> None:
+    from fleet.cli import app
+
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    runner = CliRunner()
+    sim = runner.invoke(
+        app,
+        [
+            "simulate-devices",
+            "--count",
+            "2",
+            "--public-key",
+            str(tmp_path / "none.pub"),
+            "--database-url",
+            url,
+        ],
+    )
+    assert sim.exit_code == 2 and "--public-key" in sim.output
+    count = runner.invoke(app, ["simulate-devices", "--count", "0", "--database-url", url])
+    assert count.exit_code == 2 and "--count" in count.output
+    service = runner.invoke(
+        app, ["mqtt", "--password-file", str(tmp_path / "nope"), "--database-url", url]
+    )
+    assert service.exit_code == 2 and "broker-config" in service.output
