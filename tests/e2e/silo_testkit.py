@@ -36,10 +36,19 @@ TASK = "breast-cancer-mlp"
 FEDFLEET = str(Path(sys.executable).parent / "fedfleet")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port not handed out before in this process (the OS may return a
+    just-closed port again, and two SuperNodes on one port fail to start)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, poll: float = 0.5) -> Any:
