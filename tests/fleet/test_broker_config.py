@@ -19,10 +19,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
 from edge_client import mqtt_protocol as proto
+from edge_client.device_agent import DeviceAgent
+from edge_client.device_config import BrokerSettings, DeviceConfig
 from fleet.broker_config import FLEET_USER, acl_text, passwd_text, write_broker_config
 from fleet.broker_process import MosquittoProcess, free_port
 from fleet.credentials import mosquitto_hash
@@ -216,7 +219,7 @@ def test_tls_listener_accepts_a_device_with_the_ca(tmp_path: Path) -> None:
         tls_port = free_port()
         extra = f"listener {tls_port} 127.0.0.1\ncertfile {cert}\nkeyfile {key}"
         with MosquittoProcess(passwd=files.passwd, acl=files.acl, extra=extra):
-            # Execute
+            # Execute: a raw client and the real device agent, both over TLS.
             device = Listener(
                 tls_port,
                 "dev-aaaa",
@@ -229,10 +232,34 @@ def test_tls_listener_accepts_a_device_with_the_ca(tmp_path: Path) -> None:
                 ok = _wait(lambda: bool(device.connected))
             finally:
                 device.close()
+            agent = _tls_agent(tmp_path, port=tls_port, ca=cert)
+            agent.start()
+            try:
+                agent_ok = _wait(lambda: agent._connected)
+            finally:
+                agent.stop()
     finally:
         shutil.rmtree(certs, ignore_errors=True)
     # Assert
     assert ok and device.connected[0] is True
+    assert agent_ok
+
+
+def _tls_agent(tmp_path: Path, *, port: int, ca: Path) -> DeviceAgent:
+    key = tmp_path / "fleet.pub"
+    key.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    config = DeviceConfig(
+        device_id="dev-aaaa",
+        target="cpu-x86",
+        slots_dir=tmp_path / "slots",
+        public_key=key,
+        broker=BrokerSettings(host="localhost", port=port, password="pw", ca_file=ca),
+    )
+    return DeviceAgent(config)
 
 
 def test_cli_writes_the_files_from_the_database_and_refuses_half_tls(tmp_path: Path) -> None:
