@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from coordinator.checkpoint import CheckpointStore
 from coordinator.config import RunConfig
+from coordinator.dp import configure_dp
 from coordinator.loop import RoundLoop, wait_for_nodes
 from coordinator.results import RoundRecord, write_results
 from coordinator.run_tracker import RunTracker
@@ -69,7 +70,7 @@ def build_loop(
     checkpoints = (
         CheckpointStore(Path(config.out_dir) / "checkpoint.pt") if config.out_dir else None
     )
-    return RoundLoop(
+    loop = RoundLoop(
         strategy=setup.strategy,
         selector=setup.selector,
         exchange=setup.exchange,
@@ -83,6 +84,7 @@ def build_loop(
         min_clients=setup.min_clients,
         fraction_evaluate=config.fraction_evaluate,
     )
+    return configure_dp(loop, config, run_config)  # dp=local|central|distributed
 
 
 def run_federation(

@@ -16,6 +16,9 @@ from flwr.clientapp.typing import Mod
 
 from edge_client import messages as k
 from edge_client.data import ClientData, partition_data
+from edge_client.dp_mods import distributed_dp_share
+from edge_client.dp_settings import dp_mode
+from edge_client.dp_training import train_with_dp
 from edge_client.secagg_client import PreMaskTransform, register_secagg
 from edge_client.settings import ClientSettings
 from edge_client.site_policy import site_mod
@@ -48,6 +51,8 @@ def handle_train(message: Message, context: Context) -> Message:
     settings = ClientSettings.from_message(context, message.content.config_records[k.CONFIG])
     data = load_client_data(settings)
     model = _model_from(message, settings.task)
+    if dp_mode(context.run_config) == "local":  # sample-level DP-SGD (docs/privacy.md)
+        return train_with_dp(message, context, settings=settings, data=data, model=model)
     result = train_local(
         model,
         data.x_train,
@@ -96,7 +101,8 @@ def build_client_app(
     client_app = ClientApp(mods=mods or [])
     client_app.train()(handle_train)
     client_app.evaluate()(handle_evaluate)
-    register_secagg(client_app, train=handle_train, pre_mask=pre_mask)
+    # Distributed DP adds its noise share last, just before masking (no-op unless dp=distributed).
+    register_secagg(client_app, train=handle_train, pre_mask=(*pre_mask, distributed_dp_share))
     return client_app
 
 

@@ -99,3 +99,33 @@ SITE_RC_DP_EPSILON: Final = "dp-epsilon"  # the run's ε target per site
 SITE_EPSILON_METRIC: Final = "dp-epsilon"
 # run_config key: the deployment run id (`fedfleet run submit`); absent in simulation.
 RC_RUN_ID: Final = "run-id"
+
+# --- Differential privacy (issue 4; docs/privacy.md) --------------------------------
+# run_config keys: the run's DP switches (same names as `fedfleet simulate` flags).
+RC_DP: Final = "dp"  # none | local | central | distributed
+RC_DP_EPSILON: Final = "dp-epsilon"  # target ε (absent: noise multiplier given)
+RC_DP_DELTA: Final = "dp-delta"
+RC_DP_CLIP: Final = "dp-clip"  # max grad norm (local) / update clip norm (client-level)
+RC_DP_NOISE_MULTIPLIER: Final = "dp-noise-multiplier"  # absent: calibrated from ε
+RC_DP_CLIPPING: Final = "dp-clipping"  # fixed | adaptive (central only)
+RC_DP_ACCOUNTANT: Final = "dp-accountant"  # rdp | prv
+RC_DP_MIN_CLIENTS: Final = "dp-min-clients"  # distributed: surviving clients assumed
+RC_DP_GRAD_SAMPLE_MODE: Final = "dp-grad-sample-mode"  # Opacus: hooks|functorch|ghost
+RC_OUT_DIR: Final = "out-dir"  # a simulation's output folder (simulated clients' ledgers)
+RC_NUM_SERVER_ROUNDS: Final = "num-server-rounds"
+RC_CLIENTS_PER_ROUND: Final = "clients-per-round"
+RC_STRATEGY: Final = "strategy"
+# node_config keys of a site (site.toml → SuperNode --node-config).
+NC_STATE_DIR: Final = "state-dir"  # the site's state folder (privacy ledger, audit log)
+NC_SITE_NAME: Final = "site-name"
+NC_DP_BUDGET_EPSILON: Final = "dp-budget-epsilon"  # the site's hard ε budget per task
+NC_DP_BUDGET_DELTA: Final = "dp-budget-delta"
+NC_DP_ACCOUNTANT: Final = "dp-accountant"  # the accountant of the site's budget decisions
+# MetricRecord keys of a DP train reply.
+DP_EPSILON: Final = "dp-epsilon"  # the site's ε spent on this task after this training
+DP_NOISE_MULTIPLIER: Final = "dp-noise-multiplier"
+DP_SAMPLE_RATE: Final = "dp-sample-rate"
+DP_STEPS: Final = "dp-steps"
+DP_UPDATE_NORM: Final = "dp-update-norm"  # distributed: L2 norm of the update before clipping
+# Error.code of a train reply refused by the site's privacy policy (budget, mode).
+ERROR_DP_REFUSED: Final = 4601

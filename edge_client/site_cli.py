@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import typer
 
+from edge_client.site_budget import site_budget
 from edge_client.site_commands import site_audit, site_init, site_join
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 app.command("init")(site_init)
 app.command("join")(site_join)
 app.command("audit")(site_audit)
+app.command("budget")(site_budget)

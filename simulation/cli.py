@@ -120,6 +120,55 @@ def simulate(
             help='With --app: override its [tool.flwr.app.config], e.g. "num-server-rounds=5".',
         ),
     ] = None,
+    dp: Annotated[
+        str | None,
+        typer.Option(
+            help="Differential privacy: none | local (DP-SGD at each client, per-site budget) "
+            "| central (DP-FedAvg, trusted server) | distributed (noise shares under --secagg). "
+            "[default: none]"
+        ),
+    ] = None,
+    epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="Target ε (per site for local, per client otherwise); noise is calibrated "
+            "to it. With --noise-multiplier (local): each site's budget. [default: none]"
+        ),
+    ] = None,
+    delta: Annotated[
+        float | None, typer.Option(help="δ of the DP guarantee; must be < 1/N. [default: 1e-5]")
+    ] = None,
+    clip: Annotated[
+        float | None,
+        typer.Option(
+            help="Clipping norm: per-sample gradient (local) or per-client update. [default: 1.0]"
+        ),
+    ] = None,
+    noise_multiplier: Annotated[
+        float | None,
+        typer.Option(help="Noise std / clipping norm, instead of calibrating to --epsilon."),
+    ] = None,
+    dp_clipping: Annotated[
+        str | None,
+        typer.Option(help="fixed | adaptive update clipping (central only). [default: fixed]"),
+    ] = None,
+    dp_accountant: Annotated[
+        str | None, typer.Option(help="Privacy accountant: rdp | prv. [default: rdp]")
+    ] = None,
+    dp_min_clients: Annotated[
+        int | None,
+        typer.Option(
+            help="distributed: clients assumed to survive a round (their noise shares add up "
+            "to the target). [default: clients per round]"
+        ),
+    ] = None,
+    sweep_epsilon: Annotated[
+        str | None,
+        typer.Option(
+            help="Run once per ε, e.g. 0.5,1,2,4,8 (plus once without DP); writes "
+            "privacy_utility.png and privacy_utility.csv."
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option("--config", help="TOML file with the same settings (flags override it)."),
@@ -153,6 +202,15 @@ def simulate(
         "devices": devices,
         "app": str(app) if app is not None else None,
         "app_config": " ".join(app_config) if app_config else None,
+        "dp": dp,
+        "epsilon": epsilon,
+        "delta": delta,
+        "clip": clip,
+        "noise_multiplier": noise_multiplier,
+        "dp_clipping": dp_clipping,
+        "dp_accountant": dp_accountant,
+        "dp_min_clients": dp_min_clients,
+        "sweep_epsilon": sweep_epsilon,
     }
     try:
         settings = SimulateSettings.build(config_file=config, overrides=overrides)
@@ -167,16 +225,23 @@ def simulate(
     try:
         from simulation.runner import run_simulation
 
-        run_simulation(settings, out_dir=out_dir, quiet=quiet)
+        if settings.sweep_epsilon:  # privacy-utility sweep: simulation/privacy_sweep.py
+            from simulation.privacy_sweep import run_privacy_sweep
+
+            run_privacy_sweep(settings, out_dir=out_dir, quiet=quiet)
+        else:
+            run_simulation(settings, out_dir=out_dir, quiet=quiet)
     except KeyboardInterrupt:
         typer.echo(f"interrupted; partial results in {out_dir}", err=True)
         raise typer.Exit(code=130) from None
     except Exception as exc:
-        if created and not (out_dir / "metrics.json").exists():
+        if created and not any(out_dir.glob("**/metrics.json")):
             shutil.rmtree(out_dir, ignore_errors=True)
         _fail(f"{type(exc).__name__}: {exc}")
     if not quiet and settings.app:
         typer.echo(f"results: {out_dir}/exchanges.json and what the app wrote in {out_dir}")
+    elif not quiet and settings.sweep_epsilon:
+        typer.echo(f"results: {out_dir}/privacy_utility.png, {out_dir}/privacy_utility.csv")
     elif not quiet:
         typer.echo(f"results: {out_dir}/metrics.json, {out_dir}/accuracy.png, {out_dir}/model.pt")
 

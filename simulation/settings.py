@@ -43,6 +43,16 @@ class SimulateSettings:
     devices: str = ""
     app: str = ""
     app_config: str = ""
+    # differential privacy (issue 4): see simulation/dp_settings.py
+    dp: str = "none"
+    epsilon: float | None = None
+    delta: float = 1e-5
+    clip: float = 1.0
+    noise_multiplier: float | None = None
+    dp_clipping: str = "fixed"
+    dp_accountant: str = "rdp"
+    dp_min_clients: int = 0
+    sweep_epsilon: str = ""
 
     @classmethod
     def build(cls, *, config_file: Path | None, overrides: Mapping[str, Any]) -> SimulateSettings:
@@ -82,6 +92,9 @@ class SimulateSettings:
         from simulation.fleet_settings import validate_fleet_settings
 
         validate_fleet_settings(self)
+        from simulation.dp_settings import validate_dp_settings
+
+        validate_dp_settings(self)
 
     def run_config(self, *, out_dir: str = "") -> RunConfig:
         """The coordinator's RunConfig for these settings (validated)."""
@@ -104,10 +117,11 @@ class SimulateSettings:
 
     def feature_run_config(self) -> dict[str, bool | int | float | str]:
         """Run-config keys of the feature switches (beyond the coordinator's core keys)."""
+        from simulation.dp_settings import dp_run_config
         from simulation.fleet_settings import fleet_run_config
         from simulation.strategy_settings import strategy_run_config
 
-        return {**strategy_run_config(self), **fleet_run_config(self)}
+        return {**strategy_run_config(self), **fleet_run_config(self), **dp_run_config(self)}
 
 
 def load_toml(path: Path) -> dict[str, Any]:

@@ -1,0 +1,277 @@
+"""Sample-level DP-SGD at a site (``dp = "local"``), with a hard privacy budget.
+
+:func:`train_with_dp` is what ``handle_train`` runs when the run config says
+``dp = "local"``:
+
+1. plan the training's mechanism (Poisson sample rate ``1/ceil(n/B)``, steps, noise —
+   given, or calibrated so the run's rounds reach the run's ε; ``privacy.dp``);
+2. ``check_and_reserve`` it in the site's ledger BEFORE touching the data: a request
+   that would exceed the budget is refused with an error reply the coordinator records
+   (and a ``refused`` ledger row) — never a crash, never a training;
+3. train with Opacus 1.6's ``PrivacyEngine`` (DP-SGD: per-sample clipping to
+   ``max_grad_norm``, Gaussian noise, Poisson sampling — Abadi et al., "Deep Learning
+   with Differential Privacy", CCS 2016);
+4. mark the reservation completed (or aborted when training failed, so nothing left).
+
+Randomness: the Poisson sampler and the noise use generators seeded from
+``secrets`` — never from the run seed, which the coordinator knows. A DP run is
+therefore not bit-reproducible; that is the point.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from torch import nn
+
+from edge_client import messages as k
+from edge_client.data import ClientData
+from edge_client.dp_settings import dp_config_from_run_config, ledger_settings
+from edge_client.settings import ClientSettings
+from privacy.dp import DPConfig, local_mechanism
+from privacy.dp.config import GradSampleMode
+from privacy.ledger import PrivacyLedger
+
+log = logging.getLogger(__name__)
+
+
+class DPModelError(ValueError):
+    """The model cannot be trained with DP-SGD in a way the federation can use."""
+
+
+@dataclass(frozen=True)
+class DPTrainResult:
+    """What a DP-SGD training produced. ``loss`` is the mean loss of the last epoch's
+    non-empty batches; ``steps`` counts optimizer steps (empty Poisson batches too)."""
+
+    num_examples: int
+    loss: float
+    steps: int
+    sample_rate: float
+    noise_multiplier: float
+
+
+def make_dp_compatible(model: nn.Module) -> nn.Module:
+    """``model`` itself if Opacus can train it, else Opacus's fix (BatchNorm → GroupNorm,
+    ...) with a logged message saying what was replaced."""
+    from opacus.validators import ModuleValidator
+
+    errors = ModuleValidator.validate(model, strict=False)
+    if not errors:
+        return model
+    names = sorted({type(e).__name__ + ": " + str(e).split(".")[0] for e in errors})
+    log.warning(
+        "DP-SGD: Opacus cannot train this model as is (%s); replacing the offending "
+        "layers with ModuleValidator.fix (BatchNorm becomes GroupNorm)",
+        "; ".join(names),
+    )
+    return ModuleValidator.fix(model)
+
+
+def _secret_generator() -> torch.Generator:
+    return torch.Generator().manual_seed(secrets.randbits(63))
+
+
+def train_dp_local(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    grad_sample_mode: GradSampleMode = "hooks",
+    proximal_mu: float = 0.0,
+) -> DPTrainResult:
+    """Train ``model`` in place with DP-SGD (Opacus ``PrivacyEngine``, Poisson sampling).
+
+    The per-step sample rate is ``1 / ceil(n / batch_size)`` (Opacus's ``DPDataLoader``);
+    ``noise_multiplier`` is the noise std over ``max_grad_norm`` (the per-sample
+    gradient L2 bound). A FedProx term (``proximal_mu``) is applied as a
+    data-independent step after each noisy update, so it costs no privacy.
+    ``model`` must already be DP-compatible (:func:`make_dp_compatible`).
+    """
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    n = len(x)
+    if n == 0:
+        raise ValueError("DP-SGD needs at least one training record")
+    if not noise_multiplier > 0:
+        raise ValueError(f"noise multiplier {noise_multiplier} must be > 0 for DP-SGD")
+    dataset = TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y))
+    loader = DataLoader(dataset, batch_size=batch_size, generator=_secret_generator())
+    global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    model.train()
+    with warnings.catch_warnings():
+        # Opacus warns that secure_mode is off: its torchcsprng is unavailable here; the
+        # generators are seeded from `secrets` instead (see the module docstring).
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+        private = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=True,
+            grad_sample_mode=grad_sample_mode,
+            criterion=nn.CrossEntropyLoss(),
+            noise_generator=_secret_generator(),
+        )
+        if grad_sample_mode == "ghost":
+            dp_model, dp_optimizer, criterion, dp_loader = private
+        else:
+            dp_model, dp_optimizer, dp_loader = private
+            criterion = nn.CrossEntropyLoss()
+        steps = 0
+        loss_sum, loss_count = 0.0, 0
+        try:
+            for epoch in range(epochs):
+                last = epoch == epochs - 1
+                for xb, yb in dp_loader:
+                    dp_optimizer.zero_grad(set_to_none=True)
+                    loss = criterion(dp_model(xb), yb)
+                    loss.backward()
+                    dp_optimizer.step()
+                    steps += 1
+                    if global_params is not None:
+                        with torch.no_grad():
+                            for p, g in zip(model.parameters(), global_params, strict=True):
+                                p.sub_(learning_rate * proximal_mu * (p - g))
+                    if last and len(xb) > 0:
+                        loss_sum += float(loss.detach()) * len(xb)
+                        loss_count += len(xb)
+        finally:
+            dp_optimizer.zero_grad(set_to_none=True)
+            remove = getattr(dp_model, "_close", None)
+            if callable(remove):
+                remove()  # drop Opacus's hooks: the module goes back to the caller clean
+    return DPTrainResult(
+        num_examples=n,
+        loss=loss_sum / loss_count if loss_count else float("nan"),
+        steps=steps,
+        sample_rate=float(dp_loader.sample_rate),  # type: ignore[attr-defined]
+        noise_multiplier=noise_multiplier,
+    )
+
+
+def _refusal(message: Message, reason: str) -> Message:
+    log.warning("refusing round: %s", reason)
+    return Message(Error(code=k.ERROR_DP_REFUSED, reason=reason), reply_to=message)
+
+
+def train_with_dp(
+    message: Message,
+    context: Context,
+    *,
+    settings: ClientSettings,
+    data: ClientData,
+    model: nn.Module,
+) -> Message:
+    """The ``dp = "local"`` train handler body: plan, reserve, train, commit, reply."""
+    try:
+        dp: DPConfig = dp_config_from_run_config(context.run_config)
+        n = len(data.x_train)
+        dp.validate(dataset_size=n)
+        where = ledger_settings(
+            node_config=context.node_config,
+            run_config=context.run_config,
+            dp=dp,
+            partition_id=settings.partition_id,
+        )
+        if where.budget.delta >= 1.0 / max(n, 1):
+            raise ValueError(
+                f"the site's δ {where.budget.delta:g} is not below 1/n = 1/{n}; "
+                "lower the budget's delta"
+            )
+        rounds = int(context.run_config.get(k.RC_NUM_SERVER_ROUNDS, 1))
+        mechanism = local_mechanism(
+            dp,
+            num_examples=n,
+            batch_size=settings.batch_size,
+            local_epochs=settings.local_epochs,
+            rounds=max(rounds, 1),
+        )
+    except ValueError as exc:
+        return _refusal(message, f"invalid DP configuration for this site: {exc}")
+    received_keys = list(message.content.array_records[k.ARRAYS].keys())
+    fixed = make_dp_compatible(model)
+    if list(fixed.state_dict().keys()) != received_keys:
+        return _refusal(
+            message,
+            "the task's model has layers DP-SGD cannot train (e.g. BatchNorm) and fixing "
+            "them changes its parameters; build the task's model DP-compatible "
+            "(Opacus ModuleValidator.fix) for every party",
+        )
+    ledger = PrivacyLedger(where.path, site=where.site)
+    decision = ledger.check_and_reserve(
+        task=settings.task,
+        run_id=str(context.run_id),
+        server_round=settings.server_round,
+        mechanism=mechanism,
+        budget=where.budget,
+        accountant=where.accountant,
+    )
+    if not decision.granted:
+        return _refusal(message, decision.reason)
+    try:
+        result = train_dp_local(
+            fixed,
+            data.x_train,
+            data.y_train,
+            epochs=settings.local_epochs,
+            batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
+            noise_multiplier=mechanism.noise_multiplier,
+            max_grad_norm=dp.clip,
+            grad_sample_mode=dp.grad_sample_mode,
+            proximal_mu=settings.proximal_mu,
+        )
+        if not math.isclose(result.sample_rate, mechanism.sample_rate, rel_tol=1e-9):
+            raise RuntimeError(
+                f"Opacus sampled at rate {result.sample_rate}, the ledger reserved "
+                f"{mechanism.sample_rate}"
+            )
+        # Every Poisson step is a step of the mechanism, empty batches included.
+        if result.steps != mechanism.steps:
+            raise RuntimeError(f"trained {result.steps} steps, reserved {mechanism.steps}")
+    except BaseException as exc:
+        ledger.abort(decision.entry_id, reason=f"{type(exc).__name__}: {exc}")
+        raise
+    ledger.commit(decision.entry_id)
+    remaining = decision.remaining
+    log.info(
+        "DP-SGD round %d of task %s: σ=%.3f q=%.4f steps=%d; ε spent %.3f%s (δ=%g)",
+        settings.server_round,
+        settings.task,
+        mechanism.noise_multiplier,
+        mechanism.sample_rate,
+        mechanism.steps,
+        decision.epsilon_after,
+        f", ε left {remaining:.3f}" if remaining is not None else "",
+        where.budget.delta,
+    )
+    metrics = MetricRecord(
+        {
+            k.NUM_EXAMPLES: result.num_examples,
+            k.TRAIN_LOSS: result.loss,
+            k.DP_EPSILON: decision.epsilon_after,
+            k.DP_NOISE_MULTIPLIER: mechanism.noise_multiplier,
+            k.DP_SAMPLE_RATE: mechanism.sample_rate,
+            k.DP_STEPS: mechanism.steps,
+        }
+    )
+    content = RecordDict({k.ARRAYS: ArrayRecord(fixed.state_dict()), k.METRICS: metrics})
+    return Message(content=content, reply_to=message)
