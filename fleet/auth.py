@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -60,10 +59,12 @@ class Principal:
 def require(role: Role, session_dependency: Callable[..., Session]) -> Callable[..., Principal]:
     """The dependency that authenticates a bearer token and checks it has ``role``."""
 
+    # Plain defaults, not Annotated: the annotations of this closure are strings (PEP 563)
+    # and FastAPI could not resolve the local ``session_dependency`` from them.
     def dependency(
         request: Request,
-        session: Annotated[Session, Depends(session_dependency)],
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+        session: Session = Depends(session_dependency),  # noqa: B008
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),  # noqa: B008
     ) -> Principal:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise HTTPException(

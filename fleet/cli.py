@@ -258,3 +258,7 @@ def token_revoke(
 
 def main() -> None:  # pragma: no cover - for `python -m fleet.cli`
     sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m fleet.cli` (skips the root CLI)
+    main()

@@ -276,20 +276,24 @@ def update_device(
             raise Conflict(f"a device named '{data.name}' already exists; choose another name")
         device.name = data.name
     if "group" in given:
-        device.group_id = _resolve_group(session, data.group)
-    if data.tags is not None:
+        group_id = _resolve_group(session, data.group)
+        if group_id != device.group_id:
+            device.group_id = group_id
+    if data.tags is not None and sorted(set(data.tags)) != before.tags:
         _set_tags(session, device.id, data.tags)
     session.add(device)
     session.flush()
-    audit.record(
-        session,
-        actor=actor,
-        action="device.update",
-        entity_type="device",
-        entity_id=device.id,
-        before=before,
-        after=public_view(session, device, offline_after_s=offline_after_s),
-    )
+    after = public_view(session, device, offline_after_s=offline_after_s)
+    if after != before:  # a request that changes nothing leaves no audit entry
+        audit.record(
+            session,
+            actor=actor,
+            action="device.update",
+            entity_type="device",
+            entity_id=device.id,
+            before=before,
+            after=after,
+        )
     return device
 
 

@@ -94,19 +94,21 @@ def update_group(session: Session, group: Group, data: GroupUpdate, *, actor: Ac
         if group_by_name(session, data.name) is not None:
             raise Conflict(f"a group named '{data.name}' already exists")
         group.name = data.name
-    if data.description is not None:
+    if data.description is not None and data.description != group.description:
         group.description = data.description
     session.add(group)
     session.flush()
-    audit.record(
-        session,
-        actor=actor,
-        action="group.update",
-        entity_type="group",
-        entity_id=group.id or 0,
-        before=before,
-        after=group_public(session, group),
-    )
+    after = group_public(session, group)
+    if after != before:
+        audit.record(
+            session,
+            actor=actor,
+            action="group.update",
+            entity_type="group",
+            entity_id=group.id or 0,
+            before=before,
+            after=after,
+        )
     return group
 
 

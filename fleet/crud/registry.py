@@ -130,21 +130,23 @@ def update_model(
 ) -> ModelVersion:
     """Change a version's label or description (lineage and metrics are immutable)."""
     before = public_view(session, model)
-    if data.name is not None:
+    if data.name is not None and data.name != model.name:
         model.name = data.name
-    if data.description is not None:
+    if data.description is not None and data.description != model.description:
         model.description = data.description
     session.add(model)
     session.flush()
-    audit.record(
-        session,
-        actor=actor,
-        action="model.update",
-        entity_type="model",
-        entity_id=model.id or 0,
-        before=before,
-        after=public_view(session, model),
-    )
+    after = public_view(session, model)
+    if after != before:
+        audit.record(
+            session,
+            actor=actor,
+            action="model.update",
+            entity_type="model",
+            entity_id=model.id or 0,
+            before=before,
+            after=after,
+        )
     return model
 
 

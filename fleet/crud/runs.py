@@ -193,22 +193,25 @@ def update_run(session: Session, run: Run, data: RunUpdate, *, actor: Actor) -> 
                 f"model version {data.final_model_version_id} does not exist; register it "
                 "first (POST /api/v1/models)"
             )
-        run.final_model_version_id = data.final_model_version_id
-    if data.name is not None:
+        if data.final_model_version_id != run.final_model_version_id:
+            run.final_model_version_id = data.final_model_version_id
+    if data.name is not None and data.name != run.name:
         run.name = data.name
     if data.status is not None:
         _transition(run, data.status)
     session.add(run)
     session.flush()
-    audit.record(
-        session,
-        actor=actor,
-        action="run.update",
-        entity_type="run",
-        entity_id=run.id or 0,
-        before=before,
-        after=public_view(session, run),
-    )
+    after = public_view(session, run)
+    if after != before:
+        audit.record(
+            session,
+            actor=actor,
+            action="run.update",
+            entity_type="run",
+            entity_id=run.id or 0,
+            before=before,
+            after=after,
+        )
     return run
 
 

@@ -29,15 +29,10 @@ def nice_ticks(low: float, high: float, *, count: int = 5) -> list[float]:
     raw_step = (high - low) / max(count - 1, 1)
     magnitude = 10 ** math.floor(math.log10(raw_step))
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw_step)
-    start = math.floor(low / step) * step
-    ticks = []
-    value = start
-    while value <= high + step * 1e-9:
-        ticks.append(round(value, 10))
-        value += step
-    if ticks[-1] < high:
-        ticks.append(round(ticks[-1] + step, 10))
-    return ticks
+    digits = max(0, 1 - math.floor(math.log10(step)))
+    first = math.floor(low / step + 1e-9)
+    last = math.ceil(high / step - 1e-9)
+    return [round(k * step, digits) for k in range(first, last + 1)]
 
 
 def _fmt(value: float) -> str:

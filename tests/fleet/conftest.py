@@ -107,38 +107,97 @@ def _truncate_all(schema: str) -> None:
             connection.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
 
 
-@pytest.fixture(
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
-)
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
-    """An empty, migrated fleet database on each backend."""
-    if request.param == "sqlite":
-        path = tmp_path / "fleet.db"
-        shutil.copy(request.getfixturevalue("sqlite_template"), path)
-        return Database("sqlite", f"sqlite:///{path}", None)
-    schema = request.getfixturevalue("pg_schema")
-    _truncate_all(schema)
-    return Database("postgres", PG_URL, schema)
-
-
-@pytest.fixture
-def sqlite_database(tmp_path: Path, sqlite_template: Path) -> Database:
-    """An empty, migrated SQLite fleet database (for tests that need only one backend)."""
-    path = tmp_path / "fleet.db"
-    shutil.copy(sqlite_template, path)
-    return Database("sqlite", f"sqlite:///{path}", None)
-
-
-def make_settings(database: Database, tmp_path: Path, **changes: object) -> FleetSettings:
+def make_settings(database: Database, data_dir: Path, **changes: object) -> FleetSettings:
     values: dict[str, object] = {
         "database_url": database.url,
         "database_schema": database.schema,
-        "data_dir": tmp_path,
-        "artifact_dir": tmp_path / "artifacts",
+        "data_dir": data_dir,
+        "artifact_dir": data_dir / "artifacts",
         "migrate_on_start": False,
     }
     values.update(changes)
     return FleetSettings(**values)  # type: ignore[arg-type]
+
+
+class AppHandle:
+    """One app per backend for the whole session; :meth:`reset` empties it per test.
+
+    Building a FastAPI app takes ~0.5 s (route models), so tests share one and get a
+    fresh database instead: a copy of the migrated template on SQLite, TRUNCATE on
+    PostgreSQL. Tests that need other settings build their own with ``app_factory``.
+    """
+
+    def __init__(self, database: Database, data_dir: Path, template: Path | None) -> None:
+        from fleet.app import create_app
+
+        self.database = database
+        self.data_dir = data_dir
+        self.template = template
+        self.settings = make_settings(database, data_dir)
+        self.reset()
+        self.client = TestClient(create_app(self.settings))
+        self.client.__enter__()
+
+    @property
+    def engine(self) -> Engine:
+        return self.client.app.state.engine  # type: ignore[attr-defined,no-any-return]
+
+    def reset(self) -> None:
+        shutil.rmtree(self.settings.artifact_dir, ignore_errors=True)
+        if self.database.schema is not None:
+            _truncate_all(self.database.schema)
+            return
+        if hasattr(self, "client"):
+            self.engine.dispose()  # no connection may keep the old file open
+        path = Path(self.database.url.removeprefix("sqlite:///"))
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        assert self.template is not None
+        shutil.copy(self.template, path)
+
+    def close(self) -> None:
+        self.client.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def sqlite_app(
+    tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path
+) -> Iterator[AppHandle]:
+    data_dir = tmp_path_factory.mktemp("fleet-sqlite")
+    database = Database("sqlite", f"sqlite:///{data_dir / 'fleet.db'}", None)
+    handle = AppHandle(database, data_dir, sqlite_template)
+    yield handle
+    handle.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_app(tmp_path_factory: pytest.TempPathFactory, pg_schema: str) -> Iterator[AppHandle]:
+    data_dir = tmp_path_factory.mktemp("fleet-postgres")
+    handle = AppHandle(Database("postgres", PG_URL, pg_schema), data_dir, None)
+    yield handle
+    handle.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> AppHandle:
+    """The shared app of one backend, with an empty database."""
+    handle: AppHandle = request.getfixturevalue(f"{request.param}_app")
+    handle.reset()
+    return handle
+
+
+@pytest.fixture
+def database(backend: AppHandle) -> Database:
+    """An empty, migrated fleet database on each backend."""
+    return backend.database
+
+
+@pytest.fixture
+def sqlite_database(tmp_path: Path, sqlite_template: Path) -> Database:
+    """An empty, migrated SQLite fleet database of this test's own."""
+    path = tmp_path / "fleet.db"
+    shutil.copy(sqlite_template, path)
+    return Database("sqlite", f"sqlite:///{path}", None)
 
 
 SettingsFactory = Callable[..., FleetSettings]
@@ -146,13 +205,18 @@ SettingsFactory = Callable[..., FleetSettings]
 
 @pytest.fixture
 def settings_factory(database: Database, tmp_path: Path) -> SettingsFactory:
-    """Settings for this test's database, with any field changed."""
+    """Settings for this test's database (own data folder), with any field changed."""
     return lambda **changes: make_settings(database, tmp_path, **changes)
 
 
 @pytest.fixture
-def settings(settings_factory: SettingsFactory) -> FleetSettings:
-    return settings_factory()
+def settings(backend: AppHandle) -> FleetSettings:
+    return backend.settings
+
+
+@pytest.fixture
+def client(backend: AppHandle) -> TestClient:
+    return backend.client
 
 
 @pytest.fixture
@@ -171,14 +235,6 @@ def app_factory() -> Iterator[Callable[[FleetSettings], TestClient]]:
     yield build
     for test_client in clients:
         test_client.__exit__(None, None, None)
-
-
-@pytest.fixture
-def client(settings: FleetSettings) -> Iterator[TestClient]:
-    from fleet.app import create_app
-
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
 
 
 @pytest.fixture
