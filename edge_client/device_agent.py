@@ -113,6 +113,7 @@ class DeviceAgent:
         will = proto.encode(proto.Status(online=False, target=cfg.target))
         client.will_set(proto.topic(cfg.device_id, "status"), will, qos=proto.QOS, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=5)
+        client.connect_timeout = 30.0  # seconds for CONNACK: slow links and busy hosts
         client.max_inflight_messages_set(64)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
@@ -158,6 +159,11 @@ class DeviceAgent:
         while not self._stopping:
             time.sleep(0.25)
             self.tick()
+
+    @property
+    def connected(self) -> bool:
+        """True once the broker accepted the connection and the agent subscribed."""
+        return self._connected
 
     def tick(self) -> None:
         """Schedule the timers (heartbeat, telemetry, chunk timeouts)."""

@@ -139,10 +139,17 @@ class SimulatedFleet:
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, daemon=True, name="sim-ticker")
 
-    def start(self) -> SimulatedFleet:
-        for agent in self.agents:
-            agent.start(ticker=False)
+    def start(self, *, batch: int = 50, connect_timeout_s: float = 120.0) -> SimulatedFleet:
+        """Start the agents ``batch`` at a time, each batch connected before the next (a
+        thousand simultaneous TLS/PBKDF2 logins would time out on a small machine)."""
         self._ticker.start()
+        for first in range(0, len(self.agents), batch):
+            group = self.agents[first : first + batch]
+            for agent in group:
+                agent.start(ticker=False)
+            deadline = time.monotonic() + connect_timeout_s
+            while not all(a.connected for a in group) and time.monotonic() < deadline:
+                time.sleep(0.05)
         return self
 
     def _tick(self) -> None:
