@@ -332,6 +332,8 @@ class FleetBridge:
                 self.stats.acks_seen.append(message)
                 acks.append((device_id, message))
                 versions[device_id] = message.model_version_id
+                seen.add(device_id)
+                offline.discard(device_id)
         with (
             session_scope(self.engine, write=True) as session,
             audit.exempt(session, reason="device messages from the MQTT bridge"),

@@ -9,10 +9,12 @@ rollout:
 1. devices of the current wave that were not sent an install yet get one;
 2. a device that does not acknowledge within ``ack_timeout_s`` is sent the install
    again, and counts as failed after ``max_attempts`` sends;
-3. :func:`wave_verdict` decides: **abort** as soon as the failed fraction of the wave
+3. health must hold: a device that installed and then went offline (Last Will) counts
+   as failed;
+4. :func:`wave_verdict` decides: **abort** as soon as the failed fraction of the wave
    exceeds ``max_failure_rate`` (no later answer can bring it back under); **advance**
    when every device of the wave answered; otherwise wait;
-4. on abort, every device of the rollout that installed the new model is sent a
+5. on abort, every device of the rollout that installed the new model is sent a
    ``rollback`` and the rollout is marked aborted with the reason; devices whose install
    failed never left their previous model.
 
@@ -38,7 +40,7 @@ from fleet import audit
 from fleet.db import session_scope
 from fleet.errors import Conflict, InvalidReference
 from fleet.models.common import utcnow
-from fleet.models.devices import Device, Group
+from fleet.models.devices import Device, Group, ReportedStatus
 from fleet.models.ota import (
     DeviceRolloutState,
     DriftReference,
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 
 Verdict = Literal["wait", "advance", "abort"]
 MAX_ATTEMPTS = 3
+OFFLINE_AFTER_INSTALL = "went offline after installing the new model"
 
 
 # --- pure decisions -------------------------------------------------------------------
@@ -270,6 +273,7 @@ class RolloutController:
             with audit.exempt(session, reason="rollout progress (audited on create/finish)"):
                 for row in wave_rows:
                     self._maybe_send(session, rollout, row, now, outbox)
+                self._check_health(session, wave_rows)
                 session.flush()
             states = [r.state for r in wave_rows]
             verdict = wave_verdict(
@@ -288,7 +292,11 @@ class RolloutController:
                 )
                 rollout.finished_at = now
                 for row in rows:
-                    if row.state is DeviceRolloutState.installed:
+                    on_new = row.state is DeviceRolloutState.installed or (
+                        row.state is DeviceRolloutState.failed
+                        and row.error == OFFLINE_AFTER_INSTALL
+                    )
+                    if on_new:
                         command = proto.Command(
                             command_id=f"r{rollout_id}-back-{secrets.token_hex(6)}",
                             action="rollback",
@@ -331,6 +339,28 @@ class RolloutController:
         # Publish only after the commit: a command is never sent for state not recorded.
         for device_id, command in outbox:
             self.sender.send_command(device_id, command)
+
+    @staticmethod
+    def _check_health(session: Session, wave_rows: Sequence[RolloutDevice]) -> None:
+        """Health must hold: a device of the wave that installed the new model and then
+        went offline (its Last Will) counts as failed; it gets the rollback on abort,
+        delivered by the broker when it reconnects."""
+        installed = [r for r in wave_rows if r.state is DeviceRolloutState.installed]
+        if not installed:
+            return
+        offline = set(
+            session.exec(
+                select(Device.id).where(
+                    col(Device.id).in_([r.device_id for r in installed]),
+                    Device.reported_status == ReportedStatus.offline,
+                )
+            ).all()
+        )
+        for row in installed:
+            if row.device_id in offline:
+                row.state = DeviceRolloutState.failed
+                row.error = OFFLINE_AFTER_INSTALL
+                session.add(row)
 
     def _send_rollback(self, rollout_id: int, device_id: str) -> None:
         command = proto.Command(

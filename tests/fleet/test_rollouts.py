@@ -297,3 +297,29 @@ def test_dashboard_shows_rollout_progress_per_wave(
     assert f'data-rollout="{rollout_id}"' in page
     assert "5%: 0/0/1 of 1" in page and "100%: 0/0/15 of 15" in page
     assert 'href="/rollouts"' in page and "No drift detected." in page
+
+
+def test_a_device_that_goes_offline_after_installing_fails_the_wave(
+    client: TestClient, admin: Headers, bundle: bytes
+) -> None:
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    model_id = _setup(client, admin, devices=10, bundle=bundle)
+    body = {"model_version_id": model_id, "group": "wards", "waves": [10, 100]}
+    rollout_id = client.post("/api/v1/rollouts", json=body, headers=admin).json()["id"]
+    sender = RecordingSender()
+    controller = RolloutController(engine=engine, sender=sender)
+    bridge = FleetBridge(
+        engine=engine,
+        store=ArtifactStore(client.app.state.settings.artifact_dir),
+        settings=BridgeSettings(),
+    )  # type: ignore[attr-defined]
+    controller.step()
+    ((device_id, command),) = sender.sent
+    # It installs, then its Last Will says it is gone, before the controller looks again.
+    will = ("msg", proto.topic(device_id, "status"), proto.encode(proto.Status(online=False)))
+    bridge.ingest_batch([_ack(device_id, command, ok=True, version=model_id)])
+    bridge.ingest_batch([will])
+    controller.step()
+    view = client.get(f"/api/v1/rollouts/{rollout_id}", headers=admin).json()
+    assert view["status"] == "aborted" and view["progress"][0]["failed"] == 1
+    assert [c.action for _, c in sender.sent] == ["install", "rollback"]
