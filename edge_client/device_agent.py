@@ -166,8 +166,20 @@ class DeviceAgent:
         return self._connected
 
     def tick(self) -> None:
-        """Schedule the timers (heartbeat, telemetry, chunk timeouts)."""
-        self._enqueue("tick", None)
+        """Schedule the timers (heartbeat, telemetry, chunk timeouts) when one is due.
+
+        Called from a timer thread; it only reads a few fields, so an idle agent costs
+        nothing (a simulator ticks a thousand agents)."""
+        now = time.monotonic()
+        due = now >= self._next_heartbeat or now >= self._next_telemetry
+        if not due and self._download is not None:
+            try:
+                oldest = min(list(self._in_flight.values()), default=now)
+            except RuntimeError:  # changed by the worker while we looked: just tick
+                oldest = 0.0
+            due = now - oldest > self.config.chunk_timeout_s or not self._in_flight
+        if due and self._connected:
+            self._enqueue("tick", None)
 
     # --- paho callbacks: enqueue only -------------------------------------------
 
