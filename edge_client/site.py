@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -121,10 +122,18 @@ def check_ready(config: SiteConfig) -> None:
 
 
 def run_supernode(config: SiteConfig) -> int:
-    """Start the SuperNode in the foreground; return its exit code."""
+    """Start the SuperNode in the foreground; return its exit code. SIGTERM and Ctrl-C
+    are passed on to it, so stopping ``site join`` stops the SuperNode."""
     process = subprocess.Popen(supernode_command(config), env=supernode_env())
+
+    def _forward(signum: int, frame: object) -> None:
+        process.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, _forward)
     try:
         return process.wait()
     except KeyboardInterrupt:
         process.terminate()
         return process.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -40,15 +41,20 @@ _HANDED_OUT: set[int] = set()
 
 
 def free_port() -> int:
-    """A free loopback port not handed out before in this process (the OS may return a
-    just-closed port again, and two SuperNodes on one port fail to start)."""
+    """A free loopback port not handed out before in this process (bind(0) may return a
+    just-closed port again, and ephemeral ports get taken by outgoing connections)."""
     while True:
+        # below the ephemeral range (32768+), which outgoing connections draw from
+        port = 20000 + secrets.randbelow(12000)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, poll: float = 0.5) -> Any:
@@ -83,14 +89,49 @@ def start_group(command: list[str], *, log: Path, cwd: Path) -> subprocess.Popen
         )
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc): Flower's executors start their own
+    sessions, so a process-group kill alone would miss them."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    """Signal the child's process group and every descendant (by their PIDs), then reap."""
+    tree = descendants(process.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
     try:
         process.wait(timeout=15)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=15)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def site_splits(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -209,6 +250,7 @@ class SiloFederation:
         site.config.write_text(text)
 
     def start_coordinator(self) -> None:
+        wait_for(lambda: port_free(self.port), timeout=60, what=f"port {self.port} to be free")
         self.coordinator = start_group(
             [FEDFLEET, "coordinator", "up", "--config", str(self.coordinator_toml)],
             log=self.root / "coordinator.log",
@@ -228,6 +270,7 @@ class SiloFederation:
         return process is not None and process.poll() is not None
 
     def start_site(self, site: Site) -> None:
+        wait_for(lambda: port_free(site.port), timeout=60, what=f"port {site.port} to be free")
         site.process = start_group(
             [FEDFLEET, "site", "join", "--config", str(site.config)], log=site.log, cwd=site.dir
         )
