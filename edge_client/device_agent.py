@@ -34,6 +34,7 @@ import paho.mqtt.client as mqtt
 
 from edge_client import mqtt_protocol as proto
 from edge_client.device_config import DeviceConfig
+from edge_client.mqtt_loop import SharedLoop
 from edge_client.ota import Download, InstallError, LoadedModel, SlotStore, install
 from firmware_images.keys import load_public_key
 
@@ -61,8 +62,17 @@ class _Stats:
 class DeviceAgent:
     """One device. ``start()`` connects and runs in background threads; ``stop()`` ends it."""
 
-    def __init__(self, config: DeviceConfig, *, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        config: DeviceConfig,
+        *,
+        executor: Executor | None = None,
+        network: SharedLoop | None = None,
+    ) -> None:
+        """``executor`` and ``network`` are shared by a simulator's agents; a real device
+        leaves them out (own worker thread, paho's own network thread)."""
         self.config = config
+        self._network = network
         self.store = SlotStore(
             config.slots_dir,
             public_key=load_public_key(config.public_key),
@@ -125,10 +135,14 @@ class DeviceAgent:
         self.model = self.store.start()
         if self.model is not None:
             log.info("%s runs model %s", self.config.device_id, self.model.meta.version)
-        self.client.connect_async(
-            self.config.broker.host, self.config.broker.port, self.config.broker.keepalive_s
-        )
-        self.client.loop_start()
+        broker = self.config.broker
+        if self._network is not None:
+            self._network.add(
+                self.client, host=broker.host, port=broker.port, keepalive=broker.keepalive_s
+            )
+        else:
+            self.client.connect_async(broker.host, broker.port, broker.keepalive_s)
+            self.client.loop_start()
         if ticker:
             self._ticker = threading.Thread(target=self._tick_loop, daemon=True)
             self._ticker.start()
@@ -147,8 +161,11 @@ class DeviceAgent:
             )
             with contextlib.suppress(RuntimeError):
                 info.wait_for_publish(timeout=2.0)
+        if self._network is not None:
+            self._network.remove(self.client)
         self.client.disconnect()
-        self.client.loop_stop()
+        if self._network is None:
+            self.client.loop_stop()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 
 from edge_client.device_agent import DeviceAgent
 from edge_client.device_config import BrokerSettings, DeviceConfig
+from edge_client.mqtt_loop import SharedLoop
 from fleet.artifacts import ArtifactStore
 from fleet.audit import Actor
 from fleet.db import session_scope
@@ -115,6 +116,9 @@ class SimulatedFleet:
         chunk_timeout_s: float = 5.0,
     ) -> None:
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="sim-agent")
+        # One network thread for all agents (paho's per-client threads use select(),
+        # which cannot watch more than ~330 clients' sockets in one process).
+        self.network = SharedLoop()
         self.agents: list[DeviceAgent] = []
         for device in devices:
             config = DeviceConfig(
@@ -135,13 +139,14 @@ class SimulatedFleet:
                 chunk_timeout_s=chunk_timeout_s,
                 durable=False,  # hundreds of simulated devices share one disk
             )
-            self.agents.append(DeviceAgent(config, executor=self.executor))
+            self.agents.append(DeviceAgent(config, executor=self.executor, network=self.network))
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, daemon=True, name="sim-ticker")
 
     def start(self, *, batch: int = 50, connect_timeout_s: float = 120.0) -> SimulatedFleet:
         """Start the agents ``batch`` at a time, each batch connected before the next (a
         thousand simultaneous TLS/PBKDF2 logins would time out on a small machine)."""
+        self.network.start()
         self._ticker.start()
         for first in range(0, len(self.agents), batch):
             group = self.agents[first : first + batch]
@@ -163,6 +168,7 @@ class SimulatedFleet:
             agent._stopping = True
         for agent in self.agents:
             agent.stop()
+        self.network.stop()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     def versions(self) -> dict[str, str | None]:
