@@ -11,7 +11,8 @@ with ``--simulation`` runs each submitted app on its Ray-based simulation engine
    app), with the virtualenv's ``bin/`` first on ``PATH`` because the SuperLink starts
    ``flower-superexec`` by name,
 3. writes a minimal Flower App folder whose ``pyproject.toml`` names fedfleet's
-   ServerApp and ClientApp and carries the run config, and runs ``flwr run --stream``
+   ServerApp and the simulation's ClientApp (``simulation.apps:app``, the one the
+   in-process engine runs) and carries the run config, and runs ``flwr run --stream``
    on it with ``--federation-config num-supernodes=N``,
 4. follows the run through the ``metrics.json`` the ServerApp writes into ``out-dir``
    (the only channel out of Flower's processes), reporting each round as it lands,
@@ -44,7 +45,10 @@ from coordinator.results import RoundRecord
 from simulation.settings import SimulateSettings
 
 CONNECTION = "fedfleet-sim"
-SUPERLINK_START_TIMEOUT_S = 60.0
+# Temporary FLWR_HOME folders go in the system temp folder under this prefix. Keep that
+# folder's path short: Ray puts its session and AF_UNIX sockets (at most 107 bytes) there.
+HOME_PREFIX = "fedfleet-flwr-"
+SUPERLINK_START_TIMEOUT_S = 90.0
 _ROUND_FIELDS = ("round", "accuracy", "loss", "duration_s", "clients", "selected", "failures")
 
 
@@ -97,11 +101,24 @@ class SuperLink:
         return f"127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, *, flwr_home: Path, port: int | None = None) -> SuperLink:
-        """Start it and wait until its ``/health`` answers; raise with its log if not."""
+    def start(cls, *, flwr_home: Path, port: int | None = None, attempts: int = 3) -> SuperLink:
+        """Start it and wait until its ``/health`` answers; raise with its log if not.
+
+        A SuperLink that exits at once (a "free" port taken before it could bind) is
+        retried on another port, up to ``attempts`` times.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                return cls._start_once(flwr_home=flwr_home, port=port or free_port())
+            except FlowerEngineError:
+                if port is not None or attempt == attempts:
+                    raise
+        raise FlowerEngineError("attempts must be >= 1")
+
+    @classmethod
+    def _start_once(cls, *, flwr_home: Path, port: int) -> SuperLink:
         import httpx
 
-        port = port or free_port()
         log_path = flwr_home / "superlink.log"
         flwr_home.mkdir(parents=True, exist_ok=True)
         command = [
@@ -116,7 +133,7 @@ class SuperLink:
             str(port),
             "--disable-runtime-dependency-installation",
         ]
-        with log_path.open("wb") as log:
+        with log_path.open("ab") as log:
             process = subprocess.Popen(
                 command,
                 env=flower_env(flwr_home),
@@ -138,7 +155,10 @@ class SuperLink:
                     return link
             time.sleep(0.2)
         link.stop()
-        raise FlowerEngineError(f"flower-superlink did not answer within 60 s: {link.log_tail()}")
+        raise FlowerEngineError(
+            f"flower-superlink did not answer within {SUPERLINK_START_TIMEOUT_S:.0f} s: "
+            f"{link.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 8) -> str:
         try:
@@ -243,7 +263,7 @@ def read_rounds(metrics_path: Path) -> list[dict[str, Any]]:
 @contextlib.contextmanager
 def flower_home() -> Iterator[Path]:
     """A private, temporary ``FLWR_HOME`` (removed afterwards)."""
-    path = Path(tempfile.mkdtemp(prefix="fedfleet-flwr-"))
+    path = Path(tempfile.mkdtemp(prefix=HOME_PREFIX))
     try:
         yield path
     finally:

@@ -1,0 +1,60 @@
+"""10,000 simulated clients on one machine: peak memory measured, not guessed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FEDFLEET = [sys.executable, "-c", "from fedfleet.cli import main; main()"]
+# A wrapper process whose only child is the simulation: its RUSAGE_CHILDREN maximum
+# resident set size is the simulation's peak, whatever ran before in this test session.
+MEASURE = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[1:]).returncode\n"
+    "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, flush=True)\n"
+    "sys.exit(code)\n"
+)
+LIMIT_BYTES = 1.5 * 1024**3
+
+
+@pytest.mark.slow
+def test_ten_thousand_clients_stay_under_one_and_a_half_gib(tmp_path: Path) -> None:
+    # Execute: digits-cnn, 10,000 registered clients, 100 a round.
+    out = tmp_path / "run"
+    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", COLUMNS="200")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            MEASURE,
+            *FEDFLEET,
+            "simulate",
+            "--clients",
+            "10000",
+            "--clients-per-round",
+            "100",
+            "--rounds",
+            "2",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    # Assert: it ran, it stayed small, and only the clients that trained were built.
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak_kb = int(re.search(r"MAXRSS_KB (\d+)", proc.stdout).group(1))  # type: ignore[union-attr]
+    assert peak_kb * 1024 < LIMIT_BYTES, f"peak RSS {peak_kb / 1024:.0f} MiB"
+    rows = json.loads((out / "metrics.json").read_text())["rounds"]
+    assert [r["selected"] for r in rows] == [100, 100]
+    materialised = int(re.search(r"(\d+) clients materialised", proc.stderr).group(1))  # type: ignore[union-attr]
+    assert 100 <= materialised <= 200
+    assert "200 local trainings in 2 batched steps" in proc.stderr
