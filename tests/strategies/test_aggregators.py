@@ -221,7 +221,7 @@ outlier_values = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width
 FACTORY_FIXTURE = [HealthCheck.function_scoped_fixture]  # make_reply is a pure factory
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=FACTORY_FIXTURE)
+@settings(max_examples=15, deadline=None, suppress_health_check=FACTORY_FIXTURE)
 @given(
     name=st.sampled_from(
         ["fedavg", "fedprox", "fedmedian", "trimmed-mean", "krum", "multikrum", "bulyan"]
