@@ -16,6 +16,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,19 +123,73 @@ def check_ready(config: SiteConfig) -> None:
         load_site_data(config.data, num_features=num_features, num_classes=spec.num_classes)
 
 
-def run_supernode(config: SiteConfig) -> int:
-    """Start the SuperNode in the foreground; return its exit code. SIGTERM and Ctrl-C
-    are passed on to it, so stopping ``site join`` stops the SuperNode."""
-    process = subprocess.Popen(supernode_command(config), env=supernode_env())
+ACTIVATION_REFUSED = "Failed to activate SuperNode"  # Flower 1.42 SuperNode, code 2004
+
+
+def _run_once(config: SiteConfig) -> tuple[int, bool]:
+    """Run the SuperNode until it exits, echoing its output; return (exit code, whether
+    the SuperLink refused to activate it). SIGTERM/Ctrl-C are passed on to it."""
+    process = subprocess.Popen(
+        supernode_command(config),
+        env=supernode_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
 
     def _forward(signum: int, frame: object) -> None:
         process.send_signal(signum)
 
     previous = signal.signal(signal.SIGTERM, _forward)
+    refused = threading.Event()
+
+    def _echo() -> None:  # a thread: the main thread must reap the SuperNode promptly,
+        # or its SuperExec (which exits when its parent's PID is gone) keeps the pipe open
+        for line in process.stdout or ():
+            if ACTIVATION_REFUSED in line:
+                refused.set()
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+    reader = threading.Thread(target=_echo, daemon=True)
+    reader.start()
     try:
-        return process.wait()
+        code = process.wait()
     except KeyboardInterrupt:
         process.terminate()
-        return process.wait()
+        code = process.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
+    reader.join(timeout=10)
+    return code, refused.is_set()
+
+
+def run_supernode(
+    config: SiteConfig, *, rejoin_timeout: float = 150.0, retry_s: float = 5.0
+) -> int:
+    """Serve rounds until stopped; return the SuperNode's exit code.
+
+    After a crash the coordinator still counts this site online for up to two heartbeat
+    intervals (60 s in Flower 1.42) and refuses a second activation meanwhile; so an
+    activation refusal is retried every ``retry_s`` seconds for up to ``rejoin_timeout``
+    seconds (a key that was never registered fails the same way, and then gives up).
+    """
+    deadline = time.monotonic() + rejoin_timeout
+    while True:
+        code, refused = _run_once(config)
+        if not refused or time.monotonic() + retry_s > deadline:
+            if refused:
+                print(
+                    f"site {config.name}: the coordinator refused this site's key; is it "
+                    "registered (`fedfleet coordinator add-site`)?",
+                    file=sys.stderr,
+                )
+            return code
+        print(
+            f"site {config.name}: not activated (an earlier session may still be open on "
+            f"the coordinator after a crash); retrying in {retry_s:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(retry_s)

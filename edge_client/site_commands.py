@@ -42,7 +42,13 @@ def site_init(
     )
 
 
-def site_join(config: ConfigOpt = Path("site.toml")) -> None:
+def site_join(
+    config: ConfigOpt = Path("site.toml"),
+    rejoin_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds to keep retrying when the coordinator refuses activation."),
+    ] = 150.0,
+) -> None:
     """Check the data against the schema, then serve rounds over TLS with node auth.
 
     Connects to the coordinator with the root certificate and the site's private key;
@@ -61,7 +67,7 @@ def site_join(config: ConfigOpt = Path("site.toml")) -> None:
         f"{site.private_key.name}); audit log in {site.state_dir}",
         err=True,
     )
-    raise typer.Exit(code=run_supernode(site))
+    raise typer.Exit(code=run_supernode(site, rejoin_timeout=rejoin_timeout))
 
 
 def site_audit(
