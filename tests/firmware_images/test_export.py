@@ -50,6 +50,8 @@ def test_fp32_onnx_matches_pytorch_on_the_test_inputs(digits):
     assert proto.ir_version == 8  # the lowest IR that opset 18 needs: older runtimes load it
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
     assert runner.run(data.x_test[:1]).shape == (1, task.num_classes)
+    again = export_onnx(model, sample=data.x_test[:2], opset=18, dynamic_batch=True)
+    assert again == onnx_bytes  # reproducible: the same weights give the same bytes
 
 
 def test_fp32_onnx_of_an_mlp_with_a_fixed_batch_matches_pytorch():
