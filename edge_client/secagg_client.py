@@ -31,6 +31,8 @@ from privacy.secagg.shamir import encode_share
 
 log = logging.getLogger(__name__)
 
+STATE_BLOB = "round-state"  # the ClientRound, serialized, inside SECAGG_STATE
+
 TrainHandler = Callable[[Message, Context], Message]
 PreMaskTransform = Callable[[MaskInput, Context], MaskInput]
 """Maps a client's update (and weight) before clipping/quantization/masking."""
@@ -107,7 +109,10 @@ def _load(context: Context, record: ConfigRecord) -> protocol.ClientRound:
     stored = context.state.config_records.get(k.SECAGG_STATE)
     if stored is None:
         raise protocol.ProtocolError("no secure-aggregation round in progress on this client")
-    state = protocol.ClientRound.from_dict(stored)
+    blob = stored.get(STATE_BLOB)
+    if not isinstance(blob, bytes):
+        raise protocol.ProtocolError("corrupt secure-aggregation state on this client")
+    state = protocol.ClientRound.from_bytes(blob)
     if state.server_round != int_value(record, k.SA_ROUND):
         raise protocol.ProtocolError(
             f"message for round {record[k.SA_ROUND]!r} but this client is in round "
@@ -117,7 +122,7 @@ def _load(context: Context, record: ConfigRecord) -> protocol.ClientRound:
 
 
 def _save(context: Context, state: protocol.ClientRound) -> None:
-    context.state.config_records[k.SECAGG_STATE] = ConfigRecord(state.to_dict())
+    context.state.config_records[k.SECAGG_STATE] = ConfigRecord({STATE_BLOB: state.to_bytes()})
 
 
 def _reply(message: Message, values: dict) -> Message:

@@ -36,9 +36,10 @@ def build_simulation_client_app() -> ClientApp:
     """fedfleet's ClientApp with the simulation mods, marked batchable."""
     from edge_client.app import build_client_app
     from simulation.attacks import attack_mod
+    from simulation.dropout import dropout_mod
     from simulation.speeds import speed_mod
 
-    return mark_batchable(build_client_app(mods=[attack_mod, speed_mod]))
+    return mark_batchable(build_client_app(mods=[dropout_mod, attack_mod, speed_mod]))
 
 
 # The ClientApp component the Flower engine's app folder names.

@@ -102,6 +102,39 @@ def simulate(
             "(needs --devices or --speeds). (default: none)",
         ),
     ] = None,
+    secagg: Annotated[
+        bool | None,
+        typer.Option(
+            "--secagg/--no-secagg",
+            help="Secure aggregation (SecAgg+): the server sees only the sum. [default: off]",
+        ),
+    ] = None,
+    secagg_degree: Annotated[
+        int | None,
+        typer.Option(help="Neighbours per client, even; 0 = 2*ceil(log2 n). [default: 0]"),
+    ] = None,
+    secagg_threshold: Annotated[
+        int | None,
+        typer.Option(help="Shares that rebuild a secret; 0 = majority of K+1. [default: 0]"),
+    ] = None,
+    secagg_clip: Annotated[
+        float | None,
+        typer.Option(help="Clip each update coordinate to [-R, R] before masking. [default: 1.0]"),
+    ] = None,
+    secagg_bits: Annotated[
+        int | None, typer.Option(help="Quantization bits per coordinate. [default: 16]")
+    ] = None,
+    dropout: Annotated[
+        float | None,
+        typer.Option(help="Probability that a client drops out in a round. [default: 0]"),
+    ] = None,
+    dropout_stage: Annotated[
+        str | None,
+        typer.Option(
+            help="When clients drop: after-key-share | after-masked-input. "
+            "[default: after-key-share]"
+        ),
+    ] = None,
     devices: Annotated[
         str | None,
         typer.Option(
@@ -199,6 +232,13 @@ def simulate(
         "selection": selection,
         "over_select": over_select,
         "deadline": deadline,
+        "secagg": secagg,
+        "secagg_degree": secagg_degree,
+        "secagg_threshold": secagg_threshold,
+        "secagg_clip": secagg_clip,
+        "secagg_bits": secagg_bits,
+        "dropout": dropout,
+        "dropout_stage": dropout_stage,
         "devices": devices,
         "app": str(app) if app is not None else None,
         "app_config": " ".join(app_config) if app_config else None,

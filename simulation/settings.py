@@ -39,6 +39,14 @@ class SimulateSettings:
     selection: str = "random"
     over_select: float = 0.0
     deadline: float = 0.0
+    # secure aggregation and dropouts (issue 3): see simulation/secagg_settings.py
+    secagg: bool = False
+    secagg_degree: int = 0
+    secagg_threshold: int = 0
+    secagg_clip: float = 1.0
+    secagg_bits: int = 16
+    dropout: float = 0.0
+    dropout_stage: str = "after-key-share"
     # simulated fleet and third-party apps (issue 8): see simulation/fleet_settings.py
     devices: str = ""
     app: str = ""
@@ -89,6 +97,9 @@ class SimulateSettings:
         from simulation.strategy_settings import validate_strategy_settings
 
         validate_strategy_settings(self)
+        from simulation.secagg_settings import validate_secagg_settings
+
+        validate_secagg_settings(self)
         from simulation.fleet_settings import validate_fleet_settings
 
         validate_fleet_settings(self)
@@ -119,9 +130,15 @@ class SimulateSettings:
         """Run-config keys of the feature switches (beyond the coordinator's core keys)."""
         from simulation.dp_settings import dp_run_config
         from simulation.fleet_settings import fleet_run_config
+        from simulation.secagg_settings import secagg_run_config
         from simulation.strategy_settings import strategy_run_config
 
-        return {**strategy_run_config(self), **fleet_run_config(self), **dp_run_config(self)}
+        return {
+            **strategy_run_config(self),
+            **secagg_run_config(self),
+            **fleet_run_config(self),
+            **dp_run_config(self),
+        }
 
 
 def load_toml(path: Path) -> dict[str, Any]:

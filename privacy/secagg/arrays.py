@@ -51,12 +51,20 @@ def flatten(record: ArrayRecord, *, keys: Sequence[str] | None = None) -> np.nda
 
 
 def update_between(trained: ArrayRecord, start: ArrayRecord) -> np.ndarray:
-    """trained − start, flat, in ``start``'s key order; shapes must match."""
+    """trained − start, flat float64, in ``start``'s key order; shapes must match."""
+    sizes = []
     for key in start:
         if key not in trained or trained[key].shape != start[key].shape:
             raise ValueError(f"trained model does not match the global model at {key!r}")
-    keys = list(start)
-    return flatten(trained, keys=keys) - flatten(start, keys=keys)
+        sizes.append(int(np.prod(start[key].shape)))
+    out = np.empty(sum(sizes), dtype=np.float64)
+    offset = 0
+    for key, size in zip(start, sizes, strict=True):
+        piece = out[offset : offset + size]
+        piece[:] = trained[key].numpy().ravel()
+        piece -= start[key].numpy().ravel()
+        offset += size
+    return out
 
 
 def apply_update(start: ArrayRecord, update: np.ndarray) -> ArrayRecord:

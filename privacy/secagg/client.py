@@ -19,6 +19,8 @@ state is what the ClientApp keeps in its ``Context`` between messages.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ from privacy.secagg.keys import (
     KEY_BYTES,
     PURPOSE_SHARE,
     ShareAuthenticationError,
-    agree,
+    agree_all,
     decrypt,
     derive_key,
     encrypt,
@@ -43,12 +45,12 @@ from privacy.secagg.keys import (
 from privacy.secagg.masking import (
     mask_input,
     pack_share_payload,
-    pair_mask_key,
+    pair_mask_keys,
     seed_commitment,
     self_mask_key,
     unpack_share_payload,
 )
-from privacy.secagg.shamir import decode_share, encode_share, split_secret
+from privacy.secagg.shamir import SHARE_BYTES, decode_share, encode_share, split_secret
 
 SEED = "seed"
 KEY = "key"
@@ -88,7 +90,10 @@ class ClientRound:
 
     # -- persistence (the ClientApp stores this in its Context between messages) -----
     def to_dict(self) -> dict[str, Any]:
-        """Flat values (ints, bytes, str, lists) that a Flower ConfigRecord can hold."""
+        """Flat values that a Flower ConfigRecord can hold; lists are packed into bytes
+        (ids as big-endian uint64, keys as 32-byte and shares as 66-byte blocks)."""
+        peers = list(self.peers_c)
+        held = list(self.held_seed)
         return {
             "node-id": self.node_id,
             "round": self.server_round,
@@ -100,23 +105,23 @@ class ClientRound:
                 self.params.modulus_bits,
             ],
             "clip": self.params.clip,
-            "participants": list(self.participants),
-            "neighbours": list(self.neighbours),
+            "participants": _pack_ids(self.participants),
+            "neighbours": _pack_ids(self.neighbours),
             "c-private": self.c_private,
             "c-public": self.c_public,
             "s-private": self.s_private,
             "s-public": self.s_public,
             "stage": self.stage,
             "self-seed": self.self_seed,
-            "peers": list(self.peers_c),
-            "peers-c": list(self.peers_c.values()),
-            "peers-s": [self.peers_s[p] for p in self.peers_c],
-            "own-shares": [encode_share(self.own_seed_share), encode_share(self.own_key_share)],
-            "held": list(self.held_seed),
-            "held-seed": [encode_share(v) for v in self.held_seed.values()],
-            "held-key": [encode_share(self.held_key[p]) for p in self.held_seed],
-            "revealed": list(self.revealed),
-            "revealed-kind": list(self.revealed.values()),
+            "peers": _pack_ids(peers),
+            "peers-c": b"".join(self.peers_c[p] for p in peers),
+            "peers-s": b"".join(self.peers_s[p] for p in peers),
+            "own-shares": encode_share(self.own_seed_share) + encode_share(self.own_key_share),
+            "held": _pack_ids(held),
+            "held-seed": b"".join(encode_share(self.held_seed[p]) for p in held),
+            "held-key": b"".join(encode_share(self.held_key[p]) for p in held),
+            "revealed": _pack_ids(list(self.revealed)),
+            "revealed-kind": "".join(kind[0] for kind in self.revealed.values()),
         }
 
     @classmethod
@@ -131,31 +136,59 @@ class ClientRound:
             max_weight=max_weight,
             modulus_bits=modulus_bits,
         )
-        own = [decode_share(v) for v in data["own-shares"]]
+        peers = _unpack_ids(data["peers"])
+        held = _unpack_ids(data["held"])
+        own = _blocks(data["own-shares"], SHARE_BYTES)
+        kinds = {"s": SEED, "k": KEY}
         return cls(
             node_id=int(data["node-id"]),
             server_round=int(data["round"]),
             params=params,
-            participants=tuple(int(v) for v in data["participants"]),
-            neighbours=tuple(int(v) for v in data["neighbours"]),
+            participants=tuple(_unpack_ids(data["participants"])),
+            neighbours=tuple(_unpack_ids(data["neighbours"])),
             c_private=bytes(data["c-private"]),
             c_public=bytes(data["c-public"]),
             s_private=bytes(data["s-private"]),
             s_public=bytes(data["s-public"]),
             stage=str(data["stage"]),
             self_seed=bytes(data["self-seed"]),
-            peers_c=dict(zip(data["peers"], data["peers-c"], strict=True)),
-            peers_s=dict(zip(data["peers"], data["peers-s"], strict=True)),
-            own_seed_share=own[0],
-            own_key_share=own[1],
+            peers_c=dict(zip(peers, _blocks(data["peers-c"], KEY_BYTES), strict=True)),
+            peers_s=dict(zip(peers, _blocks(data["peers-s"], KEY_BYTES), strict=True)),
+            own_seed_share=decode_share(own[0]),
+            own_key_share=decode_share(own[1]),
             held_seed={
-                int(p): decode_share(v)
-                for p, v in zip(data["held"], data["held-seed"], strict=True)
+                p: decode_share(v)
+                for p, v in zip(held, _blocks(data["held-seed"], SHARE_BYTES), strict=True)
             },
             held_key={
-                int(p): decode_share(v) for p, v in zip(data["held"], data["held-key"], strict=True)
+                p: decode_share(v)
+                for p, v in zip(held, _blocks(data["held-key"], SHARE_BYTES), strict=True)
             },
-            revealed=dict(zip(data["revealed"], data["revealed-kind"], strict=True)),
+            revealed={
+                owner: kinds[c]
+                for owner, c in zip(
+                    _unpack_ids(data["revealed"]), str(data["revealed-kind"]), strict=True
+                )
+            },
+        )
+
+    def to_bytes(self) -> bytes:
+        """The state as one JSON document (bytes base64-encoded): one record entry."""
+        doc = {
+            key: {"b64": base64.b64encode(v).decode()} if isinstance(v, bytes) else v
+            for key, v in self.to_dict().items()
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ClientRound:
+        """Inverse of :meth:`to_bytes`."""
+        doc = json.loads(data)
+        return cls.from_dict(
+            {
+                key: base64.b64decode(v["b64"]) if isinstance(v, dict) else v
+                for key, v in doc.items()
+            }
         )
 
     def forget_secrets(self) -> None:
@@ -233,10 +266,11 @@ def share_keys(
     state.self_seed = os.urandom(KEY_BYTES)
     seed_shares = split_secret(state.self_seed, xs=xs, threshold=state.params.threshold)
     key_shares = split_secret(state.s_private, xs=xs, threshold=state.params.threshold)
+    enc_keys = _share_keys(state, {p: peer_keys[p][0] for p in peers})
     ciphertexts: dict[int, bytes] = {}
     for peer, seed_share, key_share in zip(peers, seed_shares, key_shares, strict=False):
         c_pk, s_pk = peer_keys[peer]
-        key = _share_key(state, peer, c_pk)
+        key = enc_keys[peer]
         payload = pack_share_payload(
             sender=state.node_id, receiver=peer, seed_share=seed_share, key_share=key_share
         )
@@ -264,8 +298,9 @@ def open_shares(state: ClientRound, *, ciphertexts: Mapping[int, bytes]) -> None
             f"{state.params.threshold} - 1"
         )
     held_seed, held_key = {}, {}
+    dec_keys = _share_keys(state, {p: state.peers_c[p] for p in ciphertexts})
     for sender, blob in ciphertexts.items():
-        key = _share_key(state, sender, state.peers_c[sender])
+        key = dec_keys[sender]
         aad = share_aad(server_round=state.server_round, sender=sender, receiver=state.node_id)
         payload = decrypt(key, blob, aad=aad)
         try:
@@ -286,16 +321,12 @@ def masked_input(state: ClientRound, *, encoded: np.ndarray) -> np.ndarray:
     _expect(state, "opened")
     if encoded.dtype.itemsize * 8 != state.params.modulus_bits:
         raise ProtocolError("the encoded input does not match the round's modulus")
-    pair_keys = {
-        peer: pair_mask_key(
-            state.s_private,
-            state.peers_s[peer],
-            server_round=state.server_round,
-            me=state.node_id,
-            peer=peer,
-        )
-        for peer in sorted(state.held_seed)
-    }
+    pair_keys = pair_mask_keys(
+        state.s_private,
+        {peer: state.peers_s[peer] for peer in sorted(state.held_seed)},
+        server_round=state.server_round,
+        me=state.node_id,
+    )
     self_key = self_mask_key(
         state.self_seed, server_round=state.server_round, node_id=state.node_id
     )
@@ -352,16 +383,35 @@ def unmask(
     return seed_out, key_out
 
 
-def _share_key(state: ClientRound, peer: int, peer_c_public: bytes) -> bytes:
+def _share_keys(state: ClientRound, peer_publics: Mapping[int, bytes]) -> dict[int, bytes]:
+    """The AES-GCM key shared with each peer (from the ``c`` key pairs)."""
     try:
-        shared = agree(state.c_private, peer_c_public)
+        secrets_ = agree_all(state.c_private, peer_publics)
     except ValueError as exc:
-        raise ProtocolError(f"bad public key of {peer}: {exc}") from None
-    return derive_key(
-        shared,
-        purpose=PURPOSE_SHARE,
-        context=pair_context(server_round=state.server_round, a=state.node_id, b=peer),
-    )
+        raise ProtocolError(f"bad public key among neighbours: {exc}") from None
+    return {
+        peer: derive_key(
+            shared,
+            purpose=PURPOSE_SHARE,
+            context=pair_context(server_round=state.server_round, a=state.node_id, b=peer),
+        )
+        for peer, shared in secrets_.items()
+    }
+
+
+def _pack_ids(ids: Sequence[int]) -> bytes:
+    return np.asarray(list(ids), dtype=">u8").tobytes()
+
+
+def _unpack_ids(data: bytes) -> list[int]:
+    return [int(v) for v in np.frombuffer(bytes(data), dtype=">u8")]
+
+
+def _blocks(data: bytes, size: int) -> list[bytes]:
+    data = bytes(data)
+    if len(data) % size:
+        raise ValueError("corrupt secure-aggregation state")
+    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 def _expect(state: ClientRound, stage: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -59,6 +60,17 @@ def agree(private: bytes, peer_public: bytes) -> bytes:
         raise ValueError(f"an X25519 public key is {KEY_BYTES} bytes, got {len(peer_public)}")
     peer = X25519PublicKey.from_public_bytes(peer_public)
     return _load_private(private).exchange(peer)  # raises ValueError on an all-zero result
+
+
+def agree_all(private: bytes, peer_publics: Mapping[int, bytes]) -> dict[int, bytes]:
+    """X25519 secrets with many peers, loading the private key once."""
+    sk = _load_private(private)
+    out = {}
+    for peer, public in peer_publics.items():
+        if len(public) != KEY_BYTES:
+            raise ValueError(f"an X25519 public key is {KEY_BYTES} bytes, got {len(public)}")
+        out[peer] = sk.exchange(X25519PublicKey.from_public_bytes(public))
+    return out
 
 
 def pair_context(*, server_round: int, a: int, b: int) -> bytes:

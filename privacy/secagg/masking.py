@@ -22,6 +22,7 @@ from privacy.secagg.keys import (
     PURPOSE_PAIR_MASK,
     PURPOSE_SELF_MASK,
     agree,
+    agree_all,
     derive_key,
     pair_context,
 )
@@ -42,7 +43,24 @@ def pair_mask_key(
     private: bytes, peer_public: bytes, *, server_round: int, me: int, peer: int
 ) -> bytes:
     """The stream key of the pair (me, peer): HKDF of their X25519 secret."""
-    shared = agree(private, peer_public)
+    return pair_mask_key_from_secret(
+        agree(private, peer_public), server_round=server_round, me=me, peer=peer
+    )
+
+
+def pair_mask_keys(
+    private: bytes, peer_publics: Mapping[int, bytes], *, server_round: int, me: int
+) -> dict[int, bytes]:
+    """:func:`pair_mask_key` for many peers of ``me`` at once (one key load)."""
+    shared = agree_all(private, peer_publics)
+    return {
+        peer: pair_mask_key_from_secret(value, server_round=server_round, me=me, peer=peer)
+        for peer, value in shared.items()
+    }
+
+
+def pair_mask_key_from_secret(shared: bytes, *, server_round: int, me: int, peer: int) -> bytes:
+    """HKDF of an X25519 secret into the pair's stream key."""
     return derive_key(
         shared,
         purpose=PURPOSE_PAIR_MASK,

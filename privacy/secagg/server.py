@@ -20,7 +20,7 @@ import numpy as np
 from privacy.secagg.config import SecAggConfig, SecAggParams
 from privacy.secagg.graph import Graph, neighbour_graph
 from privacy.secagg.keys import KEY_BYTES, public_key_of
-from privacy.secagg.masking import pair_mask_key, seed_commitment, self_mask_key, unmask_sum
+from privacy.secagg.masking import pair_mask_keys, seed_commitment, self_mask_key, unmask_sum
 from privacy.secagg.quantize import input_length, ring_dtype
 from privacy.secagg.shamir import reconstruct_secret
 
@@ -151,16 +151,9 @@ def recover_sum(
         private = _rebuild(owner, key_shares.get(owner, {}), threshold, "mask key")
         if public_key_of(private) != state.public_s[owner]:
             raise UnmaskError(f"the rebuilt mask key of {owner} does not match its public key")
-        for peer in state.graph[owner]:
-            if peer in survivors_set:
-                key = pair_mask_key(
-                    private,
-                    state.public_s[peer],
-                    server_round=state.server_round,
-                    me=owner,
-                    peer=peer,
-                )
-                pairs.append((peer, owner, key))
+        peers = {p: state.public_s[p] for p in state.graph[owner] if p in survivors_set}
+        keys = pair_mask_keys(private, peers, server_round=state.server_round, me=owner)
+        pairs += [(peer, owner, key) for peer, key in keys.items()]
     return unmask_sum(masked_sum, self_keys=self_keys, dropped_pairs=pairs)
 
 
