@@ -110,17 +110,21 @@ def run_federation(
             record.duration_s,
         )
         if out_dir is not None:
-            write_results(out_dir, config=config.as_run_config(), rounds=records, state_dict=None)
+            write_results(out_dir, config=recorded_config, rounds=records, state_dict=None)
         if on_round is not None:
             on_round(record)
 
+    # metrics.json records every switch of the run (secagg, dp, attack...), not only core keys.
+    recorded_config = {**dict(context.run_config), **config.as_run_config()}
     loop = build_loop(config, on_round=record_round, run_config=context.run_config)
+    if loop.checkpoints is not None and (previous := loop.checkpoints.load()) is not None:
+        records.extend(previous.rounds)  # a resumed run's files keep the earlier rounds
     wait_for_nodes(grid, minimum=config.clients_per_round, timeout=config.round_timeout)
     result = loop.run(grid, initial_arrays(config))
     if out_dir is not None:
         write_results(
             out_dir,
-            config=config.as_run_config(),
+            config=recorded_config,
             rounds=result.rounds,
             state_dict=result.arrays.to_torch_state_dict(),
         )
