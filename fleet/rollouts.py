@@ -235,6 +235,7 @@ class RolloutController:
     engine: Engine
     sender: CommandSender
     max_attempts: int = MAX_ATTEMPTS
+    offline_grace_s: float = 60.0
 
     def step(self, *, now: datetime | None = None) -> None:
         """One pass over the running rollouts."""
@@ -271,9 +272,15 @@ class RolloutController:
             ).all()
             wave_rows = [r for r in rows if r.wave == rollout.current_wave]
             with audit.exempt(session, reason="rollout progress (audited on create/finish)"):
+                reference = session.get(DriftReference, rollout.model_version_id)
+                bins = (
+                    tuple(tuple(float(v) for v in e) for e in reference.edges) if reference else ()
+                )
                 for row in wave_rows:
-                    self._maybe_send(session, rollout, row, now, outbox)
-                self._check_health(session, wave_rows)
+                    self._maybe_send(session, rollout, row, now, outbox, bins)
+                self._check_health(
+                    session, [r for r in rows if r.wave <= rollout.current_wave], now
+                )
                 session.flush()
             states = [r.state for r in wave_rows]
             verdict = wave_verdict(
@@ -282,12 +289,20 @@ class RolloutController:
                 failed=states.count(DeviceRolloutState.failed),
                 max_failure_rate=rollout.max_failure_rate,
             )
-            before = public_view(session, rollout)
-            if verdict == "abort":
-                failed = states.count(DeviceRolloutState.failed)
+            bad_wave, failed, size = rollout.current_wave, 0, len(wave_rows)
+            for wave in range(rollout.current_wave + 1):  # earlier waves' health must hold too
+                members = [r for r in rows if r.wave == wave]
+                lost = sum(r.state is DeviceRolloutState.failed for r in members)
+                if members and lost / len(members) > rollout.max_failure_rate:
+                    verdict, bad_wave, failed, size = "abort", wave, lost, len(members)
+                    break
+            if verdict == "wait":
+                pass  # nothing to record: the common case, kept cheap
+            elif verdict == "abort":
+                before = public_view(session, rollout)
                 rollout.status = RolloutStatus.aborted
                 rollout.reason = (
-                    f"wave {rollout.current_wave + 1}: {failed} of {len(wave_rows)} devices "
+                    f"wave {bad_wave + 1}: {failed} of {size} devices "
                     f"failed (over {rollout.max_failure_rate:.0%})"
                 )
                 rollout.finished_at = now
@@ -316,7 +331,8 @@ class RolloutController:
                     before=before,
                     after=public_view(session, rollout),
                 )
-            elif verdict == "advance":
+            else:
+                before = public_view(session, rollout)
                 last = max(r.wave for r in rows)
                 if rollout.current_wave >= last:
                     rollout.status = RolloutStatus.succeeded
@@ -340,19 +356,23 @@ class RolloutController:
         for device_id, command in outbox:
             self.sender.send_command(device_id, command)
 
-    @staticmethod
-    def _check_health(session: Session, wave_rows: Sequence[RolloutDevice]) -> None:
+    def _check_health(
+        self, session: Session, wave_rows: Sequence[RolloutDevice], now: datetime
+    ) -> None:
         """Health must hold: a device of the wave that installed the new model and then
-        went offline (its Last Will) counts as failed; it gets the rollback on abort,
-        delivered by the broker when it reconnects."""
+        stayed offline (its Last Will, nothing heard for ``offline_grace_s``) counts as
+        failed; it gets the rollback on abort, delivered by the broker when it returns.
+        The grace keeps a reconnect (a dropped link, a busy host) from failing a wave."""
         installed = [r for r in wave_rows if r.state is DeviceRolloutState.installed]
         if not installed:
             return
+        silent_since = now - timedelta(seconds=self.offline_grace_s)
         offline = set(
             session.exec(
                 select(Device.id).where(
                     col(Device.id).in_([r.device_id for r in installed]),
                     Device.reported_status == ReportedStatus.offline,
+                    col(Device.last_seen_at) < silent_since,
                 )
             ).all()
         )
@@ -385,6 +405,7 @@ class RolloutController:
         row: RolloutDevice,
         now: datetime,
         outbox: list[tuple[str, proto.Command]],
+        bins: tuple[tuple[float, ...], ...],
     ) -> None:
         if row.state is DeviceRolloutState.sent and row.sent_at is not None:
             if now - row.sent_at < timedelta(seconds=rollout.ack_timeout_s):
@@ -402,8 +423,6 @@ class RolloutController:
             row.error = "artifact disappeared"
             session.add(row)
             return
-        reference = session.get(DriftReference, rollout.model_version_id)
-        bins = tuple(tuple(float(v) for v in e) for e in reference.edges) if reference else ()
         command = proto.Command(
             command_id=row.command_id or f"r{rollout.id}-{secrets.token_hex(6)}",
             action="install",
