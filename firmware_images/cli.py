@@ -34,6 +34,11 @@ keys_app = typer.Typer(
 )
 
 
+@keys_app.callback()
+def _keys_group() -> None:
+    """Ed25519 signing keys for bundles."""  # keeps `keys` a group with one command
+
+
 def _fail(message: str, *, code: int = 1) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
