@@ -214,7 +214,7 @@ class DPAccountant:
     rate ``m / N``. With fewer replies ``n`` than ``m``, central DP's noise (scaled for
     ``m``) protects the mean of ``n`` less: the round counts with ``z n / m``.
     Distributed DP drops a round whose sum holds fewer than ``n_min`` clients (its noise
-    would fall short). Local DP reports the largest ε any site has spent.
+    would fall short). Local DP reports the largest ε any site has reported.
     """
 
     dp: DPConfig
@@ -223,6 +223,7 @@ class DPAccountant:
     min_clients: int = 1
     history: list[Mechanism] = field(default_factory=list)
     local_max: float = 0.0
+    local_seen: bool = False
     sigma: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
@@ -237,12 +238,16 @@ class DPAccountant:
             stats["dp_refused"] = float(self.refusals.refused.pop(server_round, 0))
         contributors = sum(represented_clients(m) for m in replies)
         if self.dp.mode == "local":
+            # Sites report their ε in the reply's metrics; under secure aggregation the
+            # coordinator sees no per-site metrics, and reports none rather than 0.
             for reply in replies:
                 for record in reply.content.metric_records.values():
                     value = record.get(k.DP_EPSILON)
                     if isinstance(value, int | float) and not isinstance(value, bool):
                         self.local_max = max(self.local_max, float(value))
-            stats["epsilon"] = self.local_max
+                        self.local_seen = True
+            if self.local_seen:
+                stats["epsilon"] = self.local_max
             return replies, stats
         rate = client_sampling_rate(
             clients_per_round=self.config.clients_per_round, num_clients=self.config.num_clients

@@ -10,7 +10,10 @@
    (and a ``refused`` ledger row) — never a crash, never a training;
 3. train with Opacus 1.6's ``PrivacyEngine`` (DP-SGD: per-sample clipping to
    ``max_grad_norm``, Gaussian noise, Poisson sampling — Abadi et al., "Deep Learning
-   with Differential Privacy", CCS 2016);
+   with Differential Privacy", CCS 2016); by default with ghost clipping (per-sample
+   gradient norms without per-sample gradients; Li et al., "Large Language Models Can
+   Be Strong Differentially Private Learners", ICLR 2022), the cheapest mode here
+   (``bench/dp.py``);
 4. mark the reservation completed (or aborted when training failed, so nothing left).
 
 Randomness: the Poisson sampler and the noise use generators seeded from
@@ -89,7 +92,7 @@ def train_dp_local(
     learning_rate: float,
     noise_multiplier: float,
     max_grad_norm: float,
-    grad_sample_mode: GradSampleMode = "hooks",
+    grad_sample_mode: GradSampleMode = "ghost",
     proximal_mu: float = 0.0,
 ) -> DPTrainResult:
     """Train ``model`` in place with DP-SGD (Opacus ``PrivacyEngine``, Poisson sampling).

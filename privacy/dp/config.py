@@ -56,7 +56,8 @@ class DPConfig:
     clipping: Clipping = "fixed"
     accountant: Accountant = "rdp"
     min_clients: int | None = None
-    grad_sample_mode: GradSampleMode = "hooks"
+    # Ghost clipping: the cheapest Opacus mode on fedfleet's tasks (bench/dp.py).
+    grad_sample_mode: GradSampleMode = "ghost"
     target_quantile: float = 0.5
     clip_learning_rate: float = 0.2
 
