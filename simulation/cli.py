@@ -158,23 +158,23 @@ def simulate(
         typer.Option(
             help="Differential privacy: none | local (DP-SGD at each client, per-site budget) "
             "| central (DP-FedAvg, trusted server) | distributed (noise shares under --secagg). "
-            "[default: none]"
+            "(default: none)"
         ),
     ] = None,
     epsilon: Annotated[
         float | None,
         typer.Option(
             help="Target ε (per site for local, per client otherwise); noise is calibrated "
-            "to it. With --noise-multiplier (local): each site's budget. [default: none]"
+            "to it. With --noise-multiplier (local): each site's budget. (default: none)"
         ),
     ] = None,
     delta: Annotated[
-        float | None, typer.Option(help="δ of the DP guarantee; must be < 1/N. [default: 1e-5]")
+        float | None, typer.Option(help="δ of the DP guarantee; must be < 1/N. (default: 1e-5)")
     ] = None,
     clip: Annotated[
         float | None,
         typer.Option(
-            help="Clipping norm: per-sample gradient (local) or per-client update. [default: 1.0]"
+            help="Clipping norm: per-sample gradient (local) or per-client update. (default: 1.0)"
         ),
     ] = None,
     noise_multiplier: Annotated[
@@ -183,16 +183,16 @@ def simulate(
     ] = None,
     dp_clipping: Annotated[
         str | None,
-        typer.Option(help="fixed | adaptive update clipping (central only). [default: fixed]"),
+        typer.Option(help="fixed | adaptive update clipping (central only). (default: fixed)"),
     ] = None,
     dp_accountant: Annotated[
-        str | None, typer.Option(help="Privacy accountant: rdp | prv. [default: rdp]")
+        str | None, typer.Option(help="Privacy accountant: rdp | prv. (default: rdp)")
     ] = None,
     dp_min_clients: Annotated[
         int | None,
         typer.Option(
             help="distributed: clients assumed to survive a round (their noise shares add up "
-            "to the target). [default: clients per round]"
+            "to the target). (default: clients per round)"
         ),
     ] = None,
     sweep_epsilon: Annotated[
