@@ -6,9 +6,6 @@ live in ``firmware_images_testkit.py``, made importable by the line below.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,33 +13,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from firmware_images_testkit import require_tflite, run_fedfleet
+
 TRAIN_EPOCHS = 5
-
-
-def fedfleet_exe() -> str:
-    """The installed ``fedfleet`` console script of this virtualenv."""
-    exe = shutil.which("fedfleet", path=str(Path(sys.executable).parent))
-    if exe is None:
-        pytest.fail("the fedfleet console script is not installed (pip install -e .)")
-    return exe
-
-
-def run_fedfleet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run the real ``fedfleet`` command and capture its output."""
-    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [fedfleet_exe(), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
-    )
-
-
-def require_tflite() -> None:
-    """Skip without litert-torch, unless FEDFLEET_REQUIRE_TFLITE=1 (CI) makes it a failure."""
-    try:
-        import litert_torch  # noqa: F401
-    except ImportError:
-        if os.environ.get("FEDFLEET_REQUIRE_TFLITE") == "1":
-            pytest.fail("FEDFLEET_REQUIRE_TFLITE=1 but litert-torch is not installed")
-        pytest.skip("litert-torch (the 'tflite' extra) is not installed")
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
+import shutil
+import subprocess
+import sys
 import warnings
 import zipfile
+from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware_images.bundle import sha256_hex
@@ -104,3 +110,29 @@ def members(bundle: bytes) -> list[tuple[str, bytes]]:
     """The (name, bytes) members of a ZIP, in order."""
     with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
         return [(info.filename, archive.read(info.filename)) for info in archive.infolist()]
+
+
+def fedfleet_exe() -> str:
+    """The installed ``fedfleet`` console script of this virtualenv."""
+    exe = shutil.which("fedfleet", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.fail("the fedfleet console script is not installed (pip install -e .)")
+    return exe
+
+
+def run_fedfleet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the real ``fedfleet`` command and capture its output."""
+    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [fedfleet_exe(), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def require_tflite() -> None:
+    """Skip without litert-torch, unless FEDFLEET_REQUIRE_TFLITE=1 (CI) makes it a failure."""
+    try:
+        import litert_torch  # noqa: F401
+    except ImportError:
+        if os.environ.get("FEDFLEET_REQUIRE_TFLITE") == "1":
+            pytest.fail("FEDFLEET_REQUIRE_TFLITE=1 but litert-torch is not installed")
+        pytest.skip("litert-torch (the 'tflite' extra) is not installed")

@@ -7,7 +7,7 @@ import re
 import stat
 
 import pytest
-from conftest import run_fedfleet
+from firmware_images_testkit import run_fedfleet
 from typer.testing import CliRunner
 
 from firmware_images import build as build_module

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import require_tflite
+from firmware_images_testkit import require_tflite
 
 from firmware_images.bundle import read_bundle, verify_bundle
 from firmware_images.export import (
