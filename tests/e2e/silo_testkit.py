@@ -126,7 +126,10 @@ def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> N
 
 
 def port_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` now (SO_REUSEADDR like uvicorn, so
+    connections in TIME_WAIT after a kill do not count as taken)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

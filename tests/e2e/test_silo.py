@@ -25,9 +25,12 @@ from silo_testkit import TASK, SiloFederation, free_port, kill_group, wait_for
 from coordinator.app import central_evaluate_fn, initial_arrays
 from coordinator.certs import create_dev_ca
 from coordinator.config import RunConfig
+from coordinator.run_state import RunState
 from edge_client.audit import AuditLog
 from edge_client.site import init_site
 from edge_client.site_cli import app as site_app
+from edge_client.site_config import SiteConfig
+from privacy.ledger import PrivacyLedger
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -41,8 +44,9 @@ BASE_RUN = {
     "seed": 7,
 }
 
-# Secure aggregation and DP of the main run (see the report: set while they are usable).
-PRIVACY: dict[str, object] = {}
+# The main run trains with DP-SGD at every site (privacy ledger, Opacus) and secure
+# aggregation; each site's budget is its site.toml policy (ε=8 per task).
+PRIVACY: dict[str, object] = {"secagg": True, "dp": "local", "dp-epsilon": 4.0}
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +135,12 @@ def test_three_rounds_with_tls_and_auth_improve_accuracy(fed: SiloFederation) ->
         assert all(len(e["sha256"]) == 64 and e["size"] > 0 for e in entries)
         assert AuditLog(site.audit.parent).verify().ok
     assert "round 3/3 finished" in fed.status(state.run_id)
+    if PRIVACY.get("dp") == "local":  # every site's own ledger shows ε spent, within budget
+        for site in fed.sites:
+            config = SiteConfig.load(site.config)
+            ledger = PrivacyLedger.in_state_dir(config.state_dir, site=config.name)
+            spent = ledger.spent(task=TASK, delta=config.policy.delta)
+            assert 0 < spent <= config.policy.epsilon, (site.name, spent)
 
 
 def test_tampered_audit_line_is_detected(fed: SiloFederation) -> None:
@@ -219,7 +229,7 @@ def test_coordinator_killed_then_resumed_equals_uninterrupted_run(fed: SiloFeder
     fed.wait_finished(state, timeout=600)
     # Assert: rounds 1..2 once each, and the final model equals the uninterrupted run's
     assert [r["round"] for r in state.rounds()] == [1, 2]
-    assert len(state.flower_runs) == 2
+    assert len(RunState.load(fed.settings.state_dir, state.run_id).flower_runs) == 2
     ref_model = torch.load(reference.run_dir / "model.pt", weights_only=True)
     model = torch.load(state.run_dir / "model.pt", weights_only=True)
     assert ref_model.keys() == model.keys()
