@@ -94,6 +94,12 @@ def validation_errors(exc: RequestValidationError) -> list[FieldError]:
 async def http_exception_handler(_request: Request, exc: StarletteHTTPException) -> Response:
     """HTTPException → ``{"detail": ...}`` with the exception's status and headers."""
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 400 and detail == "There was an error parsing the body":
+        # FastAPI's words for a body that is not UTF-8 JSON or a readable form.
+        detail = (
+            "the request body could not be read: send UTF-8 JSON with "
+            "'Content-Type: application/json' (or a multipart form for uploads)"
+        )
     headers = dict(exc.headers) if exc.headers else None
     return error_response(exc.status_code, detail, headers=headers)
 

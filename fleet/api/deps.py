@@ -61,6 +61,7 @@ def _error(description: str) -> dict[str, Any]:
 
 
 COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("The request body could not be read (not UTF-8 JSON or a readable form)."),
     401: _error("Missing, unknown, revoked or expired bearer token."),
     403: _error("The token's role is too low for this operation."),
     422: _error("The request is malformed or names something that does not exist."),

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, UploadFile
 from fastapi.responses import FileResponse
+from pydantic import WithJsonSchema
 
 from fleet.api.deps import (
     COMMON_RESPONSES,
@@ -166,14 +167,22 @@ def upload_artifact(
     store: StoreDep,
     request: Request,
     principal: Operator,
-    file: Annotated[UploadFile, File(description="The artifact's bytes.")],
+    file: Annotated[
+        UploadFile,
+        File(description="The artifact's bytes (not empty).", json_schema_extra={"minLength": 1}),
+    ],
     format: Annotated[ArtifactFormat, Form(description="File format.")],
     target: Annotated[Slug, Form(description="Hardware target, or 'any'.")],
+    # Optional form fields: documented as plain strings (a form cannot carry null).
     signature: Annotated[
-        SignatureB64 | None, Form(description="Base64 Ed25519 signature of the SHA-256.")
+        SignatureB64 | None,
+        Form(description="Base64 Ed25519 signature of the SHA-256."),
+        WithJsonSchema({"type": "string", "pattern": "^[A-Za-z0-9+/]{86}==$"}),
     ] = None,
     sha256: Annotated[
-        Sha256Hex | None, Form(description="Expected SHA-256; the upload is refused if different.")
+        Sha256Hex | None,
+        Form(description="Expected SHA-256; the upload is refused if different."),
+        WithJsonSchema({"type": "string", "pattern": "^[0-9a-f]{64}$"}),
     ] = None,
 ) -> ArtifactPublic:
     model = _load(session, model_id)

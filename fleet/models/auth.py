@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import Field as PydanticField
 from sqlmodel import Field
 
 from fleet.db import UTCDateTime
-from fleet.models.common import FleetModel, InputModel, Name, enum_type, utcnow
+from fleet.models.common import (
+    JSON_INTEGER,
+    FleetModel,
+    InputModel,
+    Name,
+    enum_type,
+    utcnow,
+)
 
 
 class Role(str, enum.Enum):
@@ -45,8 +53,8 @@ class ApiTokenBase(FleetModel):
 class ApiTokenCreate(InputModel):
     name: Name
     role: Role
-    ttl_days: int | None = PydanticField(
-        default=None, ge=1, le=3650, description="Expire after this many days (none: never)."
+    ttl_days: Annotated[int, PydanticField(ge=1, le=3650), JSON_INTEGER] | None = PydanticField(
+        default=None, description="Expire after this many days (none: never)."
     )
 
 

@@ -16,7 +16,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 import sqlalchemy as sa
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+)
 from sqlalchemy import MetaData
 from sqlalchemy.orm import registry
 from sqlmodel import SQLModel
@@ -140,10 +147,18 @@ MetricName = Annotated[
     AfterValidator(_check_metric),
     WithJsonSchema({"type": "string", "pattern": METRIC_PATTERN, "minLength": 1, "maxLength": 63}),
 ]
+#: JSON Schema pattern equivalent to :func:`check_text` (for clients and fuzzers).
+TEXT_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f]*$"
 #: Free text (descriptions, labels), at most 1,000 characters.
-Text = Annotated[str, Field(max_length=1000), AfterValidator(check_text)]
-#: A finite float (JSON has no NaN, but Python's parser accepts the literal).
-FiniteFloat = Annotated[float, AfterValidator(_finite)]
+Text = Annotated[
+    str,
+    Field(max_length=1000),
+    AfterValidator(check_text),
+    WithJsonSchema({"type": "string", "maxLength": 1000, "pattern": TEXT_PATTERN}),
+]
+#: A finite float (JSON has no NaN, but Python's parser accepts the literal). Strict:
+#: a JSON number (integers included), never a string such as ``"0.5"``.
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 _DEVICE_ID_RE = re.compile(r"dev-[0-9a-f]{16}")
 
 
@@ -161,15 +176,42 @@ DeviceId = Annotated[
     AfterValidator(_check_device_id),
     WithJsonSchema({"type": "string", "pattern": "^dev-[0-9a-f]{16}$"}),
 ]
-#: A database id (PostgreSQL ``integer``).
-Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 
-_MAX_JSON_DEPTH = 8
+
+def _json_integer(value: Any) -> Any:
+    # JSON Schema's "integer" admits 7 and 7.0, but not true or "7", which pydantic's lax
+    # mode would quietly read as 1 and 7.
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("must be a JSON integer (not a string or boolean)")
+    return value
+
+
+#: Put after the bounds: ``Annotated[int, Field(ge=0, le=9), JSON_INTEGER]`` (bounds
+#: placed after a validator would not reach the published JSON Schema).
+JSON_INTEGER = BeforeValidator(_json_integer)
+
+
+#: A database id in a request body (PostgreSQL ``integer``).
+Id = Annotated[int, Field(ge=1, le=MAX_ID), JSON_INTEGER]
+
+_MAX_JSON_DEPTH = 32
 _MAX_JSON_NODES = 10_000
 
 
+def _check_unicode(text: str) -> None:
+    for position, char in enumerate(text):
+        if "\ud800" <= char <= "\udfff":
+            raise ValueError(
+                f"text contains a lone UTF-16 surrogate (U+{ord(char):04X}) at position "
+                f"{position}; send valid Unicode"
+            )
+
+
 def check_json(value: Any) -> Any:
-    """Validate a free-form JSON document: bounded depth and size, storable strings.
+    """Validate a free-form JSON document: bounded depth and size, storable values.
+
+    Any JSON string or number is storable (the JSON columns keep control characters and
+    big integers escaped as text), except lone surrogates and NaN/Infinity.
 
     Raises:
         ValueError: naming what to change.
@@ -184,17 +226,14 @@ def check_json(value: Any) -> Any:
         if depth > _MAX_JSON_DEPTH:
             raise ValueError(f"JSON document is nested deeper than {_MAX_JSON_DEPTH} levels")
         if isinstance(node, str):
-            check_text(node)
-        elif isinstance(node, bool) or node is None:
+            _check_unicode(node)
+        elif isinstance(node, bool) or node is None or isinstance(node, int):
             return
-        elif isinstance(node, int):
-            if abs(node) > MAX_BIGINT:
-                raise ValueError("integers in JSON documents must fit in 64 bits")
         elif isinstance(node, float):
             _finite(node)
         elif isinstance(node, dict):
             for key, item in node.items():
-                check_text(key)
+                _check_unicode(key)
                 walk(item, depth + 1)
         elif isinstance(node, list):
             for item in node:
@@ -209,7 +248,18 @@ def check_json(value: Any) -> Any:
 #: A free-form JSON object (run configuration, extra metrics).
 JsonObject = Annotated[dict[str, Any], AfterValidator(check_json)]
 #: Named numeric metrics (``{"accuracy": 0.93, "loss": 0.21}``), at most 64 of them.
-Metrics = Annotated[dict[MetricName, FiniteFloat], Field(max_length=64)]
+Metrics = Annotated[
+    dict[MetricName, FiniteFloat],
+    Field(max_length=64),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": METRIC_PATTERN, "minLength": 1, "maxLength": 63},
+            "additionalProperties": {"type": "number"},
+            "maxProperties": 64,
+        }
+    ),
+]
 
 
 class FieldError(BaseModel):

@@ -25,6 +25,7 @@ from sqlmodel import Field
 
 from fleet.db import UTCDateTime
 from fleet.models.common import (
+    JSON_INTEGER,
     MAX_ID,
     FleetModel,
     Id,
@@ -103,8 +104,8 @@ class ModelVersionCreate(InputModel):
     name: Text = ""
     description: Text = ""
     source_run_id: Id | None = PydanticField(default=None, description="Run that trained it.")
-    source_round: int | None = PydanticField(
-        default=None, ge=0, le=MAX_ID, description="Round of that run it was taken from."
+    source_round: Annotated[int, PydanticField(ge=0, le=MAX_ID), JSON_INTEGER] | None = (
+        PydanticField(default=None, description="Round of that run it was taken from.")
     )
     metrics: Metrics = PydanticField(default_factory=dict)
     parent_id: Id | None = PydanticField(default=None, description="Version it derives from.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field as PydanticField
 from sqlalchemy import JSON
@@ -103,10 +103,14 @@ class Run(RunBase, table=True):
 class RoundReport(InputModel):
     """What the coordinator reports after a round."""
 
-    accuracy: FiniteFloat | None = PydanticField(default=None, ge=0.0, le=1.0)
+    accuracy: Annotated[FiniteFloat, PydanticField(ge=0.0, le=1.0)] | None = None
     loss: FiniteFloat | None = None
-    duration_s: FiniteFloat | None = PydanticField(default=None, ge=0.0)
-    epsilon: FiniteFloat | None = PydanticField(default=None, ge=0.0, description="DP ε so far.")
+    duration_s: Annotated[FiniteFloat, PydanticField(ge=0.0)] | None = PydanticField(
+        default=None, description="Wall-clock seconds the round took."
+    )
+    epsilon: Annotated[FiniteFloat, PydanticField(ge=0.0)] | None = PydanticField(
+        default=None, description="Differential-privacy ε spent so far."
+    )
     metrics: Metrics = PydanticField(default_factory=dict, description="Any other metrics.")
     participants: list[Participant] = PydanticField(default_factory=list, max_length=10_000)
 

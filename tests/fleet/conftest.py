@@ -8,14 +8,20 @@ template file on SQLite).
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
+import socket
+import subprocess
+import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from sqlalchemy import Engine, text
@@ -295,3 +301,59 @@ def sql(engine: Engine, statement: str, **params: object) -> list[tuple[object, 
     with engine.begin() as connection:
         result = connection.execute(text(statement), params)
         return [tuple(row) for row in result] if result.returns_rows else []
+
+
+@dataclass(frozen=True)
+class Server:
+    """A real ``fleet serve`` process."""
+
+    base_url: str
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.data_dir / 'fleet.db'}"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def fleet_server(tmp_path: Path) -> Iterator[Server]:
+    """``fedfleet fleet serve`` (as ``python -m fleet.cli serve``, which skips importing the
+    other sub-apps) on a free loopback port with a fresh SQLite database; stopped by PID."""
+    port = _free_port()
+    data_dir = tmp_path / "fleet-data"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fleet.cli", "serve", "--port", str(port), "--log-level", "warning"],
+        env={**os.environ, "FEDFLEET_FLEET_DATA_DIR": str(data_dir)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                err = process.stderr.read().decode() if process.stderr else ""
+                pytest.fail(f"fleet serve exited early: {err[-2000:]}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("fleet serve was not ready within 90 s")
+            time.sleep(0.2)
+        yield Server(base, data_dir, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -92,55 +90,10 @@ def test_migrate_reports_the_revision(tmp_path: Path) -> None:
     assert result.exit_code == 0 and head_revision() in result.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
-    """A real `fedfleet fleet serve` process on a free port (stopped by PID)."""
-    port = _free_port()
-    env = {**os.environ, "FEDFLEET_FLEET_DATA_DIR": str(tmp_path)}
-    process = subprocess.Popen(
-        # `python -m fleet.cli` is `fedfleet fleet` without importing every other sub-app.
-        [sys.executable, "-m", "fleet.cli", "serve", "--port", str(port), "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"fleet serve exited: {process.stderr.read().decode() if process.stderr else ''}"
-                )
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("fleet serve did not answer /healthz within 60 s")
-        yield base, str(tmp_path), process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_serve_and_a_cli_token_work_together(
-    served: tuple[str, str, subprocess.Popen[bytes]],
-) -> None:
-    base, data_dir, _ = served
+def test_serve_and_a_cli_token_work_together(fleet_server: Any) -> None:
+    base, data_dir = fleet_server.base_url, str(fleet_server.data_dir)
     created = subprocess.run(
         [FEDFLEET, "fleet", "token", "create", "--role", "admin"],
         env={**os.environ, "FEDFLEET_FLEET_DATA_DIR": data_dir},
