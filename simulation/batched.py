@@ -3,10 +3,10 @@
 ``tasks.train_local`` trains one model with plain minibatch SGD in a seeded batch order
 (``tasks.training.batch_order``). :func:`train_batched` trains a list of such jobs —
 one per client of a round — together: it stacks the clients' parameters and takes each
-SGD step for all of them at once with ``torch.func`` (``vmap`` over
-``grad_and_value(functional_call(...))``, the per-model ensembling recipe of the
-``torch.func`` documentation). Every client keeps its own batch order, learning rate,
-epochs, proximal term and data size:
+SGD step for all of them at once (``torch.func.vmap`` of ``functional_call`` over the
+stacked parameters — the model-ensembling recipe of the ``torch.func`` documentation —
+and one ``autograd.grad`` for all clients). Every client keeps its own batch order,
+learning rate, epochs, proximal term and data size:
 
 - at step ``s`` only clients with an ``s``-th minibatch take part; they are grouped by
   minibatch size (the last minibatch of an epoch is smaller), so there is no padding
@@ -91,25 +91,36 @@ def train_one_by_one(job: TrainJob) -> TrainResult:
 def train_batched(jobs: Sequence[TrainJob]) -> list[TrainResult]:
     """Train every job's model in place; results in the order of ``jobs``.
 
-    Jobs are grouped by model architecture and minibatch size; each group is trained
-    as one stack. Jobs with no data return what ``train_local`` returns (0 examples);
-    models that :func:`batchable` refuses are trained one by one.
+    Jobs are grouped by model architecture (class and parameter shapes) and minibatch
+    size; each group is trained as one stack. Jobs with no data return what
+    ``train_local`` returns (0 examples). An architecture that :func:`batchable`
+    refuses (checked on its first model) is trained one by one.
     """
     results: list[TrainResult | None] = [None] * len(jobs)
     groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    named: dict[int, list[tuple[str, nn.Parameter]]] = {}
+    verdicts: dict[tuple[Any, ...], bool] = {}
     for i, job in enumerate(jobs):
         _check(job)
         if len(job.x) == 0:
             results[i] = TrainResult(num_examples=0, loss=float("nan"), steps=0)
-        elif not batchable(job.model):
-            results[i] = train_one_by_one(job)
+            continue
+        params = list(job.model.named_parameters())
+        key = (type(job.model), tuple((n, tuple(p.shape)) for n, p in params), job.batch_size)
+        verdict = verdicts.get(key)
+        if verdict is None:
+            verdict = verdicts[key] = batchable(job.model)
+        if verdict:
+            named[i] = params
+            groups[key].append(i)
         else:
-            groups[(_signature(job.model), job.batch_size)].append(i)
+            results[i] = train_one_by_one(job)
     for members in groups.values():
         if len(members) == 1:
             results[members[0]] = train_one_by_one(jobs[members[0]])
             continue
-        for i, result in zip(members, _train_group([jobs[i] for i in members]), strict=True):
+        trained = _train_group([jobs[i] for i in members], [named[i] for i in members])
+        for i, result in zip(members, trained, strict=True):
             results[i] = result
     return [r for r in results if r is not None]
 
@@ -121,17 +132,15 @@ def _check(job: TrainJob) -> None:
         raise ValueError("x and y must have the same number of samples")
 
 
-def _signature(model: nn.Module) -> tuple[Any, ...]:
-    """Two models with the same signature can share one functional template."""
-    return (type(model), tuple((n, tuple(p.shape)) for n, p in model.named_parameters()))
-
-
 LossFn = Callable[..., torch.Tensor]
 
 
 def _loss_fn(template: nn.Module, mu: float) -> LossFn:
-    """The loss ``train_local`` differentiates, as a function of the parameters."""
-    loss_module = nn.CrossEntropyLoss()
+    """One client's loss as a function of its parameters: the expression
+    ``train_local`` differentiates. Cross-entropy is written as the mean negative
+    log-likelihood of ``log_softmax`` (what ``nn.CrossEntropyLoss`` computes) because
+    ``nll_loss`` has no batching rule: under ``vmap`` it would fall back to a Python
+    decomposition, slower and importing sympy on first use."""
 
     def loss(
         params: dict[str, torch.Tensor],
@@ -139,7 +148,9 @@ def _loss_fn(template: nn.Module, mu: float) -> LossFn:
         x: torch.Tensor,
         y: torch.Tensor,
     ) -> torch.Tensor:
-        value = loss_module(torch.func.functional_call(template, params, (x,)), y)
+        logits = torch.func.functional_call(template, params, (x,))
+        log_p = torch.log_softmax(logits, dim=-1)
+        value = -log_p.gather(-1, y.unsqueeze(-1)).mean()
         if global_params is not None:
             prox = sum(((params[name] - global_params[name]) ** 2).sum() for name in params)
             value = value + 0.5 * mu * prox
@@ -148,21 +159,45 @@ def _loss_fn(template: nn.Module, mu: float) -> LossFn:
     return loss
 
 
-def _train_group(jobs: list[TrainJob]) -> list[TrainResult]:
+def _client_losses(
+    template: nn.Module,
+    mu: float,
+    params: dict[str, torch.Tensor],
+    global_params: dict[str, torch.Tensor] | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Each client's loss and gradient, all clients at once.
+
+    The forward pass is ``vmap``-ed over the stacked parameters; the gradients come
+    from one ``autograd.grad`` of the *sum* of the clients' losses: client ``c``'s loss
+    depends only on its own slice of the stack, so its slice of the gradient is exactly
+    its own gradient (the sum's backward multiplies by 1). This avoids ``torch.func.grad``,
+    whose first call imports ``torch._dynamo`` (seconds of cold start).
+    """
+    leaves = {name: value.detach().requires_grad_(True) for name, value in params.items()}
+    in_dims = (0, 0 if global_params is not None else None, 0, 0)
+    losses = torch.func.vmap(_loss_fn(template, mu), in_dims=in_dims)(leaves, global_params, x, y)
+    grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+    return dict(zip(leaves, grads, strict=True)), losses.detach()
+
+
+def _train_group(
+    jobs: list[TrainJob], named: list[list[tuple[str, nn.Parameter]]]
+) -> list[TrainResult]:
     """Train jobs whose models share one architecture and minibatch size."""
     template = jobs[0].model
-    names = [name for name, _ in template.named_parameters()]
-    models = [job.model for job in jobs]
-    own_params = []
-    for model in models:
-        model.train()
-        own_params.append([p for _, p in model.named_parameters()])
+    names = [name for name, _ in named[0]]
+    own_params = [[p for _, p in params] for params in named]
+    for job in jobs:
+        job.model.train()
     with torch.no_grad():
         stacked = {
             name: torch.stack([params[j].detach() for params in own_params])
             for j, name in enumerate(names)
         }
-    initial = {name: value.clone() for name, value in stacked.items()}
+    proximal = any(job.proximal_mu > 0 for job in jobs)
+    initial = {name: value.clone() for name, value in stacked.items()} if proximal else {}
     xs = [torch.from_numpy(np.ascontiguousarray(job.x)) for job in jobs]
     ys = [torch.from_numpy(np.ascontiguousarray(job.y)) for job in jobs]
     orders = [
@@ -172,7 +207,6 @@ def _train_group(jobs: list[TrainJob]) -> list[TrainResult]:
     per_epoch = [math.ceil(len(job.x) / job.batch_size) for job in jobs]
     last_epoch_loss = [0.0] * len(jobs)
     steps = [len(order) for order in orders]
-    step_fns: dict[float, Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor]]] = {}
 
     for step in range(max(steps)):
         # Clients taking a step now, grouped so each group stacks equal shapes.
@@ -182,11 +216,6 @@ def _train_group(jobs: list[TrainJob]) -> list[TrainResult]:
                 key = (len(order[step]), jobs[c].learning_rate, jobs[c].proximal_mu)
                 cohorts[key].append(c)
         for (_, lr, mu), members in cohorts.items():
-            fn = step_fns.get(mu)
-            if fn is None:
-                in_dims = (0, 0 if mu > 0 else None, 0, 0)
-                grad_fn = torch.func.grad_and_value(_loss_fn(template, mu))
-                fn = step_fns[mu] = torch.func.vmap(grad_fn, in_dims=in_dims)
             everyone = len(members) == len(jobs)
             index = torch.tensor(members)
             params = stacked if everyone else {n: v[index] for n, v in stacked.items()}
@@ -195,7 +224,7 @@ def _train_group(jobs: list[TrainJob]) -> list[TrainResult]:
                 global_params = initial if everyone else {n: v[index] for n, v in initial.items()}
             x = torch.stack([xs[c][torch.from_numpy(orders[c][step])] for c in members])
             y = torch.stack([ys[c][torch.from_numpy(orders[c][step])] for c in members])
-            grads, losses = fn(params, global_params, x, y)
+            grads, losses = _client_losses(template, mu, params, global_params, x, y)
             with torch.no_grad():
                 updated = {n: torch.add(params[n], grads[n], alpha=-lr) for n in names}
                 if everyone:
@@ -210,8 +239,8 @@ def _train_group(jobs: list[TrainJob]) -> list[TrainResult]:
 
     with torch.no_grad():
         for j, name in enumerate(names):
-            for c, value in enumerate(stacked[name].unbind(0)):
-                own_params[c][j].copy_(value)
+            for own, value in zip(own_params, stacked[name].unbind(0), strict=True):
+                own[j].copy_(value)
     return [
         TrainResult(num_examples=len(job.x), loss=last_epoch_loss[c] / len(job.x), steps=steps[c])
         for c, job in enumerate(jobs)

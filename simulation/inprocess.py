@@ -7,6 +7,9 @@ an id and a node config (its partition id) until it first receives a message; it
 ``Context`` (and the state a mod keeps in it) is created then and kept for later rounds.
 10,000 registered clients therefore cost 10,000 integers until they train.
 
+Messages are handed over as a network would (:mod:`simulation.transport`): each client
+gets its own copy of an instruction's records, and every array is decoded once.
+
 Two optional layers, both outside the apps:
 
 - ``batch_train``: the messages of one push are handled as a cohort
@@ -24,20 +27,10 @@ from __future__ import annotations
 import functools
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable
 from uuid import uuid4
 
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Error,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
@@ -46,6 +39,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from simulation.cohort import CohortStats, run_cohort
 from simulation.fleet import SimulatedFleet
+from simulation.transport import for_client, for_server
 
 ERROR_CLIENT_EXCEPTION = ErrorCode.CLIENT_APP_RAISED_EXCEPTION  # the ClientApp raised
 NodeConfigFn = Callable[[int], dict[str, bool | int | float | str]]
@@ -130,7 +124,7 @@ class InProcessGrid(Grid):
             if message.has_content():
                 # Flower's strategies put one RecordDict into every message; over a
                 # network each client gets its own copy, and so it does here.
-                message.content = private_copy(message.content)
+                message.content = for_client(message.content)
         t0 = time.perf_counter()
         replies = self._deliver_all(batch)
         for message, reply in zip(batch, replies, strict=True):
@@ -202,37 +196,14 @@ class InProcessGrid(Grid):
                 outs.append(self._call_client(batch[i]))
                 seconds.append(time.perf_counter() - t0)
         for i, reply, spent in zip(admitted, outs, seconds, strict=True):
+            if reply.has_content():
+                for_server(reply.content)
             if self.fleet is not None:
                 reply = self.fleet.stamp(batch[i], reply)
             replies[i] = reply
             if self._on_message is not None:
                 self._on_message(batch[i], reply, spent)
         return [r for r in replies if r is not None]
-
-
-def private_copy(content: RecordDict) -> RecordDict:
-    """A copy of ``content`` no client can change for another: new records and
-    ``Array`` objects, sharing only the immutable serialized bytes."""
-    copy = RecordDict()
-    for name, record in content.items():
-        if isinstance(record, ArrayRecord):
-            copy[name] = ArrayRecord(
-                {
-                    key: Array(dtype=a.dtype, shape=tuple(a.shape), stype=a.stype, data=a.data)
-                    for key, a in record.items()
-                }
-            )
-        elif isinstance(record, MetricRecord):
-            copy[name] = MetricRecord(_copy_values(record))
-        elif isinstance(record, ConfigRecord):
-            copy[name] = ConfigRecord(_copy_values(record))
-        else:  # pragma: no cover - RecordDict holds only the three record types
-            raise TypeError(f"unexpected record type {type(record).__name__}")
-    return copy
-
-
-def _copy_values(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: list(v) if isinstance(v, list) else v for key, v in record.items()}
 
 
 def run_inprocess(

@@ -1,0 +1,380 @@
+"""Simulation engines side by side: Flower's engine, a plain loop, and fedfleet's.
+
+One workload — digits-cnn, 1,000 clients, 100 a round, 3 rounds, 1 local epoch, FedAvg,
+seed 0 — run three ways, one after the other, each in a fresh process:
+
+- ``flower``: ``fedfleet simulate --engine flower`` — fedfleet's ServerApp and
+  ClientApp on Flower's simulation runtime (a SuperLink started with ``--simulation``,
+  ``flwr run``, Ray), with Flower's default client resources;
+- ``plain``: a sequential loop with no framework at all (this file, ``--plain``): the
+  same client data, the same ``tasks.train_local``, the same uniform sampling, a
+  weighted average in torch, central evaluation — the floor any framework adds to;
+- ``fedfleet``: ``fedfleet simulate`` — the in-process engine (batched local training),
+  running the same unchanged ServerApp and ClientApp as the Flower engine.
+
+Measured from outside each process: start-up (launch until round 1 begins: imports,
+data, engine start), each round's time, the one-time cost ``cold start`` (start-up
+plus the first round's excess over a steady round), and the peak memory of the whole
+process tree (sum of resident set sizes, sampled every 0.2 s; Flower's SuperLink,
+SuperExec, Ray and app processes included). Prints a table with ratios and writes
+``simulation.json`` and ``simulation.png`` to ``--out``.
+
+    python bench/simulation.py [--clients 1000] [--per-round 100] [--rounds 3]
+                               [--engines flower,plain,fedfleet] [--out runs/bench-simulation]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FEDFLEET = [sys.executable, "-c", "from fedfleet.cli import main; main()"]
+
+
+# -- the plain loop (runs in its own process) ------------------------------------------
+def plain_loop(clients: int, per_round: int, rounds: int, seed: int) -> None:
+    """FedAvg as a for-loop: no Flower, no coordinator, no messages. Prints one JSON
+    line per round: {"round", "start", "end", "accuracy"} (absolute times)."""
+    import numpy as np
+    import torch
+
+    from edge_client.data import partition_data
+    from tasks import evaluate, get_task, train_local
+
+    spec = get_task("digits-cnn")
+    data = spec.load_data(seed)
+    torch.manual_seed(seed)
+    global_model = spec.build_model()
+    state = {k: v.detach().clone() for k, v in global_model.state_dict().items()}
+    for server_round in range(1, rounds + 1):
+        start = time.time()
+        rng = np.random.default_rng([seed, server_round, 0x5E1EC7])
+        chosen = sorted(int(i) for i in rng.choice(clients, size=per_round, replace=False))
+        total = {k: torch.zeros_like(v) for k, v in state.items()}
+        weight = 0
+        for client in chosen:
+            local = partition_data(
+                task_name="digits-cnn",
+                partition_id=client,
+                num_partitions=clients,
+                partition="iid",
+                seed=seed,
+            )
+            model = spec.build_model()
+            model.load_state_dict(state)
+            seed_seq = np.random.SeedSequence([seed, server_round, client])
+            result = train_local(
+                model,
+                local.x_train,
+                local.y_train,
+                epochs=1,
+                batch_size=16,
+                learning_rate=0.05,
+                seed=int(seed_seq.generate_state(1)[0]),
+            )
+            for k, v in model.state_dict().items():
+                total[k] += v * result.num_examples
+            weight += result.num_examples
+        state = {k: v / max(weight, 1) for k, v in total.items()}
+        global_model.load_state_dict(state)
+        accuracy = evaluate(global_model, data.x_test, data.y_test).accuracy
+        line = {"round": server_round, "start": start, "end": time.time(), "accuracy": accuracy}
+        print(json.dumps(line), flush=True)
+
+
+# -- measuring from outside ------------------------------------------------------------
+def _tree(root: int) -> set[int]:
+    """``root`` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Sampler:
+    """Samples the summed RSS of a process tree until stopped."""
+
+    root: int
+    peak_bytes: int = 0
+    peak_processes: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            pids = _tree(self.root)
+            total = sum(_rss_bytes(p) for p in pids)
+            if total > self.peak_bytes:
+                self.peak_bytes, self.peak_processes = total, len(pids)
+            self._stop.wait(0.2)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@dataclass
+class EngineResult:
+    engine: str
+    startup_s: float
+    rounds_s: list[float]
+    steady_s: float
+    cold_start_s: float
+    peak_mib: float
+    processes: int
+    wall_s: float
+    final_accuracy: float | None
+
+
+def _summarise(
+    engine: str,
+    launch: float,
+    starts: list[float],
+    durations: list[float],
+    sampler: Sampler,
+    wall: float,
+    accuracy: float | None,
+) -> EngineResult:
+    startup = starts[0] - launch
+    steady = sum(durations[1:]) / max(1, len(durations) - 1) if len(durations) > 1 else durations[0]
+    return EngineResult(
+        engine=engine,
+        startup_s=startup,
+        rounds_s=durations,
+        steady_s=steady,
+        cold_start_s=startup + max(0.0, durations[0] - steady),
+        peak_mib=sampler.peak_bytes / 2**20,
+        processes=sampler.peak_processes,
+        wall_s=wall,
+        final_accuracy=accuracy,
+    )
+
+
+def run_fedfleet(
+    engine: str, args: argparse.Namespace, out: Path, env: dict[str, str]
+) -> EngineResult:
+    """``fedfleet simulate`` in a subprocess; rounds timed by watching metrics.json."""
+    run_dir = out / f"run-{engine}"
+    command = [
+        *FEDFLEET,
+        "simulate",
+        "--clients",
+        str(args.clients),
+        "--clients-per-round",
+        str(args.per_round),
+        "--rounds",
+        str(args.rounds),
+        "--seed",
+        str(args.seed),
+        "--engine",
+        "inprocess" if engine == "fedfleet" else "flower",
+        "--out",
+        str(run_dir),
+        "--quiet",
+    ]
+    launch = time.time()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sampler = Sampler(proc.pid)
+    thread = threading.Thread(target=sampler.run, daemon=True)
+    thread.start()
+    seen: dict[int, float] = {}
+    metrics = run_dir / "metrics.json"
+    while proc.poll() is None:
+        try:
+            rows = json.loads(metrics.read_text())["rounds"]
+        except (OSError, ValueError, KeyError):
+            rows = []
+        for row in rows:
+            seen.setdefault(int(row["round"]), time.time())
+        time.sleep(0.05)
+    wall = time.time() - launch
+    sampler.stop()
+    thread.join()
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise SystemExit(f"{engine} failed: {stderr[-2000:]}")
+    doc = json.loads(metrics.read_text())
+    durations = [float(r["duration_s"]) for r in doc["rounds"]]
+    # A round began when it was first seen finished, minus its own duration.
+    first_seen = seen.get(1, launch + wall)
+    starts = [first_seen - durations[0]]
+    return _summarise(engine, launch, starts, durations, sampler, wall, doc["final_accuracy"])
+
+
+def run_plain(args: argparse.Namespace, env: dict[str, str]) -> EngineResult:
+    command = [
+        sys.executable,
+        __file__,
+        "--plain",
+        "--clients",
+        str(args.clients),
+        "--per-round",
+        str(args.per_round),
+        "--rounds",
+        str(args.rounds),
+        "--seed",
+        str(args.seed),
+    ]
+    launch = time.time()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sampler = Sampler(proc.pid)
+    thread = threading.Thread(target=sampler.run, daemon=True)
+    thread.start()
+    out, err = proc.communicate()
+    wall = time.time() - launch
+    sampler.stop()
+    thread.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"plain loop failed: {err.decode()[-2000:]}")
+    lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    starts = [line["start"] for line in lines]
+    durations = [line["end"] - line["start"] for line in lines]
+    return _summarise("plain", launch, starts, durations, sampler, wall, lines[-1]["accuracy"])
+
+
+def import_floor_s(env: dict[str, str]) -> float:
+    """Seconds a fresh interpreter needs just to import torch, flwr and scikit-learn."""
+    start = time.time()
+    subprocess.run(
+        [sys.executable, "-c", "import torch, flwr.serverapp, sklearn.datasets"],
+        env=env,
+        check=True,
+    )
+    return time.time() - start
+
+
+def print_table(results: dict[str, EngineResult], floor: float) -> list[str]:
+    lines = [
+        f"{'engine':<9} {'start-up s':>10} {'round 1 s':>9} {'steady s':>9} "
+        f"{'cold start s':>12} {'peak MiB':>9} {'procs':>5} {'wall s':>7} {'accuracy':>8}"
+    ]
+    for r in results.values():
+        acc = f"{r.final_accuracy:.4f}" if r.final_accuracy is not None else "-"
+        lines.append(
+            f"{r.engine:<9} {r.startup_s:>10.2f} {r.rounds_s[0]:>9.2f} {r.steady_s:>9.3f} "
+            f"{r.cold_start_s:>12.2f} {r.peak_mib:>9.0f} {r.processes:>5} {r.wall_s:>7.1f} {acc:>8}"
+        )
+    lines.append(f"(a fresh interpreter importing torch, flwr and scikit-learn: {floor:.2f} s)")
+    ours = results.get("fedfleet")
+    if ours is not None:
+        for name, peer in results.items():
+            if name == "fedfleet":
+                continue
+            lines.append(
+                f"{name} / fedfleet: steady round {peer.steady_s / ours.steady_s:.1f}x, "
+                f"cold start {peer.cold_start_s / ours.cold_start_s:.1f}x, "
+                f"peak memory {peer.peak_mib / ours.peak_mib:.1f}x, "
+                f"wall {peer.wall_s / ours.wall_s:.1f}x"
+            )
+        lines.append(
+            f"fedfleet cold start beyond the import floor: {ours.cold_start_s - floor:.2f} s"
+        )
+    for line in lines:
+        print(line)
+    return lines
+
+
+def plot(results: dict[str, EngineResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    width = 0.8 / max(1, len(results))
+    for i, r in enumerate(results.values()):
+        xs = [k + i * width for k in range(len(r.rounds_s) + 1)]
+        ax.bar(xs, [r.startup_s, *r.rounds_s], width=width, label=r.engine)
+    ax.set_xticks(
+        [k + 0.4 - width / 2 for k in range(len(next(iter(results.values())).rounds_s) + 1)]
+    )
+    ax.set_xticklabels(
+        ["start-up"] + [f"round {k + 1}" for k in range(len(next(iter(results.values())).rounds_s))]
+    )
+    ax.set_ylabel("seconds")
+    ax.set_yscale("log")
+    ax.set_title("digits-cnn, 1,000 clients, 100 per round: seconds per phase")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--per-round", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engines", default="flower,plain,fedfleet")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-simulation"))
+    args = parser.parse_args()
+    if args.plain:
+        plain_loop(args.clients, args.per_round, args.rounds, args.seed)
+        return
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0")
+    floor = import_floor_s(env)
+    results: dict[str, EngineResult] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
+        for engine in engines:
+            print(f"running {engine} ...", flush=True)
+            if engine == "plain":
+                results[engine] = run_plain(args, env)
+            elif engine in ("flower", "fedfleet"):
+                results[engine] = run_fedfleet(engine, args, Path(tmp), env)
+            else:
+                raise SystemExit(f"unknown engine {engine!r}; choose flower, plain, fedfleet")
+    lines = print_table(results, floor)
+    doc: dict[str, Any] = {
+        "workload": {
+            "task": "digits-cnn",
+            "clients": args.clients,
+            "per_round": args.per_round,
+            "rounds": args.rounds,
+            "local_epochs": 1,
+        },
+        "import_floor_s": floor,
+        "results": {k: asdict(v) for k, v in results.items()},
+        "table": lines,
+    }
+    (args.out / "simulation.json").write_text(json.dumps(doc, indent=2))
+    plot(results, args.out / "simulation.png")
+    print(f"wrote {args.out / 'simulation.json'} and {args.out / 'simulation.png'}")
+
+
+if __name__ == "__main__":
+    main()
