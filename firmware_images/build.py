@@ -116,7 +116,6 @@ def build_bundle(request: BuildRequest, *, on_step: StepCallback | None = None) 
     task = get_task(request.task)
 
     step("load checkpoint")
-    torch.manual_seed(0)
     model = load_checkpoint(task, request.checkpoint)
     checkpoint_sha = file_sha256(request.checkpoint)
     data = task.load_data(request.data_seed)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tempfile
 import zipfile
@@ -318,8 +319,6 @@ def _archive_length(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> i
 
 def _claimed_key_id(manifest_bytes: bytes) -> str | None:
     # Only to word the error: which key the (unverified) manifest says it was signed by.
-    import json
-
     try:
         value = json.loads(manifest_bytes).get("key_id")
     except (ValueError, AttributeError):
