@@ -63,6 +63,7 @@ SA_GRAPH_SEED: Final = "graph-seed"  # bytes(32), drawn by the coordinator
 SA_PARTICIPANTS: Final = "participants"  # list[int] node ids of the round
 SA_PARAMS: Final = "params"  # [degree, threshold, bits, max-weight, modulus-bits]
 SA_CLIP: Final = "clip"  # float, per-coordinate clipping bound R
+SA_PRG: Final = "prg"  # str, mask generator: "aes128-ctr" | "chacha20"
 SA_C_PUBLIC: Final = "c-public"  # X25519 public key for share encryption
 SA_S_PUBLIC: Final = "s-public"  # X25519 public key for pairwise masks
 SA_PEERS: Final = "peers"  # list[int]: neighbours whose keys follow

@@ -78,9 +78,9 @@ def params_from_record(record: ConfigRecord) -> SecAggParams:
     if len(values) != 5:
         raise ValueError("secagg params must be [degree, threshold, bits, max-weight, modulus]")
     degree, threshold, bits, max_weight, modulus_bits = values
-    clip = record[k.SA_CLIP]
-    if not isinstance(clip, float):
-        raise ValueError("secagg clip must be a float")
+    clip, prg = record[k.SA_CLIP], record[k.SA_PRG]
+    if not isinstance(clip, float) or not isinstance(prg, str):
+        raise ValueError("secagg clip must be a float and prg a string")
     return SecAggParams(
         degree=degree,
         threshold=threshold,
@@ -88,10 +88,11 @@ def params_from_record(record: ConfigRecord) -> SecAggParams:
         bits=bits,
         max_weight=max_weight,
         modulus_bits=modulus_bits,
+        prg=prg,
     )
 
 
-def params_to_record(params: SecAggParams) -> dict[str, list[int] | float]:
+def params_to_record(params: SecAggParams) -> dict[str, list[int] | float | str]:
     """Inverse of :func:`params_from_record` (used by the coordinator)."""
     return {
         k.SA_PARAMS: [
@@ -102,6 +103,7 @@ def params_to_record(params: SecAggParams) -> dict[str, list[int] | float]:
             params.modulus_bits,
         ],
         k.SA_CLIP: float(params.clip),
+        k.SA_PRG: params.prg,
     }
 
 

@@ -50,6 +50,7 @@ from privacy.secagg.masking import (
     self_mask_key,
     unpack_share_payload,
 )
+from privacy.secagg.prg import PRGS
 from privacy.secagg.shamir import SHARE_BYTES, decode_share, encode_share, split_secret
 
 SEED = "seed"
@@ -64,7 +65,8 @@ class ProtocolError(Exception):
 class ClientRound:
     """Everything a client remembers between the stages of one round.
 
-    ``peers_c``/``peers_s`` hold the public keys of the neighbours that advertised keys;
+    ``peers_s`` holds the mask public keys of the neighbours that advertised keys and
+    ``peer_share_keys`` the AES-GCM keys agreed with them (used in both directions);
     ``held_seed``/``held_key`` the shares of neighbours' secrets this client holds;
     ``revealed`` what it has disclosed per owner (``"seed"`` or ``"key"``).
     """
@@ -80,7 +82,7 @@ class ClientRound:
     s_public: bytes
     stage: str = "setup"
     self_seed: bytes = b""
-    peers_c: dict[int, bytes] = field(default_factory=dict)
+    peer_share_keys: dict[int, bytes] = field(default_factory=dict)
     peers_s: dict[int, bytes] = field(default_factory=dict)
     own_seed_share: int = 0
     own_key_share: int = 0
@@ -92,7 +94,7 @@ class ClientRound:
     def to_dict(self) -> dict[str, Any]:
         """Flat values that a Flower ConfigRecord can hold; lists are packed into bytes
         (ids as big-endian uint64, keys as 32-byte and shares as 66-byte blocks)."""
-        peers = list(self.peers_c)
+        peers = list(self.peers_s)
         held = list(self.held_seed)
         return {
             "node-id": self.node_id,
@@ -105,6 +107,7 @@ class ClientRound:
                 self.params.modulus_bits,
             ],
             "clip": self.params.clip,
+            "prg": self.params.prg,
             "participants": _pack_ids(self.participants),
             "neighbours": _pack_ids(self.neighbours),
             "c-private": self.c_private,
@@ -114,7 +117,7 @@ class ClientRound:
             "stage": self.stage,
             "self-seed": self.self_seed,
             "peers": _pack_ids(peers),
-            "peers-c": b"".join(self.peers_c[p] for p in peers),
+            "peer-share-keys": b"".join(self.peer_share_keys.get(p, b"") for p in peers),
             "peers-s": b"".join(self.peers_s[p] for p in peers),
             "own-shares": encode_share(self.own_seed_share) + encode_share(self.own_key_share),
             "held": _pack_ids(held),
@@ -135,6 +138,7 @@ class ClientRound:
             bits=bits,
             max_weight=max_weight,
             modulus_bits=modulus_bits,
+            prg=str(data["prg"]),
         )
         peers = _unpack_ids(data["peers"])
         held = _unpack_ids(data["held"])
@@ -152,7 +156,9 @@ class ClientRound:
             s_public=bytes(data["s-public"]),
             stage=str(data["stage"]),
             self_seed=bytes(data["self-seed"]),
-            peers_c=dict(zip(peers, _blocks(data["peers-c"], KEY_BYTES), strict=True)),
+            peer_share_keys=dict(
+                zip(peers, _blocks(data["peer-share-keys"], KEY_BYTES), strict=False)
+            ),  # empty once the secrets are forgotten
             peers_s=dict(zip(peers, _blocks(data["peers-s"], KEY_BYTES), strict=True)),
             own_seed_share=decode_share(own[0]),
             own_key_share=decode_share(own[1]),
@@ -194,6 +200,7 @@ class ClientRound:
     def forget_secrets(self) -> None:
         """Drop the private keys and the seed once they can no longer be needed."""
         self.c_private = self.s_private = self.self_seed = b""
+        self.peer_share_keys = {}
 
 
 def check_params(params: SecAggParams, *, num_participants: int) -> None:
@@ -206,6 +213,8 @@ def check_params(params: SecAggParams, *, num_participants: int) -> None:
         raise ProtocolError(f"threshold {params.threshold} outside [2, {params.degree + 1}]")
     if params.modulus_bits not in (32, 64) or not 2 <= params.bits <= 32:
         raise ProtocolError("unsupported modulus or quantization bits")
+    if params.prg not in PRGS:
+        raise ProtocolError(f"unknown mask generator {params.prg!r}")
     if not params.clip > 0 or params.max_weight < 1:
         raise ProtocolError("clip and max-weight must be positive")
 
@@ -266,17 +275,17 @@ def share_keys(
     state.self_seed = os.urandom(KEY_BYTES)
     seed_shares = split_secret(state.self_seed, xs=xs, threshold=state.params.threshold)
     key_shares = split_secret(state.s_private, xs=xs, threshold=state.params.threshold)
-    enc_keys = _share_keys(state, {p: peer_keys[p][0] for p in peers})
+    state.peer_share_keys = _share_keys(state, {p: peer_keys[p][0] for p in peers})
     ciphertexts: dict[int, bytes] = {}
     for peer, seed_share, key_share in zip(peers, seed_shares, key_shares, strict=False):
-        c_pk, s_pk = peer_keys[peer]
-        key = enc_keys[peer]
+        s_pk = peer_keys[peer][1]
+        key = state.peer_share_keys[peer]
         payload = pack_share_payload(
             sender=state.node_id, receiver=peer, seed_share=seed_share, key_share=key_share
         )
         aad = share_aad(server_round=state.server_round, sender=state.node_id, receiver=peer)
         ciphertexts[peer] = encrypt(key, payload, aad=aad)
-        state.peers_c[peer], state.peers_s[peer] = c_pk, s_pk
+        state.peers_s[peer] = s_pk
     state.own_seed_share, state.own_key_share = seed_shares[-1], key_shares[-1]
     state.stage = "shared"
     commitment = seed_commitment(
@@ -289,7 +298,7 @@ def open_shares(state: ClientRound, *, ciphertexts: Mapping[int, bytes]) -> None
     """Stage 3a: decrypt and keep the neighbours' shares; any failure aborts the round
     for this client (Bonawitz et al. §4): it is then treated as dropped."""
     _expect(state, "shared")
-    strangers = set(ciphertexts) - set(state.peers_c)
+    strangers = set(ciphertexts) - set(state.peer_share_keys)
     if strangers:
         raise ProtocolError(f"shares from clients {sorted(strangers)[:5]} that are not peers")
     if len(ciphertexts) + 1 < state.params.threshold:
@@ -298,9 +307,8 @@ def open_shares(state: ClientRound, *, ciphertexts: Mapping[int, bytes]) -> None
             f"{state.params.threshold} - 1"
         )
     held_seed, held_key = {}, {}
-    dec_keys = _share_keys(state, {p: state.peers_c[p] for p in ciphertexts})
     for sender, blob in ciphertexts.items():
-        key = dec_keys[sender]
+        key = state.peer_share_keys[sender]
         aad = share_aad(server_round=state.server_round, sender=sender, receiver=state.node_id)
         payload = decrypt(key, blob, aad=aad)
         try:
@@ -330,7 +338,13 @@ def masked_input(state: ClientRound, *, encoded: np.ndarray) -> np.ndarray:
     self_key = self_mask_key(
         state.self_seed, server_round=state.server_round, node_id=state.node_id
     )
-    masked = mask_input(encoded, node_id=state.node_id, self_key=self_key, pair_keys=pair_keys)
+    masked = mask_input(
+        encoded,
+        node_id=state.node_id,
+        self_key=self_key,
+        pair_keys=pair_keys,
+        prg=state.params.prg,
+    )
     state.stage = "masked"
     return masked
 

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from privacy.secagg.prg import DEFAULT_PRG, PRGS
+
 MIN_CLIENTS = 3
 """Fewest clients per round: with two, each learns the other's update from the sum."""
 
@@ -33,6 +35,7 @@ RUN_CONFIG_KEYS = {
     "max_weight": "secagg-max-weight",
     "max_in_flight": "secagg-max-in-flight",
     "on_failure": "secagg-on-failure",
+    "prg": "secagg-prg",
 }
 
 ON_FAILURE = ("continue", "stop")
@@ -79,7 +82,7 @@ class SecAggParams:
     coordinate of an update is clipped to [−R, R]; ``bits`` B: quantization bits per
     coordinate (levels −(2^(B−1)−1)..2^(B−1)−1); ``max_weight``: largest per-client
     weight (num-examples; larger weights count as this); ``modulus_bits`` M: inputs
-    and masks live in Z_(2^M).
+    and masks live in Z_(2^M); ``prg``: the mask generator (``privacy.secagg.prg``).
     """
 
     degree: int
@@ -88,6 +91,7 @@ class SecAggParams:
     bits: int
     max_weight: int
     modulus_bits: int
+    prg: str = DEFAULT_PRG
 
     @property
     def scale(self) -> float:
@@ -111,6 +115,8 @@ class SecAggConfig:
     (0: all), which bounds the coordinator's memory for masked vectors.
     ``on_failure`` is what a round that cannot be unmasked does to the run:
     ``continue`` (keep the previous model, go on) or ``stop`` (end the run).
+    ``prg`` is the mask generator: ``aes128-ctr`` or ``chacha20`` (for clients without
+    AES instructions).
     """
 
     enabled: bool = False
@@ -121,6 +127,7 @@ class SecAggConfig:
     max_weight: int = 65536
     max_in_flight: int = 0
     on_failure: str = "continue"
+    prg: str = DEFAULT_PRG
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> SecAggConfig:
@@ -162,6 +169,8 @@ class SecAggConfig:
             raise ValueError(f"secagg-max-weight {self.max_weight} must be >= 1")
         if self.max_in_flight < 0:
             raise ValueError("secagg-max-in-flight must be >= 0 (0: no limit)")
+        if self.prg not in PRGS:
+            raise ValueError(f"secagg-prg {self.prg!r}: choose one of {', '.join(PRGS)}")
         if self.on_failure not in ON_FAILURE:
             raise ValueError(
                 f"secagg-on-failure {self.on_failure!r}: choose {' or '.join(ON_FAILURE)}"
@@ -206,6 +215,7 @@ class SecAggConfig:
             bits=self.bits,
             max_weight=self.max_weight,
             modulus_bits=modulus,
+            prg=self.prg,
         )
 
 

@@ -33,7 +33,7 @@ def ring_order(node_ids: Sequence[int], *, seed: bytes) -> list[int]:
     ids = sorted(set(node_ids))
     if len(ids) != len(node_ids):
         raise ValueError("node ids must be distinct")
-    values = keystream(seed, len(ids), np.uint64)
+    values = keystream(seed, len(ids), np.uint64, prg="chacha20")  # fixed: part of the wire spec
     return [ids[i] for i in sorted(range(len(ids)), key=lambda i: (int(values[i]), ids[i]))]
 
 

@@ -26,7 +26,7 @@ from privacy.secagg.keys import (
     derive_key,
     pair_context,
 )
-from privacy.secagg.prg import apply_masks
+from privacy.secagg.prg import DEFAULT_PRG, apply_masks
 from privacy.secagg.shamir import SHARE_BYTES, decode_share, encode_share
 
 _SHARE_PAYLOAD = struct.Struct(">QQ")
@@ -89,11 +89,11 @@ def mask_input(
     node_id: int,
     self_key: bytes,
     pair_keys: Mapping[int, bytes],
-    scratch: np.ndarray | None = None,
+    prg: str = DEFAULT_PRG,
 ) -> np.ndarray:
     """y = x + PRG(self_key) + Σ σ(node, peer)·PRG(pair_keys[peer]) mod 2^M (in place)."""
     terms = [(self_key, 1)] + [(key, pair_sign(node_id, peer)) for peer, key in pair_keys.items()]
-    return apply_masks(encoded, terms, scratch=scratch)
+    return apply_masks(encoded, terms, prg=prg)
 
 
 def unmask_sum(
@@ -101,7 +101,7 @@ def unmask_sum(
     *,
     self_keys: Iterable[bytes],
     dropped_pairs: Iterable[tuple[int, int, bytes]],
-    scratch: np.ndarray | None = None,
+    prg: str = DEFAULT_PRG,
 ) -> np.ndarray:
     """Remove the survivors' self masks and their masks with dropped clients (in place).
 
@@ -110,7 +110,7 @@ def unmask_sum(
     """
     terms = [(key, -1) for key in self_keys]
     terms += [(key, -pair_sign(survivor, dropped)) for survivor, dropped, key in dropped_pairs]
-    return apply_masks(masked_sum, terms, scratch=scratch)
+    return apply_masks(masked_sum, terms, prg=prg)
 
 
 def pack_share_payload(*, sender: int, receiver: int, seed_share: int, key_share: int) -> bytes:

@@ -45,16 +45,25 @@ def encode_input(update: np.ndarray, *, weight: int, params: SecAggParams) -> np
     if not np.all(np.isfinite(update)):
         raise ValueError("the update has non-finite values; secure aggregation refuses it")
     w = int(min(max(weight, 0), params.max_weight))
-    clipped = np.clip(update, -params.clip, params.clip)
-    n_clipped = int(np.count_nonzero(clipped != update))
-    q = np.rint(clipped * params.scale).astype(np.int64)
-    if w != 1:
+    qmax = 2 ** (params.bits - 1) - 1
+    d = update.size
+    n_clipped = int(np.count_nonzero(np.abs(update) > params.clip))
+    scaled = np.multiply(update, params.scale, dtype=np.float64)
+    np.clip(scaled, -qmax, qmax, out=scaled)
+    np.rint(scaled, out=scaled)
+    ring = np.empty(input_length(d), dtype=ring_dtype(params.modulus_bits))
+    signed = ring.view(np.int32 if params.modulus_bits == 32 else np.int64)
+    if w * qmax < 2**53:  # w·q is exact in float64: one pass fewer
+        if w != 1:
+            np.multiply(scaled, w, out=scaled)
+        signed[:d] = scaled
+    else:
+        q = scaled.astype(np.int64)
         q *= w
-    out = np.empty(input_length(update.size), dtype=np.int64)
-    out[: update.size] = q
-    out[-2] = w
-    out[-1] = round(CLIP_FRACTION_SCALE * n_clipped / max(update.size, 1))
-    return out.astype(ring_dtype(params.modulus_bits))
+        signed[:d] = q
+    signed[-2] = w
+    signed[-1] = round(CLIP_FRACTION_SCALE * n_clipped / max(d, 1))
+    return ring
 
 
 @dataclass(frozen=True)

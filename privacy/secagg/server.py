@@ -154,7 +154,7 @@ def recover_sum(
         peers = {p: state.public_s[p] for p in state.graph[owner] if p in survivors_set}
         keys = pair_mask_keys(private, peers, server_round=state.server_round, me=owner)
         pairs += [(peer, owner, key) for peer, key in keys.items()]
-    return unmask_sum(masked_sum, self_keys=self_keys, dropped_pairs=pairs)
+    return unmask_sum(masked_sum, self_keys=self_keys, dropped_pairs=pairs, prg=state.params.prg)
 
 
 def _rebuild(owner: int, shares: Mapping[int, int], threshold: int, what: str) -> bytes:
