@@ -8,11 +8,14 @@ PACKAGES := tasks coordinator edge_client strategies privacy fleet simulation fi
 .PHONY: install demo test lint typecheck pytest clean
 
 # torch first, pinned: any other version (or an unpinned torch) pulls a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml firmware_images/tflite-requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --progress-bar on "torch==2.13.0"
 	$(BIN)/python -m pip install --progress-bar on -e ".[server,dev,litert]"
+	# TFLite conversion (coordinator side, ~0.95 GB) without dependency resolution: a resolved
+	# install downgrades typing-extensions and breaks pydantic (see the file's header).
+	$(BIN)/python -m pip install --progress-bar on --no-deps -r firmware_images/tflite-requirements.txt
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,8 +30,11 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# One torch thread per process: tests run SuperLinks, SuperNodes and agents side by side on
+# 2 cores, where oversubscribed torch threads train up to 10x slower.
 pytest: install
-	FLWR_TELEMETRY_ENABLED=0 PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest --durations=15
+	FLWR_TELEMETRY_ENABLED=0 FEDFLEET_REQUIRE_TFLITE=1 OMP_NUM_THREADS=1 \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest --durations=25
 
 test: lint typecheck pytest
 
