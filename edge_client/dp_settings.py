@@ -52,11 +52,13 @@ def dp_mode(run_config: Mapping[str, Any]) -> str:
 def dp_config_from_run_config(run_config: Mapping[str, Any]) -> DPConfig:
     """The run's :class:`DPConfig` (validated without dataset sizes)."""
     min_clients = _float(run_config, k.RC_DP_MIN_CLIENTS)
+    delta = _float(run_config, k.RC_DP_DELTA)
+    clip = _float(run_config, k.RC_DP_CLIP)
     config = DPConfig(
         mode=dp_mode(run_config),  # type: ignore[arg-type]
         epsilon=_float(run_config, k.RC_DP_EPSILON),
-        delta=_float(run_config, k.RC_DP_DELTA) or DPConfig.delta,
-        clip=_float(run_config, k.RC_DP_CLIP) or DPConfig.clip,
+        delta=DPConfig.delta if delta is None else delta,
+        clip=DPConfig.clip if clip is None else clip,
         noise_multiplier=_float(run_config, k.RC_DP_NOISE_MULTIPLIER),
         clipping=str(run_config.get(k.RC_DP_CLIPPING, "fixed")),  # type: ignore[arg-type]
         accountant=str(run_config.get(k.RC_DP_ACCOUNTANT, "rdp")),  # type: ignore[arg-type]

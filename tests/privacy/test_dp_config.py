@@ -48,6 +48,10 @@ def test_run_config_round_trip() -> None:
     assert dp_config_from_run_config({}) == DPConfig()
     with pytest.raises(ValueError, match="must be a number"):
         dp_config_from_run_config({"dp": "local", "dp-epsilon": "lots"})
+    with pytest.raises(ValueError, match="delta 0.0"):
+        dp_config_from_run_config({"dp": "local", "dp-epsilon": 1.0, "dp-delta": 0.0})
+    with pytest.raises(ValueError, match="clipping norm 0.0"):
+        dp_config_from_run_config({"dp": "local", "dp-epsilon": 1.0, "dp-clip": 0})
 
 
 def test_local_mechanism_matches_opacus_poisson_loader_and_calibration() -> None:
