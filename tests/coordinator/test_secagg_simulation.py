@@ -77,3 +77,59 @@ def test_bad_secure_aggregation_flags_fail_with_one_line(tmp_path: Path, flags, 
     assert message in result.output
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_dropouts_are_a_function_of_seed_round_and_client_only() -> None:
+    from simulation.dropout import drops_out
+
+    draws = [drops_out(seed=1, server_round=2, client=c, rate=0.1) for c in range(2000)]
+    again = [drops_out(seed=1, server_round=2, client=c, rate=0.1) for c in range(2000)]
+    other_round = [drops_out(seed=1, server_round=3, client=c, rate=0.1) for c in range(2000)]
+    assert draws == again
+    assert draws != other_round
+    assert 150 <= sum(draws) <= 250  # ~10%
+    assert not any(drops_out(seed=1, server_round=2, client=c, rate=0.0) for c in range(100))
+
+
+@pytest.mark.parametrize(
+    ("stage", "message_type", "silent"),
+    [
+        ("after-key-share", "train", True),
+        ("after-key-share", "train.secagg", True),
+        ("after-key-share", "query.secagg_share", False),
+        ("after-masked-input", "train.secagg", False),
+        ("after-masked-input", "query.secagg_unmask", True),
+        ("after-masked-input", "evaluate", False),
+    ],
+)
+def test_dropout_mod_withholds_only_the_stage_and_later(stage, message_type, silent) -> None:
+    """Prepare a client that drops this round (rate just below 1); Assert its reply is
+    the unreachable-node error exactly for the messages of the stage and after."""
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+    from flwr.common.constant import ErrorCode
+
+    from simulation.dropout import dropout_mod
+
+    context = Context(
+        run_id=1,
+        node_id=1005,
+        node_config={"partition-id": 5, "num-partitions": 10},
+        state=RecordDict(),
+        run_config={"dropout": 0.999999, "dropout-stage": stage, "seed": 0},
+    )
+    message = Message(
+        RecordDict({"config": ConfigRecord({"server-round": 3})}),
+        dst_node_id=1005,
+        message_type=message_type,
+    )
+    calls = []
+
+    def handler(m: Message, c: Context) -> Message:
+        calls.append(m)
+        return Message(RecordDict(), reply_to=m)
+
+    reply = dropout_mod(message, context, handler)
+    assert reply.has_error() is silent
+    assert (len(calls) == 0) is silent
+    if silent:
+        assert reply.error.code == ErrorCode.NODE_UNAVAILABLE

@@ -145,11 +145,12 @@ def test_beyond_tolerated_dropouts_the_server_refuses(n, data):
         )
 
 
-def test_no_dropout_sum_is_exact_with_extreme_values():
+@pytest.mark.parametrize("prg", ["aes128-ctr", "chacha20"])
+def test_no_dropout_sum_is_exact_with_extreme_values(prg):
     """Prepare updates at ±clip with the largest weights; Assert no modulus overflow:
     the mean is exactly ±clip (within rounding) and the weight sum exact."""
     n = 6
-    config = SecAggConfig(enabled=True, clip=2.0, bits=16, max_weight=65536)
+    config = SecAggConfig(enabled=True, clip=2.0, bits=16, max_weight=65536, prg=prg)
     updates = {i: np.array([5.0, -5.0, 2.0, -2.0]) for i in range(1, n + 1)}
     weights = dict.fromkeys(updates, 65536)
     decoded, _, state = run_protocol(updates=updates, weights=weights, config=config)
