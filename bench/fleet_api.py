@@ -63,6 +63,13 @@ class Result:
     errors: int
     seconds: float
     latencies_ms: list[float]
+    server_cpu_s: float  # CPU of the API process over the whole scenario (all kinds)
+    scenario_requests: int  # requests of every kind in the scenario
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        """API-process CPU per request (PostgreSQL's own processes not included)."""
+        return 1000 * self.server_cpu_s / max(1, self.scenario_requests)
 
     @property
     def rps(self) -> float:
@@ -124,6 +131,12 @@ def seed(url: str, schema: str | None, *, devices: int, groups: int) -> tuple[st
         )
     engine.dispose()
     return token, ids
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -195,18 +208,23 @@ async def load(
             done, errors, latencies = 0, 0, []
             while time.perf_counter() < stop:
                 started = time.perf_counter()
-                if kind == "list":
-                    response = await client.get(
-                        "/api/v1/devices",
-                        params={"group": f"group-{rng.randrange(groups):02d}", "limit": 50},
-                    )
-                else:
-                    response = await client.post(
-                        f"/api/v1/devices/{rng.choice(ids)}/heartbeat", json={}
-                    )
+                try:
+                    if kind == "list":
+                        group = f"group-{rng.randrange(groups):02d}"
+                        response = await client.get(
+                            "/api/v1/devices", params={"group": group, "limit": 50}
+                        )
+                    else:
+                        response = await client.post(
+                            f"/api/v1/devices/{rng.choice(ids)}/heartbeat", json={}
+                        )
+                    failed = response.status_code >= 300
+                except httpx.TransportError:
+                    # A keep-alive connection the server had just closed: count, go on.
+                    failed = True
                 latencies.append((time.perf_counter() - started) * 1000)
                 done += 1
-                errors += response.status_code >= 300
+                errors += failed
             old = stats[kind]
             stats[kind] = (old[0] + done, old[1] + errors, old[2] + latencies)
 
@@ -251,6 +269,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Result]:
             ("mixed", ["list", "heartbeat"]),
         ):
             t0 = time.perf_counter()
+            cpu0 = process_cpu_seconds(process.pid)
             stats = asyncio.run(
                 load(
                     base,
@@ -263,8 +282,14 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Result]:
                 )
             )
             elapsed = time.perf_counter() - t0
+            if process.poll() is not None:
+                raise RuntimeError(f"[{backend}] the server died during {scenario}")
+            cpu = process_cpu_seconds(process.pid) - cpu0
+            total = sum(count for count, _, _ in stats.values())
             for kind, (count, errors, latencies) in stats.items():
-                results.append(Result(backend, scenario, kind, count, errors, elapsed, latencies))
+                results.append(
+                    Result(backend, scenario, kind, count, errors, elapsed, latencies, cpu, total)
+                )
             print(f"[{backend}] {scenario}: done", file=sys.stderr)
         return results
     finally:
@@ -285,7 +310,9 @@ def print_table(results: list[Result]) -> None:
     keys = list(dict.fromkeys((r.scenario, r.kind) for r in results))
     header = f"{'scenario':<10} {'request':<10}"
     for backend in backends:
-        header += f" | {backend + ' req/s':>14} {'p50 ms':>7} {'p99 ms':>7} {'err':>4}"
+        header += (
+            f" | {backend + ' req/s':>14} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} {'cpu ms':>6}"
+        )
     if len(backends) == 2:
         header += f" | {'req/s ratio':>11} {'p99 ratio':>9}"
     print(header)
@@ -295,9 +322,12 @@ def print_table(results: list[Result]) -> None:
         for backend in backends:
             r = rows.get((scenario, kind, backend))
             if r is None:
-                line += f" | {'-':>14} {'-':>7} {'-':>7} {'-':>4}"
+                line += f" | {'-':>14} {'-':>7} {'-':>7} {'-':>4} {'-':>6}"
                 continue
-            line += f" | {r.rps:>14.0f} {r.percentile(0.5):>7.1f} {r.percentile(0.99):>7.1f} {r.errors:>4}"
+            line += (
+                f" | {r.rps:>14.0f} {r.percentile(0.5):>7.1f} {r.percentile(0.99):>7.1f}"
+                f" {r.errors:>4} {r.cpu_ms_per_request:>6.2f}"
+            )
         if len(backends) == 2:
             a, b = rows.get((scenario, kind, backends[0])), rows.get((scenario, kind, backends[1]))
             if a and b and a.rps:
@@ -307,8 +337,15 @@ def print_table(results: list[Result]) -> None:
         print(line)
     if len(backends) == 2:
         print(
-            f"(ratios: {backends[1]} / {backends[0]}; req/s above 1 and p99 below 1 favour {backends[1]})"
+            f"(ratios: {backends[1]} / {backends[0]}; req/s above 1 and p99 below 1 favour "
+            f"{backends[1]})"
         )
+    print(
+        "cpu ms = API-process CPU per request over the scenario (PostgreSQL's own server "
+        "processes not included); unlike req/s it barely depends on how busy the machine is."
+    )
+    load1, _, _ = os.getloadavg()
+    print(f"machine: {os.cpu_count()} CPUs, 1-minute load average at the end {load1:.1f}")
 
 
 def main() -> None:

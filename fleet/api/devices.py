@@ -184,22 +184,19 @@ def rotate_credentials(
 def heartbeat(
     device_id: DeviceIdPath,
     session: SessionDep,
-    settings: SettingsDep,
     principal: Operator,
     body: Heartbeat | None = None,
 ) -> HeartbeatAck:
     model: object = crud.heartbeat_unchanged()
     if body is not None and "model_version_id" in body.model_fields_set:
         model = body.model_version_id
-    device = crud.record_heartbeat(session, device_id, model_version_id=model)
-    if device is None:
+    recorded = crud.record_heartbeat(session, device_id, model_version_id=model)
+    if recorded is None:
         raise HTTPException(404, f"device {device_id} does not exist")
     session.commit()
-    status = crud.derive_status(
-        device,
-        now=device.last_seen_at or device.enrolled_at,
-        offline_after_s=settings.offline_after_s,
-    )
     return HeartbeatAck(
-        device_id=device.id, status=status, last_seen_at=device.last_seen_at or device.enrolled_at
+        device_id=recorded.device_id,
+        status=DeviceStatus.online,
+        last_seen_at=recorded.last_seen_at,
+        model_version_id=recorded.model_version_id,
     )

@@ -1,4 +1,4 @@
-"""Dashboard pages: devices, models, runs (with an accuracy chart), audit, login.
+"""Dashboard pages: devices, models, runs (with an accuracy chart), audit.
 
 Pages are rendered on the server from the same CRUD functions the API uses, so they
 apply the same validation, role checks and audit records; forms post back here with a
@@ -9,220 +9,43 @@ other sites (the Content-Security-Policy forbids it).
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
+from fastapi import APIRouter, FastAPI, Form, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from jinja2 import Environment, PackageLoader, select_autoescape
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fleet.api.deps import get_session
 from fleet.auth import Principal
 from fleet.crud import devices as device_crud
 from fleet.crud import groups as group_crud
 from fleet.crud import registry as registry_crud
 from fleet.crud import runs as run_crud
-from fleet.crud import tokens as token_crud
 from fleet.crud.audit_log import AuditFilter, list_events
+from fleet.dashboard.account import account_router
 from fleet.dashboard.charts import line_chart_svg
-from fleet.dashboard.session import (
-    COOKIE_NAME,
-    BadForm,
-    LoginRequired,
-    check_form,
-    csrf_token,
-    require_login,
-    safe_next,
-    session_secret,
+from fleet.dashboard.pages import (
+    PAGE_SIZE,
+    Pages,
+    SessionDep,
+    actor,
+    audit_diff,
+    require_operator,
+    validated_slug,
 )
+from fleet.dashboard.session import BadForm, LoginRequired, check_form, require_login
 from fleet.errors import FleetError, http_exception_handler, validation_exception_handler
-from fleet.models.auth import Role
-from fleet.models.common import Slug, utcnow
 from fleet.models.devices import DeviceCreate, DeviceStatus
 from fleet.models.runs import RunStatus
 
-PAGE_SIZE = 50
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "X-Frame-Options": "DENY",
-    "Cache-Control": "no-store",
-}
-_SLUG = TypeAdapter(Slug)
-
-SessionDep = Annotated[Session, Depends(get_session)]
-
-
-def _environment() -> Environment:
-    env = Environment(
-        loader=PackageLoader("fleet.dashboard", "templates"),
-        autoescape=select_autoescape(["html"]),
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["ago"] = _ago
-    env.filters["ts"] = _timestamp
-    env.filters["num"] = _number
-    return env
-
-
-def _ago(value: datetime | None) -> str:
-    if value is None:
-        return "never"
-    seconds = max(0, int((utcnow() - value).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds // size} {unit} ago"
-    return f"{seconds} s ago"
-
-
-def _timestamp(value: datetime | None) -> str:
-    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _number(value: float | None, digits: int = 4) -> str:
-    return "—" if value is None else f"{value:.{digits}g}"
-
-
-class Pages:
-    """Renders templates with the common context and security headers."""
-
-    def __init__(self) -> None:
-        self.env = _environment()
-
-    def render(
-        self,
-        request: Request,
-        template: str,
-        *,
-        principal: Principal | None,
-        status_code: int = 200,
-        **context: Any,
-    ) -> HTMLResponse:
-        html = self.env.get_template(template).render(
-            request=request,
-            principal=principal,
-            can_write=principal is not None and principal.role.allows(Role.operator),
-            csrf=csrf_token(request),
-            path=request.url.path,
-            **context,
-        )
-        return HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
-
-
-def _actor(principal: Principal) -> Any:
-    return principal.actor("dashboard")
-
-
-def _require_operator(principal: Principal) -> None:
-    principal.require(Role.operator)
-
-
-def _diff(
-    before: dict[str, Any] | None, after: dict[str, Any] | None
-) -> list[tuple[str, str, str]]:
-    """Changed fields of an audit event as (field, before, after) strings."""
-    before = before or {}
-    after = after or {}
-    rows = []
-    for key in sorted(set(before) | set(after)):
-        old, new = before.get(key), after.get(key)
-        if old != new:
-            rows.append((key, _short(old), _short(new)))
-    return rows
-
-
-def _short(value: Any) -> str:
-    if value is None:
-        return "—"
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return text if len(text) <= 80 else text[:77] + "…"
-
-
-def _validated_slug(raw: str | None, errors: list[str], what: str) -> str | None:
-    if raw is None or raw == "":
-        return None
-    try:
-        return _SLUG.validate_python(raw)
-    except ValidationError:
-        errors.append(f"ignored the {what} filter: {raw[:40]!r} is not a valid name")
-        return None
-
 
 def build_router(pages: Pages) -> APIRouter:
+    """Devices, models, runs and audit pages, and their form actions."""
     router = APIRouter(include_in_schema=False)
-
-    @router.get("/")
-    def home() -> RedirectResponse:
-        return RedirectResponse("/devices", status_code=303)
-
-    # --- login / logout ---------------------------------------------------------------
-
-    @router.get("/login")
-    def login_page(request: Request, next: str | None = None) -> HTMLResponse:
-        return pages.render(request, "login.html", principal=None, next=safe_next(next), error=None)
-
-    @router.post("/login")
-    def login(
-        request: Request,
-        session: SessionDep,
-        token: Annotated[str, Form(max_length=200)] = "",
-        next: Annotated[str, Form(max_length=2000)] = "/devices",
-    ) -> Response:
-        found = (
-            token_crud.find_active_token(session, token.strip(), now=utcnow()) if token else None
-        )
-        if found is None:
-            return pages.render(
-                request,
-                "login.html",
-                principal=None,
-                next=safe_next(next),
-                error="That token is unknown, revoked or expired. Create one with "
-                "`fedfleet fleet token create --role viewer`.",
-                status_code=401,
-            )
-        principal = Principal.from_token(found)
-        settings = request.app.state.settings
-        secret = token_crud.open_dashboard_session(
-            session, token=found, ttl_s=settings.session_ttl_s, actor=_actor(principal)
-        )
-        session.commit()
-        response = RedirectResponse(safe_next(next), status_code=303)
-        response.set_cookie(
-            COOKIE_NAME,
-            secret,
-            max_age=settings.session_ttl_s,
-            path="/",
-            httponly=True,
-            samesite="strict",
-            secure=settings.cookie_secure,
-        )
-        return response
-
-    @router.post("/logout")
-    def logout(
-        request: Request, session: SessionDep, csrf: Annotated[str, Form(max_length=200)] = ""
-    ) -> Response:
-        principal = require_login(request, session)
-        check_form(request, csrf)
-        secret = session_secret(request)
-        if secret:
-            token_crud.close_dashboard_session(session, secret, actor=_actor(principal))
-            session.commit()
-        response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict")
-        return response
 
     # --- devices ------------------------------------------------------------------------
 
@@ -237,9 +60,9 @@ def build_router(pages: Pages) -> APIRouter:
         params = request.query_params
         settings = request.app.state.settings
         errors: list[str] = []
-        group = _validated_slug(params.get("group"), errors, "group")
-        tag = _validated_slug(params.get("tag"), errors, "tag")
-        target = _validated_slug(params.get("target"), errors, "hardware target")
+        group = validated_slug(params.get("group"), errors, "group")
+        tag = validated_slug(params.get("tag"), errors, "tag")
+        target = validated_slug(params.get("target"), errors, "hardware target")
         status: DeviceStatus | None = None
         if params.get("status"):
             try:
@@ -303,7 +126,7 @@ def build_router(pages: Pages) -> APIRouter:
     ) -> HTMLResponse:
         principal = require_login(request, session)
         check_form(request, csrf)
-        _require_operator(principal)
+        require_operator(principal)
         settings = request.app.state.settings
         try:
             data = DeviceCreate(
@@ -313,7 +136,7 @@ def build_router(pages: Pages) -> APIRouter:
                 tags=[t.strip() for t in tags.split(",") if t.strip()],
             )
             device, password = device_crud.enroll_device(
-                session, data, actor=_actor(principal), offline_after_s=settings.offline_after_s
+                session, data, actor=actor(principal), offline_after_s=settings.offline_after_s
             )
             session.commit()
         except ValidationError as exc:
@@ -348,14 +171,14 @@ def build_router(pages: Pages) -> APIRouter:
     ) -> Response:
         principal = require_login(request, session)
         check_form(request, csrf)
-        _require_operator(principal)
+        require_operator(principal)
         device = device_crud.get_device(session, device_id[:64])
         if device is None:
             raise HTTPException(404, f"device {device_id[:64]} does not exist")
         device_crud.retire_device(
             session,
             device,
-            actor=_actor(principal),
+            actor=actor(principal),
             offline_after_s=request.app.state.settings.offline_after_s,
         )
         session.commit()
@@ -379,14 +202,14 @@ def build_router(pages: Pages) -> APIRouter:
     ) -> Response:
         principal = require_login(request, session)
         check_form(request, csrf)
-        _require_operator(principal)
+        require_operator(principal)
         model = registry_crud.get_model(session, model_id) if 0 < model_id < 2**31 else None
         if model is None:
             raise HTTPException(404, f"model version {model_id} does not exist")
         if action == "promote":
-            registry_crud.promote_model(session, model, actor=_actor(principal))
+            registry_crud.promote_model(session, model, actor=actor(principal))
         elif action == "deprecate":
-            registry_crud.deprecate_model(session, model, actor=_actor(principal))
+            registry_crud.deprecate_model(session, model, actor=actor(principal))
         else:
             raise HTTPException(404, f"unknown model action {action[:20]!r}")
         session.commit()
@@ -465,7 +288,7 @@ def build_router(pages: Pages) -> APIRouter:
             limit=PAGE_SIZE,
             offset=(page - 1) * PAGE_SIZE,
         )
-        rows = [(event, _diff(event.before, event.after)) for event in result.items]
+        rows = [(event, audit_diff(event.before, event.after)) for event in result.items]
         kept = {
             k: v for k, v in {"actor": actor, "action": action, "entity_type": entity}.items() if v
         }
@@ -483,10 +306,13 @@ def build_router(pages: Pages) -> APIRouter:
 
     return router
 
+    return router
+
 
 def install(app: FastAPI) -> None:
     """Add the dashboard routes, static files and their error pages to ``app``."""
     pages = Pages()
+    app.include_router(account_router(pages))
     app.include_router(build_router(pages))
     from fleet.dashboard.rollouts_page import rollout_router  # OTA rollouts (issue 7)
 

@@ -187,3 +187,4 @@ class HeartbeatAck(FleetModel):
     device_id: str
     status: DeviceStatus
     last_seen_at: datetime
+    model_version_id: int | None = PydanticField(description="Model version now on record.")

@@ -111,6 +111,7 @@ def test_status_follows_heartbeats_and_last_will(
         f"/api/v1/devices/{fresh}/heartbeat", json={"model_version_id": model["id"]}, headers=admin
     )
     assert ack.status_code == 200 and ack.json()["status"] == "online"
+    assert ack.json()["model_version_id"] == model["id"]
     client.post(f"/api/v1/devices/{stale}/heartbeat", headers=admin)
     client.post(f"/api/v1/devices/{gone}/heartbeat", headers=admin)
     long_ago = utcnow() - timedelta(hours=1)
