@@ -90,6 +90,7 @@ class DeviceAgent:
         self._download: Download | None = None
         self._command: proto.Command | None = None
         self._in_flight: dict[int, float] = {}
+        self._chunk_timeout = config.chunk_timeout_s  # doubles while nothing arrives
         self._bins: tuple[tuple[float, ...], ...] = ()
         self._stats = _Stats()
         self._stats.reset(())
@@ -194,7 +195,7 @@ class DeviceAgent:
                 oldest = min(list(self._in_flight.values()), default=now)
             except RuntimeError:  # changed by the worker while we looked: just tick
                 oldest = 0.0
-            due = now - oldest > self.config.chunk_timeout_s or not self._in_flight
+            due = now - oldest > self._chunk_timeout or not self._in_flight
         if due and self._connected:
             self._enqueue("tick", None)
 
@@ -267,10 +268,13 @@ class DeviceAgent:
         if now >= self._next_telemetry:
             self._publish_telemetry(now)
         if self._download is not None:
-            stale = [i for i, t in self._in_flight.items() if now - t > self.config.chunk_timeout_s]
+            stale = [i for i, t in self._in_flight.items() if now - t > self._chunk_timeout]
             for index in stale:
                 del self._in_flight[index]
             if stale:
+                # Back off: a busy fleet answers late; asking again at once would only
+                # add to its queue (congestion collapse).
+                self._chunk_timeout = min(self._chunk_timeout * 2, 120.0)
                 self._request_chunks()
 
     def _on_mqtt(self, topic_name: str, payload: bytes) -> None:
@@ -354,6 +358,7 @@ class DeviceAgent:
         self.rejected_chunks += download.rejected - rejected
         if chunk.transfer_id == download.transfer_id:
             self._in_flight.pop(chunk.index, None)
+            self._chunk_timeout = self.config.chunk_timeout_s
         if download.complete:
             self._finish_install()
         else:

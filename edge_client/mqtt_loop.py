@@ -143,7 +143,10 @@ class SharedLoop:
             if not state["wanted"]:
                 continue
             if client.socket() is not None:
-                client.loop_misc()
+                try:
+                    client.loop_misc()
+                except Exception:
+                    log.exception("keepalive of one client failed")
                 if client.is_connected() or client.socket() is not None:
                     state["delay"] = self._min
                     continue

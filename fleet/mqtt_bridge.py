@@ -216,15 +216,36 @@ class FleetBridge:
     def _serve_chunks(self) -> None:
         while True:
             item = self._chunks.get()
-            if item is None:
+            backlog = [item]
+            # Coalesce the backlog: under load, devices ask again for chunks still queued
+            # here; serving each (device, transfer, chunk) once keeps the load bounded.
+            while item is not None and len(backlog) < 10_000:
+                try:
+                    item = self._chunks.get_nowait()
+                except queue.Empty:
+                    break
+                backlog.append(item)
+            wanted: dict[tuple[str, str], set[int]] = {}
+            for entry in backlog:
+                if entry is None:
+                    continue
+                parsed = self._parse_request(*entry)
+                if parsed is not None:
+                    device_id, request = parsed
+                    wanted.setdefault((device_id, request.transfer_id), set()).update(
+                        request.indices
+                    )
+            for (device_id, transfer_id), indices in wanted.items():
+                try:
+                    self._serve(device_id, transfer_id, sorted(indices))
+                except Exception:  # a bad request must never stop the server
+                    log.exception("serving chunks to %s failed", device_id)
+            if any(entry is None for entry in backlog):
                 return
-            topic_name, payload = item
-            try:
-                self._serve_one(topic_name, payload)
-            except Exception:  # a bad request must never stop the server
-                log.exception("chunk request on %s failed", topic_name)
 
-    def _serve_one(self, topic_name: str, payload: bytes) -> None:
+    def _parse_request(
+        self, topic_name: str, payload: bytes
+    ) -> tuple[str, proto.ChunkRequest] | None:
         self.stats.received += 1
         try:
             device_id, _channel = proto.parse_topic(topic_name)
@@ -232,24 +253,26 @@ class FleetBridge:
         except proto.ProtocolError as err:
             self.stats.ignored += 1
             log.warning("ignored a chunk request on %s: %s", topic_name, err)
-            return
-        assert isinstance(request, proto.ChunkRequest)  # noqa: S101 - decode by channel
+            return None
+        if not isinstance(request, proto.ChunkRequest):  # pragma: no cover - by channel
+            return None
+        return device_id, request
+
+    def _serve(self, device_id: str, transfer_id: str, indices: list[int]) -> None:
         try:
-            data = self._artifact_bytes(request.transfer_id)
+            data = self._artifact_bytes(transfer_id)
         except (FileNotFoundError, ValueError) as err:
             self.stats.ignored += 1
-            log.warning("%s asked for unknown artifact %s: %s", device_id, request.transfer_id, err)
+            log.warning("%s asked for unknown artifact %s: %s", device_id, transfer_id, err)
             return
         size = self.settings.chunk_size
         out_topic = proto.topic(device_id, "chunk")
-        for index in request.indices:
+        for index in indices:
             start = index * size
             if start >= len(data):
                 continue
             frame = proto.encode_chunk(
-                proto.Chunk(
-                    transfer_id=request.transfer_id, index=index, data=data[start : start + size]
-                )
+                proto.Chunk(transfer_id=transfer_id, index=index, data=data[start : start + size])
             )
             self.client.publish(out_topic, frame, qos=proto.QOS)
             self.stats.chunks_served += 1
