@@ -47,7 +47,7 @@ from simulation.settings import SimulateSettings
 CONNECTION = "fedfleet-sim"
 # Temporary FLWR_HOME folders go in the system temp folder under this prefix. Keep that
 # folder's path short: Ray puts its session and AF_UNIX sockets (at most 107 bytes) there.
-HOME_PREFIX = "fedfleet-flwr-"
+HOME_PREFIX = "ffsim-flwr-"
 SUPERLINK_START_TIMEOUT_S = 90.0
 _ROUND_FIELDS = ("round", "accuracy", "loss", "duration_s", "clients", "selected", "failures")
 
