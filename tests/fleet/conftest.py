@@ -322,16 +322,15 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
-def fleet_server(tmp_path: Path) -> Iterator[Server]:
+@contextmanager
+def running_server(data_dir: Path) -> Iterator[Server]:
     """``fedfleet fleet serve`` (as ``python -m fleet.cli serve``, which skips importing the
     other sub-apps) on a free loopback port with a fresh SQLite database; stopped by PID."""
     port = _free_port()
-    data_dir = tmp_path / "fleet-data"
     process = subprocess.Popen(
         [sys.executable, "-m", "fleet.cli", "serve", "--port", str(port), "--log-level", "warning"],
         env={**os.environ, "FEDFLEET_FLEET_DATA_DIR": str(data_dir)},
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
@@ -357,3 +356,17 @@ def fleet_server(tmp_path: Path) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def fleet_server(tmp_path: Path) -> Iterator[Server]:
+    """A real ``fleet serve`` process for one test."""
+    with running_server(tmp_path / "fleet-data") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def module_fleet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real ``fleet serve`` process shared by the tests of one module."""
+    with running_server(tmp_path_factory.mktemp("fleet-server") / "fleet-data") as server:
+        yield server

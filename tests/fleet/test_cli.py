@@ -117,14 +117,8 @@ def test_serve_and_a_cli_token_work_together(fleet_server: Any) -> None:
     assert httpx.get(f"{base}/", timeout=5, follow_redirects=False).status_code == 303
     # A second server on the same port fails with one clear line.
     port = base.rsplit(":", 1)[1]
-    second = subprocess.run(
-        [sys.executable, "-m", "fleet.cli", "serve", "--port", port],
-        env={**os.environ, "FEDFLEET_FLEET_DATA_DIR": data_dir},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert second.returncode == 1
+    second = runner.invoke(app, ["serve", "--port", port])
+    assert second.exit_code == 1
     assert second.stderr.strip().splitlines() == [
         f"error: cannot listen on 127.0.0.1:{port} (Address already in use); choose another --port"
     ]

@@ -19,8 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
-from fleet.db import make_engine
+from fleet.audit import Actor
+from fleet.crud.tokens import create_token
+from fleet.db import make_engine, session_scope
 from fleet.models.auth import Role
 from fleet.models.common import utcnow
 
@@ -44,9 +47,27 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def seeded(fleet_server: Any, new_token: Any, run_sql: Any) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def fleet_server(module_fleet_server: Any) -> Any:
+    """One server for this module (starting one costs seconds)."""
+    return module_fleet_server
+
+
+@pytest.fixture(scope="module")
+def seeded(fleet_server: Any) -> dict[str, Any]:
     """A small fleet: 6 devices in 2 groups, 2 model versions, a finished 5-round run."""
+
+    def new_token(engine: Any, role: Role, *, name: str) -> str:
+        with session_scope(engine, write=True) as session:
+            secret, _ = create_token(
+                session, name=name, role=role, actor=Actor("cli:tests", "admin", "cli")
+            )
+        return secret
+
+    def run_sql(engine: Any, statement: str, **params: Any) -> None:
+        with engine.begin() as connection:
+            connection.execute(text(statement), params)
+
     engine = make_engine(fleet_server.database_url)
     tokens = {role: new_token(engine, role, name=f"{role.value}-ana") for role in Role}
     api = httpx.Client(

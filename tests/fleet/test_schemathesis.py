@@ -20,7 +20,7 @@ from schemathesis.checks import positive_data_acceptance
 
 from fleet.models.auth import Role
 
-EXAMPLES = {GenerationMode.POSITIVE: 5, GenerationMode.NEGATIVE: 3}
+EXAMPLES = {GenerationMode.POSITIVE: 4, GenerationMode.NEGATIVE: 2}
 #: Field rules JSON Schema cannot state (a per-field ``value_error`` is expected there).
 RULES_BEYOND_JSON_SCHEMA = {
     "POST /api/v1/rollouts": {"body.waves"},  # waves must increase and end at 100
