@@ -20,6 +20,7 @@ from coordinator.run_tracker import RunTracker
 from coordinator.secagg_exchange import SecAggExchange, secagg_from_run_config
 from coordinator.strategy_setup import build_strategy_setup
 from edge_client import messages as k
+from strategies.selection import TelemetrySource
 from tasks import evaluate, get_task
 
 log = logging.getLogger(__name__)
@@ -50,16 +51,19 @@ def build_loop(
     *,
     on_round: Callable[[RoundRecord], None] | None = None,
     run_config: Mapping[str, Any] | None = None,
+    telemetry: TelemetrySource | None = None,
 ) -> RoundLoop:
     """Assemble the round loop for ``config`` (strategy, selector, evaluation, checkpoints).
 
     ``run_config`` is the full Flower run config: the strategy side (``strategy-*``,
     selection, attack-resistant reply filters, FedBuff) reads its own keys from it.
+    ``telemetry`` tells device-aware selection what each device reports (a fleet's
+    telemetry; in simulation, the simulated devices' profiles and availability).
     """
     run_config = run_config or config.as_run_config()
     secagg = secagg_from_run_config(run_config, config)  # refuses bad settings before round 1
     secure = SecAggExchange(secagg) if secagg is not None else None
-    setup = build_strategy_setup(config, run_config, exchange=secure)
+    setup = build_strategy_setup(config, run_config, exchange=secure, telemetry=telemetry)
     train_config = ConfigRecord(
         {
             k.LOCAL_EPOCHS: config.local_epochs,
@@ -88,7 +92,11 @@ def build_loop(
 
 
 def run_federation(
-    grid: Grid, context: Context, *, on_round: Callable[[RoundRecord], None] | None = None
+    grid: Grid,
+    context: Context,
+    *,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    telemetry: TelemetrySource | None = None,
 ) -> None:
     """The ServerApp's main: validate the run config, run the rounds, write results."""
     config = RunConfig.from_run_config(context.run_config)
@@ -116,7 +124,9 @@ def run_federation(
 
     # metrics.json records every switch of the run (secagg, dp, attack...), not only core keys.
     recorded_config = {**dict(context.run_config), **config.as_run_config()}
-    loop = build_loop(config, on_round=record_round, run_config=context.run_config)
+    loop = build_loop(
+        config, on_round=record_round, run_config=context.run_config, telemetry=telemetry
+    )
     if loop.checkpoints is not None and (previous := loop.checkpoints.load()) is not None:
         records.extend(previous.rounds)  # a resumed run's files keep the earlier rounds
     wait_for_nodes(grid, minimum=config.clients_per_round, timeout=config.round_timeout)
@@ -130,13 +140,18 @@ def run_federation(
         )
 
 
-def build_server_app(*, on_round: Callable[[RoundRecord], None] | None = None) -> ServerApp:
-    """A ServerApp running fedfleet's round loop; ``on_round`` sees each round's record."""
+def build_server_app(
+    *,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    telemetry: TelemetrySource | None = None,
+) -> ServerApp:
+    """A ServerApp running fedfleet's round loop; ``on_round`` sees each round's record,
+    ``telemetry`` feeds device-aware selection."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, context, on_round=on_round)
+        run_federation(grid, context, on_round=on_round, telemetry=telemetry)
 
     return server_app
 

@@ -79,7 +79,10 @@ def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = F
 
             client_app = build_simulation_client_app()  # simulation mods: simulation/apps.py
             grid = run_inprocess(
-                server_app=build_server_app(on_round=on_round_inprocess),
+                server_app=build_server_app(
+                    on_round=on_round_inprocess,
+                    telemetry=fleet.telemetry if fleet is not None else None,
+                ),
                 client_app=client_app,
                 num_nodes=settings.clients,
                 run_config=run_config,
@@ -96,8 +99,10 @@ def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = F
     doc["wall_time_s"] = time.perf_counter() - started
     metrics_path.write_text(json.dumps(doc, indent=2))
     plot_accuracy(metrics_path, out_dir / "accuracy.png")
+    simulated = doc["rounds"][-1].get("sim_time_s") if doc["rounds"] else None
+    fleet_text = f"; a real fleet would have taken {simulated:.1f}s" if simulated else ""
     console.print(
         f"final accuracy {doc['final_accuracy']:.4f} after {settings.rounds} rounds "
-        f"in {doc['wall_time_s']:.1f}s"
+        f"in {doc['wall_time_s']:.1f}s{fleet_text}"
     )
     return doc

@@ -181,3 +181,27 @@ def test_the_engine_stamps_nothing_without_devices() -> None:
         client_app=_client(), num_nodes=2, run_config={}, node_config_fn=lambda i: {}
     )
     assert grid.fleet is None
+
+
+def test_device_aware_selection_sees_the_profiles_availability(tmp_path: Path) -> None:
+    # Prepare: at 09:00 nine phones in ten are offline.
+    def run(selection: str) -> list[dict]:
+        settings = SimulateSettings.build(
+            config_file=None,
+            overrides={
+                "task": "breast-cancer-mlp",
+                "clients": 40,
+                "clients_per_round": 5,
+                "rounds": 2,
+                "devices": "phone-like=0.5,jetson-orin=0.5",
+                "selection": selection,
+            },
+        )
+        return run_simulation(settings, out_dir=tmp_path / selection, quiet=True)["rounds"]
+
+    # Execute
+    naive, aware = run("random"), run("device-aware")
+    # Assert: random selection picks offline phones; device-aware selection never does.
+    assert sum(r["offline"] for r in naive) > 0
+    assert sum(r["offline"] for r in aware) == 0
+    assert all(r["selected"] == 5 and r["clients"] + r["dropped"] == 5 for r in aware)
