@@ -139,18 +139,20 @@ def simulate(
         str | None,
         typer.Option(
             help="Simulated device mix NAME=FRACTION,... of jetson-orin, rpi5, rpi4, cpu-x86, "
-            "phone-like; reports simulated wall-clock per round. [default: off]"
+            "phone-like; reports simulated wall-clock per round. (default: off)"
         ),
     ] = None,
     app: Annotated[
         Path | None,
-        typer.Option(help="Run this Flower App folder (pyproject.toml) instead of fedfleet's."),
+        typer.Option(
+            help="Run this Flower App folder (its pyproject.toml) instead of fedfleet's apps."
+        ),
     ] = None,
     app_config: Annotated[
         list[str] | None,
         typer.Option(
             "--run-config",
-            help='With --app: override its [tool.flwr.app.config], e.g. "num-server-rounds=5".',
+            help='With --app: override keys of its tool.flwr.app.config, e.g. "num-server-rounds=5".',
         ),
     ] = None,
     dp: Annotated[

@@ -45,6 +45,9 @@ _FEDFLEET_APP_ONLY = (
     "deadline",
     "secagg",
     "dropout",
+    "dp",
+    "epsilon",
+    "sweep_epsilon",
 )
 
 
