@@ -35,6 +35,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -82,7 +83,7 @@ def register_bench_tasks(max_clients: int) -> None:
             TaskSpec(
                 name=f"bench-mlp-{size}",
                 description=f"benchmark MLP of about {size} parameters",
-                build_model=lambda h=hidden: _mlp(h),
+                build_model=functools.partial(_mlp, hidden),
                 load_data=load,
                 num_classes=CLASSES,
                 input_shape=(INPUTS,),
@@ -119,7 +120,7 @@ def fedfleet_round(*, n: int, size: str, secagg: bool, dropout: float) -> tuple[
     from simulation.dropout import dropout_mod
     from simulation.inprocess import run_inprocess
 
-    records = []
+    records: list[Any] = []
     run_config: dict[str, bool | int | float | str] = {
         "task": f"bench-mlp-{size}",
         "num-clients": n,
@@ -293,7 +294,9 @@ def main() -> None:
         for _ in range(args.repeat):
             ours = Timing.best(ours, fedfleet_round(n=n, size="100k", secagg=True, dropout=0.0)[0])
         plain = flower_round(n=n, size="100k", secagg=False, shares=degree + 1, threshold=threshold)
-        variants = [(f"same K+1 = {degree + 1} shares, T = {threshold}", degree + 1, threshold)]
+        variants: list[tuple[str, int | float, int | float]] = [
+            (f"same K+1 = {degree + 1} shares, T = {threshold}", degree + 1, threshold)
+        ]
         if not args.no_complete:
             variants.append(("complete graph (num_shares = 1.0), T = n/2", 1.0, 0.5))
         print(

@@ -36,6 +36,7 @@ from edge_client.secagg_client import (
 )
 from privacy.secagg import server as protocol
 from privacy.secagg.arrays import apply_update, num_params
+from privacy.secagg.client import pack_ids
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.quantize import decode_sum, input_length, ring_dtype
 from privacy.secagg.shamir import decode_share
@@ -141,7 +142,7 @@ class SecAggExchange:
         base = {
             k.SA_ROUND: server_round,
             k.SA_GRAPH_SEED: state.graph_seed,
-            k.SA_PARTICIPANTS: list(state.participants),
+            k.SA_PARTICIPANTS: pack_ids(state.participants),
             **params_to_record(state.params),
         }
         setup = {node: _record(base) for node in state.participants}

@@ -60,7 +60,7 @@ SECAGG_VECTOR: Final = "y"
 # Keys inside the SECAGG ConfigRecord.
 SA_ROUND: Final = "round"
 SA_GRAPH_SEED: Final = "graph-seed"  # bytes(32), drawn by the coordinator
-SA_PARTICIPANTS: Final = "participants"  # list[int] node ids of the round
+SA_PARTICIPANTS: Final = "participants"  # bytes: the round's node ids, big-endian uint64
 SA_PARAMS: Final = "params"  # [degree, threshold, bits, max-weight, modulus-bits]
 SA_CLIP: Final = "clip"  # float, per-coordinate clipping bound R
 SA_PRG: Final = "prg"  # str, mask generator: "aes128-ctr" | "chacha20"

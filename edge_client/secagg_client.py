@@ -150,7 +150,7 @@ def handle_setup(message: Message, context: Context) -> Message:
             server_round=int_value(record, k.SA_ROUND),
             params=params_from_record(record),
             graph_seed=bytes_value(record, k.SA_GRAPH_SEED),
-            participants=int_list(record, k.SA_PARTICIPANTS),
+            participants=protocol.unpack_ids(bytes_value(record, k.SA_PARTICIPANTS)),
         )
     except (protocol.ProtocolError, KeyError, ValueError) as exc:
         return _refuse(message, exc)

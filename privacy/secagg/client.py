@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from privacy.secagg.config import SecAggParams
-from privacy.secagg.graph import neighbour_graph
+from privacy.secagg.graph import neighbours_of
 from privacy.secagg.keys import (
     KEY_BYTES,
     PURPOSE_SHARE,
@@ -108,22 +108,22 @@ class ClientRound:
             ],
             "clip": self.params.clip,
             "prg": self.params.prg,
-            "participants": _pack_ids(self.participants),
-            "neighbours": _pack_ids(self.neighbours),
+            "participants": pack_ids(self.participants),
+            "neighbours": pack_ids(self.neighbours),
             "c-private": self.c_private,
             "c-public": self.c_public,
             "s-private": self.s_private,
             "s-public": self.s_public,
             "stage": self.stage,
             "self-seed": self.self_seed,
-            "peers": _pack_ids(peers),
+            "peers": pack_ids(peers),
             "peer-share-keys": b"".join(self.peer_share_keys.get(p, b"") for p in peers),
             "peers-s": b"".join(self.peers_s[p] for p in peers),
             "own-shares": encode_share(self.own_seed_share) + encode_share(self.own_key_share),
-            "held": _pack_ids(held),
+            "held": pack_ids(held),
             "held-seed": b"".join(encode_share(self.held_seed[p]) for p in held),
             "held-key": b"".join(encode_share(self.held_key[p]) for p in held),
-            "revealed": _pack_ids(list(self.revealed)),
+            "revealed": pack_ids(list(self.revealed)),
             "revealed-kind": "".join(kind[0] for kind in self.revealed.values()),
         }
 
@@ -140,16 +140,16 @@ class ClientRound:
             modulus_bits=modulus_bits,
             prg=str(data["prg"]),
         )
-        peers = _unpack_ids(data["peers"])
-        held = _unpack_ids(data["held"])
+        peers = unpack_ids(data["peers"])
+        held = unpack_ids(data["held"])
         own = _blocks(data["own-shares"], SHARE_BYTES)
         kinds = {"s": SEED, "k": KEY}
         return cls(
             node_id=int(data["node-id"]),
             server_round=int(data["round"]),
             params=params,
-            participants=tuple(_unpack_ids(data["participants"])),
-            neighbours=tuple(_unpack_ids(data["neighbours"])),
+            participants=tuple(unpack_ids(data["participants"])),
+            neighbours=tuple(unpack_ids(data["neighbours"])),
             c_private=bytes(data["c-private"]),
             c_public=bytes(data["c-public"]),
             s_private=bytes(data["s-private"]),
@@ -173,7 +173,7 @@ class ClientRound:
             revealed={
                 owner: kinds[c]
                 for owner, c in zip(
-                    _unpack_ids(data["revealed"]), str(data["revealed-kind"]), strict=True
+                    unpack_ids(data["revealed"]), str(data["revealed-kind"]), strict=True
                 )
             },
         )
@@ -234,7 +234,7 @@ def setup(
     if len(graph_seed) != KEY_BYTES:
         raise ProtocolError("the graph seed must be 32 bytes")
     try:
-        graph = neighbour_graph(participants, degree=params.degree, seed=graph_seed)
+        neighbours = neighbours_of(node_id, participants, degree=params.degree, seed=graph_seed)
     except ValueError as exc:
         raise ProtocolError(str(exc)) from None
     c, s = generate_keypair(), generate_keypair()
@@ -243,7 +243,7 @@ def setup(
         server_round=server_round,
         params=params,
         participants=tuple(participants),
-        neighbours=graph[node_id],
+        neighbours=neighbours,
         c_private=c.private,
         c_public=c.public,
         s_private=s.private,
@@ -413,11 +413,15 @@ def _share_keys(state: ClientRound, peer_publics: Mapping[int, bytes]) -> dict[i
     }
 
 
-def _pack_ids(ids: Sequence[int]) -> bytes:
+def pack_ids(ids: Sequence[int]) -> bytes:
+    """Node ids as big-endian uint64s (a compact list for records and messages)."""
     return np.asarray(list(ids), dtype=">u8").tobytes()
 
 
-def _unpack_ids(data: bytes) -> list[int]:
+def unpack_ids(data: bytes) -> list[int]:
+    """Inverse of :func:`pack_ids`."""
+    if len(data) % 8:
+        raise ValueError("packed node ids must be a multiple of 8 bytes")
     return [int(v) for v in np.frombuffer(bytes(data), dtype=">u8")]
 
 

@@ -30,11 +30,28 @@ def ring_order(node_ids: Sequence[int], *, seed: bytes) -> list[int]:
     among the sorted ids; sorting by (value, id) is a uniform permutation up to ties of
     probability ≈ n²/2^65.
     """
-    ids = sorted(set(node_ids))
+    ids = np.array(sorted(set(node_ids)), dtype=np.uint64)
     if len(ids) != len(node_ids):
         raise ValueError("node ids must be distinct")
     values = keystream(seed, len(ids), np.uint64, prg="chacha20")  # fixed: part of the wire spec
-    return [ids[i] for i in sorted(range(len(ids)), key=lambda i: (int(values[i]), ids[i]))]
+    return [int(v) for v in ids[np.lexsort((ids, values))]]
+
+
+def _check_degree(n: int, degree: int) -> None:
+    if degree < 1:
+        raise ValueError("the masking graph needs degree >= 1")
+    if degree < n - 1 and degree % 2:
+        raise ValueError(f"degree {degree} must be even (or >= n-1 for the complete graph)")
+
+
+def _ring_neighbours(order: Sequence[int], pos: int, degree: int) -> tuple[int, ...]:
+    n = len(order)
+    if degree >= n - 1:
+        return tuple(sorted(order[j] for j in range(n) if j != pos))
+    half = degree // 2
+    peers = {order[(pos + d) % n] for d in range(1, half + 1)}
+    peers |= {order[(pos - d) % n] for d in range(1, half + 1)}
+    return tuple(sorted(peers))
 
 
 def neighbour_graph(node_ids: Sequence[int], *, degree: int, seed: bytes) -> Graph:
@@ -42,18 +59,19 @@ def neighbour_graph(node_ids: Sequence[int], *, degree: int, seed: bytes) -> Gra
 
     ``degree`` ≥ n−1 gives the complete graph (SecAgg); otherwise it must be even.
     """
-    n = len(node_ids)
-    if degree < 1:
-        raise ValueError("the masking graph needs degree >= 1")
+    _check_degree(len(node_ids), degree)
     order = ring_order(node_ids, seed=seed)
-    if degree >= n - 1:
-        return {i: tuple(sorted(j for j in order if j != i)) for i in order}
-    if degree % 2:
-        raise ValueError(f"degree {degree} must be even (or >= n-1 for the complete graph)")
-    half = degree // 2
-    graph: Graph = {}
-    for pos, i in enumerate(order):
-        peers = {order[(pos + d) % n] for d in range(1, half + 1)}
-        peers |= {order[(pos - d) % n] for d in range(1, half + 1)}
-        graph[i] = tuple(sorted(peers))
-    return graph
+    return {node: _ring_neighbours(order, pos, degree) for pos, node in enumerate(order)}
+
+
+def neighbours_of(
+    node: int, node_ids: Sequence[int], *, degree: int, seed: bytes
+) -> tuple[int, ...]:
+    """One client's neighbours in :func:`neighbour_graph` (O(n log n), not O(n·K))."""
+    _check_degree(len(node_ids), degree)
+    order = ring_order(node_ids, seed=seed)
+    try:
+        pos = order.index(node)
+    except ValueError:
+        raise ValueError(f"node {node} is not among the participants") from None
+    return _ring_neighbours(order, pos, degree)
