@@ -84,6 +84,7 @@ def write_sweep(points: list[SweepPoint], out_dir: Path, *, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     private = [p for p in points if math.isfinite(p.target_epsilon)]
     baseline = [p for p in points if not math.isfinite(p.target_epsilon)]
@@ -97,6 +98,9 @@ def write_sweep(points: list[SweepPoint], out_dir: Path, *, title: str) -> None:
     if baseline and baseline[0].final_accuracy is not None:
         ax.axhline(baseline[0].final_accuracy, linestyle="--", color="gray", label="no DP")
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([p.target_epsilon for p in private]))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("ε (target, δ fixed)")
     ax.set_ylabel("final test accuracy")
     ax.set_ylim(0, 1)
