@@ -41,6 +41,7 @@ class SharedLoop:
         self._min, self._max = reconnect_min_s, reconnect_max_s
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)  # a full pipe already means "wake up"
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
 
     def start(self) -> SharedLoop:
@@ -106,6 +107,8 @@ class SharedLoop:
             pass
 
     def _wake(self) -> None:
+        if threading.current_thread() is self._thread:
+            return  # the loop itself is awake
         with contextlib.suppress(BlockingIOError, OSError):
             self._wake_w.send(b"x")
 
