@@ -20,7 +20,8 @@ SuperExec, Ray and app processes included). Prints a table with ratios and write
 ``simulation.json`` and ``simulation.png`` to ``--out``.
 
     python bench/simulation.py [--clients 1000] [--per-round 100] [--rounds 3]
-                               [--engines flower,plain,fedfleet] [--out runs/bench-simulation]
+                               [--engines flower,plain,fedfleet] [--repeats N]
+                               [--threads T] [--out runs/bench-simulation]
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ FEDFLEET = [sys.executable, "-c", "from fedfleet.cli import main; main()"]
 
 
 # -- the plain loop (runs in its own process) ------------------------------------------
-def plain_loop(clients: int, per_round: int, rounds: int, seed: int) -> None:
+def plain_loop(clients: int, per_round: int, rounds: int, seed: int, epochs: int = 1) -> None:
     """FedAvg as a for-loop: no Flower, no coordinator, no messages. Prints one JSON
     line per round: {"round", "start", "end", "accuracy"} (absolute times)."""
     import numpy as np
@@ -76,7 +77,7 @@ def plain_loop(clients: int, per_round: int, rounds: int, seed: int) -> None:
                 model,
                 local.x_train,
                 local.y_train,
-                epochs=1,
+                epochs=epochs,
                 batch_size=16,
                 learning_rate=0.05,
                 seed=int(seed_seq.generate_state(1)[0]),
@@ -197,6 +198,8 @@ def run_fedfleet(
         str(args.rounds),
         "--seed",
         str(args.seed),
+        "--local-epochs",
+        str(args.local_epochs),
         "--engine",
         "inprocess" if engine == "fedfleet" else "flower",
         "--out",
@@ -245,6 +248,8 @@ def run_plain(args: argparse.Namespace, env: dict[str, str]) -> EngineResult:
         str(args.rounds),
         "--seed",
         str(args.seed),
+        "--local-epochs",
+        str(args.local_epochs),
     ]
     launch = time.time()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -324,7 +329,7 @@ def plot(results: dict[str, EngineResult], path: Path) -> None:
     )
     ax.set_ylabel("seconds")
     ax.set_yscale("log")
-    ax.set_title("digits-cnn, 1,000 clients, 100 per round: seconds per phase")
+    ax.set_title("digits-cnn: seconds per phase (start-up, then each round)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
@@ -338,36 +343,68 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--engines", default="flower,plain,fedfleet")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per engine (Flower: one), interleaved; the median steady round is shown",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="OMP_NUM_THREADS for every engine (0: default)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench-simulation"))
     args = parser.parse_args()
     if args.plain:
-        plain_loop(args.clients, args.per_round, args.rounds, args.seed)
+        plain_loop(args.clients, args.per_round, args.rounds, args.seed, args.local_epochs)
         return
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0")
+    if args.threads > 0:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    for engine in engines:
+        if engine not in ("flower", "plain", "fedfleet"):
+            raise SystemExit(f"unknown engine {engine!r}; choose flower, plain, fedfleet")
     floor = import_floor_s(env)
-    results: dict[str, EngineResult] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
-        for engine in engines:
-            print(f"running {engine} ...", flush=True)
-            if engine == "plain":
-                results[engine] = run_plain(args, env)
-            elif engine in ("flower", "fedfleet"):
-                results[engine] = run_fedfleet(engine, args, Path(tmp), env)
-            else:
-                raise SystemExit(f"unknown engine {engine!r}; choose flower, plain, fedfleet")
+    runs: dict[str, list[EngineResult]] = {engine: [] for engine in engines}
+    for repeat in range(args.repeats):
+        for engine in engines:  # interleaved, so a change in machine load hits all
+            if engine == "flower" and repeat > 0:
+                continue  # minutes per run: once is enough to see the order of magnitude
+            print(f"running {engine} ({repeat + 1}/{args.repeats}) ...", flush=True)
+            with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
+                if engine == "plain":
+                    runs[engine].append(run_plain(args, env))
+                else:
+                    runs[engine].append(run_fedfleet(engine, args, Path(tmp), env))
+    results = {
+        engine: sorted(done, key=lambda r: r.steady_s)[len(done) // 2]
+        for engine, done in runs.items()
+    }
+    spreads = {
+        engine: (min(r.steady_s for r in done), max(r.steady_s for r in done))
+        for engine, done in runs.items()
+    }
     lines = print_table(results, floor)
+    if args.repeats > 1:
+        for engine, (low, high) in spreads.items():
+            line = f"{engine}: steady round over {args.repeats} runs {low:.3f}..{high:.3f} s"
+            print(line)
+            lines.append(line)
     doc: dict[str, Any] = {
         "workload": {
             "task": "digits-cnn",
             "clients": args.clients,
             "per_round": args.per_round,
             "rounds": args.rounds,
-            "local_epochs": 1,
+            "local_epochs": args.local_epochs,
         },
         "import_floor_s": floor,
+        "threads": args.threads or "default",
+        "repeats": args.repeats,
+        "all_runs": {k: [asdict(r) for r in v] for k, v in runs.items()},
         "results": {k: asdict(v) for k, v in results.items()},
         "table": lines,
     }
