@@ -73,7 +73,9 @@ def simulate(
     ] = None,
     attack: Annotated[
         str | None,
-        typer.Option(help="Poison attackers' updates: sign-flip | scale:F | gaussian:S | label-flip."),
+        typer.Option(
+            help="Poison attackers' updates: sign-flip | scale:F | gaussian:S | label-flip."
+        ),
     ] = None,
     attackers: Annotated[
         float | None, typer.Option(help="Fraction of clients that attack. (default: 0)")
@@ -91,7 +93,9 @@ def simulate(
     ] = None,
     over_select: Annotated[
         float | None,
-        typer.Option(help="Start this fraction more clients, keep the first to finish. (default: 0)"),
+        typer.Option(
+            help="Start this fraction more clients, keep the first to finish. (default: 0)"
+        ),
     ] = None,
     deadline: Annotated[
         float | None,
