@@ -13,14 +13,19 @@ in-process engine (the same Grid for every contender):
   drop after sharing keys unless ``--no-dropout``, so the unmasking stage also
   recovers dropped clients' masks;
 - ``flower plain`` / ``flower secagg+``: Flower 1.42's legacy ``DefaultWorkflow`` with
-  its default fit workflow or with ``SecAggPlusWorkflow`` (same K+1 shares, same
-  threshold), a ``NumPyClient`` training the same model on the same data, with
-  ``secaggplus_mod``.
+  its default fit workflow or with ``SecAggPlusWorkflow``, a ``NumPyClient`` training
+  the same model on the same data, with ``secaggplus_mod``; SecAgg+ once with the same
+  K+1 shares and threshold as fedfleet, once with the complete graph
+  (``num_shares = 1.0``, Bonawitz's SecAgg: at n = 50 by default, at n = 100 with
+  ``--complete-100``).
 
-The round time is the coordinator's wall time for the round (train exchange,
-aggregation, evaluation); for Flower, the fit workflow's wall time. Ratios: secagg /
-plain of the same system, and Flower secagg+ / fedfleet secagg. One round each (Flower's
-SecAgg+ is slow); the machine's other load affects all rows alike within one run.
+Times are this process's CPU seconds (wall seconds in brackets) for one round: the
+whole in-process run of one round for fedfleet (train exchange, aggregation, central
+evaluation), the fit workflow for Flower. The engine is single-threaded (torch uses one
+thread), so CPU time is the round time an idle machine would show, and it is far less
+sensitive than wall time to other jobs on a shared machine. Ratios: secagg / plain of the
+same system, and Flower SecAgg+ / fedfleet SecAgg+. One round each (best of two at
+n <= 100).
 """
 
 from __future__ import annotations
@@ -254,7 +259,9 @@ def main() -> None:
     parser.add_argument("--no-flower", action="store_true", help="skip Flower's workflows")
     parser.add_argument("--repeat", type=int, default=2, help="best of R rounds at n <= 100")
     parser.add_argument(
-        "--no-complete", action="store_true", help="skip Flower with the complete graph"
+        "--complete-100",
+        action="store_true",
+        help="also run Flower's complete-graph SecAgg+ at n = 100 (about 6 CPU minutes)",
     )
     args = parser.parse_args()
     logging.disable(logging.WARNING)
@@ -297,7 +304,7 @@ def main() -> None:
         variants: list[tuple[str, int | float, int | float]] = [
             (f"same K+1 = {degree + 1} shares, T = {threshold}", degree + 1, threshold)
         ]
-        if not args.no_complete:
+        if n <= 50 or args.complete_100:  # ~6 min of CPU at n = 100 (O(n²) work)
             variants.append(("complete graph (num_shares = 1.0), T = n/2", 1.0, 0.5))
         print(
             f"| fedfleet SecAgg+ | {n} | {params_of('100k'):,} | | {_fmt(ours)} | | "
