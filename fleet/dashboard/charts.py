@@ -30,8 +30,14 @@ def nice_ticks(low: float, high: float, *, count: int = 5) -> list[float]:
     magnitude = 10 ** math.floor(math.log10(raw_step))
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw_step)
     digits = max(0, 1 - math.floor(math.log10(step)))
-    first = math.floor(low / step + 1e-9)
-    last = math.ceil(high / step - 1e-9)
+    # Widen from the exact floor/ceil, then drop a tick only when it lies (to the printed
+    # precision) at or beyond the bound: a relative fudge on low/step put the first tick at
+    # 0 above a low of -6e-8.
+    first, last = math.floor(low / step), math.ceil(high / step)
+    if round((first + 1) * step, digits) <= low:
+        first += 1
+    if round((last - 1) * step, digits) >= high:
+        last -= 1
     return [round(k * step, digits) for k in range(first, last + 1)]
 
 
