@@ -159,6 +159,13 @@ def simulate(
             help='With --app: override keys of its tool.flwr.app.config, e.g. "num-server-rounds=5".',
         ),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="Torch threads of the in-process engine; 0 = torch's default. Many small "
+            "clients run faster on one. (default: 1)"
+        ),
+    ] = None,
     dp: Annotated[
         str | None,
         typer.Option(
@@ -248,6 +255,7 @@ def simulate(
         "devices": devices,
         "app": str(app) if app is not None else None,
         "app_config": " ".join(app_config) if app_config else None,
+        "threads": threads,
         "dp": dp,
         "epsilon": epsilon,
         "delta": delta,

@@ -60,6 +60,8 @@ def fleet_run_config(settings: SimulateSettings) -> RunConfigDict:
 
 def validate_fleet_settings(settings: SimulateSettings) -> None:
     """Refuse fleet or ``--app`` settings that cannot work, naming the flag to change."""
+    if settings.threads < 0:
+        raise ValueError("--threads must be >= 1, or 0 for torch's default")
     if settings.devices:
         parse_device_mix(settings.devices)
         if settings.engine != "inprocess":
@@ -90,6 +92,24 @@ def validate_fleet_settings(settings: SimulateSettings) -> None:
     from simulation.flower_app import load_flower_app
 
     load_flower_app(app_dir, overrides=settings.app_config)
+
+
+def apply_threads(settings: SimulateSettings) -> None:
+    """Set torch's intra-op threads for the in-process engine (``--threads``).
+
+    One thread is the default: a round's work is many small operations (one client's
+    minibatch, one batched step), where splitting each operation across cores costs
+    more than it gains and, on a busy machine, threads spin against each other
+    (measured in bench/simulation.py). Torch, numpy's BLAS and OpenMP are all limited.
+    """
+    if settings.engine == "inprocess" and settings.threads > 0:
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(settings.threads)
+        # numpy's OpenBLAS and the OpenMP runtime keep their own pools (the server's
+        # aggregation runs in numpy): limit them too, for the rest of this process.
+        threadpool_limits(limits=settings.threads)
 
 
 def build_fleet(settings: SimulateSettings, *, task: str | None = None) -> SimulatedFleet | None:

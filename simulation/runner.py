@@ -35,6 +35,9 @@ def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = F
         **settings.feature_run_config(),
     }
     console = Console(stderr=True, quiet=quiet)
+    from simulation.fleet_settings import apply_threads
+
+    apply_threads(settings)
     if settings.app:  # a third-party Flower App: its own rounds and results
         from simulation.flower_app import run_flower_app
 

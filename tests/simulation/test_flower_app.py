@@ -86,6 +86,7 @@ def _build(**overrides: Any) -> SimulateSettings:
         ({"devices": "rpi5", "engine": "flower"}, "drop --engine flower"),
         ({"devices": "rpi5", "speeds": "pareto:1.5"}, "keep one"),
         ({"deadline": 5.0}, "add --devices"),
+        ({"threads": -1}, "--threads must be"),
     ],
 )
 def test_bad_fleet_or_app_settings_say_what_to_change(
