@@ -17,10 +17,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
+from coordinator.grid_view import DelegatingGrid
 from coordinator.results import RoundRecord, atomic_write_bytes
 from edge_client import messages as k
 
@@ -111,41 +111,18 @@ class RunTracker:
         )
 
 
-class TrackingGrid(Grid):
+class TrackingGrid(DelegatingGrid):
     """A Grid that reports what it waits for to a :class:`RunTracker`."""
 
     def __init__(self, inner: Grid, tracker: RunTracker) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._tracker = tracker
-
-    def set_run(self, run: Run) -> None:
-        self._inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._inner.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         nodes = sorted(self._inner.get_node_ids())
         if self._tracker.round == 0:
             self._tracker.write_status(phase="waiting-for-sites", connected=nodes)
         return nodes
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._inner.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
