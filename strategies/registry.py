@@ -19,6 +19,8 @@ from typing import Any, get_args, get_type_hints
 
 from flwr.serverapp.strategy import Strategy
 
+from tasks.run_config import as_number
+
 RUN_CONFIG_PREFIX = "strategy-"
 
 
@@ -114,17 +116,7 @@ def _coerce(key: str, raw: Any, *, field_name: str) -> Any:
         if optional:
             return None
         raise ValueError(f"run config {key} needs a value")
-    try:
-        if isinstance(raw, bool):
-            raise ValueError
-        value = float(raw)
-        if target is int:
-            if value != int(value):
-                raise ValueError
-            return int(value)
-        return value
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"run config {key}={raw!r} is not a valid {target.__name__}") from None
+    return as_number(key, raw, target)
 
 
 StrategyFactory = Callable[[StrategyParams], Strategy]

@@ -28,6 +28,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from flwr.app import Message
 
+from tasks.run_config import as_number
+
 SIM_SECONDS_KEY = "sim-seconds"  # reply metric with a client's simulated train+upload seconds
 SelectionMode = Literal["random", "device-aware"]
 
@@ -309,13 +311,7 @@ class SelectionConfig:
 
 
 def _number(run_config: Mapping[str, Any], key: str, default: float) -> float:
-    raw = run_config.get(key, default)
-    try:
-        if isinstance(raw, bool):
-            raise ValueError
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"run config {key}={raw!r} must be a number") from None
+    value: float = as_number(key, run_config.get(key, default))
     if not math.isfinite(value):
         raise ValueError(f"run config {key} must be finite")
     return value

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from privacy.secagg.prg import DEFAULT_PRG, PRGS
+from tasks.run_config import as_bool, as_number
 
 MIN_CLIENTS = 3
 """Fewest clients per round: with two, each learns the other's update from the sum."""
@@ -224,23 +225,5 @@ def _coerce(key: str, raw: Any, target: type) -> Any:
     if target is str:
         return str(raw).strip().lower()
     if target is bool:
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, str) and raw.strip().lower() in ("true", "1", "yes", "on"):
-            return True
-        if isinstance(raw, str) and raw.strip().lower() in ("false", "0", "no", "off", ""):
-            return False
-        if isinstance(raw, int) and raw in (0, 1):
-            return bool(raw)
-        raise ValueError(f"run config {key}={raw!r} must be true or false")
-    try:
-        if isinstance(raw, bool):
-            raise ValueError
-        value = float(raw)
-        if target is int:
-            if value != int(value):
-                raise ValueError
-            return int(value)
-        return value
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"run config {key}={raw!r} is not a valid {target.__name__}") from None
+        return as_bool(key, raw)
+    return as_number(key, raw, target)

@@ -276,7 +276,7 @@ def test_low_order_public_key_is_refused():
         ({"secagg-clip": 0}, 50, "positive"),
         ({"secagg-bits": 32, "secagg-max-weight": 2**31}, 50, "overflows a 64-bit modulus"),
         ({"secagg-on-failure": "retry"}, 50, "continue or stop"),
-        ({"secagg-degree": "ten"}, 50, "not a valid int"),
+        ({"secagg-degree": "ten"}, 50, "must be a whole number"),
         ({"secagg": "maybe"}, 50, "true or false"),
     ],
 )
