@@ -11,7 +11,7 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -32,6 +32,17 @@ keys_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+FleetUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--fleet-url",
+        help="The fleet API's address (default: $FEDFLEET_URL, else http://127.0.0.1:8080). "
+        "The token is read from $FEDFLEET_TOKEN only.",
+        show_default=False,
+    ),
+]
 
 
 @keys_app.callback()
@@ -75,13 +86,19 @@ def image_build(
             "--target", help="Target name (cpu-x86, rpi4, rpi5, jetson-orin) or a recipe .toml."
         ),
     ],
-    task: Annotated[
-        str, typer.Option("--task", help="Task the model was trained for (digits-cnn...).")
-    ],
     key: Annotated[
         Path, typer.Option("--key", help="Ed25519 private key (PREFIX.key) that signs.")
     ],
     out: Annotated[Path, typer.Option("--out", help="Bundle file to write (e.g. model-rpi5.ffb).")],
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="Task the model was trained for (digits-cnn...); with --model, the "
+            "registry's task is used and --task only double-checks it.",
+            show_default=False,
+        ),
+    ] = None,
     checkpoint: Annotated[
         Path | None,
         typer.Option(
@@ -91,9 +108,21 @@ def image_build(
     model: Annotated[
         str | None,
         typer.Option(
-            "--model", help="Model version in the fleet's registry (instead of --checkpoint)."
+            "--model",
+            help="Model version number in the fleet's registry (instead of --checkpoint): "
+            "its torch checkpoint is downloaded and hash-checked. Token from $FEDFLEET_TOKEN.",
+            show_default=False,
         ),
     ] = None,
+    upload: Annotated[
+        bool,
+        typer.Option(
+            "--upload",
+            help="With --model: store the signed bundle as that version's 'bundle' artifact "
+            "for the target (what `fedfleet rollout create --model` deploys).",
+        ),
+    ] = False,
+    fleet_url: FleetUrl = None,
     version: Annotated[
         str | None,
         typer.Option(
@@ -112,15 +141,163 @@ def image_build(
     """Export, quantize, gate on accuracy, sign and write a bundle for one target."""
     if (checkpoint is None) == (model is None):
         _fail("pass exactly one of --checkpoint FILE or --model VERSION", code=2)
-    if model is not None:
+    if upload and model is None:
         _fail(
-            "--model needs the fleet's model registry API, which this fedfleet cannot reach "
-            "yet; download the model's checkpoint and pass --checkpoint FILE",
+            "--upload stores the bundle under a registry version: use --model VERSION, or "
+            "publish a --checkpoint build with `fedfleet image publish FILE --model VERSION`",
             code=2,
         )
-    if checkpoint is None:  # pragma: no cover - excluded just above; narrows the type
-        raise typer.Exit(2)
+    if checkpoint is not None and task is None:
+        _fail("--checkpoint needs --task (the task the weights were trained for)", code=2)
 
+    from firmware_images.targets import RecipeError, resolve_target
+
+    try:
+        resolve_target(target)  # an unknown target fails before any download
+    except (RecipeError, ValueError) as err:
+        _fail(str(err))
+    if out.exists() and not force:  # before any download
+        _fail(f"{out} already exists; choose another --out or pass --force")
+
+    if model is not None:
+        _build_from_registry(
+            model=model,
+            fleet_url=fleet_url,
+            task=task,
+            target=target,
+            key=key,
+            out=out,
+            version=version,
+            data_seed=data_seed,
+            force=force,
+            upload=upload,
+        )
+        return
+    if checkpoint is None or task is None:  # pragma: no cover - excluded above; narrows types
+        raise typer.Exit(2)
+    _build(
+        target=target,
+        task=task,
+        checkpoint=checkpoint,
+        key=key,
+        out=out,
+        version=version,
+        model_version=None,
+        data_seed=data_seed,
+        force=force,
+    )
+
+
+def _build_from_registry(
+    *,
+    model: str,
+    fleet_url: str | None,
+    task: str | None,
+    target: str,
+    key: Path,
+    out: Path,
+    version: str | None,
+    data_seed: int,
+    force: bool,
+    upload: bool,
+) -> None:
+    """``image build --model``: fetch the checkpoint, build, and (``--upload``) publish."""
+    import tempfile
+
+    from firmware_images.errors import KeyFileError
+    from firmware_images.keys import load_private_key
+    from firmware_images.registry import fetch_checkpoint
+    from firmware_images.registry_client import (
+        RegistryClient,
+        RegistryError,
+        connection_from_env,
+        parse_model_version,
+    )
+    from firmware_images.targets import resolve_target
+
+    try:
+        number = parse_model_version(model)
+        connection = connection_from_env(fleet_url)
+    except RegistryError as err:
+        _fail(str(err), code=2)
+    try:
+        load_private_key(key)  # a bad key fails before the download
+    except KeyFileError as err:
+        _fail(str(err))
+    with (
+        RegistryClient(connection) as client,
+        tempfile.TemporaryDirectory(prefix="fedfleet-model-") as scratch,
+    ):
+        try:
+            fetched = fetch_checkpoint(client, number, dest_dir=Path(scratch), task=task)
+        except RegistryError as err:
+            _fail(str(err))
+        recipe_name = resolve_target(target).name
+        taken = [
+            a for a in fetched.model.artifacts if a.format == "bundle" and a.target == recipe_name
+        ]
+        if upload and taken:  # refuse before spending a build on it
+            _fail(
+                f"model version {number} already has a bundle for {recipe_name} (artifact "
+                f"{taken[0].id}); an artifact is never replaced: register a new model version "
+                "for a new build, or drop --upload"
+            )
+        typer.echo(
+            f"model version {number} ({fetched.model.task}, {fetched.model.stage}): checkpoint "
+            f"artifact {fetched.artifact.id}, {fetched.artifact.size_bytes:,} bytes, sha256 "
+            f"{fetched.artifact.sha256[:16]}… verified"
+        )
+        _build(
+            target=target,
+            task=fetched.model.task,
+            checkpoint=fetched.path,
+            key=key,
+            out=out,
+            version=version,
+            model_version=str(number),
+            data_seed=data_seed,
+            force=force,
+        )
+        if upload:
+            _publish(client, number, bundle=out, key=key, built_now=True)
+
+
+def _publish(client: Any, number: int, *, bundle: Path, key: Path, built_now: bool) -> None:
+    from firmware_images.errors import BundleError, KeyFileError
+    from firmware_images.registry import publish_bundle
+    from firmware_images.registry_client import RegistryError
+
+    try:
+        published = publish_bundle(client, number, bundle=bundle, key=key)
+    except (RegistryError, BundleError, KeyFileError) as err:
+        if built_now:
+            _fail(
+                f"{err} (the bundle {bundle} was written; once fixed, store it with "
+                f"`fedfleet image publish {bundle} --model {number} --key {key}`)"
+            )
+        _fail(str(err))
+    a = published.artifact
+    typer.echo(
+        f"stored as artifact {a.id} of model version {number}: bundle for {a.target}, "
+        f"{a.size_bytes:,} bytes, sha256 {a.sha256[:16]}…, signature "
+        f"{'recorded' if a.signature else 'none'}; deploy it with `fedfleet rollout create "
+        f"--model {number} --group GROUP`"
+    )
+
+
+def _build(
+    *,
+    target: str,
+    task: str,
+    checkpoint: Path,
+    key: Path,
+    out: Path,
+    version: str | None,
+    model_version: str | None,
+    data_seed: int,
+    force: bool,
+) -> None:
+    """Export, quantize, gate, sign and write; one line on stderr and exit 1 on failure."""
     from firmware_images.errors import BundleError, KeyFileError
     from firmware_images.targets import RecipeError, resolve_target
 
@@ -142,6 +319,7 @@ def image_build(
         key=key,
         out=out,
         version=version,
+        model_version=model_version,
         data_seed=data_seed,
         force=force,
     )
@@ -186,6 +364,37 @@ def image_build(
         f"{m.target}, version {m.version}, model sha256 {m.model.sha256[:16]}…, "
         f"signed by {m.key_id}"
     )
+
+
+@image_app.command("publish")
+def image_publish(
+    bundle: Annotated[Path, typer.Argument(help="Signed bundle file to store.")],
+    model: Annotated[str, typer.Option("--model", help="Model version number to store it under.")],
+    key: Annotated[
+        Path,
+        typer.Option(
+            "--key",
+            help="The Ed25519 private key that signed the bundle: it is verified with its "
+            "public half and the key signs the file's SHA-256 for the registry.",
+        ),
+    ],
+    fleet_url: FleetUrl = None,
+) -> None:
+    """Store a signed bundle as a model version's 'bundle' artifact for its target."""
+    from firmware_images.registry_client import (
+        RegistryClient,
+        RegistryError,
+        connection_from_env,
+        parse_model_version,
+    )
+
+    try:
+        number = parse_model_version(model)
+        connection = connection_from_env(fleet_url)
+    except RegistryError as err:
+        _fail(str(err), code=2)
+    with RegistryClient(connection) as client:
+        _publish(client, number, bundle=bundle, key=key, built_now=False)
 
 
 @image_app.command("verify")

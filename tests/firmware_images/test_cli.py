@@ -139,14 +139,16 @@ def test_bad_build_inputs_fail_with_one_clear_line(
     assert not (tmp_path / "b.ffb").exists()
 
 
-def test_model_option_says_what_it_needs(tmp_path, signing_key):
+def test_model_option_needs_a_token_from_the_environment(tmp_path, signing_key, monkeypatch):
+    monkeypatch.delenv("FEDFLEET_TOKEN", raising=False)
     result = runner.invoke(
         image_app,
-        ["build", "--target", "rpi5", "--task", "digits-cnn", "--model", "7", "--key",
+        ["build", "--target", "rpi5", "--model", "7", "--key",
          str(signing_key.private), "--out", str(tmp_path / "b.ffb")],
     )  # fmt: skip
     assert result.exit_code == 2
-    assert "--checkpoint FILE" in _one_clean_error_line(result.stderr)
+    assert "$FEDFLEET_TOKEN is not set" in _one_clean_error_line(result.stderr)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_verify_and_inspect_bad_files(tmp_path, signing_key):

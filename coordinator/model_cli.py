@@ -1,0 +1,133 @@
+"""``fedfleet model register RUN_DIR``: a finished run's model into the fleet's registry.
+
+The fleet is reached over HTTP at ``--fleet-url`` (default ``$FEDFLEET_URL``, else
+``http://127.0.0.1:8080``) with the token in ``$FEDFLEET_TOKEN`` (never an argument).
+The new version number is printed alone on stdout, so scripts can write
+``V=$(fedfleet model register runs/<stamp>)``; the summary goes to stderr.
+Heavy imports (torch, httpx) happen inside the command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+model_app = typer.Typer(
+    name="model",
+    help="The fleet's model registry: register a finished run's model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@model_app.callback()
+def _model_group() -> None:
+    """The fleet's model registry: register a finished run's model."""  # keeps `model` a group
+
+
+def _fail(message: str, *, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@model_app.command("register")
+def model_register(
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Run folder with metrics.json and model.pt (what `fedfleet simulate` prints "
+            "after 'results:').",
+            show_default=False,
+        ),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Label of the version (default: '<task> from run <id>').",
+            show_default=False,
+        ),
+    ] = None,
+    description: Annotated[str, typer.Option("--description", help="Free text.")] = "",
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            help="Ed25519 private key (PREFIX.key): sign the checkpoint's SHA-256 (needed when "
+            "the fleet was started with a signing public key).",
+            show_default=False,
+        ),
+    ] = None,
+    fleet_url: Annotated[
+        str | None,
+        typer.Option(
+            "--fleet-url",
+            help="The fleet API's address (default: $FEDFLEET_URL, else "
+            "http://127.0.0.1:8080). The token is read from $FEDFLEET_TOKEN only.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Record the run in the fleet and register its model.pt as a new model version."""
+    from coordinator.registration import (
+        RunFolderError,
+        check_checkpoint,
+        read_run_folder,
+        register_run,
+    )
+    from firmware_images.registry_client import (
+        RegistryClient,
+        RegistryError,
+        connection_from_env,
+    )
+
+    try:
+        connection = connection_from_env(fleet_url)
+    except RegistryError as err:
+        _fail(str(err), code=2)
+    try:
+        run = read_run_folder(run_dir)
+    except RunFolderError as err:
+        _fail(str(err), code=2)
+    private_key = None
+    if key is not None:
+        from firmware_images.errors import KeyFileError
+        from firmware_images.keys import load_private_key
+
+        try:
+            private_key = load_private_key(key)
+        except KeyFileError as err:
+            _fail(str(err), code=2)
+    try:
+        sha256 = check_checkpoint(run)
+    except RunFolderError as err:
+        _fail(str(err), code=2)
+    with RegistryClient(connection) as client:
+        try:
+            done = register_run(
+                client,
+                run,
+                sha256=sha256,
+                name=name,
+                description=description,
+                private_key=private_key,
+            )
+        except RegistryError as err:
+            _fail(str(err))
+    accuracy = "n/a" if run.final_accuracy is None else f"{run.final_accuracy:.4f}"
+    typer.echo(
+        f"registered model version {done.model_version} ({run.task}, final accuracy {accuracy} "
+        f"after {len(run.rounds)} rounds) from run {run.run_id} (fleet run "
+        f"{done.fleet_run_id}); checkpoint artifact {done.artifact_id}, sha256 "
+        f"{done.sha256[:16]}…",
+        err=True,
+    )
+    typer.echo(
+        f"next: fedfleet image build --target TARGET --model {done.model_version} "
+        "--key KEY --out FILE --upload",
+        err=True,
+    )
+    typer.echo(str(done.model_version))
