@@ -129,23 +129,12 @@ def coordinator_add_site(
 
 def _flwr_run(settings: Any, state: Any) -> int:
     """Submit the run's app to the SuperLink; return Flower's run id."""
-    from coordinator.superlink import CONNECTION, bin_dir, flwr_env
+    from coordinator.superlink import CONNECTION, flwr_json
 
-    result = subprocess.run(
-        [str(bin_dir() / "flwr"), "run", str(state.app_dir), CONNECTION, "--format", "json"],
-        env=flwr_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
     try:
-        doc = json.loads(result.stdout[result.stdout.index("{") :])
-    except ValueError:
-        doc = {}
-    if result.returncode != 0 or not doc.get("success"):
-        detail = doc.get("error-message") or (result.stderr.strip().splitlines() or ["?"])[-1]
-        _fail(f"the SuperLink at {settings.address} refused the run: {detail}")
+        doc = flwr_json(settings, ["run", str(state.app_dir), CONNECTION], timeout=300)
+    except ValueError as exc:
+        _fail(f"the SuperLink at {settings.address} refused the run: {exc}")
     flower_run = int(doc["run-id"])
     state.flower_runs.append(flower_run)
     state.save()

@@ -251,6 +251,28 @@ def stop_group(process: subprocess.Popen[bytes], *, timeout: float = 10.0) -> No
             continue
 
 
+def flwr_json(settings: CoordinatorSettings, args: list[str], *, timeout: float) -> dict[str, Any]:
+    """Run Flower's CLI (``flwr ARGS --format json``) against the SuperLink; its JSON
+    answer, or ``ValueError`` with Flower's error message when it did not succeed."""
+    result = subprocess.run(
+        [str(bin_dir() / "flwr"), *args, "--format", "json"],
+        env=flwr_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    try:
+        doc: dict[str, Any] = json.loads(result.stdout[result.stdout.index("{") :])
+    except ValueError:
+        doc = {}
+    if result.returncode != 0 or not doc.get("success"):
+        raise ValueError(
+            str(doc.get("error-message") or (result.stderr.strip().splitlines() or ["?"])[-1])
+        )
+    return doc
+
+
 def register_site(settings: CoordinatorSettings, *, name: str, public_key: Path) -> int:
     """Register a site's public key with the running SuperLink; return its node id.
 
@@ -261,31 +283,14 @@ def register_site(settings: CoordinatorSettings, *, name: str, public_key: Path)
         raise ValueError(f"public key {public_key} does not exist")
     if name in load_sites(settings):
         raise ValueError(f"site {name!r} is already registered")
-    result = subprocess.run(
-        [
-            str(bin_dir() / "flwr"),
-            "supernode",
-            "register",
-            str(public_key),
-            CONNECTION,
-            "--name",
-            name,
-            "--format",
-            "json",
-        ],
-        env=flwr_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
     try:
-        doc = json.loads(result.stdout[result.stdout.index("{") :])
-    except ValueError:
-        doc = {}
-    if result.returncode != 0 or not doc.get("success"):
-        detail = doc.get("error-message") or result.stderr.strip().splitlines()[-1:] or "?"
-        raise ValueError(f"the SuperLink refused to register {name}: {detail}")
+        doc = flwr_json(
+            settings,
+            ["supernode", "register", str(public_key), CONNECTION, "--name", name],
+            timeout=120,
+        )
+    except ValueError as exc:
+        raise ValueError(f"the SuperLink refused to register {name}: {exc}") from None
     node_id = int(doc["node-id"])
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(settings.state_dir / ".sites.lock", os.O_RDWR | os.O_CREAT, 0o600)
