@@ -6,9 +6,13 @@ can share one worker pool (the simulator runs hundreds in one process): an agent
 never drained by two workers at once.
 
 Install flow (:mod:`edge_client.ota` does the disk work): an ``install`` command starts
-(or resumes) a download; the agent keeps ``chunk_window`` chunk requests in flight and
-asks again for any unanswered after ``chunk_timeout_s`` or after a reconnect; when all
-chunks are in, it verifies, writes the inactive slot, self-tests, switches and acks.
+(or resumes) a download; the agent subscribes to the artifact's shared topic and keeps
+``chunk_window`` chunk requests in flight — the first request of a chunk ``via="artifact"``
+(the fleet publishes it once for every device of the wave), a repeated one (unanswered
+after ``chunk_timeout_s``, or after a reconnect) ``via="device"`` on its own topic; when
+all chunks are in, it verifies, writes the inactive slot, self-tests, switches and acks.
+Memory stays bounded: at most ``chunk_window`` frames from the shared topic wait in the
+inbox; more are dropped on arrival (and fetched again by the repair path).
 Any failure acks ``ok=false`` with the stage and keeps the previous model running.
 """
 
@@ -90,6 +94,10 @@ class DeviceAgent:
         self._download: Download | None = None
         self._command: proto.Command | None = None
         self._in_flight: dict[int, float] = {}
+        self._asked: set[int] = set()  # chunks of this download requested at least once
+        self._shared: str | None = None  # the artifact topic this agent listens on
+        self._queued_shared = 0  # frames from the shared topic waiting in the inbox
+        self._queued_lock = threading.Lock()
         self._chunk_timeout = config.chunk_timeout_s  # doubles while nothing arrives
         self._bins: tuple[tuple[float, ...], ...] = ()
         self._stats = _Stats()
@@ -105,6 +113,7 @@ class DeviceAgent:
         self.acks: list[proto.Ack] = []  # what this agent acknowledged (for tests/diagnostics)
         self.ignored = 0  # messages refused by the protocol checks
         self.rejected_chunks = 0  # chunks whose hash did not match (fetched again)
+        self.dropped_chunks = 0  # shared-topic frames dropped to keep memory bounded
         self.timings: dict[str, float] = {}  # monotonic times of the last install's steps
         self.client = self._make_client()
 
@@ -208,6 +217,14 @@ class DeviceAgent:
         self._enqueue("disconnected", None)
 
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self._shared:
+            with self._queued_lock:
+                if self._queued_shared >= self.config.chunk_window:
+                    self.dropped_chunks += 1  # memory bound; the repair path refetches it
+                    return
+                self._queued_shared += 1
+            self._enqueue("shared", (message.topic, bytes(message.payload)))
+            return
         self._enqueue("message", (message.topic, bytes(message.payload)))
 
     def _enqueue(self, kind: str, value: Any) -> None:
@@ -248,12 +265,17 @@ class DeviceAgent:
             self._on_tick()
         elif kind == "message":
             self._on_mqtt(*value)
+        elif kind == "shared":
+            with self._queued_lock:
+                self._queued_shared -= 1
+            self._on_shared(*value)
 
     def _on_connected(self) -> None:
         dev = self.config.device_id
-        self.client.subscribe(
-            [(proto.topic(dev, "cmd"), proto.QOS), (proto.topic(dev, "chunk"), proto.QOS)]
-        )
+        topics = [(proto.topic(dev, "cmd"), proto.QOS), (proto.topic(dev, "chunk"), proto.QOS)]
+        if self._shared is not None:
+            topics.append((self._shared, proto.QOS))
+        self.client.subscribe(topics)
         self.publish_status()
         self._heartbeat()
         self._in_flight.clear()
@@ -293,6 +315,34 @@ class DeviceAgent:
         if isinstance(message, proto.Command):
             self._on_command(message)
 
+    def _on_shared(self, topic_name: str, payload: bytes) -> None:
+        download = self._download
+        sha = proto.parse_artifact_topic(topic_name)
+        if download is None or sha != download.transfer_id:
+            return  # a publication for others, after this download ended: harmless
+        try:
+            chunk = proto.decode_chunk(payload)
+            if chunk.transfer_id != sha:
+                raise proto.ProtocolError("chunk of another transfer on an artifact topic")
+        except proto.ProtocolError as err:
+            self.ignored += 1
+            log.warning("%s: ignored a message on %s: %s", self.config.device_id, topic_name, err)
+            return
+        self._on_chunk(chunk)
+
+    def _listen_shared(self, sha256: str | None) -> None:
+        """Subscribe to the artifact topic of the running download (None: leave it)."""
+        topic_name = proto.artifact_topic(sha256) if sha256 is not None else None
+        if topic_name == self._shared:
+            return
+        if self._shared is not None and self._connected:
+            self.client.unsubscribe(self._shared)
+        self._shared = topic_name
+        if topic_name is not None and self._connected:
+            # Mosquitto handles one client's packets in order, so this subscription is in
+            # place before the chunk request that follows reaches the fleet.
+            self.client.subscribe(topic_name, proto.QOS)
+
     def _on_command(self, command: proto.Command) -> None:
         if command.action == "ping":
             self._ack(command, ok=True)
@@ -316,6 +366,7 @@ class DeviceAgent:
         self.timings = {"command": time.monotonic()}
         self._download = self.store.download(ref)
         self._in_flight.clear()
+        self._asked.clear()
         log.info(
             "%s: fetching %s (%d chunks, %d already here)",
             self.config.device_id,
@@ -326,6 +377,7 @@ class DeviceAgent:
         if self._download.complete:
             self._finish_install()
         else:
+            self._listen_shared(ref.sha256)
             self._request_chunks()
 
     def _request_chunks(self) -> None:
@@ -341,10 +393,22 @@ class DeviceAgent:
         now = time.monotonic()
         for index in wanted:
             self._in_flight[index] = now
-        request = proto.ChunkRequest(transfer_id=download.transfer_id, indices=tuple(wanted))
-        self.client.publish(
-            proto.topic(self.config.device_id, "chunk-req"), proto.encode(request), qos=proto.QOS
-        )
+        batches: list[tuple[list[int], proto.Via]] = [(wanted, "device")]
+        if self._shared is not None:
+            first = [i for i in wanted if i not in self._asked]
+            self._asked.update(first)
+            batches = [(first, "artifact"), ([i for i in wanted if i not in first], "device")]
+        for indices, via in batches:
+            if not indices:
+                continue
+            request = proto.ChunkRequest(
+                transfer_id=download.transfer_id, indices=tuple(indices), via=via
+            )
+            self.client.publish(
+                proto.topic(self.config.device_id, "chunk-req"),
+                proto.encode(request),
+                qos=proto.QOS,
+            )
 
     def _on_chunk(self, chunk: proto.Chunk) -> None:
         download = self._download
@@ -369,6 +433,7 @@ class DeviceAgent:
         download, command = self._download, self._command
         self._download, self._command = None, None
         self._in_flight.clear()
+        self._listen_shared(None)
         assert download is not None and command is not None  # noqa: S101
         try:
             path = download.finish()

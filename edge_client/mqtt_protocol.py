@@ -11,13 +11,21 @@ Topics (``{d}`` is the device id, which is also its broker user name)::
     fedfleet/v1/dev/{d}/ack         device -> fleet  result of a command
     fedfleet/v1/dev/{d}/chunk-req   device -> fleet  "send me these chunks"
     fedfleet/v1/dev/{d}/cmd         fleet -> device  install / rollback / ping
-    fedfleet/v1/dev/{d}/chunk       fleet -> device  binary artifact chunk
+    fedfleet/v1/dev/{d}/chunk       fleet -> device  binary artifact chunk (repair path)
+    fedfleet/v1/artifacts/{sha}/chunk  fleet -> devices  the same frames, published once
+                                    for every device fetching that artifact (read-only
+                                    for devices)
 
 JSON messages are UTF-8 objects with ``"schema": 1`` and ``"type"`` naming the message.
 An unknown schema version, a wrong type, a missing or mistyped field is refused with a
 :class:`ProtocolError` (the receiver logs it and ignores the message; it never crashes).
 Chunks are binary: ``b"FFC1"``, a 2-byte big-endian header length, a JSON header, then
 the chunk's bytes.
+
+Schema 1 grows only by additions an older peer survives: a ``chunk-req`` may carry
+``"via": "artifact"`` (answer on the shared artifact topic); it is left out when it is
+``"device"`` (the default), so an older fleet sees exactly the messages it knows and
+refuses only the shared requests, which the device then repeats the old way.
 
 Imports only the standard library (device side).
 """
@@ -45,6 +53,8 @@ Channel = Literal["status", "heartbeat", "telemetry", "ack", "chunk-req", "cmd",
 UPLINK: tuple[Channel, ...] = ("status", "heartbeat", "telemetry", "ack", "chunk-req")
 DOWNLINK: tuple[Channel, ...] = ("cmd", "chunk")
 Action = Literal["install", "rollback", "ping"]
+Via = Literal["device", "artifact"]
+VIAS: tuple[Via, ...] = ("device", "artifact")
 ACTIONS: tuple[Action, ...] = ("install", "rollback", "ping")
 
 
@@ -75,6 +85,31 @@ def topic(device_id: str, channel: Channel) -> str:
 def uplink_filter(channel: Channel) -> str:
     """Subscription filter for ``channel`` from every device (the fleet subscribes)."""
     return f"{TOPIC_ROOT}/dev/+/{channel}"
+
+
+def artifact_topic(sha256: str) -> str:
+    """The shared topic on which the fleet publishes the chunks of artifact ``sha256`` once
+    for every device fetching it (devices may read it, never write it)."""
+    if not isinstance(sha256, str) or not _SHA256.match(sha256):
+        raise ValueError(f"artifact id {sha256!r} must be a SHA-256 (64 lower-case hex digits)")
+    return f"{TOPIC_ROOT}/artifacts/{sha256}/chunk"
+
+
+ARTIFACT_FILTER = f"{TOPIC_ROOT}/artifacts/+/chunk"
+
+
+def parse_artifact_topic(name: str) -> str | None:
+    """The artifact SHA-256 of a shared artifact topic, or None for any other topic."""
+    parts = name.split("/")
+    if (
+        len(parts) == 5
+        and "/".join(parts[:2]) == TOPIC_ROOT
+        and parts[2] == "artifacts"
+        and parts[4] == "chunk"
+        and _SHA256.match(parts[3])
+    ):
+        return parts[3]
+    return None
 
 
 def parse_topic(name: str) -> tuple[str, Channel]:
@@ -186,10 +221,15 @@ class Ack:
 
 @dataclass(frozen=True)
 class ChunkRequest:
-    """A device asks for chunk ``indices`` of transfer ``transfer_id`` (artifact SHA-256)."""
+    """A device asks for chunk ``indices`` of transfer ``transfer_id`` (artifact SHA-256).
+
+    ``via="artifact"``: the device listens on :func:`artifact_topic` and the fleet may
+    answer there, once for all devices asking; ``via="device"``: answer on the device's
+    own ``chunk`` topic (the repair path: re-requests, resumes after a disconnect)."""
 
     transfer_id: str
     indices: tuple[int, ...]
+    via: Via = "device"
     type: Literal["chunk-req"] = "chunk-req"
 
 
@@ -226,6 +266,8 @@ def encode(message: Message) -> bytes:
     """Serialise a message to JSON bytes with the schema version."""
     check_message(message)
     body = asdict(message)
+    if isinstance(message, ChunkRequest) and message.via == "device":
+        del body["via"]  # the default, left out: schema-1 fleets that predate it accept it
     body["schema"] = SCHEMA_VERSION
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
@@ -276,6 +318,8 @@ def check_message(message: Message) -> None:
             raise ProtocolError("a chunk request asks for 1 to 1024 chunks")
         if any(i < 0 for i in message.indices):
             raise ProtocolError("chunk indices must be non-negative")
+        if message.via not in VIAS:
+            raise ProtocolError(f"chunk-req via must be one of {VIAS}, got {message.via!r}")
     elif isinstance(message, Telemetry):
         if message.count < 0 or message.window_s < 0:
             raise ProtocolError("telemetry count and window must be non-negative")
@@ -388,7 +432,7 @@ def _field_checks(cls: type[Any]) -> dict[str, Any]:
             "stage": str,
             "type": str,
         },
-        ChunkRequest: {"transfer_id": str, "indices": "int_list", "type": str},
+        ChunkRequest: {"transfer_id": str, "indices": "int_list", "via": str, "type": str},
     }
     return ann[cls]
 

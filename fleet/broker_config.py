@@ -8,7 +8,10 @@
 ``acl``
     the fleet service may read and write every ``fedfleet/v1/#`` topic; a device may
     only publish its own uplink topics and read its own downlink topics (``%u`` is the
-    broker user name, which is the device id) — so a device cannot speak for another;
+    broker user name, which is the device id) — so a device cannot speak for another —
+    and read (never write) the shared artifact-chunk topics, where the fleet publishes a
+    bundle's chunks once for all devices fetching it (each chunk is checked against the
+    hashes in the device's own install command, the bundle against its signature);
 ``fleet.pass``
     the fleet service's broker password (mode 0600; kept across runs);
 ``mosquitto.conf``
@@ -28,7 +31,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_client.mqtt_protocol import DOWNLINK, TOPIC_ROOT, UPLINK, check_device_id
+from edge_client.mqtt_protocol import (
+    ARTIFACT_FILTER,
+    DOWNLINK,
+    TOPIC_ROOT,
+    UPLINK,
+    check_device_id,
+)
 from fleet.credentials import mosquitto_hash
 
 FLEET_USER = "fedfleet-fleet"
@@ -66,6 +75,7 @@ def acl_text(*, fleet_user: str = FLEET_USER) -> str:
     ]
     lines += [f"pattern write {TOPIC_ROOT}/dev/%u/{c}" for c in UPLINK]
     lines += [f"pattern read {TOPIC_ROOT}/dev/%u/{c}" for c in DOWNLINK]
+    lines.append(f"pattern read {ARTIFACT_FILTER}")
     return "\n".join(lines) + "\n"
 
 
@@ -90,7 +100,10 @@ def conf_text(
         f"password_file {folder / 'passwd'}",
         f"acl_file {folder / 'acl'}",
         "max_inflight_messages 64",
-        "max_queued_messages 10000",
+        # QoS 1 messages queued per client beyond the in-flight ones: the fleet's own
+        # subscription takes every device's telemetry, and Mosquitto silently drops
+        # what exceeds this during a burst (1,000 devices x 100 messages fit).
+        "max_queued_messages 100000",
         f"listener {port} {bind}",
     ]
     if tls is not None:

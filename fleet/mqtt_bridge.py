@@ -2,13 +2,22 @@
 
 Three threads, none of them paho's callback (which only enqueues):
 
-- the **chunk server** answers ``chunk-req`` messages at once from an in-memory cache of
-  the artifact files (a few bundles; a chunk request never touches the database);
+- the **chunk server** answers ``chunk-req`` messages from an in-memory cache of the
+  artifact files (a few bundles; a chunk request never touches the database): requests
+  ``via="device"`` (the repair path) at once on the device's own topic, requests
+  ``via="artifact"`` gathered across devices and published once on the shared
+  artifact topic (:mod:`fleet.chunk_fanout` decides when);
 - the **ingester** drains status, heartbeat, telemetry and ack messages in batches (up
   to ``batch_max`` messages or ``batch_wait_s`` seconds) and writes each batch in one
   transaction: one UPDATE per kind for devices, one multi-row INSERT for telemetry,
   rollout-device states for acks;
 - the caller's thread sends commands (:meth:`FleetBridge.send_command`).
+
+The paho client is driven by a :class:`~edge_client.mqtt_loop.SharedLoop` (epoll), not
+``loop_start()``: paho's own thread waits in ``select()``, which cannot watch a socket
+numbered above 1023, so in a process holding many connections (a simulator, a bench)
+the fleet silently stopped receiving — 400 of 20,000 telemetry messages at 1,000
+simulated devices.
 
 Malformed or unknown messages are counted and logged, never raised. The wire contract is
 :mod:`edge_client.mqtt_protocol`.
@@ -32,8 +41,10 @@ from sqlalchemy import Engine, insert, update
 from sqlmodel import col, select
 
 from edge_client import mqtt_protocol as proto
+from edge_client.mqtt_loop import SharedLoop
 from fleet import audit
 from fleet.artifacts import ArtifactStore
+from fleet.chunk_fanout import FanoutPlanner
 from fleet.db import session_scope
 from fleet.models.common import utcnow
 from fleet.models.devices import Device, ReportedStatus
@@ -50,7 +61,9 @@ class BridgeSettings:
     """Broker connection of the fleet service and batching of the ingester.
 
     ``batch_max``: messages per database transaction; ``batch_wait_s``: longest wait
-    before a partial batch is written; ``chunk_size``: artifact chunk size in bytes.
+    before a partial batch is written; ``chunk_size``: artifact chunk size in bytes;
+    ``fanout_quiet_s``/``fanout_max_wait_s``: how long shared chunk requests are gathered
+    before one publication on the artifact topic (see :mod:`fleet.chunk_fanout`).
     """
 
     host: str = "127.0.0.1"
@@ -62,6 +75,8 @@ class BridgeSettings:
     batch_max: int = 1000
     batch_wait_s: float = 0.2
     chunk_size: int = proto.DEFAULT_CHUNK_BYTES
+    fanout_quiet_s: float = 0.1
+    fanout_max_wait_s: float = 1.0
 
     def __repr__(self) -> str:  # never print the password
         return f"BridgeSettings(host={self.host!r}, port={self.port}, user={self.username!r})"
@@ -77,7 +92,8 @@ class BridgeStats:
     heartbeats: int = 0
     statuses: int = 0
     acks: int = 0
-    chunks_served: int = 0
+    chunks_served: int = 0  # frames published, on device and artifact topics
+    chunks_shared: int = 0  # of which on the shared artifact topic
     batches: int = 0
     acks_seen: list[proto.Ack] = field(default_factory=list)
 
@@ -88,6 +104,11 @@ class FleetBridge:
     def __init__(self, *, engine: Engine, store: ArtifactStore, settings: BridgeSettings) -> None:
         if settings.batch_max < 1 or settings.batch_wait_s <= 0:
             raise ValueError("batch_max must be >= 1 and batch_wait_s > 0")
+        self._fanout = FanoutPlanner(
+            quiet_s=settings.fanout_quiet_s, max_wait_s=settings.fanout_max_wait_s
+        )
+        self._fanout_lock = threading.Lock()
+        self._network = SharedLoop()
         self.engine = engine
         self.store = store
         self.settings = settings
@@ -123,8 +144,10 @@ class FleetBridge:
 
     def start(self, *, wait_s: float = 10.0) -> FleetBridge:
         """Connect, subscribe, start the worker threads; wait until connected."""
-        self.client.connect_async(self.settings.host, self.settings.port, keepalive=30)
-        self.client.loop_start()
+        self._network.start()
+        self._network.add(
+            self.client, host=self.settings.host, port=self.settings.port, keepalive=30
+        )
         for target, name in ((self._serve_chunks, "chunks"), (self._ingest_loop, "ingest")):
             thread = threading.Thread(target=target, name=f"bridge-{name}", daemon=True)
             thread.start()
@@ -143,8 +166,10 @@ class FleetBridge:
         self._chunks.put(None)
         for thread in self._threads:
             thread.join(timeout=10)
+        self._network.remove(self.client)
         self.client.disconnect()
-        self.client.loop_stop()
+        time.sleep(0.05)  # let the loop write the DISCONNECT
+        self._network.stop()
 
     def __enter__(self) -> FleetBridge:
         return self.start()
@@ -179,6 +204,9 @@ class FleetBridge:
 
     def send_command(self, device_id: str, command: proto.Command) -> None:
         """Publish ``command`` to the device (QoS 1; the broker queues it while offline)."""
+        if command.action == "install" and command.artifact is not None:
+            with self._fanout_lock:
+                self._fanout.expect(command.artifact.sha256, device_id, now=time.monotonic())
         self.client.publish(proto.topic(device_id, "cmd"), proto.encode(command), qos=proto.QOS)
 
     def artifact_ref(self, sha256: str) -> proto.ArtifactRef:
@@ -215,32 +243,54 @@ class FleetBridge:
 
     def _serve_chunks(self) -> None:
         while True:
-            item = self._chunks.get()
-            backlog = [item]
+            with self._fanout_lock:
+                wait = self._fanout.next_due_in(now=time.monotonic())
+            try:
+                item = self._chunks.get(timeout=wait) if wait is None or wait > 0 else None
+            except queue.Empty:
+                item = None
+            backlog = [item] if item is not None else []
+            stopping = item is None and self._stop.is_set()
             # Coalesce the backlog: under load, devices ask again for chunks still queued
             # here; serving each (device, transfer, chunk) once keeps the load bounded.
-            while item is not None and len(backlog) < 10_000:
+            while len(backlog) < 10_000:
                 try:
-                    item = self._chunks.get_nowait()
+                    entry = self._chunks.get_nowait()
                 except queue.Empty:
                     break
-                backlog.append(item)
+                if entry is None:
+                    stopping = True
+                    break
+                backlog.append(entry)
             wanted: dict[tuple[str, str], set[int]] = {}
+            now = time.monotonic()
             for entry in backlog:
                 if entry is None:
                     continue
                 parsed = self._parse_request(*entry)
-                if parsed is not None:
-                    device_id, request = parsed
+                if parsed is None:
+                    continue
+                device_id, request = parsed
+                if request.via == "artifact":
+                    with self._fanout_lock:
+                        self._fanout.join(request.transfer_id, device_id, request.indices, now=now)
+                else:
                     wanted.setdefault((device_id, request.transfer_id), set()).update(
                         request.indices
                     )
             for (device_id, transfer_id), indices in wanted.items():
                 try:
-                    self._serve(device_id, transfer_id, sorted(indices))
+                    self._serve(proto.topic(device_id, "chunk"), transfer_id, sorted(indices))
                 except Exception:  # a bad request must never stop the server
                     log.exception("serving chunks to %s failed", device_id)
-            if any(entry is None for entry in backlog):
+            with self._fanout_lock:
+                due = self._fanout.due(now=time.monotonic())
+            for transfer_id, shared in due:
+                try:
+                    self._serve(proto.artifact_topic(transfer_id), transfer_id, shared)
+                except Exception:
+                    log.exception("publishing chunks of %s failed", transfer_id[:12])
+            if stopping or (item is None and self._stop.is_set()):
                 return
 
     def _parse_request(
@@ -258,15 +308,15 @@ class FleetBridge:
             return None
         return device_id, request
 
-    def _serve(self, device_id: str, transfer_id: str, indices: list[int]) -> None:
+    def _serve(self, out_topic: str, transfer_id: str, indices: list[int]) -> None:
         try:
             data = self._artifact_bytes(transfer_id)
         except (FileNotFoundError, ValueError) as err:
             self.stats.ignored += 1
-            log.warning("%s asked for unknown artifact %s: %s", device_id, transfer_id, err)
+            log.warning("request on %s for unknown artifact %s: %s", out_topic, transfer_id, err)
             return
         size = self.settings.chunk_size
-        out_topic = proto.topic(device_id, "chunk")
+        shared = proto.parse_artifact_topic(out_topic) is not None
         for index in indices:
             start = index * size
             if start >= len(data):
@@ -276,6 +326,7 @@ class FleetBridge:
             )
             self.client.publish(out_topic, frame, qos=proto.QOS)
             self.stats.chunks_served += 1
+            self.stats.chunks_shared += shared
 
     # --- ingestion --------------------------------------------------------------
 
@@ -353,6 +404,9 @@ class FleetBridge:
             elif isinstance(message, proto.Ack):
                 self.stats.acks += 1
                 self.stats.acks_seen.append(message)
+                if message.action == "install":
+                    with self._fanout_lock:
+                        self._fanout.finished(device_id)
                 acks.append((device_id, message))
                 versions[device_id] = message.model_version_id
                 seen.add(device_id)
