@@ -269,7 +269,9 @@ def _publish(client: Any, number: int, *, bundle: Path, key: Path, built_now: bo
 
     try:
         published = publish_bundle(client, number, bundle=bundle, key=key)
-    except (RegistryError, BundleError, KeyFileError) as err:
+    except BundleError as err:
+        _fail(f"{bundle} does not verify with the public half of --key {key}: {err}")
+    except (RegistryError, KeyFileError) as err:
         if built_now:
             _fail(
                 f"{err} (the bundle {bundle} was written; once fixed, store it with "

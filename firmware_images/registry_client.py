@@ -321,9 +321,10 @@ class RegistryClient:
             return
         detail = _detail(response)
         if status == 401:
+            reason = detail.split(" (", 1)[0]  # the fleet's own hint names a viewer token
             raise RegistryError(
-                f"the fleet at {self.url} refused the token in ${TOKEN_ENV} ({detail}); "
-                "create a valid one with `fedfleet fleet token create --role operator`"
+                f"the fleet at {self.url} refused the token in ${TOKEN_ENV} (HTTP 401: "
+                f"{reason}); export a valid one from `fedfleet fleet token create --role operator`"
             )
         if status == 403:
             raise RegistryError(
