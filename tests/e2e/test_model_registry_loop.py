@@ -409,3 +409,41 @@ def test_register_refuses_bad_run_folders_before_writing_to_the_fleet(
 
     assert api.get("/runs").json()["total"] == runs_before
     assert api.get("/models").json()["total"] == models_before
+
+
+def test_a_fleet_that_requires_signatures_gets_them_and_a_failed_upload_is_undone(
+    tmp_path: Path, run_dir: Path, keys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEDFLEET_FLEET_SIGNING_PUBLIC_KEY", str(keys.public))
+    with _load_fleet_fixtures().running_server(tmp_path / "signing-fleet") as signing:
+        env = {
+            "FEDFLEET_URL": signing.base_url,
+            "FEDFLEET_TOKEN": _token(signing, "operator", tmp_path),
+        }
+        unsigned = runner.invoke(model_app, ["register", str(run_dir)], env=env)
+        signed = runner.invoke(
+            model_app, ["register", str(run_dir), "--key", str(keys.private)], env=env
+        )
+        headers = {"Authorization": f"Bearer {env['FEDFLEET_TOKEN']}"}
+        base = f"{signing.base_url}/api/v1"
+        models = httpx.get(f"{base}/models", headers=headers, timeout=10).json()["items"]
+        runs = httpx.get(f"{base}/runs", headers=headers, timeout=10).json()["items"]
+
+    # Without --key the fleet refuses the checkpoint; what was already written is undone.
+    assert unsigned.exit_code == 1
+    line = _one_line(unsigned.stderr)
+    assert "requires signed artifacts" in line
+    assert "model version 1 deprecated" in line and "marked failed" in line
+    # With --key the checkpoint carries the key's signature of its digest.
+    assert signed.exit_code == 0, signed.stderr
+    assert signed.stdout.strip() == "2"
+    stages = {m["id"]: m["stage"] for m in models}
+    assert stages == {1: "deprecated", 2: "registered"}
+    assert {r["final_model_version_id"]: r["status"] for r in runs} == {
+        None: "failed",
+        2: "completed",
+    }
+    (artifact,) = next(m for m in models if m["id"] == 2)["artifacts"]
+    load_public_key(keys.public).verify(
+        base64.b64decode(artifact["signature"]), bytes.fromhex(artifact["sha256"])
+    )
