@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -142,7 +143,7 @@ class ModelInfo:
 def parse_model_version(raw: str) -> int:
     """``"7"`` → 7; anything else is refused with the fix."""
     text = raw.strip()
-    if not text.isdigit() or not 0 < int(text) < 2**31:
+    if not re.fullmatch(r"[0-9]{1,10}", text) or not 0 < int(text) < 2**31:
         raise RegistryError(
             f"--model {raw!r} is not a model version number; pass the number the registry "
             "shows (GET /api/v1/models, or `fedfleet model register` prints it), e.g. --model 7"
