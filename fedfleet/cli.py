@@ -25,7 +25,7 @@ _SUBAPPS: tuple[tuple[str, str, str], ...] = (
     ("fleet", "fleet.cli:app", "The fleet admin API, dashboard, tokens and broker config."),
     ("rollout", "fleet.cli:rollout_app", "Staged OTA rollouts."),
     ("model", "coordinator.model_cli:model_app", "The model registry: register a run's model."),
-    ("image", "firmware_images.cli:image_app", "Build, verify and inspect signed model bundles."),
+    ("image", "firmware_images.cli:image_app", "Build, verify, inspect, publish signed bundles."),
     ("keys", "firmware_images.cli:keys_app", "Ed25519 signing keys."),
 )
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 image_app = typer.Typer(
     name="image",
-    help="Build, verify and inspect signed model bundles.",
+    help="Build, verify, inspect and publish signed model bundles.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
