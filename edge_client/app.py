@@ -22,7 +22,8 @@ from edge_client.dp_training import train_with_dp
 from edge_client.secagg_client import PreMaskTransform, register_secagg
 from edge_client.settings import ClientSettings
 from edge_client.site_policy import site_mod
-from tasks import evaluate, get_task, train_local
+from tasks import evaluate, reported_loss, train_local
+from tasks.model_pool import give_back, take_model
 
 
 def load_client_data(settings: ClientSettings) -> ClientData:
@@ -41,9 +42,8 @@ def load_client_data(settings: ClientSettings) -> ClientData:
 
 
 def _model_from(message: Message, task_name: str) -> torch.nn.Module:
-    model = get_task(task_name).build_model()
-    model.load_state_dict(message.content.array_records[k.ARRAYS].to_torch_state_dict())
-    return model
+    """The received global model, in a model built for an earlier message if possible."""
+    return take_model(task_name, message.content.array_records[k.ARRAYS].to_torch_state_dict())
 
 
 def handle_train(message: Message, context: Context) -> Message:
@@ -67,10 +67,14 @@ def handle_train(message: Message, context: Context) -> Message:
         {
             k.ARRAYS: ArrayRecord(model.state_dict()),
             k.METRICS: MetricRecord(
-                {k.NUM_EXAMPLES: result.num_examples, k.TRAIN_LOSS: result.loss}
+                {
+                    k.NUM_EXAMPLES: result.num_examples,
+                    k.TRAIN_LOSS: reported_loss(result.num_examples, result.loss),
+                }
             ),
         }
     )
+    give_back(settings.task, model)  # its weights are copied into the reply
     return Message(content=content, reply_to=message)
 
 
@@ -80,6 +84,7 @@ def handle_evaluate(message: Message, context: Context) -> Message:
     data = load_client_data(settings)
     model = _model_from(message, settings.task)
     result = evaluate(model, data.x_eval, data.y_eval)
+    give_back(settings.task, model)
     metrics = MetricRecord(
         {
             k.NUM_EXAMPLES: result.num_examples,

@@ -41,6 +41,7 @@ from edge_client.settings import ClientSettings
 from privacy.dp import DPConfig, local_mechanism
 from privacy.dp.config import GradSampleMode
 from privacy.ledger import PrivacyLedger
+from tasks import reported_loss
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,7 @@ def train_with_dp(
     metrics = MetricRecord(
         {
             k.NUM_EXAMPLES: result.num_examples,
-            k.TRAIN_LOSS: result.loss,
+            k.TRAIN_LOSS: reported_loss(result.num_examples, result.loss),
             k.DP_EPSILON: decision.epsilon_after,
             k.DP_NOISE_MULTIPLIER: mechanism.noise_multiplier,
             k.DP_SAMPLE_RATE: mechanism.sample_rate,

@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 from edge_client import messages as k
 from edge_client.app import load_client_data
 from edge_client.settings import ClientSettings
-from tasks import get_task, train_local
+from tasks import get_task, reported_loss, train_local
 
 AttackKind = Literal["sign-flip", "scale", "gaussian", "label-flip"]
 
@@ -132,7 +132,10 @@ def _train_on_flipped_labels(message: Message, context: Context) -> Message:
         {
             k.ARRAYS: ArrayRecord(model.state_dict()),
             k.METRICS: MetricRecord(
-                {k.NUM_EXAMPLES: result.num_examples, k.TRAIN_LOSS: result.loss}
+                {
+                    k.NUM_EXAMPLES: result.num_examples,
+                    k.TRAIN_LOSS: reported_loss(result.num_examples, result.loss),
+                }
             ),
         }
     )

@@ -25,6 +25,7 @@ Two optional layers, both outside the apps:
 from __future__ import annotations
 
 import functools
+import gc
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -239,5 +240,13 @@ def run_inprocess(
         state=RecordDict(),
         run_config=dict(run_config),
     )
-    server_app(grid, server_context)
+    # Everything built so far (modules, apps, datasets) lives for the whole run: keep
+    # the cyclic garbage collector from rescanning it at every full collection (the
+    # rounds allocate many small objects, which trigger collections). Undone after.
+    gc.collect()
+    gc.freeze()
+    try:
+        server_app(grid, server_context)
+    finally:
+        gc.unfreeze()
     return grid

@@ -15,14 +15,16 @@ Flower's or ours — gets the same protection.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Message
+from numpy.typing import NDArray
 
-from strategies.aggregation import update_norm
+from strategies.aggregation import BLOCK
 from strategies.streaming import DecodedArrays
 
 BaseLookup = Callable[[Message], ArrayRecord | None]
@@ -36,6 +38,44 @@ class Verdict(Enum):
     NON_FINITE = "nonfinite"
     NORM = "norm"
     MALFORMED = "malformed"
+
+
+class BaseArrays:
+    """The weights a round's clients started from, decoded once to float64.
+
+    A round's replies mostly share one base (the global model the strategy sent), so
+    the guard decodes it once per round, not once per reply. :meth:`distance` is
+    :func:`strategies.aggregation.update_norm` with the base side precomputed: the same
+    float64 differences summed block by block in the same order, so the same value.
+    """
+
+    def __init__(self, record: ArrayRecord) -> None:
+        self._flat: dict[str, NDArray[np.float64]] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        for name in record:
+            array = record[name].numpy()
+            self._shapes[name] = tuple(array.shape)
+            self._flat[name] = array.reshape(-1).astype(np.float64)
+
+    def distance(self, update: Mapping[str, NDArray[Any]]) -> float:
+        """L2 norm of ``update - base``; ``nan`` if not finite; ``ValueError`` if the
+        names or shapes differ."""
+        if set(update) != set(self._flat):
+            raise ValueError("update and base carry different array names")
+        total = 0.0
+        for name in update:
+            x = update[name]
+            if tuple(x.shape) != self._shapes[name]:
+                raise ValueError(
+                    f"array {name!r}: shape {x.shape} differs from {self._shapes[name]}"
+                )
+            diff = np.subtract(x.reshape(-1), self._flat[name], dtype=np.float64)
+            if not np.isfinite(diff).all():
+                return math.nan
+            for i in range(0, diff.shape[0], BLOCK):
+                part = diff[i : i + BLOCK]
+                total += float(np.dot(part, part))
+        return math.sqrt(total)
 
 
 @dataclass(frozen=True)
@@ -54,7 +94,9 @@ class UpdateGuard:
         if self.max_norm is not None and not (self.max_norm > 0 and math.isfinite(self.max_norm)):
             raise ValueError("max_norm must be a positive number (or None for no bound)")
 
-    def verdict(self, reply: Message, base: ArrayRecord | None) -> tuple[Verdict, float]:
+    def verdict(
+        self, reply: Message, base: ArrayRecord | BaseArrays | None
+    ) -> tuple[Verdict, float]:
         """Check one reply against the weights its client started from."""
         content = reply.content
         if len(content.array_records) != 1 or len(content.metric_records) != 1:
@@ -68,8 +110,10 @@ class UpdateGuard:
         if base is None:
             finite = all(np.isfinite(arrays[name]).all() for name in arrays)
             return (Verdict.OK if finite else Verdict.NON_FINITE), math.nan
+        if isinstance(base, ArrayRecord):
+            base = BaseArrays(base)
         try:
-            norm = update_norm(arrays, DecodedArrays(base))
+            norm = base.distance(arrays)
         except ValueError:
             return Verdict.MALFORMED, math.nan
         if math.isnan(norm):
@@ -85,8 +129,16 @@ class UpdateGuard:
         kept: list[Message] = []
         counts = dict.fromkeys(Verdict, 0)
         norms: list[float] = []
+        decoded: dict[int, tuple[ArrayRecord, BaseArrays]] = {}  # one decode per base
         for reply in replies:
-            verdict, norm = self.verdict(reply, base_of(reply))
+            record = base_of(reply)
+            base: BaseArrays | None = None
+            if record is not None:
+                entry = decoded.get(id(record))
+                if entry is None:
+                    entry = decoded[id(record)] = (record, BaseArrays(record))
+                base = entry[1]
+            verdict, norm = self.verdict(reply, base)
             counts[verdict] += 1
             if verdict is Verdict.OK:
                 kept.append(reply)

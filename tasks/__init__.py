@@ -6,7 +6,7 @@
 from tasks.base import Dataset, TaskSpec, TrainDefaults
 from tasks.partition import PartitionSpec, partition_indices
 from tasks.registry import available_tasks, get_task, register_task
-from tasks.training import EvalResult, TrainResult, evaluate, train_local
+from tasks.training import EvalResult, TrainResult, evaluate, reported_loss, train_local
 
 __all__ = [
     "Dataset",
@@ -20,5 +20,6 @@ __all__ = [
     "get_task",
     "partition_indices",
     "register_task",
+    "reported_loss",
     "train_local",
 ]

@@ -26,6 +26,13 @@ class TrainResult:
     steps: int
 
 
+def reported_loss(num_examples: int, loss: float) -> float:
+    """The training loss a client reports beside its example count: ``loss``, or 0.0
+    when it trained on no examples (its mean loss is undefined, and a NaN would turn
+    the server's example-weighted mean into NaN; with weight 0 it counts for nothing)."""
+    return loss if num_examples > 0 else 0.0
+
+
 @dataclass(frozen=True)
 class EvalResult:
     """Mean cross-entropy loss and accuracy over the evaluated samples."""

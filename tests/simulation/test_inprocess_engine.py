@@ -141,3 +141,26 @@ def test_ten_thousand_clients_cost_nothing_until_they_train() -> None:
     assert grid.context_for(5000).node_config == partition_node_config(10_000)(4000)
     with pytest.raises(ValueError, match="no simulated node"):
         grid.context_for(20_000)
+
+
+@pytest.mark.parametrize("batch_train", [True, False])
+def test_clients_without_data_count_for_nothing(tmp_path: Path, batch_train: bool) -> None:
+    import json
+    import math
+
+    # Prepare: digits has 1,437 training samples, so of 2,000 IID clients 563 hold none.
+    settings = SimulateSettings(clients=2000, clients_per_round=300, rounds=1)
+    run_config = settings.run_config(out_dir=str(tmp_path)).as_run_config()
+    # Execute
+    run_inprocess(
+        server_app=build_server_app(),
+        client_app=build_simulation_client_app(),
+        num_nodes=settings.clients,
+        run_config=run_config,
+        batch_train=batch_train,
+    )
+    # Assert: every reply is kept, none rejected, and the round's train loss is a
+    # number (a client with no data reports 0 examples and a loss that weighs nothing).
+    row = json.loads((tmp_path / "metrics.json").read_text())["rounds"][0]
+    assert row["clients"] == 300 and row["rejected"] == 0
+    assert math.isfinite(row["train_train-loss"]) and row["train_train-loss"] > 0
