@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
@@ -24,6 +24,7 @@ from edge_client.settings import ClientSettings
 from edge_client.site_policy import site_mod
 from tasks import evaluate, reported_loss, train_local
 from tasks.model_pool import give_back, take_model
+from tasks.weights import weights_record
 
 
 def load_client_data(settings: ClientSettings) -> ClientData:
@@ -65,7 +66,7 @@ def handle_train(message: Message, context: Context) -> Message:
     )
     content = RecordDict(
         {
-            k.ARRAYS: ArrayRecord(model.state_dict()),
+            k.ARRAYS: weights_record(model.state_dict()),  # = ArrayRecord(state_dict)
             k.METRICS: MetricRecord(
                 {
                     k.NUM_EXAMPLES: result.num_examples,

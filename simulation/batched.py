@@ -226,12 +226,13 @@ def _train_group(
             y = torch.stack([ys[c][torch.from_numpy(orders[c][step])] for c in members])
             grads, losses = _client_losses(template, mu, params, global_params, x, y)
             with torch.no_grad():
-                updated = {n: torch.add(params[n], grads[n], alpha=-lr) for n in names}
-                if everyone:
-                    stacked = updated
-                else:
-                    for n in names:
-                        stacked[n].index_copy_(0, index, updated[n])
+                # p ← p − lr·g in place (the same kernel as torch.add; no fresh
+                # allocation of the whole stack every step). ``params`` is ``stacked``
+                # itself, or a gathered copy written back.
+                for n in names:
+                    params[n].add_(grads[n], alpha=-lr)
+                    if not everyone:
+                        stacked[n].index_copy_(0, index, params[n])
             batch = x.shape[1]
             for c, value in zip(members, losses.tolist(), strict=True):
                 if step >= steps[c] - per_epoch[c]:

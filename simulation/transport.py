@@ -12,20 +12,20 @@ In one process the same object can reach everyone, so the engine
   reading the same global model, and the server's update guard, aggregation and
   checkpoint reading the same reply, cost one decoding each instead of many. The
   bytes, dtype, shape and values are exactly those of the original ``Array``;
-  decoding (:func:`decode_npy`) parses each distinct ``.npy`` header once, where
+  decoding (:func:`tasks.weights.decode_npy`) parses each distinct ``.npy`` header once, where
   ``np.load`` runs ``ast.literal_eval`` on every array's header.
 """
 
 from __future__ import annotations
 
-import math
-from io import BytesIO
 from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.common.constant import SType
 from numpy.typing import NDArray
+
+from tasks.weights import decode_npy
 
 _DECODED = "_fedfleet_decoded"
 
@@ -65,55 +65,6 @@ class DecodedOnceArray(Array):
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable, like Array
-
-
-# Parsed .npy headers (magic, version, length, header dict) → (start, dtype, order, shape).
-# A round's models repeat the same few headers; ``np.load`` parses each with
-# ``ast.literal_eval``, which costs more than copying a small layer's data.
-_HEADERS: dict[bytes, tuple[int, np.dtype[Any], bool, tuple[int, ...]]] = {}
-_MAX_HEADERS = 4096
-
-
-def decode_npy(data: bytes) -> NDArray[Any] | None:
-    """``np.load(BytesIO(data), allow_pickle=False)`` as a read-only view of ``data``,
-    parsing each distinct header once; ``None`` for anything but a version 1 or 2
-    ``.npy`` of a plain dtype (the caller falls back to ``np.load``)."""
-    if data[:6] != b"\x93NUMPY" or len(data) < 10:
-        return None
-    major = data[6]
-    if major == 1:
-        start = 10 + int.from_bytes(data[8:10], "little")
-    elif major == 2 and len(data) >= 12:
-        start = 12 + int.from_bytes(data[8:12], "little")
-    else:
-        return None
-    header = data[:start]
-    parsed = _HEADERS.get(header)
-    if parsed is None:
-        stream = BytesIO(header)
-        np.lib.format.read_magic(stream)
-        reader = (
-            np.lib.format.read_array_header_1_0
-            if major == 1
-            else np.lib.format.read_array_header_2_0
-        )
-        try:
-            shape, fortran, dtype = reader(stream)
-        except ValueError:
-            return None
-        if dtype.hasobject:
-            return None
-        if len(_HEADERS) >= _MAX_HEADERS:
-            _HEADERS.clear()
-        parsed = _HEADERS[header] = (start, dtype, fortran, tuple(shape))
-    start, dtype, fortran, shape = parsed
-    count = math.prod(shape)
-    if len(data) - start < count * dtype.itemsize:
-        return None  # truncated: np.load raises the error
-    flat = np.frombuffer(data, dtype=dtype, count=count, offset=start)
-    if fortran:
-        return flat.reshape(shape[::-1]).transpose()
-    return flat.reshape(shape)
 
 
 # Flower writes an object's class name into its serialized header and checks it when

@@ -17,6 +17,7 @@ holds one per client in flight.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,24 +26,39 @@ from tasks.registry import get_task
 
 MAX_POOLED = 1024
 
-_POOLS: dict[str, list[nn.Module]] = {}
+
+@dataclass
+class _Pooled:
+    model: nn.Module
+    # Its state tensors by name, when plain copies load it exactly as
+    # ``load_state_dict`` would (no load hooks, no custom ``_load_from_state_dict``).
+    tensors: dict[str, torch.Tensor] | None
+
+
+_POOLS: dict[str, list[_Pooled]] = {}
 
 
 def take_model(task_name: str, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     """A model of ``task_name`` holding ``state_dict`` (strictly loaded), in train mode."""
-    model: nn.Module | None = None
+    entry: _Pooled | None = None
     pool = _POOLS.get(task_name)
     if pool:
         try:
-            model = pool.pop()
+            entry = pool.pop()
         except IndexError:  # another thread took the last one
-            model = None
-    if model is None:
+            entry = None
+    if entry is None:
         model = get_task(task_name).build_model()
-    else:
-        model.zero_grad(set_to_none=True)
+        model.load_state_dict(state_dict)
+        return model
+    model = entry.model
+    model.zero_grad(set_to_none=True)
+    if not all(m.training for m in model.modules()):
         model.train()
-    model.load_state_dict(state_dict)
+    if entry.tensors is None:
+        model.load_state_dict(state_dict)
+    else:
+        _copy_state(entry.tensors, state_dict)
     return model
 
 
@@ -50,7 +66,37 @@ def give_back(task_name: str, model: nn.Module) -> None:
     """Return a model from :func:`take_model` (unwrapped, unhooked) for later reuse."""
     pool = _POOLS.setdefault(task_name, [])
     if len(pool) < MAX_POOLED:
-        pool.append(model)
+        plain = all(_plain_loading(m) for m in model.modules())
+        pool.append(_Pooled(model, dict(model.state_dict(keep_vars=True)) if plain else None))
+
+
+def _plain_loading(module: nn.Module) -> bool:
+    return (
+        not module._load_state_dict_pre_hooks
+        and not module._load_state_dict_post_hooks
+        and type(module)._load_from_state_dict is nn.Module._load_from_state_dict
+    )
+
+
+def _copy_state(tensors: dict[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor]) -> None:
+    """``load_state_dict(state_dict)`` (strict) for a module whose loading is plain
+    copies: the same checks and errors, without walking the module tree."""
+    if tensors.keys() != state_dict.keys():
+        missing = sorted(tensors.keys() - state_dict.keys())
+        unexpected = sorted(state_dict.keys() - tensors.keys())
+        raise RuntimeError(
+            f"Error(s) in loading state_dict: Missing key(s): {missing}; "
+            f"Unexpected key(s): {unexpected}"
+        )
+    with torch.no_grad():
+        for name, target in tensors.items():
+            value = state_dict[name]
+            if value.shape != target.shape:
+                raise RuntimeError(
+                    f"Error(s) in loading state_dict: size mismatch for {name}: copying a "
+                    f"param with shape {tuple(value.shape)}, the model has {tuple(target.shape)}"
+                )
+            target.copy_(value)
 
 
 def pooled(task_name: str) -> int:

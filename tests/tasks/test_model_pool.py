@@ -37,3 +37,12 @@ def test_weights_that_do_not_fit_are_refused() -> None:
     give_back("breast-cancer-mlp", take_model("breast-cancer-mlp", _state(3)))
     with pytest.raises(RuntimeError, match="Missing key"):
         take_model("breast-cancer-mlp", state)
+
+
+def test_a_pooled_model_refuses_a_wrong_shape_like_load_state_dict() -> None:
+    state = _state(4)
+    name = next(iter(state))
+    state[name] = torch.zeros(3, 3)
+    give_back("breast-cancer-mlp", take_model("breast-cancer-mlp", _state(4)))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        take_model("breast-cancer-mlp", state)
