@@ -52,7 +52,9 @@ class DecodedOnceArray(Array):
                 decoded = super().numpy()
             decoded.setflags(write=False)
             self.__dict__[_DECODED] = decoded
-        return cast(NDArray[Any], np.array(decoded, copy=True))
+        return cast(
+            "NDArray[Any]", np.array(decoded, copy=True)
+        )  # a string: no alias built per call
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Array):

@@ -21,7 +21,7 @@ from enum import Enum
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord, Message, MetricRecord
 from numpy.typing import NDArray
 
 from strategies.aggregation import BLOCK
@@ -52,26 +52,33 @@ class BaseArrays:
     def __init__(self, record: ArrayRecord) -> None:
         self._flat: dict[str, NDArray[np.float64]] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self._slices: dict[str, slice] = {}
+        offset = 0
         for name in record:
             array = record[name].numpy()
             self._shapes[name] = tuple(array.shape)
             self._flat[name] = array.reshape(-1).astype(np.float64)
+            self._slices[name] = slice(offset, offset + array.size)
+            offset += array.size
+        self._diff = np.empty(offset, dtype=np.float64)  # scratch for one update
 
     def distance(self, update: Mapping[str, NDArray[Any]]) -> float:
         """L2 norm of ``update - base``; ``nan`` if not finite; ``ValueError`` if the
         names or shapes differ."""
         if set(update) != set(self._flat):
             raise ValueError("update and base carry different array names")
-        total = 0.0
         for name in update:
             x = update[name]
             if tuple(x.shape) != self._shapes[name]:
                 raise ValueError(
                     f"array {name!r}: shape {x.shape} differs from {self._shapes[name]}"
                 )
-            diff = np.subtract(x.reshape(-1), self._flat[name], dtype=np.float64)
-            if not np.isfinite(diff).all():
-                return math.nan
+            np.subtract(x.reshape(-1), self._flat[name], out=self._diff[self._slices[name]])
+        if not np.isfinite(self._diff).all():
+            return math.nan
+        total = 0.0
+        for name in update:  # per array, block by block: update_norm's order of sums
+            diff = self._diff[self._slices[name]]
             for i in range(0, diff.shape[0], BLOCK):
                 part = diff[i : i + BLOCK]
                 total += float(np.dot(part, part))
@@ -98,15 +105,18 @@ class UpdateGuard:
         self, reply: Message, base: ArrayRecord | BaseArrays | None
     ) -> tuple[Verdict, float]:
         """Check one reply against the weights its client started from."""
-        content = reply.content
-        if len(content.array_records) != 1 or len(content.metric_records) != 1:
+        # One pass over the records: Flower's ``array_records``/``metric_records``
+        # properties build a new dict on every access.
+        array_records = [r for r in reply.content.values() if isinstance(r, ArrayRecord)]
+        metric_records = [r for r in reply.content.values() if isinstance(r, MetricRecord)]
+        if len(array_records) != 1 or len(metric_records) != 1:
             return Verdict.MALFORMED, math.nan
-        weight = next(iter(content.metric_records.values())).get(self.weight_key)
+        weight = metric_records[0].get(self.weight_key)
         if isinstance(weight, bool) or not isinstance(weight, int | float):
             return Verdict.MALFORMED, math.nan
         if not (math.isfinite(weight) and weight >= 0):
             return Verdict.MALFORMED, math.nan
-        arrays = DecodedArrays(next(iter(content.array_records.values())))
+        arrays = DecodedArrays(array_records[0])
         if base is None:
             finite = all(np.isfinite(arrays[name]).all() for name in arrays)
             return (Verdict.OK if finite else Verdict.NON_FINITE), math.nan

@@ -16,6 +16,7 @@ holds one per client in flight.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -29,13 +30,25 @@ MAX_POOLED = 1024
 
 @dataclass
 class _Pooled:
+    """A pooled model and what reusing it needs, found once per model."""
+
     model: nn.Module
+    modules: list[nn.Module]
+    parameters: list[nn.Parameter]
     # Its state tensors by name, when plain copies load it exactly as
     # ``load_state_dict`` would (no load hooks, no custom ``_load_from_state_dict``).
     tensors: dict[str, torch.Tensor] | None
 
+    @classmethod
+    def of(cls, model: nn.Module) -> _Pooled:
+        modules = list(model.modules())
+        plain = all(_plain_loading(m) for m in modules)
+        tensors = dict(model.state_dict(keep_vars=True)) if plain else None
+        return cls(model, modules, list(model.parameters()), tensors)
+
 
 _POOLS: dict[str, list[_Pooled]] = {}
+_KNOWN: weakref.WeakKeyDictionary[nn.Module, _Pooled] = weakref.WeakKeyDictionary()
 
 
 def take_model(task_name: str, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -51,23 +64,25 @@ def take_model(task_name: str, state_dict: Mapping[str, torch.Tensor]) -> nn.Mod
         model = get_task(task_name).build_model()
         model.load_state_dict(state_dict)
         return model
-    model = entry.model
-    model.zero_grad(set_to_none=True)
-    if not all(m.training for m in model.modules()):
-        model.train()
+    for parameter in entry.parameters:  # zero_grad(set_to_none=True)
+        parameter.grad = None
+    if not all(m.training for m in entry.modules):
+        entry.model.train()
     if entry.tensors is None:
-        model.load_state_dict(state_dict)
+        entry.model.load_state_dict(state_dict)
     else:
         _copy_state(entry.tensors, state_dict)
-    return model
+    return entry.model
 
 
 def give_back(task_name: str, model: nn.Module) -> None:
     """Return a model from :func:`take_model` (unwrapped, unhooked) for later reuse."""
     pool = _POOLS.setdefault(task_name, [])
     if len(pool) < MAX_POOLED:
-        plain = all(_plain_loading(m) for m in model.modules())
-        pool.append(_Pooled(model, dict(model.state_dict(keep_vars=True)) if plain else None))
+        entry = _KNOWN.get(model)
+        if entry is None:
+            entry = _KNOWN[model] = _Pooled.of(model)
+        pool.append(entry)
 
 
 def _plain_loading(module: nn.Module) -> bool:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
-from strategies.guard import UpdateGuard, Verdict
+from strategies.aggregation import BLOCK, update_norm
+from strategies.guard import BaseArrays, UpdateGuard, Verdict
 
 BASE = {"w": np.zeros((2, 2), dtype=np.float32), "b": np.zeros(2, dtype=np.float32)}
 
@@ -79,3 +80,23 @@ def test_replies_without_arrays_or_weight_are_malformed(make_instruction, record
 def test_a_bound_must_be_a_positive_number(bound: float) -> None:
     with pytest.raises(ValueError, match="positive"):
         UpdateGuard(max_norm=bound)
+
+
+def test_base_decoded_once_gives_update_norms_exact_value(record_of) -> None:
+    # Oracle: the precomputed base must give update_norm's float64 value bit for bit,
+    # also for a layer longer than one summation block.
+    rng = np.random.default_rng(7)
+    base = {
+        "w": rng.normal(size=(BLOCK + 123,)).astype(np.float32),
+        "b": rng.normal(size=(3, 5)).astype(np.float32),
+    }
+    update = {
+        k: (v + rng.normal(scale=0.1, size=v.shape)).astype(np.float32) for k, v in base.items()
+    }
+    decoded = BaseArrays(record_of(base))
+    assert decoded.distance(update) == update_norm(update, base)
+    assert decoded.distance(update) == decoded.distance(update)  # the scratch is reusable
+    with pytest.raises(ValueError, match="shape"):
+        decoded.distance({"w": base["w"], "b": np.zeros((5, 3), np.float32)})
+    with pytest.raises(ValueError, match="names"):
+        decoded.distance({"w": base["w"]})
