@@ -5,11 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch import nn
 
 from tasks.base import Dataset, TaskSpec, TrainDefaults
+from tasks.dataset_cache import cached_dataset, library_version
 from tasks.registry import register_task
 
 
@@ -38,7 +37,17 @@ class DigitsCNN(nn.Module):
 
 @lru_cache(maxsize=4)
 def load_digits_dataset(seed: int = 0) -> Dataset:
-    """Pixels scaled to [0, 1], shape (n, 1, 8, 8); a stratified 80/20 split by ``seed``."""
+    """Pixels scaled to [0, 1], shape (n, 1, 8, 8); a stratified 80/20 split by ``seed``
+    (prepared once per scikit-learn version and kept on disk: tasks/dataset_cache.py)."""
+    key = f"digits-cnn-seed{seed}-sklearn{library_version('scikit-learn')}"
+    return cached_dataset(key, lambda: prepare_digits(seed))
+
+
+def prepare_digits(seed: int) -> Dataset:
+    """:func:`load_digits_dataset`, prepared with scikit-learn."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     bunch = load_digits()
     x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
     y = bunch.target.astype(np.int64)

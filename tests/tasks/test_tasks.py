@@ -84,3 +84,22 @@ def test_training_on_no_data_reports_zero_examples() -> None:
         seed=0,
     )
     assert result.num_examples == 0 and result.steps == 0
+
+
+def test_each_built_in_task_comes_from_its_own_module_alone() -> None:
+    import subprocess
+    import sys
+
+    from tasks.registry import BUILTIN_TASKS
+
+    # Each built-in name is registered by the module the registry names for it ...
+    for name in BUILTIN_TASKS:
+        assert get_task(name).name == name
+    # ... and looking one task up imports no other task's module (a fresh process).
+    code = (
+        "import sys; from tasks import get_task; get_task('synthetic-logreg'); "
+        "print(sorted(m for m in sys.modules if m.startswith('tasks.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "tasks.digits" not in out.stdout and "tasks.breast_cancer" not in out.stdout
+    assert "tasks.synthetic" in out.stdout
