@@ -10,17 +10,25 @@ seed 0 — run three ways, one after the other, each in a fresh process:
   same client data, the same ``tasks.train_local``, the same uniform sampling, a
   weighted average in torch, central evaluation — the floor any framework adds to;
 - ``fedfleet``: ``fedfleet simulate`` — the in-process engine (batched local training),
-  running the same unchanged ServerApp and ClientApp as the Flower engine.
+  running the same unchanged ServerApp and ClientApp as the Flower engine;
+- ``fedfleet-first``: the same, as the very first run on a machine: an empty dataset
+  cache (``FEDFLEET_CACHE_DIR``), so digits is prepared with scikit-learn (imported).
+
+Every engine reads its data through ``tasks``, so all but ``fedfleet-first`` find the
+prepared digits in the dataset cache (``tasks/dataset_cache.py``).
 
 Measured from outside each process: start-up (launch until round 1 begins: imports,
 data, engine start), each round's time, the one-time cost ``cold start`` (start-up
 plus the first round's excess over a steady round), and the peak memory of the whole
 process tree (sum of resident set sizes, sampled every 0.2 s; Flower's SuperLink,
-SuperExec, Ray and app processes included). Prints a table with ratios and writes
-``simulation.json`` and ``simulation.png`` to ``--out``.
+SuperExec, Ray and app processes included). The import floors — a fresh interpreter,
+one importing torch, one importing torch and ``flwr.serverapp`` — are measured too,
+so the engine's own cold start shows apart from Python's and torch's. Prints a table
+with ratios and writes ``simulation.json`` and ``simulation.png`` to ``--out``.
 
     python bench/simulation.py [--clients 1000] [--per-round 100] [--rounds 3]
-                               [--engines flower,plain,fedfleet] [--repeats N]
+                               [--engines flower,plain,fedfleet,fedfleet-first]
+                               [--repeats N]
                                [--threads T] [--out runs/bench-simulation]
 """
 
@@ -39,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 FEDFLEET = [sys.executable, "-c", "from fedfleet.cli import main; main()"]
+ENGINES = ("flower", "plain", "fedfleet", "fedfleet-first")
 
 
 # -- the plain loop (runs in its own process) ------------------------------------------
@@ -201,7 +210,7 @@ def run_fedfleet(
         "--local-epochs",
         str(args.local_epochs),
         "--engine",
-        "inprocess" if engine == "fedfleet" else "flower",
+        "flower" if engine == "flower" else "inprocess",
         "--out",
         str(run_dir),
         "--quiet",
@@ -268,18 +277,35 @@ def run_plain(args: argparse.Namespace, env: dict[str, str]) -> EngineResult:
     return _summarise("plain", launch, starts, durations, sampler, wall, lines[-1]["accuracy"])
 
 
-def import_floor_s(env: dict[str, str]) -> float:
-    """Seconds a fresh interpreter needs just to import torch, flwr and scikit-learn."""
-    start = time.time()
-    subprocess.run(
-        [sys.executable, "-c", "import torch, flwr.serverapp, sklearn.datasets"],
-        env=env,
-        check=True,
-    )
-    return time.time() - start
+# What a fresh interpreter needs before any engine code runs.
+FLOORS = {
+    "python": "pass",
+    "python + torch": "import torch",
+    "python + torch + flwr": "import torch, flwr.serverapp",
+}
 
 
-def print_table(results: dict[str, EngineResult], floor: float) -> list[str]:
+def import_floors_s(env: dict[str, str]) -> dict[str, float]:
+    """Seconds from launching a fresh interpreter until each FLOORS import is done (as
+    start-up is measured: from launch, interpreter exit not included); median of 3."""
+    floors = {}
+    for name, code in FLOORS.items():
+        times = []
+        for _ in range(3):
+            launch = time.time()
+            out = subprocess.run(
+                [sys.executable, "-c", f"{code}; import time; print(time.time())"],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            times.append(float(out.split()[-1]) - launch)
+        floors[name] = sorted(times)[1]
+    return floors
+
+
+def print_table(results: dict[str, EngineResult], floors: dict[str, float]) -> list[str]:
     lines = [
         f"{'engine':<9} {'start-up s':>10} {'round 1 s':>9} {'steady s':>9} "
         f"{'cold start s':>12} {'peak MiB':>9} {'procs':>5} {'wall s':>7} {'accuracy':>8}"
@@ -290,11 +316,14 @@ def print_table(results: dict[str, EngineResult], floor: float) -> list[str]:
             f"{r.engine:<9} {r.startup_s:>10.2f} {r.rounds_s[0]:>9.2f} {r.steady_s:>9.3f} "
             f"{r.cold_start_s:>12.2f} {r.peak_mib:>9.0f} {r.processes:>5} {r.wall_s:>7.1f} {acc:>8}"
         )
-    lines.append(f"(a fresh interpreter importing torch, flwr and scikit-learn: {floor:.2f} s)")
+    lines.append(
+        "import floors (fresh interpreter): "
+        + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in floors.items())
+    )
     ours = results.get("fedfleet")
     if ours is not None:
         for name, peer in results.items():
-            if name == "fedfleet":
+            if name == "fedfleet" or peer.engine == "fedfleet-first":
                 continue
             lines.append(
                 f"{name} / fedfleet: steady round {peer.steady_s / ours.steady_s:.1f}x, "
@@ -302,9 +331,17 @@ def print_table(results: dict[str, EngineResult], floor: float) -> list[str]:
                 f"peak memory {peer.peak_mib / ours.peak_mib:.1f}x, "
                 f"wall {peer.wall_s / ours.wall_s:.1f}x"
             )
+        floor = floors["python + torch + flwr"]
         lines.append(
-            f"fedfleet cold start beyond the import floor: {ours.cold_start_s - floor:.2f} s"
+            f"fedfleet cold start {ours.cold_start_s:.2f} s = python + torch + flwr imports "
+            f"{floor:.2f} s + fedfleet's own {ours.cold_start_s - floor:.2f} s"
         )
+        first = results.get("fedfleet-first")
+        if first is not None:
+            lines.append(
+                f"fedfleet first run on a machine (empty dataset cache: scikit-learn "
+                f"imported, digits prepared): cold start {first.cold_start_s:.2f} s"
+            )
     for line in lines:
         print(line)
     return lines
@@ -344,7 +381,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--local-epochs", type=int, default=1)
-    parser.add_argument("--engines", default="flower,plain,fedfleet")
+    parser.add_argument("--engines", default="flower,plain,fedfleet,fedfleet-first")
     parser.add_argument(
         "--repeats",
         type=int,
@@ -365,9 +402,12 @@ def main() -> None:
     if args.threads > 0:
         env["OMP_NUM_THREADS"] = str(args.threads)
     for engine in engines:
-        if engine not in ("flower", "plain", "fedfleet"):
-            raise SystemExit(f"unknown engine {engine!r}; choose flower, plain, fedfleet")
-    floor = import_floor_s(env)
+        if engine not in ENGINES:
+            raise SystemExit(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    # Every engine but fedfleet-first finds the prepared digits on disk (warmed here).
+    warm = f"from tasks import get_task; get_task('digits-cnn').load_data({args.seed})"
+    subprocess.run([sys.executable, "-c", warm], env=env, check=True)
+    floors = import_floors_s(env)
     runs: dict[str, list[EngineResult]] = {engine: [] for engine in engines}
     for repeat in range(args.repeats):
         for engine in engines:  # interleaved, so a change in machine load hits all
@@ -377,6 +417,9 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
                 if engine == "plain":
                     runs[engine].append(run_plain(args, env))
+                elif engine == "fedfleet-first":
+                    empty = dict(env, FEDFLEET_CACHE_DIR=str(Path(tmp) / "dataset-cache"))
+                    runs[engine].append(run_fedfleet(engine, args, Path(tmp), empty))
                 else:
                     runs[engine].append(run_fedfleet(engine, args, Path(tmp), env))
     results = {
@@ -387,7 +430,7 @@ def main() -> None:
         engine: (min(r.steady_s for r in done), max(r.steady_s for r in done))
         for engine, done in runs.items()
     }
-    lines = print_table(results, floor)
+    lines = print_table(results, floors)
     if args.repeats > 1:
         for engine, (low, high) in spreads.items():
             line = f"{engine}: steady round over {args.repeats} runs {low:.3f}..{high:.3f} s"
@@ -401,7 +444,7 @@ def main() -> None:
             "rounds": args.rounds,
             "local_epochs": args.local_epochs,
         },
-        "import_floor_s": floor,
+        "import_floors_s": floors,
         "threads": args.threads or "default",
         "repeats": args.repeats,
         "all_runs": {k: [asdict(r) for r in v] for k, v in runs.items()},
