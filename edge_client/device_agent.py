@@ -45,6 +45,7 @@ from firmware_images.keys import load_public_key
 log = logging.getLogger(__name__)
 
 _MAX_LATENCIES = 2048
+_ARTIFACTS = f"{proto.TOPIC_ROOT}/artifacts/"
 
 
 @dataclass
@@ -114,6 +115,7 @@ class DeviceAgent:
         self.ignored = 0  # messages refused by the protocol checks
         self.rejected_chunks = 0  # chunks whose hash did not match (fetched again)
         self.dropped_chunks = 0  # shared-topic frames dropped to keep memory bounded
+        self.last_frame_at = 0.0  # monotonic time the last chunk frame arrived (any topic)
         self.timings: dict[str, float] = {}  # monotonic times of the last install's steps
         self.client = self._make_client()
 
@@ -217,7 +219,9 @@ class DeviceAgent:
         self._enqueue("disconnected", None)
 
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
-        if message.topic == self._shared:
+        if message.topic.endswith("/chunk"):
+            self.last_frame_at = time.monotonic()
+        if message.topic.startswith(_ARTIFACTS):
             with self._queued_lock:
                 if self._queued_shared >= self.config.chunk_window:
                     self.dropped_chunks += 1  # memory bound; the repair path refetches it
@@ -319,7 +323,7 @@ class DeviceAgent:
         download = self._download
         sha = proto.parse_artifact_topic(topic_name)
         if download is None or sha != download.transfer_id:
-            return  # a publication for others, after this download ended: harmless
+            return  # published for others after this download ended (or before): harmless
         try:
             chunk = proto.decode_chunk(payload)
             if chunk.transfer_id != sha:

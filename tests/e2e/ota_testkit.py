@@ -43,8 +43,15 @@ class OtaFleet:
     """Everything of the OTA path, started in :meth:`start` and stopped in :meth:`close`."""
 
     def __init__(
-        self, root: Path, *, devices: int, group: str = "wards", chunk_size: int = 16 * 1024
+        self,
+        root: Path,
+        *,
+        devices: int,
+        group: str = "wards",
+        chunk_size: int = 16 * 1024,
+        broker_extra: str = "",
     ) -> None:
+        """``broker_extra``: more ``mosquitto.conf`` lines (e.g. ``log_type subscribe``)."""
         self.chunk_size = chunk_size
         self.root = root
         self.engine = make_engine(f"sqlite:///{root / 'fleet.db'}")
@@ -67,7 +74,7 @@ class OtaFleet:
             out=root / "broker", devices=device_credentials_from_db(self.engine)
         )
         self.fleet_password = files.fleet_password_file.read_text().strip()
-        self.broker = MosquittoProcess(passwd=files.passwd, acl=files.acl)
+        self.broker = MosquittoProcess(passwd=files.passwd, acl=files.acl, extra=broker_extra)
         self.bridge: FleetBridge | None = None
         self.controller: RolloutController | None = None
         self.sim: SimulatedFleet | None = None
