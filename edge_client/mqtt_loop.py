@@ -10,6 +10,13 @@ through paho's external-loop interface (``on_socket_open/close``,
 
 Callbacks (``on_connect``, ``on_message``...) still run on this one thread, so they must
 only enqueue — which the device agent's do.
+
+paho's external-loop interface has a race when another thread publishes: paho skips
+``on_socket_register_write`` while its "registered" flag is still set, and this loop
+may clear that flag a moment later (its write queue looked empty just before) — the
+packet then waits for the next write of that client, up to the keepalive (acks were
+seen 50 s late at 300 devices). A sweep every ``_SWEEP_EVERY_S`` writes any client
+that has packets waiting, so a stranded packet waits at most that long.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import paho.mqtt.client as mqtt
 log = logging.getLogger(__name__)
 
 _MISC_EVERY_S = 1.0
+_SWEEP_EVERY_S = 0.05
 
 
 class SharedLoop:
@@ -115,10 +123,10 @@ class SharedLoop:
     # --- the loop -----------------------------------------------------------------
 
     def _run(self) -> None:
-        next_misc = 0.0
+        next_misc = next_sweep = 0.0
         while not self._stop.is_set():
             try:
-                events = self._selector.select(timeout=0.2)
+                events = self._selector.select(timeout=_SWEEP_EVERY_S)
             except (OSError, ValueError):
                 events = []
             for key, mask in events:
@@ -135,9 +143,23 @@ class SharedLoop:
                 if mask & selectors.EVENT_WRITE:
                     client.loop_write()
             now = time.monotonic()
+            if now >= next_sweep:
+                next_sweep = now + _SWEEP_EVERY_S
+                self._sweep()
             if now >= next_misc:
                 next_misc = now + _MISC_EVERY_S
                 self._misc_and_reconnect(now)
+
+    def _sweep(self) -> None:
+        """Write every client with packets waiting (see the race in the module docstring)."""
+        with self._lock:
+            clients = [c for c, state in self._clients.items() if state["wanted"]]
+        for client in clients:
+            if client.socket() is not None and client.want_write():
+                try:
+                    client.loop_write()
+                except Exception:
+                    log.exception("write of one client failed")
 
     def _misc_and_reconnect(self, now: float) -> None:
         with self._lock:
