@@ -162,3 +162,24 @@ def test_artifact_refs_agree_with_their_chunking(data: bytes, chunk: int) -> Non
     )
     command = proto.Command(command_id="c", action="install", artifact=ref)
     assert proto.decode(proto.encode(command)) == command
+
+
+def test_shared_chunk_requests_and_artifact_topics() -> None:
+    # A shared request carries via; the default (device) is left off the wire, so a
+    # schema-1 fleet that predates the field still accepts every repair request.
+    shared = proto.ChunkRequest(transfer_id=SHA, indices=(0, 1), via="artifact")
+    repair = proto.ChunkRequest(transfer_id=SHA, indices=(2,))
+    assert proto.decode(proto.encode(shared)) == shared
+    assert "via" not in json.loads(proto.encode(repair))
+    assert proto.decode(proto.encode(repair)).via == "device"  # type: ignore[union-attr]
+    bad = json.loads(proto.encode(shared))
+    bad["via"] = "broadcast"
+    with pytest.raises(proto.ProtocolError, match="via"):
+        proto.decode(json.dumps(bad).encode())
+    name = proto.artifact_topic(SHA)
+    assert name == f"fedfleet/v1/artifacts/{SHA}/chunk"
+    assert proto.parse_artifact_topic(name) == SHA
+    for other in (proto.topic("dev-1", "chunk"), f"fedfleet/v1/artifacts/{SHA}/x", "a/b"):
+        assert proto.parse_artifact_topic(other) is None
+    with pytest.raises(ValueError, match="SHA-256"):
+        proto.artifact_topic("not-a-hash")

@@ -134,6 +134,31 @@ def test_a_device_cannot_publish_or_read_as_another_device(
     assert dev_b.got == [(proto.topic("dev-bbbb", "cmd"), b"for-b")]
 
 
+def test_devices_read_the_shared_artifact_topic_but_cannot_publish_on_it(
+    broker: tuple[MosquittoProcess, str],
+) -> None:
+    # Prepare: device b listens on an artifact topic; device a tries to feed it chunks.
+    process, fleet_password = broker
+    shared = proto.artifact_topic("cd" * 32)
+    fleet = Listener(process.port, FLEET_USER, fleet_password, [])
+    dev_a = Listener(process.port, "dev-aaaa", PASSWORDS["dev-aaaa"], [])
+    dev_b = Listener(process.port, "dev-bbbb", PASSWORDS["dev-bbbb"], [shared])
+    try:
+        assert _wait(lambda: dev_b.subscribed.is_set() and fleet.connected and dev_a.connected)
+        # Execute
+        dev_a.client.publish(shared, b"forged-chunk", qos=1).wait_for_publish(5)
+        fleet.client.publish(shared, b"fleet-chunk", qos=1).wait_for_publish(5)
+        assert _wait(lambda: len(dev_b.got) >= 1)
+        time.sleep(0.5)  # a forged chunk would have arrived by now
+    finally:
+        for client in (fleet, dev_a, dev_b):
+            client.close()
+
+    # Assert: only the fleet's publication reached the device.
+    assert dev_b.got == [(shared, b"fleet-chunk")]
+    assert f"pattern read {proto.ARTIFACT_FILTER}" in acl_text()
+
+
 def test_wrong_password_and_unknown_users_are_refused(broker: tuple[MosquittoProcess, str]) -> None:
     process, _ = broker
     wrong = Listener(process.port, "dev-aaaa", "not-the-password", [])
