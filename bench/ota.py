@@ -8,10 +8,13 @@ topic; misses are repaired per device), checks every chunk's hash, verifies the 
 (signature, hash, target), writes its inactive slot, self-tests the model with
 onnxruntime and acknowledges. Measured from the rollout's creation:
 
-(a) transfer — until every device has every byte (hash-checked chunks on its disk);
+(a) delivered — until every device's MQTT client has every chunk frame;
+(a') transfer — until every device has every chunk hash-checked on its disk;
 (b) installed — until every device has verified, self-tested, switched and acked.
 
-(b) - (a) is device CPU, not network: a thousand devices' verify + onnxruntime
+(a) is when the last chunk frame reached every device's MQTT client, (a') when the
+last device had hash-checked and written them all: (a') - (a) and (b) - (a') are
+device CPU, not network — a thousand devices' chunk hashing, verify and onnxruntime
 self-test run here in ONE Python process on this machine's cores. It is reported with
 the cost of one install measured alone in the same process, so it can be read as
 "N installs / cores". Nothing is cached across devices: each verifies its own file, and
@@ -307,7 +310,7 @@ def main() -> None:
         "by devices (memory bound) and repaired"
     )
     print(
-        f"  (b)-(a) = {total - transfer:.2f} s of device-side CPU: one install alone takes "
+        f"  (b)-(a') = {total - transfer:.2f} s of device-side CPU: one install alone takes "
         f"{alone * 1000:.1f} ms here, {args.devices} x that / {cores} cores = "
         f"{args.devices * alone / cores:.2f} s; median per device in the crowd "
         f"{times['install_median']:.2f} s (queueing included)"
