@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -64,8 +65,27 @@ from fleet.rollouts import create_rollout
 from fleet.simulated_devices import SIM_ACTOR, register_bundle
 
 
-def raw_fanout(fleet: OtaFleet, *, data: bytes, subscribers: int) -> float:
-    """Seconds from one mosquitto_pub of ``data`` until ``subscribers`` mosquitto_sub exit."""
+def _cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a running process has used so far."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _self_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def raw_fanout(fleet: OtaFleet, *, data: bytes, subscribers: int) -> tuple[float, float, float]:
+    """Seconds from one mosquitto_pub of ``data`` until ``subscribers`` mosquitto_sub exit;
+    CPU seconds of the broker and of the Mosquitto clients meanwhile."""
     port = str(fleet.broker.port)
     topic = proto.topic("bench-raw", "cmd")
     auth = ["-u", FLEET_USER, "-P", fleet.fleet_password]
@@ -96,6 +116,7 @@ def raw_fanout(fleet: OtaFleet, *, data: bytes, subscribers: int) -> float:
     ]
     try:
         _wait_subscriptions(fleet, topic=topic, at_least=subscribers)
+        broker_cpu, clients_cpu = _cpu_s(fleet.broker.pid), _children_cpu_s()
         began = time.perf_counter()
         subprocess.run(
             [
@@ -116,7 +137,12 @@ def raw_fanout(fleet: OtaFleet, *, data: bytes, subscribers: int) -> float:
         )
         for proc in procs:
             proc.wait(timeout=600)
-        return time.perf_counter() - began
+        elapsed = time.perf_counter() - began
+        return (
+            elapsed,
+            _cpu_s(fleet.broker.pid) - broker_cpu,
+            _children_cpu_s() - clients_cpu,
+        )
     finally:
         for proc in procs:  # stopped by their own PIDs, whatever happened
             if proc.poll() is None:
@@ -146,6 +172,7 @@ def rollout(fleet: OtaFleet, *, data: bytes, sha256: str) -> dict[str, float]:
     assert fleet.sim is not None and fleet.bridge is not None
     model_id = register_bundle(fleet.engine, fleet.store, bundle=data, task="bench", target=TARGET)
     agents = fleet.sim.agents
+    broker_cpu, own_cpu = _cpu_s(fleet.broker.pid), _self_cpu_s()
     began, began_mono = time.perf_counter(), time.monotonic()
     with session_scope(fleet.engine, write=True) as session:
         rollout_id = create_rollout(
@@ -163,6 +190,7 @@ def rollout(fleet: OtaFleet, *, data: bytes, sha256: str) -> dict[str, float]:
 
     wait_for(finished, timeout_s=1800, what="the rollout")
     total = time.perf_counter() - began
+    broker_cpu, own_cpu = _cpu_s(fleet.broker.pid) - broker_cpu, _self_cpu_s() - own_cpu
     with Session(fleet.engine) as session:
         row = session.get(Rollout, rollout_id)
         assert row is not None and row.status is RolloutStatus.succeeded, row
@@ -178,6 +206,8 @@ def rollout(fleet: OtaFleet, *, data: bytes, sha256: str) -> dict[str, float]:
         "transfer": max(a.timings["downloaded"] for a in agents) - began_mono,
         "total": total,
         "install_median": installs[len(installs) // 2],
+        "broker_cpu": broker_cpu,
+        "own_cpu": own_cpu,
     }
 
 
@@ -274,7 +304,9 @@ def main() -> None:
         wait_for(lambda: all(a.connected for a in sim.agents), timeout_s=300, what="connections")
         bundle = build_demo_bundle(private_key=fleet.key, version="bench-v1", pad_to=args.size)
         say(f"bundle: {len(bundle.data)} bytes; raw fan-out with mosquitto_pub/sub ...")
-        floor = raw_fanout(fleet, data=bundle.data, subscribers=args.devices)
+        floor, floor_broker_cpu, floor_clients_cpu = raw_fanout(
+            fleet, data=bundle.data, subscribers=args.devices
+        )
         say("rollout through the fleet ...")
         times = rollout(fleet, data=bundle.data, sha256=bundle.sha256)
         bridge = fleet.bridge
@@ -308,6 +340,12 @@ def main() -> None:
         f"chunk frames published {served} ({shared} on the shared topic) for "
         f"{chunks} chunks x {args.devices} devices; {dropped} shared frames dropped "
         "by devices (memory bound) and repaired"
+    )
+    print(
+        f"  CPU seconds: broker {floor_broker_cpu:.2f} for the raw fan-out vs "
+        f"{times['broker_cpu']:.2f} for the rollout; the {args.devices} mosquitto_sub "
+        f"{floor_clients_cpu:.2f} vs this process (fleet + {args.devices} Python agents) "
+        f"{times['own_cpu']:.2f}"
     )
     print(
         f"  (b)-(a') = {total - transfer:.2f} s of device-side CPU: one install alone takes "
