@@ -38,6 +38,10 @@ def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = F
     from simulation.fleet_settings import apply_threads
 
     apply_threads(settings)
+    if settings.engine == "inprocess":
+        from simulation.allocator import keep_freed_memory
+
+        keep_freed_memory()  # rounds reuse freed tensor memory: simulation/allocator.py
     if settings.app:  # a third-party Flower App: its own rounds and results
         from simulation.flower_app import run_flower_app
 
