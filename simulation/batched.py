@@ -189,8 +189,9 @@ def _train_group(
     template = jobs[0].model
     names = [name for name, _ in named[0]]
     own_params = [[p for _, p in params] for params in named]
-    for job in jobs:
-        job.model.train()
+    for job in jobs:  # train_local's model.train(), skipped where it changes nothing
+        if not all(m.training for m in job.model.modules()):
+            job.model.train()
     with torch.no_grad():
         stacked = {
             name: torch.stack([params[j].detach() for params in own_params])
