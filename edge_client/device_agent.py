@@ -368,6 +368,8 @@ class DeviceAgent:
         self._command = command
         self._bins = command.telemetry_bins
         self.timings = {"command": time.monotonic()}
+        if self._download is not None:
+            self._download.close()  # superseded: its .part is deleted by the next line
         self._download = self.store.download(ref)
         self._in_flight.clear()
         self._asked.clear()
@@ -446,6 +448,7 @@ class DeviceAgent:
                 bundle_file=path,
                 model_version_id=command.model_version_id,
                 hold_before_switch_s=self.config.hold_before_switch_s,
+                move=True,  # the verified download becomes the slot's bundle (no copy)
             )
         except InstallError as err:
             log.error("%s: install failed at %s: %s", self.config.device_id, err.stage, err)

@@ -19,8 +19,10 @@ Invariants that keep a device from bricking:
   ``max_failed_starts`` failed starts the pointer goes back to the previous slot.
 
 A download keeps at most the chunks in flight in memory: each accepted chunk is checked
-against its SHA-256 from the install command and written at its offset. Resuming after
-a restart re-hashes the ``.part`` file to find which chunks are already there.
+against its SHA-256 from the install command and written at its offset, and the whole
+file's SHA-256 grows as the chunks come in. Resuming after a restart re-hashes the
+``.part`` file to find which chunks are already there. A verified download is renamed
+into the inactive slot (fsynced first on a durable store), not copied.
 
 Device side: imports ``firmware_images`` (verify, run), never the fleet.
 """
@@ -40,7 +42,7 @@ from typing import Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_client.mqtt_protocol import ArtifactRef, Chunk
-from firmware_images.bundle import verify_bundle, write_atomic
+from firmware_images.bundle import load_bundle_bytes, verify_bundle, write_atomic
 from firmware_images.errors import BundleError
 from firmware_images.manifest import Manifest
 from firmware_images.runtime import ModelRunner, runner_for, self_test
@@ -186,18 +188,30 @@ class SlotStore:
             raise InstallError("load", f"slot {slot}: {err}") from None
         return LoadedModel(slot=slot, meta=meta, manifest=verified.manifest, runner=runner)
 
-    def write_slot(self, slot: SlotName, *, bundle_file: Path, meta: SlotMeta) -> None:
-        """Copy a verified bundle into ``slot``: metadata removed first, written last."""
+    def write_slot(
+        self, slot: SlotName, *, bundle_file: Path, meta: SlotMeta, move: bool = False
+    ) -> None:
+        """Put a verified bundle into ``slot``: metadata removed first, written last.
+
+        ``move=True`` renames ``bundle_file`` into the slot instead of copying it (a
+        finished download on the same file system: no second copy of the bytes).
+        """
         folder = self.slot_dir(slot)
         (folder / META_FILE).unlink(missing_ok=True)
-        tmp = folder / (BUNDLE_FILE + ".tmp")
-        shutil.copyfile(bundle_file, tmp)
-        if self.durable:
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-        os.replace(tmp, folder / BUNDLE_FILE)
+        if move:
+            if self.durable:
+                _fsync_file(bundle_file)
+            os.replace(bundle_file, folder / BUNDLE_FILE)
+        else:
+            tmp = folder / (BUNDLE_FILE + ".tmp")
+            shutil.copyfile(bundle_file, tmp)
+            if self.durable:
+                _fsync_file(tmp)
+            os.replace(tmp, folder / BUNDLE_FILE)
         body = {"model_version_id": meta.model_version_id, "version": meta.version}
         body["sha256"] = meta.sha256
+        # Written atomically and (durable) fsynced with its folder, which also makes the
+        # bundle's rename above durable: the slot counts only once both are on flash.
         self._write(folder / META_FILE, json.dumps(body).encode())
 
     # --- start, switch, rollback -------------------------------------------------
@@ -266,28 +280,47 @@ class SlotStore:
 
 
 class Download:
-    """One artifact being assembled from chunks on disk; memory use is one chunk."""
+    """One artifact being assembled from chunks on disk; memory use is one chunk.
+
+    The file stays open (one descriptor per download) until :meth:`finish` or
+    :meth:`discard`. Its whole-file SHA-256 is computed as chunks are accepted in order
+    (a chunk that arrives early is read back once, when the chunks before it are in), so
+    :meth:`finish` does not read the file again.
+    """
 
     def __init__(self, path: Path, ref: ArtifactRef) -> None:
         self.path = Path(path)
         self.ref = ref
         self.rejected = 0
         self._received: set[int] = set()
+        self._digest = hashlib.sha256()
+        self._hashed = 0  # chunks 0 .. _hashed-1 are in _digest
         fresh = not self.path.exists()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            os.ftruncate(fd, ref.size)
-        finally:
-            os.close(fd)
-        if not fresh:
-            self._rescan()
+            os.ftruncate(self._fd, ref.size)
+            if not fresh:
+                self._rescan()
+        except BaseException:
+            self.close()
+            raise
 
     def _rescan(self) -> None:
-        with open(self.path, "rb") as handle:
-            for index in range(self.ref.chunks):
-                data = handle.read(self._length(index))
-                if hashlib.sha256(data).hexdigest() == self.ref.chunk_sha256[index]:
-                    self._received.add(index)
+        for index in range(self.ref.chunks):
+            data = self._read(index)
+            if hashlib.sha256(data).hexdigest() == self.ref.chunk_sha256[index]:
+                self._received.add(index)
+        self._advance()
+
+    def _read(self, index: int) -> bytes:
+        assert self._fd is not None  # noqa: S101
+        return os.pread(self._fd, self._length(index), index * self.ref.chunk_size)
+
+    def _advance(self) -> None:
+        """Feed the digest every received chunk that follows the hashed prefix."""
+        while self._hashed in self._received:
+            self._digest.update(self._read(self._hashed))
+            self._hashed += 1
 
     def _length(self, index: int) -> int:
         return min(self.ref.chunk_size, self.ref.size - index * self.ref.chunk_size)
@@ -325,27 +358,41 @@ class Download:
             self.rejected += 1
             log.warning("refused chunk %d: its hash does not match; fetching it again", chunk.index)
             return False
-        fd = os.open(self.path, os.O_WRONLY)
-        try:
-            os.pwrite(fd, chunk.data, chunk.index * self.ref.chunk_size)
-        finally:
-            os.close(fd)
+        if self._fd is None:
+            raise InstallError("download", "the download was already finished or discarded")
+        written = os.pwrite(self._fd, chunk.data, chunk.index * self.ref.chunk_size)
+        if written != len(chunk.data):
+            raise InstallError("download", f"short write of chunk {chunk.index} (disk full?)")
         self._received.add(chunk.index)
+        if chunk.index == self._hashed:  # in order: hash the bytes in hand
+            self._digest.update(chunk.data)
+            self._hashed += 1
+        self._advance()
         return True
 
     def finish(self) -> Path:
-        """fsync the file and check its whole SHA-256; raise InstallError if it differs."""
-        digest = hashlib.sha256()
-        with open(self.path, "rb") as handle:
-            os.fsync(handle.fileno())
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != self.ref.sha256:
+        """Check the whole file's SHA-256 and close it; raise InstallError if it differs.
+
+        Not fsynced here: the file is made durable when it becomes a slot
+        (:meth:`SlotStore.write_slot`); a ``.part`` that a crash damaged is re-hashed
+        chunk by chunk on resume and the damaged chunks are fetched again.
+        """
+        if not self.complete or self._hashed != self.ref.chunks:
+            raise InstallError("download", f"{self.missing()} chunks still missing")
+        self.close()
+        if self._digest.hexdigest() != self.ref.sha256:
             self.discard()
             raise InstallError("download", "downloaded file does not match its SHA-256")
         return self.path
 
+    def close(self) -> None:
+        """Close the file (kept on disk for a resume); idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
     def discard(self) -> None:
+        self.close()
         self.path.unlink(missing_ok=True)
         self._received.clear()
 
@@ -356,14 +403,19 @@ def install(
     bundle_file: Path,
     model_version_id: int | None,
     hold_before_switch_s: float = 0.0,
+    move: bool = False,
 ) -> LoadedModel:
     """Verify, write the inactive slot, self-test, switch, start. Raises InstallError.
 
+    The bundle is read once: the bytes verified are the bytes whose SHA-256 the slot's
+    metadata records. ``move=True`` renames ``bundle_file`` into the slot (a finished
+    download) instead of copying it; on failure the file is left where it was.
     ``hold_before_switch_s`` pauses after the slot is written and before the switch (a
     fault-injection hook for the crash-during-install test; 0 in service).
     """
     try:
-        verified = verify_bundle(bundle_file, public_key=store.public_key, target=store.target)
+        data = load_bundle_bytes(bundle_file)  # size-checked before it is read
+        verified = verify_bundle(data, public_key=store.public_key, target=store.target)
     except BundleError as err:
         raise InstallError("verify", str(err)) from None
     try:
@@ -375,9 +427,9 @@ def install(
     meta = SlotMeta(
         model_version_id=model_version_id,
         version=verified.manifest.version,
-        sha256=hashlib.sha256(Path(bundle_file).read_bytes()).hexdigest(),
+        sha256=hashlib.sha256(data).hexdigest(),
     )
-    store.write_slot(slot, bundle_file=bundle_file, meta=meta)
+    store.write_slot(slot, bundle_file=bundle_file, meta=meta, move=move)
     if hold_before_switch_s > 0:
         log.warning("holding %.1f s before the switch (fault injection)", hold_before_switch_s)
         time.sleep(hold_before_switch_s)
@@ -387,6 +439,14 @@ def install(
     # SlotStore.start(), which rolls back a slot that fails max_failed_starts times.
     store.confirm(slot)
     return LoadedModel(slot=slot, meta=meta, manifest=verified.manifest, runner=runner)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _slot_or_none(value: object) -> SlotName | None:

@@ -199,3 +199,61 @@ def test_download_resumes_from_the_part_file_after_a_restart(
     resumed = store.download(_ref(data))  # a new agent process
     assert resumed.received == len(chunks[::2])
     assert resumed.missing() == [c.index for c in chunks[1::2]]
+
+
+def test_download_hashes_the_whole_file_as_chunks_arrive_in_any_order(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    store = _store(tmp_path, key)
+    data = _bundle_file(tmp_path, key, "v1", pad_to=30_000).read_bytes()
+    chunks = _chunks(data)
+    download = store.download(_ref(data))
+    order = [2, 0, 1, *range(len(chunks) - 1, 2, -1)]
+    for index in order:
+        assert download.accept(chunks[index]) is True
+    assert download.finish().read_bytes() == data
+
+
+def test_download_finish_refuses_an_incomplete_download(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    store = _store(tmp_path, key)
+    data = _bundle_file(tmp_path, key, "v1", pad_to=30_000).read_bytes()
+    download = store.download(_ref(data))
+    download.accept(_chunks(data)[0])
+    with pytest.raises(InstallError, match="missing") as err:
+        download.finish()
+    assert err.value.stage == "download"
+
+
+def test_download_finish_refuses_a_part_file_changed_on_disk_after_a_chunk_was_accepted(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    store = _store(tmp_path, key)
+    data = _bundle_file(tmp_path, key, "v1", pad_to=30_000).read_bytes()
+    chunks = _chunks(data)
+    download = store.download(_ref(data))
+    for chunk in chunks[1:]:  # out of order: chunks 1.. are read back from disk later
+        download.accept(chunk)
+    with download.path.open("r+b") as handle:  # flash corruption after the write
+        handle.seek(CHUNK + 5)
+        handle.write(b"\xff\x00")
+    download.accept(chunks[0])
+    with pytest.raises(InstallError, match="SHA-256") as err:
+        download.finish()
+    assert err.value.stage == "download" and not download.path.exists()
+
+
+def test_install_moves_a_finished_download_into_the_slot(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    store = _store(tmp_path, key)
+    data = _bundle_file(tmp_path, key, "v1").read_bytes()
+    download = store.download(_ref(data))
+    for chunk in _chunks(data):
+        download.accept(chunk)
+    loaded = install(store, bundle_file=download.finish(), model_version_id=1, move=True)
+    assert not download.path.exists()
+    assert (store.slot_dir(loaded.slot) / BUNDLE_FILE).read_bytes() == data
+    assert loaded.meta.sha256 == hashlib.sha256(data).hexdigest()
+    assert store.start() is not None and store.start().meta.version == "v1"  # type: ignore[union-attr]
