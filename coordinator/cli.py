@@ -158,12 +158,32 @@ def _follow(state: Any, timeout: float) -> None:
     _print_rounds(state)
 
 
+RegisterOpt = Annotated[
+    bool,
+    typer.Option(
+        "--register",
+        help="When the run finishes (implies --wait), register its model in the fleet's "
+        "registry with its lineage ($FEDFLEET_TOKEN, an operator token).",
+    ),
+]
+FleetUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--fleet-url",
+        help="The fleet API for --register (default: $FEDFLEET_URL, else http://127.0.0.1:8080).",
+        show_default=False,
+    ),
+]
+
+
 @run_app.command("submit")
 def run_submit(
     config: Annotated[Path, typer.Option(help="run.toml with a [run] table of run-config keys.")],
     coordinator: CoordinatorOpt = Path("coordinator.toml"),
     wait: Annotated[bool, typer.Option(help="Follow the run until it finishes.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
+    register: RegisterOpt = False,
+    fleet_url: FleetUrlOpt = None,
 ) -> None:
     """Submit a run to the coordinator over TLS; prints its run id."""
     from coordinator.run_state import RunState, parse_run_toml
@@ -173,12 +193,31 @@ def run_submit(
         run_config = parse_run_toml(config)
     except ValueError as exc:
         _fail(str(exc))
+    connection = _registry_connection(fleet_url) if register else None
     state = RunState.create(settings.state_dir, run_config)
     flower_run = _flwr_run(settings, state)
     typer.echo(state.run_id)
     typer.echo(f"submitted as Flower run {flower_run}; state in {state.run_dir}", err=True)
-    if wait:
+    if wait or register:
         _follow(state, timeout)
+    if connection is not None:
+        _register(state, connection)
+
+
+def _registry_connection(fleet_url: str | None) -> Any:
+    """Checked before the run starts, so a missing token fails now, not hours later."""
+    from firmware_images.registry_client import RegistryError, connection_from_env
+
+    try:
+        return connection_from_env(fleet_url)
+    except RegistryError as err:
+        _fail(str(err))
+
+
+def _register(state: Any, connection: Any) -> None:
+    from coordinator.model_cli import register_and_report
+
+    register_and_report(state.run_dir, connection, description=f"deployment run {state.run_id}")
 
 
 def _load_state(settings: Any, run_id: str) -> Any:
@@ -260,6 +299,8 @@ def run_resume(
     coordinator: CoordinatorOpt = Path("coordinator.toml"),
     wait: Annotated[bool, typer.Option(help="Follow the run until it finishes.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
+    register: RegisterOpt = False,
+    fleet_url: FleetUrlOpt = None,
 ) -> None:
     """Continue a run from its last completed round (after the coordinator died)."""
     from coordinator.superlink import CONNECTION, bin_dir, flwr_env
@@ -268,6 +309,7 @@ def run_resume(
     state = _load_state(settings, run_id)
     if state.finished:
         _fail(f"run {run_id} already finished all {state.num_rounds} rounds; nothing to resume")
+    connection = _registry_connection(fleet_url) if register else None
     for flower_run in state.flower_runs:  # an earlier attempt must not run concurrently
         subprocess.run(
             [str(bin_dir() / "flwr"), "stop", str(flower_run), CONNECTION],
@@ -282,8 +324,10 @@ def run_resume(
         err=True,
     )
     typer.echo(state.run_id)
-    if wait:
+    if wait or register:
         _follow(state, timeout)
+    if connection is not None:
+        _register(state, connection)
 
 
 if __name__ == "__main__":  # pragma: no cover

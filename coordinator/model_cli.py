@@ -10,9 +10,12 @@ Heavy imports (torch, httpx) happen inside the command.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from firmware_images.registry_client import FleetConnection
 
 model_app = typer.Typer(
     name="model",
@@ -72,22 +75,34 @@ def model_register(
     ] = None,
 ) -> None:
     """Record the run in the fleet and register its model.pt as a new model version."""
+    from firmware_images.registry_client import RegistryError, connection_from_env
+
+    try:
+        connection = connection_from_env(fleet_url)
+    except RegistryError as err:
+        _fail(str(err), code=2)
+    register_and_report(run_dir, connection, name=name, description=description, key=key)
+
+
+def register_and_report(
+    run_dir: Path,
+    connection: FleetConnection,
+    *,
+    name: str | None = None,
+    description: str = "",
+    key: Path | None = None,
+) -> int:
+    """Register ``run_dir`` with the fleet at ``connection`` (from
+    ``connection_from_env``), print the summary and the next step on stderr and the
+    version alone on stdout; exit 2 for a bad folder or key, 1 when the fleet refuses."""
     from coordinator.registration import (
         RunFolderError,
         check_checkpoint,
         read_run_folder,
         register_run,
     )
-    from firmware_images.registry_client import (
-        RegistryClient,
-        RegistryError,
-        connection_from_env,
-    )
+    from firmware_images.registry_client import RegistryClient, RegistryError
 
-    try:
-        connection = connection_from_env(fleet_url)
-    except RegistryError as err:
-        _fail(str(err), code=2)
     try:
         run = read_run_folder(run_dir)
     except RunFolderError as err:
@@ -131,3 +146,4 @@ def model_register(
         err=True,
     )
     typer.echo(str(done.model_version))
+    return done.model_version

@@ -283,7 +283,11 @@ class SiloFederation:
         self.extra.append(process)
         return process
 
-    def submit(self, run: dict[str, Any]) -> RunState:
+    def submit(
+        self, run: dict[str, Any], *args: str, env: dict[str, str] | None = None
+    ) -> RunState:
+        """``fedfleet run submit`` of ``run`` (plus ``args``); the run's state. Its stdout
+        is kept in ``last_stdout``."""
         lines = ["[run]"] + [
             f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v) if not isinstance(v, str) else chr(34) + v + chr(34)}"
             for k, v in run.items()
@@ -291,10 +295,13 @@ class SiloFederation:
         path = self.root / f"run-{time.monotonic_ns()}.toml"
         path.write_text("\n".join(lines) + "\n")
         result = self.runner.invoke(
-            run_app, ["submit", "--config", str(path), "--coordinator", str(self.coordinator_toml)]
+            run_app,
+            ["submit", "--config", str(path), "--coordinator", str(self.coordinator_toml), *args],
+            env=env,
         )
         assert result.exit_code == 0, result.output
-        run_id = result.stdout.strip().splitlines()[-1]
+        self.last_stdout = result.stdout
+        run_id = result.stdout.strip().splitlines()[0]
         return RunState.load(self.settings.state_dir, run_id)
 
     def resume(self, run_id: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -27,6 +26,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from typer.testing import CliRunner
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fleet_server import create_token, fleet_fixtures
+
 from coordinator.model_cli import model_app
 from firmware_images.bundle import inspect_bundle
 from firmware_images.cli import image_app
@@ -37,18 +40,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROUNDS = 8
 TARGET = "cpu-x86"
 runner = CliRunner()
-
-
-def _load_fleet_fixtures() -> Any:
-    """``tests/fleet/conftest.py`` (its ``running_server``), loaded under its own name:
-    importlib mode gives no package path to import it by."""
-    path = Path(__file__).parents[1] / "fleet" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("fleet_fixtures_for_e2e", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 def _fedfleet(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -77,27 +68,13 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(work: Path) -> Iterator[Any]:
-    with _load_fleet_fixtures().running_server(work / "fleet-data") as running:
+    with fleet_fixtures().running_server(work / "fleet-data") as running:
         yield running
-
-
-def _token(server: Any, role: str, work: Path) -> str:
-    created = _fedfleet(
-        "fleet",
-        "token",
-        "create",
-        "--role",
-        role,
-        env={"FEDFLEET_FLEET_DATA_DIR": str(server.data_dir)},
-        cwd=work,
-    )
-    assert created.returncode == 0, created.stderr
-    return created.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
 def tokens(server: Any, work: Path) -> dict[str, str]:
-    return {role: _token(server, role, work) for role in ("operator", "viewer")}
+    return {role: create_token(server, role, cwd=work) for role in ("operator", "viewer")}
 
 
 @pytest.fixture(scope="module")
@@ -415,10 +392,10 @@ def test_a_fleet_that_requires_signatures_gets_them_and_a_failed_upload_is_undon
     tmp_path: Path, run_dir: Path, keys: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FEDFLEET_FLEET_SIGNING_PUBLIC_KEY", str(keys.public))
-    with _load_fleet_fixtures().running_server(tmp_path / "signing-fleet") as signing:
+    with fleet_fixtures().running_server(tmp_path / "signing-fleet") as signing:
         env = {
             "FEDFLEET_URL": signing.base_url,
-            "FEDFLEET_TOKEN": _token(signing, "operator", tmp_path),
+            "FEDFLEET_TOKEN": create_token(signing, "operator", cwd=tmp_path),
         }
         unsigned = runner.invoke(model_app, ["register", str(run_dir)], env=env)
         signed = runner.invoke(

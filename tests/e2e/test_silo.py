@@ -7,6 +7,7 @@ restarts the shared coordinator.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import sys
@@ -20,10 +21,12 @@ from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from fleet_server import create_token, fleet_fixtures
 from silo_testkit import TASK, SiloFederation, free_port, kill_group, wait_for
 
 from coordinator.app import central_evaluate_fn, initial_arrays
 from coordinator.certs import create_dev_ca
+from coordinator.cli import run_app
 from coordinator.config import RunConfig
 from coordinator.run_state import RunState
 from edge_client.audit import AuditLog
@@ -174,6 +177,43 @@ def test_task_outside_allowlist_is_refused_and_recorded(fed: SiloFederation) -> 
     assert all("not on site" in r["reason"] and "allowlist" in r["reason"] for r in refusals)
     status = fed.status(state.run_id)
     assert "refused in round 1 by site-" in status
+
+
+def test_finished_run_registers_its_model_in_the_fleet(fed: SiloFederation, tmp_path: Path) -> None:
+    """Journey 3.5: `run submit --register` follows the run and, when it has finished,
+    registers its model with its lineage in a real fleet's registry."""
+    with fleet_fixtures().running_server(tmp_path / "fleet") as server:
+        token = create_token(server, "operator", cwd=tmp_path)
+        env = {"FEDFLEET_URL": server.base_url, "FEDFLEET_TOKEN": token}
+        # A missing token is refused before anything is submitted.
+        runs_before = len(list(fed.settings.state_dir.glob("runs/*")))
+        run_toml = tmp_path / "run.toml"
+        run_toml.write_text(f'[run]\ntask = "{TASK}"\nnum-server-rounds = 1\n')
+        coordinator = str(fed.coordinator_toml)
+        refused = fed.runner.invoke(
+            run_app,
+            ["submit", "--config", str(run_toml), "--register", "--coordinator", coordinator],
+            env={"FEDFLEET_URL": server.base_url, "FEDFLEET_TOKEN": ""},
+        )
+        assert refused.exit_code != 0 and "FEDFLEET_TOKEN" in refused.output
+        assert len(list(fed.settings.state_dir.glob("runs/*"))) == runs_before
+
+        state = fed.submit({**BASE_RUN, "num-server-rounds": 1}, "--register", env=env)
+        version = int(fed.last_stdout.strip().splitlines()[-1])
+        assert state.finished
+        with httpx.Client(
+            base_url=f"{server.base_url}/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        ) as api:
+            model = api.get(f"/models/{version}").json()
+            run = api.get(f"/runs/{model['source_run_id']}").json()
+    assert model["task"] == TASK and model["source_round"] == 1
+    assert model["metrics"]["final_accuracy"] == pytest.approx(state.rounds()[-1]["accuracy"])
+    (checkpoint,) = [a for a in model["artifacts"] if a["format"] == "torch"]
+    model_pt = state.run_dir / "model.pt"
+    assert checkpoint["sha256"] == hashlib.sha256(model_pt.read_bytes()).hexdigest()
+    assert run["status"] == "completed" and run["final_model_version_id"] == version
 
 
 def test_site_killed_mid_round_rejoins_next_round(fed: SiloFederation) -> None:
