@@ -2,7 +2,8 @@
 
 Part 1 — rollout. One signed int8 bundle of ``--size`` bytes (default 200 KB) is rolled
 out to ``--devices`` simulated devices (default 1,000; real :class:`DeviceAgent`s, one
-MQTT connection each, in this process) in one wave, through the fleet's MQTT bridge:
+MQTT connection each, in ``--processes`` worker processes, default one per core, as the
+floor's C clients use every core) in one wave, through the fleet's MQTT bridge:
 each device asks for its chunks (the fleet publishes them once on the artifact's shared
 topic; misses are repaired per device), checks every chunk's hash, verifies the bundle
 (signature, hash, target), writes its inactive slot, self-tests the model with
@@ -15,7 +16,7 @@ onnxruntime and acknowledges. Measured from the rollout's creation:
 (a) is when the last chunk frame reached every device's MQTT client, (a') when the
 last device had hash-checked and written them all: (a') - (a) and (b) - (a') are
 device CPU, not network — a thousand devices' chunk hashing, verify and onnxruntime
-self-test run here in ONE Python process on this machine's cores. It is reported with
+self-test run in K Python processes on this machine's cores. It is reported with
 the cost of one install measured alone in the same process, so it can be read as
 "N installs / cores". Nothing is cached across devices: each verifies its own file, and
 the bench checks afterwards that every device runs a bundle with the right SHA-256.
@@ -30,7 +31,13 @@ MQTT session, as in the field — and ingested by the bridge in batches; message
 the first publish until the last row is in the database, and the row count (nothing may
 be lost).
 
+The devices fsync as real ones do; their slots ("flash") live in ``--state-dir``,
+by default /dev/shm when it exists: one disk standing in for 1,000 devices' flash
+would serialise their fsyncs and unlinks in one queue, which a real fleet with 1,000
+flashes does not have. ``--state-dir /tmp`` measures that too.
+
     python bench/ota.py [--devices 1000] [--size 200000] [--telemetry 20000]
+                        [--processes K] [--state-dir DIR]
 """
 
 from __future__ import annotations
@@ -44,7 +51,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -166,13 +172,19 @@ def _wait_subscriptions(fleet: OtaFleet, *, topic: str, at_least: int) -> None:
     raise RuntimeError(f"only {count} of {at_least} mosquitto_sub subscribed within 300 s")
 
 
+def _fleet_cpu_s(fleet: OtaFleet) -> float:
+    """CPU seconds so far of this process (fleet bridge, controller; agents when K=1) and
+    of the agents' worker processes."""
+    pids = fleet.procs.pids if fleet.procs is not None else []
+    return _self_cpu_s() + sum(_cpu_s(pid) for pid in pids)
+
+
 def rollout(fleet: OtaFleet, *, data: bytes, sha256: str) -> dict[str, float]:
     """Seconds from the rollout's creation: first command at a device, every device with
     all bytes, every device acked; and the median per-device install (queueing included)."""
-    assert fleet.sim is not None and fleet.bridge is not None
+    assert fleet.bridge is not None
     model_id = register_bundle(fleet.engine, fleet.store, bundle=data, task="bench", target=TARGET)
-    agents = fleet.sim.agents
-    broker_cpu, own_cpu = _cpu_s(fleet.broker.pid), _self_cpu_s()
+    broker_cpu, own_cpu = _cpu_s(fleet.broker.pid), _fleet_cpu_s(fleet)
     began, began_mono = time.perf_counter(), time.monotonic()
     with session_scope(fleet.engine, write=True) as session:
         rollout_id = create_rollout(
@@ -190,24 +202,28 @@ def rollout(fleet: OtaFleet, *, data: bytes, sha256: str) -> dict[str, float]:
 
     wait_for(finished, timeout_s=1800, what="the rollout")
     total = time.perf_counter() - began
-    broker_cpu, own_cpu = _cpu_s(fleet.broker.pid) - broker_cpu, _self_cpu_s() - own_cpu
+    broker_cpu, own_cpu = _cpu_s(fleet.broker.pid) - broker_cpu, _fleet_cpu_s(fleet) - own_cpu
     with Session(fleet.engine) as session:
         row = session.get(Rollout, rollout_id)
         assert row is not None and row.status is RolloutStatus.succeeded, row
     # Every device really got the right bytes: it runs a bundle whose SHA-256 it computed
     # over its own downloaded file (and whose signature it verified) and acked "installed".
-    wrong = [a.config.device_id for a in agents if a.model is None or a.model.meta.sha256 != sha256]
+    # The rows come from every worker process.
+    reports = fleet.reports()
+    assert len(reports) == len(fleet.devices), (len(reports), len(fleet.devices))
+    wrong = [r.device_id for r in reports if r.sha256 != sha256]
     assert not wrong, f"{len(wrong)} devices do not run the bundle: {wrong[:3]}"
-    assert all(a.acks and a.acks[-1].ok for a in agents)
-    installs = sorted(a.timings["installed"] - a.timings["downloaded"] for a in agents)
+    assert all(r.last_ack_ok and r.last_ack_stage == "installed" for r in reports)
+    installs = sorted(r.timings["installed"] - r.timings["downloaded"] for r in reports)
     return {
-        "first_command": min(a.timings["command"] for a in agents) - began_mono,
-        "delivered": max(a.last_frame_at for a in agents) - began_mono,
-        "transfer": max(a.timings["downloaded"] for a in agents) - began_mono,
+        "first_command": min(r.timings["command"] for r in reports) - began_mono,
+        "delivered": max(r.last_frame_at for r in reports) - began_mono,
+        "transfer": max(r.timings["downloaded"] for r in reports) - began_mono,
         "total": total,
         "install_median": installs[len(installs) // 2],
         "broker_cpu": broker_cpu,
         "own_cpu": own_cpu,
+        "dropped": sum(r.dropped_chunks for r in reports),
     }
 
 
@@ -220,7 +236,7 @@ def one_install(fleet: OtaFleet, *, data: bytes, root: Path, repeats: int = 5) -
             public_key=load_public_key(fleet.pubkey),
             target=TARGET,
             max_failed_starts=2,
-            durable=False,
+            durable=True,  # as the simulated devices
         )
         bundle = root / f"alone-{i}.ffb"
         bundle.write_bytes(data)
@@ -230,37 +246,18 @@ def one_install(fleet: OtaFleet, *, data: bytes, root: Path, repeats: int = 5) -
     return sorted(times)[len(times) // 2]
 
 
-def telemetry(fleet: OtaFleet, *, messages: int, threads: int = 4) -> tuple[float, int, int]:
+def telemetry(fleet: OtaFleet, *, messages: int) -> tuple[float, int, int]:
     """(messages/s into the database, rows stored, messages sent): every device publishes
     its share of ``messages`` over its own MQTT connection (QoS 1)."""
-    assert fleet.sim is not None
-    agents = fleet.sim.agents
-    per = max(1, messages // len(agents))
-    sent = per * len(agents)
+    per = max(1, messages // len(fleet.devices))
     with Session(fleet.engine) as session:
         before = session.exec(select(func.count()).select_from(TelemetryRecord)).one()
     began = time.perf_counter()
-
-    def publish(share: list) -> None:  # type: ignore[type-arg]
-        for seq in range(per):
-            for agent in share:
-                message = proto.Telemetry(
-                    seq=10_000 + seq,
-                    window_s=1.0,
-                    count=1,
-                    latency_p50_ms=1.0,
-                    latency_p95_ms=2.0,
-                    predictions={"0": 1},
-                )
-                agent.client.publish(
-                    proto.topic(agent.config.device_id, "telemetry"), proto.encode(message), qos=1
-                )
-
-    workers = [threading.Thread(target=publish, args=(agents[i::threads],)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    if fleet.procs is not None:
+        sent = fleet.procs.publish_telemetry(per)
+    else:
+        assert fleet.sim is not None
+        sent = fleet.sim.publish_telemetry(per)
     expected = before + sent
 
     def stored() -> int:
@@ -274,22 +271,63 @@ def telemetry(fleet: OtaFleet, *, messages: int, threads: int = 4) -> tuple[floa
     return sent / elapsed, stored() - before, sent
 
 
+def _fs_type(path: Path) -> str:
+    """The file system type ``path`` is on (from /proc/mounts; "?" if unknown)."""
+    try:
+        mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return "?"
+    resolved, best, kind = str(path.resolve()), "", "?"
+    for fields in mounts:
+        point = fields[1]
+        inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
+        if len(fields) > 2 and inside and len(point) > len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def _default_state_dir() -> Path:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--size", type=int, default=200_000, help="bundle bytes")
     parser.add_argument("--telemetry", type=int, default=20_000, help="telemetry messages")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes the simulated devices run in (default: one per core)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=_default_state_dir(),
+        help="where the devices' slots live (default /dev/shm when present: see below)",
+    )
     args = parser.parse_args()
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
+    if not args.state_dir.is_dir():
+        parser.error(f"--state-dir {args.state_dir} is not a folder; create it or pick another")
     logging.basicConfig(level=logging.ERROR)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the clean-up below
     root = Path(tempfile.mkdtemp(prefix="fedfleet-bench-ota-"))
+    state = Path(tempfile.mkdtemp(prefix="fedfleet-bench-ota-devices-", dir=args.state_dir))
+    state_fs = _fs_type(state)
     t0 = time.perf_counter()
     load0 = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
     def say(text: str) -> None:
         print(f"[{time.perf_counter() - t0:7.1f} s] {text}", flush=True)
 
-    say(f"enrolling {args.devices} devices and starting Mosquitto ...")
+    say(
+        f"enrolling {args.devices} devices and starting Mosquitto; devices run in "
+        f"{args.processes} processes, their flash in {state} ({state_fs}) ..."
+    )
     log_types = "\n".join(
         f"log_type {t}" for t in ("error", "warning", "notice", "information", "subscribe")
     )
@@ -297,11 +335,18 @@ def main() -> None:
     try:
         # chunk_timeout_s: a chunk unanswered this long is asked for again on the
         # device's own topic; above the simulator's worst inbox lag, so only real misses
-        # are repaired.
-        fleet.start(heartbeat_s=60.0, telemetry_s=3600.0, chunk_timeout_s=10.0)
-        sim = fleet.sim
-        assert sim is not None
-        wait_for(lambda: all(a.connected for a in sim.agents), timeout_s=300, what="connections")
+        # are repaired. durable: every device fsyncs as a real one does.
+        fleet.start(
+            heartbeat_s=60.0,
+            telemetry_s=3600.0,
+            chunk_timeout_s=10.0,
+            processes=args.processes,
+            durable=True,
+            device_root=state,
+        )
+        wait_for(
+            lambda: all(r.connected for r in fleet.reports()), timeout_s=300, what="connections"
+        )
         bundle = build_demo_bundle(private_key=fleet.key, version="bench-v1", pad_to=args.size)
         say(f"bundle: {len(bundle.data)} bytes; raw fan-out with mosquitto_pub/sub ...")
         floor, floor_broker_cpu, floor_clients_cpu = raw_fanout(
@@ -312,19 +357,30 @@ def main() -> None:
         bridge = fleet.bridge
         assert bridge is not None
         served, shared = bridge.stats.chunks_served, bridge.stats.chunks_shared
-        dropped = sum(a.dropped_chunks for a in sim.agents)
-        alone = one_install(fleet, data=bundle.data, root=root)
+        dropped = int(times["dropped"])
+        alone = one_install(fleet, data=bundle.data, root=state)
         say("telemetry ingestion ...")
         rate, rows, sent = telemetry(fleet, messages=args.telemetry)
         say("stopping")
     finally:
         fleet.close()
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
     cores = os.cpu_count() or 1
     chunks = -(-len(bundle.data) // (64 * 1024))
     transfer, total = times["transfer"], times["total"]
     print()
     print(f"OTA: {len(bundle.data)} B bundle to {args.devices} devices over Mosquitto (loopback)")
+    print(
+        f"devices: {args.processes} worker processes (K) on {cores} cores; every device "
+        f"fsyncs as on real hardware; their flash: {args.state_dir} ({state_fs})"
+    )
+    if state_fs != "tmpfs":
+        print(
+            "  note: ONE disk stands in for every device's flash here, so their fsyncs "
+            "queue behind each other (a real fleet has one flash per device); "
+            "--state-dir /dev/shm measures without that"
+        )
     print(f"load average before/after: {load0} / {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'path':<62}{'seconds':>9}{'x floor':>9}")
     print(f"{'raw fan-out: mosquitto_pub -> N x mosquitto_sub':<62}{floor:>9.2f}{1.0:>9.2f}")
@@ -344,8 +400,8 @@ def main() -> None:
     print(
         f"  CPU seconds: broker {floor_broker_cpu:.2f} for the raw fan-out vs "
         f"{times['broker_cpu']:.2f} for the rollout; the {args.devices} mosquitto_sub "
-        f"{floor_clients_cpu:.2f} vs this process (fleet + {args.devices} Python agents) "
-        f"{times['own_cpu']:.2f}"
+        f"{floor_clients_cpu:.2f} vs the fleet + {args.devices} Python agents in "
+        f"{args.processes} processes {times['own_cpu']:.2f}"
     )
     print(
         f"  (b)-(a') = {total - transfer:.2f} s of device-side CPU: one install alone takes "

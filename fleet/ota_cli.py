@@ -2,7 +2,8 @@
 
 - ``fedfleet fleet broker-config --out DIR``: Mosquitto password, ACL and config files;
 - ``fedfleet fleet mqtt``: the fleet's MQTT service (bridge + rollout controller);
-- ``fedfleet fleet simulate-devices --count N --target cpu-x86``: N agents in one process;
+- ``fedfleet fleet simulate-devices --count N --target cpu-x86 [--processes K]``: N agents
+  in this process (or split over K worker processes);
 - ``fedfleet rollout create|list|show``: staged rollouts, written to the fleet database
   (the MQTT service picks them up).
 
@@ -169,11 +170,20 @@ def simulate_devices(
     seconds: Annotated[
         float, typer.Option(help="Stop after this many seconds (0 = until Ctrl-C).")
     ] = 0.0,
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            help="Worker processes the agents are split over (1 = all in this process; "
+            "one per core uses every core, as N real devices' CPUs would).",
+        ),
+    ] = 1,
     database_url: DbUrl = None,
 ) -> None:
-    """Run N device agents in this process (enrolled on first use, reused after)."""
+    """Run N device agents (enrolled on first use, reused after) in 1..K processes."""
     from edge_client.device_config import BrokerSettings
     from fleet.simulated_devices import (
+        ProcessFleet,
         SimulatedFleet,
         enroll_devices,
         load_credentials,
@@ -182,6 +192,8 @@ def simulate_devices(
 
     if not 1 <= count <= 5000:
         _fail("--count must be 1..5000")
+    if not 1 <= processes <= count:
+        _fail(f"--processes must be 1..--count ({count}); one per core is usually best")
     if not public_key.is_file():
         _fail(f"--public-key {public_key} not found; give the key bundles are signed with")
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -209,18 +221,25 @@ def simulate_devices(
             f"(credentials in {creds_file})",
             err=True,
         )
-    sim = SimulatedFleet(
-        devices[:count],
-        root=work_dir,
-        target=target,
-        public_key=public_key,
-        broker=BrokerSettings(host=broker_host, port=broker_port),
+    options: dict[str, Any] = {
+        "root": work_dir,
+        "target": target,
+        "public_key": public_key,
+        "broker": BrokerSettings(host=broker_host, port=broker_port),
+    }
+    sim: SimulatedFleet | ProcessFleet = (
+        SimulatedFleet(devices[:count], **options)
+        if processes == 1
+        else ProcessFleet(devices[:count], processes=processes, **options)
     )
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     sim.start()
-    typer.echo(f"{count} simulated {target} devices running against {broker_host}:{broker_port}")
+    typer.echo(
+        f"{count} simulated {target} devices in {processes} process(es) running against "
+        f"{broker_host}:{broker_port}"
+    )
     began = time.monotonic()
     while not done.wait(1.0):
         if seconds and time.monotonic() - began >= seconds:

@@ -4,7 +4,10 @@
 fleet database (or reuses a credentials file), and runs N real :class:`DeviceAgent`
 instances — each with its own MQTT connection, slots folder and Last Will — sharing one
 small worker pool and one timer thread. The agents are the same code a Raspberry Pi
-runs; only their number per process differs.
+runs; only their number per process differs. With ``--processes K``
+(:class:`ProcessFleet`) the N agents are split over K worker processes, so the
+simulator uses every core as N real devices' CPUs would; results come back as
+:class:`AgentReport` rows.
 
 Also here, the fleet-side helpers the demo, the end-to-end tests and ``bench/ota.py``
 share: enrolling devices and registering a bundle as a model version's artifact.
@@ -12,16 +15,23 @@ share: enrolling devices and registering a bundle as a model version's artifact.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import multiprocessing
+import signal
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 
+from edge_client import mqtt_protocol as proto
 from edge_client.device_agent import DeviceAgent
 from edge_client.device_config import BrokerSettings, DeviceConfig
 from edge_client.mqtt_loop import SharedLoop
@@ -30,6 +40,26 @@ from fleet.audit import Actor
 from fleet.db import session_scope
 
 SIM_ACTOR = Actor(name="cli:simulate-devices", role="operator", source="cli")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AgentReport:
+    """One simulated agent's state, as a plain record that crosses process boundaries.
+
+    ``timings`` are ``time.monotonic()`` values (one clock for every process of the
+    machine); ``last_ack_ok`` is None before the agent acknowledged anything.
+    """
+
+    device_id: str
+    connected: bool
+    version: str | None
+    sha256: str | None
+    last_ack_ok: bool | None
+    last_ack_stage: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+    last_frame_at: float = 0.0
+    dropped_chunks: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,7 +144,11 @@ class SimulatedFleet:
         workers: int = 4,
         chunk_window: int = 8,
         chunk_timeout_s: float = 5.0,
+        durable: bool = False,
     ) -> None:
+        """``durable=False`` skips the fsyncs a real device makes (its hundreds of simulated
+        devices share one disk); give ``root`` on a tmpfs such as /dev/shm to keep them
+        cheap with ``durable=True``."""
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="sim-agent")
         # One network thread for all agents (paho's per-client threads use select(),
         # which cannot watch more than ~330 clients' sockets in one process).
@@ -137,7 +171,7 @@ class SimulatedFleet:
                 telemetry_s=telemetry_s,
                 chunk_window=chunk_window,
                 chunk_timeout_s=chunk_timeout_s,
-                durable=False,  # hundreds of simulated devices share one disk
+                durable=durable,
             )
             self.agents.append(DeviceAgent(config, executor=self.executor, network=self.network))
         self._stop = threading.Event()
@@ -177,11 +211,233 @@ class SimulatedFleet:
             a.config.device_id: (a.model.meta.version if a.model else None) for a in self.agents
         }
 
+    def reports(self) -> list[AgentReport]:
+        """Every agent's state (version, last ack, install timings)."""
+        out = []
+        for a in self.agents:
+            model, ack = a.model, (a.acks[-1] if a.acks else None)
+            out.append(
+                AgentReport(
+                    device_id=a.config.device_id,
+                    connected=a.connected,
+                    version=model.meta.version if model else None,
+                    sha256=model.meta.sha256 if model else None,
+                    last_ack_ok=ack.ok if ack else None,
+                    last_ack_stage=ack.stage if ack else None,
+                    timings=dict(a.timings),
+                    last_frame_at=a.last_frame_at,
+                    dropped_chunks=a.dropped_chunks,
+                )
+            )
+        return out
+
+    def publish_telemetry(self, per_device: int, *, threads: int = 4) -> int:
+        """Each agent publishes ``per_device`` telemetry messages (QoS 1) over its own
+        connection, as fast as they go (load generation); the number published."""
+        if per_device < 1:
+            raise ValueError("per_device must be at least 1")
+
+        def publish(share: list[DeviceAgent]) -> None:
+            for seq in range(per_device):
+                for agent in share:
+                    message = proto.Telemetry(
+                        seq=10_000 + seq,
+                        window_s=1.0,
+                        count=1,
+                        latency_p50_ms=1.0,
+                        latency_p95_ms=2.0,
+                        predictions={"0": 1},
+                    )
+                    agent.client.publish(
+                        proto.topic(agent.config.device_id, "telemetry"),
+                        proto.encode(message),
+                        qos=proto.QOS,
+                    )
+
+        workers = [
+            threading.Thread(target=publish, args=(self.agents[i::threads],))
+            for i in range(threads)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return per_device * len(self.agents)
+
     def __enter__(self) -> SimulatedFleet:
         return self.start()
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+class ProcessFleet:
+    """The agents of a :class:`SimulatedFleet` split over ``processes`` worker processes.
+
+    Each worker (a fresh interpreter, started with ``spawn``) runs a
+    :class:`SimulatedFleet` of every K-th device and answers over a pipe; the parent
+    only coordinates. Workers stop on :meth:`stop`, when the parent's end of the pipe
+    closes (the parent died), or are terminated by their own PID after a grace period.
+    A worker that died or failed raises RuntimeError naming it; then :meth:`stop` the
+    fleet (the other workers' answers to that request are not read).
+    """
+
+    def __init__(
+        self,
+        devices: Sequence[SimDevice],
+        *,
+        processes: int,
+        reply_timeout_s: float = 600.0,
+        **options: Any,
+    ) -> None:
+        """``options``: the keyword arguments of :class:`SimulatedFleet`."""
+        if processes < 1:
+            raise ValueError(f"processes must be at least 1, got {processes}")
+        if not devices:
+            raise ValueError("a ProcessFleet needs at least one device")
+        processes = min(processes, len(devices))
+        self.reply_timeout_s = reply_timeout_s
+        ctx = multiprocessing.get_context("spawn")
+        self._conns: list[Connection] = []
+        self._children: list[Connection] = []
+        self._procs: list[multiprocessing.process.BaseProcess] = []
+        for k in range(processes):
+            parent, child = ctx.Pipe()
+            share = list(devices[k::processes])
+            self._procs.append(
+                ctx.Process(
+                    target=_worker_main,
+                    args=(child, share, options, logging.getLogger().level),
+                    name=f"sim-devices-{k}",
+                    daemon=True,
+                )
+            )
+            self._conns.append(parent)
+            self._children.append(child)
+
+    @property
+    def processes(self) -> int:
+        return len(self._procs)
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' PIDs (for CPU accounting)."""
+        return [p.pid for p in self._procs if p.pid is not None]
+
+    def start(self) -> ProcessFleet:
+        """Start the workers and wait until each has started and connected its agents."""
+        for proc in self._procs:
+            proc.start()
+        for child in self._children:
+            child.close()  # the workers hold their ends; EOF here means a worker died
+        try:
+            self._collect("start")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _ask(self, command: str, arg: object = None) -> list[Any]:
+        for proc, conn in zip(self._procs, self._conns, strict=True):
+            try:
+                conn.send((command, arg))
+            except OSError:
+                raise RuntimeError(
+                    f"worker {proc.name} (pid {proc.pid}) exited (code {proc.exitcode}) "
+                    f"before {command!r}; its log is on stderr"
+                ) from None
+        return self._collect(command)
+
+    def _collect(self, what: str) -> list[Any]:
+        out = []
+        for proc, conn in zip(self._procs, self._conns, strict=True):
+            try:
+                ready = conn.poll(self.reply_timeout_s)
+                status, value = conn.recv() if ready else ("", None)
+            except (EOFError, OSError):
+                raise RuntimeError(
+                    f"worker {proc.name} (pid {proc.pid}) exited (code {proc.exitcode}) "
+                    f"during {what!r}; its log is on stderr"
+                ) from None
+            if not ready:
+                raise RuntimeError(
+                    f"worker {proc.name} (pid {proc.pid}) did not answer {what!r} within "
+                    f"{self.reply_timeout_s:.0f} s"
+                )
+            if status != "ok":
+                raise RuntimeError(f"worker {proc.name} failed during {what!r}: {value}")
+            out.append(value)
+        return out
+
+    def reports(self) -> list[AgentReport]:
+        """Every agent's state, from all workers."""
+        return [r for rows in self._ask("reports") for r in rows]
+
+    def publish_telemetry(self, per_device: int) -> int:
+        """Every agent publishes ``per_device`` telemetry messages; the number published."""
+        if per_device < 1:
+            raise ValueError("per_device must be at least 1")
+        return sum(self._ask("telemetry", per_device))
+
+    def versions(self) -> dict[str, str | None]:
+        return {r.device_id: r.version for r in self.reports()}
+
+    def stop(self, *, grace_s: float = 60.0) -> None:
+        """Ask every worker to stop its agents; terminate (by PID) any still running."""
+        for conn in self._conns:
+            with contextlib.suppress(OSError, ValueError):  # already gone
+                conn.send(("stop", None))
+        deadline = time.monotonic() + grace_s
+        for proc in self._procs:
+            if proc.pid is None:
+                continue
+            proc.join(max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.warning("worker %s did not stop in %.0f s; terminating it", proc.name, grace_s)
+                proc.terminate()
+                proc.join(10)
+        for conn in self._conns:
+            conn.close()
+
+    def __enter__(self) -> ProcessFleet:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def _worker_main(
+    conn: Connection, devices: list[SimDevice], options: dict[str, Any], log_level: int
+) -> None:
+    """A ProcessFleet worker: run the agents, answer the parent until told to stop."""
+    logging.basicConfig(level=log_level or logging.WARNING)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and says stop
+    sim = SimulatedFleet(devices, **options)
+    try:
+        try:
+            sim.start()
+            conn.send(("ok", sum(a.connected for a in sim.agents)))
+        except Exception as err:
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+            return
+        while True:
+            try:
+                command, arg = conn.recv()
+            except (EOFError, OSError):
+                return  # the parent is gone
+            if command == "stop":
+                return
+            try:
+                if command == "reports":
+                    conn.send(("ok", sim.reports()))
+                elif command == "telemetry":
+                    conn.send(("ok", sim.publish_telemetry(int(arg))))
+                else:
+                    conn.send(("error", f"unknown command {command!r}"))
+            except Exception as err:
+                conn.send(("error", f"{type(err).__name__}: {err}"))
+    finally:
+        sim.stop()
 
 
 def save_credentials(devices: Sequence[SimDevice], path: Path) -> None:

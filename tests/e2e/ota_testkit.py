@@ -3,7 +3,8 @@
 :class:`OtaFleet` creates a migrated SQLite fleet database, a signing key, enrolls
 devices, writes the broker's password and ACL files with ``fleet.broker_config``, starts
 a private Mosquitto with them (stopped by PID), starts the fleet bridge and a rollout
-controller thread, and runs the devices as :class:`SimulatedFleet` agents.
+controller thread, and runs the devices as :class:`SimulatedFleet` agents in this process, or with
+``processes=K`` as a :class:`ProcessFleet` over K worker processes (``self.procs``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -24,7 +26,13 @@ from fleet.broker_process import MosquittoProcess
 from fleet.db import make_engine
 from fleet.mqtt_bridge import BridgeSettings, FleetBridge
 from fleet.rollouts import RolloutController
-from fleet.simulated_devices import SimDevice, SimulatedFleet, enroll_devices
+from fleet.simulated_devices import (
+    AgentReport,
+    ProcessFleet,
+    SimDevice,
+    SimulatedFleet,
+    enroll_devices,
+)
 
 TARGET = "cpu-x86"
 
@@ -78,6 +86,7 @@ class OtaFleet:
         self.bridge: FleetBridge | None = None
         self.controller: RolloutController | None = None
         self.sim: SimulatedFleet | None = None
+        self.procs: ProcessFleet | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -85,7 +94,18 @@ class OtaFleet:
     def broker_settings(self) -> BrokerSettings:
         return BrokerSettings(host="127.0.0.1", port=self.broker.port)
 
-    def start(self, *, agents: bool = True, **sim_options: float) -> OtaFleet:
+    def start(
+        self,
+        *,
+        agents: bool = True,
+        processes: int = 1,
+        durable: bool = False,
+        device_root: Path | None = None,
+        **sim_options: float,
+    ) -> OtaFleet:
+        """``processes > 1`` runs the agents in worker processes (``self.procs``, else
+        ``self.sim``); ``durable`` makes them fsync like real devices; ``device_root``
+        holds their slots (default ``root/devices``)."""
         self.broker.start()
         self.bridge = FleetBridge(
             engine=self.engine,
@@ -102,17 +122,27 @@ class OtaFleet:
         self._thread = threading.Thread(target=self._control, daemon=True)
         self._thread.start()
         if agents and self.devices:
-            self.sim = SimulatedFleet(
-                self.devices,
-                root=self.root / "devices",
-                target=TARGET,
-                public_key=self.pubkey,
-                broker=self.broker_settings,
-                heartbeat_s=float(sim_options.get("heartbeat_s", 5.0)),
-                telemetry_s=float(sim_options.get("telemetry_s", 60.0)),
-                chunk_timeout_s=float(sim_options.get("chunk_timeout_s", 2.0)),
-            ).start()
+            options: dict[str, Any] = {
+                "root": device_root or self.root / "devices",
+                "target": TARGET,
+                "public_key": self.pubkey,
+                "broker": self.broker_settings,
+                "heartbeat_s": float(sim_options.get("heartbeat_s", 5.0)),
+                "telemetry_s": float(sim_options.get("telemetry_s", 60.0)),
+                "chunk_timeout_s": float(sim_options.get("chunk_timeout_s", 2.0)),
+                "durable": durable,
+            }
+            if processes > 1:
+                self.procs = ProcessFleet(self.devices, processes=processes, **options).start()
+            else:
+                self.sim = SimulatedFleet(self.devices, **options).start()
         return self
+
+    def reports(self) -> list[AgentReport]:
+        """Every simulated agent's state, wherever it runs."""
+        if self.procs is not None:
+            return self.procs.reports()
+        return self.sim.reports() if self.sim is not None else []
 
     def _control(self) -> None:
         while not self._stop.wait(0.1):
@@ -125,6 +155,8 @@ class OtaFleet:
             self._thread.join(timeout=5)
         if self.sim is not None:
             self.sim.stop()
+        if self.procs is not None:
+            self.procs.stop()
         if self.bridge is not None:
             self.bridge.stop()
         self.broker.close()
