@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 
 from fleet import migrate
 from fleet.api import api_router, health_router
+from fleet.api_docs import mount_api_docs
 from fleet.artifacts import ArtifactStore, load_public_key
 from fleet.crud.devices import status_counts
 from fleet.dashboard import mount_dashboard
@@ -78,6 +79,7 @@ def create_app(settings: FleetSettings) -> FastAPI:
         version=_version(),
         description=_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served offline by mount_api_docs
         redoc_url=None,
     )
     registry = CollectorRegistry()
@@ -95,6 +97,7 @@ def create_app(settings: FleetSettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health_router())
     app.include_router(api_router())
+    mount_api_docs(app)
     mount_dashboard(app)
     # Added last = outermost: limits apply before anything reads the body.
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -22,7 +22,7 @@ from fleet.models.common import utcnow
 #: Operations anyone may call (load balancers and orchestrators probe them).
 PUBLIC_OPERATIONS = {("GET", "/healthz"), ("GET", "/readyz")}
 #: Non-API paths that need no login: the login form itself, static CSS, the docs.
-PUBLIC_PAGES = {"/login", "/static", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/"}
+PUBLIC_PAGES = {"/login", "/static", "/docs", "/docs-assets", "/openapi.json", "/"}
 
 
 def required_role(method: str, path: str) -> Role:

@@ -268,3 +268,43 @@ def test_an_operator_enrolls_a_device_from_the_browser(
     assert "token:operator-ana#" in first.inner_text() and "via dashboard" in first.inner_text()
     assert device_id in first.inner_text()
     assert page.problems == []  # type: ignore[attr-defined]
+
+
+def test_api_reference_renders_offline_and_calls_the_api_with_a_token(
+    fleet_server: Any, seeded: dict[str, Any], browser_page: Any
+) -> None:
+    """`/docs` works on a network without the internet: every request it makes goes to
+    this server (anything else is aborted and would fail the test), and a person can
+    authorize with a bearer token and call an operation from the page."""
+    page = browser_page
+    base = fleet_server.base_url
+    elsewhere: list[str] = []
+
+    def only_this_server(route: Any) -> None:
+        if route.request.url.startswith(base):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_this_server)
+    page.goto(f"{base}/docs")
+    page.wait_for_selector(".swagger-ui .info .title", timeout=20_000)
+    assert "fedfleet fleet" in page.inner_text(".swagger-ui .info .title")
+    assert page.locator(".opblock-tag-section").count() >= 5  # devices, models, rollouts, ...
+
+    # Authorize with a viewer token, then "Try it out" on GET /api/v1/me.
+    page.click("button.authorize")
+    page.fill(".auth-container input", seeded["tokens"][Role.viewer])
+    page.click(".auth-btn-wrapper button.authorize")
+    page.click("button.btn-done")
+    me = page.locator(".opblock-get", has_text="/api/v1/me").first
+    me.locator(".opblock-summary").click()
+    me.locator("button.try-out__btn").click()
+    me.locator("button.execute").click()
+    live = me.locator(".live-responses-table tbody tr.response").first
+    live.wait_for(timeout=10_000)
+    assert live.locator(".response-col_status").inner_text().strip() == "200"
+    assert '"role": "viewer"' in live.locator(".microlight").first.inner_text()
+    assert elsewhere == []
+    assert page.problems == []  # type: ignore[attr-defined]
