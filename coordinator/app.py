@@ -27,9 +27,42 @@ log = logging.getLogger(__name__)
 
 
 def initial_arrays(config: RunConfig) -> ArrayRecord:
-    """The round-0 global model: the task's model built under the run's seed."""
+    """The round-0 global model: ``initial-model``'s weights when set, else the task's
+    model built under the run's seed."""
     torch.manual_seed(config.seed)
-    return ArrayRecord(get_task(config.task).build_model().state_dict())
+    model = get_task(config.task).build_model()
+    if config.initial_model:
+        model.load_state_dict(load_state_dict(config.initial_model, task=config.task))
+    return ArrayRecord(model.state_dict())
+
+
+def load_state_dict(path: str | Path, *, task: str) -> dict[str, torch.Tensor]:
+    """A ``model.pt`` read safely (tensors only) and checked against ``task``'s model.
+
+    Raises:
+        ValueError: the file is unreadable, not a state dict, or of another model, with
+            the names or shapes that differ.
+    """
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"initial-model {path}: not a readable model.pt ({exc})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"initial-model {path}: not a state dict of tensors")
+    expected = get_task(task).build_model().state_dict()
+    if set(state) != set(expected):
+        missing = sorted(set(expected) - set(state))[:3]
+        extra = sorted(set(state) - set(expected))[:3]
+        raise ValueError(
+            f"initial-model {path} is not a {task} model: missing {missing}, unexpected {extra}"
+        )
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            raise ValueError(
+                f"initial-model {path} is not a {task} model: {name} has shape "
+                f"{tuple(state[name].shape)}, not {tuple(tensor.shape)}"
+            )
+    return state
 
 
 def central_evaluate_fn(config: RunConfig) -> Callable[[int, ArrayRecord], MetricRecord]:

@@ -184,6 +184,17 @@ def run_submit(
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
     register: RegisterOpt = False,
     fleet_url: FleetUrlOpt = None,
+    retrain: Annotated[
+        int | None,
+        typer.Option(
+            "--retrain",
+            help="Execute the fleet's retraining run RUN (created from a drift event): start "
+            "from the deployed model's checkpoint and register the result into that run "
+            "(implies --register).",
+            show_default=False,
+            min=1,
+        ),
+    ] = None,
 ) -> None:
     """Submit a run to the coordinator over TLS; prints its run id."""
     from coordinator.run_state import RunState, parse_run_toml
@@ -193,15 +204,25 @@ def run_submit(
         run_config = parse_run_toml(config)
     except ValueError as exc:
         _fail(str(exc))
+    register = register or retrain is not None
     connection = _registry_connection(fleet_url) if register else None
+    plan = None
+    if retrain is not None:
+        plan = _prepare_retrain(connection, retrain, settings.state_dir / "models")
+        try:
+            run_config = plan.run_config(run_config)
+        except ValueError as exc:
+            _fail(str(exc))
     state = RunState.create(settings.state_dir, run_config)
     flower_run = _flwr_run(settings, state)
     typer.echo(state.run_id)
     typer.echo(f"submitted as Flower run {flower_run}; state in {state.run_dir}", err=True)
+    if plan is not None:
+        _mark_running(connection, plan)
     if wait or register:
         _follow(state, timeout)
     if connection is not None:
-        _register(state, connection)
+        _register(state, connection, plan)
 
 
 def _registry_connection(fleet_url: str | None) -> Any:
@@ -214,10 +235,42 @@ def _registry_connection(fleet_url: str | None) -> Any:
         _fail(str(err))
 
 
-def _register(state: Any, connection: Any) -> None:
+def _prepare_retrain(connection: Any, fleet_run: int, models_dir: Path) -> Any:
+    from coordinator.retrain import prepare_retrain
+    from firmware_images.registry_client import RegistryClient, RegistryError
+
+    with RegistryClient(connection) as client:
+        try:
+            return prepare_retrain(client, fleet_run, dest_dir=models_dir)
+        except RegistryError as err:
+            _fail(str(err))
+
+
+def _mark_running(connection: Any, plan: Any) -> None:
+    from coordinator.retrain import mark_running
+    from firmware_images.registry_client import RegistryClient, RegistryError
+
+    with RegistryClient(connection) as client:
+        try:
+            mark_running(client, plan)
+        except RegistryError as err:  # the run goes on; registering at the end retries
+            typer.echo(f"warning: {err}", err=True)
+
+
+def _register(state: Any, connection: Any, plan: Any = None) -> None:
     from coordinator.model_cli import register_and_report
 
-    register_and_report(state.run_dir, connection, description=f"deployment run {state.run_id}")
+    description = f"deployment run {state.run_id}"
+    if plan is None:
+        register_and_report(state.run_dir, connection, description=description)
+        return
+    register_and_report(
+        state.run_dir,
+        connection,
+        description=f"{description}, retrained from model version {plan.parent_version}",
+        fleet_run_id=plan.fleet_run_id,
+        parent_id=plan.parent_version,
+    )
 
 
 def _load_state(settings: Any, run_id: str) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from tasks import PartitionSpec, available_tasks
@@ -20,7 +21,9 @@ class RunConfig:
 
     ``clients_per_round`` clients are sampled each round out of ``num_clients``;
     ``round_timeout`` is the seconds a round waits for replies; ``min_clients`` is the
-    quorum of successful replies below which a round is not applied.
+    quorum of successful replies below which a round is not applied. ``initial_model``
+    is a ``model.pt`` (a state dict of the task's model) to start from instead of a
+    fresh model: retraining a deployed model warm (``fedfleet run submit --retrain``).
     """
 
     task: str = "digits-cnn"
@@ -37,6 +40,7 @@ class RunConfig:
     round_timeout: float = 3600.0
     min_clients: int = 1
     out_dir: str = ""
+    initial_model: str = ""
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
@@ -90,6 +94,11 @@ class RunConfig:
             raise ValueError("fraction-evaluate must be between 0 and 1")
         if not self.round_timeout > 0:
             raise ValueError("round-timeout must be > 0 seconds")
+        if self.initial_model and not Path(self.initial_model).is_file():
+            raise ValueError(
+                f"initial-model {self.initial_model!r} is not a file; give the path of a "
+                "model.pt on the coordinator (a run's model.pt, or a registry checkpoint)"
+            )
 
     def as_run_config(self) -> dict[str, Any]:
         """The kebab-case mapping Flower passes around (inverse of from_run_config)."""

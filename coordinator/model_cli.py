@@ -91,6 +91,8 @@ def register_and_report(
     name: str | None = None,
     description: str = "",
     key: Path | None = None,
+    fleet_run_id: int | None = None,
+    parent_id: int | None = None,
 ) -> int:
     """Register ``run_dir`` with the fleet at ``connection`` (from
     ``connection_from_env``), print the summary and the next step on stderr and the
@@ -129,6 +131,8 @@ def register_and_report(
                 name=name,
                 description=description,
                 private_key=private_key,
+                fleet_run_id=fleet_run_id,
+                parent_id=parent_id,
             )
         except RegistryError as err:
             _fail(str(err))

@@ -164,15 +164,24 @@ def register_run(
     description: str = "",
     private_key: Any = None,
     on_step: Callable[[str], None] | None = None,
+    fleet_run_id: int | None = None,
+    parent_id: int | None = None,
 ) -> Registered:
-    """Record ``run`` in the fleet and register its model (see the module docstring)."""
+    """Record ``run`` in the fleet and register its model (see the module docstring).
+
+    ``fleet_run_id`` reports into a run the fleet already holds (a retraining run created
+    from a drift event) instead of recording a new one; ``parent_id`` is the model
+    version the run started from (the new version's lineage)."""
     step = on_step or (lambda _s: None)
     label = name if name is not None else f"{run.task} from run {run.run_id}"
-    body: dict[str, Any] = {"name": f"{run.run_id}", "task": run.task, "config": run.config}
-    if run.strategy is not None:
-        body["strategy"] = run.strategy
-    step("record the run")
-    fleet_run = int(client.post_json("/runs", body, what=f"recording run {run.run_id}")["id"])
+    if fleet_run_id is None:
+        body: dict[str, Any] = {"name": f"{run.run_id}", "task": run.task, "config": run.config}
+        if run.strategy is not None:
+            body["strategy"] = run.strategy
+        step("record the run")
+        fleet_run = int(client.post_json("/runs", body, what=f"recording run {run.run_id}")["id"])
+    else:
+        fleet_run = fleet_run_id
     version: int | None = None
     try:
         for row in run.rounds:
@@ -192,6 +201,8 @@ def register_run(
         }
         if run.last_round is not None:
             model_body["source_round"] = run.last_round
+        if parent_id is not None:
+            model_body["parent_id"] = parent_id
         version = int(client.post_json("/models", model_body, what="registering the model")["id"])
         step("upload the checkpoint")
         artifact = client.upload_artifact(

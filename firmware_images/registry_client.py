@@ -279,6 +279,14 @@ class RegistryClient:
         self._check(response, what=f"storing {what}")
         return ArtifactInfo.from_json(response.json())
 
+    def get_json(self, path: str, *, what: str) -> dict[str, Any]:
+        """GET a JSON document; :class:`RegistryNotFoundError` on 404."""
+        response = self._call("GET", path, what=what)
+        if response.status_code == 404:
+            raise RegistryNotFoundError(f"{what}: not found at {self.url}{API_PREFIX}{path}")
+        self._check(response, what=what)
+        return dict(response.json())
+
     def post_json(self, path: str, body: Mapping[str, Any], *, what: str) -> dict[str, Any]:
         """POST a JSON body and return the JSON answer (any non-2xx is a RegistryError)."""
         response = self._call("POST", path, what=what, json=dict(body))
