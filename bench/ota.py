@@ -372,7 +372,7 @@ def main() -> None:
     print()
     print(f"OTA: {len(bundle.data)} B bundle to {args.devices} devices over Mosquitto (loopback)")
     print(
-        f"devices: {args.processes} worker processes (K) on {cores} cores; every device "
+        f"devices: K = {args.processes} worker process(es) on {cores} cores; every device "
         f"fsyncs as on real hardware; their flash: {args.state_dir} ({state_fs})"
     )
     if state_fs != "tmpfs":
@@ -401,7 +401,7 @@ def main() -> None:
         f"  CPU seconds: broker {floor_broker_cpu:.2f} for the raw fan-out vs "
         f"{times['broker_cpu']:.2f} for the rollout; the {args.devices} mosquitto_sub "
         f"{floor_clients_cpu:.2f} vs the fleet + {args.devices} Python agents in "
-        f"{args.processes} processes {times['own_cpu']:.2f}"
+        f"{args.processes} process(es) {times['own_cpu']:.2f}"
     )
     print(
         f"  (b)-(a') = {total - transfer:.2f} s of device-side CPU: one install alone takes "
