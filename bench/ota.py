@@ -179,9 +179,14 @@ def _fleet_cpu_s(fleet: OtaFleet) -> float:
     return _self_cpu_s() + sum(_cpu_s(pid) for pid in pids)
 
 
-def rollout(fleet: OtaFleet, *, data: bytes, sha256: str) -> dict[str, float]:
+def rollout(
+    fleet: OtaFleet, *, data: bytes, sha256: str
+) -> tuple[dict[str, float], dict[str, str]]:
     """Seconds from the rollout's creation: first command at a device, every device with
-    all bytes, every device acked; and the median per-device install (queueing included)."""
+    all bytes, every device acked; and the median per-device install (queueing included).
+    Second: the timeline, from the rollout's creation, of the install commands' arrival at
+    the devices, the shared chunk requests' arrival at the fleet, and the shared
+    publications (first/median/p99/last)."""
     assert fleet.bridge is not None
     model_id = register_bundle(fleet.engine, fleet.store, bundle=data, task="bench", target=TARGET)
     broker_cpu, own_cpu = _cpu_s(fleet.broker.pid), _fleet_cpu_s(fleet)
@@ -215,6 +220,17 @@ def rollout(fleet: OtaFleet, *, data: bytes, sha256: str) -> dict[str, float]:
     assert not wrong, f"{len(wrong)} devices do not run the bundle: {wrong[:3]}"
     assert all(r.last_ack_ok and r.last_ack_stage == "installed" for r in reports)
     installs = sorted(r.timings["installed"] - r.timings["downloaded"] for r in reports)
+    commands = sorted(r.timings["command"] - began_mono for r in reports)
+    asked = sorted(t - began_mono for t in fleet.bridge.stats.shared_requests_at if t >= began_mono)
+    published = [
+        (t - began_mono, n) for t, n in fleet.bridge.stats.shared_published if t >= began_mono
+    ]
+    timeline = {
+        "commands": _spread(commands),
+        "asked": _spread(asked),
+        "published": "; ".join(f"+{t:.2f} s: {n} chunks" for t, n in published[:6])
+        + (f"; ... ({len(published)} in all)" if len(published) > 6 else ""),
+    }
     return {
         "first_command": min(r.timings["command"] for r in reports) - began_mono,
         "delivered": max(r.last_frame_at for r in reports) - began_mono,
@@ -224,7 +240,15 @@ def rollout(fleet: OtaFleet, *, data: bytes, sha256: str) -> dict[str, float]:
         "broker_cpu": broker_cpu,
         "own_cpu": own_cpu,
         "dropped": sum(r.dropped_chunks for r in reports),
-    }
+    }, timeline
+
+
+def _spread(times: list[float]) -> str:
+    """First, median, 99th percentile and last of sorted ``times`` (seconds)."""
+    if not times:
+        return "none"
+    pick = [times[0], times[len(times) // 2], times[int(len(times) * 0.99)], times[-1]]
+    return "/".join(f"{t:.2f}" for t in pick) + f" s ({len(times)})"
 
 
 def one_install(fleet: OtaFleet, *, data: bytes, root: Path, repeats: int = 5) -> float:
@@ -353,7 +377,7 @@ def main() -> None:
             fleet, data=bundle.data, subscribers=args.devices
         )
         say("rollout through the fleet ...")
-        times = rollout(fleet, data=bundle.data, sha256=bundle.sha256)
+        times, timeline = rollout(fleet, data=bundle.data, sha256=bundle.sha256)
         bridge = fleet.bridge
         assert bridge is not None
         served, shared = bridge.stats.chunks_served, bridge.stats.chunks_shared
@@ -396,6 +420,11 @@ def main() -> None:
         f"chunk frames published {served} ({shared} on the shared topic) for "
         f"{chunks} chunks x {args.devices} devices; {dropped} shared frames dropped "
         "by devices (memory bound) and repaired"
+    )
+    print(
+        "  timeline from the rollout's creation (first/median/p99/last): install command at "
+        f"the devices {timeline['commands']}; shared chunk requests at the fleet "
+        f"{timeline['asked']}; shared publications {timeline['published']}"
     )
     print(
         f"  CPU seconds: broker {floor_broker_cpu:.2f} for the raw fan-out vs "

@@ -31,7 +31,8 @@ import queue
 import ssl
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,10 @@ class BridgeStats:
     chunks_shared: int = 0  # of which on the shared artifact topic
     batches: int = 0
     acks_seen: list[proto.Ack] = field(default_factory=list)
+    # When (time.monotonic()) shared chunk requests arrived and shared publications
+    # started, with the number of chunks published: the fan-out's timeline (benches).
+    shared_requests_at: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+    shared_published: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=10_000))
 
 
 class FleetBridge:
@@ -114,7 +119,7 @@ class FleetBridge:
         self.settings = settings
         self.stats = BridgeStats()
         self._ingest: queue.SimpleQueue[tuple[str, str, bytes]] = queue.SimpleQueue()
-        self._chunks: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
+        self._chunks: queue.SimpleQueue[tuple[str, bytes, float] | None] = queue.SimpleQueue()
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._refs: dict[str, proto.ArtifactRef] = {}
@@ -192,7 +197,7 @@ class FleetBridge:
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
         payload = bytes(message.payload)
         if message.topic.endswith("/chunk-req"):
-            self._chunks.put((message.topic, payload))
+            self._chunks.put((message.topic, payload, time.monotonic()))
         else:
             self._ingest.put(("msg", message.topic, payload))
 
@@ -204,10 +209,19 @@ class FleetBridge:
 
     def send_command(self, device_id: str, command: proto.Command) -> None:
         """Publish ``command`` to the device (QoS 1; the broker queues it while offline)."""
-        if command.action == "install" and command.artifact is not None:
-            with self._fanout_lock:
-                self._fanout.expect(command.artifact.sha256, device_id, now=time.monotonic())
-        self.client.publish(proto.topic(device_id, "cmd"), proto.encode(command), qos=proto.QOS)
+        self.send_commands([(device_id, command)])
+
+    def send_commands(self, commands: Iterable[tuple[str, proto.Command]]) -> None:
+        """Publish each ``(device_id, command)`` to its device, in order, in one tight loop
+        (a wave's installs): every message is still one device's own command."""
+        frames = [(device_id, command, proto.encode(command)) for device_id, command in commands]
+        now = time.monotonic()
+        with self._fanout_lock:  # once for the wave, not once per device
+            for device_id, command, _frame in frames:
+                if command.action == "install" and command.artifact is not None:
+                    self._fanout.expect(command.artifact.sha256, device_id, now=now)
+        for device_id, _command, frame in frames:
+            self.client.publish(proto.topic(device_id, "cmd"), frame, qos=proto.QOS)
 
     def artifact_ref(self, sha256: str) -> proto.ArtifactRef:
         """Size, chunking and per-chunk hashes of a stored artifact (cached)."""
@@ -267,11 +281,12 @@ class FleetBridge:
             for entry in backlog:
                 if entry is None:
                     continue
-                parsed = self._parse_request(*entry)
+                parsed = self._parse_request(entry[0], entry[1])
                 if parsed is None:
                     continue
                 device_id, request = parsed
                 if request.via == "artifact":
+                    self.stats.shared_requests_at.append(entry[2])
                     with self._fanout_lock:
                         self._fanout.join(request.transfer_id, device_id, request.indices, now=now)
                 else:
@@ -286,6 +301,7 @@ class FleetBridge:
             with self._fanout_lock:
                 due = self._fanout.due(now=time.monotonic())
             for transfer_id, shared in due:
+                self.stats.shared_published.append((time.monotonic(), len(shared)))
                 try:
                     self._serve(proto.artifact_topic(transfer_id), transfer_id, shared)
                 except Exception:

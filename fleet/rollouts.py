@@ -27,12 +27,14 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, insert, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from edge_client import mqtt_protocol as proto
@@ -150,19 +152,24 @@ def create_rollout(session: Session, data: RolloutCreate, *, actor: audit.Actor)
     order = sorted(devices, key=lambda _d: secrets.randbits(32))
     totals = plan_waves(len(order), data.waves)
     start = 0
+    members: list[dict[str, object]] = []
     for wave, total in enumerate(totals):
-        for device in order[start:total]:
-            session.add(
-                RolloutDevice(
-                    rollout_id=rollout.id or 0,
-                    device_id=device.id,
-                    wave=wave,
-                    artifact_id=bundles[device.hardware_target].id or 0,
-                    previous_model_version_id=device.model_version_id,
-                )
-            )
+        members.extend(
+            {
+                "rollout_id": rollout.id or 0,
+                "device_id": device.id,
+                "wave": wave,
+                "artifact_id": bundles[device.hardware_target].id or 0,
+                "state": DeviceRolloutState.pending,
+                "previous_model_version_id": device.model_version_id,
+                "attempts": 0,
+                "error": "",
+            }
+            for device in order[start:total]
+        )
         start = total
-    session.flush()
+    # One multi-row INSERT for the whole group (ORM objects cost ~0.2 ms a device).
+    session.execute(insert(RolloutDevice), members)
     audit.record(
         session,
         actor=actor,
@@ -177,24 +184,29 @@ def create_rollout(session: Session, data: RolloutCreate, *, actor: audit.Actor)
 def public_view(session: Session, rollout: Rollout) -> RolloutPublic:
     """The rollout with per-wave progress."""
     group = session.get(Group, rollout.group_id)
-    rows = session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id)).all()
-    waves = sorted({r.wave for r in rows})
+    # Counted in the database (one GROUP BY), not by loading every device's row.
+    counts: dict[int, Counter[DeviceRolloutState]] = {}
+    for wave, state, count in session.exec(
+        select(RolloutDevice.wave, RolloutDevice.state, func.count())
+        .where(RolloutDevice.rollout_id == rollout.id)
+        .group_by(col(RolloutDevice.wave), col(RolloutDevice.state))
+    ).all():
+        counts.setdefault(wave, Counter())[DeviceRolloutState(state)] += count
     progress = []
-    total = len(rows)
-    for wave in waves:
-        members = [r for r in rows if r.wave == wave]
-        states = [r.state for r in members]
-        cumulative = sum(1 for r in rows if r.wave <= wave)
+    total = sum(c.total() for c in counts.values())
+    cumulative = 0
+    for wave in sorted(counts):
+        states = counts[wave]
+        cumulative += states.total()
         progress.append(
             WaveProgress(
                 wave=wave,
                 percent=round(100 * cumulative / total) if total else 0,
-                devices=len(members),
-                installed=states.count(DeviceRolloutState.installed),
-                failed=states.count(DeviceRolloutState.failed),
-                waiting=states.count(DeviceRolloutState.sent)
-                + states.count(DeviceRolloutState.pending),
-                rolled_back=states.count(DeviceRolloutState.rolled_back),
+                devices=states.total(),
+                installed=states[DeviceRolloutState.installed],
+                failed=states[DeviceRolloutState.failed],
+                waiting=states[DeviceRolloutState.sent] + states[DeviceRolloutState.pending],
+                rolled_back=states[DeviceRolloutState.rolled_back],
             )
         )
     return RolloutPublic(
@@ -217,10 +229,21 @@ def public_view(session: Session, rollout: Rollout) -> RolloutPublic:
 # --- the controller -------------------------------------------------------------------
 
 
+def _artifacts_of(session: Session, rows: Sequence[RolloutDevice]) -> dict[int, Artifact]:
+    """The bundles ``rows`` install, by id, in one query."""
+    ids = sorted({r.artifact_id for r in rows})
+    if not ids:
+        return {}
+    found = session.exec(select(Artifact).where(col(Artifact.id).in_(ids))).all()
+    return {a.id: a for a in found if a.id is not None}
+
+
 class CommandSender(Protocol):
     """What the controller needs from the MQTT bridge."""
 
     def send_command(self, device_id: str, command: proto.Command) -> None: ...
+
+    def send_commands(self, commands: Sequence[tuple[str, proto.Command]]) -> None: ...
 
     def artifact_ref(self, sha256: str) -> proto.ArtifactRef: ...
 
@@ -276,8 +299,14 @@ class RolloutController:
                 bins = (
                     tuple(tuple(float(v) for v in e) for e in reference.edges) if reference else ()
                 )
+                # One query for the wave's bundles (not one per device: each lookup would
+                # also autoflush the previous device's row, one UPDATE per device).
+                artifacts = _artifacts_of(session, wave_rows)
+                sends: list[dict[str, object]] = []
                 for row in wave_rows:
-                    self._maybe_send(session, rollout, row, now, outbox, bins)
+                    self._maybe_send(session, rollout, row, now, outbox, bins, artifacts, sends)
+                if sends:  # every send of this step recorded in this transaction, at once
+                    session.execute(update(RolloutDevice), sends)
                 self._check_health(
                     session, [r for r in rows if r.wave <= rollout.current_wave], now
                 )
@@ -353,8 +382,9 @@ class RolloutController:
                     after=public_view(session, rollout),
                 )
         # Publish only after the commit: a command is never sent for state not recorded.
-        for device_id, command in outbox:
-            self.sender.send_command(device_id, command)
+        # The wave's commands go out together (one call, a tight publish loop).
+        if outbox:
+            self.sender.send_commands(outbox)
 
     def _check_health(
         self, session: Session, wave_rows: Sequence[RolloutDevice], now: datetime
@@ -406,6 +436,8 @@ class RolloutController:
         now: datetime,
         outbox: list[tuple[str, proto.Command]],
         bins: tuple[tuple[float, ...], ...],
+        artifacts: dict[int, Artifact],
+        sends: list[dict[str, object]],
     ) -> None:
         if row.state is DeviceRolloutState.sent and row.sent_at is not None:
             if now - row.sent_at < timedelta(seconds=rollout.ack_timeout_s):
@@ -417,7 +449,7 @@ class RolloutController:
                 return
         elif row.state is not DeviceRolloutState.pending:
             return
-        artifact = session.get(Artifact, row.artifact_id)
+        artifact = artifacts.get(row.artifact_id)
         if artifact is None:
             row.state = DeviceRolloutState.failed
             row.error = "artifact disappeared"
@@ -431,9 +463,15 @@ class RolloutController:
             artifact=self.sender.artifact_ref(artifact.sha256),
             telemetry_bins=bins,
         )
-        row.command_id = command.command_id
-        row.state = DeviceRolloutState.sent
-        row.sent_at = now
-        row.attempts += 1
-        session.add(row)
+        change = {
+            "command_id": command.command_id,
+            "state": DeviceRolloutState.sent,
+            "sent_at": now,
+            "attempts": row.attempts + 1,
+        }
+        # Written for the whole wave in one executemany UPDATE (see _step_one); the loaded
+        # row shows the new values without becoming a per-row ORM update.
+        for key, value in change.items():
+            set_committed_value(row, key, value)
+        sends.append({"rollout_id": row.rollout_id, "device_id": row.device_id, **change})
         outbox.append((row.device_id, command))

@@ -8,6 +8,7 @@ exact bytes a device would publish. The broker path is covered in tests/e2e.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,9 +176,14 @@ def test_a_target_without_a_bundle_is_refused(
 class RecordingSender:
     sent: list[tuple[str, proto.Command]] = field(default_factory=list)
     store: ArtifactStore | None = None
+    calls: int = 0  # send_commands calls: one per step that sends
 
     def send_command(self, device_id: str, command: proto.Command) -> None:
         self.sent.append((device_id, command))
+
+    def send_commands(self, commands: Sequence[tuple[str, proto.Command]]) -> None:
+        self.calls += 1
+        self.sent.extend(commands)
 
     def artifact_ref(self, sha256: str) -> proto.ArtifactRef:
         return proto.ArtifactRef(sha256=sha256, size=1, chunk_size=1, chunk_sha256=("0" * 64,))
@@ -330,3 +336,79 @@ def test_a_device_that_goes_offline_after_installing_fails_the_wave(
     assert view["status"] == "aborted" and view["progress"][0]["failed"] == 1
     assert view["reason"].startswith("wave 1:")
     assert [d for d, c in sender.sent if c.action == "rollback"] == [device_id]
+
+
+@dataclass
+class CheckingSender(RecordingSender):
+    """Records what the database says about each device at the moment its command goes out."""
+
+    engine: Any = None
+    unrecorded: list[str] = field(default_factory=list)
+
+    def send_commands(self, commands: Sequence[tuple[str, proto.Command]]) -> None:
+        with Session(self.engine) as session:  # a separate connection: committed state only
+            rows = {r.device_id: r for r in session.exec(select(RolloutDevice)).all()}
+        for device_id, command in commands:
+            row = rows[device_id]
+            if not (
+                row.state is DeviceRolloutState.sent
+                and row.command_id == command.command_id
+                and row.sent_at is not None
+                and row.attempts == 1
+            ):
+                self.unrecorded.append(device_id)
+        super().send_commands(commands)
+
+
+def test_a_wave_is_recorded_at_once_and_committed_before_its_commands_go_out_together(
+    client: TestClient, admin: Headers, bundle: bytes
+) -> None:
+    # Prepare: 30 devices, waves of 20 % (6 devices) and 100 % (24 more).
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    model_id = _setup(client, admin, devices=30, bundle=bundle)
+    body = {"model_version_id": model_id, "group": "wards", "waves": [20, 100]}
+    rollout_id = client.post("/api/v1/rollouts", json=body, headers=admin).json()["id"]
+    with Session(engine) as session:
+        created = session.exec(select(RolloutDevice)).all()
+    assert len(created) == 30 and {(r.state, r.attempts, r.command_id) for r in created} == {
+        (DeviceRolloutState.pending, 0, None)
+    }
+    sender = CheckingSender(engine=engine)
+    controller = RolloutController(engine=engine, sender=sender)
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    from sqlalchemy import event
+
+    # Execute: wave 1, its acks, the advance, then wave 2 under a statement counter.
+    controller.step()
+    bridge = FleetBridge(
+        engine=engine,
+        store=ArtifactStore(client.app.state.settings.artifact_dir),  # type: ignore[attr-defined]
+        settings=BridgeSettings(),
+    )
+    bridge.ingest_batch([_ack(d, c, ok=True, version=model_id) for d, c in sender.sent])
+    controller.step()  # -> wave 2
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        controller.step()  # sends wave 2
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+    # Assert: one send per wave, each device's own command, every state committed first;
+    # wave 2's 24 sends are one UPDATE and one artifact lookup, not one per device.
+    assert sender.calls == 2 and len(sender.sent) == 30
+    assert len({d for d, _ in sender.sent}) == 30
+    assert len({c.command_id for _, c in sender.sent}) == 30
+    assert sender.unrecorded == []
+    updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE ROLLOUT_DEVICES")]
+    lookups = [s for s in statements if "FROM artifacts" in s]
+    assert len(updates) == 1 and len(lookups) == 1, statements
+    assert len(statements) < 24, statements
+    view = client.get(f"/api/v1/rollouts/{rollout_id}", headers=admin).json()
+    assert [(w["devices"], w["installed"], w["waiting"]) for w in view["progress"]] == [
+        (6, 6, 0),
+        (24, 0, 24),
+    ]
