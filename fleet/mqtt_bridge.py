@@ -461,8 +461,8 @@ class FleetBridge:
             if rows:
                 session.execute(insert(TelemetryRecord), rows)
                 self.stats.telemetry_rows += len(rows)
-            for device_id, ack in acks:
-                self._apply_ack(session, device_id, ack, now)
+            if acks:
+                self._apply_acks(session, acks, now)
             session.flush()
         self.stats.batches += 1
 
@@ -483,14 +483,22 @@ class FleetBridge:
         return ids & self._models
 
     @staticmethod
-    def _apply_ack(session: Any, device_id: str, ack: proto.Ack, now: Any) -> None:
-        row = session.exec(
+    def _apply_acks(session: Any, acks: list[tuple[str, proto.Ack]], now: Any) -> None:
+        """Rollout-device states from a batch's acks: the rows in one query (a wave's
+        thousand acks were a thousand SELECTs), then applied in arrival order."""
+        found = session.exec(
             select(RolloutDevice).where(
-                RolloutDevice.device_id == device_id, RolloutDevice.command_id == ack.command_id
+                col(RolloutDevice.command_id).in_(sorted({a.command_id for _, a in acks}))
             )
-        ).first()
-        if row is None:
-            return  # an ack for a command that is not (or no longer) a rollout's
+        ).all()
+        rows = {(r.device_id, r.command_id): r for r in found}
+        for device_id, ack in acks:
+            row = rows.get((device_id, ack.command_id))
+            if row is not None:  # else: not (or no longer) a rollout's command
+                FleetBridge._apply_ack(session, row, ack, now)
+
+    @staticmethod
+    def _apply_ack(session: Any, row: RolloutDevice, ack: proto.Ack, now: Any) -> None:
         if ack.action == "install":
             if row.state is not DeviceRolloutState.sent:
                 return  # duplicate or late

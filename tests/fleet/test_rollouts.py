@@ -412,3 +412,20 @@ def test_a_wave_is_recorded_at_once_and_committed_before_its_commands_go_out_tog
         (6, 6, 0),
         (24, 0, 24),
     ]
+
+    # Execute: wave 2's 24 acks arrive in one batch (with a duplicate and a stranger's).
+    statements.clear()
+    acks = [_ack(d, c, ok=True, version=model_id) for d, c in sender.sent[6:]]
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        bridge.ingest_batch(
+            [*acks, acks[0], _ack("nobody", sender.sent[7][1], ok=False, version=None)]
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+    # Assert: the rows of the batch's acks are read in one query, not one per ack.
+    reads = [s for s in statements if "FROM rollout_devices" in s]
+    assert len(reads) == 1, statements
+    view = client.get(f"/api/v1/rollouts/{rollout_id}", headers=admin).json()
+    assert [(w["installed"], w["failed"]) for w in view["progress"]] == [(6, 0), (24, 0)]
