@@ -181,17 +181,23 @@ def create_rollout(session: Session, data: RolloutCreate, *, actor: audit.Actor)
     return rollout
 
 
-def public_view(session: Session, rollout: Rollout) -> RolloutPublic:
-    """The rollout with per-wave progress."""
-    group = session.get(Group, rollout.group_id)
-    # Counted in the database (one GROUP BY), not by loading every device's row.
+def _state_counts(session: Session, rollout_id: int) -> dict[int, Counter[DeviceRolloutState]]:
+    """Devices per wave and state, counted in the database (one GROUP BY), not by loading
+    every device's row."""
     counts: dict[int, Counter[DeviceRolloutState]] = {}
     for wave, state, count in session.exec(
         select(RolloutDevice.wave, RolloutDevice.state, func.count())
-        .where(RolloutDevice.rollout_id == rollout.id)
+        .where(RolloutDevice.rollout_id == rollout_id)
         .group_by(col(RolloutDevice.wave), col(RolloutDevice.state))
     ).all():
         counts.setdefault(wave, Counter())[DeviceRolloutState(state)] += count
+    return counts
+
+
+def public_view(session: Session, rollout: Rollout) -> RolloutPublic:
+    """The rollout with per-wave progress."""
+    group = session.get(Group, rollout.group_id)
+    counts = _state_counts(session, rollout.id or 0)
     progress = []
     total = sum(c.total() for c in counts.values())
     cumulative = 0
@@ -284,7 +290,59 @@ class RolloutController:
                 except Exception:
                     log.exception("rollout %s: step failed; retrying on the next pass", rollout_id)
 
+    def _has_work(self, rollout_id: int, now: datetime) -> bool:
+        """Whether this pass has more to do than wait, from aggregate queries in a read
+        transaction: a wave of 1,000 waiting devices is not loaded (and the write lock
+        not taken) ten times a second while its devices download."""
+        with session_scope(self.engine, write=False) as session:
+            rollout = session.get(Rollout, rollout_id)
+            if rollout is None or rollout.status is not RolloutStatus.running:
+                return False
+            counts = _state_counts(session, rollout_id)
+            wave = counts.get(rollout.current_wave, Counter())
+            if wave[DeviceRolloutState.pending] or not wave.total():
+                return True
+            rate = rollout.max_failure_rate
+            for members in (counts.get(w) for w in range(rollout.current_wave + 1)):
+                if members and members[DeviceRolloutState.failed] / members.total() > rate:
+                    return True
+            verdict = wave_verdict(
+                size=wave.total(),
+                installed=wave[DeviceRolloutState.installed],
+                failed=wave[DeviceRolloutState.failed],
+                max_failure_rate=rate,
+            )
+            if verdict != "wait":
+                return True
+            timed_out = session.exec(
+                select(RolloutDevice.device_id)
+                .where(
+                    RolloutDevice.rollout_id == rollout_id,
+                    RolloutDevice.wave == rollout.current_wave,
+                    RolloutDevice.state == DeviceRolloutState.sent,
+                    col(RolloutDevice.sent_at) <= now - timedelta(seconds=rollout.ack_timeout_s),
+                )
+                .limit(1)
+            ).first()
+            if timed_out is not None:
+                return True
+            unhealthy = session.exec(
+                select(RolloutDevice.device_id)
+                .join(Device, col(Device.id) == col(RolloutDevice.device_id))
+                .where(
+                    RolloutDevice.rollout_id == rollout_id,
+                    RolloutDevice.wave <= rollout.current_wave,
+                    RolloutDevice.state == DeviceRolloutState.installed,
+                    Device.reported_status == ReportedStatus.offline,
+                    col(Device.last_seen_at) < now - timedelta(seconds=self.offline_grace_s),
+                )
+                .limit(1)
+            ).first()
+            return unhealthy is not None
+
     def _step_one(self, rollout_id: int, now: datetime) -> None:
+        if not self._has_work(rollout_id, now):
+            return  # waiting: the common case while a wave downloads, kept cheap
         outbox: list[tuple[str, proto.Command]] = []
         with session_scope(self.engine, write=True) as session:
             rollout = session.get(Rollout, rollout_id)

@@ -413,6 +413,19 @@ def test_a_wave_is_recorded_at_once_and_committed_before_its_commands_go_out_tog
         (24, 0, 24),
     ]
 
+    # Execute: a pass while wave 2 downloads (nothing to send, nothing timed out).
+    statements.clear()
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        controller.step()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+    # Assert: waiting costs aggregate queries only, no device's row is loaded or written.
+    assert statements and len(sender.sent) == 30
+    loads = [s for s in statements if "previous_model_version_id" in s and "NOT LIKE" not in s]
+    assert not loads and not [s for s in statements if "UPDATE" in s], statements
+
     # Execute: wave 2's 24 acks arrive in one batch (with a duplicate and a stranger's).
     statements.clear()
     acks = [_ack(d, c, ok=True, version=model_id) for d, c in sender.sent[6:]]
