@@ -64,3 +64,44 @@ def test_settings_that_cannot_work_are_refused() -> None:
         FanoutPlanner(quiet_s=2.0, max_wait_s=1.0)
     with pytest.raises(ValueError, match="forget_s"):
         FanoutPlanner(quiet_s=0.1, max_wait_s=1.0, forget_s=0.5)
+
+
+def test_a_slowed_wave_is_not_split_by_pauses_while_most_have_not_asked() -> None:
+    # Prepare: 20 devices were sent the install.
+    plan = FanoutPlanner(quiet_s=0.1, max_wait_s=1.0, straggler_share=0.1)
+    devices = [f"d{i}" for i in range(20)]
+    for device in devices:
+        plan.expect(T, device, now=0.0)
+
+    # Execute: 5 ask, then a 0.3 s pause (a loaded host), then the other 15.
+    for i, device in enumerate(devices[:5]):
+        plan.join(T, device, (0, 1), now=0.01 * i)
+    paused = plan.due(now=0.35)
+    wake = plan.next_due_in(now=0.35)
+    for device in devices[5:]:
+        plan.join(T, device, (0, 1), now=0.4)
+    ready = plan.due(now=0.4)
+
+    # Assert: the pause published nothing (15 of 20 still to ask); one publication at last.
+    assert paused == [] and wake == pytest.approx(0.65)
+    assert ready == [(T, [0, 1])] and plan.waiting == 0
+
+
+def test_a_pause_publishes_when_only_stragglers_are_missing() -> None:
+    # 20 sent the install, 18 asked, 2 stay silent (offline): 2 <= 10 % of 20.
+    plan = FanoutPlanner(quiet_s=0.1, max_wait_s=1.0, straggler_share=0.1)
+    for i in range(20):
+        plan.expect(T, f"d{i}", now=0.0)
+    for i in range(18):
+        plan.join(T, f"d{i}", (3,), now=0.0)
+    assert plan.due(now=0.05) == []
+    assert plan.due(now=0.1) == [(T, [3])]
+    # A wave where most stay silent is still published max_wait_s after the first ask.
+    plan = FanoutPlanner(quiet_s=0.1, max_wait_s=1.0, straggler_share=0.1)
+    for i in range(20):
+        plan.expect(T, f"d{i}", now=0.0)
+    plan.join(T, "d0", (0,), now=0.0)
+    assert plan.due(now=0.99) == []
+    assert plan.due(now=1.0) == [(T, [0])]
+    with pytest.raises(ValueError, match="straggler_share"):
+        FanoutPlanner(straggler_share=1.5)
