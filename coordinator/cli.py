@@ -178,7 +178,7 @@ FleetUrlOpt = Annotated[
 
 @run_app.command("submit")
 def run_submit(
-    config: Annotated[Path, typer.Option(help="run.toml with a [run] table of run-config keys.")],
+    config: Annotated[Path, typer.Option(help="run.toml with a \\[run] table of run-config keys.")],
     coordinator: CoordinatorOpt = Path("coordinator.toml"),
     wait: Annotated[bool, typer.Option(help="Follow the run until it finishes.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,

@@ -29,14 +29,14 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 def site_budget(
     config: Annotated[
-        Path | None, typer.Option("--config", help="The site's site.toml (its [policy] budget).")
+        Path | None, typer.Option("--config", help="The site's site.toml (its \\[policy] budget).")
     ] = None,
     state_dir: Annotated[
         Path | None,
         typer.Option("--state-dir", help="A state folder (or a simulation's out-dir) instead."),
     ] = None,
     site: Annotated[
-        str | None, typer.Option(help="With --state-dir: only this site. [default: all]")
+        str | None, typer.Option(help="With --state-dir: only this site. \\[default: all]")
     ] = None,
     prv: Annotated[
         bool, typer.Option("--prv/--no-prv", help="Also compute ε with the PRV accountant.")

@@ -110,33 +110,35 @@ def simulate(
         bool | None,
         typer.Option(
             "--secagg/--no-secagg",
-            help="Secure aggregation (SecAgg+): the server sees only the sum. [default: off]",
+            help="Secure aggregation (SecAgg+): the server sees only the sum. \\[default: off]",
         ),
     ] = None,
     secagg_degree: Annotated[
         int | None,
-        typer.Option(help="Neighbours per client, even; 0 = 2*ceil(log2 n). [default: 0]"),
+        typer.Option(help="Neighbours per client, even; 0 = 2*ceil(log2 n). \\[default: 0]"),
     ] = None,
     secagg_threshold: Annotated[
         int | None,
-        typer.Option(help="Shares that rebuild a secret; 0 = majority of K+1. [default: 0]"),
+        typer.Option(help="Shares that rebuild a secret; 0 = majority of K+1. \\[default: 0]"),
     ] = None,
     secagg_clip: Annotated[
         float | None,
-        typer.Option(help="Clip each update coordinate to [-R, R] before masking. [default: 1.0]"),
+        typer.Option(
+            help="Clip each update coordinate to [-R, R] before masking. \\[default: 1.0]"
+        ),
     ] = None,
     secagg_bits: Annotated[
-        int | None, typer.Option(help="Quantization bits per coordinate. [default: 16]")
+        int | None, typer.Option(help="Quantization bits per coordinate. \\[default: 16]")
     ] = None,
     dropout: Annotated[
         float | None,
-        typer.Option(help="Probability that a client drops out in a round. [default: 0]"),
+        typer.Option(help="Probability that a client drops out in a round. \\[default: 0]"),
     ] = None,
     dropout_stage: Annotated[
         str | None,
         typer.Option(
             help="When clients drop: after-key-share | after-masked-input. "
-            "[default: after-key-share]"
+            "\\[default: after-key-share]"
         ),
     ] = None,
     devices: Annotated[
