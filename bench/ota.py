@@ -172,11 +172,11 @@ def _wait_subscriptions(fleet: OtaFleet, *, topic: str, at_least: int) -> None:
     raise RuntimeError(f"only {count} of {at_least} mosquitto_sub subscribed within 300 s")
 
 
-def _fleet_cpu_s(fleet: OtaFleet) -> float:
+def _fleet_cpu_s(fleet: OtaFleet) -> tuple[float, float]:
     """CPU seconds so far of this process (fleet bridge, controller; agents when K=1) and
-    of the agents' worker processes."""
+    of the agents' worker processes (0 when K=1)."""
     pids = fleet.procs.pids if fleet.procs is not None else []
-    return _self_cpu_s() + sum(_cpu_s(pid) for pid in pids)
+    return _self_cpu_s(), sum(_cpu_s(pid) for pid in pids)
 
 
 def rollout(
@@ -189,7 +189,7 @@ def rollout(
     publications (first/median/p99/last)."""
     assert fleet.bridge is not None
     model_id = register_bundle(fleet.engine, fleet.store, bundle=data, task="bench", target=TARGET)
-    broker_cpu, own_cpu = _cpu_s(fleet.broker.pid), _fleet_cpu_s(fleet)
+    broker_cpu, (own_cpu, agents_cpu) = _cpu_s(fleet.broker.pid), _fleet_cpu_s(fleet)
     began, began_mono = time.perf_counter(), time.monotonic()
     with session_scope(fleet.engine, write=True) as session:
         rollout_id = create_rollout(
@@ -207,7 +207,9 @@ def rollout(
 
     wait_for(finished, timeout_s=1800, what="the rollout")
     total = time.perf_counter() - began
-    broker_cpu, own_cpu = _cpu_s(fleet.broker.pid) - broker_cpu, _fleet_cpu_s(fleet) - own_cpu
+    own_after, agents_after = _fleet_cpu_s(fleet)
+    broker_cpu = _cpu_s(fleet.broker.pid) - broker_cpu
+    own_cpu, agents_cpu = own_after - own_cpu, agents_after - agents_cpu
     with Session(fleet.engine) as session:
         row = session.get(Rollout, rollout_id)
         assert row is not None and row.status is RolloutStatus.succeeded, row
@@ -238,7 +240,9 @@ def rollout(
         "total": total,
         "install_median": installs[len(installs) // 2],
         "broker_cpu": broker_cpu,
-        "own_cpu": own_cpu,
+        "own_cpu": own_cpu + agents_cpu,
+        "fleet_cpu": own_cpu,
+        "agents_cpu": agents_cpu,
         "dropped": sum(r.dropped_chunks for r in reports),
     }, timeline
 
@@ -431,6 +435,13 @@ def main() -> None:
         f"{times['broker_cpu']:.2f} for the rollout; the {args.devices} mosquitto_sub "
         f"{floor_clients_cpu:.2f} vs the fleet + {args.devices} Python agents in "
         f"{args.processes} process(es) {times['own_cpu']:.2f}"
+        + (
+            f" (this process — fleet bridge and controller — {times['fleet_cpu']:.2f}, "
+            f"the device worker processes {times['agents_cpu']:.2f}: "
+            f"{times['agents_cpu'] / args.devices * 1000:.1f} ms per device)"
+            if args.processes > 1
+            else ""
+        )
     )
     print(
         f"  (b)-(a') = {total - transfer:.2f} s of device-side CPU: one install alone takes "
