@@ -16,6 +16,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from firmware_images.cli import FleetUrl
+
 coordinator_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 run_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 certs_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
@@ -166,14 +168,6 @@ RegisterOpt = Annotated[
         "registry with its lineage ($FEDFLEET_TOKEN, an operator token).",
     ),
 ]
-FleetUrlOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--fleet-url",
-        help="The fleet API for --register (default: $FEDFLEET_URL, else http://127.0.0.1:8080).",
-        show_default=False,
-    ),
-]
 
 
 @run_app.command("submit")
@@ -183,7 +177,7 @@ def run_submit(
     wait: Annotated[bool, typer.Option(help="Follow the run until it finishes.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
     register: RegisterOpt = False,
-    fleet_url: FleetUrlOpt = None,
+    fleet_url: FleetUrl = None,
     retrain: Annotated[
         int | None,
         typer.Option(
@@ -353,7 +347,7 @@ def run_resume(
     wait: Annotated[bool, typer.Option(help="Follow the run until it finishes.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
     register: RegisterOpt = False,
-    fleet_url: FleetUrlOpt = None,
+    fleet_url: FleetUrl = None,
 ) -> None:
     """Continue a run from its last completed round (after the coordinator died)."""
     from coordinator.superlink import CONNECTION, bin_dir, flwr_env

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from firmware_images.cli import FleetUrl
+
 if TYPE_CHECKING:
     from firmware_images.registry_client import FleetConnection
 
@@ -64,15 +66,7 @@ def model_register(
             show_default=False,
         ),
     ] = None,
-    fleet_url: Annotated[
-        str | None,
-        typer.Option(
-            "--fleet-url",
-            help="The fleet API's address (default: $FEDFLEET_URL, else "
-            "http://127.0.0.1:8080). The token is read from $FEDFLEET_TOKEN only.",
-            show_default=False,
-        ),
-    ] = None,
+    fleet_url: FleetUrl = None,
 ) -> None:
     """Record the run in the fleet and register its model.pt as a new model version."""
     from firmware_images.registry_client import RegistryError, connection_from_env
