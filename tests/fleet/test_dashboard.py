@@ -301,3 +301,88 @@ def test_pagination_over_many_devices(
     assert "page 1 of 2" in first and "pi-049" in first and "pi-050" not in first
     second = browser.get("/devices?page=2").text
     assert "pi-050" in second and "pi-054" in second and "showing 51–55" in second
+
+
+def _drift_event(engine: Any, model: int) -> int:
+    """A drift event on ``model`` as the fleet's drift check records it."""
+    from fleet import audit
+    from fleet.db import session_scope
+    from fleet.models.ota import DriftEvent
+
+    with session_scope(engine, write=True) as session:
+        event = DriftEvent(
+            model_version_id=model,
+            method="psi",
+            score=0.4,
+            threshold=0.2,
+            per_feature=[0.4],
+            samples=300,
+        )
+        session.add(event)
+        session.flush()
+        audit.record(
+            session,
+            actor=audit.Actor("system:drift", "operator", "cli"),
+            action="drift.detected",
+            entity_type="drift_event",
+            entity_id=event.id or 0,
+            after={"score": 0.4},
+        )
+        return event.id or 0
+
+
+def test_operator_starts_a_retraining_run_from_a_drift_event_in_one_click(
+    pages_client: TestClient, role_tokens: dict[Role, str]
+) -> None:
+    admin = {"Authorization": f"Bearer {role_tokens[Role.admin]}"}
+    model = pages_client.post("/api/v1/models", json={"task": "digits-cnn"}, headers=admin).json()[
+        "id"
+    ]
+    event = _drift_event(pages_client.app.state.engine, model)  # type: ignore[attr-defined]
+
+    # A viewer sees the event but no button, and cannot post the form.
+    viewer = login(pages_client, role_tokens[Role.viewer])
+    page = viewer.get("/rollouts").text
+    assert f'data-drift="{event}"' in page and f"/drift-events/{event}/retrain" not in page
+    refused = viewer.post(
+        f"/drift-events/{event}/retrain",
+        data={"csrf": csrf_of(viewer.get("/devices").text)},
+        headers={"Accept": "text/html"},
+    )
+    assert refused.status_code == 403
+
+    # An operator clicks Retrain: a created run for the model's task, linked to the event.
+    browser = login(pages_client, role_tokens[Role.operator])
+    page = browser.get("/rollouts").text
+    assert f'action="/drift-events/{event}/retrain"' in page
+    assert (
+        browser.post(f"/drift-events/{event}/retrain", data={"csrf": "0" * 64}).status_code == 403
+    )
+    clicked = browser.post(
+        f"/drift-events/{event}/retrain", data={"csrf": csrf_of(page)}, follow_redirects=False
+    )
+    assert clicked.status_code == 303
+    run_id = int(clicked.headers["location"].rsplit("/", 1)[-1])
+    run = pages_client.get(f"/api/v1/runs/{run_id}", headers=admin).json()
+    assert run["status"] == "created" and run["task"] == "digits-cnn"
+    assert run["config"]["parent_model_version_id"] == model
+    assert browser.get(f"/runs/{run_id}").status_code == 200
+    events = pages_client.get("/api/v1/drift-events", headers=admin).json()["items"]
+    assert next(e for e in events if e["id"] == event)["run_id"] == run_id
+    audit = pages_client.get(
+        "/api/v1/audit", params={"action": "drift.retrain"}, headers=admin
+    ).json()["items"]
+    assert audit and audit[0]["source"] == "dashboard"
+
+    # The event now links its run; a second click is refused.
+    assert f'href="/runs/{run_id}"' in browser.get("/rollouts").text
+    again = browser.post(
+        f"/drift-events/{event}/retrain",
+        data={"csrf": csrf_of(page)},
+        headers={"Accept": "text/html"},
+    )
+    assert again.status_code == 409 and "already started run" in again.text
+    missing = browser.post(
+        "/drift-events/99999/retrain", data={"csrf": csrf_of(page)}, headers={"Accept": "text/html"}
+    )
+    assert missing.status_code == 404
