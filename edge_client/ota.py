@@ -312,9 +312,13 @@ class Download:
                 self._received.add(index)
         self._advance()
 
+    def _open_fd(self) -> int:
+        if self._fd is None:
+            raise InstallError("download", "the download was already finished or discarded")
+        return self._fd
+
     def _read(self, index: int) -> bytes:
-        assert self._fd is not None  # noqa: S101
-        return os.pread(self._fd, self._length(index), index * self.ref.chunk_size)
+        return os.pread(self._open_fd(), self._length(index), index * self.ref.chunk_size)
 
     def _advance(self) -> None:
         """Feed the digest every received chunk that follows the hashed prefix."""
@@ -358,9 +362,7 @@ class Download:
             self.rejected += 1
             log.warning("refused chunk %d: its hash does not match; fetching it again", chunk.index)
             return False
-        if self._fd is None:
-            raise InstallError("download", "the download was already finished or discarded")
-        written = os.pwrite(self._fd, chunk.data, chunk.index * self.ref.chunk_size)
+        written = os.pwrite(self._open_fd(), chunk.data, chunk.index * self.ref.chunk_size)
         if written != len(chunk.data):
             raise InstallError("download", f"short write of chunk {chunk.index} (disk full?)")
         self._received.add(chunk.index)

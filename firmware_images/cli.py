@@ -55,6 +55,20 @@ def _fail(message: str, *, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _registry_args(model: str, fleet_url: str | None) -> tuple[int, Any]:
+    """``--model`` as a version number and the fleet connection; exit 2 if either is bad."""
+    from firmware_images.registry_client import (
+        RegistryError,
+        connection_from_env,
+        parse_model_version,
+    )
+
+    try:
+        return parse_model_version(model), connection_from_env(fleet_url)
+    except RegistryError as err:
+        _fail(str(err), code=2)
+
+
 @keys_app.command("generate")
 def keys_generate(
     out: Annotated[
@@ -207,19 +221,10 @@ def _build_from_registry(
     from firmware_images.errors import KeyFileError
     from firmware_images.keys import load_private_key
     from firmware_images.registry import fetch_checkpoint
-    from firmware_images.registry_client import (
-        RegistryClient,
-        RegistryError,
-        connection_from_env,
-        parse_model_version,
-    )
+    from firmware_images.registry_client import RegistryClient, RegistryError
     from firmware_images.targets import resolve_target
 
-    try:
-        number = parse_model_version(model)
-        connection = connection_from_env(fleet_url)
-    except RegistryError as err:
-        _fail(str(err), code=2)
+    number, connection = _registry_args(model, fleet_url)
     try:
         load_private_key(key)  # a bad key fails before the download
     except KeyFileError as err:
@@ -383,18 +388,9 @@ def image_publish(
     fleet_url: FleetUrl = None,
 ) -> None:
     """Store a signed bundle as a model version's 'bundle' artifact for its target."""
-    from firmware_images.registry_client import (
-        RegistryClient,
-        RegistryError,
-        connection_from_env,
-        parse_model_version,
-    )
+    from firmware_images.registry_client import RegistryClient
 
-    try:
-        number = parse_model_version(model)
-        connection = connection_from_env(fleet_url)
-    except RegistryError as err:
-        _fail(str(err), code=2)
+    number, connection = _registry_args(model, fleet_url)
     with RegistryClient(connection) as client:
         _publish(client, number, bundle=bundle, key=key, built_now=False)
 

@@ -33,9 +33,7 @@ from edge_client.audit import AuditLog
 from edge_client.site import init_site
 from edge_client.site_cli import app as site_app
 from edge_client.site_config import SiteConfig
-from fleet import audit
-from fleet.db import make_engine, session_scope
-from fleet.models.ota import DriftEvent
+from fleet.db import make_engine
 from privacy.ledger import PrivacyLedger
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -220,26 +218,7 @@ def test_finished_run_registers_its_model_and_drift_retrains_it_warm(
         # 2. Devices report drift on it (the event as the fleet's drift check writes it);
         #    the admin starts a retraining run from the event through the API.
         engine = make_engine(server.database_url)
-        with session_scope(engine, write=True) as session:
-            event = DriftEvent(
-                model_version_id=version,
-                method="psi",
-                score=0.41,
-                threshold=0.2,
-                per_feature=[0.41],
-                samples=500,
-            )
-            session.add(event)
-            session.flush()
-            event_id = event.id
-            audit.record(
-                session,
-                actor=audit.Actor("system:drift", "operator", "cli"),
-                action="drift.detected",
-                entity_type="drift_event",
-                entity_id=event_id or 0,
-                after={"score": 0.41},
-            )
+        event_id = fleet_fixtures().record_drift_event(engine, version, score=0.41)
         engine.dispose()
         created = api.post(f"/drift-events/{event_id}/runs")
         assert created.status_code == 201, created.text

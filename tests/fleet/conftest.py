@@ -282,6 +282,40 @@ def run_sql() -> Callable[..., list[tuple[object, ...]]]:
 
 
 @pytest.fixture
+def drift_event() -> Callable[[Engine, int], int]:
+    """``drift_event(engine, model_version_id)`` → the id of a new drift event."""
+    return record_drift_event
+
+
+def record_drift_event(engine: Engine, model_version_id: int, *, score: float = 0.4) -> int:
+    """A drift event on a model version, recorded (and audited) as the fleet's drift
+    check records one; for tests that start from an event rather than from telemetry."""
+    from fleet import audit
+    from fleet.models.ota import DriftEvent
+
+    with session_scope(engine, write=True) as session:
+        event = DriftEvent(
+            model_version_id=model_version_id,
+            method="psi",
+            score=score,
+            threshold=0.2,
+            per_feature=[score],
+            samples=300,
+        )
+        session.add(event)
+        session.flush()
+        audit.record(
+            session,
+            actor=Actor("system:drift", "operator", "cli"),
+            action="drift.detected",
+            entity_type="drift_event",
+            entity_id=event.id or 0,
+            after={"score": score},
+        )
+        return event.id or 0
+
+
+@pytest.fixture
 def pg_scratch_schema() -> Callable[[], Iterator[str]]:
     """A context manager giving a new, empty PostgreSQL schema, dropped afterwards."""
     return _scratch_schema

@@ -303,42 +303,14 @@ def test_pagination_over_many_devices(
     assert "pi-050" in second and "pi-054" in second and "showing 51–55" in second
 
 
-def _drift_event(engine: Any, model: int) -> int:
-    """A drift event on ``model`` as the fleet's drift check records it."""
-    from fleet import audit
-    from fleet.db import session_scope
-    from fleet.models.ota import DriftEvent
-
-    with session_scope(engine, write=True) as session:
-        event = DriftEvent(
-            model_version_id=model,
-            method="psi",
-            score=0.4,
-            threshold=0.2,
-            per_feature=[0.4],
-            samples=300,
-        )
-        session.add(event)
-        session.flush()
-        audit.record(
-            session,
-            actor=audit.Actor("system:drift", "operator", "cli"),
-            action="drift.detected",
-            entity_type="drift_event",
-            entity_id=event.id or 0,
-            after={"score": 0.4},
-        )
-        return event.id or 0
-
-
 def test_operator_starts_a_retraining_run_from_a_drift_event_in_one_click(
-    pages_client: TestClient, role_tokens: dict[Role, str]
+    pages_client: TestClient, role_tokens: dict[Role, str], drift_event: Any
 ) -> None:
     admin = {"Authorization": f"Bearer {role_tokens[Role.admin]}"}
     model = pages_client.post("/api/v1/models", json={"task": "digits-cnn"}, headers=admin).json()[
         "id"
     ]
-    event = _drift_event(pages_client.app.state.engine, model)  # type: ignore[attr-defined]
+    event = drift_event(pages_client.app.state.engine, model)  # type: ignore[attr-defined]
 
     # A viewer sees the event but no button, and cannot post the form.
     viewer = login(pages_client, role_tokens[Role.viewer])
