@@ -112,6 +112,53 @@ def _validation_message(exc: ValidationError) -> str:
     )
 
 
+@dataclass(frozen=True)
+class _EnrollForm:
+    """The enrolment form's fields, as posted."""
+
+    name: str
+    hardware_target: str
+    group: str
+    tags: str  # comma-separated
+
+
+def _enroll(
+    pages: Pages, request: Request, session: Session, principal: Principal, form: _EnrollForm
+) -> HTMLResponse:
+    """Enrol the device (audited as via the dashboard) and show its password once; a
+    refused form shows the devices page again with the reason."""
+    settings = request.app.state.settings
+    try:
+        data = DeviceCreate(
+            name=form.name.strip(),
+            hardware_target=form.hardware_target.strip(),
+            group=form.group.strip() or None,
+            tags=[t.strip() for t in form.tags.split(",") if t.strip()],
+        )
+        device, password = device_crud.enroll_device(
+            session, data, actor=actor(principal), offline_after_s=settings.offline_after_s
+        )
+        session.commit()
+    except ValidationError as exc:
+        session.rollback()
+        return _devices_page(
+            pages, request, session, principal, form_error=_validation_message(exc), status_code=422
+        )
+    except FleetError as exc:
+        session.rollback()
+        return _devices_page(
+            pages, request, session, principal, form_error=str(exc), status_code=exc.status_code
+        )
+    return pages.render(
+        request,
+        "device_enrolled.html",
+        principal=principal,
+        status_code=201,
+        device=device_crud.public_view(session, device, offline_after_s=settings.offline_after_s),
+        password=password,
+    )
+
+
 def devices_router(pages: Pages) -> APIRouter:
     """``GET /devices``, ``POST /devices/enroll`` and ``POST /devices/{id}/retire``."""
     router = APIRouter(include_in_schema=False)
@@ -134,42 +181,12 @@ def devices_router(pages: Pages) -> APIRouter:
         principal = require_login(request, session)
         check_form(request, csrf)
         require_operator(principal)
-        settings = request.app.state.settings
-        try:
-            data = DeviceCreate(
-                name=name.strip(),
-                hardware_target=hardware_target.strip(),
-                group=group.strip() or None,
-                tags=[t.strip() for t in tags.split(",") if t.strip()],
-            )
-            device, password = device_crud.enroll_device(
-                session, data, actor=actor(principal), offline_after_s=settings.offline_after_s
-            )
-            session.commit()
-        except ValidationError as exc:
-            session.rollback()
-            return _devices_page(
-                pages,
-                request,
-                session,
-                principal,
-                form_error=_validation_message(exc),
-                status_code=422,
-            )
-        except FleetError as exc:
-            session.rollback()
-            return _devices_page(
-                pages, request, session, principal, form_error=str(exc), status_code=exc.status_code
-            )
-        return pages.render(
+        return _enroll(
+            pages,
             request,
-            "device_enrolled.html",
-            principal=principal,
-            status_code=201,
-            device=device_crud.public_view(
-                session, device, offline_after_s=settings.offline_after_s
-            ),
-            password=password,
+            session,
+            principal,
+            _EnrollForm(name=name, hardware_target=hardware_target, group=group, tags=tags),
         )
 
     @router.post("/devices/{device_id}/retire")
