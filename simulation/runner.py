@@ -30,10 +30,7 @@ def quiet_flower_logs() -> None:
 def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = False) -> dict:
     """Run ``settings`` and write results into ``out_dir``; returns the metrics document."""
     quiet_flower_logs()
-    run_config = {
-        **settings.run_config(out_dir=str(out_dir.resolve())).as_run_config(),
-        **settings.feature_run_config(),
-    }
+    run_config = settings.flower_run_config(out_dir=str(out_dir.resolve()))
     console = Console(stderr=True, quiet=quiet)
     from simulation.fleet_settings import apply_threads
 
