@@ -91,7 +91,7 @@ class SimulateSettings:
     seed: int = _CORE.seed
     engine: str = ENGINES[0]
     fraction_evaluate: float = _CORE.fraction_evaluate
-    # strategies, selection, attacks (issue 10): see feature_run_config
+    # strategies, selection, attacks (issue 10): see simulation/strategy_settings.py
     strategy_options: str = ""
     attack: str = ""
     attackers: float = 0.0
@@ -108,6 +108,7 @@ class SimulateSettings:
     dropout: float = 0.0
     dropout_stage: str = DROPOUT_STAGES[0]
     # simulated fleet and third-party apps (issue 8): see simulation/fleet_settings.py
+    # and simulation/flower_app.py
     devices: str = ""
     app: str = ""
     app_config: str = ""
