@@ -21,7 +21,6 @@ simulated time the coordinator reports (``sim_time_s``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -233,8 +232,3 @@ def _config_int(message: Message, key: str, *, default: int) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
             return max(1, value)
     return default
-
-
-def fleet_summary(fleet: SimulatedFleet) -> Sequence[str]:
-    """Human lines describing the fleet (for the run's header)."""
-    return [f"{name}: {count} clients" for name, count in sorted(fleet.counts().items())]
