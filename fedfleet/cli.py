@@ -1,6 +1,7 @@
 """The root ``fedfleet`` command.
 
-It only mounts each package's Typer sub-app. Sub-apps are imported when the process
+It only mounts each package's Typer sub-app (and the commands one package adds to
+another's sub-app, :data:`_EXTENSIONS`). Sub-apps are imported when the process
 starts, so each package's ``cli`` module must keep heavy imports (torch, flwr, fastapi)
 inside its command functions. A sub-app whose optional dependencies are not installed
 (a hospital site installs no server extras) is left out instead of breaking the command.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from typing import Any
 
 import typer
 
@@ -37,7 +39,7 @@ _EXTENSIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _load(target: str) -> object | None:
+def _load(target: str) -> Any:
     """The object ``module:attribute`` names, or None when its module cannot be imported
     (a missing optional extra: a site installs no server parts)."""
     module_name, attr = target.split(":")
