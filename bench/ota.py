@@ -56,6 +56,9 @@ from pathlib import Path
 
 from sqlmodel import Session, func, select
 
+# The repository before bench/ (whose simulation.py would shadow the simulation package
+# that ota_testkit imports), and the end-to-end helpers before both.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
 from ota_testkit import TARGET, OtaFleet, wait_for
