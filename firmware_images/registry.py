@@ -6,7 +6,7 @@
   weights that were registered.
 - :func:`publish_bundle` stores a signed bundle as the ``bundle`` artifact of a version
   for the bundle's target. That row is what ``fedfleet rollout create --model 7`` picks
-  for each device whose hardware target matches (``fleet/rollouts.py``). The bundle is
+  for each device whose hardware target matches (``fleet/crud/rollouts.py``). The bundle is
   verified with the public half of the signing key first, so a tampered or foreign file
   is never published, and the artifact carries the key's Ed25519 signature of the
   file's SHA-256 (the form a fleet with a signing public key requires).

@@ -17,7 +17,7 @@ from edge_client.ota import (
     SlotStore,
     install,
 )
-from fleet.demo_bundles import build_demo_bundle
+from firmware_images.demo import build_demo_bundle
 
 CHUNK = 4096
 

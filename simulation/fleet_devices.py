@@ -1,6 +1,7 @@
 """Many device agents in one process, for tests, demos and benchmarks.
 
-``fedfleet fleet simulate-devices --count N --target cpu-x86`` enrolls N devices in the
+``fedfleet fleet simulate-devices --count N --target cpu-x86``
+(:mod:`simulation.fleet_devices_cli`) enrolls N devices in the
 fleet database (or reuses a credentials file), and runs N real :class:`DeviceAgent`
 instances — each with its own MQTT connection, slots folder and Last Will — sharing one
 small worker pool and one timer thread. The agents are the same code a Raspberry Pi
