@@ -60,8 +60,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
 from ota_testkit import TARGET, OtaFleet, wait_for
 
-from edge_client import mqtt_protocol as proto
 from edge_client.ota import SlotStore, install
+from edge_client.protocol import mqtt as proto
 from firmware_images.keys import load_public_key
 from fleet.broker_config import FLEET_USER
 from fleet.db import session_scope

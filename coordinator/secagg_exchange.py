@@ -27,13 +27,8 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from coordinator.config import RunConfig
-from edge_client import messages as k
-from edge_client.secagg_client import (
-    bytes_list,
-    bytes_value,
-    int_list,
-    params_to_record,
-)
+from edge_client.protocol import keys as k
+from edge_client.protocol import secagg as sa
 from privacy.secagg import server as protocol
 from privacy.secagg.arrays import apply_update, num_params
 from privacy.secagg.client import pack_ids
@@ -140,22 +135,22 @@ class SecAggExchange:
 
         # Stage 1: advertise keys.
         base = {
-            k.SA_ROUND: server_round,
-            k.SA_GRAPH_SEED: state.graph_seed,
-            k.SA_PARTICIPANTS: pack_ids(state.participants),
-            **params_to_record(state.params),
+            sa.SA_ROUND: server_round,
+            sa.SA_GRAPH_SEED: state.graph_seed,
+            sa.SA_PARTICIPANTS: pack_ids(state.participants),
+            **sa.params_to_record(state.params),
         }
         setup = {node: _record(base) for node in state.participants}
-        for node, reply in send(setup, k.MT_SECAGG_SETUP):
+        for node, reply in send(setup, sa.MT_SECAGG_SETUP):
             if not reply.has_error():
-                rec = reply.content.config_records.get(k.SECAGG)
+                rec = reply.content.config_records.get(sa.SECAGG)
                 if rec is not None:
                     with _tolerant():
                         protocol.record_keys(
                             state,
                             node,
-                            c_public=bytes_value(rec, k.SA_C_PUBLIC),
-                            s_public=bytes_value(rec, k.SA_S_PUBLIC),
+                            c_public=sa.bytes_value(rec, sa.SA_C_PUBLIC),
+                            s_public=sa.bytes_value(rec, sa.SA_S_PUBLIC),
                         )
         stats["secagg_dropped_setup"] = float(len(state.participants) - len(state.advertised))
 
@@ -165,25 +160,25 @@ class SecAggExchange:
             peers = protocol.keys_for(state, node)
             share_requests[node] = _record(
                 {
-                    k.SA_ROUND: server_round,
-                    k.SA_PEERS: list(peers),
-                    k.SA_PEERS_C: [c for c, _ in peers.values()],
-                    k.SA_PEERS_S: [s for _, s in peers.values()],
+                    sa.SA_ROUND: server_round,
+                    sa.SA_PEERS: list(peers),
+                    sa.SA_PEERS_C: [c for c, _ in peers.values()],
+                    sa.SA_PEERS_S: [s for _, s in peers.values()],
                 }
             )
-        for node, reply in send(share_requests, k.MT_SECAGG_SHARE):
+        for node, reply in send(share_requests, sa.MT_SECAGG_SHARE):
             if not reply.has_error():
-                rec = reply.content.config_records.get(k.SECAGG)
+                rec = reply.content.config_records.get(sa.SECAGG)
                 if rec is not None:
                     with _tolerant():
-                        receivers = int_list(rec, k.SA_RECEIVERS)
-                        blobs = bytes_list(rec, k.SA_CIPHERTEXTS)
+                        receivers = sa.int_list(rec, sa.SA_RECEIVERS)
+                        blobs = sa.bytes_list(rec, sa.SA_CIPHERTEXTS)
                         if len(receivers) == len(blobs):
                             protocol.record_shares(
                                 state,
                                 node,
                                 ciphertexts=dict(zip(receivers, blobs, strict=True)),
-                                commitment=bytes_value(rec, k.SA_COMMITMENT),
+                                commitment=sa.bytes_value(rec, sa.SA_COMMITMENT),
                             )
         stats["secagg_dropped_share"] = float(len(state.advertised) - len(state.shared))
         if len(state.shared) < threshold:
@@ -202,18 +197,18 @@ class SecAggExchange:
         for node in sorted(state.shared):
             routed = protocol.shares_for(state, node)
             content = RecordDict(dict(train[node].content.items()))
-            content[k.SECAGG] = ConfigRecord(
+            content[sa.SECAGG] = ConfigRecord(
                 {
-                    k.SA_ROUND: server_round,
-                    k.SA_SENDERS: list(routed),
-                    k.SA_CIPHERTEXTS: list(routed.values()),
+                    sa.SA_ROUND: server_round,
+                    sa.SA_SENDERS: list(routed),
+                    sa.SA_CIPHERTEXTS: list(routed.values()),
                 }
             )
             train_requests[node] = content
         bad_shares = 0
-        for node, reply in send(train_requests, k.MT_SECAGG_TRAIN, sent):
+        for node, reply in send(train_requests, sa.MT_SECAGG_TRAIN, sent):
             if reply.has_error():
-                bad_shares += int(reply.error.code == k.ERR_SECAGG_BAD_SHARE)
+                bad_shares += int(reply.error.code == sa.ERR_SECAGG_BAD_SHARE)
                 continue
             vector = _masked_vector(reply, length=length, dtype=dtype)
             if vector is None:
@@ -235,23 +230,23 @@ class SecAggExchange:
             near = set(state.graph[node]) | {node}
             unmask_requests[node] = _record(
                 {
-                    k.SA_ROUND: server_round,
-                    k.SA_SURVIVORS: sorted(near & survivor_set),
-                    k.SA_DROPPED: sorted(near & dropped),
+                    sa.SA_ROUND: server_round,
+                    sa.SA_SURVIVORS: sorted(near & survivor_set),
+                    sa.SA_DROPPED: sorted(near & dropped),
                 }
             )
         seed_shares: dict[int, dict[int, int]] = {}
         key_shares: dict[int, dict[int, int]] = {}
         answered = 0
-        for node, reply in send(unmask_requests, k.MT_SECAGG_UNMASK):
+        for node, reply in send(unmask_requests, sa.MT_SECAGG_UNMASK):
             if reply.has_error():
                 continue
-            rec = reply.content.config_records.get(k.SECAGG)
+            rec = reply.content.config_records.get(sa.SECAGG)
             if rec is None:
                 continue
             with _tolerant():
-                seeds = _shares(rec, k.SA_SEED_OWNERS, k.SA_SEED_SHARES)
-                keys = _shares(rec, k.SA_KEY_OWNERS, k.SA_KEY_SHARES)
+                seeds = _shares(rec, sa.SA_SEED_OWNERS, sa.SA_SEED_SHARES)
+                keys = _shares(rec, sa.SA_KEY_OWNERS, sa.SA_KEY_SHARES)
                 holders_ok = all(node in protocol.holders_of(state, o) for o in seeds | keys)
                 if holders_ok and set(seeds) <= survivor_set and set(keys) <= dropped:
                     for owner, value in seeds.items():
@@ -276,7 +271,7 @@ class SecAggExchange:
         stats["secagg_modulus_bits"] = float(state.params.modulus_bits)
         new_arrays = apply_update(global_arrays, decoded.mean_update)
         metrics = MetricRecord(
-            {k.NUM_EXAMPLES: decoded.total_weight, k.AGGREGATED_CLIENTS: len(survivors)}
+            {k.NUM_EXAMPLES: decoded.total_weight, sa.AGGREGATED_CLIENTS: len(survivors)}
         )
         return Message(
             RecordDict({k.ARRAYS: new_arrays, k.METRICS: metrics}), reply_to=sent[min(survivors)]
@@ -297,16 +292,16 @@ class SecAggExchange:
 
 
 def _record(values: Mapping[str, Any]) -> RecordDict:
-    return RecordDict({k.SECAGG: ConfigRecord(dict(values))})
+    return RecordDict({sa.SECAGG: ConfigRecord(dict(values))})
 
 
 def _masked_vector(reply: Message, *, length: int, dtype: type) -> np.ndarray | None:
     """The masked input of a stage-3 reply, or None if it is malformed."""
-    record = reply.content.array_records.get(k.SECAGG_MASKED)
-    if record is None or k.SECAGG_VECTOR not in record:
+    record = reply.content.array_records.get(sa.SECAGG_MASKED)
+    if record is None or sa.SECAGG_VECTOR not in record:
         return None
     try:
-        vector = record[k.SECAGG_VECTOR].numpy()
+        vector = record[sa.SECAGG_VECTOR].numpy()
     except (ValueError, TypeError):
         return None
     if vector.dtype != dtype or vector.shape != (length,):
@@ -315,8 +310,8 @@ def _masked_vector(reply: Message, *, length: int, dtype: type) -> np.ndarray | 
 
 
 def _shares(record: ConfigRecord, owners_key: str, shares_key: str) -> dict[int, int]:
-    owners = int_list(record, owners_key)
-    values = bytes_list(record, shares_key)
+    owners = sa.int_list(record, owners_key)
+    values = sa.bytes_list(record, shares_key)
     if len(owners) != len(values) or len(set(owners)) != len(owners):
         raise ValueError("malformed share list")
     return {o: decode_share(v) for o, v in zip(owners, values, strict=True)}

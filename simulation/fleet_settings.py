@@ -14,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_client import messages as k
+from edge_client.protocol import keys as k
 from simulation.devices import describe, parse_device_mix
 
 if TYPE_CHECKING:

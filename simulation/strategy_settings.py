@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edge_client import messages as k
+from edge_client.protocol import keys as k
 from strategies.registry import RUN_CONFIG_PREFIX
 from strategies.selection import SelectionConfig
 from strategies.validation import check_run_config

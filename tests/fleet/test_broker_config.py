@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
-from edge_client import mqtt_protocol as proto
 from edge_client.device_agent import DeviceAgent
 from edge_client.device_config import BrokerSettings, DeviceConfig
+from edge_client.protocol import mqtt as proto
 from fleet.broker_config import FLEET_USER, acl_text, passwd_text, write_broker_config
 from fleet.broker_process import MosquittoProcess, free_port
 from fleet.credentials import mosquitto_hash
