@@ -63,8 +63,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
 from ota_testkit import TARGET, OtaFleet, wait_for
 
-from edge_client import mqtt_protocol as proto
 from edge_client.ota import SlotStore, install
+from edge_client.protocol import mqtt as proto
 from firmware_images.demo import build_demo_bundle
 from firmware_images.keys import load_public_key
 from fleet.crud.rollouts import create_rollout

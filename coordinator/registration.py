@@ -35,7 +35,7 @@ from fleet.client import FleetClient, FleetError, RoundReportBody
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt"
-RUN_ID_KEY = "run-id"  # coordinator run folders record their id in config (edge_client.messages)
+RUN_ID_KEY = "run-id"  # run folders record their id in config (= protocol.keys.RC_RUN_ID)
 _METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _ROUND_FIELDS = ("accuracy", "loss", "duration_s", "epsilon")

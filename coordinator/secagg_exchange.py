@@ -27,13 +27,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from coordinator.config import RunConfig
-from edge_client import messages as k
-from edge_client.secagg_client import (
-    bytes_list,
-    bytes_value,
-    int_list,
-    params_to_record,
-)
+from edge_client.protocol import keys as k
+from edge_client.protocol import secagg as sa
 from privacy.secagg import server as protocol
 from privacy.secagg.arrays import apply_update, num_params
 from privacy.secagg.client import pack_ids
@@ -160,13 +155,13 @@ class SecAggExchange:
         """Stage 1 (``handle_setup``): every participant advertises its two public keys."""
         state = rnd.state
         base = {
-            k.SA_ROUND: rnd.number,
-            k.SA_GRAPH_SEED: state.graph_seed,
-            k.SA_PARTICIPANTS: pack_ids(state.participants),
-            **params_to_record(state.params),
+            sa.SA_ROUND: rnd.number,
+            sa.SA_GRAPH_SEED: state.graph_seed,
+            sa.SA_PARTICIPANTS: pack_ids(state.participants),
+            **sa.params_to_record(state.params),
         }
         requests = {node: _record(base) for node in state.participants}
-        for node, reply in self._stage(rnd, requests, k.MT_SECAGG_SETUP):
+        for node, reply in self._stage(rnd, requests, sa.MT_SECAGG_SETUP):
             _record_keys(state, node, reply)
         rnd.stats["secagg_dropped_setup"] = float(len(state.participants) - len(state.advertised))
 
@@ -179,13 +174,13 @@ class SecAggExchange:
             peers = protocol.keys_for(state, node)
             requests[node] = _record(
                 {
-                    k.SA_ROUND: rnd.number,
-                    k.SA_PEERS: list(peers),
-                    k.SA_PEERS_C: [c for c, _ in peers.values()],
-                    k.SA_PEERS_S: [s for _, s in peers.values()],
+                    sa.SA_ROUND: rnd.number,
+                    sa.SA_PEERS: list(peers),
+                    sa.SA_PEERS_C: [c for c, _ in peers.values()],
+                    sa.SA_PEERS_S: [s for _, s in peers.values()],
                 }
             )
-        for node, reply in self._stage(rnd, requests, k.MT_SECAGG_SHARE):
+        for node, reply in self._stage(rnd, requests, sa.MT_SECAGG_SHARE):
             _record_shares(state, node, reply)
         rnd.stats["secagg_dropped_share"] = float(len(state.advertised) - len(state.shared))
         if len(state.shared) < rnd.threshold:
@@ -205,18 +200,18 @@ class SecAggExchange:
         for node in sorted(state.shared):
             routed = protocol.shares_for(state, node)
             content = RecordDict(dict(rnd.train[node].content.items()))
-            content[k.SECAGG] = ConfigRecord(
+            content[sa.SECAGG] = ConfigRecord(
                 {
-                    k.SA_ROUND: rnd.number,
-                    k.SA_SENDERS: list(routed),
-                    k.SA_CIPHERTEXTS: list(routed.values()),
+                    sa.SA_ROUND: rnd.number,
+                    sa.SA_SENDERS: list(routed),
+                    sa.SA_CIPHERTEXTS: list(routed.values()),
                 }
             )
             requests[node] = content
         bad_shares = 0
-        for node, reply in self._stage(rnd, requests, k.MT_SECAGG_TRAIN, rnd.sent):
+        for node, reply in self._stage(rnd, requests, sa.MT_SECAGG_TRAIN, rnd.sent):
             if reply.has_error():
-                bad_shares += int(reply.error.code == k.ERR_SECAGG_BAD_SHARE)
+                bad_shares += int(reply.error.code == sa.ERR_SECAGG_BAD_SHARE)
                 continue
             vector = _masked_vector(reply, length=length, dtype=dtype)
             if vector is None:
@@ -242,15 +237,15 @@ class SecAggExchange:
             near = set(state.graph[node]) | {node}
             requests[node] = _record(
                 {
-                    k.SA_ROUND: rnd.number,
-                    k.SA_SURVIVORS: sorted(near & survivor_set),
-                    k.SA_DROPPED: sorted(near & dropped),
+                    sa.SA_ROUND: rnd.number,
+                    sa.SA_SURVIVORS: sorted(near & survivor_set),
+                    sa.SA_DROPPED: sorted(near & dropped),
                 }
             )
         seed_shares: dict[int, dict[int, int]] = {}
         key_shares: dict[int, dict[int, int]] = {}
         answered = 0
-        for node, reply in self._stage(rnd, requests, k.MT_SECAGG_UNMASK):
+        for node, reply in self._stage(rnd, requests, sa.MT_SECAGG_UNMASK):
             shares = _unmask_shares(state, node, reply, survivors=survivor_set, dropped=dropped)
             if shares is None:
                 continue
@@ -289,7 +284,7 @@ class SecAggExchange:
         rnd.stats["secagg_modulus_bits"] = float(state.params.modulus_bits)
         new_arrays = apply_update(global_arrays, decoded.mean_update)
         metrics = MetricRecord(
-            {k.NUM_EXAMPLES: decoded.total_weight, k.AGGREGATED_CLIENTS: len(survivors)}
+            {k.NUM_EXAMPLES: decoded.total_weight, sa.AGGREGATED_CLIENTS: len(survivors)}
         )
         return Message(
             RecordDict({k.ARRAYS: new_arrays, k.METRICS: metrics}),
@@ -328,22 +323,22 @@ class SecAggExchange:
 
 
 def _record(values: Mapping[str, Any]) -> RecordDict:
-    return RecordDict({k.SECAGG: ConfigRecord(dict(values))})
+    return RecordDict({sa.SECAGG: ConfigRecord(dict(values))})
 
 
 def _record_keys(state: protocol.ServerRound, node: int, reply: Message) -> None:
     """Keep the public keys of a stage-1 reply; a malformed one leaves the node out."""
     if reply.has_error():
         return
-    rec = reply.content.config_records.get(k.SECAGG)
+    rec = reply.content.config_records.get(sa.SECAGG)
     if rec is None:
         return
     with _tolerant():
         protocol.record_keys(
             state,
             node,
-            c_public=bytes_value(rec, k.SA_C_PUBLIC),
-            s_public=bytes_value(rec, k.SA_S_PUBLIC),
+            c_public=sa.bytes_value(rec, sa.SA_C_PUBLIC),
+            s_public=sa.bytes_value(rec, sa.SA_S_PUBLIC),
         )
 
 
@@ -351,28 +346,28 @@ def _record_shares(state: protocol.ServerRound, node: int, reply: Message) -> No
     """Keep the encrypted shares of a stage-2 reply; a malformed one leaves the node out."""
     if reply.has_error():
         return
-    rec = reply.content.config_records.get(k.SECAGG)
+    rec = reply.content.config_records.get(sa.SECAGG)
     if rec is None:
         return
     with _tolerant():
-        receivers = int_list(rec, k.SA_RECEIVERS)
-        blobs = bytes_list(rec, k.SA_CIPHERTEXTS)
+        receivers = sa.int_list(rec, sa.SA_RECEIVERS)
+        blobs = sa.bytes_list(rec, sa.SA_CIPHERTEXTS)
         if len(receivers) == len(blobs):
             protocol.record_shares(
                 state,
                 node,
                 ciphertexts=dict(zip(receivers, blobs, strict=True)),
-                commitment=bytes_value(rec, k.SA_COMMITMENT),
+                commitment=sa.bytes_value(rec, sa.SA_COMMITMENT),
             )
 
 
 def _masked_vector(reply: Message, *, length: int, dtype: type) -> np.ndarray | None:
     """The masked input of a stage-3 reply, or None if it is malformed."""
-    record = reply.content.array_records.get(k.SECAGG_MASKED)
-    if record is None or k.SECAGG_VECTOR not in record:
+    record = reply.content.array_records.get(sa.SECAGG_MASKED)
+    if record is None or sa.SECAGG_VECTOR not in record:
         return None
     try:
-        vector = record[k.SECAGG_VECTOR].numpy()
+        vector = record[sa.SECAGG_VECTOR].numpy()
     except (ValueError, TypeError):
         return None
     if vector.dtype != dtype or vector.shape != (length,):
@@ -392,12 +387,12 @@ def _unmask_shares(
     error, malformed, or names owners it cannot hold or must not reveal."""
     if reply.has_error():
         return None
-    rec = reply.content.config_records.get(k.SECAGG)
+    rec = reply.content.config_records.get(sa.SECAGG)
     if rec is None:
         return None
     with _tolerant():
-        seeds = _shares(rec, k.SA_SEED_OWNERS, k.SA_SEED_SHARES)
-        keys = _shares(rec, k.SA_KEY_OWNERS, k.SA_KEY_SHARES)
+        seeds = _shares(rec, sa.SA_SEED_OWNERS, sa.SA_SEED_SHARES)
+        keys = _shares(rec, sa.SA_KEY_OWNERS, sa.SA_KEY_SHARES)
         holders_ok = all(node in protocol.holders_of(state, o) for o in seeds | keys)
         if holders_ok and set(seeds) <= survivors and set(keys) <= dropped:
             return seeds, keys
@@ -405,8 +400,8 @@ def _unmask_shares(
 
 
 def _shares(record: ConfigRecord, owners_key: str, shares_key: str) -> dict[int, int]:
-    owners = int_list(record, owners_key)
-    values = bytes_list(record, shares_key)
+    owners = sa.int_list(record, owners_key)
+    values = sa.bytes_list(record, shares_key)
     if len(owners) != len(values) or len(set(owners)) != len(owners):
         raise ValueError("malformed share list")
     return {o: decode_share(v) for o, v in zip(owners, values, strict=True)}

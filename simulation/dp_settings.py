@@ -2,7 +2,7 @@
 
 ``--dp local|central|distributed --epsilon E --delta D --clip C [--noise-multiplier Z]
 [--dp-clipping fixed|adaptive] [--dp-accountant rdp|prv] [--dp-min-clients N]`` →
-``dp``, ``dp-epsilon``, ... (read by ``edge_client.dp_settings`` in the clients and by
+``dp``, ``dp-epsilon``, ... (read by ``DPConfig.from_run_config`` in the clients and by
 ``coordinator.dp`` in the coordinator). ``--sweep-epsilon 0.5,1,2`` runs one simulation
 per ε (``simulation.privacy_sweep``). Validation happens here, before any run folder
 exists, with the coordinator's own checks and δ < 1/N for the smallest client.
@@ -71,10 +71,9 @@ def dp_config(settings: DPFields) -> DPConfig:
 
 def dp_run_config(settings: DPFields) -> RunConfigDict:
     """The run-config keys of these settings' differential privacy."""
-    from edge_client.dp_settings import dp_run_config as to_run_config
 
     config = dp_config(settings)
-    return to_run_config(config) if config.enabled else {}
+    return config.as_run_config() if config.enabled else {}
 
 
 def parse_sweep(text: str) -> list[float]:
@@ -135,6 +134,5 @@ def validate_dp_settings(settings: DPFields, *, core: RunConfig, run_config: Run
     else:
         config.validate(dataset_size=settings.clients)
     from coordinator.dp import check_dp_setup
-    from edge_client.dp_settings import dp_run_config as to_run_config
 
-    check_dp_setup(config, core, {**run_config, **to_run_config(config)})
+    check_dp_setup(config, core, {**run_config, **config.as_run_config()})

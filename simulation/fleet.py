@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import Message, MetricRecord
 
-from edge_client import messages as k
+from edge_client.protocol import keys as k
 from simulation.devices import (
     DeviceMix,
     DeviceProfile,

@@ -32,10 +32,10 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from edge_client import mqtt_protocol as proto
 from edge_client.device_agent import DeviceAgent
 from edge_client.device_config import BrokerSettings, DeviceConfig
 from edge_client.mqtt_loop import SharedLoop
+from edge_client.protocol import mqtt as proto
 from fleet.artifacts import ArtifactStore
 from fleet.audit import Actor
 from fleet.db import session_scope

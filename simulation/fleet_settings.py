@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from edge_client import messages as k
+from edge_client.protocol import keys as k
 from simulation.devices import describe, parse_device_mix
 from simulation.run_config import RunConfigDict
 

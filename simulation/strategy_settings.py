@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from edge_client import messages as k
+from edge_client.protocol import keys as k
 from simulation.run_config import RunConfigDict
 from strategies.registry import RUN_CONFIG_PREFIX
 from strategies.selection import RC_DEADLINE_S, RC_OVER_SELECT, RC_SELECTION, SelectionConfig

@@ -20,7 +20,7 @@ the fleet silently stopped receiving — 400 of 20,000 telemetry messages at 1,0
 simulated devices.
 
 Malformed or unknown messages are counted and logged, never raised. The wire contract is
-:mod:`edge_client.mqtt_protocol`.
+:mod:`edge_client.protocol.mqtt`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ import paho.mqtt.client as mqtt
 from sqlalchemy import Engine, insert, update
 from sqlmodel import col, select
 
-from edge_client import mqtt_protocol as proto
 from edge_client.mqtt_loop import SharedLoop
+from edge_client.protocol import mqtt as proto
 from fleet import audit
 from fleet.artifacts import ArtifactStore
 from fleet.db import session_scope

@@ -33,7 +33,7 @@ from sqlalchemy import Engine, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
-from edge_client import mqtt_protocol as proto
+from edge_client.protocol import mqtt as proto
 from fleet import audit
 from fleet.crud.rollouts import public_view, state_counts
 from fleet.db import session_scope

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
 
 from broker_process import MosquittoProcess, free_port
 
-from edge_client import mqtt_protocol as proto
 from edge_client.device_agent import DeviceAgent
 from edge_client.device_config import BrokerSettings, DeviceConfig
+from edge_client.protocol import mqtt as proto
 from fleet.credentials import mosquitto_hash
 from fleet.ota.broker_config import FLEET_USER, acl_text, passwd_text, write_broker_config
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlmodel import Session, select
 
-from edge_client import mqtt_protocol as proto
+from edge_client.protocol import mqtt as proto
 from fleet.artifacts import ArtifactStore
 from fleet.db import session_scope
 from fleet.models.devices import Device, ReportedStatus

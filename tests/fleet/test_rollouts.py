@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlmodel import Session, select
 
-from edge_client import mqtt_protocol as proto
+from edge_client.protocol import mqtt as proto
 from firmware_images.demo import build_demo_bundle
 from fleet.artifacts import ArtifactStore
 from fleet.crud.rollouts import plan_waves
