@@ -21,7 +21,8 @@ from edge_client.dp_settings import dp_mode
 from edge_client.dp_training import train_with_dp
 from edge_client.secagg_client import PreMaskTransform, register_secagg
 from edge_client.settings import ClientSettings
-from edge_client.site_policy import site_mod
+from edge_client.site_config import SiteConfig
+from edge_client.site_policy import site_dp_config, site_mod
 from tasks import evaluate, reported_loss, train_local
 from tasks.model_pool import give_back, take_model
 from tasks.weights import weights_record
@@ -52,8 +53,14 @@ def handle_train(message: Message, context: Context) -> Message:
     settings = ClientSettings.from_message(context, message.content.config_records[k.CONFIG])
     data = load_client_data(settings)
     model = _model_from(message, settings.task)
-    if dp_mode(context.run_config) == "local":  # sample-level DP-SGD (docs/privacy.md)
-        return train_with_dp(message, context, settings=settings, data=data, model=model)
+    # A site whose policy requires DP trains with its own DP-SGD whatever the run says.
+    site_dp = None
+    if settings.site_config:
+        site_dp = site_dp_config(SiteConfig.load(Path(settings.site_config)))
+    if site_dp is not None or dp_mode(context.run_config) == "local":  # docs/privacy.md
+        return train_with_dp(
+            message, context, settings=settings, data=data, model=model, dp=site_dp
+        )
     result = train_local(
         model,
         data.x_train,
