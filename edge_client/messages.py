@@ -130,3 +130,5 @@ DP_STEPS: Final = "dp-steps"
 DP_UPDATE_NORM: Final = "dp-update-norm"  # distributed: L2 norm of the update before clipping
 # Error.code of a train reply refused by the site's privacy policy (budget, mode).
 ERROR_DP_REFUSED: Final = 4601
+# Error.code of the reply to a run whose ClientApp the site has not pinned (site.toml [code]).
+ERR_SITE_CODE_NOT_PINNED: Final = 4701
