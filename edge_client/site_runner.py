@@ -108,13 +108,15 @@ def decide(config: SiteConfig, content: bytes) -> Decision:
         return Decision("pinned-fab", sha, component)
     if config.code.fedfleet_app and component == FEDFLEET_CLIENTAPP:
         return Decision("fedfleet-app", sha, component)
-    allowed = (
-        f"fedfleet's own {FEDFLEET_CLIENTAPP}" if config.code.fedfleet_app else "no fedfleet app"
+    what = (
+        f"is neither fedfleet's own {FEDFLEET_CLIENTAPP} nor"
+        if config.code.fedfleet_app
+        else "is not"
     )
     reason = (
         f"site {config.name} runs only code it pinned: this run's ClientApp "
-        f"{component or '(none declared)'!r} (FAB sha256 {sha}) is neither {allowed} nor a "
-        "FAB pinned in site.toml [code] fab-sha256"
+        f"{component or '(none declared)'!r} (FAB sha256 {sha}) {what} a FAB pinned in "
+        "site.toml [code] fab-sha256"
     )
     return Decision("refused", sha, component, reason)
 
