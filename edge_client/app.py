@@ -58,9 +58,17 @@ def handle_train(message: Message, context: Context) -> Message:
     if settings.site_config:
         site_dp = site_dp_config(SiteConfig.load(Path(settings.site_config)))
     if site_dp is not None or dp_mode(context.run_config) == "local":  # docs/privacy.md
-        return train_with_dp(
+        reply = train_with_dp(
             message, context, settings=settings, data=data, model=model, dp=site_dp
         )
+        if dp_mode(context.run_config) != "local" and not reply.has_error():
+            # DP the run did not ask for: the reply keeps the run's plain shape (the
+            # coordinator aggregates metric records with equal keys); the site's ledger
+            # and audit log hold what it spent.
+            metrics = reply.content.metric_records[k.METRICS]
+            for key in (k.DP_EPSILON, k.DP_NOISE_MULTIPLIER, k.DP_SAMPLE_RATE, k.DP_STEPS):
+                metrics.pop(key, None)
+        return reply
     result = train_local(
         model,
         data.x_train,

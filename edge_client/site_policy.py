@@ -283,6 +283,8 @@ def site_mod(message: Message, context: Context, call_next: ClientAppCallable) -
         kind = "error" if reply.has_error() else "reply"
     size, sha = payload_digest(reply)
     eps = _reply_epsilon(reply)
+    if eps is None and with_dp and kind == "reply" and message_type.startswith("train"):
+        eps = epsilon_spent(config, task)  # the site's own DP: its ledger says what it cost
     entry = audit.append(
         {
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -15,14 +15,15 @@ with its own noise multiplier).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
-import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flwr.cli.build import build_fab_from_disk
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -48,6 +49,12 @@ from privacy.ledger import PrivacyLedger
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 NOISE = 1.3  # site-1's own noise multiplier
+
+
+def good_result(fed: SiloFederation) -> Path:
+    return fed.root / "good-replies.json"
+
+
 RUN = {
     "task": TASK,
     "sites": 2,
@@ -71,9 +78,14 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiloFederation]:
             f'[superlink]\naddress = "127.0.0.1:{federation.port}"\n'
         )
         federation.start_coordinator()
+        good = _app(federation.root, "goodapp", GOOD_CLIENT, RESULT=str(good_result(federation)))
+        pin = hashlib.sha256(build_fab_from_disk(good)).hexdigest()  # what `flwr run` sends
         for i, (x, y) in enumerate(site_splits()[:2]):
             site = Site(name=f"site-{i}", dir=federation.root / f"site-{i}", port=free_port())
             federation.make_site(site, fmt="csv", x=x, y=y)
+            if i == 0:  # site-0 also runs one Flower app, pinned by its FAB's SHA-256
+                text = site.config.read_text().replace("fab-sha256 = []", f'fab-sha256 = ["{pin}"]')
+                site.config.write_text(text)
             if i == 1:
                 text = site.config.read_text().replace("require-dp = false", "require-dp = true")
                 text = text.replace("dp-noise-multiplier = 1.0", f"dp-noise-multiplier = {NOISE}")
@@ -94,102 +106,113 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiloFederation]:
         federation.stop()
 
 
-def _evil_app(root: Path, *, marker: Path, result: Path, site_dirs: list[Path]) -> Path:
-    """A Flower app whose ClientApp marks that it ran and replies with a site's records
-    and private key; its ServerApp sends one train message to every node and writes
-    the replies (errors or content) to ``result``."""
-    app = root / "evilapp"
-    (app / "evilapp").mkdir(parents=True)
-    (app / "evilapp" / "__init__.py").write_text("")
-    (app / "pyproject.toml").write_text(
-        textwrap.dedent(
-            """\
-            [build-system]
-            requires = ["hatchling"]
-            build-backend = "hatchling.build"
+PYPROJECT = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
 
-            [project]
-            name = "evilapp"
-            version = "1.0.0"
-            dependencies = []
+[project]
+name = "{name}"
+version = "1.0.0"
+dependencies = []
 
-            [tool.hatch.build.targets.wheel]
-            packages = ["."]
+[tool.hatch.build.targets.wheel]
+packages = ["."]
 
-            [tool.flwr.app]
-            publisher = "mallory"
+[tool.flwr.app]
+publisher = "someone"
 
-            [tool.flwr.app.components]
-            serverapp = "evilapp.server:app"
-            clientapp = "evilapp.client:app"
+[tool.flwr.app.components]
+serverapp = "{name}.server:app"
+clientapp = "{name}.client:app"
 
-            [tool.flwr.app.config]
-            """
-        )
-    )
-    (app / "evilapp" / "client.py").write_text(
-        textwrap.dedent(
-            f"""\
-            from pathlib import Path
+[tool.flwr.app.config]
+"""
 
-            from flwr.app import ConfigRecord, Message, RecordDict
-            from flwr.clientapp import ClientApp
+SERVER = """\
+import json
+import time
+from pathlib import Path
 
-            Path({str(marker)!r}).write_text("the unpinned ClientApp ran")
-            app = ClientApp()
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+app = ServerApp()
 
 
-            @app.train()
-            def steal(msg, context):
-                loot = {{}}
-                for folder in {[str(d) for d in site_dirs]!r}:
-                    for path in Path(folder).rglob("*"):
-                        if path.suffix in (".csv", ".key"):
-                            loot[path.name] = path.read_bytes()[:256]
-                return Message(RecordDict({{"loot": ConfigRecord(loot)}}), reply_to=msg)
-            """
-        )
-    )
-    (app / "evilapp" / "server.py").write_text(
-        textwrap.dedent(
-            f"""\
-            import json
-            import time
-            from pathlib import Path
+@app.main()
+def main(grid: Grid, context) -> None:
+    deadline = time.monotonic() + 120
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+        nodes = list(grid.get_node_ids())
+    messages = [
+        Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=n,
+                message_type="train")
+        for n in nodes
+    ]
+    out = []
+    for reply in grid.send_and_receive(messages, timeout=180):
+        row = {"node": reply.metadata.src_node_id}
+        if reply.has_error():
+            row["code"] = reply.error.code
+            row["reason"] = reply.error.reason
+        else:
+            row["content"] = repr(reply.content)
+        out.append(row)
+    Path(RESULT).write_text(json.dumps(out))
+"""
 
-            from flwr.app import ConfigRecord, Message, RecordDict
-            from flwr.serverapp import Grid, ServerApp
+EVIL_CLIENT = """\
+from pathlib import Path
 
-            app = ServerApp()
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+Path(MARKER).write_text("the unpinned ClientApp ran")
+app = ClientApp()
 
 
-            @app.main()
-            def main(grid: Grid, context) -> None:
-                deadline = time.monotonic() + 120
-                nodes = list(grid.get_node_ids())
-                while len(nodes) < 2 and time.monotonic() < deadline:
-                    time.sleep(1)
-                    nodes = list(grid.get_node_ids())
-                messages = [
-                    Message(RecordDict({{"config": ConfigRecord({{"x": 1}})}}), dst_node_id=n,
-                            message_type="train")
-                    for n in nodes
-                ]
-                replies = grid.send_and_receive(messages, timeout=180)
-                out = []
-                for reply in replies:
-                    row = {{"node": reply.metadata.src_node_id}}
-                    if reply.has_error():
-                        row["code"] = reply.error.code
-                        row["reason"] = reply.error.reason
-                    else:
-                        row["content"] = repr(reply.content)
-                    out.append(row)
-                Path({str(result)!r}).write_text(json.dumps(out))
-            """
-        )
-    )
+@app.train()
+def steal(msg, context):
+    loot = {}
+    for folder in SITE_DIRS:
+        for path in Path(folder).rglob("*"):
+            if path.suffix in (".csv", ".key"):
+                loot[path.name] = path.read_bytes()[:256]
+    return Message(RecordDict({"loot": ConfigRecord(loot)}), reply_to=msg)
+"""
+
+GOOD_CLIENT = """\
+from flwr.app import Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+
+
+@app.train()
+def hello(msg, context):
+    return Message(RecordDict({"metrics": MetricRecord({"hello": 1})}), reply_to=msg)
+"""
+
+
+def _app(root: Path, name: str, client: str, **constants: object) -> Path:
+    """A Flower app ``name`` whose ServerApp sends one train message to every node and
+    writes the replies (errors or content) to ``constants["RESULT"]``."""
+    app = root / name
+    (app / name).mkdir(parents=True)
+    (app / name / "__init__.py").write_text("")
+    (app / "pyproject.toml").write_text(PYPROJECT.format(name=name))
+    header = "".join(f"{key} = {value!r}\n" for key, value in constants.items())
+    (app / name / "client.py").write_text(header + client)
+    (app / name / "server.py").write_text(header + SERVER)
     return app
+
+
+def _replies(result: Path) -> list[dict[str, object]]:
+    wait_for(result.exists, timeout=400, what="the ServerApp's replies")
+    return list(json.loads(result.read_text()))
 
 
 def test_an_unpinned_app_is_refused_before_its_code_runs(
@@ -197,17 +220,23 @@ def test_an_unpinned_app_is_refused_before_its_code_runs(
 ) -> None:
     # Prepare: the operator's own `flwr run` of an app no site pinned
     marker, result = tmp_path / "marker", tmp_path / "replies.json"
-    app = _evil_app(tmp_path, marker=marker, result=result, site_dirs=[s.dir for s in fed.sites])
+    app = _app(
+        tmp_path,
+        "evilapp",
+        EVIL_CLIENT,
+        MARKER=str(marker),
+        RESULT=str(result),
+        SITE_DIRS=[str(s.dir) for s in fed.sites],
+    )
     audits_before = {s.name: len(list(AuditLog(s.audit.parent).entries())) for s in fed.sites}
     # Execute
     flwr_json(fed.settings, ["run", str(app), CONNECTION], timeout=300)
-    wait_for(result.exists, timeout=400, what="the evil ServerApp's replies")
+    replies = _replies(result)
     # Assert: the coordinator side got one error per site, naming the site and why
-    replies = json.loads(result.read_text())
     assert len(replies) == 2, replies
     assert all("content" not in r for r in replies), replies
     assert all(r["code"] == ERR_SITE_CODE_NOT_PINNED for r in replies)
-    reasons = sorted(r["reason"] for r in replies)
+    reasons = sorted(str(r["reason"]) for r in replies)
     for site, reason in zip(fed.sites, reasons, strict=True):
         assert f"site {site.name} runs only code it pinned" in reason
         assert "'evilapp.client:app'" in reason
@@ -221,6 +250,24 @@ def test_an_unpinned_app_is_refused_before_its_code_runs(
         assert len(refusal["fab-sha256"]) == 64 and f"site {site.name}" in refusal["reason"]
         verified = CliRunner().invoke(site_app, ["audit", "--config", str(site.config), "--verify"])
         assert verified.exit_code == 0 and "ok:" in verified.output, verified.output
+
+
+def test_a_hash_pinned_app_runs_only_where_it_is_pinned(fed: SiloFederation) -> None:
+    # Execute
+    flwr_json(fed.settings, ["run", str(fed.root / "goodapp"), CONNECTION], timeout=300)
+    replies = _replies(good_result(fed))
+    # Assert: site-0 (pinned) ran it through Flower's flwr-clientapp; site-1 refused it
+    assert len(replies) == 2, replies
+    (answered,) = [r for r in replies if "content" in r]
+    (refused,) = [r for r in replies if "code" in r]
+    assert "'hello': 1" in str(answered["content"])
+    assert refused["code"] == ERR_SITE_CODE_NOT_PINNED
+    assert "site site-1 runs only code it pinned" in str(refused["reason"])
+    pin = next(iter(SiteConfig.load(fed.sites[0].config).code.fab_sha256))
+    launched = [
+        e for e in AuditLog(fed.sites[0].audit.parent).entries() if e["kind"] == "pinned-app"
+    ]
+    assert [e["fab-sha256"] for e in launched] == [pin]
 
 
 def _round_one_reply_sha(site: Site, run_ids: set[int]) -> list[str]:

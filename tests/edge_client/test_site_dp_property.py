@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from edge_client import messages as k
 from edge_client.app import app
+from edge_client.audit import AuditLog
 from edge_client.site import init_site
 from edge_client.site_config import SiteConfig
 from privacy.ledger import PrivacyLedger
@@ -126,7 +127,11 @@ def test_any_accepted_dp_value_trains_with_the_sites_own_dp_sgd(
     # Assert: both trained, both charged, and the noise makes them differ
     assert not first.has_error() and not second.has_error(), first.error
     assert _covered(site, first) and _covered(site, second)
-    assert first.content.metric_records[k.METRICS][k.DP_NOISE_MULTIPLIER] == NOISE
+    # the reply keeps the run's shape: DP metrics only where the run asked for dp=local
+    assert set(first.content.metric_records[k.METRICS]) == {k.NUM_EXAMPLES, k.TRAIN_LOSS}
+    # and the audit log records the ε the site spent on it
+    replies = [e for e in AuditLog(site.state_dir).entries() if e["run"] == first.metadata.run_id]
+    assert replies[0]["epsilon"] is not None and replies[0]["epsilon"] > 0
     assert any(
         not np.array_equal(a, b) for a, b in zip(_weights(first), _weights(second), strict=True)
     )
