@@ -233,10 +233,18 @@ class SiteRunner:
         try:
             message, context, _run, fab = pull_task_input(client)
             decision = decide(self.config, fab.content)
+            if decision.verdict == "pinned-fab":  # pinned bytes, but the task named others
+                decision = Decision(
+                    "refused",
+                    decision.fab_sha256,
+                    decision.component,
+                    f"site {self.config.name}: the task names FAB {task.fab_hash}, its "
+                    f"content hashes to {decision.fab_sha256}",
+                )
             if decision.verdict == "fedfleet-app":
                 reply = run_installed_app(message, context)
                 status, details = SubStatus.COMPLETED, ""
-            else:  # a pinned FAB with a different hash than its task's: refused too
+            else:
                 reply = refuse(self.config, message, decision)
                 details = decision.reason
             push_message(client, reply, context)
