@@ -179,10 +179,15 @@ def train_with_dp(
     settings: ClientSettings,
     data: ClientData,
     model: nn.Module,
+    dp: DPConfig | None = None,
 ) -> Message:
-    """The ``dp = "local"`` train handler body: plan, reserve, train, commit, reply."""
+    """The ``dp = "local"`` train handler body: plan, reserve, train, commit, reply.
+
+    ``dp``: the site's own DP-SGD settings (a site that requires DP); None reads the
+    run config's."""
     try:
-        dp: DPConfig = DPConfig.from_run_config(context.run_config)
+        if dp is None:
+            dp = DPConfig.from_run_config(context.run_config)
         n = len(data.x_train)
         dp.validate(dataset_size=n)
         where = ledger_settings(
@@ -204,7 +209,7 @@ def train_with_dp(
             local_epochs=settings.local_epochs,
             rounds=max(rounds, 1),
         )
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         return _refusal(message, f"invalid DP configuration for this site: {exc}")
     received_keys = list(message.content.array_records[k.ARRAYS].keys())
     fixed = make_dp_compatible(model)

@@ -4,9 +4,11 @@
 SuperNode authentication takes: the operator registers ``NAME.pub``; the SuperNode
 signs with ``NAME.key``) and a commented ``site.toml``. ``supernode_command`` is the
 ``flower-supernode`` command line of ``fedfleet site join``: TLS with the
-coordinator's root certificate, node authentication with the site's private key, and
-the node config naming the site config, so the ClientApp reads the site's own data and
-applies its policy and audit log.
+coordinator's root certificate, node authentication with the site's private key, the
+node config naming the site config (so the ClientApp reads the site's own data and
+applies its policy and audit log), and ``--isolation process``: the SuperNode starts no
+app code itself; ``site join`` runs :mod:`edge_client.site_runner`, which runs only the
+code the site pinned.
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ def supernode_command(config: SiteConfig, *, max_retries: int | None = None) -> 
         node_config,
         "--port",
         str(config.runtime_port),
+        "--isolation",
+        "process",  # app code runs only through edge_client.site_runner
     ]
     if max_retries is not None:
         command += ["--max-retries", str(max_retries)]
@@ -168,13 +172,24 @@ def _run_once(config: SiteConfig) -> tuple[int, bool]:
 def run_supernode(
     config: SiteConfig, *, rejoin_timeout: float = 150.0, retry_s: float = 5.0
 ) -> int:
-    """Serve rounds until stopped; return the SuperNode's exit code.
+    """Serve rounds until stopped (the SuperNode, and the site's runner of pinned code);
+    return the SuperNode's exit code.
 
     After a crash the coordinator still counts this site online for up to two heartbeat
     intervals (60 s in Flower 1.42) and refuses a second activation meanwhile; so an
     activation refusal is retried every ``retry_s`` seconds for up to ``rejoin_timeout``
     seconds (a key that was never registered fails the same way, and then gives up).
     """
+    from edge_client.site_runner import start_runner
+
+    runner = start_runner(config)
+    try:
+        return _serve(config, rejoin_timeout=rejoin_timeout, retry_s=retry_s)
+    finally:
+        runner.stop()
+
+
+def _serve(config: SiteConfig, *, rejoin_timeout: float, retry_s: float) -> int:
     deadline = time.monotonic() + rejoin_timeout
     while True:
         code, refused = _run_once(config)

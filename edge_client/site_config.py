@@ -54,7 +54,15 @@ label = "label"              # the label column (csv/parquet)
 allowed-tasks = ["breast-cancer-mlp"]   # the site refuses any other task
 epsilon = 8.0                # total privacy budget ε this site will ever spend
 delta = 1e-5                 # δ of that budget
-require-dp = true            # refuse rounds that train without differential privacy
+require-dp = true            # train every round with this site's own DP-SGD, whatever the run says
+dp-noise-multiplier = 1.0    # this site's DP-SGD noise (std / clip) when require-dp
+dp-clip = 1.0                # this site's per-sample gradient L2 bound when require-dp
+require-secagg = false       # refuse rounds whose updates are not securely aggregated
+min-secagg-sites = 2         # refuse a secure-aggregation round with fewer participants
+
+[code]                       # what code this site runs; anything else is refused unstarted
+fedfleet-app = true          # fedfleet's own ClientApp (edge_client.app:app) as installed here
+fab-sha256 = []              # other Flower apps, by the SHA-256 of their .fab (64 hex digits)
 """
 
 _ALLOWED: dict[str, set[str]] = {
@@ -63,8 +71,20 @@ _ALLOWED: dict[str, set[str]] = {
     "keys": {"private-key", "public-key"},
     "supernode": {"port"},
     "data": {"path", "label", "format", "schema"},
-    "policy": {"allowed-tasks", "epsilon", "delta", "require-dp"},
+    "policy": {
+        "allowed-tasks",
+        "epsilon",
+        "delta",
+        "require-dp",
+        "dp-noise-multiplier",
+        "dp-clip",
+        "require-secagg",
+        "min-secagg-sites",
+    },
+    "code": {"fedfleet-app", "fab-sha256"},
 }
+FEDFLEET_CLIENTAPP = "edge_client.app:app"  # the component of fedfleet's own ClientApp
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -79,12 +99,32 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class SitePolicy:
-    """What the site agrees to: tasks it trains and the privacy budget (ε, δ) it spends."""
+    """What the site agrees to: tasks it trains and the privacy budget (ε, δ) it spends.
+
+    ``require_dp``: every training runs the site's own DP-SGD (noise multiplier
+    ``dp_noise_multiplier`` = noise std / ``dp_clip``, the per-sample gradient L2
+    bound) and is charged to its ledger, whatever the run config says.
+    ``require_secagg``: only masked (secure-aggregation) updates leave, in rounds of at
+    least ``min_secagg_sites`` participants.
+    """
 
     allowed_tasks: tuple[str, ...]
     epsilon: float
     delta: float
     require_dp: bool
+    dp_noise_multiplier: float = 1.0
+    dp_clip: float = 1.0
+    require_secagg: bool = False
+    min_secagg_sites: int = 2
+
+
+@dataclass(frozen=True)
+class CodePins:
+    """What code the site runs (``[code]``): fedfleet's own ClientApp as installed here
+    (``fedfleet_app``) and Flower apps pinned by the SHA-256 of their FAB."""
+
+    fedfleet_app: bool = True
+    fab_sha256: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -101,6 +141,7 @@ class SiteConfig:
     runtime_port: int
     data: DataSpec
     policy: SitePolicy
+    code: CodePins = CodePins()
 
     @classmethod
     def load(cls, path: Path) -> SiteConfig:
@@ -144,6 +185,21 @@ class SiteConfig:
             raise ValueError(f"{source.name}: policy.epsilon must be a positive number")
         if not 0 < delta < 1:
             raise ValueError(f"{source.name}: policy.delta must be between 0 and 1, e.g. 1e-5")
+        noise = get.get_float("policy", "dp-noise-multiplier", default=1.0)
+        clip = get.get_float("policy", "dp-clip", default=1.0)
+        for key, value in (("dp-noise-multiplier", noise), ("dp-clip", clip)):
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{source.name}: policy.{key} must be a positive number")
+        min_secagg = get.get_int("policy", "min-secagg-sites", default=2)
+        if min_secagg < 2:
+            raise ValueError(f"{source.name}: policy.min-secagg-sites must be at least 2")
+        pins = get.get_list("code", "fab-sha256", default=[])
+        for pin in pins:
+            if not _SHA256_HEX.match(pin):
+                raise ValueError(
+                    f"{source.name}: code.fab-sha256 entry {pin!r} is not a SHA-256; give "
+                    "64 lowercase hex digits (`sha256sum app.fab`)"
+                )
         return cls(
             source=source,
             name=name,
@@ -163,6 +219,14 @@ class SiteConfig:
                 epsilon=epsilon,
                 delta=delta,
                 require_dp=get.get_bool("policy", "require-dp", default=True),
+                dp_noise_multiplier=noise,
+                dp_clip=clip,
+                require_secagg=get.get_bool("policy", "require-secagg", default=False),
+                min_secagg_sites=min_secagg,
+            ),
+            code=CodePins(
+                fedfleet_app=get.get_bool("code", "fedfleet-app", default=True),
+                fab_sha256=frozenset(pins),
             ),
         )
 

@@ -40,6 +40,8 @@ DP_SAMPLE_RATE: Final = "dp-sample-rate"
 DP_STEPS: Final = "dp-steps"
 # Error.code of a train reply refused by the site's privacy policy (budget, mode).
 ERROR_DP_REFUSED: Final = 4601
+# Error.code of the reply to a run whose ClientApp the site has not pinned (site.toml [code]).
+ERR_SITE_CODE_NOT_PINNED: Final = 4701
 
 # run_config keys (pyproject [tool.flwr.app.config] and `--run-config` overrides).
 RC_TASK: Final = "task"

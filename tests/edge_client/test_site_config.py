@@ -32,6 +32,10 @@ def test_init_writes_keys_flower_accepts_and_a_parsable_template(tmp_path: Path)
     assert config.policy.allowed_tasks == ("breast-cancer-mlp",)
     assert config.policy.epsilon == 8.0 and config.policy.require_dp is True
     assert config.state_dir == tmp_path / "state"
+    # the template pins fedfleet's own ClientApp and nothing else
+    assert config.code.fedfleet_app is True and config.code.fab_sha256 == frozenset()
+    assert config.policy.require_secagg is False and config.policy.min_secagg_sites == 2
+    assert config.policy.dp_noise_multiplier == 1.0 and config.policy.dp_clip == 1.0
 
 
 def test_supernode_command_has_tls_auth_and_site_config(tmp_path: Path) -> None:
@@ -41,6 +45,8 @@ def test_supernode_command_has_tls_auth_and_site_config(tmp_path: Path) -> None:
     assert command[command.index("--auth-supernode-private-key") + 1] == str(config.private_key)
     assert f'site-config="{config.source}"' in command
     assert "--insecure" not in command
+    # the SuperNode starts no app code itself: site join's runner runs only pinned code
+    assert command[command.index("--isolation") + 1] == "process"
 
 
 def test_init_refuses_to_overwrite_and_bad_names(tmp_path: Path) -> None:
@@ -66,6 +72,14 @@ def test_init_refuses_to_overwrite_and_bad_names(tmp_path: Path) -> None:
         ({"require-dp = true": "require-dp = 1"}, "require-dp = 1 must be true or false"),
         ({"[site]": "[site]\ncolour = 1"}, "unknown key site.colour"),
         ({'label = "label"': 'label = "age"'}, "also in data.schema"),
+        ({"require-secagg = false": 'require-secagg = "yes"'}, "require-secagg = 'yes' must be"),
+        ({"min-secagg-sites = 2": "min-secagg-sites = 1"}, "min-secagg-sites must be at least 2"),
+        ({"dp-noise-multiplier = 1.0": "dp-noise-multiplier = 0.0"}, "dp-noise-multiplier must"),
+        ({"fedfleet-app = true": 'fedfleet-app = "on"'}, "code.fedfleet-app = 'on' must be"),
+        ({"fab-sha256 = []": 'fab-sha256 = ["abc"]'}, "code.fab-sha256 entry 'abc' is not"),
+        ({"fab-sha256 = []": f'fab-sha256 = ["{"A" * 64}"]'}, "64 lowercase hex digits"),
+        ({"fab-sha256 = []": 'fab-sha256 = "' + "a" * 64 + '"'}, "must be a list of strings"),
+        ({"[code]": "[code]\nfab-hash = []"}, "unknown key code.fab-hash"),
     ],
 )
 def test_bad_site_config_names_the_key(
@@ -98,3 +112,26 @@ def test_cli_join_reports_schema_mismatch_before_connecting(tmp_path: Path) -> N
     result = CliRunner().invoke(site_app, ["join", "--config", str(config)])
     assert result.exit_code == 2
     assert "column 'radius', row 2: 'abc' is not a valid float" in result.output
+
+
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [
+        ({"require-dp = true": 'require-dp = "central"'}, "policy.require-dp = 'central'"),
+        ({"fab-sha256 = []": 'fab-sha256 = ["' + "0" * 63 + '"]'}, "is not a SHA-256"),
+    ],
+)
+def test_cli_join_refuses_a_bad_policy_or_pin_in_one_line(
+    tmp_path: Path, replace: dict[str, str], message: str
+) -> None:
+    config = make_site(tmp_path, replace)
+    result = CliRunner().invoke(site_app, ["join", "--config", str(config)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: ") and message in line
+
+
+def test_a_pin_of_64_hex_digits_is_kept(tmp_path: Path) -> None:
+    pin = "0123456789abcdef" * 4
+    config = SiteConfig.load(make_site(tmp_path, {"fab-sha256 = []": f'fab-sha256 = ["{pin}"]'}))
+    assert config.code.fab_sha256 == frozenset({pin})

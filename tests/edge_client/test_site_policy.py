@@ -15,9 +15,17 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from edge_client.audit import AuditLog
 from edge_client.protocol import keys as k
+from edge_client.protocol import secagg as sa
 from edge_client.protocol.site import NC_SITE_CONFIG
 from edge_client.site_config import SiteConfig
-from edge_client.site_policy import REFUSAL_PREFIX, check_policy, payload_digest, site_mod
+from edge_client.site_policy import (
+    REFUSAL_PREFIX,
+    SECAGG_SETUP,
+    DPValue,
+    check_policy,
+    payload_digest,
+    site_mod,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from site_testkit import make_site
@@ -94,13 +102,16 @@ def test_task_off_the_allowlist_is_refused_without_training(site: Path) -> None:
     assert entry["kind"] == "refusal" and "allowlist" in entry["reason"]
 
 
-def test_site_requiring_dp_refuses_a_run_without_it(tmp_path: Path) -> None:
+def test_site_requiring_dp_answers_training_but_refuses_evaluation(tmp_path: Path) -> None:
+    """A require-dp site trains whatever dp says (with its own DP-SGD, see
+    test_site_dp_property.py) and refuses evaluation, whose metrics carry no noise."""
     config = make_site(tmp_path, {})
-    reply = site_mod(_instruction(), _context(config), _trainer())
-    assert reply.has_error() and "requires differential privacy" in reply.error.reason
-    # evaluation is not training: allowed without DP
-    ok = site_mod(_instruction("evaluate"), _context(config), _trainer())
-    assert not ok.has_error()
+    call_next = _trainer()
+    assert not site_mod(_instruction(), _context(config), call_next).has_error()
+    assert len(call_next.calls) == 1
+    refused = site_mod(_instruction("evaluate"), _context(config), _trainer())
+    assert refused.has_error()
+    assert "requires differential privacy and federated evaluation" in refused.error.reason
 
 
 def test_dp_run_is_refused_once_the_ledger_shows_the_budget_used_up(site: Path) -> None:
@@ -146,7 +157,7 @@ def test_without_site_config_the_mod_passes_through(tmp_path: Path) -> None:
 def test_check_policy_is_pure(site: Path) -> None:
     config = SiteConfig.load(site)
     assert check_policy(config, {"task": "breast-cancer-mlp"}, 0.0) is None
-    assert check_policy(config, {"task": "x"}, 0.0, training=False) is not None
+    assert check_policy(config, {"task": "x"}, 0.0, message_type="evaluate") is not None
     dp = {"task": "breast-cancer-mlp", "dp": "local"}
     assert check_policy(config, dp, 8.0) is not None  # budget ε=8 used up
     assert check_policy(config, dp, 7.9) is None  # the ledger decides each round
@@ -164,3 +175,55 @@ def test_payload_digest_changes_with_any_weight() -> None:
     b = Message(content=RecordDict({k.ARRAYS: ArrayRecord({"w": Array(w)})}), reply_to=msg)
     assert payload_digest(a)[0] == payload_digest(b)[0]
     assert payload_digest(a)[1] != payload_digest(b)[1]
+
+
+@pytest.mark.parametrize("value", ["yes", "on", "true", "LOCAL", " local", "dp", "", 1, True, 0.0])
+def test_an_unknown_or_ambiguous_dp_value_is_refused_with_the_accepted_ones(
+    site: Path, value: Any
+) -> None:
+    call_next = _trainer()
+    reply = site_mod(_instruction(), _context(site, dp=value), call_next)
+    assert reply.has_error() and call_next.calls == []
+    assert f"dp = {value!r} is not one of none, local, central, distributed" in reply.error.reason
+    assert "site st-marys" in reply.error.reason
+    (entry,) = list(AuditLog(SiteConfig.load(site).state_dir).entries())
+    assert entry["kind"] == "refusal" and entry["dp"] == {"dp": value}
+
+
+@pytest.mark.parametrize("value", [member.value for member in DPValue])
+def test_every_accepted_dp_value_passes_the_dp_check(site: Path, value: str) -> None:
+    assert (
+        check_policy(SiteConfig.load(site), {"task": "breast-cancer-mlp", "dp": value}, 0) is None
+    )
+
+
+def test_a_site_requiring_secagg_answers_only_masked_updates_of_secagg_runs(tmp_path: Path) -> None:
+    config = SiteConfig.load(
+        make_site(tmp_path, {"require-secagg = false": "require-secagg = true"})
+    )
+    base = {"task": "breast-cancer-mlp"}
+    off = check_policy(config, base, 0.0, message_type="train.secagg")
+    assert off is not None and "requires secure aggregation and the run has secagg off" in off
+    lying = check_policy(config, {**base, "secagg": True}, 0.0, message_type="train")
+    assert lying is not None and "unmasked update" in lying
+    assert check_policy(config, {**base, "secagg": True}, 0.0, message_type="train.secagg") is None
+
+
+def test_a_secagg_round_with_too_few_sites_is_refused(tmp_path: Path) -> None:
+    config = make_site(tmp_path, {"min-secagg-sites = 2": "min-secagg-sites = 3"})
+    setup = Message(
+        content=RecordDict(
+            {sa.SECAGG: ConfigRecord({sa.SA_PARTICIPANTS: (7).to_bytes(8, "big") * 2})}
+        ),
+        dst_node_id=7,
+        message_type=SECAGG_SETUP,
+    )
+    call_next = _trainer()
+    reply = site_mod(setup, _context(config), call_next)
+    assert reply.has_error() and call_next.calls == []
+    assert "at least 3 sites in a secure-aggregation round; this one has 2" in reply.error.reason
+    loaded = SiteConfig.load(config)
+    three = check_policy(
+        loaded, {"task": "breast-cancer-mlp"}, 0.0, message_type=SECAGG_SETUP, participants=3
+    )
+    assert three is None
