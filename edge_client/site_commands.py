@@ -57,9 +57,12 @@ def site_join(
     from edge_client.site import check_ready, run_supernode
     from edge_client.site_config import SiteConfig
 
+    from edge_client.audit import AuditLog
+
     try:
         site = SiteConfig.load(config)
         check_ready(site)
+        AuditLog.for_site(site).open()  # seal an interrupted append, migrate a legacy log
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(
@@ -83,13 +86,19 @@ def site_audit(
         site = SiteConfig.load(config)
     except ValueError as exc:
         _fail(str(exc))
-    audit = AuditLog(site.state_dir)
+    audit = AuditLog.for_site(site)
     if verify:
         result = audit.verify()
         if not result.ok:
             typer.echo(f"TAMPERED: {audit.path}: {result.problem}", err=True)
             raise typer.Exit(code=1)
-        typer.echo(f"ok: {result.entries} entries, hash chain intact ({audit.path})")
+        typer.echo(
+            f"ok: {result.entries} entries, hash chain and head authenticated ({audit.path})"
+            if not result.note.startswith("legacy")
+            else f"ok: {result.entries} entries, hash chain intact ({audit.path})"
+        )
+        if result.note:
+            typer.echo(f"note: {result.note}")
         return
     try:
         for entry in audit.entries():

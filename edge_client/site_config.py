@@ -37,6 +37,8 @@ ca-cert = "ca.crt"           # the coordinator's root certificate (from the oper
 [keys]                       # made by `fedfleet site init`; send site.pub to the operator
 private-key = "{name}.key"
 public-key = "{name}.pub"
+# audit-key = "{name}.audit-key"   # the audit log's HMAC key and genesis id (made when the
+                                   # log starts; 0600; must be outside state-dir; back it up)
 
 [supernode]
 port = 9094                  # local ClientApp API port; distinct per site on one machine
@@ -60,7 +62,7 @@ require-dp = true            # refuse rounds that train without differential pri
 _ALLOWED: dict[str, set[str]] = {
     "site": {"name", "state-dir"},
     "coordinator": {"address", "ca-cert"},
-    "keys": {"private-key", "public-key"},
+    "keys": {"private-key", "public-key", "audit-key"},
     "supernode": {"port"},
     "data": {"path", "label", "format", "schema"},
     "policy": {"allowed-tasks", "epsilon", "delta", "require-dp"},
@@ -98,6 +100,7 @@ class SiteConfig:
     ca_cert: Path
     private_key: Path
     public_key: Path
+    audit_key: Path  # the audit log's key file (edge_client.audit), outside state_dir
     runtime_port: int
     data: DataSpec
     policy: SitePolicy
@@ -183,18 +186,31 @@ class SiteConfig:
             raise ValueError(f"{source.name}: policy.epsilon must be a positive number")
         if not 0 < delta < 1:
             raise ValueError(f"{source.name}: policy.delta must be between 0 and 1, e.g. 1e-5")
+        state_dir = base / get.get_str("site", "state-dir", default="state")
+        private_key = _existing(
+            base / get.get_str("keys", "private-key"), "keys.private-key", source
+        )
+        audit_key = (
+            base / get.get_str("keys", "audit-key")
+            if "audit-key" in doc.get("keys", {})
+            else private_key.parent / f"{name}.audit-key"
+        )
+        if audit_key.resolve().is_relative_to(state_dir.resolve()):
+            raise ValueError(
+                f"{source.name}: keys.audit-key {audit_key} is inside site.state-dir; keep the "
+                "audit key out of the state folder (e.g. beside the private key)"
+            )
         return cls(
             source=source,
             name=name,
-            state_dir=base / get.get_str("site", "state-dir", default="state"),
+            state_dir=state_dir,
             coordinator_address=address,
             ca_cert=_existing(
                 base / get.get_str("coordinator", "ca-cert"), "coordinator.ca-cert", source
             ),
-            private_key=_existing(
-                base / get.get_str("keys", "private-key"), "keys.private-key", source
-            ),
+            private_key=private_key,
             public_key=base / get.get_str("keys", "public-key", default=f"{name}.pub"),
+            audit_key=audit_key,
             runtime_port=runtime_port,
             data=DataSpec(path=data_path, format=fmt, label=label, schema=schema),  # type: ignore[arg-type]
             policy=SitePolicy(
