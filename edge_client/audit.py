@@ -359,7 +359,9 @@ class AuditLog:
             if count == 0:  # nothing written yet: the first append finishes the start
                 return base
             note = "the log's first start was interrupted; the next start completes it"
-            return _State(VerifyResult(True, count, note=note), "finish-start", hashes, full_end, key)
+            return _State(
+                VerifyResult(True, count, note=note), "finish-start", hashes, full_end, key
+            )
         if count == 0:
             return _bad(
                 0,
@@ -374,7 +376,14 @@ class AuditLog:
         if count == recorded and head["hash"] == (hashes[-1] if hashes else GENESIS):
             if torn:
                 note = "a torn last line (an interrupted append) is cut at the next start"
-                return _State(VerifyResult(True, count, note=note), "cut-torn-line", hashes, full_end, key, True)
+                return _State(
+                    VerifyResult(True, count, note=note),
+                    "cut-torn-line",
+                    hashes,
+                    full_end,
+                    key,
+                    True,
+                )
             return _State(VerifyResult(True, count), "none", hashes, full_end, key, True)
         if count == recorded + 1 and not torn and len(hashes) == 2 and head["hash"] == hashes[0]:
             note = (
@@ -494,7 +503,9 @@ def _scan(lines: list[bytes], key: AuditKey | None, *, start: int) -> str:
             if not isinstance(mac, str) or not hmac.compare_digest(
                 mac, _entry_mac(key.key, entry["hash"])
             ):
-                return f"line {lineno}: does not verify with the site's audit key (forged or edited)"
+                return (
+                    f"line {lineno}: does not verify with the site's audit key (forged or edited)"
+                )
             if seq == key.legacy_entries and entry.get("genesis") != key.genesis:
                 return f"line {lineno}: does not carry this site's genesis id (another log)"
         elif key is None and ("mac" in entry or "genesis" in entry):

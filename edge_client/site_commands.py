@@ -54,10 +54,9 @@ def site_join(
     Connects to the coordinator with the root certificate and the site's private key;
     runs until stopped (Ctrl-C).
     """
+    from edge_client.audit import AuditLog
     from edge_client.site import check_ready, run_supernode
     from edge_client.site_config import SiteConfig
-
-    from edge_client.audit import AuditLog
 
     try:
         site = SiteConfig.load(config)

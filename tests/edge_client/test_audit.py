@@ -4,6 +4,7 @@ deletion or duplicate key is caught; a crash (kill -9) is repaired without a fal
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -367,7 +368,7 @@ def test_kill_minus_9_mid_append_recovers_without_alarm_or_fork(tmp_path: Path, 
     entries = list(log.entries())
     assert opened.entries == len(entries) - 2 and after_kill.entries >= opened.entries
     assert [e["seq"] for e in entries] == list(range(len(entries)))
-    assert all(b["prev"] == a["hash"] for a, b in zip(entries, entries[1:], strict=False))
+    assert all(b["prev"] == a["hash"] for a, b in itertools.pairwise(entries))
     result = log.verify()
     assert result.ok and result.note == "" and result.entries == len(entries)
 
@@ -413,3 +414,27 @@ def test_broken_legacy_log_is_not_migrated(log: AuditLog) -> None:
     with pytest.raises(AuditLogError):
         log.open()
     assert not log.key_file.exists()
+
+
+def test_site_audit_verify_cli_reports_a_deleted_log(tmp_path: Path) -> None:
+    """`fedfleet site audit --verify`: ok while intact, exit 1 once both files are gone."""
+    from site_testkit import make_site
+    from typer.testing import CliRunner
+
+    from edge_client.site_cli import app as site_app
+    from edge_client.site_config import SiteConfig
+
+    # Prepare
+    site = make_site(tmp_path, {})
+    log = AuditLog.for_site(SiteConfig.load(site))
+    _fill(log, 2)
+    runner = CliRunner()
+    # Execute
+    ok = runner.invoke(site_app, ["audit", "--config", str(site), "--verify"])
+    log.path.unlink()
+    log.head_path.unlink()
+    bad = runner.invoke(site_app, ["audit", "--config", str(site), "--verify"])
+    # Assert
+    assert ok.exit_code == 0 and "ok: 2 entries" in ok.output and "authenticated" in ok.output
+    assert log.key_file.parent == site.parent  # beside the private key, not in state/
+    assert bad.exit_code == 1 and "TAMPERED" in bad.output and "deleted" in bad.output

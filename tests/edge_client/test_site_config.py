@@ -66,6 +66,10 @@ def test_init_refuses_to_overwrite_and_bad_names(tmp_path: Path) -> None:
         ({"require-dp = true": "require-dp = 1"}, "require-dp = 1 must be true or false"),
         ({"[site]": "[site]\ncolour = 1"}, "unknown key site.colour"),
         ({'label = "label"': 'label = "age"'}, "also in data.schema"),
+        (
+            {'public-key = "st-marys.pub"': 'public-key = "st-marys.pub"\naudit-key = "state/a"'},
+            "keys.audit-key",
+        ),
     ],
 )
 def test_bad_site_config_names_the_key(
