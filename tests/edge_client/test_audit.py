@@ -18,8 +18,14 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from edge_client.audit import GENESIS, AuditKey, AuditLog, AuditLogError, entry_hash
+from edge_client.site_cli import app as site_app
+from edge_client.site_config import SiteConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from site_testkit import make_site
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -418,12 +424,6 @@ def test_broken_legacy_log_is_not_migrated(log: AuditLog) -> None:
 
 def test_site_audit_verify_cli_reports_a_deleted_log(tmp_path: Path) -> None:
     """`fedfleet site audit --verify`: ok while intact, exit 1 once both files are gone."""
-    from site_testkit import make_site
-    from typer.testing import CliRunner
-
-    from edge_client.site_cli import app as site_app
-    from edge_client.site_config import SiteConfig
-
     # Prepare
     site = make_site(tmp_path, {})
     log = AuditLog.for_site(SiteConfig.load(site))
