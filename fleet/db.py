@@ -25,6 +25,8 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session
 
+from privacy.private_files import create_private_file
+
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 #: Execution option that makes a SQLite transaction start with ``BEGIN IMMEDIATE``.
 _WRITE_OPTION = "fleet_write"
@@ -122,7 +124,8 @@ def make_engine(
     url = normalize_database_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        Path(parsed.database or ".").expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # the file 0600 and its folder 0700 before SQLite opens it (its -wal/-shm copy the mode)
+        create_private_file(Path(parsed.database or ".").expanduser())
         engine = create_engine(
             url,
             echo=echo,

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from privacy.private_files import private_dir
 from simulation.settings import SimulateSettings
 
 
@@ -277,7 +278,7 @@ def simulate(
     if out_dir.exists() and any(out_dir.iterdir()):
         _fail(f"output folder {out_dir} is not empty; choose another --out")
     created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(out_dir)  # run folders are private: 0700, files 0600
     try:
         from simulation.runner import run_simulation
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from rich.console import Console
 
+from privacy.private_files import write_private_bytes
 from simulation.settings import SimulateSettings
 
 UserConfig = dict[str, bool | int | float | str]
@@ -169,5 +170,5 @@ def run_flower_app(
         "exchanges": exchanges,
         "wall_time_s": time.perf_counter() - started,
     }
-    (out_dir / "exchanges.json").write_text(json.dumps(doc, indent=2))
+    write_private_bytes(out_dir / "exchanges.json", json.dumps(doc, indent=2).encode())
     return doc
