@@ -58,7 +58,7 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -184,19 +184,25 @@ class VerifyResult:
     note: str = ""
 
 
-Repair = Literal["none", "cut-torn-line", "seal", "finish-start", "migrate"]
+Repair = Literal["none", "seal", "finish-start", "migrate"]
+_REPAIRED: dict[Repair, str] = {
+    "none": "",
+    "seal": "sealed the last entry (its append was interrupted before its head was written)",
+    "finish-start": "completed the log's interrupted first start",
+    "migrate": "migrated a legacy log: its head is authenticated from now on",
+}
+_TORN_NOTE = "a torn last line (an interrupted append) is cut at the next start"
 
 
 @dataclass(frozen=True)
 class _State:
-    """What the files say: a verdict and the repair the next open makes."""
+    """What the files say: a verdict and the repairs the next open makes."""
 
     result: VerifyResult
     repair: Repair = "none"
     hashes: tuple[str, ...] = ()  # the hash of the last two full lines (fewer if fewer)
-    full_end: int = 0  # bytes of the log up to and including its last newline
+    torn_from: int | None = None  # where a torn last line starts (None: there is none)
     key: AuditKey | None = None
-    key_final: bool = False
 
 
 def _bad(count: int, problem: str) -> _State:
@@ -247,7 +253,9 @@ class AuditLog:
             new_file = not self.path.exists()
             fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
             try:
-                os.write(fd, line)
+                with memoryview(line) as rest:
+                    while rest:
+                        rest = rest[os.write(fd, rest) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -264,38 +272,36 @@ class AuditLog:
         Checks every line (an append checks only the last two, which the head and their
         MACs authenticate), seals an interrupted append, cuts a torn last line, migrates a
         legacy log; raises AuditLogError (one line) when the log fails verification.
+        The result's ``note`` says what was repaired ("" if nothing).
         """
         with self._lock(exclusive=True):
-            return self._open_locked(full=True).result
+            state = self._open_locked(full=True)
+            notes = [
+                _REPAIRED[state.repair],
+                "cut a torn last line" if state.torn_from is not None else "",
+            ]
+            return VerifyResult(True, state.result.entries, note="; ".join(filter(None, notes)))
 
     def _open_locked(self, *, full: bool = False) -> _State:
         state = self._inspect(full=full)
         if not state.result.ok:
             raise AuditLogError(f"audit log {self.path}: {state.result.problem}; {_VERIFY_HINT}")
-        if state.repair == "cut-torn-line":
+        if state.torn_from is not None:
             fd = os.open(self.path, os.O_WRONLY)
             try:
-                os.ftruncate(fd, state.full_end)
+                os.ftruncate(fd, state.torn_from)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        elif state.repair == "seal" and state.key is not None:
-            self._write_head(state.key, entries=state.result.entries, digest=state.hashes[-1])
-        elif state.repair == "finish-start" and state.key is not None:
-            self._write_head(state.key, entries=state.result.entries, digest=state.hashes[-1])
-            self._finish_key()
-        elif state.repair == "migrate":
-            key = AuditKey.new(legacy_entries=state.result.entries)
+        key, count = state.key, state.result.entries
+        if state.repair == "migrate":
+            key = AuditKey.new(legacy_entries=count)
             write_private_bytes(self.pending_key_file, key.to_bytes())
-            self._write_head(key, entries=state.result.entries, digest=state.hashes[-1])
+        if state.repair != "none" and key is not None:
+            self._write_head(key, entries=count, digest=state.hashes[-1])
+        if state.repair in ("finish-start", "migrate"):
             self._finish_key()
-            return _State(
-                VerifyResult(True, state.result.entries),
-                hashes=state.hashes,
-                key=key,
-                key_final=True,
-            )
-        return state
+        return _State(state.result, state.repair, state.hashes, state.torn_from, key)
 
     def _write_head(self, key: AuditKey, *, entries: int, digest: str) -> None:
         head = {"entries": entries, "genesis": key.genesis, "hash": digest}
@@ -349,19 +355,22 @@ class AuditLog:
         if problem:
             return _bad(count, problem)
         hashes = tuple(json.loads(raw)["hash"] for raw in lines[-2:])
-        full_end = len(body) + len(newline)
+        torn_from = len(body) + len(newline) if torn else None
+
+        def ok(repair: Repair, note: str = "") -> _State:
+            notes = "; ".join(filter(None, [note, _TORN_NOTE if torn else ""]))
+            return _State(VerifyResult(True, count, note=notes), repair, hashes, torn_from, key)
+
         if key is None:
-            return self._inspect_legacy(count, hashes, full_end, torn)
-        base = _State(VerifyResult(True, count), hashes=hashes, full_end=full_end, key=key)
+            return self._inspect_legacy(count, hashes, ok)
         if not final:  # the log's first start was interrupted: the key file is pending
-            if count not in (key.legacy_entries, key.legacy_entries + 1) or torn:
+            started = count == key.legacy_entries + 1
+            if not (started and not torn) and count != key.legacy_entries:
                 return _bad(count, f"{self.key_file.name} is pending but the log does not match")
             if count == 0:  # nothing written yet: the first append finishes the start
-                return base
+                return ok("none")
             note = "the log's first start was interrupted; the next start completes it"
-            return _State(
-                VerifyResult(True, count, note=note), "finish-start", hashes, full_end, key
-            )
+            return ok("finish-start", note)
         if count == 0:
             return _bad(
                 0,
@@ -374,23 +383,13 @@ class AuditLog:
             return _bad(count, head_problem)
         recorded = head["entries"]
         if count == recorded and head["hash"] == (hashes[-1] if hashes else GENESIS):
-            if torn:
-                note = "a torn last line (an interrupted append) is cut at the next start"
-                return _State(
-                    VerifyResult(True, count, note=note),
-                    "cut-torn-line",
-                    hashes,
-                    full_end,
-                    key,
-                    True,
-                )
-            return _State(VerifyResult(True, count), "none", hashes, full_end, key, True)
+            return ok("none")
         if count == recorded + 1 and not torn and len(hashes) == 2 and head["hash"] == hashes[0]:
             note = (
                 "the last entry's append was interrupted before its head was written; "
                 "the next start seals it"
             )
-            return _State(VerifyResult(True, count, note=note), "seal", hashes, full_end, key, True)
+            return ok("seal", note)
         if count < recorded:
             return _bad(
                 count,
@@ -431,13 +430,11 @@ class AuditLog:
         return head, ""
 
     def _inspect_legacy(
-        self, count: int, hashes: tuple[str, ...], full_end: int, torn: bytes
+        self, count: int, hashes: tuple[str, ...], ok: Callable[[Repair, str], _State]
     ) -> _State:
         """A log without a key file: nothing yet, or one written before authentication."""
-        if count == 0 and not torn and not self.head_path.exists():
-            return _State(VerifyResult(True, 0, note="no audit log yet"))
-        if torn:
-            return _bad(count, f"line {count + 1}: incomplete last line")
+        if count == 0 and not self.head_path.exists():
+            return ok("none", "no audit log yet")
         if not self.head_path.exists():
             return _bad(count, f"{self.head_path.name} is missing")
         try:
@@ -448,18 +445,16 @@ class AuditLog:
         if "mac" in head:
             return _bad(count, f"the head is authenticated but {self.key_file} is missing")
         if count == 0 and recorded == 0:  # an empty legacy log: start afresh on append
-            return _State(VerifyResult(True, 0, note="no audit log yet"))
+            return ok("none", "no audit log yet")
         legacy = (
             "legacy log: its head is not authenticated (written before fedfleet "
             "authenticated audit heads); the next `fedfleet site join` migrates it"
         )
-        last = hashes[-1] if hashes else GENESIS
-        if count == recorded and digest == last:
-            return _State(VerifyResult(True, count, note=legacy), "migrate", hashes, full_end)
+        if count == recorded and digest == (hashes[-1] if hashes else GENESIS):
+            return ok("migrate", legacy)
         before_last = hashes[0] if len(hashes) == 2 else GENESIS
         if count == recorded + 1 and digest == before_last:
-            note = legacy + "; its last append was interrupted before its head was written"
-            return _State(VerifyResult(True, count, note=note), "migrate", hashes, full_end)
+            return ok("migrate", legacy + "; its last append was interrupted before its head")
         return _bad(
             count,
             f"log ends after {count} entries but the head records {recorded} "

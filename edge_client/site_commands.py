@@ -61,9 +61,11 @@ def site_join(
     try:
         site = SiteConfig.load(config)
         check_ready(site)
-        AuditLog.for_site(site).open()  # seal an interrupted append, migrate a legacy log
+        opened = AuditLog.for_site(site).open()  # seals an interrupted append, migrates
     except ValueError as exc:
         _fail(str(exc))
+    if opened.note:
+        typer.echo(f"site {site.name}: audit log: {opened.note}", err=True)
     typer.echo(
         f"site {site.name}: joining {site.coordinator_address} (TLS, node key "
         f"{site.private_key.name}); audit log in {site.state_dir}",

@@ -305,7 +305,8 @@ def test_crash_between_entry_and_head_is_sealed_at_the_next_start(log: AuditLog)
     # Execute / Assert: no alarm, a note; the next start seals; appends continue the chain
     waiting = log.verify()
     assert waiting.ok and waiting.entries == 4 and "interrupted" in waiting.note
-    assert log.open().entries == 4
+    opened = log.open()
+    assert opened.entries == 4 and "sealed" in opened.note
     assert log.verify() == type(waiting)(True, 4)
     _fill(log, 1, start=4)
     entries = list(log.entries())
@@ -322,6 +323,21 @@ def test_torn_last_line_is_cut_at_the_next_start(log: AuditLog) -> None:
     assert "torn" in log.verify().note
     log.open()
     assert log.path.read_bytes() == intact and log.verify().note == ""
+
+
+def test_torn_first_line_of_a_new_log_is_cut_and_the_log_starts(log: AuditLog) -> None:
+    # Prepare: killed while writing the very first entry (the key file still pending)
+    log.state_dir.mkdir()
+    log.key_file.parent.mkdir()
+    log.pending_key_file.write_bytes(AuditKey.new().to_bytes())
+    log.path.write_bytes(b'{"genesis":"ab')
+    # Execute
+    waiting = log.verify()
+    _fill(log, 1)
+    # Assert
+    assert waiting.ok and "torn" in waiting.note
+    assert log.key_file.exists() and not log.pending_key_file.exists()
+    assert log.verify() == type(waiting)(True, 1)
 
 
 def test_interrupted_first_start_is_completed(log: AuditLog) -> None:
