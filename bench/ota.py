@@ -56,19 +56,22 @@ from pathlib import Path
 
 from sqlmodel import Session, func, select
 
+# The repository before bench/ (whose simulation.py would shadow the simulation package
+# that ota_testkit imports), and the end-to-end helpers before both.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
 from ota_testkit import TARGET, OtaFleet, wait_for
 
-from edge_client import mqtt_protocol as proto
 from edge_client.ota import SlotStore, install
+from edge_client.protocol import mqtt as proto
+from firmware_images.demo import build_demo_bundle
 from firmware_images.keys import load_public_key
-from fleet.broker_config import FLEET_USER
+from fleet.crud.rollouts import create_rollout
 from fleet.db import session_scope
-from fleet.demo_bundles import build_demo_bundle
 from fleet.models.ota import Rollout, RolloutCreate, RolloutStatus, TelemetryRecord
-from fleet.rollouts import create_rollout
-from fleet.simulated_devices import SIM_ACTOR, register_bundle
+from fleet.ota.broker_config import FLEET_USER
+from simulation.fleet_devices import SIM_ACTOR, register_bundle
 
 
 def _cpu_s(pid: int | None) -> float:

@@ -19,7 +19,7 @@ from coordinator.results import RoundRecord, write_results
 from coordinator.run_tracker import RunTracker
 from coordinator.secagg_exchange import SecAggExchange, secagg_from_run_config
 from coordinator.strategy_setup import build_strategy_setup
-from edge_client import messages as k
+from edge_client.protocol import keys as k
 from strategies.selection import TelemetrySource
 from tasks import evaluate, get_task
 

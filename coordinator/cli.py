@@ -224,33 +224,33 @@ def run_submit(
 
 def _registry_connection(fleet_url: str | None) -> Any:
     """Checked before the run starts, so a missing token fails now, not hours later."""
-    from firmware_images.registry_client import RegistryError, connection_from_env
+    from fleet.client import FleetError, connection_from_env
 
     try:
         return connection_from_env(fleet_url)
-    except RegistryError as err:
+    except FleetError as err:
         _fail(str(err))
 
 
 def _prepare_retrain(connection: Any, fleet_run: int, models_dir: Path) -> Any:
     from coordinator.retrain import prepare_retrain
-    from firmware_images.registry_client import RegistryClient, RegistryError
+    from fleet.client import FleetClient, FleetError
 
-    with RegistryClient(connection) as client:
+    with FleetClient(connection) as client:
         try:
             return prepare_retrain(client, fleet_run, dest_dir=models_dir)
-        except RegistryError as err:
+        except FleetError as err:
             _fail(str(err))
 
 
 def _mark_running(connection: Any, plan: Any) -> None:
     from coordinator.retrain import mark_running
-    from firmware_images.registry_client import RegistryClient, RegistryError
+    from fleet.client import FleetClient, FleetError
 
-    with RegistryClient(connection) as client:
+    with FleetClient(connection) as client:
         try:
             mark_running(client, plan)
-        except RegistryError as err:  # the run goes on; registering at the end retries
+        except FleetError as err:  # the run goes on; registering at the end retries
             typer.echo(f"warning: {err}", err=True)
 
 

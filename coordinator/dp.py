@@ -1,7 +1,7 @@
 """The coordinator's side of differential privacy, plugged into the round loop.
 
 :func:`configure_dp` takes the loop ``build_loop`` assembled and, from the run
-config's ``dp*`` keys (read by ``edge_client.dp_settings``, the same parser the clients
+config's ``dp*`` keys (read by ``DPConfig.from_run_config``, the same parser the clients
 use), adds:
 
 * ``dp = "central"`` — client-level DP-FedAvg with a trusted coordinator (McMahan et
@@ -33,8 +33,7 @@ from flwr.serverapp.strategy import Strategy
 
 from coordinator.config import RunConfig
 from coordinator.loop import RoundLoop, TrainExchange, represented_clients
-from edge_client import messages as k
-from edge_client.dp_settings import dp_config_from_run_config
+from edge_client.protocol import keys as k
 from privacy.dp import (
     AVERAGING_STRATEGIES,
     DPConfig,
@@ -44,6 +43,8 @@ from privacy.dp import (
     epsilon,
 )
 from privacy.dp.distributed import share_std
+from privacy.secagg.config import RUN_CONFIG_KEYS as SECAGG_KEYS
+from privacy.secagg.config import SecAggConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,8 @@ SHARE_SIGMAS = 7.0
 
 def _secagg(run_config: Mapping[str, Any]) -> tuple[bool, float | None]:
     """(secure aggregation on?, its per-coordinate clip R) from the run config."""
-    if not run_config.get(k.RC_SECAGG, False):
+    if not run_config.get(SECAGG_KEYS["enabled"], False):
         return False, None
-    try:
-        from privacy.secagg.config import SecAggConfig
-    except ImportError:  # pragma: no cover - secure aggregation not installed
-        return True, None
     secagg = SecAggConfig.from_run_config(run_config)
     return secagg.enabled, secagg.clip
 
@@ -276,7 +273,7 @@ class DPAccountant:
 
 def configure_dp(loop: RoundLoop, config: RunConfig, run_config: Mapping[str, Any]) -> RoundLoop:
     """Add the run's DP (see the module docstring) to ``loop``; refuse bad set-ups."""
-    dp = dp_config_from_run_config(run_config)
+    dp = DPConfig.from_run_config(run_config)
     if not dp.enabled:
         return loop
     check_dp_setup(dp, config, run_config)

@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import Strategy
 from coordinator.checkpoint import Checkpoint, CheckpointStore
 from coordinator.grid_view import SelectedNodesGrid
 from coordinator.results import RoundRecord
-from edge_client.messages import AGGREGATED_CLIENTS
+from edge_client.protocol.secagg import AGGREGATED_CLIENTS
 
 log = logging.getLogger(__name__)
 

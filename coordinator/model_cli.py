@@ -17,7 +17,7 @@ import typer
 from firmware_images.cli import FleetUrl
 
 if TYPE_CHECKING:
-    from firmware_images.registry_client import FleetConnection
+    from fleet.client import FleetConnection
 
 model_app = typer.Typer(
     name="model",
@@ -69,11 +69,11 @@ def model_register(
     fleet_url: FleetUrl = None,
 ) -> None:
     """Record the run in the fleet and register its model.pt as a new model version."""
-    from firmware_images.registry_client import RegistryError, connection_from_env
+    from fleet.client import FleetError, connection_from_env
 
     try:
         connection = connection_from_env(fleet_url)
-    except RegistryError as err:
+    except FleetError as err:
         _fail(str(err), code=2)
     register_and_report(run_dir, connection, name=name, description=description, key=key)
 
@@ -97,7 +97,7 @@ def register_and_report(
         read_run_folder,
         register_run,
     )
-    from firmware_images.registry_client import RegistryClient, RegistryError
+    from fleet.client import FleetClient, FleetError
 
     try:
         run = read_run_folder(run_dir)
@@ -116,7 +116,7 @@ def register_and_report(
         sha256 = check_checkpoint(run)
     except RunFolderError as err:
         _fail(str(err), code=2)
-    with RegistryClient(connection) as client:
+    with FleetClient(connection) as client:
         try:
             done = register_run(
                 client,
@@ -128,7 +128,7 @@ def register_and_report(
                 fleet_run_id=fleet_run_id,
                 parent_id=parent_id,
             )
-        except RegistryError as err:
+        except FleetError as err:
             _fail(str(err))
     accuracy = "n/a" if run.final_accuracy is None else f"{run.final_accuracy:.4f}"
     typer.echo(

@@ -16,8 +16,8 @@ A run folder (``fedfleet simulate --out DIR``, or a coordinator run's folder) ho
 If a step after the run was recorded fails, the run is marked ``failed`` and a version
 already created is deprecated, so nothing half-registered can be rolled out.
 
-The fleet is reached only over HTTP (:mod:`firmware_images.registry_client`): the
-coordinator never imports the fleet's database code.
+The fleet is reached only over HTTP (:mod:`fleet.client`): the coordinator never imports
+the fleet's database code.
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from firmware_images.registry_client import RegistryClient, RegistryError, sign_digest
+from firmware_images.keys import sign_digest
+from fleet.client import FleetClient, FleetError, RoundReportBody
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt"
-RUN_ID_KEY = "run-id"  # coordinator run folders record their id in config (edge_client.messages)
+RUN_ID_KEY = "run-id"  # run folders record their id in config (= protocol.keys.RC_RUN_ID)
 _METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _ROUND_FIELDS = ("accuracy", "loss", "duration_s", "epsilon")
@@ -156,7 +157,7 @@ class Registered:
 
 
 def register_run(
-    client: RegistryClient,
+    client: FleetClient,
     run: RunFolder,
     *,
     sha256: str,
@@ -175,35 +176,36 @@ def register_run(
     step = on_step or (lambda _s: None)
     label = name if name is not None else f"{run.task} from run {run.run_id}"
     if fleet_run_id is None:
-        body: dict[str, Any] = {"name": f"{run.run_id}", "task": run.task, "config": run.config}
-        if run.strategy is not None:
-            body["strategy"] = run.strategy
         step("record the run")
-        fleet_run = int(client.post_json("/runs", body, what=f"recording run {run.run_id}")["id"])
+        fleet_run = client.create_run(
+            name=f"{run.run_id}",
+            task=run.task,
+            strategy=run.strategy,
+            config=run.config,
+            what=f"recording run {run.run_id}",
+        ).id
     else:
         fleet_run = fleet_run_id
     version: int | None = None
     try:
         for row in run.rounds:
-            client.send_json(
-                "PUT",
-                f"/runs/{fleet_run}/rounds/{int(row['round'])}",
+            client.report_round(
+                fleet_run,
+                int(row["round"]),
                 _round_report(row),
                 what=f"reporting round {row['round']} of run {run.run_id}",
             )
         step("register the model version")
-        model_body: dict[str, Any] = {
-            "task": run.task,
-            "name": label,
-            "description": description,
-            "source_run_id": fleet_run,
-            "metrics": run.model_metrics(),
-        }
-        if run.last_round is not None:
-            model_body["source_round"] = run.last_round
-        if parent_id is not None:
-            model_body["parent_id"] = parent_id
-        version = int(client.post_json("/models", model_body, what="registering the model")["id"])
+        version = client.register_model(
+            task=run.task,
+            name=label,
+            description=description,
+            source_run_id=fleet_run,
+            metrics=run.model_metrics(),
+            source_round=run.last_round,
+            parent_id=parent_id,
+            what="registering the model",
+        ).id
         step("upload the checkpoint")
         artifact = client.upload_artifact(
             version,
@@ -213,34 +215,34 @@ def register_run(
             sha256=sha256,
             signature=sign_digest(private_key, sha256) if private_key is not None else None,
         )
-        client.send_json(
-            "PATCH",
-            f"/runs/{fleet_run}",
-            {"status": "completed", "final_model_version_id": version},
+        client.update_run(
+            fleet_run,
+            status="completed",
+            final_model_version_id=version,
             what=f"completing run {run.run_id}",
         )
-    except RegistryError as exc:
+    except FleetError as exc:
         _undo(client, fleet_run=fleet_run, version=version)
         undone = f"fleet run {fleet_run} marked failed"
         if version is not None:
             undone += f", model version {version} deprecated"
-        raise RegistryError(f"{exc} ({undone})") from None
+        raise FleetError(f"{exc} ({undone})") from None
     return Registered(
         model_version=version, fleet_run_id=fleet_run, artifact_id=artifact.id, sha256=sha256
     )
 
 
-def _undo(client: RegistryClient, *, fleet_run: int, version: int | None) -> None:
+def _undo(client: FleetClient, *, fleet_run: int, version: int | None) -> None:
     """Best effort: nothing half-registered stays usable (errors here are secondary)."""
     try:
         if version is not None:
-            client.post_json(f"/models/{version}/deprecate", {}, what="deprecating")
-        client.send_json("PATCH", f"/runs/{fleet_run}", {"status": "failed"}, what="failing")
-    except RegistryError:
+            client.deprecate_model(version, what="deprecating")
+        client.update_run(fleet_run, status="failed", what="failing")
+    except FleetError:
         pass
 
 
-def _round_report(row: dict[str, Any]) -> dict[str, Any]:
+def _round_report(row: dict[str, Any]) -> RoundReportBody:
     """A ``RoundReport`` body from a metrics.json round row."""
     report: dict[str, Any] = {}
     for name in _ROUND_FIELDS:
@@ -266,7 +268,7 @@ def _round_report(row: dict[str, Any]) -> dict[str, Any]:
             continue
         metrics[key] = value
     report["metrics"] = metrics
-    return report
+    return cast("RoundReportBody", report)
 
 
 def _finite(value: Any) -> float | None:

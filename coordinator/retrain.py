@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware_images.registry import fetch_checkpoint
-from firmware_images.registry_client import RegistryClient, RegistryError
+from fleet.client import FleetClient, FleetError
 
 PARENT_KEY = "parent_model_version_id"
 
@@ -50,41 +50,38 @@ class RetrainPlan:
         return {**run_config, "task": self.task, "initial-model": str(self.checkpoint.resolve())}
 
 
-def prepare_retrain(client: RegistryClient, fleet_run_id: int, *, dest_dir: Path) -> RetrainPlan:
+def prepare_retrain(client: FleetClient, fleet_run_id: int, *, dest_dir: Path) -> RetrainPlan:
     """Read fleet run ``fleet_run_id`` and download its parent model's checkpoint.
 
     Raises:
-        RegistryError: the run is unknown, already started, names no parent model, or
+        FleetError: the run is unknown, already started, names no parent model, or
             the parent has no checkpoint; or the fleet could not be reached.
     """
     what = f"fleet run {fleet_run_id}"
-    run = client.get_json(f"/runs/{fleet_run_id}", what=what)
-    if run.get("status") != "created":
-        raise RegistryError(
-            f"{what} is {run.get('status')!r}, not 'created': a retraining run is executed "
+    run = client.get_run(fleet_run_id)
+    if run.status != "created":
+        raise FleetError(
+            f"{what} is {run.status!r}, not 'created': a retraining run is executed "
             "once; create a new one from the drift event"
         )
-    parent = (run.get("config") or {}).get(PARENT_KEY)
+    parent = run.config.get(PARENT_KEY)
     if not isinstance(parent, int) or isinstance(parent, bool):
-        raise RegistryError(
+        raise FleetError(
             f"{what} names no model to retrain (config.{PARENT_KEY}); create it from a "
             "drift event: POST /api/v1/drift-events/{id}/runs"
         )
     dest_dir.mkdir(parents=True, exist_ok=True)
-    fetched = fetch_checkpoint(client, parent, dest_dir=dest_dir, task=str(run["task"]))
+    fetched = fetch_checkpoint(client, parent, dest_dir=dest_dir, task=run.task)
     return RetrainPlan(
         fleet_run_id=fleet_run_id,
-        task=str(run["task"]),
+        task=run.task,
         parent_version=parent,
         checkpoint=fetched.path,
     )
 
 
-def mark_running(client: RegistryClient, plan: RetrainPlan) -> None:
+def mark_running(client: FleetClient, plan: RetrainPlan) -> None:
     """Tell the fleet the run has started (the dashboard shows it running)."""
-    client.send_json(
-        "PATCH",
-        f"/runs/{plan.fleet_run_id}",
-        {"status": "running"},
-        what=f"starting fleet run {plan.fleet_run_id}",
+    client.update_run(
+        plan.fleet_run_id, status="running", what=f"starting fleet run {plan.fleet_run_id}"
     )

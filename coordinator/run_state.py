@@ -29,7 +29,7 @@ import tomllib
 
 from coordinator.config import RunConfig
 from coordinator.results import atomic_write_bytes
-from edge_client import messages as k
+from edge_client.protocol import keys as k
 
 ALIASES = {"min-sites": "min-clients", "sites": "clients-per-round"}
 

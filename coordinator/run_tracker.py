@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 
 from coordinator.grid_view import DelegatingGrid
 from coordinator.results import RoundRecord, atomic_write_bytes
-from edge_client import messages as k
+from edge_client.protocol import keys as k
 from privacy.private_files import open_private
 
 REFUSAL_PREFIX = "site policy refused: "  # the site's edge_client.site_policy prefix

@@ -23,17 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from coordinator.config import RunConfig
-from edge_client import messages as k
-from edge_client.secagg_client import (
-    bytes_list,
-    bytes_value,
-    int_list,
-    params_to_record,
-)
+from edge_client.protocol import keys as k
+from edge_client.protocol import secagg as sa
 from privacy.secagg import server as protocol
 from privacy.secagg.arrays import apply_update, num_params
 from privacy.secagg.client import pack_ids
@@ -66,11 +61,28 @@ def secagg_from_run_config(run_config: Mapping[str, Any], config: RunConfig) -> 
 
 
 @dataclass
+class _Round:
+    """One round of the protocol, handed from stage to stage."""
+
+    grid: Grid
+    number: int
+    deadline: float  # time.monotonic() by which every stage's replies must be in
+    train: dict[int, Message]  # the strategy's train instruction, by selected node
+    state: protocol.ServerRound
+    stats: dict[str, float]
+    survivors: list[int] = field(default_factory=list)  # nodes whose masked input arrived
+    sent: dict[int, Message] = field(default_factory=dict)  # the stage-3 messages, by node
+
+    @property
+    def threshold(self) -> int:
+        return self.state.params.threshold
+
+
+@dataclass
 class SecAggExchange:
     """The SecAgg+ train exchange; ``round_stats`` is its reply filter for metrics."""
 
     config: SecAggConfig
-    poll_interval: float = 0.2
     _stats: dict[int, dict[str, float]] = field(default_factory=dict)
 
     # -- the loop's hooks -------------------------------------------------------------
@@ -103,7 +115,7 @@ class SecAggExchange:
         """A reply filter that keeps every reply and reports this round's counters."""
         return replies, self._stats.pop(server_round, {})
 
-    # -- the protocol -----------------------------------------------------------------
+    # -- the protocol: one method per stage, mirroring edge_client.secagg_client ---------
     def _run(
         self,
         grid: Grid,
@@ -112,6 +124,21 @@ class SecAggExchange:
         timeout: float,
         stats: dict[str, float],
     ) -> Message:
+        rnd = self._start(grid, messages, server_round, timeout, stats)
+        self._setup(rnd)
+        self._share(rnd)
+        global_arrays, masked_sum = self._masked_input(rnd)
+        return self._unmask(rnd, global_arrays, masked_sum)
+
+    def _start(
+        self,
+        grid: Grid,
+        messages: list[Message],
+        server_round: int,
+        timeout: float,
+        stats: dict[str, float],
+    ) -> _Round:
+        """The round's protocol state over the strategy's selected nodes."""
         deadline = time.monotonic() + timeout
         train = {m.metadata.dst_node_id: m for m in messages}
         if not train:
@@ -122,148 +149,129 @@ class SecAggExchange:
             )
         except ValueError as exc:
             raise SecAggRoundFailed(str(exc)) from None
-        threshold = state.params.threshold
-        group = str(server_round)
+        return _Round(grid, server_round, deadline, train, state, stats)
 
-        def send(
-            content: Mapping[int, RecordDict],
-            message_type: str,
-            outgoing: dict[int, Message] | None = None,
-        ) -> Iterator[tuple[int, Message]]:
-            made = {
-                node: grid.create_message(content[node], message_type, node, group)
-                for node in sorted(content)
-            }
-            if outgoing is not None:
-                outgoing.update(made)
-            yield from self._send(grid, made.values(), deadline)
-
-        # Stage 1: advertise keys.
+    def _setup(self, rnd: _Round) -> None:
+        """Stage 1 (``handle_setup``): every participant advertises its two public keys."""
+        state = rnd.state
         base = {
-            k.SA_ROUND: server_round,
-            k.SA_GRAPH_SEED: state.graph_seed,
-            k.SA_PARTICIPANTS: pack_ids(state.participants),
-            **params_to_record(state.params),
+            sa.SA_ROUND: rnd.number,
+            sa.SA_GRAPH_SEED: state.graph_seed,
+            sa.SA_PARTICIPANTS: pack_ids(state.participants),
+            **sa.params_to_record(state.params),
         }
-        setup = {node: _record(base) for node in state.participants}
-        for node, reply in send(setup, k.MT_SECAGG_SETUP):
-            if not reply.has_error():
-                rec = reply.content.config_records.get(k.SECAGG)
-                if rec is not None:
-                    with _tolerant():
-                        protocol.record_keys(
-                            state,
-                            node,
-                            c_public=bytes_value(rec, k.SA_C_PUBLIC),
-                            s_public=bytes_value(rec, k.SA_S_PUBLIC),
-                        )
-        stats["secagg_dropped_setup"] = float(len(state.participants) - len(state.advertised))
+        requests = {node: _record(base) for node in state.participants}
+        for node, reply in self._stage(rnd, requests, sa.MT_SECAGG_SETUP):
+            _record_keys(state, node, reply)
+        rnd.stats["secagg_dropped_setup"] = float(len(state.participants) - len(state.advertised))
 
-        # Stage 2: share keys.
-        share_requests = {}
+    def _share(self, rnd: _Round) -> None:
+        """Stage 2 (``handle_share``): each advertiser gets its neighbours' keys and sends
+        them encrypted shares of its secrets, through the coordinator."""
+        state = rnd.state
+        requests = {}
         for node in sorted(state.advertised):
             peers = protocol.keys_for(state, node)
-            share_requests[node] = _record(
+            requests[node] = _record(
                 {
-                    k.SA_ROUND: server_round,
-                    k.SA_PEERS: list(peers),
-                    k.SA_PEERS_C: [c for c, _ in peers.values()],
-                    k.SA_PEERS_S: [s for _, s in peers.values()],
+                    sa.SA_ROUND: rnd.number,
+                    sa.SA_PEERS: list(peers),
+                    sa.SA_PEERS_C: [c for c, _ in peers.values()],
+                    sa.SA_PEERS_S: [s for _, s in peers.values()],
                 }
             )
-        for node, reply in send(share_requests, k.MT_SECAGG_SHARE):
-            if not reply.has_error():
-                rec = reply.content.config_records.get(k.SECAGG)
-                if rec is not None:
-                    with _tolerant():
-                        receivers = int_list(rec, k.SA_RECEIVERS)
-                        blobs = bytes_list(rec, k.SA_CIPHERTEXTS)
-                        if len(receivers) == len(blobs):
-                            protocol.record_shares(
-                                state,
-                                node,
-                                ciphertexts=dict(zip(receivers, blobs, strict=True)),
-                                commitment=bytes_value(rec, k.SA_COMMITMENT),
-                            )
-        stats["secagg_dropped_share"] = float(len(state.advertised) - len(state.shared))
-        if len(state.shared) < threshold:
+        for node, reply in self._stage(rnd, requests, sa.MT_SECAGG_SHARE):
+            _record_shares(state, node, reply)
+        rnd.stats["secagg_dropped_share"] = float(len(state.advertised) - len(state.shared))
+        if len(state.shared) < rnd.threshold:
             raise SecAggRoundFailed(
-                f"only {len(state.shared)} clients shared keys, threshold is {threshold}"
+                f"only {len(state.shared)} clients shared keys, threshold is {rnd.threshold}"
             )
 
-        # Stage 3: masked inputs (the strategy's train instruction + routed shares).
-        global_arrays = next(iter(train.values())).content.array_records[k.ARRAYS]
+    def _masked_input(self, rnd: _Round) -> tuple[ArrayRecord, np.ndarray]:
+        """Stage 3 (``handle_masked_train``): the strategy's train instruction plus the
+        routed shares; returns the global model and the sum of the masked inputs."""
+        state = rnd.state
+        global_arrays = next(iter(rnd.train.values())).content.array_records[k.ARRAYS]
         length = input_length(num_params(global_arrays))
         dtype = ring_dtype(state.params.modulus_bits)
         total = np.zeros(length, dtype=dtype)
-        survivors: list[int] = []
-        sent: dict[int, Message] = {}
-        train_requests = {}
+        requests = {}
         for node in sorted(state.shared):
             routed = protocol.shares_for(state, node)
-            content = RecordDict(dict(train[node].content.items()))
-            content[k.SECAGG] = ConfigRecord(
+            content = RecordDict(dict(rnd.train[node].content.items()))
+            content[sa.SECAGG] = ConfigRecord(
                 {
-                    k.SA_ROUND: server_round,
-                    k.SA_SENDERS: list(routed),
-                    k.SA_CIPHERTEXTS: list(routed.values()),
+                    sa.SA_ROUND: rnd.number,
+                    sa.SA_SENDERS: list(routed),
+                    sa.SA_CIPHERTEXTS: list(routed.values()),
                 }
             )
-            train_requests[node] = content
+            requests[node] = content
         bad_shares = 0
-        for node, reply in send(train_requests, k.MT_SECAGG_TRAIN, sent):
+        for node, reply in self._stage(rnd, requests, sa.MT_SECAGG_TRAIN, rnd.sent):
             if reply.has_error():
-                bad_shares += int(reply.error.code == k.ERR_SECAGG_BAD_SHARE)
+                bad_shares += int(reply.error.code == sa.ERR_SECAGG_BAD_SHARE)
                 continue
             vector = _masked_vector(reply, length=length, dtype=dtype)
             if vector is None:
                 continue
             np.add(total, vector, out=total)
-            survivors.append(node)
-        stats["secagg_bad_shares"] = float(bad_shares)
-        stats["secagg_dropped_input"] = float(len(state.shared) - len(survivors))
-        if len(survivors) < threshold:
+            rnd.survivors.append(node)
+        rnd.stats["secagg_bad_shares"] = float(bad_shares)
+        rnd.stats["secagg_dropped_input"] = float(len(state.shared) - len(rnd.survivors))
+        if len(rnd.survivors) < rnd.threshold:
             raise SecAggRoundFailed(
-                f"only {len(survivors)} masked inputs arrived, threshold is {threshold}"
+                f"only {len(rnd.survivors)} masked inputs arrived, threshold is {rnd.threshold}"
             )
+        return global_arrays, total
 
-        # Stage 4: unmask.
+    def _unmask(self, rnd: _Round, global_arrays: ArrayRecord, masked_sum: np.ndarray) -> Message:
+        """Stage 4 (``handle_unmask``): survivors send the seed shares of surviving
+        neighbours and the key shares of dropped ones; the masks cancel out of the sum."""
+        state, survivors = rnd.state, rnd.survivors
         survivor_set = set(survivors)
         dropped = state.shared - survivor_set
-        unmask_requests = {}
+        requests = {}
         for node in survivors:
             near = set(state.graph[node]) | {node}
-            unmask_requests[node] = _record(
+            requests[node] = _record(
                 {
-                    k.SA_ROUND: server_round,
-                    k.SA_SURVIVORS: sorted(near & survivor_set),
-                    k.SA_DROPPED: sorted(near & dropped),
+                    sa.SA_ROUND: rnd.number,
+                    sa.SA_SURVIVORS: sorted(near & survivor_set),
+                    sa.SA_DROPPED: sorted(near & dropped),
                 }
             )
         seed_shares: dict[int, dict[int, int]] = {}
         key_shares: dict[int, dict[int, int]] = {}
         answered = 0
-        for node, reply in send(unmask_requests, k.MT_SECAGG_UNMASK):
-            if reply.has_error():
+        for node, reply in self._stage(rnd, requests, sa.MT_SECAGG_UNMASK):
+            shares = _unmask_shares(state, node, reply, survivors=survivor_set, dropped=dropped)
+            if shares is None:
                 continue
-            rec = reply.content.config_records.get(k.SECAGG)
-            if rec is None:
-                continue
-            with _tolerant():
-                seeds = _shares(rec, k.SA_SEED_OWNERS, k.SA_SEED_SHARES)
-                keys = _shares(rec, k.SA_KEY_OWNERS, k.SA_KEY_SHARES)
-                holders_ok = all(node in protocol.holders_of(state, o) for o in seeds | keys)
-                if holders_ok and set(seeds) <= survivor_set and set(keys) <= dropped:
-                    for owner, value in seeds.items():
-                        seed_shares.setdefault(owner, {})[node] = value
-                    for owner, value in keys.items():
-                        key_shares.setdefault(owner, {})[node] = value
-                    answered += 1
-        stats["secagg_unmask_missing"] = float(len(survivors) - answered)
+            seeds, keys = shares
+            for owner, value in seeds.items():
+                seed_shares.setdefault(owner, {})[node] = value
+            for owner, value in keys.items():
+                key_shares.setdefault(owner, {})[node] = value
+            answered += 1
+        rnd.stats["secagg_unmask_missing"] = float(len(survivors) - answered)
+        return self._aggregate(rnd, global_arrays, masked_sum, seed_shares, key_shares)
+
+    def _aggregate(
+        self,
+        rnd: _Round,
+        global_arrays: ArrayRecord,
+        masked_sum: np.ndarray,
+        seed_shares: dict[int, dict[int, int]],
+        key_shares: dict[int, dict[int, int]],
+    ) -> Message:
+        """The synthetic reply: the global model plus the survivors' mean update."""
+        state, survivors = rnd.state, rnd.survivors
         try:
             plain = protocol.recover_sum(
                 state,
-                masked_sum=total,
+                masked_sum=masked_sum,
                 survivors=survivors,
                 seed_shares=seed_shares,
                 key_shares=key_shares,
@@ -271,16 +279,34 @@ class SecAggExchange:
             decoded = decode_sum(plain, num_inputs=len(survivors), params=state.params)
         except (protocol.UnmaskError, ValueError) as exc:
             raise SecAggRoundFailed(str(exc)) from None
-        stats["secagg_survivors"] = float(len(survivors))
-        stats["secagg_clipped_fraction"] = decoded.clipped_fraction
-        stats["secagg_modulus_bits"] = float(state.params.modulus_bits)
+        rnd.stats["secagg_survivors"] = float(len(survivors))
+        rnd.stats["secagg_clipped_fraction"] = decoded.clipped_fraction
+        rnd.stats["secagg_modulus_bits"] = float(state.params.modulus_bits)
         new_arrays = apply_update(global_arrays, decoded.mean_update)
         metrics = MetricRecord(
-            {k.NUM_EXAMPLES: decoded.total_weight, k.AGGREGATED_CLIENTS: len(survivors)}
+            {k.NUM_EXAMPLES: decoded.total_weight, sa.AGGREGATED_CLIENTS: len(survivors)}
         )
         return Message(
-            RecordDict({k.ARRAYS: new_arrays, k.METRICS: metrics}), reply_to=sent[min(survivors)]
+            RecordDict({k.ARRAYS: new_arrays, k.METRICS: metrics}),
+            reply_to=rnd.sent[min(survivors)],
         )
+
+    def _stage(
+        self,
+        rnd: _Round,
+        content: Mapping[int, RecordDict],
+        message_type: str,
+        outgoing: dict[int, Message] | None = None,
+    ) -> Iterator[tuple[int, Message]]:
+        """One stage's messages (made in node order, kept in ``outgoing`` when given),
+        delivered; yields (node, reply) as :meth:`_send` does."""
+        made = {
+            node: rnd.grid.create_message(content[node], message_type, node, str(rnd.number))
+            for node in sorted(content)
+        }
+        if outgoing is not None:
+            outgoing.update(made)
+        yield from self._send(rnd.grid, made.values(), rnd.deadline)
 
     def _send(
         self, grid: Grid, messages: Iterable[Message], deadline: float
@@ -297,16 +323,51 @@ class SecAggExchange:
 
 
 def _record(values: Mapping[str, Any]) -> RecordDict:
-    return RecordDict({k.SECAGG: ConfigRecord(dict(values))})
+    return RecordDict({sa.SECAGG: ConfigRecord(dict(values))})
+
+
+def _record_keys(state: protocol.ServerRound, node: int, reply: Message) -> None:
+    """Keep the public keys of a stage-1 reply; a malformed one leaves the node out."""
+    if reply.has_error():
+        return
+    rec = reply.content.config_records.get(sa.SECAGG)
+    if rec is None:
+        return
+    with _tolerant():
+        protocol.record_keys(
+            state,
+            node,
+            c_public=sa.bytes_value(rec, sa.SA_C_PUBLIC),
+            s_public=sa.bytes_value(rec, sa.SA_S_PUBLIC),
+        )
+
+
+def _record_shares(state: protocol.ServerRound, node: int, reply: Message) -> None:
+    """Keep the encrypted shares of a stage-2 reply; a malformed one leaves the node out."""
+    if reply.has_error():
+        return
+    rec = reply.content.config_records.get(sa.SECAGG)
+    if rec is None:
+        return
+    with _tolerant():
+        receivers = sa.int_list(rec, sa.SA_RECEIVERS)
+        blobs = sa.bytes_list(rec, sa.SA_CIPHERTEXTS)
+        if len(receivers) == len(blobs):
+            protocol.record_shares(
+                state,
+                node,
+                ciphertexts=dict(zip(receivers, blobs, strict=True)),
+                commitment=sa.bytes_value(rec, sa.SA_COMMITMENT),
+            )
 
 
 def _masked_vector(reply: Message, *, length: int, dtype: type) -> np.ndarray | None:
     """The masked input of a stage-3 reply, or None if it is malformed."""
-    record = reply.content.array_records.get(k.SECAGG_MASKED)
-    if record is None or k.SECAGG_VECTOR not in record:
+    record = reply.content.array_records.get(sa.SECAGG_MASKED)
+    if record is None or sa.SECAGG_VECTOR not in record:
         return None
     try:
-        vector = record[k.SECAGG_VECTOR].numpy()
+        vector = record[sa.SECAGG_VECTOR].numpy()
     except (ValueError, TypeError):
         return None
     if vector.dtype != dtype or vector.shape != (length,):
@@ -314,9 +375,33 @@ def _masked_vector(reply: Message, *, length: int, dtype: type) -> np.ndarray | 
     return vector
 
 
+def _unmask_shares(
+    state: protocol.ServerRound,
+    node: int,
+    reply: Message,
+    *,
+    survivors: set[int],
+    dropped: set[int],
+) -> tuple[dict[int, int], dict[int, int]] | None:
+    """The (seed, key) shares of a stage-4 reply by owner, or None when the reply is an
+    error, malformed, or names owners it cannot hold or must not reveal."""
+    if reply.has_error():
+        return None
+    rec = reply.content.config_records.get(sa.SECAGG)
+    if rec is None:
+        return None
+    with _tolerant():
+        seeds = _shares(rec, sa.SA_SEED_OWNERS, sa.SA_SEED_SHARES)
+        keys = _shares(rec, sa.SA_KEY_OWNERS, sa.SA_KEY_SHARES)
+        holders_ok = all(node in protocol.holders_of(state, o) for o in seeds | keys)
+        if holders_ok and set(seeds) <= survivors and set(keys) <= dropped:
+            return seeds, keys
+    return None
+
+
 def _shares(record: ConfigRecord, owners_key: str, shares_key: str) -> dict[int, int]:
-    owners = int_list(record, owners_key)
-    values = bytes_list(record, shares_key)
+    owners = sa.int_list(record, owners_key)
+    values = sa.bytes_list(record, shares_key)
     if len(owners) != len(values) or len(set(owners)) != len(owners):
         raise ValueError("malformed share list")
     return {o: decode_share(v) for o, v in zip(owners, values, strict=True)}

@@ -29,7 +29,7 @@ from flwr.serverapp.strategy import Strategy
 from coordinator.buffered import BufferedExchange, Clock, TopUpSelector
 from coordinator.config import RunConfig
 from coordinator.loop import PlainExchange, ReplyFilter, Selector, TrainExchange
-from edge_client import messages as k
+from edge_client.protocol import keys as k
 from strategies import StrategyParams, build_strategy, strategy_info
 from strategies.guard import UpdateGuard
 from strategies.selection import (

@@ -14,14 +14,14 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
-from edge_client import messages as k
 from edge_client.data import ClientData, partition_data
 from edge_client.dp_mods import distributed_dp_share
-from edge_client.dp_settings import dp_mode
 from edge_client.dp_training import train_with_dp
+from edge_client.protocol import keys as k
 from edge_client.secagg_client import PreMaskTransform, register_secagg
 from edge_client.settings import ClientSettings
 from edge_client.site_policy import site_mod
+from privacy.dp.config import dp_mode
 from tasks import evaluate, reported_loss, train_local
 from tasks.model_pool import give_back, take_model
 from tasks.weights import weights_record

@@ -464,48 +464,57 @@ class AuditLog:
 
 def _scan(lines: list[bytes], key: AuditKey | None, *, start: int) -> str:
     """Check ``lines[start:]`` (canonical JSON, hash, chain, MAC); the first problem or ""."""
-    prev = None if start else GENESIS
+    prev: Any = GENESIS
     if start:
-        try:
-            prev = _strict_json(lines[start - 1]).get("hash")
-        except (ValueError, AttributeError):
-            return f"line {start}: not valid JSON"
+        previous = _parse_line(lines[start - 1])
+        if isinstance(previous, str):
+            return f"line {start}: {previous}"
+        prev = previous.get("hash")
     for seq in range(start, len(lines)):
-        raw, lineno = lines[seq], seq + 1
-        if not raw.strip():
-            return f"line {lineno}: empty line"
-        try:
-            entry = _strict_json(raw)
-        except UnicodeDecodeError:
-            return f"line {lineno}: not UTF-8 text"
-        except ValueError as exc:
-            return f"line {lineno}: not valid JSON ({exc})"
-        if not isinstance(entry, dict):
-            return f"line {lineno}: not a JSON object"
-        try:
-            canonical = _canonical(entry)
-        except ValueError:
-            return f"line {lineno}: not valid JSON"
-        if entry.get("hash") != entry_hash(entry):
-            return f"line {lineno}: content does not match hash"
-        if canonical != raw:
-            return f"line {lineno}: not in canonical form (it was edited)"
-        if entry.get("seq") != seq or entry.get("prev") != prev:
-            return f"line {lineno}: chain broken (a line was removed or reordered)"
-        authenticated = key is not None and seq >= key.legacy_entries
-        if authenticated and key is not None:
-            mac = entry.get("mac")
-            if not isinstance(mac, str) or not hmac.compare_digest(
-                mac, _entry_mac(key.key, entry["hash"])
-            ):
-                return (
-                    f"line {lineno}: does not verify with the site's audit key (forged or edited)"
-                )
-            if seq == key.legacy_entries and entry.get("genesis") != key.genesis:
-                return f"line {lineno}: does not carry this site's genesis id (another log)"
-        elif key is None and ("mac" in entry or "genesis" in entry):
-            return f"line {lineno}: is authenticated but the site's audit key file is missing"
+        entry = _parse_line(lines[seq])
+        if isinstance(entry, str):
+            return f"line {seq + 1}: {entry}"
+        problem = _check_entry(entry, seq, prev, key)
+        if problem:
+            return f"line {seq + 1}: {problem}"
         prev = entry["hash"]
+    return ""
+
+
+def _parse_line(raw: bytes) -> dict[str, Any] | str:
+    """The entry on line ``raw``, or what is wrong with the line."""
+    if not raw.strip():
+        return "empty line"
+    try:
+        entry = _strict_json(raw)
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except ValueError as exc:
+        return f"not valid JSON ({exc})"
+    if not isinstance(entry, dict):
+        return "not a JSON object"
+    if entry.get("hash") != entry_hash(entry):
+        return "content does not match hash"
+    if _canonical(entry) != raw:
+        return "not in canonical form (it was edited)"
+    return entry
+
+
+def _check_entry(entry: dict[str, Any], seq: int, prev: Any, key: AuditKey | None) -> str:
+    """Chain and authentication of one parsed entry at position ``seq``; "" if fine."""
+    if entry.get("seq") != seq or entry.get("prev") != prev:
+        return "chain broken (a line was removed or reordered)"
+    if key is None:
+        if "mac" in entry or "genesis" in entry:
+            return "is authenticated but the site's audit key file is missing"
+        return ""
+    if seq < key.legacy_entries:
+        return ""
+    mac = entry.get("mac")
+    if not isinstance(mac, str) or not hmac.compare_digest(mac, _entry_mac(key.key, entry["hash"])):
+        return "does not verify with the site's audit key (forged or edited)"
+    if seq == key.legacy_entries and entry.get("genesis") != key.genesis:
+        return "does not carry this site's genesis id (another log)"
     return ""
 
 

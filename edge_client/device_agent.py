@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from edge_client import mqtt_protocol as proto
 from edge_client.device_config import DeviceConfig
 from edge_client.mqtt_loop import SharedLoop
 from edge_client.ota import Download, InstallError, LoadedModel, SlotStore, install
+from edge_client.protocol import mqtt as proto
 from firmware_images.keys import load_public_key
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from typing import Any
 
 import tomllib
 
-from edge_client.mqtt_protocol import DEFAULT_CHUNK_BYTES, check_device_id
+from edge_client.protocol.mqtt import DEFAULT_CHUNK_BYTES, check_device_id
 
 
 @dataclass(frozen=True)

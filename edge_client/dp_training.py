@@ -34,9 +34,9 @@ import torch
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from torch import nn
 
-from edge_client import messages as k
 from edge_client.data import ClientData
-from edge_client.dp_settings import dp_config_from_run_config, ledger_settings
+from edge_client.dp_settings import ledger_settings
+from edge_client.protocol import keys as k
 from edge_client.settings import ClientSettings
 from privacy.dp import DPConfig, local_mechanism
 from privacy.dp.config import GradSampleMode
@@ -44,10 +44,6 @@ from privacy.ledger import PrivacyLedger
 from tasks import reported_loss
 
 log = logging.getLogger(__name__)
-
-
-class DPModelError(ValueError):
-    """The model cannot be trained with DP-SGD in a way the federation can use."""
 
 
 @dataclass(frozen=True)
@@ -186,7 +182,7 @@ def train_with_dp(
 ) -> Message:
     """The ``dp = "local"`` train handler body: plan, reserve, train, commit, reply."""
     try:
-        dp: DPConfig = dp_config_from_run_config(context.run_config)
+        dp: DPConfig = DPConfig.from_run_config(context.run_config)
         n = len(data.x_train)
         dp.validate(dataset_size=n)
         where = ledger_settings(

@@ -41,7 +41,7 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_client.mqtt_protocol import ArtifactRef, Chunk
+from edge_client.protocol.mqtt import ArtifactRef, Chunk
 from firmware_images.bundle import load_bundle_bytes, verify_bundle, write_atomic
 from firmware_images.errors import BundleError
 from firmware_images.manifest import Manifest

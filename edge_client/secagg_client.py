@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from edge_client import messages as k
+from edge_client.protocol import keys as k
+from edge_client.protocol import secagg as sa
 from privacy.secagg import client as protocol
 from privacy.secagg.arrays import MaskInput, update_between
 from privacy.secagg.config import SecAggParams
@@ -38,104 +39,35 @@ PreMaskTransform = Callable[[MaskInput, Context], MaskInput]
 """Maps a client's update (and weight) before clipping/quantization/masking."""
 
 
-def int_value(record: ConfigRecord, key: str) -> int:
-    """An int field of a protocol record, or ``ValueError``."""
-    value = record[key]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"secagg field {key!r} must be an integer")
-    return value
-
-
-def int_list(record: ConfigRecord, key: str) -> list[int]:
-    """A list-of-ints field (an empty list is allowed)."""
-    value = record[key]
-    if not isinstance(value, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        raise ValueError(f"secagg field {key!r} must be a list of integers")
-    return [int(v) for v in value]
-
-
-def bytes_value(record: ConfigRecord, key: str) -> bytes:
-    """A bytes field."""
-    value = record[key]
-    if not isinstance(value, bytes):
-        raise ValueError(f"secagg field {key!r} must be bytes")
-    return value
-
-
-def bytes_list(record: ConfigRecord, key: str) -> list[bytes]:
-    """A list-of-bytes field (an empty list is allowed)."""
-    value = record[key]
-    if not isinstance(value, list) or not all(isinstance(v, bytes) for v in value):
-        raise ValueError(f"secagg field {key!r} must be a list of bytes")
-    return [v for v in value if isinstance(v, bytes)]
-
-
-def params_from_record(record: ConfigRecord) -> SecAggParams:
-    """The round parameters the coordinator sent with the setup message."""
-    values = int_list(record, k.SA_PARAMS)
-    if len(values) != 5:
-        raise ValueError("secagg params must be [degree, threshold, bits, max-weight, modulus]")
-    degree, threshold, bits, max_weight, modulus_bits = values
-    clip, prg = record[k.SA_CLIP], record[k.SA_PRG]
-    if not isinstance(clip, float) or not isinstance(prg, str):
-        raise ValueError("secagg clip must be a float and prg a string")
-    return SecAggParams(
-        degree=degree,
-        threshold=threshold,
-        clip=clip,
-        bits=bits,
-        max_weight=max_weight,
-        modulus_bits=modulus_bits,
-        prg=prg,
-    )
-
-
-def params_to_record(params: SecAggParams) -> dict[str, list[int] | float | str]:
-    """Inverse of :func:`params_from_record` (used by the coordinator)."""
-    return {
-        k.SA_PARAMS: [
-            params.degree,
-            params.threshold,
-            params.bits,
-            params.max_weight,
-            params.modulus_bits,
-        ],
-        k.SA_CLIP: float(params.clip),
-        k.SA_PRG: params.prg,
-    }
-
-
 def _load(context: Context, record: ConfigRecord) -> protocol.ClientRound:
-    stored = context.state.config_records.get(k.SECAGG_STATE)
+    stored = context.state.config_records.get(sa.SECAGG_STATE)
     if stored is None:
         raise protocol.ProtocolError("no secure-aggregation round in progress on this client")
     blob = stored.get(STATE_BLOB)
     if not isinstance(blob, bytes):
         raise protocol.ProtocolError("corrupt secure-aggregation state on this client")
     state = protocol.ClientRound.from_bytes(blob)
-    if state.server_round != int_value(record, k.SA_ROUND):
+    if state.server_round != sa.int_value(record, sa.SA_ROUND):
         raise protocol.ProtocolError(
-            f"message for round {record[k.SA_ROUND]!r} but this client is in round "
+            f"message for round {record[sa.SA_ROUND]!r} but this client is in round "
             f"{state.server_round}"
         )
     return state
 
 
 def _save(context: Context, state: protocol.ClientRound) -> None:
-    context.state.config_records[k.SECAGG_STATE] = ConfigRecord({STATE_BLOB: state.to_bytes()})
+    context.state.config_records[sa.SECAGG_STATE] = ConfigRecord({STATE_BLOB: state.to_bytes()})
 
 
 def _reply(message: Message, values: dict) -> Message:
-    return Message(RecordDict({k.SECAGG: ConfigRecord(values)}), reply_to=message)
+    return Message(RecordDict({sa.SECAGG: ConfigRecord(values)}), reply_to=message)
 
 
 def _refuse(message: Message, exc: Exception) -> Message:
     code = (
-        k.ERR_SECAGG_BAD_SHARE
+        sa.ERR_SECAGG_BAD_SHARE
         if isinstance(exc, ShareAuthenticationError)
-        else k.ERR_SECAGG_REFUSED
+        else sa.ERR_SECAGG_REFUSED
     )
     log.warning("secure aggregation: refusing %s: %s", message.metadata.message_type, exc)
     return Message(Error(code=code, reason=f"secagg: {exc}"), reply_to=message)
@@ -143,28 +75,30 @@ def _refuse(message: Message, exc: Exception) -> Message:
 
 def handle_setup(message: Message, context: Context) -> Message:
     """Stage 1: fresh key pairs; reply with the two public keys."""
-    record = message.content.config_records[k.SECAGG]
+    record = message.content.config_records[sa.SECAGG]
     try:
         state = protocol.setup(
             node_id=int(context.node_id),
-            server_round=int_value(record, k.SA_ROUND),
-            params=params_from_record(record),
-            graph_seed=bytes_value(record, k.SA_GRAPH_SEED),
-            participants=protocol.unpack_ids(bytes_value(record, k.SA_PARTICIPANTS)),
+            server_round=sa.int_value(record, sa.SA_ROUND),
+            params=SecAggParams(**sa.params_from_record(record)),
+            graph_seed=sa.bytes_value(record, sa.SA_GRAPH_SEED),
+            participants=protocol.unpack_ids(sa.bytes_value(record, sa.SA_PARTICIPANTS)),
         )
     except (protocol.ProtocolError, KeyError, ValueError) as exc:
         return _refuse(message, exc)
     _save(context, state)
-    return _reply(message, {k.SA_C_PUBLIC: state.c_public, k.SA_S_PUBLIC: state.s_public})
+    return _reply(message, {sa.SA_C_PUBLIC: state.c_public, sa.SA_S_PUBLIC: state.s_public})
 
 
 def handle_share(message: Message, context: Context) -> Message:
     """Stage 2: encrypted shares of the self seed and mask key for each neighbour."""
-    record = message.content.config_records[k.SECAGG]
+    record = message.content.config_records[sa.SECAGG]
     try:
         state = _load(context, record)
-        peers = int_list(record, k.SA_PEERS)
-        keys = zip(bytes_list(record, k.SA_PEERS_C), bytes_list(record, k.SA_PEERS_S), strict=True)
+        peers = sa.int_list(record, sa.SA_PEERS)
+        keys = zip(
+            sa.bytes_list(record, sa.SA_PEERS_C), sa.bytes_list(record, sa.SA_PEERS_S), strict=True
+        )
         peer_keys = dict(zip(peers, keys, strict=True))
         ciphertexts, commitment = protocol.share_keys(state, peer_keys=peer_keys)
     except (protocol.ProtocolError, KeyError, ValueError) as exc:
@@ -173,9 +107,9 @@ def handle_share(message: Message, context: Context) -> Message:
     return _reply(
         message,
         {
-            k.SA_RECEIVERS: list(ciphertexts),
-            k.SA_CIPHERTEXTS: list(ciphertexts.values()),
-            k.SA_COMMITMENT: commitment,
+            sa.SA_RECEIVERS: list(ciphertexts),
+            sa.SA_CIPHERTEXTS: list(ciphertexts.values()),
+            sa.SA_COMMITMENT: commitment,
         },
     )
 
@@ -187,14 +121,14 @@ def make_train_handler(
     train, then reply with only the masked, quantized, weighted update."""
 
     def handle_masked_train(message: Message, context: Context) -> Message:
-        record = message.content.config_records[k.SECAGG]
+        record = message.content.config_records[sa.SECAGG]
         try:
             state = _load(context, record)
-            senders = int_list(record, k.SA_SENDERS)
-            blobs = bytes_list(record, k.SA_CIPHERTEXTS)
+            senders = sa.int_list(record, sa.SA_SENDERS)
+            blobs = sa.bytes_list(record, sa.SA_CIPHERTEXTS)
             protocol.open_shares(state, ciphertexts=dict(zip(senders, blobs, strict=True)))
         except (protocol.ProtocolError, ShareAuthenticationError, KeyError, ValueError) as exc:
-            context.state.config_records.pop(k.SECAGG_STATE, None)
+            context.state.config_records.pop(sa.SECAGG_STATE, None)
             return _refuse(message, exc)
         trained = train(message, context)
         if trained.has_error():
@@ -220,8 +154,8 @@ def make_train_handler(
         _save(context, state)
         content = RecordDict(
             {
-                k.SECAGG_MASKED: ArrayRecord({k.SECAGG_VECTOR: Array(masked)}),
-                k.SECAGG: ConfigRecord({k.SA_ROUND: state.server_round}),
+                sa.SECAGG_MASKED: ArrayRecord({sa.SECAGG_VECTOR: Array(masked)}),
+                sa.SECAGG: ConfigRecord({sa.SA_ROUND: state.server_round}),
             }
         )
         return Message(content, reply_to=message)
@@ -231,13 +165,13 @@ def make_train_handler(
 
 def handle_unmask(message: Message, context: Context) -> Message:
     """Stage 4: the seed shares of survivors and key shares of dropped neighbours."""
-    record = message.content.config_records[k.SECAGG]
+    record = message.content.config_records[sa.SECAGG]
     try:
         state = _load(context, record)
         seed_shares, key_shares = protocol.unmask(
             state,
-            survivors=int_list(record, k.SA_SURVIVORS),
-            dropped=int_list(record, k.SA_DROPPED),
+            survivors=sa.int_list(record, sa.SA_SURVIVORS),
+            dropped=sa.int_list(record, sa.SA_DROPPED),
         )
     except (protocol.ProtocolError, KeyError, ValueError) as exc:
         return _refuse(message, exc)
@@ -245,10 +179,10 @@ def handle_unmask(message: Message, context: Context) -> Message:
     return _reply(
         message,
         {
-            k.SA_SEED_OWNERS: list(seed_shares),
-            k.SA_SEED_SHARES: [encode_share(v) for v in seed_shares.values()],
-            k.SA_KEY_OWNERS: list(key_shares),
-            k.SA_KEY_SHARES: [encode_share(v) for v in key_shares.values()],
+            sa.SA_SEED_OWNERS: list(seed_shares),
+            sa.SA_SEED_SHARES: [encode_share(v) for v in seed_shares.values()],
+            sa.SA_KEY_OWNERS: list(key_shares),
+            sa.SA_KEY_SHARES: [encode_share(v) for v in key_shares.values()],
         },
     )
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ConfigRecord, Context
 
-from edge_client import messages as k
+from edge_client.protocol import keys as k
+from edge_client.protocol.site import NC_SITE_CONFIG
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class ClientSettings:
     def from_message(cls, context: Context, config: ConfigRecord) -> ClientSettings:
         """Combine run config, node config and the round's config; clear errors if absent."""
         rc, nc = context.run_config, context.node_config
-        site_config = str(nc.get(k.NC_SITE_CONFIG, ""))
+        site_config = str(nc.get(NC_SITE_CONFIG, ""))
         if site_config:  # a silo reads its own data: one partition, its own
             nc = {k.NC_PARTITION_ID: 0, k.NC_NUM_PARTITIONS: 1, **nc}
         try:

@@ -24,7 +24,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edge_client import messages as k
+from edge_client.protocol.site import NC_SITE_CONFIG
 from edge_client.site_config import NAME_PATTERN, SITE_TOML_TEMPLATE, SiteConfig
 
 
@@ -75,7 +75,7 @@ def init_site(*, name: str, out_dir: Path, overwrite: bool = False) -> SiteFiles
 
 def supernode_command(config: SiteConfig, *, max_retries: int | None = None) -> list[str]:
     """The ``flower-supernode`` command of ``fedfleet site join`` for ``config``."""
-    node_config = f"{k.NC_SITE_CONFIG}={json.dumps(str(config.source))}"
+    node_config = f"{NC_SITE_CONFIG}={json.dumps(str(config.source))}"
     command = [
         str(Path(sys.executable).parent / "flower-supernode"),
         "--superlink",

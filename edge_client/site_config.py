@@ -121,19 +121,7 @@ class SiteConfig:
     @classmethod
     def from_dict(cls, doc: dict[str, Any], *, source: Path) -> SiteConfig:
         base = source.parent
-        for table, value in doc.items():
-            if table not in _ALLOWED:
-                raise ValueError(
-                    f"{source.name}: unknown table [{table}]; expected one of {sorted(_ALLOWED)}"
-                )
-            if not isinstance(value, dict):
-                raise ValueError(f"{source.name}: {table} must be a table ([{table}])")
-            unknown = set(value) - _ALLOWED[table]
-            if unknown:
-                raise ValueError(
-                    f"{source.name}: unknown key {table}.{sorted(unknown)[0]}; "
-                    f"allowed keys are {sorted(_ALLOWED[table])}"
-                )
+        _check_tables(doc, source.name)
         get = _Getter(doc, source.name)
         name = get.get_str("site", "name")
         if not NAME_PATTERN.match(name):
@@ -151,34 +139,7 @@ class SiteConfig:
         runtime_port = get.get_int("supernode", "port", default=9094)
         if not 0 < runtime_port < 65536:
             raise ValueError(f"{source.name}: supernode.port must be between 1 and 65535")
-        data_path = base / get.get_str("data", "path")
-        if "format" in doc.get("data", {}):
-            fmt = get.get_str("data", "format")
-        else:
-            fmt = _format_from_suffix(data_path, source.name)
-        if fmt not in DATA_FORMATS:
-            raise ValueError(
-                f"{source.name}: data.format {fmt!r} is not one of {', '.join(DATA_FORMATS)}"
-            )
-        schema_raw = doc.get("data", {}).get("schema", {})
-        if not isinstance(schema_raw, dict):
-            raise ValueError(f"{source.name}: data.schema must be a table of column = type")
-        schema: dict[str, ColumnType] = {}
-        for column, ctype in schema_raw.items():
-            if ctype not in COLUMN_TYPES:
-                raise ValueError(
-                    f"{source.name}: data.schema.{column} = {ctype!r}; "
-                    f"use one of {', '.join(COLUMN_TYPES)}"
-                )
-            schema[column] = ctype
-        label = get.get_str("data", "label", default="label")
-        if fmt != "npz" and not schema:
-            raise ValueError(
-                f"{source.name}: [data.schema] lists no feature columns; add "
-                '`column = "float"` for each feature of the records'
-            )
-        if label in schema:
-            raise ValueError(f"{source.name}: the label column {label!r} is also in data.schema")
+        data = _data_spec(doc, get, base=base, source=source.name)
         tasks = get.get_list("policy", "allowed-tasks")
         epsilon = get.get_float("policy", "epsilon")
         delta = get.get_float("policy", "delta")
@@ -212,7 +173,7 @@ class SiteConfig:
             public_key=base / get.get_str("keys", "public-key", default=f"{name}.pub"),
             audit_key=audit_key,
             runtime_port=runtime_port,
-            data=DataSpec(path=data_path, format=fmt, label=label, schema=schema),  # type: ignore[arg-type]
+            data=data,
             policy=SitePolicy(
                 allowed_tasks=tuple(tasks),
                 epsilon=epsilon,
@@ -220,6 +181,53 @@ class SiteConfig:
                 require_dp=get.get_bool("policy", "require-dp", default=True),
             ),
         )
+
+
+def _check_tables(doc: dict[str, Any], source: str) -> None:
+    """Refuse an unknown table or key, or a table that is not one."""
+    for table, value in doc.items():
+        if table not in _ALLOWED:
+            raise ValueError(
+                f"{source}: unknown table [{table}]; expected one of {sorted(_ALLOWED)}"
+            )
+        if not isinstance(value, dict):
+            raise ValueError(f"{source}: {table} must be a table ([{table}])")
+        unknown = set(value) - _ALLOWED[table]
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown key {table}.{sorted(unknown)[0]}; "
+                f"allowed keys are {sorted(_ALLOWED[table])}"
+            )
+
+
+def _data_spec(doc: dict[str, Any], get: _Getter, *, base: Path, source: str) -> DataSpec:
+    """The ``[data]`` table: file, format, label and the feature columns' types."""
+    data_path = base / get.get_str("data", "path")
+    if "format" in doc.get("data", {}):
+        fmt = get.get_str("data", "format")
+    else:
+        fmt = _format_from_suffix(data_path, source)
+    if fmt not in DATA_FORMATS:
+        raise ValueError(f"{source}: data.format {fmt!r} is not one of {', '.join(DATA_FORMATS)}")
+    schema_raw = doc.get("data", {}).get("schema", {})
+    if not isinstance(schema_raw, dict):
+        raise ValueError(f"{source}: data.schema must be a table of column = type")
+    schema: dict[str, ColumnType] = {}
+    for column, ctype in schema_raw.items():
+        if ctype not in COLUMN_TYPES:
+            raise ValueError(
+                f"{source}: data.schema.{column} = {ctype!r}; use one of {', '.join(COLUMN_TYPES)}"
+            )
+        schema[column] = ctype
+    label = get.get_str("data", "label", default="label")
+    if fmt != "npz" and not schema:
+        raise ValueError(
+            f"{source}: [data.schema] lists no feature columns; add "
+            '`column = "float"` for each feature of the records'
+        )
+    if label in schema:
+        raise ValueError(f"{source}: the label column {label!r} is also in data.schema")
+    return DataSpec(path=data_path, format=fmt, label=label, schema=schema)  # type: ignore[arg-type]
 
 
 def _format_from_suffix(path: Path, source: str) -> str:

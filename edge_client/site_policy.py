@@ -30,9 +30,11 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
-from edge_client import messages as k
 from edge_client.audit import AuditLog
+from edge_client.protocol import keys as k
+from edge_client.protocol.site import NC_SITE_CONFIG
 from edge_client.site_config import LEDGER_FILE, SiteConfig
+from privacy.dp.config import RC_DP
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +47,13 @@ def dp_settings(run_config: Mapping[str, Any]) -> dict[str, Any]:
     return {
         key: value
         for key, value in sorted(run_config.items())
-        if key == k.SITE_RC_DP or key.startswith(k.SITE_RC_DP + "-")
+        if key == RC_DP or key.startswith(RC_DP + "-")
     }
 
 
 def dp_enabled(run_config: Mapping[str, Any]) -> bool:
     """Whether the run trains with differential privacy (run-config key ``dp``)."""
-    value = run_config.get(k.SITE_RC_DP, "")
+    value = run_config.get(RC_DP, "")
     return str(value).strip().lower() not in _DP_OFF
 
 
@@ -144,7 +146,7 @@ def _reply_epsilon(reply: Message) -> float | None:
     if reply.has_error():
         return None
     for record in reply.content.metric_records.values():
-        value = record.get(k.SITE_EPSILON_METRIC)
+        value = record.get(k.DP_EPSILON)
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
     return None
@@ -152,7 +154,7 @@ def _reply_epsilon(reply: Message) -> float | None:
 
 def site_mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower mod: enforce the site policy, then audit the reply (see module doc)."""
-    config_path = context.node_config.get(k.NC_SITE_CONFIG)
+    config_path = context.node_config.get(NC_SITE_CONFIG)
     if not config_path:
         return call_next(message, context)
     config = SiteConfig.load(Path(str(config_path)))

@@ -57,7 +57,6 @@ MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 SIGNATURE_BYTES = 64
 SIGNING_CONTEXT = b"fedfleet bundle manifest v1\x00"
-BUNDLE_SUFFIX = ".ffb"
 DEFAULT_MAX_BUNDLE_BYTES = 512 * 1024 * 1024
 # A fixed timestamp inside the ZIP: the same inputs give byte-identical bundles.
 _ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)

@@ -57,15 +57,15 @@ def _fail(message: str, *, code: int = 1) -> NoReturn:
 
 def _registry_args(model: str, fleet_url: str | None) -> tuple[int, Any]:
     """``--model`` as a version number and the fleet connection; exit 2 if either is bad."""
-    from firmware_images.registry_client import (
-        RegistryError,
+    from fleet.client import (
+        FleetError,
         connection_from_env,
         parse_model_version,
     )
 
     try:
         return parse_model_version(model), connection_from_env(fleet_url)
-    except RegistryError as err:
+    except FleetError as err:
         _fail(str(err), code=2)
 
 
@@ -221,8 +221,8 @@ def _build_from_registry(
     from firmware_images.errors import KeyFileError
     from firmware_images.keys import load_private_key
     from firmware_images.registry import fetch_checkpoint
-    from firmware_images.registry_client import RegistryClient, RegistryError
     from firmware_images.targets import resolve_target
+    from fleet.client import FleetClient, FleetError
 
     number, connection = _registry_args(model, fleet_url)
     try:
@@ -230,12 +230,12 @@ def _build_from_registry(
     except KeyFileError as err:
         _fail(str(err))
     with (
-        RegistryClient(connection) as client,
+        FleetClient(connection) as client,
         tempfile.TemporaryDirectory(prefix="fedfleet-model-") as scratch,
     ):
         try:
             fetched = fetch_checkpoint(client, number, dest_dir=Path(scratch), task=task)
-        except RegistryError as err:
+        except FleetError as err:
             _fail(str(err))
         recipe_name = resolve_target(target).name
         taken = [
@@ -270,13 +270,13 @@ def _build_from_registry(
 def _publish(client: Any, number: int, *, bundle: Path, key: Path, built_now: bool) -> None:
     from firmware_images.errors import BundleError, KeyFileError
     from firmware_images.registry import publish_bundle
-    from firmware_images.registry_client import RegistryError
+    from fleet.client import FleetError
 
     try:
         published = publish_bundle(client, number, bundle=bundle, key=key)
     except BundleError as err:
         _fail(f"{bundle} does not verify with the public half of --key {key}: {err}")
-    except (RegistryError, KeyFileError) as err:
+    except (FleetError, KeyFileError) as err:
         if built_now:
             _fail(
                 f"{err} (the bundle {bundle} was written; once fixed, store it with "
@@ -388,10 +388,10 @@ def image_publish(
     fleet_url: FleetUrl = None,
 ) -> None:
     """Store a signed bundle as a model version's 'bundle' artifact for its target."""
-    from firmware_images.registry_client import RegistryClient
+    from fleet.client import FleetClient
 
     number, connection = _registry_args(model, fleet_url)
-    with RegistryClient(connection) as client:
+    with FleetClient(connection) as client:
         _publish(client, number, bundle=bundle, key=key, built_now=False)
 
 

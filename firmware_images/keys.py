@@ -12,6 +12,7 @@ Imports only ``cryptography`` and the standard library (device side).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import stat
@@ -41,6 +42,11 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     """The short, stable identifier of ``public_key`` (``ed25519:<16 hex digits>``)."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def sign_digest(private_key: Ed25519PrivateKey, sha256_hex: str) -> str:
+    """Base64 Ed25519 signature of a file's 32-byte SHA-256 digest (the fleet registry's form)."""
+    return base64.b64encode(private_key.sign(bytes.fromhex(sha256_hex))).decode("ascii")
 
 
 def generate_keypair(*, prefix: Path, force: bool = False) -> KeyPairPaths:

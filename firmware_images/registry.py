@@ -6,7 +6,7 @@
   weights that were registered.
 - :func:`publish_bundle` stores a signed bundle as the ``bundle`` artifact of a version
   for the bundle's target. That row is what ``fedfleet rollout create --model 7`` picks
-  for each device whose hardware target matches (``fleet/rollouts.py``). The bundle is
+  for each device whose hardware target matches (``fleet/crud/rollouts.py``). The bundle is
   verified with the public half of the signing key first, so a tampered or foreign file
   is never published, and the artifact carries the key's Ed25519 signature of the
   file's SHA-256 (the form a fleet with a signing public key requires).
@@ -18,16 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firmware_images.bundle import load_bundle_bytes, sha256_hex, verify_bundle
-from firmware_images.keys import load_private_key
+from firmware_images.keys import load_private_key, sign_digest
 from firmware_images.manifest import Manifest
-from firmware_images.registry_client import (
-    ArtifactInfo,
-    ModelInfo,
-    RegistryClient,
-    RegistryError,
-    RegistryNotFoundError,
-    sign_digest,
-)
+from fleet.client import ArtifactInfo, FleetClient, FleetError, FleetNotFoundError, ModelInfo
 
 TORCH_FORMAT = "torch"
 BUNDLE_FORMAT = "bundle"
@@ -55,12 +48,12 @@ def checkpoint_artifact(model: ModelInfo) -> ArtifactInfo:
     """The version's ``torch`` artifact (target ``any`` preferred).
 
     Raises:
-        RegistryNotFoundError: the version has no checkpoint to build from.
+        FleetNotFoundError: the version has no checkpoint to build from.
     """
     torch_artifacts = [a for a in model.artifacts if a.format == TORCH_FORMAT]
     if not torch_artifacts:
         held = ", ".join(sorted({f"{a.format}/{a.target}" for a in model.artifacts})) or "none"
-        raise RegistryNotFoundError(
+        raise FleetNotFoundError(
             f"model version {model.id} has no torch checkpoint artifact (it holds: {held}); "
             "register the run's model.pt with `fedfleet model register RUN_DIR`, or build "
             "from a file with --checkpoint"
@@ -70,7 +63,7 @@ def checkpoint_artifact(model: ModelInfo) -> ArtifactInfo:
 
 
 def fetch_checkpoint(
-    client: RegistryClient, version: int, *, dest_dir: Path, task: str | None = None
+    client: FleetClient, version: int, *, dest_dir: Path, task: str | None = None
 ) -> FetchedCheckpoint:
     """Download version ``version``'s checkpoint into ``dest_dir`` (hash-checked).
 
@@ -78,7 +71,7 @@ def fetch_checkpoint(
     """
     model = client.get_model(version)
     if task is not None and task != model.task:
-        raise RegistryError(
+        raise FleetError(
             f"model version {version} was trained for task {model.task!r}, not {task!r}; "
             f"drop --task or pass --task {model.task}"
         )
@@ -88,14 +81,14 @@ def fetch_checkpoint(
 
 
 def publish_bundle(
-    client: RegistryClient, version: int, *, bundle: Path, key: Path
+    client: FleetClient, version: int, *, bundle: Path, key: Path
 ) -> PublishedBundle:
     """Verify ``bundle`` with ``key``'s public half and store it as a ``bundle`` artifact.
 
     Raises:
         BundleError: the bundle does not verify with the key.
         KeyFileError: the key cannot be read.
-        RegistryError: the version is unknown, of another task, or already has a bundle
+        FleetError: the version is unknown, of another task, or already has a bundle
             for this target; or the fleet refused or could not be reached.
     """
     private_key = load_private_key(key)
@@ -103,19 +96,19 @@ def publish_bundle(
     manifest = verify_bundle(data, public_key=private_key.public_key()).manifest
     model = client.get_model(version)
     if manifest.task != model.task:
-        raise RegistryError(
+        raise FleetError(
             f"{bundle} holds a {manifest.task!r} model but model version {version} is a "
             f"{model.task!r} model; publish it to a version of task {manifest.task!r}"
         )
     built_from = manifest.source.model_version
     if built_from is not None and built_from != str(version):
-        raise RegistryError(
+        raise FleetError(
             f"{bundle} was built from model version {built_from}, not {version}; publish "
             f"it with --model {built_from}"
         )
     checkpoints = {a.sha256 for a in model.artifacts if a.format == TORCH_FORMAT}
     if checkpoints and manifest.source.checkpoint_sha256 not in checkpoints:
-        raise RegistryError(
+        raise FleetError(
             f"{bundle} was built from checkpoint sha256 "
             f"{manifest.source.checkpoint_sha256[:16]}…, which is not model version "
             f"{version}'s checkpoint; build it with `fedfleet image build --model {version}`"
@@ -130,5 +123,5 @@ def publish_bundle(
         signature=sign_digest(private_key, sha),
     )
     if artifact.sha256 != sha:  # pragma: no cover - the fleet checks the sha256 field
-        raise RegistryError(f"the fleet stored SHA-256 {artifact.sha256}, not {sha}")
+        raise FleetError(f"the fleet stored SHA-256 {artifact.sha256}, not {sha}")
     return PublishedBundle(artifact=artifact, manifest=manifest)

@@ -1,5 +1,9 @@
 """``fedfleet fleet ...``: serve the admin API and dashboard, migrate, manage tokens.
 
+The OTA commands (``broker-config``, ``mqtt``: ``fleet/ota/cli.py``) and
+``simulate-devices`` (``simulation/fleet_devices_cli.py``) are mounted into ``fedfleet
+fleet`` by the root CLI: this module never imports ``fleet.ota`` or ``simulation``.
+
 Heavy imports (FastAPI, SQLAlchemy, uvicorn) happen inside the commands so that
 ``fedfleet --help`` stays fast. Every failure caused by the user's input exits non-zero
 with one line on stderr saying what to change.
@@ -14,9 +18,6 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-# OTA (issue 7): `fedfleet rollout` is mounted from here; fleet commands added below.
-from fleet.ota_cli import register_fleet_commands, rollout_app  # noqa: F401
-
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
@@ -30,7 +31,6 @@ token_app = typer.Typer(
     help="Create, list and revoke API tokens.",
 )
 app.add_typer(token_app, name="token")
-register_fleet_commands(app)
 
 DatabaseUrl = Annotated[
     str | None,

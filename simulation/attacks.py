@@ -28,8 +28,8 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp.typing import ClientAppCallable
 from numpy.typing import NDArray
 
-from edge_client import messages as k
 from edge_client.app import load_client_data
+from edge_client.protocol import keys as k
 from edge_client.settings import ClientSettings
 from tasks import get_task, reported_loss, train_local
 

@@ -182,13 +182,53 @@ def _client_losses(
     return dict(zip(leaves, grads, strict=True)), losses.detach()
 
 
+@dataclass
+class _Group:
+    """One group's training state: the stacked parameters and each client's minibatches."""
+
+    template: nn.Module  # the architecture every client's parameters are plugged into
+    names: list[str]  # parameter names, in ``named_parameters`` order
+    stacked: dict[str, torch.Tensor]  # each parameter, clients along dimension 0
+    initial: dict[str, torch.Tensor]  # ``stacked`` before training (FedProx only, else {})
+    xs: list[torch.Tensor]
+    ys: list[torch.Tensor]
+    orders: list[list[np.ndarray]]  # each client's minibatches, as ``train_local`` visits them
+    per_epoch: list[int]  # minibatches per epoch
+    steps: list[int]  # minibatches in all
+    last_epoch_loss: list[float]  # example-weighted loss sum of the last epoch
+
+
 def _train_group(
     jobs: list[TrainJob], named: list[list[tuple[str, nn.Parameter]]]
 ) -> list[TrainResult]:
     """Train jobs whose models share one architecture and minibatch size."""
+    own_params = [[p for _, p in params] for params in named]
+    group = _start_group(jobs, named, own_params)
+    for step in range(max(group.steps)):
+        for (_, lr, mu), members in _cohorts(jobs, group.orders, step).items():
+            _cohort_step(group, members, step, lr=lr, mu=mu, everyone=len(members) == len(jobs))
+    with torch.no_grad():
+        for j, name in enumerate(group.names):
+            for own, value in zip(own_params, group.stacked[name].unbind(0), strict=True):
+                own[j].copy_(value)
+    return [
+        TrainResult(
+            num_examples=len(job.x),
+            loss=group.last_epoch_loss[c] / len(job.x),
+            steps=group.steps[c],
+        )
+        for c, job in enumerate(jobs)
+    ]
+
+
+def _start_group(
+    jobs: list[TrainJob],
+    named: list[list[tuple[str, nn.Parameter]]],
+    own_params: list[list[nn.Parameter]],
+) -> _Group:
+    """The models in training mode, their parameters stacked, each client's batch order."""
     template = jobs[0].model
     names = [name for name, _ in named[0]]
-    own_params = [[p for _, p in params] for params in named]
     for job in jobs:  # train_local's model.train(), skipped where it changes nothing
         if not all(m.training for m in job.model.modules()):
             job.model.train()
@@ -199,51 +239,61 @@ def _train_group(
         }
     proximal = any(job.proximal_mu > 0 for job in jobs)
     initial = {name: value.clone() for name, value in stacked.items()} if proximal else {}
-    xs = [torch.from_numpy(np.ascontiguousarray(job.x)) for job in jobs]
-    ys = [torch.from_numpy(np.ascontiguousarray(job.y)) for job in jobs]
     orders = [
         batch_order(len(job.x), batch_size=job.batch_size, epochs=job.epochs, seed=job.seed)
         for job in jobs
     ]
-    per_epoch = [math.ceil(len(job.x) / job.batch_size) for job in jobs]
-    last_epoch_loss = [0.0] * len(jobs)
-    steps = [len(order) for order in orders]
+    return _Group(
+        template=template,
+        names=names,
+        stacked=stacked,
+        initial=initial,
+        xs=[torch.from_numpy(np.ascontiguousarray(job.x)) for job in jobs],
+        ys=[torch.from_numpy(np.ascontiguousarray(job.y)) for job in jobs],
+        orders=orders,
+        per_epoch=[math.ceil(len(job.x) / job.batch_size) for job in jobs],
+        steps=[len(order) for order in orders],
+        last_epoch_loss=[0.0] * len(jobs),
+    )
 
-    for step in range(max(steps)):
-        # Clients taking a step now, grouped so each group stacks equal shapes.
-        cohorts: dict[tuple[int, float, float], list[int]] = defaultdict(list)
-        for c, order in enumerate(orders):
-            if step < len(order):
-                key = (len(order[step]), jobs[c].learning_rate, jobs[c].proximal_mu)
-                cohorts[key].append(c)
-        for (_, lr, mu), members in cohorts.items():
-            everyone = len(members) == len(jobs)
-            index = torch.tensor(members)
-            params = stacked if everyone else {n: v[index] for n, v in stacked.items()}
-            global_params = None
-            if mu > 0:
-                global_params = initial if everyone else {n: v[index] for n, v in initial.items()}
-            x = torch.stack([xs[c][torch.from_numpy(orders[c][step])] for c in members])
-            y = torch.stack([ys[c][torch.from_numpy(orders[c][step])] for c in members])
-            grads, losses = _client_losses(template, mu, params, global_params, x, y)
-            with torch.no_grad():
-                # p ← p − lr·g in place (the same kernel as torch.add; no fresh
-                # allocation of the whole stack every step). ``params`` is ``stacked``
-                # itself, or a gathered copy written back.
-                for n in names:
-                    params[n].add_(grads[n], alpha=-lr)
-                    if not everyone:
-                        stacked[n].index_copy_(0, index, params[n])
-            batch = x.shape[1]
-            for c, value in zip(members, losses.tolist(), strict=True):
-                if step >= steps[c] - per_epoch[c]:
-                    last_epoch_loss[c] += float(value) * batch
 
+def _cohorts(
+    jobs: list[TrainJob], orders: list[list[np.ndarray]], step: int
+) -> dict[tuple[int, float, float], list[int]]:
+    """Clients taking a step now, grouped so each group stacks equal shapes:
+    (minibatch size, learning rate, proximal mu) -> client indices."""
+    cohorts: dict[tuple[int, float, float], list[int]] = defaultdict(list)
+    for c, order in enumerate(orders):
+        if step < len(order):
+            key = (len(order[step]), jobs[c].learning_rate, jobs[c].proximal_mu)
+            cohorts[key].append(c)
+    return cohorts
+
+
+def _cohort_step(
+    group: _Group, members: list[int], step: int, *, lr: float, mu: float, everyone: bool
+) -> None:
+    """One SGD step for the clients ``members`` (all of the group when ``everyone``)."""
+    stacked = group.stacked
+    index = torch.tensor(members)
+    params = stacked if everyone else {n: v[index] for n, v in stacked.items()}
+    global_params = None
+    if mu > 0:
+        global_params = (
+            group.initial if everyone else {n: v[index] for n, v in group.initial.items()}
+        )
+    x = torch.stack([group.xs[c][torch.from_numpy(group.orders[c][step])] for c in members])
+    y = torch.stack([group.ys[c][torch.from_numpy(group.orders[c][step])] for c in members])
+    grads, losses = _client_losses(group.template, mu, params, global_params, x, y)
     with torch.no_grad():
-        for j, name in enumerate(names):
-            for own, value in zip(own_params, stacked[name].unbind(0), strict=True):
-                own[j].copy_(value)
-    return [
-        TrainResult(num_examples=len(job.x), loss=last_epoch_loss[c] / len(job.x), steps=steps[c])
-        for c, job in enumerate(jobs)
-    ]
+        # p ← p − lr·g in place (the same kernel as torch.add; no fresh
+        # allocation of the whole stack every step). ``params`` is ``stacked``
+        # itself, or a gathered copy written back.
+        for n in group.names:
+            params[n].add_(grads[n], alpha=-lr)
+            if not everyone:
+                stacked[n].index_copy_(0, index, params[n])
+    batch = x.shape[1]
+    for c, value in zip(members, losses.tolist(), strict=True):
+        if step >= group.steps[c] - group.per_epoch[c]:
+            group.last_epoch_loss[c] += float(value) * batch

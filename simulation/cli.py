@@ -1,13 +1,21 @@
-"""``fedfleet simulate``: run a federated simulation on this machine."""
+"""``fedfleet simulate``: run a federated simulation on this machine.
+
+Four steps, one function each: the flags (the ``*Option`` types below, one per
+setting) become settings (:func:`build_settings`: defaults < ``--config`` < flags),
+the run folder is made (:func:`prepare_out_dir`), the simulation runs
+(:func:`run`) and the result is reported (:func:`report`).
+"""
 
 from __future__ import annotations
 
 import shutil
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import MISSING, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -15,270 +23,380 @@ from privacy.private_files import private_dir
 from simulation.settings import SimulateSettings
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
 
 
+def _default(name: str) -> str:
+    """The default of setting ``name`` as the help shows it (the value is written once,
+    in ``SimulateSettings``): on/off for switches, 0 for 0.0, 1e-5 for 1e-05."""
+    value = next(f.default for f in fields(SimulateSettings) if f.name == name)
+    if value is MISSING:
+        raise LookupError(name)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return "0" if value == 0 else repr(value).replace("e-0", "e-")
+    return str(value)
+
+
+# --- the flags: one option type per setting (the TOML keys are the same names) ------
+TaskOption = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Task name (digits-cnn, breast-cancer-mlp, synthetic-logreg). (default: {_default('task')})"
+    ),
+]
+
+StrategyOption = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Aggregation strategy (fedavg, fedprox, ...). (default: {_default('strategy')})"
+    ),
+]
+
+ClientsOption = Annotated[
+    int | None, typer.Option(help=f"Number of simulated clients. (default: {_default('clients')})")
+]
+
+ClientsPerRoundOption = Annotated[
+    int | None,
+    typer.Option(help=f"Clients sampled each round. (default: {_default('clients_per_round')})"),
+]
+
+RoundsOption = Annotated[
+    int | None, typer.Option(help=f"Federated rounds. (default: {_default('rounds')})")
+]
+
+LocalEpochsOption = Annotated[
+    int | None, typer.Option(help=f"Local epochs per round. (default: {_default('local_epochs')})")
+]
+
+BatchSizeOption = Annotated[
+    int | None, typer.Option(help=f"Local minibatch size. (default: {_default('batch_size')})")
+]
+
+LrOption = Annotated[
+    float | None, typer.Option(help=f"Local SGD learning rate. (default: {_default('lr')})")
+]
+
+PartitionOption = Annotated[
+    str | None,
+    typer.Option(
+        help=f"iid | dirichlet:ALPHA | shards:K | natural. (default: {_default('partition')})"
+    ),
+]
+
+SeedOption = Annotated[
+    int | None,
+    typer.Option(help=f"Seed of data split, sampling and training. (default: {_default('seed')})"),
+]
+
+EngineOption = Annotated[
+    str | None,
+    typer.Option(
+        help=f"inprocess (fast, no Ray) | flower (Flower's Ray engine). (default: {_default('engine')})"
+    ),
+]
+
+FractionEvaluateOption = Annotated[
+    float | None,
+    typer.Option(
+        help=f"Fraction of clients doing federated evaluation each round. (default: {_default('fraction_evaluate')})"
+    ),
+]
+
+StrategyOptionsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Strategy knobs NAME=VALUE,... (server-lr, server-momentum, trim-fraction, "
+        "byzantine, krum-select, buffer-size, staleness-exponent, max-update-norm, ...)."
+    ),
+]
+
+AttackOption = Annotated[
+    str | None,
+    typer.Option(help="Poison attackers' updates: sign-flip | scale:F | gaussian:S | label-flip."),
+]
+
+AttackersOption = Annotated[
+    float | None,
+    typer.Option(help=f"Fraction of clients that attack. (default: {_default('attackers')})"),
+]
+
+SpeedsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Simulated device speeds (turns on simulated wall-clock): "
+        "uniform | pareto:ALPHA | lognormal:SIGMA. (default: off)"
+    ),
+]
+
+SelectionOption = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Client selection: random | device-aware. (default: {_default('selection')})"
+    ),
+]
+
+OverSelectOption = Annotated[
+    float | None,
+    typer.Option(
+        help=f"Start this fraction more clients, keep the first to finish. (default: {_default('over_select')})"
+    ),
+]
+
+DeadlineOption = Annotated[
+    float | None,
+    typer.Option(
+        "--deadline",
+        "--round-deadline",
+        help="Round deadline in simulated seconds; later clients are dropped "
+        "(needs --devices or --speeds). (default: none)",
+    ),
+]
+
+SecaggOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--secagg/--no-secagg",
+        help=f"Secure aggregation (SecAgg+): the server sees only the sum. \\[default: {_default('secagg')}]",
+    ),
+]
+
+SecaggDegreeOption = Annotated[
+    int | None,
+    typer.Option(
+        help=f"Neighbours per client, even; 0 = 2*ceil(log2 n). \\[default: {_default('secagg_degree')}]"
+    ),
+]
+
+SecaggThresholdOption = Annotated[
+    int | None,
+    typer.Option(
+        help=f"Shares that rebuild a secret; 0 = majority of K+1. \\[default: {_default('secagg_threshold')}]"
+    ),
+]
+
+SecaggClipOption = Annotated[
+    float | None,
+    typer.Option(
+        help=f"Clip each update coordinate to [-R, R] before masking. \\[default: {_default('secagg_clip')}]"
+    ),
+]
+
+SecaggBitsOption = Annotated[
+    int | None,
+    typer.Option(help=f"Quantization bits per coordinate. \\[default: {_default('secagg_bits')}]"),
+]
+
+DropoutOption = Annotated[
+    float | None,
+    typer.Option(
+        help=f"Probability that a client drops out in a round. \\[default: {_default('dropout')}]"
+    ),
+]
+
+DropoutStageOption = Annotated[
+    str | None,
+    typer.Option(
+        help=f"When clients drop: after-key-share | after-masked-input. \\[default: {_default('dropout_stage')}]"
+    ),
+]
+
+DevicesOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Simulated device mix NAME=FRACTION,... of jetson-orin, rpi5, rpi4, cpu-x86, "
+        "phone-like; reports simulated wall-clock per round. (default: off)"
+    ),
+]
+
+AppOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Run this Flower App folder (its pyproject.toml) instead of fedfleet's apps."
+    ),
+]
+
+AppConfigOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--run-config",
+        help='With --app: override keys of its tool.flwr.app.config, e.g. "num-server-rounds=5".',
+    ),
+]
+
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Torch threads of the in-process engine; 0 = torch's default. Many small "
+        f"clients run faster on one. (default: {_default('threads')})"
+    ),
+]
+
+DpOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Differential privacy: none | local (DP-SGD at each client, per-site budget) "
+        "| central (DP-FedAvg, trusted server) | distributed (noise shares under --secagg). "
+        f"(default: {_default('dp')})"
+    ),
+]
+
+EpsilonOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Target ε (per site for local, per client otherwise); noise is calibrated "
+        "to it. With --noise-multiplier (local): each site's budget. (default: none)"
+    ),
+]
+
+DeltaOption = Annotated[
+    float | None,
+    typer.Option(help=f"δ of the DP guarantee; must be < 1/N. (default: {_default('delta')})"),
+]
+
+ClipOption = Annotated[
+    float | None,
+    typer.Option(
+        help=f"Clipping norm: per-sample gradient (local) or per-client update. (default: {_default('clip')})"
+    ),
+]
+
+NoiseMultiplierOption = Annotated[
+    float | None,
+    typer.Option(help="Noise std / clipping norm, instead of calibrating to --epsilon."),
+]
+
+DpClippingOption = Annotated[
+    str | None,
+    typer.Option(
+        help=f"fixed | adaptive update clipping (central only). (default: {_default('dp_clipping')})"
+    ),
+]
+
+DpAccountantOption = Annotated[
+    str | None,
+    typer.Option(help=f"Privacy accountant: rdp | prv. (default: {_default('dp_accountant')})"),
+]
+
+DpMinClientsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="distributed: clients assumed to survive a round (their noise shares add up "
+        "to the target). (default: clients per round)"
+    ),
+]
+
+SweepEpsilonOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Run once per ε, e.g. 0.5,1,2,4,8 (plus once without DP); writes "
+        "privacy_utility.png and privacy_utility.csv."
+    ),
+]
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML file with the same settings (flags override it)."),
+]
+
+OutOption = Annotated[
+    Path | None, typer.Option("--out", help="Output folder. (default: runs/<timestamp>/)")
+]
+
+QuietOption = Annotated[bool, typer.Option(help="No progress bar or per-round lines.")]
+
+
 def simulate(
-    task: Annotated[
-        str | None,
-        typer.Option(
-            help="Task name (digits-cnn, breast-cancer-mlp, synthetic-logreg). (default: digits-cnn)"
-        ),
-    ] = None,
-    strategy: Annotated[
-        str | None,
-        typer.Option(help="Aggregation strategy (fedavg, fedprox, ...). (default: fedavg)"),
-    ] = None,
-    clients: Annotated[
-        int | None, typer.Option(help="Number of simulated clients. (default: 10)")
-    ] = None,
-    clients_per_round: Annotated[
-        int | None, typer.Option(help="Clients sampled each round. (default: 10)")
-    ] = None,
-    rounds: Annotated[int | None, typer.Option(help="Federated rounds. (default: 3)")] = None,
-    local_epochs: Annotated[
-        int | None, typer.Option(help="Local epochs per round. (default: 1)")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Local minibatch size. (default: 16)")
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Local SGD learning rate. (default: 0.05)")
-    ] = None,
-    partition: Annotated[
-        str | None, typer.Option(help="iid | dirichlet:ALPHA | shards:K | natural. (default: iid)")
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Seed of data split, sampling and training. (default: 0)")
-    ] = None,
-    engine: Annotated[
-        str | None,
-        typer.Option(
-            help="inprocess (fast, no Ray) | flower (Flower's Ray engine). (default: inprocess)"
-        ),
-    ] = None,
-    fraction_evaluate: Annotated[
-        float | None,
-        typer.Option(
-            help="Fraction of clients doing federated evaluation each round. (default: 0)"
-        ),
-    ] = None,
-    strategy_options: Annotated[
-        str | None,
-        typer.Option(
-            help="Strategy knobs NAME=VALUE,... (server-lr, server-momentum, trim-fraction, "
-            "byzantine, krum-select, buffer-size, staleness-exponent, max-update-norm, ...)."
-        ),
-    ] = None,
-    attack: Annotated[
-        str | None,
-        typer.Option(
-            help="Poison attackers' updates: sign-flip | scale:F | gaussian:S | label-flip."
-        ),
-    ] = None,
-    attackers: Annotated[
-        float | None, typer.Option(help="Fraction of clients that attack. (default: 0)")
-    ] = None,
-    speeds: Annotated[
-        str | None,
-        typer.Option(
-            help="Simulated device speeds (turns on simulated wall-clock): "
-            "uniform | pareto:ALPHA | lognormal:SIGMA. (default: off)"
-        ),
-    ] = None,
-    selection: Annotated[
-        str | None,
-        typer.Option(help="Client selection: random | device-aware. (default: random)"),
-    ] = None,
-    over_select: Annotated[
-        float | None,
-        typer.Option(
-            help="Start this fraction more clients, keep the first to finish. (default: 0)"
-        ),
-    ] = None,
-    deadline: Annotated[
-        float | None,
-        typer.Option(
-            "--deadline",
-            "--round-deadline",
-            help="Round deadline in simulated seconds; later clients are dropped "
-            "(needs --devices or --speeds). (default: none)",
-        ),
-    ] = None,
-    secagg: Annotated[
-        bool | None,
-        typer.Option(
-            "--secagg/--no-secagg",
-            help="Secure aggregation (SecAgg+): the server sees only the sum. \\[default: off]",
-        ),
-    ] = None,
-    secagg_degree: Annotated[
-        int | None,
-        typer.Option(help="Neighbours per client, even; 0 = 2*ceil(log2 n). \\[default: 0]"),
-    ] = None,
-    secagg_threshold: Annotated[
-        int | None,
-        typer.Option(help="Shares that rebuild a secret; 0 = majority of K+1. \\[default: 0]"),
-    ] = None,
-    secagg_clip: Annotated[
-        float | None,
-        typer.Option(
-            help="Clip each update coordinate to [-R, R] before masking. \\[default: 1.0]"
-        ),
-    ] = None,
-    secagg_bits: Annotated[
-        int | None, typer.Option(help="Quantization bits per coordinate. \\[default: 16]")
-    ] = None,
-    dropout: Annotated[
-        float | None,
-        typer.Option(help="Probability that a client drops out in a round. \\[default: 0]"),
-    ] = None,
-    dropout_stage: Annotated[
-        str | None,
-        typer.Option(
-            help="When clients drop: after-key-share | after-masked-input. "
-            "\\[default: after-key-share]"
-        ),
-    ] = None,
-    devices: Annotated[
-        str | None,
-        typer.Option(
-            help="Simulated device mix NAME=FRACTION,... of jetson-orin, rpi5, rpi4, cpu-x86, "
-            "phone-like; reports simulated wall-clock per round. (default: off)"
-        ),
-    ] = None,
-    app: Annotated[
-        Path | None,
-        typer.Option(
-            help="Run this Flower App folder (its pyproject.toml) instead of fedfleet's apps."
-        ),
-    ] = None,
-    app_config: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--run-config",
-            help='With --app: override keys of its tool.flwr.app.config, e.g. "num-server-rounds=5".',
-        ),
-    ] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            help="Torch threads of the in-process engine; 0 = torch's default. Many small "
-            "clients run faster on one. (default: 1)"
-        ),
-    ] = None,
-    dp: Annotated[
-        str | None,
-        typer.Option(
-            help="Differential privacy: none | local (DP-SGD at each client, per-site budget) "
-            "| central (DP-FedAvg, trusted server) | distributed (noise shares under --secagg). "
-            "(default: none)"
-        ),
-    ] = None,
-    epsilon: Annotated[
-        float | None,
-        typer.Option(
-            help="Target ε (per site for local, per client otherwise); noise is calibrated "
-            "to it. With --noise-multiplier (local): each site's budget. (default: none)"
-        ),
-    ] = None,
-    delta: Annotated[
-        float | None, typer.Option(help="δ of the DP guarantee; must be < 1/N. (default: 1e-5)")
-    ] = None,
-    clip: Annotated[
-        float | None,
-        typer.Option(
-            help="Clipping norm: per-sample gradient (local) or per-client update. (default: 1.0)"
-        ),
-    ] = None,
-    noise_multiplier: Annotated[
-        float | None,
-        typer.Option(help="Noise std / clipping norm, instead of calibrating to --epsilon."),
-    ] = None,
-    dp_clipping: Annotated[
-        str | None,
-        typer.Option(help="fixed | adaptive update clipping (central only). (default: fixed)"),
-    ] = None,
-    dp_accountant: Annotated[
-        str | None, typer.Option(help="Privacy accountant: rdp | prv. (default: rdp)")
-    ] = None,
-    dp_min_clients: Annotated[
-        int | None,
-        typer.Option(
-            help="distributed: clients assumed to survive a round (their noise shares add up "
-            "to the target). (default: clients per round)"
-        ),
-    ] = None,
-    sweep_epsilon: Annotated[
-        str | None,
-        typer.Option(
-            help="Run once per ε, e.g. 0.5,1,2,4,8 (plus once without DP); writes "
-            "privacy_utility.png and privacy_utility.csv."
-        ),
-    ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", help="TOML file with the same settings (flags override it)."),
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Output folder. (default: runs/<timestamp>/)")
-    ] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar or per-round lines.")] = False,
+    task: TaskOption = None,
+    strategy: StrategyOption = None,
+    clients: ClientsOption = None,
+    clients_per_round: ClientsPerRoundOption = None,
+    rounds: RoundsOption = None,
+    local_epochs: LocalEpochsOption = None,
+    batch_size: BatchSizeOption = None,
+    lr: LrOption = None,
+    partition: PartitionOption = None,
+    seed: SeedOption = None,
+    engine: EngineOption = None,
+    fraction_evaluate: FractionEvaluateOption = None,
+    strategy_options: StrategyOptionsOption = None,
+    attack: AttackOption = None,
+    attackers: AttackersOption = None,
+    speeds: SpeedsOption = None,
+    selection: SelectionOption = None,
+    over_select: OverSelectOption = None,
+    deadline: DeadlineOption = None,
+    secagg: SecaggOption = None,
+    secagg_degree: SecaggDegreeOption = None,
+    secagg_threshold: SecaggThresholdOption = None,
+    secagg_clip: SecaggClipOption = None,
+    secagg_bits: SecaggBitsOption = None,
+    dropout: DropoutOption = None,
+    dropout_stage: DropoutStageOption = None,
+    devices: DevicesOption = None,
+    app: AppOption = None,
+    app_config: AppConfigOption = None,
+    threads: ThreadsOption = None,
+    dp: DpOption = None,
+    epsilon: EpsilonOption = None,
+    delta: DeltaOption = None,
+    clip: ClipOption = None,
+    noise_multiplier: NoiseMultiplierOption = None,
+    dp_clipping: DpClippingOption = None,
+    dp_accountant: DpAccountantOption = None,
+    dp_min_clients: DpMinClientsOption = None,
+    sweep_epsilon: SweepEpsilonOption = None,
+    config: ConfigOption = None,
+    out: OutOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Run a federated simulation; writes metrics.json, metrics.csv, model.pt and accuracy.png."""
-    overrides: dict[str, Any] = {
-        "task": task,
-        "strategy": strategy,
-        "clients": clients,
-        "clients_per_round": clients_per_round,
-        "rounds": rounds,
-        "local_epochs": local_epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "partition": partition,
-        "seed": seed,
-        "engine": engine,
-        "fraction_evaluate": fraction_evaluate,
-        "strategy_options": strategy_options,
-        "attack": attack,
-        "attackers": attackers,
-        "speeds": speeds,
-        "selection": selection,
-        "over_select": over_select,
-        "deadline": deadline,
-        "secagg": secagg,
-        "secagg_degree": secagg_degree,
-        "secagg_threshold": secagg_threshold,
-        "secagg_clip": secagg_clip,
-        "secagg_bits": secagg_bits,
-        "dropout": dropout,
-        "dropout_stage": dropout_stage,
-        "devices": devices,
-        "app": str(app) if app is not None else None,
-        "app_config": " ".join(app_config) if app_config else None,
-        "threads": threads,
-        "dp": dp,
-        "epsilon": epsilon,
-        "delta": delta,
-        "clip": clip,
-        "noise_multiplier": noise_multiplier,
-        "dp_clipping": dp_clipping,
-        "dp_accountant": dp_accountant,
-        "dp_min_clients": dp_min_clients,
-        "sweep_epsilon": sweep_epsilon,
-    }
+    flags = dict(locals())  # first statement: exactly the parameters, as given
+    settings = build_settings(config, overrides=settings_overrides(flags))
+    out_dir, created = prepare_out_dir(out)
+    run(settings, out_dir=out_dir, created=created, quiet=quiet)
+    if not quiet:
+        report(settings, out_dir=out_dir)
+
+
+def settings_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings the flags give (``None``: not given), as ``SimulateSettings`` names
+    and types them."""
+    names = {f.name for f in fields(SimulateSettings)}
+    overrides = {name: value for name, value in flags.items() if name in names}
+    app, app_config = flags.get("app"), flags.get("app_config")
+    overrides["app"] = str(app) if app is not None else None
+    overrides["app_config"] = " ".join(app_config) if app_config else None
+    return overrides
+
+
+def build_settings(config: Path | None, *, overrides: Mapping[str, Any]) -> SimulateSettings:
+    """Defaults < the ``--config`` file < the flags, validated; one clear line and exit
+    code 2 on bad input."""
     try:
-        settings = SimulateSettings.build(config_file=config, overrides=overrides)
+        return SimulateSettings.build(config_file=config, overrides=overrides)
     except ValueError as exc:
         _fail(str(exc))
-        return
+
+
+def prepare_out_dir(out: Path | None) -> tuple[Path, bool]:
+    """The run folder (``runs/<timestamp>/`` by default), made empty; whether it was
+    created here (so a failed run can remove it)."""
     out_dir = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     if out_dir.exists() and any(out_dir.iterdir()):
         _fail(f"output folder {out_dir} is not empty; choose another --out")
     created = not out_dir.exists()
     private_dir(out_dir)  # run folders are private: 0700, files 0600
+    return out_dir, created
+
+
+def run(settings: SimulateSettings, *, out_dir: Path, created: bool, quiet: bool) -> None:
+    """Run the simulation (or the privacy sweep) into ``out_dir``; on failure, remove
+    a folder made here that holds no results and exit with one clear line."""
     try:
         from simulation.runner import run_simulation
 
@@ -295,11 +413,15 @@ def simulate(
         if created and not any(out_dir.glob("**/metrics.json")):
             shutil.rmtree(out_dir, ignore_errors=True)
         _fail(f"{type(exc).__name__}: {exc}")
-    if not quiet and settings.app:
+
+
+def report(settings: SimulateSettings, *, out_dir: Path) -> None:
+    """Say where the results are."""
+    if settings.app:
         typer.echo(f"results: {out_dir}/exchanges.json and what the app wrote in {out_dir}")
-    elif not quiet and settings.sweep_epsilon:
+    elif settings.sweep_epsilon:
         typer.echo(f"results: {out_dir}/privacy_utility.png, {out_dir}/privacy_utility.csv")
-    elif not quiet:
+    else:
         typer.echo(f"results: {out_dir}/metrics.json, {out_dir}/accuracy.png, {out_dir}/model.pt")
 
 

@@ -2,7 +2,7 @@
 
 ``--dp local|central|distributed --epsilon E --delta D --clip C [--noise-multiplier Z]
 [--dp-clipping fixed|adaptive] [--dp-accountant rdp|prv] [--dp-min-clients N]`` →
-``dp``, ``dp-epsilon``, ... (read by ``edge_client.dp_settings`` in the clients and by
+``dp``, ``dp-epsilon``, ... (read by ``DPConfig.from_run_config`` in the clients and by
 ``coordinator.dp`` in the coordinator). ``--sweep-epsilon 0.5,1,2`` runs one simulation
 per ε (``simulation.privacy_sweep``). Validation happens here, before any run folder
 exists, with the coordinator's own checks and δ < 1/N for the smallest client.
@@ -15,17 +15,47 @@ spending can be audited after it finished; nothing is shared between runs.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from coordinator.config import RunConfig
 from privacy.dp import DPConfig
-
-if TYPE_CHECKING:
-    from simulation.settings import SimulateSettings
-
-RunConfigDict = dict[str, bool | int | float | str]
+from simulation.run_config import RunConfigDict
 
 
-def dp_config(settings: SimulateSettings) -> DPConfig:
+class DPFields(Protocol):
+    """The simulate settings this section reads."""
+
+    @property
+    def task(self) -> str: ...
+    @property
+    def clients(self) -> int: ...
+    @property
+    def partition(self) -> str: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def app(self) -> str: ...
+    @property
+    def dp(self) -> str: ...
+    @property
+    def epsilon(self) -> float | None: ...
+    @property
+    def delta(self) -> float: ...
+    @property
+    def clip(self) -> float: ...
+    @property
+    def noise_multiplier(self) -> float | None: ...
+    @property
+    def dp_clipping(self) -> str: ...
+    @property
+    def dp_accountant(self) -> str: ...
+    @property
+    def dp_min_clients(self) -> int: ...
+    @property
+    def sweep_epsilon(self) -> str: ...
+
+
+def dp_config(settings: DPFields) -> DPConfig:
     """The run's :class:`DPConfig` from the simulate settings (not yet validated)."""
     return DPConfig(
         mode=str(settings.dp).strip().lower() or "none",  # type: ignore[arg-type]
@@ -39,12 +69,11 @@ def dp_config(settings: SimulateSettings) -> DPConfig:
     )
 
 
-def dp_run_config(settings: SimulateSettings) -> RunConfigDict:
+def dp_run_config(settings: DPFields) -> RunConfigDict:
     """The run-config keys of these settings' differential privacy."""
-    from edge_client.dp_settings import dp_run_config as to_run_config
 
     config = dp_config(settings)
-    return to_run_config(config) if config.enabled else {}
+    return config.as_run_config() if config.enabled else {}
 
 
 def parse_sweep(text: str) -> list[float]:
@@ -65,7 +94,7 @@ def parse_sweep(text: str) -> list[float]:
     return values
 
 
-def smallest_client_records(settings: SimulateSettings) -> int:
+def smallest_client_records(settings: DPFields) -> int:
     """Training records of the smallest simulated client (N of the local δ < 1/N rule)."""
     from edge_client.data import cached_partitions, partition_data
 
@@ -81,8 +110,10 @@ def smallest_client_records(settings: SimulateSettings) -> int:
     return len(data.x_train)
 
 
-def validate_dp_settings(settings: SimulateSettings) -> None:
-    """Refuse meaningless DP settings, naming the flag to change."""
+def validate_dp_settings(settings: DPFields, *, core: RunConfig, run_config: RunConfigDict) -> None:
+    """Refuse meaningless DP settings, naming the flag to change.
+
+    ``core`` is the run's coordinator config, ``run_config`` the whole run config."""
     config = dp_config(settings)
     if settings.sweep_epsilon:
         parse_sweep(settings.sweep_epsilon)
@@ -103,11 +134,5 @@ def validate_dp_settings(settings: SimulateSettings) -> None:
     else:
         config.validate(dataset_size=settings.clients)
     from coordinator.dp import check_dp_setup
-    from edge_client.dp_settings import dp_run_config as to_run_config
 
-    core = settings.run_config()
-    check_dp_setup(
-        config,
-        core,
-        {**core.as_run_config(), **settings.feature_run_config(), **to_run_config(config)},
-    )
+    check_dp_setup(config, core, {**run_config, **config.as_run_config()})

@@ -27,7 +27,8 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
-from edge_client import messages as k
+from edge_client.protocol import keys as k
+from edge_client.protocol import secagg as sa
 
 DropoutStage = Literal["after-key-share", "after-masked-input"]
 DROPOUT_STAGES: tuple[str, ...] = get_args(DropoutStage)
@@ -37,8 +38,8 @@ RC_DROPOUT_STAGE: Final = "dropout-stage"  # run-config key: one of DROPOUT_STAG
 
 # Message types a dropped client no longer answers, per stage.
 _SILENT: dict[str, frozenset[str]] = {
-    "after-key-share": frozenset({"train", k.MT_SECAGG_TRAIN, k.MT_SECAGG_UNMASK}),
-    "after-masked-input": frozenset({k.MT_SECAGG_UNMASK}),
+    "after-key-share": frozenset({"train", sa.MT_SECAGG_TRAIN, sa.MT_SECAGG_UNMASK}),
+    "after-masked-input": frozenset({sa.MT_SECAGG_UNMASK}),
 }
 
 
@@ -59,7 +60,7 @@ def drops_out(*, seed: int, server_round: int, client: int, rate: float) -> bool
 
 def _round_of(message: Message) -> int:
     """The server round a message belongs to (protocol record, train config, group)."""
-    for name, key in ((k.SECAGG, k.SA_ROUND), (k.CONFIG, k.SERVER_ROUND)):
+    for name, key in ((sa.SECAGG, sa.SA_ROUND), (k.CONFIG, k.SERVER_ROUND)):
         record = message.content.config_records.get(name)
         value = record.get(key) if record is not None else None
         if isinstance(value, int) and not isinstance(value, bool):

@@ -21,13 +21,12 @@ simulated time the coordinator reports (``sim_time_s``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import Message, MetricRecord
 
-from edge_client import messages as k
+from edge_client.protocol import keys as k
 from simulation.devices import (
     DeviceMix,
     DeviceProfile,
@@ -233,8 +232,3 @@ def _config_int(message: Message, key: str, *, default: int) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
             return max(1, value)
     return default
-
-
-def fleet_summary(fleet: SimulatedFleet) -> Sequence[str]:
-    """Human lines describing the fleet (for the run's header)."""
-    return [f"{name}: {count} clients" for name, count in sorted(fleet.counts().items())]

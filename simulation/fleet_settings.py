@@ -1,65 +1,55 @@
-"""``fedfleet simulate`` flags of the simulated fleet and of third-party apps.
+"""``fedfleet simulate`` flags of the simulated fleet.
 
 ``--devices jetson-orin=0.2,rpi5=0.5,cpu-x86=0.3`` gives every client a device profile
 and puts the run on the simulated clock (run-config ``devices``, ``clock=simulated``);
 the round deadline and over-selection (``--round-deadline``/``--deadline``,
 ``--over-select``) then act on the simulated seconds the devices take.
-``--app DIR --run-config K=V`` runs a third-party Flower App instead of fedfleet's.
 Validation happens here, before any run folder exists.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from edge_client import messages as k
+from edge_client.protocol import keys as k
 from simulation.devices import describe, parse_device_mix
+from simulation.run_config import RunConfigDict
 
 if TYPE_CHECKING:
     from simulation.fleet import SimulatedFleet
     from simulation.inprocess import InProcessGrid
-    from simulation.settings import SimulateSettings
 
-RunConfigDict = dict[str, bool | int | float | str]
 RC_DEVICES = "devices"  # run-config key: the device mix, e.g. "rpi5=0.5,cpu-x86=0.5"
 
-# Settings that configure fedfleet's own apps; a third-party app reads its own config.
-_FEDFLEET_APP_ONLY = (
-    "task",
-    "strategy",
-    "clients_per_round",
-    "rounds",
-    "local_epochs",
-    "batch_size",
-    "lr",
-    "partition",
-    "fraction_evaluate",
-    "strategy_options",
-    "attack",
-    "attackers",
-    "speeds",
-    "selection",
-    "over_select",
-    "deadline",
-    "secagg",
-    "dropout",
-    "dp",
-    "epsilon",
-    "sweep_epsilon",
-)
+
+class FleetFields(Protocol):
+    """The simulate settings this section reads."""
+
+    @property
+    def task(self) -> str: ...
+    @property
+    def clients(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def engine(self) -> str: ...
+    @property
+    def threads(self) -> int: ...
+    @property
+    def devices(self) -> str: ...
+    @property
+    def speeds(self) -> str: ...
 
 
-def fleet_run_config(settings: SimulateSettings) -> RunConfigDict:
+def fleet_run_config(settings: FleetFields) -> RunConfigDict:
     """Run-config keys of the simulated fleet (none without ``--devices``)."""
     if not settings.devices:
         return {}
     return {RC_DEVICES: describe(parse_device_mix(settings.devices)), k.RC_CLOCK: "simulated"}
 
 
-def validate_fleet_settings(settings: SimulateSettings) -> None:
-    """Refuse fleet or ``--app`` settings that cannot work, naming the flag to change."""
+def validate_fleet_settings(settings: FleetFields) -> None:
+    """Refuse fleet settings that cannot work, naming the flag to change."""
     if settings.threads < 0:
         raise ValueError("--threads must be >= 1, or 0 for torch's default")
     if settings.devices:
@@ -70,31 +60,9 @@ def validate_fleet_settings(settings: SimulateSettings) -> None:
             )
         if settings.speeds:
             raise ValueError("--devices and --speeds both model device speed; keep one")
-    if settings.app_config and not settings.app:
-        raise ValueError("--run-config sets a Flower App's config; it needs --app DIR")
-    if not settings.app:
-        return
-    app_dir = Path(settings.app)
-    if not (app_dir / "pyproject.toml").is_file():
-        raise ValueError(f"--app {app_dir}: no pyproject.toml there; point it at a Flower App")
-    if settings.engine != "inprocess":
-        raise ValueError(
-            "--app runs on the in-process engine; for Flower's engine use `flwr run DIR`"
-        )
-    defaults = {f.name: f.default for f in fields(settings)}
-    for name in _FEDFLEET_APP_ONLY:
-        if name in defaults and getattr(settings, name) != defaults[name]:
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(
-                f"{flag} configures fedfleet's own apps and does not apply to --app; "
-                "set the app's own keys with --run-config KEY=VALUE"
-            )
-    from simulation.flower_app import load_flower_app
-
-    load_flower_app(app_dir, overrides=settings.app_config)
 
 
-def apply_threads(settings: SimulateSettings) -> None:
+def apply_threads(settings: FleetFields) -> None:
     """Set torch's intra-op threads for the in-process engine (``--threads``).
 
     One thread is the default: a round's work is many small operations (one client's
@@ -112,7 +80,7 @@ def apply_threads(settings: SimulateSettings) -> None:
         threadpool_limits(limits=settings.threads)
 
 
-def build_fleet(settings: SimulateSettings, *, task: str | None = None) -> SimulatedFleet | None:
+def build_fleet(settings: FleetFields, *, task: str | None = None) -> SimulatedFleet | None:
     """The run's simulated fleet, or ``None`` without ``--devices``."""
     if not settings.devices:
         return None

@@ -24,17 +24,25 @@ import json
 import os
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 
 from privacy.private_files import write_private_bytes
-from simulation.settings import SimulateSettings
+from simulation.fleet_settings import FleetFields
+from simulation.run_config import RunConfigDict
 
-UserConfig = dict[str, bool | int | float | str]
+
+class AppFields(FleetFields, Protocol):
+    """The simulate settings ``--app`` reads (the fleet's, plus the app's own)."""
+
+    @property
+    def app(self) -> str: ...
+    @property
+    def app_config(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,7 @@ class FlowerApp:
     app_dir: Path
     serverapp: str
     clientapp: str
-    run_config: UserConfig
+    run_config: RunConfigDict
 
 
 def load_flower_app(app_dir: Path, *, overrides: str = "") -> FlowerApp:
@@ -89,6 +97,29 @@ def load_flower_app(app_dir: Path, *, overrides: str = "") -> FlowerApp:
     )
 
 
+def validate_app_settings(settings: AppFields, *, fedfleet_flags: Sequence[str]) -> None:
+    """Refuse ``--app``/``--run-config`` settings that cannot work, naming the flag to
+    change; ``fedfleet_flags`` are the settings of fedfleet's own apps the user set."""
+    if settings.app_config and not settings.app:
+        raise ValueError("--run-config sets a Flower App's config; it needs --app DIR")
+    if not settings.app:
+        return
+    app_dir = Path(settings.app)
+    if not (app_dir / "pyproject.toml").is_file():
+        raise ValueError(f"--app {app_dir}: no pyproject.toml there; point it at a Flower App")
+    if settings.engine != "inprocess":
+        raise ValueError(
+            "--app runs on the in-process engine; for Flower's engine use `flwr run DIR`"
+        )
+    if fedfleet_flags:
+        flag = "--" + fedfleet_flags[0].replace("_", "-")
+        raise ValueError(
+            f"{flag} configures fedfleet's own apps and does not apply "
+            "to --app; set the app's own keys with --run-config KEY=VALUE"
+        )
+    load_flower_app(app_dir, overrides=settings.app_config)
+
+
 def load_components(app: FlowerApp) -> tuple[Any, Any]:
     """Import the app's ServerApp and ClientApp objects (Flower's loader)."""
     from flwr.clientapp import ClientApp
@@ -115,9 +146,7 @@ def working_directory(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
-def run_flower_app(
-    settings: SimulateSettings, *, out_dir: Path, console: Console
-) -> dict[str, Any]:
+def run_flower_app(settings: AppFields, *, out_dir: Path, console: Console) -> dict[str, Any]:
     """Run ``settings.app`` in process with ``settings.clients`` clients; write
     ``exchanges.json`` into ``out_dir`` and return its document."""
     from flwr.app import Message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -19,6 +20,7 @@ from rich.progress import (
 
 from coordinator.results import RoundRecord, atomic_write_bytes
 from simulation.report import plot_accuracy
+from simulation.run_config import RunConfigDict
 from simulation.settings import SimulateSettings
 
 
@@ -30,10 +32,7 @@ def quiet_flower_logs() -> None:
 def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = False) -> dict:
     """Run ``settings`` and write results into ``out_dir``; returns the metrics document."""
     quiet_flower_logs()
-    run_config = {
-        **settings.run_config(out_dir=str(out_dir.resolve())).as_run_config(),
-        **settings.feature_run_config(),
-    }
+    run_config = settings.flower_run_config(out_dir=str(out_dir.resolve()))
     console = Console(stderr=True, quiet=quiet)
     from simulation.fleet_settings import apply_threads
 
@@ -58,49 +57,73 @@ def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = F
     )
     started = time.perf_counter()
     with progress:
-        bar = progress.add_task("rounds", total=settings.rounds)
-
-        def on_round(record: RoundRecord) -> None:
-            eps = record.extra.get("epsilon")
-            eps_text = f" ε={eps:.3f}" if eps is not None else ""
-            sim = record.extra.get("sim_round_s")
-            eps_text += f"  simulated {sim:.1f}s" if sim is not None else ""
-            progress.console.print(
-                f"round {record.round:>3}: accuracy {record.accuracy:.4f}  loss {record.loss:.4f}  "
-                f"clients {record.clients}/{record.selected}  {record.duration_s:.2f}s{eps_text}"
-            )
-            progress.advance(bar)
-
+        on_round = round_printer(progress, total=settings.rounds)
         if settings.engine == "inprocess":
-            from coordinator.app import build_server_app
-            from simulation.apps import batches_training, build_simulation_client_app
-            from simulation.fleet_settings import build_fleet, fleet_round_stats, grid_summary
-            from simulation.inprocess import run_inprocess
-
-            fleet = build_fleet(settings)
-
-            def on_round_inprocess(record: RoundRecord) -> None:
-                if fleet is not None:
-                    fleet_round_stats(fleet, record.extra)
-                on_round(record)
-
-            client_app = build_simulation_client_app()  # simulation mods: simulation/apps.py
-            grid = run_inprocess(
-                server_app=build_server_app(
-                    on_round=on_round_inprocess,
-                    telemetry=fleet.telemetry if fleet is not None else None,
-                ),
-                client_app=client_app,
-                num_nodes=settings.clients,
-                run_config=run_config,
-                batch_train=batches_training(client_app),
-                fleet=fleet,
+            run_inprocess_engine(
+                settings, run_config=run_config, on_round=on_round, console=progress.console
             )
-            progress.console.print(f"{settings.clients} clients, {grid_summary(grid)}")
         else:
             from simulation.flower_engine import run_flower_engine
 
             run_flower_engine(settings, run_config=run_config, on_round=on_round)
+    return finish(settings, out_dir=out_dir, started=started, console=console)
+
+
+def round_printer(progress: Progress, *, total: int) -> Callable[[RoundRecord], None]:
+    """A round callback that prints the round's line and advances the progress bar."""
+    bar = progress.add_task("rounds", total=total)
+
+    def on_round(record: RoundRecord) -> None:
+        eps = record.extra.get("epsilon")
+        eps_text = f" ε={eps:.3f}" if eps is not None else ""
+        sim = record.extra.get("sim_round_s")
+        eps_text += f"  simulated {sim:.1f}s" if sim is not None else ""
+        progress.console.print(
+            f"round {record.round:>3}: accuracy {record.accuracy:.4f}  loss {record.loss:.4f}  "
+            f"clients {record.clients}/{record.selected}  {record.duration_s:.2f}s{eps_text}"
+        )
+        progress.advance(bar)
+
+    return on_round
+
+
+def run_inprocess_engine(
+    settings: SimulateSettings,
+    *,
+    run_config: RunConfigDict,
+    on_round: Callable[[RoundRecord], None],
+    console: Console,
+) -> None:
+    """fedfleet's apps on the in-process engine, with the simulated fleet if any."""
+    from coordinator.app import build_server_app
+    from simulation.apps import batches_training, build_simulation_client_app
+    from simulation.fleet_settings import build_fleet, fleet_round_stats, grid_summary
+    from simulation.inprocess import run_inprocess
+
+    fleet = build_fleet(settings)
+
+    def on_round_inprocess(record: RoundRecord) -> None:
+        if fleet is not None:
+            fleet_round_stats(fleet, record.extra)
+        on_round(record)
+
+    client_app = build_simulation_client_app()  # simulation mods: simulation/apps.py
+    grid = run_inprocess(
+        server_app=build_server_app(
+            on_round=on_round_inprocess,
+            telemetry=fleet.telemetry if fleet is not None else None,
+        ),
+        client_app=client_app,
+        num_nodes=settings.clients,
+        run_config=run_config,
+        batch_train=batches_training(client_app),
+        fleet=fleet,
+    )
+    console.print(f"{settings.clients} clients, {grid_summary(grid)}")
+
+
+def finish(settings: SimulateSettings, *, out_dir: Path, started: float, console: Console) -> dict:
+    """Add the wall time to ``metrics.json``, plot it, print the final line; returns it."""
     metrics_path = out_dir / "metrics.json"
     doc = json.loads(metrics_path.read_text())
     doc["wall_time_s"] = time.perf_counter() - started

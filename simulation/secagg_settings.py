@@ -9,27 +9,44 @@ any run folder exists, with the coordinator's own checks.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from coordinator.config import RunConfig
+from privacy.secagg.config import RUN_CONFIG_KEYS
 from simulation.dropout import RC_DROPOUT, RC_DROPOUT_STAGE, check_dropout
-
-if TYPE_CHECKING:
-    from simulation.settings import SimulateSettings
-
-RunConfigDict = dict[str, bool | int | float | str]
+from simulation.run_config import RunConfigDict
 
 
-def secagg_run_config(settings: SimulateSettings) -> RunConfigDict:
+class SecAggFields(Protocol):
+    """The simulate settings this section reads."""
+
+    @property
+    def secagg(self) -> bool: ...
+    @property
+    def secagg_degree(self) -> int: ...
+    @property
+    def secagg_threshold(self) -> int: ...
+    @property
+    def secagg_clip(self) -> float: ...
+    @property
+    def secagg_bits(self) -> int: ...
+    @property
+    def dropout(self) -> float: ...
+    @property
+    def dropout_stage(self) -> str: ...
+
+
+def secagg_run_config(settings: SecAggFields) -> RunConfigDict:
     """The run-config keys of these settings' secure aggregation and dropouts."""
     rc: RunConfigDict = {}
     if settings.secagg:
         rc.update(
             {
-                "secagg": True,
-                "secagg-degree": int(settings.secagg_degree),
-                "secagg-threshold": int(settings.secagg_threshold),
-                "secagg-clip": float(settings.secagg_clip),
-                "secagg-bits": int(settings.secagg_bits),
+                RUN_CONFIG_KEYS["enabled"]: True,
+                RUN_CONFIG_KEYS["degree"]: int(settings.secagg_degree),
+                RUN_CONFIG_KEYS["threshold"]: int(settings.secagg_threshold),
+                RUN_CONFIG_KEYS["clip"]: float(settings.secagg_clip),
+                RUN_CONFIG_KEYS["bits"]: int(settings.secagg_bits),
             }
         )
     if settings.dropout:
@@ -38,13 +55,16 @@ def secagg_run_config(settings: SimulateSettings) -> RunConfigDict:
     return rc
 
 
-def validate_secagg_settings(settings: SimulateSettings) -> None:
-    """Refuse bad secure-aggregation or dropout settings, naming the flag to change."""
+def validate_secagg_settings(settings: SecAggFields) -> None:
+    """Refuse bad dropout settings, naming the flag to change."""
+    check_dropout(float(settings.dropout), str(settings.dropout_stage))
+
+
+def validate_secagg_run_config(run_config: RunConfigDict, *, core: RunConfig) -> None:
+    """Refuse a run config whose secure aggregation cannot work (the coordinator's own
+    checks); ``core`` is the run's coordinator config, ``run_config`` the whole one."""
     from coordinator.secagg_exchange import secagg_from_run_config
     from strategies.validation import check_run_config
 
-    check_dropout(float(settings.dropout), str(settings.dropout_stage))
-    core = settings.run_config()
-    rc = {**core.as_run_config(), **settings.feature_run_config()}
-    secagg_from_run_config(rc, core)
-    check_run_config(rc)  # e.g. a strategy that needs individual updates under --secagg
+    secagg_from_run_config(run_config, core)
+    check_run_config(run_config)  # e.g. a strategy that needs individual updates under --secagg

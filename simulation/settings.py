@@ -1,4 +1,20 @@
-"""``fedfleet simulate`` settings: defaults < ``--config FILE.toml`` < command-line flags."""
+"""``fedfleet simulate`` settings: defaults < ``--config FILE.toml`` < command-line flags.
+
+One flat settings object (the TOML keys and the flags are its field names) whose
+sections each own their flags' run-config keys and validation:
+``simulation.strategy_settings`` (strategies, selection, attacks),
+``simulation.secagg_settings`` (secure aggregation, dropouts),
+``simulation.fleet_settings`` (simulated devices, threads),
+``simulation.flower_app`` (``--app``) and ``simulation.dp_settings`` (DP). The sections
+import nothing from here; this module builds the coordinator's :class:`RunConfig` once
+and hands it to them.
+
+Defaults are written once: the core ones are :class:`RunConfig`'s, the secure
+aggregation ones :class:`SecAggConfig`'s, the DP ones :class:`DPConfig`'s, the rest
+here; ``fedfleet simulate --help`` shows these values (``simulation.cli``) and
+``tests/simulation/test_settings_defaults.py`` checks the Flower App config in
+``pyproject.toml`` against them.
+"""
 
 from __future__ import annotations
 
@@ -10,56 +26,101 @@ from typing import Any, Literal
 import tomllib
 
 from coordinator.config import RunConfig
+from privacy.dp import DPConfig
+from privacy.secagg.config import SecAggConfig
+from simulation.dp_settings import dp_run_config, validate_dp_settings
+from simulation.dropout import DROPOUT_STAGES
+from simulation.fleet_settings import fleet_run_config, validate_fleet_settings
+from simulation.flower_app import validate_app_settings
+from simulation.run_config import RunConfigDict
+from simulation.secagg_settings import (
+    secagg_run_config,
+    validate_secagg_run_config,
+    validate_secagg_settings,
+)
+from simulation.strategy_settings import strategy_run_config, validate_strategy_settings
+from strategies.selection import SelectionConfig
 
 Engine = Literal["inprocess", "flower"]
 ENGINES: tuple[Engine, ...] = ("inprocess", "flower")
+
+_CORE = RunConfig()
+_SECAGG = SecAggConfig()
+_DP = DPConfig()
+_SELECTION = SelectionConfig()
+
+# Settings that configure fedfleet's own apps; a third-party app (--app) reads its own.
+FEDFLEET_APP_ONLY = (
+    "task",
+    "strategy",
+    "clients_per_round",
+    "rounds",
+    "local_epochs",
+    "batch_size",
+    "lr",
+    "partition",
+    "fraction_evaluate",
+    "strategy_options",
+    "attack",
+    "attackers",
+    "speeds",
+    "selection",
+    "over_select",
+    "deadline",
+    "secagg",
+    "dropout",
+    "dp",
+    "epsilon",
+    "sweep_epsilon",
+)
 
 
 @dataclass(frozen=True)
 class SimulateSettings:
     """Everything one simulation needs; keys of the TOML file are the flag names."""
 
-    task: str = "digits-cnn"
-    strategy: str = "fedavg"
-    clients: int = 10
-    clients_per_round: int = 10
-    rounds: int = 3
-    local_epochs: int = 1
-    batch_size: int = 16
-    lr: float = 0.05
-    partition: str = "iid"
-    seed: int = 0
-    engine: str = "inprocess"
-    fraction_evaluate: float = 0.0
-    # strategies, selection, attacks (issue 10): see feature_run_config
+    task: str = _CORE.task
+    strategy: str = _CORE.strategy
+    clients: int = _CORE.num_clients
+    clients_per_round: int = _CORE.clients_per_round
+    rounds: int = _CORE.num_server_rounds
+    local_epochs: int = _CORE.local_epochs
+    batch_size: int = _CORE.batch_size
+    lr: float = _CORE.learning_rate
+    partition: str = _CORE.partition
+    seed: int = _CORE.seed
+    engine: str = ENGINES[0]
+    fraction_evaluate: float = _CORE.fraction_evaluate
+    # strategies, selection, attacks (issue 10): see simulation/strategy_settings.py
     strategy_options: str = ""
     attack: str = ""
     attackers: float = 0.0
     speeds: str = ""
-    selection: str = "random"
-    over_select: float = 0.0
+    selection: str = _SELECTION.mode
+    over_select: float = _SELECTION.over_select
     deadline: float = 0.0
     # secure aggregation and dropouts (issue 3): see simulation/secagg_settings.py
-    secagg: bool = False
-    secagg_degree: int = 0
-    secagg_threshold: int = 0
-    secagg_clip: float = 1.0
-    secagg_bits: int = 16
+    secagg: bool = _SECAGG.enabled
+    secagg_degree: int = _SECAGG.degree
+    secagg_threshold: int = _SECAGG.threshold
+    secagg_clip: float = _SECAGG.clip
+    secagg_bits: int = _SECAGG.bits
     dropout: float = 0.0
-    dropout_stage: str = "after-key-share"
+    dropout_stage: str = DROPOUT_STAGES[0]
     # simulated fleet and third-party apps (issue 8): see simulation/fleet_settings.py
+    # and simulation/flower_app.py
     devices: str = ""
     app: str = ""
     app_config: str = ""
     threads: int = 1  # torch intra-op threads of the in-process engine; 0 = torch's default
     # differential privacy (issue 4): see simulation/dp_settings.py
-    dp: str = "none"
-    epsilon: float | None = None
-    delta: float = 1e-5
-    clip: float = 1.0
-    noise_multiplier: float | None = None
-    dp_clipping: str = "fixed"
-    dp_accountant: str = "rdp"
+    dp: str = _DP.mode
+    epsilon: float | None = _DP.epsilon
+    delta: float = _DP.delta
+    clip: float = _DP.clip
+    noise_multiplier: float | None = _DP.noise_multiplier
+    dp_clipping: str = _DP.clipping
+    dp_accountant: str = _DP.accountant
     dp_min_clients: int = 0
     sweep_epsilon: str = ""
 
@@ -85,6 +146,8 @@ class SimulateSettings:
         return settings
 
     def validate(self) -> None:
+        """Refuse settings that cannot work, naming the flag to change: the core ones
+        with the coordinator's own checks, then each section's."""
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; choose inprocess or flower")
         from strategies import available_strategies
@@ -94,19 +157,20 @@ class SimulateSettings:
                 f"unknown strategy {self.strategy!r}; choose one of: "
                 + ", ".join(available_strategies())
             )
-        self.run_config()  # the coordinator's own validation
-        from simulation.strategy_settings import validate_strategy_settings
-
-        validate_strategy_settings(self)
-        from simulation.secagg_settings import validate_secagg_settings
-
+        core = self.run_config()  # the coordinator's own validation
+        core_rc = core.as_run_config()
+        validate_strategy_settings(self, core=core_rc)
         validate_secagg_settings(self)
-        from simulation.fleet_settings import validate_fleet_settings
-
+        run_config = {**core_rc, **self.feature_run_config()}
+        validate_secagg_run_config(run_config, core=core)
         validate_fleet_settings(self)
-        from simulation.dp_settings import validate_dp_settings
+        validate_app_settings(self, fedfleet_flags=self.changed(FEDFLEET_APP_ONLY))
+        validate_dp_settings(self, core=core, run_config=run_config)
 
-        validate_dp_settings(self)
+    def changed(self, names: tuple[str, ...]) -> list[str]:
+        """Those of ``names`` whose value differs from its default, in order."""
+        defaults = {f.name: f.default for f in fields(self)}
+        return [name for name in names if getattr(self, name) != defaults[name]]
 
     def run_config(self, *, out_dir: str = "") -> RunConfig:
         """The coordinator's RunConfig for these settings (validated)."""
@@ -127,19 +191,18 @@ class SimulateSettings:
         config.validate()
         return config
 
-    def feature_run_config(self) -> dict[str, bool | int | float | str]:
+    def feature_run_config(self) -> RunConfigDict:
         """Run-config keys of the feature switches (beyond the coordinator's core keys)."""
-        from simulation.dp_settings import dp_run_config
-        from simulation.fleet_settings import fleet_run_config
-        from simulation.secagg_settings import secagg_run_config
-        from simulation.strategy_settings import strategy_run_config
-
         return {
             **strategy_run_config(self),
             **secagg_run_config(self),
             **fleet_run_config(self),
             **dp_run_config(self),
         }
+
+    def flower_run_config(self, *, out_dir: str = "") -> RunConfigDict:
+        """The whole run config of a run into ``out_dir``: core keys, then features'."""
+        return {**self.run_config(out_dir=out_dir).as_run_config(), **self.feature_run_config()}
 
 
 def load_toml(path: Path) -> dict[str, Any]:

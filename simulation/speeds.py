@@ -29,7 +29,7 @@ import numpy as np
 from flwr.app import Context, Message, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable
 
-from edge_client import messages as k
+from edge_client.protocol import keys as k
 
 SECONDS_PER_SAMPLE = 0.01  # reference device, one sample, one epoch
 UPLOAD_SECONDS = 1.0  # reference device, one model upload

@@ -9,17 +9,37 @@ Validation happens here, before any run folder exists.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from edge_client import messages as k
+from edge_client.protocol import keys as k
+from simulation.run_config import RunConfigDict
 from strategies.registry import RUN_CONFIG_PREFIX
-from strategies.selection import SelectionConfig
+from strategies.selection import RC_DEADLINE_S, RC_OVER_SELECT, RC_SELECTION, SelectionConfig
 from strategies.validation import check_run_config
 
-if TYPE_CHECKING:
-    from simulation.settings import SimulateSettings
 
-RunConfigDict = dict[str, bool | int | float | str]
+class StrategyFields(Protocol):
+    """The simulate settings this section reads."""
+
+    @property
+    def clients_per_round(self) -> int: ...
+    @property
+    def strategy_options(self) -> str: ...
+    @property
+    def attack(self) -> str: ...
+    @property
+    def attackers(self) -> float: ...
+    @property
+    def speeds(self) -> str: ...
+    @property
+    def devices(self) -> str: ...
+    @property
+    def selection(self) -> str: ...
+    @property
+    def over_select(self) -> float: ...
+    @property
+    def deadline(self) -> float: ...
 
 
 def parse_strategy_options(text: str) -> RunConfigDict:
@@ -35,7 +55,7 @@ def parse_strategy_options(text: str) -> RunConfigDict:
     return options
 
 
-def strategy_run_config(settings: SimulateSettings) -> RunConfigDict:
+def strategy_run_config(settings: StrategyFields) -> RunConfigDict:
     """The run-config keys these settings add for strategies, selection and attacks."""
     from simulation.attacks import AttackSpec
     from simulation.speeds import SpeedSpec
@@ -51,16 +71,18 @@ def strategy_run_config(settings: SimulateSettings) -> RunConfigDict:
     if settings.speeds:
         rc[k.RC_SPEEDS] = str(SpeedSpec.parse(settings.speeds))
         rc[k.RC_CLOCK] = "simulated"
-    rc["selection"] = settings.selection
+    rc[RC_SELECTION] = settings.selection
     if settings.over_select:
-        rc["over-select"] = float(settings.over_select)
+        rc[RC_OVER_SELECT] = float(settings.over_select)
     if settings.deadline:
-        rc["deadline-s"] = float(settings.deadline)
+        rc[RC_DEADLINE_S] = float(settings.deadline)
     return rc
 
 
-def validate_strategy_settings(settings: SimulateSettings) -> None:
-    """Refuse strategy-side settings that cannot work, naming the flag to change."""
+def validate_strategy_settings(settings: StrategyFields, *, core: Mapping[str, Any]) -> None:
+    """Refuse strategy-side settings that cannot work, naming the flag to change.
+
+    ``core`` is the coordinator's run config (``RunConfig.as_run_config()``)."""
     from simulation.attacks import validate_attackers
 
     validate_attackers(settings.attackers)
@@ -73,6 +95,6 @@ def validate_strategy_settings(settings: SimulateSettings) -> None:
             "--deadline is in simulated seconds and needs simulated device speeds; "
             "add --devices rpi5=0.5,cpu-x86=0.5 or --speeds pareto:1.5 (or drop --deadline)"
         )
-    rc = {**settings.run_config().as_run_config(), **strategy_run_config(settings)}
+    rc = {**core, **strategy_run_config(settings)}
     SelectionConfig.from_run_config(rc)
     check_run_config(rc)

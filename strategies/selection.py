@@ -31,6 +31,11 @@ from flwr.app import Message
 from tasks.run_config import as_number
 
 SIM_SECONDS_KEY = "sim-seconds"  # reply metric with a client's simulated train+upload seconds
+# Run-config keys parsed by SelectionConfig.from_run_config.
+RC_SELECTION = "selection"  # random | device-aware
+RC_OVER_SELECT = "over-select"  # fraction of extra clients to start, >= 0
+RC_DEADLINE_S = "deadline-s"  # round deadline in simulated seconds, 0 = none
+RC_MIN_BATTERY = "min-battery"  # state of charge in [0, 1]
 SelectionMode = Literal["random", "device-aware"]
 
 
@@ -290,12 +295,12 @@ class SelectionConfig:
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> SelectionConfig:
-        mode = str(run_config.get("selection", "random"))
+        mode = str(run_config.get(RC_SELECTION, "random"))
         if mode not in ("random", "device-aware"):
             raise ValueError(f"unknown selection {mode!r}; choose random or device-aware")
-        over = _number(run_config, "over-select", 0.0)
-        deadline = _number(run_config, "deadline-s", 0.0)
-        battery = _number(run_config, "min-battery", 0.2)
+        over = _number(run_config, RC_OVER_SELECT, 0.0)
+        deadline = _number(run_config, RC_DEADLINE_S, 0.0)
+        battery = _number(run_config, RC_MIN_BATTERY, 0.2)
         if over < 0:
             raise ValueError("over-select must be >= 0 (0.3 starts 30% more clients)")
         if deadline < 0:

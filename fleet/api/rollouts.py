@@ -14,21 +14,21 @@ from pydantic import Field as PydanticField
 from pydantic import model_validator
 from sqlmodel import col, func, select
 
-from fleet import telemetry
 from fleet.api.deps import COMMON_RESPONSES, CONFLICT, NOT_FOUND, Operator, SessionDep, Viewer
-from fleet.drift import Reference
+from fleet.crud import telemetry
+from fleet.crud.rollouts import create_rollout, public_view
 from fleet.models.common import MAX_ID, FiniteFloat, InputModel, Page, Slug
 from fleet.models.devices import Group
 from fleet.models.ota import (
     DriftEvent,
     DriftEventPublic,
+    Reference,
     Rollout,
     RolloutCreate,
     RolloutPublic,
     RolloutStatus,
 )
 from fleet.models.runs import RunPublic
-from fleet.rollouts import create_rollout, public_view
 
 router = APIRouter(tags=["rollouts"], responses=COMMON_RESPONSES)
 

@@ -394,8 +394,3 @@ def record_heartbeat(
 def heartbeat_unchanged() -> object:
     """The sentinel meaning "leave the model version as it is"."""
     return _UNCHANGED
-
-
-def model_exists(session: Session, model_version_id: int) -> bool:
-    """True when a model version with this id is registered."""
-    return session.get(ModelVersion, model_version_id) is not None

@@ -8,6 +8,7 @@ other sites, no framing, no caching).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -134,3 +135,16 @@ def validated_slug(raw: str | None, errors: list[str], what: str) -> str | None:
     except ValidationError:
         errors.append(f"ignored the {what} filter: {raw[:40]!r} is not a valid name")
         return None
+
+
+def page_number(params: Mapping[str, str]) -> int:
+    """The ``page`` query parameter, 1 when missing or not a number, at most 100,000."""
+    try:
+        return max(1, min(int(params.get("page", "1")), 100_000))
+    except ValueError:
+        return 1
+
+
+def page_count(total: int) -> int:
+    """How many pages of :data:`PAGE_SIZE` rows ``total`` rows fill (at least one)."""
+    return max(1, -(-total // PAGE_SIZE))

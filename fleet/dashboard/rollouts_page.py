@@ -10,11 +10,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session, col, select
 
 from fleet.api.deps import get_session
+from fleet.crud.rollouts import public_view
+from fleet.crud.telemetry import event_public, retrain_from_event
 from fleet.dashboard.pages import actor, require_operator
 from fleet.dashboard.session import check_form, require_login
 from fleet.models.ota import DriftEvent, Rollout
-from fleet.rollouts import public_view
-from fleet.telemetry import event_public, retrain_from_event
 
 SessionDep = Annotated[Session, Depends(get_session)]
 

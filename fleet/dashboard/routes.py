@@ -1,311 +1,47 @@
-"""Dashboard pages: devices, models, runs (with an accuracy chart), audit.
+"""The dashboard: its pages composed into one router, static files and error pages.
 
-Pages are rendered on the server from the same CRUD functions the API uses, so they
-apply the same validation, role checks and audit records; forms post back here with a
-CSRF token (see :mod:`fleet.dashboard.session`). No JavaScript, nothing fetched from
-other sites (the Content-Security-Policy forbids it).
+One module per page registers that page's routes (:mod:`fleet.dashboard.devices_page`,
+``models_page``, ``runs_page``, ``audit_page``, ``rollouts_page``; log-in and log-out in
+:mod:`fleet.dashboard.account`). Pages are rendered on the server from the same CRUD
+functions the API uses, so they apply the same validation, role checks and audit
+records; forms post back with a CSRF token (see :mod:`fleet.dashboard.session`). No
+JavaScript, nothing fetched from other sites (the Content-Security-Policy forbids it).
 """
 
 from __future__ import annotations
 
-import json
-from typing import Annotated
-from urllib.parse import quote, urlencode
+from collections.abc import Callable
+from urllib.parse import quote
 
-from fastapi import APIRouter, FastAPI, Form, HTTPException, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import ValidationError
-from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fleet.auth import Principal
-from fleet.crud import devices as device_crud
-from fleet.crud import groups as group_crud
-from fleet.crud import registry as registry_crud
-from fleet.crud import runs as run_crud
-from fleet.crud.audit_log import AuditFilter, list_events
 from fleet.dashboard.account import account_router
-from fleet.dashboard.charts import line_chart_svg
-from fleet.dashboard.pages import (
-    PAGE_SIZE,
-    Pages,
-    SessionDep,
-    actor,
-    audit_diff,
-    require_operator,
-    validated_slug,
+from fleet.dashboard.audit_page import audit_router
+from fleet.dashboard.devices_page import devices_router
+from fleet.dashboard.models_page import models_router
+from fleet.dashboard.pages import Pages
+from fleet.dashboard.runs_page import runs_router
+from fleet.dashboard.session import BadForm, LoginRequired
+from fleet.errors import http_exception_handler, validation_exception_handler
+
+PAGE_ROUTERS: tuple[Callable[[Pages], APIRouter], ...] = (
+    devices_router,
+    models_router,
+    runs_router,
+    audit_router,
 )
-from fleet.dashboard.session import BadForm, LoginRequired, check_form, require_login
-from fleet.errors import FleetError, http_exception_handler, validation_exception_handler
-from fleet.models.devices import DeviceCreate, DeviceStatus
-from fleet.models.runs import RunStatus
+"""The pages behind the navigation bar, each a router factory taking the renderer."""
 
 
 def build_router(pages: Pages) -> APIRouter:
     """Devices, models, runs and audit pages, and their form actions."""
     router = APIRouter(include_in_schema=False)
-
-    # --- devices ------------------------------------------------------------------------
-
-    def devices_page(
-        request: Request,
-        session: Session,
-        principal: Principal,
-        *,
-        form_error: str | None = None,
-        status_code: int = 200,
-    ) -> HTMLResponse:
-        params = request.query_params
-        settings = request.app.state.settings
-        errors: list[str] = []
-        group = validated_slug(params.get("group"), errors, "group")
-        tag = validated_slug(params.get("tag"), errors, "tag")
-        target = validated_slug(params.get("target"), errors, "hardware target")
-        status: DeviceStatus | None = None
-        if params.get("status"):
-            try:
-                status = DeviceStatus(params["status"])
-            except ValueError:
-                errors.append(f"ignored the status filter {params['status'][:20]!r}")
-        try:
-            page = max(1, min(int(params.get("page", "1")), 100_000))
-        except ValueError:
-            page = 1
-        filters = device_crud.DeviceFilter(
-            group=group, tags=(tag,) if tag else (), hardware_target=target, status=status
-        )
-        result = device_crud.list_devices(
-            session,
-            filters=filters,
-            limit=PAGE_SIZE,
-            offset=(page - 1) * PAGE_SIZE,
-            offline_after_s=settings.offline_after_s,
-        )
-        kept = {
-            k: v
-            for k, v in {
-                "group": group,
-                "tag": tag,
-                "target": target,
-                "status": status.value if status else None,
-            }.items()
-            if v
-        }
-        return pages.render(
-            request,
-            "devices.html",
-            principal=principal,
-            status_code=status_code,
-            result=result,
-            counts=device_crud.status_counts(session, offline_after_s=settings.offline_after_s),
-            groups=group_crud.list_groups(session),
-            filters=kept,
-            filter_errors=errors,
-            form_error=form_error,
-            page=page,
-            pages=max(1, -(-result.total // PAGE_SIZE)),
-            query=lambda **extra: urlencode({**kept, **extra}),
-        )
-
-    @router.get("/devices")
-    def devices(request: Request, session: SessionDep) -> HTMLResponse:
-        principal = require_login(request, session)
-        return devices_page(request, session, principal)
-
-    @router.post("/devices/enroll")
-    def enroll(
-        request: Request,
-        session: SessionDep,
-        csrf: Annotated[str, Form(max_length=200)] = "",
-        name: Annotated[str, Form(max_length=200)] = "",
-        hardware_target: Annotated[str, Form(max_length=200)] = "",
-        group: Annotated[str, Form(max_length=200)] = "",
-        tags: Annotated[str, Form(max_length=2000)] = "",
-    ) -> HTMLResponse:
-        principal = require_login(request, session)
-        check_form(request, csrf)
-        require_operator(principal)
-        settings = request.app.state.settings
-        try:
-            data = DeviceCreate(
-                name=name.strip(),
-                hardware_target=hardware_target.strip(),
-                group=group.strip() or None,
-                tags=[t.strip() for t in tags.split(",") if t.strip()],
-            )
-            device, password = device_crud.enroll_device(
-                session, data, actor=actor(principal), offline_after_s=settings.offline_after_s
-            )
-            session.commit()
-        except ValidationError as exc:
-            session.rollback()
-            message = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-                for e in exc.errors()
-            )
-            return devices_page(request, session, principal, form_error=message, status_code=422)
-        except FleetError as exc:
-            session.rollback()
-            return devices_page(
-                request, session, principal, form_error=str(exc), status_code=exc.status_code
-            )
-        return pages.render(
-            request,
-            "device_enrolled.html",
-            principal=principal,
-            status_code=201,
-            device=device_crud.public_view(
-                session, device, offline_after_s=settings.offline_after_s
-            ),
-            password=password,
-        )
-
-    @router.post("/devices/{device_id}/retire")
-    def retire(
-        device_id: str,
-        request: Request,
-        session: SessionDep,
-        csrf: Annotated[str, Form(max_length=200)] = "",
-    ) -> Response:
-        principal = require_login(request, session)
-        check_form(request, csrf)
-        require_operator(principal)
-        device = device_crud.get_device(session, device_id[:64])
-        if device is None:
-            raise HTTPException(404, f"device {device_id[:64]} does not exist")
-        device_crud.retire_device(
-            session,
-            device,
-            actor=actor(principal),
-            offline_after_s=request.app.state.settings.offline_after_s,
-        )
-        session.commit()
-        return RedirectResponse("/devices", status_code=303)
-
-    # --- models -------------------------------------------------------------------------
-
-    @router.get("/models")
-    def models(request: Request, session: SessionDep) -> HTMLResponse:
-        principal = require_login(request, session)
-        result = registry_crud.list_models(session, task=None, stage=None, limit=200, offset=0)
-        return pages.render(request, "models.html", principal=principal, result=result)
-
-    @router.post("/models/{model_id}/{action}")
-    def model_action(
-        model_id: int,
-        action: str,
-        request: Request,
-        session: SessionDep,
-        csrf: Annotated[str, Form(max_length=200)] = "",
-    ) -> Response:
-        principal = require_login(request, session)
-        check_form(request, csrf)
-        require_operator(principal)
-        model = registry_crud.get_model(session, model_id) if 0 < model_id < 2**31 else None
-        if model is None:
-            raise HTTPException(404, f"model version {model_id} does not exist")
-        if action == "promote":
-            registry_crud.promote_model(session, model, actor=actor(principal))
-        elif action == "deprecate":
-            registry_crud.deprecate_model(session, model, actor=actor(principal))
-        else:
-            raise HTTPException(404, f"unknown model action {action[:20]!r}")
-        session.commit()
-        return RedirectResponse("/models", status_code=303)
-
-    @router.get("/artifacts/{artifact_id}/download")
-    def download(artifact_id: int, request: Request, session: SessionDep) -> FileResponse:
-        require_login(request, session)
-        artifact = (
-            registry_crud.get_artifact(session, artifact_id) if 0 < artifact_id < 2**31 else None
-        )
-        if artifact is None:
-            raise HTTPException(404, f"artifact {artifact_id} does not exist")
-        path = request.app.state.artifact_store.path_for(artifact.sha256)
-        if not path.is_file():
-            raise HTTPException(404, f"artifact {artifact_id}'s file is missing from storage")
-        return FileResponse(path, media_type="application/octet-stream", filename=artifact.filename)
-
-    # --- runs ---------------------------------------------------------------------------
-
-    @router.get("/runs")
-    def runs(request: Request, session: SessionDep) -> HTMLResponse:
-        principal = require_login(request, session)
-        result = run_crud.list_runs(session, task=None, status=None, limit=200, offset=0)
-        return pages.render(request, "runs.html", principal=principal, result=result)
-
-    @router.get("/runs/{run_id}")
-    def run_detail(run_id: int, request: Request, session: SessionDep) -> HTMLResponse:
-        principal = require_login(request, session)
-        run = run_crud.get_run(session, run_id) if 0 < run_id < 2**31 else None
-        if run is None:
-            raise HTTPException(404, f"run {run_id} does not exist")
-        detail = run_crud.detail_view(session, run)
-        accuracy = line_chart_svg(
-            [(r.round, r.accuracy) for r in detail.rounds],
-            title=f"Accuracy per round — run {detail.id} ({detail.task})",
-            x_label="round",
-            y_label="accuracy",
-            y_range=(0.0, 1.0),
-        )
-        loss = None
-        if any(r.loss is not None for r in detail.rounds):
-            loss = line_chart_svg(
-                [(r.round, r.loss) for r in detail.rounds],
-                title="Loss per round",
-                x_label="round",
-                y_label="loss",
-            )
-        return pages.render(
-            request,
-            "run_detail.html",
-            principal=principal,
-            run=detail,
-            accuracy_chart=accuracy,
-            loss_chart=loss,
-            config_json=json.dumps(detail.config, indent=2, sort_keys=True),
-            terminal=RunStatus(detail.status).terminal,
-        )
-
-    # --- audit --------------------------------------------------------------------------
-
-    @router.get("/audit")
-    def audit(request: Request, session: SessionDep) -> HTMLResponse:
-        principal = require_login(request, session)
-        params = request.query_params
-        actor = (params.get("actor") or "")[:100] or None
-        action = (params.get("action") or "")[:63] or None
-        entity = (params.get("entity_type") or "")[:32] or None
-        try:
-            page = max(1, min(int(params.get("page", "1")), 100_000))
-        except ValueError:
-            page = 1
-        result = list_events(
-            session,
-            filters=AuditFilter(actor=actor, action=action, entity_type=entity),
-            limit=PAGE_SIZE,
-            offset=(page - 1) * PAGE_SIZE,
-        )
-        rows = [(event, audit_diff(event.before, event.after)) for event in result.items]
-        kept = {
-            k: v for k, v in {"actor": actor, "action": action, "entity_type": entity}.items() if v
-        }
-        return pages.render(
-            request,
-            "audit.html",
-            principal=principal,
-            result=result,
-            rows=rows,
-            filters=kept,
-            page=page,
-            pages=max(1, -(-result.total // PAGE_SIZE)),
-            query=lambda **extra: urlencode({**kept, **extra}),
-        )
-
-    return router
-
+    for page_router in PAGE_ROUTERS:
+        router.include_router(page_router(pages))
     return router
 
 

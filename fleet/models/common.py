@@ -72,8 +72,6 @@ def utcnow() -> datetime:
 
 #: Largest id accepted anywhere (PostgreSQL ``integer``).
 MAX_ID = 2**31 - 1
-#: Largest count/size accepted in a body (PostgreSQL ``bigint``).
-MAX_BIGINT = 2**63 - 1
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"

@@ -3,15 +3,17 @@
 A **rollout** installs one model version's bundle on the devices of one group in waves
 (cumulative percentages, e.g. ``5,25,100``). Each device of the group gets one
 ``rollout_devices`` row with its wave and state; the fleet's rollout controller
-(:mod:`fleet.rollouts`) advances the waves. **Telemetry** rows are the devices'
+(``fleet/ota/controller.py``) advances the waves. **Telemetry** rows are the devices'
 inference summaries as received (one per message); **drift** compares their input bins
-with the model's training reference (:mod:`fleet.drift`).
+with the model's training reference (:class:`Reference`, the PSI math in
+``fleet/ota/drift.py``).
 """
 
 from __future__ import annotations
 
 import enum
 import itertools
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -146,6 +148,19 @@ class TelemetryRecord(FleetModel, table=True):
     latency_p95_ms: float
     predictions: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     features: list[Any] = Field(default_factory=list, sa_type=JSON)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Per-feature interior bin edges and expected fractions (``len(edges[j]) + 1`` each).
+
+    The value a :class:`DriftReference` row stores: the API and the OTA drift check
+    (``fleet/ota/drift.py``) exchange it.
+    """
+
+    edges: tuple[tuple[float, ...], ...]
+    proportions: tuple[tuple[float, ...], ...]
+    samples: int
 
 
 class DriftReference(FleetModel, table=True):

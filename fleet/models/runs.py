@@ -17,7 +17,6 @@ from sqlmodel import Field
 
 from fleet.db import UTCDateTime
 from fleet.models.common import (
-    MAX_ID,
     FiniteFloat,
     FleetModel,
     Id,
@@ -158,6 +157,3 @@ class RunDetail(RunPublic):
     participants: list[Participant] = PydanticField(
         description="Everyone who took part in at least one round."
     )
-
-
-ROUND_MAX = MAX_ID

@@ -16,8 +16,9 @@ validated once with messages that name the value to change. The modes:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from privacy.dp.accounting import Accountant, Mechanism, calibrate_noise, check_accountant
 
@@ -29,6 +30,18 @@ CLIPPINGS: tuple[str, ...] = get_args(Clipping)
 # (torch's expanded weights, "ew", refuses a batch of size 0).
 GradSampleMode = Literal["hooks", "functorch", "ghost"]
 GRAD_SAMPLE_MODES: tuple[str, ...] = get_args(GradSampleMode)
+
+# Run-config keys of a run's DP switches (same names as `fedfleet simulate` flags),
+# read by :meth:`DPConfig.from_run_config` at the coordinator and at every client.
+RC_DP: Final = "dp"  # none | local | central | distributed
+RC_DP_EPSILON: Final = "dp-epsilon"  # target ε (absent: noise multiplier given)
+RC_DP_DELTA: Final = "dp-delta"
+RC_DP_CLIP: Final = "dp-clip"  # max grad norm (local) / update clip norm (client-level)
+RC_DP_NOISE_MULTIPLIER: Final = "dp-noise-multiplier"  # absent: calibrated from ε
+RC_DP_CLIPPING: Final = "dp-clipping"  # fixed | adaptive (central only)
+RC_DP_ACCOUNTANT: Final = "dp-accountant"  # rdp | prv
+RC_DP_MIN_CLIENTS: Final = "dp-min-clients"  # distributed: surviving clients assumed
+RC_DP_GRAD_SAMPLE_MODE: Final = "dp-grad-sample-mode"  # Opacus: hooks|functorch|ghost
 
 #: Strategies whose aggregate is a (weighted) mean of client models: the only ones whose
 #: sensitivity client-level DP can bound (robust aggregators and server optimisers are not).
@@ -70,6 +83,49 @@ class DPConfig:
         """Client-level DP (the coordinator's accountant applies)."""
         return self.mode in ("central", "distributed")
 
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> DPConfig:
+        """The run's ``dp*`` run-config keys (others are ignored), validated without
+        dataset sizes; the coordinator and every client read them with this one parser."""
+        min_clients = run_config_float(run_config, RC_DP_MIN_CLIENTS)
+        delta = run_config_float(run_config, RC_DP_DELTA)
+        clip = run_config_float(run_config, RC_DP_CLIP)
+        config = cls(
+            mode=dp_mode(run_config),  # type: ignore[arg-type]
+            epsilon=run_config_float(run_config, RC_DP_EPSILON),
+            delta=cls.delta if delta is None else delta,
+            clip=cls.clip if clip is None else clip,
+            noise_multiplier=run_config_float(run_config, RC_DP_NOISE_MULTIPLIER),
+            clipping=str(run_config.get(RC_DP_CLIPPING, "fixed")),  # type: ignore[arg-type]
+            accountant=str(run_config.get(RC_DP_ACCOUNTANT, "rdp")),  # type: ignore[arg-type]
+            min_clients=int(min_clients) if min_clients else None,
+            grad_sample_mode=str(  # type: ignore[arg-type]
+                run_config.get(RC_DP_GRAD_SAMPLE_MODE, cls.grad_sample_mode)
+            ),
+        )
+        config.validate()
+        return config
+
+    def as_run_config(self) -> dict[str, bool | int | float | str]:
+        """The run-config keys of this configuration (inverse of :meth:`from_run_config`)."""
+        if not self.enabled:
+            return {RC_DP: "none"}
+        out: dict[str, bool | int | float | str] = {
+            RC_DP: self.mode,
+            RC_DP_DELTA: self.delta,
+            RC_DP_CLIP: self.clip,
+            RC_DP_CLIPPING: self.clipping,
+            RC_DP_ACCOUNTANT: self.accountant,
+            RC_DP_GRAD_SAMPLE_MODE: self.grad_sample_mode,
+        }
+        if self.epsilon is not None:
+            out[RC_DP_EPSILON] = self.epsilon
+        if self.noise_multiplier is not None:
+            out[RC_DP_NOISE_MULTIPLIER] = self.noise_multiplier
+        if self.min_clients is not None:
+            out[RC_DP_MIN_CLIENTS] = self.min_clients
+        return out
+
     def validate(self, *, dataset_size: int | None = None) -> None:
         """Refuse meaningless settings, naming the value to change.
 
@@ -85,6 +141,13 @@ class DPConfig:
                     "add --dp local|central|distributed"
                 )
             return
+        self._check_noise()
+        self._check_delta(dataset_size)
+        self._check_clipping()
+        self._check_training()
+
+    def _check_noise(self) -> None:
+        """ε or the noise multiplier: exactly one for client-level DP, each positive."""
         if self.epsilon is not None and not (self.epsilon > 0 and math.isfinite(self.epsilon)):
             raise ValueError(
                 f"dp epsilon {self.epsilon} must be a positive number (e.g. --epsilon 2)"
@@ -105,6 +168,9 @@ class DPConfig:
                 f"dp={self.mode}: give either --epsilon (noise calibrated to it) or "
                 "--noise-multiplier, not both"
             )
+
+    def _check_delta(self, dataset_size: int | None) -> None:
+        """δ in (0, 1), and below 1/N when N is known."""
         if not 0.0 < self.delta < 1.0:
             raise ValueError(f"dp delta {self.delta} must be in (0, 1), e.g. --delta 1e-5")
         if dataset_size is not None and self.delta >= 1.0 / max(dataset_size, 1):
@@ -114,6 +180,9 @@ class DPConfig:
                 f"(N = {dataset_size} {unit}); a δ that large allows releasing a whole "
                 f"record — choose --delta well below {1.0 / max(dataset_size, 1):.3g}"
             )
+
+    def _check_clipping(self) -> None:
+        """A positive clipping norm; adaptive clipping only where it is implemented."""
         if not (self.clip > 0 and math.isfinite(self.clip)):
             raise ValueError(f"dp clipping norm {self.clip} must be a positive number (--clip)")
         if self.clipping not in CLIPPINGS:
@@ -123,6 +192,9 @@ class DPConfig:
                 f"adaptive clipping works only with dp=central (got dp={self.mode}); "
                 "use dp-clipping=fixed"
             )
+
+    def _check_training(self) -> None:
+        """The accountant, Opacus's mode, the surviving clients and adaptive clipping's rates."""
         check_accountant(self.accountant)
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise ValueError(
@@ -135,6 +207,25 @@ class DPConfig:
             raise ValueError(f"dp target quantile {self.target_quantile} must be in [0, 1]")
         if not self.clip_learning_rate > 0:
             raise ValueError(f"dp clip learning rate {self.clip_learning_rate} must be > 0")
+
+
+def dp_mode(run_config: Mapping[str, Any]) -> str:
+    """The run's DP mode (``none`` when the key is absent or empty)."""
+    value = str(run_config.get(RC_DP, "none")).strip().lower()
+    return value or "none"
+
+
+def run_config_float(config: Mapping[str, Any], key: str) -> float | None:
+    """``config[key]`` as a float (``None`` when absent), or a ``ValueError`` naming it."""
+    if key not in config:
+        return None
+    value = config[key]
+    if isinstance(value, bool):
+        raise ValueError(f"run config {key}={value!r} must be a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"run config {key}={value!r} must be a number") from None
 
 
 def client_sampling_rate(*, clients_per_round: int, num_clients: int) -> float:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import tomllib
@@ -249,18 +249,3 @@ def assign_devices(num_clients: int, mix: DeviceMix, *, seed: int) -> list[str]:
 def describe(mix: DeviceMix) -> str:
     """The canonical ``--devices`` text of ``mix``."""
     return ",".join(f"{name}={fraction:g}" for name, fraction in mix)
-
-
-def profile_table() -> list[dict[str, Any]]:
-    """One row per profile, for ``--help`` texts and reports."""
-    return [
-        {
-            "name": p.name,
-            "description": p.description,
-            "downlink_mbps": p.downlink_mbps,
-            "uplink_mbps": p.uplink_mbps,
-            "latency_ms": p.latency_ms,
-            "dropout": p.dropout,
-        }
-        for p in (get_profile(n) for n in available_profiles())
-    ]

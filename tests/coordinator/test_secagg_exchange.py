@@ -15,8 +15,9 @@ from coordinator.config import RunConfig
 from coordinator.grid_view import SelectedNodesGrid
 from coordinator.loop import LoopResult
 from coordinator.secagg_exchange import SecAggRunStopped
-from edge_client import messages as k
 from edge_client.app import build_client_app
+from edge_client.protocol import keys as k
+from edge_client.protocol import secagg as sa
 from simulation.dropout import dropout_mod
 from simulation.inprocess import run_inprocess
 
@@ -115,12 +116,12 @@ def test_coordinator_never_sees_plaintext_updates() -> None:
         return replies
 
     run_loop({**BASE, "secagg": True}, wrap=lambda g: Intercept(g, after=record))
-    masked = [m for m in seen if m.metadata.message_type == k.MT_SECAGG_TRAIN]
+    masked = [m for m in seen if m.metadata.message_type == sa.MT_SECAGG_TRAIN]
     assert len(masked) == N
     for reply in masked:
         assert k.ARRAYS not in reply.content.array_records
         assert not reply.content.metric_records
-        vector = reply.content.array_records[k.SECAGG_MASKED][k.SECAGG_VECTOR].numpy()
+        vector = reply.content.array_records[sa.SECAGG_MASKED][sa.SECAGG_VECTOR].numpy()
         signed = vector.view(np.int64)
         # a plaintext coordinate is |w·q| < 2^31 (w < 2^16, |q| < 2^15); masked ones are not
         assert np.count_nonzero(np.abs(signed) < 2**40) <= 1
@@ -135,11 +136,11 @@ def test_tampered_share_drops_its_receiver_and_the_round_completes() -> None:
 
     def tamper(messages: list[Message]) -> list[Message]:
         for m in messages:
-            if m.metadata.message_type == k.MT_SECAGG_TRAIN and m.metadata.dst_node_id == victim:
-                record = m.content.config_records[k.SECAGG]
-                blobs = list(record[k.SA_CIPHERTEXTS])  # type: ignore[arg-type]
+            if m.metadata.message_type == sa.MT_SECAGG_TRAIN and m.metadata.dst_node_id == victim:
+                record = m.content.config_records[sa.SECAGG]
+                blobs = list(record[sa.SA_CIPHERTEXTS])  # type: ignore[arg-type]
                 blobs[0] = blobs[0][:-1] + bytes([blobs[0][-1] ^ 1])
-                m.content[k.SECAGG] = ConfigRecord({**record, k.SA_CIPHERTEXTS: blobs})
+                m.content[sa.SECAGG] = ConfigRecord({**record, sa.SA_CIPHERTEXTS: blobs})
         return messages
 
     def without_victim(replies: list[Message]) -> list[Message]:

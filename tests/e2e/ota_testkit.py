@@ -1,7 +1,7 @@
 """A whole OTA fleet on loopback for end-to-end tests: database, broker, bridge, devices.
 
 :class:`OtaFleet` creates a migrated SQLite fleet database, a signing key, enrolls
-devices, writes the broker's password and ACL files with ``fleet.broker_config``, starts
+devices, writes the broker's password and ACL files with ``fleet.ota.broker_config``, starts
 a private Mosquitto with them (stopped by PID), starts the fleet bridge and a rollout
 controller thread, and runs the devices as :class:`SimulatedFleet` agents in this process, or with
 ``processes=K`` as a :class:`ProcessFleet` over K worker processes (``self.procs``).
@@ -15,18 +15,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from broker_process import MosquittoProcess
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_client.device_config import BrokerSettings
 from fleet import migrate
 from fleet.artifacts import ArtifactStore
-from fleet.broker_config import FLEET_USER, device_credentials_from_db, write_broker_config
-from fleet.broker_process import MosquittoProcess
 from fleet.db import make_engine
-from fleet.mqtt_bridge import BridgeSettings, FleetBridge
-from fleet.rollouts import RolloutController
-from fleet.simulated_devices import (
+from fleet.ota.bridge import BridgeSettings, FleetBridge
+from fleet.ota.broker_config import FLEET_USER, device_credentials_from_db, write_broker_config
+from fleet.ota.controller import RolloutController
+from simulation.fleet_devices import (
     AgentReport,
     ProcessFleet,
     SimDevice,

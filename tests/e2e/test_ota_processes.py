@@ -17,11 +17,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ota_testkit import TARGET, OtaFleet, wait_for
 
+from firmware_images.demo import build_demo_bundle
+from fleet.crud.rollouts import create_rollout
 from fleet.db import session_scope
-from fleet.demo_bundles import build_demo_bundle
 from fleet.models.ota import Rollout, RolloutCreate, RolloutStatus
-from fleet.rollouts import create_rollout
-from fleet.simulated_devices import SIM_ACTOR, ProcessFleet, register_bundle
+from simulation.fleet_devices import SIM_ACTOR, ProcessFleet, register_bundle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -87,7 +87,9 @@ def test_a_worker_that_died_is_named_and_the_others_are_stopped(fleet: OtaFleet)
 
 
 def test_process_fleet_and_cli_refuse_bad_process_counts(tmp_path: Path) -> None:
-    from fleet.cli import app
+    from fedfleet.cli import build_app
+
+    app = build_app()  # `fedfleet fleet simulate-devices` is mounted by the root
 
     with pytest.raises(ValueError, match="at least 1"):
         ProcessFleet([], processes=0)
@@ -98,7 +100,7 @@ def test_process_fleet_and_cli_refuse_bad_process_counts(tmp_path: Path) -> None
         result = CliRunner().invoke(
             app,
             [
-                *("simulate-devices", "--count", "2", "--processes", bad),
+                *("fleet", "simulate-devices", "--count", "2", "--processes", bad),
                 *("--public-key", str(pub), "--database-url", url),
             ],
         )

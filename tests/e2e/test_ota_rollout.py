@@ -13,12 +13,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ota_testkit import TARGET, OtaFleet, wait_for
 
+from firmware_images.demo import build_demo_bundle
+from fleet.crud.rollouts import create_rollout, public_view
 from fleet.db import session_scope
-from fleet.demo_bundles import build_demo_bundle
 from fleet.models.devices import Device
 from fleet.models.ota import Rollout, RolloutCreate, RolloutStatus
-from fleet.rollouts import create_rollout, public_view
-from fleet.simulated_devices import SIM_ACTOR, register_bundle
+from simulation.fleet_devices import SIM_ACTOR, register_bundle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

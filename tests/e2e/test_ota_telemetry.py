@@ -15,17 +15,18 @@ from sqlmodel import Session, func, select
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from broker_process import free_port
 from ota_testkit import TARGET, OtaFleet, wait_for
 
 from edge_client.device_agent import serve_http
-from fleet.broker_process import free_port
+from firmware_images.demo import build_demo_bundle
+from fleet.crud.rollouts import create_rollout
+from fleet.crud.telemetry import set_reference
 from fleet.db import session_scope
-from fleet.demo_bundles import build_demo_bundle
-from fleet.drift import reference_from_data
 from fleet.models.ota import Rollout, RolloutCreate, RolloutStatus, TelemetryRecord
-from fleet.rollouts import create_rollout
-from fleet.simulated_devices import SIM_ACTOR, register_bundle
-from fleet.telemetry import check_all, set_reference
+from fleet.ota.drift import reference_from_data
+from fleet.ota.telemetry import check_all
+from simulation.fleet_devices import SIM_ACTOR, register_bundle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

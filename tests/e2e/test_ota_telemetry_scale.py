@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ota_testkit import OtaFleet, wait_for
 
-from edge_client import mqtt_protocol as proto
 from edge_client.mqtt_loop import SharedLoop
+from edge_client.protocol import mqtt as proto
 from fleet.models.ota import TelemetryRecord
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -11,9 +11,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from torch import nn
 
-from edge_client import messages as k
 from edge_client.dp_training import make_dp_compatible, train_dp_local, train_with_dp
+from edge_client.protocol import keys as k
+from edge_client.protocol.site import NC_DP_BUDGET_EPSILON, NC_SITE_NAME, NC_STATE_DIR
 from edge_client.settings import ClientSettings
+from privacy.dp.config import RC_DP, RC_DP_DELTA, RC_DP_EPSILON, RC_DP_NOISE_MULTIPLIER
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from tasks import get_task
 
@@ -124,7 +126,7 @@ def _call(
     )
 
 
-LOCAL = {k.RC_DP: "local", k.RC_DP_EPSILON: 3.0}
+LOCAL = {RC_DP: "local", RC_DP_EPSILON: 3.0}
 
 
 def test_trains_records_and_reports_epsilon(tmp_path: Path) -> None:
@@ -149,8 +151,8 @@ def test_trains_records_and_reports_epsilon(tmp_path: Path) -> None:
 def test_over_budget_request_is_an_error_reply_and_a_ledger_row(tmp_path: Path) -> None:
     reply = _call(
         tmp_path,
-        run_config={k.RC_DP: "local", k.RC_DP_NOISE_MULTIPLIER: 0.6},
-        node_config={k.NC_DP_BUDGET_EPSILON: 0.05},
+        run_config={RC_DP: "local", RC_DP_NOISE_MULTIPLIER: 0.6},
+        node_config={NC_DP_BUDGET_EPSILON: 0.05},
     )
     assert reply.has_error() and reply.error.code == k.ERROR_DP_REFUSED
     assert "would be exceeded" in reply.error.reason
@@ -161,9 +163,9 @@ def test_over_budget_request_is_an_error_reply_and_a_ledger_row(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("run_config", "message"),
     [
-        ({k.RC_DP: "local", k.RC_DP_EPSILON: -1.0}, "epsilon -1.0"),
-        ({k.RC_DP: "local", k.RC_DP_EPSILON: 1.0, k.RC_DP_DELTA: 0.2}, "delta 0.2"),
-        ({k.RC_DP: "local"}, "needs --epsilon"),
+        ({RC_DP: "local", RC_DP_EPSILON: -1.0}, "epsilon -1.0"),
+        ({RC_DP: "local", RC_DP_EPSILON: 1.0, RC_DP_DELTA: 0.2}, "delta 0.2"),
+        ({RC_DP: "local"}, "needs --epsilon"),
     ],
 )
 def test_invalid_configuration_is_refused_not_crashed(
@@ -184,7 +186,7 @@ def test_a_state_dir_node_keeps_its_own_named_ledger(tmp_path: Path) -> None:
     reply = _call(
         tmp_path,
         run_config={**LOCAL, "out-dir": ""},
-        node_config={k.NC_STATE_DIR: str(state), k.NC_SITE_NAME: "st-marys"},
+        node_config={NC_STATE_DIR: str(state), NC_SITE_NAME: "st-marys"},
     )
     assert not reply.has_error()
     assert [e.status for e in PrivacyLedger(state / LEDGER_FILE, site="st-marys").entries()] == [

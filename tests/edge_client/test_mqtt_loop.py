@@ -3,15 +3,21 @@ and reconnects them after the broker restarts (real Mosquitto)."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
+# The test broker (tests/e2e/broker_process.py) lives with the end-to-end helpers.
+sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
+
+from broker_process import MosquittoProcess
+
 from edge_client.mqtt_loop import SharedLoop
-from fleet.broker_process import MosquittoProcess
 
 pytestmark = [pytest.mark.slow]
 CLIENTS = 400  # 3 file descriptors each: well past what select.select() can watch

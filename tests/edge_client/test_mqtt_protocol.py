@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_client import mqtt_protocol as proto
+from edge_client.protocol import mqtt as proto
 
 SHA = "ab" * 32
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_client import mqtt_protocol as proto
 from edge_client.ota import (
     BUNDLE_FILE,
     InstallError,
@@ -17,7 +16,8 @@ from edge_client.ota import (
     SlotStore,
     install,
 )
-from fleet.demo_bundles import build_demo_bundle
+from edge_client.protocol import mqtt as proto
+from firmware_images.demo import build_demo_bundle
 
 CHUNK = 4096
 

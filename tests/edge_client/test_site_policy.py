@@ -13,8 +13,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
-from edge_client import messages as k
 from edge_client.audit import AuditLog
+from edge_client.protocol import keys as k
+from edge_client.protocol.site import NC_SITE_CONFIG
 from edge_client.site_config import SiteConfig
 from edge_client.site_policy import REFUSAL_PREFIX, check_policy, payload_digest, site_mod
 
@@ -36,7 +37,7 @@ def _instruction(message_type: str = "train", server_round: int = 2) -> Message:
 
 
 def _context(config: Path | None, **run_config: Any) -> Context:
-    node_config: dict[str, Any] = {k.NC_SITE_CONFIG: str(config)} if config else {}
+    node_config: dict[str, Any] = {NC_SITE_CONFIG: str(config)} if config else {}
     rc = {"task": "breast-cancer-mlp", **run_config}
     return Context(run_id=42, node_id=7, node_config=node_config, state=RecordDict(), run_config=rc)
 
@@ -48,7 +49,7 @@ def _trainer(epsilon: float | None = None) -> Any:
         calls.append(message)
         metrics = {k.NUM_EXAMPLES: 10}
         if epsilon is not None:
-            metrics[k.SITE_EPSILON_METRIC] = epsilon
+            metrics[k.DP_EPSILON] = epsilon
         content = RecordDict(
             {
                 k.ARRAYS: ArrayRecord({"w": Array(np.ones((2, 3), dtype=np.float32))}),

@@ -7,6 +7,7 @@ import os
 import shutil
 import ssl
 import stat
+import sys
 import tempfile
 import threading
 import time
@@ -23,12 +24,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
-from edge_client import mqtt_protocol as proto
+# The test broker (tests/e2e/broker_process.py) lives with the end-to-end helpers.
+sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
+
+from broker_process import MosquittoProcess, free_port
+
 from edge_client.device_agent import DeviceAgent
 from edge_client.device_config import BrokerSettings, DeviceConfig
-from fleet.broker_config import FLEET_USER, acl_text, passwd_text, write_broker_config
-from fleet.broker_process import MosquittoProcess, free_port
+from edge_client.protocol import mqtt as proto
 from fleet.credentials import mosquitto_hash
+from fleet.ota.broker_config import FLEET_USER, acl_text, passwd_text, write_broker_config
 
 PASSWORDS = {"dev-aaaa": "pw-a-" + uuid.uuid4().hex, "dev-bbbb": "pw-b-" + uuid.uuid4().hex}
 
@@ -288,18 +293,21 @@ def _tls_agent(tmp_path: Path, *, port: int, ca: Path) -> DeviceAgent:
 
 
 def test_cli_writes_the_files_from_the_database_and_refuses_half_tls(tmp_path: Path) -> None:
-    from fleet.cli import app
+    from fedfleet.cli import build_app
+
+    app = build_app()  # `fedfleet fleet broker-config` is mounted by the root
 
     url = f"sqlite:///{tmp_path / 'fleet.db'}"
     runner = CliRunner()
     result = runner.invoke(
-        app, ["broker-config", "--out", str(tmp_path / "out"), "--database-url", url]
+        app, ["fleet", "broker-config", "--out", str(tmp_path / "out"), "--database-url", url]
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "acl").is_file() and "0 devices" in result.output
     bad = runner.invoke(
         app,
         [
+            "fleet",
             "broker-config",
             "--out",
             str(tmp_path / "o2"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.chunk_fanout import FanoutPlanner
+from fleet.ota.fanout import FanoutPlanner
 
 T = "ab" * 32
 

@@ -10,12 +10,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session, func, select
 from typer.testing import CliRunner
 
+from firmware_images.demo import build_demo_bundle
 from fleet import migrate
 from fleet.artifacts import ArtifactStore
 from fleet.db import make_engine
-from fleet.demo_bundles import build_demo_bundle
 from fleet.models.ota import Rollout
-from fleet.simulated_devices import enroll_devices, register_bundle
+from simulation.fleet_devices import enroll_devices, register_bundle
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def _rollouts(url: str) -> int:
 
 
 def test_rollout_create_and_list(fleet_db: tuple[str, int]) -> None:
-    from fleet.cli import rollout_app
+    from fleet.ota.cli import rollout_app
 
     url, model = fleet_db
     runner = CliRunner()
@@ -84,7 +84,7 @@ def test_rollout_create_and_list(fleet_db: tuple[str, int]) -> None:
 def test_rollout_create_refuses_bad_input_with_one_line(
     fleet_db: tuple[str, int], args: list[str], words: str
 ) -> None:
-    from fleet.cli import rollout_app
+    from fleet.ota.cli import rollout_app
 
     url, model = fleet_db
     base = ["create", "--model", str(model), "--group", "wards", "--database-url", url]
@@ -97,13 +97,15 @@ def test_rollout_create_refuses_bad_input_with_one_line(
 
 
 def test_simulate_devices_and_mqtt_refuse_missing_files(tmp_path: Path) -> None:
-    from fleet.cli import app
+    from fedfleet.cli import build_app
 
+    app = build_app()  # the root mounts the OTA and simulator commands in `fedfleet fleet`
     url = f"sqlite:///{tmp_path / 'f.db'}"
     runner = CliRunner()
     sim = runner.invoke(
         app,
         [
+            "fleet",
             "simulate-devices",
             "--count",
             "2",
@@ -114,9 +116,9 @@ def test_simulate_devices_and_mqtt_refuse_missing_files(tmp_path: Path) -> None:
         ],
     )
     assert sim.exit_code == 2 and "--public-key" in sim.output
-    count = runner.invoke(app, ["simulate-devices", "--count", "0", "--database-url", url])
+    count = runner.invoke(app, ["fleet", "simulate-devices", "--count", "0", "--database-url", url])
     assert count.exit_code == 2 and "--count" in count.output
     service = runner.invoke(
-        app, ["mqtt", "--password-file", str(tmp_path / "nope"), "--database-url", url]
+        app, ["fleet", "mqtt", "--password-file", str(tmp_path / "nope"), "--database-url", url]
     )
     assert service.exit_code == 2 and "broker-config" in service.output

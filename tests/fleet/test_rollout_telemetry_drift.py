@@ -12,14 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlmodel import Session, select
 
-from edge_client import mqtt_protocol as proto
+from edge_client.protocol import mqtt as proto
 from fleet.artifacts import ArtifactStore
 from fleet.db import session_scope
-from fleet.drift import bin_counts, psi, psi_per_feature, reference_from_data
 from fleet.models.devices import Device, ReportedStatus
 from fleet.models.ota import TelemetryRecord
-from fleet.mqtt_bridge import BridgeSettings, FleetBridge
-from fleet.telemetry import check_drift
+from fleet.ota.bridge import BridgeSettings, FleetBridge
+from fleet.ota.drift import bin_counts, psi, psi_per_feature, reference_from_data
+from fleet.ota.telemetry import check_drift
 
 Headers = dict[str, str]
 fractions = st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=2, max_size=12).filter(

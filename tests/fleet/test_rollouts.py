@@ -19,13 +19,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlmodel import Session, select
 
-from edge_client import mqtt_protocol as proto
+from edge_client.protocol import mqtt as proto
+from firmware_images.demo import build_demo_bundle
 from fleet.artifacts import ArtifactStore
-from fleet.demo_bundles import build_demo_bundle
+from fleet.crud.rollouts import plan_waves
 from fleet.models.devices import Device
 from fleet.models.ota import DeviceRolloutState, RolloutDevice
-from fleet.mqtt_bridge import BridgeSettings, FleetBridge
-from fleet.rollouts import RolloutController, plan_waves, wave_verdict
+from fleet.ota.bridge import BridgeSettings, FleetBridge
+from fleet.ota.controller import RolloutController, wave_verdict
 
 Headers = dict[str, str]
 

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from edge_client import messages as k
 from edge_client.data import partition_data
+from edge_client.protocol import keys as k
+from edge_client.protocol.site import NC_DP_BUDGET_EPSILON
 from privacy.dp import DPConfig, epsilon, local_mechanism
+from privacy.dp.config import RC_DP, RC_DP_CLIP, RC_DP_NOISE_MULTIPLIER
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 
 TASK, CLIENTS, ROUNDS, SIGMA = "breast-cancer-mlp", 3, 4, 1.0
@@ -52,7 +54,7 @@ def test_small_budget_site_trains_then_refuses_and_the_run_continues(tmp_path: P
             k.NC_NUM_PARTITIONS: CLIENTS,
         }
         if i == 0:
-            config[k.NC_DP_BUDGET_EPSILON] = small
+            config[NC_DP_BUDGET_EPSILON] = small
         return config
 
     run_config: dict[str, bool | int | float | str] = {
@@ -62,9 +64,9 @@ def test_small_budget_site_trains_then_refuses_and_the_run_continues(tmp_path: P
         "clients-per-round": CLIENTS,
         "learning-rate": 0.1,
         "out-dir": str(tmp_path),
-        k.RC_DP: "local",
-        k.RC_DP_NOISE_MULTIPLIER: SIGMA,
-        k.RC_DP_CLIP: 1.0,
+        RC_DP: "local",
+        RC_DP_NOISE_MULTIPLIER: SIGMA,
+        RC_DP_CLIP: 1.0,
     }
     # Execute
     run_inprocess(

@@ -19,8 +19,10 @@ from coordinator.dp import (
     check_dp_setup,
     distributed_noise_multiplier,
 )
-from edge_client import messages as k
+from edge_client.protocol import keys as k
+from edge_client.protocol import secagg as sa
 from privacy.dp import DPConfig, Mechanism, epsilon
+from privacy.dp.config import RC_DP, RC_DP_CLIP, RC_DP_CLIPPING, RC_DP_NOISE_MULTIPLIER
 from strategies import build_strategy
 
 
@@ -112,10 +114,10 @@ def test_central_accountant_composes_applied_rounds_only() -> None:
 def test_distributed_accountant_drops_sums_short_of_noise() -> None:
     dp = DPConfig(mode="distributed", epsilon=3.0, min_clients=4)
     accountant = DPAccountant(dp=dp, config=CORE)
-    summed = reply(1, 0.0, 3, extra={k.AGGREGATED_CLIENTS: 3})
+    summed = reply(1, 0.0, 3, extra={sa.AGGREGATED_CLIENTS: 3})
     kept, stats = accountant(1, [summed])
     assert kept == [] and stats["dp_short_of_noise"] == 1.0 and stats["epsilon"] == 0.0
-    summed = reply(1, 0.0, 6, extra={k.AGGREGATED_CLIENTS: 6})
+    summed = reply(1, 0.0, 6, extra={sa.AGGREGATED_CLIENTS: 6})
     kept, stats = accountant(2, [summed])
     sigma = distributed_noise_multiplier(dp, CORE)
     assert kept == [summed]
@@ -163,10 +165,10 @@ def test_central_dp_run_reports_epsilon_per_round(
         "num-clients": 8,
         "clients-per-round": 4,
         "out-dir": str(tmp_path),
-        k.RC_DP: "central",
-        k.RC_DP_NOISE_MULTIPLIER: 0.8,
-        k.RC_DP_CLIP: 0.5,
-        k.RC_DP_CLIPPING: clipping,
+        RC_DP: "central",
+        RC_DP_NOISE_MULTIPLIER: 0.8,
+        RC_DP_CLIP: 0.5,
+        RC_DP_CLIPPING: clipping,
     }
     # Execute
     run_inprocess(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from edge_client.dp_settings import dp_config_from_run_config, dp_run_config
 from privacy.dp import DPConfig, client_level_noise_multiplier, epsilon, local_mechanism
 
 
@@ -44,14 +43,14 @@ def test_valid_configurations_pass() -> None:
 
 def test_run_config_round_trip() -> None:
     config = DPConfig(mode="central", epsilon=3.0, delta=1e-6, clip=0.5, clipping="adaptive")
-    assert dp_config_from_run_config(dp_run_config(config)) == config
-    assert dp_config_from_run_config({}) == DPConfig()
+    assert DPConfig.from_run_config(config.as_run_config()) == config
+    assert DPConfig.from_run_config({}) == DPConfig()
     with pytest.raises(ValueError, match="must be a number"):
-        dp_config_from_run_config({"dp": "local", "dp-epsilon": "lots"})
+        DPConfig.from_run_config({"dp": "local", "dp-epsilon": "lots"})
     with pytest.raises(ValueError, match="delta 0.0"):
-        dp_config_from_run_config({"dp": "local", "dp-epsilon": 1.0, "dp-delta": 0.0})
+        DPConfig.from_run_config({"dp": "local", "dp-epsilon": 1.0, "dp-delta": 0.0})
     with pytest.raises(ValueError, match="clipping norm 0.0"):
-        dp_config_from_run_config({"dp": "local", "dp-epsilon": 1.0, "dp-clip": 0})
+        DPConfig.from_run_config({"dp": "local", "dp-epsilon": 1.0, "dp-clip": 0})
 
 
 def test_local_mechanism_matches_opacus_poisson_loader_and_calibration() -> None:

@@ -13,7 +13,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
-from edge_client import messages as k
+from edge_client.protocol import keys as k
 from simulation.devices import DeviceProfile, client_duration_s, register_profile
 from simulation.fleet import SimulatedFleet, payload_bytes
 from simulation.inprocess import InProcessGrid, run_inprocess

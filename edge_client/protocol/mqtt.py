@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -458,83 +459,128 @@ def _has_default(f: Any) -> bool:
     return f.default is not MISSING or f.default_factory is not MISSING
 
 
+def _wrong_type(name: str, value: Any) -> ProtocolError:
+    return ProtocolError(f"field {name!r} has the wrong type ({type(value).__name__})")
+
+
+def _to_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _wrong_type(name, value)
+    return value
+
+
+def _to_str(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _wrong_type(name, value)
+    return value
+
+
+def _to_int(name: str, value: Any) -> int:
+    if not _is_int(value):
+        raise _wrong_type(name, value)
+    return value
+
+
+def _to_num(name: str, value: Any) -> float:
+    if not _is_num(value):
+        raise _wrong_type(name, value)
+    return float(value)
+
+
+def _to_opt_int(name: str, value: Any) -> int | None:
+    if value is not None and not _is_int(value):
+        raise _wrong_type(name, value)
+    return value
+
+
+def _to_opt_str(name: str, value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise _wrong_type(name, value)
+    return value
+
+
+def _to_int_list(name: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(_is_int(v) for v in value):
+        raise _wrong_type(name, value)
+    return tuple(value)
+
+
+def _to_counts(name: str, value: Any) -> dict[str, int]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and _is_int(v) and v >= 0 for k, v in value.items()
+    ):
+        raise _wrong_type(name, value)
+    return dict(value)
+
+
+def _to_features(name: str, value: Any) -> tuple[FeatureSummary, ...]:
+    if not isinstance(value, list):
+        raise _wrong_type(name, value)
+    out = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"counts"}:
+            raise _wrong_type(name, value)
+        counts = item["counts"]
+        if not isinstance(counts, list) or not all(_is_int(c) for c in counts):
+            raise _wrong_type(name, value)
+        out.append(FeatureSummary(counts=tuple(counts)))
+    return tuple(out)
+
+
+def _to_bins(name: str, value: Any) -> tuple[tuple[float, ...], ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(row, list) and all(_is_num(v) for v in row) for row in value
+    ):
+        raise _wrong_type(name, value)
+    return tuple(tuple(float(v) for v in row) for row in value)
+
+
+def _to_artifact(name: str, value: Any) -> ArtifactRef | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {
+        "sha256",
+        "size",
+        "chunk_size",
+        "chunk_sha256",
+    }:
+        raise ProtocolError("artifact must hold exactly sha256, size, chunk_size, chunk_sha256")
+    hashes = value["chunk_sha256"]
+    if (
+        not isinstance(value["sha256"], str)
+        or not _is_int(value["size"])
+        or not _is_int(value["chunk_size"])
+        or not isinstance(hashes, list)
+        or not all(isinstance(h, str) for h in hashes)
+    ):
+        raise _wrong_type(name, value)
+    return ArtifactRef(
+        sha256=value["sha256"],
+        size=value["size"],
+        chunk_size=value["chunk_size"],
+        chunk_sha256=tuple(hashes),
+    )
+
+
+# Field kind (as named in ``_field_checks``) -> its converter: the JSON value checked
+# and turned into the dataclass field's type, or a ProtocolError naming the field.
+_CONVERTERS: dict[Any, Callable[[str, Any], Any]] = {
+    bool: _to_bool,
+    str: _to_str,
+    "int": _to_int,
+    "num": _to_num,
+    "opt_int": _to_opt_int,
+    "opt_str": _to_opt_str,
+    "int_list": _to_int_list,
+    "counts": _to_counts,
+    "features": _to_features,
+    "bins": _to_bins,
+    "artifact": _to_artifact,
+}
+
+
 def _convert(name: str, kind: Any, value: Any) -> Any:
-    bad = ProtocolError(f"field {name!r} has the wrong type ({type(value).__name__})")
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if kind is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    if kind == "int":
-        if not _is_int(value):
-            raise bad
-        return value
-    if kind == "num":
-        if not _is_num(value):
-            raise bad
-        return float(value)
-    if kind == "opt_int":
-        if value is not None and not _is_int(value):
-            raise bad
-        return value
-    if kind == "opt_str":
-        if value is not None and not isinstance(value, str):
-            raise bad
-        return value
-    if kind == "int_list":
-        if not isinstance(value, list) or not all(_is_int(v) for v in value):
-            raise bad
-        return tuple(value)
-    if kind == "counts":
-        if not isinstance(value, dict) or not all(
-            isinstance(k, str) and _is_int(v) and v >= 0 for k, v in value.items()
-        ):
-            raise bad
-        return dict(value)
-    if kind == "features":
-        if not isinstance(value, list):
-            raise bad
-        out = []
-        for item in value:
-            if not isinstance(item, dict) or set(item) != {"counts"}:
-                raise bad
-            counts = item["counts"]
-            if not isinstance(counts, list) or not all(_is_int(c) for c in counts):
-                raise bad
-            out.append(FeatureSummary(counts=tuple(counts)))
-        return tuple(out)
-    if kind == "bins":
-        if not isinstance(value, list) or not all(
-            isinstance(row, list) and all(_is_num(v) for v in row) for row in value
-        ):
-            raise bad
-        return tuple(tuple(float(v) for v in row) for row in value)
-    if kind == "artifact":
-        if value is None:
-            return None
-        if not isinstance(value, dict) or set(value) != {
-            "sha256",
-            "size",
-            "chunk_size",
-            "chunk_sha256",
-        }:
-            raise ProtocolError("artifact must hold exactly sha256, size, chunk_size, chunk_sha256")
-        hashes = value["chunk_sha256"]
-        if (
-            not isinstance(value["sha256"], str)
-            or not _is_int(value["size"])
-            or not _is_int(value["chunk_size"])
-            or not isinstance(hashes, list)
-            or not all(isinstance(h, str) for h in hashes)
-        ):
-            raise bad
-        return ArtifactRef(
-            sha256=value["sha256"],
-            size=value["size"],
-            chunk_size=value["chunk_size"],
-            chunk_sha256=tuple(hashes),
-        )
-    raise AssertionError(f"no converter for {kind!r}")  # pragma: no cover - programming error
+    converter = _CONVERTERS.get(kind)
+    if converter is None:  # pragma: no cover - programming error
+        raise AssertionError(f"no converter for {kind!r}")
+    return converter(name, value)

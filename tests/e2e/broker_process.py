@@ -1,4 +1,4 @@
-"""Run a private Mosquitto for tests, demos and benchmarks (loopback only).
+"""Run a private Mosquitto for tests and benchmarks (loopback only).
 
 :class:`MosquittoProcess` writes a config (its own ``listener PORT 127.0.0.1``, the
 given password and ACL files, no pid file, no persistence) into a folder the
@@ -47,7 +47,7 @@ class MosquittoProcess:
         self.executable = executable
         self.port = port or free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="fedfleet-mosquitto-"))
-        os.chmod(self.folder, 0o755)  # noqa: S103 - the mosquitto user must read it
+        os.chmod(self.folder, 0o755)
         lines = [f"listener {self.port} 127.0.0.1", "persistence false"]
         lines += ["max_queued_messages 100000", "max_inflight_messages 64"]
         if passwd is not None:

@@ -1,12 +1,12 @@
-"""The registry client's boundary checks (no network): URL, token, version numbers."""
+"""The fleet client's boundary checks (no network): URL, token, version numbers."""
 
 from __future__ import annotations
 
 import pytest
 
-from firmware_images.registry_client import (
+from fleet.client import (
     DEFAULT_URL,
-    RegistryError,
+    FleetError,
     connection_from_env,
     parse_model_version,
 )
@@ -26,7 +26,7 @@ def test_the_token_is_read_from_the_environment_only_and_never_shown() -> None:
     assert connection.token == SECRET
     assert SECRET not in repr(connection) and SECRET not in str(connection)
     for env in ({}, {"FEDFLEET_TOKEN": "   "}):
-        with pytest.raises(RegistryError, match=r"\$FEDFLEET_TOKEN is not set; create a token"):
+        with pytest.raises(FleetError, match=r"\$FEDFLEET_TOKEN is not set; create a token"):
             connection_from_env(None, env)
 
 
@@ -41,7 +41,7 @@ def test_the_token_is_read_from_the_environment_only_and_never_shown() -> None:
     ],
 )
 def test_bad_urls_are_refused_with_the_fix(url: str, message: str) -> None:
-    with pytest.raises(RegistryError, match=message):
+    with pytest.raises(FleetError, match=message):
         connection_from_env(url, {"FEDFLEET_TOKEN": SECRET})
 
 
@@ -52,5 +52,5 @@ def test_model_versions_are_positive_numbers(raw: str) -> None:
 
 @pytest.mark.parametrize("raw", ["0", "-1", "v7", "7.0", "", "2147483648", "１"])
 def test_other_model_versions_are_refused(raw: str) -> None:
-    with pytest.raises(RegistryError, match="is not a model version number"):
+    with pytest.raises(FleetError, match="is not a model version number"):
         parse_model_version(raw)

@@ -1,11 +1,10 @@
-"""Telemetry summaries and drift events from the stored device telemetry.
+"""Telemetry summaries, drift references and drift events of the stored device telemetry.
 
 The MQTT bridge stores each telemetry message as a row (:class:`TelemetryRecord`). This
 module reads them back: a per model/group summary (inferences, latency percentiles,
-prediction mix) for the API and dashboard, and the drift check that sums the devices'
-input bin counts since the last event and compares them with the model's training
-reference (:mod:`fleet.drift`), recording a :class:`DriftEvent` above the threshold.
-A retraining run can then be created from the event.
+prediction mix) for the API and dashboard; it stores a model's training reference, shows
+drift events and creates a retraining run from one. The drift check itself (PSI of the
+inputs seen against the reference) is the OTA service's (``fleet/ota/telemetry.py``).
 """
 
 from __future__ import annotations
@@ -15,21 +14,22 @@ from datetime import datetime
 
 import numpy as np
 from pydantic import Field as PydanticField
-from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from fleet import audit
 from fleet.crud import runs as runs_crud
-from fleet.db import session_scope
-from fleet.drift import DEFAULT_THRESHOLD, Reference, psi_per_feature
 from fleet.errors import Conflict, InvalidReference
 from fleet.models.common import FleetModel
 from fleet.models.devices import Device, Group
-from fleet.models.ota import DriftEvent, DriftEventPublic, DriftReference, TelemetryRecord
+from fleet.models.ota import (
+    DriftEvent,
+    DriftEventPublic,
+    DriftReference,
+    Reference,
+    TelemetryRecord,
+)
 from fleet.models.registry import ModelVersion
 from fleet.models.runs import Run, RunCreate
-
-SYSTEM = audit.Actor(name="system:drift", role="operator", source="cli")
 
 
 class TelemetrySummary(FleetModel):
@@ -45,9 +45,10 @@ class TelemetrySummary(FleetModel):
     predictions: dict[str, int]
 
 
-def _records(
+def list_records(
     session: Session, *, model_version_id: int, group_id: int | None, since: datetime | None
 ) -> list[TelemetryRecord]:
+    """Telemetry rows of a model version (in a group, received after ``since``)."""
     statement = select(TelemetryRecord).where(TelemetryRecord.model_version_id == model_version_id)
     if group_id is not None:
         statement = statement.join(Device, col(Device.id) == col(TelemetryRecord.device_id)).where(
@@ -58,7 +59,8 @@ def _records(
     return list(session.exec(statement).all())
 
 
-def _group_id(session: Session, group: str | None) -> int | None:
+def group_id_by_name(session: Session, group: str | None) -> int | None:
+    """The id of group ``group`` (None for None); raises if there is no such group."""
     if group is None:
         return None
     row = session.exec(select(Group).where(Group.name == group)).first()
@@ -69,8 +71,11 @@ def _group_id(session: Session, group: str | None) -> int | None:
 
 def summarize(session: Session, *, model_version_id: int, group: str | None) -> TelemetrySummary:
     """Inferences, latency and prediction mix of a model version (in a group)."""
-    rows = _records(
-        session, model_version_id=model_version_id, group_id=_group_id(session, group), since=None
+    rows = list_records(
+        session,
+        model_version_id=model_version_id,
+        group_id=group_id_by_name(session, group),
+        since=None,
     )
     total = sum(r.count for r in rows)
     predictions: Counter[str] = Counter()
@@ -120,68 +125,6 @@ def set_reference(
         after={"features": len(reference.edges), "samples": reference.samples},
     )
     return row
-
-
-def check_drift(
-    session: Session,
-    *,
-    model_version_id: int,
-    group: str | None,
-    threshold: float = DEFAULT_THRESHOLD,
-    min_samples: int = 200,
-    actor: audit.Actor = SYSTEM,
-) -> DriftEvent | None:
-    """Compare the inputs seen since the last event with the reference; maybe record one.
-
-    Returns the new event, or None when there is no reference, too few samples
-    (``min_samples`` per feature), or no feature's PSI exceeds ``threshold``.
-    """
-    stored = session.get(DriftReference, model_version_id)
-    if stored is None:
-        return None
-    reference = Reference(
-        edges=tuple(tuple(e) for e in stored.edges),
-        proportions=tuple(tuple(p) for p in stored.proportions),
-        samples=stored.samples,
-    )
-    group_id = _group_id(session, group)
-    last = session.exec(
-        select(DriftEvent.created_at)
-        .where(DriftEvent.model_version_id == model_version_id, DriftEvent.group_id == group_id)
-        .order_by(col(DriftEvent.created_at).desc())
-    ).first()
-    rows = _records(session, model_version_id=model_version_id, group_id=group_id, since=last)
-    totals = [np.zeros(len(p), dtype=np.int64) for p in reference.proportions]
-    for r in rows:
-        for j, counts in enumerate(r.features[: len(totals)]):
-            if len(counts) == len(totals[j]):
-                totals[j] += np.asarray(counts, dtype=np.int64)
-    samples = int(min((t.sum() for t in totals), default=0))
-    if samples < min_samples:
-        return None
-    scores = psi_per_feature(reference, [t.tolist() for t in totals])
-    if max(scores) <= threshold:
-        return None
-    event = DriftEvent(
-        model_version_id=model_version_id,
-        group_id=group_id,
-        method="psi",
-        score=max(scores),
-        threshold=threshold,
-        per_feature=scores,
-        samples=samples,
-    )
-    session.add(event)
-    session.flush()
-    audit.record(
-        session,
-        actor=actor,
-        action="drift.detected",
-        entity_type="drift_event",
-        entity_id=event.id or 0,
-        after=event_public(session, event),
-    )
-    return event
 
 
 def event_public(session: Session, event: DriftEvent) -> DriftEventPublic:
@@ -235,33 +178,3 @@ def retrain_from_event(session: Session, event: DriftEvent, *, actor: audit.Acto
         after=event_public(session, event),
     )
     return run
-
-
-def check_all(engine: Engine, *, threshold: float = DEFAULT_THRESHOLD) -> list[DriftEvent]:
-    """Run :func:`check_drift` for every (model version with a reference, group) pair that
-    sent telemetry; the fleet's MQTT service calls this periodically."""
-    with Session(engine) as session:
-        pairs = session.exec(
-            select(TelemetryRecord.model_version_id, Device.group_id)
-            .join(Device, col(Device.id) == col(TelemetryRecord.device_id))
-            .join(
-                DriftReference,
-                col(DriftReference.model_version_id) == col(TelemetryRecord.model_version_id),
-            )
-            .distinct()
-        ).all()
-        groups = {g.id: g.name for g in session.exec(select(Group)).all()}
-    events = []
-    for model_version_id, group_id in pairs:
-        if model_version_id is None:
-            continue
-        with session_scope(engine, write=True) as session:
-            event = check_drift(
-                session,
-                model_version_id=model_version_id,
-                group=groups.get(group_id) if group_id is not None else None,
-                threshold=threshold,
-            )
-            if event is not None:
-                events.append(event)
-    return events

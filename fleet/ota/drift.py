@@ -1,6 +1,7 @@
 """Input drift: the Population Stability Index per feature against the training reference.
 
-Pure functions, no state. The training reference is, per feature, the interior edges of
+Pure functions, no state. The training reference (:class:`fleet.models.ota.Reference`,
+stored with the admin app's models) is, per feature, the interior edges of
 ``n_bins`` quantile bins of the training inputs and the fraction of training samples in
 each bin. Devices count their inputs in the same bins (the edges travel in the install
 command), so the fleet only ever sees counts, never inputs.
@@ -18,22 +19,14 @@ shift, > 0.25 significant shift; the fleet raises a drift event above 0.2 by def
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
+
+from fleet.models.ota import Reference
 
 DEFAULT_BINS = 10
 DEFAULT_THRESHOLD = 0.2
 EPS = 1e-4
-
-
-@dataclass(frozen=True)
-class Reference:
-    """Per-feature interior bin edges and expected fractions (``len(edges[j]) + 1`` each)."""
-
-    edges: tuple[tuple[float, ...], ...]
-    proportions: tuple[tuple[float, ...], ...]
-    samples: int
 
 
 def reference_from_data(x: np.ndarray, *, n_bins: int = DEFAULT_BINS) -> Reference:

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_client.mqtt_protocol import (
+from edge_client.protocol.mqtt import (
     ARTIFACT_FILTER,
     DOWNLINK,
     TOPIC_ROOT,

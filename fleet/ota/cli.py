@@ -2,10 +2,10 @@
 
 - ``fedfleet fleet broker-config --out DIR``: Mosquitto password, ACL and config files;
 - ``fedfleet fleet mqtt``: the fleet's MQTT service (bridge + rollout controller);
-- ``fedfleet fleet simulate-devices --count N --target cpu-x86 [--processes K]``: N agents
-  in this process (or split over K worker processes);
 - ``fedfleet rollout create|list|show``: staged rollouts, written to the fleet database
   (the MQTT service picks them up).
+
+(``fedfleet fleet simulate-devices`` is the simulator's: ``simulation/fleet_devices_cli.py``.)
 
 Heavy imports stay inside the commands. Errors: one line on stderr, non-zero exit.
 """
@@ -40,7 +40,7 @@ BrokerPort = Annotated[int, typer.Option("--broker-port", help="Broker port.")]
 
 
 # How often the rollout controller looks for work: an idle pass is a few counting queries
-# (fleet/rollouts.py), so a new wave goes out within 0.1 s of being due.
+# (fleet/ota/controller.py), so a new wave goes out within 0.1 s of being due.
 CONTROLLER_TICK_S = 0.1
 
 
@@ -77,7 +77,7 @@ def broker_config(
     database_url: DbUrl = None,
 ) -> None:
     """Write Mosquitto's password file, ACL file and config from the enrolled devices."""
-    from fleet.broker_config import (
+    from fleet.ota.broker_config import (
         TlsListener,
         device_credentials_from_db,
         write_broker_config,
@@ -116,10 +116,10 @@ def mqtt_service(
 ) -> None:
     """Run the fleet's MQTT service: ingest device messages, serve chunks, drive rollouts."""
     from fleet.artifacts import ArtifactStore
-    from fleet.broker_config import FLEET_USER
-    from fleet.mqtt_bridge import BridgeSettings, FleetBridge
-    from fleet.rollouts import RolloutController
-    from fleet.telemetry import check_all
+    from fleet.ota.bridge import BridgeSettings, FleetBridge
+    from fleet.ota.broker_config import FLEET_USER
+    from fleet.ota.controller import RolloutController
+    from fleet.ota.telemetry import check_all
 
     if not password_file.is_file():
         _fail(f"{password_file} not found; run `fedfleet fleet broker-config --out DIR` first")
@@ -157,101 +157,6 @@ def mqtt_service(
     engine.dispose()
 
 
-# --- fedfleet fleet simulate-devices ---------------------------------------------------
-
-
-def simulate_devices(
-    count: Annotated[int, typer.Option("--count", help="Number of simulated devices.")] = 10,
-    target: Annotated[str, typer.Option(help="Hardware target of the devices.")] = "cpu-x86",
-    group: Annotated[str, typer.Option(help="Group to enroll them into.")] = "simulated",
-    public_key: Annotated[
-        Path, typer.Option(help="Ed25519 public key the bundles are signed with.")
-    ] = Path("fleet.pub"),
-    work_dir: Annotated[Path, typer.Option(help="Slots and credentials folder.")] = Path(
-        "sim-devices"
-    ),
-    broker_host: BrokerHost = "127.0.0.1",
-    broker_port: BrokerPort = 1883,
-    seconds: Annotated[
-        float, typer.Option(help="Stop after this many seconds (0 = until Ctrl-C).")
-    ] = 0.0,
-    processes: Annotated[
-        int,
-        typer.Option(
-            "--processes",
-            help="Worker processes the agents are split over (1 = all in this process; "
-            "one per core uses every core, as N real devices' CPUs would).",
-        ),
-    ] = 1,
-    database_url: DbUrl = None,
-) -> None:
-    """Run N device agents (enrolled on first use, reused after) in 1..K processes."""
-    from edge_client.device_config import BrokerSettings
-    from fleet.simulated_devices import (
-        ProcessFleet,
-        SimulatedFleet,
-        enroll_devices,
-        load_credentials,
-        save_credentials,
-    )
-
-    if not 1 <= count <= 5000:
-        _fail("--count must be 1..5000")
-    if not 1 <= processes <= count:
-        _fail(f"--processes must be 1..--count ({count}); one per core is usually best")
-    if not public_key.is_file():
-        _fail(f"--public-key {public_key} not found; give the key bundles are signed with")
-    work_dir.mkdir(parents=True, exist_ok=True)
-    creds_file = work_dir / "devices.json"
-    if creds_file.is_file():
-        try:
-            devices = load_credentials(creds_file)
-        except ValueError as err:
-            _fail(str(err))
-    else:
-        devices = []
-    if len(devices) < count:
-        engine, _settings = _engine(database_url)
-        try:
-            devices += enroll_devices(
-                engine, count=count - len(devices), group=group, target=target
-            )
-        except ValueError as err:
-            _fail(str(err))
-        finally:
-            engine.dispose()
-        save_credentials(devices, creds_file)
-        typer.echo(
-            f"enrolled devices; rerun `fedfleet fleet broker-config` and reload Mosquitto "
-            f"(credentials in {creds_file})",
-            err=True,
-        )
-    options: dict[str, Any] = {
-        "root": work_dir,
-        "target": target,
-        "public_key": public_key,
-        "broker": BrokerSettings(host=broker_host, port=broker_port),
-    }
-    sim: SimulatedFleet | ProcessFleet = (
-        SimulatedFleet(devices[:count], **options)
-        if processes == 1
-        else ProcessFleet(devices[:count], processes=processes, **options)
-    )
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    sim.start()
-    typer.echo(
-        f"{count} simulated {target} devices in {processes} process(es) running against "
-        f"{broker_host}:{broker_port}"
-    )
-    began = time.monotonic()
-    while not done.wait(1.0):
-        if seconds and time.monotonic() - began >= seconds:
-            break
-    sim.stop()
-
-
 # --- fedfleet rollout ------------------------------------------------------------------
 
 
@@ -271,10 +176,10 @@ def rollout_create(
     """Create a staged rollout; the fleet's MQTT service carries it out."""
     from pydantic import ValidationError
 
+    from fleet.crud.rollouts import create_rollout, public_view
     from fleet.db import session_scope
     from fleet.errors import FleetError
     from fleet.models.ota import RolloutCreate
-    from fleet.rollouts import create_rollout, public_view
 
     try:
         percents = [int(w) for w in waves.split(",") if w.strip()]
@@ -313,8 +218,8 @@ def rollout_list(database_url: DbUrl = None) -> None:
     """List rollouts, newest first, with their progress."""
     from sqlmodel import Session, col, select
 
+    from fleet.crud.rollouts import public_view
     from fleet.models.ota import Rollout
-    from fleet.rollouts import public_view
 
     engine, _settings = _engine(database_url)
     with Session(engine) as session:
@@ -330,8 +235,8 @@ def rollout_list(database_url: DbUrl = None) -> None:
     engine.dispose()
 
 
-def register_fleet_commands(app: typer.Typer) -> None:
-    """Add the OTA commands to ``fedfleet fleet``."""
-    app.command("broker-config")(broker_config)
-    app.command("mqtt")(mqtt_service)
-    app.command("simulate-devices")(simulate_devices)
+# The OTA commands of ``fedfleet fleet``: the root CLI (fedfleet/cli.py) mounts them there,
+# as the admin CLI (fleet/cli.py) never imports the OTA side.
+fleet_commands = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+fleet_commands.command("broker-config")(broker_config)
+fleet_commands.command("mqtt")(mqtt_service)

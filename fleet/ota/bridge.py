@@ -6,7 +6,7 @@ Three threads, none of them paho's callback (which only enqueues):
   artifact files (a few bundles; a chunk request never touches the database): requests
   ``via="device"`` (the repair path) at once on the device's own topic, requests
   ``via="artifact"`` gathered across devices and published once on the shared
-  artifact topic (:mod:`fleet.chunk_fanout` decides when);
+  artifact topic (:mod:`fleet.ota.fanout` decides when);
 - the **ingester** drains status, heartbeat, telemetry and ack messages in batches (up
   to ``batch_max`` messages or ``batch_wait_s`` seconds) and writes each batch in one
   transaction: one UPDATE per kind for devices, one multi-row INSERT for telemetry,
@@ -20,7 +20,7 @@ the fleet silently stopped receiving — 400 of 20,000 telemetry messages at 1,0
 simulated devices.
 
 Malformed or unknown messages are counted and logged, never raised. The wire contract is
-:mod:`edge_client.mqtt_protocol`.
+:mod:`edge_client.protocol.mqtt`.
 """
 
 from __future__ import annotations
@@ -41,16 +41,16 @@ import paho.mqtt.client as mqtt
 from sqlalchemy import Engine, insert, update
 from sqlmodel import col, select
 
-from edge_client import mqtt_protocol as proto
 from edge_client.mqtt_loop import SharedLoop
+from edge_client.protocol import mqtt as proto
 from fleet import audit
 from fleet.artifacts import ArtifactStore
-from fleet.chunk_fanout import FanoutPlanner
 from fleet.db import session_scope
 from fleet.models.common import utcnow
 from fleet.models.devices import Device, ReportedStatus
 from fleet.models.ota import DeviceRolloutState, RolloutDevice, TelemetryRecord
 from fleet.models.registry import ModelVersion
+from fleet.ota.fanout import FanoutPlanner
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class BridgeSettings:
     ``batch_max``: messages per database transaction; ``batch_wait_s``: longest wait
     before a partial batch is written; ``chunk_size``: artifact chunk size in bytes;
     ``fanout_quiet_s``/``fanout_max_wait_s``: how long shared chunk requests are gathered
-    before one publication on the artifact topic (see :mod:`fleet.chunk_fanout`).
+    before one publication on the artifact topic (see :mod:`fleet.ota.fanout`).
     """
 
     host: str = "127.0.0.1"

@@ -1,6 +1,7 @@
 """Many device agents in one process, for tests, demos and benchmarks.
 
-``fedfleet fleet simulate-devices --count N --target cpu-x86`` enrolls N devices in the
+``fedfleet fleet simulate-devices --count N --target cpu-x86``
+(:mod:`simulation.fleet_devices_cli`) enrolls N devices in the
 fleet database (or reuses a credentials file), and runs N real :class:`DeviceAgent`
 instances — each with its own MQTT connection, slots folder and Last Will — sharing one
 small worker pool and one timer thread. The agents are the same code a Raspberry Pi
@@ -31,10 +32,10 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from edge_client import mqtt_protocol as proto
 from edge_client.device_agent import DeviceAgent
 from edge_client.device_config import BrokerSettings, DeviceConfig
 from edge_client.mqtt_loop import SharedLoop
+from edge_client.protocol import mqtt as proto
 from fleet.artifacts import ArtifactStore
 from fleet.audit import Actor
 from fleet.db import session_scope

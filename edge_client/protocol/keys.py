@@ -1,0 +1,61 @@
+"""Keys of a federated round between the coordinator's ServerApp and the ClientApp.
+
+The one place where a round's message contract is spelled: record names, the keys of
+a train/evaluate instruction and of its reply, and the run-config and node-config keys
+both ends read. The coordinator imports it from here (device side), never the other way
+round. Keys owned by a typed config live with it: the ``dp*`` run-config keys in
+``privacy.dp.config``, the ``secagg*`` ones in ``privacy.secagg.config``; the SecAgg+
+stages are in :mod:`edge_client.protocol.secagg`, a site's node-config keys in
+:mod:`edge_client.protocol.site`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Record names inside a Message's RecordDict (Flower's strategies use the same defaults).
+ARRAYS: Final = "arrays"
+CONFIG: Final = "config"
+METRICS: Final = "metrics"
+
+# ConfigRecord keys sent with a train/evaluate instruction.
+SERVER_ROUND: Final = "server-round"  # int, set by Flower's strategies
+LOCAL_EPOCHS: Final = "local-epochs"
+BATCH_SIZE: Final = "batch-size"
+LEARNING_RATE: Final = "learning-rate"
+PROXIMAL_MU: Final = "proximal-mu"  # FedProx; Flower's FedProx sets this key
+
+# MetricRecord keys in a reply.
+NUM_EXAMPLES: Final = "num-examples"  # weighting key of Flower's strategies
+TRAIN_LOSS: Final = "train-loss"
+EVAL_LOSS: Final = "eval-loss"
+EVAL_ACCURACY: Final = "eval-acc"
+# The simulated seconds a device took to train and upload (simulation only; the
+# coordinator orders arrivals by it when the run's clock is "simulated").
+SIM_SECONDS: Final = "sim-seconds"
+# MetricRecord keys of a DP train reply (docs/privacy.md).
+DP_EPSILON: Final = "dp-epsilon"  # the site's ε spent on this task after this training
+DP_NOISE_MULTIPLIER: Final = "dp-noise-multiplier"
+DP_SAMPLE_RATE: Final = "dp-sample-rate"
+DP_STEPS: Final = "dp-steps"
+# Error.code of a train reply refused by the site's privacy policy (budget, mode).
+ERROR_DP_REFUSED: Final = 4601
+
+# run_config keys (pyproject [tool.flwr.app.config] and `--run-config` overrides).
+RC_TASK: Final = "task"
+RC_SEED: Final = "seed"
+RC_PARTITION: Final = "partition"
+RC_NUM_CLIENTS: Final = "num-clients"
+RC_NUM_SERVER_ROUNDS: Final = "num-server-rounds"
+RC_CLIENTS_PER_ROUND: Final = "clients-per-round"
+RC_OUT_DIR: Final = "out-dir"  # a simulation's output folder (simulated clients' ledgers)
+RC_RUN_ID: Final = "run-id"  # the deployment run id (`fedfleet run submit`); absent in simulation
+# Strategies, selection, asynchronous rounds and attacks (issue 10).
+RC_CLOCK: Final = "clock"  # "wall" (default) | "simulated"
+RC_SPEEDS: Final = "speeds"  # simulated device-speed model, e.g. "pareto:1.5"
+RC_ATTACK: Final = "attack"  # "" | sign-flip | scale:F | gaussian:S | label-flip
+RC_ATTACKERS: Final = "attackers"  # fraction of clients that attack, in [0, 1]
+
+# node_config keys (set by the simulation engines, or by a SuperNode's --node-config).
+NC_PARTITION_ID: Final = "partition-id"
+NC_NUM_PARTITIONS: Final = "num-partitions"

@@ -1,0 +1,352 @@
+"""The fleet API over HTTP (``/api/v1``): runs, rounds, model versions, artifacts.
+
+Every package that reaches the fleet does so through :class:`FleetClient`, never through
+the fleet's database code, so it works against any reachable fleet (``docs/fleet-api.md``):
+
+- ``GET /models/{id}`` and ``GET /artifacts/{id}/download`` to fetch a version's
+  ``torch`` checkpoint (``fedfleet image build --model``, ``fedfleet run submit --retrain``);
+- ``POST /models/{id}/artifacts`` (multipart) to store a checkpoint or a signed ``bundle``
+  (``fedfleet image build --upload``, ``fedfleet image publish``);
+- ``POST /runs``, ``PUT /runs/{id}/rounds/{n}``, ``PATCH /runs/{id}``, ``POST /models``
+  to register a finished run's model with its lineage (``fedfleet model register``).
+
+The calls are the constants of :mod:`fleet.client.routes`. Every failure is a
+:class:`~fleet.client.connection.FleetError` with one line that says what to do; the
+token never appears in one. httpx is imported when a client is made, not with the module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fleet.client.connection import (
+    API_PREFIX,
+    TOKEN_ENV,
+    FleetConnection,
+    FleetError,
+    FleetNotFoundError,
+)
+from fleet.client.routes import (
+    CREATE_RUN,
+    DEPRECATE_MODEL,
+    DOWNLOAD_ARTIFACT,
+    GET_MODEL,
+    GET_RUN,
+    REGISTER_MODEL,
+    REPORT_ROUND,
+    UPDATE_RUN,
+    UPLOAD_ARTIFACT,
+    ArtifactForm,
+    ArtifactInfo,
+    ModelCreateBody,
+    ModelInfo,
+    RoundReportBody,
+    Route,
+    RunCreateBody,
+    RunInfo,
+    RunUpdateBody,
+)
+
+TIMEOUT_S = 30.0
+_CHUNK = 1 << 20
+# Upload/download size bound: the fleet's own default upload limit is far below this.
+MAX_DOWNLOAD_BYTES = 2 << 30
+
+
+class FleetClient:
+    """Calls to one fleet's API; use as a context manager (closes the connection).
+
+    ``transport`` (an ``httpx`` transport) answers in place of the network, for tests.
+    """
+
+    def __init__(
+        self, connection: FleetConnection, *, timeout_s: float = TIMEOUT_S, transport: Any = None
+    ) -> None:
+        try:
+            import httpx
+        except ImportError as exc:  # pragma: no cover - httpx comes with the server extra
+            raise FleetError(
+                'talking to the fleet needs httpx; install fedfleet["server"]'
+            ) from exc
+        self._httpx = httpx
+        self.url = connection.url
+        self._client = httpx.Client(
+            base_url=connection.url + API_PREFIX,
+            headers={"Authorization": f"Bearer {connection.token}"},
+            timeout=timeout_s,
+            transport=transport,
+        )
+
+    def __enter__(self) -> FleetClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- runs and rounds ------------------------------------------------------------------
+
+    def get_run(self, run_id: int) -> RunInfo:
+        """Fleet run ``run_id``; :class:`FleetNotFoundError` if absent."""
+        what = f"fleet run {run_id}"
+        path = GET_RUN.url(run_id=run_id)
+        response = self._call(GET_RUN, path, what=what)
+        if response.status_code == 404:
+            raise FleetNotFoundError(f"{what}: not found at {self.url}{API_PREFIX}{path}")
+        self._check(response, what=what)
+        return RunInfo.from_json(response.json())
+
+    def create_run(
+        self,
+        *,
+        task: str,
+        name: str = "",
+        strategy: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        what: str | None = None,
+    ) -> RunInfo:
+        """Record a new run (status ``created``). ``what`` names the call in errors."""
+        body: RunCreateBody = {"name": name, "task": task, "config": dict(config or {})}
+        if strategy is not None:
+            body["strategy"] = strategy
+        answer = self._send(CREATE_RUN, body, what=what or f"recording run {name}")
+        return RunInfo.from_json(answer)
+
+    def update_run(
+        self,
+        run_id: int,
+        *,
+        status: str | None = None,
+        final_model_version_id: int | None = None,
+        what: str | None = None,
+    ) -> RunInfo:
+        """Change a run's status (``running``, ``completed``, ``failed``) or final model."""
+        body: RunUpdateBody = {}
+        if status is not None:
+            body["status"] = status
+        if final_model_version_id is not None:
+            body["final_model_version_id"] = final_model_version_id
+        answer = self._send(
+            UPDATE_RUN, body, run_id=run_id, what=what or f"updating fleet run {run_id}"
+        )
+        return RunInfo.from_json(answer)
+
+    def report_round(
+        self, run_id: int, round_number: int, report: RoundReportBody, *, what: str | None = None
+    ) -> None:
+        """Record round ``round_number``'s metrics (reporting a round again replaces it)."""
+        self._send(
+            REPORT_ROUND,
+            report,
+            run_id=run_id,
+            round_number=round_number,
+            what=what or f"reporting round {round_number} of fleet run {run_id}",
+        )
+
+    # --- model versions -------------------------------------------------------------------
+
+    def get_model(self, version: int) -> ModelInfo:
+        """The model version with its artifacts; :class:`FleetNotFoundError` if absent."""
+        path = GET_MODEL.url(model_id=version)
+        response = self._call(GET_MODEL, path, what=f"model version {version}")
+        if response.status_code == 404:
+            raise FleetNotFoundError(
+                f"model version {version} is not in the registry at {self.url}; list the "
+                f"versions with GET {self.url}{API_PREFIX}/models"
+            )
+        self._check(response, what=f"reading model version {version}")
+        return ModelInfo.from_json(response.json())
+
+    def register_model(
+        self,
+        *,
+        task: str,
+        name: str = "",
+        description: str = "",
+        metrics: Mapping[str, float] | None = None,
+        source_run_id: int | None = None,
+        source_round: int | None = None,
+        parent_id: int | None = None,
+        what: str | None = None,
+    ) -> ModelInfo:
+        """Register a new version (stage ``registered``) with its lineage and metrics."""
+        body: ModelCreateBody = {
+            "task": task,
+            "name": name,
+            "description": description,
+            "metrics": dict(metrics or {}),
+        }
+        if source_run_id is not None:
+            body["source_run_id"] = source_run_id
+        if source_round is not None:
+            body["source_round"] = source_round
+        if parent_id is not None:
+            body["parent_id"] = parent_id
+        answer = self._send(REGISTER_MODEL, body, what=what or "registering the model")
+        return ModelInfo.from_json(answer)
+
+    def deprecate_model(self, version: int, *, what: str | None = None) -> ModelInfo:
+        """Mark a version as not to be rolled out any more."""
+        answer = self._send(
+            DEPRECATE_MODEL,
+            None,
+            model_id=version,
+            what=what or f"deprecating model version {version}",
+        )
+        return ModelInfo.from_json(answer)
+
+    # --- artifacts ------------------------------------------------------------------------
+
+    def upload_artifact(
+        self,
+        version: int,
+        path: Path,
+        *,
+        format: str,
+        target: str,
+        sha256: str,
+        signature: str | None = None,
+    ) -> ArtifactInfo:
+        """Store ``path`` as an artifact of ``version``; the fleet checks ``sha256``."""
+        fields: ArtifactForm = {"format": format, "target": target, "sha256": sha256}
+        if signature is not None:
+            fields["signature"] = signature
+        what = f"the {format} artifact for {target} of model version {version}"
+        (file_field,) = UPLOAD_ARTIFACT.files
+        with Path(path).open("rb") as handle:
+            response = self._call(
+                UPLOAD_ARTIFACT,
+                UPLOAD_ARTIFACT.url(model_id=version),
+                what=what,
+                data=fields,
+                files={file_field: (Path(path).name, handle, "application/octet-stream")},
+            )
+        if response.status_code == 409:
+            raise FleetError(
+                f"model version {version} already has a {format} artifact for {target}; "
+                "an artifact is never replaced: register a new model version for a new build"
+            )
+        if response.status_code == 404:
+            raise FleetNotFoundError(
+                f"model version {version} is not in the registry at {self.url}; list the "
+                f"versions with GET {self.url}{API_PREFIX}/models"
+            )
+        self._check(response, what=f"storing {what}")
+        return ArtifactInfo.from_json(response.json())
+
+    def download(self, artifact: ArtifactInfo, dest: Path) -> Path:
+        """Stream an artifact to ``dest`` (atomically), checking size and SHA-256.
+
+        Nothing is left at ``dest`` (nor a temporary file beside it) when the transfer fails
+        or the bytes do not hash to what the registry recorded.
+        """
+        dest = Path(dest)
+        what = f"artifact {artifact.id} ({artifact.filename})"
+        path = DOWNLOAD_ARTIFACT.url(artifact_id=artifact.id)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        tmp = Path(tmp_name)
+        try:
+            digest = hashlib.sha256()
+            size = 0
+            with (
+                os.fdopen(fd, "wb") as out,
+                self._stream(DOWNLOAD_ARTIFACT, path, what=what) as response,
+            ):
+                if response.status_code == 404:
+                    raise FleetNotFoundError(
+                        f"{what} is listed but its file is missing on the fleet at {self.url}; "
+                        "upload it again"
+                    )
+                self._check(response, what=f"downloading {what}")
+                for chunk in response.iter_bytes(_CHUNK):
+                    size += len(chunk)
+                    if size > MAX_DOWNLOAD_BYTES:
+                        raise FleetError(f"{what} is larger than {MAX_DOWNLOAD_BYTES} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            got = digest.hexdigest()
+            if got != artifact.sha256:
+                raise FleetError(
+                    f"{what} downloaded from {self.url} has SHA-256 {got}, but the registry "
+                    f"records {artifact.sha256} ({size} bytes received, {artifact.size_bytes} "
+                    "expected); nothing was used. The transfer or the fleet's storage is "
+                    "corrupt: retry, or upload the checkpoint again"
+                )
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return dest
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _send(
+        self, route: Route, body: Mapping[str, Any] | None, *, what: str, **params: int
+    ) -> Any:
+        """Call ``route`` with a JSON ``body``; the JSON answer (any non-2xx is a FleetError)."""
+        extra = {} if body is None else {"json": dict(body)}
+        response = self._call(route, route.url(**params), what=what, **extra)
+        self._check(response, what=what)
+        return response.json()
+
+    def _call(self, route: Route, path: str, *, what: str, **kwargs: Any) -> Any:
+        try:
+            return self._client.request(route.method, path, **kwargs)
+        except self._httpx.HTTPError as exc:
+            raise self._unreachable(exc, what) from None
+
+    @contextmanager
+    def _stream(self, route: Route, path: str, *, what: str) -> Iterator[Any]:
+        try:
+            with self._client.stream(route.method, path) as response:
+                yield response
+        except self._httpx.HTTPError as exc:
+            raise self._unreachable(exc, what) from None
+
+    def _unreachable(self, exc: Exception, what: str) -> FleetError:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return FleetError(
+            f"cannot reach the fleet at {self.url} for {what} ({reason}); is `fedfleet fleet "
+            "serve` running there? check --fleet-url or $FEDFLEET_URL"
+        )
+
+    def _check(self, response: Any, *, what: str) -> None:
+        status = int(response.status_code)
+        if 200 <= status < 300:
+            return
+        detail = _detail(response)
+        if status == 401:
+            reason = detail.split(" (", 1)[0]  # the fleet's own hint names a viewer token
+            raise FleetError(
+                f"the fleet at {self.url} refused the token in ${TOKEN_ENV} (HTTP 401: "
+                f"{reason}); export a valid one from `fedfleet fleet token create --role operator`"
+            )
+        if status == 403:
+            raise FleetError(
+                f"the token in ${TOKEN_ENV} may not do this ({detail}); {what} needs an "
+                "operator or admin token: `fedfleet fleet token create --role operator`"
+            )
+        raise FleetError(f"the fleet refused {what} (HTTP {status}: {detail})")
+
+
+def _detail(response: Any) -> str:
+    """The ``detail`` line of a fleet error body, else the start of the text."""
+    try:
+        response.read()
+        body = response.json()
+    except Exception:  # not JSON (a proxy's HTML page, an empty body)
+        text = response.text.strip().splitlines()
+        return (text[0] if text else response.reason_phrase or "no detail")[:200]
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return str(body["detail"])[:500]
+    return str(body)[:200]

@@ -1,0 +1,189 @@
+"""The part of the fleet API the client uses, as data: routes, request bodies, results.
+
+Each :class:`Route` names a method and a path under ``/api/v1`` (its ``{names}`` are
+the API's path parameters), the fields the client may send (a ``TypedDict``: JSON body,
+or multipart form fields plus ``files``) and the result it reads the answer into (a
+dataclass whose field names are the JSON keys it reads). :class:`~fleet.client.api.FleetClient`
+calls the API only through these constants, and ``tests/fleet/test_client_contract.py``
+checks every one against the fleet app's OpenAPI, so renaming a route, a path parameter or
+a field the client uses fails a test instead of a deployment. ``docs/fleet-api.md`` is the
+contract for people.
+
+Standard library only, like the rest of :mod:`fleet.client`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+# --- results ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """One artifact row of the registry (``ArtifactPublic``)."""
+
+    id: int
+    model_version_id: int
+    format: str
+    target: str
+    filename: str
+    size_bytes: int
+    sha256: str
+    signature: str | None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> ArtifactInfo:
+        return cls(
+            id=int(body["id"]),
+            model_version_id=int(body["model_version_id"]),
+            format=str(body["format"]),
+            target=str(body["target"]),
+            filename=str(body["filename"]),
+            size_bytes=int(body["size_bytes"]),
+            sha256=str(body["sha256"]),
+            signature=body.get("signature"),
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model version of the registry (``ModelVersionPublic``)."""
+
+    id: int
+    task: str
+    stage: str
+    metrics: dict[str, float]
+    artifacts: tuple[ArtifactInfo, ...]
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> ModelInfo:
+        return cls(
+            id=int(body["id"]),
+            task=str(body["task"]),
+            stage=str(body["stage"]),
+            metrics={str(k): float(v) for k, v in (body.get("metrics") or {}).items()},
+            artifacts=tuple(ArtifactInfo.from_json(a) for a in body.get("artifacts") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One federated run of the fleet (``RunPublic``; ``GET /runs/{id}`` adds its rounds)."""
+
+    id: int
+    name: str
+    task: str
+    strategy: str
+    status: str
+    config: dict[str, Any]
+    final_model_version_id: int | None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> RunInfo:
+        final = body.get("final_model_version_id")
+        return cls(
+            id=int(body["id"]),
+            name=str(body.get("name") or ""),
+            task=str(body["task"]),
+            strategy=str(body.get("strategy") or ""),
+            status=str(body["status"]),
+            config=dict(body.get("config") or {}),
+            final_model_version_id=None if final is None else int(final),
+        )
+
+
+# --- request bodies (only the fields the client sends) -------------------------------
+
+
+class RunCreateBody(TypedDict, total=False):
+    """``RunCreate``."""
+
+    name: str
+    task: str
+    strategy: str
+    config: dict[str, Any]
+
+
+class RunUpdateBody(TypedDict, total=False):
+    """``RunUpdate``."""
+
+    status: str
+    final_model_version_id: int
+
+
+class RoundReportBody(TypedDict, total=False):
+    """``RoundReport``: a finished round's metrics."""
+
+    accuracy: float
+    loss: float
+    duration_s: float
+    epsilon: float
+    metrics: dict[str, float]
+
+
+class ModelCreateBody(TypedDict, total=False):
+    """``ModelVersionCreate``: a version with its lineage."""
+
+    task: str
+    name: str
+    description: str
+    source_run_id: int
+    source_round: int
+    metrics: dict[str, float]
+    parent_id: int
+
+
+class ArtifactForm(TypedDict, total=False):
+    """The form fields of an artifact upload (the bytes go in the ``file`` part)."""
+
+    format: str
+    target: str
+    sha256: str
+    signature: str
+
+
+# --- routes ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    """One call of the fleet API (see the module docstring)."""
+
+    method: str
+    path: str
+    body: Any = None  # the TypedDict of the fields sent, None when there is no body
+    files: tuple[str, ...] = ()  # multipart file parts (the body is then form fields)
+    result: type | None = None  # the dataclass the JSON answer is read into
+
+    def url(self, **params: int) -> str:
+        """The path with its parameters filled in, e.g. ``/runs/7``."""
+        return self.path.format(**params)
+
+
+CREATE_RUN = Route("POST", "/runs", body=RunCreateBody, result=RunInfo)
+GET_RUN = Route("GET", "/runs/{run_id}", result=RunInfo)
+UPDATE_RUN = Route("PATCH", "/runs/{run_id}", body=RunUpdateBody, result=RunInfo)
+REPORT_ROUND = Route("PUT", "/runs/{run_id}/rounds/{round_number}", body=RoundReportBody)
+REGISTER_MODEL = Route("POST", "/models", body=ModelCreateBody, result=ModelInfo)
+GET_MODEL = Route("GET", "/models/{model_id}", result=ModelInfo)
+DEPRECATE_MODEL = Route("POST", "/models/{model_id}/deprecate", result=ModelInfo)
+UPLOAD_ARTIFACT = Route(
+    "POST", "/models/{model_id}/artifacts", body=ArtifactForm, files=("file",), result=ArtifactInfo
+)
+DOWNLOAD_ARTIFACT = Route("GET", "/artifacts/{artifact_id}/download")
+
+#: Every call the client makes.
+ROUTES: tuple[Route, ...] = (
+    CREATE_RUN,
+    GET_RUN,
+    UPDATE_RUN,
+    REPORT_ROUND,
+    REGISTER_MODEL,
+    GET_MODEL,
+    DEPRECATE_MODEL,
+    UPLOAD_ARTIFACT,
+    DOWNLOAD_ARTIFACT,
+)
