@@ -163,7 +163,7 @@ def test_tail_truncation_with_a_rewritten_head_is_detected(log: AuditLog) -> Non
     assert not result.ok and "does not verify with the site's audit key" in result.problem
 
 
-def test_tail_truncation_alone_is_detected(log: AuditLog) -> None:
+def test_removed_last_line_is_detected_by_the_head(log: AuditLog) -> None:
     _fill(log, 4)
     _rewrite(log, _lines(log)[:-1])
     result = log.verify()
@@ -263,7 +263,7 @@ def test_garbage_line_is_reported(log: AuditLog) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(min_value=2, max_value=6), data=st.data())
-def test_any_byte_edit_line_deletion_or_swap_is_detected(
+def test_any_single_byte_change_is_detected(
     tmp_path_factory: pytest.TempPathFactory, n: int, data: st.DataObject
 ) -> None:
     """Property: one changed byte (any value), one deleted line or two swapped lines of a
