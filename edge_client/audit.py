@@ -46,6 +46,9 @@ join`` or the next message) migrates them: it checks the old chain, creates the 
 with ``legacy-entries`` = the number of old lines, and authenticates the head from then
 on (the old lines are covered by the chain from that point, not before).
 
+The line and key formats, parsing and line checks are pure functions in
+:mod:`edge_client.audit_format`; this module holds the files, the lock and recovery.
+
 Appends take an exclusive ``flock`` so the ClientApp processes of one site (Flower
 starts one per message) never interleave lines.
 """
@@ -53,16 +56,26 @@ starts one per message) never interleave lines.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import hmac
 import json
 import os
-import secrets
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from edge_client.audit_format import (
+    GENESIS,
+    RESERVED_FIELDS,
+    AuditKey,
+    AuditLogError,
+    canonical,
+    entry_hash,
+    entry_mac,
+    head_mac,
+    scan_lines,
+    strict_json,
+)
 from privacy.private_files import (
     PRIVATE_FILE_MODE,
     fsync_dir,
@@ -74,100 +87,19 @@ from privacy.private_files import (
 if TYPE_CHECKING:
     from edge_client.site_config import SiteConfig
 
-GENESIS = "0" * 64  # ``prev`` of the first line
+__all__ = [
+    "GENESIS",
+    "AuditKey",
+    "AuditLog",
+    "AuditLogError",
+    "VerifyResult",
+    "entry_hash",
+    "verify_log",
+]
+
 LOG_NAME = "audit.jsonl"
 HEAD_NAME = "audit.head"
-KEY_FORMAT = "fedfleet-audit-key/1"
-RESERVED_FIELDS = frozenset({"seq", "prev", "hash", "mac", "genesis"})
-_ENTRY_MAC_LABEL = b"fedfleet-audit-entry\x00"
-_HEAD_MAC_LABEL = b"fedfleet-audit-head\x00"
 _VERIFY_HINT = "run `fedfleet site audit --verify`"
-
-
-class AuditLogError(ValueError):
-    """The log cannot be appended to: it failed verification, or its key file is bad."""
-
-
-def _canonical(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=True
-    ).encode()
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _strict_json(raw: bytes) -> Any:
-    """Parse ``raw`` refusing invalid UTF-8, duplicate keys and NaN/Infinity (ValueError)."""
-    return json.loads(
-        raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants
-    )
-
-
-def entry_hash(entry: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of an entry without its ``hash`` and ``mac`` fields."""
-    body = {k: v for k, v in entry.items() if k not in ("hash", "mac")}
-    return hashlib.sha256(_canonical(body)).hexdigest()
-
-
-def _entry_mac(key: bytes, digest: str) -> str:
-    return hmac.new(key, _ENTRY_MAC_LABEL + digest.encode(), hashlib.sha256).hexdigest()
-
-
-def _head_mac(key: bytes, *, entries: int, digest: str, genesis: str) -> str:
-    body = _canonical({"entries": entries, "genesis": genesis, "hash": digest})
-    return hmac.new(key, _HEAD_MAC_LABEL + body, hashlib.sha256).hexdigest()
-
-
-@dataclass(frozen=True)
-class AuditKey:
-    """The site's audit key file: HMAC key, the log's genesis id, lines before the key."""
-
-    key: bytes
-    genesis: str
-    legacy_entries: int = 0
-
-    @classmethod
-    def new(cls, *, legacy_entries: int = 0) -> AuditKey:
-        return cls(secrets.token_bytes(32), secrets.token_hex(32), legacy_entries)
-
-    def to_bytes(self) -> bytes:
-        doc = {
-            "format": KEY_FORMAT,
-            "key": self.key.hex(),
-            "genesis": self.genesis,
-            "legacy-entries": self.legacy_entries,
-        }
-        return json.dumps(doc, indent=2).encode() + b"\n"
-
-    @classmethod
-    def load(cls, path: Path) -> AuditKey:
-        """Read ``path``; AuditLogError naming the file if it is not an audit key file."""
-        try:
-            doc = _strict_json(path.read_bytes())
-            if doc["format"] != KEY_FORMAT:
-                raise ValueError(f"format {doc['format']!r}")
-            key = bytes.fromhex(doc["key"])
-            genesis, legacy = doc["genesis"], doc["legacy-entries"]
-            if len(key) != 32 or len(bytes.fromhex(genesis)) != 32:
-                raise ValueError("wrong key or genesis length")
-            if isinstance(legacy, bool) or not isinstance(legacy, int) or legacy < 0:
-                raise ValueError("legacy-entries must be a count")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise AuditLogError(
-                f"audit key file {path} is corrupt ({exc}); restore it from a backup"
-            ) from None
-        return cls(key, genesis, legacy)
 
 
 @dataclass(frozen=True)
@@ -248,8 +180,8 @@ class AuditLog:
             if count == key.legacy_entries:
                 entry["genesis"] = key.genesis
             entry["hash"] = entry_hash(entry)
-            entry["mac"] = _entry_mac(key.key, entry["hash"])
-            line = _canonical(entry) + b"\n"  # raises on NaN: nothing is written then
+            entry["mac"] = entry_mac(key.key, entry["hash"])
+            line = canonical(entry) + b"\n"  # raises on NaN: nothing is written then
             new_file = not self.path.exists()
             fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
             try:
@@ -305,8 +237,8 @@ class AuditLog:
 
     def _write_head(self, key: AuditKey, *, entries: int, digest: str) -> None:
         head = {"entries": entries, "genesis": key.genesis, "hash": digest}
-        head["mac"] = _head_mac(key.key, entries=entries, digest=digest, genesis=key.genesis)
-        write_private_bytes(self.head_path, _canonical(head) + b"\n")
+        head["mac"] = head_mac(key.key, entries=entries, digest=digest, genesis=key.genesis)
+        write_private_bytes(self.head_path, canonical(head) + b"\n")
 
     def _finish_key(self) -> None:
         os.replace(self.pending_key_file, self.key_file)
@@ -351,7 +283,7 @@ class AuditLog:
         lines = body.split(b"\n") if newline else []
         count = len(lines)
         start = 0 if full else max(count - 2, 0)
-        problem = _scan(lines, key, start=start)
+        problem = scan_lines(lines, key, start=start)
         if problem:
             return _bad(count, problem)
         hashes = tuple(json.loads(raw)["hash"] for raw in lines[-2:])
@@ -409,15 +341,15 @@ class AuditLog:
             return None, f"{self.head_path.name} is missing"
         raw = self.head_path.read_bytes()
         try:
-            head = _strict_json(raw)
+            head = strict_json(raw)
             if not isinstance(head, dict) or set(head) != {"entries", "genesis", "hash", "mac"}:
                 raise ValueError("wrong fields")
-            if _canonical(head) + b"\n" != raw:
+            if canonical(head) + b"\n" != raw:
                 raise ValueError("not canonical")
             entries, digest, genesis = head["entries"], head["hash"], head["genesis"]
             if isinstance(entries, bool) or not isinstance(entries, int):
                 raise ValueError("entries is not a count")
-            mac = _head_mac(key.key, entries=entries, digest=str(digest), genesis=str(genesis))
+            mac = head_mac(key.key, entries=entries, digest=str(digest), genesis=str(genesis))
         except ValueError:
             return None, f"{self.head_path.name} is empty or corrupt"
         if not hmac.compare_digest(mac, str(head["mac"])):
@@ -438,7 +370,7 @@ class AuditLog:
         if not self.head_path.exists():
             return _bad(count, f"{self.head_path.name} is missing")
         try:
-            head = _strict_json(self.head_path.read_bytes())
+            head = strict_json(self.head_path.read_bytes())
             recorded, digest = int(head["entries"]), str(head["hash"])
         except (ValueError, KeyError, TypeError):
             return _bad(count, f"{self.head_path.name} is empty or corrupt")
@@ -460,62 +392,6 @@ class AuditLog:
             f"log ends after {count} entries but the head records {recorded} "
             "(lines were removed from the end)",
         )
-
-
-def _scan(lines: list[bytes], key: AuditKey | None, *, start: int) -> str:
-    """Check ``lines[start:]`` (canonical JSON, hash, chain, MAC); the first problem or ""."""
-    prev: Any = GENESIS
-    if start:
-        previous = _parse_line(lines[start - 1])
-        if isinstance(previous, str):
-            return f"line {start}: {previous}"
-        prev = previous.get("hash")
-    for seq in range(start, len(lines)):
-        entry = _parse_line(lines[seq])
-        if isinstance(entry, str):
-            return f"line {seq + 1}: {entry}"
-        problem = _check_entry(entry, seq, prev, key)
-        if problem:
-            return f"line {seq + 1}: {problem}"
-        prev = entry["hash"]
-    return ""
-
-
-def _parse_line(raw: bytes) -> dict[str, Any] | str:
-    """The entry on line ``raw``, or what is wrong with the line."""
-    if not raw.strip():
-        return "empty line"
-    try:
-        entry = _strict_json(raw)
-    except UnicodeDecodeError:
-        return "not UTF-8 text"
-    except ValueError as exc:
-        return f"not valid JSON ({exc})"
-    if not isinstance(entry, dict):
-        return "not a JSON object"
-    if entry.get("hash") != entry_hash(entry):
-        return "content does not match hash"
-    if _canonical(entry) != raw:
-        return "not in canonical form (it was edited)"
-    return entry
-
-
-def _check_entry(entry: dict[str, Any], seq: int, prev: Any, key: AuditKey | None) -> str:
-    """Chain and authentication of one parsed entry at position ``seq``; "" if fine."""
-    if entry.get("seq") != seq or entry.get("prev") != prev:
-        return "chain broken (a line was removed or reordered)"
-    if key is None:
-        if "mac" in entry or "genesis" in entry:
-            return "is authenticated but the site's audit key file is missing"
-        return ""
-    if seq < key.legacy_entries:
-        return ""
-    mac = entry.get("mac")
-    if not isinstance(mac, str) or not hmac.compare_digest(mac, _entry_mac(key.key, entry["hash"])):
-        return "does not verify with the site's audit key (forged or edited)"
-    if seq == key.legacy_entries and entry.get("genesis") != key.genesis:
-        return "does not carry this site's genesis id (another log)"
-    return ""
 
 
 class _Flock:
