@@ -7,6 +7,7 @@ failure on user input is one ``error: ...`` line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -85,9 +86,11 @@ def coordinator_up(
     from coordinator.superlink import SuperLinkProcess
 
     settings = _settings(config)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    from privacy.private_files import open_private, private_dir
+
+    private_dir(settings.state_dir)
     log_path = settings.state_dir / "superlink.log"
-    with log_path.open("ab") as log_file:
+    with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND), "ab") as log_file:
         superlink = SuperLinkProcess(settings, log_file=log_file, own_session=False)
         try:
             superlink.start()

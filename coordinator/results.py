@@ -10,13 +10,13 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from privacy.private_files import write_private_bytes
 
 
 @dataclass
@@ -41,18 +41,9 @@ class RoundRecord:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` through a temporary file in the same folder; the file is
+    0600 and missing folders 0700 (run folders are private, issue 14)."""
+    write_private_bytes(path, data)
 
 
 def metrics_document(config: dict[str, Any], rounds: list[RoundRecord]) -> dict[str, Any]:

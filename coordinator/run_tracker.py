@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from flwr.serverapp import Grid
 from coordinator.grid_view import DelegatingGrid
 from coordinator.results import RoundRecord, atomic_write_bytes
 from edge_client.protocol import keys as k
+from privacy.private_files import open_private
 
 REFUSAL_PREFIX = "site policy refused: "  # the site's edge_client.site_policy prefix
 # A site's privacy ledger refusing a DP training (issue 4's error code).
@@ -94,7 +96,8 @@ class RunTracker:
                     )
                 )
         if lines:
-            with (self.run_dir / "refusals.jsonl").open("a") as fh:
+            fd = open_private(self.run_dir / "refusals.jsonl", os.O_WRONLY | os.O_APPEND)
+            with os.fdopen(fd, "a") as fh:
                 fh.write("\n".join(lines) + "\n")
 
     def annotate(self, record: RoundRecord) -> None:

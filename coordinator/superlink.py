@@ -27,6 +27,8 @@ from typing import IO, Any
 
 import tomllib
 
+from privacy.private_files import create_private_file, private_dir, write_private_bytes
+
 CONNECTION = "fedfleet"
 _ALLOWED = {
     "superlink": {"address", "database"},
@@ -191,7 +193,7 @@ class SuperLinkProcess:
     def start(self, *, ready_timeout: float = 60.0) -> None:
         """Start the SuperLink and wait until it answers TLS handshakes."""
         self.settings.check_tls_files()
-        self.settings.database.parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(self.settings.database)  # 0600, folder 0700: Flower opens it
         env = flwr_env(self.settings)
         if shutil.which("flower-superlink", path=env["PATH"]) is None:
             raise ValueError("flower-superlink is not installed; pip install 'fedfleet[server]'")
@@ -292,13 +294,13 @@ def register_site(settings: CoordinatorSettings, *, name: str, public_key: Path)
     except ValueError as exc:
         raise ValueError(f"the SuperLink refused to register {name}: {exc}") from None
     node_id = int(doc["node-id"])
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.state_dir)
     lock_fd = os.open(settings.state_dir / ".sites.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:  # several add-site commands may run at once
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         sites = load_sites(settings)
         sites[name] = {"node-id": node_id, "public-key": public_key.read_text().strip()}
-        sites_path(settings).write_text(json.dumps(sites, indent=2))
+        write_private_bytes(sites_path(settings), json.dumps(sites, indent=2).encode())
     finally:
         fcntl.flock(lock_fd, fcntl.LOCK_UN)
         os.close(lock_fd)

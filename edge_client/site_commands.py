@@ -54,14 +54,18 @@ def site_join(
     Connects to the coordinator with the root certificate and the site's private key;
     runs until stopped (Ctrl-C).
     """
+    from edge_client.audit import AuditLog
     from edge_client.site import check_ready, run_supernode
     from edge_client.site_config import SiteConfig
 
     try:
         site = SiteConfig.load(config)
         check_ready(site)
+        opened = AuditLog.for_site(site).open()  # seals an interrupted append, migrates
     except ValueError as exc:
         _fail(str(exc))
+    if opened.note:
+        typer.echo(f"site {site.name}: audit log: {opened.note}", err=True)
     typer.echo(
         f"site {site.name}: joining {site.coordinator_address} (TLS, node key "
         f"{site.private_key.name}); audit log in {site.state_dir}",
@@ -83,13 +87,19 @@ def site_audit(
         site = SiteConfig.load(config)
     except ValueError as exc:
         _fail(str(exc))
-    audit = AuditLog(site.state_dir)
+    audit = AuditLog.for_site(site)
     if verify:
         result = audit.verify()
         if not result.ok:
             typer.echo(f"TAMPERED: {audit.path}: {result.problem}", err=True)
             raise typer.Exit(code=1)
-        typer.echo(f"ok: {result.entries} entries, hash chain intact ({audit.path})")
+        typer.echo(
+            f"ok: {result.entries} entries, hash chain and head authenticated ({audit.path})"
+            if not result.note.startswith("legacy")
+            else f"ok: {result.entries} entries, hash chain intact ({audit.path})"
+        )
+        if result.note:
+            typer.echo(f"note: {result.note}")
         return
     try:
         for entry in audit.entries():

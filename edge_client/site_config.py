@@ -37,6 +37,8 @@ ca-cert = "ca.crt"           # the coordinator's root certificate (from the oper
 [keys]                       # made by `fedfleet site init`; send site.pub to the operator
 private-key = "{name}.key"
 public-key = "{name}.pub"
+# audit-key = "{name}.audit-key"   # the audit log's HMAC key and genesis id (made when the
+                                   # log starts; 0600; must be outside state-dir; back it up)
 
 [supernode]
 port = 9094                  # local ClientApp API port; distinct per site on one machine
@@ -68,7 +70,7 @@ fab-sha256 = []              # other Flower apps, by the SHA-256 of their .fab (
 _ALLOWED: dict[str, set[str]] = {
     "site": {"name", "state-dir"},
     "coordinator": {"address", "ca-cert"},
-    "keys": {"private-key", "public-key"},
+    "keys": {"private-key", "public-key", "audit-key"},
     "supernode": {"port"},
     "data": {"path", "label", "format", "schema"},
     "policy": {
@@ -138,6 +140,7 @@ class SiteConfig:
     ca_cert: Path
     private_key: Path
     public_key: Path
+    audit_key: Path  # the audit log's key file (edge_client.audit), outside state_dir
     runtime_port: int
     data: DataSpec
     policy: SitePolicy
@@ -200,18 +203,20 @@ class SiteConfig:
                     f"{source.name}: code.fab-sha256 entry {pin!r} is not a SHA-256; give "
                     "64 lowercase hex digits (`sha256sum app.fab`)"
                 )
+        state_dir, private_key, audit_key = _key_paths(
+            doc, get, base=base, name=name, source=source
+        )
         return cls(
             source=source,
             name=name,
-            state_dir=base / get.get_str("site", "state-dir", default="state"),
+            state_dir=state_dir,
             coordinator_address=address,
             ca_cert=_existing(
                 base / get.get_str("coordinator", "ca-cert"), "coordinator.ca-cert", source
             ),
-            private_key=_existing(
-                base / get.get_str("keys", "private-key"), "keys.private-key", source
-            ),
+            private_key=private_key,
             public_key=base / get.get_str("keys", "public-key", default=f"{name}.pub"),
+            audit_key=audit_key,
             runtime_port=runtime_port,
             data=data,
             policy=SitePolicy(
@@ -229,6 +234,29 @@ class SiteConfig:
                 fab_sha256=frozenset(pins),
             ),
         )
+
+
+def _key_paths(
+    doc: dict[str, Any], get: _Getter, *, base: Path, name: str, source: Path
+) -> tuple[Path, Path, Path]:
+    """The state folder, the node's private key and the audit log's HMAC key file.
+
+    The audit key lives outside the state folder: someone who can rewrite the log must
+    not also hold the key that authenticates it (edge_client/audit.py).
+    """
+    state_dir = base / get.get_str("site", "state-dir", default="state")
+    private_key = _existing(base / get.get_str("keys", "private-key"), "keys.private-key", source)
+    audit_key = (
+        base / get.get_str("keys", "audit-key")
+        if "audit-key" in doc.get("keys", {})
+        else private_key.parent / f"{name}.audit-key"
+    )
+    if audit_key.resolve().is_relative_to(state_dir.resolve()):
+        raise ValueError(
+            f"{source.name}: keys.audit-key {audit_key} is inside site.state-dir; keep the "
+            "audit key out of the state folder (e.g. beside the private key)"
+        )
+    return state_dir, private_key, audit_key
 
 
 def _check_tables(doc: dict[str, Any], source: str) -> None:

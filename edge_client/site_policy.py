@@ -254,7 +254,7 @@ def site_mod(message: Message, context: Context, call_next: ClientAppCallable) -
     if not config_path:
         return call_next(message, context)
     config = SiteConfig.load(Path(str(config_path)))
-    audit = AuditLog(config.state_dir)
+    audit = AuditLog.for_site(config)
     run_config = context.run_config
     task = str(run_config.get(k.RC_TASK, ""))
     with_dp = trains_with_dp(config, run_config)

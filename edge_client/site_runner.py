@@ -132,7 +132,7 @@ def refuse(config: SiteConfig, message: Message, decision: Decision) -> Message:
         reply_to=message,
     )
     size, sha = payload_digest(reply)
-    AuditLog(config.state_dir).append(
+    AuditLog.for_site(config).append(
         {
             "time": _now(),
             "site": config.name,
@@ -260,7 +260,7 @@ class SiteRunner:
 
     def _launch_pinned(self, task: Task, token: str) -> None:
         """Hand a task of a hash-pinned FAB to Flower's ``flwr-clientapp``."""
-        AuditLog(self.config.state_dir).append(
+        AuditLog.for_site(self.config).append(
             {
                 "time": _now(),
                 "site": self.config.name,

@@ -13,6 +13,7 @@ configured, a ``search_path`` so several fleets (or test sessions) can share a d
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -122,7 +123,8 @@ def make_engine(
     url = normalize_database_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        Path(parsed.database or ".").expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # the file 0600 and its folder 0700 before SQLite opens it (its -wal/-shm copy the mode)
+        _create_private_file(Path(parsed.database or ".").expanduser())
         engine = create_engine(
             url,
             echo=echo,
@@ -141,6 +143,26 @@ def make_engine(
         pool_pre_ping=True,
         connect_args=connect_args,
     )
+
+
+def _create_private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 (a missing folder 0700) unless it exists.
+
+    The fleet may not import ``privacy.private_files`` (tests/test_layers.py), so this is
+    its own copy of that module's ``create_private_file``: ``os.open`` with the mode, then
+    ``fchmod``, so the umask cannot widen it.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _configure_sqlite(engine: Engine) -> None:

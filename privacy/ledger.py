@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from privacy.dp.accounting import Accountant, Mechanism, check_accountant, epsilon
+from privacy.private_files import create_private_file
 
 Status = Literal["reserved", "completed", "aborted", "refused"]
 COUNTED: tuple[Status, ...] = ("reserved", "completed")
@@ -171,7 +172,7 @@ class PrivacyLedger:
         self.path = Path(path)
         self.site = site
         self._timeout = busy_timeout_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(self.path)  # 0600 (folder 0700) before SQLite opens it
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("BEGIN IMMEDIATE")

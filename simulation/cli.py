@@ -19,6 +19,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from privacy.private_files import private_dir
 from simulation.settings import SimulateSettings
 
 
@@ -389,7 +390,7 @@ def prepare_out_dir(out: Path | None) -> tuple[Path, bool]:
     if out_dir.exists() and any(out_dir.iterdir()):
         _fail(f"output folder {out_dir} is not empty; choose another --out")
     created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(out_dir)  # run folders are private: 0700, files 0600
     return out_dir, created
 
 

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from rich.console import Console
 
+from privacy.private_files import write_private_bytes
 from simulation.fleet_settings import FleetFields
 from simulation.run_config import RunConfigDict
 
@@ -198,5 +199,5 @@ def run_flower_app(settings: AppFields, *, out_dir: Path, console: Console) -> d
         "exchanges": exchanges,
         "wall_time_s": time.perf_counter() - started,
     }
-    (out_dir / "exchanges.json").write_text(json.dumps(doc, indent=2))
+    write_private_bytes(out_dir / "exchanges.json", json.dumps(doc, indent=2).encode())
     return doc

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coordinator.results import atomic_write_bytes
+from privacy.private_files import private_dir
 from simulation.dp_settings import parse_sweep
 from simulation.settings import SimulateSettings
 
@@ -108,10 +109,10 @@ def write_sweep(points: list[SweepPoint], out_dir: Path, *, title: str) -> None:
     ax.legend(loc="lower right")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = out_dir / ".privacy_utility.png.tmp"
-    fig.savefig(tmp, format="png")
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
-    tmp.replace(out_dir / "privacy_utility.png")
+    atomic_write_bytes(out_dir / "privacy_utility.png", png.getvalue())
 
 
 def sweep_table(points: list[SweepPoint]) -> Table:
@@ -163,7 +164,7 @@ def run_privacy_sweep(
     for i, (eps, run_settings, run_dir) in enumerate(runs, start=1):
         label = "no DP" if not math.isfinite(eps) else f"ε = {eps:g}"
         console.rule(f"[bold]{label}[/] ({i}/{len(runs)}) → {run_dir}")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(run_dir)
         run_simulation(run_settings, out_dir=run_dir, quiet=quiet)
         points.append(point_from_metrics(eps, run_dir))
     title = (

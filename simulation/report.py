@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
+
+from privacy.private_files import write_private_bytes
 
 
 def plot_accuracy(metrics_path: Path, out_png: Path) -> Path:
@@ -36,6 +39,8 @@ def plot_accuracy(metrics_path: Path, out_png: Path) -> Path:
         fontsize=10,
     )
     fig.tight_layout()
-    fig.savefig(out_png)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_private_bytes(out_png, buf.getvalue())
     plt.close(fig)
     return out_png

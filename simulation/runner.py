@@ -18,7 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from coordinator.results import RoundRecord
+from coordinator.results import RoundRecord, atomic_write_bytes
 from simulation.report import plot_accuracy
 from simulation.run_config import RunConfigDict
 from simulation.settings import SimulateSettings
@@ -127,7 +127,7 @@ def finish(settings: SimulateSettings, *, out_dir: Path, started: float, console
     metrics_path = out_dir / "metrics.json"
     doc = json.loads(metrics_path.read_text())
     doc["wall_time_s"] = time.perf_counter() - started
-    metrics_path.write_text(json.dumps(doc, indent=2))
+    atomic_write_bytes(metrics_path, json.dumps(doc, indent=2).encode())
     plot_accuracy(metrics_path, out_dir / "accuracy.png")
     simulated = doc["rounds"][-1].get("sim_time_s") if doc["rounds"] else None
     fleet_text = f"; a real fleet would have taken {simulated:.1f}s" if simulated else ""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from typer.testing import CliRunner
 
 from coordinator.cli import coordinator_app, run_app
-from coordinator.results import RoundRecord
+from coordinator.results import RoundRecord, write_results
 from coordinator.run_state import RunState, app_pyproject, parse_run_toml
 from coordinator.run_tracker import REFUSAL_PREFIX, RunTracker
 from coordinator.superlink import CoordinatorSettings, superlink_command
@@ -67,6 +69,34 @@ def test_create_and_load_round_trip_with_a_flower_app(tmp_path: Path) -> None:
     assert app["tool"]["flwr"]["app"]["config"]["secagg"] is True
     assert app["tool"]["flwr"]["app"]["config"]["run-id"] == state.run_id
     assert not loaded.finished and loaded.completed_rounds == 0
+
+
+def test_run_folders_are_private_whatever_the_umask(tmp_path: Path, task_identity: None) -> None:
+    """Issue 14: a coordinator run's folders 0700 and its files 0600."""
+    # Prepare
+    old = os.umask(0)
+    try:
+        # Execute: create the run, track a refusal, write results
+        state = RunState.create(tmp_path / "state", {"task": "breast-cancer-mlp", "seed": 3})
+        tracker = RunTracker.for_run({"run-id": state.run_id, "out-dir": str(state.run_dir)})
+        grid = tracker.wrap(FakeGrid())
+        list(grid.get_node_ids())
+        messages = [
+            grid.create_message(
+                RecordDict({"config": ConfigRecord({"server-round": 1})}), "train", n, "1"
+            )
+            for n in (1, 2, 3)
+        ]
+        list(grid.send_and_receive(messages, timeout=30))
+        write_results(state.run_dir, config={}, rounds=[], state_dict=None)
+    finally:
+        os.umask(old)
+    # Assert
+    paths = [tmp_path / "state", *(tmp_path / "state").rglob("*")]
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in paths}
+    assert {"refusals.jsonl", "run.json", "metrics.json", "status.json"} <= {p.name for p in paths}
+    for path in paths:
+        assert modes[str(path.relative_to(tmp_path))] == (0o700 if path.is_dir() else 0o600), modes
 
 
 def test_app_pyproject_quotes_strings() -> None:

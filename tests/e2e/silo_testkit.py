@@ -30,7 +30,9 @@ from coordinator.certs import create_dev_ca
 from coordinator.cli import run_app
 from coordinator.run_state import RunState
 from coordinator.superlink import CoordinatorSettings, register_site, tls_ready
+from edge_client.audit import AuditLog
 from edge_client.site import init_site
+from edge_client.site_config import SiteConfig
 from tasks import get_task
 
 TASK = "breast-cancer-mlp"
@@ -195,6 +197,10 @@ class Site:
     @property
     def audit(self) -> Path:
         return self.dir / "state" / "audit.jsonl"
+
+    def audit_log(self) -> AuditLog:
+        """The site's audit log, with the HMAC key its site.toml names."""
+        return AuditLog.for_site(SiteConfig.load(self.config))
 
 
 @dataclass

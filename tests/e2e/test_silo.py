@@ -132,12 +132,12 @@ def test_three_rounds_with_tls_and_auth_improve_accuracy(fed: SiloFederation) ->
     for site in fed.sites:
         entries = [
             e
-            for e in AuditLog(site.audit.parent).entries()
+            for e in AuditLog.for_site(SiteConfig.load(site.config)).entries()
             if e["kind"] == "reply" and e["type"].startswith("train")
         ]
         assert len({e["round"] for e in entries}) == 3, site.name
         assert all(len(e["sha256"]) == 64 and e["size"] > 0 for e in entries)
-        assert AuditLog(site.audit.parent).verify().ok
+        assert AuditLog.for_site(SiteConfig.load(site.config)).verify().ok
     assert "round 3/3 finished" in fed.status(state.run_id)
     if PRIVACY.get("dp") == "local":  # every site's own ledger shows ε spent, within budget
         for site in fed.sites:
@@ -282,7 +282,7 @@ def test_site_killed_mid_round_rejoins_next_round(fed: SiloFederation) -> None:
     flower_run = state.flower_runs[-1]
     back = [
         e
-        for e in AuditLog(victim.audit.parent).entries()
+        for e in AuditLog.for_site(SiteConfig.load(victim.config)).entries()
         if e["run"] == flower_run and e["kind"] == "reply" and e["type"] == "train"
     ]
     assert [e["round"] for e in back] == [r["round"] for r in rounds if r["clients"] == 3]

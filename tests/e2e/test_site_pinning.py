@@ -40,7 +40,6 @@ from silo_testkit import (
 from coordinator.certs import create_dev_ca
 from coordinator.run_state import RunState
 from coordinator.superlink import CONNECTION, flwr_json
-from edge_client.audit import AuditLog
 from edge_client.protocol.keys import ERR_SITE_CODE_NOT_PINNED
 from edge_client.site_cli import app as site_app
 from edge_client.site_config import SiteConfig
@@ -228,7 +227,7 @@ def test_an_unpinned_app_is_refused_before_its_code_runs(
         RESULT=str(result),
         SITE_DIRS=[str(s.dir) for s in fed.sites],
     )
-    audits_before = {s.name: len(list(AuditLog(s.audit.parent).entries())) for s in fed.sites}
+    audits_before = {s.name: len(list(s.audit_log().entries())) for s in fed.sites}
     # Execute
     flwr_json(fed.settings, ["run", str(app), CONNECTION], timeout=300)
     replies = _replies(result)
@@ -244,7 +243,7 @@ def test_an_unpinned_app_is_refused_before_its_code_runs(
     assert not marker.exists()
     # each site's audit log records the refusal (with the FAB's hash) and verifies
     for site in fed.sites:
-        entries = list(AuditLog(site.audit.parent).entries())[audits_before[site.name] :]
+        entries = list(site.audit_log().entries())[audits_before[site.name] :]
         (refusal,) = [e for e in entries if e["kind"] == "refusal"]
         assert refusal["clientapp"] == "evilapp.client:app"
         assert len(refusal["fab-sha256"]) == 64 and f"site {site.name}" in refusal["reason"]
@@ -264,16 +263,14 @@ def test_a_hash_pinned_app_runs_only_where_it_is_pinned(fed: SiloFederation) -> 
     assert refused["code"] == ERR_SITE_CODE_NOT_PINNED
     assert "site site-1 runs only code it pinned" in str(refused["reason"])
     pin = next(iter(SiteConfig.load(fed.sites[0].config).code.fab_sha256))
-    launched = [
-        e for e in AuditLog(fed.sites[0].audit.parent).entries() if e["kind"] == "pinned-app"
-    ]
+    launched = [e for e in fed.sites[0].audit_log().entries() if e["kind"] == "pinned-app"]
     assert [e["fab-sha256"] for e in launched] == [pin]
 
 
 def _round_one_reply_sha(site: Site, run_ids: set[int]) -> list[str]:
     return [
         e["sha256"]
-        for e in AuditLog(site.audit.parent).entries()
+        for e in site.audit_log().entries()
         if e["kind"] == "reply" and e["type"] == "train" and e["run"] in run_ids
     ]
 
@@ -306,7 +303,7 @@ def test_the_default_pin_trains_and_a_require_dp_site_uses_its_own_dp(
     assert all(e.noise_multiplier == NOISE for e in rows)
     epsilons = [
         e["epsilon"]
-        for e in AuditLog(private.audit.parent).entries()
+        for e in private.audit_log().entries()
         if e["kind"] == "reply" and e["run"] in set().union(*flower_runs)
     ]
     assert epsilons and all(eps is not None and eps > 0 for eps in epsilons)

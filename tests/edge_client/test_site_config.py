@@ -80,6 +80,10 @@ def test_init_refuses_to_overwrite_and_bad_names(tmp_path: Path) -> None:
         ({"fab-sha256 = []": f'fab-sha256 = ["{"A" * 64}"]'}, "64 lowercase hex digits"),
         ({"fab-sha256 = []": 'fab-sha256 = "' + "a" * 64 + '"'}, "must be a list of strings"),
         ({"[code]": "[code]\nfab-hash = []"}, "unknown key code.fab-hash"),
+        (
+            {'public-key = "st-marys.pub"': 'public-key = "st-marys.pub"\naudit-key = "state/a"'},
+            "keys.audit-key",
+        ),
     ],
 )
 def test_bad_site_config_names_the_key(

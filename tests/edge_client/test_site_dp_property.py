@@ -131,7 +131,7 @@ def test_any_accepted_dp_value_trains_with_the_sites_own_dp_sgd(
     # the reply keeps the run's shape: DP metrics only where the run asked for dp=local
     assert set(first.content.metric_records[k.METRICS]) == {k.NUM_EXAMPLES, k.TRAIN_LOSS}
     # and the audit log records the ε the site spent on it
-    replies = [e for e in AuditLog(site.state_dir).entries() if e["run"] == first.metadata.run_id]
+    replies = [e for e in AuditLog.for_site(site).entries() if e["run"] == first.metadata.run_id]
     assert replies[0]["epsilon"] is not None and replies[0]["epsilon"] > 0
     assert any(
         not np.array_equal(a, b) for a, b in zip(_weights(first), _weights(second), strict=True)

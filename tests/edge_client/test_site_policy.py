@@ -82,7 +82,7 @@ def test_allowed_task_trains_and_the_reply_is_audited(site: Path) -> None:
     reply = site_mod(_instruction(), _context(site), call_next)
     # Assert
     assert not reply.has_error() and len(call_next.calls) == 1
-    audit = AuditLog(SiteConfig.load(site).state_dir)
+    audit = AuditLog.for_site(SiteConfig.load(site))
     (entry,) = list(audit.entries())
     size, sha = payload_digest(reply)
     assert entry["run"] == 42 and entry["round"] == 2 and entry["type"] == "train"
@@ -98,7 +98,7 @@ def test_task_off_the_allowlist_is_refused_without_training(site: Path) -> None:
     assert reply.error.code == ErrorCode.MOD_FAILED_PRECONDITION
     assert reply.error.reason.startswith(REFUSAL_PREFIX)
     assert "'digits-cnn' is not on site st-marys's allowlist" in reply.error.reason
-    (entry,) = list(AuditLog(SiteConfig.load(site).state_dir).entries())
+    (entry,) = list(AuditLog.for_site(SiteConfig.load(site)).entries())
     assert entry["kind"] == "refusal" and "allowlist" in entry["reason"]
 
 
@@ -140,7 +140,7 @@ def test_dp_run_is_refused_once_the_ledger_shows_the_budget_used_up(site: Path) 
     # Assert
     assert refused.has_error() and call_next.calls == []
     assert "privacy budget of site st-marys is used up" in refused.error.reason
-    entries = list(AuditLog(config.state_dir).entries())
+    entries = list(AuditLog.for_site(config).entries())
     assert [e["epsilon"] for e in entries] == [2.5, None]
     assert entries[0]["dp"] == {"dp": "local", "dp-epsilon": 3.0}
     # the same run without DP is not a budget question (this site does not require DP)
@@ -186,7 +186,7 @@ def test_an_unknown_or_ambiguous_dp_value_is_refused_with_the_accepted_ones(
     assert reply.has_error() and call_next.calls == []
     assert f"dp = {value!r} is not one of none, local, central, distributed" in reply.error.reason
     assert "site st-marys" in reply.error.reason
-    (entry,) = list(AuditLog(SiteConfig.load(site).state_dir).entries())
+    (entry,) = list(AuditLog.for_site(SiteConfig.load(site)).entries())
     assert entry["kind"] == "refusal" and entry["dp"] == {"dp": value}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -22,22 +23,26 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_simulate_writes_the_contracted_results(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = _run(
-        [
-            "simulate",
-            "--task",
-            "breast-cancer-mlp",
-            "--clients",
-            "8",
-            "--clients-per-round",
-            "4",
-            "--rounds",
-            "2",
-            "--out",
-            str(out),
-        ],
-        tmp_path,
-    )
+    old_umask = os.umask(0)  # the run folder must be private even so (issue 14)
+    try:
+        proc = _run(
+            [
+                "simulate",
+                "--task",
+                "breast-cancer-mlp",
+                "--clients",
+                "8",
+                "--clients-per-round",
+                "4",
+                "--rounds",
+                "2",
+                "--out",
+                str(out),
+            ],
+            tmp_path,
+        )
+    finally:
+        os.umask(old_umask)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((out / "metrics.json").read_text())
     assert [r["round"] for r in doc["rounds"]] == [1, 2]
@@ -47,6 +52,11 @@ def test_simulate_writes_the_contracted_results(tmp_path: Path) -> None:
     for name in ("metrics.csv", "model.pt", "accuracy.png"):
         assert (out / name).stat().st_size > 0
     assert "round   2" in proc.stderr or "round   2" in proc.stdout
+    modes = {p.relative_to(tmp_path): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*")}
+    modes[Path("run")] = stat.S_IMODE(out.stat().st_mode)
+    assert all(m == (0o700 if (tmp_path / p).is_dir() else 0o600) for p, m in modes.items()), {
+        str(p): oct(m) for p, m in modes.items()
+    }
 
 
 def test_config_file_gives_the_same_settings(tmp_path: Path) -> None:
