@@ -510,9 +510,10 @@ class FleetBridge:
     @staticmethod
     def _apply_ack(session: Any, row: RolloutDevice, ack: proto.Ack, now: Any) -> None:
         if ack.action == "install":
-            if row.state is not DeviceRolloutState.sent:
-                if not (ack.ok and FleetBridge._counts_late_success(row)):
-                    return  # a duplicate, or a late failure of a device already counted
+            if row.state is not DeviceRolloutState.sent and not (
+                ack.ok and FleetBridge._counts_late_success(row)
+            ):
+                return  # a duplicate, or a late failure of a device already counted
             row.state = DeviceRolloutState.installed if ack.ok else DeviceRolloutState.failed
             row.error = "" if ack.ok else f"{ack.stage}: {ack.error}"[:500]
         elif ack.action == "rollback":
