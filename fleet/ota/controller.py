@@ -133,10 +133,10 @@ class RolloutController:
                     col(Rollout.rollback_from_wave).is_not(None),
                     col(RolloutDevice.wave) >= col(Rollout.rollback_from_wave),
                     or_(
-                        RolloutDevice.state == DeviceRolloutState.installed,
+                        col(RolloutDevice.state) == DeviceRolloutState.installed,
                         and_(
-                            RolloutDevice.state == DeviceRolloutState.failed,
-                            RolloutDevice.error == OFFLINE_AFTER_INSTALL,
+                            col(RolloutDevice.state) == DeviceRolloutState.failed,
+                            col(RolloutDevice.error) == OFFLINE_AFTER_INSTALL,
                         ),
                     ),
                     or_(
@@ -371,7 +371,7 @@ class RolloutController:
             session.execute(
                 update(RolloutDevice)
                 .where(
-                    RolloutDevice.rollout_id == rollout.id,
+                    col(RolloutDevice.rollout_id) == rollout.id,
                     col(RolloutDevice.device_id).in_(ids),
                 )
                 .values(state=DeviceRolloutState.released, error=why)
