@@ -160,7 +160,7 @@ def mqtt_service(
         bridge.start()
     except ConnectionError as err:
         _fail(str(err), code=1)
-    release = release_after_s or settings.rollout_release_after_s
+    release = settings.release_after_s if release_after_s is None else release_after_s
     if release <= 0:
         _fail(f"--release-after-s must be positive, got {release}")
     controller = RolloutController(engine=engine, sender=bridge, release_after_s=release)

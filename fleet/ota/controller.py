@@ -217,7 +217,9 @@ class RolloutController:
             return  # waiting: the common case while a wave downloads, kept cheap
         outbox: list[tuple[str, proto.Command]] = []
         with session_scope(self.engine, write=True) as session:
-            rollout = session.get(Rollout, rollout_id)
+            # Locked: an operator's pause or abort (fleet.crud.rollouts) waits for this
+            # pass, or this pass sees it, never overwrites it.
+            rollout = session.get(Rollout, rollout_id, with_for_update=True)
             if rollout is None or rollout.status is not RolloutStatus.running:
                 return
             with audit.exempt(session, reason="rollout progress (audited on create/finish)"):
