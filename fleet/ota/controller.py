@@ -17,7 +17,8 @@
 
 A device of a sent wave that is retired, or silent (no heartbeat, no answer) for
 ``release_after_s`` since its install went out, is **released**: counted neither installed
-nor failed, so one dead device no longer holds a wave for ``max_attempts`` ack timeouts.
+nor failed, so one dead device no longer holds a wave for ``max_attempts`` ack timeouts
+(:mod:`fleet.ota.release`).
 An operator steers a rollout through the API (:mod:`fleet.crud.rollouts`): a **paused**
 rollout is skipped here (answers are still recorded by the bridge); an **aborted** one
 gets rollbacks for the devices of waves ``>= rollout.rollback_from_wave`` that installed
@@ -56,6 +57,7 @@ from fleet.models.ota import (
     RolloutStatus,
 )
 from fleet.models.registry import Artifact
+from fleet.ota.release import RELEASE_AFTER_S, releasable, release
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +65,6 @@ Verdict = Literal["wait", "advance", "abort"]
 MAX_ATTEMPTS = 3
 OFFLINE_AFTER_INSTALL = "went offline after installing the new model"
 NO_ANSWER = "no answer after"  # how an install that timed out starts its error
-#: Default bound after which a silent device is released from its wave: twice the
-#: fleet's default heartbeat timeout (``FleetSettings.offline_after_s``, 90 s).
-RELEASE_AFTER_S = 180.0
-_UNANSWERED = (DeviceRolloutState.pending, DeviceRolloutState.sent)
 
 
 def wave_verdict(*, size: int, installed: int, failed: int, max_failure_rate: float) -> Verdict:
@@ -184,7 +182,7 @@ class RolloutController:
             )
             if verdict != "wait":
                 return True
-            if self._releasable(session, rollout, now, limit=1):
+            if releasable(session, rollout, now, bound_s=self.release_after_s, limit=1):
                 return True
             timed_out = session.exec(
                 select(RolloutDevice.device_id)
@@ -223,7 +221,7 @@ class RolloutController:
             if rollout is None or rollout.status is not RolloutStatus.running:
                 return
             with audit.exempt(session, reason="rollout progress (audited on create/finish)"):
-                self._release(session, rollout, now)
+                release(session, rollout, now, bound_s=self.release_after_s)
             rows = session.exec(
                 select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id)
             ).all()
@@ -327,59 +325,6 @@ class RolloutController:
         # The wave's commands go out together (one call, a tight publish loop).
         if outbox:
             self.sender.send_commands(outbox)
-
-    def _releasable(
-        self, session: Session, rollout: Rollout, now: datetime, *, limit: int | None = None
-    ) -> list[tuple[str, bool]]:
-        """(device id, retired) of the unanswered devices of the sent waves that are retired,
-        or silent for ``release_after_s`` since their install went out (a device never seen
-        at all included)."""
-        silent_since = now - timedelta(seconds=self.release_after_s)
-        statement = (
-            select(RolloutDevice.device_id, col(Device.retired_at).is_not(None))
-            .join(Device, col(Device.id) == col(RolloutDevice.device_id))
-            .where(
-                RolloutDevice.rollout_id == rollout.id,
-                RolloutDevice.wave <= rollout.current_wave,
-                col(RolloutDevice.state).in_(_UNANSWERED),
-                or_(
-                    col(Device.retired_at).is_not(None),
-                    and_(
-                        col(RolloutDevice.sent_at) < silent_since,
-                        or_(
-                            col(Device.last_seen_at).is_(None),
-                            col(Device.last_seen_at) < silent_since,
-                        ),
-                    ),
-                ),
-            )
-        )
-        if limit is not None:
-            statement = statement.limit(limit)
-        return [(device_id, bool(retired)) for device_id, retired in session.exec(statement)]
-
-    def _release(self, session: Session, rollout: Rollout, now: datetime) -> None:
-        """Mark the releasable devices ``released`` (with why), before the wave is loaded."""
-        found = self._releasable(session, rollout, now)
-        for retired in (True, False):
-            ids = [d for d, r in found if r is retired]
-            if not ids:
-                continue
-            why = (
-                "released: the device was retired"
-                if retired
-                else f"released: silent for over {self.release_after_s:g} s"
-            )
-            session.execute(
-                update(RolloutDevice)
-                .where(
-                    col(RolloutDevice.rollout_id) == rollout.id,
-                    col(RolloutDevice.device_id).in_(ids),
-                )
-                .values(state=DeviceRolloutState.released, error=why)
-                .execution_options(synchronize_session=False)
-            )
-            log.info("rollout %s: %s %s", rollout.id, why, ", ".join(ids))
 
     def _check_health(
         self, session: Session, wave_rows: Sequence[RolloutDevice], now: datetime
