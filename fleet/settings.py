@@ -35,6 +35,9 @@ class FleetSettings:
         max_body_bytes: Largest JSON or form request accepted (bytes).
         max_upload_bytes: Largest artifact upload accepted (bytes).
         offline_after_s: Seconds without a heartbeat after which a device is offline.
+        rollout_release_after_s: Seconds a device of a sent rollout wave may stay silent
+            (no heartbeat, no answer) before the rollout controller releases it from the
+            wave (default: twice ``offline_after_s``).
         session_ttl_s: Lifetime of a dashboard login (seconds).
         cookie_secure: Mark the dashboard cookie ``Secure`` (set when serving over HTTPS,
             directly or behind a TLS-terminating proxy).
@@ -52,6 +55,7 @@ class FleetSettings:
     max_body_bytes: int = 1 * MiB
     max_upload_bytes: int = 512 * MiB
     offline_after_s: float = 90.0
+    rollout_release_after_s: float | None = None
     session_ttl_s: int = 8 * 3600
     cookie_secure: bool = False
     migrate_on_start: bool = True
@@ -69,6 +73,11 @@ class FleetSettings:
             raise ValueError(f"max_upload_bytes must be at least 1024, got {self.max_upload_bytes}")
         if self.offline_after_s <= 0:
             raise ValueError(f"offline_after_s must be positive, got {self.offline_after_s}")
+        if self.rollout_release_after_s is not None and self.rollout_release_after_s <= 0:
+            raise ValueError(
+                "rollout_release_after_s must be positive (unset: twice offline_after_s), "
+                f"got {self.rollout_release_after_s}"
+            )
         if self.session_ttl_s < 60:
             raise ValueError(f"session_ttl_s must be at least 60, got {self.session_ttl_s}")
         if self.signing_public_key is not None and not self.signing_public_key.is_file():
@@ -102,6 +111,7 @@ class FleetSettings:
             "max_body_bytes": int,
             "max_upload_bytes": int,
             "offline_after_s": float,
+            "rollout_release_after_s": float,
             "session_ttl_s": int,
             "cookie_secure": _parse_bool,
             "migrate_on_start": _parse_bool,
@@ -117,6 +127,13 @@ class FleetSettings:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from exc
         values.update(given)
         return cls(**values)
+
+    @property
+    def release_after_s(self) -> float:
+        """Seconds of silence after which a device is released from its rollout wave."""
+        if self.rollout_release_after_s is not None:
+            return self.rollout_release_after_s
+        return 2 * self.offline_after_s
 
     def with_changes(self, **changes: Any) -> FleetSettings:
         """A copy with some fields replaced (validated again)."""

@@ -16,7 +16,14 @@ from sqlmodel import col, func, select
 
 from fleet.api.deps import COMMON_RESPONSES, CONFLICT, NOT_FOUND, Operator, SessionDep, Viewer
 from fleet.crud import telemetry
-from fleet.crud.rollouts import create_rollout, public_view
+from fleet.crud.rollouts import (
+    abort_rollout,
+    create_rollout,
+    detail_view,
+    pause_rollout,
+    public_view,
+    resume_rollout,
+)
 from fleet.models.common import MAX_ID, FiniteFloat, InputModel, Page, Slug
 from fleet.models.devices import Group
 from fleet.models.ota import (
@@ -24,7 +31,9 @@ from fleet.models.ota import (
     DriftEventPublic,
     Reference,
     Rollout,
+    RolloutAbort,
     RolloutCreate,
+    RolloutDetail,
     RolloutPublic,
     RolloutStatus,
 )
@@ -76,12 +85,61 @@ def list_rollouts(
     )
 
 
-@router.get("/rollouts/{rollout_id}", response_model=RolloutPublic, responses=NOT_FOUND)
-def get_rollout(rollout_id: RolloutId, session: SessionDep, principal: Viewer) -> RolloutPublic:
+@router.get(
+    "/rollouts/{rollout_id}",
+    response_model=RolloutDetail,
+    responses=NOT_FOUND,
+    summary="A rollout with each wave's devices, their states and who is waited for",
+)
+def get_rollout(rollout_id: RolloutId, session: SessionDep, principal: Viewer) -> RolloutDetail:
     rollout = session.get(Rollout, rollout_id)
     if rollout is None:
         raise HTTPException(404, f"rollout {rollout_id} does not exist")
-    return public_view(session, rollout)
+    return detail_view(session, rollout)
+
+
+def _steered(session: SessionDep, rollout: Rollout | None, rollout_id: int) -> RolloutDetail:
+    if rollout is None:
+        raise HTTPException(404, f"rollout {rollout_id} does not exist")
+    session.commit()
+    return detail_view(session, rollout)
+
+
+@router.post(
+    "/rollouts/{rollout_id}/pause",
+    response_model=RolloutDetail,
+    responses={**NOT_FOUND, **CONFLICT},
+    summary="Pause a running rollout: no new wave, no resend; answers still count",
+)
+def pause(rollout_id: RolloutId, session: SessionDep, principal: Operator) -> RolloutDetail:
+    rollout = pause_rollout(session, rollout_id, actor=principal.actor("api"))
+    return _steered(session, rollout, rollout_id)
+
+
+@router.post(
+    "/rollouts/{rollout_id}/resume",
+    response_model=RolloutDetail,
+    responses={**NOT_FOUND, **CONFLICT},
+    summary="Resume a paused rollout",
+)
+def resume(rollout_id: RolloutId, session: SessionDep, principal: Operator) -> RolloutDetail:
+    rollout = resume_rollout(session, rollout_id, actor=principal.actor("api"))
+    return _steered(session, rollout, rollout_id)
+
+
+@router.post(
+    "/rollouts/{rollout_id}/abort",
+    response_model=RolloutDetail,
+    responses={**NOT_FOUND, **CONFLICT},
+    summary="Abort a running or paused rollout, rolling its current wave back or not",
+)
+def abort(
+    rollout_id: RolloutId, body: RolloutAbort, session: SessionDep, principal: Operator
+) -> RolloutDetail:
+    rollout = abort_rollout(
+        session, rollout_id, rollback=body.rollback, actor=principal.actor("api")
+    )
+    return _steered(session, rollout, rollout_id)
 
 
 @router.get("/telemetry/summary", response_model=telemetry.TelemetrySummary)

@@ -20,7 +20,14 @@ from fleet.client.connection import (
     connection_from_env,
     parse_model_version,
 )
-from fleet.client.routes import ArtifactInfo, ModelInfo, RoundReportBody, RunInfo
+from fleet.client.routes import (
+    ArtifactInfo,
+    ModelInfo,
+    RolloutDeviceInfo,
+    RolloutInfo,
+    RoundReportBody,
+    RunInfo,
+)
 
 __all__ = [
     "API_PREFIX",
@@ -35,6 +42,8 @@ __all__ = [
     "FleetError",
     "FleetNotFoundError",
     "ModelInfo",
+    "RolloutDeviceInfo",
+    "RolloutInfo",
     "RoundReportBody",
     "RunInfo",
     "connection_from_env",

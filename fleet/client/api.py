@@ -8,7 +8,9 @@ the fleet's database code, so it works against any reachable fleet (``docs/fleet
 - ``POST /models/{id}/artifacts`` (multipart) to store a checkpoint or a signed ``bundle``
   (``fedfleet image build --upload``, ``fedfleet image publish``);
 - ``POST /runs``, ``PUT /runs/{id}/rounds/{n}``, ``PATCH /runs/{id}``, ``POST /models``
-  to register a finished run's model with its lineage (``fedfleet model register``).
+  to register a finished run's model with its lineage (``fedfleet model register``);
+- ``GET /rollouts/{id}`` and ``POST /rollouts/{id}/pause|resume|abort`` to watch and steer
+  a staged rollout (``fedfleet rollout show|pause|resume|abort``).
 
 The calls are the constants of :mod:`fleet.client.routes`. Every failure is a
 :class:`~fleet.client.connection.FleetError` with one line that says what to do; the
@@ -33,19 +35,25 @@ from fleet.client.connection import (
     FleetNotFoundError,
 )
 from fleet.client.routes import (
+    ABORT_ROLLOUT,
     CREATE_RUN,
     DEPRECATE_MODEL,
     DOWNLOAD_ARTIFACT,
     GET_MODEL,
+    GET_ROLLOUT,
     GET_RUN,
+    PAUSE_ROLLOUT,
     REGISTER_MODEL,
     REPORT_ROUND,
+    RESUME_ROLLOUT,
     UPDATE_RUN,
     UPLOAD_ARTIFACT,
     ArtifactForm,
     ArtifactInfo,
     ModelCreateBody,
     ModelInfo,
+    RolloutAbortBody,
+    RolloutInfo,
     RoundReportBody,
     Route,
     RunCreateBody,
@@ -287,6 +295,41 @@ class FleetClient:
             tmp.unlink(missing_ok=True)
             raise
         return dest
+
+    # --- rollouts -------------------------------------------------------------------------
+
+    def get_rollout(self, rollout_id: int) -> RolloutInfo:
+        """Rollout ``rollout_id`` with each device's phase; :class:`FleetNotFoundError`."""
+        return self._rollout_call(GET_ROLLOUT, rollout_id, None, verb="reading")
+
+    def pause_rollout(self, rollout_id: int) -> RolloutInfo:
+        """No new wave, no resend until resumed (answers still count)."""
+        return self._rollout_call(PAUSE_ROLLOUT, rollout_id, None, verb="pausing")
+
+    def resume_rollout(self, rollout_id: int) -> RolloutInfo:
+        """Continue a paused rollout."""
+        return self._rollout_call(RESUME_ROLLOUT, rollout_id, None, verb="resuming")
+
+    def abort_rollout(self, rollout_id: int, *, rollback: bool) -> RolloutInfo:
+        """Stop it; ``rollback`` sends the current wave's installed devices back."""
+        body: RolloutAbortBody = {"rollback": rollback}
+        return self._rollout_call(ABORT_ROLLOUT, rollout_id, body, verb="aborting")
+
+    def _rollout_call(
+        self, route: Route, rollout_id: int, body: Mapping[str, Any] | None, *, verb: str
+    ) -> RolloutInfo:
+        what = f"{verb} rollout {rollout_id}"
+        extra = {} if body is None else {"json": dict(body)}
+        response = self._call(route, route.url(rollout_id=rollout_id), what=what, **extra)
+        if response.status_code == 404:
+            raise FleetNotFoundError(
+                f"rollout {rollout_id} does not exist at {self.url}; list them with "
+                f"GET {self.url}{API_PREFIX}/rollouts"
+            )
+        if response.status_code == 409:
+            raise FleetError(_detail(response))
+        self._check(response, what=what)
+        return RolloutInfo.from_json(response.json())
 
     # --- plumbing ---------------------------------------------------------------------
 

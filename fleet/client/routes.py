@@ -95,6 +95,59 @@ class RunInfo:
         )
 
 
+@dataclass(frozen=True)
+class RolloutDeviceInfo:
+    """One device's row of a rollout (``RolloutDevicePublic``); ``phase`` is what it means
+    now: ``waiting``, ``not_sent``, ``installed``, ``failed``, ``released``, ..."""
+
+    device_id: str
+    device_name: str
+    wave: int
+    phase: str
+    attempts: int
+    error: str
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> RolloutDeviceInfo:
+        return cls(
+            device_id=str(body["device_id"]),
+            device_name=str(body.get("device_name") or ""),
+            wave=int(body["wave"]),
+            phase=str(body["phase"]),
+            attempts=int(body.get("attempts") or 0),
+            error=str(body.get("error") or ""),
+        )
+
+
+@dataclass(frozen=True)
+class RolloutInfo:
+    """A rollout with its devices (``RolloutDetail``); waves count from 0."""
+
+    id: int
+    model_version_id: int
+    group: str
+    status: str
+    current_wave: int
+    waves: int
+    reason: str
+    waiting: int
+    devices: tuple[RolloutDeviceInfo, ...]
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> RolloutInfo:
+        return cls(
+            id=int(body["id"]),
+            model_version_id=int(body["model_version_id"]),
+            group=str(body["group"]),
+            status=str(body["status"]),
+            current_wave=int(body["current_wave"]),
+            waves=len(body.get("progress") or ()),
+            reason=str(body.get("reason") or ""),
+            waiting=int(body.get("waiting") or 0),
+            devices=tuple(RolloutDeviceInfo.from_json(d) for d in body.get("devices") or ()),
+        )
+
+
 # --- request bodies (only the fields the client sends) -------------------------------
 
 
@@ -145,6 +198,12 @@ class ArtifactForm(TypedDict, total=False):
     signature: str
 
 
+class RolloutAbortBody(TypedDict):
+    """``RolloutAbort``: roll the current wave's installed devices back, or not."""
+
+    rollback: bool
+
+
 # --- routes ----------------------------------------------------------------------------
 
 
@@ -174,6 +233,12 @@ UPLOAD_ARTIFACT = Route(
     "POST", "/models/{model_id}/artifacts", body=ArtifactForm, files=("file",), result=ArtifactInfo
 )
 DOWNLOAD_ARTIFACT = Route("GET", "/artifacts/{artifact_id}/download")
+GET_ROLLOUT = Route("GET", "/rollouts/{rollout_id}", result=RolloutInfo)
+PAUSE_ROLLOUT = Route("POST", "/rollouts/{rollout_id}/pause", result=RolloutInfo)
+RESUME_ROLLOUT = Route("POST", "/rollouts/{rollout_id}/resume", result=RolloutInfo)
+ABORT_ROLLOUT = Route(
+    "POST", "/rollouts/{rollout_id}/abort", body=RolloutAbortBody, result=RolloutInfo
+)
 
 #: Every call the client makes.
 ROUTES: tuple[Route, ...] = (
@@ -186,4 +251,8 @@ ROUTES: tuple[Route, ...] = (
     DEPRECATE_MODEL,
     UPLOAD_ARTIFACT,
     DOWNLOAD_ARTIFACT,
+    GET_ROLLOUT,
+    PAUSE_ROLLOUT,
+    RESUME_ROLLOUT,
+    ABORT_ROLLOUT,
 )

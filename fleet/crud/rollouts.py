@@ -19,15 +19,20 @@ from sqlmodel import Session, col, select
 
 from fleet import audit
 from fleet.errors import Conflict, InvalidReference
+from fleet.models.common import utcnow
 from fleet.models.devices import Device, Group
 from fleet.models.ota import (
+    DevicePhase,
     DeviceRolloutState,
     Rollout,
     RolloutCreate,
+    RolloutDetail,
     RolloutDevice,
+    RolloutDevicePublic,
     RolloutPublic,
     RolloutStatus,
     WaveProgress,
+    device_phase,
 )
 from fleet.models.registry import Artifact, ArtifactFormat, ModelStage, ModelVersion
 
@@ -65,11 +70,15 @@ def create_rollout(session: Session, data: RolloutCreate, *, actor: audit.Actor)
         raise InvalidReference(f"group '{data.group}' does not exist; create it first")
     busy = session.exec(
         select(Rollout.id).where(
-            Rollout.group_id == group.id, Rollout.status == RolloutStatus.running
+            Rollout.group_id == group.id,
+            col(Rollout.status).in_([RolloutStatus.running, RolloutStatus.paused]),
         )
     ).first()
     if busy is not None:
-        raise Conflict(f"rollout {busy} is still running on group '{data.group}'; wait for it")
+        raise Conflict(
+            f"rollout {busy} is still running on group '{data.group}'; wait for it, or "
+            f"abort it (`fedfleet rollout abort {busy}`, POST /api/v1/rollouts/{busy}/abort)"
+        )
     devices = session.exec(
         select(Device)
         .where(Device.group_id == group.id, col(Device.retired_at).is_(None))
@@ -148,24 +157,33 @@ def state_counts(session: Session, rollout_id: int) -> dict[int, Counter[DeviceR
 
 
 def public_view(session: Session, rollout: Rollout) -> RolloutPublic:
-    """The rollout with per-wave progress."""
+    """The rollout with per-wave progress (counted in the database)."""
     group = session.get(Group, rollout.group_id)
     counts = state_counts(session, rollout.id or 0)
     progress = []
     total = sum(c.total() for c in counts.values())
     cumulative = 0
     for wave in sorted(counts):
-        states = counts[wave]
-        cumulative += states.total()
+        phases: Counter[DevicePhase] = Counter()
+        for state, count in counts[wave].items():
+            phases[
+                device_phase(
+                    state, wave=wave, status=rollout.status, current_wave=rollout.current_wave
+                )
+            ] += count
+        cumulative += counts[wave].total()
         progress.append(
             WaveProgress(
                 wave=wave,
                 percent=round(100 * cumulative / total) if total else 0,
-                devices=states.total(),
-                installed=states[DeviceRolloutState.installed],
-                failed=states[DeviceRolloutState.failed],
-                waiting=states[DeviceRolloutState.sent] + states[DeviceRolloutState.pending],
-                rolled_back=states[DeviceRolloutState.rolled_back],
+                devices=counts[wave].total(),
+                installed=phases[DevicePhase.installed],
+                failed=phases[DevicePhase.failed],
+                waiting=phases[DevicePhase.waiting],
+                rolled_back=phases[DevicePhase.rolled_back],
+                released=phases[DevicePhase.released],
+                not_sent=phases[DevicePhase.not_sent],
+                sent=wave <= rollout.current_wave,
             )
         )
     return RolloutPublic(
@@ -182,4 +200,118 @@ def public_view(session: Session, rollout: Rollout) -> RolloutPublic:
         created_by=rollout.created_by,
         finished_at=rollout.finished_at,
         progress=progress,
+        waiting=sum(w.waiting for w in progress),
+    )
+
+
+def detail_view(session: Session, rollout: Rollout) -> RolloutDetail:
+    """The rollout with every device's row (by wave, then device id) and its phase."""
+    rows = session.exec(
+        select(RolloutDevice, Device.name)
+        .join(Device, col(Device.id) == col(RolloutDevice.device_id))
+        .where(RolloutDevice.rollout_id == rollout.id)
+        .order_by(col(RolloutDevice.wave), col(RolloutDevice.device_id))
+    ).all()
+    devices = [
+        RolloutDevicePublic(
+            device_id=row.device_id,
+            device_name=name,
+            wave=row.wave,
+            state=row.state,
+            phase=device_phase(
+                row.state,
+                wave=row.wave,
+                status=rollout.status,
+                current_wave=rollout.current_wave,
+            ),
+            attempts=row.attempts,
+            sent_at=row.sent_at,
+            acked_at=row.acked_at,
+            error=row.error,
+        )
+        for row, name in rows
+    ]
+    return RolloutDetail(**public_view(session, rollout).model_dump(), devices=devices)
+
+
+# --- an operator steers: pause, resume, abort ------------------------------------------
+
+
+def _locked(session: Session, rollout_id: int) -> Rollout | None:
+    """The rollout, locked against the controller's concurrent step (PostgreSQL)."""
+    return session.get(Rollout, rollout_id, with_for_update=True)
+
+
+def _refuse(rollout: Rollout, verb: str) -> Conflict:
+    if rollout.status.finished:
+        return Conflict(
+            f"rollout {rollout.id} is {rollout.status.value}; a finished rollout cannot be "
+            f"{verb}d (start a new one with POST /api/v1/rollouts)"
+        )
+    return Conflict(f"rollout {rollout.id} is {rollout.status.value}; it cannot be {verb}d")
+
+
+def _change(
+    session: Session, rollout: Rollout, action: str, actor: audit.Actor, **changes: object
+) -> Rollout:
+    before = public_view(session, rollout)
+    for key, value in changes.items():
+        setattr(rollout, key, value)
+    session.add(rollout)
+    session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        action=action,
+        entity_type="rollout",
+        entity_id=rollout.id or 0,
+        before=before,
+        after=public_view(session, rollout),
+    )
+    return rollout
+
+
+def pause_rollout(session: Session, rollout_id: int, *, actor: audit.Actor) -> Rollout | None:
+    """Stop sending: no new wave and no resend until resumed; answers still count.
+    None when there is no such rollout; :class:`Conflict` unless it is running."""
+    rollout = _locked(session, rollout_id)
+    if rollout is None:
+        return None
+    if rollout.status is not RolloutStatus.running:
+        raise _refuse(rollout, "pause")
+    return _change(session, rollout, "rollout.pause", actor, status=RolloutStatus.paused)
+
+
+def resume_rollout(session: Session, rollout_id: int, *, actor: audit.Actor) -> Rollout | None:
+    """Continue a paused rollout where it stopped."""
+    rollout = _locked(session, rollout_id)
+    if rollout is None:
+        return None
+    if rollout.status is not RolloutStatus.paused:
+        raise _refuse(rollout, "resume")
+    return _change(session, rollout, "rollout.resume", actor, status=RolloutStatus.running)
+
+
+def abort_rollout(
+    session: Session, rollout_id: int, *, rollback: bool, actor: audit.Actor
+) -> Rollout | None:
+    """Stop a running or paused rollout for good. With ``rollback`` the devices of the
+    current wave that installed the new model are sent back to their previous one by the
+    OTA controller (earlier, finished waves keep it); without, they stay on it."""
+    rollout = _locked(session, rollout_id)
+    if rollout is None:
+        return None
+    if rollout.status.finished:
+        raise _refuse(rollout, "abort")
+    wave = rollout.current_wave + 1
+    kept = "rolled back" if rollback else "kept on the new model"
+    return _change(
+        session,
+        rollout,
+        "rollout.abort",
+        actor,
+        status=RolloutStatus.aborted,
+        reason=f"aborted by {actor.name} in wave {wave}; its installed devices are {kept}",
+        finished_at=utcnow(),
+        rollback_from_wave=rollout.current_wave if rollback else None,
     )

@@ -28,8 +28,13 @@ from fleet.models.common import FleetModel, Id, InputModel, Slug, enum_type, utc
 
 class RolloutStatus(str, enum.Enum):
     running = "running"
+    paused = "paused"  # an operator paused it: no new wave, no resend (answers still count)
     succeeded = "succeeded"
     aborted = "aborted"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RolloutStatus.succeeded, RolloutStatus.aborted)
 
 
 class DeviceRolloutState(str, enum.Enum):
@@ -38,6 +43,34 @@ class DeviceRolloutState(str, enum.Enum):
     installed = "installed"  # acknowledged: runs the new model
     failed = "failed"  # refused, failed its self-test, or never answered
     rolled_back = "rolled_back"  # back on its previous model after an abort
+    released = "released"  # retired or silent too long: left out of its wave's verdict
+
+
+class DevicePhase(str, enum.Enum):
+    """What a device's row means to a reader, from its state and the rollout's position:
+    ``waiting`` only for a wave that was sent and a rollout still going; a wave never sent
+    is ``not_sent``; an install of a finished rollout that never answered is ``unanswered``."""
+
+    not_sent = "not_sent"
+    waiting = "waiting"
+    installed = "installed"
+    failed = "failed"
+    rolled_back = "rolled_back"
+    released = "released"
+    unanswered = "unanswered"
+
+
+def device_phase(
+    state: DeviceRolloutState, *, wave: int, status: RolloutStatus, current_wave: int
+) -> DevicePhase:
+    """The :class:`DevicePhase` of a device in ``wave`` with stored ``state``."""
+    if state in (DeviceRolloutState.pending, DeviceRolloutState.sent):
+        if status.finished:
+            return (
+                DevicePhase.unanswered if state is DeviceRolloutState.sent else DevicePhase.not_sent
+            )
+        return DevicePhase.waiting if wave <= current_wave else DevicePhase.not_sent
+    return DevicePhase(state.value)
 
 
 class RolloutCreate(InputModel):
@@ -85,6 +118,9 @@ class Rollout(FleetModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     created_by: str = Field(max_length=100)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # After an abort: devices of waves >= this one that installed the new model are sent a
+    # rollback (0 on an automatic abort: every wave; NULL: an operator kept them on it).
+    rollback_from_wave: int | None = None
 
 
 class RolloutDevice(FleetModel, table=True):
@@ -111,8 +147,32 @@ class WaveProgress(FleetModel):
     devices: int
     installed: int
     failed: int
-    waiting: int
+    waiting: int = PydanticField(description="Sent and not answered yet (rollout going on).")
     rolled_back: int
+    released: int = PydanticField(description="Retired or silent too long; not counted.")
+    not_sent: int = PydanticField(description="In a wave whose installs were never sent.")
+    sent: bool = PydanticField(description="Whether this wave's installs went out.")
+
+
+class RolloutAbort(InputModel):
+    """An operator's abort: ``rollback`` sends the current wave's devices that installed
+    the new model back to their previous one; ``false`` leaves them on it."""
+
+    rollback: bool = PydanticField(
+        description="Roll the current wave's installed devices back (true) or not (false)."
+    )
+
+
+class RolloutDevicePublic(FleetModel):
+    device_id: str
+    device_name: str
+    wave: int
+    state: DeviceRolloutState
+    phase: DevicePhase
+    attempts: int
+    sent_at: datetime | None
+    acked_at: datetime | None
+    error: str
 
 
 class RolloutPublic(FleetModel):
@@ -129,6 +189,13 @@ class RolloutPublic(FleetModel):
     created_by: str
     finished_at: datetime | None
     progress: list[WaveProgress]
+    waiting: int = PydanticField(description="Devices the rollout is waiting for now.")
+
+
+class RolloutDetail(RolloutPublic):
+    """A rollout with every device's row, by wave then device id."""
+
+    devices: list[RolloutDevicePublic]
 
 
 # --- telemetry and drift --------------------------------------------------------------

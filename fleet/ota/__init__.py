@@ -4,6 +4,7 @@
   in; install commands and bundle chunks out);
 - :mod:`fleet.ota.fanout`: one bundle's chunks gathered and sent once for many devices;
 - :mod:`fleet.ota.controller`: the rollout controller (waves, health, abort, rollback);
+- :mod:`fleet.ota.release`: devices released from a wave (retired, or silent too long);
 - :mod:`fleet.ota.telemetry` and :mod:`fleet.ota.drift`: the periodic drift check of the
   stored telemetry and its PSI math;
 - :mod:`fleet.ota.broker_config`: Mosquitto's password, ACL and config files;

@@ -50,6 +50,7 @@ from fleet.models.common import utcnow
 from fleet.models.devices import Device, ReportedStatus
 from fleet.models.ota import DeviceRolloutState, RolloutDevice, TelemetryRecord
 from fleet.models.registry import ModelVersion
+from fleet.ota.controller import NO_ANSWER
 from fleet.ota.fanout import FanoutPlanner
 
 log = logging.getLogger(__name__)
@@ -498,10 +499,21 @@ class FleetBridge:
                 FleetBridge._apply_ack(session, row, ack, now)
 
     @staticmethod
+    def _counts_late_success(row: RolloutDevice) -> bool:
+        """A successful install acknowledged after the device was counted failed for not
+        answering, or released: it runs the new model, and the rollout's row says so (after
+        an abort that rolls back, the controller then sends it back too)."""
+        if row.state is DeviceRolloutState.released:
+            return True
+        return row.state is DeviceRolloutState.failed and row.error.startswith(NO_ANSWER)
+
+    @staticmethod
     def _apply_ack(session: Any, row: RolloutDevice, ack: proto.Ack, now: Any) -> None:
         if ack.action == "install":
-            if row.state is not DeviceRolloutState.sent:
-                return  # duplicate or late
+            if row.state is not DeviceRolloutState.sent and not (
+                ack.ok and FleetBridge._counts_late_success(row)
+            ):
+                return  # a duplicate, or a late failure of a device already counted
             row.state = DeviceRolloutState.installed if ack.ok else DeviceRolloutState.failed
             row.error = "" if ack.ok else f"{ack.stage}: {ack.error}"[:500]
         elif ack.action == "rollback":

@@ -2,8 +2,10 @@
 
 - ``fedfleet fleet broker-config --out DIR``: Mosquitto password, ACL and config files;
 - ``fedfleet fleet mqtt``: the fleet's MQTT service (bridge + rollout controller);
-- ``fedfleet rollout create|list|show``: staged rollouts, written to the fleet database
-  (the MQTT service picks them up).
+- ``fedfleet rollout create|list``: staged rollouts, written to the fleet database
+  (the MQTT service picks them up);
+- ``fedfleet rollout show|pause|resume|abort ID``: watch and steer one over the fleet API
+  (``--fleet-url``/``$FEDFLEET_URL``, token in ``$FEDFLEET_TOKEN``).
 
 (``fedfleet fleet simulate-devices`` is the simulator's: ``simulation/fleet_devices_cli.py``.)
 
@@ -35,6 +37,16 @@ DbUrl = Annotated[
         show_default=False,
     ),
 ]
+FleetUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--fleet-url",
+        help="The fleet API's address (default: $FEDFLEET_URL, else http://127.0.0.1:8080). "
+        "The token is read from $FEDFLEET_TOKEN only.",
+        show_default=False,
+    ),
+]
+RolloutIdArg = Annotated[int, typer.Argument(help="Rollout id (see `fedfleet rollout list`).")]
 BrokerHost = Annotated[str, typer.Option("--broker-host", help="Broker address.")]
 BrokerPort = Annotated[int, typer.Option("--broker-port", help="Broker port.")]
 
@@ -112,6 +124,15 @@ def mqtt_service(
     ] = Path("broker/fleet.pass"),
     ca_file: Annotated[Path | None, typer.Option(help="CA certificate: connect with TLS.")] = None,
     drift_every_s: Annotated[float, typer.Option(help="Seconds between drift checks.")] = 60.0,
+    release_after_s: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a device of a sent wave may stay silent before it is released from "
+            "the wave (default: $FEDFLEET_FLEET_ROLLOUT_RELEASE_AFTER_S, else twice the "
+            "heartbeat timeout, offline-after-s).",
+            show_default=False,
+        ),
+    ] = None,
     database_url: DbUrl = None,
 ) -> None:
     """Run the fleet's MQTT service: ingest device messages, serve chunks, drive rollouts."""
@@ -139,7 +160,10 @@ def mqtt_service(
         bridge.start()
     except ConnectionError as err:
         _fail(str(err), code=1)
-    controller = RolloutController(engine=engine, sender=bridge)
+    release = settings.release_after_s if release_after_s is None else release_after_s
+    if release <= 0:
+        _fail(f"--release-after-s must be positive, got {release}")
+    controller = RolloutController(engine=engine, sender=bridge, release_after_s=release)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
@@ -233,6 +257,69 @@ def rollout_list(database_url: DbUrl = None) -> None:
                 + (f"\t{view.reason}" if view.reason else "")
             )
     engine.dispose()
+
+
+def _steer(fleet_url: str | None, call: Any) -> Any:
+    """Run ``call(client)`` against the fleet API; one line on stderr when it fails."""
+    from fleet.client import FleetClient, FleetError, connection_from_env
+
+    try:
+        with FleetClient(connection_from_env(fleet_url)) as client:
+            return call(client)
+    except FleetError as err:
+        _fail(str(err), code=1)
+
+
+def _print_rollout(view: Any) -> None:
+    typer.echo(
+        f"rollout {view.id}: model {view.model_version_id} to group '{view.group}', "
+        f"{view.status}, wave {view.current_wave + 1}/{view.waves}, "
+        f"waiting for {view.waiting} device{'' if view.waiting == 1 else 's'}"
+        + (f" ({view.reason})" if view.reason else "")
+    )
+
+
+@rollout_app.command("show")
+def rollout_show(rollout_id: RolloutIdArg, fleet_url: FleetUrl = None) -> None:
+    """One rollout: each wave's devices and their states, and who it is waiting for."""
+    view = _steer(fleet_url, lambda c: c.get_rollout(rollout_id))
+    _print_rollout(view)
+    typer.echo("wave	device	name	state	attempts	error")
+    for d in view.devices:
+        typer.echo(
+            f"{d.wave + 1}	{d.device_id}	{d.device_name}	{d.phase}	{d.attempts}	{d.error}"
+        )
+    waiting = [d.device_id for d in view.devices if d.phase == "waiting"]
+    typer.echo("waiting for: " + (", ".join(waiting) if waiting else "nobody"))
+
+
+@rollout_app.command("pause")
+def rollout_pause(rollout_id: RolloutIdArg, fleet_url: FleetUrl = None) -> None:
+    """Pause a running rollout: no new wave and no resend (answers still count)."""
+    _print_rollout(_steer(fleet_url, lambda c: c.pause_rollout(rollout_id)))
+
+
+@rollout_app.command("resume")
+def rollout_resume(rollout_id: RolloutIdArg, fleet_url: FleetUrl = None) -> None:
+    """Resume a paused rollout where it stopped."""
+    _print_rollout(_steer(fleet_url, lambda c: c.resume_rollout(rollout_id)))
+
+
+@rollout_app.command("abort")
+def rollout_abort(
+    rollout_id: RolloutIdArg,
+    rollback: Annotated[
+        bool,
+        typer.Option(
+            "--rollback/--no-rollback",
+            help="Send the current wave's devices that installed the new model back to their "
+            "previous one (--rollback), or leave them on it (--no-rollback).",
+        ),
+    ] = True,
+    fleet_url: FleetUrl = None,
+) -> None:
+    """Abort a running or paused rollout for good."""
+    _print_rollout(_steer(fleet_url, lambda c: c.abort_rollout(rollout_id, rollback=rollback)))
 
 
 # The OTA commands of ``fedfleet fleet``: the root CLI (fedfleet/cli.py) mounts them there,

@@ -15,6 +15,16 @@
    ``rollback`` and the rollout is marked aborted with the reason; devices whose install
    failed never left their previous model.
 
+A device of a sent wave that is retired, or silent (no heartbeat, no answer) for
+``release_after_s`` since its install went out, is **released**: counted neither installed
+nor failed, so one dead device no longer holds a wave for ``max_attempts`` ack timeouts
+(:mod:`fleet.ota.release`).
+An operator steers a rollout through the API (:mod:`fleet.crud.rollouts`): a **paused**
+rollout is skipped here (answers are still recorded by the bridge); an **aborted** one
+gets rollbacks for the devices of waves ``>= rollout.rollback_from_wave`` that installed
+the new model (the operator's choice; none when it is NULL), also for installs that are
+acknowledged after the abort.
+
 State lives in the database (``rollouts``, ``rollout_devices``), so the service can
 restart at any step.
 """
@@ -29,7 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, and_, or_, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
@@ -47,12 +57,14 @@ from fleet.models.ota import (
     RolloutStatus,
 )
 from fleet.models.registry import Artifact
+from fleet.ota.release import RELEASE_AFTER_S, releasable, release
 
 log = logging.getLogger(__name__)
 
 Verdict = Literal["wait", "advance", "abort"]
 MAX_ATTEMPTS = 3
 OFFLINE_AFTER_INSTALL = "went offline after installing the new model"
+NO_ANSWER = "no answer after"  # how an install that timed out starts its error
 
 
 def wave_verdict(*, size: int, installed: int, failed: int, max_failure_rate: float) -> Verdict:
@@ -96,6 +108,14 @@ class RolloutController:
     sender: CommandSender
     max_attempts: int = MAX_ATTEMPTS
     offline_grace_s: float = 60.0
+    release_after_s: float = RELEASE_AFTER_S
+
+    def __post_init__(self) -> None:
+        if self.release_after_s <= 0:
+            raise ValueError(
+                f"release_after_s must be positive, got {self.release_after_s}; "
+                f"e.g. {RELEASE_AFTER_S} (twice the heartbeat timeout)"
+            )
 
     def step(self, *, now: datetime | None = None) -> None:
         """One pass over the running rollouts."""
@@ -108,11 +128,24 @@ class RolloutController:
                 .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
                 .where(
                     Rollout.status == RolloutStatus.aborted,
-                    RolloutDevice.state == DeviceRolloutState.installed,
-                    col(RolloutDevice.command_id).not_like("%-back-%"),
+                    col(Rollout.rollback_from_wave).is_not(None),
+                    col(RolloutDevice.wave) >= col(Rollout.rollback_from_wave),
+                    or_(
+                        col(RolloutDevice.state) == DeviceRolloutState.installed,
+                        and_(
+                            col(RolloutDevice.state) == DeviceRolloutState.failed,
+                            col(RolloutDevice.error) == OFFLINE_AFTER_INSTALL,
+                        ),
+                    ),
+                    or_(
+                        col(RolloutDevice.command_id).is_(None),
+                        col(RolloutDevice.command_id).not_like("%-back-%"),
+                    ),
                 )
             ).all()
-        for row in late:  # installed after the abort: send it back too
+        # On the new model after an abort that rolls back (an operator's abort, or an
+        # install acknowledged after the abort): send it back.
+        for row in late:
             self._send_rollback(row.rollout_id, row.device_id)
         for rollout_id in ids:
             if rollout_id is not None:
@@ -135,15 +168,21 @@ class RolloutController:
                 return True
             rate = rollout.max_failure_rate
             for members in (counts.get(w) for w in range(rollout.current_wave + 1)):
-                if members and members[DeviceRolloutState.failed] / members.total() > rate:
+                counted = members.total() - members[DeviceRolloutState.released] if members else 0
+                if counted and members and members[DeviceRolloutState.failed] / counted > rate:
                     return True
+            size = wave.total() - wave[DeviceRolloutState.released]
+            if size < 1:
+                return True  # every device released: advance
             verdict = wave_verdict(
-                size=wave.total(),
+                size=size,
                 installed=wave[DeviceRolloutState.installed],
                 failed=wave[DeviceRolloutState.failed],
                 max_failure_rate=rate,
             )
             if verdict != "wait":
+                return True
+            if releasable(session, rollout, now, bound_s=self.release_after_s, limit=1):
                 return True
             timed_out = session.exec(
                 select(RolloutDevice.device_id)
@@ -176,9 +215,13 @@ class RolloutController:
             return  # waiting: the common case while a wave downloads, kept cheap
         outbox: list[tuple[str, proto.Command]] = []
         with session_scope(self.engine, write=True) as session:
-            rollout = session.get(Rollout, rollout_id)
+            # Locked: an operator's pause or abort (fleet.crud.rollouts) waits for this
+            # pass, or this pass sees it, never overwrites it.
+            rollout = session.get(Rollout, rollout_id, with_for_update=True)
             if rollout is None or rollout.status is not RolloutStatus.running:
                 return
+            with audit.exempt(session, reason="rollout progress (audited on create/finish)"):
+                release(session, rollout, now, bound_s=self.release_after_s)
             rows = session.exec(
                 select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id)
             ).all()
@@ -200,16 +243,23 @@ class RolloutController:
                     session, [r for r in rows if r.wave <= rollout.current_wave], now
                 )
                 session.flush()
-            states = [r.state for r in wave_rows]
-            verdict = wave_verdict(
-                size=len(wave_rows),
-                installed=states.count(DeviceRolloutState.installed),
-                failed=states.count(DeviceRolloutState.failed),
-                max_failure_rate=rollout.max_failure_rate,
+            # Released devices count neither way: the verdict is over the rest.
+            states = [r.state for r in wave_rows if r.state is not DeviceRolloutState.released]
+            verdict: Verdict = (
+                wave_verdict(
+                    size=len(states),
+                    installed=states.count(DeviceRolloutState.installed),
+                    failed=states.count(DeviceRolloutState.failed),
+                    max_failure_rate=rollout.max_failure_rate,
+                )
+                if states
+                else "advance"
             )
-            bad_wave, failed, size = rollout.current_wave, 0, len(wave_rows)
+            bad_wave, failed, size = rollout.current_wave, 0, len(states)
             for wave in range(rollout.current_wave + 1):  # earlier waves' health must hold too
-                members = [r for r in rows if r.wave == wave]
+                members = [
+                    r for r in rows if r.wave == wave and r.state is not DeviceRolloutState.released
+                ]
                 lost = sum(r.state is DeviceRolloutState.failed for r in members)
                 if members and lost / len(members) > rollout.max_failure_rate:
                     verdict, bad_wave, failed, size = "abort", wave, lost, len(members)
@@ -224,6 +274,7 @@ class RolloutController:
                     f"failed (over {rollout.max_failure_rate:.0%})"
                 )
                 rollout.finished_at = now
+                rollout.rollback_from_wave = 0  # every wave's installed devices go back
                 for row in rows:
                     on_new = row.state is DeviceRolloutState.installed or (
                         row.state is DeviceRolloutState.failed
@@ -333,7 +384,7 @@ class RolloutController:
                 return
             if row.attempts >= self.max_attempts:
                 row.state = DeviceRolloutState.failed
-                row.error = f"no answer after {row.attempts} attempts"
+                row.error = f"{NO_ANSWER} {row.attempts} attempts"
                 session.add(row)
                 return
         elif row.state is not DeviceRolloutState.pending:

@@ -145,6 +145,26 @@ _ARTIFACT = {
     "signature": None,
 }
 _MODEL = {"id": 2, "task": "digits-cnn", "stage": "registered", "metrics": {}, "artifacts": []}
+_ROLLOUT = {
+    "id": 4,
+    "model_version_id": 2,
+    "group": "wards",
+    "status": "paused",
+    "current_wave": 0,
+    "reason": "",
+    "waiting": 1,
+    "progress": [{"wave": 0}],
+    "devices": [
+        {
+            "device_id": "dev-1",
+            "device_name": "pi-1",
+            "wave": 0,
+            "phase": "waiting",
+            "attempts": 1,
+            "error": "",
+        }
+    ],
+}
 
 
 def _answer(request: httpx.Request) -> httpx.Response:
@@ -155,6 +175,8 @@ def _answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(201, json=_ARTIFACT)
     if path.startswith("/models"):
         return httpx.Response(200, json=_MODEL)
+    if path.startswith("/rollouts"):
+        return httpx.Response(200, json=_ROLLOUT)
     if "/rounds/" in path:
         return httpx.Response(200, json={"round": 1})
     return httpx.Response(200, json=_RUN)
@@ -186,6 +208,10 @@ def _every_call(client: FleetClient, tmp_path: Path) -> list[Callable[[], object
         lambda: client.get_model(2),
         lambda: client.deprecate_model(2),
         lambda: client.download(artifact, tmp_path / "copy.pt"),
+        lambda: client.get_rollout(4),
+        lambda: client.pause_rollout(4),
+        lambda: client.resume_rollout(4),
+        lambda: client.abort_rollout(4, rollback=True),
     ]
 
 

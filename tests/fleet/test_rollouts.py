@@ -250,7 +250,9 @@ def test_controller_advances_waves_on_acks_and_aborts_and_rolls_back_on_failures
     assert view["status"] == "aborted" and "wave 2" in view["reason"]
     rollbacks = [(d, c) for d, c in sender.sent if c.action == "rollback"]
     assert len(rollbacks) == 2 + 6
-    assert view["progress"][2]["waiting"] == view["progress"][2]["devices"] == 10
+    # Wave 3 was never sent: "not sent", not "waiting" (issue 15).
+    assert view["progress"][2]["not_sent"] == view["progress"][2]["devices"] == 10
+    assert view["progress"][2]["waiting"] == 0 and view["waiting"] == 0
     assert bridge.stats.ignored == 1
     bridge.ingest_batch([_ack(d, c, ok=True, version=None) for d, c in rollbacks])
     view = client.get(f"/api/v1/rollouts/{rollout_id}", headers=admin).json()
@@ -302,7 +304,7 @@ def test_dashboard_shows_rollout_progress_per_wave(
     finally:
         client.cookies.clear()
     assert f'data-rollout="{rollout_id}"' in page
-    assert "5%: 0/0/1 of 1" in page and "100%: 0/0/15 of 15" in page
+    assert "5%: 0/0/1 of 1" in page and "100%: not sent (15)" in page
     assert 'href="/rollouts"' in page and "No drift detected." in page
 
 

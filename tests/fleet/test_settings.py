@@ -65,3 +65,15 @@ def test_database_urls_are_normalized(given: str, expected: str) -> None:
 def test_creating_settings_does_not_touch_the_database(tmp_path: Path) -> None:
     FleetSettings(database_url=f"sqlite:///{tmp_path / 'x' / 'fleet.db'}")
     assert not (tmp_path / "x").exists()
+
+
+def test_rollout_release_bound_defaults_to_twice_the_heartbeat_timeout() -> None:
+    base = {"FEDFLEET_FLEET_DATABASE_URL": "sqlite:///x.db"}
+    assert FleetSettings.from_env(base).release_after_s == 180.0
+    tuned = FleetSettings.from_env({**base, "FEDFLEET_FLEET_OFFLINE_AFTER_S": "30"})
+    assert tuned.release_after_s == 60.0
+    assert tuned.with_changes(offline_after_s=10).release_after_s == 20.0
+    fixed = FleetSettings.from_env({**base, "FEDFLEET_FLEET_ROLLOUT_RELEASE_AFTER_S": "45"})
+    assert fixed.release_after_s == 45.0
+    with pytest.raises(ValueError, match="rollout_release_after_s must be positive"):
+        FleetSettings.from_env({**base, "FEDFLEET_FLEET_ROLLOUT_RELEASE_AFTER_S": "-1"})
