@@ -215,13 +215,15 @@ class SiloFederation:
     def settings(self) -> CoordinatorSettings:
         return CoordinatorSettings.load(self.coordinator_toml)
 
-    def start(self, *, num_sites: int = 3) -> SiloFederation:
+    def start(self, *, num_sites: int = 3, superlink_extra: str = "") -> SiloFederation:
+        """Certificates, `coordinator up`, ``num_sites`` registered sites joined.
+        ``superlink_extra``: more lines for coordinator.toml's [superlink] table."""
         create_dev_ca(self.root / "certs")
         self.port, self.control_port = free_port(), free_port()
         self.coordinator_toml.write_text(
             "[superlink]\n"
             f'address = "127.0.0.1:{self.port}"\n'
-            f'control-address = "127.0.0.1:{self.control_port}"\n'
+            f'control-address = "127.0.0.1:{self.control_port}"\n' + superlink_extra
         )
         self.start_coordinator()
         formats = ["csv", "parquet", "npz"]
