@@ -133,6 +133,7 @@ def coordinator_up(
             f"database {settings.database}; log {log_path}. Ctrl-C stops it."
         )
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per forwarded call
         reason = front.serve()
     if reason:
         _fail(f"{reason}; see {log_path}")

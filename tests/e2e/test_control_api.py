@@ -14,6 +14,7 @@ still trains through the public address.
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -164,7 +165,8 @@ def test_stranger_with_only_ca_crt_cannot_register_list_or_run(
     for name, result in attempts.items():
         assert result.returncode != 0, (name, result.stdout, result.stderr)
     for name in ("register", "ls", "run"):
-        assert "only the Fleet API is served" in attempts[name].stdout, attempts[name].stdout
+        output = attempts[name].stdout + attempts[name].stderr
+        assert "only the Fleet API is served" in output, output
     # nothing changed on the SuperLink, and nothing of the stranger's ran
     assert _operator_view(fed) == (runs_before, nodes_before)
     assert stranger.public_key.read_text().split()[1] not in str(load_sites(fed.settings))
@@ -185,7 +187,10 @@ def test_operator_certificate_reaches_the_control_api_remotely(
     headers = {"content-type": "application/protobuf", "accept": "application/protobuf"}
 
     def list_nodes(cert: tuple[str, str] | None) -> httpx.Response:
-        with httpx.Client(verify=str(certs / "ca.crt"), cert=cert, timeout=30) as client:
+        context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        if cert is not None:
+            context.load_cert_chain(*cert)
+        with httpx.Client(verify=context, timeout=30) as client:
             return client.post(url, content=body, headers=headers)
 
     # Execute
