@@ -3,6 +3,7 @@ the SuperLink command and Flower CLI connection they produce, and operator certi
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,26 @@ def test_certs_create_operator_cli(tmp_path: Path) -> None:
     assert (tmp_path / "operator-alice.crt").is_file()
     bad = CliRunner().invoke(certs_app, ["create-operator", "al ice", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "letters, digits" in bad.output
+
+
+def test_coordinator_up_refuses_a_public_port_in_use_before_starting_the_superlink(
+    tmp_path: Path,
+) -> None:
+    # Prepare: the public port is taken by someone else
+    from coordinator.cli import coordinator_app
+
+    create_dev_ca(tmp_path / "certs")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        config = tmp_path / "coordinator.toml"
+        config.write_text(
+            f'[superlink]\naddress = "127.0.0.1:{port}"\ncontrol-address = "127.0.0.1:{port + 1}"\n'
+        )
+        # Execute
+        result = CliRunner().invoke(coordinator_app, ["up", "--config", str(config)])
+    # Assert: one line naming the address; the SuperLink never started (no database)
+    assert result.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output
+    assert not (tmp_path / "state" / "superlink.db").exists()
