@@ -5,9 +5,10 @@ HTTPS port, and its Control API has no authentication outside Flower's enterpris
 whoever reaches that port and trusts ``ca.crt`` (every site does) can register a node
 and start a run. So the SuperLink listens only on the coordinator host's loopback
 (``superlink.control-address``) and ``coordinator up`` serves this gateway on the public
-``superlink.address``: a TLS reverse proxy that forwards exactly the Fleet API's routes
-(``FLEET_ROUTES``, checked against Flower's own router by a unit test, so an upgrade that
-adds a route is noticed) and answers 403 for every other method or path. SuperNode
+``superlink.address``: a TLS reverse proxy that forwards exactly the Fleet API's routes a
+registered SuperNode uses (``FLEET_ROUTES``, checked against Flower's own router by a unit
+test, so an upgrade that adds a route is noticed) and answers 403 for every other method
+or path, Fleet self-registration included. SuperNode
 authentication is untouched: Flower signs each Fleet request in its headers, which pass
 through, and the SuperLink checks them.
 
@@ -36,15 +37,14 @@ Send = Callable[[Message], Awaitable[None]]
 
 logger = logging.getLogger("fedfleet.gateway")
 
-# Every route of flwr.superlink.routers.fleet.router (Flower 1.42); all POST.
-# tests/coordinator/test_fleet_gateway.py compares this with Flower's router.
+# The routes of flwr.superlink.routers.fleet.router (Flower 1.42, all POST) that a
+# SuperNode with a registered key uses. tests/coordinator/test_fleet_gateway.py checks
+# that these and SELF_REGISTRATION_ROUTES together are exactly Flower's router.
 FLEET_ROUTES: frozenset[tuple[str, str]] = frozenset(
     ("POST", f"/v1/fleet/{name}")
     for name in (
-        "register-node",
         "activate-node",
         "deactivate-node",
-        "unregister-node",
         "send-node-heartbeat",
         "pull-messages",
         "push-messages",
@@ -54,6 +54,12 @@ FLEET_ROUTES: frozenset[tuple[str, str]] = frozenset(
         "pull-object",
         "confirm-message-received",
     )
+)
+# Fleet routes by which a SuperNode without a registered key registers itself. Flower
+# refuses them under --enable-supernode-auth anyway; the gateway does not even forward
+# them, so registering a node stays an operator action whatever the SuperLink's flags.
+SELF_REGISTRATION_ROUTES: frozenset[tuple[str, str]] = frozenset(
+    {("POST", "/v1/fleet/register-node"), ("POST", "/v1/fleet/unregister-node")}
 )
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and Host are the proxy's own, never forwarded.

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from coordinator.certs import create_dev_ca
 from coordinator.fleet_gateway import (
     FLEET_ROUTES,
+    SELF_REGISTRATION_ROUTES,
     FleetGateway,
     bind,
     gateway_server,
@@ -43,18 +44,24 @@ def _routes(router: Any) -> set[tuple[str, str]]:
     }
 
 
-def test_allow_list_is_exactly_flowers_fleet_router() -> None:
+def test_allow_list_and_self_registration_are_exactly_flowers_fleet_router() -> None:
     from flwr.superlink.routers.fleet.router import router
 
-    assert set(FLEET_ROUTES) == _routes(router)
+    assert not FLEET_ROUTES & SELF_REGISTRATION_ROUTES
+    assert set(FLEET_ROUTES | SELF_REGISTRATION_ROUTES) == _routes(router)
 
 
-def test_every_path_the_supernode_calls_is_allowed() -> None:
-    from flwr.supernode import fleet_http_client
+def test_every_path_an_authenticated_supernode_calls_is_allowed() -> None:
+    from flwr.supernode import fleet_http_client, fleet_http_connection
 
     called = set(re.findall(r'path="(/v1/[^"]+)"', inspect.getsource(fleet_http_client)))
     assert called  # the source still names its paths this way
-    assert {("POST", path) for path in called} <= FLEET_ROUTES
+    assert {("POST", path) for path in called} <= FLEET_ROUTES | SELF_REGISTRATION_ROUTES
+    # the SuperNode calls the self-registration routes only for a key it made itself
+    source = inspect.getsource(fleet_http_connection)
+    for rpc in ("client.RegisterNode", "client.UnregisterNode("):
+        before = source[: source.index(rpc)].rstrip().splitlines()
+        assert any("if self_registered:" in line for line in before[-4:]), rpc
 
 
 def test_no_other_route_of_the_superlink_app_is_allowed() -> None:
@@ -72,7 +79,7 @@ def test_no_other_route_of_the_superlink_app_is_allowed() -> None:
     }
     assert ("POST", "/v1/control/register-node") in served  # the app still has these
     assert ("POST", "/v1/control/start-run") in served
-    assert served & FLEET_ROUTES == _routes(router)
+    assert served & FLEET_ROUTES == _routes(router) - SELF_REGISTRATION_ROUTES
     assert all(path.startswith("/v1/fleet/") for _, path in FLEET_ROUTES)
 
 
@@ -167,6 +174,8 @@ async def test_fleet_route_is_forwarded_with_body_and_auth_headers(
     ("method", "path"),
     [
         ("POST", "/v1/control/register-node"),
+        ("POST", "/v1/fleet/register-node"),
+        ("POST", "/v1/fleet/unregister-node"),
         ("POST", "/v1/control/start-run"),
         ("POST", "/v1/control/list-runs"),
         ("POST", "/v1/runtime/pull-messages"),

@@ -151,7 +151,22 @@ def test_stranger_with_only_ca_crt_cannot_register_list_or_run(
         f"127.0.0.1:{fed.operator_port}",
         ca,
     )
-    # Execute: the issue's attack, against the public address and the operators' listener
+    # Execute: the issue's attack, against the public address and the operators' listener,
+    # and a SuperNode with no registered key, which registers itself over the Fleet API
+    self_registering = fed.start_supernode(
+        [
+            str(Path(sys.executable).parent / "flower-supernode"),
+            "--superlink",
+            f"127.0.0.1:{fed.port}",
+            "--root-certificates",
+            str(ca),
+            "--max-retries",
+            "1",
+            "--port",
+            str(free_port()),
+        ],
+        tmp_path / "self-registering.log",
+    )
     attempts = {
         "register": _flwr(public, "supernode", "register", str(stranger.public_key), "coord"),
         "ls": _flwr(public, "ls", "coord"),
@@ -162,6 +177,7 @@ def test_stranger_with_only_ca_crt_cannot_register_list_or_run(
         "operators-ls": _flwr(operators, "ls", "coord"),
     }
     # Assert: each refused, for the right reason
+    assert self_registering.wait(timeout=180) != 0
     for name, result in attempts.items():
         assert result.returncode != 0, (name, result.stdout, result.stderr)
     for name in ("register", "ls", "run"):
@@ -173,6 +189,7 @@ def test_stranger_with_only_ca_crt_cannot_register_list_or_run(
     assert not marker.exists()
     log = (fed.root / "coordinator.log").read_text()
     assert "refused POST /v1/control/register-node" in log
+    assert "refused POST /v1/fleet/register-node" in log
     assert log.count("refused POST /v1/control/") >= 3
 
 
