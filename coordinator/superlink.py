@@ -120,8 +120,8 @@ class CoordinatorSettings:
         operator_host, operator_port = "", 0
         if "operator-address" in doc.get("superlink", {}):
             operator_host, operator_port = host_port("operator-address", "")
-        taken = {port: "superlink.address", control_port: "superlink.control-address"}
-        if len(taken) < 2 or operator_port in taken:
+        ports = [port, control_port, *([operator_port] if operator_port else [])]
+        if len(set(ports)) < len(ports):
             raise ValueError(
                 f"{source}: superlink.address, control-address and operator-address must "
                 "use different ports; change one of them"
