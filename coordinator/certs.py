@@ -4,6 +4,8 @@
 ``server.crt``/``server.key`` (signed by it, with subject alternative names for the
 addresses sites dial, 127.0.0.1 and localhost by default). Sites get ``ca.crt`` only.
 Production deployments bring certificates from their own CA instead.
+``fedfleet certs create-operator NAME`` issues an operator's client certificate for the
+remote Control API from a separate operator CA (``operator-ca.crt``/``operator-ca.key``).
 
 Keys are ECDSA P-384 from the ``cryptography`` package (operating-system randomness);
 private keys are written with mode 0600 and never logged.
@@ -25,6 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 DEFAULT_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost")
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
+OPERATOR_CA_CERT, OPERATOR_CA_KEY = "operator-ca.crt", "operator-ca.key"
 
 
 @dataclass(frozen=True)
@@ -117,32 +120,7 @@ def create_dev_ca(
 
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = _name("fedfleet development CA")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA384())
-    )
+    ca_cert = _self_signed_ca(ca_key, ca_name, not_before, not_after)
 
     server_key = ec.generate_private_key(ec.SECP384R1())
     server_cert = (
@@ -167,6 +145,110 @@ def create_dev_ca(
     _write(paths.server_key, _key_pem(server_key), private=True)
     _write(paths.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), private=False)
     return paths
+
+
+def _self_signed_ca(
+    key: ec.EllipticCurvePrivateKey,
+    name: x509.Name,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+) -> x509.Certificate:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA384())
+    )
+
+
+@dataclass(frozen=True)
+class OperatorCertPaths:
+    """An operator's client certificate and key, and the operator CA that issued it."""
+
+    operator_ca: Path
+    certificate: Path
+    private_key: Path
+
+
+def create_operator_cert(
+    out_dir: Path, *, name: str, days: int = 365, overwrite: bool = False
+) -> OperatorCertPaths:
+    """Issue operator ``name`` a TLS client certificate for the remote Control API.
+
+    It is signed by ``out_dir/operator-ca.crt`` — a CA of its own, created on first use,
+    that signs nothing else: sites hold the coordinator's ``ca.crt`` and their own SSH-format
+    node keys, none of which chains to it, so no site material passes the operators'
+    listener (``superlink.operator-address``). ``days`` is the certificate's validity.
+    """
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"operator name {name!r}: use letters, digits, '-' or '_'")
+    if days < 1:
+        raise ValueError("--days must be >= 1")
+    cert_path = out_dir / f"operator-{name}.crt"
+    key_path = out_dir / f"operator-{name}.key"
+    if (cert_path.exists() or key_path.exists()) and not overwrite:
+        raise ValueError(f"{cert_path} already exists; choose another name or pass --force")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    not_before, not_after = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
+    ca_cert_path, ca_key_path = out_dir / OPERATOR_CA_CERT, out_dir / OPERATOR_CA_KEY
+    if ca_cert_path.exists() != ca_key_path.exists():
+        raise ValueError(f"{ca_cert_path} and {ca_key_path} must both exist or neither")
+    if ca_cert_path.exists():
+        ca_cert = load_certificate(ca_cert_path)
+        loaded = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{ca_key_path} is not the operator CA's EC private key")
+        ca_key = loaded
+    else:
+        ca_key = ec.generate_private_key(ec.SECP384R1())
+        ca_cert = _self_signed_ca(
+            ca_key,
+            _name("fedfleet operator CA"),
+            not_before,
+            now + dt.timedelta(days=max(days, 3650)),
+        )
+        _write(ca_key_path, _key_pem(ca_key), private=True)
+        _write(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), private=False)
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(f"operator {name}"))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(min(not_after, ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA384())
+    )
+    _write(key_path, _key_pem(key), private=True)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False)
+    return OperatorCertPaths(operator_ca=ca_cert_path, certificate=cert_path, private_key=key_path)
 
 
 def load_certificate(path: Path) -> x509.Certificate:

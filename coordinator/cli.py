@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -58,7 +57,10 @@ def certs_create(
     ] = Path("certs"),
     host: Annotated[
         list[str] | None,
-        typer.Option(help="Address sites dial (repeatable); default 127.0.0.1 and localhost."),
+        typer.Option(
+            help="Address sites dial (repeatable); 127.0.0.1 and localhost are always added "
+            "(the coordinator's own processes reach the SuperLink on loopback)."
+        ),
     ] = None,
     days: Annotated[int, typer.Option(help="Validity of the certificates in days.")] = 365,
     force: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
@@ -67,11 +69,33 @@ def certs_create(
     from coordinator.certs import DEFAULT_HOSTS, create_dev_ca
 
     try:
-        paths = create_dev_ca(out, hosts=tuple(host or DEFAULT_HOSTS), days=days, overwrite=force)
+        hosts = tuple(dict.fromkeys([*(host or []), *DEFAULT_HOSTS]))
+        paths = create_dev_ca(out, hosts=hosts, days=days, overwrite=force)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(f"CA certificate (give to sites): {paths.ca_cert}")
     typer.echo(f"server certificate and key:     {paths.server_cert}, {paths.server_key}")
+
+
+@certs_app.command("create-operator")
+def certs_create_operator(
+    name: Annotated[str, typer.Argument(help="The operator's name (letters, digits, - _).")],
+    out: Annotated[
+        Path, typer.Option(help="Folder of operator-ca.crt/.key and the new certificate.")
+    ] = Path("certs"),
+    days: Annotated[int, typer.Option(help="Validity of the certificate in days.")] = 365,
+    force: Annotated[bool, typer.Option(help="Replace this operator's files.")] = False,
+) -> None:
+    """Issue an operator a client certificate for the remote Control API
+    (superlink.operator-address); creates the operator CA on first use."""
+    from coordinator.certs import create_operator_cert
+
+    try:
+        paths = create_operator_cert(out, name=name, days=days, overwrite=force)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"operator CA (tls.operator-ca): {paths.operator_ca}")
+    typer.echo(f"client certificate and key:    {paths.certificate}, {paths.private_key}")
 
 
 # --- coordinator -----------------------------------------------------------------------
@@ -81,9 +105,13 @@ def certs_create(
 def coordinator_up(
     config: Annotated[Path, typer.Option(help="coordinator.toml")] = Path("coordinator.toml"),
 ) -> None:
-    """Start the SuperLink (TLS, SuperNode authentication, persistent database) and stay
+    """Start the SuperLink (TLS, SuperNode authentication, persistent database) on the
+    loopback control address, serve only its Fleet API on the public address, and stay
     in the foreground until Ctrl-C."""
-    from coordinator.superlink import SuperLinkProcess
+    import logging
+
+    from coordinator.front import CoordinatorFront
+    from coordinator.superlink import join_host_port
 
     settings = _settings(config)
     from privacy.private_files import open_private, private_dir
@@ -91,25 +119,27 @@ def coordinator_up(
     private_dir(settings.state_dir)
     log_path = settings.state_dir / "superlink.log"
     with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND), "ab") as log_file:
-        superlink = SuperLinkProcess(settings, log_file=log_file, own_session=False)
+        front = CoordinatorFront(settings, log_file=log_file)
         try:
-            superlink.start()
-        except (ValueError, RuntimeError, TimeoutError) as exc:
+            front.start()
+        except (ValueError, RuntimeError, TimeoutError, OSError) as exc:
             _fail(f"{exc} ({log_path})")
-
-        def _stop(signum: int, frame: object) -> None:
-            superlink.stop()
-            raise typer.Exit(code=0)
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+        operator_address = join_host_port(settings.operator_host, settings.operator_port)
+        operators = (
+            f"; operators (mutual TLS) on https://{operator_address}"
+            if settings.operator_port
+            else ""
+        )
         typer.echo(
-            f"SuperLink up on https://{settings.address} (TLS, SuperNode authentication on); "
+            f"Fleet API on https://{settings.address} (TLS, SuperNode authentication on); "
+            f"Control API on https://{settings.control_address} (this host only){operators}; "
             f"database {settings.database}; log {log_path}. Ctrl-C stops it."
         )
-        assert superlink.process is not None  # noqa: S101 - started above
-        code = superlink.process.wait()
-        _fail(f"the SuperLink exited with code {code}; see {log_path}")
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per forwarded call
+        reason = front.serve()
+    if reason:
+        _fail(f"{reason}; see {log_path}")
 
 
 @coordinator_app.command("add-site")
@@ -139,7 +169,7 @@ def _flwr_run(settings: Any, state: Any) -> int:
     try:
         doc = flwr_json(settings, ["run", str(state.app_dir), CONNECTION], timeout=300)
     except ValueError as exc:
-        _fail(f"the SuperLink at {settings.address} refused the run: {exc}")
+        _fail(f"the SuperLink at {settings.control_address} refused the run: {exc}")
     flower_run = int(doc["run-id"])
     state.flower_runs.append(flower_run)
     state.save()

@@ -1,17 +1,21 @@
 """The coordinator's SuperLink: its settings (``coordinator.toml``), process and CLI link.
 
-``CoordinatorSettings`` says where the SuperLink listens, its TLS files, its database
-(registered sites and runs survive restarts) and the state folder (runs, sites).
+``CoordinatorSettings`` says where sites reach the Fleet API (``superlink.address``, served
+by ``coordinator.fleet_gateway``), where the SuperLink itself listens (``control-address``,
+loopback only: its Control API has no authentication), the optional operators' listener
+(``operator-address``, mutual TLS), its TLS files, its database (registered sites and
+runs survive restarts) and the state folder (runs, sites).
 ``SuperLinkProcess`` starts ``flower-superlink`` with TLS, SuperNode authentication and
 ``--database``; ``flwr_env`` gives the environment in which Flower's own CLI
-(``flwr run``, ``flwr supernode register``) reaches it over TLS (Flower 1.42 keeps the
-connection in ``$FLWR_HOME/config.toml``; ``flwr`` itself has no TLS flags).
+(``flwr run``, ``flwr supernode register``) reaches it over TLS on loopback (Flower 1.42
+keeps the connection in ``$FLWR_HOME/config.toml``; ``flwr`` itself has no TLS flags).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import shutil
@@ -31,15 +35,21 @@ from privacy.private_files import create_private_file, private_dir, write_privat
 
 CONNECTION = "fedfleet"
 _ALLOWED = {
-    "superlink": {"address", "database"},
-    "tls": {"ca-cert", "certificate", "private-key"},
+    "superlink": {"address", "control-address", "operator-address", "database"},
+    "tls": {"ca-cert", "certificate", "private-key", "operator-ca"},
     "state": {"dir"},
 }
 
 
 @dataclass(frozen=True)
 class CoordinatorSettings:
-    """A parsed ``coordinator.toml``; relative paths are relative to its folder."""
+    """A parsed ``coordinator.toml``; relative paths are relative to its folder.
+
+    ``host:port`` is the public Fleet API address sites dial; ``control_host:control_port``
+    the loopback address of the SuperLink itself (Control, Fleet and Runtime APIs);
+    ``operator_host:operator_port`` (optional, ``operator_port == 0`` when off) the
+    operators' remote Control API, which requires a certificate ``operator_ca`` issued.
+    """
 
     host: str
     port: int
@@ -48,10 +58,19 @@ class CoordinatorSettings:
     private_key: Path
     database: Path
     state_dir: Path
+    control_host: str = "127.0.0.1"
+    control_port: int = 9093
+    operator_host: str = ""
+    operator_port: int = 0
+    operator_ca: Path = Path("certs/operator-ca.crt")
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return join_host_port(self.host, self.port)
+
+    @property
+    def control_address(self) -> str:
+        return join_host_port(self.control_host, self.control_port)
 
     @classmethod
     def load(cls, path: Path) -> CoordinatorSettings:
@@ -84,18 +103,44 @@ class CoordinatorSettings:
                 raise ValueError(f"{source}: {table}.{key} must be a non-empty string")
             return value
 
-        address = get("superlink", "address", "127.0.0.1:9092")
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{source}: superlink.address {address!r} must be host:port")
+        def host_port(key: str, default: str) -> tuple[str, int]:
+            value = get("superlink", key, default)
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{source}: superlink.{key} {value!r} must be host:port")
+            return host.strip("[]"), int(port)
+
+        host, port = host_port("address", "127.0.0.1:9092")
+        control_host, control_port = host_port("control-address", "127.0.0.1:9093")
+        if not is_loopback(control_host):
+            raise ValueError(
+                f"{source}: superlink.control-address {control_host}:{control_port} must be "
+                "a loopback address such as 127.0.0.1:9093 (the SuperLink's Control API has "
+                "no authentication); for remote operators set superlink.operator-address "
+                "(mutual TLS, see docs/deployment.md)"
+            )
+        operator_host, operator_port = "", 0
+        if "operator-address" in doc.get("superlink", {}):
+            operator_host, operator_port = host_port("operator-address", "")
+        ports = [port, control_port, *([operator_port] if operator_port else [])]
+        if len(set(ports)) < len(ports):
+            raise ValueError(
+                f"{source}: superlink.address, control-address and operator-address must "
+                "use different ports; change one of them"
+            )
         settings = cls(
             host=host,
-            port=int(port),
+            port=port,
             ca_cert=base / get("tls", "ca-cert", "certs/ca.crt"),
             certificate=base / get("tls", "certificate", "certs/server.crt"),
             private_key=base / get("tls", "private-key", "certs/server.key"),
             database=base / get("superlink", "database", "state/superlink.db"),
             state_dir=base / get("state", "dir", "state"),
+            control_host=control_host,
+            control_port=control_port,
+            operator_host=operator_host,
+            operator_port=operator_port,
+            operator_ca=base / get("tls", "operator-ca", "certs/operator-ca.crt"),
         )
         return settings
 
@@ -111,6 +156,36 @@ class CoordinatorSettings:
                     f"{key} {path} does not exist; run `fedfleet certs create --out "
                     f"{path.parent}` or point {key} at your certificate"
                 )
+        if self.operator_port and not self.operator_ca.is_file():
+            raise ValueError(
+                f"tls.operator-ca {self.operator_ca} does not exist; run `fedfleet certs "
+                f"create-operator --out {self.operator_ca.parent} NAME` or remove "
+                "superlink.operator-address"
+            )
+        from coordinator.certs import certificate_hosts, load_certificate
+
+        hosts = certificate_hosts(load_certificate(self.certificate))
+        if self.control_host not in hosts:
+            raise ValueError(
+                f"tls.certificate {self.certificate} is not valid for {self.control_host}, "
+                "where the coordinator's own processes reach the SuperLink; re-create it "
+                "with `fedfleet certs create` (it always adds 127.0.0.1 and localhost) or "
+                f"set superlink.control-address to one of {hosts}"
+            )
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback interface only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def bin_dir() -> Path:
@@ -128,7 +203,7 @@ def flwr_env(settings: CoordinatorSettings) -> dict[str, str]:
         "[superlink]\n"
         f'default = "{CONNECTION}"\n\n'
         f"[superlink.{CONNECTION}]\n"
-        f'address = "{settings.address}"\n'
+        f'address = "{settings.control_address}"\n'
         f"root-certificates = {json.dumps(str(settings.ca_cert.resolve()))}\n"
     )
     env = dict(os.environ)
@@ -153,9 +228,9 @@ def superlink_command(settings: CoordinatorSettings) -> list[str]:
         str(settings.database),
         "--disable-runtime-dependency-installation",
         "--host",
-        settings.host,
+        settings.control_host,
         "--port",
-        str(settings.port),
+        str(settings.control_port),
     ]
 
 
@@ -205,7 +280,8 @@ class SuperLinkProcess:
             start_new_session=self.own_session,
         )
         deadline = time.monotonic() + ready_timeout
-        while not tls_ready(self.settings.host, self.settings.port, self.settings.ca_cert):
+        settings = self.settings
+        while not tls_ready(settings.control_host, settings.control_port, settings.ca_cert):
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"flower-superlink exited with code {self.process.returncode}; "

@@ -210,6 +210,7 @@ class SiloFederation:
     coordinator: subprocess.Popen[bytes] | None = None
     extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
     port: int = 0
+    control_port: int = 0
     runner: CliRunner = field(default_factory=CliRunner)
 
     @property
@@ -220,10 +221,16 @@ class SiloFederation:
     def settings(self) -> CoordinatorSettings:
         return CoordinatorSettings.load(self.coordinator_toml)
 
-    def start(self, *, num_sites: int = 3) -> SiloFederation:
+    def start(self, *, num_sites: int = 3, superlink_extra: str = "") -> SiloFederation:
+        """Certificates, `coordinator up`, ``num_sites`` registered sites joined.
+        ``superlink_extra``: more lines for coordinator.toml's [superlink] table."""
         create_dev_ca(self.root / "certs")
-        self.port = free_port()
-        self.coordinator_toml.write_text(f'[superlink]\naddress = "127.0.0.1:{self.port}"\n')
+        self.port, self.control_port = free_port(), free_port()
+        self.coordinator_toml.write_text(
+            "[superlink]\n"
+            f'address = "127.0.0.1:{self.port}"\n'
+            f'control-address = "127.0.0.1:{self.control_port}"\n' + superlink_extra
+        )
         self.start_coordinator()
         formats = ["csv", "parquet", "npz"]
         for i, (x, y) in enumerate(site_splits()[:num_sites]):
@@ -259,7 +266,8 @@ class SiloFederation:
         site.config.write_text(text)
 
     def start_coordinator(self) -> None:
-        wait_for(lambda: port_free(self.port), timeout=60, what=f"port {self.port} to be free")
+        for port in (self.port, self.control_port):
+            wait_for(lambda p=port: port_free(p), timeout=60, what=f"port {port} to be free")
         self.coordinator = start_group(
             [FEDFLEET, "coordinator", "up", "--config", str(self.coordinator_toml)],
             log=self.root / "coordinator.log",
