@@ -1,7 +1,8 @@
 """``fedfleet coordinator``, ``fedfleet run`` and ``fedfleet certs``: the operator's commands.
 
 Heavy imports stay inside the commands so ``fedfleet --help`` stays fast. Every
-failure on user input is one ``error: ...`` line on stderr and a non-zero exit.
+failure is one ``error: ...`` line on stderr; the exit code is 2 for input the user can
+fix and 1 when the operation failed (``fedfleet.cli_support``).
 """
 
 from __future__ import annotations
@@ -12,25 +13,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-from firmware_images.cli import FleetUrl
+from fedfleet.cli_support import EXIT_FAILURE, FleetUrl, fail, sub_app
 
-coordinator_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
-run_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
-certs_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+coordinator_app = sub_app()
+run_app = sub_app()
+certs_app = sub_app()
 
 CoordinatorOpt = Annotated[
     Path,
     typer.Option("--coordinator", "-c", help="The coordinator.toml of the SuperLink."),
 ]
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
 
 
 def _settings(path: Path) -> Any:
@@ -39,7 +35,7 @@ def _settings(path: Path) -> Any:
     try:
         return CoordinatorSettings.load(path)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 # --- certs ---------------------------------------------------------------------------
@@ -68,7 +64,7 @@ def certs_create(
     try:
         paths = create_dev_ca(out, hosts=tuple(host or DEFAULT_HOSTS), days=days, overwrite=force)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"CA certificate (give to sites): {paths.ca_cert}")
     typer.echo(f"server certificate and key:     {paths.server_cert}, {paths.server_key}")
 
@@ -92,7 +88,7 @@ def coordinator_up(
         try:
             superlink.start()
         except (ValueError, RuntimeError, TimeoutError) as exc:
-            _fail(f"{exc} ({log_path})")
+            fail(f"{exc} ({log_path})", EXIT_FAILURE)
 
         def _stop(signum: int, frame: object) -> None:
             superlink.stop()
@@ -106,7 +102,7 @@ def coordinator_up(
         )
         assert superlink.process is not None  # noqa: S101 - started above
         code = superlink.process.wait()
-        _fail(f"the SuperLink exited with code {code}; see {log_path}")
+        fail(f"the SuperLink exited with code {code}; see {log_path}", EXIT_FAILURE)
 
 
 @coordinator_app.command("add-site")
@@ -121,8 +117,10 @@ def coordinator_add_site(
     settings = _settings(coordinator)
     try:
         node_id = register_site(settings, name=name, public_key=public_key)
-    except (ValueError, subprocess.TimeoutExpired) as exc:
-        _fail(str(exc))
+    except ValueError as exc:
+        fail(str(exc))
+    except subprocess.TimeoutExpired as exc:
+        fail(str(exc), EXIT_FAILURE)
     typer.echo(f"site {name} registered as node {node_id}")
 
 
@@ -136,7 +134,7 @@ def _flwr_run(settings: Any, state: Any) -> int:
     try:
         doc = flwr_json(settings, ["run", str(state.app_dir), CONNECTION], timeout=300)
     except ValueError as exc:
-        _fail(f"the SuperLink at {settings.address} refused the run: {exc}")
+        fail(f"the SuperLink at {settings.address} refused the run: {exc}", EXIT_FAILURE)
     flower_run = int(doc["run-id"])
     state.flower_runs.append(flower_run)
     state.save()
@@ -152,9 +150,10 @@ def _follow(state: Any, timeout: float) -> None:
         while not state.finished:
             progress.update(bar, completed=state.completed_rounds)
             if time.monotonic() > deadline:
-                _fail(
+                fail(
                     f"run {state.run_id} did not finish within {timeout:.0f} s; "
-                    f"see `fedfleet run status {state.run_id}`"
+                    f"see `fedfleet run status {state.run_id}`",
+                    EXIT_FAILURE,
                 )
             time.sleep(1.0)
     _print_rounds(state)
@@ -197,7 +196,7 @@ def run_submit(
     try:
         run_config = parse_run_toml(config)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     register = register or retrain is not None
     connection = _registry_connection(fleet_url) if register else None
     plan = None
@@ -206,7 +205,7 @@ def run_submit(
         try:
             run_config = plan.run_config(run_config)
         except ValueError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     state = RunState.create(settings.state_dir, run_config)
     flower_run = _flwr_run(settings, state)
     typer.echo(state.run_id)
@@ -226,7 +225,7 @@ def _registry_connection(fleet_url: str | None) -> Any:
     try:
         return connection_from_env(fleet_url)
     except FleetError as err:
-        _fail(str(err))
+        fail(str(err))
 
 
 def _prepare_retrain(connection: Any, fleet_run: int, models_dir: Path) -> Any:
@@ -236,8 +235,8 @@ def _prepare_retrain(connection: Any, fleet_run: int, models_dir: Path) -> Any:
     with FleetClient(connection) as client:
         try:
             return prepare_retrain(client, fleet_run, dest_dir=models_dir)
-        except FleetError as err:
-            _fail(str(err))
+        except FleetError as err:  # the fleet refused or cannot be reached
+            fail(str(err), EXIT_FAILURE)
 
 
 def _mark_running(connection: Any, plan: Any) -> None:
@@ -273,7 +272,7 @@ def _load_state(settings: Any, run_id: str) -> Any:
     try:
         return RunState.load(settings.state_dir, run_id)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _print_rounds(state: Any) -> None:
@@ -355,7 +354,7 @@ def run_resume(
     settings = _settings(coordinator)
     state = _load_state(settings, run_id)
     if state.finished:
-        _fail(f"run {run_id} already finished all {state.num_rounds} rounds; nothing to resume")
+        fail(f"run {run_id} already finished all {state.num_rounds} rounds; nothing to resume")
     connection = _registry_connection(fleet_url) if register else None
     for flower_run in state.flower_runs:  # an earlier attempt must not run concurrently
         subprocess.run(

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
+from fedfleet.cli_support import EXIT_FAILURE, fail
+
 ConfigOpt = Annotated[Path, typer.Option("--config", help="The site's site.toml.")]
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
 
 
 def site_init(
@@ -33,7 +30,7 @@ def site_init(
     try:
         files = init_site(name=name, out_dir=out, overwrite=force)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"wrote {files.config}, {files.private_key} (keep secret), {files.public_key}")
     typer.echo(
         f"next: send {files.public_key.name} to the coordinator operator "
@@ -61,7 +58,7 @@ def site_join(
         site = SiteConfig.load(config)
         check_ready(site)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(
         f"site {site.name}: joining {site.coordinator_address} (TLS, node key "
         f"{site.private_key.name}); audit log in {site.state_dir}",
@@ -82,13 +79,13 @@ def site_audit(
     try:
         site = SiteConfig.load(config)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     audit = AuditLog(site.state_dir)
     if verify:
         result = audit.verify()
         if not result.ok:
             typer.echo(f"TAMPERED: {audit.path}: {result.problem}", err=True)
-            raise typer.Exit(code=1)
+            raise typer.Exit(code=EXIT_FAILURE)
         typer.echo(f"ok: {result.entries} entries, hash chain intact ({audit.path})")
         return
     try:
@@ -105,4 +102,4 @@ def site_audit(
                 + (f" reason: {entry['reason']}" if entry.get("reason") else "")
             )
     except json.JSONDecodeError:
-        _fail(f"{audit.path} has a line that is not JSON; run with --verify")
+        fail(f"{audit.path} has a line that is not JSON; run with --verify")
