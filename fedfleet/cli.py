@@ -127,10 +127,11 @@ class LazyGroup(TyperGroup):
             return click.Group.resolve_command(self, ctx, args)
         except click.UsageError as exc:  # typer's "Did you mean", over the lazy names
             matches = get_close_matches(args[0], self.list_commands(ctx)) if args else []
-            if matches:
-                suggestions = ", ".join(f"{m!r}" for m in matches)
-                exc.message = f"{exc.message.rstrip('.')}. Did you mean {suggestions}?"
-            raise
+            if not matches:
+                raise
+            suggestions = ", ".join(f"{m!r}" for m in matches)
+            message = f"{exc.message.rstrip('.')}. Did you mean {suggestions}?"
+            raise click.UsageError(message, ctx=exc.ctx) from None
 
 
 def _print_version(value: bool) -> None:
