@@ -87,7 +87,9 @@ def coordinator_up(
         superlink = SuperLinkProcess(settings, log_file=log_file, own_session=False)
         try:
             superlink.start()
-        except (ValueError, RuntimeError, TimeoutError) as exc:
+        except ValueError as exc:  # the configuration or its certificates
+            fail(f"{exc} ({log_path})")
+        except (RuntimeError, TimeoutError) as exc:  # the SuperLink did not come up
             fail(f"{exc} ({log_path})", EXIT_FAILURE)
 
         def _stop(signum: int, frame: object) -> None:
