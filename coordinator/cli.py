@@ -1,7 +1,8 @@
 """``fedfleet coordinator``, ``fedfleet run`` and ``fedfleet certs``: the operator's commands.
 
 Heavy imports stay inside the commands so ``fedfleet --help`` stays fast. Every
-failure on user input is one ``error: ...`` line on stderr and a non-zero exit.
+failure is one ``error: ...`` line on stderr; the exit code is 2 for input the user can
+fix and 1 when the operation failed (``fedfleet.cli_support``).
 """
 
 from __future__ import annotations
@@ -12,25 +13,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-from firmware_images.cli import FleetUrl
+from fedfleet.cli_support import EXIT_FAILURE, FleetUrl, fail, sub_app
 
-coordinator_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
-run_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
-certs_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+coordinator_app = sub_app()
+run_app = sub_app()
+certs_app = sub_app()
 
 CoordinatorOpt = Annotated[
     Path,
     typer.Option("--coordinator", "-c", help="The coordinator.toml of the SuperLink."),
 ]
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
 
 
 def _settings(path: Path) -> Any:
@@ -39,7 +35,7 @@ def _settings(path: Path) -> Any:
     try:
         return CoordinatorSettings.load(path)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 # --- certs ---------------------------------------------------------------------------
@@ -72,7 +68,7 @@ def certs_create(
         hosts = tuple(dict.fromkeys([*(host or []), *DEFAULT_HOSTS]))
         paths = create_dev_ca(out, hosts=hosts, days=days, overwrite=force)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"CA certificate (give to sites): {paths.ca_cert}")
     typer.echo(f"server certificate and key:     {paths.server_cert}, {paths.server_key}")
 
@@ -93,7 +89,7 @@ def certs_create_operator(
     try:
         paths = create_operator_cert(out, name=name, days=days, overwrite=force)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"operator CA (tls.operator-ca): {paths.operator_ca}")
     typer.echo(f"client certificate and key:    {paths.certificate}, {paths.private_key}")
 
@@ -122,8 +118,10 @@ def coordinator_up(
         front = CoordinatorFront(settings, log_file=log_file)
         try:
             front.start()
-        except (ValueError, RuntimeError, TimeoutError, OSError) as exc:
-            _fail(f"{exc} ({log_path})")
+        except (ValueError, OSError) as exc:  # the configuration, its certificates, a port
+            fail(f"{exc} ({log_path})")
+        except (RuntimeError, TimeoutError) as exc:  # the SuperLink did not come up
+            fail(f"{exc} ({log_path})", EXIT_FAILURE)
         operator_address = join_host_port(settings.operator_host, settings.operator_port)
         operators = (
             f"; operators (mutual TLS) on https://{operator_address}"
@@ -139,7 +137,7 @@ def coordinator_up(
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per forwarded call
         reason = front.serve()
     if reason:
-        _fail(f"{reason}; see {log_path}")
+        fail(f"{reason}; see {log_path}", EXIT_FAILURE)
 
 
 @coordinator_app.command("add-site")
@@ -154,8 +152,10 @@ def coordinator_add_site(
     settings = _settings(coordinator)
     try:
         node_id = register_site(settings, name=name, public_key=public_key)
-    except (ValueError, subprocess.TimeoutExpired) as exc:
-        _fail(str(exc))
+    except ValueError as exc:
+        fail(str(exc))
+    except subprocess.TimeoutExpired as exc:
+        fail(str(exc), EXIT_FAILURE)
     typer.echo(f"site {name} registered as node {node_id}")
 
 
@@ -169,7 +169,7 @@ def _flwr_run(settings: Any, state: Any) -> int:
     try:
         doc = flwr_json(settings, ["run", str(state.app_dir), CONNECTION], timeout=300)
     except ValueError as exc:
-        _fail(f"the SuperLink at {settings.control_address} refused the run: {exc}")
+        fail(f"the SuperLink at {settings.control_address} refused the run: {exc}", EXIT_FAILURE)
     flower_run = int(doc["run-id"])
     state.flower_runs.append(flower_run)
     state.save()
@@ -185,9 +185,10 @@ def _follow(state: Any, timeout: float) -> None:
         while not state.finished:
             progress.update(bar, completed=state.completed_rounds)
             if time.monotonic() > deadline:
-                _fail(
+                fail(
                     f"run {state.run_id} did not finish within {timeout:.0f} s; "
-                    f"see `fedfleet run status {state.run_id}`"
+                    f"see `fedfleet run status {state.run_id}`",
+                    EXIT_FAILURE,
                 )
             time.sleep(1.0)
     _print_rounds(state)
@@ -230,7 +231,7 @@ def run_submit(
     try:
         run_config = parse_run_toml(config)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     register = register or retrain is not None
     connection = _registry_connection(fleet_url) if register else None
     plan = None
@@ -239,7 +240,7 @@ def run_submit(
         try:
             run_config = plan.run_config(run_config)
         except ValueError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     state = RunState.create(settings.state_dir, run_config)
     flower_run = _flwr_run(settings, state)
     typer.echo(state.run_id)
@@ -259,7 +260,7 @@ def _registry_connection(fleet_url: str | None) -> Any:
     try:
         return connection_from_env(fleet_url)
     except FleetError as err:
-        _fail(str(err))
+        fail(str(err))
 
 
 def _prepare_retrain(connection: Any, fleet_run: int, models_dir: Path) -> Any:
@@ -269,8 +270,8 @@ def _prepare_retrain(connection: Any, fleet_run: int, models_dir: Path) -> Any:
     with FleetClient(connection) as client:
         try:
             return prepare_retrain(client, fleet_run, dest_dir=models_dir)
-        except FleetError as err:
-            _fail(str(err))
+        except FleetError as err:  # the fleet refused or cannot be reached
+            fail(str(err), EXIT_FAILURE)
 
 
 def _mark_running(connection: Any, plan: Any) -> None:
@@ -306,7 +307,7 @@ def _load_state(settings: Any, run_id: str) -> Any:
     try:
         return RunState.load(settings.state_dir, run_id)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _print_rounds(state: Any) -> None:
@@ -388,7 +389,7 @@ def run_resume(
     settings = _settings(coordinator)
     state = _load_state(settings, run_id)
     if state.finished:
-        _fail(f"run {run_id} already finished all {state.num_rounds} rounds; nothing to resume")
+        fail(f"run {run_id} already finished all {state.num_rounds} rounds; nothing to resume")
     connection = _registry_connection(fleet_url) if register else None
     for flower_run in state.flower_runs:  # an earlier attempt must not run concurrently
         subprocess.run(

@@ -10,32 +10,21 @@ Heavy imports (torch, httpx) happen inside the command.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from firmware_images.cli import FleetUrl
+from fedfleet.cli_support import EXIT_FAILURE, FleetUrl, fail, sub_app
 
 if TYPE_CHECKING:
     from fleet.client import FleetConnection
 
-model_app = typer.Typer(
-    name="model",
-    help="The fleet's model registry: register a finished run's model.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+model_app = sub_app("model", "The fleet's model registry: register a finished run's model.")
 
 
 @model_app.callback()
 def _model_group() -> None:
     """The fleet's model registry: register a finished run's model."""  # keeps `model` a group
-
-
-def _fail(message: str, *, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 @model_app.command("register")
@@ -74,7 +63,7 @@ def model_register(
     try:
         connection = connection_from_env(fleet_url)
     except FleetError as err:
-        _fail(str(err), code=2)
+        fail(str(err))
     register_and_report(run_dir, connection, name=name, description=description, key=key)
 
 
@@ -102,7 +91,7 @@ def register_and_report(
     try:
         run = read_run_folder(run_dir)
     except RunFolderError as err:
-        _fail(str(err), code=2)
+        fail(str(err))
     private_key = None
     if key is not None:
         from firmware_images.errors import KeyFileError
@@ -111,11 +100,11 @@ def register_and_report(
         try:
             private_key = load_private_key(key)
         except KeyFileError as err:
-            _fail(str(err), code=2)
+            fail(str(err))
     try:
         sha256 = check_checkpoint(run)
     except RunFolderError as err:
-        _fail(str(err), code=2)
+        fail(str(err))
     with FleetClient(connection) as client:
         try:
             done = register_run(
@@ -129,7 +118,7 @@ def register_and_report(
                 parent_id=parent_id,
             )
         except FleetError as err:
-            _fail(str(err))
+            fail(str(err), EXIT_FAILURE)
     accuracy = "n/a" if run.final_accuracy is None else f"{run.final_accuracy:.4f}"
     typer.echo(
         f"registered model version {done.model_version} ({run.task}, final accuracy {accuracy} "

@@ -11,12 +11,9 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    help="The MQTT device agent.",
-)
+from fedfleet.cli_support import fail, sub_app
+
+app = sub_app(help="The MQTT device agent.")
 
 
 @app.callback()
@@ -36,17 +33,13 @@ def run(
 
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
-        typer.echo(
-            f"error: --log-level {log_level!r} is not one of debug, info, warning, error", err=True
-        )
-        raise typer.Exit(2)
+        fail(f"--log-level {log_level!r} is not one of debug, info, warning, error")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_config(config)
         agent = DeviceAgent(settings)
     except (ValueError, OSError, KeyFileError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(err))
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

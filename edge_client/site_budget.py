@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
+from fedfleet.cli_support import fail
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
@@ -44,7 +41,7 @@ def site_budget(
 ) -> None:
     """Print ε spent and remaining per task from the site's privacy ledger."""
     if (config is None) == (state_dir is None):
-        _fail("give exactly one of --config site.toml or --state-dir DIR")
+        fail("give exactly one of --config site.toml or --state-dir DIR")
     from rich.console import Console
     from rich.table import Table
 
@@ -57,13 +54,13 @@ def site_budget(
         try:
             site_config = SiteConfig.load(config)
         except ValueError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         folder, sites = site_config.state_dir, [site_config.name]
         budget = Budget(site_config.policy.epsilon, site_config.policy.delta)
     else:
         folder = Path(str(state_dir))
         if not folder.is_dir():
-            _fail(f"state folder {folder} does not exist; check --state-dir")
+            fail(f"state folder {folder} does not exist; check --state-dir")
         sites = []
     path = folder / LEDGER_FILE
     if not path.is_file():

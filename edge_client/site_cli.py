@@ -6,12 +6,11 @@
 
 from __future__ import annotations
 
-import typer
-
 from edge_client.site_budget import site_budget
 from edge_client.site_commands import site_audit, site_init, site_join
+from fedfleet.cli_support import sub_app
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+app = sub_app()
 app.command("init")(site_init)
 app.command("join")(site_join)
 app.command("audit")(site_audit)

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
+from fedfleet.cli_support import EXIT_FAILURE, fail
+
 ConfigOpt = Annotated[Path, typer.Option("--config", help="The site's site.toml.")]
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
 
 
 def site_init(
@@ -33,7 +30,7 @@ def site_init(
     try:
         files = init_site(name=name, out_dir=out, overwrite=force)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"wrote {files.config}, {files.private_key} (keep secret), {files.public_key}")
     typer.echo(
         f"next: send {files.public_key.name} to the coordinator operator "
@@ -63,7 +60,7 @@ def site_join(
         check_ready(site)
         opened = AuditLog.for_site(site).open()  # seals an interrupted append, migrates
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if opened.note:
         typer.echo(f"site {site.name}: audit log: {opened.note}", err=True)
     typer.echo(
@@ -86,13 +83,13 @@ def site_audit(
     try:
         site = SiteConfig.load(config)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     audit = AuditLog.for_site(site)
     if verify:
         result = audit.verify()
         if not result.ok:
             typer.echo(f"TAMPERED: {audit.path}: {result.problem}", err=True)
-            raise typer.Exit(code=1)
+            raise typer.Exit(code=EXIT_FAILURE)
         typer.echo(
             f"ok: {result.entries} entries, hash chain and head authenticated ({audit.path})"
             if not result.note.startswith("legacy")
@@ -115,4 +112,4 @@ def site_audit(
                 + (f" reason: {entry['reason']}" if entry.get("reason") else "")
             )
     except json.JSONDecodeError:
-        _fail(f"{audit.path} has a line that is not JSON; run with --verify")
+        fail(f"{audit.path} has a line that is not JSON; run with --verify")

@@ -11,48 +11,22 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from fedfleet.cli_support import EXIT_BAD_INPUT, EXIT_FAILURE, FleetUrl, fail, sub_app
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-image_app = typer.Typer(
-    name="image",
-    help="Build, verify, inspect and publish signed model bundles.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-keys_app = typer.Typer(
-    name="keys",
-    help="Ed25519 signing keys for bundles.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-FleetUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--fleet-url",
-        help="The fleet API's address (default: $FEDFLEET_URL, else http://127.0.0.1:8080). "
-        "The token is read from $FEDFLEET_TOKEN only.",
-        show_default=False,
-    ),
-]
+image_app = sub_app("image", "Build, verify, inspect and publish signed model bundles.")
+keys_app = sub_app("keys", "Ed25519 signing keys for bundles.")
 
 
 @keys_app.callback()
 def _keys_group() -> None:
     """Ed25519 signing keys for bundles."""  # keeps `keys` a group with one command
-
-
-def _fail(message: str, *, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _registry_args(model: str, fleet_url: str | None) -> tuple[int, Any]:
@@ -66,7 +40,7 @@ def _registry_args(model: str, fleet_url: str | None) -> tuple[int, Any]:
     try:
         return parse_model_version(model), connection_from_env(fleet_url)
     except FleetError as err:
-        _fail(str(err), code=2)
+        fail(str(err))
 
 
 @keys_app.command("generate")
@@ -85,8 +59,10 @@ def keys_generate(
 
     try:
         paths = generate_keypair(prefix=out, force=force)
-    except (KeyFileError, OSError) as err:
-        _fail(str(err))
+    except KeyFileError as err:  # the files exist (no --force) or the folder is missing
+        fail(str(err))
+    except OSError as err:
+        fail(str(err), EXIT_FAILURE)
     typer.echo(f"private key: {paths.private} (mode 0600; keep it on the build machine)")
     typer.echo(f"public key:  {paths.public} (give it to devices and to image verify)")
     typer.echo(f"key id:      {paths.key_id}")
@@ -154,24 +130,23 @@ def image_build(
 ) -> None:
     """Export, quantize, gate on accuracy, sign and write a bundle for one target."""
     if (checkpoint is None) == (model is None):
-        _fail("pass exactly one of --checkpoint FILE or --model VERSION", code=2)
+        fail("pass exactly one of --checkpoint FILE or --model VERSION")
     if upload and model is None:
-        _fail(
+        fail(
             "--upload stores the bundle under a registry version: use --model VERSION, or "
-            "publish a --checkpoint build with `fedfleet image publish FILE --model VERSION`",
-            code=2,
+            "publish a --checkpoint build with `fedfleet image publish FILE --model VERSION`"
         )
     if checkpoint is not None and task is None:
-        _fail("--checkpoint needs --task (the task the weights were trained for)", code=2)
+        fail("--checkpoint needs --task (the task the weights were trained for)")
 
     from firmware_images.targets import RecipeError, resolve_target
 
     try:
         resolve_target(target)  # an unknown target fails before any download
     except (RecipeError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     if out.exists() and not force:  # before any download
-        _fail(f"{out} already exists; choose another --out or pass --force")
+        fail(f"{out} already exists; choose another --out or pass --force")
 
     if model is not None:
         _build_from_registry(
@@ -228,24 +203,25 @@ def _build_from_registry(
     try:
         load_private_key(key)  # a bad key fails before the download
     except KeyFileError as err:
-        _fail(str(err))
+        fail(str(err))
     with (
         FleetClient(connection) as client,
         tempfile.TemporaryDirectory(prefix="fedfleet-model-") as scratch,
     ):
         try:
             fetched = fetch_checkpoint(client, number, dest_dir=Path(scratch), task=task)
-        except FleetError as err:
-            _fail(str(err))
+        except FleetError as err:  # refused, unreachable, or a checkpoint that fails its hash
+            fail(str(err), EXIT_FAILURE)
         recipe_name = resolve_target(target).name
         taken = [
             a for a in fetched.model.artifacts if a.format == "bundle" and a.target == recipe_name
         ]
         if upload and taken:  # refuse before spending a build on it
-            _fail(
+            fail(
                 f"model version {number} already has a bundle for {recipe_name} (artifact "
                 f"{taken[0].id}); an artifact is never replaced: register a new model version "
-                "for a new build, or drop --upload"
+                "for a new build, or drop --upload",
+                EXIT_FAILURE,
             )
         typer.echo(
             f"model version {number} ({fetched.model.task}, {fetched.model.stage}): checkpoint "
@@ -275,14 +251,16 @@ def _publish(client: Any, number: int, *, bundle: Path, key: Path, built_now: bo
     try:
         published = publish_bundle(client, number, bundle=bundle, key=key)
     except BundleError as err:
-        _fail(f"{bundle} does not verify with the public half of --key {key}: {err}")
+        fail(f"{bundle} does not verify with the public half of --key {key}: {err}", EXIT_FAILURE)
     except (FleetError, KeyFileError) as err:
+        code = EXIT_BAD_INPUT if isinstance(err, KeyFileError) else EXIT_FAILURE
         if built_now:
-            _fail(
+            fail(
                 f"{err} (the bundle {bundle} was written; once fixed, store it with "
-                f"`fedfleet image publish {bundle} --model {number} --key {key}`)"
+                f"`fedfleet image publish {bundle} --model {number} --key {key}`)",
+                code,
             )
-        _fail(str(err))
+        fail(str(err), code)
     a = published.artifact
     typer.echo(
         f"stored as artifact {a.id} of model version {number}: bundle for {a.target}, "
@@ -311,7 +289,7 @@ def _build(
     try:
         recipe = resolve_target(target)
     except (RecipeError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
 
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -354,16 +332,11 @@ def _build(
             progress.update(bar, completed=steps)
     except GateRefusedError as err:
         typer.echo(format_report(err.report))
-        _fail(str(err))
-    except (
-        BuildError,
-        CheckpointError,
-        ExportError,
-        KeyFileError,
-        BundleError,
-        ValueError,
-    ) as err:
-        _fail(str(err))
+        fail(str(err), EXIT_FAILURE)
+    except (ExportError, BundleError) as err:  # the export or the signing failed
+        fail(str(err), EXIT_FAILURE)
+    except (BuildError, CheckpointError, KeyFileError, ValueError) as err:  # fix the input
+        fail(str(err))
     m = result.manifest
     typer.echo(format_report(result.gate))
     typer.echo(
@@ -426,8 +399,10 @@ def image_verify(
         verified = verify_bundle(
             bundle, public_key=public_key, target=target, max_model_bytes=limit
         )
-    except (BundleError, KeyFileError) as err:
-        _fail(f"{bundle}: {err}")
+    except KeyFileError as err:
+        fail(f"{bundle}: {err}")
+    except BundleError as err:  # the bundle does not verify: the check failed
+        fail(f"{bundle}: {err}", EXIT_FAILURE)
     m = verified.manifest
     typer.echo(
         f"OK {bundle}: {m.task} {m.precision} {m.format} for {m.target}, version {m.version}, "
@@ -439,7 +414,7 @@ def image_verify(
         try:
             result = self_test(m, runner_for(m, verified.model))
         except BundleError as err:
-            _fail(f"{bundle}: {err}")
+            fail(f"{bundle}: {err}", EXIT_FAILURE)
         typer.echo(
             f"self-test passed on {result.runner}: max |difference| {result.max_abs_diff:.3g} "
             f"(allowed {result.atol:.3g})"
@@ -460,7 +435,7 @@ def image_inspect(
     try:
         m = inspect_bundle(bundle)
     except BundleError as err:
-        _fail(f"{bundle}: {err}")
+        fail(f"{bundle}: {err}")
     if as_json:
         typer.echo(json.dumps(asdict(m), indent=2))
         return

@@ -14,33 +14,15 @@ from __future__ import annotations
 import getpass
 import socket
 import sys
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    help="The fleet admin API and dashboard.",
-)
-token_app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    help="Create, list and revoke API tokens.",
-)
-app.add_typer(token_app, name="token")
+from fedfleet.cli_support import EXIT_FAILURE, DatabaseUrl, fail, sub_app
 
-DatabaseUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
-        "(default: $FEDFLEET_FLEET_DATABASE_URL, else fleet-data/fleet.db).",
-        show_default=False,
-    ),
-]
+app = sub_app(help="The fleet admin API and dashboard.")
+token_app = sub_app(help="Create, list and revoke API tokens.")
+app.add_typer(token_app, name="token")
 DatabaseSchema = Annotated[
     str | None,
     typer.Option(
@@ -52,21 +34,17 @@ DatabaseSchema = Annotated[
 ROLES = ("viewer", "operator", "admin")
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _settings(**overrides: Any):  # type: ignore[no-untyped-def]
+def settings_from_env(**overrides: Any):  # type: ignore[no-untyped-def]
+    """The fleet's settings from the environment and the options; exit 2 if invalid."""
     from fleet.settings import FleetSettings
 
     try:
         return FleetSettings.from_env(**overrides)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
-def _engine(settings):  # type: ignore[no-untyped-def]
+def migrated_engine(settings):  # type: ignore[no-untyped-def]
     """Engine for the settings, migrated to the newest schema; one-line errors."""
     from sqlalchemy.exc import OperationalError
 
@@ -78,13 +56,14 @@ def _engine(settings):  # type: ignore[no-untyped-def]
         migrate.upgrade(engine)
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        _fail(f"cannot reach the database ({reason}); check --database-url", code=1)
+        fail(f"cannot reach the database ({reason}); check --database-url", EXIT_FAILURE)
     except migrate.MigrationError as exc:
-        _fail(str(exc).splitlines()[0], code=1)
+        fail(str(exc).splitlines()[0], EXIT_FAILURE)
     return engine
 
 
-def _cli_actor():  # type: ignore[no-untyped-def]
+def cli_actor():  # type: ignore[no-untyped-def]
+    """Who the audit log records for a command run here: ``cli:<login>``, admin."""
     from fleet.audit import Actor
 
     try:
@@ -120,7 +99,7 @@ def serve(
     """
     from pathlib import Path
 
-    settings = _settings(
+    settings = settings_from_env(
         host=host,
         port=port,
         database_url=database_url,
@@ -128,9 +107,9 @@ def serve(
         data_dir=Path(data_dir) if data_dir else None,
     )
     if log_level not in ("critical", "error", "warning", "info", "debug"):
-        _fail(f"unknown log level {log_level!r}; use one of critical, error, warning, info, debug")
+        fail(f"unknown log level {log_level!r}; use one of critical, error, warning, info, debug")
     _check_port_free(settings.host, settings.port)
-    _engine(settings).dispose()  # migrate (and report an unreachable database) up front
+    migrated_engine(settings).dispose()  # migrate (and report an unreachable database) up front
 
     import uvicorn
 
@@ -146,14 +125,17 @@ def _check_port_free(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        _fail(f"cannot resolve host {host!r} ({exc.strerror}); use an IP address such as 127.0.0.1")
+        fail(f"cannot resolve host {host!r} ({exc.strerror}); use an IP address such as 127.0.0.1")
     family, _, _, _, address = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(address)
         except OSError as exc:
-            _fail(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port", code=1)
+            fail(
+                f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port",
+                EXIT_FAILURE,
+            )
 
 
 @app.command()
@@ -164,8 +146,8 @@ def migrate(
     """Upgrade the database schema to the newest revision (serve does this too)."""
     from fleet import migrate as migrations
 
-    settings = _settings(database_url=database_url, database_schema=database_schema)
-    engine = _engine(settings)
+    settings = settings_from_env(database_url=database_url, database_schema=database_schema)
+    engine = migrated_engine(settings)
     typer.echo(f"database at revision {migrations.current_revision(engine)}")
     engine.dispose()
 
@@ -186,7 +168,7 @@ def token_create(
 ) -> None:
     """Create an API token and print it (alone, on the last line of stdout) once."""
     if role not in ROLES:
-        _fail(f"unknown role {role!r}; use --role viewer, --role operator or --role admin")
+        fail(f"unknown role {role!r}; use --role viewer, --role operator or --role admin")
     from pydantic import ValidationError
 
     from fleet.crud import tokens
@@ -198,15 +180,15 @@ def token_create(
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        _fail(f"--{field.replace('_', '-')}: {first['msg'].removeprefix('Value error, ')}")
-    settings = _settings(database_url=database_url, database_schema=database_schema)
-    engine = _engine(settings)
+        fail(f"--{field.replace('_', '-')}: {first['msg'].removeprefix('Value error, ')}")
+    settings = settings_from_env(database_url=database_url, database_schema=database_schema)
+    engine = migrated_engine(settings)
     with session_scope(engine, write=True) as session:
         secret, token = tokens.create_token(
             session,
             name=request.name,
             role=request.role,
-            actor=_cli_actor(),
+            actor=cli_actor(),
             ttl_days=request.ttl_days,
         )
         token_id = token.id
@@ -224,8 +206,8 @@ def token_list(database_url: DatabaseUrl = None, database_schema: DatabaseSchema
     from fleet.crud import tokens
     from fleet.db import session_scope
 
-    settings = _settings(database_url=database_url, database_schema=database_schema)
-    engine = _engine(settings)
+    settings = settings_from_env(database_url=database_url, database_schema=database_schema)
+    engine = migrated_engine(settings)
     with session_scope(engine, write=False) as session:
         rows = tokens.list_tokens(session)
         for token in rows:
@@ -245,14 +227,14 @@ def token_revoke(
     from fleet.db import session_scope
 
     if not 0 < token_id < 2**31:
-        _fail(f"token id {token_id} is out of range; see `fedfleet fleet token list`")
-    settings = _settings(database_url=database_url, database_schema=database_schema)
-    engine = _engine(settings)
+        fail(f"token id {token_id} is out of range; see `fedfleet fleet token list`")
+    settings = settings_from_env(database_url=database_url, database_schema=database_schema)
+    engine = migrated_engine(settings)
     with session_scope(engine, write=True) as session:
-        token = tokens.revoke_token(session, token_id, actor=_cli_actor())
+        token = tokens.revoke_token(session, token_id, actor=cli_actor())
     engine.dispose()
     if token is None:
-        _fail(f"there is no token {token_id}; see `fedfleet fleet token list`", code=1)
+        fail(f"there is no token {token_id}; see `fedfleet fleet token list`")
     typer.echo(f"revoked token {token_id} ({token.name})")
 
 

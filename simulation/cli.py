@@ -12,33 +12,25 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from fedfleet.cli_support import EXIT_BAD_INPUT, EXIT_FAILURE, fail
 from privacy.private_files import private_dir
-from simulation.settings import SimulateSettings
+from simulation.help_defaults import SHOWN_DEFAULTS
 
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
+if TYPE_CHECKING:
+    from simulation.settings import SimulateSettings
 
 
 def _default(name: str) -> str:
     """The default of setting ``name`` as the help shows it (the value is written once,
-    in ``SimulateSettings``): on/off for switches, 0 for 0.0, 1e-5 for 1e-05."""
-    value = next(f.default for f in fields(SimulateSettings) if f.name == name)
-    if value is MISSING:
-        raise LookupError(name)
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float):
-        return "0" if value == 0 else repr(value).replace("e-0", "e-")
-    return str(value)
+    in ``SimulateSettings``; :mod:`simulation.help_defaults` holds it for the help)."""
+    return SHOWN_DEFAULTS[name]
 
 
 # --- the flags: one option type per setting (the TOML keys are the same names) ------
@@ -366,6 +358,8 @@ def simulate(
 def settings_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
     """The settings the flags give (``None``: not given), as ``SimulateSettings`` names
     and types them."""
+    from simulation.settings import SimulateSettings
+
     names = {f.name for f in fields(SimulateSettings)}
     overrides = {name: value for name, value in flags.items() if name in names}
     app, app_config = flags.get("app"), flags.get("app_config")
@@ -377,10 +371,12 @@ def settings_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
 def build_settings(config: Path | None, *, overrides: Mapping[str, Any]) -> SimulateSettings:
     """Defaults < the ``--config`` file < the flags, validated; one clear line and exit
     code 2 on bad input."""
+    from simulation.settings import SimulateSettings
+
     try:
         return SimulateSettings.build(config_file=config, overrides=overrides)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def prepare_out_dir(out: Path | None) -> tuple[Path, bool]:
@@ -388,7 +384,7 @@ def prepare_out_dir(out: Path | None) -> tuple[Path, bool]:
     created here (so a failed run can remove it)."""
     out_dir = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     if out_dir.exists() and any(out_dir.iterdir()):
-        _fail(f"output folder {out_dir} is not empty; choose another --out")
+        fail(f"output folder {out_dir} is not empty; choose another --out")
     created = not out_dir.exists()
     private_dir(out_dir)  # run folders are private: 0700, files 0600
     return out_dir, created
@@ -396,7 +392,8 @@ def prepare_out_dir(out: Path | None) -> tuple[Path, bool]:
 
 def run(settings: SimulateSettings, *, out_dir: Path, created: bool, quiet: bool) -> None:
     """Run the simulation (or the privacy sweep) into ``out_dir``; on failure, remove
-    a folder made here that holds no results and exit with one clear line."""
+    a folder made here that holds no results and exit with one clear line: code 2 for
+    input only the run could check (a ``ValueError``), 1 when the run itself failed."""
     try:
         from simulation.runner import run_simulation
 
@@ -412,7 +409,8 @@ def run(settings: SimulateSettings, *, out_dir: Path, created: bool, quiet: bool
     except Exception as exc:
         if created and not any(out_dir.glob("**/metrics.json")):
             shutil.rmtree(out_dir, ignore_errors=True)
-        _fail(f"{type(exc).__name__}: {exc}")
+        code = EXIT_BAD_INPUT if isinstance(exc, ValueError) else EXIT_FAILURE
+        fail(f"{type(exc).__name__}: {exc}", code)
 
 
 def report(settings: SimulateSettings, *, out_dir: Path) -> None:

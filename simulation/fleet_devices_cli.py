@@ -18,9 +18,10 @@ from typing import Annotated, Any
 
 import typer
 
-from fleet.ota.cli import BrokerHost, BrokerPort, DbUrl, _engine, _fail
+from fedfleet.cli_support import DatabaseUrl, fail, sub_app
+from fleet.ota.cli import BrokerHost, BrokerPort, engine_and_settings
 
-fleet_commands = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+fleet_commands = sub_app()
 
 
 def simulate_devices(
@@ -46,7 +47,7 @@ def simulate_devices(
             "one per core uses every core, as N real devices' CPUs would).",
         ),
     ] = 1,
-    database_url: DbUrl = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Run N device agents (enrolled on first use, reused after) in 1..K processes."""
     from edge_client.device_config import BrokerSettings
@@ -59,28 +60,28 @@ def simulate_devices(
     )
 
     if not 1 <= count <= 5000:
-        _fail("--count must be 1..5000")
+        fail("--count must be 1..5000")
     if not 1 <= processes <= count:
-        _fail(f"--processes must be 1..--count ({count}); one per core is usually best")
+        fail(f"--processes must be 1..--count ({count}); one per core is usually best")
     if not public_key.is_file():
-        _fail(f"--public-key {public_key} not found; give the key bundles are signed with")
+        fail(f"--public-key {public_key} not found; give the key bundles are signed with")
     work_dir.mkdir(parents=True, exist_ok=True)
     creds_file = work_dir / "devices.json"
     if creds_file.is_file():
         try:
             devices = load_credentials(creds_file)
         except ValueError as err:
-            _fail(str(err))
+            fail(str(err))
     else:
         devices = []
     if len(devices) < count:
-        engine, _settings = _engine(database_url)
+        engine, _settings = engine_and_settings(database_url)
         try:
             devices += enroll_devices(
                 engine, count=count - len(devices), group=group, target=target
             )
         except ValueError as err:
-            _fail(str(err))
+            fail(str(err))
         finally:
             engine.dispose()
         save_credentials(devices, creds_file)

@@ -1,6 +1,7 @@
 """Every command's --help describes every argument and option it takes.
 
-Walks the real root command (`fedfleet`, with every package's sub-app mounted) and
+Walks the real root command (`fedfleet`, with every package's sub-app mounted: the root
+imports a sub-app when asked for it, so the walk asks each group for each command) and
 renders each leaf command's help as a user sees it. A dependency upgrade that silently
 drops help text (click 8.5 dropped typer 0.20's argument help) fails here.
 """
@@ -18,10 +19,16 @@ from click.testing import CliRunner
 from fedfleet.cli import build_app
 
 
+def _subcommand(group: click.Group, name: str) -> click.Command:
+    command = group.get_command(click.Context(group), name)
+    assert command is not None, f"{name} is listed but cannot be loaded"
+    return command
+
+
 def _leaves(command: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
     if isinstance(command, click.Group):
-        for name, sub in command.commands.items():
-            yield from _leaves(sub, (*path, name))
+        for name in command.list_commands(click.Context(command)):
+            yield from _leaves(_subcommand(command, name), (*path, name))
     else:
         yield path
 
@@ -34,7 +41,7 @@ def _command(path: tuple[str, ...]) -> click.Command:
     command = ROOT
     for name in path:
         assert isinstance(command, click.Group)
-        command = command.commands[name]
+        command = _subcommand(command, name)
     return command
 
 

@@ -61,6 +61,10 @@ class Rule:
 
 OWN = PACKAGES
 MQTT_LOOP = "edge_client.mqtt_loop"
+# What every package's command-line module may import from the root package: fail(),
+# the exit codes, sub_app() and the shared options. The root command (fedfleet.cli)
+# imports the packages, never the other way round.
+CLI_SUPPORT = "fedfleet.cli_support"
 # The admin half's own modules besides its subpackages (everything in fleet/ but fleet.ota
 # and fleet.client's users' package).
 FLEET_ADMIN_SHARED = tuple(
@@ -82,7 +86,14 @@ RULES = (
     Rule(
         "device-side code never imports server code",
         scope=("edge_client", *FIRMWARE_DEVICE_HALF),
-        allowed=("edge_client", "tasks", "privacy", "strategies", *FIRMWARE_DEVICE_HALF),
+        allowed=(
+            "edge_client",
+            "tasks",
+            "privacy",
+            "strategies",
+            *FIRMWARE_DEVICE_HALF,
+            CLI_SUPPORT,
+        ),
         why="a device or hospital install carries no server code",
     ),
     Rule(
@@ -96,6 +107,7 @@ RULES = (
             "firmware_images",
             "edge_client.protocol",
             "fleet.client",
+            CLI_SUPPORT,
         ),
         why="deployment never depends on the simulator; the fleet is reached over HTTP only",
     ),
@@ -104,7 +116,14 @@ RULES = (
         scope=("fleet",),
         # edge_client.mqtt_loop: the epoll loop for paho clients that the device agent and
         # the bridge share (paho's own loop stops serving sockets above fd 1023).
-        allowed=("fleet", "tasks", "firmware_images", "edge_client.protocol", MQTT_LOOP),
+        allowed=(
+            "fleet",
+            "tasks",
+            "firmware_images",
+            "edge_client.protocol",
+            MQTT_LOOP,
+            CLI_SUPPORT,
+        ),
         why="a fleet server runs no training and no simulation",
     ),
     Rule(
@@ -130,6 +149,12 @@ RULES = (
         why="coordinators and image builders install it without the fleet's server",
     ),
     Rule(
+        "the CLI support module imports no other fedfleet package",
+        scope=(CLI_SUPPORT,),
+        allowed=(CLI_SUPPORT,),  # and the root package's __init__, which imports nothing
+        why="every package's CLI imports it, device-side ones included",
+    ),
+    Rule(
         "privacy and strategies are libraries the loops call",
         scope=("privacy", "strategies"),
         allowed=("privacy", "strategies", "tasks"),
@@ -146,6 +171,13 @@ FORBIDDEN_THIRD_PARTY = {
     # starlette, sqlalchemy, alembic and uvicorn, so a site has those installed anyway.
     "device-side code never imports server code": SERVER_EXTRAS,
     "the wire contract is dependency-free": ("torch", *HEAVY_SERVER),
+    "the CLI support module imports no other fedfleet package": (
+        "torch",
+        "flwr",
+        "numpy",
+        "httpx",
+        *HEAVY_SERVER,
+    ),
 }
 
 
@@ -246,6 +278,24 @@ def test_a_fresh_interpreter_loads_only_what_the_rule_allows(rule: Rule):
     assert not leaked, f"{rule.name} ({rule.why}): loaded {sorted(leaked)}"
     heavy = {m.split(".")[0] for m in loaded} & set(FORBIDDEN_THIRD_PARTY.get(rule.name, ()))
     assert not heavy, f"{rule.name}: loaded {sorted(heavy)}"
+
+
+def test_only_the_root_command_imports_the_root_command():
+    # Prepare: what every module but the root command names from the root package.
+    root = {
+        f"{module} imports {target}"
+        for module, path in MODULES.items()
+        if module != "fedfleet.cli"
+        for target in _imports(module, path)
+        if target.split(".")[0] == "fedfleet"
+    }
+    # Execute: the imports other than the root package itself and the CLI support module.
+    broken = {line for line in root if line.split(" imports ")[1] not in ("fedfleet", CLI_SUPPORT)}
+    # Assert: packages take fail()/sub_app() from cli_support; only fedfleet.cli mounts them.
+    assert any(line.endswith(CLI_SUPPORT) for line in root), "no CLI uses fedfleet.cli_support?"
+    assert not broken, "only fedfleet.cli may import the root command:\n" + "\n".join(
+        sorted(broken)
+    )
 
 
 def test_the_checker_sees_a_forbidden_import(tmp_path):

@@ -18,35 +18,15 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-rollout_app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    help="Staged OTA rollouts.",
-)
+from fedfleet.cli_support import EXIT_FAILURE, DatabaseUrl, FleetUrl, fail, sub_app
 
-DbUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        help="sqlite:///PATH or postgresql://... (default: $FEDFLEET_FLEET_DATABASE_URL).",
-        show_default=False,
-    ),
-]
-FleetUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--fleet-url",
-        help="The fleet API's address (default: $FEDFLEET_URL, else http://127.0.0.1:8080). "
-        "The token is read from $FEDFLEET_TOKEN only.",
-        show_default=False,
-    ),
-]
 RolloutIdArg = Annotated[int, typer.Argument(help="Rollout id (see `fedfleet rollout list`).")]
+
+rollout_app = sub_app(help="Staged OTA rollouts.")
 BrokerHost = Annotated[str, typer.Option("--broker-host", help="Broker address.")]
 BrokerPort = Annotated[int, typer.Option("--broker-port", help="Broker port.")]
 
@@ -56,22 +36,18 @@ BrokerPort = Annotated[int, typer.Option("--broker-port", help="Broker port.")]
 CONTROLLER_TICK_S = 0.1
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _engine(database_url: str | None) -> Any:
+def engine_and_settings(database_url: str | None) -> Any:
+    """The fleet database's engine (migrated) and the fleet's settings; one-line errors."""
     from fleet import cli as fleet_cli
 
-    settings = fleet_cli._settings(database_url=database_url)
-    return fleet_cli._engine(settings), settings
+    settings = fleet_cli.settings_from_env(database_url=database_url)
+    return fleet_cli.migrated_engine(settings), settings
 
 
 def _actor() -> Any:
     from fleet import cli as fleet_cli
 
-    return fleet_cli._cli_actor()
+    return fleet_cli.cli_actor()
 
 
 # --- fedfleet fleet broker-config ------------------------------------------------------
@@ -86,7 +62,7 @@ def broker_config(
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM key of --tls-cert.")] = None,
     tls_port: Annotated[int, typer.Option(help="TLS listener port.")] = 8883,
-    database_url: DbUrl = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Write Mosquitto's password file, ACL file and config from the enrolled devices."""
     from fleet.ota.broker_config import (
@@ -96,15 +72,15 @@ def broker_config(
     )
 
     if (tls_cert is None) != (tls_key is None):
-        _fail("give both --tls-cert and --tls-key for a TLS listener, or neither")
-    engine, _settings = _engine(database_url)
+        fail("give both --tls-cert and --tls-key for a TLS listener, or neither")
+    engine, _settings = engine_and_settings(database_url)
     try:
         tls = TlsListener(tls_cert, tls_key, tls_port) if tls_cert and tls_key else None
         files = write_broker_config(
             out=out, devices=device_credentials_from_db(engine), port=port, bind=bind, tls=tls
         )
     except (ValueError, OSError) as err:
-        _fail(str(err))
+        fail(str(err))
     finally:
         engine.dispose()
     typer.echo(
@@ -133,7 +109,7 @@ def mqtt_service(
             show_default=False,
         ),
     ] = None,
-    database_url: DbUrl = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Run the fleet's MQTT service: ingest device messages, serve chunks, drive rollouts."""
     from fleet.artifacts import ArtifactStore
@@ -143,8 +119,8 @@ def mqtt_service(
     from fleet.ota.telemetry import check_all
 
     if not password_file.is_file():
-        _fail(f"{password_file} not found; run `fedfleet fleet broker-config --out DIR` first")
-    engine, settings = _engine(database_url)
+        fail(f"{password_file} not found; run `fedfleet fleet broker-config --out DIR` first")
+    engine, settings = engine_and_settings(database_url)
     bridge = FleetBridge(
         engine=engine,
         store=ArtifactStore(settings.artifact_dir),
@@ -159,10 +135,10 @@ def mqtt_service(
     try:
         bridge.start()
     except ConnectionError as err:
-        _fail(str(err), code=1)
+        fail(str(err), EXIT_FAILURE)
     release = settings.release_after_s if release_after_s is None else release_after_s
     if release <= 0:
-        _fail(f"--release-after-s must be positive, got {release}")
+        fail(f"--release-after-s must be positive, got {release}")
     controller = RolloutController(engine=engine, sender=bridge, release_after_s=release)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -195,7 +171,7 @@ def rollout_create(
         float, typer.Option(help="Failed fraction of a wave that aborts (0..1).")
     ] = 0.1,
     ack_timeout_s: Annotated[float, typer.Option(help="Seconds a device has to answer.")] = 600.0,
-    database_url: DbUrl = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Create a staged rollout; the fleet's MQTT service carries it out."""
     from pydantic import ValidationError
@@ -218,15 +194,15 @@ def rollout_create(
         if isinstance(err, ValidationError):
             first = err.errors()[0]
             field = ".".join(str(p) for p in first["loc"]).replace("_", "-")
-            _fail(f"--{field}: {first['msg'].removeprefix('Value error, ')}")
-        _fail(f"--waves must be comma-separated integers like 5,25,100 ({err})")
-    engine, _settings = _engine(database_url)
+            fail(f"--{field}: {first['msg'].removeprefix('Value error, ')}")
+        fail(f"--waves must be comma-separated integers like 5,25,100 ({err})")
+    engine, _settings = engine_and_settings(database_url)
     try:
         with session_scope(engine, write=True) as session:
             rollout = create_rollout(session, data, actor=_actor())
             view = public_view(session, rollout)
     except FleetError as err:
-        _fail(str(err))
+        fail(str(err))
     finally:
         engine.dispose()
     sizes = ", ".join(str(w.devices) for w in view.progress)
@@ -238,14 +214,14 @@ def rollout_create(
 
 
 @rollout_app.command("list")
-def rollout_list(database_url: DbUrl = None) -> None:
+def rollout_list(database_url: DatabaseUrl = None) -> None:
     """List rollouts, newest first, with their progress."""
     from sqlmodel import Session, col, select
 
     from fleet.crud.rollouts import public_view
     from fleet.models.ota import Rollout
 
-    engine, _settings = _engine(database_url)
+    engine, _settings = engine_and_settings(database_url)
     with Session(engine) as session:
         for rollout in session.exec(select(Rollout).order_by(col(Rollout.id).desc())).all():
             view = public_view(session, rollout)
@@ -267,7 +243,7 @@ def _steer(fleet_url: str | None, call: Any) -> Any:
         with FleetClient(connection_from_env(fleet_url)) as client:
             return call(client)
     except FleetError as err:
-        _fail(str(err), code=1)
+        fail(str(err), EXIT_FAILURE)
 
 
 def _print_rollout(view: Any) -> None:
@@ -324,6 +300,6 @@ def rollout_abort(
 
 # The OTA commands of ``fedfleet fleet``: the root CLI (fedfleet/cli.py) mounts them there,
 # as the admin CLI (fleet/cli.py) never imports the OTA side.
-fleet_commands = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+fleet_commands = sub_app()
 fleet_commands.command("broker-config")(broker_config)
 fleet_commands.command("mqtt")(mqtt_service)

@@ -32,7 +32,7 @@ def test_keys_generate_writes_a_0600_key_and_refuses_to_overwrite(tmp_path):
     assert (tmp_path / "ops.pub").read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
     before = (tmp_path / "ops.key").read_bytes()
     again = runner.invoke(keys_app, ["generate", "--out", str(tmp_path / "ops")])
-    assert again.exit_code == 1
+    assert again.exit_code == 2  # bad input: --force or another --out fixes it
     assert "already exists" in _one_clean_error_line(again.stderr)
     assert (tmp_path / "ops.key").read_bytes() == before
 
@@ -120,13 +120,13 @@ def test_gate_refusal_prints_the_report_and_writes_nothing(
     [
         (lambda a, t: [*a, "--model", "7"], 2, "exactly one of --checkpoint"),
         (lambda a, t: _drop(a, "--checkpoint"), 2, "exactly one of --checkpoint"),
-        (lambda a, t: _swap(a, "--checkpoint", str(t / "nope.pt")), 1, "not found"),
-        (lambda a, t: _swap(a, "--target", "rpi3"), 1, "unknown target 'rpi3'"),
-        (lambda a, t: _swap(a, "--target", str(t / "x.toml")), 1, "recipe file .* not found"),
-        (lambda a, t: _swap(a, "--task", "breast-cancer-mlp"), 1, "does not fit task"),
-        (lambda a, t: _swap(a, "--task", "mnist"), 1, "unknown task 'mnist'"),
-        (lambda a, t: _swap(a, "--key", str(t / "nope.key")), 1, "not found"),
-        (lambda a, t: _swap(a, "--out", str(t / "no" / "b.ffb")), 1, "does not exist"),
+        (lambda a, t: _swap(a, "--checkpoint", str(t / "nope.pt")), 2, "not found"),
+        (lambda a, t: _swap(a, "--target", "rpi3"), 2, "unknown target 'rpi3'"),
+        (lambda a, t: _swap(a, "--target", str(t / "x.toml")), 2, "recipe file .* not found"),
+        (lambda a, t: _swap(a, "--task", "breast-cancer-mlp"), 2, "does not fit task"),
+        (lambda a, t: _swap(a, "--task", "mnist"), 2, "unknown task 'mnist'"),
+        (lambda a, t: _swap(a, "--key", str(t / "nope.key")), 2, "not found"),
+        (lambda a, t: _swap(a, "--out", str(t / "no" / "b.ffb")), 2, "does not exist"),
     ],
 )
 def test_bad_build_inputs_fail_with_one_clear_line(
@@ -154,14 +154,15 @@ def test_model_option_needs_a_token_from_the_environment(tmp_path, signing_key, 
 def test_verify_and_inspect_bad_files(tmp_path, signing_key):
     junk = tmp_path / "junk.ffb"
     junk.write_text("hello")
-    for args in (
-        ["inspect", str(junk)],
-        ["verify", str(junk), "--pubkey", str(signing_key.public)],
+    for args, code in (
+        (["inspect", str(junk)], 2),  # the file named is not a bundle: bad input
+        (["verify", str(junk), "--pubkey", str(signing_key.public)], 1),  # the check failed
     ):
         result = runner.invoke(image_app, args)
-        assert result.exit_code == 1
+        assert result.exit_code == code
         assert "not a fedfleet bundle" in _one_clean_error_line(result.stderr)
     missing_key = runner.invoke(image_app, ["verify", str(junk), "--pubkey", str(tmp_path / "k")])
+    assert missing_key.exit_code == 2
     assert "not found" in _one_clean_error_line(missing_key.stderr)
 
 

@@ -41,7 +41,7 @@ def test_token_revoke(tmp_path: Path) -> None:
     listed = runner.invoke(app, ["token", "list", "--database-url", _url(tmp_path)])
     assert "revoked" in listed.stdout
     missing = runner.invoke(app, ["token", "revoke", "99", "--database-url", _url(tmp_path)])
-    assert missing.exit_code == 1 and "there is no token 99" in missing.stderr
+    assert missing.exit_code == 2 and "there is no token 99" in missing.stderr
 
 
 @pytest.mark.parametrize(

@@ -38,3 +38,21 @@ def test_simulate_defaults_are_the_coordinators() -> None:
     run_config = settings.flower_run_config()
 
     assert run_config == {**core.as_run_config(), "selection": "random"}
+
+
+def test_the_help_shows_the_settings_defaults() -> None:
+    # Prepare: what `fedfleet simulate --help` shows without importing the settings.
+    from dataclasses import fields
+
+    from simulation.help_defaults import SHOWN_DEFAULTS, shown
+
+    defaults = {f.name: f.default for f in fields(SimulateSettings)}
+    # Execute
+    differ = {
+        name: (text, shown(defaults.get(name)))
+        for name, text in SHOWN_DEFAULTS.items()
+        if name not in defaults or text != shown(defaults[name])
+    }
+    # Assert
+    assert not differ, f"simulation/help_defaults.py (shown, settings) disagree: {differ}"
+    assert shown(1e-05) == "1e-5" and shown(0.0) == "0" and shown(True) == "on"

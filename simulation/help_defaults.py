@@ -1,0 +1,50 @@
+"""The defaults ``fedfleet simulate --help`` shows, as it shows them.
+
+The values are :class:`simulation.settings.SimulateSettings`'s (written once, there);
+this table only lets the help render without importing the settings, which load torch
+and Flower (seconds), so ``fedfleet simulate --help`` answers at once.
+``tests/simulation/test_settings_defaults.py`` checks every entry against the settings.
+"""
+
+from __future__ import annotations
+
+SHOWN_DEFAULTS: dict[str, str] = {
+    "task": "digits-cnn",
+    "strategy": "fedavg",
+    "clients": "10",
+    "clients_per_round": "10",
+    "rounds": "3",
+    "local_epochs": "1",
+    "batch_size": "16",
+    "lr": "0.05",
+    "partition": "iid",
+    "seed": "0",
+    "engine": "inprocess",
+    "fraction_evaluate": "0",
+    "attackers": "0",
+    "selection": "random",
+    "over_select": "0",
+    "secagg": "off",
+    "secagg_degree": "0",
+    "secagg_threshold": "0",
+    "secagg_clip": "1.0",
+    "secagg_bits": "16",
+    "dropout": "0",
+    "dropout_stage": "after-key-share",
+    "threads": "1",
+    "dp": "none",
+    "delta": "1e-5",
+    "clip": "1.0",
+    "dp_clipping": "fixed",
+    "dp_accountant": "rdp",
+}
+
+
+def shown(value: object) -> str:
+    """A setting's default as the help shows it: on/off for switches, 0 for 0.0, 1e-5
+    for 1e-05."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return "0" if value == 0 else repr(value).replace("e-0", "e-")
+    return str(value)

@@ -1,0 +1,167 @@
+"""The root command starts light: help, the version and bad input answer without torch.
+
+``fedfleet`` imports a sub-app only when its command runs, and each package's ``cli``
+module imports torch, Flower, FastAPI, SQLModel and httpx inside its command functions,
+so ``fedfleet --help``, ``fedfleet --version``, every ``fedfleet CMD --help`` and a
+command refusing bad input answer in a fraction of a second. Wall times depend on the
+machine; what is checked here is what makes them slow: the heavy modules loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import click
+import pytest
+import tomllib
+import typer
+from typer.testing import CliRunner
+
+import fedfleet
+from fedfleet import cli as root_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+FEDFLEET = [sys.executable, "-c", "from fedfleet.cli import main; main()"]
+HEAVY = ("torch", "flwr", "fastapi", "sqlmodel", "sqlalchemy", "httpx", "uvicorn")
+COMMANDS = [name for name, _, _ in root_cli._SUBAPPS]
+
+# (arguments, exit code): every call a user makes to find their way, and one bad input.
+CALLS = [
+    (["--version"], 0),
+    (["--help"], 0),
+    *[([name, "--help"], 0) for name in COMMANDS],
+    (["fleet", "token", "--help"], 0),
+    (["site", "join", "--config", "/nonexistent/site.toml"], 2),
+]
+
+_PROBE = textwrap.dedent(
+    """
+    import contextlib, io, json, sys
+    from fedfleet.cli import build_app
+    heavy = {heavy!r}
+    report = []
+    for args, _ in {calls!r}:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            try:
+                build_app()(args, prog_name="fedfleet")
+            except SystemExit as stop:
+                code = stop.code or 0
+        loaded = sorted(m for m in heavy if m in sys.modules)
+        report.append({{"args": args, "code": code, "loaded": loaded}})
+    print(json.dumps(report))
+    """
+)
+
+
+def test_version_prints_the_version_and_exits_0() -> None:
+    # Execute: a fresh process, as a user types it.
+    result = subprocess.run(
+        [*FEDFLEET, "--version"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    # Assert: the version alone (the package's, which is pyproject's), no "Missing command".
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == fedfleet.__version__
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert fedfleet.__version__ == pyproject["project"]["version"]
+
+
+def test_help_version_and_bad_input_load_no_heavy_module() -> None:
+    # Prepare: one fresh interpreter runs every call in turn and notes what got loaded.
+    code = _PROBE.format(heavy=HEAVY, calls=CALLS)
+    # Execute
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # Assert: each call exits as expected and none has loaded a heavy module so far.
+    for row, (args, expected) in zip(report, CALLS, strict=True):
+        assert row["code"] == expected, f"fedfleet {' '.join(args)} exited {row['code']}"
+        assert not row["loaded"], f"`fedfleet {' '.join(args)}` loaded {row['loaded']}"
+
+
+def test_root_help_lists_every_command_with_its_help_without_importing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: importing any sub-app now fails the test.
+    def refuse(target: str) -> None:
+        raise AssertionError(f"--help imported {target}")
+
+    monkeypatch.setattr(root_cli, "_load", refuse)
+    # Execute
+    result = CliRunner().invoke(root_cli.build_app(), ["--help"], env={"COLUMNS": "200"})
+    # Assert
+    assert result.exit_code == 0, result.output
+    for name, _, help_text in root_cli._SUBAPPS:
+        assert any(
+            line.split()[1:2] == [name] and help_text in line for line in result.output.splitlines()
+        ), f"{name} missing from --help:\n{result.output}"
+
+
+def _fake_subapp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> None:
+    """Mount module ``fake_cli`` (written with ``body``) as ``fedfleet fake``."""
+    (tmp_path / "fake_cli.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "fake_cli", raising=False)
+    monkeypatch.setitem(root_cli._BY_NAME, "fake", ("fake_cli:app", "A fake sub-app."))
+
+
+def test_a_sub_app_missing_an_optional_extra_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a sub-app whose module needs a package that is not installed.
+    _fake_subapp(tmp_path, monkeypatch, "import not_installed_extra_xyz\n")
+    monkeypatch.delenv("FEDFLEET_STRICT_CLI", raising=False)
+    # Execute
+    result = CliRunner().invoke(root_cli.build_app(), ["fake", "--help"])
+    # Assert: the command is unknown (a usage error), not a traceback.
+    assert result.exit_code == 2
+    assert "No such command 'fake'" in result.output
+    assert "Traceback" not in result.output
+
+    # Under FEDFLEET_STRICT_CLI=1 (the tests' setting) the broken import is an error.
+    monkeypatch.setenv("FEDFLEET_STRICT_CLI", "1")
+    strict = CliRunner().invoke(root_cli.build_app(), ["fake", "--help"])
+    assert isinstance(strict.exception, ModuleNotFoundError)
+
+
+def test_a_lazily_mounted_sub_app_runs_with_the_tables_name_and_help(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare
+    _fake_subapp(
+        tmp_path,
+        monkeypatch,
+        "import typer\n"
+        "from fedfleet.cli_support import fail, sub_app\n"
+        "app = sub_app(help='Its own help.')\n"
+        "@app.command()\n"
+        "def hello(name: str = 'x') -> None:\n"
+        "    '''Say hello.'''\n"
+        "    if name == 'bad':\n"
+        "        fail('--name bad is not a name; give another')\n"
+        "    typer.echo(f'hello {name}')\n",
+    )
+    app = root_cli.build_app()
+    # Execute
+    shown = CliRunner().invoke(app, ["fake", "--help"], env={"COLUMNS": "200"})
+    ran = CliRunner().invoke(app, ["fake", "hello", "--name", "ada"])
+    bad = CliRunner().invoke(app, ["fake", "hello", "--name", "bad"])
+    # Assert
+    assert shown.exit_code == 0 and "A fake sub-app." in shown.output
+    assert "fake [OPTIONS] COMMAND" in shown.output and "Say hello." in shown.output
+    assert ran.exit_code == 0 and ran.stdout == "hello ada\n"
+    assert bad.exit_code == 2
+    assert bad.stderr == "error: --name bad is not a name; give another\n"
+
+
+def test_a_misspelt_command_gets_a_suggestion() -> None:
+    result = CliRunner().invoke(root_cli.build_app(), ["flet"])
+    assert result.exit_code == 2
+    assert "Did you mean 'fleet'?" in result.output
+    assert isinstance(typer.main.get_command(root_cli.build_app()), click.Group)
