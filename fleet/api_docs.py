@@ -90,9 +90,7 @@ def mount_api_docs(app: FastAPI, *, docs_url: str = "/docs") -> None:
 
 def _script_json(value: Any) -> str:
     """JSON safe inside a <script> element (no '</script>' or '<!--' can close it)."""
-    return (
-        json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    )
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 # The token form is shown only to a visitor without a dashboard session. Its fetch of the

@@ -19,7 +19,6 @@ from fleet.crud import registry as registry_crud
 from fleet.dashboard.pages import Pages, SessionDep, actor, require_operator
 from fleet.dashboard.session import check_form, require_login
 
-
 #: Metric names that hold a version's accuracy, most specific first.
 ACCURACY_KEYS = ("final_accuracy", "accuracy")
 

@@ -21,7 +21,6 @@ from pydantic import Field as PydanticField
 from sqlmodel import Field
 
 from firmware_images.targets import available_targets
-
 from fleet.db import UTCDateTime
 from fleet.models.common import (
     FleetModel,
