@@ -1,7 +1,8 @@
 """``fedfleet rollout ...`` and the OTA commands of ``fedfleet fleet``.
 
 - ``fedfleet fleet broker-config --out DIR``: Mosquitto password, ACL and config files;
-- ``fedfleet fleet mqtt``: the fleet's MQTT service (bridge + rollout controller);
+- ``fedfleet fleet mqtt``: the fleet's MQTT service (bridge + rollout controller, and with
+  ``--broker-pid``/``--broker-pid-file`` the broker's credentials, fleet/ota/broker_sync.py);
 - ``fedfleet rollout create|list|show``: staged rollouts, written to the fleet database
   (the MQTT service picks them up).
 
