@@ -193,3 +193,34 @@ def test_cli_refuses_both_pid_options(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "--broker-pid or --broker-pid-file, not both" in result.output
+
+
+def test_the_service_reports_a_failing_reload_once_and_then_the_recovery(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fleet.ota.broker_sync import SyncResult
+    from fleet.ota.cli import _SyncLoop
+
+    # Prepare: a sync that fails twice the same way, then succeeds.
+    outcomes: list[object] = [
+        BrokerSyncError("no process 4242: is the broker running?"),
+        BrokerSyncError("no process 4242: is the broker running?"),
+        SyncResult(devices=3),
+        None,
+    ]
+
+    class FakeSync:
+        def step(self) -> SyncResult | None:
+            outcome = outcomes.pop(0)
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome  # type: ignore[return-value]
+
+    loop = _SyncLoop(FakeSync())
+    # Execute
+    for _ in range(4):
+        loop.step()
+    # Assert: one error line for two failures, then the reload, and the loop kept running.
+    captured = capsys.readouterr()
+    assert captured.err.count("no process 4242") == 1
+    assert "broker credentials reloaded: 3 devices" in captured.out
