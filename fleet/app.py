@@ -33,8 +33,8 @@ _DESCRIPTION = """
 Admin API of the fedfleet device fleet: devices, groups and tags, the model registry,
 federated runs, and the audit log.
 
-Every route except `/healthz` and `/readyz` needs `Authorization: Bearer <token>`.
-Create the first token with `fedfleet fleet token create --role admin`. Roles:
+Every route except `/healthz` and `/readyz` needs `Authorization: Bearer <token>`,
+this spec (`/openapi.json`) included. Create the first token with `fedfleet fleet token create --role admin`. Roles:
 `viewer` reads, `operator` also changes devices, models and runs, `admin` also manages
 tokens. Errors are JSON: `{"detail": "what was wrong and how to fix it"}`.
 """
@@ -79,6 +79,7 @@ def create_app(settings: FleetSettings) -> FastAPI:
         version=_version(),
         description=_DESCRIPTION,
         lifespan=lifespan,
+        openapi_url=None,  # served behind a token by mount_api_docs
         docs_url=None,  # served offline by mount_api_docs
         redoc_url=None,
     )

@@ -86,8 +86,9 @@ def simulate_devices(
             engine.dispose()
         save_credentials(devices, creds_file)
         typer.echo(
-            f"enrolled devices; rerun `fedfleet fleet broker-config` and reload Mosquitto "
-            f"(credentials in {creds_file})",
+            f"enrolled devices (credentials in {creds_file}); `fedfleet fleet mqtt "
+            "--broker-pid PID` gives them to the broker within a second (without it, rerun "
+            "`fedfleet fleet broker-config` and reload Mosquitto)",
             err=True,
         )
     options: dict[str, Any] = {

@@ -1,8 +1,15 @@
 """The dashboard's models page: the model registry, promote/deprecate actions, and
-artifact downloads."""
+artifact downloads.
+
+Each version shows its accuracy and every other metric the API serves for it. Runs
+registered from a run folder (``fedfleet model register``, the coordinator) name their
+metrics ``final_accuracy``, ``final_loss``, ``final_epsilon``, ``rounds``; a client may
+also send a plain ``accuracy``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Request
@@ -11,6 +18,23 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fleet.crud import registry as registry_crud
 from fleet.dashboard.pages import Pages, SessionDep, actor, require_operator
 from fleet.dashboard.session import check_form, require_login
+
+#: Metric names that hold a version's accuracy, most specific first.
+ACCURACY_KEYS = ("final_accuracy", "accuracy")
+
+
+def accuracy_of(metrics: Mapping[str, float]) -> float | None:
+    """The version's accuracy, under whichever name it was registered."""
+    for key in ACCURACY_KEYS:
+        if key in metrics:
+            return metrics[key]
+    return None
+
+
+def other_metrics(metrics: Mapping[str, float]) -> list[tuple[str, float]]:
+    """Every metric but the one shown as the accuracy, sorted by name."""
+    shown = next((key for key in ACCURACY_KEYS if key in metrics), None)
+    return sorted((k, v) for k, v in metrics.items() if k != shown)
 
 
 def models_router(pages: Pages) -> APIRouter:
@@ -22,7 +46,14 @@ def models_router(pages: Pages) -> APIRouter:
     def models(request: Request, session: SessionDep) -> HTMLResponse:
         principal = require_login(request, session)
         result = registry_crud.list_models(session, task=None, stage=None, limit=200, offset=0)
-        return pages.render(request, "models.html", principal=principal, result=result)
+        return pages.render(
+            request,
+            "models.html",
+            principal=principal,
+            result=result,
+            accuracy_of=accuracy_of,
+            other_metrics=other_metrics,
+        )
 
     @router.post("/models/{model_id}/{action}")
     def model_action(

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Annotated, Any
 
+from pydantic import AfterValidator
 from pydantic import Field as PydanticField
 from sqlmodel import Field
 
+from firmware_images.targets import available_targets
 from fleet.db import UTCDateTime
 from fleet.models.common import (
     FleetModel,
@@ -109,6 +112,33 @@ class DeviceTagLink(FleetModel, table=True):
 TagList = list[Slug]
 
 
+def _check_target(value: str) -> str:
+    known = available_targets()
+    if value not in known:
+        raise ValueError(
+            f"unknown hardware target '{value}'; choose one of: {', '.join(known)} "
+            "(the targets `fedfleet image build` builds for)"
+        )
+    return value
+
+
+def _target_schema(schema: dict[str, Any]) -> None:
+    # Filled in when the OpenAPI document is built, not at import: the registry is read then.
+    schema["enum"] = available_targets()
+
+
+#: A build target known to ``firmware_images.targets`` (a device of another target could
+#: never be given a bundle).
+HardwareTarget = Annotated[
+    Slug,
+    AfterValidator(_check_target),
+    PydanticField(
+        description="Build target, one of firmware_images/targets: e.g. 'rpi5', 'cpu-x86'.",
+        json_schema_extra=_target_schema,  # type: ignore[arg-type]
+    ),
+]
+
+
 class DeviceBase(FleetModel):
     name: str = Field(max_length=63, unique=True, description="Unique human name.")
     hardware_target: str = Field(
@@ -118,7 +148,7 @@ class DeviceBase(FleetModel):
 
 class DeviceCreate(InputModel):
     name: Name
-    hardware_target: Slug
+    hardware_target: HardwareTarget
     group: Slug | None = PydanticField(default=None, description="Existing group name.")
     tags: TagList = PydanticField(default_factory=list, max_length=32)
 

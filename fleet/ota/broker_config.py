@@ -18,13 +18,16 @@
     ``allow_anonymous false``, the files above, a plain listener on 127.0.0.1 and,
     with ``tls_cert``/``tls_key``, a TLS listener.
 
-Run ``mosquitto -c DIR/mosquitto.conf``; send Mosquitto SIGHUP to reload after
-enrolling devices. When Mosquitto runs as root it drops to the ``mosquitto`` user, which
-must be able to read these files.
+Run ``mosquitto -c DIR/mosquitto.conf``. ``fedfleet fleet mqtt --broker-pid-file ...``
+then keeps ``passwd`` in step with the device table and reloads the broker
+(:mod:`fleet.ota.broker_sync`), so enrolling, rotating or retiring a device needs no
+manual step. When Mosquitto runs as root it drops to the ``mosquitto`` user, which must
+be able to read these files (``passwd`` is mode 0640, group ``mosquitto``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterable
@@ -142,24 +145,42 @@ def write_broker_config(
         entries.append((device_id, hashed))
     out.mkdir(parents=True, exist_ok=True)
     fleet_pass = out / "fleet.pass"
-    if fleet_pass.is_file():
-        password = fleet_pass.read_text().strip()
-    else:
-        password = secrets.token_urlsafe(24)
-        _write(fleet_pass, password + "\n", mode=0o600)
-    entries.append((FLEET_USER, mosquitto_hash(password)))
-    _write(out / "passwd", passwd_text(entries), mode=0o640)
+    count = write_passwd(out=out, devices=entries, fleet_password=fleet_password(fleet_pass))
     _write(out / "acl", acl_text(), mode=0o644)
     _write(out / "mosquitto.conf", conf_text(folder=out.resolve(), port=port, bind=bind, tls=tls))
-    _give_to_mosquitto(out / "passwd")
     return BrokerFiles(
         folder=out,
         passwd=out / "passwd",
         acl=out / "acl",
         conf=out / "mosquitto.conf",
         fleet_password_file=fleet_pass,
-        devices=len(entries) - 1,
+        devices=count,
     )
+
+
+def fleet_password(path: Path) -> str:
+    """The fleet service's broker password kept in ``path``; created (mode 0600) if missing."""
+    if path.is_file():
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(24)
+    _write(path, password + "\n", mode=0o600)
+    return password
+
+
+def write_passwd(*, out: Path, devices: Iterable[tuple[str, str]], fleet_password: str) -> int:
+    """Replace ``out/passwd`` atomically with the devices' and the fleet's credentials.
+
+    The file is complete before it appears under its name (written aside, then renamed),
+    and readable by the ``mosquitto`` group from the start, so a broker reloading at any
+    moment reads either the old or the new file whole. Returns the number of devices.
+    """
+    entries = []
+    for device_id, hashed in devices:
+        check_device_id(device_id)
+        entries.append((device_id, hashed))
+    text = passwd_text([*entries, (FLEET_USER, mosquitto_hash(fleet_password))])
+    _write(out / "passwd", text, mode=0o640, group=_mosquitto_gid())
+    return len(entries)
 
 
 def device_credentials_from_db(engine: object) -> list[tuple[str, str]]:
@@ -177,21 +198,25 @@ def device_credentials_from_db(engine: object) -> list[tuple[str, str]]:
     return [(user, hashed) for user, hashed in rows if hashed]
 
 
-def _write(path: Path, text: str, *, mode: int = 0o644) -> None:
+def _write(path: Path, text: str, *, mode: int = 0o644, group: int | None = None) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.chmod(tmp, mode)
+    if group is not None:
+        # Before the rename, so the broker never sees the file without its group; a user
+        # who is neither root nor in that group keeps the file as theirs.
+        with contextlib.suppress(OSError):
+            os.chown(tmp, -1, group)
     os.replace(tmp, path)
 
 
-def _give_to_mosquitto(path: Path) -> None:
+def _mosquitto_gid() -> int | None:
     # Mosquitto started as root drops to the 'mosquitto' user: let its group read the file.
     try:
         import grp
 
-        gid = grp.getgrnam("mosquitto").gr_gid
-        os.chown(path, -1, gid)
-    except (KeyError, PermissionError, OSError):
-        pass
+        return grp.getgrnam("mosquitto").gr_gid
+    except (ImportError, KeyError):
+        return None

@@ -1,7 +1,8 @@
 """``fedfleet rollout ...`` and the OTA commands of ``fedfleet fleet``.
 
 - ``fedfleet fleet broker-config --out DIR``: Mosquitto password, ACL and config files;
-- ``fedfleet fleet mqtt``: the fleet's MQTT service (bridge + rollout controller);
+- ``fedfleet fleet mqtt``: the fleet's MQTT service (bridge + rollout controller, and with
+  ``--broker-pid``/``--broker-pid-file`` the broker's credentials, fleet/ota/broker_sync.py);
 - ``fedfleet rollout create|list``: staged rollouts, written to the fleet database
   (the MQTT service picks them up);
 - ``fedfleet rollout show|pause|resume|abort ID``: watch and steer one over the fleet API
@@ -85,7 +86,8 @@ def broker_config(
         engine.dispose()
     typer.echo(
         f"wrote {files.passwd}, {files.acl} and {files.conf} for {files.devices} devices; "
-        f"run: mosquitto -c {files.conf}  (send it SIGHUP after enrolling more devices)"
+        f"run: mosquitto -c {files.conf}, then `fedfleet fleet mqtt --password-file "
+        f"{files.fleet_password_file} --broker-pid PID` keeps the devices' credentials in step"
     )
 
 
@@ -109,9 +111,29 @@ def mqtt_service(
             show_default=False,
         ),
     ] = None,
+    broker_pid: Annotated[
+        int | None,
+        typer.Option(
+            help="PID of the Mosquitto that reads broker-config's files: keep its passwd "
+            "in step with enrolled/retired devices and reload it (SIGHUP).",
+            show_default=False,
+        ),
+    ] = None,
+    broker_pid_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="The same as --broker-pid, read from a PID file at each reload "
+            "(Debian's service: /run/mosquitto/mosquitto.pid).",
+            show_default=False,
+        ),
+    ] = None,
+    credentials_every_s: Annotated[
+        float, typer.Option(help="Seconds between checks of the devices' broker credentials.")
+    ] = 1.0,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Run the fleet's MQTT service: ingest device messages, serve chunks, drive rollouts."""
+    """Run the fleet's MQTT service: ingest device messages, serve chunks, drive rollouts,
+    and (with --broker-pid/--broker-pid-file) keep the broker's credentials in step."""
     from fleet.artifacts import ArtifactStore
     from fleet.ota.bridge import BridgeSettings, FleetBridge
     from fleet.ota.broker_config import FLEET_USER
@@ -121,6 +143,13 @@ def mqtt_service(
     if not password_file.is_file():
         fail(f"{password_file} not found; run `fedfleet fleet broker-config --out DIR` first")
     engine, settings = engine_and_settings(database_url)
+    sync = _credential_sync(
+        engine,
+        password_file=password_file,
+        pid=broker_pid,
+        pid_file=broker_pid_file,
+        every_s=credentials_every_s,
+    )
     bridge = FleetBridge(
         engine=engine,
         store=ArtifactStore(settings.artifact_dir),
@@ -147,6 +176,8 @@ def mqtt_service(
     next_drift = time.monotonic() + drift_every_s
     while not done.wait(CONTROLLER_TICK_S):
         controller.step()
+        if sync is not None:
+            sync.step()
         if time.monotonic() >= next_drift:
             next_drift = time.monotonic() + drift_every_s
             for event in check_all(engine):
@@ -155,6 +186,62 @@ def mqtt_service(
                 )
     bridge.stop()
     engine.dispose()
+
+
+class _SyncLoop:
+    """Runs a CredentialSync in the service loop; reports each failure once, on stderr."""
+
+    def __init__(self, sync: Any) -> None:
+        self._sync = sync
+        self._last_error = ""
+
+    def step(self) -> None:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from fleet.ota.broker_sync import BrokerSyncError
+
+        try:
+            applied = self._sync.step()
+        except (BrokerSyncError, SQLAlchemyError) as err:
+            message = f"error: broker credentials not reloaded (retrying): {err}"
+            if message != self._last_error:
+                typer.echo(message, err=True)
+            self._last_error = message
+            return
+        if applied is not None:
+            self._last_error = ""
+            typer.echo(f"broker credentials reloaded: {applied.devices} devices")
+
+
+def _credential_sync(
+    engine: Any, *, password_file: Path, pid: int | None, pid_file: Path | None, every_s: float
+) -> _SyncLoop | None:
+    from fleet.ota.broker_sync import BrokerProcess, CredentialSync
+
+    if pid is None and pid_file is None:
+        typer.echo(
+            "note: broker credentials are not kept in step (no --broker-pid-file); rerun "
+            "broker-config and reload the broker after enrolling or retiring devices",
+            err=True,
+        )
+        return None
+    if pid is not None and pid_file is not None:
+        engine.dispose()
+        fail("give --broker-pid or --broker-pid-file, not both")
+    try:
+        broker = BrokerProcess(pid=pid, pid_file=pid_file)
+        return _SyncLoop(
+            CredentialSync(
+                engine=engine,
+                folder=password_file.parent,
+                fleet_password=password_file.read_text().strip(),
+                reload=broker.reload,
+                every_s=every_s,
+            )
+        )
+    except ValueError as err:
+        engine.dispose()
+        fail(str(err))
 
 
 # --- fedfleet rollout ------------------------------------------------------------------

@@ -4,7 +4,8 @@
 given password and ACL files, no pid file, no persistence) into a folder the
 ``mosquitto`` user can read (Mosquitto started as root drops to that user), starts
 ``mosquitto`` in the foreground as a child process and stops it by its PID.
-``restart()`` keeps the port, so clients reconnect to the same address.
+``restart()`` keeps the port, so clients reconnect to the same address. ``config=`` runs
+a config written elsewhere (``fedfleet fleet broker-config``) as it is.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class MosquittoProcess:
         port: int | None = None,
         extra: str = "",
         executable: str = MOSQUITTO,
+        config: Path | None = None,
     ) -> None:
         if not Path(executable).exists():
             raise FileNotFoundError(
@@ -48,6 +50,13 @@ class MosquittoProcess:
         self.port = port or free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="fedfleet-mosquitto-"))
         os.chmod(self.folder, 0o755)
+        self.log = self.folder / "mosquitto.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        if config is not None:  # a config written elsewhere (broker-config), used as it is
+            if port is None or passwd or acl or extra:
+                raise ValueError("with config=, give its listener's port and nothing else")
+            self.conf = config
+            return
         lines = [f"listener {self.port} 127.0.0.1", "persistence false"]
         lines += ["max_queued_messages 100000", "max_inflight_messages 64"]
         if passwd is not None:
@@ -65,8 +74,6 @@ class MosquittoProcess:
         self.conf = self.folder / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")
         os.chmod(self.conf, 0o644)
-        self.log = self.folder / "mosquitto.log"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, timeout_s: float = 10.0) -> MosquittoProcess:
         """Start Mosquitto and wait until it accepts connections."""

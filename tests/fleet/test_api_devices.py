@@ -233,6 +233,12 @@ def test_rotate_credentials_replaces_the_password(
         ({"name": "pi-1", "hardware_target": "rpi5", "group": "nope"}, 422, "does not exist"),
         ({"name": "pi 1", "hardware_target": "rpi5"}, 422, "not a valid name"),
         ({"name": "pi-1", "hardware_target": "RPI5"}, 422, "lowercase"),
+        # A target `image build` does not know: no bundle could ever be built for it.
+        (
+            {"name": "pi-1", "hardware_target": "rpi9"},
+            422,
+            "unknown hardware target 'rpi9'; choose one of: cpu-x86, jetson-orin, rpi4, rpi5",
+        ),
         ({"name": "pi-1"}, 422, "hardware_target"),
         ({"name": "pi-1", "hardware_target": "rpi5", "grup": "x"}, 422, "grup"),
         ({"name": "pi-1", "hardware_target": "rpi5", "tags": ["a"] * 33}, 422, "tags"),

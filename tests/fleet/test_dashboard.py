@@ -358,3 +358,31 @@ def test_operator_starts_a_retraining_run_from_a_drift_event_in_one_click(
         "/drift-events/99999/retrain", data={"csrf": csrf_of(page)}, headers={"Accept": "text/html"}
     )
     assert missing.status_code == 404
+
+
+def test_models_page_shows_the_accuracy_and_metrics_the_api_serves(
+    pages_client: TestClient, role_tokens: dict[Role, str]
+) -> None:
+    # Prepare: versions as `fedfleet model register` names their metrics, and as a client
+    # sending a plain "accuracy".
+    admin = {"Authorization": f"Bearer {role_tokens[Role.admin]}"}
+    metrics = {"final_accuracy": 0.9556, "final_loss": 0.1234, "final_epsilon": 2.5, "rounds": 3}
+    registered = pages_client.post(
+        "/api/v1/models", json={"task": "digits-cnn", "metrics": metrics}, headers=admin
+    ).json()["id"]
+    plain = pages_client.post(
+        "/api/v1/models", json={"task": "digits-cnn", "metrics": {"accuracy": 0.81}}, headers=admin
+    ).json()["id"]
+    served = pages_client.get(f"/api/v1/models/{registered}", headers=admin).json()["metrics"]
+    assert served["final_accuracy"] == 0.9556
+
+    # Execute
+    page = login(pages_client, role_tokens[Role.viewer]).get("/models").text
+
+    # Assert: each row's accuracy cell holds its number, the other metrics are listed.
+    row = page.split(f'id="model-{registered}"')[1].split("</tr>")[0]
+    assert '<td data-testid="accuracy">0.9556</td>' in row
+    assert "final_loss 0.1234" in row and "final_epsilon 2.5" in row and "rounds 3" in row
+    assert "final_accuracy" not in row  # shown once, as the accuracy
+    other = page.split(f'id="model-{plain}"')[1].split("</tr>")[0]
+    assert '<td data-testid="accuracy">0.81</td>' in other

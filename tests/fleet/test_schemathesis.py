@@ -69,7 +69,7 @@ def _fuzz(operation: Any, mode: GenerationMode, examples: int, auth: dict[str, s
 def test_api_conforms_to_its_spec_and_never_fails(backend: Any, new_token: Any) -> None:
     # Prepare: the app's own spec, and an admin token so every operation is reachable.
     auth = {"Authorization": f"Bearer {new_token(backend.engine, Role.admin, name='fuzzer')}"}
-    api = schemathesis.openapi.from_asgi("/openapi.json", backend.client.app)
+    api = schemathesis.openapi.from_asgi("/openapi.json", backend.client.app, headers=auth)
     failures: list[str] = []
     operations = 0
     # Execute: each operation, each generation mode.
