@@ -76,6 +76,24 @@ def certs_create(
 # --- coordinator -----------------------------------------------------------------------
 
 
+@coordinator_app.command("init")
+def coordinator_init(
+    out: Annotated[Path, typer.Option(help="Where to write it.")] = Path("coordinator.toml"),
+    force: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+) -> None:
+    """Write a commented coordinator.toml that `coordinator up` accepts as is."""
+    from coordinator.settings_template import write_coordinator_toml
+
+    try:
+        write_coordinator_toml(out, force=force)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"wrote {out}; next: `fedfleet certs create --out {out.parent / 'certs'}`, then "
+        f"`fedfleet coordinator up --config {out}`"
+    )
+
+
 @coordinator_app.command("up")
 def coordinator_up(
     config: Annotated[Path, typer.Option(help="coordinator.toml")] = Path("coordinator.toml"),
