@@ -50,11 +50,12 @@ def test_sweep_writes_the_privacy_utility_table_and_plot(tmp_path: Path) -> None
     torch.set_num_threads(1)
     try:
         out = tmp_path / "sweep"
+        # no --dp: a sweep implies --dp local
         result = simulate(
             "--task", "breast-cancer-mlp", "--clients", "2", "--clients-per-round", "2",
             "--rounds", "2", "--lr", "0.3", "--sweep-epsilon", "1,8",
             "--quiet", "--out", str(out),
-        )  # fmt: skip  (no --dp: a sweep implies --dp local)
+        )  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
