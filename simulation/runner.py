@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +48,7 @@ def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = F
         return run_flower_app(settings, out_dir=out_dir, console=console)
     warning = empty_clients_warning(settings)
     if warning:
-        Console(stderr=True).print(warning, markup=False, highlight=False)  # even with --quiet
+        print(warning, file=sys.stderr, flush=True)  # one unwrapped line, even with --quiet
     progress = Progress(
         TextColumn("[bold]round"),
         MofNCompleteColumn(),
