@@ -184,7 +184,12 @@ def build_server_app(
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, context, on_round=on_round, telemetry=telemetry)
+        try:
+            run_federation(grid, context, on_round=on_round, telemetry=telemetry)
+        except Exception as exc:
+            # `fedfleet run submit --wait` and `run status` read this within seconds.
+            RunTracker.for_run(context.run_config).record_failure(exc, flower_run=context.run_id)
+            raise
 
     return server_app
 

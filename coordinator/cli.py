@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -97,6 +97,24 @@ def certs_create_operator(
 # --- coordinator -----------------------------------------------------------------------
 
 
+@coordinator_app.command("init")
+def coordinator_init(
+    out: Annotated[Path, typer.Option(help="Where to write it.")] = Path("coordinator.toml"),
+    force: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+) -> None:
+    """Write a commented coordinator.toml that `coordinator up` accepts as is."""
+    from coordinator.settings_template import write_coordinator_toml
+
+    try:
+        write_coordinator_toml(out, force=force)
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(
+        f"wrote {out}; next: `fedfleet certs create --out {out.parent / 'certs'}`, then "
+        f"`fedfleet coordinator up --config {out}`"
+    )
+
+
 @coordinator_app.command("up")
 def coordinator_up(
     config: Annotated[Path, typer.Option(help="coordinator.toml")] = Path("coordinator.toml"),
@@ -176,14 +194,24 @@ def _flwr_run(settings: Any, state: Any) -> int:
     return flower_run
 
 
-def _follow(state: Any, timeout: float) -> None:
+def _follow(settings: Any, state: Any, timeout: float) -> None:
+    """Show the run's progress until it finishes; a failure ends it at once with the
+    cause (exit 1), a timeout with exit 2."""
     from rich.progress import Progress
 
     deadline = time.monotonic() + timeout
+    next_flower_check = time.monotonic() + 3.0
     with Progress(transient=True) as progress:
         bar = progress.add_task(f"{state.run_id}", total=state.num_rounds)
         while not state.finished:
             progress.update(bar, completed=state.completed_rounds)
+            ask_flower = time.monotonic() >= next_flower_check
+            if ask_flower:  # each `flwr ls` is a process start: every 5 s is enough
+                next_flower_check = time.monotonic() + 5.0
+            cause = _failure(settings, state, ask_flower=ask_flower)
+            if cause is not None:
+                progress.stop()
+                _run_failed(state, cause)
             if time.monotonic() > deadline:
                 fail(
                     f"run {state.run_id} did not finish within {timeout:.0f} s; "
@@ -192,6 +220,26 @@ def _follow(state: Any, timeout: float) -> None:
                 )
             time.sleep(1.0)
     _print_rounds(state)
+
+
+def _failure(settings: Any, state: Any, *, ask_flower: bool) -> str | None:
+    """Why the run failed, or None while it runs or once it finished (see
+    :mod:`coordinator.run_outcome`); an unreachable SuperLink is not a failure."""
+    from coordinator.run_outcome import flower_failure, recorded_failure
+
+    flower_run = state.flower_runs[-1] if state.flower_runs else None
+    cause = recorded_failure(state.status(), flower_run)
+    if cause is not None or not ask_flower or flower_run is None or state.finished:
+        return cause
+    try:
+        return flower_failure(settings, flower_run, done=lambda: state.finished)
+    except (ValueError, subprocess.TimeoutExpired):
+        return None
+
+
+def _run_failed(state: Any, cause: str) -> NoReturn:
+    typer.echo(f"error: run {state.run_id} failed: {cause}", err=True)
+    raise typer.Exit(code=EXIT_FAILURE)
 
 
 RegisterOpt = Annotated[
@@ -241,6 +289,7 @@ def run_submit(
             run_config = plan.run_config(run_config)
         except ValueError as exc:
             fail(str(exc))
+    _preflight(settings, run_config)
     state = RunState.create(settings.state_dir, run_config)
     flower_run = _flwr_run(settings, state)
     typer.echo(state.run_id)
@@ -248,9 +297,25 @@ def run_submit(
     if plan is not None:
         _mark_running(connection, plan)
     if wait or register:
-        _follow(state, timeout)
+        _follow(settings, state, timeout)
     if connection is not None:
         _register(state, connection, plan)
+
+
+def _preflight(settings: Any, run_config: dict[str, Any]) -> None:
+    """Refuse now what the ServerApp would refuse later (secure aggregation's sites...)."""
+    from coordinator.preflight import check_run_config, registered_sites
+
+    def registered() -> int:
+        try:
+            return registered_sites(settings)
+        except (ValueError, subprocess.TimeoutExpired) as exc:
+            fail(f"could not list the sites registered at {settings.address}: {exc}")
+
+    try:
+        check_run_config(run_config, registered=registered)
+    except ValueError as exc:
+        fail(f"run config refused: {exc}")
 
 
 def _registry_connection(fleet_url: str | None) -> Any:
@@ -327,13 +392,15 @@ def run_status(
     coordinator: CoordinatorOpt = Path("coordinator.toml"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
-    """Show the run's rounds, who answered, refusals and what it waits for now."""
+    """Show the run's rounds, who answered, refusals and what it waits for now; exits 1
+    with the cause when the run failed."""
     from coordinator.superlink import load_sites
 
     settings = _settings(coordinator)
     state = _load_state(settings, run_id)
     names = {int(v["node-id"]): name for name, v in load_sites(settings).items()}
     status = state.status()
+    failure = _failure(settings, state, ask_flower=True)
     doc = {
         "run-id": state.run_id,
         "finished": state.finished,
@@ -341,26 +408,29 @@ def run_status(
         "num-rounds": state.num_rounds,
         "flower-runs": state.flower_runs,
         "status": status,
+        "failure": failure,
         "refusals": state.refusals(),
         "rounds": state.rounds(),
     }
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
+        if failure is not None:
+            raise typer.Exit(code=EXIT_FAILURE)
         return
 
     def named(ids: list[int]) -> str:
         return ", ".join(names.get(int(i), str(i)) for i in ids) or "none"
 
-    typer.echo(
-        f"run {state.run_id}: round {state.completed_rounds}/{state.num_rounds}"
-        f"{' finished' if state.finished else ''}"
-    )
+    outcome = " finished" if state.finished else " failed" if failure is not None else ""
+    typer.echo(f"run {state.run_id}: round {state.completed_rounds}/{state.num_rounds}{outcome}")
     _print_rounds(state)
     for refusal in doc["refusals"]:
         typer.echo(
             f"refused in round {refusal['round']} by {named([refusal['node-id']])}: "
             f"{refusal['reason']}"
         )
+    if failure is not None:
+        _run_failed(state, failure)
     if not state.finished and status:
         phase = status.get("phase")
         if phase == "waiting-for-sites":
@@ -406,7 +476,7 @@ def run_resume(
     )
     typer.echo(state.run_id)
     if wait or register:
-        _follow(state, timeout)
+        _follow(settings, state, timeout)
     if connection is not None:
         _register(state, connection)
 

@@ -6,6 +6,8 @@ once here with messages that say which value to change.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -13,6 +15,41 @@ from pathlib import Path
 from typing import Any
 
 from tasks import PartitionSpec, available_tasks
+
+_TYPE_NAMES = {
+    bool: "a boolean (true or false)",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+}
+
+
+def _kind(value: Any) -> str:
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return _TYPE_NAMES[kind]
+    return f"a {type(value).__name__}"
+
+
+def toml_type_error(key: str, value: Any, expected: type) -> str | None:
+    """One line naming ``key``, ``value`` and the type wanted when a TOML value has the
+    wrong type (``rounds = "3"``), else None. A float setting accepts an integer."""
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, expected)
+    if ok:
+        return None
+    shown = json.dumps(value) if isinstance(value, str | bool) else repr(value)
+    hint = ""
+    if isinstance(value, str) and expected in (int, float):
+        with contextlib.suppress(ValueError):
+            hint = f" (write {key} = {expected(value)!r}, without quotes)"
+    return f"{key} = {shown} is {_kind(value)}; expected {_TYPE_NAMES[expected]}{hint}"
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,13 @@ import datetime as dt
 import json
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
-from coordinator.config import RunConfig
+from coordinator.config import RunConfig, toml_type_error
 from coordinator.results import atomic_write_bytes
 from edge_client.protocol import keys as k
 
@@ -50,10 +50,16 @@ def parse_run_toml(path: Path) -> dict[str, Any]:
     if extra or not isinstance(doc.get("run"), dict):
         raise ValueError(f"{path.name}: put the run's keys in one [run] table")
     run_config: dict[str, Any] = {}
+    core_types = {
+        name.replace("_", "-"): type(default) for name, default in asdict(RunConfig()).items()
+    }
     for key, value in doc["run"].items():
         if isinstance(value, dict | list):
             raise ValueError(f"{path.name}: run.{key} must be a string, number or boolean")
-        run_config[ALIASES.get(key, key)] = value
+        name = ALIASES.get(key, key)
+        if name in core_types and (error := toml_type_error(key, value, core_types[name])):
+            raise ValueError(f"{path.name}: {error}")
+        run_config[name] = value
     for reserved in ("out-dir", k.RC_RUN_ID):
         if reserved in run_config:
             raise ValueError(f"{path.name}: run.{reserved} is set by fedfleet; remove it")

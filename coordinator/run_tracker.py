@@ -75,6 +75,16 @@ class RunTracker:
         doc = {"run-id": self.run_id, "updated": _now(), **status}
         atomic_write_bytes(self.run_dir / "status.json", json.dumps(doc, indent=2).encode())
 
+    def record_failure(self, exc: BaseException, *, flower_run: int | None = None) -> None:
+        """Write ``phase = "failed"`` with the exception as one line (read by
+        :mod:`coordinator.run_outcome`; ``flower-run`` tells a resumed run's attempts apart)."""
+        message = " ".join(str(exc).split()) or "no message"
+        self.write_status(
+            phase="failed",
+            error=f"{type(exc).__name__}: {message}",
+            **({} if flower_run is None else {"flower-run": flower_run}),
+        )
+
     def record_replies(self, replies: list[Message]) -> None:
         if self.run_dir is None:
             return

@@ -34,7 +34,7 @@ state-dir = "state"      # audit log and privacy ledger live here
 address = "127.0.0.1:9092"   # the SuperLink's Fleet API, host:port (TLS)
 ca-cert = "ca.crt"           # the coordinator's root certificate (from the operator)
 
-[keys]                       # made by `fedfleet site init`; send site.pub to the operator
+[keys]                       # made by `fedfleet site init`; send {name}.pub to the operator
 private-key = "{name}.key"
 public-key = "{name}.pub"
 # audit-key = "{name}.audit-key"   # the audit log's HMAC key and genesis id (made when the

@@ -67,8 +67,9 @@ class BuildError(ValueError):
 class BuildRequest:
     """What to build: a recipe, a task checkpoint, a signing key and an output file.
 
-    ``version`` labels the model in the manifest (default: ``ckpt-`` and the first 12 hex
-    digits of the checkpoint's SHA-256). ``data_seed`` is the task's ``load_data`` seed;
+    ``version`` labels the model in the manifest (default: ``v<N>`` for registry version
+    ``model_version`` N, else ``ckpt-`` and the first 12 hex digits of the checkpoint's
+    SHA-256). ``data_seed`` is the task's ``load_data`` seed;
     ``calibration_seed`` draws the calibration samples from the training split.
     ``calibration`` replaces that calibration set (for experiments and tests).
     """
@@ -84,6 +85,16 @@ class BuildRequest:
     calibration_seed: int = 0
     calibration: np.ndarray | None = None
     force: bool = False
+
+
+def version_label(request: BuildRequest, checkpoint_sha: str) -> str:
+    """The manifest's ``version``: ``--version``, else the registry version the bundle
+    was built from (``v7``), else the checkpoint's hash (``ckpt-`` + 12 hex digits)."""
+    if request.version:
+        return request.version
+    if request.model_version:
+        return f"v{request.model_version}"
+    return f"ckpt-{checkpoint_sha[:12]}"
 
 
 @dataclass(frozen=True)
@@ -235,7 +246,7 @@ def _manifest(
 
         opset = onnx_opset(model_bytes)
     return Manifest(
-        version=request.version or f"ckpt-{checkpoint_sha[:12]}",
+        version=version_label(request, checkpoint_sha),
         created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         task=request.task,
         target=recipe.name,

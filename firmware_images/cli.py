@@ -117,7 +117,8 @@ def image_build(
         str | None,
         typer.Option(
             "--version",
-            help="Version label in the manifest (default: ckpt-<12 hex of its SHA-256>).",
+            help="Version label in the manifest (default: v<N> with --model N, else "
+            "ckpt-<12 hex of the checkpoint's SHA-256>).",
         ),
     ] = None,
     data_seed: Annotated[

@@ -175,6 +175,13 @@ def _sort_topologically(graph: Any) -> None:
     graph.node.extend(ordered)
 
 
+TFLITE_INSTALL = (
+    "run `make install-tflite` in a fedfleet checkout, or "
+    "`pip install --no-deps -r firmware_images/tflite-requirements.txt` (docs/bundle.md)"
+)
+"""How to install TFLite conversion (coordinator side, ~0.95 GB, never a resolved install)."""
+
+
 def export_tflite(model: nn.Module, *, sample: np.ndarray) -> bytes:
     """TFLite flatbuffer of ``model`` converted by litert-torch with batch ``len(sample)``."""
     x = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))
@@ -183,9 +190,8 @@ def export_tflite(model: nn.Module, *, sample: np.ndarray) -> bytes:
             import litert_torch
         except ImportError:
             raise ExportError(
-                "TFLite export needs litert-torch, which is not installed; install the "
-                "'tflite' extra as docs/bundle.md explains "
-                "(pip install --no-deps -r firmware_images/tflite-requirements.txt)"
+                f"TFLite export (rpi4 and other TFLite targets) needs litert-torch, which is "
+                f"not installed; {TFLITE_INSTALL}"
             ) from None
         try:
             converted = litert_torch.convert(model.eval(), (x,))

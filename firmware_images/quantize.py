@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_images.export import ExportError, finalize_onnx, quiet
+from firmware_images.export import TFLITE_INSTALL, ExportError, finalize_onnx, quiet
 from tasks import Dataset
 
 CALIBRATION_BATCH = 32
@@ -126,8 +126,8 @@ def quantize_tflite_static(model: bytes, calibration: np.ndarray) -> bytes:
             from ai_edge_quantizer import quantizer, recipe
         except ImportError:
             raise ExportError(
-                "TFLite int8 needs ai-edge-quantizer, which is not installed; install the "
-                "'tflite' extra as docs/bundle.md explains"
+                "TFLite int8 (rpi4 and other TFLite targets) needs ai-edge-quantizer, which "
+                f"is not installed; {TFLITE_INSTALL}"
             ) from None
         try:
             signatures = Interpreter(model_content=model).get_signature_list()

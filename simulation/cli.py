@@ -286,7 +286,7 @@ SweepEpsilonOption = Annotated[
     str | None,
     typer.Option(
         help="Run once per ε, e.g. 0.5,1,2,4,8 (plus once without DP); writes "
-        "privacy_utility.png and privacy_utility.csv."
+        "privacy_utility.png and privacy_utility.csv. Implies --dp local unless --dp is given."
     ),
 ]
 
@@ -299,7 +299,13 @@ OutOption = Annotated[
     Path | None, typer.Option("--out", help="Output folder. (default: runs/<timestamp>/)")
 ]
 
-QuietOption = Annotated[bool, typer.Option(help="No progress bar or per-round lines.")]
+QuietOption = Annotated[
+    bool,
+    typer.Option(
+        help="No progress bar or per-round lines; still prints where the results are "
+        "(and a sweep's table)."
+    ),
+]
 
 
 def simulate(
@@ -351,8 +357,7 @@ def simulate(
     settings = build_settings(config, overrides=settings_overrides(flags))
     out_dir, created = prepare_out_dir(out)
     run(settings, out_dir=out_dir, created=created, quiet=quiet)
-    if not quiet:
-        report(settings, out_dir=out_dir)
+    report(settings, out_dir=out_dir)  # also with --quiet: where the results are
 
 
 def settings_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:

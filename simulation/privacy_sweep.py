@@ -172,5 +172,5 @@ def run_privacy_sweep(
         f"({settings.clients_per_round}/round) · {settings.rounds} rounds · δ={settings.delta:g}"
     )
     write_sweep(points, out_dir, title=title)
-    Console(quiet=quiet).print(sweep_table(points))
+    Console().print(sweep_table(points))  # the sweep's result: printed even with --quiet
     return points

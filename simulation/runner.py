@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,9 @@ def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = F
         from simulation.flower_app import run_flower_app
 
         return run_flower_app(settings, out_dir=out_dir, console=console)
+    warning = empty_clients_warning(settings)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)  # one unwrapped line, even with --quiet
     progress = Progress(
         TextColumn("[bold]round"),
         MofNCompleteColumn(),
@@ -67,6 +71,29 @@ def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = F
 
             run_flower_engine(settings, run_config=run_config, on_round=on_round)
     return finish(settings, out_dir=out_dir, started=started, console=console)
+
+
+def empty_clients_warning(settings: SimulateSettings) -> str | None:
+    """A warning line when the partition leaves some clients without training data (more
+    clients than records, or a skewed partition): they train on nothing and answer
+    nothing useful, which is seldom what was meant."""
+    from edge_client.data import cached_partitions
+
+    parts = cached_partitions(settings.task, settings.clients, settings.partition, settings.seed)
+    empty = sum(1 for part in parts if len(part) == 0)
+    if not empty:
+        return None
+    rows = sum(len(part) for part in parts)
+    fix = (
+        f"use --clients {rows} or fewer"
+        if settings.clients > rows
+        else "use fewer clients or a less skewed --partition (iid, or a larger dirichlet α)"
+    )
+    return (
+        f"warning: {empty} of {settings.clients} clients hold no training data "
+        f"({settings.task} has {rows} training rows, split by --partition "
+        f"{settings.partition}); {fix}"
+    )
 
 
 def round_printer(progress: Progress, *, total: int) -> Callable[[RoundRecord], None]:

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import tomllib
 
-from coordinator.config import RunConfig
+from coordinator.config import RunConfig, toml_type_error
 from privacy.dp import DPConfig
 from privacy.secagg.config import SecAggConfig
 from simulation.dp_settings import dp_run_config, validate_dp_settings
@@ -128,10 +128,16 @@ class SimulateSettings:
     def build(cls, *, config_file: Path | None, overrides: Mapping[str, Any]) -> SimulateSettings:
         """Merge the TOML file (if any) and the flags given; validate the result."""
         values: dict[str, Any] = {}
-        if config_file is not None:
-            values.update(load_toml(config_file))
-        values.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name: f for f in fields(cls)}
+        if config_file is not None:
+            from_file = load_toml(config_file)
+            _check_types(
+                config_file, from_file, known={n: _field_type(f) for n, f in known.items()}
+            )
+            values.update(from_file)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if values.get("sweep_epsilon") and "dp" not in values:
+            values["dp"] = "local"  # a privacy sweep needs DP; DP-SGD at each client unless told
         for key in values:
             if key not in known:
                 raise ValueError(
@@ -203,6 +209,18 @@ class SimulateSettings:
     def flower_run_config(self, *, out_dir: str = "") -> RunConfigDict:
         """The whole run config of a run into ``out_dir``: core keys, then features'."""
         return {**self.run_config(out_dir=out_dir).as_run_config(), **self.feature_run_config()}
+
+
+def _field_type(field: Any) -> type:
+    """The scalar type a setting holds (``float | None`` settings hold floats)."""
+    return float if field.default is None else type(field.default)
+
+
+def _check_types(path: Path, values: Mapping[str, Any], *, known: Mapping[str, type]) -> None:
+    """One line naming the key, the value and the type wanted, instead of a traceback."""
+    for name, value in values.items():
+        if name in known and (error := toml_type_error(name.replace("_", "-"), value, known[name])):
+            raise ValueError(f"config file {path}: {error}")
 
 
 def load_toml(path: Path) -> dict[str, Any]:

@@ -47,6 +47,13 @@ def test_run_toml_aliases_and_defaults(tmp_path: Path) -> None:
         ('[run]\nout-dir = "/tmp"\n', "run.out-dir is set by fedfleet"),
         ("[run]\nrounds = [1]\n", "must be a string, number or boolean"),
         ("[run\n", "is not valid TOML"),
+        (
+            '[run]\nnum-server-rounds = "3"\n',
+            'run.toml: num-server-rounds = "3" is a string; expected an integer '
+            "(write num-server-rounds = 3, without quotes)",
+        ),
+        ("[run]\nsites = 2.5\n", "sites = 2.5 is a number; expected an integer"),
+        ('[run]\nlearning-rate = "fast"\n', 'learning-rate = "fast" is a string; expected a'),
     ],
 )
 def test_bad_run_toml_is_named(tmp_path: Path, body: str, message: str) -> None:

@@ -29,7 +29,7 @@ def simulate(*args: str):
         (["--epsilon", "2"], "dp is 'none'"),
         (["--dp", "fancy", "--epsilon", "2"], "unknown dp mode 'fancy'"),
         (["--dp", "local", "--sweep-epsilon", "1,zero"], "'zero' is not a number"),
-        (["--sweep-epsilon", "1,2"], "needs --dp"),
+        (["--dp", "none", "--sweep-epsilon", "1,2"], "needs --dp"),
         (["--dp", "local", "--noise-multiplier", "1", "--sweep-epsilon", "1"], "drop --noise"),
     ],
 )
@@ -50,9 +50,10 @@ def test_sweep_writes_the_privacy_utility_table_and_plot(tmp_path: Path) -> None
     torch.set_num_threads(1)
     try:
         out = tmp_path / "sweep"
+        # no --dp: a sweep implies --dp local
         result = simulate(
             "--task", "breast-cancer-mlp", "--clients", "2", "--clients-per-round", "2",
-            "--rounds", "2", "--lr", "0.3", "--dp", "local", "--sweep-epsilon", "1,8",
+            "--rounds", "2", "--lr", "0.3", "--sweep-epsilon", "1,8",
             "--quiet", "--out", str(out),
         )  # fmt: skip
     finally:
@@ -65,4 +66,7 @@ def test_sweep_writes_the_privacy_utility_table_and_plot(tmp_path: Path) -> None
         assert 0 <= float(row["final_accuracy"]) <= 1
     assert float(rows[1]["noise_multiplier"]) > float(rows[2]["noise_multiplier"])
     assert (out / "privacy_utility.png").stat().st_size > 1000
-    assert (out / "epsilon-1" / "privacy_ledger.sqlite").exists()
+    assert (out / "epsilon-1" / "privacy_ledger.sqlite").exists()  # DP-SGD at each client
+    # --quiet hides progress, not the results: where they are, and the sweep's table.
+    assert f"results: {out}/privacy_utility.png" in result.output
+    assert "ε" in result.output and rows[2]["final_accuracy"][:4] in result.output
