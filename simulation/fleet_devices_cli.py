@@ -1,7 +1,8 @@
 """``fedfleet fleet simulate-devices``: N real device agents against a real fleet.
 
 ``--count N --target cpu-x86 [--processes K]`` runs N agents in this process (or split
-over K worker processes), enrolled in the fleet database on first use and reused after
+over K worker processes), enrolled through the fleet API (``--fleet-url``/``$FEDFLEET_URL``,
+an operator token in ``$FEDFLEET_TOKEN``) on first use and reused after
 (:mod:`simulation.fleet_devices`). The command is shown under ``fedfleet fleet``: the root
 CLI (``fedfleet/cli.py``) mounts it there, as ``fleet/`` never imports the simulator.
 
@@ -18,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fleet.ota.cli import BrokerHost, BrokerPort, DbUrl, _engine, _fail
+from fleet.ota.cli import BrokerHost, BrokerPort, FleetUrl, _fail
 
 fleet_commands = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -46,14 +47,13 @@ def simulate_devices(
             "one per core uses every core, as N real devices' CPUs would).",
         ),
     ] = 1,
-    database_url: DbUrl = None,
+    fleet_url: FleetUrl = None,
 ) -> None:
     """Run N device agents (enrolled on first use, reused after) in 1..K processes."""
     from edge_client.device_config import BrokerSettings
     from simulation.fleet_devices import (
         ProcessFleet,
         SimulatedFleet,
-        enroll_devices,
         load_credentials,
         save_credentials,
     )
@@ -74,15 +74,7 @@ def simulate_devices(
     else:
         devices = []
     if len(devices) < count:
-        engine, _settings = _engine(database_url)
-        try:
-            devices += enroll_devices(
-                engine, count=count - len(devices), group=group, target=target
-            )
-        except ValueError as err:
-            _fail(str(err))
-        finally:
-            engine.dispose()
+        devices += _enroll(fleet_url, count=count - len(devices), group=group, target=target)
         save_credentials(devices, creds_file)
         typer.echo(
             f"enrolled devices; rerun `fedfleet fleet broker-config` and reload Mosquitto "
@@ -113,6 +105,18 @@ def simulate_devices(
         if seconds and time.monotonic() - began >= seconds:
             break
     sim.stop()
+
+
+def _enroll(fleet_url: str | None, *, count: int, group: str, target: str) -> list[Any]:
+    """Enroll ``count`` devices over the fleet API; one line on stderr when it fails."""
+    from fleet.client import FleetClient, FleetError, connection_from_env
+    from simulation.fleet_devices import enroll_devices_over_api
+
+    try:
+        with FleetClient(connection_from_env(fleet_url)) as client:
+            return enroll_devices_over_api(client, count=count, group=group, target=target)
+    except FleetError as err:
+        _fail(str(err), code=1)
 
 
 fleet_commands.command("simulate-devices")(simulate_devices)
