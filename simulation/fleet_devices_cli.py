@@ -64,7 +64,6 @@ def simulate_devices(
         _fail(f"--processes must be 1..--count ({count}); one per core is usually best")
     if not public_key.is_file():
         _fail(f"--public-key {public_key} not found; give the key bundles are signed with")
-    work_dir.mkdir(parents=True, exist_ok=True)
     creds_file = work_dir / "devices.json"
     if creds_file.is_file():
         try:
@@ -75,6 +74,7 @@ def simulate_devices(
         devices = []
     if len(devices) < count:
         devices += _enroll(fleet_url, count=count - len(devices), group=group, target=target)
+        work_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to keep
         save_credentials(devices, creds_file)
         typer.echo(
             f"enrolled devices; rerun `fedfleet fleet broker-config` and reload Mosquitto "
