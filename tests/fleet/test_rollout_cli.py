@@ -188,8 +188,10 @@ def _closed_port() -> int:
 
 def _simulate(count: int, *, public_key: Path, cwd: Path, env: dict[str, str]) -> Any:
     return subprocess.run(
-        [FEDFLEET, "fleet", "simulate-devices", "--count", str(count), "--group", "sim-api"]
-        + ["--public-key", str(public_key), "--seconds", "1"],
+        [
+            *(FEDFLEET, "fleet", "simulate-devices", "--count", str(count), "--group", "sim-api"),
+            *("--public-key", str(public_key), "--seconds", "1"),
+        ],
         cwd=cwd,
         env=env,
         capture_output=True,
