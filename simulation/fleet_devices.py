@@ -104,18 +104,26 @@ def enroll_devices(
 
 
 def enroll_devices_over_api(
-    client: Any, *, count: int, group: str, target: str, prefix: str = "sim"
+    client: Any,
+    *,
+    count: int,
+    group: str,
+    target: str,
+    prefix: str = "sim",
+    into: list[SimDevice] | None = None,
 ) -> list[SimDevice]:
     """Enroll ``count`` devices into ``group`` (created if missing) through the fleet API.
 
     ``client`` is a :class:`fleet.client.FleetClient` with an operator token; each
-    enrolment's answer carries the device's broker password, shown this once.
+    enrolment's answer carries the device's broker password, shown this once, so each
+    device is appended to ``into`` (when given) as soon as it is enrolled: a caller keeps
+    the credentials of those enrolled before a failure.
     """
     if count < 1:
         raise ValueError("--count must be at least 1")
     client.ensure_group(group)
     start = time.time_ns() // 1000 % 10**9
-    out: list[SimDevice] = []
+    out: list[SimDevice] = [] if into is None else into
     for i in range(count):
         enrolled = client.enroll_device(
             name=f"{prefix}-{start}-{i:05d}", hardware_target=target, group=group

@@ -73,9 +73,14 @@ def simulate_devices(
     else:
         devices = []
     if len(devices) < count:
-        devices += _enroll(fleet_url, count=count - len(devices), group=group, target=target)
-        work_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to keep
-        save_credentials(devices, creds_file)
+        enrolled, error = _enroll(fleet_url, count=count - len(devices), group=group, target=target)
+        if enrolled:
+            work_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to keep
+            save_credentials(devices + enrolled, creds_file)
+        if error:
+            kept = f" ({len(enrolled)} enrolled first, kept in {creds_file})" if enrolled else ""
+            _fail(error + kept, code=1)
+        devices += enrolled
         typer.echo(
             f"enrolled devices; rerun `fedfleet fleet broker-config` and reload Mosquitto "
             f"(credentials in {creds_file})",
@@ -107,16 +112,19 @@ def simulate_devices(
     sim.stop()
 
 
-def _enroll(fleet_url: str | None, *, count: int, group: str, target: str) -> list[Any]:
-    """Enroll ``count`` devices over the fleet API; one line on stderr when it fails."""
+def _enroll(fleet_url: str | None, *, count: int, group: str, target: str) -> tuple[list[Any], str]:
+    """Enroll ``count`` devices over the fleet API: those enrolled, and the error ("" if
+    none) that stopped it early."""
     from fleet.client import FleetClient, FleetError, connection_from_env
-    from simulation.fleet_devices import enroll_devices_over_api
+    from simulation.fleet_devices import SimDevice, enroll_devices_over_api
 
+    enrolled: list[SimDevice] = []
     try:
         with FleetClient(connection_from_env(fleet_url)) as client:
-            return enroll_devices_over_api(client, count=count, group=group, target=target)
+            enroll_devices_over_api(client, count=count, group=group, target=target, into=enrolled)
     except FleetError as err:
-        _fail(str(err), code=1)
+        return enrolled, str(err)
+    return enrolled, ""
 
 
 fleet_commands.command("simulate-devices")(simulate_devices)
