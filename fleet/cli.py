@@ -306,8 +306,9 @@ def token_create(
 ) -> None:
     """Create an API token and print it (alone, on the last line of stdout) once.
 
-    Over the fleet API with an admin token in $FEDFLEET_TOKEN; the very first admin token
-    with --bootstrap --database-url URL instead (add --create for a new database).
+    Over the fleet API, with an admin token in $FEDFLEET_TOKEN.
+
+    The very first admin token: --bootstrap --database-url URL (--create: a new database).
     """
     role = role or ("admin" if bootstrap else None)
     if role is None:
