@@ -1,5 +1,12 @@
 """``fedfleet fleet ...``: serve the admin API and dashboard, migrate, manage tokens.
 
+``serve`` and ``migrate`` are server commands: they open the fleet's database
+(``--database-url``, ``$FEDFLEET_FLEET_DATABASE_URL``, else ``fleet.db`` in the data dir
+of the embedded single-host setup) and say which. ``token create|list|revoke`` are operator
+commands: they go over the fleet API with an admin token (``$FEDFLEET_TOKEN``); only
+``token create --bootstrap`` (the first admin token) opens a database, named explicitly,
+and refuses one that does not exist yet unless told ``--create``.
+
 The OTA commands (``broker-config``, ``mqtt``: ``fleet/ota/cli.py``) and
 ``simulate-devices`` (``simulation/fleet_devices_cli.py``) are mounted into ``fedfleet
 fleet`` by the root CLI: this module never imports ``fleet.ota`` or ``simulation``.
@@ -18,7 +25,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fedfleet.cli_support import EXIT_FAILURE, DatabaseUrl, fail, sub_app
+from fedfleet.cli_support import EXIT_FAILURE, DatabaseUrl, FleetUrl, fail, sub_app
 
 app = sub_app(help="The fleet admin API and dashboard.")
 token_app = sub_app(help="Create, list and revoke API tokens.")
@@ -52,11 +59,12 @@ def migrated_engine(settings):  # type: ignore[no-untyped-def]
     from fleet.db import make_engine
 
     engine = make_engine(settings.database_url, schema=settings.database_schema)
+    where = engine.url.render_as_string(hide_password=True)
     try:
         migrate.upgrade(engine)
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        fail(f"cannot reach the database ({reason}); check --database-url", EXIT_FAILURE)
+        fail(f"cannot reach the database {where} ({reason}); check --database-url", EXIT_FAILURE)
     except migrate.MigrationError as exc:
         fail(str(exc).splitlines()[0], EXIT_FAILURE)
     return engine
@@ -112,11 +120,14 @@ def serve(
     migrated_engine(settings).dispose()  # migrate (and report an unreachable database) up front
 
     import uvicorn
+    from sqlalchemy.engine import make_url
 
     from fleet.app import create_app
 
     application = create_app(settings.with_changes(migrate_on_start=False))
     base = f"http://{settings.host}:{settings.port}"
+    where = make_url(settings.database_url).render_as_string(hide_password=True)
+    typer.echo(f"fleet: database {where}", err=True)
     typer.echo(f"fleet: dashboard {base}/  API {base}/api/v1  docs {base}/docs", err=True)
     uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level)
 
@@ -148,13 +159,94 @@ def migrate(
 
     settings = settings_from_env(database_url=database_url, database_schema=database_schema)
     engine = migrated_engine(settings)
-    typer.echo(f"database at revision {migrations.current_revision(engine)}")
+    where = engine.url.render_as_string(hide_password=True)
+    typer.echo(f"database {where} at revision {migrations.current_revision(engine)}")
     engine.dispose()
+
+
+BootstrapDatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="With --bootstrap only: the fleet's database, sqlite:///PATH or "
+        "postgresql://USER@HOST:PORT/DB (default: $FEDFLEET_FLEET_DATABASE_URL; there is no "
+        "other default).",
+        show_default=False,
+    ),
+]
+
+
+def over_api(fleet_url: str | None, call: Any) -> Any:
+    """Run ``call(client)`` against the fleet API; one line on stderr when it fails."""
+    from fleet.client import FleetClient, FleetError, connection_from_env
+
+    try:
+        with FleetClient(connection_from_env(fleet_url)) as client:
+            return call(client)
+    except FleetError as err:
+        fail(str(err), EXIT_FAILURE)
+
+
+def _bootstrap_engine(database_url: str | None, database_schema: str | None, *, create: bool):  # type: ignore[no-untyped-def]
+    """The fleet database named explicitly, refused when it does not exist yet unless
+    ``create``; migrated to the newest schema."""
+    import os
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from fleet import migrate
+    from fleet.settings import ENV_PREFIX
+
+    url = database_url or os.environ.get(ENV_PREFIX + "DATABASE_URL", "").strip()
+    if not url:
+        fail(
+            "--bootstrap needs the fleet's database: pass --database-url sqlite:///PATH or "
+            f"postgresql://... (or set ${ENV_PREFIX}DATABASE_URL)"
+        )
+    settings = settings_from_env(database_url=url, database_schema=database_schema)
+    try:
+        parsed = make_url(settings.database_url)
+    except ArgumentError:
+        fail(f"--database-url {url!r} is not a database URL; use sqlite:///PATH or postgresql://")
+    if parsed.get_backend_name() == "sqlite" and not create:
+        path = Path(parsed.database or "")
+        if not parsed.database or parsed.database == ":memory:" or not path.is_file():
+            fail(
+                f"there is no fleet database at {path}; check --database-url (`fedfleet fleet "
+                "serve` prints the one it uses), or add --create to start a new one"
+            )
+    if not create:
+        from sqlalchemy.exc import OperationalError
+
+        from fleet.db import make_engine
+
+        probe = make_engine(settings.database_url, schema=settings.database_schema)
+        try:
+            revision = migrate.current_revision(probe)
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            fail(f"cannot reach the database ({reason}); check --database-url", EXIT_FAILURE)
+        finally:
+            probe.dispose()
+        if revision is None:
+            fail(
+                f"the database at {parsed.render_as_string(hide_password=True)} has no fleet "
+                "schema; check --database-url, or add --create to set one up there"
+            )
+    return migrated_engine(settings)
 
 
 @token_app.command("create")
 def token_create(
-    role: Annotated[str, typer.Option(help="viewer, operator or admin.", show_default=False)],
+    role: Annotated[
+        str | None,
+        typer.Option(
+            help="viewer, operator or admin (--bootstrap: admin, the default there).",
+            show_default=False,
+        ),
+    ] = None,
     name: Annotated[
         str | None,
         typer.Option(help="Who holds the token (default: the role).", show_default=False),
@@ -163,16 +255,45 @@ def token_create(
         int | None,
         typer.Option(help="Expire after this many days (default: never).", show_default=False),
     ] = None,
-    database_url: DatabaseUrl = None,
+    fleet_url: FleetUrl = None,
+    bootstrap: Annotated[
+        bool,
+        typer.Option(
+            "--bootstrap",
+            help="Create the first admin token directly in the fleet's database (needs "
+            "--database-url or $FEDFLEET_FLEET_DATABASE_URL, and no API token).",
+        ),
+    ] = False,
+    create: Annotated[
+        bool,
+        typer.Option(
+            "--create",
+            help="With --bootstrap: set up the database if it does not exist yet.",
+        ),
+    ] = False,
+    database_url: BootstrapDatabaseUrl = None,
     database_schema: DatabaseSchema = None,
 ) -> None:
-    """Create an API token and print it (alone, on the last line of stdout) once."""
+    """Create an API token and print it (alone, on the last line of stdout) once.
+
+    Over the fleet API, with an admin token in $FEDFLEET_TOKEN.
+
+    The very first admin token: --bootstrap --database-url URL (--create: a new database).
+    """
+    role = role or ("admin" if bootstrap else None)
+    if role is None:
+        fail("give --role viewer, --role operator or --role admin")
     if role not in ROLES:
         fail(f"unknown role {role!r}; use --role viewer, --role operator or --role admin")
+    if bootstrap and role != "admin":
+        fail("--bootstrap creates the first admin token; create other roles with it, over the API")
+    if not bootstrap and (database_url or database_schema or create):
+        fail(
+            "--database-url, --database-schema and --create go with --bootstrap only; other "
+            "tokens are created over the API (--fleet-url, $FEDFLEET_TOKEN of an admin)"
+        )
     from pydantic import ValidationError
 
-    from fleet.crud import tokens
-    from fleet.db import session_scope
     from fleet.models.auth import ApiTokenCreate, Role
 
     try:
@@ -181,8 +302,30 @@ def token_create(
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         fail(f"--{field.replace('_', '-')}: {first['msg'].removeprefix('Value error, ')}")
-    settings = settings_from_env(database_url=database_url, database_schema=database_schema)
-    engine = migrated_engine(settings)
+    if bootstrap:
+        secret, token_id = _bootstrap_token(request, database_url, database_schema, create=create)
+    else:
+        created = over_api(
+            fleet_url,
+            lambda c: c.create_token(
+                name=request.name, role=request.role.value, ttl_days=request.ttl_days
+            ),
+        )
+        secret, token_id = created.token, created.info.id
+    typer.echo(
+        f"created {role} token '{request.name}' (id {token_id}); it is shown once, store it now:",
+        err=True,
+    )
+    typer.echo(secret)
+
+
+def _bootstrap_token(  # type: ignore[no-untyped-def]
+    request, database_url: str | None, database_schema: str | None, *, create: bool
+) -> tuple[str, int]:
+    from fleet.crud import tokens
+    from fleet.db import session_scope
+
+    engine = _bootstrap_engine(database_url, database_schema, create=create)
     with session_scope(engine, write=True) as session:
         secret, token = tokens.create_token(
             session,
@@ -193,48 +336,26 @@ def token_create(
         )
         token_id = token.id
     engine.dispose()
-    typer.echo(
-        f"created {role} token '{request.name}' (id {token_id}); it is shown once, store it now:",
-        err=True,
-    )
-    typer.echo(secret)
+    return secret, int(token_id or 0)
 
 
 @token_app.command("list")
-def token_list(database_url: DatabaseUrl = None, database_schema: DatabaseSchema = None) -> None:
-    """List tokens (never their secrets)."""
-    from fleet.crud import tokens
-    from fleet.db import session_scope
-
-    settings = settings_from_env(database_url=database_url, database_schema=database_schema)
-    engine = migrated_engine(settings)
-    with session_scope(engine, write=False) as session:
-        rows = tokens.list_tokens(session)
-        for token in rows:
-            state = "revoked" if token.revoked_at else "active"
-            typer.echo(f"{token.id}\t{token.role.value}\t{token.name}\t{token.prefix}…\t{state}")
-    engine.dispose()
+def token_list(fleet_url: FleetUrl = None) -> None:
+    """List tokens (never their secrets), over the API with an admin token."""
+    for token in over_api(fleet_url, lambda c: c.list_tokens()):
+        state = "revoked" if token.revoked_at else "active"
+        typer.echo(f"{token.id}\t{token.role}\t{token.name}\t{token.prefix}…\t{state}")
 
 
 @token_app.command("revoke")
 def token_revoke(
     token_id: Annotated[int, typer.Argument(help="Token id (from `token list`).")],
-    database_url: DatabaseUrl = None,
-    database_schema: DatabaseSchema = None,
+    fleet_url: FleetUrl = None,
 ) -> None:
-    """Revoke a token and end its dashboard sessions."""
-    from fleet.crud import tokens
-    from fleet.db import session_scope
-
+    """Revoke a token and end its dashboard sessions (over the API, admin token)."""
     if not 0 < token_id < 2**31:
         fail(f"token id {token_id} is out of range; see `fedfleet fleet token list`")
-    settings = settings_from_env(database_url=database_url, database_schema=database_schema)
-    engine = migrated_engine(settings)
-    with session_scope(engine, write=True) as session:
-        token = tokens.revoke_token(session, token_id, actor=cli_actor())
-    engine.dispose()
-    if token is None:
-        fail(f"there is no token {token_id}; see `fedfleet fleet token list`")
+    token = over_api(fleet_url, lambda c: c.revoke_token(token_id))
     typer.echo(f"revoked token {token_id} ({token.name})")
 
 

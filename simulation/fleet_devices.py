@@ -1,8 +1,8 @@
 """Many device agents in one process, for tests, demos and benchmarks.
 
 ``fedfleet fleet simulate-devices --count N --target cpu-x86``
-(:mod:`simulation.fleet_devices_cli`) enrolls N devices in the
-fleet database (or reuses a credentials file), and runs N real :class:`DeviceAgent`
+(:mod:`simulation.fleet_devices_cli`) enrolls N devices through the fleet API
+(:func:`enroll_devices_over_api`, or reuses a credentials file), and runs N real :class:`DeviceAgent`
 instances — each with its own MQTT connection, slots folder and Last Will — sharing one
 small worker pool and one timer thread. The agents are the same code a Raspberry Pi
 runs; only their number per process differs. With ``--processes K``
@@ -10,8 +10,9 @@ runs; only their number per process differs. With ``--processes K``
 simulator uses every core as N real devices' CPUs would; results come back as
 :class:`AgentReport` rows.
 
-Also here, the fleet-side helpers the demo, the end-to-end tests and ``bench/ota.py``
-share: enrolling devices and registering a bundle as a model version's artifact.
+Also here, the in-process fleet-side helpers the end-to-end tests and ``bench/ota.py``
+share, which write a fleet database they own: enrolling devices (:func:`enroll_devices`)
+and registering a bundle as a model version's artifact. No command uses them.
 """
 
 from __future__ import annotations
@@ -99,6 +100,35 @@ def enroll_devices(
                     offline_after_s=120.0,
                 )
                 out.append(SimDevice(device_id=device.id, password=password))
+    return out
+
+
+def enroll_devices_over_api(
+    client: Any,
+    *,
+    count: int,
+    group: str,
+    target: str,
+    prefix: str = "sim",
+    into: list[SimDevice] | None = None,
+) -> list[SimDevice]:
+    """Enroll ``count`` devices into ``group`` (created if missing) through the fleet API.
+
+    ``client`` is a :class:`fleet.client.FleetClient` with an operator token; each
+    enrolment's answer carries the device's broker password, shown this once, so each
+    device is appended to ``into`` (when given) as soon as it is enrolled: a caller keeps
+    the credentials of those enrolled before a failure.
+    """
+    if count < 1:
+        raise ValueError("--count must be at least 1")
+    client.ensure_group(group)
+    start = time.time_ns() // 1000 % 10**9
+    out: list[SimDevice] = [] if into is None else into
+    for i in range(count):
+        enrolled = client.enroll_device(
+            name=f"{prefix}-{start}-{i:05d}", hardware_target=target, group=group
+        )
+        out.append(SimDevice(device_id=enrolled.device.id, password=enrolled.mqtt.password))
     return out
 
 

@@ -1,7 +1,8 @@
 """``fedfleet fleet simulate-devices``: N real device agents against a real fleet.
 
 ``--count N --target cpu-x86 [--processes K]`` runs N agents in this process (or split
-over K worker processes), enrolled in the fleet database on first use and reused after
+over K worker processes), enrolled through the fleet API (``--fleet-url``/``$FEDFLEET_URL``,
+an operator token in ``$FEDFLEET_TOKEN``) on first use and reused after
 (:mod:`simulation.fleet_devices`). The command is shown under ``fedfleet fleet``: the root
 CLI (``fedfleet/cli.py``) mounts it there, as ``fleet/`` never imports the simulator.
 
@@ -18,8 +19,8 @@ from typing import Annotated, Any
 
 import typer
 
-from fedfleet.cli_support import DatabaseUrl, fail, sub_app
-from fleet.ota.cli import BrokerHost, BrokerPort, engine_and_settings
+from fedfleet.cli_support import EXIT_FAILURE, FleetUrl, fail, sub_app
+from fleet.ota.cli import BrokerHost, BrokerPort
 
 fleet_commands = sub_app()
 
@@ -47,14 +48,13 @@ def simulate_devices(
             "one per core uses every core, as N real devices' CPUs would).",
         ),
     ] = 1,
-    database_url: DatabaseUrl = None,
+    fleet_url: FleetUrl = None,
 ) -> None:
     """Run N device agents (enrolled on first use, reused after) in 1..K processes."""
     from edge_client.device_config import BrokerSettings
     from simulation.fleet_devices import (
         ProcessFleet,
         SimulatedFleet,
-        enroll_devices,
         load_credentials,
         save_credentials,
     )
@@ -65,7 +65,6 @@ def simulate_devices(
         fail(f"--processes must be 1..--count ({count}); one per core is usually best")
     if not public_key.is_file():
         fail(f"--public-key {public_key} not found; give the key bundles are signed with")
-    work_dir.mkdir(parents=True, exist_ok=True)
     creds_file = work_dir / "devices.json"
     if creds_file.is_file():
         try:
@@ -75,16 +74,14 @@ def simulate_devices(
     else:
         devices = []
     if len(devices) < count:
-        engine, _settings = engine_and_settings(database_url)
-        try:
-            devices += enroll_devices(
-                engine, count=count - len(devices), group=group, target=target
-            )
-        except ValueError as err:
-            fail(str(err))
-        finally:
-            engine.dispose()
-        save_credentials(devices, creds_file)
+        enrolled, error = _enroll(fleet_url, count=count - len(devices), group=group, target=target)
+        if enrolled:
+            work_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to keep
+            save_credentials(devices + enrolled, creds_file)
+        if error:
+            kept = f" ({len(enrolled)} enrolled first, kept in {creds_file})" if enrolled else ""
+            fail(error + kept, EXIT_FAILURE)
+        devices += enrolled
         typer.echo(
             f"enrolled devices (credentials in {creds_file}); `fedfleet fleet mqtt "
             "--broker-pid PID` gives them to the broker within a second (without it, rerun "
@@ -115,6 +112,21 @@ def simulate_devices(
         if seconds and time.monotonic() - began >= seconds:
             break
     sim.stop()
+
+
+def _enroll(fleet_url: str | None, *, count: int, group: str, target: str) -> tuple[list[Any], str]:
+    """Enroll ``count`` devices over the fleet API: those enrolled, and the error ("" if
+    none) that stopped it early."""
+    from fleet.client import FleetClient, FleetError, connection_from_env
+    from simulation.fleet_devices import SimDevice, enroll_devices_over_api
+
+    enrolled: list[SimDevice] = []
+    try:
+        with FleetClient(connection_from_env(fleet_url)) as client:
+            enroll_devices_over_api(client, count=count, group=group, target=target, into=enrolled)
+    except FleetError as err:
+        return enrolled, str(err)
+    return enrolled, ""
 
 
 fleet_commands.command("simulate-devices")(simulate_devices)

@@ -9,8 +9,13 @@ the fleet's database code, so it works against any reachable fleet (``docs/fleet
   (``fedfleet image build --upload``, ``fedfleet image publish``);
 - ``POST /runs``, ``PUT /runs/{id}/rounds/{n}``, ``PATCH /runs/{id}``, ``POST /models``
   to register a finished run's model with its lineage (``fedfleet model register``);
-- ``GET /rollouts/{id}`` and ``POST /rollouts/{id}/pause|resume|abort`` to watch and steer
-  a staged rollout (``fedfleet rollout show|pause|resume|abort``).
+- ``POST /rollouts``, ``GET /rollouts``, ``GET /rollouts/{id}`` and
+  ``POST /rollouts/{id}/pause|resume|abort`` to start, list, watch and steer staged rollouts
+  (``fedfleet rollout create|list|show|pause|resume|abort``);
+- ``POST /tokens``, ``GET /tokens``, ``DELETE /tokens/{id}`` (admin) to manage API tokens
+  (``fedfleet fleet token create|list|revoke``);
+- ``POST /groups`` and ``POST /devices`` to enrol devices, each with its broker
+  credentials shown once (``fedfleet fleet simulate-devices``).
 
 The calls are the constants of :mod:`fleet.client.routes`. Every failure is a
 :class:`~fleet.client.connection.FleetError` with one line that says what to do; the
@@ -36,29 +41,44 @@ from fleet.client.connection import (
 )
 from fleet.client.routes import (
     ABORT_ROLLOUT,
+    CREATE_GROUP,
+    CREATE_ROLLOUT,
     CREATE_RUN,
+    CREATE_TOKEN,
     DEPRECATE_MODEL,
     DOWNLOAD_ARTIFACT,
+    ENROLL_DEVICE,
     GET_MODEL,
     GET_ROLLOUT,
     GET_RUN,
+    LIST_ROLLOUTS,
+    LIST_TOKENS,
     PAUSE_ROLLOUT,
     REGISTER_MODEL,
     REPORT_ROUND,
     RESUME_ROLLOUT,
+    REVOKE_TOKEN,
     UPDATE_RUN,
     UPLOAD_ARTIFACT,
     ArtifactForm,
     ArtifactInfo,
+    DeviceCreateBody,
+    EnrolledDevice,
     ModelCreateBody,
     ModelInfo,
     RolloutAbortBody,
+    RolloutCreateBody,
     RolloutInfo,
+    RolloutPage,
+    RolloutSummary,
     RoundReportBody,
     Route,
     RunCreateBody,
     RunInfo,
     RunUpdateBody,
+    TokenCreateBody,
+    TokenCreated,
+    TokenInfo,
 )
 
 TIMEOUT_S = 30.0
@@ -315,6 +335,40 @@ class FleetClient:
         body: RolloutAbortBody = {"rollback": rollback}
         return self._rollout_call(ABORT_ROLLOUT, rollout_id, body, verb="aborting")
 
+    def create_rollout(
+        self,
+        *,
+        model_version_id: int,
+        group: str,
+        waves: list[int],
+        max_failure_rate: float,
+        ack_timeout_s: float,
+    ) -> RolloutSummary:
+        """Record a staged rollout; the fleet's MQTT service carries it out.
+
+        The fleet's refusal (an unknown model version or group, waves that do not
+        increase) is the :class:`FleetError`'s line.
+        """
+        body: RolloutCreateBody = {
+            "model_version_id": model_version_id,
+            "group": group,
+            "waves": list(waves),
+            "max_failure_rate": max_failure_rate,
+            "ack_timeout_s": ack_timeout_s,
+        }
+        what = f"creating a rollout of model version {model_version_id}"
+        response = self._call(CREATE_ROLLOUT, CREATE_ROLLOUT.url(), what=what, json=dict(body))
+        if response.status_code in (404, 409, 422):
+            raise FleetError(_detail(response))
+        self._check(response, what=what)
+        return RolloutSummary.from_json(response.json())
+
+    def list_rollouts(self) -> RolloutPage:
+        """The newest rollouts (the API's first page) and how many there are in all."""
+        response = self._call(LIST_ROLLOUTS, LIST_ROLLOUTS.url(), what="listing rollouts")
+        self._check(response, what="listing rollouts")
+        return RolloutPage.from_json(response.json())
+
     def _rollout_call(
         self, route: Route, rollout_id: int, body: Mapping[str, Any] | None, *, verb: str
     ) -> RolloutInfo:
@@ -331,15 +385,63 @@ class FleetClient:
         self._check(response, what=what)
         return RolloutInfo.from_json(response.json())
 
+    # --- tokens (admin) --------------------------------------------------------------------
+
+    def create_token(self, *, name: str, role: str, ttl_days: int | None = None) -> TokenCreated:
+        """A new API token; its secret is in the answer only."""
+        body: TokenCreateBody = {"name": name, "role": role}
+        if ttl_days is not None:
+            body["ttl_days"] = ttl_days
+        answer = self._send(CREATE_TOKEN, body, what=f"creating a {role} token", admin=True)
+        return TokenCreated.from_json(answer)
+
+    def list_tokens(self) -> list[TokenInfo]:
+        """Every token (never a secret)."""
+        answer = self._send(LIST_TOKENS, None, what="listing tokens", admin=True)
+        return [TokenInfo.from_json(t) for t in answer]
+
+    def revoke_token(self, token_id: int) -> TokenInfo:
+        """Revoke a token; :class:`FleetNotFoundError` if there is none with that id."""
+        what = f"revoking token {token_id}"
+        response = self._call(REVOKE_TOKEN, REVOKE_TOKEN.url(token_id=token_id), what=what)
+        if response.status_code == 404:
+            raise FleetNotFoundError(
+                f"there is no token {token_id}; see `fedfleet fleet token list`"
+            )
+        self._check(response, what=what, admin=True)
+        return TokenInfo.from_json(response.json())
+
+    # --- devices ----------------------------------------------------------------------------
+
+    def ensure_group(self, name: str) -> None:
+        """Create group ``name`` unless it exists."""
+        body = {"name": name}
+        what = f"creating group {name}"
+        response = self._call(CREATE_GROUP, CREATE_GROUP.url(), what=what, json=body)
+        if response.status_code != 409:  # 409: it exists already
+            self._check(response, what=what)
+
+    def enroll_device(self, *, name: str, hardware_target: str, group: str) -> EnrolledDevice:
+        """Enrol a device; the answer holds its broker password, shown this once."""
+        body: DeviceCreateBody = {"name": name, "hardware_target": hardware_target, "group": group}
+        answer = self._send(ENROLL_DEVICE, body, what=f"enrolling device {name}")
+        return EnrolledDevice.from_json(answer)
+
     # --- plumbing ---------------------------------------------------------------------
 
     def _send(
-        self, route: Route, body: Mapping[str, Any] | None, *, what: str, **params: int
+        self,
+        route: Route,
+        body: Mapping[str, Any] | None,
+        *,
+        what: str,
+        admin: bool = False,
+        **params: int,
     ) -> Any:
         """Call ``route`` with a JSON ``body``; the JSON answer (any non-2xx is a FleetError)."""
         extra = {} if body is None else {"json": dict(body)}
         response = self._call(route, route.url(**params), what=what, **extra)
-        self._check(response, what=what)
+        self._check(response, what=what, admin=admin)
         return response.json()
 
     def _call(self, route: Route, path: str, *, what: str, **kwargs: Any) -> Any:
@@ -363,7 +465,7 @@ class FleetClient:
             "serve` running there? check --fleet-url or $FEDFLEET_URL"
         )
 
-    def _check(self, response: Any, *, what: str) -> None:
+    def _check(self, response: Any, *, what: str, admin: bool = False) -> None:
         status = int(response.status_code)
         if 200 <= status < 300:
             return
@@ -375,9 +477,11 @@ class FleetClient:
                 f"{reason}); export a valid one from `fedfleet fleet token create --role operator`"
             )
         if status == 403:
+            needs = "an admin token" if admin else "an operator or admin token"
+            how = "--role admin` (the first: add --bootstrap" if admin else "--role operator"
             raise FleetError(
-                f"the token in ${TOKEN_ENV} may not do this ({detail}); {what} needs an "
-                "operator or admin token: `fedfleet fleet token create --role operator`"
+                f"the token in ${TOKEN_ENV} may not do this ({detail}); {what} needs {needs}: "
+                f"`fedfleet fleet token create {how}`" + (")" if admin else "")
             )
         raise FleetError(f"the fleet refused {what} (HTTP {status}: {detail})")
 

@@ -66,8 +66,9 @@ def connection_from_env(
     token = env.get(TOKEN_ENV, "").strip()
     if not token:
         raise FleetError(
-            f"${TOKEN_ENV} is not set; create a token with `fedfleet fleet token create "
-            f"--role operator` and `export {TOKEN_ENV}=...` (it is never taken on the command line)"
+            f"${TOKEN_ENV} is not set; `export {TOKEN_ENV}=...` with a token from `fedfleet "
+            "fleet token create --role operator` (the very first admin token: `fedfleet fleet "
+            "token create --bootstrap --database-url URL`); it is never taken on the command line"
         )
     return FleetConnection(url=raw, token=token)
 

@@ -148,6 +148,131 @@ class RolloutInfo:
         )
 
 
+@dataclass(frozen=True)
+class WaveInfo:
+    """One wave's counts in a rollout view (``WaveProgress``)."""
+
+    devices: int
+    installed: int
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> WaveInfo:
+        return cls(devices=int(body["devices"]), installed=int(body["installed"]))
+
+
+@dataclass(frozen=True)
+class RolloutSummary:
+    """A rollout with its per-wave progress (``RolloutPublic``); waves count from 0."""
+
+    id: int
+    model_version_id: int
+    group: str
+    status: str
+    current_wave: int
+    max_failure_rate: float
+    reason: str
+    progress: tuple[WaveInfo, ...]
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> RolloutSummary:
+        return cls(
+            id=int(body["id"]),
+            model_version_id=int(body["model_version_id"]),
+            group=str(body["group"]),
+            status=str(body["status"]),
+            current_wave=int(body["current_wave"]),
+            max_failure_rate=float(body["max_failure_rate"]),
+            reason=str(body.get("reason") or ""),
+            progress=tuple(WaveInfo.from_json(w) for w in body.get("progress") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class RolloutPage:
+    """One page of rollouts, newest first (``Page[RolloutPublic]``)."""
+
+    items: tuple[RolloutSummary, ...]
+    total: int
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> RolloutPage:
+        return cls(
+            items=tuple(RolloutSummary.from_json(r) for r in body.get("items") or ()),
+            total=int(body["total"]),
+        )
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """An API token without its secret (``ApiTokenPublic``)."""
+
+    id: int
+    name: str
+    role: str
+    prefix: str
+    revoked_at: str | None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> TokenInfo:
+        return cls(
+            id=int(body["id"]),
+            name=str(body["name"]),
+            role=str(body["role"]),
+            prefix=str(body["prefix"]),
+            revoked_at=body.get("revoked_at"),
+        )
+
+
+@dataclass(frozen=True)
+class TokenCreated:
+    """A new token: ``token`` is its secret, in this answer only (``ApiTokenCreated``)."""
+
+    token: str
+    info: TokenInfo
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> TokenCreated:
+        return cls(token=str(body["token"]), info=TokenInfo.from_json(body["info"]))
+
+
+@dataclass(frozen=True)
+class BrokerLogin:
+    """A device's broker username and password; the password is shown once."""
+
+    username: str
+    password: str
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> BrokerLogin:
+        return cls(username=str(body["username"]), password=str(body["password"]))
+
+
+@dataclass(frozen=True)
+class EnrolledDevice:
+    """A just-enrolled device's id and its broker credentials (``DeviceEnrolled``)."""
+
+    device: DeviceRef
+    mqtt: BrokerLogin
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> EnrolledDevice:
+        return cls(
+            device=DeviceRef.from_json(body["device"]), mqtt=BrokerLogin.from_json(body["mqtt"])
+        )
+
+
+@dataclass(frozen=True)
+class DeviceRef:
+    """A device's id and name (``DevicePublic``)."""
+
+    id: str
+    name: str
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> DeviceRef:
+        return cls(id=str(body["id"]), name=str(body["name"]))
+
+
 # --- request bodies (only the fields the client sends) -------------------------------
 
 
@@ -204,6 +329,38 @@ class RolloutAbortBody(TypedDict):
     rollback: bool
 
 
+class RolloutCreateBody(TypedDict):
+    """``RolloutCreate``."""
+
+    model_version_id: int
+    group: str
+    waves: list[int]
+    max_failure_rate: float
+    ack_timeout_s: float
+
+
+class TokenCreateBody(TypedDict, total=False):
+    """``ApiTokenCreate``."""
+
+    name: str
+    role: str
+    ttl_days: int
+
+
+class GroupCreateBody(TypedDict):
+    """``GroupCreate``."""
+
+    name: str
+
+
+class DeviceCreateBody(TypedDict, total=False):
+    """``DeviceCreate``."""
+
+    name: str
+    hardware_target: str
+    group: str
+
+
 # --- routes ----------------------------------------------------------------------------
 
 
@@ -239,6 +396,13 @@ RESUME_ROLLOUT = Route("POST", "/rollouts/{rollout_id}/resume", result=RolloutIn
 ABORT_ROLLOUT = Route(
     "POST", "/rollouts/{rollout_id}/abort", body=RolloutAbortBody, result=RolloutInfo
 )
+CREATE_ROLLOUT = Route("POST", "/rollouts", body=RolloutCreateBody, result=RolloutSummary)
+LIST_ROLLOUTS = Route("GET", "/rollouts", result=RolloutPage)
+CREATE_TOKEN = Route("POST", "/tokens", body=TokenCreateBody, result=TokenCreated)
+LIST_TOKENS = Route("GET", "/tokens", result=TokenInfo)  # a JSON list of them
+REVOKE_TOKEN = Route("DELETE", "/tokens/{token_id}", result=TokenInfo)
+CREATE_GROUP = Route("POST", "/groups", body=GroupCreateBody)
+ENROLL_DEVICE = Route("POST", "/devices", body=DeviceCreateBody, result=EnrolledDevice)
 
 #: Every call the client makes.
 ROUTES: tuple[Route, ...] = (
@@ -255,4 +419,11 @@ ROUTES: tuple[Route, ...] = (
     PAUSE_ROLLOUT,
     RESUME_ROLLOUT,
     ABORT_ROLLOUT,
+    CREATE_ROLLOUT,
+    LIST_ROLLOUTS,
+    CREATE_TOKEN,
+    LIST_TOKENS,
+    REVOKE_TOKEN,
+    CREATE_GROUP,
+    ENROLL_DEVICE,
 )

@@ -3,10 +3,12 @@
 - ``fedfleet fleet broker-config --out DIR``: Mosquitto password, ACL and config files;
 - ``fedfleet fleet mqtt``: the fleet's MQTT service (bridge + rollout controller, and with
   ``--broker-pid``/``--broker-pid-file`` the broker's credentials, fleet/ota/broker_sync.py);
-- ``fedfleet rollout create|list``: staged rollouts, written to the fleet database
-  (the MQTT service picks them up);
-- ``fedfleet rollout show|pause|resume|abort ID``: watch and steer one over the fleet API
-  (``--fleet-url``/``$FEDFLEET_URL``, token in ``$FEDFLEET_TOKEN``).
+- ``fedfleet rollout create|list|show|pause|resume|abort``: start, list, watch and steer
+  staged rollouts over the fleet API (``--fleet-url``/``$FEDFLEET_URL``, token in
+  ``$FEDFLEET_TOKEN``); the MQTT service picks them up from the fleet's database.
+
+Operator commands (``rollout``) reach the fleet only through its API; the server-side
+commands (``broker-config``, ``mqtt``) run next to the fleet and open its database.
 
 (``fedfleet fleet simulate-devices`` is the simulator's: ``simulation/fleet_devices_cli.py``.)
 
@@ -24,6 +26,7 @@ from typing import Annotated, Any
 import typer
 
 from fedfleet.cli_support import EXIT_FAILURE, DatabaseUrl, FleetUrl, fail, sub_app
+from fleet.cli import over_api as _over_api
 
 RolloutIdArg = Annotated[int, typer.Argument(help="Rollout id (see `fedfleet rollout list`).")]
 
@@ -63,9 +66,24 @@ def broker_config(
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM key of --tls-cert.")] = None,
     tls_port: Annotated[int, typer.Option(help="TLS listener port.")] = 8883,
-    database_url: DatabaseUrl = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="The fleet's database, sqlite:///PATH or postgresql://... (default: "
+            "$FEDFLEET_FLEET_DATABASE_URL; there is no other default).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Write Mosquitto's password file, ACL file and config from the enrolled devices."""
+    """Write Mosquitto's password file, ACL file and config from the enrolled devices.
+
+    A server-side command: it runs on the broker's host, next to `fedfleet fleet mqtt`, and
+    reads the devices' password hashes from the fleet's database, which must be named
+    (--database-url or $FEDFLEET_FLEET_DATABASE_URL) and must exist.
+    """
+    import os
+
     from fleet.ota.broker_config import (
         TlsListener,
         device_credentials_from_db,
@@ -74,6 +92,20 @@ def broker_config(
 
     if (tls_cert is None) != (tls_key is None):
         fail("give both --tls-cert and --tls-key for a TLS listener, or neither")
+    database_url = database_url or os.environ.get("FEDFLEET_FLEET_DATABASE_URL", "").strip()
+    if not database_url:
+        fail(
+            "broker-config reads the enrolled devices from the fleet's database: pass "
+            "--database-url sqlite:///PATH or postgresql://... (or set "
+            "$FEDFLEET_FLEET_DATABASE_URL), the one `fedfleet fleet serve` prints"
+        )
+    if database_url.startswith("sqlite:///"):
+        db_file = Path(database_url.removeprefix("sqlite:///").split("?", 1)[0])
+        if not db_file.is_file():
+            fail(
+                f"there is no fleet database at {db_file}; pass the --database-url "
+                "`fedfleet fleet serve` prints"
+            )
     engine, _settings = engine_and_settings(database_url)
     try:
         tls = TlsListener(tls_cert, tls_key, tls_port) if tls_cert and tls_key else None
@@ -258,14 +290,11 @@ def rollout_create(
         float, typer.Option(help="Failed fraction of a wave that aborts (0..1).")
     ] = 0.1,
     ack_timeout_s: Annotated[float, typer.Option(help="Seconds a device has to answer.")] = 600.0,
-    database_url: DatabaseUrl = None,
+    fleet_url: FleetUrl = None,
 ) -> None:
-    """Create a staged rollout; the fleet's MQTT service carries it out."""
+    """Create a staged rollout over the fleet API; the fleet's MQTT service carries it out."""
     from pydantic import ValidationError
 
-    from fleet.crud.rollouts import create_rollout, public_view
-    from fleet.db import session_scope
-    from fleet.errors import FleetError
     from fleet.models.ota import RolloutCreate
 
     try:
@@ -283,15 +312,16 @@ def rollout_create(
             field = ".".join(str(p) for p in first["loc"]).replace("_", "-")
             fail(f"--{field}: {first['msg'].removeprefix('Value error, ')}")
         fail(f"--waves must be comma-separated integers like 5,25,100 ({err})")
-    engine, _settings = engine_and_settings(database_url)
-    try:
-        with session_scope(engine, write=True) as session:
-            rollout = create_rollout(session, data, actor=_actor())
-            view = public_view(session, rollout)
-    except FleetError as err:
-        fail(str(err))
-    finally:
-        engine.dispose()
+    view = _over_api(
+        fleet_url,
+        lambda c: c.create_rollout(
+            model_version_id=data.model_version_id,
+            group=data.group,
+            waves=data.waves,
+            max_failure_rate=data.max_failure_rate,
+            ack_timeout_s=data.ack_timeout_s,
+        ),
+    )
     sizes = ", ".join(str(w.devices) for w in view.progress)
     typer.echo(
         f"rollout {view.id}: model {view.model_version_id} to group '{view.group}' in "
@@ -301,36 +331,23 @@ def rollout_create(
 
 
 @rollout_app.command("list")
-def rollout_list(database_url: DatabaseUrl = None) -> None:
-    """List rollouts, newest first, with their progress."""
-    from sqlmodel import Session, col, select
-
-    from fleet.crud.rollouts import public_view
-    from fleet.models.ota import Rollout
-
-    engine, _settings = engine_and_settings(database_url)
-    with Session(engine) as session:
-        for rollout in session.exec(select(Rollout).order_by(col(Rollout.id).desc())).all():
-            view = public_view(session, rollout)
-            done = sum(w.installed for w in view.progress)
-            total = sum(w.devices for w in view.progress)
-            typer.echo(
-                f"{view.id}\tmodel {view.model_version_id}\t{view.group}\t{view.status.value}\t"
-                f"wave {view.current_wave + 1}/{len(view.progress)}\t{done}/{total} installed"
-                + (f"\t{view.reason}" if view.reason else "")
-            )
-    engine.dispose()
-
-
-def _steer(fleet_url: str | None, call: Any) -> Any:
-    """Run ``call(client)`` against the fleet API; one line on stderr when it fails."""
-    from fleet.client import FleetClient, FleetError, connection_from_env
-
-    try:
-        with FleetClient(connection_from_env(fleet_url)) as client:
-            return call(client)
-    except FleetError as err:
-        fail(str(err), EXIT_FAILURE)
+def rollout_list(fleet_url: FleetUrl = None) -> None:
+    """List rollouts, newest first, with their progress (the fleet API's first page)."""
+    page = _over_api(fleet_url, lambda c: c.list_rollouts())
+    for view in page.items:
+        done = sum(w.installed for w in view.progress)
+        total = sum(w.devices for w in view.progress)
+        typer.echo(
+            f"{view.id}\tmodel {view.model_version_id}\t{view.group}\t{view.status}\t"
+            f"wave {view.current_wave + 1}/{len(view.progress)}\t{done}/{total} installed"
+            + (f"\t{view.reason}" if view.reason else "")
+        )
+    if page.total > len(page.items):
+        typer.echo(
+            f"({page.total - len(page.items)} older rollouts not shown; "
+            "GET /api/v1/rollouts?offset=N pages through them)",
+            err=True,
+        )
 
 
 def _print_rollout(view: Any) -> None:
@@ -345,7 +362,7 @@ def _print_rollout(view: Any) -> None:
 @rollout_app.command("show")
 def rollout_show(rollout_id: RolloutIdArg, fleet_url: FleetUrl = None) -> None:
     """One rollout: each wave's devices and their states, and who it is waiting for."""
-    view = _steer(fleet_url, lambda c: c.get_rollout(rollout_id))
+    view = _over_api(fleet_url, lambda c: c.get_rollout(rollout_id))
     _print_rollout(view)
     typer.echo("wave	device	name	state	attempts	error")
     for d in view.devices:
@@ -359,13 +376,13 @@ def rollout_show(rollout_id: RolloutIdArg, fleet_url: FleetUrl = None) -> None:
 @rollout_app.command("pause")
 def rollout_pause(rollout_id: RolloutIdArg, fleet_url: FleetUrl = None) -> None:
     """Pause a running rollout: no new wave and no resend (answers still count)."""
-    _print_rollout(_steer(fleet_url, lambda c: c.pause_rollout(rollout_id)))
+    _print_rollout(_over_api(fleet_url, lambda c: c.pause_rollout(rollout_id)))
 
 
 @rollout_app.command("resume")
 def rollout_resume(rollout_id: RolloutIdArg, fleet_url: FleetUrl = None) -> None:
     """Resume a paused rollout where it stopped."""
-    _print_rollout(_steer(fleet_url, lambda c: c.resume_rollout(rollout_id)))
+    _print_rollout(_over_api(fleet_url, lambda c: c.resume_rollout(rollout_id)))
 
 
 @rollout_app.command("abort")
@@ -382,7 +399,7 @@ def rollout_abort(
     fleet_url: FleetUrl = None,
 ) -> None:
     """Abort a running or paused rollout for good."""
-    _print_rollout(_steer(fleet_url, lambda c: c.abort_rollout(rollout_id, rollback=rollback)))
+    _print_rollout(_over_api(fleet_url, lambda c: c.abort_rollout(rollout_id, rollback=rollback)))
 
 
 # The OTA commands of ``fedfleet fleet``: the root CLI (fedfleet/cli.py) mounts them there,

@@ -29,15 +29,38 @@ def fleet_fixtures() -> Any:
     return module
 
 
-def create_token(server: Any, role: str, *, cwd: Path) -> str:
-    """A new API token of ``role`` from the real ``fedfleet fleet token create``."""
-    created = subprocess.run(
-        [str(Path(sys.executable).parent / "fedfleet"), "fleet", "token", "create", "--role", role],
+def _fedfleet(args: list[str], *, cwd: Path, env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "fedfleet"), *args],
         cwd=cwd,
-        env={**os.environ, "FEDFLEET_FLEET_DATA_DIR": str(server.data_dir)},
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert created.returncode == 0, created.stderr
-    return created.stdout.strip().splitlines()[-1]
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+_ADMIN_TOKENS: dict[str, str] = {}
+
+
+def create_token(server: Any, role: str, *, cwd: Path) -> str:
+    """A new API token of ``role`` from the real ``fedfleet fleet token create``: the first
+    admin token with ``--bootstrap`` on the server's database, the others over its API."""
+    key = f"{server.base_url} {server.database_url}"
+    admin = _ADMIN_TOKENS.get(key)
+    if admin is None:
+        admin = _fedfleet(
+            ["fleet", "token", "create", "--bootstrap", "--database-url", server.database_url],
+            cwd=cwd,
+            env={},
+        )
+        _ADMIN_TOKENS[key] = admin
+    if role == "admin":
+        return admin
+    return _fedfleet(
+        ["fleet", "token", "create", "--role", role, "--fleet-url", server.base_url],
+        cwd=cwd,
+        env={"FEDFLEET_TOKEN": admin},
+    )

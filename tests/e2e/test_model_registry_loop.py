@@ -206,8 +206,7 @@ def test_build_from_the_registry_uploads_a_bundle_a_rollout_deploys(
     assert enrolled.status_code == 201
     rollout = _fedfleet(
         "rollout", "create", "--model", str(registered), "--group", "wards", "--waves", "100",
-        "--database-url", server.database_url,
-        env={}, cwd=work,
+        env=fleet_env, cwd=work,
     )  # fmt: skip
     assert rollout.returncode == 0, rollout.stderr
     with sqlite3.connect(server.data_dir / "fleet.db") as db:

@@ -95,13 +95,12 @@ def test_process_fleet_and_cli_refuse_bad_process_counts(tmp_path: Path) -> None
         ProcessFleet([], processes=0)
     pub = tmp_path / "fleet.pub"
     pub.write_text("not used: refused before")
-    url = f"sqlite:///{tmp_path / 'f.db'}"
     for bad in ("0", "3"):
         result = CliRunner().invoke(
             app,
             [
                 *("fleet", "simulate-devices", "--count", "2", "--processes", bad),
-                *("--public-key", str(pub), "--database-url", url),
+                *("--public-key", str(pub)),
             ],
         )
         assert result.exit_code == 2 and "--processes must be 1..--count (2)" in result.output

@@ -292,13 +292,26 @@ def _tls_agent(tmp_path: Path, *, port: int, ca: Path) -> DeviceAgent:
     return DeviceAgent(config)
 
 
-def test_cli_writes_the_files_from_the_database_and_refuses_half_tls(tmp_path: Path) -> None:
+def test_cli_writes_the_files_from_the_database_and_refuses_half_tls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fedfleet.cli import build_app
 
     app = build_app()  # `fedfleet fleet broker-config` is mounted by the root
 
     url = f"sqlite:///{tmp_path / 'fleet.db'}"
     runner = CliRunner()
+    # The database must be named, and exist: no silent ./fleet-data/fleet.db any more.
+    monkeypatch.delenv("FEDFLEET_FLEET_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    unnamed = runner.invoke(app, ["fleet", "broker-config", "--out", "out"])
+    assert unnamed.exit_code == 2 and "--database-url" in unnamed.output
+    absent = runner.invoke(app, ["fleet", "broker-config", "--out", "out", "--database-url", url])
+    assert (
+        absent.exit_code == 1 and f"no fleet database at {tmp_path / 'fleet.db'}" in absent.output
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert runner.invoke(app, ["fleet", "migrate", "--database-url", url]).exit_code == 0
     result = runner.invoke(
         app, ["fleet", "broker-config", "--out", str(tmp_path / "out"), "--database-url", url]
     )

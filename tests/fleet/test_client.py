@@ -26,7 +26,9 @@ def test_the_token_is_read_from_the_environment_only_and_never_shown() -> None:
     assert connection.token == SECRET
     assert SECRET not in repr(connection) and SECRET not in str(connection)
     for env in ({}, {"FEDFLEET_TOKEN": "   "}):
-        with pytest.raises(FleetError, match=r"\$FEDFLEET_TOKEN is not set; create a token"):
+        with pytest.raises(
+            FleetError, match=r"\$FEDFLEET_TOKEN is not set; `export FEDFLEET_TOKEN"
+        ):
             connection_from_env(None, env)
 
 

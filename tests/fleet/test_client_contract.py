@@ -40,8 +40,12 @@ def _resolve(spec: Spec, schema: Spec) -> Spec:
 
 
 def _field_problems(spec: Spec, result: type, schema: Spec, where: str) -> list[str]:
-    """The dataclass fields of ``result`` (JSON keys the client reads) missing in ``schema``."""
-    properties = _resolve(spec, schema).get("properties", {})
+    """The dataclass fields of ``result`` (JSON keys the client reads) missing in ``schema``
+    (for a JSON list, in the schema of its items)."""
+    schema = _resolve(spec, schema)
+    if schema.get("type") == "array":
+        schema = _resolve(spec, schema.get("items", {}))
+    properties = schema.get("properties", {})
     hints = typing.get_type_hints(result)
     problems = []
     for field in dataclasses.fields(result):
@@ -167,8 +171,29 @@ _ROLLOUT = {
 }
 
 
+_TOKEN = {"id": 6, "name": "ci", "role": "viewer", "prefix": "ffk_abcd", "revoked_at": None}
+_WAVES = [{"devices": 2, "installed": 1}]
+_SUMMARY = {**_ROLLOUT, "max_failure_rate": 0.1, "progress": _WAVES}
+_ENROLLED = {
+    "device": {"id": "dev-1", "name": "pi-1"},
+    "mqtt": {"username": "dev-1", "password": "p"},
+}
+
+
 def _answer(request: httpx.Request) -> httpx.Response:
     path = request.url.path.removeprefix(API_PREFIX)
+    if path == "/rollouts":
+        if request.method == "POST":
+            return httpx.Response(201, json=_SUMMARY)
+        return httpx.Response(200, json={"items": [_SUMMARY], "total": 1})
+    if path.startswith("/tokens"):
+        if request.method == "POST":
+            return httpx.Response(201, json={"token": "ffk_secret", "info": _TOKEN})
+        return httpx.Response(200, json=[_TOKEN] if request.method == "GET" else _TOKEN)
+    if path == "/groups":
+        return httpx.Response(409, json={"detail": "a group named 'wards' already exists"})
+    if path == "/devices":
+        return httpx.Response(201, json=_ENROLLED)
     if path.endswith("/download"):
         return httpx.Response(200, content=_DATA)
     if path.endswith("/artifacts"):
@@ -212,6 +237,19 @@ def _every_call(client: FleetClient, tmp_path: Path) -> list[Callable[[], object
         lambda: client.pause_rollout(4),
         lambda: client.resume_rollout(4),
         lambda: client.abort_rollout(4, rollback=True),
+        lambda: client.create_rollout(
+            model_version_id=2,
+            group="wards",
+            waves=[50, 100],
+            max_failure_rate=0.1,
+            ack_timeout_s=60,
+        ),
+        lambda: client.list_rollouts(),
+        lambda: client.create_token(name="ci", role="viewer", ttl_days=3),
+        lambda: client.list_tokens(),
+        lambda: client.revoke_token(6),
+        lambda: client.ensure_group("wards"),
+        lambda: client.enroll_device(name="pi-1", hardware_target="rpi5", group="wards"),
     ]
 
 
