@@ -308,7 +308,7 @@ def test_cli_writes_the_files_from_the_database_and_refuses_half_tls(
     assert unnamed.exit_code == 2 and "--database-url" in unnamed.output
     absent = runner.invoke(app, ["fleet", "broker-config", "--out", "out", "--database-url", url])
     assert (
-        absent.exit_code == 1 and f"no fleet database at {tmp_path / 'fleet.db'}" in absent.output
+        absent.exit_code == 2 and f"no fleet database at {tmp_path / 'fleet.db'}" in absent.output
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     assert runner.invoke(app, ["fleet", "migrate", "--database-url", url]).exit_code == 0
