@@ -33,7 +33,9 @@ FAB would be refused, and a signature says who built a FAB, not that the site ag
 run it. The process isolation mode is Flower's supported way to run app processes that
 the SuperNode did not start; this runner is such a process.
 
-Tasks run one at a time, in this process: a site trains one instruction at a time.
+Each task runs in its own thread of this process (as Flower runs each in its own process):
+a task whose input never arrives, because its run was stopped while the SuperNode held
+it, does not hold up the next run's tasks.
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ def run_installed_app(message: Message, context: Context) -> Message:
 
 
 class SiteRunner:
-    """Takes the SuperNode's tasks one at a time and runs or refuses each (module doc).
+    """Takes the SuperNode's tasks and runs or refuses each in its own thread (module doc).
 
     ``address``: the SuperNode's Runtime API (``127.0.0.1:<supernode.port>``).
     """
@@ -203,7 +205,15 @@ class SiteRunner:
                     self.stopped.wait(self.poll_s)
                     continue
                 if res.HasField("task") and res.token:
-                    self.run_task(res.task, res.token)
+                    # Each task in its own thread, as Flower runs each in its own process:
+                    # a task whose input never arrives (its run was stopped while the
+                    # SuperNode held it) must not hold up the tasks behind it.
+                    threading.Thread(
+                        target=self.run_task,
+                        args=(res.task, res.token),
+                        name=f"site-task-{res.task.task_id}",
+                        daemon=True,
+                    ).start()
                 else:
                     self.stopped.wait(self.poll_s)
         finally:
