@@ -109,7 +109,12 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     os.chmod(folder, 0o755)
     mqtt_log = tmp_path / "fleet-mqtt.log"
     with fleet_fixtures().running_server(tmp_path / "fleet-data") as server:
-        env = {**os.environ, "FEDFLEET_FLEET_DATA_DIR": str(server.data_dir)}
+        env = {
+            **os.environ,
+            "FEDFLEET_FLEET_DATA_DIR": str(server.data_dir),
+            # broker-config and fleet mqtt are server-side: they name the database
+            "FEDFLEET_FLEET_DATABASE_URL": server.database_url,
+        }
         port = free_port()
         written = subprocess.run(
             [FEDFLEET, "fleet", "broker-config", "--out", str(folder), "--port", str(port)],
