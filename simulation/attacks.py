@@ -21,17 +21,16 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp.typing import ClientAppCallable
 from numpy.typing import NDArray
 
-from edge_client.app import load_client_data
 from edge_client.protocol import keys as k
-from edge_client.settings import ClientSettings
-from tasks import get_task, reported_loss, train_local
+
+if TYPE_CHECKING:  # Flower and torch load when an attack runs, not when one is validated
+    from flwr.app import Context, Message
+    from flwr.clientapp.typing import ClientAppCallable
 
 AttackKind = Literal["sign-flip", "scale", "gaussian", "label-flip"]
 
@@ -113,6 +112,12 @@ def flip_labels(y: NDArray, num_classes: int) -> NDArray:
 
 def _train_on_flipped_labels(message: Message, context: Context) -> Message:
     """The honest train handler's steps, on the client's data with flipped labels."""
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+    from edge_client.app import load_client_data
+    from edge_client.settings import ClientSettings
+    from tasks import get_task, reported_loss, train_local
+
     settings = ClientSettings.from_message(context, message.content.config_records[k.CONFIG])
     data = load_client_data(settings)
     task = get_task(settings.task)
@@ -176,6 +181,8 @@ def attack_mod(message: Message, context: Context, call_next: ClientAppCallable)
         global_arrays={name: a.numpy() for name, a in global_record.items()},
         rng=rng,
     )
+    from flwr.app import Array, ArrayRecord
+
     reply.content.array_records[k.ARRAYS] = ArrayRecord(
         {name: Array(np.ascontiguousarray(poisoned[name])) for name in trained_record}
     )

@@ -20,12 +20,13 @@ secret: numpy's generator is fine here.
 
 from __future__ import annotations
 
-from typing import Final, Literal, get_args
+from typing import TYPE_CHECKING, Final, Literal, get_args
 
 import numpy as np
-from flwr.app import Context, Error, Message
-from flwr.clientapp.typing import ClientAppCallable
-from flwr.common.constant import ErrorCode
+
+if TYPE_CHECKING:
+    from flwr.app import Context, Message
+    from flwr.clientapp.typing import ClientAppCallable
 
 from edge_client.protocol import keys as k
 from edge_client.protocol import secagg as sa
@@ -86,4 +87,7 @@ def dropout_mod(message: Message, context: Context, call_next: ClientAppCallable
     if not drops_out(seed=seed, server_round=_round_of(message), client=client, rate=rate):
         return call_next(message, context)
     reason = f"simulated dropout ({stage}) of client {client}"
+    from flwr.app import Error, Message  # here: validating --dropout must not load Flower
+    from flwr.common.constant import ErrorCode
+
     return Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason=reason), reply_to=message)

@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from flwr.app import Context, Message, MetricRecord
-from flwr.clientapp.typing import ClientAppCallable
 
 from edge_client.protocol import keys as k
+
+if TYPE_CHECKING:  # Flower loads when a run uses the speeds, not when they are validated
+    from flwr.app import Context, Message
+    from flwr.clientapp.typing import ClientAppCallable
 
 SECONDS_PER_SAMPLE = 0.01  # reference device, one sample, one epoch
 UPLOAD_SECONDS = 1.0  # reference device, one model upload
@@ -115,5 +117,7 @@ def speed_mod(message: Message, context: Context, call_next: ClientAppCallable) 
         server_round=server_round,
         seed=int(context.run_config.get(k.RC_SEED, 0)),  # type: ignore[arg-type]
     )
+    from flwr.app import MetricRecord
+
     reply.content.metric_records[k.METRICS] = MetricRecord(dict(metrics))
     return reply

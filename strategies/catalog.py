@@ -13,26 +13,29 @@ and with the fewest updates their guarantees need:
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
-from flwr.serverapp.strategy import (
-    Bulyan,
-    FedAdagrad,
-    FedAdam,
-    FedAvg,
-    FedAvgM,
-    FedMedian,
-    FedProx,
-    FedTrimmedAvg,
-    FedYogi,
-    Krum,
-    MultiKrum,
-    Strategy,
-)
-
-from strategies.fedbuff import FedBuff
 from strategies.registry import StrategyParams, register_strategy
-from strategies.streaming import with_streaming_average
+
+if TYPE_CHECKING:
+    from flwr.serverapp.strategy import Strategy
+
+# Flower is imported when a strategy is built, not when one is named: validating
+# `fedfleet simulate --strategy NAME` must not pay for it (tests/test_cli_startup.py).
+
+
+def _flower() -> Any:
+    from flwr.serverapp import strategy
+
+    return strategy
+
+
+def _streaming(name: str) -> Any:
+    from strategies.streaming import with_streaming_average
+
+    return with_streaming_average(getattr(_flower(), name))
+
 
 # Sampling is done by the round loop: the strategy takes every node of the view it gets.
 ALL_OF_VIEW: dict[str, Any] = {
@@ -60,17 +63,17 @@ def _lr(params: StrategyParams, default: float) -> float:
 
 @register_strategy("fedavg", summary="FedAvg (McMahan et al. 2017): weighted mean of updates")
 def _fedavg(params: StrategyParams) -> Strategy:
-    return with_streaming_average(FedAvg)(**ALL_OF_VIEW)
+    return _streaming("FedAvg")(**ALL_OF_VIEW)
 
 
 @register_strategy("fedprox", summary="FedProx (Li et al. 2020): FedAvg + client proximal term")
 def _fedprox(params: StrategyParams) -> Strategy:
-    return with_streaming_average(FedProx)(proximal_mu=params.proximal_mu, **ALL_OF_VIEW)
+    return _streaming("FedProx")(proximal_mu=params.proximal_mu, **ALL_OF_VIEW)
 
 
 @register_strategy("fedavgm", summary="FedAvgM (Hsu et al. 2019): server momentum")
 def _fedavgm(params: StrategyParams) -> Strategy:
-    return with_streaming_average(FedAvgM)(
+    return _streaming("FedAvgM")(
         server_learning_rate=_lr(params, 1.0),
         server_momentum=params.server_momentum,
         **ALL_OF_VIEW,
@@ -79,7 +82,7 @@ def _fedavgm(params: StrategyParams) -> Strategy:
 
 @register_strategy("fedadam", summary="FedAdam (Reddi et al. 2021): Adam on the server")
 def _fedadam(params: StrategyParams) -> Strategy:
-    return with_streaming_average(FedAdam)(
+    return _streaming("FedAdam")(
         eta=_lr(params, 0.1),
         beta_1=params.beta_1,
         beta_2=params.beta_2,
@@ -90,7 +93,7 @@ def _fedadam(params: StrategyParams) -> Strategy:
 
 @register_strategy("fedyogi", summary="FedYogi (Reddi et al. 2021): Yogi on the server")
 def _fedyogi(params: StrategyParams) -> Strategy:
-    return with_streaming_average(FedYogi)(
+    return _streaming("FedYogi")(
         eta=_lr(params, 0.01),
         beta_1=params.beta_1,
         beta_2=params.beta_2,
@@ -101,7 +104,7 @@ def _fedyogi(params: StrategyParams) -> Strategy:
 
 @register_strategy("fedadagrad", summary="FedAdagrad (Reddi et al. 2021): Adagrad on the server")
 def _fedadagrad(params: StrategyParams) -> Strategy:
-    return with_streaming_average(FedAdagrad)(eta=_lr(params, 0.1), tau=params.tau, **ALL_OF_VIEW)
+    return _streaming("FedAdagrad")(eta=_lr(params, 0.1), tau=params.tau, **ALL_OF_VIEW)
 
 
 @register_strategy(
@@ -110,7 +113,7 @@ def _fedadagrad(params: StrategyParams) -> Strategy:
     summary="coordinate-wise median (Yin et al. 2018)",
 )
 def _fedmedian(params: StrategyParams) -> Strategy:
-    return FedMedian(**ALL_OF_VIEW)
+    return _flower().FedMedian(**ALL_OF_VIEW)
 
 
 @register_strategy(
@@ -119,7 +122,7 @@ def _fedmedian(params: StrategyParams) -> Strategy:
     summary="coordinate-wise trimmed mean (Yin et al. 2018); trims trim-fraction per side",
 )
 def _trimmed_mean(params: StrategyParams) -> Strategy:
-    return FedTrimmedAvg(beta=params.trim_fraction, **ALL_OF_VIEW)
+    return _flower().FedTrimmedAvg(beta=params.trim_fraction, **ALL_OF_VIEW)
 
 
 @register_strategy(
@@ -129,7 +132,7 @@ def _trimmed_mean(params: StrategyParams) -> Strategy:
     summary="Krum (Blanchard et al. 2017): the update closest to its n-f-2 neighbours",
 )
 def _krum(params: StrategyParams) -> Strategy:
-    return Krum(num_malicious_nodes=params.byzantine, **ALL_OF_VIEW)
+    return _flower().Krum(num_malicious_nodes=params.byzantine, **ALL_OF_VIEW)
 
 
 @register_strategy(
@@ -139,7 +142,7 @@ def _krum(params: StrategyParams) -> Strategy:
     summary="Multi-Krum (Blanchard et al. 2017): mean of the m best Krum scores",
 )
 def _multikrum(params: StrategyParams) -> Strategy:
-    return _MultiKrumNMinusF(
+    return _multikrum_n_minus_f()(
         num_malicious_nodes=params.byzantine, select=params.krum_select, **ALL_OF_VIEW
     )
 
@@ -151,7 +154,7 @@ def _multikrum(params: StrategyParams) -> Strategy:
     summary="Bulyan (El Mhamdi et al. 2018): Krum selection, then trimmed median",
 )
 def _bulyan(params: StrategyParams) -> Strategy:
-    return Bulyan(num_malicious_nodes=params.byzantine, **ALL_OF_VIEW)
+    return _flower().Bulyan(num_malicious_nodes=params.byzantine, **ALL_OF_VIEW)
 
 
 @register_strategy(
@@ -160,6 +163,8 @@ def _bulyan(params: StrategyParams) -> Strategy:
     summary="FedBuff (Nguyen et al. 2022): buffered asynchronous, staleness-weighted",
 )
 def _fedbuff(params: StrategyParams) -> Strategy:
+    from strategies.fedbuff import FedBuff
+
     return FedBuff(
         server_lr=_lr(params, 1.0),
         staleness_exponent=params.staleness_exponent,
@@ -168,16 +173,22 @@ def _fedbuff(params: StrategyParams) -> Strategy:
     )
 
 
-class _MultiKrumNMinusF(MultiKrum):
-    """Flower's MultiKrum selecting ``m = n − f`` updates each round (Blanchard et al.'s
-    choice) unless ``select`` fixes ``m``; Flower's own default keeps only one."""
+@functools.cache
+def _multikrum_n_minus_f() -> Any:
+    """The MultiKrum subclass below, defined when first built (it needs Flower)."""
 
-    def __init__(self, *, select: int | None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._select = select
+    class _MultiKrumNMinusF(_flower().MultiKrum):  # type: ignore[misc]
+        """Flower's MultiKrum selecting ``m = n − f`` updates each round (Blanchard et al.'s
+        choice) unless ``select`` fixes ``m``; Flower's own default keeps only one."""
 
-    def aggregate_train(self, server_round: int, replies: Any) -> Any:
-        replies = list(replies)
-        usable = sum(1 for m in replies if not m.has_error())
-        self.num_nodes_to_select = self._select or max(1, usable - self.num_malicious_nodes)
-        return super().aggregate_train(server_round, replies)
+        def __init__(self, *, select: int | None, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._select = select
+
+        def aggregate_train(self, server_round: int, replies: Any) -> Any:
+            replies = list(replies)
+            usable = sum(1 for m in replies if not m.has_error())
+            self.num_nodes_to_select = self._select or max(1, usable - self.num_malicious_nodes)
+            return super().aggregate_train(server_round, replies)
+
+    return _MultiKrumNMinusF

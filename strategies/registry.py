@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, get_args, get_type_hints
+from typing import TYPE_CHECKING, Any, get_args, get_type_hints
 
-from flwr.serverapp.strategy import Strategy
+if TYPE_CHECKING:
+    from flwr.serverapp.strategy import Strategy
 
 from tasks.run_config import as_number
 
@@ -119,7 +120,7 @@ def _coerce(key: str, raw: Any, *, field_name: str) -> Any:
     return as_number(key, raw, target)
 
 
-StrategyFactory = Callable[[StrategyParams], Strategy]
+StrategyFactory = Callable[[StrategyParams], "Strategy"]
 
 
 def _at_least_one(params: StrategyParams) -> int:

@@ -23,12 +23,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
-from flwr.app import Message
 
 from tasks.run_config import as_number
+
+if TYPE_CHECKING:  # annotations only: validating --selection must not load Flower
+    from flwr.app import Message
 
 SIM_SECONDS_KEY = "sim-seconds"  # reply metric with a client's simulated train+upload seconds
 # Run-config keys parsed by SelectionConfig.from_run_config.

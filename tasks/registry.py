@@ -8,8 +8,10 @@ takes most of a second), and a run of one task should not pay for the others.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from tasks.base import TaskSpec
+if TYPE_CHECKING:
+    from tasks.base import TaskSpec
 
 _TASKS: dict[str, TaskSpec] = {}
 # Built-in task name → the module that registers it.

@@ -10,6 +10,7 @@ machine; what is checked here is what makes them slow: the heavy modules loaded.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -165,3 +166,72 @@ def test_a_misspelt_command_gets_a_suggestion() -> None:
     assert result.exit_code == 2
     assert "Did you mean 'fleet'?" in result.output
     assert isinstance(typer.main.get_command(root_cli.build_app()), click.Group)
+
+
+# `fedfleet simulate` refusing bad input: (arguments, the one line it prints). The
+# settings validate before anything imports torch or Flower (tasks, strategies and
+# the settings sections import them only where a run uses them).
+SIMULATE_BAD_INPUT = [
+    (
+        ["--clients", "100", "--clients-per-round", "500"],
+        "error: clients-per-round (500) is larger than clients (100); "
+        "lower --clients-per-round or raise --clients",
+    ),
+    (
+        ["--task", "nope"],
+        "error: unknown task 'nope'; choose one of: breast-cancer-mlp, digits-cnn, "
+        "synthetic-logreg",
+    ),
+    (["--partition", "bogus"], "error: unknown partition 'bogus'"),
+    (
+        ["--dp", "weird"],
+        "error: unknown dp mode 'weird'; choose one of: none, local, central, distributed",
+    ),
+    (["--config", "missing.toml"], "error: config file missing.toml does not exist"),
+    (
+        ["--config", "bad.toml"],
+        'error: config file bad.toml: rounds = "3" is a string; expected an integer '
+        "(write rounds = 3, without quotes)",
+    ),
+    (["--strategy", "nope"], "error: unknown strategy 'nope'; choose one of: bulyan,"),
+]
+
+_SIMULATE_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    from fedfleet.cli import main
+    sys.argv = ["fedfleet", "simulate", *json.loads(sys.argv[1])]
+    try:
+        main()
+    except SystemExit as stop:
+        code = stop.code
+    loaded = sorted(m for m in ("torch", "flwr", "fastapi") if m in sys.modules)
+    print(json.dumps({"code": code, "loaded": loaded}))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "line"), SIMULATE_BAD_INPUT, ids=[" ".join(a) for a, _ in SIMULATE_BAD_INPUT]
+)
+def test_simulate_refuses_bad_input_without_torch_or_flower(
+    tmp_path: Path, args: list[str], line: str
+) -> None:
+    # Prepare: a TOML file with a wrongly typed value, and a fresh interpreter per call.
+    (tmp_path / "bad.toml").write_text('rounds = "3"\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # Execute
+    result = subprocess.run(
+        [sys.executable, "-c", _SIMULATE_PROBE, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    # Assert: exit 2, the one line, and no heavy module loaded on the way.
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["code"] == 2, result.stderr
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(line), result.stderr
+    assert not report["loaded"], f"`fedfleet simulate {' '.join(args)}` loaded {report['loaded']}"

@@ -12,9 +12,10 @@ handlers in ``edge_client.secagg_client``, the coordinator's exchange in
 
 from __future__ import annotations
 
-from typing import Final, Protocol, TypedDict
+from typing import TYPE_CHECKING, Final, Protocol, TypedDict
 
-from flwr.app import ConfigRecord
+if TYPE_CHECKING:  # annotations only: naming the protocol's keys must not load Flower
+    from flwr.app import ConfigRecord
 
 # Message types of the protocol stages (the train stage wraps the plain train handler).
 MT_SECAGG_SETUP: Final = "query.secagg_setup"
