@@ -303,12 +303,10 @@ class SuperLinkProcess:
         if self.own_session:
             stop_group(self.process, timeout=timeout)
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        # in the caller's group: end the SuperExec and ServerApp processes it started too
+        from edge_client.stopping import stop_tree
+
+        stop_tree(self.process, timeout=timeout)
 
 
 def stop_group(process: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:

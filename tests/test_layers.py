@@ -61,6 +61,9 @@ class Rule:
 
 OWN = PACKAGES
 MQTT_LOOP = "edge_client.mqtt_loop"
+# edge_client.stopping: ending a child process tree on SIGINT/SIGTERM, shared by every
+# long-running command (device-side code may import only edge_client, so it lives there).
+STOPPING = "edge_client.stopping"
 # What every package's command-line module may import from the root package: fail(),
 # the exit codes, sub_app() and the shared options. The root command (fedfleet.cli)
 # imports the packages, never the other way round.
@@ -107,6 +110,7 @@ RULES = (
             "firmware_images",
             "edge_client.protocol",
             "fleet.client",
+            STOPPING,
             CLI_SUPPORT,
         ),
         why="deployment never depends on the simulator; the fleet is reached over HTTP only",
@@ -122,6 +126,7 @@ RULES = (
             "firmware_images",
             "edge_client.protocol",
             MQTT_LOOP,
+            STOPPING,
             CLI_SUPPORT,
         ),
         why="a fleet server runs no training and no simulation",
