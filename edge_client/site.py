@@ -142,10 +142,10 @@ def _run_once(config: SiteConfig) -> tuple[int, bool]:
         bufsize=1,
     )
 
-    def _forward(signum: int, frame: object) -> None:
-        process.send_signal(signum)
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: the whole tree, then exit 0
 
-    previous = signal.signal(signal.SIGTERM, _forward)
+    previous = signal.signal(signal.SIGTERM, _stop)
     refused = threading.Event()
 
     def _echo() -> None:  # a thread: the main thread must reap the SuperNode promptly,
@@ -161,8 +161,12 @@ def _run_once(config: SiteConfig) -> tuple[int, bool]:
     try:
         code = process.wait()
     except KeyboardInterrupt:
-        process.terminate()
-        code = process.wait()
+        from edge_client.stopping import stop_tree
+
+        stop_tree(process, timeout=5.0)  # the SuperNode and the SuperExec it started
+        reader.join(timeout=5)
+        print(f"site {config.name}: stopped", file=sys.stderr, flush=True)
+        return 0, False
     finally:
         signal.signal(signal.SIGTERM, previous)
     reader.join(timeout=10)

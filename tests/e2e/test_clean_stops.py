@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from silo_testkit import SiloFederation, descendants, free_port, kill_group
+from silo_testkit import SiloFederation, descendants, free_port, kill_group, wait_for
 
 from coordinator.certs import create_dev_ca
 
@@ -67,3 +67,18 @@ def test_coordinator_up_stops_cleanly(tmp_path: Path, sig: int) -> None:
     finally:
         if fed.coordinator is not None and fed.coordinator.poll() is None:
             kill_group(fed.coordinator)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_site_join_stops_cleanly(tmp_path: Path, sig: int) -> None:
+    fed = SiloFederation(tmp_path)
+    try:
+        fed.start(num_sites=1)
+        site = fed.sites[0]
+        assert site.process is not None
+        wait_for(lambda: descendants(site.process.pid), timeout=60, what="the SuperNode")
+        assert_stops_cleanly(site.process, sig, site.log)
+    finally:
+        for process in [s.process for s in fed.sites] + [fed.coordinator]:
+            if process is not None and process.poll() is None:
+                kill_group(process)
