@@ -61,7 +61,7 @@ from sqlmodel import Session, func, select
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
-from ota_testkit import TARGET, OtaFleet, wait_for
+from ota_testkit import SIM_ACTOR, TARGET, OtaFleet, register_bundle, wait_for
 
 from edge_client.ota import SlotStore, install
 from edge_client.protocol import mqtt as proto
@@ -71,7 +71,6 @@ from fleet.crud.rollouts import create_rollout
 from fleet.db import session_scope
 from fleet.models.ota import Rollout, RolloutCreate, RolloutStatus, TelemetryRecord
 from fleet.ota.broker_config import FLEET_USER
-from simulation.fleet_devices import SIM_ACTOR, register_bundle
 
 
 def _cpu_s(pid: int | None) -> float:

@@ -10,9 +10,9 @@ runs; only their number per process differs. With ``--processes K``
 simulator uses every core as N real devices' CPUs would; results come back as
 :class:`AgentReport` rows.
 
-Also here, the in-process fleet-side helpers the end-to-end tests and ``bench/ota.py``
-share, which write a fleet database they own: enrolling devices (:func:`enroll_devices`)
-and registering a bundle as a model version's artifact. No command uses them.
+The in-process helpers that write a fleet database directly (the end-to-end tests' and
+``bench/ota.py``'s) live in ``tests/e2e/ota_testkit.py``: this module reaches the fleet only
+through its API.
 """
 
 from __future__ import annotations
@@ -31,17 +31,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
-
 from edge_client.device_agent import DeviceAgent
 from edge_client.device_config import BrokerSettings, DeviceConfig
 from edge_client.mqtt_loop import SharedLoop
 from edge_client.protocol import mqtt as proto
-from fleet.artifacts import ArtifactStore
-from fleet.audit import Actor
-from fleet.db import session_scope
 
-SIM_ACTOR = Actor(name="cli:simulate-devices", role="operator", source="cli")
 log = logging.getLogger(__name__)
 
 
@@ -72,37 +66,6 @@ class SimDevice:
     password: str
 
 
-def enroll_devices(
-    engine: Engine, *, count: int, group: str, target: str, prefix: str = "sim"
-) -> list[SimDevice]:
-    """Enroll ``count`` devices into ``group`` (created if missing); return credentials."""
-    from fleet.crud.devices import enroll_device
-    from fleet.crud.groups import create_group, group_by_name
-    from fleet.models.devices import DeviceCreate, GroupCreate
-
-    if count < 1:
-        raise ValueError("--count must be at least 1")
-    out: list[SimDevice] = []
-    with session_scope(engine, write=True) as session:
-        if group_by_name(session, group) is None:
-            create_group(session, GroupCreate(name=group), actor=SIM_ACTOR)
-    start = time.time_ns() // 1000 % 10**9
-    # Small transactions: the audit checks walk the session's objects at every flush.
-    for first in range(0, count, 25):
-        with session_scope(engine, write=True) as session:
-            for i in range(first, min(first + 25, count)):
-                device, password = enroll_device(
-                    session,
-                    DeviceCreate(
-                        name=f"{prefix}-{start}-{i:05d}", hardware_target=target, group=group
-                    ),
-                    actor=SIM_ACTOR,
-                    offline_after_s=120.0,
-                )
-                out.append(SimDevice(device_id=device.id, password=password))
-    return out
-
-
 def enroll_devices_over_api(
     client: Any,
     *,
@@ -130,33 +93,6 @@ def enroll_devices_over_api(
         )
         out.append(SimDevice(device_id=enrolled.device.id, password=enrolled.mqtt.password))
     return out
-
-
-def register_bundle(
-    engine: Engine, store: ArtifactStore, *, bundle: bytes, task: str, target: str, name: str = ""
-) -> int:
-    """Register a model version with ``bundle`` as its signed-bundle artifact; its id."""
-    import io
-
-    from fleet.crud.registry import add_artifact, register_model
-    from fleet.models.registry import ArtifactFormat, ModelVersionCreate
-
-    stored = store.save(io.BytesIO(bundle), max_bytes=len(bundle) + 1)
-    # No registry signature: a bundle carries its own Ed25519 signature over its manifest.
-    with session_scope(engine, write=True) as session:
-        model = register_model(session, ModelVersionCreate(task=task, name=name), actor=SIM_ACTOR)
-        add_artifact(
-            session,
-            model,
-            format=ArtifactFormat.bundle,
-            target=target,
-            filename="model.ffb",
-            size_bytes=stored.size_bytes,
-            sha256=stored.sha256,
-            signature=None,
-            actor=SIM_ACTOR,
-        )
-        return model.id or 0
 
 
 class SimulatedFleet:

@@ -50,7 +50,6 @@ from fleet.models.common import utcnow
 from fleet.models.devices import Device, ReportedStatus
 from fleet.models.ota import DeviceRolloutState, RolloutDevice, TelemetryRecord
 from fleet.models.registry import ModelVersion
-from fleet.ota.controller import NO_ANSWER
 from fleet.ota.fanout import FanoutPlanner
 
 log = logging.getLogger(__name__)
@@ -505,7 +504,9 @@ class FleetBridge:
         an abort that rolls back, the controller then sends it back too)."""
         if row.state is DeviceRolloutState.released:
             return True
-        return row.state is DeviceRolloutState.failed and row.error.startswith(NO_ANSWER)
+        # Counted failed by the controller (never answered): no acknowledgement recorded.
+        # Decided from what the fleet recorded, never from the error text a device sent.
+        return row.state is DeviceRolloutState.failed and row.acked_at is None
 
     @staticmethod
     def _apply_ack(session: Any, row: RolloutDevice, ack: proto.Ack, now: Any) -> None:

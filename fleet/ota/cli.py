@@ -172,8 +172,13 @@ def mqtt_service(
     from fleet.ota.controller import RolloutController
     from fleet.ota.telemetry import check_all
 
+    # Flags first: nothing is created or connected for a command line that is refused.
     if not password_file.is_file():
         fail(f"{password_file} not found; run `fedfleet fleet broker-config --out DIR` first")
+    if broker_pid is not None and broker_pid_file is not None:
+        fail("give --broker-pid or --broker-pid-file, not both")
+    if release_after_s is not None and release_after_s <= 0:
+        fail(f"--release-after-s must be positive, got {release_after_s}")
     engine, settings = engine_and_settings(database_url)
     sync = _credential_sync(
         engine,
@@ -193,13 +198,11 @@ def mqtt_service(
             ca_file=ca_file,
         ),
     )
+    release = settings.release_after_s if release_after_s is None else release_after_s
     try:
         bridge.start()
     except ConnectionError as err:
         fail(str(err), EXIT_FAILURE)
-    release = settings.release_after_s if release_after_s is None else release_after_s
-    if release <= 0:
-        fail(f"--release-after-s must be positive, got {release}")
     controller = RolloutController(engine=engine, sender=bridge, release_after_s=release)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -257,9 +260,6 @@ def _credential_sync(
             err=True,
         )
         return None
-    if pid is not None and pid_file is not None:
-        engine.dispose()
-        fail("give --broker-pid or --broker-pid-file, not both")
     try:
         broker = BrokerProcess(pid=pid, pid_file=pid_file)
         return _SyncLoop(

@@ -18,23 +18,82 @@ from typing import Any
 from broker_process import MosquittoProcess
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Engine
 
 from edge_client.device_config import BrokerSettings
 from fleet import migrate
 from fleet.artifacts import ArtifactStore
-from fleet.db import make_engine
+from fleet.audit import Actor
+from fleet.db import make_engine, session_scope
 from fleet.ota.bridge import BridgeSettings, FleetBridge
 from fleet.ota.broker_config import FLEET_USER, device_credentials_from_db, write_broker_config
 from fleet.ota.controller import RolloutController
-from simulation.fleet_devices import (
-    AgentReport,
-    ProcessFleet,
-    SimDevice,
-    SimulatedFleet,
-    enroll_devices,
-)
+from simulation.fleet_devices import AgentReport, ProcessFleet, SimDevice, SimulatedFleet
+
+SIM_ACTOR = Actor(name="cli:simulate-devices", role="operator", source="cli")
 
 TARGET = "cpu-x86"
+
+
+# --- the fleet database, written directly (tests and bench/ota.py own theirs) ----------
+
+
+def enroll_devices(
+    engine: Engine, *, count: int, group: str, target: str, prefix: str = "sim"
+) -> list[SimDevice]:
+    """Enroll ``count`` devices into ``group`` (created if missing); return credentials."""
+    from fleet.crud.devices import enroll_device
+    from fleet.crud.groups import create_group, group_by_name
+    from fleet.models.devices import DeviceCreate, GroupCreate
+
+    if count < 1:
+        raise ValueError("--count must be at least 1")
+    out: list[SimDevice] = []
+    with session_scope(engine, write=True) as session:
+        if group_by_name(session, group) is None:
+            create_group(session, GroupCreate(name=group), actor=SIM_ACTOR)
+    start = time.time_ns() // 1000 % 10**9
+    # Small transactions: the audit checks walk the session's objects at every flush.
+    for first in range(0, count, 25):
+        with session_scope(engine, write=True) as session:
+            for i in range(first, min(first + 25, count)):
+                device, password = enroll_device(
+                    session,
+                    DeviceCreate(
+                        name=f"{prefix}-{start}-{i:05d}", hardware_target=target, group=group
+                    ),
+                    actor=SIM_ACTOR,
+                    offline_after_s=120.0,
+                )
+                out.append(SimDevice(device_id=device.id, password=password))
+    return out
+
+
+def register_bundle(
+    engine: Engine, store: ArtifactStore, *, bundle: bytes, task: str, target: str, name: str = ""
+) -> int:
+    """Register a model version with ``bundle`` as its signed-bundle artifact; its id."""
+    import io
+
+    from fleet.crud.registry import add_artifact, register_model
+    from fleet.models.registry import ArtifactFormat, ModelVersionCreate
+
+    stored = store.save(io.BytesIO(bundle), max_bytes=len(bundle) + 1)
+    # No registry signature: a bundle carries its own Ed25519 signature over its manifest.
+    with session_scope(engine, write=True) as session:
+        model = register_model(session, ModelVersionCreate(task=task, name=name), actor=SIM_ACTOR)
+        add_artifact(
+            session,
+            model,
+            format=ArtifactFormat.bundle,
+            target=target,
+            filename="model.ffb",
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+            signature=None,
+            actor=SIM_ACTOR,
+        )
+        return model.id or 0
 
 
 def wait_for(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:

@@ -16,13 +16,12 @@ from sqlmodel import Session
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ota_testkit import TARGET, OtaFleet, wait_for
+from ota_testkit import SIM_ACTOR, TARGET, OtaFleet, register_bundle, wait_for
 
 from firmware_images.demo import build_demo_bundle
 from fleet.crud.rollouts import create_rollout
 from fleet.db import session_scope
 from fleet.models.ota import Rollout, RolloutCreate, RolloutStatus
-from simulation.fleet_devices import SIM_ACTOR, register_bundle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -21,14 +21,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ota_testkit import TARGET, OtaFleet, wait_for
+from ota_testkit import TARGET, OtaFleet, register_bundle, wait_for
 
 from edge_client.ota import Download, SlotMeta, SlotStore
 from edge_client.protocol import mqtt as proto
 from firmware_images.demo import build_demo_bundle
 from firmware_images.keys import load_public_key
 from fleet.ota.broker_config import FLEET_USER
-from simulation.fleet_devices import register_bundle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ota_testkit import TARGET, OtaFleet, wait_for
+from ota_testkit import SIM_ACTOR, TARGET, OtaFleet, enroll_devices, register_bundle, wait_for
 
 from firmware_images.demo import build_demo_bundle
 from fleet.crud.devices import retire_device
@@ -30,7 +30,6 @@ from fleet.models.ota import (
     RolloutStatus,
 )
 from fleet.ota.controller import RolloutController
-from simulation.fleet_devices import SIM_ACTOR, enroll_devices, register_bundle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -16,7 +16,7 @@ from sqlmodel import Session, func, select
 sys.path.insert(0, str(Path(__file__).parent))
 
 from broker_process import free_port
-from ota_testkit import TARGET, OtaFleet, wait_for
+from ota_testkit import SIM_ACTOR, TARGET, OtaFleet, register_bundle, wait_for
 
 from edge_client.device_agent import serve_http
 from firmware_images.demo import build_demo_bundle
@@ -26,7 +26,6 @@ from fleet.db import session_scope
 from fleet.models.ota import Rollout, RolloutCreate, RolloutStatus, TelemetryRecord
 from fleet.ota.drift import reference_from_data
 from fleet.ota.telemetry import check_all
-from simulation.fleet_devices import SIM_ACTOR, register_bundle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
