@@ -304,7 +304,7 @@ class SuperLinkProcess:
             stop_group(self.process, timeout=timeout)
             return
         # in the caller's group: end the SuperExec and ServerApp processes it started too
-        from edge_client.stopping import stop_tree
+        from fedfleet.stopping import stop_tree
 
         stop_tree(self.process, timeout=timeout)
 

@@ -49,8 +49,9 @@ on (the old lines are covered by the chain from that point, not before).
 The line and key formats, parsing and line checks are pure functions in
 :mod:`edge_client.audit_format`; this module holds the files, the lock and recovery.
 
-Appends take an exclusive ``flock`` so the ClientApp processes of one site (Flower
-starts one per message) never interleave lines.
+Appends take an exclusive ``flock`` so that nothing else writing the same log (the
+threads of one ``site join``, a second process pointed at the same state folder) ever
+interleaves lines.
 """
 
 from __future__ import annotations
@@ -107,13 +108,15 @@ class VerifyResult:
     """Outcome of :func:`verify_log`: ``ok`` and, if not, the first problem found.
 
     ``note`` says what is fine but unusual (a legacy head, an interrupted append that
-    the next start repairs).
+    the next start repairs). ``authenticated``: the head was checked against the site's
+    audit key (False for a legacy log, which has no key yet).
     """
 
     ok: bool
     entries: int
     problem: str = ""
     note: str = ""
+    authenticated: bool = False
 
 
 Repair = Literal["none", "seal", "finish-start", "migrate"]
@@ -212,7 +215,12 @@ class AuditLog:
                 _REPAIRED[state.repair],
                 "cut a torn last line" if state.torn_from is not None else "",
             ]
-            return VerifyResult(True, state.result.entries, note="; ".join(filter(None, notes)))
+            return VerifyResult(
+                True,
+                state.result.entries,
+                note="; ".join(filter(None, notes)),
+                authenticated=state.result.authenticated,
+            )
 
     def _open_locked(self, *, full: bool = False) -> _State:
         state = self._inspect(full=full)
@@ -291,7 +299,8 @@ class AuditLog:
 
         def ok(repair: Repair, note: str = "") -> _State:
             notes = "; ".join(filter(None, [note, _TORN_NOTE if torn else ""]))
-            return _State(VerifyResult(True, count, note=notes), repair, hashes, torn_from, key)
+            result = VerifyResult(True, count, note=notes, authenticated=key is not None)
+            return _State(result, repair, hashes, torn_from, key)
 
         if key is None:
             return self._inspect_legacy(count, hashes, ok)

@@ -132,7 +132,8 @@ ACTIVATION_REFUSED = "Failed to activate SuperNode"  # Flower 1.42 SuperNode, co
 
 def _run_once(config: SiteConfig) -> tuple[int, bool]:
     """Run the SuperNode until it exits, echoing its output; return (exit code, whether
-    the SuperLink refused to activate it). SIGTERM/Ctrl-C are passed on to it."""
+        the SuperLink refused to activate it). On SIGTERM/Ctrl-C (a KeyboardInterrupt, see
+    :func:`run_supernode`) its whole tree is stopped before the interrupt goes on."""
     process = subprocess.Popen(
         supernode_command(config),
         env=supernode_env(),
@@ -142,10 +143,6 @@ def _run_once(config: SiteConfig) -> tuple[int, bool]:
         bufsize=1,
     )
 
-    def _stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: the whole tree, then exit 0
-
-    previous = signal.signal(signal.SIGTERM, _stop)
     refused = threading.Event()
 
     def _echo() -> None:  # a thread: the main thread must reap the SuperNode promptly,
@@ -161,14 +158,11 @@ def _run_once(config: SiteConfig) -> tuple[int, bool]:
     try:
         code = process.wait()
     except KeyboardInterrupt:
-        from edge_client.stopping import stop_tree
+        from fedfleet.stopping import stop_tree
 
         stop_tree(process, timeout=5.0)  # the SuperNode and the SuperExec it started
         reader.join(timeout=5)
-        print(f"site {config.name}: stopped", file=sys.stderr, flush=True)
-        return 0, False
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        raise
     reader.join(timeout=10)
     return code, refused.is_set()
 
@@ -186,11 +180,19 @@ def run_supernode(
     """
     from edge_client.site_runner import start_runner
 
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: the whole tree, then exit 0
+
+    previous = signal.signal(signal.SIGTERM, _stop)
     runner = start_runner(config)
     try:
         return _serve(config, rejoin_timeout=rejoin_timeout, retry_s=retry_s)
+    except KeyboardInterrupt:  # in a round or while waiting to rejoin
+        print(f"site {config.name}: stopped", file=sys.stderr, flush=True)
+        return 0
     finally:
         runner.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _serve(config: SiteConfig, *, rejoin_timeout: float, retry_s: float) -> int:

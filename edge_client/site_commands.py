@@ -92,7 +92,7 @@ def site_audit(
             raise typer.Exit(code=EXIT_FAILURE)
         typer.echo(
             f"ok: {result.entries} entries, hash chain and head authenticated ({audit.path})"
-            if not result.note.startswith("legacy")
+            if result.authenticated
             else f"ok: {result.entries} entries, hash chain intact ({audit.path})"
         )
         if result.note:

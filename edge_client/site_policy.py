@@ -47,6 +47,7 @@ from edge_client.protocol.site import NC_SITE_CONFIG
 from edge_client.site_config import LEDGER_FILE, SiteConfig
 from privacy.dp import DPConfig
 from privacy.dp.config import DP_MODES, RC_DP
+from privacy.secagg.client import unpack_ids
 from privacy.secagg.config import RUN_CONFIG_KEYS as SECAGG_KEYS
 
 RC_SECAGG = SECAGG_KEYS["enabled"]
@@ -54,8 +55,8 @@ RC_SECAGG = SECAGG_KEYS["enabled"]
 log = logging.getLogger(__name__)
 
 REFUSAL_PREFIX = "site policy refused: "
-SECAGG_SETUP = "query.secagg_setup"  # the stage that names the round's participants
-MASKED_TRAIN = "train.secagg"  # the only train reply a require-secagg site sends
+SECAGG_SETUP = sa.MT_SECAGG_SETUP  # the stage that names the round's participants
+MASKED_TRAIN = sa.MT_SECAGG_TRAIN  # the only train reply a require-secagg site sends
 
 # The accepted values of the run config's ``dp``: exactly the DP modes of
 # ``privacy.dp`` (one source), nothing else — no aliases, no case folding.
@@ -245,7 +246,10 @@ def _participants(message: Message) -> int | None:
     value = None if record is None else record.get(sa.SA_PARTICIPANTS)
     if not isinstance(value, bytes):
         return None
-    return len(value) // 8  # big-endian uint64 node ids
+    try:
+        return len(set(unpack_ids(value)))  # a node named twice is one site
+    except ValueError:
+        return None
 
 
 def site_mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -287,9 +291,10 @@ def site_mod(message: Message, context: Context, call_next: ClientAppCallable) -
             )
         kind = "error" if reply.has_error() else "reply"
     size, sha = payload_digest(reply)
+    spent = epsilon_spent(config, task) if with_dp else 0.0  # the ledger, read once after
     eps = _reply_epsilon(reply)
     if eps is None and with_dp and kind == "reply" and message_type.startswith("train"):
-        eps = epsilon_spent(config, task)  # the site's own DP: its ledger says what it cost
+        eps = spent  # the site's own DP: its ledger says what it cost
     entry = audit.append(
         {
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -305,7 +310,6 @@ def site_mod(message: Message, context: Context, call_next: ClientAppCallable) -
             "reason": reply.error.reason if reply.has_error() else None,
         }
     )
-    spent = epsilon_spent(config, task) if with_dp else 0.0
     log.info(
         "site %s: run %s round %s %s -> %s, %d bytes sha256=%s…, ε spent %.3g, ε left %.3g",
         config.name,

@@ -220,7 +220,12 @@ class SiteRunner:
             client.close()
 
     def stop(self) -> None:
+        """Stop taking tasks, and end the pinned apps' processes it started (their trees)."""
+        from fedfleet.stopping import stop_tree
+
         self.stopped.set()
+        for child in self.children:
+            stop_tree(child, timeout=5.0)
 
     def run_task(self, task: Task, token: str) -> None:
         """Run or refuse one task (its token authenticates the Runtime API calls)."""

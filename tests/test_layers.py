@@ -61,13 +61,12 @@ class Rule:
 
 OWN = PACKAGES
 MQTT_LOOP = "edge_client.mqtt_loop"
-# edge_client.stopping: ending a child process tree on SIGINT/SIGTERM, shared by every
-# long-running command (device-side code may import only edge_client, so it lives there).
-STOPPING = "edge_client.stopping"
 # What every package's command-line module may import from the root package: fail(),
-# the exit codes, sub_app() and the shared options. The root command (fedfleet.cli)
-# imports the packages, never the other way round.
+# the exit codes, sub_app() and the shared options; and ending a child process tree on
+# SIGINT/SIGTERM. The root command (fedfleet.cli) imports the packages, never back.
 CLI_SUPPORT = "fedfleet.cli_support"
+STOPPING = "fedfleet.stopping"
+ROOT_SHARED = (CLI_SUPPORT, STOPPING)
 # The admin half's own modules besides its subpackages (everything in fleet/ but fleet.ota
 # and fleet.client's users' package).
 FLEET_ADMIN_SHARED = tuple(
@@ -95,7 +94,7 @@ RULES = (
             "privacy",
             "strategies",
             *FIRMWARE_DEVICE_HALF,
-            CLI_SUPPORT,
+            *ROOT_SHARED,
         ),
         why="a device or hospital install carries no server code",
     ),
@@ -110,8 +109,7 @@ RULES = (
             "firmware_images",
             "edge_client.protocol",
             "fleet.client",
-            STOPPING,
-            CLI_SUPPORT,
+            *ROOT_SHARED,
         ),
         why="deployment never depends on the simulator; the fleet is reached over HTTP only",
     ),
@@ -126,8 +124,7 @@ RULES = (
             "firmware_images",
             "edge_client.protocol",
             MQTT_LOOP,
-            STOPPING,
-            CLI_SUPPORT,
+            *ROOT_SHARED,
         ),
         why="a fleet server runs no training and no simulation",
     ),
@@ -155,9 +152,9 @@ RULES = (
     ),
     Rule(
         "the CLI support module imports no other fedfleet package",
-        scope=(CLI_SUPPORT,),
-        allowed=(CLI_SUPPORT,),  # and the root package's __init__, which imports nothing
-        why="every package's CLI imports it, device-side ones included",
+        scope=ROOT_SHARED,
+        allowed=ROOT_SHARED,  # and the root package's __init__, which imports nothing
+        why="every package's CLI imports them, device-side ones included",
     ),
     Rule(
         "privacy and strategies are libraries the loops call",
@@ -295,7 +292,7 @@ def test_only_the_root_command_imports_the_root_command():
         if target.split(".")[0] == "fedfleet"
     }
     # Execute: the imports other than the root package itself and the CLI support module.
-    broken = {line for line in root if line.split(" imports ")[1] not in ("fedfleet", CLI_SUPPORT)}
+    broken = {line for line in root if line.split(" imports ")[1] not in ("fedfleet", *ROOT_SHARED)}
     # Assert: packages take fail()/sub_app() from cli_support; only fedfleet.cli mounts them.
     assert any(line.endswith(CLI_SUPPORT) for line in root), "no CLI uses fedfleet.cli_support?"
     assert not broken, "only fedfleet.cli may import the root command:\n" + "\n".join(

@@ -251,9 +251,10 @@ def _refuse(rollout: Rollout, verb: str) -> Conflict:
     return Conflict(f"rollout {rollout.id} is {rollout.status.value}; it cannot be {verb}d")
 
 
-def _change(
+def change_rollout(
     session: Session, rollout: Rollout, action: str, actor: audit.Actor, **changes: object
 ) -> Rollout:
+    """Set ``changes`` on ``rollout`` and audit ``action`` with its view before and after."""
     before = public_view(session, rollout)
     for key, value in changes.items():
         setattr(rollout, key, value)
@@ -279,7 +280,7 @@ def pause_rollout(session: Session, rollout_id: int, *, actor: audit.Actor) -> R
         return None
     if rollout.status is not RolloutStatus.running:
         raise _refuse(rollout, "pause")
-    return _change(session, rollout, "rollout.pause", actor, status=RolloutStatus.paused)
+    return change_rollout(session, rollout, "rollout.pause", actor, status=RolloutStatus.paused)
 
 
 def resume_rollout(session: Session, rollout_id: int, *, actor: audit.Actor) -> Rollout | None:
@@ -289,7 +290,7 @@ def resume_rollout(session: Session, rollout_id: int, *, actor: audit.Actor) -> 
         return None
     if rollout.status is not RolloutStatus.paused:
         raise _refuse(rollout, "resume")
-    return _change(session, rollout, "rollout.resume", actor, status=RolloutStatus.running)
+    return change_rollout(session, rollout, "rollout.resume", actor, status=RolloutStatus.running)
 
 
 def abort_rollout(
@@ -305,7 +306,7 @@ def abort_rollout(
         raise _refuse(rollout, "abort")
     wave = rollout.current_wave + 1
     kept = "rolled back" if rollback else "kept on the new model"
-    return _change(
+    return change_rollout(
         session,
         rollout,
         "rollout.abort",

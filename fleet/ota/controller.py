@@ -45,7 +45,7 @@ from sqlmodel import Session, col, select
 
 from edge_client.protocol import mqtt as proto
 from fleet import audit
-from fleet.crud.rollouts import public_view, state_counts
+from fleet.crud.rollouts import change_rollout, state_counts
 from fleet.db import session_scope
 from fleet.models.common import utcnow
 from fleet.models.devices import Device, ReportedStatus
@@ -267,14 +267,6 @@ class RolloutController:
             if verdict == "wait":
                 pass  # nothing to record: the common case, kept cheap
             elif verdict == "abort":
-                before = public_view(session, rollout)
-                rollout.status = RolloutStatus.aborted
-                rollout.reason = (
-                    f"wave {bad_wave + 1}: {failed} of {size} devices "
-                    f"failed (over {rollout.max_failure_rate:.0%})"
-                )
-                rollout.finished_at = now
-                rollout.rollback_from_wave = 0  # every wave's installed devices go back
                 for row in rows:
                     on_new = row.state is DeviceRolloutState.installed or (
                         row.state is DeviceRolloutState.failed
@@ -285,37 +277,35 @@ class RolloutController:
                         row.command_id = command.command_id
                         session.add(row)
                         outbox.append((row.device_id, command))
-                session.add(rollout)
-                session.flush()
-                audit.record(
+                change_rollout(
                     session,
-                    actor=_SYSTEM,
-                    action="rollout.abort",
-                    entity_type="rollout",
-                    entity_id=rollout_id,
-                    before=before,
-                    after=public_view(session, rollout),
+                    rollout,
+                    "rollout.abort",
+                    _SYSTEM,
+                    status=RolloutStatus.aborted,
+                    reason=(
+                        f"wave {bad_wave + 1}: {failed} of {size} devices "
+                        f"failed (over {rollout.max_failure_rate:.0%})"
+                    ),
+                    finished_at=now,
+                    rollback_from_wave=0,  # every wave's installed devices go back
+                )
+            elif rollout.current_wave >= max(r.wave for r in rows):
+                change_rollout(
+                    session,
+                    rollout,
+                    "rollout.succeed",
+                    _SYSTEM,
+                    status=RolloutStatus.succeeded,
+                    finished_at=now,
                 )
             else:
-                before = public_view(session, rollout)
-                last = max(r.wave for r in rows)
-                if rollout.current_wave >= last:
-                    rollout.status = RolloutStatus.succeeded
-                    rollout.finished_at = now
-                    action = "rollout.succeed"
-                else:
-                    rollout.current_wave += 1
-                    action = "rollout.advance"
-                session.add(rollout)
-                session.flush()
-                audit.record(
+                change_rollout(
                     session,
-                    actor=_SYSTEM,
-                    action=action,
-                    entity_type="rollout",
-                    entity_id=rollout_id,
-                    before=before,
-                    after=public_view(session, rollout),
+                    rollout,
+                    "rollout.advance",
+                    _SYSTEM,
+                    current_wave=rollout.current_wave + 1,
                 )
         # Publish only after the commit: a command is never sent for state not recorded.
         # The wave's commands go out together (one call, a tight publish loop).

@@ -307,7 +307,7 @@ def test_crash_between_entry_and_head_is_sealed_at_the_next_start(log: AuditLog)
     assert waiting.ok and waiting.entries == 4 and "interrupted" in waiting.note
     opened = log.open()
     assert opened.entries == 4 and "sealed" in opened.note
-    assert log.verify() == type(waiting)(True, 4)
+    assert log.verify() == type(waiting)(True, 4, authenticated=True)
     _fill(log, 1, start=4)
     entries = list(log.entries())
     assert [e["seq"] for e in entries] == [0, 1, 2, 3, 4]
@@ -337,7 +337,7 @@ def test_torn_first_line_of_a_new_log_is_cut_and_the_log_starts(log: AuditLog) -
     # Assert
     assert waiting.ok and "torn" in waiting.note
     assert log.key_file.exists() and not log.pending_key_file.exists()
-    assert log.verify() == type(waiting)(True, 1)
+    assert log.verify() == type(waiting)(True, 1, authenticated=True)
 
 
 def test_interrupted_first_start_is_completed(log: AuditLog) -> None:
@@ -350,7 +350,7 @@ def test_interrupted_first_start_is_completed(log: AuditLog) -> None:
     log.open()
     # Assert
     assert log.key_file.exists() and not log.pending_key_file.exists()
-    assert log.verify() == type(log.verify())(True, 1)
+    assert log.verify() == type(log.verify())(True, 1, authenticated=True)
 
 
 _APPENDER = """
@@ -417,9 +417,10 @@ def test_legacy_log_verifies_as_unauthenticated_then_migrates_on_start(log: Audi
     # Execute / Assert: before the start, legacy; after, authenticated from line 4 on
     legacy = log.verify()
     assert legacy.ok and legacy.entries == 3 and "legacy" in legacy.note
+    assert not legacy.authenticated
     log.open()
     assert AuditKey.load(log.key_file).legacy_entries == 3
-    assert log.verify() == type(legacy)(True, 3)
+    assert log.verify() == type(legacy)(True, 3, authenticated=True)
     _fill(log, 1)
     fourth = list(log.entries())[3]
     assert fourth["seq"] == 3 and fourth["genesis"] == AuditKey.load(log.key_file).genesis

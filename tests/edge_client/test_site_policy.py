@@ -213,7 +213,11 @@ def test_a_secagg_round_with_too_few_sites_is_refused(tmp_path: Path) -> None:
     config = make_site(tmp_path, {"min-secagg-sites = 2": "min-secagg-sites = 3"})
     setup = Message(
         content=RecordDict(
-            {sa.SECAGG: ConfigRecord({sa.SA_PARTICIPANTS: (7).to_bytes(8, "big") * 2})}
+            {
+                sa.SECAGG: ConfigRecord(
+                    {sa.SA_PARTICIPANTS: b"".join(i.to_bytes(8, "big") for i in (7, 8))}
+                )
+            }
         ),
         dst_node_id=7,
         message_type=SECAGG_SETUP,

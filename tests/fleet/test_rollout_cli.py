@@ -24,7 +24,10 @@ from fleet.artifacts import ArtifactStore
 from fleet.db import make_engine
 from fleet.models.auth import Role
 from fleet.models.ota import Rollout
-from simulation.fleet_devices import enroll_devices, register_bundle
+
+# The fleet-database helpers of the end-to-end kit (tests/e2e/ota_testkit.py).
+sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
+from ota_testkit import enroll_devices, register_bundle
 
 FEDFLEET = os.path.join(os.path.dirname(sys.executable), "fedfleet")
 pytestmark = pytest.mark.slow

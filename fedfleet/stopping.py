@@ -1,8 +1,8 @@
 """Stopping a child process and everything it started, with a bound.
 
-One home for every long-running command (``coordinator up``, ``site join``, ``fleet
-serve``, ``fleet mqtt``, ``device run``): device-side code may import it, and so may the
-coordinator and the fleet. Convention: a stop requested by SIGINT/SIGTERM exits 0 after one
+Beside :mod:`fedfleet.cli_support`, importing no other fedfleet package, so every command
+may use it (``coordinator up`` stops its SuperLink's tree with it, ``site join`` its
+SuperNode's and its pinned apps'). Convention: a stop requested by SIGINT/SIGTERM exits 0 after one
 "stopped" line on stderr; children get SIGTERM, then SIGKILL after the bound, and are reaped.
 """
 
