@@ -149,7 +149,7 @@ def build_demo_bundle(
         ),
         source=SourceRecord(checkpoint_sha256="0" * 64, model_version=model_version),
         key_id=key_id(private_key.public_key()),
-        builder="fedfleet demo_bundles",
+        builder="fedfleet firmware_images.demo",
         opset=18,
     )
     data = pack_bundle(manifest=manifest, model=model, private_key=private_key)
