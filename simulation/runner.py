@@ -26,8 +26,14 @@ from simulation.settings import SimulateSettings
 
 
 def quiet_flower_logs() -> None:
-    """Flower logs every sampling step at INFO; a simulation shows its own progress."""
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    """Flower logs every sampling step at INFO; a simulation shows its own progress.
+
+    Flower sets its logger to DEBUG when first imported, so import it before setting the
+    level (the CLI imports Flower lazily; a level set earlier would be overwritten).
+    """
+    from flwr.supercore.logger import FLOWER_LOGGER
+
+    FLOWER_LOGGER.setLevel(logging.WARNING)
 
 
 def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = False) -> dict:
