@@ -12,7 +12,11 @@ measures with the device runtimes (onnxruntime, ai-edge-litert) on ONE thread:
   fedfleet code, input already quantized), to separate the runtime from the runner;
 - per-sample time of a 256-sample batch through the runner ("b256"), where int8 compute,
   not call overhead, dominates;
-- held-out accuracy, so a fast variant that is wrong does not go unnoticed.
+- held-out accuracy, so a fast variant that is wrong does not go unnoticed;
+- the goal "int8 never slower than the shipped precision" (issue 18): for each task and
+  format, the precision ``image build`` would ship (its own quick timing,
+  ``firmware_images.latency``, and decision, with the cpu-x86 / rpi4 recipe) must be the
+  faster by this bench's longer measurement, within ``NOISE``; printed met / not met.
 
 Run: ``python bench/export.py [--tasks digits-cnn,breast-cancer-mlp] [--calls 2000]``.
 TFLite columns need the ``tflite`` extra (see docs/bundle.md); without it they are skipped.
@@ -31,11 +35,15 @@ import numpy as np
 import torch
 
 from firmware_images.export import export_onnx, export_tflite
+from firmware_images.latency import choose_precision, measure_latency, same_arch
 from firmware_images.quantize import calibration_set, quantize_onnx_static, quantize_tflite_static
 from firmware_images.runtime import ModelRunner, accuracy, load_runner
+from firmware_images.targets import get_target
 from tasks import get_task, train_local
 
 BATCH = 256
+NOISE = 0.03  # p50 differences below 3% are within what two runs of this bench differ by
+RECIPES = {"onnx": "cpu-x86", "tflite": "rpi4"}  # the shipped recipe of each format
 
 
 @dataclass
@@ -46,6 +54,7 @@ class Variant:
     fmt: str
     precision: str
     size: int
+    blob: bytes
     runner: ModelRunner
     raw: Callable[[], object]
     accuracy: float
@@ -83,7 +92,8 @@ def build_variants(task_name: str, *, epochs: int, with_tflite: bool) -> list[Va
         runner = load_runner(model=blob, model_format=fmt, threads=1)
         variants.append(
             Variant(
-                task=task_name, fmt=fmt, precision=precision, size=len(blob), runner=runner,
+                task=task_name, fmt=fmt, precision=precision, size=len(blob), blob=blob,
+                runner=runner,
                 raw=_raw_call(fmt, blob, data.x_test[:1]),
                 accuracy=accuracy(runner, data.x_test, data.y_test), times_us=[], raw_times_us=[], batch_us=[],
             )
@@ -206,6 +216,42 @@ def main() -> None:
         f"ai-edge-litert {litert}; 1 thread, batch 1, {args.calls} calls per variant\n"
     )
     print(table(variants))
+    print("\n## Goal: int8 never slower than the shipped precision\n")
+    for line in shipped_goal(variants):
+        print(line)
+
+
+def shipped_goal(variants: list[Variant]) -> list[str]:
+    """For each task and format: what ``image build`` would ship, and whether that is the
+    faster precision by this bench's p50s (met / NOT MET)."""
+    lines = []
+    by_key = {(v.task, v.fmt, v.precision): v for v in variants}
+    for task, fmt in sorted({(v.task, v.fmt) for v in variants}):
+        fp32, int8 = by_key[(task, fmt, "fp32")], by_key[(task, fmt, "int8")]
+        recipe = get_target(RECIPES[fmt])
+        x = get_task(task).load_data(0).x_test[:1]
+        probe = measure_latency({"fp32": fp32.blob, "int8": int8.blob}, recipe, x)
+        shipped, decision = choose_precision(
+            fp32_us=probe.p50_us["fp32"],
+            int8_us=probe.p50_us["int8"],
+            insist=recipe.quantization.keep_int8_if_slower,
+            same_arch=same_arch(recipe),
+            fp32_fits=fp32.size <= recipe.model.max_bytes,
+        )
+        p50 = {p: float(np.percentile(v.times_us, 50)) for p, v in (("fp32", fp32), ("int8", int8))}
+        other = "fp32" if shipped == "int8" else "int8"
+        ratio = p50[shipped] / p50[other]
+        head = (
+            f"- {task} {fmt} ({recipe.name}): build timing int8/fp32 "
+            f"{probe.p50_us['int8'] / probe.p50_us['fp32']:.2f} ({probe.runs} runs) -> ships "
+            f"{shipped} ({decision}); bench p50 {shipped}/{other} = {ratio:.2f}"
+        )
+        if decision == "other-arch":
+            lines.append(f"{head}: not judged here ({recipe.name} is {recipe.arch})")
+        else:
+            met = ratio <= 1 + NOISE
+            lines.append(f"{head}: {'met' if met else 'NOT MET'} (shipped <= other x {1 + NOISE})")
+    return lines
 
 
 def _version(name: str) -> str:

@@ -5,7 +5,8 @@ One pass, in this order, so that nothing is written unless everything passed:
 1. check the inputs that are cheap to check (output path, signing key, task, checkpoint);
 2. export the model in the recipe's format (fp32), then reduce its precision as the
    recipe says (static int8 with calibration from the TRAINING split, or fp16);
-3. check the model's size against the recipe's limit;
+3. check the model's size against the recipe's limit; for an int8 recipe, time fp32
+   against int8 and ship fp32 where int8 is slower (:mod:`firmware_images.latency`);
 4. the accuracy gate: run the exported model with the target's runtime on the task's
    held-out TEST split and compare with the PyTorch model (:mod:`firmware_images.gate`);
 5. record a reference input (the first test sample) and the exported model's output for
@@ -29,11 +30,21 @@ from firmware_images.bundle import pack_bundle, sha256_hex, verify_bundle, write
 from firmware_images.export import export_onnx, export_tflite, file_sha256, load_checkpoint
 from firmware_images.gate import GateRefusedError, GateReport, evaluate_gate
 from firmware_images.keys import key_id, load_private_key
+from firmware_images.latency import (
+    LatencyProbe,
+    build_machine,
+    choose_precision,
+    decision_line,
+    measure_latency,
+    same_arch,
+)
 from firmware_images.manifest import (
     MODEL_FILE_NAMES,
     AccuracyRecord,
+    LatencyRecord,
     Manifest,
     ModelFile,
+    Precision,
     ReferenceCheck,
     RuntimeSpec,
     SourceRecord,
@@ -48,6 +59,7 @@ from firmware_images.quantize import (
 from firmware_images.runtime import ModelRunner, load_runner
 from firmware_images.targets import Recipe
 from tasks import get_task
+from tasks.base import Dataset
 
 # Self-test tolerance per output value, relative to max(1, max |expected output|):
 # fp32 reproduces to rounding, fp16 to its 11-bit mantissa, int8 to a few quantization
@@ -71,7 +83,8 @@ class BuildRequest:
     ``model_version`` N, else ``ckpt-`` and the first 12 hex digits of the checkpoint's
     SHA-256). ``data_seed`` is the task's ``load_data`` seed;
     ``calibration_seed`` draws the calibration samples from the training split.
-    ``calibration`` replaces that calibration set (for experiments and tests).
+    ``calibration`` replaces that calibration set (for experiments and tests), and
+    ``latency_probe`` the timing of fp32 against int8 (:func:`measure_latency`).
     """
 
     recipe: Recipe
@@ -85,6 +98,7 @@ class BuildRequest:
     calibration_seed: int = 0
     calibration: np.ndarray | None = None
     force: bool = False
+    latency_probe: LatencyProbe | None = None
 
 
 def version_label(request: BuildRequest, checkpoint_sha: str) -> str:
@@ -99,12 +113,14 @@ def version_label(request: BuildRequest, checkpoint_sha: str) -> str:
 
 @dataclass(frozen=True)
 class BuildResult:
-    """A written bundle: its path, size in bytes, manifest and gate report."""
+    """A written bundle: its path, size in bytes, manifest and gate report, and for an
+    int8 recipe the one line that says which precision ships and why."""
 
     path: Path
     size: int
     manifest: Manifest
     gate: GateReport
+    note: str | None = None
 
 
 def build_bundle(request: BuildRequest, *, on_step: StepCallback | None = None) -> BuildResult:
@@ -136,49 +152,25 @@ def build_bundle(request: BuildRequest, *, on_step: StepCallback | None = None) 
     reference_accuracy = float(np.mean(torch_logits.argmax(axis=1) == y_test))
 
     step(f"export {recipe.model.format}")
-    batch = recipe.model.batch
-    sample = x_test[: batch or 2]
-    if recipe.model.format == "onnx":
-        if recipe.model.opset is None:  # pragma: no cover - the recipe parser sets it
-            raise BuildError(f"recipe {recipe.name} has no ONNX opset")
-        model_bytes = export_onnx(
-            model,
-            sample=sample,
-            opset=recipe.model.opset,
-            dynamic_batch=batch is None,
-            input_name=INPUT_NAME,
-            output_name=OUTPUT_NAME,
-        )
-    else:
-        model_bytes = export_tflite(model, sample=sample)
-
-    quant = recipe.quantization
-    if quant.method != "none":
-        step(f"quantize ({quant.method})")
-    if quant.method in ("static-qdq", "litert-static"):
-        calibration = request.calibration
-        if calibration is None:
-            calibration = calibration_set(
-                data, samples=quant.calibration_samples, seed=request.calibration_seed
-            )
-        if quant.method == "static-qdq":
-            model_bytes = quantize_onnx_static(
-                model_bytes,
-                calibration,
-                per_channel=quant.per_channel,
-                activation_type=quant.activation_type,
-                calibrate_method=quant.calibrate_method,
-            )
-        else:
-            model_bytes = quantize_tflite_static(model_bytes, calibration)
-    elif quant.method == "fp16-cast":
-        model_bytes = convert_onnx_fp16(model_bytes)
-
+    fp32_bytes = _export(recipe, model, x_test)
+    model_bytes = _reduce_precision(request, recipe, fp32_bytes, data, step)
     if len(model_bytes) > recipe.model.max_bytes:
         raise BuildError(
             f"the {recipe.model.precision} model is {len(model_bytes)} bytes, over target "
             f"{recipe.name}'s limit of {recipe.model.max_bytes}; use a smaller model or int8"
         )
+
+    precision, method, latency, note = (
+        recipe.model.precision,
+        recipe.quantization.method,
+        None,
+        None,
+    )
+    if recipe.model.precision == "int8":
+        step("time fp32 against int8")
+        latency, note = _time_precisions(request, fp32_bytes, model_bytes, x_test[:1])
+        if latency.decision == "fallback":
+            model_bytes, precision, method = fp32_bytes, "fp32", "none"
 
     step("accuracy gate")
     runner = load_runner(
@@ -192,7 +184,7 @@ def build_bundle(request: BuildRequest, *, on_step: StepCallback | None = None) 
     heldout = f"{task.name} test split (load_data seed {request.data_seed})"
     report = evaluate_gate(
         target=recipe.name,
-        precision=recipe.model.precision,
+        precision=precision,
         reference_accuracy=reference_accuracy,
         exported_accuracy=exported_accuracy,
         max_drop_points=recipe.gate.max_accuracy_drop,
@@ -216,11 +208,89 @@ def build_bundle(request: BuildRequest, *, on_step: StepCallback | None = None) 
         report=report,
         checkpoint_sha=checkpoint_sha,
         signing_key_id=key_id(public_key),
+        shipped=(precision, method, latency),
     )
     bundle = pack_bundle(manifest=manifest, model=model_bytes, private_key=private_key)
     verify_bundle(bundle, public_key=public_key, target=recipe.name)
     write_atomic(out, bundle)
-    return BuildResult(path=out, size=len(bundle), manifest=manifest, gate=report)
+    return BuildResult(path=out, size=len(bundle), manifest=manifest, gate=report, note=note)
+
+
+def _export(recipe: Recipe, model: torch.nn.Module, x_test: np.ndarray) -> bytes:
+    """The fp32 model in the recipe's format."""
+    batch = recipe.model.batch
+    sample = x_test[: batch or 2]
+    if recipe.model.format == "tflite":
+        return export_tflite(model, sample=sample)
+    if recipe.model.opset is None:  # pragma: no cover - the recipe parser sets it
+        raise BuildError(f"recipe {recipe.name} has no ONNX opset")
+    return export_onnx(
+        model,
+        sample=sample,
+        opset=recipe.model.opset,
+        dynamic_batch=batch is None,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+    )
+
+
+def _reduce_precision(
+    request: BuildRequest, recipe: Recipe, fp32_bytes: bytes, data: Dataset, step: StepCallback
+) -> bytes:
+    """The model at the recipe's precision (``fp32_bytes`` itself for fp32)."""
+    quant = recipe.quantization
+    if quant.method == "none":
+        return fp32_bytes
+    step(f"quantize ({quant.method})")
+    if quant.method == "fp16-cast":
+        return convert_onnx_fp16(fp32_bytes)
+    calibration = request.calibration
+    if calibration is None:
+        calibration = calibration_set(
+            data, samples=quant.calibration_samples, seed=request.calibration_seed
+        )
+    if quant.method == "litert-static":
+        return quantize_tflite_static(fp32_bytes, calibration)
+    return quantize_onnx_static(
+        fp32_bytes,
+        calibration,
+        per_channel=quant.per_channel,
+        activation_type=quant.activation_type,
+        calibrate_method=quant.calibrate_method,
+    )
+
+
+def _time_precisions(
+    request: BuildRequest, fp32_bytes: bytes, int8_bytes: bytes, x_one: np.ndarray
+) -> tuple[LatencyRecord, str]:
+    """Time both models (the request's probe, else :func:`measure_latency`), decide which
+    ships, and say so in one line."""
+    recipe = request.recipe
+    probe = request.latency_probe or measure_latency
+    timing = probe({"fp32": fp32_bytes, "int8": int8_bytes}, recipe, x_one)
+    fp32_us, int8_us = timing.p50_us["fp32"], timing.p50_us["int8"]
+    _, decision = choose_precision(
+        fp32_us=fp32_us,
+        int8_us=int8_us,
+        insist=recipe.quantization.keep_int8_if_slower,
+        same_arch=same_arch(recipe),
+        fp32_fits=len(fp32_bytes) <= recipe.model.max_bytes,
+    )
+    machine = build_machine()
+    record = LatencyRecord(
+        fp32_p50_us=fp32_us,
+        int8_p50_us=int8_us,
+        runs=timing.runs,
+        threads=1,
+        batch=1,
+        runtime=timing.runtime,
+        machine=machine,
+        decision=decision,
+    )
+    line = decision_line(
+        recipe=recipe.name, decision=decision, fp32_us=fp32_us, int8_us=int8_us, machine=machine
+    )
+    return record, line
 
 
 def _manifest(
@@ -235,9 +305,11 @@ def _manifest(
     report: GateReport,
     checkpoint_sha: str,
     signing_key_id: str,
+    shipped: tuple[Precision, str, LatencyRecord | None],
 ) -> Manifest:
+    precision, method, latency = shipped
     expected = runner.run(x_ref)
-    rtol = SELF_TEST_RTOL[recipe.model.precision]
+    rtol = SELF_TEST_RTOL[precision]
     atol = rtol * max(1.0, float(np.max(np.abs(expected))))
     batch = recipe.model.batch
     opset = None
@@ -257,8 +329,8 @@ def _manifest(
             providers=recipe.runtime.providers,
         ),
         format=recipe.model.format,
-        precision=recipe.model.precision,
-        quantization=recipe.quantization.method,
+        precision=precision,
+        quantization=method,
         model=ModelFile(
             file=MODEL_FILE_NAMES[recipe.model.format],
             sha256=sha256_hex(model_bytes),
@@ -286,6 +358,7 @@ def _manifest(
         key_id=signing_key_id,
         builder=f"fedfleet {_fedfleet_version()}",
         opset=opset,
+        latency=latency,
     )
 
 

@@ -20,6 +20,8 @@ from fedfleet.cli_support import EXIT_BAD_INPUT, EXIT_FAILURE, FleetUrl, fail, s
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from firmware_images.manifest import Manifest
+
 image_app = sub_app("image", "Build, verify, inspect and publish signed model bundles.")
 keys_app = sub_app("keys", "Ed25519 signing keys for bundles.")
 
@@ -309,7 +311,7 @@ def _build(
         data_seed=data_seed,
         force=force,
     )
-    steps = 5 if recipe.quantization.method != "none" else 4
+    steps = {"none": 4, "fp16-cast": 5}.get(recipe.quantization.method, 6)  # int8: + timing
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -340,6 +342,8 @@ def _build(
         fail(str(err))
     m = result.manifest
     typer.echo(format_report(result.gate))
+    if result.note:
+        typer.echo(result.note)
     typer.echo(
         f"wrote {result.path} ({result.size:,} bytes): {m.task} {m.precision} {m.format} for "
         f"{m.target}, version {m.version}, model sha256 {m.model.sha256[:16]}…, "
@@ -460,12 +464,27 @@ def image_inspect(
             f"({acc.drop_points:+.2f} points, allowed {acc.max_drop_points:.2f}) on {acc.heldout}",
         ),
         ("gate runtime", acc.runtime),
+        *_latency_row(m),
         ("created", f"{m.created} by {m.builder}"),
         ("signed by", f"{m.key_id} (signature not checked here: use fedfleet image verify)"),
     ]
     width = max(len(k) for k, _ in rows)
     for key_name, value in rows:
         typer.echo(f"{key_name.ljust(width)}  {value}")
+
+
+def _latency_row(m: Manifest) -> list[tuple[str, str]]:
+    lat = m.latency
+    if lat is None:
+        return []
+    return [
+        (
+            "latency p50",
+            f"fp32 {lat.fp32_p50_us:.1f} us, int8 {lat.int8_p50_us:.1f} us ({lat.decision}; "
+            f"{lat.runs} runs, batch {lat.batch}, {lat.threads} thread, {lat.runtime}, "
+            f"{lat.machine})",
+        )
+    ]
 
 
 def _stderr_console() -> Console:

@@ -19,7 +19,8 @@ from typing import Any, Literal, cast
 
 from firmware_images.errors import BundleFormatError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added `latency`; a schema-1 manifest (no `latency`) still reads
+READABLE_SCHEMAS = (1, 2)
 MAX_MANIFEST_BYTES = 256 * 1024
 
 ModelFormat = Literal["onnx", "tflite"]
@@ -27,6 +28,18 @@ Precision = Literal["fp32", "fp16", "int8"]
 FORMATS: tuple[ModelFormat, ...] = ("onnx", "tflite")
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
 MODEL_FILE_NAMES: dict[str, str] = {"onnx": "model.onnx", "tflite": "model.tflite"}
+
+Decision = Literal["int8-faster", "fallback", "insisted", "other-arch", "too-large"]
+"""Why an int8 recipe's bundle ships the precision it does (``latency.decision``):
+
+- ``int8-faster``: int8's p50 is not above fp32's; int8 ships;
+- ``fallback``: int8 is slower; fp32 ships;
+- ``insisted``: int8 is slower, the recipe sets ``keep_int8_if_slower``; int8 ships;
+- ``other-arch``: the build machine is not the target's architecture, so its timings
+  say nothing about the device; the recipe's int8 ships;
+- ``too-large``: int8 is slower, but fp32 is over the recipe's ``max_bytes``; int8 ships.
+"""
+DECISIONS: tuple[Decision, ...] = ("int8-faster", "fallback", "insisted", "other-arch", "too-large")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -109,6 +122,26 @@ class SourceRecord:
 
 
 @dataclass(frozen=True)
+class LatencyRecord:
+    """Both precisions timed on the build machine before an int8 recipe's bundle was built.
+
+    ``fp32_p50_us`` and ``int8_p50_us`` are the median latency, in microseconds, of one
+    inference (batch ``batch``, ``threads`` threads) through fedfleet's runner with
+    ``runtime``, over ``runs`` calls each, on ``machine`` (architecture and CPU).
+    ``decision`` says why the manifest's ``precision`` ships (:data:`Decision`).
+    """
+
+    fp32_p50_us: float
+    int8_p50_us: float
+    runs: int
+    threads: int
+    batch: int
+    runtime: str
+    machine: str
+    decision: Decision
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything a device needs to decide whether, and how, to run a bundle's model."""
 
@@ -130,6 +163,7 @@ class Manifest:
     key_id: str
     builder: str
     opset: int | None = None
+    latency: LatencyRecord | None = None
     schema: int = field(default=SCHEMA_VERSION)
 
     def __post_init__(self) -> None:
@@ -138,7 +172,10 @@ class Manifest:
 
 def to_canonical_bytes(manifest: Manifest) -> bytes:
     """The one byte string that represents ``manifest`` (what is stored and signed)."""
-    return canonical_json(asdict(manifest))
+    obj = asdict(manifest)
+    if manifest.schema == 1:
+        del obj["latency"]  # schema 1 has no such field
+    return canonical_json(obj)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -149,7 +186,8 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def parse_manifest(data: bytes) -> Manifest:
-    """Parse and validate manifest bytes; refuse anything but the canonical schema-1 form."""
+    """Parse and validate manifest bytes; refuse anything but the canonical form of a
+    readable schema (1 or 2)."""
     if len(data) > MAX_MANIFEST_BYTES:
         raise BundleFormatError(
             f"manifest is {len(data)} bytes, more than the {MAX_MANIFEST_BYTES} allowed"
@@ -161,10 +199,11 @@ def parse_manifest(data: bytes) -> Manifest:
     if not isinstance(obj, dict):
         raise BundleFormatError("manifest must be a JSON object; rebuild the bundle")
     schema = obj.get("schema")
-    if schema != SCHEMA_VERSION:
+    if schema not in READABLE_SCHEMAS or isinstance(schema, bool):
         raise BundleFormatError(
-            f"manifest schema {schema!r} is not supported (this fedfleet reads schema "
-            f"{SCHEMA_VERSION}); upgrade fedfleet on this device or rebuild the bundle"
+            f"manifest schema {schema!r} is not supported (this fedfleet reads schemas "
+            f"{', '.join(map(str, READABLE_SCHEMAS))}); upgrade fedfleet on this device or "
+            "rebuild the bundle"
         )
     reader = _Reader(obj, "manifest")
     manifest = Manifest(
@@ -187,6 +226,7 @@ def parse_manifest(data: bytes) -> Manifest:
         key_id=reader.text("key_id"),
         builder=reader.text("builder"),
         opset=reader.opt_integer("opset"),
+        latency=_latency(reader.opt_obj("latency")) if schema >= 2 else None,
     )
     reader.done()
     if to_canonical_bytes(manifest) != data:
@@ -198,8 +238,12 @@ def parse_manifest(data: bytes) -> Manifest:
 
 
 def _check_manifest(m: Manifest) -> None:
-    if m.schema != SCHEMA_VERSION:
-        raise BundleFormatError(f"manifest.schema must be {SCHEMA_VERSION}, got {m.schema}")
+    if m.schema not in READABLE_SCHEMAS:
+        raise BundleFormatError(
+            f"manifest.schema must be one of {READABLE_SCHEMAS}, got {m.schema}"
+        )
+    if m.latency is not None:
+        _check_latency(m.latency, m.schema)
     for name in ("task", "target"):
         if not _NAME.match(getattr(m, name)):
             raise BundleFormatError(
@@ -232,6 +276,19 @@ def _check_manifest(m: Manifest) -> None:
         raise BundleFormatError("manifest.reference.atol must be a positive number")
     if not m.key_id.startswith("ed25519:"):
         raise BundleFormatError("manifest.key_id must start with 'ed25519:'")
+
+
+def _check_latency(lat: LatencyRecord, schema: int) -> None:
+    if schema < 2:
+        raise BundleFormatError("manifest.latency needs schema 2; rebuild the bundle")
+    for name in ("fp32_p50_us", "int8_p50_us"):
+        value = getattr(lat, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise BundleFormatError(f"manifest.latency.{name} must be a positive number")
+    if lat.decision not in DECISIONS:
+        raise BundleFormatError(f"manifest.latency.decision must be one of {', '.join(DECISIONS)}")
+    if lat.runs < 1 or lat.threads < 1 or lat.batch < 1:
+        raise BundleFormatError("manifest.latency runs, threads and batch must be >= 1")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -295,6 +352,12 @@ class _Reader:
             raise self._fail(key, "an object")
         return _Reader(value, f"{self._where}.{key}")
 
+    def opt_obj(self, key: str) -> _Reader | None:
+        if self._obj.get(key, ...) is None:
+            self._take(key)
+            return None
+        return self.obj(key)
+
     def objs(self, key: str) -> list[_Reader]:
         value = self._take(key)
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
@@ -331,7 +394,7 @@ class _Reader:
             unknown = ", ".join(sorted(self._obj))
             raise BundleFormatError(
                 f"{self._where} has unknown field(s) {unknown}; this fedfleet reads manifest "
-                f"schema {SCHEMA_VERSION} only — upgrade fedfleet or rebuild the bundle"
+                f"schema {SCHEMA_VERSION} at most — upgrade fedfleet or rebuild the bundle"
             )
 
 
@@ -378,6 +441,23 @@ def _accuracy(r: _Reader) -> AccuracyRecord:
         heldout=r.text("heldout"),
         samples=r.integer("samples"),
         runtime=r.text("runtime"),
+    )
+    r.done()
+    return spec
+
+
+def _latency(r: _Reader | None) -> LatencyRecord | None:
+    if r is None:
+        return None
+    spec = LatencyRecord(
+        fp32_p50_us=r.number("fp32_p50_us"),
+        int8_p50_us=r.number("int8_p50_us"),
+        runs=r.integer("runs"),
+        threads=r.integer("threads"),
+        batch=r.integer("batch"),
+        runtime=r.text("runtime"),
+        machine=r.text("machine"),
+        decision=cast(Decision, r.choice("decision", DECISIONS)),
     )
     r.done()
     return spec

@@ -99,7 +99,9 @@ class QuantizationRecipe:
     """How to quantize: method, calibration set size, and static-QDQ settings.
 
     ``calibration_samples`` samples are drawn (seeded) from the task's TRAINING split;
-    the held-out test split is never used to calibrate.
+    the held-out test split is never used to calibrate. ``keep_int8_if_slower``: ship
+    int8 even where the build measures it slower than fp32 (default: fall back to fp32;
+    see :mod:`firmware_images.latency`).
     """
 
     method: QuantMethod
@@ -107,6 +109,7 @@ class QuantizationRecipe:
     per_channel: bool = True
     activation_type: str = "int8"
     calibrate_method: str = "minmax"
+    keep_int8_if_slower: bool = False
 
 
 @dataclass(frozen=True)
@@ -304,6 +307,7 @@ def _quantization(
     samples = t.integer("calibration_samples")
     if not 16 <= samples <= 100_000:
         raise t.error("calibration_samples", "an integer in [16, 100000]")
+    keep = t.boolean("keep_int8_if_slower", default=False)
     if method == "static-qdq":
         per_channel = t.boolean("per_channel", default=True)
         activation = t.text("activation_type", default="int8")
@@ -319,9 +323,10 @@ def _quantization(
             per_channel=per_channel,
             activation_type=activation,
             calibrate_method=calibrate,
+            keep_int8_if_slower=keep,
         )
     t.done()  # litert-static: the LiteRT quantizer's static int8 recipe has no knobs here
-    return QuantizationRecipe(method=method, calibration_samples=samples)
+    return QuantizationRecipe(method=method, calibration_samples=samples, keep_int8_if_slower=keep)
 
 
 def parse_version(text: str) -> tuple[int, ...]:

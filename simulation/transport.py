@@ -12,7 +12,7 @@ In one process the same object can reach everyone, so the engine
   reading the same global model, and the server's update guard, aggregation and
   checkpoint reading the same reply, cost one decoding each instead of many. The
   bytes, dtype, shape and values are exactly those of the original ``Array``;
-  decoding (:func:`tasks.weights.decode_npy`) parses each distinct ``.npy`` header once, where
+  decoding (:func:`tasks.npy.decode_npy`) parses each distinct ``.npy`` header once, where
   ``np.load`` runs ``ast.literal_eval`` on every array's header.
 """
 
@@ -25,7 +25,7 @@ from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.common.constant import SType
 from numpy.typing import NDArray
 
-from tasks.weights import decode_npy
+from tasks.npy import decode_npy
 
 _DECODED = "_fedfleet_decoded"
 

@@ -1,9 +1,11 @@
 """Flower's FedAvg family with the streaming weighted average.
 
 Flower's ``FedAvg.aggregate_train`` multiplies each decoded update into a fresh
-temporary before adding it. :class:`StreamingAverage` overrides that one hook with
-:class:`strategies.aggregation.StreamingMean` (fused, in place, one layer decoded at a
-time), and :func:`with_streaming_average` slots it under any FedAvg subclass, so
+temporary before adding it, and decodes each with ``np.load`` (a copy of the bytes and
+a ``literal_eval`` of the header). :class:`StreamingAverage` overrides that one hook
+with :class:`strategies.aggregation.StreamingMean` (in place into preallocated buffers)
+fed by read-only views of the reply bytes (:func:`tasks.npy.array_view`: no copy, each
+distinct header parsed once), and :func:`with_streaming_average` slots it under any FedAvg subclass, so
 FedAvgM's momentum and FedOpt's adaptive steps (which call ``super().aggregate_train``)
 run on top of it unchanged.
 """
@@ -19,6 +21,7 @@ from flwr.serverapp.strategy import FedAvg
 from numpy.typing import NDArray
 
 from strategies.aggregation import StreamingMean
+from tasks.npy import array_view
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +29,14 @@ F = TypeVar("F", bound=FedAvg)
 
 
 class DecodedArrays(Mapping[str, NDArray]):
-    """A read-only view of an ``ArrayRecord`` that decodes one array per access."""
+    """A read-only view of an ``ArrayRecord``: each access is a read-only view of that
+    array's bytes (no copy)."""
 
     def __init__(self, record: ArrayRecord) -> None:
         self._record = record
 
     def __getitem__(self, key: str) -> NDArray:
-        return self._record[key].numpy()
+        return array_view(self._record[key])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._record)

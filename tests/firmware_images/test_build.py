@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import platform
 
+import onnx
 import pytest
 
 from firmware_images.build import BuildError, BuildRequest, build_bundle
+from firmware_images.bundle import read_bundle
 from firmware_images.errors import KeyFileError
 from firmware_images.gate import GateRefusedError
-from firmware_images.targets import get_target
+from firmware_images.latency import Timing
+from firmware_images.targets import Recipe, get_target
 from tasks import get_task
 
 pytestmark = pytest.mark.slow
@@ -76,3 +80,79 @@ def test_cheap_input_errors_come_before_any_export(tmp_path, digits_checkpoint, 
     assert steps == []  # refused before loading the checkpoint
     assert existing.read_bytes() == b"keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.ffb"]
+
+
+def _this_arch(recipe: Recipe) -> Recipe:
+    """``recipe`` as if built for this machine's architecture (so timings decide)."""
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower())
+    return dataclasses.replace(recipe, arch=arch or platform.machine().lower())
+
+
+def _slower_int8(models, recipe, x) -> Timing:
+    assert set(models) == {"fp32", "int8"} and x.shape[0] == 1  # batch 1
+    return Timing(p50_us={"fp32": 10.0, "int8": 25.0}, runs=321, runtime="injected")
+
+
+@pytest.mark.parametrize("insist", [False, True])
+def test_int8_measured_slower_falls_back_to_fp32_unless_the_recipe_insists(
+    tmp_path, digits_checkpoint, signing_key, insist
+):
+    # Prepare: cpu-x86 on this machine's arch; the timing (injected) says int8 is slower.
+    recipe = _this_arch(get_target("cpu-x86"))
+    recipe = dataclasses.replace(
+        recipe,
+        quantization=dataclasses.replace(recipe.quantization, keep_int8_if_slower=insist),
+    )
+    steps: list[str] = []
+    # Execute
+    result = build_bundle(
+        _request(tmp_path, digits_checkpoint, signing_key, recipe=recipe,
+                 latency_probe=_slower_int8),
+        on_step=steps.append,
+    )  # fmt: skip
+    # Assert: the manifest records both numbers and why; the model is what it says.
+    m = result.manifest
+    assert m.latency is not None
+    assert (m.latency.fp32_p50_us, m.latency.int8_p50_us) == (10.0, 25.0)
+    assert (m.latency.runs, m.latency.threads, m.latency.batch) == (321, 1, 1)
+    assert "time fp32 against int8" in steps
+    ops = {
+        n.op_type
+        for n in onnx.load_from_string(read_bundle(result.path.read_bytes()).model).graph.node
+    }
+    if insist:
+        assert (m.precision, m.quantization, m.latency.decision) == (
+            "int8",
+            "static-qdq",
+            "insisted",
+        )
+        assert "QuantizeLinear" in ops
+        assert result.note is not None and "although it is slower" in result.note
+    else:
+        assert (m.precision, m.quantization, m.latency.decision) == ("fp32", "none", "fallback")
+        assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops
+        scale = max(1.0, max(abs(v) for v in m.reference.expected_output))
+        assert m.reference.atol == pytest.approx(1e-4 * scale, rel=1e-6)  # fp32's self-test
+        assert result.note is not None and result.note.startswith("precision: fp32")
+    assert result.gate.precision == m.precision  # the gate ran on what ships
+
+
+def test_real_timing_is_recorded_and_the_faster_precision_ships(
+    tmp_path, digits_checkpoint, signing_key
+):
+    # Execute: the built-in cpu-x86 recipe, timed for real on this machine.
+    result = build_bundle(
+        _request(tmp_path, digits_checkpoint, signing_key, recipe=get_target("cpu-x86"))
+    )
+    # Assert
+    lat = result.manifest.latency
+    assert lat is not None
+    assert lat.fp32_p50_us > 0 and lat.int8_p50_us > 0 and lat.runs >= 50
+    assert "onnxruntime" in lat.runtime and lat.machine.startswith(platform.machine())
+    if _this_arch(get_target("cpu-x86")).arch != "x86_64":
+        assert lat.decision == "other-arch" and result.manifest.precision == "int8"
+    else:
+        faster = "int8" if lat.int8_p50_us <= lat.fp32_p50_us else "fp32"
+        assert result.manifest.precision == faster
+        assert lat.decision == ("int8-faster" if faster == "int8" else "fallback")
+    assert result.note is not None and f"precision: {result.manifest.precision}" in result.note

@@ -48,8 +48,10 @@ def test_built_bundle_verifies_self_tests_and_inspects(cpu_bundle, signing_key, 
     shown = runner.invoke(image_app, ["inspect", str(cpu_bundle)])
     assert shown.exit_code == 0
     assert "cpu-x86" in shown.stdout and "signature not checked" in shown.stdout
+    assert "latency p50" in shown.stdout and "fp32" in shown.stdout
     as_json = json.loads(runner.invoke(image_app, ["inspect", str(cpu_bundle), "--json"]).stdout)
     assert as_json["precision"] == "int8" and as_json["model"]["file"] == "model.onnx"
+    assert as_json["latency"]["decision"] in ("int8-faster", "insisted", "other-arch")
 
 
 def test_verify_refuses_tampering_another_key_and_another_target(
@@ -101,14 +103,16 @@ def test_fp16_bundle_for_jetson_builds_through_the_cli(tmp_path, digits_checkpoi
 
 
 def test_gate_refusal_prints_the_report_and_writes_nothing(
-    tmp_path, digits_checkpoint, signing_key, monkeypatch
+    tmp_path, digits_checkpoint, signing_key, monkeypatch, insisting_cpu_recipe
 ):
     real = build_module.calibration_set
     monkeypatch.setattr(
         build_module, "calibration_set", lambda data, **kw: real(data, **kw) * 0.01
     )  # a broken calibration set: activations saturate on real inputs
     out = tmp_path / "bad.ffb"
-    result = runner.invoke(image_app, _build_args(digits_checkpoint, signing_key, out, "cpu-x86"))
+    # The recipe keeps int8 even if slower: else a slow broken int8 falls back to fp32.
+    args = _build_args(digits_checkpoint, signing_key, out, str(insisting_cpu_recipe))
+    result = runner.invoke(image_app, args)
     assert result.exit_code == 1
     assert "REFUSED" in result.stdout and "PyTorch accuracy" in result.stdout
     assert "accuracy gate refused" in _one_clean_error_line(result.stderr)

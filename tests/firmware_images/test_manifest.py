@@ -64,7 +64,11 @@ def test_any_valid_manifest_round_trips_exactly(values, version, drop, opset):
         (lambda o: o["model"].update(url="http://x"), r"manifest\.model has unknown field.*url"),
         (lambda o: o.pop("target"), r"manifest\.target is missing"),
         (lambda o: o["model"].pop("sha256"), r"manifest\.model\.sha256 is missing"),
-        (lambda o: o.update(schema=2), "schema 2 is not supported"),
+        (lambda o: o.update(schema=3), "schema 3 is not supported"),
+        (lambda o: o.pop("latency"), r"manifest\.latency is missing"),
+        (lambda o: o["latency"].update(int8_p50_us=0), r"latency\.int8_p50_us must be a positive"),
+        (lambda o: o["latency"].update(decision="faster"), r"latency\.decision must be one of"),
+        (lambda o: o["latency"].pop("machine"), r"manifest\.latency\.machine is missing"),
         (lambda o: o.update(format="pt"), r"manifest\.format must be one of"),
         (lambda o: o["model"].update(size="10"), r"manifest\.model\.size must be an integer"),
         (lambda o: o["model"].update(sha256="ab"), "SHA-256"),
@@ -93,3 +97,30 @@ def test_non_canonical_and_invalid_json_are_refused():
         parse_manifest(b"[1]")
     with pytest.raises(BundleFormatError, match="more than"):
         parse_manifest(b" " * (MAX_MANIFEST_BYTES + 1))
+
+
+def test_latency_round_trips_and_may_be_null():
+    # Prepare: the testkit's manifest carries a latency record; a fp32 recipe's has none.
+    timed = make_manifest()
+    untimed = replace(timed, latency=None)
+    # Execute / Assert
+    for manifest in (timed, untimed):
+        data = to_canonical_bytes(manifest)
+        assert parse_manifest(data) == manifest
+    assert json.loads(to_canonical_bytes(untimed))["latency"] is None
+    assert json.loads(to_canonical_bytes(timed))["latency"]["int8_p50_us"] == 37.25
+
+
+def test_a_schema_1_manifest_still_reads_and_cannot_carry_latency():
+    # Prepare: what fedfleet wrote before schema 2: no latency field at all.
+    old = replace(make_manifest(), schema=1, latency=None)
+    data = to_canonical_bytes(old)
+    # Assert: read back unchanged, byte for byte; schema 1 never had latency.
+    assert b"latency" not in data
+    assert parse_manifest(data) == old and to_canonical_bytes(parse_manifest(data)) == data
+    with pytest.raises(BundleFormatError, match="latency needs schema 2"):
+        replace(make_manifest(), schema=1)
+    obj = json.loads(data)
+    obj["latency"] = None
+    with pytest.raises(BundleFormatError, match="unknown field.*latency"):
+        parse_manifest(canonical_json(obj))

@@ -101,6 +101,17 @@ def test_minimal_recipes_parse_with_defaults():
     assert recipe.quantization.per_channel is True
     tflite = parse_recipe(TFLITE)
     assert tflite.runtime.providers == () and tflite.model.opset is None
+    assert not recipe.quantization.keep_int8_if_slower  # default: fall back to fp32
+    assert not tflite.quantization.keep_int8_if_slower
+
+
+@pytest.mark.parametrize("text", [BASE, TFLITE])
+def test_an_int8_recipe_can_insist_on_int8(text):
+    line = "calibration_samples = 64\n"
+    insisting = parse_recipe(_sub(text, line, line + "keep_int8_if_slower = true\n"))
+    assert insisting.quantization.keep_int8_if_slower is True
+    with pytest.raises(RecipeError, match="keep_int8_if_slower must be true or false"):
+        parse_recipe(_sub(text, line, line + 'keep_int8_if_slower = "yes"\n'))
 
 
 @pytest.mark.parametrize(

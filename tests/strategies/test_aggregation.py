@@ -49,17 +49,59 @@ def test_fused_axpy_is_in_place() -> None:
     np.testing.assert_allclose(acc, 1 + 0.5 * np.arange(10))
 
 
-def test_memory_does_not_grow_with_the_number_of_updates() -> None:
-    # 40 updates of 200k float32 (0.8 MB each): a stacked mean would need 32 MB.
-    x = np.ones(200_000, dtype=np.float32)
+def _peak_of_adding(x: np.ndarray, n: int) -> tuple[int, StreamingMean]:
     mean = StreamingMean()
     tracemalloc.start()
-    for _ in range(40):
+    for _ in range(n):
         mean.add({"x": x}, 1.0)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert peak < 2 * x.nbytes  # the accumulator plus a scratch block
+    return peak, mean
+
+
+def test_memory_does_not_grow_with_the_number_of_updates() -> None:
+    # 40 updates of 200k float32 (0.8 MB each): a stacked mean would need 32 MB.
+    x = np.ones(200_000, dtype=np.float32)
+    one, _ = _peak_of_adding(x, 1)
+    peak, mean = _peak_of_adding(x, 40)
+    assert peak <= one + 4096  # nothing allocated per update
+    assert peak < 2 * x.nbytes + 65536  # the accumulator plus a scratch of one array
     np.testing.assert_allclose(mean.result()["x"], 1.0)
+
+
+def test_scratch_is_capped_at_the_block() -> None:
+    x = np.ones(100_000, dtype=np.float32)
+    mean = StreamingMean(block=1000)
+    tracemalloc.start()
+    mean.add({"x": x}, 1.0)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < x.nbytes + 1000 * 4 + 4096  # the accumulator plus a 1000-element block
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.data(),
+    n=st.integers(1, 6),
+    size=st.integers(1, 200),
+    block=st.integers(1, 300),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_mean_is_bit_for_bit_the_plain_loop_whatever_the_block(
+    data: st.DataObject, n: int, size: int, block: int, dtype: type
+) -> None:
+    # Oracle: ``acc += x * w`` (product rounded to the accumulator dtype, then added),
+    # then ``acc *= 1 / total`` — the rounding StreamingMean promises, bit for bit.
+    xs = [data.draw(arrays(dtype, size, elements=finite)) for _ in range(n)]
+    ws = data.draw(st.lists(positive, min_size=n, max_size=n))
+    acc, total = np.zeros(size, dtype=dtype), 0.0
+    for x, w in zip(xs, ws, strict=True):
+        acc += x * dtype(w)
+        total += w
+    acc *= dtype(1.0 / total)
+    got = weighted_mean((({"x": x}, w) for x, w in zip(xs, ws, strict=True)), block=block)
+    assert got["x"].dtype == dtype
+    np.testing.assert_array_equal(got["x"], acc)
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,11 @@ import io
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 
 from tasks import get_task
-from tasks.weights import decode_npy, encode_npy, weights_record
+from tasks.npy import array_view, decode_npy, encode_npy
+from tasks.weights import weights_record
 
 ARRAYS = [
     np.arange(24, dtype=np.float32).reshape(2, 3, 4),
@@ -89,3 +90,19 @@ def test_anything_but_a_plain_npy_is_left_to_np_load() -> None:
     # Arrays of structured dtypes with objects are refused by numpy itself.
     with pytest.raises(ValueError):
         encode_npy(np.array([object()]))
+
+
+def test_array_view_is_flowers_numpy_without_a_copy() -> None:
+    # Prepare: an Array as Flower builds it, and one whose bytes are not a plain .npy.
+    array = Array(np.arange(12, dtype=np.float32).reshape(3, 4))
+    odd = Array(dtype="float32", shape=(3,), stype="custom", data=b"\x00" * 12)
+    # Execute
+    view = array_view(array)
+    # Assert: Flower's values, read-only, and the bytes' own memory (no copy made).
+    np.testing.assert_array_equal(view, array.numpy())
+    assert view.dtype == np.float32 and view.shape == (3, 4)
+    assert not view.flags.writeable and not view.flags.owndata
+    raw = np.frombuffer(array.data, dtype=np.uint8)
+    assert np.shares_memory(view, raw)
+    with pytest.raises(TypeError, match="Unsupported serialization type"):
+        array_view(odd)  # not .npy bytes: Flower's own decoding and its error
