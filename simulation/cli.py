@@ -398,7 +398,11 @@ def prepare_out_dir(out: Path | None) -> tuple[Path, bool]:
 def run(settings: SimulateSettings, *, out_dir: Path, created: bool, quiet: bool) -> None:
     """Run the simulation (or the privacy sweep) into ``out_dir``; on failure, remove
     a folder made here that holds no results and exit with one clear line: code 2 for
-    input only the run could check (a ``ValueError``), 1 when the run itself failed."""
+    input only the run could check (a ``ValueError``), 1 when the run itself failed.
+    A Flower App's (``--app``) own exception prints its whole traceback and exits 1,
+    its run folder kept (``exchanges.json``, what the app wrote)."""
+    from simulation.app_errors import AppRaised
+
     try:
         from simulation.runner import run_simulation
 
@@ -411,6 +415,10 @@ def run(settings: SimulateSettings, *, out_dir: Path, created: bool, quiet: bool
     except KeyboardInterrupt:
         typer.echo(f"interrupted; partial results in {out_dir}", err=True)
         raise typer.Exit(code=130) from None
+    except AppRaised as exc:  # the user's own code: its whole traceback, exit 1
+        if exc.trace:
+            typer.echo(exc.trace.rstrip(), err=True)
+        fail(f"{exc}; what the run recorded is in {out_dir}", EXIT_FAILURE)
     except Exception as exc:
         if created and not any(out_dir.glob("**/metrics.json")):
             shutil.rmtree(out_dir, ignore_errors=True)

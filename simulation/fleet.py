@@ -6,11 +6,13 @@ The in-process engine consults a :class:`SimulatedFleet` for every instruction:
 - ``admit``: a device that is offline at the current simulated time of day, or that
   drops out during this instruction, never runs the ClientApp; the server gets the error
   reply Flower's SuperLink gives for an unreachable node (``NODE_UNAVAILABLE``).
-- ``stamp``: a successful reply carries, under ``sim-seconds``, the seconds the device
-  took to download, compute and upload (``simulation.devices.client_duration_s``). The
-  coordinator's round deadline and over-selection (``deadline-s``, ``over-select`` on
-  the ``simulated`` clock) and asynchronous strategies read arrival times from it, as a
-  real coordinator reads them from its own clock.
+- ``stamp``: times a successful reply: the seconds the device took to download, compute
+  and upload (``simulation.devices.client_duration_s``). For fedfleet's own apps the
+  reply carries them under ``sim-seconds``: the coordinator's round deadline and
+  over-selection (``deadline-s``, ``over-select`` on the ``simulated`` clock) and
+  asynchronous strategies read arrival times from it, as a real coordinator reads them
+  from its own clock. A third-party app's replies are never written to
+  (``write=False``); its simulated seconds reach only fedfleet's own records.
 
 All random draws are functions of (seed, node, hour or per-node instruction count), so
 a run is reproducible and independent of the order in which the engine executes clients.
@@ -60,6 +62,7 @@ class FleetStats:
     instructions: int = 0
     offline: int = 0
     dropped: int = 0
+    timed_out: int = 0
     bytes_down: int = 0
     bytes_up: int = 0
     seconds: list[float] = field(default_factory=list)
@@ -175,13 +178,20 @@ class SimulatedFleet:
             slowdown=slowdown,
         )
 
-    def stamp(self, message: Message, reply: Message) -> Message:
-        """Put the simulated seconds on a successful reply (``sim-seconds``)."""
+    def count_late(self) -> None:
+        """Count a reply that missed the server's timeout (it never arrived)."""
+        self._stats.timed_out += 1
+
+    def stamp(self, message: Message, reply: Message, *, write: bool = True) -> Message:
+        """Time a successful reply; with ``write``, put the simulated seconds on it
+        (``sim-seconds``)."""
         if reply.has_error():
             return reply
         seconds = self.duration_s(message, reply)
         self._stats.bytes_up += payload_bytes(reply)
         self._stats.seconds.append(seconds)
+        if not write:
+            return reply
         records = reply.content.metric_records
         record = records.get(k.METRICS) or next(iter(records.values()), None)
         if record is None:
@@ -195,7 +205,8 @@ class SimulatedFleet:
         """Per-round keys for metrics.json, and reset the counters.
 
         ``sim_hour`` (time of day at the round's start), ``offline`` and ``dropped``
-        (instructions that never came back), ``bytes_down``/``bytes_up`` (array payload
+        (instructions that never came back), ``timed_out`` (replies past a server's timeout,
+        third-party apps only), ``bytes_down``/``bytes_up`` (array payload
         bytes sent to and received from devices), ``sim_median_s``/``sim_slowest_s``
         (device durations of the replies that came back: the stragglers).
         """
@@ -204,6 +215,7 @@ class SimulatedFleet:
             "sim_hour": round(self.hour_of_day(), 3),
             "offline": float(s.offline),
             "dropped": float(s.dropped),
+            "timed_out": float(s.timed_out),
             "bytes_down": float(s.bytes_down),
             "bytes_up": float(s.bytes_up),
         }
