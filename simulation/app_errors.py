@@ -32,12 +32,13 @@ class AppRaised(Exception):
         self.calls = calls
 
 
-def server_app_raised(exc: BaseException) -> AppRaised:
-    """An :class:`AppRaised` for an exception out of the ServerApp's run."""
+def app_raised(exc: BaseException, *, component: str = "ServerApp", when: str = "") -> AppRaised:
+    """An :class:`AppRaised` for an exception out of the app's ``component`` (its run,
+    or ``when`` it happened, e.g. "while being imported")."""
     return AppRaised(
-        "ServerApp",
+        component,
         "".join(traceback.format_exception(exc)),
-        summary=f"{type(exc).__name__}: {exc}",
+        summary=f"{type(exc).__name__}: {exc}" + (f" {when}" if when else ""),
     )
 
 

@@ -418,6 +418,9 @@ def run(settings: SimulateSettings, *, out_dir: Path, created: bool, quiet: bool
     except AppRaised as exc:  # the user's own code: its whole traceback, exit 1
         if exc.trace:
             typer.echo(exc.trace.rstrip(), err=True)
+        if created and not any(out_dir.iterdir()):  # raised before anything was written
+            shutil.rmtree(out_dir, ignore_errors=True)
+            fail(str(exc), EXIT_FAILURE)
         fail(f"{exc}; what the run recorded is in {out_dir}", EXIT_FAILURE)
     except Exception as exc:
         if created and not any(out_dir.glob("**/metrics.json")):

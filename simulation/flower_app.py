@@ -31,6 +31,7 @@ import logging
 import os
 import shlex
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rich.console import Console
 
 from privacy.private_files import write_private_bytes
-from simulation.app_errors import ClientErrors, server_app_raised
+from simulation.app_errors import ClientErrors, app_raised
 from simulation.fleet_settings import FleetFields
 from simulation.run_config import RunConfigDict
 
@@ -144,15 +145,39 @@ def load_components(app: FlowerApp) -> tuple[Any, Any]:
     """Import the app's ServerApp and ClientApp objects (Flower's loader)."""
     from flwr.clientapp import ClientApp
     from flwr.serverapp import ServerApp
-    from flwr.supercore.object_ref import load_app
 
-    server_app = load_app(app.serverapp, ValueError, project_dir=app.app_dir)
-    client_app = load_app(app.clientapp, ValueError, project_dir=app.app_dir)
+    server_app = _load_component(app.serverapp, "ServerApp", app.app_dir)
+    client_app = _load_component(app.clientapp, "ClientApp", app.app_dir)
     if not isinstance(server_app, ServerApp):
         raise ValueError(f"--app: {app.serverapp} is not a flwr ServerApp")
     if not isinstance(client_app, ClientApp):
         raise ValueError(f"--app: {app.clientapp} is not a flwr ClientApp")
     return server_app, client_app
+
+
+def _load_component(ref: str, component: str, app_dir: Path) -> Any:
+    """Flower's loader; a reference that names nothing is bad input (``ValueError``),
+    an exception the app's own module raised while being imported is the app's
+    (:class:`AppRaised`, with its traceback)."""
+    from flwr.supercore.object_ref import load_app
+
+    module = ref.partition(":")[0]
+    try:
+        return load_app(ref, ValueError, project_dir=app_dir)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            raise ValueError(
+                f"--app: no module {exc.name!r} in {app_dir} for the {component} "
+                f"{ref!r} of [tool.flwr.app.components]"
+            ) from None
+        raise app_raised(exc, component=component, when="while being imported") from exc
+    except ValueError as exc:
+        frames = traceback.extract_tb(exc.__traceback__)
+        if frames and frames[-1].filename.endswith("object_ref.py"):  # Flower's own check
+            raise ValueError(f"--app: {exc}".replace("\n", " ")) from None
+        raise app_raised(exc, component=component, when="while being imported") from exc
+    except Exception as exc:
+        raise app_raised(exc, component=component, when="while being imported") from exc
 
 
 @contextlib.contextmanager
@@ -247,7 +272,7 @@ def run_flower_app(
         doc["clients_materialised"] = grid.materialised_clients
     except Exception as exc:
         doc["error"] = f"ServerApp raised {type(exc).__name__}: {exc}"
-        raise server_app_raised(exc) from exc
+        raise app_raised(exc) from exc
     finally:
         doc["wall_time_s"] = time.perf_counter() - started
         doc["clientapp_errors"] = client_errors.calls

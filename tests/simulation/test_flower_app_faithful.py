@@ -170,6 +170,30 @@ def test_a_raising_client_app_is_an_error_reply_then_exit_1_with_its_traceback(
     assert "ClientApp raised ZeroDivisionError" in last and "in 2 call(s)" in last, last
 
 
+def test_an_app_module_raising_on_import_prints_its_traceback_and_exits_1(
+    app_dir: Path, tmp_path: Path
+) -> None:
+    client = app_dir / "tiny_app" / "client_app.py"
+    client.write_text("import json\nSETTINGS = json.loads('{bad')\n" + client.read_text())
+    out = tmp_path / "run"
+    proc = _simulate(app_dir, out, "--clients", "2")
+    assert proc.returncode == 1, proc.stderr
+    assert 'client_app.py", line 2' in proc.stderr and "json.loads('{bad')" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the app's ClientApp raised JSONDecodeError"), last
+    assert "while being imported" in last and not out.exists()
+
+
+def test_a_component_reference_naming_no_module_is_bad_input(app_dir: Path, tmp_path: Path) -> None:
+    pyproject = app_dir / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace("tiny_app.client_app", "tiny_app.clnt"))
+    out = tmp_path / "run"
+    proc = _simulate(app_dir, out, "--clients", "2")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no module 'tiny_app.clnt'" in lines[0], proc.stderr
+
+
 def _build(**overrides: Any) -> SimulateSettings:
     return SimulateSettings.build(config_file=None, overrides=overrides)
 
