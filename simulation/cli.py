@@ -302,8 +302,9 @@ OutOption = Annotated[
 QuietOption = Annotated[
     bool,
     typer.Option(
-        help="No progress bar or per-round lines; still prints where the results are "
-        "(and a sweep's table)."
+        help="No progress bar or per-round lines (with --app: no exchange lines and only "
+        "Flower's warnings and errors); still prints where the results are (and a sweep's "
+        "table)."
     ),
 ]
 
