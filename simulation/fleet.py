@@ -101,6 +101,8 @@ class SimulatedFleet:
         self._kind = np.array([index[n] for n in names], dtype=np.int16)
         self._count: dict[int, int] = {}
         self._stats = FleetStats()
+        self._online: tuple[int, list[int]] | None = None
+        self._deferred: set[int] = set()  # nodes to drop at their next message
 
     # -- who is who --------------------------------------------------------------------
     def _index(self, node_id: int) -> int:
@@ -123,12 +125,29 @@ class SimulatedFleet:
         """Local time of day at the current simulated time, in hours [0, 24)."""
         return (self.start_hour + self.now_s / 3600.0) % 24.0
 
+    def _slot(self) -> int:
+        """The hour of the run the simulated clock is in (availability is drawn per hour)."""
+        return math.floor((self.start_hour * 3600.0 + self.now_s) / 3600.0)
+
     def online(self, node_id: int) -> bool:
         """Whether the device is online now: one draw per (node, hour of the run)."""
         i = self._index(node_id)
-        slot = math.floor((self.start_hour * 3600.0 + self.now_s) / 3600.0)
-        u = np.random.default_rng([self.seed, i, slot, 0xA7A1]).random()
+        u = np.random.default_rng([self.seed, i, self._slot(), 0xA7A1]).random()
         return bool(u < self.profile_of(node_id).availability_at(self.hour_of_day()))
+
+    def online_nodes(self) -> list[int]:
+        """The nodes online now, as a SuperLink would list them (those connected);
+        drawn once per hour of the run."""
+        slot = self._slot()
+        if self._online is None or self._online[0] != slot:
+            nodes = range(self._base, self._base + self._num_nodes)
+            self._online = (slot, [n for n in nodes if self.online(n)])
+        return list(self._online[1])
+
+    def next_hour(self) -> None:
+        """Move the simulated clock to the start of the next hour (a server that waits
+        for devices to come online waits in simulated time)."""
+        self.advance_to((self._slot() + 1) * 3600.0 - self.start_hour * 3600.0)
 
     def telemetry(self, node_id: int) -> NodeStatus:
         """What a fleet's telemetry would say about the device now (a
@@ -145,11 +164,24 @@ class SimulatedFleet:
         rng = np.random.default_rng([self.seed, i, self._count.get(node_id, 0), 0xD209])
         return float(rng.random()), draw_slowdown(self.profile_of(node_id), rng)
 
-    def admit(self, message: Message) -> str | None:
-        """``None`` if the device receives and completes ``message``, else why not."""
+    def admit(self, message: Message, *, can_drop: bool = True) -> str | None:
+        """``None`` if the device receives and completes ``message``, else why not.
+
+        ``can_drop=False``: the device must not be lost at this message (a SecAgg+
+        setup or key-sharing one, :mod:`simulation.secaggplus_stages`); it completes it,
+        and a dropout drawn now happens at its next message that allows one."""
         node = message.metadata.dst_node_id
         self._count[node] = self._count.get(node, 0) + 1
         self._stats.instructions += 1
+        if not can_drop:
+            self._stats.bytes_down += payload_bytes(message)
+            if self._draws(node)[0] < self.profile_of(node).dropout:
+                self._deferred.add(node)
+            return None
+        if node in self._deferred:
+            self._deferred.discard(node)
+            self._stats.dropped += 1
+            return f"simulated device {node} ({self.profile_of(node).name}) dropped out"
         if not self.online(node):
             self._stats.offline += 1
             return f"simulated device {node} ({self.profile_of(node).name}) is offline"

@@ -235,7 +235,9 @@ def run_flower_app(
     ) -> None:
         row = exchange_row(len(exchanges) + 1, batch, replies, seconds)
         if fleet is not None:  # the simulated clock: fedfleet's record, not the app's
-            row.update(fleet.take_stats())
+            stats = fleet.take_stats()
+            stats.pop("timed_out")  # the row counts them (with or without a fleet)
+            row.update(stats)
             waited = row.get("sim_slowest_s", 0.0)
             if row["timed_out"] and timeout is not None:
                 waited = timeout  # the server waited the whole timeout
@@ -266,8 +268,7 @@ def run_flower_app(
                 fleet=fleet,
                 on_exchange=on_exchange,
                 on_client_error=client_errors,
-                stamp_replies=False,  # nothing of fedfleet's in the app's records
-                honour_timeouts=True,
+                app_kind="flower",  # Flower's semantics: simulation/inprocess.py
             )
         doc["clients_materialised"] = grid.materialised_clients
     except Exception as exc:

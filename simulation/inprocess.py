@@ -23,10 +23,21 @@ Two optional layers, both outside the apps:
   own apps it stamps them into the reply (``stamp_replies``, read by the coordinator),
   for a third-party app it never touches the app's records.
 
-``honour_timeouts`` (third-party apps): ``send_and_receive(timeout=...)`` is honoured
-per client, in simulated seconds (the device's under ``--devices``, else the call's
-own) and never waited for past it in wall time (:mod:`simulation.timed_calls`); a late
-reply is missing from what the server gets, as on Flower.
+``app_kind="flower"`` (a third-party Flower app, ``--app``) keeps Flower's semantics
+where fedfleet's own apps use fedfleet's:
+
+- ``send_and_receive(timeout=...)`` is honoured per client, in simulated seconds (the
+  device's under a fleet, else the call's own) and never waited for past it in wall
+  time (:mod:`simulation.timed_calls`); a late reply is missing from what the server
+  gets, as on Flower;
+- under a fleet, ``get_node_ids()`` lists only the devices online now (as a SuperLink
+  lists the nodes connected to it), so an offline device is never sampled; a server
+  that keeps polling for nodes (a second of wall time or more between two polls, no
+  message sent in between) waits in simulated time: the clock moves to the next hour,
+  when availability is drawn again;
+- a device sampled for a SecAgg+ round is not lost before it has shared its keys
+  (:mod:`simulation.secaggplus_stages`);
+- nothing is written into the replies.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ import gc
 import time
 from collections.abc import Callable, Iterable
 from traceback import format_exception
+from typing import Literal
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -47,6 +59,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from simulation.cohort import CohortStats, run_cohort
 from simulation.fleet import SimulatedFleet
+from simulation.secaggplus_stages import can_drop_out
 from simulation.timed_calls import TimedCalls
 from simulation.transport import for_client, for_server
 
@@ -57,6 +70,9 @@ NodeConfigFn = Callable[[int], dict[str, bool | int | float | str]]
 ExchangeCallback = Callable[[list[Message], list[Message], float, float | None], None]
 # (the instruction, what its ClientApp call raised)
 ClientErrorCallback = Callable[[Message, Exception], None]
+# whose ClientApp and ServerApp run: fedfleet's own, or a third-party Flower app's
+AppKind = Literal["fedfleet", "flower"]
+IDLE_POLL_S = 1.0  # wall seconds between two node polls, nothing sent: the server waits
 
 
 def partition_node_config(num_nodes: int) -> NodeConfigFn:
@@ -77,8 +93,8 @@ class InProcessGrid(Grid):
     in a batched cohort the seconds are the cohort's time shared equally.
     ``on_exchange`` (if given) sees each push: its instructions, replies and seconds.
     ``on_client_error`` (if given) sees each exception a ClientApp call raised (the
-    server gets it as an error reply either way). ``stamp_replies`` and
-    ``honour_timeouts``: see the module's docstring.
+    server gets it as an error reply either way). ``app_kind``: see the module's
+    docstring.
     """
 
     NODE_ID_BASE = 1000
@@ -96,8 +112,7 @@ class InProcessGrid(Grid):
         fleet: SimulatedFleet | None = None,
         on_exchange: ExchangeCallback | None = None,
         on_client_error: ClientErrorCallback | None = None,
-        stamp_replies: bool = True,
-        honour_timeouts: bool = False,
+        app_kind: AppKind = "fedfleet",
     ) -> None:
         if num_nodes < 1:
             raise ValueError("num_nodes must be >= 1")
@@ -114,9 +129,9 @@ class InProcessGrid(Grid):
         self.cohort_stats = CohortStats()
         self._on_exchange = on_exchange
         self._on_client_error = on_client_error
-        self._stamp_replies = stamp_replies
-        self._honour_timeouts = honour_timeouts
+        self._flower = app_kind == "flower"
         self.timed_calls = TimedCalls()
+        self._last_poll: float | None = None  # wall time of the last node poll, if idle
 
     # -- Grid API -------------------------------------------------------------------
     def set_run(self, run: Run) -> None:
@@ -137,7 +152,14 @@ class InProcessGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
-        return range(self.NODE_ID_BASE, self.NODE_ID_BASE + self._num_nodes)
+        if not self._flower or self.fleet is None:
+            return range(self.NODE_ID_BASE, self.NODE_ID_BASE + self._num_nodes)
+        now = time.perf_counter()
+        if self._last_poll is not None and now - self._last_poll >= IDLE_POLL_S:
+            self.fleet.next_hour()  # the server waited for nodes: so does the fleet
+            now = time.perf_counter()
+        self._last_poll = now
+        return self.fleet.online_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self._push(messages, timeout=None)
@@ -154,6 +176,7 @@ class InProcessGrid(Grid):
         """Deliver ``messages``; the replies that came back within ``timeout`` wait to
         be pulled."""
         batch = list(messages)
+        self._last_poll = None  # the server is not idle
         for message in batch:
             message.metadata.__dict__["_message_id"] = uuid4().hex
             if message.has_content():
@@ -209,7 +232,7 @@ class InProcessGrid(Grid):
     def _call_one(self, message: Message, timeout: float | None) -> tuple[Message | None, float]:
         """One call, bounded by ``timeout`` when timeouts are honoured: its reply (``None``
         when late) and the seconds it took on this machine."""
-        if timeout is None or not self._honour_timeouts:
+        if timeout is None or not self._flower:
             t0 = time.perf_counter()
             return self._call_client(message), time.perf_counter() - t0
         return self.timed_calls.call(
@@ -221,17 +244,26 @@ class InProcessGrid(Grid):
     def _in_time(self, message: Message, reply: Message, timeout: float | None) -> bool:
         """Whether ``reply`` reaches the server within ``timeout`` simulated seconds (the
         device's, under a fleet; the call's own seconds were checked by ``_call_one``)."""
-        if timeout is None or not self._honour_timeouts or self.fleet is None:
+        if timeout is None or not self._flower or self.fleet is None:
             return True
         if reply.has_error():
             return True
         return self.fleet.duration_s(message, reply) <= timeout
 
+    def _admit(self, message: Message) -> str | None:
+        """The fleet's admission (``None``: delivered); a third-party app's SecAgg+
+        round loses no device before its keys are shared (simulation/secaggplus_stages.py)."""
+        if self.fleet is None:
+            return None
+        if not self._flower:
+            return self.fleet.admit(message)
+        return self.fleet.admit(message, can_drop=can_drop_out(message))
+
     def _deliver_all(self, batch: list[Message], *, timeout: float | None) -> list[Message | None]:
         replies: list[Message | None] = [None] * len(batch)
         admitted: list[int] = []
         for i, message in enumerate(batch):
-            refusal = self.fleet.admit(message) if self.fleet is not None else None
+            refusal = self._admit(message)
             if refusal is None:
                 admitted.append(i)
             else:
@@ -258,7 +290,7 @@ class InProcessGrid(Grid):
             if reply.has_content():
                 for_server(reply.content)
             if self.fleet is not None:
-                reply = self.fleet.stamp(batch[i], reply, write=self._stamp_replies)
+                reply = self.fleet.stamp(batch[i], reply, write=not self._flower)
             replies[i] = reply
             if self._on_message is not None:
                 self._on_message(batch[i], reply, spent)
@@ -277,8 +309,7 @@ def run_inprocess(
     fleet: SimulatedFleet | None = None,
     on_exchange: ExchangeCallback | None = None,
     on_client_error: ClientErrorCallback | None = None,
-    stamp_replies: bool = True,
-    honour_timeouts: bool = False,
+    app_kind: AppKind = "fedfleet",
 ) -> InProcessGrid:
     """Run ``server_app`` to completion against ``num_nodes`` in-process clients."""
     grid = InProcessGrid(
@@ -291,8 +322,7 @@ def run_inprocess(
         fleet=fleet,
         on_exchange=on_exchange,
         on_client_error=on_client_error,
-        stamp_replies=stamp_replies,
-        honour_timeouts=honour_timeouts,
+        app_kind=app_kind,
     )
     TaskIdentity.task_id = 1
     TaskIdentity.run_id = grid.run.run_id
