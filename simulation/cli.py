@@ -302,8 +302,9 @@ OutOption = Annotated[
 QuietOption = Annotated[
     bool,
     typer.Option(
-        help="No progress bar or per-round lines; still prints where the results are "
-        "(and a sweep's table)."
+        help="No progress bar or per-round lines (with --app: no exchange lines and only "
+        "Flower's warnings and errors); still prints where the results are (and a sweep's "
+        "table)."
     ),
 ]
 
@@ -398,7 +399,11 @@ def prepare_out_dir(out: Path | None) -> tuple[Path, bool]:
 def run(settings: SimulateSettings, *, out_dir: Path, created: bool, quiet: bool) -> None:
     """Run the simulation (or the privacy sweep) into ``out_dir``; on failure, remove
     a folder made here that holds no results and exit with one clear line: code 2 for
-    input only the run could check (a ``ValueError``), 1 when the run itself failed."""
+    input only the run could check (a ``ValueError``), 1 when the run itself failed.
+    A Flower App's (``--app``) own exception prints its whole traceback and exits 1,
+    its run folder kept (``exchanges.json``, what the app wrote)."""
+    from simulation.app_errors import AppRaised
+
     try:
         from simulation.runner import run_simulation
 
@@ -411,6 +416,13 @@ def run(settings: SimulateSettings, *, out_dir: Path, created: bool, quiet: bool
     except KeyboardInterrupt:
         typer.echo(f"interrupted; partial results in {out_dir}", err=True)
         raise typer.Exit(code=130) from None
+    except AppRaised as exc:  # the user's own code: its whole traceback, exit 1
+        if exc.trace:
+            typer.echo(exc.trace.rstrip(), err=True)
+        if created and not any(out_dir.iterdir()):  # raised before anything was written
+            shutil.rmtree(out_dir, ignore_errors=True)
+            fail(str(exc), EXIT_FAILURE)
+        fail(f"{exc}; what the run recorded is in {out_dir}", EXIT_FAILURE)
     except Exception as exc:
         if created and not any(out_dir.glob("**/metrics.json")):
             shutil.rmtree(out_dir, ignore_errors=True)

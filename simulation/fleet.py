@@ -6,11 +6,13 @@ The in-process engine consults a :class:`SimulatedFleet` for every instruction:
 - ``admit``: a device that is offline at the current simulated time of day, or that
   drops out during this instruction, never runs the ClientApp; the server gets the error
   reply Flower's SuperLink gives for an unreachable node (``NODE_UNAVAILABLE``).
-- ``stamp``: a successful reply carries, under ``sim-seconds``, the seconds the device
-  took to download, compute and upload (``simulation.devices.client_duration_s``). The
-  coordinator's round deadline and over-selection (``deadline-s``, ``over-select`` on
-  the ``simulated`` clock) and asynchronous strategies read arrival times from it, as a
-  real coordinator reads them from its own clock.
+- ``stamp``: times a successful reply: the seconds the device took to download, compute
+  and upload (``simulation.devices.client_duration_s``). For fedfleet's own apps the
+  reply carries them under ``sim-seconds``: the coordinator's round deadline and
+  over-selection (``deadline-s``, ``over-select`` on the ``simulated`` clock) and
+  asynchronous strategies read arrival times from it, as a real coordinator reads them
+  from its own clock. A third-party app's replies are never written to
+  (``write=False``); its simulated seconds reach only fedfleet's own records.
 
 All random draws are functions of (seed, node, hour or per-node instruction count), so
 a run is reproducible and independent of the order in which the engine executes clients.
@@ -60,6 +62,7 @@ class FleetStats:
     instructions: int = 0
     offline: int = 0
     dropped: int = 0
+    timed_out: int = 0
     bytes_down: int = 0
     bytes_up: int = 0
     seconds: list[float] = field(default_factory=list)
@@ -98,6 +101,8 @@ class SimulatedFleet:
         self._kind = np.array([index[n] for n in names], dtype=np.int16)
         self._count: dict[int, int] = {}
         self._stats = FleetStats()
+        self._online: tuple[int, list[int]] | None = None
+        self._deferred: set[int] = set()  # nodes to drop at their next message
 
     # -- who is who --------------------------------------------------------------------
     def _index(self, node_id: int) -> int:
@@ -120,12 +125,29 @@ class SimulatedFleet:
         """Local time of day at the current simulated time, in hours [0, 24)."""
         return (self.start_hour + self.now_s / 3600.0) % 24.0
 
+    def _slot(self) -> int:
+        """The hour of the run the simulated clock is in (availability is drawn per hour)."""
+        return math.floor((self.start_hour * 3600.0 + self.now_s) / 3600.0)
+
     def online(self, node_id: int) -> bool:
         """Whether the device is online now: one draw per (node, hour of the run)."""
         i = self._index(node_id)
-        slot = math.floor((self.start_hour * 3600.0 + self.now_s) / 3600.0)
-        u = np.random.default_rng([self.seed, i, slot, 0xA7A1]).random()
+        u = np.random.default_rng([self.seed, i, self._slot(), 0xA7A1]).random()
         return bool(u < self.profile_of(node_id).availability_at(self.hour_of_day()))
+
+    def online_nodes(self) -> list[int]:
+        """The nodes online now, as a SuperLink would list them (those connected);
+        drawn once per hour of the run."""
+        slot = self._slot()
+        if self._online is None or self._online[0] != slot:
+            nodes = range(self._base, self._base + self._num_nodes)
+            self._online = (slot, [n for n in nodes if self.online(n)])
+        return list(self._online[1])
+
+    def next_hour(self) -> None:
+        """Move the simulated clock to the start of the next hour (a server that waits
+        for devices to come online waits in simulated time)."""
+        self.advance_to((self._slot() + 1) * 3600.0 - self.start_hour * 3600.0)
 
     def telemetry(self, node_id: int) -> NodeStatus:
         """What a fleet's telemetry would say about the device now (a
@@ -142,11 +164,24 @@ class SimulatedFleet:
         rng = np.random.default_rng([self.seed, i, self._count.get(node_id, 0), 0xD209])
         return float(rng.random()), draw_slowdown(self.profile_of(node_id), rng)
 
-    def admit(self, message: Message) -> str | None:
-        """``None`` if the device receives and completes ``message``, else why not."""
+    def admit(self, message: Message, *, can_drop: bool = True) -> str | None:
+        """``None`` if the device receives and completes ``message``, else why not.
+
+        ``can_drop=False``: the device must not be lost at this message (a SecAgg+
+        setup or key-sharing one, :mod:`simulation.secaggplus_stages`); it completes it,
+        and a dropout drawn now happens at its next message that allows one."""
         node = message.metadata.dst_node_id
         self._count[node] = self._count.get(node, 0) + 1
         self._stats.instructions += 1
+        if not can_drop:
+            self._stats.bytes_down += payload_bytes(message)
+            if self._draws(node)[0] < self.profile_of(node).dropout:
+                self._deferred.add(node)
+            return None
+        if node in self._deferred:
+            self._deferred.discard(node)
+            self._stats.dropped += 1
+            return f"simulated device {node} ({self.profile_of(node).name}) dropped out"
         if not self.online(node):
             self._stats.offline += 1
             return f"simulated device {node} ({self.profile_of(node).name}) is offline"
@@ -175,13 +210,20 @@ class SimulatedFleet:
             slowdown=slowdown,
         )
 
-    def stamp(self, message: Message, reply: Message) -> Message:
-        """Put the simulated seconds on a successful reply (``sim-seconds``)."""
+    def count_late(self) -> None:
+        """Count a reply that missed the server's timeout (it never arrived)."""
+        self._stats.timed_out += 1
+
+    def stamp(self, message: Message, reply: Message, *, write: bool = True) -> Message:
+        """Time a successful reply; with ``write``, put the simulated seconds on it
+        (``sim-seconds``)."""
         if reply.has_error():
             return reply
         seconds = self.duration_s(message, reply)
         self._stats.bytes_up += payload_bytes(reply)
         self._stats.seconds.append(seconds)
+        if not write:
+            return reply
         records = reply.content.metric_records
         record = records.get(k.METRICS) or next(iter(records.values()), None)
         if record is None:
@@ -195,7 +237,8 @@ class SimulatedFleet:
         """Per-round keys for metrics.json, and reset the counters.
 
         ``sim_hour`` (time of day at the round's start), ``offline`` and ``dropped``
-        (instructions that never came back), ``bytes_down``/``bytes_up`` (array payload
+        (instructions that never came back), ``timed_out`` (replies past a server's timeout,
+        third-party apps only), ``bytes_down``/``bytes_up`` (array payload
         bytes sent to and received from devices), ``sim_median_s``/``sim_slowest_s``
         (device durations of the replies that came back: the stragglers).
         """
@@ -204,6 +247,7 @@ class SimulatedFleet:
             "sim_hour": round(self.hour_of_day(), 3),
             "offline": float(s.offline),
             "dropped": float(s.dropped),
+            "timed_out": float(s.timed_out),
             "bytes_down": float(s.bytes_down),
             "bytes_up": float(s.bytes_up),
         }

@@ -9,8 +9,14 @@ node config Flower's simulation gives them (``partition-id``, ``num-partitions``
 
 The ServerApp then runs against the in-process ``Grid``. Its ClientApp is called
 message by message — never batched, never interleaved — because nothing is known about
-how it trains. With ``--devices`` the simulated fleet applies to it too (availability,
-dropouts, the ``sim-seconds`` reply metric).
+how it trains; a server's ``send_and_receive(timeout=...)`` is honoured per client
+(:mod:`simulation.timed_calls`). With ``--devices`` the simulated fleet applies to it
+too (availability, dropouts, device time against the timeout); the simulated clock is
+kept in fedfleet's own record, never in the app's records or metrics.
+
+The app's output is the app's: Flower's logger keeps its INFO lines (``--quiet``:
+warnings and errors only). The app's exceptions come back whole
+(:mod:`simulation.app_errors`).
 
 The app runs with the run folder as its working directory, so files it writes with
 relative paths land there. fedfleet knows nothing about its rounds; it records each
@@ -21,19 +27,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shlex
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console
 
 from privacy.private_files import write_private_bytes
+from simulation.app_errors import ClientErrors, app_raised
 from simulation.fleet_settings import FleetFields
 from simulation.run_config import RunConfigDict
+
+if TYPE_CHECKING:
+    from flwr.app import Message
 
 
 class AppFields(FleetFields, Protocol):
@@ -78,7 +90,8 @@ def load_flower_app(app_dir: Path, *, overrides: str = "") -> FlowerApp:
         if "=" not in item:
             raise ValueError(f"--run-config item {item!r} is not KEY=VALUE, e.g. lr=0.1")
     try:
-        parsed = parse_config_args(items) if items else {}
+        # the string as given: Flower's parser reads quoted strings (key="text")
+        parsed = parse_config_args([overrides]) if items else {}
     except (click.ClickException, ValueError) as exc:
         message = exc.message if isinstance(exc, click.ClickException) else str(exc)
         raise ValueError(f"--run-config {overrides!r}: {message}") from None
@@ -111,6 +124,14 @@ def validate_app_settings(settings: AppFields, *, fedfleet_flags: Sequence[str])
         raise ValueError(
             "--app runs on the in-process engine; for Flower's engine use `flwr run DIR`"
         )
+    if settings.clients < 1:
+        raise ValueError("--clients must be >= 1")
+    if "deadline" in fedfleet_flags:
+        raise ValueError(
+            "--round-deadline is the deadline of fedfleet's own apps and does not apply to "
+            "--app; a Flower App sets its own with send_and_receive(timeout=...), which "
+            "--app honours in simulated time (with or without --devices)"
+        )
     if fedfleet_flags:
         flag = "--" + fedfleet_flags[0].replace("_", "-")
         raise ValueError(
@@ -124,15 +145,39 @@ def load_components(app: FlowerApp) -> tuple[Any, Any]:
     """Import the app's ServerApp and ClientApp objects (Flower's loader)."""
     from flwr.clientapp import ClientApp
     from flwr.serverapp import ServerApp
-    from flwr.supercore.object_ref import load_app
 
-    server_app = load_app(app.serverapp, ValueError, project_dir=app.app_dir)
-    client_app = load_app(app.clientapp, ValueError, project_dir=app.app_dir)
+    server_app = _load_component(app.serverapp, "ServerApp", app.app_dir)
+    client_app = _load_component(app.clientapp, "ClientApp", app.app_dir)
     if not isinstance(server_app, ServerApp):
         raise ValueError(f"--app: {app.serverapp} is not a flwr ServerApp")
     if not isinstance(client_app, ClientApp):
         raise ValueError(f"--app: {app.clientapp} is not a flwr ClientApp")
     return server_app, client_app
+
+
+def _load_component(ref: str, component: str, app_dir: Path) -> Any:
+    """Flower's loader; a reference that names nothing is bad input (``ValueError``),
+    an exception the app's own module raised while being imported is the app's
+    (:class:`AppRaised`, with its traceback)."""
+    from flwr.supercore.object_ref import load_app
+
+    module = ref.partition(":")[0]
+    try:
+        return load_app(ref, ValueError, project_dir=app_dir)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            raise ValueError(
+                f"--app: no module {exc.name!r} in {app_dir} for the {component} "
+                f"{ref!r} of [tool.flwr.app.components]"
+            ) from None
+        raise app_raised(exc, component=component, when="while being imported") from exc
+    except ValueError as exc:
+        frames = traceback.extract_tb(exc.__traceback__)
+        if frames and frames[-1].filename.endswith("object_ref.py"):  # Flower's own check
+            raise ValueError(f"--app: {exc}".replace("\n", " ")) from None
+        raise app_raised(exc, component=component, when="while being imported") from exc
+    except Exception as exc:
+        raise app_raised(exc, component=component, when="while being imported") from exc
 
 
 @contextlib.contextmanager
@@ -146,11 +191,35 @@ def working_directory(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
-def run_flower_app(settings: AppFields, *, out_dir: Path, console: Console) -> dict[str, Any]:
-    """Run ``settings.app`` in process with ``settings.clients`` clients; write
-    ``exchanges.json`` into ``out_dir`` and return its document."""
-    from flwr.app import Message
+def show_app_logs(*, quiet: bool) -> None:
+    """The app's output is the app's: Flower's logger at its own default (INFO lines on
+    the console: the app's own ``log(INFO, ...)``, a strategy's per-round metrics);
+    ``--quiet`` keeps only warnings and errors."""
+    logging.getLogger("flwr").setLevel(logging.WARNING if quiet else logging.DEBUG)
 
+
+def exchange_row(
+    number: int, batch: list[Message], replies: list[Message], seconds: float
+) -> dict[str, Any]:
+    """One row of ``exchanges.json``: what was sent and what came back in time."""
+    errors = sum(1 for r in replies if r.has_error())
+    return {
+        "exchange": number,
+        "message_type": ",".join(sorted({m.metadata.message_type for m in batch})),
+        "messages": len(batch),
+        "replies": len(replies) - errors,
+        "errors": errors,
+        "timed_out": len(batch) - len(replies),
+        "duration_s": seconds,
+    }
+
+
+def run_flower_app(
+    settings: AppFields, *, out_dir: Path, console: Console, quiet: bool = False
+) -> dict[str, Any]:
+    """Run ``settings.app`` in process with ``settings.clients`` clients; write
+    ``exchanges.json`` into ``out_dir`` (also when the app raised) and return its
+    document. The app's exceptions are raised as :class:`AppRaised`."""
     from simulation.fleet_settings import build_fleet
     from simulation.inprocess import run_inprocess
 
@@ -158,46 +227,56 @@ def run_flower_app(settings: AppFields, *, out_dir: Path, console: Console) -> d
     server_app, client_app = load_components(app)
     fleet = build_fleet(settings, task=str(app.run_config.get("task", "")))
     exchanges: list[dict[str, Any]] = []
+    client_errors = ClientErrors()
+    show_app_logs(quiet=quiet)
 
-    def on_exchange(batch: list[Message], replies: list[Message], seconds: float) -> None:
-        kinds = sorted({m.metadata.message_type for m in batch})
-        errors = sum(1 for r in replies if r.has_error())
-        row: dict[str, Any] = {
-            "exchange": len(exchanges) + 1,
-            "message_type": ",".join(kinds),
-            "messages": len(batch),
-            "replies": len(replies) - errors,
-            "errors": errors,
-            "duration_s": seconds,
-        }
-        if fleet is not None:
-            row.update(fleet.take_stats())
-            if "sim_slowest_s" in row:
-                fleet.advance_to(fleet.now_s + row["sim_slowest_s"])
+    def on_exchange(
+        batch: list[Message], replies: list[Message], seconds: float, timeout: float | None
+    ) -> None:
+        row = exchange_row(len(exchanges) + 1, batch, replies, seconds)
+        if fleet is not None:  # the simulated clock: fedfleet's record, not the app's
+            stats = fleet.take_stats()
+            stats.pop("timed_out")  # the row counts them (with or without a fleet)
+            row.update(stats)
+            waited = row.get("sim_slowest_s", 0.0)
+            if row["timed_out"] and timeout is not None:
+                waited = timeout  # the server waited the whole timeout
+            fleet.advance_to(fleet.now_s + waited)
+            row["sim_time_s"] = fleet.now_s
         exchanges.append(row)
         console.print(
             f"exchange {row['exchange']:>3}: {row['message_type']} to {len(batch)} clients, "
-            f"{row['replies']} replies, {errors} errors, {seconds:.2f}s"
+            f"{row['replies']} replies, {row['errors']} errors, "
+            f"{row['timed_out']} timed out, {seconds:.2f}s"
         )
 
     started = time.perf_counter()
-    with working_directory(out_dir):
-        grid = run_inprocess(
-            server_app=server_app,
-            client_app=client_app,
-            num_nodes=settings.clients,
-            run_config=app.run_config,
-            fleet=fleet,
-            on_exchange=on_exchange,
-        )
     doc: dict[str, Any] = {
         "app": str(app.app_dir),
         "components": {"serverapp": app.serverapp, "clientapp": app.clientapp},
         "run_config": app.run_config,
         "clients": settings.clients,
-        "clients_materialised": grid.materialised_clients,
         "exchanges": exchanges,
-        "wall_time_s": time.perf_counter() - started,
     }
-    write_private_bytes(out_dir / "exchanges.json", json.dumps(doc, indent=2).encode())
+    try:
+        with working_directory(out_dir):
+            grid = run_inprocess(
+                server_app=server_app,
+                client_app=client_app,
+                num_nodes=settings.clients,
+                run_config=app.run_config,
+                fleet=fleet,
+                on_exchange=on_exchange,
+                on_client_error=client_errors,
+                app_kind="flower",  # Flower's semantics: simulation/inprocess.py
+            )
+        doc["clients_materialised"] = grid.materialised_clients
+    except Exception as exc:
+        doc["error"] = f"ServerApp raised {type(exc).__name__}: {exc}"
+        raise app_raised(exc) from exc
+    finally:
+        doc["wall_time_s"] = time.perf_counter() - started
+        doc["clientapp_errors"] = client_errors.calls
+        write_private_bytes(out_dir / "exchanges.json", json.dumps(doc, indent=2).encode())
+    client_errors.raise_if_any()
     return doc

@@ -19,7 +19,25 @@ Two optional layers, both outside the apps:
   training is ``tasks.train_local`` (fedfleet's own); any other app is called message
   by message, as Flower would.
 - ``fleet``: a :class:`simulation.fleet.SimulatedFleet` decides which devices are
-  online and which drop out, and stamps each reply with its simulated duration.
+  online and which drop out, and times each reply in simulated seconds; for fedfleet's
+  own apps it stamps them into the reply (``stamp_replies``, read by the coordinator),
+  for a third-party app it never touches the app's records.
+
+``app_kind="flower"`` (a third-party Flower app, ``--app``) keeps Flower's semantics
+where fedfleet's own apps use fedfleet's:
+
+- ``send_and_receive(timeout=...)`` is honoured per client, in simulated seconds (the
+  device's under a fleet, else the call's own) and never waited for past it in wall
+  time (:mod:`simulation.timed_calls`); a late reply is missing from what the server
+  gets, as on Flower;
+- under a fleet, ``get_node_ids()`` lists only the devices online now (as a SuperLink
+  lists the nodes connected to it), so an offline device is never sampled; a server
+  that keeps polling for nodes (a second of wall time or more between two polls, no
+  message sent in between) waits in simulated time: the clock moves to the next hour,
+  when availability is drawn again;
+- a device sampled for a SecAgg+ round is not lost before it has shared its keys
+  (:mod:`simulation.secaggplus_stages`);
+- nothing is written into the replies.
 """
 
 from __future__ import annotations
@@ -27,8 +45,9 @@ from __future__ import annotations
 import functools
 import gc
 import time
-import traceback
 from collections.abc import Callable, Iterable
+from traceback import format_exception
+from typing import Literal
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -40,12 +59,20 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from simulation.cohort import CohortStats, run_cohort
 from simulation.fleet import SimulatedFleet
+from simulation.secaggplus_stages import can_drop_out
+from simulation.timed_calls import TimedCalls
 from simulation.transport import for_client, for_server
 
 ERROR_CLIENT_EXCEPTION = ErrorCode.CLIENT_APP_RAISED_EXCEPTION  # the ClientApp raised
 NodeConfigFn = Callable[[int], dict[str, bool | int | float | str]]
-# (instructions of one push, their replies, machine seconds the push took)
-ExchangeCallback = Callable[[list[Message], list[Message], float], None]
+# (instructions of one push, the replies that came back in time, machine seconds the
+# push took, the server's timeout if it gave one)
+ExchangeCallback = Callable[[list[Message], list[Message], float, float | None], None]
+# (the instruction, what its ClientApp call raised)
+ClientErrorCallback = Callable[[Message, Exception], None]
+# whose ClientApp and ServerApp run: fedfleet's own, or a third-party Flower app's
+AppKind = Literal["fedfleet", "flower"]
+IDLE_POLL_S = 1.0  # wall seconds between two node polls, nothing sent: the server waits
 
 
 def partition_node_config(num_nodes: int) -> NodeConfigFn:
@@ -65,6 +92,9 @@ class InProcessGrid(Grid):
     ``on_message`` (if given) sees every (instruction, reply, seconds) for progress;
     in a batched cohort the seconds are the cohort's time shared equally.
     ``on_exchange`` (if given) sees each push: its instructions, replies and seconds.
+    ``on_client_error`` (if given) sees each exception a ClientApp call raised (the
+    server gets it as an error reply either way). ``app_kind``: see the module's
+    docstring.
     """
 
     NODE_ID_BASE = 1000
@@ -81,6 +111,8 @@ class InProcessGrid(Grid):
         batch_train: bool = False,
         fleet: SimulatedFleet | None = None,
         on_exchange: ExchangeCallback | None = None,
+        on_client_error: ClientErrorCallback | None = None,
+        app_kind: AppKind = "fedfleet",
     ) -> None:
         if num_nodes < 1:
             raise ValueError("num_nodes must be >= 1")
@@ -96,6 +128,10 @@ class InProcessGrid(Grid):
         self.fleet = fleet
         self.cohort_stats = CohortStats()
         self._on_exchange = on_exchange
+        self._on_client_error = on_client_error
+        self._flower = app_kind == "flower"
+        self.timed_calls = TimedCalls()
+        self._last_poll: float | None = None  # wall time of the last node poll, if idle
 
     # -- Grid API -------------------------------------------------------------------
     def set_run(self, run: Run) -> None:
@@ -116,23 +152,17 @@ class InProcessGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
-        return range(self.NODE_ID_BASE, self.NODE_ID_BASE + self._num_nodes)
+        if not self._flower or self.fleet is None:
+            return range(self.NODE_ID_BASE, self.NODE_ID_BASE + self._num_nodes)
+        now = time.perf_counter()
+        if self._last_poll is not None and now - self._last_poll >= IDLE_POLL_S:
+            self.fleet.next_hour()  # the server waited for nodes: so does the fleet
+            now = time.perf_counter()
+        self._last_poll = now
+        return self.fleet.online_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        batch = list(messages)
-        for message in batch:
-            message.metadata.__dict__["_message_id"] = uuid4().hex
-            if message.has_content():
-                # Flower's strategies put one RecordDict into every message; over a
-                # network each client gets its own copy, and so it does here.
-                message.content = for_client(message.content)
-        t0 = time.perf_counter()
-        replies = self._deliver_all(batch)
-        for message, reply in zip(batch, replies, strict=True):
-            self._replies[message.metadata.message_id] = reply
-        if self._on_exchange is not None and batch:
-            self._on_exchange(batch, replies, time.perf_counter() - t0)
-        return [m.metadata.message_id for m in batch]
+        return self._push(messages, timeout=None)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
@@ -140,7 +170,28 @@ class InProcessGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        return list(self.pull_messages(list(self.push_messages(messages))))
+        return list(self.pull_messages(list(self._push(messages, timeout=timeout))))
+
+    def _push(self, messages: Iterable[Message], *, timeout: float | None) -> list[str]:
+        """Deliver ``messages``; the replies that came back within ``timeout`` wait to
+        be pulled."""
+        batch = list(messages)
+        self._last_poll = None  # the server is not idle
+        for message in batch:
+            message.metadata.__dict__["_message_id"] = uuid4().hex
+            if message.has_content():
+                # Flower's strategies put one RecordDict into every message; over a
+                # network each client gets its own copy, and so it does here.
+                message.content = for_client(message.content)
+        t0 = time.perf_counter()
+        delivered = self._deliver_all(batch, timeout=timeout)  # None: late
+        replies = [reply for reply in delivered if reply is not None]
+        for message, reply in zip(batch, delivered, strict=True):
+            if reply is not None:
+                self._replies[message.metadata.message_id] = reply
+        if self._on_exchange is not None and batch:
+            self._on_exchange(batch, replies, time.perf_counter() - t0, timeout)
+        return [m.metadata.message_id for m in batch]
 
     # -- delivery ---------------------------------------------------------------------
     @property
@@ -171,40 +222,79 @@ class InProcessGrid(Grid):
         try:
             return self._client_app(message, ctx)
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+            if self._on_client_error is not None:  # it shows the traceback, once
+                self._on_client_error(message, exc)
+                reason = f"{type(exc)}:<'{exc}'>"  # Flower's own reason for it
+            else:  # the whole traceback (every frame, down to the failing line)
+                reason = "".join(format_exception(exc))
             return Message(Error(code=ERROR_CLIENT_EXCEPTION, reason=reason), reply_to=message)
 
-    def _deliver_all(self, batch: list[Message]) -> list[Message]:
+    def _call_one(self, message: Message, timeout: float | None) -> tuple[Message | None, float]:
+        """One call, bounded by ``timeout`` when timeouts are honoured: its reply (``None``
+        when late) and the seconds it took on this machine."""
+        if timeout is None or not self._flower:
+            t0 = time.perf_counter()
+            return self._call_client(message), time.perf_counter() - t0
+        return self.timed_calls.call(
+            message.metadata.dst_node_id,
+            functools.partial(self._call_client, message),
+            budget_s=max(0.0, timeout),
+        )
+
+    def _in_time(self, message: Message, reply: Message, timeout: float | None) -> bool:
+        """Whether ``reply`` reaches the server within ``timeout`` simulated seconds (the
+        device's, under a fleet; the call's own seconds were checked by ``_call_one``)."""
+        if timeout is None or not self._flower or self.fleet is None:
+            return True
+        if reply.has_error():
+            return True
+        return self.fleet.duration_s(message, reply) <= timeout
+
+    def _admit(self, message: Message) -> str | None:
+        """The fleet's admission (``None``: delivered); a third-party app's SecAgg+
+        round loses no device before its keys are shared (simulation/secaggplus_stages.py)."""
+        if self.fleet is None:
+            return None
+        if not self._flower:
+            return self.fleet.admit(message)
+        return self.fleet.admit(message, can_drop=can_drop_out(message))
+
+    def _deliver_all(self, batch: list[Message], *, timeout: float | None) -> list[Message | None]:
         replies: list[Message | None] = [None] * len(batch)
         admitted: list[int] = []
         for i, message in enumerate(batch):
-            refusal = self.fleet.admit(message) if self.fleet is not None else None
+            refusal = self._admit(message)
             if refusal is None:
                 admitted.append(i)
             else:
                 error = Error(code=ErrorCode.NODE_UNAVAILABLE, reason=refusal)
                 replies[i] = Message(error, reply_to=message)
+        outs: list[Message | None]
         if self._batch_train and len(admitted) > 1:
             t0 = time.perf_counter()
             calls = [functools.partial(self._call_client, batch[i]) for i in admitted]
-            outs = run_cohort(calls, stats=self.cohort_stats)
+            outs = list(run_cohort(calls, stats=self.cohort_stats))
             share = (time.perf_counter() - t0) / len(admitted)
             seconds = [share] * len(admitted)
         else:
             outs, seconds = [], []
             for i in admitted:
-                t0 = time.perf_counter()
-                outs.append(self._call_client(batch[i]))
-                seconds.append(time.perf_counter() - t0)
+                out, spent = self._call_one(batch[i], timeout)
+                outs.append(out)
+                seconds.append(spent)
         for i, reply, spent in zip(admitted, outs, seconds, strict=True):
+            if reply is None or not self._in_time(batch[i], reply, timeout):
+                if self.fleet is not None:
+                    self.fleet.count_late()
+                continue  # late: the server never gets it (Flower's send_and_receive)
             if reply.has_content():
                 for_server(reply.content)
             if self.fleet is not None:
-                reply = self.fleet.stamp(batch[i], reply)
+                reply = self.fleet.stamp(batch[i], reply, write=not self._flower)
             replies[i] = reply
             if self._on_message is not None:
                 self._on_message(batch[i], reply, spent)
-        return [r for r in replies if r is not None]
+        return replies
 
 
 def run_inprocess(
@@ -218,6 +308,8 @@ def run_inprocess(
     batch_train: bool = False,
     fleet: SimulatedFleet | None = None,
     on_exchange: ExchangeCallback | None = None,
+    on_client_error: ClientErrorCallback | None = None,
+    app_kind: AppKind = "fedfleet",
 ) -> InProcessGrid:
     """Run ``server_app`` to completion against ``num_nodes`` in-process clients."""
     grid = InProcessGrid(
@@ -229,6 +321,8 @@ def run_inprocess(
         batch_train=batch_train,
         fleet=fleet,
         on_exchange=on_exchange,
+        on_client_error=on_client_error,
+        app_kind=app_kind,
     )
     TaskIdentity.task_id = 1
     TaskIdentity.run_id = grid.run.run_id

@@ -38,8 +38,6 @@ def quiet_flower_logs() -> None:
 
 def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = False) -> dict:
     """Run ``settings`` and write results into ``out_dir``; returns the metrics document."""
-    quiet_flower_logs()
-    run_config = settings.flower_run_config(out_dir=str(out_dir.resolve()))
     console = Console(stderr=True, quiet=quiet)
     from simulation.fleet_settings import apply_threads
 
@@ -51,7 +49,9 @@ def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = F
     if settings.app:  # a third-party Flower App: its own rounds and results
         from simulation.flower_app import run_flower_app
 
-        return run_flower_app(settings, out_dir=out_dir, console=console)
+        return run_flower_app(settings, out_dir=out_dir, console=console, quiet=quiet)
+    quiet_flower_logs()
+    run_config = settings.flower_run_config(out_dir=str(out_dir.resolve()))
     warning = empty_clients_warning(settings)
     if warning:
         print(warning, file=sys.stderr, flush=True)  # one unwrapped line, even with --quiet

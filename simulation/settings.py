@@ -153,9 +153,15 @@ class SimulateSettings:
 
     def validate(self) -> None:
         """Refuse settings that cannot work, naming the flag to change: the core ones
-        with the coordinator's own checks, then each section's."""
+        with the coordinator's own checks, then each section's. With ``--app`` only the
+        fleet's and the app's: fedfleet's own defaults (clients per round, ...) never
+        constrain a Flower App's run."""
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; choose inprocess or flower")
+        if self.app or self.app_config:  # a Flower App: only the settings that apply to it
+            validate_fleet_settings(self)
+            validate_app_settings(self, fedfleet_flags=self.changed(FEDFLEET_APP_ONLY))
+            return
         from strategies import available_strategies
 
         if self.strategy not in available_strategies():
@@ -170,7 +176,6 @@ class SimulateSettings:
         run_config = {**core_rc, **self.feature_run_config()}
         validate_secagg_run_config(run_config, core=core)
         validate_fleet_settings(self)
-        validate_app_settings(self, fedfleet_flags=self.changed(FEDFLEET_APP_ONLY))
         validate_dp_settings(self, core=core, run_config=run_config)
 
     def changed(self, names: tuple[str, ...]) -> list[str]:
