@@ -117,8 +117,19 @@ def serve(
     if log_level not in ("critical", "error", "warning", "info", "debug"):
         fail(f"unknown log level {log_level!r}; use one of critical, error, warning, info, debug")
     _check_port_free(settings.host, settings.port)
-    migrated_engine(settings).dispose()  # migrate (and report an unreachable database) up front
+    from fedfleet.stopping import StopSignals, say_stopped
 
+    # uvicorn takes SIGINT/SIGTERM while it serves, shuts down gracefully, puts these
+    # handlers back and raises the signal again: here it only marks the stop, so the
+    # command ends with exit 0 and one line instead of a KeyboardInterrupt or code 143.
+    with StopSignals() as stop:
+        migrated_engine(settings).dispose()  # migrate (and report an unreachable database)
+        if not stop.requested.is_set():
+            _serve(settings, log_level=log_level)
+    say_stopped("fleet serve", stop.signum)
+
+
+def _serve(settings: Any, *, log_level: str) -> None:
     import uvicorn
     from sqlalchemy.engine import make_url
 
