@@ -29,14 +29,15 @@ def run(
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         fail(f"--log-level {log_level!r} is not one of debug, info, warning, error")
-    from edge_client.device_agent import DeviceAgent
     from edge_client.device_config import load_config
     from firmware_images.errors import KeyFileError
 
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with StopSignals() as stop:  # a signal while starting stops it too, no traceback
         try:
-            settings = load_config(config)
+            settings = load_config(config)  # before the agent's imports (numpy, paho)
+            from edge_client.device_agent import DeviceAgent
+
             agent = DeviceAgent(settings)
         except (ValueError, OSError, KeyFileError) as err:
             fail(str(err))

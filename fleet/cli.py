@@ -107,6 +107,8 @@ def serve(
     """
     from pathlib import Path
 
+    if log_level not in ("critical", "error", "warning", "info", "debug"):
+        fail(f"unknown log level {log_level!r}; use one of critical, error, warning, info, debug")
     settings = settings_from_env(
         host=host,
         port=port,
@@ -114,8 +116,6 @@ def serve(
         database_schema=database_schema,
         data_dir=Path(data_dir) if data_dir else None,
     )
-    if log_level not in ("critical", "error", "warning", "info", "debug"):
-        fail(f"unknown log level {log_level!r}; use one of critical, error, warning, info, debug")
     _check_port_free(settings.host, settings.port)
     from fedfleet.stopping import StopSignals, say_stopped
 
