@@ -124,18 +124,20 @@ def serve(
     # command ends with exit 0 and one line instead of a KeyboardInterrupt or code 143.
     with StopSignals() as stop:
         migrated_engine(settings).dispose()  # migrate (and report an unreachable database)
-        if not stop.requested.is_set():
-            _serve(settings, log_level=log_level)
+        _serve(settings, log_level=log_level, stop=stop)
     say_stopped("fleet serve", stop.signum)
 
 
-def _serve(settings: Any, *, log_level: str) -> None:
+def _serve(settings: Any, *, log_level: str, stop: Any) -> None:
+    """uvicorn in this process (no workers), unless a stop came while starting."""
     import uvicorn
     from sqlalchemy.engine import make_url
 
     from fleet.app import create_app
 
     application = create_app(settings.with_changes(migrate_on_start=False))
+    if stop.requested.is_set():
+        return
     base = f"http://{settings.host}:{settings.port}"
     where = make_url(settings.database_url).render_as_string(hide_password=True)
     typer.echo(f"fleet: database {where}", err=True)
