@@ -15,9 +15,10 @@ from coordinator.checkpoint import CheckpointStore
 from coordinator.config import RunConfig
 from coordinator.dp import configure_dp
 from coordinator.loop import RoundLoop, wait_for_nodes
+from coordinator.privacy_checks import secagg_from_run_config
 from coordinator.results import RoundRecord, write_results
 from coordinator.run_tracker import RunTracker
-from coordinator.secagg_exchange import SecAggExchange, secagg_from_run_config
+from coordinator.secagg_exchange import SecAggExchange
 from coordinator.strategy_setup import build_strategy_setup
 from edge_client.protocol import keys as k
 from strategies.selection import TelemetrySource

@@ -156,6 +156,9 @@ def coordinator_up(
         reason = front.serve()
     if reason:
         fail(f"{reason}; see {log_path}", EXIT_FAILURE)
+    from fedfleet.stopping import say_stopped
+
+    say_stopped("coordinator")  # serve() returns "" only when SIGINT/SIGTERM stopped it
 
 
 @coordinator_app.command("add-site")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from coordinator.config import RunConfig
-from coordinator.secagg_exchange import secagg_from_run_config
+from coordinator.privacy_checks import secagg_from_run_config
 from coordinator.superlink import CONNECTION, CoordinatorSettings, flwr_json
 
 # Node states of `flwr supernode list` that can take part in a run.

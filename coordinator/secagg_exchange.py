@@ -26,7 +26,6 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from coordinator.config import RunConfig
 from edge_client.protocol import keys as k
 from edge_client.protocol import secagg as sa
 from privacy.secagg import server as protocol
@@ -45,19 +44,6 @@ class SecAggRoundFailed(Exception):
 
 class SecAggRunStopped(RuntimeError):
     """Raised when ``secagg-on-failure = stop`` and a round failed."""
-
-
-def secagg_from_run_config(run_config: Mapping[str, Any], config: RunConfig) -> SecAggConfig | None:
-    """The run's secure-aggregation settings, checked against its client count before
-    round 1 (``None`` when ``secagg`` is off). Strategies that need individual updates
-    are refused by the strategy set-up (``strategies.validation``)."""
-    secagg = SecAggConfig.from_run_config(run_config)
-    if not secagg.enabled:
-        return None
-    secagg.params_for(config.clients_per_round)  # T > K+1, overflow, too few clients
-    if config.min_clients > config.clients_per_round:
-        raise ValueError("min-clients is larger than clients-per-round")
-    return secagg
 
 
 @dataclass

@@ -1,9 +1,11 @@
-"""Stopping a child process and everything it started, with a bound.
+"""Stopping a long-running command, and a child process with everything it started.
 
 Beside :mod:`fedfleet.cli_support`, importing no other fedfleet package, so every command
 may use it (``coordinator up`` stops its SuperLink's tree with it, ``site join`` its
-SuperNode's and its pinned apps'). Convention: a stop requested by SIGINT/SIGTERM exits 0 after one
-"stopped" line on stderr; children get SIGTERM, then SIGKILL after the bound, and are reaped.
+SuperNode's and its pinned apps'; ``fleet serve``, ``fleet mqtt`` and ``device run`` take
+their stop requests through :class:`StopSignals`). Convention: a stop requested by
+SIGINT/SIGTERM exits 0 after one "stopped" line on stderr (:func:`say_stopped`); children
+get SIGTERM, then SIGKILL after the bound, and are reaped.
 """
 
 from __future__ import annotations
@@ -12,8 +14,48 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopSignals:
+    """Within its ``with`` block, SIGINT and SIGTERM request a stop instead of raising:
+    :attr:`requested` is set and :attr:`signum` says which. The previous handlers come back
+    on exit. Enter it before anything is started, so that a signal during start-up stops
+    the command instead of leaving half of it behind or printing a traceback."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.signum = signum
+        self.requested.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: for ever); whether a stop was requested."""
+        return self.requested.wait(timeout)
+
+
+def say_stopped(who: str, signum: int | None = None) -> None:
+    """The one line a command prints on stderr when a signal stopped it."""
+    cause = f" ({signal.Signals(signum).name})" if signum is not None else ""
+    print(f"{who}: stopped{cause}", file=sys.stderr, flush=True)
 
 
 def descendants(pid: int) -> list[int]:

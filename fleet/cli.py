@@ -107,6 +107,8 @@ def serve(
     """
     from pathlib import Path
 
+    if log_level not in ("critical", "error", "warning", "info", "debug"):
+        fail(f"unknown log level {log_level!r}; use one of critical, error, warning, info, debug")
     settings = settings_from_env(
         host=host,
         port=port,
@@ -114,17 +116,28 @@ def serve(
         database_schema=database_schema,
         data_dir=Path(data_dir) if data_dir else None,
     )
-    if log_level not in ("critical", "error", "warning", "info", "debug"):
-        fail(f"unknown log level {log_level!r}; use one of critical, error, warning, info, debug")
     _check_port_free(settings.host, settings.port)
-    migrated_engine(settings).dispose()  # migrate (and report an unreachable database) up front
+    from fedfleet.stopping import StopSignals, say_stopped
 
+    # uvicorn takes SIGINT/SIGTERM while it serves, shuts down gracefully, puts these
+    # handlers back and raises the signal again: here it only marks the stop, so the
+    # command ends with exit 0 and one line instead of a KeyboardInterrupt or code 143.
+    with StopSignals() as stop:
+        migrated_engine(settings).dispose()  # migrate (and report an unreachable database)
+        _serve(settings, log_level=log_level, stop=stop)
+    say_stopped("fleet serve", stop.signum)
+
+
+def _serve(settings: Any, *, log_level: str, stop: Any) -> None:
+    """uvicorn in this process (no workers), unless a stop came while starting."""
     import uvicorn
     from sqlalchemy.engine import make_url
 
     from fleet.app import create_app
 
     application = create_app(settings.with_changes(migrate_on_start=False))
+    if stop.requested.is_set():
+        return
     base = f"http://{settings.host}:{settings.port}"
     where = make_url(settings.database_url).render_as_string(hide_password=True)
     typer.echo(f"fleet: database {where}", err=True)

@@ -129,10 +129,14 @@ def validate_dp_settings(settings: DPFields, *, core: RunConfig, run_config: Run
         return
     if settings.app:
         raise ValueError("--dp works with fedfleet's ClientApp, not with --app")
-    if config.mode == "local":
-        config.validate(dataset_size=smallest_client_records(settings))
-    else:
-        config.validate(dataset_size=settings.clients)
-    from coordinator.dp import check_dp_setup
+    from coordinator.privacy_checks import check_dp_setup
 
+    if config.mode != "local":
+        config.validate(dataset_size=settings.clients)
+        check_dp_setup(config, core, {**run_config, **config.as_run_config()})
+        return
+    # Every flag on its own first; only δ < 1/N needs the task's data (and torch), so a
+    # bad flag is refused without loading them (tests/test_cli_startup.py).
+    config.validate()
     check_dp_setup(config, core, {**run_config, **config.as_run_config()})
+    config.validate(dataset_size=smallest_client_records(settings))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from coordinator.config import RunConfig
-from privacy.secagg.config import RUN_CONFIG_KEYS, SecAggConfig
+from privacy.secagg.config import RUN_CONFIG_KEYS
 from simulation.dropout import RC_DROPOUT, RC_DROPOUT_STAGE, check_dropout
 from simulation.run_config import RunConfigDict
 
@@ -63,11 +63,8 @@ def validate_secagg_settings(settings: SecAggFields) -> None:
 def validate_secagg_run_config(run_config: RunConfigDict, *, core: RunConfig) -> None:
     """Refuse a run config whose secure aggregation cannot work (the coordinator's own
     checks); ``core`` is the run's coordinator config, ``run_config`` the whole one."""
+    from coordinator.privacy_checks import secagg_from_run_config
     from strategies.validation import check_run_config
 
-    # The coordinator's module loads Flower: only a run with secure aggregation needs it.
-    if SecAggConfig.from_run_config(run_config).enabled:
-        from coordinator.secagg_exchange import secagg_from_run_config
-
-        secagg_from_run_config(run_config, core)
+    secagg_from_run_config(run_config, core)  # None when secure aggregation is off
     check_run_config(run_config)  # e.g. a strategy that needs individual updates under --secagg

@@ -27,7 +27,7 @@ from fedfleet import cli as root_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 FEDFLEET = [sys.executable, "-c", "from fedfleet.cli import main; main()"]
-HEAVY = ("torch", "flwr", "fastapi", "sqlmodel", "sqlalchemy", "httpx", "uvicorn")
+HEAVY = ("torch", "opacus", "flwr", "fastapi", "sqlmodel", "sqlalchemy", "httpx", "uvicorn", "paho")
 COMMANDS = [name for name, _, _ in root_cli._SUBAPPS]
 
 # (arguments, exit code): every call a user makes to find their way, and one bad input.
@@ -37,6 +37,9 @@ CALLS = [
     *[([name, "--help"], 0) for name in COMMANDS],
     (["fleet", "token", "--help"], 0),
     (["site", "join", "--config", "/nonexistent/site.toml"], 2),
+    (["fleet", "serve", "--log-level", "loud"], 2),
+    (["fleet", "mqtt", "--password-file", "/nonexistent/fleet.pass"], 2),
+    (["device", "run", "--config", "/nonexistent/device.toml"], 2),
 ]
 
 _PROBE = textwrap.dedent(
@@ -194,6 +197,29 @@ SIMULATE_BAD_INPUT = [
         "(write rounds = 3, without quotes)",
     ),
     (["--strategy", "nope"], "error: unknown strategy 'nope'; choose one of: bulyan,"),
+    # DP and secure aggregation: their checks live apart from the Flower/Opacus code that
+    # runs them (coordinator/privacy_checks.py); local DP loads the task's data (torch)
+    # only for δ < 1/N, after every flag passed.
+    (["--dp", "local", "--epsilon", "-1"], "error: dp epsilon -1.0 must be a positive number"),
+    (
+        ["--dp", "local", "--noise-multiplier", "-1"],
+        "error: noise multiplier -1.0 gives no privacy with dp on",
+    ),
+    (["--dp", "local", "--clients", "0"], "error: num-clients must be >= 1"),
+    (
+        ["--dp", "central", "--epsilon", "2", "--strategy", "krum"],
+        "error: dp=central bounds one client's influence on a mean of updates",
+    ),
+    (
+        ["--dp", "distributed", "--secagg", "--epsilon", "2", "--secagg-clip", "0.1"],
+        "error: secagg-clip 0.1 would clip the noisy DP shares",
+    ),
+    (
+        ["--secagg", "--clients-per-round", "2"],
+        "error: secure aggregation needs at least 3 clients per round (got 2)",
+    ),
+    (["--secagg", "--strategy", "krum"], "error: strategy krum needs every client's update"),
+    (["--secagg", "--secagg-bits", "0"], "error: secagg-bits 0 must be between 2 and 32"),
 ]
 
 _SIMULATE_PROBE = textwrap.dedent(
@@ -205,7 +231,8 @@ _SIMULATE_PROBE = textwrap.dedent(
         main()
     except SystemExit as stop:
         code = stop.code
-    loaded = sorted(m for m in ("torch", "flwr", "fastapi") if m in sys.modules)
+    heavy = ("torch", "opacus", "flwr", "fastapi", "sqlalchemy")
+    loaded = sorted(m for m in heavy if m in sys.modules)
     print(json.dumps({"code": code, "loaded": loaded}))
     """
 )
@@ -214,7 +241,7 @@ _SIMULATE_PROBE = textwrap.dedent(
 @pytest.mark.parametrize(
     ("args", "line"), SIMULATE_BAD_INPUT, ids=[" ".join(a) for a, _ in SIMULATE_BAD_INPUT]
 )
-def test_simulate_refuses_bad_input_without_torch_or_flower(
+def test_simulate_refuses_bad_input_without_torch_opacus_or_flower(
     tmp_path: Path, args: list[str], line: str
 ) -> None:
     # Prepare: a TOML file with a wrongly typed value, and a fresh interpreter per call.

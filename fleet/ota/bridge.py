@@ -166,15 +166,19 @@ class FleetBridge:
         return self
 
     def stop(self) -> None:
-        """Flush pending ingestion, disconnect, join the threads."""
-        self._stop.set()
-        self._chunks.put(None)
-        for thread in self._threads:
-            thread.join(timeout=10)
+        """Disconnect, then write every message received so far and join the threads.
+
+        In that order: once the network loop has stopped nothing more is received, so
+        the ingester's last batch holds everything the broker handed over (paho
+        acknowledges a QoS 1 message when its callback has queued it)."""
         self._network.remove(self.client)
         self.client.disconnect()
         time.sleep(0.05)  # let the loop write the DISCONNECT
         self._network.stop()
+        self._stop.set()
+        self._chunks.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     def __enter__(self) -> FleetBridge:
         return self.start()

@@ -17,8 +17,6 @@ Heavy imports stay inside the commands. Errors: one line on stderr, non-zero exi
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +24,7 @@ from typing import Annotated, Any
 import typer
 
 from fedfleet.cli_support import EXIT_FAILURE, DatabaseUrl, FleetUrl, fail, sub_app
+from fedfleet.stopping import StopSignals, say_stopped
 from fleet.cli import over_api as _over_api
 
 RolloutIdArg = Annotated[int, typer.Argument(help="Rollout id (see `fedfleet rollout list`).")]
@@ -166,12 +165,6 @@ def mqtt_service(
 ) -> None:
     """Run the fleet's MQTT service: ingest device messages, serve chunks, drive rollouts,
     and (with --broker-pid/--broker-pid-file) keep the broker's credentials in step."""
-    from fleet.artifacts import ArtifactStore
-    from fleet.ota.bridge import BridgeSettings, FleetBridge
-    from fleet.ota.broker_config import FLEET_USER
-    from fleet.ota.controller import RolloutController
-    from fleet.ota.telemetry import check_all
-
     # Flags first: nothing is created or connected for a command line that is refused.
     if not password_file.is_file():
         fail(f"{password_file} not found; run `fedfleet fleet broker-config --out DIR` first")
@@ -179,20 +172,56 @@ def mqtt_service(
         fail("give --broker-pid or --broker-pid-file, not both")
     if release_after_s is not None and release_after_s <= 0:
         fail(f"--release-after-s must be positive, got {release_after_s}")
-    engine, settings = engine_and_settings(database_url)
-    sync = _credential_sync(
-        engine,
-        password_file=password_file,
-        pid=broker_pid,
-        pid_file=broker_pid_file,
-        every_s=credentials_every_s,
-    )
+    with StopSignals() as stop:  # a signal while starting stops it too, no traceback
+        engine, settings = engine_and_settings(database_url)
+        try:
+            _serve_mqtt(
+                stop,
+                engine,
+                settings,
+                password_file=password_file,
+                broker=(broker_host, broker_port, ca_file),
+                sync=_credential_sync(
+                    engine,
+                    password_file=password_file,
+                    pid=broker_pid,
+                    pid_file=broker_pid_file,
+                    every_s=credentials_every_s,
+                ),
+                release_after_s=release_after_s,
+                drift_every_s=drift_every_s,
+            )
+        finally:
+            engine.dispose()
+    say_stopped("fleet mqtt", stop.signum)
+
+
+def _serve_mqtt(
+    stop: StopSignals,
+    engine: Any,
+    settings: Any,
+    *,
+    password_file: Path,
+    broker: tuple[str, int, Path | None],
+    sync: _SyncLoop | None,
+    release_after_s: float | None,
+    drift_every_s: float,
+) -> None:
+    """The service loop, until ``stop``; the bridge's pending messages are written before
+    it returns (``FleetBridge.stop``)."""
+    from fleet.artifacts import ArtifactStore
+    from fleet.ota.bridge import BridgeSettings, FleetBridge
+    from fleet.ota.broker_config import FLEET_USER
+    from fleet.ota.controller import RolloutController
+    from fleet.ota.telemetry import check_all
+
+    host, port, ca_file = broker
     bridge = FleetBridge(
         engine=engine,
         store=ArtifactStore(settings.artifact_dir),
         settings=BridgeSettings(
-            host=broker_host,
-            port=broker_port,
+            host=host,
+            port=port,
             username=FLEET_USER,
             password=password_file.read_text().strip(),
             ca_file=ca_file,
@@ -203,24 +232,23 @@ def mqtt_service(
         bridge.start()
     except ConnectionError as err:
         fail(str(err), EXIT_FAILURE)
-    controller = RolloutController(engine=engine, sender=bridge, release_after_s=release)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    typer.echo(f"fleet MQTT service connected to {broker_host}:{broker_port}")
-    next_drift = time.monotonic() + drift_every_s
-    while not done.wait(CONTROLLER_TICK_S):
-        controller.step()
-        if sync is not None:
-            sync.step()
-        if time.monotonic() >= next_drift:
-            next_drift = time.monotonic() + drift_every_s
-            for event in check_all(engine):
-                typer.echo(
-                    f"drift event {event.id}: model {event.model_version_id} PSI {event.score:.2f}"
-                )
-    bridge.stop()
-    engine.dispose()
+    try:
+        controller = RolloutController(engine=engine, sender=bridge, release_after_s=release)
+        typer.echo(f"fleet MQTT service connected to {host}:{port}")
+        next_drift = time.monotonic() + drift_every_s
+        while not stop.wait(CONTROLLER_TICK_S):
+            controller.step()
+            if sync is not None:
+                sync.step()
+            if time.monotonic() >= next_drift:
+                next_drift = time.monotonic() + drift_every_s
+                for event in check_all(engine):
+                    typer.echo(
+                        f"drift event {event.id}: model {event.model_version_id} "
+                        f"PSI {event.score:.2f}"
+                    )
+    finally:
+        bridge.stop()
 
 
 class _SyncLoop:

@@ -12,13 +12,8 @@ import torch
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 
 from coordinator.config import RunConfig
-from coordinator.dp import (
-    DPAccountant,
-    RefusalCountingExchange,
-    UniformWeights,
-    check_dp_setup,
-    distributed_noise_multiplier,
-)
+from coordinator.dp import DPAccountant, RefusalCountingExchange, UniformWeights
+from coordinator.privacy_checks import check_dp_setup, distributed_noise_multiplier
 from edge_client.protocol import keys as k
 from edge_client.protocol import secagg as sa
 from privacy.dp import DPConfig, Mechanism, epsilon
