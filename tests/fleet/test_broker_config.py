@@ -332,3 +332,93 @@ def test_cli_writes_the_files_from_the_database_and_refuses_half_tls(
     )
     assert bad.exit_code == 2 and "--tls-key" in bad.output
     assert not (tmp_path / "o2").exists()
+
+
+class Session:
+    """A device-like client: chosen client id, persistent session, Last Will on a status topic."""
+
+    def __init__(
+        self, port: int, user: str, *, client_id: str, clean: bool, will_topic: str | None = None
+    ) -> None:
+        self.got: list[tuple[str, bytes]] = []
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.disconnects: list[str] = []
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=clean,
+            protocol=mqtt.MQTTv311,
+        )
+        self.client.username_pw_set(user, PASSWORDS[user])
+        if will_topic is not None:
+            self.client.will_set(will_topic, b"offline", qos=1)
+        self.client.on_connect = lambda *_: self.connected.set()
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_disconnect = lambda _c, _u, _f, reason, _p: self.disconnects.append(
+            str(reason)
+        )
+        self.client.on_message = lambda _c, _u, m: self.got.append((m.topic, bytes(m.payload)))
+        self.client.reconnect_delay_set(min_delay=30, max_delay=30)  # no reconnect fights
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def generated_broker() -> Iterator[tuple[MosquittoProcess, str]]:
+    """Mosquitto running the ``mosquitto.conf`` that ``write_broker_config`` generated."""
+    folder = Path(tempfile.mkdtemp(prefix="fedfleet-sessions-"))
+    os.chmod(folder, 0o755)  # Mosquitto started as root reads it as the 'mosquitto' user
+    port = free_port()
+    files = write_broker_config(
+        out=folder / "broker",
+        devices=[(user, mosquitto_hash(pw)) for user, pw in PASSWORDS.items()],
+        port=port,
+    )
+    process = MosquittoProcess(config=files.conf, port=port)
+    try:
+        yield process.start(), files.fleet_password_file.read_text().strip()
+    finally:
+        process.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_device_cannot_take_over_another_devices_session(
+    generated_broker: tuple[MosquittoProcess, str],
+) -> None:
+    # Prepare: the fleet watches statuses; b holds a persistent session with a Last Will.
+    process, fleet_password = generated_broker
+    status_b, cmd_b = proto.topic("dev-bbbb", "status"), proto.topic("dev-bbbb", "cmd")
+    fleet = Listener(process.port, FLEET_USER, fleet_password, [proto.uplink_filter("status")])
+    b = Session(process.port, "dev-bbbb", client_id="dev-bbbb", clean=False, will_topic=status_b)
+    attackers: list[Session] = []
+    try:
+        assert _wait(lambda: fleet.subscribed.is_set() and b.connected.is_set())
+        b.client.subscribe(cmd_b, qos=1)
+        assert _wait(b.subscribed.is_set)
+        # Execute 1: a connects with its own password and b's client id, a clean session.
+        attackers.append(Session(process.port, "dev-aaaa", client_id="dev-bbbb", clean=True))
+        assert _wait(attackers[-1].connected.is_set)
+        time.sleep(1.0)  # a takeover would have ended b's connection and fired its Will by now
+        # Assert 1: b is still connected and its Will was not published.
+        assert b.disconnects == [] and b.client.is_connected()
+        assert fleet.got == []
+        # Execute 2: b goes away cleanly; the fleet queues a command for it; a tries again
+        # with a clean session (a takeover would erase b's queue); b comes back.
+        b.close()
+        fleet.client.publish(cmd_b, b"queued-for-b", qos=1).wait_for_publish(5)
+        attackers.append(Session(process.port, "dev-aaaa", client_id="dev-bbbb", clean=True))
+        assert _wait(attackers[-1].connected.is_set)
+        time.sleep(0.3)
+        b = Session(process.port, "dev-bbbb", client_id="dev-bbbb", clean=False)
+        assert _wait(lambda: b.got != [])
+    finally:
+        for client in (fleet, b, *attackers):
+            client.close()
+    # Assert 2: b's queued command survived; a never received it.
+    assert b.got == [(cmd_b, b"queued-for-b")]
+    assert all(attacker.got == [] for attacker in attackers)
