@@ -161,7 +161,7 @@ def test_devices_read_the_shared_artifact_topic_but_cannot_publish_on_it(
 
     # Assert: only the fleet's publication reached the device.
     assert dev_b.got == [(shared, b"fleet-chunk")]
-    assert f"pattern read {proto.ARTIFACT_FILTER}" in acl_text()
+    assert f"user dev-bbbb\ntopic read {proto.ARTIFACT_FILTER}" in acl_text(devices=["dev-bbbb"])
 
 
 def test_wrong_password_and_unknown_users_are_refused(broker: tuple[MosquittoProcess, str]) -> None:
@@ -422,3 +422,14 @@ def test_a_device_cannot_take_over_another_devices_session(
     # Assert 2: b's queued command survived; a never received it.
     assert b.got == [(cmd_b, b"queued-for-b")]
     assert all(attacker.got == [] for attacker in attackers)
+
+
+def test_the_generated_config_loads_without_acl_warnings(
+    generated_broker: tuple[MosquittoProcess, str],
+) -> None:
+    # Every ACL pattern names the user (%u); shared topics are per-user topic lines.
+    process, _ = generated_broker
+    log = process.log.read_text()
+    assert "running" in log
+    assert "Warning" not in log and "does not contain" not in log, log
+    assert "use_username_as_clientid true" in process.conf.read_text()
