@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shutil
 import ssl
 import stat
@@ -275,7 +276,7 @@ def test_tls_listener_accepts_a_device_with_the_ca(tmp_path: Path) -> None:
     assert agent_ok
 
 
-def _tls_agent(tmp_path: Path, *, port: int, ca: Path) -> DeviceAgent:
+def _tls_agent(tmp_path: Path, *, port: int, ca: Path | None, password: str = "pw") -> DeviceAgent:
     key = tmp_path / "fleet.pub"
     key.write_bytes(
         Ed25519PrivateKey.generate()
@@ -287,7 +288,7 @@ def _tls_agent(tmp_path: Path, *, port: int, ca: Path) -> DeviceAgent:
         target="cpu-x86",
         slots_dir=tmp_path / "slots",
         public_key=key,
-        broker=BrokerSettings(host="localhost", port=port, password="pw", ca_file=ca),
+        broker=BrokerSettings(host="localhost", port=port, password=password, ca_file=ca),
     )
     return DeviceAgent(config)
 
@@ -433,3 +434,25 @@ def test_the_generated_config_loads_without_acl_warnings(
     assert "running" in log
     assert "Warning" not in log and "does not contain" not in log, log
     assert "use_username_as_clientid true" in process.conf.read_text()
+
+
+def test_the_device_agent_works_with_one_session_per_user(
+    tmp_path: Path, generated_broker: tuple[MosquittoProcess, str]
+) -> None:
+    # Prepare: the fleet listens to statuses on the generated config's broker.
+    process, fleet_password = generated_broker
+    fleet = Listener(process.port, FLEET_USER, fleet_password, [proto.uplink_filter("status")])
+    agent = _tls_agent(tmp_path, port=process.port, ca=None, password=PASSWORDS["dev-aaaa"])
+    try:
+        assert _wait(fleet.subscribed.is_set)
+        # Execute: the real agent connects (client id = its device id = its user name).
+        agent.start()
+        got_status = _wait(
+            lambda: any(t == proto.topic("dev-aaaa", "status") for t, _ in fleet.got)
+        )
+    finally:
+        agent.stop()
+        fleet.close()
+    # Assert: connected and published its status; the broker named its session after it.
+    assert got_status
+    assert re.search(r"as dev-aaaa \(p2, c0, k\d+, u'dev-aaaa'\)", process.log.read_text())
