@@ -82,8 +82,9 @@ def authenticate(session: Session, authorization: str | None) -> Principal:
     return Principal.from_token(token)
 
 
-#: Where :class:`fleet.auth_gate.AuthGate` leaves the caller it authenticated (request state).
-GATE_PRINCIPAL = "gate_principal"
+#: The ASGI scope key where :class:`fleet.auth_gate.AuthGate` leaves the caller it
+#: authenticated (the scope, unlike a server's shared state, is this request's alone).
+GATE_PRINCIPAL = "fedfleet.gate_principal"
 
 
 def require(role: Role, session_dependency: Callable[..., Session]) -> Callable[..., Principal]:
@@ -101,7 +102,7 @@ def require(role: Role, session_dependency: Callable[..., Session]) -> Callable[
         # Declared for the OpenAPI security scheme; the header is read below.
         _credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),  # noqa: B008
     ) -> Principal:
-        principal = getattr(request.state, GATE_PRINCIPAL, None)
+        principal = request.scope.get(GATE_PRINCIPAL)
         if not isinstance(principal, Principal):
             principal = authenticate(session, request.headers.get("authorization"))
         principal.require(role)

@@ -11,7 +11,7 @@ middleware that runs first, on the headers alone, for every path under ``/api/``
   token below ``operator``: 403. Other bodies are at most ``max_body_bytes`` (1 MiB by
   default) and the route's own dependency checks their exact role;
 - the database cannot answer: 503 with ``Retry-After``, as from any route;
-- otherwise the request goes on with the caller kept in the request state, so the route's
+- otherwise the request goes on with the caller kept in its ASGI scope, so the route's
   dependency does not look the token up again (:data:`fleet.auth.GATE_PRINCIPAL`).
 
 The reply says ``Connection: close``: the server does not read what the client is still
@@ -69,7 +69,7 @@ class AuthGate:
             log.warning("database unavailable: %s", getattr(exc, "orig", exc))
             await reply_json(send, 503, DATABASE_UNAVAILABLE, headers=RETRY_AFTER)
             return
-        scope.setdefault("state", {})[GATE_PRINCIPAL] = principal
+        scope[GATE_PRINCIPAL] = principal
         await self.app(scope, receive, send)
 
     def _authenticate(self, authorization: str | None) -> Principal:

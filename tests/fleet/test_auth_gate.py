@@ -162,3 +162,26 @@ def test_a_real_server_spools_nothing_for_an_unauthenticated_upload(
     assert sent <= 16 * MiB, f"the server read {sent / MiB:.0f} MiB before refusing"
     assert spooled == 0
     assert elapsed < 30
+
+
+def test_the_token_is_looked_up_once_per_request(
+    client: TestClient, tokens: dict[Role, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: count the token look-ups (the gate's; the route dependency reuses its caller).
+    from fleet.crud import tokens as token_crud
+
+    calls: list[str] = []
+    real = token_crud.find_active_token
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append("lookup")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(token_crud, "find_active_token", counting)
+    # Execute
+    response = client.get(
+        "/api/v1/devices", headers={"Authorization": f"Bearer {tokens[Role.viewer]}"}
+    )
+    # Assert
+    assert response.status_code == 200, response.text
+    assert calls == ["lookup"]
