@@ -1,7 +1,8 @@
 """The signed bundle: one file holding a manifest, its Ed25519 signature and the model.
 
 A bundle is a ZIP archive (``unzip -l`` lists it) with exactly three *stored*
-(uncompressed) members, in this order:
+(uncompressed) members, in this order, laid out byte for byte as
+:mod:`firmware_images.bundle_layout` defines (so a signed bundle has one SHA-256):
 
 ``manifest.json``
     the canonical manifest (:mod:`firmware_images.manifest`), which pins the model's
@@ -14,7 +15,9 @@ A bundle is a ZIP archive (``unzip -l`` lists it) with exactly three *stored*
 
 :func:`verify_bundle` refuses, with a typed :class:`~firmware_images.errors.BundleError`,
 anything but that: a truncated file, extra or duplicated members, compressed members,
-bytes appended after the archive, a manifest signed by another key or changed after
+bytes appended after the archive, any container byte outside the canonical layout (a ZIP
+comment, bytes inserted between members or before the central directory, extra fields,
+other timestamps or attributes), a manifest signed by another key or changed after
 signing, a model whose bytes differ from the pinned hash, a bundle for another target,
 a model over the size limit. It only reads: nothing is written unless the caller writes
 the verified model with :meth:`VerifiedBundle.write_model`, which is atomic.
@@ -36,6 +39,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from firmware_images.bundle_layout import check_layout
+from firmware_images.bundle_layout import pack as pack_layout
 from firmware_images.errors import (
     BundleFormatError,
     BundleTooLargeError,
@@ -58,8 +63,6 @@ SIGNATURE_NAME = "manifest.sig"
 SIGNATURE_BYTES = 64
 SIGNING_CONTEXT = b"fedfleet bundle manifest v1\x00"
 DEFAULT_MAX_BUNDLE_BYTES = 512 * 1024 * 1024
-# A fixed timestamp inside the ZIP: the same inputs give byte-identical bundles.
-_ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -105,18 +108,9 @@ def pack_bundle(*, manifest: Manifest, model: bytes, private_key: Ed25519Private
         )
     manifest_bytes = to_canonical_bytes(manifest)
     signature = sign_manifest(manifest_bytes, private_key)
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, data in (
-            (MANIFEST_NAME, manifest_bytes),
-            (SIGNATURE_NAME, signature),
-            (manifest.model.file, model),
-        ):
-            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE_TIME)
-            info.compress_type = zipfile.ZIP_STORED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, data)
-    return out.getvalue()
+    return pack_layout(
+        [(MANIFEST_NAME, manifest_bytes), (SIGNATURE_NAME, signature), (manifest.model.file, model)]
+    )
 
 
 def read_bundle(data: bytes, *, max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> RawBundle:
@@ -170,6 +164,14 @@ def read_bundle(data: bytes, *, max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> Ra
         manifest_bytes = _read_member(archive, MANIFEST_NAME)
         signature = _read_member(archive, SIGNATURE_NAME)
         model = _read_member(archive, model_name)
+    members = [(MANIFEST_NAME, manifest_bytes), (SIGNATURE_NAME, signature), (model_name, model)]
+    difference = check_layout(data, members)
+    if difference is not None:
+        raise BundleFormatError(
+            f"bundle holds bytes its signature does not cover ({difference}: a ZIP comment, "
+            "inserted bytes, extra fields or other headers); use the bundle fedfleet image "
+            "build wrote, byte for byte"
+        )
     return RawBundle(
         manifest_bytes=manifest_bytes, signature=signature, model_name=model_name, model=model
     )

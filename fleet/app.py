@@ -20,6 +20,7 @@ from fleet import migrate
 from fleet.api import api_router, health_router
 from fleet.api_docs import mount_api_docs
 from fleet.artifacts import ArtifactStore, load_public_key
+from fleet.auth_gate import AuthGate
 from fleet.crud.devices import status_counts
 from fleet.dashboard import mount_dashboard
 from fleet.db import make_engine
@@ -100,7 +101,9 @@ def create_app(settings: FleetSettings) -> FastAPI:
     app.include_router(api_router())
     mount_api_docs(app)
     mount_dashboard(app)
-    # Added last = outermost: limits apply before anything reads the body.
+    # Added last = outermost. The size limit answers first (from Content-Length alone),
+    # metrics count every answer, the auth gate refuses before any body is read.
+    app.add_middleware(AuthGate, engine=engine)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(
         BodySizeLimit,

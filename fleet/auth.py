@@ -2,7 +2,8 @@
 
 :func:`require` builds the FastAPI dependency every API route declares (through the
 ``Viewer``/``Operator``/``Admin`` aliases in :mod:`fleet.api.deps`): no token → 401,
-a token whose role is too low → 403. The dashboard resolves its session cookie to the
+a token whose role is too low → 403. :func:`authenticate` is the token check itself,
+shared with :mod:`fleet.auth_gate`, which runs it before a request body is read. The dashboard resolves its session cookie to the
 same :class:`Principal` and checks roles with the same :meth:`Principal.require`.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from sqlmodel import Session
 
 from fleet.audit import Actor
@@ -56,30 +58,53 @@ class Principal:
             )
 
 
+def authenticate(session: Session, authorization: str | None) -> Principal:
+    """The caller named by an ``Authorization`` header value; 401 when there is none.
+
+    The one place a bearer token is checked: the :func:`require` dependency and the
+    :class:`fleet.auth_gate.AuthGate` middleware (which runs before any body is read)
+    both call it.
+    """
+    scheme, secret = get_authorization_scheme_param(authorization)
+    if scheme.lower() != "bearer" or not secret:
+        raise HTTPException(
+            401,
+            f"missing bearer token: send 'Authorization: Bearer <token>' ({_HOW_TO_GET_ONE})",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    token = token_crud.find_active_token(session, secret, now=utcnow())
+    if token is None:
+        raise HTTPException(
+            401,
+            f"the bearer token is unknown, revoked or expired ({_HOW_TO_GET_ONE})",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    return Principal.from_token(token)
+
+
+#: The ASGI scope key where :class:`fleet.auth_gate.AuthGate` leaves the caller it
+#: authenticated (the scope, unlike a server's shared state, is this request's alone).
+GATE_PRINCIPAL = "fedfleet.gate_principal"
+
+
 def require(role: Role, session_dependency: Callable[..., Session]) -> Callable[..., Principal]:
-    """The dependency that authenticates a bearer token and checks it has ``role``."""
+    """The dependency that authenticates a bearer token and checks it has ``role``.
+
+    A request the gate already authenticated (before its body was read) is not looked
+    up again: the gate's :class:`Principal` is used and only the role is checked here.
+    """
 
     # Plain defaults, not Annotated: the annotations of this closure are strings (PEP 563)
     # and FastAPI could not resolve the local ``session_dependency`` from them.
     def dependency(
         request: Request,
         session: Session = Depends(session_dependency),  # noqa: B008
-        credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),  # noqa: B008
+        # Declared for the OpenAPI security scheme; the header is read below.
+        _credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),  # noqa: B008
     ) -> Principal:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise HTTPException(
-                401,
-                f"missing bearer token: send 'Authorization: Bearer <token>' ({_HOW_TO_GET_ONE})",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        token = token_crud.find_active_token(session, credentials.credentials, now=utcnow())
-        if token is None:
-            raise HTTPException(
-                401,
-                f"the bearer token is unknown, revoked or expired ({_HOW_TO_GET_ONE})",
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-        principal = Principal.from_token(token)
+        principal = request.scope.get(GATE_PRINCIPAL)
+        if not isinstance(principal, Principal):
+            principal = authenticate(session, request.headers.get("authorization"))
         principal.require(role)
         request.state.principal = principal
         return principal

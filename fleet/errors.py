@@ -133,13 +133,14 @@ async def _data(_request: Request, exc: Exception) -> Response:
     return error_response(422, "a value is out of range for the database; use a smaller one")
 
 
+#: The 503 reply when the database cannot answer (also sent by :mod:`fleet.auth_gate`).
+DATABASE_UNAVAILABLE = "the database is busy or unreachable; retry in a moment"
+RETRY_AFTER = {"Retry-After": "1"}
+
+
 async def _operational(_request: Request, exc: Exception) -> Response:
     logger.warning("database unavailable: %s", getattr(exc, "orig", exc))
-    return error_response(
-        503,
-        "the database is busy or unreachable; retry in a moment",
-        headers={"Retry-After": "1"},
-    )
+    return error_response(503, DATABASE_UNAVAILABLE, headers=RETRY_AFTER)
 
 
 async def _unexpected(_request: Request, exc: Exception) -> Response:

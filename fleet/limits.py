@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -52,13 +52,13 @@ class BodySizeLimit:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await _reply(send, 400, "Content-Length header is not a number")
+                    await reply_json(send, 400, "Content-Length header is not a number")
                     return
                 if declared < 0:
-                    await _reply(send, 400, "Content-Length header is negative")
+                    await reply_json(send, 400, "Content-Length header is negative")
                     return
         if declared is not None and declared > limit:
-            await _reply(send, 413, _too_large(limit))
+            await reply_json(send, 413, _too_large(limit))
             return
 
         received = 0
@@ -76,8 +76,13 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
 
-async def _reply(send: Send, status: int, detail: str) -> None:
+async def reply_json(
+    send: Send, status: int, detail: str, *, headers: Mapping[str, str] | None = None
+) -> None:
+    """Answer ``{"detail": ...}`` with ``status`` and close the connection (the body the
+    client is still sending is not read)."""
     body = json.dumps({"detail": detail}).encode()
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     await send(
         {
             "type": "http.response.start",
@@ -86,6 +91,7 @@ async def _reply(send: Send, status: int, detail: str) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
+                *extra,
             ],
         }
     )

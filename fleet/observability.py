@@ -18,6 +18,8 @@ from prometheus_client.registry import Collector
 
 from fleet.limits import ASGIApp, Message, Receive, Scope, Send
 
+#: The one label of every request no route matched.
+UNMATCHED = "<unmatched>"
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -53,6 +55,7 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        root_path = str(scope.get("root_path", ""))
 
         async def recording_send(message: Message) -> None:
             nonlocal status
@@ -63,23 +66,37 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            template = route_template(scope)
+            template = route_template(scope, root_path=root_path)
             method = scope.get("method", "")
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
 
 
-def route_template(scope: Scope) -> str:
+def route_template(scope: Scope, *, root_path: str = "") -> str:
     """The matched route as a template (``/api/v1/devices/{device_id}``), for labels.
 
-    Rebuilt from the path and the matched path parameters, so it does not depend on how
-    the router nests included routers. ``<unmatched>`` when no route matched.
+    Never the raw path, so there is a label per route, not per URL: an API route's
+    template is rebuilt from the path and its matched parameters and must end with the
+    template of the route FastAPI matched (``scope["route"]``; else that template alone
+    is used). A mounted app (the dashboard's ``/static`` files, the docs' assets) is one
+    label, its mount path and ``/{path}`` (``root_path`` is the scope's before routing:
+    a mount extends it). Anything else (no route matched, or refused before routing, as
+    by the auth gate) is :data:`UNMATCHED`. 2,000 random paths add no series
+    (``tests/fleet/test_health_metrics.py``); the raw path used to be the label of every
+    request to a mount.
     """
     if scope.get("endpoint") is None:
-        return "<unmatched>"
-    names = {str(value): name for name, value in scope.get("path_params", {}).items()}
-    segments = [f"{{{names[s]}}}" if s in names else s for s in scope["path"].split("/")]
-    return "/".join(segments)
+        return UNMATCHED
+    local = getattr(scope.get("route"), "path_format", None)
+    if isinstance(local, str):
+        names = {str(value): name for name, value in scope.get("path_params", {}).items()}
+        segments = [f"{{{names[s]}}}" if s in names else s for s in scope["path"].split("/")]
+        template = "/".join(segments)
+        return template if template.endswith(local) else local
+    mounted = str(scope.get("root_path", ""))
+    if mounted != root_path and mounted.startswith(root_path):
+        return f"{mounted[len(root_path) :]}/{{path}}"
+    return UNMATCHED
 
 
 class FleetStateCollector(Collector):

@@ -40,6 +40,7 @@ FIRMWARE_DEVICE_HALF = (
     "firmware_images.keys",
     "firmware_images.manifest",
     "firmware_images.bundle",
+    "firmware_images.bundle_layout",
     "firmware_images.targets",
     "firmware_images.runtime",
 )

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path as FilePath
 from pathlib import PurePath
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import WithJsonSchema
+from sqlmodel import Session
 
+from fleet import bundle_binding
 from fleet.api.deps import (
     COMMON_RESPONSES,
     CONFLICT,
@@ -210,6 +213,10 @@ def upload_artifact(
                 "the signature does not verify with the fleet's signing public key; sign the "
                 "file's SHA-256 digest with the matching private key"
             )
+        if format is ArtifactFormat.bundle:
+            _check_bundle_binding(
+                session, model, path=store.path_for(stored.sha256), target=target, key=signing_key
+            )
         artifact = crud.add_artifact(
             session,
             model,
@@ -229,6 +236,30 @@ def upload_artifact(
             if not crud.sha256_in_use(session, stored.sha256):
                 store.discard(stored.sha256)
     return crud.artifact_public(artifact)
+
+
+def _check_bundle_binding(
+    session: Session, model: ModelVersion, *, path: FilePath, target: str, key: Any
+) -> None:
+    """422 unless the bundle at ``path`` is this version's (see :mod:`fleet.bundle_binding`)."""
+    try:
+        manifest = bundle_binding.read_manifest(path, public_key=key)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
+    checkpoints = {
+        a.sha256
+        for a in crud.public_view(session, model).artifacts
+        if a.format == ArtifactFormat.torch
+    }
+    problem = bundle_binding.mismatch(
+        manifest,
+        model_version_id=model.id or 0,
+        task=model.task,
+        target=target,
+        checkpoints=checkpoints,
+    )
+    if problem is not None:
+        raise InvalidInput(problem)
 
 
 @router.get(

@@ -5,9 +5,9 @@ reloads it.
 :class:`CredentialSync` in its loop. Every ``every_s`` seconds (default 1 s) it reads the
 ``(device id, $7$ hash)`` pairs of the enrolled, not retired devices, and when they differ
 from what the broker was last given — a device enrolled, retired, or given a new password,
-by the API, the dashboard or the simulator — it rewrites ``passwd`` in the folder
-``fedfleet fleet broker-config`` wrote (atomically, group ``mosquitto``, see
-:func:`fleet.ota.broker_config.write_passwd`) and sends Mosquitto SIGHUP.
+by the API, the dashboard or the simulator — it rewrites ``acl`` and ``passwd`` in the
+folder ``fedfleet fleet broker-config`` wrote (atomically, group ``mosquitto``, see
+:func:`fleet.ota.broker_config.write_credentials`) and sends Mosquitto SIGHUP.
 
 On SIGHUP Mosquitto 2.0 re-reads its password and ACL files and checks every connected
 client against them again: a client whose user is gone (retired) or whose password no
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleet.ota.broker_config import device_credentials_from_db, write_passwd
+from fleet.ota.broker_config import device_credentials_from_db, write_credentials
 
 DEFAULT_EVERY_S = 1.0
 
@@ -158,7 +158,7 @@ class CredentialSync:
         if digest == self._applied:
             return None
         try:
-            count = write_passwd(
+            count = write_credentials(
                 out=self._folder, devices=rows, fleet_password=self._fleet_password
             )
         except (OSError, ValueError) as err:

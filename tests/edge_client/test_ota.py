@@ -108,6 +108,34 @@ def test_bundles_signed_by_another_key_or_tampered_are_refused(
     assert store.pointer().active is None and store.meta("a") is None
 
 
+@pytest.mark.parametrize("forgery", ["60KB-zip-comment", "bytes-before-the-directory"])
+def test_bundle_bytes_the_signature_does_not_cover_are_refused(
+    tmp_path: Path, key: Ed25519PrivateKey, forgery: str
+) -> None:
+    # Prepare: a valid bundle, then the same signed bundle with unsigned bytes in it.
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "firmware_images"))
+    from firmware_images_testkit import inserted_before_directory, with_comment
+
+    store = _store(tmp_path, key)
+    path = _bundle_file(tmp_path, key, "v1")
+    good = path.read_bytes()
+    forged = tmp_path / "forged.ffb"
+    forged.write_bytes(
+        with_comment(good, b"c" * 60_000)
+        if forgery == "60KB-zip-comment"
+        else inserted_before_directory(good, b"x" * 1000)
+    )
+    # Execute / Assert: refused at the verify stage, nothing written; the original installs.
+    with pytest.raises(InstallError, match="signature does not cover") as refused:
+        install(store, bundle_file=forged, model_version_id=1)
+    assert refused.value.stage == "verify"
+    assert store.pointer().active is None and store.meta("a") is None
+    install(store, bundle_file=path, model_version_id=1)
+    assert store.meta(store.pointer().active or "") is not None
+
+
 def test_crash_after_writing_the_slot_but_before_the_switch_starts_the_previous(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:

@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware_images.bundle import sha256_hex
+from firmware_images.bundle_layout import pack as pack_layout
 from firmware_images.keys import key_id
 from firmware_images.manifest import (
     AccuracyRecord,
@@ -106,7 +107,13 @@ def replace(manifest: Manifest, **changes: object) -> Manifest:
 
 
 def repack(members: list[tuple[str, bytes]], *, compress: int = zipfile.ZIP_STORED) -> bytes:
-    """A ZIP with exactly these members (valid CRCs): to forge well-formed bad bundles."""
+    """A ZIP with exactly these members (valid CRCs): to forge well-formed bad bundles.
+
+    Stored members get the canonical bundle layout, so a forgery is refused for what it
+    forges (its members), not for its container.
+    """
+    if compress == zipfile.ZIP_STORED:
+        return pack_layout(members)
     out = io.BytesIO()
     with warnings.catch_warnings(), zipfile.ZipFile(out, "w") as archive:
         warnings.simplefilter("ignore")  # duplicate names are the point of some tests
@@ -147,3 +154,61 @@ def require_tflite() -> None:
         if os.environ.get("FEDFLEET_REQUIRE_TFLITE") == "1":
             pytest.fail("FEDFLEET_REQUIRE_TFLITE=1 but litert-torch is not installed")
         pytest.skip("litert-torch (the 'tflite' extra) is not installed")
+
+
+def with_comment(bundle: bytes, comment: bytes) -> bytes:
+    """The same archive with a ZIP comment (the end record's length field and the text)."""
+    assert bundle[-22:-18] == b"PK\x05\x06" and bundle[-2:] == b"\x00\x00"
+    return bundle[:-2] + len(comment).to_bytes(2, "little") + comment
+
+
+def inserted_before_directory(bundle: bytes, junk: bytes, *, fix_offset: bool = True) -> bytes:
+    """``junk`` inserted between the last member and the central directory; with
+    ``fix_offset`` the end record points at the moved directory (a well-formed ZIP)."""
+    end = bundle[-22:]
+    directory_at = int.from_bytes(end[16:20], "little")
+    if fix_offset:
+        end = end[:16] + (directory_at + len(junk)).to_bytes(4, "little") + end[20:]
+    return bundle[:directory_at] + junk + bundle[directory_at:-22] + end
+
+
+def inserted_between_members(bundle: bytes, junk: bytes) -> bytes:
+    """``junk`` inserted before the model's local header, every offset fixed (a valid ZIP)."""
+    with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
+        infos = archive.infolist()
+        directory_at = archive.start_dir
+    model_at = infos[2].header_offset
+    directory = bytearray(bundle[directory_at:-22])
+    # The third central record's local-header offset (field at byte 42 of its record).
+    third = 0
+    for info in infos[:2]:
+        third += 46 + len(info.filename.encode())
+    old = int.from_bytes(directory[third + 42 : third + 46], "little")
+    directory[third + 42 : third + 46] = (old + len(junk)).to_bytes(4, "little")
+    end = bytearray(bundle[-22:])
+    end[16:20] = (directory_at + len(junk)).to_bytes(4, "little")
+    return bundle[:model_at] + junk + bundle[model_at:directory_at] + bytes(directory) + bytes(end)
+
+
+def with_extra_field(bundle: bytes) -> bytes:
+    """The same members repacked by zipfile with an extra field on the model."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in members(bundle):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            if name.startswith("model."):
+                info.extra = b"\xfe\xca\x04\x00abcd"
+            archive.writestr(info, data)
+    return out.getvalue()
+
+
+def with_other_timestamps(bundle: bytes) -> bytes:
+    """The same members repacked by zipfile with another modification time."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in members(bundle):
+            info = zipfile.ZipInfo(name, date_time=(2024, 5, 1, 12, 0, 0))
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, data)
+    return out.getvalue()

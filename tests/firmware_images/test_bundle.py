@@ -7,7 +7,18 @@ import zipfile
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from firmware_images_testkit import FAKE_MODEL, make_manifest, members, repack, replace
+from firmware_images_testkit import (
+    FAKE_MODEL,
+    inserted_before_directory,
+    inserted_between_members,
+    make_manifest,
+    members,
+    repack,
+    replace,
+    with_comment,
+    with_extra_field,
+    with_other_timestamps,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -224,17 +235,73 @@ VERIFIED = verify_bundle(BUNDLE, public_key=PUB)
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(index=st.integers(min_value=0, max_value=len(BUNDLE) - 1), bit=st.integers(0, 7))
-def test_any_flipped_bit_is_refused_or_changes_nothing_that_matters(index, bit):
-    # Bits outside the manifest, signature and model (ZIP timestamps, attributes) may be
-    # ignored; a flip anywhere else must be refused. What verify returns is never altered.
+def test_any_flipped_bit_is_refused(index, bit):
+    # Every byte of a bundle is covered: the signature, the pinned model hash, or the one
+    # canonical container layout (ZIP timestamps and attributes included).
     data = bytearray(BUNDLE)
     data[index] ^= 1 << bit
-    try:
-        verified = verify_bundle(bytes(data), public_key=PUB)
-    except BundleError:
-        return
-    assert verified.manifest == VERIFIED.manifest
-    assert verified.model == VERIFIED.model
+    with pytest.raises(BundleError):
+        verify_bundle(bytes(data), public_key=PUB)
+
+
+UNCOVERED = "signature does not cover"
+
+
+@pytest.mark.parametrize(
+    ("forge", "message"),
+    [
+        pytest.param(lambda b: with_comment(b, b"c" * 60_000), UNCOVERED, id="60KB-zip-comment"),
+        pytest.param(lambda b: with_comment(b, b"!"), UNCOVERED, id="1-byte-zip-comment"),
+        pytest.param(
+            lambda b: inserted_before_directory(b, b"x" * 1000), UNCOVERED, id="before-directory"
+        ),
+        pytest.param(
+            lambda b: inserted_before_directory(b, b"x" * 7, fix_offset=False),
+            "bytes before or after",  # what zipfile then reads as bytes prepended
+            id="before-directory-offsets-unfixed",
+        ),
+        pytest.param(
+            lambda b: inserted_between_members(b, b"y" * 64), UNCOVERED, id="between-members"
+        ),
+        pytest.param(with_extra_field, UNCOVERED, id="extra-field"),
+        pytest.param(with_other_timestamps, UNCOVERED, id="other-timestamps"),
+    ],
+)
+def test_bytes_the_signature_does_not_cover_are_refused(forge, message):
+    # Prepare: a forgery of the bundle with the same three members.
+    forged = forge(BUNDLE)
+    assert forged != BUNDLE
+    # Execute / Assert: refused, naming what is wrong.
+    with pytest.raises(BundleFormatError, match=message):
+        verify_bundle(forged, public_key=PUB)
+    with pytest.raises(BundleFormatError, match=message):
+        read_bundle(forged)
+
+
+def test_forgeries_are_well_formed_zips_with_the_same_members():
+    # The forgeries above are not refused for being unreadable: zipfile reads them whole.
+    for forged in (
+        with_comment(BUNDLE, b"c" * 60_000),
+        inserted_before_directory(BUNDLE, b"x" * 1000),
+        inserted_between_members(BUNDLE, b"y" * 64),
+        with_extra_field(BUNDLE),
+        with_other_timestamps(BUNDLE),
+    ):
+        assert members(forged) == members(BUNDLE)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    model=st.binary(min_size=1, max_size=3000),
+    target=st.sampled_from(["cpu-x86", "rpi5"]),
+    fmt=st.sampled_from(["onnx", "tflite"]),
+)
+def test_a_signed_bundle_has_one_byte_string(model, target, fmt):
+    # Packing the verified members again gives the same bytes: one SHA-256 per bundle.
+    bundle = _bundle(model, target=target, fmt=fmt)
+    verified = verify_bundle(bundle, public_key=PUB, target=target)
+    again = pack_bundle(manifest=verified.manifest, model=verified.model, private_key=KEY)
+    assert again == bundle
 
 
 def test_read_bundle_does_not_verify():

@@ -266,3 +266,42 @@ def test_viewer_can_download_but_not_upload(
     assert upload(client, viewer, model, b"def").status_code == 403
     download = client.get(f"/api/v1/artifacts/{artifact['id']}/download", headers=viewer)
     assert download.status_code == 200 and download.content == b"abc"
+
+
+def test_a_bundle_must_be_the_model_version_it_is_uploaded_for(
+    client: TestClient, admin: Headers, settings: FleetSettings
+) -> None:
+    # Prepare: v1 with its own bundle; v2 of the same task; a version of another task; a
+    # version holding a checkpoint.
+    from firmware_images.demo import build_demo_bundle
+
+    key = Ed25519PrivateKey.generate()
+    v1 = register(client, admin, task="synthetic-logreg")["id"]
+    v2 = register(client, admin, task="synthetic-logreg")["id"]
+    other_task = register(client, admin, task="digits-cnn")["id"]
+    with_checkpoint = register(client, admin, task="synthetic-logreg")["id"]
+    assert (
+        upload(client, admin, with_checkpoint, b"weights", format="torch", target="any").status_code
+        == 201
+    )
+    old = build_demo_bundle(private_key=key, version="v1", model_version=str(v1)).data
+    assert upload(client, admin, v1, old, format="bundle").status_code == 201
+    files_before = stored_files(settings)
+
+    def refused(model: int, data: bytes, **fields: str) -> str:
+        response = upload(client, admin, model, data, **{"format": "bundle", **fields})
+        assert response.status_code == 422, response.text
+        return str(response.json()["detail"])
+
+    # Execute / Assert: v1's bundle replayed as v2's artifact is refused, and the rest.
+    assert f"built from model version {v1}, not {v2}" in refused(v2, old)
+    assert "is a 'digits-cnn' model" in refused(other_task, old)
+    for_rpi5 = build_demo_bundle(private_key=key, version="v2", target="rpi5").data
+    assert "built for target 'rpi5', not 'cpu-x86'" in refused(v2, for_rpi5)
+    unbound = build_demo_bundle(private_key=key, version="x", seed=3).data
+    assert f"not model version {with_checkpoint}'s checkpoint" in refused(with_checkpoint, unbound)
+    assert "not a valid fedfleet bundle" in refused(v2, b"PK\x03\x04 not really a zip")
+    # Nothing refused was kept; v2's own bundle is accepted.
+    assert stored_files(settings) == files_before
+    own = build_demo_bundle(private_key=key, version="v2", model_version=str(v2), seed=1).data
+    assert upload(client, admin, v2, own, format="bundle").status_code == 201

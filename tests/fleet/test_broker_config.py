@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shutil
 import ssl
 import stat
@@ -161,7 +162,7 @@ def test_devices_read_the_shared_artifact_topic_but_cannot_publish_on_it(
 
     # Assert: only the fleet's publication reached the device.
     assert dev_b.got == [(shared, b"fleet-chunk")]
-    assert f"pattern read {proto.ARTIFACT_FILTER}" in acl_text()
+    assert f"user dev-bbbb\ntopic read {proto.ARTIFACT_FILTER}" in acl_text(devices=["dev-bbbb"])
 
 
 def test_wrong_password_and_unknown_users_are_refused(broker: tuple[MosquittoProcess, str]) -> None:
@@ -275,7 +276,7 @@ def test_tls_listener_accepts_a_device_with_the_ca(tmp_path: Path) -> None:
     assert agent_ok
 
 
-def _tls_agent(tmp_path: Path, *, port: int, ca: Path) -> DeviceAgent:
+def _tls_agent(tmp_path: Path, *, port: int, ca: Path | None, password: str = "pw") -> DeviceAgent:
     key = tmp_path / "fleet.pub"
     key.write_bytes(
         Ed25519PrivateKey.generate()
@@ -287,7 +288,7 @@ def _tls_agent(tmp_path: Path, *, port: int, ca: Path) -> DeviceAgent:
         target="cpu-x86",
         slots_dir=tmp_path / "slots",
         public_key=key,
-        broker=BrokerSettings(host="localhost", port=port, password="pw", ca_file=ca),
+        broker=BrokerSettings(host="localhost", port=port, password=password, ca_file=ca),
     )
     return DeviceAgent(config)
 
@@ -332,3 +333,126 @@ def test_cli_writes_the_files_from_the_database_and_refuses_half_tls(
     )
     assert bad.exit_code == 2 and "--tls-key" in bad.output
     assert not (tmp_path / "o2").exists()
+
+
+class Session:
+    """A device-like client: chosen client id, persistent session, Last Will on a status topic."""
+
+    def __init__(
+        self, port: int, user: str, *, client_id: str, clean: bool, will_topic: str | None = None
+    ) -> None:
+        self.got: list[tuple[str, bytes]] = []
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.disconnects: list[str] = []
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=clean,
+            protocol=mqtt.MQTTv311,
+        )
+        self.client.username_pw_set(user, PASSWORDS[user])
+        if will_topic is not None:
+            self.client.will_set(will_topic, b"offline", qos=1)
+        self.client.on_connect = lambda *_: self.connected.set()
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_disconnect = lambda _c, _u, _f, reason, _p: self.disconnects.append(
+            str(reason)
+        )
+        self.client.on_message = lambda _c, _u, m: self.got.append((m.topic, bytes(m.payload)))
+        self.client.reconnect_delay_set(min_delay=30, max_delay=30)  # no reconnect fights
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def generated_broker() -> Iterator[tuple[MosquittoProcess, str]]:
+    """Mosquitto running the ``mosquitto.conf`` that ``write_broker_config`` generated."""
+    folder = Path(tempfile.mkdtemp(prefix="fedfleet-sessions-"))
+    os.chmod(folder, 0o755)  # Mosquitto started as root reads it as the 'mosquitto' user
+    port = free_port()
+    files = write_broker_config(
+        out=folder / "broker",
+        devices=[(user, mosquitto_hash(pw)) for user, pw in PASSWORDS.items()],
+        port=port,
+    )
+    process = MosquittoProcess(config=files.conf, port=port)
+    try:
+        yield process.start(), files.fleet_password_file.read_text().strip()
+    finally:
+        process.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_device_cannot_take_over_another_devices_session(
+    generated_broker: tuple[MosquittoProcess, str],
+) -> None:
+    # Prepare: the fleet watches statuses; b holds a persistent session with a Last Will.
+    process, fleet_password = generated_broker
+    status_b, cmd_b = proto.topic("dev-bbbb", "status"), proto.topic("dev-bbbb", "cmd")
+    fleet = Listener(process.port, FLEET_USER, fleet_password, [proto.uplink_filter("status")])
+    b = Session(process.port, "dev-bbbb", client_id="dev-bbbb", clean=False, will_topic=status_b)
+    attackers: list[Session] = []
+    try:
+        assert _wait(lambda: fleet.subscribed.is_set() and b.connected.is_set())
+        b.client.subscribe(cmd_b, qos=1)
+        assert _wait(b.subscribed.is_set)
+        # Execute 1: a connects with its own password and b's client id, a clean session.
+        attackers.append(Session(process.port, "dev-aaaa", client_id="dev-bbbb", clean=True))
+        assert _wait(attackers[-1].connected.is_set)
+        time.sleep(1.0)  # a takeover would have ended b's connection and fired its Will by now
+        # Assert 1: b is still connected and its Will was not published.
+        assert b.disconnects == [] and b.client.is_connected()
+        assert fleet.got == []
+        # Execute 2: b goes away cleanly; the fleet queues a command for it; a tries again
+        # with a clean session (a takeover would erase b's queue); b comes back.
+        b.close()
+        fleet.client.publish(cmd_b, b"queued-for-b", qos=1).wait_for_publish(5)
+        attackers.append(Session(process.port, "dev-aaaa", client_id="dev-bbbb", clean=True))
+        assert _wait(attackers[-1].connected.is_set)
+        time.sleep(0.3)
+        b = Session(process.port, "dev-bbbb", client_id="dev-bbbb", clean=False)
+        assert _wait(lambda: b.got != [])
+    finally:
+        for client in (fleet, b, *attackers):
+            client.close()
+    # Assert 2: b's queued command survived; a never received it.
+    assert b.got == [(cmd_b, b"queued-for-b")]
+    assert all(attacker.got == [] for attacker in attackers)
+
+
+def test_the_generated_config_loads_without_acl_warnings(
+    generated_broker: tuple[MosquittoProcess, str],
+) -> None:
+    # Every ACL pattern names the user (%u); shared topics are per-user topic lines.
+    process, _ = generated_broker
+    log = process.log.read_text()
+    assert "running" in log
+    assert "Warning" not in log and "does not contain" not in log, log
+    assert "use_username_as_clientid true" in process.conf.read_text()
+
+
+def test_the_device_agent_works_with_one_session_per_user(
+    tmp_path: Path, generated_broker: tuple[MosquittoProcess, str]
+) -> None:
+    # Prepare: the fleet listens to statuses on the generated config's broker.
+    process, fleet_password = generated_broker
+    fleet = Listener(process.port, FLEET_USER, fleet_password, [proto.uplink_filter("status")])
+    agent = _tls_agent(tmp_path, port=process.port, ca=None, password=PASSWORDS["dev-aaaa"])
+    try:
+        assert _wait(fleet.subscribed.is_set)
+        # Execute: the real agent connects (client id = its device id = its user name).
+        agent.start()
+        got_status = _wait(
+            lambda: any(t == proto.topic("dev-aaaa", "status") for t, _ in fleet.got)
+        )
+    finally:
+        agent.stop()
+        fleet.close()
+    # Assert: connected and published its status; the broker named its session after it.
+    assert got_status
+    assert re.search(r"as dev-aaaa \(p2, c0, k\d+, u'dev-aaaa'\)", process.log.read_text())

@@ -79,3 +79,52 @@ def test_each_app_has_its_own_metrics(
     other = app_factory(settings_factory())
     client.get("/healthz")
     assert 'route="/healthz"' not in other.get("/metrics", headers=admin).text
+
+
+def _series(client: TestClient) -> set[str]:
+    """Every sample name with its labels in the app's registry (one per time series)."""
+    registry = client.app.state.metrics_registry  # type: ignore[attr-defined]
+    return {
+        f"{sample.name}{sorted(sample.labels.items())}"
+        for family in registry.collect()
+        if family.name.startswith("fleet_http")
+        for sample in family.samples
+    }
+
+
+def test_random_paths_add_a_bounded_number_of_series(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    # Prepare: one request of each kind first, so their label sets exist.
+    import random
+    import string
+
+    rng = random.Random(15)
+    kinds = [
+        "/static/{x}",  # the dashboard's static mount
+        "/static/{x}/{y}.css",
+        "/{x}",
+        "/{x}/{y}",
+        "/api/v1/{x}",  # no token: the auth gate answers
+        "/api/v1/devices/{x}",  # with a token: a route with a path parameter
+        "/docs/{x}",
+    ]
+
+    def path(kind: str) -> str:
+        word = lambda: "".join(rng.choices(string.ascii_lowercase + string.digits, k=12))  # noqa: E731
+        return kind.format(x=word(), y=word())
+
+    for kind in kinds:
+        client.get(path(kind), headers=admin if "devices" in kind else {})
+    before = _series(client)
+    # Execute: 2,000 requests to random paths of the same kinds.
+    for number in range(2000):
+        kind = kinds[number % len(kinds)]
+        client.get(path(kind), headers=admin if "devices" in kind else {})
+    after = _series(client)
+    # Assert: no new series; unknown paths share one label, routes keep their template.
+    assert after - before == set()
+    routes = {label for name in after for label in [name] if "route" in name}
+    assert any("'<unmatched>'" in name for name in routes)
+    assert any("'/api/v1/devices/{device_id}'" in name for name in routes)
+    assert len(before) < 200
