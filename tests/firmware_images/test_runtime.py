@@ -18,7 +18,7 @@ from firmware_images.errors import ModelLoadError, RuntimeUnavailableError, Self
 from firmware_images.keys import load_public_key
 from firmware_images.runtime import TFLiteRunner, load_runner, runner_for, self_test
 
-DEVICE_MODULES = ["errors", "keys", "manifest", "bundle", "targets", "runtime"]
+DEVICE_MODULES = ["errors", "keys", "manifest", "bundle_layout", "bundle", "targets", "runtime"]
 ALLOWED_THIRD_PARTY = {"cryptography", "numpy", "onnxruntime", "ai_edge_litert"}
 FORBIDDEN = {
     "torch", "onnx", "onnxscript", "litert_torch", "ai_edge_quantizer", "tasks",
