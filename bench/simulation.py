@@ -87,8 +87,9 @@ def plain_loop(clients: int, per_round: int, rounds: int, seed: int, epochs: int
                 local.x_train,
                 local.y_train,
                 epochs=epochs,
-                batch_size=16,
-                learning_rate=0.05,
+                batch_size=spec.defaults.batch_size,  # the task's defaults, as the
+                learning_rate=spec.defaults.learning_rate,  # engines' (only the epochs
+                momentum=spec.defaults.momentum,  # are given, --local-epochs)
                 seed=int(seed_seq.generate_state(1)[0]),
             )
             for k, v in model.state_dict().items():

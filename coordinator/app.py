@@ -98,11 +98,13 @@ def build_loop(
     secagg = secagg_from_run_config(run_config, config)  # refuses bad settings before round 1
     secure = SecAggExchange(secagg) if secagg is not None else None
     setup = build_strategy_setup(config, run_config, exchange=secure, telemetry=telemetry)
+    train = config.train_defaults()  # what the run sets, else the task's defaults
     train_config = ConfigRecord(
         {
-            k.LOCAL_EPOCHS: config.local_epochs,
-            k.BATCH_SIZE: config.batch_size,
-            k.LEARNING_RATE: config.learning_rate,
+            k.LOCAL_EPOCHS: train.local_epochs,
+            k.BATCH_SIZE: train.batch_size,
+            k.LEARNING_RATE: train.learning_rate,
+            k.MOMENTUM: train.momentum,
         }
     )
     checkpoints = (
@@ -133,7 +135,8 @@ def run_federation(
     telemetry: TelemetrySource | None = None,
 ) -> None:
     """The ServerApp's main: validate the run config, run the rounds, write results."""
-    config = RunConfig.from_run_config(context.run_config)
+    # The task's training defaults filled in, so metrics.json records what ran.
+    config = RunConfig.from_run_config(context.run_config).with_task_defaults()
     out_dir = Path(config.out_dir) if config.out_dir else None
     records: list[RoundRecord] = []
     tracker = RunTracker.for_run(context.run_config)  # deployment runs: status.json

@@ -10,11 +10,14 @@ import contextlib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tasks import PartitionSpec, available_tasks
+
+if TYPE_CHECKING:
+    from tasks.base import TrainDefaults
 
 _TYPE_NAMES = {
     bool: "a boolean (true or false)",
@@ -61,6 +64,11 @@ class RunConfig:
     quorum of successful replies below which a round is not applied. ``initial_model``
     is a ``model.pt`` (a state dict of the task's model) to start from instead of a
     fresh model: retraining a deployed model warm (``fedfleet run submit --retrain``).
+
+    The local-training hyper-parameters (``local_epochs``, ``batch_size``,
+    ``learning_rate``, ``momentum``) default to ``None``: the task's own
+    (``tasks.TrainDefaults``, their one home), filled in by :meth:`with_task_defaults`
+    when the run starts. A ``None`` is left out of the Flower run config.
     """
 
     task: str = "digits-cnn"
@@ -68,9 +76,10 @@ class RunConfig:
     num_server_rounds: int = 3
     num_clients: int = 10
     clients_per_round: int = 10
-    local_epochs: int = 1
-    batch_size: int = 16
-    learning_rate: float = 0.05
+    local_epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    momentum: float | None = None
     partition: str = "iid"
     seed: int = 0
     fraction_evaluate: float = 0.0
@@ -80,19 +89,25 @@ class RunConfig:
     initial_model: str = ""
 
     @classmethod
+    def key_types(cls) -> dict[str, type]:
+        """Each run-config key (kebab-case) and the type its value must have."""
+        return {
+            name.replace("_", "-"): TASK_DEFAULTED.get(name, type(default))
+            for name, default in asdict(cls()).items()
+        }
+
+    @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
         """Read the kebab-case keys of a Flower run config; unknown keys are left to
         the features that own them (``secagg-*``, ``dp-*``, ``strategy-*``)."""
         values: dict[str, Any] = {}
-        for field_name, default in asdict(cls()).items():
-            key = field_name.replace("_", "-")
+        for key, kind in cls.key_types().items():
             if key in run_config:
                 try:
-                    values[field_name] = type(default)(run_config[key])
+                    values[key.replace("-", "_")] = kind(run_config[key])
                 except (TypeError, ValueError):
                     raise ValueError(
-                        f"run config {key}={run_config[key]!r} is not a valid "
-                        f"{type(default).__name__}"
+                        f"run config {key}={run_config[key]!r} is not a valid {kind.__name__}"
                     ) from None
         config = cls(**values)
         config.validate()
@@ -113,7 +128,8 @@ class RunConfig:
             "batch_size",
             "min_clients",
         ):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1")
         if self.clients_per_round > self.num_clients:
             raise ValueError(
@@ -125,8 +141,12 @@ class RunConfig:
                 f"min-clients ({self.min_clients}) is larger than clients-per-round "
                 f"({self.clients_per_round}); lower min-clients"
             )
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+        if self.learning_rate is not None and not (
+            self.learning_rate > 0 and math.isfinite(self.learning_rate)
+        ):
             raise ValueError("learning-rate must be a positive number")
+        if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
+            raise ValueError("momentum must be >= 0 and < 1 (0 = plain SGD)")
         if not 0.0 <= self.fraction_evaluate <= 1.0:
             raise ValueError("fraction-evaluate must be between 0 and 1")
         if not self.round_timeout > 0:
@@ -138,5 +158,33 @@ class RunConfig:
             )
 
     def as_run_config(self) -> dict[str, Any]:
-        """The kebab-case mapping Flower passes around (inverse of from_run_config)."""
-        return {name.replace("_", "-"): value for name, value in asdict(self).items()}
+        """The kebab-case mapping Flower passes around (inverse of from_run_config);
+        a setting left to the task (``None``) is left out."""
+        return {
+            name.replace("_", "-"): value
+            for name, value in asdict(self).items()
+            if value is not None
+        }
+
+    def train_defaults(self) -> TrainDefaults:
+        """The local-training settings of this run: the task's defaults
+        (``tasks.TrainDefaults``), with each one this config sets in their place
+        (imports the task's module)."""
+        from tasks import get_task
+
+        given = {n: getattr(self, n) for n in TASK_DEFAULTED if getattr(self, n) is not None}
+        return replace(get_task(self.task).defaults, **given)
+
+    def with_task_defaults(self) -> RunConfig:
+        """This config with every training setting it leaves to the task filled in."""
+        train = self.train_defaults()
+        return replace(self, **{name: getattr(train, name) for name in TASK_DEFAULTED})
+
+
+# Settings whose default is the task's (tasks.TrainDefaults field names), with their type.
+TASK_DEFAULTED: dict[str, type] = {
+    "local_epochs": int,
+    "batch_size": int,
+    "learning_rate": float,
+    "momentum": float,
+}

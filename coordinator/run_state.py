@@ -21,7 +21,7 @@ import datetime as dt
 import json
 import secrets
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +50,7 @@ def parse_run_toml(path: Path) -> dict[str, Any]:
     if extra or not isinstance(doc.get("run"), dict):
         raise ValueError(f"{path.name}: put the run's keys in one [run] table")
     run_config: dict[str, Any] = {}
-    core_types = {
-        name.replace("_", "-"): type(default) for name, default in asdict(RunConfig()).items()
-    }
+    core_types = RunConfig.key_types()
     for key, value in doc["run"].items():
         if isinstance(value, dict | list):
             raise ValueError(f"{path.name}: run.{key} must be a string, number or boolean")

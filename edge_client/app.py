@@ -33,7 +33,7 @@ def load_client_data(settings: ClientSettings) -> ClientData:
     if settings.site_config:
         from edge_client.site_data import load_for_task
 
-        return load_for_task(Path(settings.site_config), settings.task)
+        return load_for_task(Path(settings.site_config), settings.task, seed=settings.seed)
     return partition_data(
         task_name=settings.task,
         partition_id=settings.partition_id,
@@ -78,6 +78,7 @@ def handle_train(message: Message, context: Context) -> Message:
         learning_rate=settings.learning_rate,
         seed=settings.train_seed,
         proximal_mu=settings.proximal_mu,
+        momentum=settings.momentum,
     )
     content = RecordDict(
         {

@@ -91,13 +91,15 @@ def train_dp_local(
     max_grad_norm: float,
     grad_sample_mode: GradSampleMode = "ghost",
     proximal_mu: float = 0.0,
+    momentum: float = 0.0,
 ) -> DPTrainResult:
     """Train ``model`` in place with DP-SGD (Opacus ``PrivacyEngine``, Poisson sampling).
 
     The per-step sample rate is ``1 / ceil(n / batch_size)`` (Opacus's ``DPDataLoader``);
     ``noise_multiplier`` is the noise std over ``max_grad_norm`` (the per-sample
     gradient L2 bound). A FedProx term (``proximal_mu``) is applied as a
-    data-independent step after each noisy update, so it costs no privacy.
+    data-independent step after each noisy update, so it costs no privacy; so does SGD
+    ``momentum``, which only combines the noisy gradients already released.
     ``model`` must already be DP-compatible (:func:`make_dp_compatible`).
     """
     from opacus import PrivacyEngine
@@ -111,7 +113,7 @@ def train_dp_local(
     dataset = TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y))
     loader = DataLoader(dataset, batch_size=batch_size, generator=_secret_generator())
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
     model.train()
     with warnings.catch_warnings():
         # Opacus warns that secure_mode is off: its torchcsprng is unavailable here; the
@@ -243,6 +245,7 @@ def train_with_dp(
             max_grad_norm=dp.clip,
             grad_sample_mode=dp.grad_sample_mode,
             proximal_mu=settings.proximal_mu,
+            momentum=settings.momentum,
         )
         if not math.isclose(result.sample_rate, mechanism.sample_rate, rel_tol=1e-9):
             raise RuntimeError(

@@ -9,6 +9,7 @@ from flwr.app import ConfigRecord, Context
 
 from edge_client.protocol import keys as k
 from edge_client.protocol.site import NC_SITE_CONFIG
+from tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,8 @@ class ClientSettings:
 
     ``task``, ``seed`` and ``partition`` come from the run config; ``partition_id`` and
     ``num_partitions`` from the node config (simulation engines set them).
-    Round-level hyper-parameters come from the instruction's ConfigRecord.
+    Round-level hyper-parameters come from the instruction's ConfigRecord (fedfleet's
+    coordinator always sends them); one it lacks is the task's default.
     """
 
     task: str
@@ -30,6 +32,7 @@ class ClientSettings:
     batch_size: int
     learning_rate: float
     proximal_mu: float
+    momentum: float = 0.0
     site_config: str = ""  # a silo's site.toml (node config `site-config`); "" in simulation
 
     @classmethod
@@ -47,17 +50,20 @@ class ClientSettings:
                 f"node config lacks {exc.args[0]!r}; start the SuperNode with "
                 "--node-config 'partition-id=I num-partitions=N' (or use a site config)"
             ) from None
+        task = str(rc.get(k.RC_TASK, "digits-cnn"))
+        defaults = get_task(task).defaults
         return cls(
-            task=str(rc.get(k.RC_TASK, "digits-cnn")),
+            task=task,
             seed=int(rc.get(k.RC_SEED, 0)),
             partition=str(rc.get(k.RC_PARTITION, "iid")),
             partition_id=partition_id,
             num_partitions=num_partitions,
             server_round=int(_scalar(config, k.SERVER_ROUND, 0)),
-            local_epochs=int(_scalar(config, k.LOCAL_EPOCHS, 1)),
-            batch_size=int(_scalar(config, k.BATCH_SIZE, 16)),
-            learning_rate=float(_scalar(config, k.LEARNING_RATE, 0.05)),
+            local_epochs=int(_scalar(config, k.LOCAL_EPOCHS, defaults.local_epochs)),
+            batch_size=int(_scalar(config, k.BATCH_SIZE, defaults.batch_size)),
+            learning_rate=float(_scalar(config, k.LEARNING_RATE, defaults.learning_rate)),
             proximal_mu=float(_scalar(config, k.PROXIMAL_MU, 0.0)),
+            momentum=float(_scalar(config, k.MOMENTUM, defaults.momentum)),
             site_config=site_config,
         )
 

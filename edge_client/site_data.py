@@ -178,8 +178,14 @@ def load_site_data(spec: DataSpec, *, num_features: int, num_classes: int) -> Cl
     )
 
 
-def load_for_task(config_path: Path, task_name: str) -> ClientData:
-    """The site's data shaped for ``task_name`` (ClientApp entry point)."""
+def load_for_task(config_path: Path, task_name: str, *, seed: int) -> ClientData:
+    """The site's data shaped and scaled for ``task_name`` (ClientApp entry point).
+
+    The site's files hold raw records (a hospital's measurements as recorded); they are
+    scaled with the task's own input scaling (``Dataset.input_mean``/``input_std`` of
+    ``load_data(seed)``, fit on the task's training split, ``seed`` the run's), the
+    scaling every other party's copy of the model sees: the simulator, the
+    coordinator's evaluation and the exported bundles."""
     from edge_client.site_config import SiteConfig
     from tasks import get_task
 
@@ -187,10 +193,11 @@ def load_for_task(config_path: Path, task_name: str) -> ClientData:
     task = get_task(task_name)
     num_features = int(np.prod(task.input_shape))
     data = load_site_data(config.data, num_features=num_features, num_classes=task.num_classes)
+    reference = task.load_data(seed)
     shape = (-1, *task.input_shape)
     return ClientData(
-        x_train=data.x_train.reshape(shape),
+        x_train=reference.scale_raw(data.x_train.reshape(shape)),
         y_train=data.y_train,
-        x_eval=data.x_eval.reshape(shape),
+        x_eval=reference.scale_raw(data.x_eval.reshape(shape)),
         y_eval=data.y_eval,
     )

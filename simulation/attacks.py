@@ -132,6 +132,7 @@ def _train_on_flipped_labels(message: Message, context: Context) -> Message:
         learning_rate=settings.learning_rate,
         seed=settings.train_seed,
         proximal_mu=settings.proximal_mu,
+        momentum=settings.momentum,
     )
     content = RecordDict(
         {

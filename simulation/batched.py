@@ -6,14 +6,16 @@ one per client of a round — together: it stacks the clients' parameters and ta
 SGD step for all of them at once (``torch.func.vmap`` of ``functional_call`` over the
 stacked parameters — the model-ensembling recipe of the ``torch.func`` documentation —
 and one ``autograd.grad`` for all clients). Every client keeps its own batch order,
-learning rate, epochs, proximal term and data size:
+learning rate, momentum, epochs, proximal term and data size:
 
 - at step ``s`` only clients with an ``s``-th minibatch take part; they are grouped by
   minibatch size (the last minibatch of an epoch is smaller), so there is no padding
   and no client ever sees another's samples;
 - the loss of a step is the mean cross-entropy of that client's minibatch (plus
   ``mu/2 · ||w − w_global||²`` for FedProx), exactly the expression ``train_local``
-  differentiates, and the update is the same ``p ← p − lr · g`` as ``torch.optim.SGD``;
+  differentiates, and the update is the same ``p ← p − lr · g`` as ``torch.optim.SGD``
+  (with momentum ``m``: ``b ← m · b + g``, ``p ← p − lr · b``, the buffer ``b``
+  starting at zero — ``torch.optim.SGD``'s first step sets ``b = g``, the same value);
 - the reported loss is the last epoch's example-weighted mean, accumulated in the same
   order and precision as ``train_local``.
 
@@ -61,6 +63,7 @@ class TrainJob:
     learning_rate: float
     seed: int
     proximal_mu: float = 0.0
+    momentum: float = 0.0
 
 
 def batchable(model: nn.Module) -> bool:
@@ -85,6 +88,7 @@ def train_one_by_one(job: TrainJob) -> TrainResult:
         learning_rate=job.learning_rate,
         seed=job.seed,
         proximal_mu=job.proximal_mu,
+        momentum=job.momentum,
     )
 
 
@@ -190,6 +194,7 @@ class _Group:
     names: list[str]  # parameter names, in ``named_parameters`` order
     stacked: dict[str, torch.Tensor]  # each parameter, clients along dimension 0
     initial: dict[str, torch.Tensor]  # ``stacked`` before training (FedProx only, else {})
+    velocity: dict[str, torch.Tensor]  # momentum buffers, zero at the start (else {})
     xs: list[torch.Tensor]
     ys: list[torch.Tensor]
     orders: list[list[np.ndarray]]  # each client's minibatches, as ``train_local`` visits them
@@ -205,8 +210,10 @@ def _train_group(
     own_params = [[p for _, p in params] for params in named]
     group = _start_group(jobs, named, own_params)
     for step in range(max(group.steps)):
-        for (_, lr, mu), members in _cohorts(jobs, group.orders, step).items():
-            _cohort_step(group, members, step, lr=lr, mu=mu, everyone=len(members) == len(jobs))
+        for (_, lr, mu, m), members in _cohorts(jobs, group.orders, step).items():
+            _cohort_step(
+                group, members, step, lr=lr, mu=mu, momentum=m, everyone=len(members) == len(jobs)
+            )
     with torch.no_grad():
         for j, name in enumerate(group.names):
             for own, value in zip(own_params, group.stacked[name].unbind(0), strict=True):
@@ -239,6 +246,8 @@ def _start_group(
         }
     proximal = any(job.proximal_mu > 0 for job in jobs)
     initial = {name: value.clone() for name, value in stacked.items()} if proximal else {}
+    heavy_ball = any(job.momentum > 0 for job in jobs)
+    velocity = {name: torch.zeros_like(v) for name, v in stacked.items()} if heavy_ball else {}
     orders = [
         batch_order(len(job.x), batch_size=job.batch_size, epochs=job.epochs, seed=job.seed)
         for job in jobs
@@ -248,6 +257,7 @@ def _start_group(
         names=names,
         stacked=stacked,
         initial=initial,
+        velocity=velocity,
         xs=[torch.from_numpy(np.ascontiguousarray(job.x)) for job in jobs],
         ys=[torch.from_numpy(np.ascontiguousarray(job.y)) for job in jobs],
         orders=orders,
@@ -259,19 +269,27 @@ def _start_group(
 
 def _cohorts(
     jobs: list[TrainJob], orders: list[list[np.ndarray]], step: int
-) -> dict[tuple[int, float, float], list[int]]:
+) -> dict[tuple[int, float, float, float], list[int]]:
     """Clients taking a step now, grouped so each group stacks equal shapes:
-    (minibatch size, learning rate, proximal mu) -> client indices."""
-    cohorts: dict[tuple[int, float, float], list[int]] = defaultdict(list)
+    (minibatch size, learning rate, proximal mu, momentum) -> client indices."""
+    cohorts: dict[tuple[int, float, float, float], list[int]] = defaultdict(list)
     for c, order in enumerate(orders):
         if step < len(order):
-            key = (len(order[step]), jobs[c].learning_rate, jobs[c].proximal_mu)
+            job = jobs[c]
+            key = (len(order[step]), job.learning_rate, job.proximal_mu, job.momentum)
             cohorts[key].append(c)
     return cohorts
 
 
 def _cohort_step(
-    group: _Group, members: list[int], step: int, *, lr: float, mu: float, everyone: bool
+    group: _Group,
+    members: list[int],
+    step: int,
+    *,
+    lr: float,
+    mu: float,
+    momentum: float,
+    everyone: bool,
 ) -> None:
     """One SGD step for the clients ``members`` (all of the group when ``everyone``)."""
     stacked = group.stacked
@@ -285,12 +303,20 @@ def _cohort_step(
     x = torch.stack([group.xs[c][torch.from_numpy(group.orders[c][step])] for c in members])
     y = torch.stack([group.ys[c][torch.from_numpy(group.orders[c][step])] for c in members])
     grads, losses = _client_losses(group.template, mu, params, global_params, x, y)
+    velocity = group.velocity
+    if momentum > 0 and not everyone:
+        velocity = {n: v[index] for n, v in group.velocity.items()}
     with torch.no_grad():
         # p ← p − lr·g in place (the same kernel as torch.add; no fresh
         # allocation of the whole stack every step). ``params`` is ``stacked``
-        # itself, or a gathered copy written back.
+        # itself, or a gathered copy written back; the same for the momentum buffers.
         for n in group.names:
-            params[n].add_(grads[n], alpha=-lr)
+            step_dir = grads[n]
+            if momentum > 0:  # torch.optim.SGD: b ← m·b + g, then p ← p − lr·b
+                step_dir = velocity[n].mul_(momentum).add_(grads[n])
+                if not everyone:
+                    group.velocity[n].index_copy_(0, index, step_dir)
+            params[n].add_(step_dir, alpha=-lr)
             if not everyone:
                 stacked[n].index_copy_(0, index, params[n])
     batch = x.shape[1]

@@ -73,6 +73,11 @@ LrOption = Annotated[
     float | None, typer.Option(help=f"Local SGD learning rate. (default: {_default('lr')})")
 ]
 
+MomentumOption = Annotated[
+    float | None,
+    typer.Option(help=f"Local SGD momentum, 0 = plain SGD. (default: {_default('momentum')})"),
+]
+
 PartitionOption = Annotated[
     str | None,
     typer.Option(
@@ -318,6 +323,7 @@ def simulate(
     local_epochs: LocalEpochsOption = None,
     batch_size: BatchSizeOption = None,
     lr: LrOption = None,
+    momentum: MomentumOption = None,
     partition: PartitionOption = None,
     seed: SeedOption = None,
     engine: EngineOption = None,

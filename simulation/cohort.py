@@ -77,8 +77,9 @@ def run_cohort(
         learning_rate: float,
         seed: int,
         proximal_mu: float = 0.0,
+        momentum: float = 0.0,
     ) -> TrainResult:
-        job = TrainJob(model, x, y, epochs, batch_size, learning_rate, seed, proximal_mu)
+        job = TrainJob(model, x, y, epochs, batch_size, learning_rate, seed, proximal_mu, momentum)
         outcome = main.switch(job)
         if isinstance(outcome, _Failed):
             raise outcome.error

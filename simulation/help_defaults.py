@@ -8,15 +8,19 @@ and Flower (seconds), so ``fedfleet simulate --help`` answers at once.
 
 from __future__ import annotations
 
+# How the help shows a setting whose default is the task's (a ``None`` in the settings).
+TASK_DEFAULT = "the task's"
+
 SHOWN_DEFAULTS: dict[str, str] = {
     "task": "digits-cnn",
     "strategy": "fedavg",
     "clients": "10",
     "clients_per_round": "10",
     "rounds": "3",
-    "local_epochs": "1",
-    "batch_size": "16",
-    "lr": "0.05",
+    "local_epochs": TASK_DEFAULT,
+    "batch_size": TASK_DEFAULT,
+    "lr": TASK_DEFAULT,
+    "momentum": TASK_DEFAULT,
     "partition": "iid",
     "seed": "0",
     "engine": "inprocess",
@@ -42,7 +46,9 @@ SHOWN_DEFAULTS: dict[str, str] = {
 
 def shown(value: object) -> str:
     """A setting's default as the help shows it: on/off for switches, 0 for 0.0, 1e-5
-    for 1e-05."""
+    for 1e-05, "the task's" for a setting the task decides (``None``)."""
+    if value is None:
+        return TASK_DEFAULT
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, float):

@@ -58,6 +58,7 @@ FEDFLEET_APP_ONLY = (
     "local_epochs",
     "batch_size",
     "lr",
+    "momentum",
     "partition",
     "fraction_evaluate",
     "strategy_options",
@@ -84,9 +85,11 @@ class SimulateSettings:
     clients: int = _CORE.num_clients
     clients_per_round: int = _CORE.clients_per_round
     rounds: int = _CORE.num_server_rounds
-    local_epochs: int = _CORE.local_epochs
-    batch_size: int = _CORE.batch_size
-    lr: float = _CORE.learning_rate
+    # local training: None = the task's default (tasks.TrainDefaults, their one home)
+    local_epochs: int | None = _CORE.local_epochs
+    batch_size: int | None = _CORE.batch_size
+    lr: float | None = _CORE.learning_rate
+    momentum: float | None = _CORE.momentum
     partition: str = _CORE.partition
     seed: int = _CORE.seed
     engine: str = ENGINES[0]
@@ -194,6 +197,7 @@ class SimulateSettings:
             local_epochs=self.local_epochs,
             batch_size=self.batch_size,
             learning_rate=self.lr,
+            momentum=self.momentum,
             partition=self.partition,
             seed=self.seed,
             fraction_evaluate=self.fraction_evaluate,
@@ -217,8 +221,11 @@ class SimulateSettings:
 
 
 def _field_type(field: Any) -> type:
-    """The scalar type a setting holds (``float | None`` settings hold floats)."""
-    return float if field.default is None else type(field.default)
+    """The scalar type a setting holds (``int | None`` settings hold ints, other
+    ``X | None`` settings floats)."""
+    if field.default is None:
+        return int if str(field.type).startswith("int") else float
+    return type(field.default)
 
 
 def _check_types(path: Path, values: Mapping[str, Any], *, known: Mapping[str, type]) -> None:

@@ -16,6 +16,14 @@ class Dataset:
     ``x_*`` are float32 arrays shaped ``(n, *input_shape)``; ``y_*`` are int64 class ids.
     ``groups_train`` holds the natural owner of each training sample (for the synthetic
     task, the generating user), or ``None`` where the data has no natural owners.
+
+    ``input_mean``/``input_std`` are the task's input scaling: ``x = (raw - mean) / std``,
+    fit on the raw TRAINING split only (never the test split) and already applied to
+    ``x_train`` and ``x_test``; their shapes broadcast against one sample of
+    ``input_shape`` (a scalar for images, one value per column for tables). A site that
+    reads its own raw records applies the same scaling (:meth:`scale_raw`), so every
+    party feeds the model what it was trained on. ``None`` where the raw features are
+    the model's inputs already.
     """
 
     x_train: np.ndarray
@@ -23,17 +31,47 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     groups_train: np.ndarray | None = None
+    input_mean: np.ndarray | None = None
+    input_std: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
             raise ValueError("Dataset: features and labels must have the same length")
+        if (self.input_mean is None) != (self.input_std is None):
+            raise ValueError("Dataset: input_mean and input_std are given together or not at all")
+
+    def scale_raw(self, x_raw: np.ndarray) -> np.ndarray:
+        """Raw records (shaped ``(n, *input_shape)``) scaled as ``x_train`` was, float32."""
+        if self.input_mean is None or self.input_std is None:
+            return np.asarray(x_raw, dtype=np.float32)
+        return ((x_raw - self.input_mean) / self.input_std).astype(np.float32)
+
+
+def fit_scaling(x_train_raw: np.ndarray, *, per_feature: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of the raw training split: one pair per feature
+    (tables) or one for all values (images, whose pixels share a scale). A constant
+    feature gets std 1, so it scales to 0 rather than to a division by zero."""
+    if per_feature:
+        mean, std = x_train_raw.mean(axis=0), x_train_raw.std(axis=0)
+    else:
+        mean, std = np.asarray(x_train_raw.mean()), np.asarray(x_train_raw.std())
+    std = np.where(std > 0, std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
 
 
 @dataclass(frozen=True)
 class TrainDefaults:
-    """Default local-training hyper-parameters of a task (plain minibatch SGD)."""
+    """Default local-training hyper-parameters of a task (minibatch SGD with momentum).
+
+    The one home of these defaults: the coordinator fills every one a run does not set
+    from its task's (``RunConfig.with_task_defaults``), and sends them to the clients
+    with each round. ``momentum`` is SGD's heavy-ball coefficient (``torch.optim.SGD``,
+    no dampening), its buffer starting at zero each round. Each built-in task's values
+    were measured to reach its accuracy target in a few rounds (docs/simulation.md).
+    """
 
     learning_rate: float = 0.05
+    momentum: float = 0.0
     batch_size: int = 16
     local_epochs: int = 1
 

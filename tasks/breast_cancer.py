@@ -12,7 +12,7 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from tasks.base import Dataset, TaskSpec, TrainDefaults
+from tasks.base import Dataset, TaskSpec, TrainDefaults, fit_scaling
 from tasks.registry import register_task
 
 
@@ -28,17 +28,20 @@ def build_mlp() -> nn.Module:
 
 @lru_cache(maxsize=4)
 def load_breast_cancer_dataset(seed: int = 0) -> Dataset:
-    """Features standardised with the training split's mean and std; stratified 80/20."""
+    """Features standardised with the training split's mean and std (per column; the
+    test split is never looked at); stratified 80/20."""
     bunch = load_breast_cancer()
     x = bunch.data.astype(np.float32)
     y = bunch.target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
-    mean, std = x_tr.mean(axis=0), x_tr.std(axis=0) + 1e-6
+    mean, std = fit_scaling(x_tr, per_feature=True)
     return Dataset(
         x_train=((x_tr - mean) / std).astype(np.float32),
         y_train=y_tr,
         x_test=((x_te - mean) / std).astype(np.float32),
         y_test=y_te,
+        input_mean=mean,
+        input_std=std,
     )
 
 
@@ -50,7 +53,8 @@ SPEC = register_task(
         load_data=load_breast_cancer_dataset,
         num_classes=2,
         input_shape=(30,),
-        defaults=TrainDefaults(learning_rate=0.05, batch_size=16, local_epochs=1),
+        # 0.96 after 3 rounds of 10 iid clients (docs/simulation.md).
+        defaults=TrainDefaults(learning_rate=0.05, momentum=0.9, batch_size=16, local_epochs=5),
         feature_names=_feature_names(),
     )
 )

@@ -17,7 +17,7 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -72,7 +72,7 @@ def _read(path: Path) -> Dataset | None:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError):
         return None
     names = {f.name for f in fields(Dataset)}
-    required = names - {"groups_train"}
+    required = {f.name for f in fields(Dataset) if f.default is MISSING}
     if not required <= arrays.keys() or not arrays.keys() <= names:
         return None
     try:

@@ -7,7 +7,7 @@ from functools import lru_cache
 import numpy as np
 from torch import nn
 
-from tasks.base import Dataset, TaskSpec, TrainDefaults
+from tasks.base import Dataset, TaskSpec, TrainDefaults, fit_scaling
 from tasks.dataset_cache import cached_dataset, library_version
 from tasks.registry import register_task
 
@@ -35,24 +35,40 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+# Bump when the prepared arrays change, so that caches of the old ones are not read.
+_PREPARATION = 2  # 2: standardised pixels (was: pixels / 16)
+
+
 @lru_cache(maxsize=4)
 def load_digits_dataset(seed: int = 0) -> Dataset:
-    """Pixels scaled to [0, 1], shape (n, 1, 8, 8); a stratified 80/20 split by ``seed``
+    """Standardised pixels, shape (n, 1, 8, 8); a stratified 80/20 split by ``seed``
     (prepared once per scikit-learn version and kept on disk: tasks/dataset_cache.py)."""
-    key = f"digits-cnn-seed{seed}-sklearn{library_version('scikit-learn')}"
+    key = f"digits-cnn-seed{seed}-prep{_PREPARATION}-sklearn{library_version('scikit-learn')}"
     return cached_dataset(key, lambda: prepare_digits(seed))
 
 
 def prepare_digits(seed: int) -> Dataset:
-    """:func:`load_digits_dataset`, prepared with scikit-learn."""
+    """:func:`load_digits_dataset`, prepared with scikit-learn.
+
+    The raw pixels (0..16, as scikit-learn and a site's records hold them) are scaled by
+    one mean and standard deviation over all pixels of the training split: zero-mean,
+    unit-variance inputs let the default learning rate train in a few rounds."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
-    x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    x = bunch.data.astype(np.float32).reshape(-1, 1, 8, 8)
     y = bunch.target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
-    return Dataset(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+    mean, std = fit_scaling(x_tr, per_feature=False)
+    return Dataset(
+        x_train=((x_tr - mean) / std).astype(np.float32),
+        y_train=y_tr,
+        x_test=((x_te - mean) / std).astype(np.float32),
+        y_test=y_te,
+        input_mean=mean,
+        input_std=std,
+    )
 
 
 SPEC = register_task(
@@ -63,6 +79,8 @@ SPEC = register_task(
         load_data=load_digits_dataset,
         num_classes=10,
         input_shape=(1, 8, 8),
-        defaults=TrainDefaults(learning_rate=0.05, batch_size=16, local_epochs=1),
+        # 0.93 after 5 rounds of 10 of 30 iid clients (docs/simulation.md); with one
+        # local epoch and no momentum a client takes 3 small steps a round: chance.
+        defaults=TrainDefaults(learning_rate=0.05, momentum=0.9, batch_size=16, local_epochs=5),
     )
 )

@@ -81,6 +81,8 @@ SPEC = register_task(
         load_data=load_synthetic_dataset,
         num_classes=CLASSES,
         input_shape=(DIM,),
-        defaults=TrainDefaults(learning_rate=0.01, batch_size=10, local_epochs=1),
+        # 0.73 after 5 rounds of 10 of 30 iid clients (docs/simulation.md); the features
+        # are zero-mean and near unit scale by construction, so they are not rescaled.
+        defaults=TrainDefaults(learning_rate=0.01, momentum=0.9, batch_size=10, local_epochs=1),
     )
 )

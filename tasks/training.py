@@ -1,7 +1,7 @@
 """Local training and evaluation shared by clients, sites and the simulator.
 
-Plain minibatch SGD with a seeded batch order, so that the simulator's batched trainer
-can reproduce a client's training exactly. An optional FedProx proximal term
+Minibatch SGD (with optional heavy-ball momentum) in a seeded batch order, so that the
+simulator's batched trainer can reproduce a client's training exactly. An optional FedProx proximal term
 (Li et al. 2020) pulls the weights towards the round's global model.
 """
 
@@ -81,8 +81,12 @@ def train_local(
     learning_rate: float,
     seed: int,
     proximal_mu: float = 0.0,
+    momentum: float = 0.0,
 ) -> TrainResult:
-    """Train ``model`` in place with SGD on ``(x, y)``; returns examples and mean loss."""
+    """Train ``model`` in place with SGD on ``(x, y)``; returns examples and mean loss.
+
+    ``momentum`` is ``torch.optim.SGD``'s (no dampening); its buffer starts at zero on
+    every call, so a client carries no optimizer state from one round to the next."""
     override = _TRAIN_LOCAL_OVERRIDE.get()
     if override is not None:
         return override(
@@ -94,13 +98,14 @@ def train_local(
             learning_rate=learning_rate,
             seed=seed,
             proximal_mu=proximal_mu,
+            momentum=momentum,
         )
     n = len(x)
     if n == 0:
         return TrainResult(num_examples=0, loss=float("nan"), steps=0)
     xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     batches = batch_order(n, batch_size=batch_size, epochs=epochs, seed=seed)

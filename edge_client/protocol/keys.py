@@ -23,6 +23,7 @@ SERVER_ROUND: Final = "server-round"  # int, set by Flower's strategies
 LOCAL_EPOCHS: Final = "local-epochs"
 BATCH_SIZE: Final = "batch-size"
 LEARNING_RATE: Final = "learning-rate"
+MOMENTUM: Final = "momentum"  # SGD momentum; 0 = plain SGD
 PROXIMAL_MU: Final = "proximal-mu"  # FedProx; Flower's FedProx sets this key
 
 # MetricRecord keys in a reply.

@@ -141,7 +141,8 @@ def port_free(port: int) -> bool:
 
 def site_splits(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Three different splits of the task's training data: class-0-heavy, class-1-heavy,
-    and uniform — each site sees a different label mix and size."""
+    and uniform — each site sees a different label mix and size. The records are raw
+    (unscaled), as a site holds them; the site scales them with the task's scaling."""
     data = get_task(TASK).load_data(seed)
     rng = np.random.default_rng(1234)
     y = data.y_train
@@ -149,7 +150,9 @@ def site_splits(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     a = np.concatenate([zeros[:80], ones[:20]])  # 80% class 0, 100 records
     b = np.concatenate([zeros[80:110], ones[20:150]])  # 81% class 1, 160 records
     c = np.concatenate([zeros[110:], ones[150:]])  # the rest, 195 records
-    return [(data.x_train[i], y[i]) for i in (a, b, c)]
+    assert data.input_mean is not None and data.input_std is not None
+    raw = data.x_train * data.input_std + data.input_mean
+    return [(raw[i], y[i]) for i in (a, b, c)]
 
 
 def write_site_data(site_dir: Path, fmt: str, x: np.ndarray, y: np.ndarray) -> tuple[str, str]:

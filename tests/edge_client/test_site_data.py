@@ -122,3 +122,34 @@ def test_bad_label_and_missing_file(tmp_path: Path) -> None:
     missing = DataSpec(path=tmp_path / "nope.csv", format="csv", label="label", schema={})
     with pytest.raises(SchemaError, match="does not exist"):
         load_site_data(missing, num_features=3, num_classes=2)
+
+
+def test_a_sites_raw_records_get_the_tasks_scaling(tmp_path: Path) -> None:
+    """A site holds raw measurements; the model sees them scaled exactly as the task's
+    own (simulated, evaluated, exported) data: the same rows give the same inputs."""
+    from edge_client.site_data import load_for_task
+    from tasks import get_task
+    from tests.edge_client.site_testkit import make_site
+
+    # Prepare: raw (unscaled) breast-cancer records, as a hospital would hold them.
+    data = get_task("breast-cancer-mlp").load_data(3)
+    assert data.input_mean is not None and data.input_std is not None
+    rows = data.x_train[:40]
+    raw = rows * data.input_std + data.input_mean
+    assert raw.mean() > 10  # really raw: areas in the hundreds, not standardised values
+    config = make_site(
+        tmp_path,
+        {
+            'path = "data/records.csv"': 'path = "data/records.npz"',
+            'age = "int"\nradius = "float"\n': "",
+        },
+    )
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "records.npz", x=raw, y=data.y_train[:40])
+    # Execute
+    site = load_for_task(config, "breast-cancer-mlp", seed=3)
+    # Assert: every site row is one of the task's scaled rows, to float32 rounding
+    got = np.concatenate([site.x_train, site.x_eval])
+    distance = np.abs(got[:, None, :] - rows[None, :, :]).max(axis=2).min(axis=1)
+    assert distance.max() < 1e-4
+    assert abs(float(got.mean())) < 1.0

@@ -18,6 +18,8 @@ from privacy.dp.config import RC_DP, RC_DP_CLIP, RC_DP_NOISE_MULTIPLIER
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 
 TASK, CLIENTS, ROUNDS, SIGMA = "breast-cancer-mlp", 3, 4, 1.0
+# The run's local training, which the budget plan must price (not the task's defaults).
+LOCAL_EPOCHS, BATCH = 1, 16
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +36,11 @@ def _plan(partition_id: int):
     )
     dp = DPConfig(mode="local", noise_multiplier=SIGMA)
     return local_mechanism(
-        dp, num_examples=len(data.x_train), batch_size=16, local_epochs=1, rounds=ROUNDS
+        dp,
+        num_examples=len(data.x_train),
+        batch_size=BATCH,
+        local_epochs=LOCAL_EPOCHS,
+        rounds=ROUNDS,
     )
 
 
@@ -63,6 +69,8 @@ def test_small_budget_site_trains_then_refuses_and_the_run_continues(tmp_path: P
         "num-clients": CLIENTS,
         "clients-per-round": CLIENTS,
         "learning-rate": 0.1,
+        "local-epochs": LOCAL_EPOCHS,
+        "batch-size": BATCH,
         "out-dir": str(tmp_path),
         RC_DP: "local",
         RC_DP_NOISE_MULTIPLIER: SIGMA,

@@ -28,6 +28,7 @@ def _jobs_and_references(
     mu: float = 0.0,
     epochs: list[int] | None = None,
     lrs: list[float] | None = None,
+    momenta: list[float] | None = None,
 ) -> tuple[list[TrainJob], list[tuple[nn.Module, object]]]:
     spec = get_task(task)
     data = spec.load_data(0)
@@ -43,6 +44,7 @@ def _jobs_and_references(
             "learning_rate": lrs[c] if lrs else 0.05,
             "seed": 1000 + c,
             "proximal_mu": mu,
+            "momentum": momenta[c] if momenta else 0.0,
         }
         reference = copy.deepcopy(base)
         result = train_local(reference, x, y, **kwargs)  # type: ignore[arg-type]
@@ -82,6 +84,41 @@ def test_ragged_clients_match_one_by_one(task: str) -> None:
 def test_fedprox_term_matches_one_by_one() -> None:
     jobs, refs = _jobs_and_references("digits-cnn", [20, 35, 7, 16], mu=0.5, epochs=[2, 2, 2, 2])
     _assert_same(jobs, refs, train_batched(jobs))
+
+
+def test_momentum_matches_torch_sgd_one_by_one() -> None:
+    # Prepare: clients with several steps (the buffer matters from the second), ragged
+    # last minibatches and epochs, and mixed momenta (0 = plain SGD) in one group.
+    sizes = [40, 33, 70, 16, 5, 0]
+    jobs, refs = _jobs_and_references(
+        "digits-cnn",
+        sizes,
+        epochs=[3, 2, 1, 2, 5, 1],
+        momenta=[0.9, 0.9, 0.5, 0.0, 0.9, 0.9],
+    )
+    # Execute
+    results = train_batched(jobs)
+    # Assert
+    _assert_same(jobs, refs, results)
+
+
+def test_momentum_with_fedprox_matches_one_by_one() -> None:
+    jobs, refs = _jobs_and_references(
+        "breast-cancer-mlp", [20, 35, 7], mu=0.5, epochs=[3, 2, 4], momenta=[0.9] * 3
+    )
+    _assert_same(jobs, refs, train_batched(jobs))
+
+
+def test_momentum_changes_the_result() -> None:
+    # The momentum reaches the batched arithmetic (else the oracle tests pass vacuously).
+    plain, _ = _jobs_and_references("breast-cancer-mlp", [40, 40], epochs=[2, 2])
+    heavy, _ = _jobs_and_references(
+        "breast-cancer-mlp", [40, 40], epochs=[2, 2], momenta=[0.9, 0.9]
+    )
+    train_batched(plain)
+    train_batched(heavy)
+    a, b = next(plain[0].model.parameters()), next(heavy[0].model.parameters())
+    assert not torch.allclose(a, b, atol=1e-4)
 
 
 def test_batched_training_actually_moves_the_weights() -> None:

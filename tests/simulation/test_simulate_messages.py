@@ -26,6 +26,9 @@ def simulate(*args: str):
         ("secagg = 1", "secagg = 1 is an integer; expected a boolean (true or false)"),
         ('epsilon = "two"', 'epsilon = "two" is a string; expected a number'),
         ("clients = 2.5", "clients = 2.5 is a number; expected an integer"),
+        # settings whose default is the task's (None) still have their type checked
+        ("local-epochs = 2.5", "local-epochs = 2.5 is a number; expected an integer"),
+        ('momentum = "0.9"', 'momentum = "0.9" is a string; expected a number'),
     ],
 )
 def test_a_config_value_of_the_wrong_type_is_one_line(tmp_path: Path, toml: str, line: str) -> None:
@@ -84,3 +87,11 @@ def test_the_warning_is_printed_and_the_run_goes_on(tmp_path: Path) -> None:
     assert warning.startswith("warning: 545 of 1000 clients hold no training data")
     assert warning.endswith("use --clients 455 or fewer")
     assert (out / "metrics.json").is_file()
+
+
+def test_a_momentum_out_of_range_is_one_line(tmp_path: Path) -> None:
+    result = simulate("--momentum", "1.5", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2
+    [output] = result.output.strip().splitlines()
+    assert output == "error: momentum must be >= 0 and < 1 (0 = plain SGD)"
+    assert not (tmp_path / "run").exists()

@@ -65,8 +65,15 @@ def test_oversized_updates_are_rejected_and_counted_in_a_real_run() -> None:
     from simulation.attacks import attack_mod
     from simulation.inprocess import run_inprocess
 
+    # The bound of 0.5 sits between honest and boosted updates of one plain-SGD epoch
+    # (the task's defaults train 5 epochs with momentum: honest updates pass 0.5 too).
     config = RunConfig(
-        task="breast-cancer-mlp", num_clients=10, clients_per_round=10, num_server_rounds=2
+        task="breast-cancer-mlp",
+        num_clients=10,
+        clients_per_round=10,
+        num_server_rounds=2,
+        local_epochs=1,
+        momentum=0.0,
     )
     run_config = {
         **config.as_run_config(),

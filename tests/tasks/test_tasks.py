@@ -29,8 +29,8 @@ def test_task_trains_to_sensible_accuracy(name: str, epochs: int, minimum: float
         data.y_train,
         epochs=epochs,
         batch_size=task.defaults.batch_size,
-        learning_rate=task.defaults.learning_rate,
-        seed=1,
+        learning_rate=task.defaults.learning_rate,  # plain SGD: the defaults' momentum
+        seed=1,  # is tuned for a client's few steps a round, not 90 steps an epoch
     )
     after = evaluate(model, data.x_test, data.y_test).accuracy
     assert after >= minimum
@@ -103,3 +103,37 @@ def test_each_built_in_task_comes_from_its_own_module_alone() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "tasks.digits" not in out.stdout and "tasks.breast_cancer" not in out.stdout
     assert "tasks.synthetic" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["digits-cnn", "breast-cancer-mlp"])
+def test_scaling_is_fit_on_the_training_split_only(name: str) -> None:
+    """x = (raw − mean) / std with mean and std of the raw TRAINING split: the scaled
+    training split is standardised, the test split only approximately (no leakage)."""
+    data = get_task(name).load_data(0)
+    assert data.input_mean is not None and data.input_std is not None
+    axis = 0 if name == "breast-cancer-mlp" else None  # per column / one for all pixels
+    np.testing.assert_allclose(data.x_train.mean(axis=axis), 0.0, atol=1e-4)
+    np.testing.assert_allclose(data.x_train.std(axis=axis), 1.0, atol=1e-3)
+    # fit on train + test, the statistics would differ: the test split was not used
+    raw_train = data.x_train * data.input_std + data.input_mean
+    raw_test = data.x_test * data.input_std + data.input_mean
+    both = np.concatenate([raw_train, raw_test])
+    assert not np.allclose(both.mean(axis=axis), data.input_mean, rtol=1e-4, atol=0)
+    # raw records of either split scale back to the task's inputs
+    np.testing.assert_allclose(data.scale_raw(raw_test), data.x_test, atol=1e-4)
+
+
+def test_fit_scaling_keeps_constant_features_finite() -> None:
+    from tasks.base import fit_scaling
+
+    x = np.array([[1.0, 5.0], [3.0, 5.0]], dtype=np.float32)
+    mean, std = fit_scaling(x, per_feature=True)
+    np.testing.assert_array_equal(mean, [2.0, 5.0])
+    np.testing.assert_array_equal(std, [1.0, 1.0])  # the constant column: std 1, not 0
+    assert fit_scaling(x, per_feature=False)[0].shape == ()
+
+
+def test_synthetic_features_are_not_rescaled() -> None:
+    data = get_task("synthetic-logreg").load_data(0)
+    assert data.input_mean is None
+    np.testing.assert_array_equal(data.scale_raw(data.x_test), data.x_test)
