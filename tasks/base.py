@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import nn
+
+if TYPE_CHECKING:  # the contract names torch's Module; importing a task loads no torch
+    from torch import nn
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,15 @@ labels are argmax(softmax(W_k x + b_k)). Sample counts per user follow a power l
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import nn
 
 from tasks.base import Dataset, TaskSpec, TrainDefaults
 from tasks.registry import register_task
+
+if TYPE_CHECKING:
+    from torch import nn
 
 DIM = 60
 CLASSES = 10
@@ -70,6 +73,8 @@ def load_synthetic_dataset(seed: int = 0) -> Dataset:
 
 def build_logreg() -> nn.Module:
     """Multinomial logistic regression, 60 → 10."""
+    from torch import nn
+
     return nn.Sequential(nn.Linear(DIM, CLASSES))
 
 

@@ -198,14 +198,22 @@ SIMULATE_BAD_INPUT = [
     ),
     (["--strategy", "nope"], "error: unknown strategy 'nope'; choose one of: bulyan,"),
     # DP and secure aggregation: their checks live apart from the Flower/Opacus code that
-    # runs them (coordinator/privacy_checks.py); local DP loads the task's data (torch)
-    # only for δ < 1/N, after every flag passed.
+    # runs them (coordinator/privacy_checks.py); local DP loads the task's data (never
+    # torch: a task's model lives apart from its data) only for δ < 1/N, after every
+    # flag passed.
     (["--dp", "local", "--epsilon", "-1"], "error: dp epsilon -1.0 must be a positive number"),
     (
         ["--dp", "local", "--noise-multiplier", "-1"],
         "error: noise multiplier -1.0 gives no privacy with dp on",
     ),
     (["--dp", "local", "--clients", "0"], "error: num-clients must be >= 1"),
+    *(
+        (
+            ["--task", task, "--dp", "local", "--epsilon", "2", "--delta", "0.5"],
+            "error: dp delta 0.5 is not below 1/N",
+        )
+        for task in ("digits-cnn", "breast-cancer-mlp", "synthetic-logreg")
+    ),
     (
         ["--dp", "central", "--epsilon", "2", "--strategy", "krum"],
         "error: dp=central bounds one client's influence on a mean of updates",

@@ -137,3 +137,41 @@ def test_synthetic_features_are_not_rescaled() -> None:
     data = get_task("synthetic-logreg").load_data(0)
     assert data.input_mean is None
     np.testing.assert_array_equal(data.scale_raw(data.x_test), data.x_test)
+
+
+def test_breast_cancer_columns_are_scikit_learns() -> None:
+    # Oracle: the written-out column names are scikit-learn's, as a site's CSV carries them.
+    from sklearn.datasets import load_breast_cancer
+
+    expected = tuple(n.replace(" ", "_") for n in load_breast_cancer().feature_names)
+    assert get_task("breast-cancer-mlp").feature_names == expected
+
+
+@pytest.mark.parametrize("name", ["digits-cnn", "breast-cancer-mlp", "synthetic-logreg"])
+def test_naming_a_task_and_loading_its_data_loads_no_torch(name: str) -> None:
+    # A fresh interpreter: the flag checks of `fedfleet simulate` load a task's data; the
+    # model (torch) is imported only when one is built.
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import json, sys\n"
+        "from tasks import get_task\n"
+        f"data = get_task({name!r}).load_data(0)\n"
+        "loaded = 'torch' in sys.modules\n"
+        f"model = get_task({name!r}).build_model()\n"
+        "print(json.dumps([loaded, len(data.y_train), sum(p.numel() for p in model.parameters())]))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env={**__import__("os").environ, "PYTHONPATH": str(root)},
+    )
+    loaded, rows, params = json.loads(out.stdout)
+    assert not loaded and rows > 0 and params > 0
