@@ -17,6 +17,7 @@ Heavy imports stay inside the commands. Errors: one line on stderr, non-zero exi
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -209,16 +210,21 @@ def mqtt_service(
     signal.signal(signal.SIGINT, lambda *_: done.set())
     typer.echo(f"fleet MQTT service connected to {broker_host}:{broker_port}")
     next_drift = time.monotonic() + drift_every_s
+    reported: set[str] = set()  # bad stored drift rows, each reported once
     while not done.wait(CONTROLLER_TICK_S):
-        controller.step()
-        if sync is not None:
-            sync.step()
-        if time.monotonic() >= next_drift:
-            next_drift = time.monotonic() + drift_every_s
-            for event in check_all(engine):
-                typer.echo(
-                    f"drift event {event.id}: model {event.model_version_id} PSI {event.score:.2f}"
-                )
+        try:  # no stored row or device message ends the service: log, carry on
+            controller.step()
+            if sync is not None:
+                sync.step()
+            if time.monotonic() >= next_drift:
+                next_drift = time.monotonic() + drift_every_s
+                for event in check_all(engine, reported=reported):
+                    typer.echo(
+                        f"drift event {event.id}: model {event.model_version_id} "
+                        f"PSI {event.score:.2f}"
+                    )
+        except Exception:
+            logging.getLogger("fleet.ota").exception("fleet mqtt: a pass failed; carrying on")
     bridge.stop()
     engine.dispose()
 

@@ -28,6 +28,7 @@ from fleet.db import make_engine, session_scope
 from fleet.ota.bridge import BridgeSettings, FleetBridge
 from fleet.ota.broker_config import FLEET_USER, device_credentials_from_db, write_broker_config
 from fleet.ota.controller import RolloutController
+from fleet.ota.guard import Limits
 from simulation.fleet_devices import AgentReport, ProcessFleet, SimDevice, SimulatedFleet
 
 SIM_ACTOR = Actor(name="cli:simulate-devices", role="operator", source="cli")
@@ -117,9 +118,12 @@ class OtaFleet:
         group: str = "wards",
         chunk_size: int = 16 * 1024,
         broker_extra: str = "",
+        limits: Limits | None = None,
     ) -> None:
-        """``broker_extra``: more ``mosquitto.conf`` lines (e.g. ``log_type subscribe``)."""
+        """``broker_extra``: more ``mosquitto.conf`` lines (e.g. ``log_type subscribe``);
+        ``limits``: the bridge's per-device limits (default: the fleet's)."""
         self.chunk_size = chunk_size
+        self.limits = limits or Limits()
         self.root = root
         self.engine = make_engine(f"sqlite:///{root / 'fleet.db'}")
         migrate.upgrade(self.engine)
@@ -175,6 +179,7 @@ class OtaFleet:
                 password=self.fleet_password,
                 chunk_size=self.chunk_size,
                 batch_wait_s=0.05,
+                limits=self.limits,
             ),
         ).start()
         self.controller = RolloutController(engine=self.engine, sender=self.bridge)
