@@ -12,22 +12,28 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ota_testkit import SIM_ACTOR, TARGET, OtaFleet, register_bundle, wait_for
+from ota_testkit import (
+    SIM_ACTOR,
+    TARGET,
+    DeviceClient,
+    OtaFleet,
+    register_bundle,
+    register_demo_bundle,
+    stored_seqs,
+    threads_alive,
+    wait_for,
+)
 
 from edge_client.protocol import mqtt as proto
-from firmware_images.demo import build_demo_bundle
 from fleet import audit
 from fleet.crud.rollouts import create_rollout
 from fleet.db import session_scope
@@ -38,9 +44,7 @@ from fleet.models.ota import (
     RolloutDevice,
     TelemetryRecord,
 )
-from fleet.ota.bridge import FleetBridge
 from fleet.ota.guard import Limits, Rate
-from simulation.fleet_devices import SimDevice
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -76,62 +80,6 @@ POISONS: dict[str, bytes] = {
 }
 
 
-class DeviceClient:
-    """A device's own broker session (its credentials), publishing raw payloads."""
-
-    def __init__(self, fleet: OtaFleet, device: SimDevice) -> None:
-        self.device_id = device.device_id
-        self.frames: list[bytes] = []
-        self._lock = threading.Lock()
-        connected = threading.Event()
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"{device.device_id}-{uuid.uuid4().hex[:4]}"
-        )
-        self.client.username_pw_set(device.device_id, device.password)
-        self.client.max_inflight_messages_set(1000)
-        self.client.on_connect = lambda *_: connected.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", fleet.broker.port)
-        self.client.loop_start()
-        if not connected.wait(10):
-            raise AssertionError(f"{self.device_id} could not connect")
-
-    def _on_message(self, _c: object, _u: object, message: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.frames.append(bytes(message.payload))
-
-    def subscribe_chunks(self) -> None:
-        done = threading.Event()
-        self.client.on_subscribe = lambda *_: done.set()
-        self.client.subscribe(proto.topic(self.device_id, "chunk"), 1)
-        assert done.wait(10)
-
-    def send(self, channel: proto.Channel, payload: bytes, *, qos: int = 1) -> None:
-        self.client.publish(proto.topic(self.device_id, channel), payload, qos=qos)
-
-    def telemetry(self, seq: int) -> None:
-        message = proto.Telemetry(
-            seq=seq, window_s=1.0, count=1, latency_p50_ms=1.0, latency_p95_ms=1.0
-        )
-        self.send("telemetry", proto.encode(message))
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-def threads_alive(bridge: FleetBridge) -> bool:
-    return bool(bridge._threads) and all(t.is_alive() for t in bridge._threads)
-
-
-def stored_seqs(fleet: OtaFleet, device_id: str) -> set[int]:
-    with Session(fleet.engine) as session:
-        rows = session.exec(
-            select(TelemetryRecord.seq).where(TelemetryRecord.device_id == device_id)
-        ).all()
-    return set(rows)
-
-
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[OtaFleet]:
     ota = OtaFleet(tmp_path, devices=2)
@@ -151,14 +99,6 @@ def pair(fleet: OtaFleet) -> Iterator[tuple[DeviceClient, DeviceClient]]:
         victim.close()
 
 
-def _bundle(fleet: OtaFleet) -> tuple[int, str]:
-    bundle = build_demo_bundle(private_key=fleet.key, version="v1", seed=3, pad_to=100_000)
-    model_id = register_bundle(
-        fleet.engine, fleet.store, bundle=bundle.data, task="t", target=TARGET
-    )
-    return model_id, bundle.sha256
-
-
 def test_a_300_kb_nested_chunk_request_leaves_the_chunk_server_serving(
     fleet: OtaFleet, pair: tuple[DeviceClient, DeviceClient]
 ) -> None:
@@ -166,7 +106,7 @@ def test_a_300_kb_nested_chunk_request_leaves_the_chunk_server_serving(
     attacker, victim = pair
     bridge = fleet.bridge
     assert bridge is not None
-    _model, sha = _bundle(fleet)
+    _model, sha = register_demo_bundle(fleet)
     ref = bridge.artifact_ref(sha)
     victim.subscribe_chunks()
 
@@ -194,7 +134,7 @@ def test_poison_on_every_uplink_topic_takes_no_other_devices_message_with_it(
     attacker, victim = pair
     bridge = fleet.bridge
     assert bridge is not None
-    model_id, _sha = _bundle(fleet)
+    model_id, _sha = register_demo_bundle(fleet)
     with session_scope(fleet.engine, write=True) as session:
         rollout_id = create_rollout(
             session,
@@ -297,7 +237,7 @@ def test_a_flooding_device_is_throttled_and_flagged_and_others_are_unaffected(
     try:
         bridge = fleet.bridge
         assert bridge is not None
-        _model, sha = _bundle(fleet)
+        _model, sha = register_demo_bundle(fleet)
         victim.subscribe_chunks()
         request = proto.encode(proto.ChunkRequest(transfer_id=sha, indices=(0,)))
 
