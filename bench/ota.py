@@ -31,13 +31,21 @@ MQTT session, as in the field — and ingested by the bridge in batches; message
 the first publish until the last row is in the database, and the row count (nothing may
 be lost).
 
+Poison (``--poison-rate R``): one more enrolled device (outside the rollout's group)
+floods R poison messages a second — the payloads of tests/e2e/test_ota_isolation.py
+(300 KB of nested ``[``, a 400-digit number, ``seq`` = 2^63, 2^70 ids, non-UTF-8, 2 MB),
+cycled over its heartbeat, telemetry, ack, status and chunk-req topics — through the
+rollout and the telemetry part. The bench then reports the flood's rate, what the bridge
+dropped for that device (poison, throttled), and checks that the rollout succeeded on
+every device and no other device's telemetry was lost.
+
 The devices fsync as real ones do; their slots ("flash") live in ``--state-dir``,
 by default /dev/shm when it exists: one disk standing in for 1,000 devices' flash
 would serialise their fsyncs and unlinks in one queue, which a real fleet with 1,000
 flashes does not have. ``--state-dir /tmp`` measures that too.
 
     python bench/ota.py [--devices 1000] [--size 200000] [--telemetry 20000]
-                        [--processes K] [--state-dir DIR]
+                        [--processes K] [--state-dir DIR] [--poison-rate R]
 """
 
 from __future__ import annotations
@@ -51,8 +59,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import Session, func, select
 
@@ -61,7 +71,15 @@ from sqlmodel import Session, func, select
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
-from ota_testkit import SIM_ACTOR, TARGET, OtaFleet, register_bundle, wait_for
+from ota_testkit import (
+    POISONS,
+    SIM_ACTOR,
+    TARGET,
+    DeviceClient,
+    OtaFleet,
+    register_bundle,
+    wait_for,
+)
 
 from edge_client.ota import SlotStore, install
 from edge_client.protocol import mqtt as proto
@@ -71,6 +89,50 @@ from fleet.crud.rollouts import create_rollout
 from fleet.db import session_scope
 from fleet.models.ota import Rollout, RolloutCreate, RolloutStatus, TelemetryRecord
 from fleet.ota.broker_config import FLEET_USER
+from fleet.ota.guard import DEFAULT_RATES, Limits, Rate
+
+POISON_CHANNELS: tuple[proto.Channel, ...] = (
+    "heartbeat",
+    "telemetry",
+    "ack",
+    "status",
+    "chunk-req",
+)
+
+
+class Poisoner:
+    """One enrolled device publishing ``rate`` poison messages a second from a thread
+    (its own broker session), cycling payloads and topics, until :meth:`stop`."""
+
+    def __init__(self, client: DeviceClient, *, rate: float) -> None:
+        self.client = client
+        self.rate = rate
+        self.sent = 0
+        self.elapsed = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="poisoner", daemon=True)
+
+    def start(self) -> Poisoner:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        payloads = list(POISONS.values())
+        began = time.perf_counter()
+        while not self._stop.is_set():
+            channel = POISON_CHANNELS[self.sent % len(POISON_CHANNELS)]
+            payload = payloads[(self.sent // len(POISON_CHANNELS)) % len(payloads)]
+            self.client.send(channel, payload, qos=0)
+            self.sent += 1
+            ahead = began + self.sent / self.rate - time.perf_counter()
+            if ahead > 0:
+                self._stop.wait(ahead)
+        self.elapsed = time.perf_counter() - began
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.client.close()
 
 
 def _cpu_s(pid: int | None) -> float:
@@ -333,6 +395,12 @@ def main() -> None:
         help="worker processes the simulated devices run in (default: one per core)",
     )
     parser.add_argument(
+        "--poison-rate",
+        type=float,
+        default=0.0,
+        help="poison messages/s one extra device floods during the run (0: none)",
+    )
+    parser.add_argument(
         "--state-dir",
         type=Path,
         default=_default_state_dir(),
@@ -341,6 +409,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.processes < 1:
         parser.error("--processes must be at least 1")
+    if args.poison_rate < 0:
+        parser.error("--poison-rate must be >= 0 messages/s (0: no flood)")
     if not args.state_dir.is_dir():
         parser.error(f"--state-dir {args.state_dir} is not a folder; create it or pick another")
     logging.basicConfig(level=logging.ERROR)
@@ -361,7 +431,19 @@ def main() -> None:
     log_types = "\n".join(
         f"log_type {t}" for t in ("error", "warning", "notice", "information", "subscribe")
     )
-    fleet = OtaFleet(root, devices=args.devices, chunk_size=64 * 1024, broker_extra=log_types)
+    # Each device publishes its share of --telemetry at once: its telemetry burst allows it
+    # (the bench measures ingestion, not the per-device limit, which has its own test).
+    share = -(-args.telemetry // args.devices)
+    rates = {**DEFAULT_RATES, "telemetry": Rate(per_s=1.0, burst=max(60, share + 10))}
+    fleet = OtaFleet(
+        root,
+        devices=args.devices,
+        chunk_size=64 * 1024,
+        broker_extra=log_types,
+        limits=Limits(rates=rates),
+        spares=1 if args.poison_rate > 0 else 0,
+    )
+    poisoner: Poisoner | None = None
     try:
         # chunk_timeout_s: a chunk unanswered this long is asked for again on the
         # device's own topic; above the simulator's worst inbox lag, so only real misses
@@ -382,6 +464,10 @@ def main() -> None:
         floor, floor_broker_cpu, floor_clients_cpu = raw_fanout(
             fleet, data=bundle.data, subscribers=args.devices
         )
+        if args.poison_rate > 0:
+            say(f"one device floods {args.poison_rate:g} poison messages/s from now on ...")
+            poisoner = Poisoner(DeviceClient(fleet, fleet.spares[0]), rate=args.poison_rate)
+            poisoner.start()
         say("rollout through the fleet ...")
         times, timeline = rollout(fleet, data=bundle.data, sha256=bundle.sha256)
         bridge = fleet.bridge
@@ -391,8 +477,13 @@ def main() -> None:
         alone = one_install(fleet, data=bundle.data, root=state)
         say("telemetry ingestion ...")
         rate, rows, sent = telemetry(fleet, messages=args.telemetry)
+        if poisoner is not None:
+            poisoner.stop()
+        alive = bridge.alive  # every bridge thread still running, before the stop
         say("stopping")
     finally:
+        if poisoner is not None:
+            poisoner.stop()
         fleet.close()
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
@@ -457,6 +548,32 @@ def main() -> None:
         f"stored ({'nothing lost' if rows == sent else f'LOST {sent - rows}'}), "
         f"{rate:,.0f} messages/s sustained into SQLite"
     )
+    if poisoner is not None:
+        _print_poison(poisoner, bridge, fleet, lost=sent - rows, alive=alive)
+
+
+def _print_poison(
+    poisoner: Poisoner, bridge: Any, fleet: OtaFleet, *, lost: int, alive: bool
+) -> None:
+    guard = bridge.stats.guard
+    bad = poisoner.client.device_id
+    others = {d.device_id for d in fleet.devices}
+    hit = sorted(d for d in others if guard.poison[d] or guard.throttled[d] or guard.dropped[d])
+    print()
+    print(f"{'poison flood (one device, 5 topics, 8 payloads)':<52}{'value':>14}")
+    for label, value in (
+        ("flood rate asked (messages/s)", f"{poisoner.rate:g}"),
+        ("flood rate achieved (messages/s)", f"{poisoner.sent / poisoner.elapsed:,.1f}"),
+        ("poison messages sent", f"{poisoner.sent}"),
+        ("dropped as poison (decoded, refused)", f"{guard.poison[bad]}"),
+        ("dropped by its rate limits", f"{guard.throttled[bad]}"),
+        ("dropped: queues full", f"{guard.dropped[bad]}"),
+        ("bridge threads alive at the end", f"{alive}"),
+        ("other devices with a message dropped", f"{len(hit)}"),
+        ("other devices' telemetry lost", f"{lost}"),
+        ("rollout", f"succeeded, {len(fleet.devices)} devices"),
+    ):
+        print(f"{label:<52}{value:>14}")
 
 
 if __name__ == "__main__":

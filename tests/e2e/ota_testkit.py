@@ -11,6 +11,7 @@ of what a hostile device can and cannot do.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -126,9 +127,12 @@ class OtaFleet:
         chunk_size: int = 16 * 1024,
         broker_extra: str = "",
         limits: Limits | None = None,
+        spares: int = 0,
     ) -> None:
         """``broker_extra``: more ``mosquitto.conf`` lines (e.g. ``log_type subscribe``);
-        ``limits``: the bridge's per-device limits (default: the fleet's)."""
+        ``limits``: the bridge's per-device limits (default: the fleet's); ``spares``:
+        devices enrolled in group ``{group}-spare`` that run no agent (``self.spares``:
+        a test or bench drives their broker sessions itself)."""
         self.chunk_size = chunk_size
         self.limits = limits or Limits()
         self.root = root
@@ -146,6 +150,13 @@ class OtaFleet:
         self.devices: list[SimDevice] = (
             enroll_devices(self.engine, count=devices, group=group, target=TARGET)
             if devices
+            else []
+        )
+        self.spares: list[SimDevice] = (
+            enroll_devices(
+                self.engine, count=spares, group=f"{group}-spare", target=TARGET, prefix="spare"
+            )
+            if spares
             else []
         )
         files = write_broker_config(
@@ -235,6 +246,35 @@ class OtaFleet:
 
 
 # --- a device's raw broker session (tests of hostile devices) -------------------------
+
+
+def _json(**fields: object) -> bytes:
+    return json.dumps({"schema": 1, **fields}).encode()
+
+
+# The findings' payloads, each a valid shape but for one value (or no shape at all).
+POISONS: dict[str, bytes] = {
+    "nested-300kb": b"[" * 300_000,
+    "400-digit-number": _json(type="heartbeat", uptime_s=int("9" * 400)),
+    "seq-2^63": _json(
+        type="telemetry", seq=2**63, window_s=1, count=1, latency_p50_ms=1, latency_p95_ms=1
+    ),
+    "bin-count-2^63": _json(
+        type="telemetry",
+        seq=1,
+        window_s=1,
+        count=1,
+        latency_p50_ms=1,
+        latency_p95_ms=1,
+        features=[{"counts": [2**63, 1]}],
+    ),
+    "id-2^70-status": _json(type="status", online=True, model_version_id=2**70),
+    "id-2^70-ack": _json(
+        type="ack", command_id="x", ok=True, action="install", model_version_id=2**70
+    ),
+    "non-utf8": b'{"schema":1,"type":"heartbeat","uptime_s":1,"\xff\xfe":2}',
+    "huge-2mb": b'{"schema":1,"type":"heartbeat","uptime_s":1,"pad":"' + b"x" * 2_000_000 + b'"}',
+}
 
 
 class DeviceClient:

@@ -8,7 +8,6 @@ every bridge thread must still run, and the poison must be counted against the s
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from sqlmodel import Session
 sys.path.insert(0, str(Path(__file__).parent))
 
 from ota_testkit import (
+    POISONS,
     SIM_ACTOR,
     TARGET,
     DeviceClient,
@@ -49,35 +49,6 @@ from fleet.ota.guard import Limits, Rate
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FEDFLEET = str(Path(sys.executable).parent / "fedfleet")
-
-
-def _json(**fields: object) -> bytes:
-    return json.dumps({"schema": 1, **fields}).encode()
-
-
-# The findings' payloads, each a valid shape but for one value (or no shape at all).
-POISONS: dict[str, bytes] = {
-    "nested-300kb": b"[" * 300_000,
-    "400-digit-number": _json(type="heartbeat", uptime_s=int("9" * 400)),
-    "seq-2^63": _json(
-        type="telemetry", seq=2**63, window_s=1, count=1, latency_p50_ms=1, latency_p95_ms=1
-    ),
-    "bin-count-2^63": _json(
-        type="telemetry",
-        seq=1,
-        window_s=1,
-        count=1,
-        latency_p50_ms=1,
-        latency_p95_ms=1,
-        features=[{"counts": [2**63, 1]}],
-    ),
-    "id-2^70-status": _json(type="status", online=True, model_version_id=2**70),
-    "id-2^70-ack": _json(
-        type="ack", command_id="x", ok=True, action="install", model_version_id=2**70
-    ),
-    "non-utf8": b'{"schema":1,"type":"heartbeat","uptime_s":1,"\xff\xfe":2}',
-    "huge-2mb": b'{"schema":1,"type":"heartbeat","uptime_s":1,"pad":"' + b"x" * 2_000_000 + b'"}',
-}
 
 
 @pytest.fixture
