@@ -212,7 +212,14 @@ class FleetBridge:
         # Cheap checks only (this is the network thread): who sent it, may it be queued.
         parts = message.topic.split("/")
         device_id, channel = (parts[3], parts[4]) if len(parts) == 5 else ("", "")
-        if not self._guard.admit(device_id, channel):
+        size = len(message.payload)
+        if not self._guard.admit(device_id, channel, size=size):
+            return
+        if size > proto.MAX_JSON_BYTES:  # refused unread: never copied nor queued
+            self._guard.taken(device_id, channel)
+            self.stats.received += 1
+            self.stats.ignored += 1
+            self._guard.poisoned(device_id, message.topic, f"{size} bytes (limit 1 MiB)")
             return
         payload = bytes(message.payload)
         if channel == CHUNKS:

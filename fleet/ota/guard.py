@@ -5,9 +5,10 @@ One device must never hurt the others (docs/mqtt.md, "Limits"). The bridge asks 
 check is a dictionary look-up and a little arithmetic under one lock):
 
 - **rates**: a token bucket per (device, channel) — ``Rate.per_s`` messages a second on
-  average, bursts of ``Rate.burst``. A message over the rate is dropped and counted in
-  ``throttled``; the device is flagged with a log line (at most one per device and channel
-  every ``log_every_s``).
+  average, bursts of ``Rate.burst``; a message costs one token per started
+  ``COST_BYTES`` (16 KiB) of payload, so the bytes a device may send are bounded too. A
+  message over the rate is dropped and counted in ``throttled``; the device is flagged
+  with a log line (at most one per device and channel every ``log_every_s``).
 - **queue room**: at most ``pending_per_device`` chunk requests of one device, and
   ``pending_total`` of all devices, wait for the chunk server; at most
   ``ingest_pending_total`` messages wait for the ingester. Past that a message is dropped
@@ -33,6 +34,7 @@ from types import MappingProxyType
 log = logging.getLogger(__name__)
 
 CHUNKS = "chunk-req"
+COST_BYTES = 16 * 1024  # a message costs one token per started 16 KiB of payload
 
 
 @dataclass(frozen=True)
@@ -102,12 +104,13 @@ class DeviceGuard:
 
     # --- before queueing (paho's callback) -------------------------------------------
 
-    def admit(self, device_id: str, channel: str) -> bool:
-        """Whether a message of ``device_id`` on ``channel`` may be queued; counts it as
-        pending when it may (call :meth:`taken` when it leaves the queue)."""
+    def admit(self, device_id: str, channel: str, *, size: int = 0) -> bool:
+        """Whether a message of ``size`` bytes from ``device_id`` on ``channel`` may be
+        queued; counts it as pending when it may (call :meth:`taken` when it leaves)."""
         now = self._clock()
+        cost = 1 + max(0, size - 1) // COST_BYTES
         with self._lock:
-            if not self._within_rate(device_id, channel, now):
+            if not self._within_rate(device_id, channel, now, cost):
                 self.throttled[device_id] += 1
                 self._flag(device_id, f"rate:{channel}", now)
                 return False
@@ -142,7 +145,7 @@ class DeviceGuard:
             else:
                 self._ingest_pending -= 1
 
-    def _within_rate(self, device_id: str, channel: str, now: float) -> bool:
+    def _within_rate(self, device_id: str, channel: str, now: float, cost: int) -> bool:
         rate = self.limits.rates.get(channel)
         if rate is None:
             return True
@@ -151,9 +154,9 @@ class DeviceGuard:
             bucket = self._buckets[(device_id, channel)] = _Bucket(tokens=rate.burst, at=now)
         bucket.tokens = min(rate.burst, bucket.tokens + (now - bucket.at) * rate.per_s)
         bucket.at = now
-        if bucket.tokens < 1:
+        if bucket.tokens < cost:
             return False
-        bucket.tokens -= 1
+        bucket.tokens -= cost
         return True
 
     # --- after decoding (bridge threads) ---------------------------------------------

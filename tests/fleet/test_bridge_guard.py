@@ -83,3 +83,13 @@ def test_limits_refuse_impossible_values() -> None:
         Rate(per_s=0, burst=1)
     with pytest.raises(ValueError, match="at least 1"):
         Limits(pending_total=0)
+
+
+def test_large_messages_cost_one_token_per_started_16_kib() -> None:
+    clock = Clock()
+    guard = DeviceGuard(Limits(rates={"heartbeat": Rate(per_s=1.0, burst=30)}), clock=clock)
+    # A 300 KB message costs 19 tokens: one passes a full bucket, the second does not.
+    assert guard.admit("a", "heartbeat", size=300_000)
+    assert not guard.admit("a", "heartbeat", size=300_000)
+    # Small messages still cost one token each: the 11 left pass, then none.
+    assert sum(guard.admit("a", "heartbeat", size=200) for _ in range(20)) == 11
