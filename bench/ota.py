@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import resource
 import shutil
@@ -59,7 +60,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,6 @@ from ota_testkit import (
     POISONS,
     SIM_ACTOR,
     TARGET,
-    DeviceClient,
     OtaFleet,
     register_bundle,
     wait_for,
@@ -101,38 +100,78 @@ POISON_CHANNELS: tuple[proto.Channel, ...] = (
 
 
 class Poisoner:
-    """One enrolled device publishing ``rate`` poison messages a second from a thread
-    (its own broker session), cycling payloads and topics, until :meth:`stop`."""
+    """One enrolled device publishing ``rate`` poison messages a second, cycling payloads
+    and topics, from its own process (as a real device is: a flood sent from the bench's
+    process would slow the bridge through the GIL and measure the attacker), until
+    :meth:`stop`, which ends that process by its PID."""
 
-    def __init__(self, client: DeviceClient, *, rate: float) -> None:
-        self.client = client
+    def __init__(self, *, port: int, device: Any, rate: float) -> None:
+        context = multiprocessing.get_context("spawn")
         self.rate = rate
-        self.sent = 0
-        self.elapsed = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="poisoner", daemon=True)
+        self.device_id = device.device_id
+        self._stop = context.Event()
+        self._sent = context.Value("q", 0)
+        self._elapsed = context.Value("d", 0.0)
+        self._proc = context.Process(
+            target=_flood,
+            args=(port, device.device_id, device.password, rate),
+            kwargs={"stop": self._stop, "sent": self._sent, "elapsed": self._elapsed},
+            name="poisoner",
+            daemon=True,
+        )
 
-    def start(self) -> Poisoner:
-        self._thread.start()
+    def start(self, *, timeout_s: float = 60.0) -> Poisoner:
+        """Start the process and wait until its flood runs (the rollout starts after)."""
+        self._proc.start()
+        deadline = time.monotonic() + timeout_s
+        while self.sent == 0:
+            if not self._proc.is_alive():
+                raise RuntimeError(f"the poisoner exited with code {self._proc.exitcode}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the poisoner sent nothing within {timeout_s} s")
+            time.sleep(0.05)
         return self
 
-    def _run(self) -> None:
-        payloads = list(POISONS.values())
-        began = time.perf_counter()
-        while not self._stop.is_set():
-            channel = POISON_CHANNELS[self.sent % len(POISON_CHANNELS)]
-            payload = payloads[(self.sent // len(POISON_CHANNELS)) % len(payloads)]
-            self.client.send(channel, payload, qos=0)
-            self.sent += 1
-            ahead = began + self.sent / self.rate - time.perf_counter()
-            if ahead > 0:
-                self._stop.wait(ahead)
-        self.elapsed = time.perf_counter() - began
+    @property
+    def sent(self) -> int:
+        return int(self._sent.value)
+
+    @property
+    def elapsed(self) -> float:
+        return float(self._elapsed.value)
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
-        self.client.close()
+        self._proc.join(timeout=15)
+        if self._proc.is_alive():  # its own PID, never by name
+            self._proc.terminate()
+            self._proc.join(timeout=5)
+
+
+def _flood(port: int, device_id: str, password: str, rate: float, **shared: Any) -> None:
+    """The poisoner process: its own broker session, ``rate`` messages/s (QoS 0)."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{device_id}-poison")
+    client.username_pw_set(device_id, password)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    payloads = list(POISONS.values())
+    stop, sent = shared["stop"], 0
+    began = time.perf_counter()
+    while not stop.is_set():
+        channel = POISON_CHANNELS[sent % len(POISON_CHANNELS)]
+        payload = payloads[(sent // len(POISON_CHANNELS)) % len(payloads)]
+        client.publish(proto.topic(device_id, channel), payload, qos=0)
+        sent += 1
+        shared["sent"].value = sent
+        ahead = began + sent / rate - time.perf_counter()
+        if ahead > 0:
+            stop.wait(ahead)
+    shared["elapsed"].value = time.perf_counter() - began
+    client.loop_stop()
+    client.disconnect()
 
 
 def _cpu_s(pid: int | None) -> float:
@@ -466,8 +505,9 @@ def main() -> None:
         )
         if args.poison_rate > 0:
             say(f"one device floods {args.poison_rate:g} poison messages/s from now on ...")
-            poisoner = Poisoner(DeviceClient(fleet, fleet.spares[0]), rate=args.poison_rate)
-            poisoner.start()
+            poisoner = Poisoner(
+                port=fleet.broker.port, device=fleet.spares[0], rate=args.poison_rate
+            ).start()
         say("rollout through the fleet ...")
         times, timeline = rollout(fleet, data=bundle.data, sha256=bundle.sha256)
         bridge = fleet.bridge
@@ -556,7 +596,7 @@ def _print_poison(
     poisoner: Poisoner, bridge: Any, fleet: OtaFleet, *, lost: int, alive: bool
 ) -> None:
     guard = bridge.stats.guard
-    bad = poisoner.client.device_id
+    bad = poisoner.device_id
     others = {d.device_id for d in fleet.devices}
     hit = sorted(d for d in others if guard.poison[d] or guard.throttled[d] or guard.dropped[d])
     print()
