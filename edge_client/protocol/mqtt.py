@@ -48,6 +48,10 @@ MAX_JSON_BYTES = 1024 * 1024
 CHUNK_MAGIC = b"FFC1"
 MAX_CHUNK_BYTES = 1024 * 1024
 DEFAULT_CHUNK_BYTES = 64 * 1024
+# The largest MQTT packet of this contract (a 1 MiB JSON message or chunk frame, plus its
+# topic and headers): the broker's ``max_packet_size``, so a bigger publish is refused by
+# the broker (the sender is disconnected) and never reaches the fleet.
+MAX_PACKET_BYTES = MAX_JSON_BYTES + 64 * 1024
 # Bounds of values inside messages: what the fleet stores fits its 32-bit integer columns,
 # and no value can make a receiver overflow, recurse or allocate without limit.
 MAX_INT_DIGITS = 20  # longer integer literals are refused before they are converted

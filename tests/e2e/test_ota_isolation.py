@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,7 +129,8 @@ def test_poison_on_every_uplink_topic_takes_no_other_devices_message_with_it(
     # Execute: each poison on each device->fleet topic, the victim's messages in between
     # (in the same ingest batch: published back to back within its 50 ms window).
     seq = 0
-    for payload in POISONS.values():
+    poisons = [v for v in POISONS.values() if len(v) <= proto.MAX_PACKET_BYTES]
+    for payload in poisons:
         for channel in ("heartbeat", "telemetry", "ack", "status"):
             attacker.send(channel, payload)
             victim.telemetry(seq)
@@ -160,20 +162,42 @@ def test_poison_on_every_uplink_topic_takes_no_other_devices_message_with_it(
         what="the victim's ack applied",
     )
     guard = bridge.stats.guard
-    # Each poison is dropped: refused by decoding, or before it by the rate limit (a 2 MB
-    # payload costs more tokens than a heartbeat burst holds).
+    # Each poison is dropped: refused by decoding, or before it by the rate limit.
+    expected = 4 * len(poisons) + 1
     wait_for(
-        lambda: (
-            guard.poison[attacker.device_id] + guard.throttled[attacker.device_id]
-            == 4 * len(POISONS) + 1
-        ),
+        lambda: guard.poison[attacker.device_id] + guard.throttled[attacker.device_id] >= expected,
         timeout_s=10,
         what="every poison message counted",
     )
-    assert guard.poison[attacker.device_id] >= 4 * (len(POISONS) - 1)
+    bridge.flush()
+    counts = (guard.poison[attacker.device_id], guard.throttled[attacker.device_id])
+    assert sum(counts) == expected, counts
+    assert guard.poison[attacker.device_id] >= 4 * len(poisons) - 4
     assert stored_seqs(fleet, attacker.device_id) == set()
     assert victim.device_id not in bridge.stats.guard.poison
     assert threads_alive(bridge) and bridge.stats.thread_errors == 0
+
+
+def test_a_payload_over_the_packet_limit_is_refused_by_the_broker_unread(
+    fleet: OtaFleet, pair: tuple[DeviceClient, DeviceClient]
+) -> None:
+    # Prepare
+    attacker, victim = pair
+    bridge = fleet.bridge
+    assert bridge is not None
+    received = bridge.stats.received
+    gone = threading.Event()
+    attacker.client.on_disconnect = lambda *_: gone.set()
+
+    # Execute: 2 MB on the heartbeat topic (max_packet_size is 1 MiB + 64 KiB).
+    attacker.send("heartbeat", POISONS["huge-2mb"], qos=0)
+    victim.telemetry(1)
+
+    # Assert: the broker disconnected the sender; the fleet never read those bytes and
+    # stored the victim's message.
+    assert gone.wait(10), "the broker kept the session of a device sending 2 MB"
+    wait_for(lambda: stored_seqs(fleet, victim.device_id) == {1}, timeout_s=10, what="victim")
+    assert bridge.stats.received == received + 1 and not bridge.stats.guard.poison
 
 
 def test_a_batch_the_database_refuses_is_written_one_message_at_a_time(
