@@ -31,19 +31,29 @@ MQTT session, as in the field — and ingested by the bridge in batches; message
 the first publish until the last row is in the database, and the row count (nothing may
 be lost).
 
+Poison (``--poison-rate R``): one more enrolled device (outside the rollout's group)
+floods R poison messages a second — the payloads of tests/e2e/test_ota_isolation.py
+(300 KB of nested ``[``, a 400-digit number, ``seq`` = 2^63, 2^70 ids, non-UTF-8; not
+the 2 MB one, which the broker refuses by disconnecting the sender),
+cycled over its heartbeat, telemetry, ack, status and chunk-req topics — through the
+rollout and the telemetry part. The bench then reports the flood's rate, what the bridge
+dropped for that device (poison, throttled), and checks that the rollout succeeded on
+every device and no other device's telemetry was lost.
+
 The devices fsync as real ones do; their slots ("flash") live in ``--state-dir``,
 by default /dev/shm when it exists: one disk standing in for 1,000 devices' flash
 would serialise their fsyncs and unlinks in one queue, which a real fleet with 1,000
 flashes does not have. ``--state-dir /tmp`` measures that too.
 
     python bench/ota.py [--devices 1000] [--size 200000] [--telemetry 20000]
-                        [--processes K] [--state-dir DIR]
+                        [--processes K] [--state-dir DIR] [--poison-rate R]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import resource
 import shutil
@@ -53,6 +63,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import Session, func, select
 
@@ -61,7 +72,14 @@ from sqlmodel import Session, func, select
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
-from ota_testkit import SIM_ACTOR, TARGET, OtaFleet, register_bundle, wait_for
+from ota_testkit import (
+    POISONS,
+    SIM_ACTOR,
+    TARGET,
+    OtaFleet,
+    register_bundle,
+    wait_for,
+)
 
 from edge_client.ota import SlotStore, install
 from edge_client.protocol import mqtt as proto
@@ -71,6 +89,92 @@ from fleet.crud.rollouts import create_rollout
 from fleet.db import session_scope
 from fleet.models.ota import Rollout, RolloutCreate, RolloutStatus, TelemetryRecord
 from fleet.ota.broker_config import FLEET_USER
+from fleet.ota.guard import DEFAULT_RATES, Limits, Rate
+
+POISON_CHANNELS: tuple[proto.Channel, ...] = (
+    "heartbeat",
+    "telemetry",
+    "ack",
+    "status",
+    "chunk-req",
+)
+
+
+class Poisoner:
+    """One enrolled device publishing ``rate`` poison messages a second, cycling payloads
+    and topics, from its own process (as a real device is: a flood sent from the bench's
+    process would slow the bridge through the GIL and measure the attacker), until
+    :meth:`stop`, which ends that process by its PID."""
+
+    def __init__(self, *, port: int, device: Any, rate: float) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.rate = rate
+        self.device_id = device.device_id
+        self._stop = context.Event()
+        self._sent = context.Value("q", 0)
+        self._elapsed = context.Value("d", 0.0)
+        self._proc = context.Process(
+            target=_flood,
+            args=(port, device.device_id, device.password, rate),
+            kwargs={"stop": self._stop, "sent": self._sent, "elapsed": self._elapsed},
+            name="poisoner",
+            daemon=True,
+        )
+
+    def start(self, *, timeout_s: float = 60.0) -> Poisoner:
+        """Start the process and wait until its flood runs (the rollout starts after)."""
+        self._proc.start()
+        deadline = time.monotonic() + timeout_s
+        while self.sent == 0:
+            if not self._proc.is_alive():
+                raise RuntimeError(f"the poisoner exited with code {self._proc.exitcode}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the poisoner sent nothing within {timeout_s} s")
+            time.sleep(0.05)
+        return self
+
+    @property
+    def sent(self) -> int:
+        return int(self._sent.value)
+
+    @property
+    def elapsed(self) -> float:
+        return float(self._elapsed.value)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._proc.join(timeout=15)
+        if self._proc.is_alive():  # its own PID, never by name
+            self._proc.terminate()
+            self._proc.join(timeout=5)
+
+
+def _flood(port: int, device_id: str, password: str, rate: float, **shared: Any) -> None:
+    """The poisoner process: its own broker session, ``rate`` messages/s (QoS 0)."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{device_id}-poison")
+    client.username_pw_set(device_id, password)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    # Over the broker's max_packet_size a publish only gets the sender disconnected
+    # (test_ota_isolation covers it): the flood sends what reaches the fleet.
+    payloads = [v for v in POISONS.values() if len(v) <= proto.MAX_PACKET_BYTES]
+    stop, sent = shared["stop"], 0
+    began = time.perf_counter()
+    while not stop.is_set():
+        channel = POISON_CHANNELS[sent % len(POISON_CHANNELS)]
+        payload = payloads[(sent // len(POISON_CHANNELS)) % len(payloads)]
+        info = client.publish(proto.topic(device_id, channel), payload, qos=0)
+        sent += info.rc == mqtt.MQTT_ERR_SUCCESS
+        shared["sent"].value = sent
+        ahead = began + sent / rate - time.perf_counter()
+        if ahead > 0:
+            stop.wait(ahead)
+    shared["elapsed"].value = time.perf_counter() - began
+    client.loop_stop()
+    client.disconnect()
 
 
 def _cpu_s(pid: int | None) -> float:
@@ -333,6 +437,12 @@ def main() -> None:
         help="worker processes the simulated devices run in (default: one per core)",
     )
     parser.add_argument(
+        "--poison-rate",
+        type=float,
+        default=0.0,
+        help="poison messages/s one extra device floods during the run (0: none)",
+    )
+    parser.add_argument(
         "--state-dir",
         type=Path,
         default=_default_state_dir(),
@@ -341,6 +451,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.processes < 1:
         parser.error("--processes must be at least 1")
+    if args.poison_rate < 0:
+        parser.error("--poison-rate must be >= 0 messages/s (0: no flood)")
     if not args.state_dir.is_dir():
         parser.error(f"--state-dir {args.state_dir} is not a folder; create it or pick another")
     logging.basicConfig(level=logging.ERROR)
@@ -361,7 +473,19 @@ def main() -> None:
     log_types = "\n".join(
         f"log_type {t}" for t in ("error", "warning", "notice", "information", "subscribe")
     )
-    fleet = OtaFleet(root, devices=args.devices, chunk_size=64 * 1024, broker_extra=log_types)
+    # Each device publishes its share of --telemetry at once: its telemetry burst allows it
+    # (the bench measures ingestion, not the per-device limit, which has its own test).
+    share = -(-args.telemetry // args.devices)
+    rates = {**DEFAULT_RATES, "telemetry": Rate(per_s=1.0, burst=max(60, share + 10))}
+    fleet = OtaFleet(
+        root,
+        devices=args.devices,
+        chunk_size=64 * 1024,
+        broker_extra=log_types,
+        limits=Limits(rates=rates),
+        spares=1 if args.poison_rate > 0 else 0,
+    )
+    poisoner: Poisoner | None = None
     try:
         # chunk_timeout_s: a chunk unanswered this long is asked for again on the
         # device's own topic; above the simulator's worst inbox lag, so only real misses
@@ -382,6 +506,11 @@ def main() -> None:
         floor, floor_broker_cpu, floor_clients_cpu = raw_fanout(
             fleet, data=bundle.data, subscribers=args.devices
         )
+        if args.poison_rate > 0:
+            say(f"one device floods {args.poison_rate:g} poison messages/s from now on ...")
+            poisoner = Poisoner(
+                port=fleet.broker.port, device=fleet.spares[0], rate=args.poison_rate
+            ).start()
         say("rollout through the fleet ...")
         times, timeline = rollout(fleet, data=bundle.data, sha256=bundle.sha256)
         bridge = fleet.bridge
@@ -391,8 +520,13 @@ def main() -> None:
         alone = one_install(fleet, data=bundle.data, root=state)
         say("telemetry ingestion ...")
         rate, rows, sent = telemetry(fleet, messages=args.telemetry)
+        if poisoner is not None:
+            poisoner.stop()
+        alive = bridge.alive  # every bridge thread still running, before the stop
         say("stopping")
     finally:
+        if poisoner is not None:
+            poisoner.stop()
         fleet.close()
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
@@ -457,6 +591,32 @@ def main() -> None:
         f"stored ({'nothing lost' if rows == sent else f'LOST {sent - rows}'}), "
         f"{rate:,.0f} messages/s sustained into SQLite"
     )
+    if poisoner is not None:
+        _print_poison(poisoner, bridge, fleet, lost=sent - rows, alive=alive)
+
+
+def _print_poison(
+    poisoner: Poisoner, bridge: Any, fleet: OtaFleet, *, lost: int, alive: bool
+) -> None:
+    guard = bridge.stats.guard
+    bad = poisoner.device_id
+    others = {d.device_id for d in fleet.devices}
+    hit = sorted(d for d in others if guard.poison[d] or guard.throttled[d] or guard.dropped[d])
+    print()
+    print(f"{'poison flood (one device, 5 topics, 7 payloads)':<52}{'value':>14}")
+    for label, value in (
+        ("flood rate asked (messages/s)", f"{poisoner.rate:g}"),
+        ("flood rate achieved (messages/s)", f"{poisoner.sent / poisoner.elapsed:,.1f}"),
+        ("poison messages sent", f"{poisoner.sent}"),
+        ("dropped as poison (decoded, refused)", f"{guard.poison[bad]}"),
+        ("dropped by its rate limits", f"{guard.throttled[bad]}"),
+        ("dropped: queues full", f"{guard.dropped[bad]}"),
+        ("bridge threads alive at the end", f"{alive}"),
+        ("other devices with a message dropped", f"{len(hit)}"),
+        ("other devices' telemetry lost", f"{lost}"),
+        ("rollout", f"succeeded, {len(fleet.devices)} devices"),
+    ):
+        print(f"{label:<52}{value:>14}")
 
 
 if __name__ == "__main__":

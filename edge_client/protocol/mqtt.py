@@ -17,8 +17,10 @@ Topics (``{d}`` is the device id, which is also its broker user name)::
                                     for devices)
 
 JSON messages are UTF-8 objects with ``"schema": 1`` and ``"type"`` naming the message.
-An unknown schema version, a wrong type, a missing or mistyped field is refused with a
-:class:`ProtocolError` (the receiver logs it and ignores the message; it never crashes).
+An unknown schema version, a wrong type, a missing or mistyped field, or a value out of
+its bounds (the ``MAX_*`` constants below: nesting, integer digits, ids, counts, lengths)
+is refused with a :class:`ProtocolError` — :func:`decode` raises nothing else, whatever
+the bytes (the receiver logs it and ignores the message; it never crashes).
 Chunks are binary: ``b"FFC1"``, a 2-byte big-endian header length, a JSON header, then
 the chunk's bytes.
 
@@ -46,6 +48,21 @@ MAX_JSON_BYTES = 1024 * 1024
 CHUNK_MAGIC = b"FFC1"
 MAX_CHUNK_BYTES = 1024 * 1024
 DEFAULT_CHUNK_BYTES = 64 * 1024
+# The largest MQTT packet of this contract (a 1 MiB JSON message or chunk frame, plus its
+# topic and headers): the broker's ``max_packet_size``, so a bigger publish is refused by
+# the broker (the sender is disconnected) and never reaches the fleet.
+MAX_PACKET_BYTES = MAX_JSON_BYTES + 64 * 1024
+# Bounds of values inside messages: what the fleet stores fits its 32-bit integer columns,
+# and no value can make a receiver overflow, recurse or allocate without limit.
+MAX_INT_DIGITS = 20  # longer integer literals are refused before they are converted
+MAX_ID = 2**31 - 1  # model_version_id, rollout_id
+MAX_COUNT = 2**31 - 1  # seq, count, per-class and per-bin counts, chunk indices
+MAX_SECONDS = 1e12  # window_s, uptime_s, latencies (ms): finite, 0..1e12
+MAX_INDICES = 1024  # chunk indices per request
+MAX_FEATURES = 4096  # features in telemetry and in a command's telemetry_bins
+MAX_BINS = 1001  # bins per feature (edges per feature: MAX_BINS - 1)
+MAX_CLASSES = 1000  # predicted classes counted in one telemetry message
+MAX_TEXT = 4096  # any string field (command_id: 128)
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -278,9 +295,16 @@ def decode(data: bytes, *, channel: Channel | None = None) -> Message:
     if len(data) > MAX_JSON_BYTES:
         raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_JSON_BYTES}")
     try:
-        obj = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+        obj = json.loads(
+            data.decode("utf-8"),
+            parse_constant=_refuse_constant,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+        )
     except (UnicodeDecodeError, ValueError) as err:
-        raise ProtocolError(f"malformed JSON: {err}") from None
+        raise ProtocolError(f"malformed JSON: {str(err)[:200]}") from None
+    except RecursionError:  # the C scanner's nesting limit: refused, never raised on
+        raise ProtocolError("JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError("a message must be a JSON object")
     schema = obj.pop("schema", None)
@@ -304,28 +328,69 @@ def decode(data: bytes, *, channel: Channel | None = None) -> Message:
 def check_message(message: Message) -> None:
     """Refuse values that are well-typed but impossible (negative sizes, bad hashes...)."""
     if isinstance(message, Command):
-        if message.action not in ACTIONS:
-            raise ProtocolError(f"unknown action {message.action!r}; expected one of {ACTIONS}")
-        if not message.command_id or len(message.command_id) > 128:
-            raise ProtocolError("command_id must be 1-128 characters")
-        if message.action == "install":
-            if message.artifact is None:
-                raise ProtocolError("an install command needs an artifact")
-            _check_artifact(message.artifact)
+        _check_command(message)
     elif isinstance(message, ChunkRequest):
         if not _SHA256.match(message.transfer_id):
             raise ProtocolError("transfer_id must be the artifact's SHA-256 (64 hex digits)")
-        if not message.indices or len(message.indices) > 1024:
-            raise ProtocolError("a chunk request asks for 1 to 1024 chunks")
-        if any(i < 0 for i in message.indices):
-            raise ProtocolError("chunk indices must be non-negative")
+        if not message.indices or len(message.indices) > MAX_INDICES:
+            raise ProtocolError(f"a chunk request asks for 1 to {MAX_INDICES} chunks")
+        if any(not 0 <= i <= MAX_COUNT for i in message.indices):
+            raise ProtocolError(f"chunk indices must be in 0..{MAX_COUNT}")
         if message.via not in VIAS:
             raise ProtocolError(f"chunk-req via must be one of {VIAS}, got {message.via!r}")
     elif isinstance(message, Telemetry):
-        if message.count < 0 or message.window_s < 0:
-            raise ProtocolError("telemetry count and window must be non-negative")
-        if any(c < 0 for f in message.features for c in f.counts):
-            raise ProtocolError("feature bin counts must be non-negative")
+        _check_telemetry(message)
+    elif isinstance(message, Ack):
+        if not message.command_id or len(message.command_id) > 128:
+            raise ProtocolError("command_id must be 1-128 characters")
+    elif isinstance(message, Heartbeat):
+        _check_seconds("uptime_s", message.uptime_s)
+    for name in ("model_version_id", "rollout_id"):
+        value = getattr(message, name, None)
+        if value is not None and not 0 <= value <= MAX_ID:
+            raise ProtocolError(f"{name} must be in 0..{MAX_ID}")
+
+
+def _check_command(message: Command) -> None:
+    if message.action not in ACTIONS:
+        raise ProtocolError(f"unknown action {message.action!r}; expected one of {ACTIONS}")
+    if not message.command_id or len(message.command_id) > 128:
+        raise ProtocolError("command_id must be 1-128 characters")
+    if len(message.telemetry_bins) > MAX_FEATURES or any(
+        len(edges) >= MAX_BINS for edges in message.telemetry_bins
+    ):
+        raise ProtocolError(
+            f"telemetry_bins holds at most {MAX_FEATURES} features of {MAX_BINS - 1} edges"
+        )
+    if message.action == "install":
+        if message.artifact is None:
+            raise ProtocolError("an install command needs an artifact")
+        _check_artifact(message.artifact)
+
+
+def _check_telemetry(message: Telemetry) -> None:
+    if not 0 <= message.seq <= MAX_COUNT or not 0 <= message.count <= MAX_COUNT:
+        raise ProtocolError(f"telemetry seq and count must be in 0..{MAX_COUNT}")
+    for name in ("window_s", "latency_p50_ms", "latency_p95_ms"):
+        _check_seconds(name, getattr(message, name))
+    if len(message.predictions) > MAX_CLASSES or any(
+        len(k) > 64 or not 0 <= v <= MAX_COUNT for k, v in message.predictions.items()
+    ):
+        raise ProtocolError(
+            f"predictions: at most {MAX_CLASSES} classes (names <= 64 characters), "
+            f"counts in 0..{MAX_COUNT}"
+        )
+    if len(message.features) > MAX_FEATURES or any(
+        len(f.counts) > MAX_BINS for f in message.features
+    ):
+        raise ProtocolError(f"features: at most {MAX_FEATURES} features of {MAX_BINS} bins")
+    if any(not 0 <= c <= MAX_COUNT for f in message.features for c in f.counts):
+        raise ProtocolError(f"feature bin counts must be in 0..{MAX_COUNT}")
+
+
+def _check_seconds(name: str, value: float) -> None:
+    if not 0 <= value <= MAX_SECONDS:  # also refuses NaN
+        raise ProtocolError(f"{name} must be in 0..{MAX_SECONDS:g}")
 
 
 def _check_artifact(ref: ArtifactRef) -> None:
@@ -359,16 +424,23 @@ def decode_chunk(frame: bytes) -> Chunk:
     if 6 + length > len(frame):
         raise ProtocolError("chunk frame header is truncated")
     try:
-        header = json.loads(frame[6 : 6 + length].decode("utf-8"))
+        header = json.loads(
+            frame[6 : 6 + length].decode("utf-8"),
+            parse_constant=_refuse_constant,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+        )
     except (UnicodeDecodeError, ValueError) as err:
-        raise ProtocolError(f"chunk header is malformed JSON: {err}") from None
+        raise ProtocolError(f"chunk header is malformed JSON: {str(err)[:200]}") from None
+    except RecursionError:
+        raise ProtocolError("chunk header nested too deeply") from None
     if not isinstance(header, dict) or header.get("schema") != SCHEMA_VERSION:
         raise ProtocolError("chunk header has an unknown schema version")
     transfer_id, index = header.get("transfer_id"), header.get("index")
     if not isinstance(transfer_id, str) or not _SHA256.match(transfer_id):
         raise ProtocolError("chunk transfer_id must be a SHA-256")
-    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-        raise ProtocolError("chunk index must be a non-negative integer")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= MAX_COUNT:
+        raise ProtocolError(f"chunk index must be an integer in 0..{MAX_COUNT}")
     data = frame[6 + length :]
     if len(data) > MAX_CHUNK_BYTES:
         raise ProtocolError("chunk is too large")
@@ -380,6 +452,21 @@ def decode_chunk(frame: bytes) -> Chunk:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
+
+
+def _bounded_int(text: str) -> int:
+    """An integer literal of at most MAX_INT_DIGITS digits (a 400-digit number is refused
+    here, before it can overflow a float or a database column)."""
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
 
 
 def _is_int(value: Any) -> bool:
@@ -472,6 +559,8 @@ def _to_bool(name: str, value: Any) -> bool:
 def _to_str(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise _wrong_type(name, value)
+    if len(value) > MAX_TEXT:
+        raise ProtocolError(f"field {name!r} is longer than {MAX_TEXT} characters")
     return value
 
 
@@ -494,9 +583,7 @@ def _to_opt_int(name: str, value: Any) -> int | None:
 
 
 def _to_opt_str(name: str, value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise _wrong_type(name, value)
-    return value
+    return None if value is None else _to_str(name, value)
 
 
 def _to_int_list(name: str, value: Any) -> tuple[int, ...]:

@@ -6,7 +6,6 @@ carries it out wave by wave. Progress per wave is part of every rollout view.
 
 from __future__ import annotations
 
-import itertools
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
@@ -36,6 +35,7 @@ from fleet.models.ota import (
     RolloutDetail,
     RolloutPublic,
     RolloutStatus,
+    check_reference,
 )
 from fleet.models.runs import RunPublic
 
@@ -153,8 +153,9 @@ def telemetry_summary(
 
 
 class DriftReferenceIn(InputModel):
-    """A model's training reference: per-feature interior bin edges (increasing) and the
-    fraction of training samples per bin (``len(edges[j]) + 1`` values summing to 1)."""
+    """A model's training reference: per-feature interior bin edges (at least one, so at
+    least two bins; strictly increasing) and the fraction of training samples per bin
+    (``len(edges[j]) + 1`` values summing to 1); rules in ``check_reference``."""
 
     edges: list[list[FiniteFloat]] = PydanticField(min_length=1, max_length=4096)
     proportions: list[list[FiniteFloat]] = PydanticField(min_length=1, max_length=4096)
@@ -162,15 +163,7 @@ class DriftReferenceIn(InputModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> DriftReferenceIn:
-        if len(self.edges) != len(self.proportions):
-            raise ValueError("give one edges list and one proportions list per feature")
-        for e, p in zip(self.edges, self.proportions, strict=True):
-            if len(e) > 1000 or len(p) != len(e) + 1:
-                raise ValueError("each feature needs len(edges) + 1 proportions (<= 1001 bins)")
-            if any(b <= a for a, b in itertools.pairwise(e)):
-                raise ValueError("bin edges must increase")
-            if any(v < 0 for v in p) or abs(sum(p) - 1.0) > 1e-3:
-                raise ValueError("proportions must be non-negative and sum to 1")
+        check_reference(self.edges, self.proportions)
         return self
 
 

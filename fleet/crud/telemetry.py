@@ -27,6 +27,7 @@ from fleet.models.ota import (
     DriftReference,
     Reference,
     TelemetryRecord,
+    check_reference,
 )
 from fleet.models.registry import ModelVersion
 from fleet.models.runs import Run, RunCreate
@@ -108,6 +109,12 @@ def set_reference(
     """Store (or replace) a model version's training reference."""
     if session.get(ModelVersion, model_version_id) is None:
         raise InvalidReference(f"model version {model_version_id} is not registered")
+    try:
+        check_reference(reference.edges, reference.proportions)
+    except ValueError as err:
+        raise InvalidReference(
+            f"drift reference of model version {model_version_id}: {err}"
+        ) from None
     row = session.get(DriftReference, model_version_id) or DriftReference(
         model_version_id=model_version_id, edges=[], proportions=[], samples=0
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -228,6 +229,47 @@ class Reference:
     edges: tuple[tuple[float, ...], ...]
     proportions: tuple[tuple[float, ...], ...]
     samples: int
+
+
+# Limits of a drift reference: the same bounds as a device's telemetry bins
+# (edge_client/protocol/mqtt.py MAX_FEATURES, MAX_BINS).
+REFERENCE_MAX_FEATURES = 4096
+REFERENCE_MAX_BINS = 1001
+
+
+def check_reference(edges: Any, proportions: Any) -> None:
+    """Raise ValueError (a one-line message saying how to fix it) unless ``edges`` and
+    ``proportions`` are a usable reference: 1..4096 features, each with 1..1000 interior
+    edges (so 2..1001 bins), finite and strictly increasing, and ``len(edges) + 1``
+    finite, non-negative proportions summing to 1. The API refuses anything else (422)
+    and the drift check skips a stored row that breaks it (rows written before)."""
+    if not isinstance(edges, list | tuple) or not isinstance(proportions, list | tuple):
+        raise ValueError("edges and proportions must be lists with one list per feature")
+    if not 1 <= len(edges) <= REFERENCE_MAX_FEATURES or len(edges) != len(proportions):
+        raise ValueError(
+            f"give one edges list and one proportions list per feature "
+            f"(1..{REFERENCE_MAX_FEATURES} features)"
+        )
+    for j, (e, p) in enumerate(zip(edges, proportions, strict=True)):
+        if not _numbers(e) or not _numbers(p):
+            raise ValueError(f"feature {j}: edges and proportions must be lists of finite numbers")
+        if not 1 <= len(e) < REFERENCE_MAX_BINS:
+            raise ValueError(
+                f"feature {j}: give 1..{REFERENCE_MAX_BINS - 1} interior edges "
+                f"(at least two bins), got {len(e)}"
+            )
+        if any(b <= a for a, b in itertools.pairwise(e)):
+            raise ValueError(f"feature {j}: bin edges must increase strictly")
+        if len(p) != len(e) + 1:
+            raise ValueError(f"feature {j}: give len(edges) + 1 = {len(e) + 1} proportions")
+        if any(v < 0 for v in p) or abs(sum(p) - 1.0) > 1e-3:
+            raise ValueError(f"feature {j}: proportions must be non-negative and sum to 1")
+
+
+def _numbers(values: Any) -> bool:
+    return isinstance(values, list | tuple) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    )
 
 
 class DriftReference(FleetModel, table=True):

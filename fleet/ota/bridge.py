@@ -19,8 +19,13 @@ numbered above 1023, so in a process holding many connections (a simulator, a be
 the fleet silently stopped receiving — 400 of 20,000 telemetry messages at 1,000
 simulated devices.
 
-Malformed or unknown messages are counted and logged, never raised. The wire contract is
-:mod:`edge_client.protocol.mqtt`.
+One device never hurts the others: every message is decoded and validated on its own; a
+malformed one, or one the database refuses, is dropped and counted (``stats.guard.poison``,
+one log line naming the device) and takes no other message with it — a batch whose
+transaction fails is written again one message at a time. Before anything is queued,
+:class:`~fleet.ota.guard.DeviceGuard` applies per-device rate limits and caps the queues
+(memory stays bounded). Each worker thread logs an unexpected exception with its
+traceback and carries on. The wire contract is :mod:`edge_client.protocol.mqtt`.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from fleet.models.devices import Device, ReportedStatus
 from fleet.models.ota import DeviceRolloutState, RolloutDevice, TelemetryRecord
 from fleet.models.registry import ModelVersion
 from fleet.ota.fanout import FanoutPlanner
+from fleet.ota.guard import CHUNKS, DeviceGuard, Limits
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,8 @@ class BridgeSettings:
     ``batch_max``: messages per database transaction; ``batch_wait_s``: longest wait
     before a partial batch is written; ``chunk_size``: artifact chunk size in bytes;
     ``fanout_quiet_s``/``fanout_max_wait_s``: how long shared chunk requests are gathered
-    before one publication on the artifact topic (see :mod:`fleet.ota.fanout`).
+    before one publication on the artifact topic (see :mod:`fleet.ota.fanout`);
+    ``limits``: per-device rates and queue caps (:mod:`fleet.ota.guard`).
     """
 
     host: str = "127.0.0.1"
@@ -78,6 +85,7 @@ class BridgeSettings:
     chunk_size: int = proto.DEFAULT_CHUNK_BYTES
     fanout_quiet_s: float = 0.1
     fanout_max_wait_s: float = 1.0
+    limits: Limits = field(default_factory=Limits)
 
     def __repr__(self) -> str:  # never print the password
         return f"BridgeSettings(host={self.host!r}, port={self.port}, user={self.username!r})"
@@ -101,6 +109,9 @@ class BridgeStats:
     # started, with the number of chunks published: the fan-out's timeline (benches).
     shared_requests_at: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     shared_published: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=10_000))
+    # Per-device throttled / dropped / poison counts (set by the bridge).
+    guard: DeviceGuard = field(default_factory=lambda: DeviceGuard(Limits()))
+    thread_errors: int = 0  # unexpected exceptions a worker thread logged and survived
 
 
 class FleetBridge:
@@ -117,7 +128,8 @@ class FleetBridge:
         self.engine = engine
         self.store = store
         self.settings = settings
-        self.stats = BridgeStats()
+        self.stats = BridgeStats(guard=DeviceGuard(settings.limits))
+        self._guard = self.stats.guard
         self._ingest: queue.SimpleQueue[tuple[str, str, bytes]] = queue.SimpleQueue()
         self._chunks: queue.SimpleQueue[tuple[str, bytes, float] | None] = queue.SimpleQueue()
         self._cache: OrderedDict[str, bytes] = OrderedDict()
@@ -153,8 +165,10 @@ class FleetBridge:
         self._network.add(
             self.client, host=self.settings.host, port=self.settings.port, keepalive=30
         )
-        for target, name in ((self._serve_chunks, "chunks"), (self._ingest_loop, "ingest")):
-            thread = threading.Thread(target=target, name=f"bridge-{name}", daemon=True)
+        for one_pass, name in ((self._chunk_pass, "chunks"), (self._ingest_pass, "ingest")):
+            thread = threading.Thread(
+                target=self._guarded, args=(name, one_pass), name=f"bridge-{name}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
         if not self._connected.wait(wait_s):
@@ -199,11 +213,40 @@ class FleetBridge:
         self._connected.clear()
 
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        # Cheap checks only (this is the network thread): who sent it, may it be queued.
+        parts = message.topic.split("/")
+        device_id, channel = (parts[3], parts[4]) if len(parts) == 5 else ("", "")
+        size = len(message.payload)
+        if not self._guard.admit(device_id, channel, size=size):
+            return
+        if size > proto.MAX_JSON_BYTES:  # refused unread: never copied nor queued
+            self._guard.taken(device_id, channel)
+            self.stats.received += 1
+            self.stats.ignored += 1
+            self._guard.poisoned(device_id, message.topic, f"{size} bytes (limit 1 MiB)")
+            return
         payload = bytes(message.payload)
-        if message.topic.endswith("/chunk-req"):
+        if channel == CHUNKS:
             self._chunks.put((message.topic, payload, time.monotonic()))
         else:
             self._ingest.put(("msg", message.topic, payload))
+
+    @property
+    def alive(self) -> bool:
+        """Whether every worker thread runs (a health check; tests)."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def _guarded(self, name: str, one_pass: Any) -> None:
+        """Run ``one_pass()`` until it returns True (stop); an unexpected exception is
+        logged with its traceback and the loop carries on: no payload ends a thread."""
+        while True:
+            try:
+                if one_pass():
+                    return
+            except Exception:
+                self.stats.thread_errors += 1
+                log.exception("bridge %s: unexpected error; carrying on", name)
+                time.sleep(0.01)  # never a hot loop on a persistent failure
 
     # --- commands ---------------------------------------------------------------
 
@@ -259,70 +302,74 @@ class FleetBridge:
 
     # --- chunk server -----------------------------------------------------------
 
-    def _serve_chunks(self) -> None:
-        while True:
-            with self._fanout_lock:
-                wait = self._fanout.next_due_in(now=time.monotonic())
+    def _chunk_pass(self) -> bool:
+        """Serve what is queued and what is due; True once stopped and drained."""
+        with self._fanout_lock:
+            wait = self._fanout.next_due_in(now=time.monotonic())
+        try:
+            item = self._chunks.get(timeout=wait) if wait is None or wait > 0 else None
+        except queue.Empty:
+            item = None
+        backlog = [item] if item is not None else []
+        stopping = item is None and self._stop.is_set()
+        # Coalesce the backlog: under load, devices ask again for chunks still queued
+        # here; serving each (device, transfer, chunk) once keeps the load bounded.
+        while len(backlog) < 10_000:
             try:
-                item = self._chunks.get(timeout=wait) if wait is None or wait > 0 else None
+                entry = self._chunks.get_nowait()
             except queue.Empty:
-                item = None
-            backlog = [item] if item is not None else []
-            stopping = item is None and self._stop.is_set()
-            # Coalesce the backlog: under load, devices ask again for chunks still queued
-            # here; serving each (device, transfer, chunk) once keeps the load bounded.
-            while len(backlog) < 10_000:
-                try:
-                    entry = self._chunks.get_nowait()
-                except queue.Empty:
-                    break
-                if entry is None:
-                    stopping = True
-                    break
-                backlog.append(entry)
-            wanted: dict[tuple[str, str], set[int]] = {}
-            now = time.monotonic()
-            for entry in backlog:
-                if entry is None:
-                    continue
-                parsed = self._parse_request(entry[0], entry[1])
-                if parsed is None:
-                    continue
-                device_id, request = parsed
-                if request.via == "artifact":
-                    self.stats.shared_requests_at.append(entry[2])
-                    with self._fanout_lock:
-                        self._fanout.join(request.transfer_id, device_id, request.indices, now=now)
-                else:
-                    wanted.setdefault((device_id, request.transfer_id), set()).update(
-                        request.indices
-                    )
-            for (device_id, transfer_id), indices in wanted.items():
-                try:
-                    self._serve(proto.topic(device_id, "chunk"), transfer_id, sorted(indices))
-                except Exception:  # a bad request must never stop the server
-                    log.exception("serving chunks to %s failed", device_id)
-            with self._fanout_lock:
-                due = self._fanout.due(now=time.monotonic())
-            for transfer_id, shared in due:
-                self.stats.shared_published.append((time.monotonic(), len(shared)))
-                try:
-                    self._serve(proto.artifact_topic(transfer_id), transfer_id, shared)
-                except Exception:
-                    log.exception("publishing chunks of %s failed", transfer_id[:12])
-            if stopping or (item is None and self._stop.is_set()):
-                return
+                break
+            if entry is None:
+                stopping = True
+                break
+            backlog.append(entry)
+        wanted: dict[tuple[str, str], set[int]] = {}
+        now = time.monotonic()
+        for entry in backlog:
+            if entry is None:
+                continue
+            parsed = self._parse_request(entry[0], entry[1])
+            if parsed is None:
+                continue
+            device_id, request = parsed
+            if request.via == "artifact":
+                self.stats.shared_requests_at.append(entry[2])
+                with self._fanout_lock:
+                    self._fanout.join(request.transfer_id, device_id, request.indices, now=now)
+            else:
+                wanted.setdefault((device_id, request.transfer_id), set()).update(request.indices)
+        for (device_id, transfer_id), indices in wanted.items():
+            try:
+                self._serve(proto.topic(device_id, "chunk"), transfer_id, sorted(indices))
+            except Exception:  # a bad request must never stop the server
+                log.exception("serving chunks to %s failed", device_id)
+        with self._fanout_lock:
+            due = self._fanout.due(now=time.monotonic())
+        for transfer_id, shared in due:
+            self.stats.shared_published.append((time.monotonic(), len(shared)))
+            try:
+                self._serve(proto.artifact_topic(transfer_id), transfer_id, shared)
+            except Exception:
+                log.exception("publishing chunks of %s failed", transfer_id[:12])
+        return stopping or (item is None and self._stop.is_set())
 
     def _parse_request(
         self, topic_name: str, payload: bytes
     ) -> tuple[str, proto.ChunkRequest] | None:
         self.stats.received += 1
+        parts = topic_name.split("/")
+        self._guard.taken(parts[3] if len(parts) == 5 else "", CHUNKS)
         try:
             device_id, _channel = proto.parse_topic(topic_name)
-            request = proto.decode(payload, channel="chunk-req")
         except proto.ProtocolError as err:
             self.stats.ignored += 1
             log.warning("ignored a chunk request on %s: %s", topic_name, err)
+            return None
+        try:
+            request = proto.decode(payload, channel="chunk-req")
+        except proto.ProtocolError as err:
+            self.stats.ignored += 1
+            self._guard.poisoned(device_id, topic_name, str(err))
             return None
         if not isinstance(request, proto.ChunkRequest):  # pragma: no cover - by channel
             return None
@@ -350,23 +397,26 @@ class FleetBridge:
 
     # --- ingestion --------------------------------------------------------------
 
-    def _ingest_loop(self) -> None:
-        while not (self._stop.is_set() and self._ingest.empty()):
-            batch: list[tuple[str, str, bytes]] = []
-            deadline = time.monotonic() + self.settings.batch_wait_s
-            while len(batch) < self.settings.batch_max:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(self._ingest.get(timeout=timeout))
-                except queue.Empty:
-                    break
-            if batch:
-                try:
-                    self.ingest_batch(batch)
-                except Exception:
-                    log.exception("could not write a batch of %d device messages", len(batch))
+    def _ingest_pass(self) -> bool:
+        """Gather one batch and write it; True once stopped and drained."""
+        if self._stop.is_set() and self._ingest.empty():
+            return True
+        batch: list[tuple[str, str, bytes]] = []
+        deadline = time.monotonic() + self.settings.batch_wait_s
+        while len(batch) < self.settings.batch_max:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            try:
+                batch.append(self._ingest.get(timeout=timeout))
+            except queue.Empty:
+                break
+        for _kind, topic_name, _payload in batch:
+            parts = topic_name.split("/")
+            self._guard.taken(parts[3] if len(parts) == 5 else "", "")
+        if batch:
+            self.ingest_batch(batch)
+        return False
 
     def flush(self, timeout_s: float = 10.0) -> None:
         """Wait until everything received so far has been written (tests, shutdown)."""
@@ -376,24 +426,65 @@ class FleetBridge:
         time.sleep(self.settings.batch_wait_s * 2)
 
     def ingest_batch(self, batch: list[tuple[str, str, bytes]]) -> None:
-        """Decode a batch of device messages and write them in one transaction."""
+        """Decode each device message on its own and write the batch in one transaction;
+        if that transaction fails, write each message in its own, so a message the
+        database refuses is dropped and counted alone (poison), never the batch."""
+        decoded: list[tuple[str, str, proto.Message]] = []
+        for _kind, topic_name, payload in batch:
+            message = self._decode(topic_name, payload)
+            if message is not None:
+                decoded.append(message)
+        if not decoded:
+            return
+        try:
+            self._write(decoded)
+        except Exception as err:
+            log.warning(
+                "a batch of %d device messages was refused (%s); writing each on its own",
+                len(decoded),
+                str(err).splitlines()[0][:200],
+            )
+            for item in decoded:
+                try:
+                    self._write([item])
+                except Exception as one:
+                    self.stats.ignored += 1
+                    self._guard.poisoned(item[0], item[1], str(one).splitlines()[0][:200])
+
+    def _decode(self, topic_name: str, payload: bytes) -> tuple[str, str, proto.Message] | None:
+        """``(device_id, topic, message)``, or None for a message dropped (and counted)."""
+        self.stats.received += 1
+        try:
+            device_id, channel = proto.parse_topic(topic_name)
+        except proto.ProtocolError as err:
+            self.stats.ignored += 1
+            log.warning("ignored a message on %s: %s", topic_name, err)
+            return None
+        try:
+            message = proto.decode(payload, channel=channel)
+        except proto.ProtocolError as err:
+            reason = str(err)
+        except Exception as err:  # decode raises only ProtocolError; never trust that here
+            log.exception("decoding a message on %s raised", topic_name)
+            reason = f"{type(err).__name__}: {err}"
+        else:
+            return device_id, topic_name, message
+        self.stats.ignored += 1
+        self._guard.poisoned(device_id, topic_name, reason)
+        return None
+
+    def _write(self, decoded: list[tuple[str, str, proto.Message]]) -> None:
+        """Write decoded messages in one transaction (device rows, telemetry, acks)."""
         now = utcnow()
         seen: set[str] = set()
         offline: set[str] = set()
         versions: dict[str, int | None] = {}
         telemetry: list[dict[str, Any]] = []
         acks: list[tuple[str, proto.Ack]] = []
-        for _kind, topic_name, payload in batch:
-            self.stats.received += 1
-            try:
-                device_id, channel = proto.parse_topic(topic_name)
-                message = proto.decode(payload, channel=channel)
-            except proto.ProtocolError as err:
-                self.stats.ignored += 1
-                log.warning("ignored a message on %s: %s", topic_name, err)
-                continue
+        counts = {"statuses": 0, "heartbeats": 0, "acks": 0}
+        for device_id, _topic, message in decoded:
             if isinstance(message, proto.Status):
-                self.stats.statuses += 1
+                counts["statuses"] += 1
                 if message.online:
                     seen.add(device_id)
                     offline.discard(device_id)
@@ -402,31 +493,14 @@ class FleetBridge:
                     offline.add(device_id)
                     seen.discard(device_id)
             elif isinstance(message, proto.Heartbeat):
-                self.stats.heartbeats += 1
+                counts["heartbeats"] += 1
                 seen.add(device_id)
                 offline.discard(device_id)
             elif isinstance(message, proto.Telemetry):
                 seen.add(device_id)
-                telemetry.append(
-                    {
-                        "device_id": device_id,
-                        "received_at": now,
-                        "model_version_id": message.model_version_id,
-                        "seq": message.seq,
-                        "window_s": message.window_s,
-                        "count": message.count,
-                        "latency_p50_ms": message.latency_p50_ms,
-                        "latency_p95_ms": message.latency_p95_ms,
-                        "predictions": message.predictions,
-                        "features": [list(f.counts) for f in message.features],
-                    }
-                )
+                telemetry.append(_telemetry_row(device_id, message, now))
             elif isinstance(message, proto.Ack):
-                self.stats.acks += 1
-                self.stats.acks_seen.append(message)
-                if message.action == "install":
-                    with self._fanout_lock:
-                        self._fanout.finished(device_id)
+                counts["acks"] += 1
                 acks.append((device_id, message))
                 versions[device_id] = message.model_version_id
                 seen.add(device_id)
@@ -437,22 +511,7 @@ class FleetBridge:
         ):
             known = self._known_devices(session, seen | offline | set(versions))
             models = self._known_models(session, {v for v in versions.values() if v})
-            online_ids = sorted(seen & known)
-            if online_ids:
-                session.execute(
-                    update(Device)
-                    .where(col(Device.id).in_(online_ids), col(Device.retired_at).is_(None))
-                    .values(last_seen_at=now, reported_status=ReportedStatus.online)
-                    .execution_options(synchronize_session=False)
-                )
-            offline_ids = sorted(offline & known)
-            if offline_ids:
-                session.execute(
-                    update(Device)
-                    .where(col(Device.id).in_(offline_ids))
-                    .values(reported_status=ReportedStatus.offline)
-                    .execution_options(synchronize_session=False)
-                )
+            self._update_devices(session, seen & known, offline & known, now)
             for device_id, version in versions.items():
                 if device_id in known and (version is None or version in models):
                     session.execute(
@@ -464,11 +523,37 @@ class FleetBridge:
             rows = [r for r in telemetry if r["device_id"] in known]
             if rows:
                 session.execute(insert(TelemetryRecord), rows)
-                self.stats.telemetry_rows += len(rows)
             if acks:
                 self._apply_acks(session, acks, now)
             session.flush()
+        # Counted once written (a batch refused and written again is counted once).
+        self.stats.statuses += counts["statuses"]
+        self.stats.heartbeats += counts["heartbeats"]
+        self.stats.acks += counts["acks"]
+        self.stats.telemetry_rows += len(rows)
+        for device_id, ack in acks:
+            self.stats.acks_seen.append(ack)
+            if ack.action == "install":
+                with self._fanout_lock:
+                    self._fanout.finished(device_id)
         self.stats.batches += 1
+
+    @staticmethod
+    def _update_devices(session: Any, online: set[str], offline: set[str], now: Any) -> None:
+        if online:
+            session.execute(
+                update(Device)
+                .where(col(Device.id).in_(sorted(online)), col(Device.retired_at).is_(None))
+                .values(last_seen_at=now, reported_status=ReportedStatus.online)
+                .execution_options(synchronize_session=False)
+            )
+        if offline:
+            session.execute(
+                update(Device)
+                .where(col(Device.id).in_(sorted(offline)))
+                .values(reported_status=ReportedStatus.offline)
+                .execution_options(synchronize_session=False)
+            )
 
     def _known_devices(self, session: Any, ids: set[str]) -> set[str]:
         missing = ids - self._known
@@ -528,3 +613,18 @@ class FleetBridge:
                 row.error = f"rollback failed: {ack.error}"[:500]
         row.acked_at = now
         session.add(row)
+
+
+def _telemetry_row(device_id: str, message: proto.Telemetry, now: Any) -> dict[str, Any]:
+    return {
+        "device_id": device_id,
+        "received_at": now,
+        "model_version_id": message.model_version_id,
+        "seq": message.seq,
+        "window_s": message.window_s,
+        "count": message.count,
+        "latency_p50_ms": message.latency_p50_ms,
+        "latency_p95_ms": message.latency_p95_ms,
+        "predictions": message.predictions,
+        "features": [list(f.counts) for f in message.features],
+    }

@@ -46,6 +46,7 @@ from pathlib import Path
 from edge_client.protocol.mqtt import (
     ARTIFACT_FILTER,
     DOWNLINK,
+    MAX_PACKET_BYTES,
     TOPIC_ROOT,
     UPLINK,
     check_device_id,
@@ -131,6 +132,9 @@ def conf_text(
         # subscription takes every device's telemetry, and Mosquitto silently drops
         # what exceeds this during a burst (1,000 devices x 100 messages fit).
         "max_queued_messages 100000",
+        # Every message of the contract fits; a bigger publish (a device's 2 MB poison)
+        # is refused by the broker, which disconnects the sender, unread by the fleet.
+        f"max_packet_size {MAX_PACKET_BYTES}",
         f"listener {port} {bind}",
         SESSION_PER_USER,
     ]

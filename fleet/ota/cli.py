@@ -17,6 +17,7 @@ Heavy imports stay inside the commands. Errors: one line on stderr, non-zero exi
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -236,17 +237,21 @@ def _serve_mqtt(
         controller = RolloutController(engine=engine, sender=bridge, release_after_s=release)
         typer.echo(f"fleet MQTT service connected to {host}:{port}")
         next_drift = time.monotonic() + drift_every_s
+        reported: set[str] = set()  # bad stored drift rows, each reported once
         while not stop.wait(CONTROLLER_TICK_S):
-            controller.step()
-            if sync is not None:
-                sync.step()
-            if time.monotonic() >= next_drift:
-                next_drift = time.monotonic() + drift_every_s
-                for event in check_all(engine):
-                    typer.echo(
-                        f"drift event {event.id}: model {event.model_version_id} "
-                        f"PSI {event.score:.2f}"
-                    )
+            try:  # no stored row or device message ends the service: log, carry on
+                controller.step()
+                if sync is not None:
+                    sync.step()
+                if time.monotonic() >= next_drift:
+                    next_drift = time.monotonic() + drift_every_s
+                    for event in check_all(engine, reported=reported):
+                        typer.echo(
+                            f"drift event {event.id}: model {event.model_version_id} "
+                            f"PSI {event.score:.2f}"
+                        )
+            except Exception:
+                logging.getLogger("fleet.ota").exception("fleet mqtt: a pass failed; carrying on")
     finally:
         bridge.stop()
 

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from edge_client.protocol.mqtt import MAX_PACKET_BYTES
+
 MOSQUITTO = "/usr/sbin/mosquitto"
 
 
@@ -59,6 +61,8 @@ class MosquittoProcess:
             return
         lines = [f"listener {self.port} 127.0.0.1", "persistence false"]
         lines += ["max_queued_messages 100000", "max_inflight_messages 64"]
+        # As fedfleet fleet broker-config writes it (fleet/ota/broker_config.py).
+        lines.append(f"max_packet_size {MAX_PACKET_BYTES}")
         if passwd is not None:
             shutil.copyfile(passwd, self.folder / "passwd")
             os.chmod(self.folder / "passwd", 0o644)

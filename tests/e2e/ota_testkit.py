@@ -5,29 +5,38 @@ devices, writes the broker's password and ACL files with ``fleet.ota.broker_conf
 a private Mosquitto with them (stopped by PID), starts the fleet bridge and a rollout
 controller thread, and runs the devices as :class:`SimulatedFleet` agents in this process, or with
 ``processes=K`` as a :class:`ProcessFleet` over K worker processes (``self.procs``).
+:class:`DeviceClient` is one device's raw broker session (its own credentials), for tests
+of what a hostile device can and cannot do.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 from broker_process import MosquittoProcess
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine
+from sqlmodel import Session, select
 
 from edge_client.device_config import BrokerSettings
+from edge_client.protocol import mqtt as proto
 from fleet import migrate
 from fleet.artifacts import ArtifactStore
 from fleet.audit import Actor
 from fleet.db import make_engine, session_scope
+from fleet.models.ota import TelemetryRecord
 from fleet.ota.bridge import BridgeSettings, FleetBridge
 from fleet.ota.broker_config import FLEET_USER, device_credentials_from_db, write_broker_config
 from fleet.ota.controller import RolloutController
+from fleet.ota.guard import Limits
 from simulation.fleet_devices import AgentReport, ProcessFleet, SimDevice, SimulatedFleet
 
 SIM_ACTOR = Actor(name="cli:simulate-devices", role="operator", source="cli")
@@ -117,9 +126,15 @@ class OtaFleet:
         group: str = "wards",
         chunk_size: int = 16 * 1024,
         broker_extra: str = "",
+        limits: Limits | None = None,
+        spares: int = 0,
     ) -> None:
-        """``broker_extra``: more ``mosquitto.conf`` lines (e.g. ``log_type subscribe``)."""
+        """``broker_extra``: more ``mosquitto.conf`` lines (e.g. ``log_type subscribe``);
+        ``limits``: the bridge's per-device limits (default: the fleet's); ``spares``:
+        devices enrolled in group ``{group}-spare`` that run no agent (``self.spares``:
+        a test or bench drives their broker sessions itself)."""
         self.chunk_size = chunk_size
+        self.limits = limits or Limits()
         self.root = root
         self.engine = make_engine(f"sqlite:///{root / 'fleet.db'}")
         migrate.upgrade(self.engine)
@@ -135,6 +150,13 @@ class OtaFleet:
         self.devices: list[SimDevice] = (
             enroll_devices(self.engine, count=devices, group=group, target=TARGET)
             if devices
+            else []
+        )
+        self.spares: list[SimDevice] = (
+            enroll_devices(
+                self.engine, count=spares, group=f"{group}-spare", target=TARGET, prefix="spare"
+            )
+            if spares
             else []
         )
         files = write_broker_config(
@@ -175,6 +197,7 @@ class OtaFleet:
                 password=self.fleet_password,
                 chunk_size=self.chunk_size,
                 batch_wait_s=0.05,
+                limits=self.limits,
             ),
         ).start()
         self.controller = RolloutController(engine=self.engine, sender=self.bridge)
@@ -220,3 +243,103 @@ class OtaFleet:
             self.bridge.stop()
         self.broker.close()
         self.engine.dispose()
+
+
+# --- a device's raw broker session (tests of hostile devices) -------------------------
+
+
+def _json(**fields: object) -> bytes:
+    return json.dumps({"schema": 1, **fields}).encode()
+
+
+# The findings' payloads, each a valid shape but for one value (or no shape at all).
+POISONS: dict[str, bytes] = {
+    "nested-300kb": b"[" * 300_000,
+    "400-digit-number": _json(type="heartbeat", uptime_s=int("9" * 400)),
+    "seq-2^63": _json(
+        type="telemetry", seq=2**63, window_s=1, count=1, latency_p50_ms=1, latency_p95_ms=1
+    ),
+    "bin-count-2^63": _json(
+        type="telemetry",
+        seq=1,
+        window_s=1,
+        count=1,
+        latency_p50_ms=1,
+        latency_p95_ms=1,
+        features=[{"counts": [2**63, 1]}],
+    ),
+    "id-2^70-status": _json(type="status", online=True, model_version_id=2**70),
+    "id-2^70-ack": _json(
+        type="ack", command_id="x", ok=True, action="install", model_version_id=2**70
+    ),
+    "non-utf8": b'{"schema":1,"type":"heartbeat","uptime_s":1,"\xff\xfe":2}',
+    "huge-2mb": b'{"schema":1,"type":"heartbeat","uptime_s":1,"pad":"' + b"x" * 2_000_000 + b'"}',
+}
+
+
+class DeviceClient:
+    """A device's own broker session (its credentials), publishing raw payloads and
+    collecting what arrives on the topics it subscribes (tests of what a device may do)."""
+
+    def __init__(self, fleet: OtaFleet, device: SimDevice) -> None:
+        self.device_id = device.device_id
+        self.frames: list[bytes] = []
+        self._lock = threading.Lock()
+        connected = threading.Event()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"{device.device_id}-{uuid.uuid4().hex[:4]}"
+        )
+        self.client.username_pw_set(device.device_id, device.password)
+        self.client.max_inflight_messages_set(1000)
+        self.client.on_connect = lambda *_: connected.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", fleet.broker.port)
+        self.client.loop_start()
+        if not connected.wait(10):
+            raise AssertionError(f"{self.device_id} could not connect")
+
+    def _on_message(self, _c: object, _u: object, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.frames.append(bytes(message.payload))
+
+    def subscribe_chunks(self) -> None:
+        done = threading.Event()
+        self.client.on_subscribe = lambda *_: done.set()
+        self.client.subscribe(proto.topic(self.device_id, "chunk"), 1)
+        assert done.wait(10)
+
+    def send(self, channel: proto.Channel, payload: bytes, *, qos: int = 1) -> None:
+        self.client.publish(proto.topic(self.device_id, channel), payload, qos=qos)
+
+    def telemetry(self, seq: int) -> None:
+        message = proto.Telemetry(
+            seq=seq, window_s=1.0, count=1, latency_p50_ms=1.0, latency_p95_ms=1.0
+        )
+        self.send("telemetry", proto.encode(message))
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def threads_alive(bridge: FleetBridge) -> bool:
+    return bool(bridge._threads) and all(t.is_alive() for t in bridge._threads)
+
+
+def stored_seqs(fleet: OtaFleet, device_id: str) -> set[int]:
+    with Session(fleet.engine) as session:
+        rows = session.exec(
+            select(TelemetryRecord.seq).where(TelemetryRecord.device_id == device_id)
+        ).all()
+    return set(rows)
+
+
+def register_demo_bundle(fleet: OtaFleet) -> tuple[int, str]:
+    """A signed demo bundle (about 100 KB) registered as a model version: (id, SHA-256)."""
+    from firmware_images.demo import build_demo_bundle
+
+    bundle = build_demo_bundle(private_key=fleet.key, version="v1", seed=3, pad_to=100_000)
+    model_id = register_bundle(
+        fleet.engine, fleet.store, bundle=bundle.data, task="t", target=TARGET
+    )
+    return model_id, bundle.sha256

@@ -5,10 +5,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import poison_payloads
 
 from edge_client.protocol import mqtt as proto
 
@@ -183,3 +189,44 @@ def test_shared_chunk_requests_and_artifact_topics() -> None:
         assert proto.parse_artifact_topic(other) is None
     with pytest.raises(ValueError, match="SHA-256"):
         proto.artifact_topic("not-a-hash")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(poison_payloads.CHANNELS), poison_payloads.payloads())
+def test_hostile_payloads_decode_to_a_bounded_message_or_a_protocol_error(
+    channel: proto.Channel, payload: bytes
+) -> None:
+    # Execute: whatever a device publishes (deep nesting, 400-digit numbers, 2^63...).
+    try:
+        message = proto.decode(payload, channel=channel)
+    except proto.ProtocolError:
+        return  # refused, as a value: the only failure decode has
+    # Assert: what is accepted round-trips and fits the fleet's 32-bit columns.
+    assert proto.decode(proto.encode(message), channel=channel) == message
+    for name in ("seq", "count", "model_version_id", "rollout_id"):
+        value = getattr(message, name, None)
+        assert value is None or 0 <= value <= 2**31 - 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        (b"[" * 300_000, "nested too deeply"),
+        (b'{"schema":1,"type":"heartbeat","uptime_s":' + b"9" * 400 + b"}", "digits"),
+        (b'{"schema":1,"type":"heartbeat","uptime_s":1e400}', "out of range"),
+        (json.dumps({**poison_payloads.VALID["telemetry"], "seq": 2**63}).encode(), "seq"),
+        (
+            json.dumps({**poison_payloads.VALID["status"], "model_version_id": 2**40}).encode(),
+            "model_version_id",
+        ),
+        (
+            json.dumps(
+                {**poison_payloads.VALID["telemetry"], "features": [{"counts": [2**40]}]}
+            ).encode(),
+            "bin counts",
+        ),
+    ],
+)
+def test_the_findings_payloads_are_refused_with_a_reason(payload: bytes, match: str) -> None:
+    with pytest.raises(proto.ProtocolError, match=match):
+        proto.decode(payload)

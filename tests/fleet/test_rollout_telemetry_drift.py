@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -135,6 +136,30 @@ def test_ingestion_writes_every_valid_message_in_one_batch_and_skips_the_rest(
         assert dev_a is not None and dev_a.reported_status is ReportedStatus.offline
         assert dev_b is not None and dev_b.last_seen_at is not None
     assert bridge.stats.ignored == 2 and bridge.stats.telemetry_rows == 50
+
+
+@pytest.mark.parametrize(
+    ("edges", "proportions", "match"),
+    [
+        ([[]], [[1.0]], "at least two bins"),  # the finding: one bin per feature, was 204
+        ([[1.0, 1.0]], [[0.3, 0.3, 0.4]], "increase strictly"),
+        ([[2.0, 1.0]], [[0.3, 0.3, 0.4]], "increase strictly"),
+        ([[0.0]], [[0.5, 0.6]], "sum to 1"),
+        ([[0.0]], [[-0.5, 1.5]], "non-negative"),
+        ([[0.0]], [[1.0]], "len\\(edges\\) \\+ 1"),
+    ],
+)
+def test_a_drift_reference_the_check_cannot_use_is_refused_with_422(
+    client: TestClient, admin: Headers, edges: Any, proportions: Any, match: str
+) -> None:
+    model = client.post("/api/v1/models", json={"task": "synthetic-logreg"}, headers=admin).json()[
+        "id"
+    ]
+    body = {"edges": edges, "proportions": proportions, "samples": 10}
+    response = client.put(f"/api/v1/models/{model}/drift-reference", json=body, headers=admin)
+    assert response.status_code == 422, response.text
+    assert re.search(match, response.text), response.text
+    assert client.get(f"/api/v1/models/{model}", headers=admin).status_code == 200
 
 
 def test_drift_event_from_telemetry_and_a_retraining_run_from_it(
