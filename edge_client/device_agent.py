@@ -349,11 +349,25 @@ class DeviceAgent:
 
     def _on_command(self, command: proto.Command) -> None:
         if command.action == "ping":
-            self._ack(command, ok=True)
+            self._ack(command, ok=True, stage=self._maybe_adopt_bins(command))
         elif command.action == "rollback":
             self._rollback(command)
         elif command.action == "install":
             self._begin_install(command)
+
+    def _maybe_adopt_bins(self, command: proto.Command) -> str:
+        """A ping carrying ``telemetry_bins`` for the version this device runs is a new
+        drift reference: count inputs in these bins from now on (the window restarts).
+        Bins for another version (or none) change nothing. Returns the ack's stage."""
+        if not command.telemetry_bins:
+            return ""
+        with self._model_lock:
+            running = self.model.meta.model_version_id if self.model else None
+            if running is None or command.model_version_id != running:
+                return "bins-ignored"
+            self._bins = command.telemetry_bins
+            self._stats.reset(self._bins)
+        return "bins-updated"
 
     def _begin_install(self, command: proto.Command) -> None:
         ref = command.artifact

@@ -38,6 +38,12 @@ class FleetSettings:
         rollout_release_after_s: Seconds a device of a sent rollout wave may stay silent
             (no heartbeat, no answer) before the rollout controller releases it from the
             wave (default: twice ``offline_after_s``).
+        drift_threshold: A device's window drifts when one feature's PSI exceeds this.
+        drift_min_devices: A drift event needs at least this many devices of the group
+            drifting, each on its own window (one device's telemetry never raises one).
+        drift_min_share: ... and at least this fraction of the group's devices on record
+            as running the model version.
+        drift_min_samples: Inputs per feature a device's window needs to be scored.
         session_ttl_s: Lifetime of a dashboard login (seconds).
         cookie_secure: Mark the dashboard cookie ``Secure`` (set when serving over HTTPS,
             directly or behind a TLS-terminating proxy).
@@ -56,6 +62,10 @@ class FleetSettings:
     max_upload_bytes: int = 512 * MiB
     offline_after_s: float = 90.0
     rollout_release_after_s: float | None = None
+    drift_threshold: float = 0.2
+    drift_min_devices: int = 3
+    drift_min_share: float = 0.2
+    drift_min_samples: int = 100
     session_ttl_s: int = 8 * 3600
     cookie_secure: bool = False
     migrate_on_start: bool = True
@@ -78,6 +88,7 @@ class FleetSettings:
                 "rollout_release_after_s must be positive (unset: twice offline_after_s), "
                 f"got {self.rollout_release_after_s}"
             )
+        self.drift_rule()  # raises ValueError naming the setting
         if self.session_ttl_s < 60:
             raise ValueError(f"session_ttl_s must be at least 60, got {self.session_ttl_s}")
         if self.signing_public_key is not None and not self.signing_public_key.is_file():
@@ -112,6 +123,10 @@ class FleetSettings:
             "max_upload_bytes": int,
             "offline_after_s": float,
             "rollout_release_after_s": float,
+            "drift_threshold": float,
+            "drift_min_devices": int,
+            "drift_min_share": float,
+            "drift_min_samples": int,
             "session_ttl_s": int,
             "cookie_secure": _parse_bool,
             "migrate_on_start": _parse_bool,
@@ -134,6 +149,17 @@ class FleetSettings:
         if self.rollout_release_after_s is not None:
             return self.rollout_release_after_s
         return 2 * self.offline_after_s
+
+    def drift_rule(self) -> Any:
+        """The drift agreement rule (:class:`fleet.ota.drift.AgreementRule`) of these settings."""
+        from fleet.ota.drift import AgreementRule
+
+        return AgreementRule(
+            threshold=self.drift_threshold,
+            min_devices=self.drift_min_devices,
+            min_share=self.drift_min_share,
+            min_samples=self.drift_min_samples,
+        )
 
     def with_changes(self, **changes: Any) -> FleetSettings:
         """A copy with some fields replaced (validated again)."""

@@ -28,6 +28,7 @@ from fleet.models.devices import Group
 from fleet.models.ota import (
     DriftEvent,
     DriftEventPublic,
+    DriftReferencePublic,
     Reference,
     Rollout,
     RolloutAbort,
@@ -194,6 +195,23 @@ def put_reference(
         actor=principal.actor("api"),
     )
     session.commit()
+
+
+@router.get(
+    "/models/{model_id}/drift-reference",
+    response_model=DriftReferencePublic,
+    responses=NOT_FOUND,
+    summary="Read the training reference drift is measured against",
+)
+def get_reference(
+    model_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+    session: SessionDep,
+    principal: Viewer,
+) -> DriftReferencePublic:
+    reference = telemetry.get_reference(session, model_id)
+    if reference is None:
+        raise HTTPException(404, f"model version {model_id} has no drift reference; set one (PUT)")
+    return reference
 
 
 @router.get("/drift-events", response_model=Page[DriftEventPublic])

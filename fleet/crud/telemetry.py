@@ -19,12 +19,14 @@ from sqlmodel import Session, col, select
 from fleet import audit
 from fleet.crud import runs as runs_crud
 from fleet.errors import Conflict, InvalidReference
-from fleet.models.common import FleetModel
+from fleet.models.common import FleetModel, utcnow
 from fleet.models.devices import Device, Group
 from fleet.models.ota import (
+    DriftDeviceScore,
     DriftEvent,
     DriftEventPublic,
     DriftReference,
+    DriftReferencePublic,
     Reference,
     TelemetryRecord,
     check_reference,
@@ -121,6 +123,8 @@ def set_reference(
     row.edges = [list(e) for e in reference.edges]
     row.proportions = [list(p) for p in reference.proportions]
     row.samples = reference.samples
+    row.created_at = utcnow()
+    row.pushed_at = None  # the MQTT service sends the new bins to the devices running it
     session.add(row)
     session.flush()
     audit.record(
@@ -132,6 +136,21 @@ def set_reference(
         after={"features": len(reference.edges), "samples": reference.samples},
     )
     return row
+
+
+def get_reference(session: Session, model_version_id: int) -> DriftReferencePublic | None:
+    """A model version's stored training reference; None when it has none."""
+    row = session.get(DriftReference, model_version_id)
+    if row is None:
+        return None
+    return DriftReferencePublic(
+        model_version_id=row.model_version_id,
+        edges=row.edges,
+        proportions=row.proportions,
+        samples=row.samples,
+        created_at=row.created_at,
+        pushed_at=row.pushed_at,
+    )
 
 
 def event_public(session: Session, event: DriftEvent) -> DriftEventPublic:
@@ -147,6 +166,9 @@ def event_public(session: Session, event: DriftEvent) -> DriftEventPublic:
         per_feature=[float(v) for v in event.per_feature],
         samples=event.samples,
         run_id=event.run_id,
+        agreeing=event.agreeing,
+        population=event.population,
+        devices=[DriftDeviceScore.model_validate(d) for d in event.devices],
     )
 
 

@@ -281,7 +281,26 @@ class DriftReference(FleetModel, table=True):
     edges: list[Any] = Field(sa_type=JSON)
     proportions: list[Any] = Field(sa_type=JSON)
     samples: int
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # last set
+    pushed_at: datetime | None = Field(
+        default=None,
+        sa_type=UTCDateTime,
+        description="When the MQTT service last sent these bins to the devices running the "
+        "version (NULL: not since it was set).",
+    )
+
+
+class DriftReferencePublic(FleetModel):
+    """A model version's training reference as stored (``GET .../drift-reference``)."""
+
+    model_version_id: int
+    edges: list[list[float]]
+    proportions: list[list[float]]
+    samples: int
+    created_at: datetime = PydanticField(description="When it was last set.")
+    pushed_at: datetime | None = PydanticField(
+        description="When its bins were last sent to the devices running the version."
+    )
 
 
 class DriftEvent(FleetModel, table=True):
@@ -297,6 +316,22 @@ class DriftEvent(FleetModel, table=True):
     per_feature: list[Any] = Field(sa_type=JSON)
     samples: int
     run_id: int | None = Field(default=None, foreign_key="runs.id")
+    population: int = Field(default=0)
+    devices: list[Any] = Field(default_factory=list, sa_type=JSON)
+
+    @property
+    def agreeing(self) -> int:
+        """How many of the scored devices drifted (each on its own window)."""
+        return sum(1 for d in self.devices if isinstance(d, dict) and d.get("drifted"))
+
+
+class DriftDeviceScore(FleetModel):
+    """One device's own verdict in a drift check: its largest per-feature PSI."""
+
+    device_id: str
+    score: float
+    samples: int
+    drifted: bool
 
 
 class DriftEventPublic(FleetModel):
@@ -310,3 +345,10 @@ class DriftEventPublic(FleetModel):
     per_feature: list[float]
     samples: int
     run_id: int | None = PydanticField(description="Retraining run started from this event.")
+    agreeing: int = PydanticField(description="Devices whose own window drifted.")
+    population: int = PydanticField(
+        description="Devices of the group the fleet has on record as running the version."
+    )
+    devices: list[DriftDeviceScore] = PydanticField(
+        description="Every device scored in this check (drifted or not), highest score first."
+    )

@@ -214,6 +214,7 @@ def _serve_mqtt(
     from fleet.ota.bridge import BridgeSettings, FleetBridge
     from fleet.ota.broker_config import FLEET_USER
     from fleet.ota.controller import RolloutController
+    from fleet.ota.reference_push import push_references
     from fleet.ota.telemetry import check_all
 
     host, port, ca_file = broker
@@ -238,17 +239,20 @@ def _serve_mqtt(
         typer.echo(f"fleet MQTT service connected to {host}:{port}")
         next_drift = time.monotonic() + drift_every_s
         reported: set[str] = set()  # bad stored drift rows, each reported once
+        rule = settings.drift_rule()
         while not stop.wait(CONTROLLER_TICK_S):
             try:  # no stored row or device message ends the service: log, carry on
                 controller.step()
                 if sync is not None:
                     sync.step()
+                push_references(engine, bridge)
                 if time.monotonic() >= next_drift:
                     next_drift = time.monotonic() + drift_every_s
-                    for event in check_all(engine, reported=reported):
+                    for event in check_all(engine, rule=rule, reported=reported):
                         typer.echo(
                             f"drift event {event.id}: model {event.model_version_id} "
-                            f"PSI {event.score:.2f}"
+                            f"PSI {event.score:.2f}, {event.agreeing} of "
+                            f"{event.population} devices agreed"
                         )
             except Exception:
                 logging.getLogger("fleet.ota").exception("fleet mqtt: a pass failed; carrying on")

@@ -37,6 +37,7 @@ from fleet.ota.bridge import BridgeSettings, FleetBridge
 from fleet.ota.broker_config import FLEET_USER, device_credentials_from_db, write_broker_config
 from fleet.ota.controller import RolloutController
 from fleet.ota.guard import Limits
+from fleet.ota.reference_push import push_references
 from simulation.fleet_devices import AgentReport, ProcessFleet, SimDevice, SimulatedFleet
 
 SIM_ACTOR = Actor(name="cli:simulate-devices", role="operator", source="cli")
@@ -227,9 +228,13 @@ class OtaFleet:
         return self.sim.reports() if self.sim is not None else []
 
     def _control(self) -> None:
+        """What ``fleet mqtt``'s loop does each tick: rollouts, then changed drift
+        references to the devices running their version."""
         while not self._stop.wait(0.1):
             if self.controller is not None:
                 self.controller.step()
+            if self.bridge is not None:
+                push_references(self.engine, self.bridge)
 
     def close(self) -> None:
         self._stop.set()

@@ -84,6 +84,11 @@ def _device(client: TestClient, admin: Headers, name: str) -> str:
     return str(response.json()["device"]["id"])
 
 
+def _status(device: str, model: int) -> tuple[str, str, bytes]:
+    message = proto.Status(online=True, model_version_id=model)
+    return ("msg", proto.topic(device, "status"), proto.encode(message))
+
+
 def _telemetry(
     device: str, seq: int, model: int, features: list[list[int]], count: int = 100
 ) -> tuple[str, str, bytes]:
@@ -181,18 +186,22 @@ def test_drift_event_from_telemetry_and_a_retraining_run_from_it(
         client.put(f"/api/v1/models/{model}/drift-reference", json=bad, headers=admin).status_code
         == 422
     )
-    device = _device(client, admin, "pi-drift")
+    devices = [_device(client, admin, f"pi-drift-{i}") for i in range(3)]
     bridge = _bridge(client)
     engine = client.app.state.engine  # type: ignore[attr-defined]
+    bridge.ingest_batch([_status(d, model) for d in devices])  # on record: running `model`
+    stable, shifted = [[25, 25, 25, 25], [25, 25, 25, 25]], [[25, 25, 25, 25], [0, 5, 15, 80]]
 
-    # Execute: stable inputs first (no event), then feature 1 shifts to the top bin.
-    bridge.ingest_batch(
-        [_telemetry(device, i, model, [[25, 25, 25, 25], [25, 25, 25, 25]]) for i in range(4)]
-    )
+    # Execute: stable inputs first (no event); then one device alone shifts (no event);
+    # then all three do.
+    bridge.ingest_batch([_telemetry(d, i, model, stable) for d in devices for i in range(4)])
+    with session_scope(engine, write=True) as session:
+        assert check_drift(session, model_version_id=model, group="wards") is None
+    bridge.ingest_batch([_telemetry(devices[0], 10 + i, model, shifted) for i in range(4)])
     with session_scope(engine, write=True) as session:
         assert check_drift(session, model_version_id=model, group="wards") is None
     bridge.ingest_batch(
-        [_telemetry(device, 10 + i, model, [[25, 25, 25, 25], [0, 5, 15, 80]]) for i in range(4)]
+        [_telemetry(d, 10 + i, model, shifted) for d in devices[1:] for i in range(4)]
     )
     with session_scope(engine, write=True) as session:
         event = check_drift(session, model_version_id=model, group="wards")
@@ -206,6 +215,8 @@ def test_drift_event_from_telemetry_and_a_retraining_run_from_it(
     assert events["total"] == 1
     item = events["items"][0]
     assert item["id"] == event_id and item["group"] == "wards" and item["per_feature"][1] > 0.2
+    assert item["agreeing"] == 3 and item["population"] == 3
+    assert sorted(d["device_id"] for d in item["devices"] if d["drifted"]) == sorted(devices)
     run = client.post(f"/api/v1/drift-events/{event_id}/runs", headers=admin)
     assert run.status_code == 201, run.text
     assert run.json()["task"] == "synthetic-logreg"
@@ -216,5 +227,5 @@ def test_drift_event_from_telemetry_and_a_retraining_run_from_it(
         params={"model_version_id": model, "group": "wards"},
         headers=admin,
     ).json()
-    assert summary["inferences"] == 800 and summary["devices"] == 1
-    assert summary["latency_p95_ms"] == 18.0 and summary["predictions"] == {"0": 400, "1": 400}
+    assert summary["inferences"] == 2400 and summary["devices"] == 3
+    assert summary["latency_p95_ms"] == 18.0 and summary["predictions"] == {"0": 1200, "1": 1200}
