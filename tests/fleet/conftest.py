@@ -301,6 +301,12 @@ def record_drift_event(engine: Engine, model_version_id: int, *, score: float = 
             threshold=0.2,
             per_feature=[score],
             samples=300,
+            population=5,
+            devices=[
+                {"device_id": f"dev-{i}", "score": score, "samples": 100, "drifted": True}
+                for i in range(3)
+            ]
+            + [{"device_id": "dev-3", "score": 0.01, "samples": 100, "drifted": False}],
         )
         session.add(event)
         session.flush()

@@ -316,6 +316,7 @@ def test_operator_starts_a_retraining_run_from_a_drift_event_in_one_click(
     viewer = login(pages_client, role_tokens[Role.viewer])
     page = viewer.get("/rollouts").text
     assert f'data-drift="{event}"' in page and f"/drift-events/{event}/retrain" not in page
+    assert "3 of 5" in page and "dev-0, dev-1, dev-2" in page  # who agreed, by name
     refused = viewer.post(
         f"/drift-events/{event}/retrain",
         data={"csrf": csrf_of(viewer.get("/devices").text)},

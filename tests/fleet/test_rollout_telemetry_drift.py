@@ -229,3 +229,30 @@ def test_drift_event_from_telemetry_and_a_retraining_run_from_it(
     ).json()
     assert summary["inferences"] == 2400 and summary["devices"] == 3
     assert summary["latency_p95_ms"] == 18.0 and summary["predictions"] == {"0": 1200, "1": 1200}
+
+
+def test_a_drift_reference_is_read_back_as_set(client: TestClient, admin: Headers) -> None:
+    # Prepare
+    model = client.post("/api/v1/models", json={"task": "synthetic-logreg"}, headers=admin).json()[
+        "id"
+    ]
+    url = f"/api/v1/models/{model}/drift-reference"
+    missing = client.get(url, headers=admin)
+    reference = {"edges": [[-1.5, 0.0, 2.5]], "proportions": [[0.1, 0.4, 0.3, 0.2]], "samples": 77}
+
+    # Execute
+    put = client.put(url, json=reference, headers=admin)
+    got = client.get(url, headers=admin)
+
+    # Assert: 404 with the fix before; the same numbers after; not yet sent to devices.
+    assert missing.status_code == 404 and "set one" in missing.json()["detail"]
+    assert put.status_code == 204, put.text
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert (body["edges"], body["proportions"], body["samples"]) == (
+        reference["edges"],
+        reference["proportions"],
+        77,
+    )
+    assert body["model_version_id"] == model and body["pushed_at"] is None
+    assert client.get("/api/v1/models/999/drift-reference", headers=admin).status_code == 404
