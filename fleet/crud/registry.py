@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -23,6 +24,8 @@ from fleet.models.registry import (
     ModelVersionUpdate,
 )
 from fleet.models.runs import Run
+
+log = logging.getLogger(__name__)
 
 
 def artifact_public(artifact: Artifact) -> ArtifactPublic:
@@ -97,7 +100,9 @@ def list_models(
 
 
 def register_model(session: Session, data: ModelVersionCreate, *, actor: Actor) -> ModelVersion:
-    """Register a model version with its lineage."""
+    """Register a model version with its lineage, and attach the drift reference of its
+    task's training inputs where the fleet knows the task (:mod:`fleet.drift_reference`;
+    the data loaded with the source run's ``seed``, else 0)."""
     if data.source_run_id is not None and session.get(Run, data.source_run_id) is None:
         raise InvalidReference(f"run {data.source_run_id} does not exist; check source_run_id")
     if data.parent_id is not None and session.get(ModelVersion, data.parent_id) is None:
@@ -122,7 +127,22 @@ def register_model(session: Session, data: ModelVersionCreate, *, actor: Actor) 
         entity_id=model.id or 0,
         after=public_view(session, model),
     )
+    _attach_task_reference(session, model, actor=actor)
     return model
+
+
+def _attach_task_reference(session: Session, model: ModelVersion, *, actor: Actor) -> None:
+    from fleet.crud.telemetry import set_reference
+    from fleet.drift_reference import task_reference
+
+    run = session.get(Run, model.source_run_id) if model.source_run_id is not None else None
+    seed = run.config.get("seed", 0) if run is not None else 0
+    try:
+        reference = task_reference(model.task, seed=seed if isinstance(seed, int) else 0)
+    except ValueError as err:  # no usable training inputs: an operator PUTs one
+        log.info("model version %s registered without a drift reference: %s", model.id, err)
+        return
+    set_reference(session, model_version_id=model.id or 0, reference=reference, actor=actor)
 
 
 def update_model(

@@ -1,9 +1,9 @@
 """Input drift: the Population Stability Index per feature against the training reference.
 
 Pure functions, no state. The training reference (:class:`fleet.models.ota.Reference`,
-stored with the admin app's models) is, per feature, the interior edges of
-``n_bins`` quantile bins of the training inputs and the fraction of training samples in
-each bin. Devices count their inputs in the same bins (the edges travel in the install
+stored with the admin app's models, built by :mod:`fleet.drift_reference`) is, per
+feature, the interior edges of ``n_bins`` quantile bins of the training inputs and the
+fraction of training samples in each bin. Devices count their inputs in the same bins (the edges travel in the install
 command), so the fleet only ever sees counts, never inputs.
 
 PSI (Siddiqi, *Credit Risk Scorecards*, 2006; statistical properties in Yurdakul,
@@ -29,9 +29,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fleet.drift_reference import DEFAULT_BINS, bin_counts, reference_from_data
 from fleet.models.ota import Reference
 
-DEFAULT_BINS = 10
+__all__ = [
+    "DEFAULT_BINS",
+    "AgreementRule",
+    "agreeing",
+    "bin_counts",
+    "psi",
+    "psi_per_feature",
+    "reference_from_data",
+]
 DEFAULT_THRESHOLD = 0.2
 EPS = 1e-4
 DEFAULT_MIN_DEVICES = 3
@@ -82,28 +91,6 @@ def agreeing(
     if len(drifting) < rule.min_share * population - 1e-9:  # 3 of 15 is 20 %, in floats too
         return None
     return drifting
-
-
-def reference_from_data(x: np.ndarray, *, n_bins: int = DEFAULT_BINS) -> Reference:
-    """Quantile bins of each feature of ``x`` (shape ``(n, features...)``, flattened)."""
-    if n_bins < 2:
-        raise ValueError("n_bins must be at least 2")
-    data = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    if len(data) < n_bins:
-        raise ValueError(f"need at least {n_bins} samples to build {n_bins} bins")
-    edges, props = [], []
-    for column in data.T:
-        interior = np.unique(np.quantile(column, np.linspace(0, 1, n_bins + 1)[1:-1]))
-        counts = bin_counts(column, interior)
-        edges.append(tuple(float(e) for e in interior))
-        props.append(tuple(float(c) for c in counts / counts.sum()))
-    return Reference(edges=tuple(edges), proportions=tuple(props), samples=len(data))
-
-
-def bin_counts(values: np.ndarray, edges: Sequence[float] | np.ndarray) -> np.ndarray:
-    """How many ``values`` fall in each bin (``v < e0``, ``e0 <= v < e1``, ..., ``v >= e_last``)."""
-    index = np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="right")
-    return np.bincount(index, minlength=len(edges) + 1)
 
 
 def psi(expected: Sequence[float], actual: Sequence[float], *, eps: float = EPS) -> float:

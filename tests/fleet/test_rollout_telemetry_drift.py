@@ -231,20 +231,33 @@ def test_drift_event_from_telemetry_and_a_retraining_run_from_it(
     assert summary["latency_p95_ms"] == 18.0 and summary["predictions"] == {"0": 1200, "1": 1200}
 
 
-def test_a_drift_reference_is_read_back_as_set(client: TestClient, admin: Headers) -> None:
-    # Prepare
-    model = client.post("/api/v1/models", json={"task": "synthetic-logreg"}, headers=admin).json()[
-        "id"
-    ]
-    url = f"/api/v1/models/{model}/drift-reference"
-    missing = client.get(url, headers=admin)
+def test_a_model_version_gets_its_task_reference_at_registration_and_reads_back_a_put(
+    client: TestClient, admin: Headers
+) -> None:
+    # Prepare: versions of a task the fleet knows (synthetic: 60 columns) and of one
+    # it does not.
+    def register(task: str) -> int:
+        response = client.post("/api/v1/models", json={"task": task}, headers=admin)
+        assert response.status_code == 201, response.text
+        return int(response.json()["id"])
+
+    known, unknown = register("synthetic-logreg"), register("vendor-own-task")
+    url = f"/api/v1/models/{known}/drift-reference"
     reference = {"edges": [[-1.5, 0.0, 2.5]], "proportions": [[0.1, 0.4, 0.3, 0.2]], "samples": 77}
 
     # Execute
+    attached = client.get(url, headers=admin)
+    missing = client.get(f"/api/v1/models/{unknown}/drift-reference", headers=admin)
     put = client.put(url, json=reference, headers=admin)
     got = client.get(url, headers=admin)
 
-    # Assert: 404 with the fix before; the same numbers after; not yet sent to devices.
+    # Assert: deciles of each training column (about 10 % per bin); none for the
+    # unknown task (404 saying how to fix); a PUT replaces it and reads back the same.
+    assert attached.status_code == 200, attached.text
+    auto = attached.json()
+    assert len(auto["edges"]) == 60 and all(len(e) == 9 for e in auto["edges"])
+    assert all(abs(p - 0.1) < 0.01 for row in auto["proportions"] for p in row)
+    assert auto["samples"] > 1000 and auto["pushed_at"] is None
     assert missing.status_code == 404 and "set one" in missing.json()["detail"]
     assert put.status_code == 204, put.text
     assert got.status_code == 200, got.text
@@ -254,5 +267,5 @@ def test_a_drift_reference_is_read_back_as_set(client: TestClient, admin: Header
         reference["proportions"],
         77,
     )
-    assert body["model_version_id"] == model and body["pushed_at"] is None
+    assert body["model_version_id"] == known and body["created_at"] >= auto["created_at"]
     assert client.get("/api/v1/models/999/drift-reference", headers=admin).status_code == 404
