@@ -38,6 +38,7 @@ from edge_client.protocol import mqtt as proto
 from fleet import audit
 from fleet.crud.rollouts import create_rollout
 from fleet.db import session_scope
+from fleet.models.devices import Device
 from fleet.models.ota import (
     DeviceRolloutState,
     DriftReference,
@@ -284,10 +285,11 @@ def _telemetry(seq: int) -> proto.Telemetry:
 def test_fleet_mqtt_keeps_running_past_bad_drift_rows(tmp_path: Path) -> None:
     # Prepare: the real `fleet mqtt` process on a database holding the finding's rows — a
     # one-bin reference (stored before the API refused it) and a telemetry bin count of
-    # 2^63 (stored before the decoder bounded it) — and one good model that drifted.
-    fleet = OtaFleet(tmp_path, devices=1)
+    # 2^63 (stored before the decoder bounded it) — and one good model that drifted. One
+    # device per model (on record as running it), and an agreement of one device
+    # (FEDFLEET_FLEET_DRIFT_MIN_DEVICES=1, read by the real process).
+    fleet = OtaFleet(tmp_path, devices=3)
     fleet.broker.start()
-    device = fleet.devices[0].device_id
     models = [
         register_bundle(fleet.engine, fleet.store, bundle=b, task="t", target=TARGET)
         for b in (b"one-bin", b"huge-count", b"good")
@@ -307,7 +309,12 @@ def test_fleet_mqtt_keeps_running_past_bad_drift_rows(tmp_path: Path) -> None:
                 )
             )
         features = {one_bin: [[500]], huge: [[2**63, 1]], good: [[0, 500]]}
-        for model, counts in features.items():
+        for (model, counts), enrolled in zip(features.items(), fleet.devices, strict=True):
+            device = enrolled.device_id
+            row = session.get(Device, device)
+            assert row is not None
+            row.model_version_id = model
+            session.add(row)
             session.add(
                 TelemetryRecord(
                     device_id=device,
@@ -322,7 +329,11 @@ def test_fleet_mqtt_keeps_running_past_bad_drift_rows(tmp_path: Path) -> None:
             )
         session.flush()
     log = tmp_path / "fleet-mqtt.log"
-    env = {**os.environ, "FEDFLEET_FLEET_DATA_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "FEDFLEET_FLEET_DATA_DIR": str(tmp_path),
+        "FEDFLEET_FLEET_DRIFT_MIN_DEVICES": "1",
+    }
     command = [
         *(FEDFLEET, "fleet", "mqtt", "--broker-port", str(fleet.broker.port)),
         *("--password-file", str(tmp_path / "broker" / "fleet.pass")),
@@ -342,7 +353,7 @@ def test_fleet_mqtt_keeps_running_past_bad_drift_rows(tmp_path: Path) -> None:
         # Assert: alive; the good model's event raised; each bad row reported once.
         text = log.read_text()
         assert service.poll() is None, text[-3000:]
-        assert f"model {good} PSI" in text, text[-3000:]
+        assert f"model {good} PSI" in text and "1 of 1 devices agreed" in text, text[-3000:]
         assert text.count(f"drift reference of model version {one_bin}") == 1, text[-3000:]
         assert text.count("telemetry row") == 1, text[-3000:]
     finally:
