@@ -87,10 +87,15 @@ class DeviceAgent:
         leaves them out (own worker thread, paho's own network thread)."""
         self.config = config
         self._network = network
-        self._public_key = load_public_key(config.public_key)
+        bundle_key = load_public_key(config.public_key)
+        self._command_key = (
+            load_public_key(config.command_public_key)
+            if config.command_public_key is not None
+            else bundle_key
+        )
         self.store = SlotStore(
             config.slots_dir,
-            public_key=self._public_key,
+            public_key=bundle_key,
             target=config.target,
             max_failed_starts=config.max_failed_starts,
             durable=config.durable,
@@ -368,7 +373,7 @@ class DeviceAgent:
         verdict = check_command(
             command,
             device_id=self.config.device_id,
-            public_key=self._public_key,
+            public_key=self._command_key,
             last_issued_at=floor.command_issued_at,
             last_command_id=floor.command_id,
             now_ms=int(time.time() * 1000),

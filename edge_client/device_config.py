@@ -5,7 +5,9 @@ Example::
     device_id = "dev-0123456789abcdef"     # from enrollment; also the broker user name
     target = "cpu-x86"                      # must match the bundles' target
     slots_dir = "/var/lib/fedfleet/slots"
-    public_key = "/etc/fedfleet/fleet.pub"  # Ed25519 key the bundles and commands are signed with
+    public_key = "/etc/fedfleet/fleet.pub"  # Ed25519 key the bundles are signed with
+    command_public_key = "/etc/fedfleet/commands.pub"  # optional: the fleet's command key
+                                            # (default: public_key)
     task = "digits-cnn"                     # optional: the only task installed (default:
                                             # pinned by the first install)
     heartbeat_s = 30
@@ -65,6 +67,8 @@ class DeviceConfig:
     ``hold_before_switch_s``: fault-injection pause for tests (0 in service);
     ``task``: the only task whose bundles this device installs (None: its first install
     pins it, see :mod:`edge_client.floor`);
+    ``command_public_key``: the Ed25519 key the fleet signs commands with (``fleet mqtt
+    --command-key``; None: ``public_key``, i.e. the fleet holds the bundle key).
     ``durable``: fsync slot writes (always on a device; the simulator turns it off
     because its hundreds of "devices" share one disk).
     """
@@ -83,6 +87,7 @@ class DeviceConfig:
     hold_before_switch_s: float = 0.0
     durable: bool = True
     task: str | None = None
+    command_public_key: Path | None = None
 
     def __post_init__(self) -> None:
         check_device_id(self.device_id)
@@ -115,6 +120,7 @@ _TOP = {
     "max_failed_starts",
     "hold_before_switch_s",
     "task",
+    "command_public_key",
     "broker",
     "http",
 }
@@ -176,6 +182,9 @@ def load_config(path: Path) -> DeviceConfig:
             http_port=http.get("port"),
             hold_before_switch_s=float(raw.get("hold_before_switch_s", 0.0)),
             task=_task(raw.get("task")),
+            command_public_key=(
+                base / raw["command_public_key"] if "command_public_key" in raw else None
+            ),
         )
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: {err}") from None
