@@ -14,11 +14,18 @@ all chunks are in, it verifies, writes the inactive slot, self-tests, switches a
 Memory stays bounded: at most ``chunk_window`` frames from the shared topic wait in the
 inbox; more are dropped on arrival (and fetched again by the repair path).
 Any failure acks ``ok=false`` with the stage and keeps the previous model running.
+
+Every command first passes :func:`edge_client.command_auth.check_command`: a rollback
+must carry the fleet's signature, fresh (``issued_at`` after the last accepted one) and
+unexpired, or it is refused with ``stage="auth"``; an unsigned install is allowed (the
+bundle is signed; :mod:`edge_client.floor` refuses one that is not newer or of another
+task, ``stage="floor"``) but the model version id it names is not believed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -36,7 +43,9 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 
+from edge_client.command_auth import Verdict, check_command
 from edge_client.device_config import DeviceConfig
+from edge_client.floor import FloorDamagedError
 from edge_client.mqtt_loop import SharedLoop
 from edge_client.ota import Download, InstallError, LoadedModel, SlotStore, install
 from edge_client.protocol import mqtt as proto
@@ -78,12 +87,19 @@ class DeviceAgent:
         leaves them out (own worker thread, paho's own network thread)."""
         self.config = config
         self._network = network
+        bundle_key = load_public_key(config.public_key)
+        self._command_key = (
+            load_public_key(config.command_public_key)
+            if config.command_public_key is not None
+            else bundle_key
+        )
         self.store = SlotStore(
             config.slots_dir,
-            public_key=load_public_key(config.public_key),
+            public_key=bundle_key,
             target=config.target,
             max_failed_starts=config.max_failed_starts,
             durable=config.durable,
+            task=config.task,
         )
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="agent")
@@ -94,6 +110,7 @@ class DeviceAgent:
         self.model: LoadedModel | None = None
         self._download: Download | None = None
         self._command: proto.Command | None = None
+        self._command_signed = False  # the running install's command was signed
         self._in_flight: dict[int, float] = {}
         self._asked: set[int] = set()  # chunks of this download requested at least once
         self._shared: str | None = None  # the artifact topic this agent listens on
@@ -347,7 +364,39 @@ class DeviceAgent:
             # place before the chunk request that follows reaches the fleet.
             self.client.subscribe(topic_name, proto.QOS)
 
+    def _authenticate(self, command: proto.Command) -> Verdict:
+        """Check the command's envelope; remember an accepted signed one (the replay floor)."""
+        try:
+            floor = self.store.floor()
+        except FloorDamagedError as err:
+            return Verdict(ok=False, reason=str(err))
+        verdict = check_command(
+            command,
+            device_id=self.config.device_id,
+            public_key=self._command_key,
+            last_issued_at=floor.command_issued_at,
+            last_command_id=floor.command_id,
+            now_ms=int(time.time() * 1000),
+        )
+        if verdict.ok and verdict.signed:
+            self.store.write_floor(
+                dataclasses.replace(
+                    floor, command_issued_at=command.issued_at or 0, command_id=command.command_id
+                )
+            )
+        return verdict
+
     def _on_command(self, command: proto.Command) -> None:
+        verdict = self._authenticate(command)
+        if verdict.duplicate:
+            log.info(
+                "%s: ignored a second delivery of %s", self.config.device_id, command.command_id
+            )
+            return
+        if not verdict.ok:
+            log.warning("%s: refused %s: %s", self.config.device_id, command.action, verdict.reason)
+            self._ack(command, ok=False, stage="auth", error=verdict.reason)
+            return
         if command.action == "ping":
             self._ack(command, ok=True, stage=self._maybe_adopt_bins(command))
         elif command.action == "rollback":
@@ -370,6 +419,7 @@ class DeviceAgent:
         return "bins-updated"
 
     def _begin_install(self, command: proto.Command) -> None:
+        self._command_signed = command.signature is not None  # checked by _authenticate
         ref = command.artifact
         assert ref is not None  # checked by the protocol  # noqa: S101
         if self.model is not None and self.model.meta.sha256 == ref.sha256:
@@ -460,7 +510,8 @@ class DeviceAgent:
             loaded = install(
                 self.store,
                 bundle_file=path,
-                model_version_id=command.model_version_id,
+                # Believed only when signed; the id the signed manifest names wins anyway.
+                model_version_id=command.model_version_id if self._command_signed else None,
                 hold_before_switch_s=self.config.hold_before_switch_s,
                 move=True,  # the verified download becomes the slot's bundle (no copy)
             )

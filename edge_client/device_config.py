@@ -6,6 +6,10 @@ Example::
     target = "cpu-x86"                      # must match the bundles' target
     slots_dir = "/var/lib/fedfleet/slots"
     public_key = "/etc/fedfleet/fleet.pub"  # Ed25519 key the bundles are signed with
+    command_public_key = "/etc/fedfleet/commands.pub"  # optional: the fleet's command key
+                                            # (default: public_key)
+    task = "digits-cnn"                     # optional: the only task installed (default:
+                                            # pinned by the first install)
     heartbeat_s = 30
     telemetry_s = 60
     max_failed_starts = 3
@@ -22,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,8 @@ from typing import Any
 import tomllib
 
 from edge_client.protocol.mqtt import DEFAULT_CHUNK_BYTES, check_device_id
+
+_TASK = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # a manifest's task name
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,10 @@ class DeviceConfig:
     ``max_failed_starts``: starts a new model may fail before the agent rolls back;
     ``http_port``: local inference endpoint on 127.0.0.1 (None = off);
     ``hold_before_switch_s``: fault-injection pause for tests (0 in service);
+    ``task``: the only task whose bundles this device installs (None: its first install
+    pins it, see :mod:`edge_client.floor`);
+    ``command_public_key``: the Ed25519 key the fleet signs commands with (``fleet mqtt
+    --command-key``; None: ``public_key``, i.e. the fleet holds the bundle key).
     ``durable``: fsync slot writes (always on a device; the simulator turns it off
     because its hundreds of "devices" share one disk).
     """
@@ -75,6 +86,8 @@ class DeviceConfig:
     http_port: int | None = None
     hold_before_switch_s: float = 0.0
     durable: bool = True
+    task: str | None = None
+    command_public_key: Path | None = None
 
     def __post_init__(self) -> None:
         check_device_id(self.device_id)
@@ -106,10 +119,18 @@ _TOP = {
     "chunk_timeout_s",
     "max_failed_starts",
     "hold_before_switch_s",
+    "task",
+    "command_public_key",
     "broker",
     "http",
 }
 _BROKER = {"host", "port", "username", "password", "password_file", "ca_file", "keepalive_s"}
+
+
+def _task(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and _TASK.match(value)):
+        return value
+    raise ValueError(f"task must be a task name (lower-case letters, digits, . _ -), got {value!r}")
 
 
 def load_config(path: Path) -> DeviceConfig:
@@ -160,6 +181,10 @@ def load_config(path: Path) -> DeviceConfig:
             max_failed_starts=int(raw.get("max_failed_starts", 3)),
             http_port=http.get("port"),
             hold_before_switch_s=float(raw.get("hold_before_switch_s", 0.0)),
+            task=_task(raw.get("task")),
+            command_public_key=(
+                base / raw["command_public_key"] if "command_public_key" in raw else None
+            ),
         )
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: {err}") from None

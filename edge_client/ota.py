@@ -5,6 +5,7 @@ On disk (``slots_dir``)::
     slot-a/bundle.ffb  slot-a/meta.json      one verified bundle per slot
     slot-b/bundle.ffb  slot-b/meta.json
     pointer.json                            which slot runs; written atomically
+    floor.json                              the anti-rollback floor (edge_client.floor)
     downloads/<sha256>.part                 a transfer in progress (preallocated)
 
 Invariants that keep a device from bricking:
@@ -14,6 +15,10 @@ Invariants that keep a device from bricking:
   interrupted — a crash, ``kill -9``, a power cut — and the device comes back on the
   slot it ran before;
 - a slot counts only when its ``meta.json`` exists and is written *after* its bundle;
+- nothing older than the floor is installed: a bundle's signed ``release`` must be above
+  the highest one the device ran (the same bundle again is fine), its ``task`` must be
+  the device's; the floor is raised after the switch and never lowered (a rollback goes
+  back to the previous slot without touching it);
 - after a switch the new slot is on probation: each start increments ``failed_starts``
   before loading it and a successful load and self-test confirms it; after
   ``max_failed_starts`` failed starts the pointer goes back to the previous slot.
@@ -41,6 +46,16 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge_client.floor import (
+    FLOOR_FILE,
+    Floor,
+    FloorDamagedError,
+    floor_bytes,
+    model_version_of,
+    raised,
+    read_floor,
+    refusal,
+)
 from edge_client.protocol.mqtt import ArtifactRef, Chunk
 from firmware_images.bundle import load_bundle_bytes, verify_bundle, write_atomic
 from firmware_images.errors import BundleError
@@ -104,8 +119,10 @@ class SlotStore:
         target: str,
         max_failed_starts: int,
         durable: bool = True,
+        task: str | None = None,
     ) -> None:
-        """``durable=False`` skips fsync (only for simulated devices sharing one disk)."""
+        """``durable=False`` skips fsync (only for simulated devices sharing one disk);
+        ``task``: the only task this device installs (None: pinned by its first install)."""
         if max_failed_starts < 1:
             raise ValueError("max_failed_starts must be at least 1")
         self.root = Path(root)
@@ -113,6 +130,7 @@ class SlotStore:
         self.target = target
         self.max_failed_starts = max_failed_starts
         self.durable = durable
+        self.task = task
         for slot in SLOTS:
             (self.root / f"slot-{slot}").mkdir(parents=True, exist_ok=True)
         (self.root / "downloads").mkdir(parents=True, exist_ok=True)
@@ -152,6 +170,13 @@ class SlotStore:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
+
+    def floor(self) -> Floor:
+        """The anti-rollback floor; raises FloorDamagedError when its file is damaged."""
+        return read_floor(self.root / FLOOR_FILE)
+
+    def write_floor(self, floor: Floor) -> None:
+        self._write(self.root / FLOOR_FILE, floor_bytes(floor))
 
     def inactive_slot(self) -> SlotName:
         """The slot a new install goes to."""
@@ -407,9 +432,12 @@ def install(
     hold_before_switch_s: float = 0.0,
     move: bool = False,
 ) -> LoadedModel:
-    """Verify, write the inactive slot, self-test, switch, start. Raises InstallError.
+    """Verify, check the floor, self-test, write the inactive slot, switch, start, raise
+    the floor. Raises InstallError (stage ``verify``, ``floor``, ``self-test``).
 
-    The bundle is read once: the bytes verified are the bytes whose SHA-256 the slot's
+    ``model_version_id`` is what the device reports running: the id the signed manifest
+    names wins; pass the command's id only when the command was signed (else None). The
+    bundle is read once: the bytes verified are the bytes whose SHA-256 the slot's
     metadata records. ``move=True`` renames ``bundle_file`` into the slot (a finished
     download) instead of copying it; on failure the file is left where it was.
     ``hold_before_switch_s`` pauses after the slot is written and before the switch (a
@@ -420,21 +448,33 @@ def install(
         verified = verify_bundle(data, public_key=store.public_key, target=store.target)
     except BundleError as err:
         raise InstallError("verify", str(err)) from None
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        floor = store.floor()
+    except FloorDamagedError as err:
+        raise InstallError("floor", str(err)) from None
+    why = refusal(floor, verified.manifest, sha256, task=store.task)
+    if why is not None:
+        raise InstallError("floor", why)
     try:
         runner = runner_for(verified.manifest, verified.model)
         self_test(verified.manifest, runner)
     except BundleError as err:
         raise InstallError("self-test", str(err)) from None
     slot = store.inactive_slot()
+    bound = model_version_of(verified.manifest)
     meta = SlotMeta(
-        model_version_id=model_version_id,
+        model_version_id=bound if bound is not None else model_version_id,
         version=verified.manifest.version,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256,
     )
     store.write_slot(slot, bundle_file=bundle_file, meta=meta, move=move)
     if hold_before_switch_s > 0:
         log.warning("holding %.1f s before the switch (fault injection)", hold_before_switch_s)
         time.sleep(hold_before_switch_s)
+    # Raised before the switch: a crash in between leaves the old model running under the
+    # new floor, which still admits this same bundle again, and never an older one.
+    store.write_floor(raised(floor, verified.manifest, sha256))
     store.switch(slot)
     # This process already loaded and self-tested exactly these bytes: that is the new
     # slot's first successful start. Later starts (after a reboot or a crash) go through

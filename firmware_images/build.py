@@ -49,6 +49,7 @@ from firmware_images.manifest import (
     RuntimeSpec,
     SourceRecord,
     TensorSpec,
+    default_release,
 )
 from firmware_images.quantize import (
     calibration_set,
@@ -99,6 +100,7 @@ class BuildRequest:
     calibration: np.ndarray | None = None
     force: bool = False
     latency_probe: LatencyProbe | None = None
+    release: int | None = None
 
 
 def version_label(request: BuildRequest, checkpoint_sha: str) -> str:
@@ -359,6 +361,7 @@ def _manifest(
         builder=f"fedfleet {_fedfleet_version()}",
         opset=opset,
         latency=latency,
+        release=request.release if request.release is not None else default_release(),
     )
 
 

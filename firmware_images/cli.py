@@ -130,6 +130,16 @@ def image_build(
         ),
     ] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
+    release: Annotated[
+        int | None,
+        typer.Option(
+            "--release",
+            min=1,
+            max=2**53 - 1,
+            help="Release number in the signed manifest; devices refuse a bundle whose "
+            "release is not above the one they run (default: the UTC time in milliseconds).",
+        ),
+    ] = None,
 ) -> None:
     """Export, quantize, gate on accuracy, sign and write a bundle for one target."""
     if (checkpoint is None) == (model is None):
@@ -163,6 +173,7 @@ def image_build(
             data_seed=data_seed,
             force=force,
             upload=upload,
+            release=release,
         )
         return
     if checkpoint is None or task is None:  # pragma: no cover - excluded above; narrows types
@@ -177,6 +188,7 @@ def image_build(
         model_version=None,
         data_seed=data_seed,
         force=force,
+        release=release,
     )
 
 
@@ -192,6 +204,7 @@ def _build_from_registry(
     data_seed: int,
     force: bool,
     upload: bool,
+    release: int | None = None,
 ) -> None:
     """``image build --model``: fetch the checkpoint, build, and (``--upload``) publish."""
     import tempfile
@@ -241,6 +254,7 @@ def _build_from_registry(
             model_version=str(number),
             data_seed=data_seed,
             force=force,
+            release=release,
         )
         if upload:
             _publish(client, number, bundle=out, key=key, built_now=True)
@@ -284,6 +298,7 @@ def _build(
     model_version: str | None,
     data_seed: int,
     force: bool,
+    release: int | None = None,
 ) -> None:
     """Export, quantize, gate, sign and write; one line on stderr and exit 1 on failure."""
     from firmware_images.errors import BundleError, KeyFileError
@@ -310,6 +325,7 @@ def _build(
         model_version=model_version,
         data_seed=data_seed,
         force=force,
+        release=release,
     )
     steps = {"none": 4, "fp16-cast": 5}.get(recipe.quantization.method, 6)  # int8: + timing
     progress = Progress(

@@ -31,6 +31,7 @@ from firmware_images.manifest import (
     RuntimeSpec,
     SourceRecord,
     TensorSpec,
+    default_release,
 )
 from firmware_images.runtime import load_runner
 
@@ -100,6 +101,8 @@ def build_demo_bundle(
     pad_to: int = 0,
     break_self_test: bool = False,
     model_version: str | None = None,
+    release: int | None = None,
+    task: str = "synthetic-logreg",
 ) -> DemoBundle:
     """Build and sign a demo bundle; ``pad_to`` is the approximate total size in bytes."""
     if features < 1 or classes < 2:
@@ -117,7 +120,7 @@ def build_demo_bundle(
     manifest = Manifest(
         version=version,
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        task="synthetic-logreg",
+        task=task,
         target=target,
         arch="x86_64",
         runtime=RuntimeSpec(
@@ -151,6 +154,7 @@ def build_demo_bundle(
         key_id=key_id(private_key.public_key()),
         builder="fedfleet firmware_images.demo",
         opset=18,
+        release=release if release is not None else default_release(),
     )
     data = pack_bundle(manifest=manifest, model=model, private_key=private_key)
     return DemoBundle(data=data, manifest=manifest, features=features, classes=classes)

@@ -19,8 +19,9 @@ from typing import Any, Literal, cast
 
 from firmware_images.errors import BundleFormatError
 
-SCHEMA_VERSION = 2  # 2 added `latency`; a schema-1 manifest (no `latency`) still reads
-READABLE_SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3  # 2 added `latency`, 3 `release`; schemas 1 and 2 still read
+READABLE_SCHEMAS = (1, 2, 3)
+MAX_RELEASE = 2**53 - 1  # exact in every JSON reader
 MAX_MANIFEST_BYTES = 256 * 1024
 
 ModelFormat = Literal["onnx", "tflite"]
@@ -164,10 +165,26 @@ class Manifest:
     builder: str
     opset: int | None = None
     latency: LatencyRecord | None = None
+    release: int | None = None
     schema: int = field(default=SCHEMA_VERSION)
 
     def __post_init__(self) -> None:
         _check_manifest(self)
+
+
+_last_release = 0
+
+
+def default_release() -> int:
+    """The release number a build gets when none is given: the UTC time in milliseconds,
+    and always above the last one this process handed out (two builds in one millisecond
+    still increase). Builds for one target on several machines should pass ``--release``
+    from one counter instead: clocks differ (``docs/bundle.md``, "Release numbers")."""
+    global _last_release
+    import time
+
+    _last_release = max(time.time_ns() // 1_000_000, _last_release + 1)
+    return _last_release
 
 
 def to_canonical_bytes(manifest: Manifest) -> bytes:
@@ -175,6 +192,8 @@ def to_canonical_bytes(manifest: Manifest) -> bytes:
     obj = asdict(manifest)
     if manifest.schema == 1:
         del obj["latency"]  # schema 1 has no such field
+    if manifest.schema < 3:
+        del obj["release"]  # nor do schemas 1 and 2
     return canonical_json(obj)
 
 
@@ -227,6 +246,7 @@ def parse_manifest(data: bytes) -> Manifest:
         builder=reader.text("builder"),
         opset=reader.opt_integer("opset"),
         latency=_latency(reader.opt_obj("latency")) if schema >= 2 else None,
+        release=reader.integer("release") if schema >= 3 else None,
     )
     reader.done()
     if to_canonical_bytes(manifest) != data:
@@ -244,6 +264,7 @@ def _check_manifest(m: Manifest) -> None:
         )
     if m.latency is not None:
         _check_latency(m.latency, m.schema)
+    _check_release(m.release, m.schema)
     for name in ("task", "target"):
         if not _NAME.match(getattr(m, name)):
             raise BundleFormatError(
@@ -276,6 +297,18 @@ def _check_manifest(m: Manifest) -> None:
         raise BundleFormatError("manifest.reference.atol must be a positive number")
     if not m.key_id.startswith("ed25519:"):
         raise BundleFormatError("manifest.key_id must start with 'ed25519:'")
+
+
+def _check_release(release: int | None, schema: int) -> None:
+    if schema < 3:
+        if release is not None:
+            raise BundleFormatError("manifest.release needs schema 3; rebuild the bundle")
+        return
+    if release is None or isinstance(release, bool) or not 1 <= release <= MAX_RELEASE:
+        raise BundleFormatError(
+            f"manifest.release must be an integer in 1..{MAX_RELEASE} (the bundle's release "
+            "number for its target; `fedfleet image build --release N`)"
+        )
 
 
 def _check_latency(lat: LatencyRecord, schema: int) -> None:

@@ -212,7 +212,12 @@ class ArtifactRef:
 
 @dataclass(frozen=True)
 class Command:
-    """An order to a device. ``install`` carries ``artifact``; ``rollback`` and ``ping`` none."""
+    """An order to a device. ``install`` carries ``artifact``; ``rollback`` and ``ping`` none.
+
+    ``issued_at``/``expires_at`` (Unix milliseconds) and ``signature`` (base64 Ed25519)
+    make a signed command envelope (:mod:`edge_client.protocol.command_envelope`); a
+    fleet without a command key leaves all three out (and devices refuse its rollbacks).
+    """
 
     command_id: str
     action: Action
@@ -220,6 +225,9 @@ class Command:
     model_version_id: int | None = None
     artifact: ArtifactRef | None = None
     telemetry_bins: tuple[tuple[float, ...], ...] = ()
+    issued_at: int | None = None
+    expires_at: int | None = None
+    signature: str | None = None
     type: Literal["command"] = "command"
 
 
@@ -286,6 +294,10 @@ def encode(message: Message) -> bytes:
     body = asdict(message)
     if isinstance(message, ChunkRequest) and message.via == "device":
         del body["via"]  # the default, left out: schema-1 fleets that predate it accept it
+    if isinstance(message, Command) and message.signature is None:
+        for name in _ENVELOPE_FIELDS:  # unsigned: left out, as agents before them expect
+            if body[name] is None:
+                del body[name]
     body["schema"] = SCHEMA_VERSION
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
@@ -351,7 +363,12 @@ def check_message(message: Message) -> None:
             raise ProtocolError(f"{name} must be in 0..{MAX_ID}")
 
 
+_ENVELOPE_FIELDS = ("issued_at", "expires_at", "signature")
+MAX_MILLIS = 2**53 - 1  # issued_at / expires_at: Unix milliseconds
+
+
 def _check_command(message: Command) -> None:
+    _check_envelope(message)
     if message.action not in ACTIONS:
         raise ProtocolError(f"unknown action {message.action!r}; expected one of {ACTIONS}")
     if not message.command_id or len(message.command_id) > 128:
@@ -366,6 +383,18 @@ def _check_command(message: Command) -> None:
         if message.artifact is None:
             raise ProtocolError("an install command needs an artifact")
         _check_artifact(message.artifact)
+
+
+def _check_envelope(message: Command) -> None:
+    times = (message.issued_at, message.expires_at)
+    if message.signature is None:
+        if any(t is not None for t in times):
+            raise ProtocolError("issued_at and expires_at come only with a signature")
+        return
+    if len(message.signature) > 128:
+        raise ProtocolError("signature must be base64 of 64 bytes")
+    if any(t is None or not 0 <= t <= MAX_MILLIS for t in times):
+        raise ProtocolError(f"a signed command needs issued_at and expires_at in 0..{MAX_MILLIS}")
 
 
 def _check_telemetry(message: Telemetry) -> None:
@@ -508,6 +537,9 @@ def _field_checks(cls: type[Any]) -> dict[str, Any]:
             "model_version_id": "opt_int",
             "artifact": "artifact",
             "telemetry_bins": "bins",
+            "issued_at": "opt_int",
+            "expires_at": "opt_int",
+            "signature": "opt_str",
             "type": str,
         },
         Ack: {

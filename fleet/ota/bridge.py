@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, insert, update
 from sqlmodel import col, select
 
@@ -55,6 +56,7 @@ from fleet.models.common import utcnow
 from fleet.models.devices import Device, ReportedStatus
 from fleet.models.ota import DeviceRolloutState, RolloutDevice, TelemetryRecord
 from fleet.models.registry import ModelVersion
+from fleet.ota.command_signing import DEFAULT_TTL_S, CommandSigner
 from fleet.ota.fanout import FanoutPlanner
 from fleet.ota.guard import CHUNKS, DeviceGuard, Limits
 
@@ -71,7 +73,10 @@ class BridgeSettings:
     before a partial batch is written; ``chunk_size``: artifact chunk size in bytes;
     ``fanout_quiet_s``/``fanout_max_wait_s``: how long shared chunk requests are gathered
     before one publication on the artifact topic (see :mod:`fleet.ota.fanout`);
-    ``limits``: per-device rates and queue caps (:mod:`fleet.ota.guard`).
+    ``limits``: per-device rates and queue caps (:mod:`fleet.ota.guard`);
+    ``command_key``: the Ed25519 private key every command is signed with
+    (:mod:`fleet.ota.command_signing`; None: unsigned, and devices refuse rollbacks);
+    ``command_ttl_s``: how long a signed command stays valid.
     """
 
     host: str = "127.0.0.1"
@@ -86,6 +91,8 @@ class BridgeSettings:
     fanout_quiet_s: float = 0.1
     fanout_max_wait_s: float = 1.0
     limits: Limits = field(default_factory=Limits)
+    command_key: Ed25519PrivateKey | None = None
+    command_ttl_s: float = DEFAULT_TTL_S
 
     def __repr__(self) -> str:  # never print the password
         return f"BridgeSettings(host={self.host!r}, port={self.port}, user={self.username!r})"
@@ -128,6 +135,11 @@ class FleetBridge:
         self.engine = engine
         self.store = store
         self.settings = settings
+        self._signer = (
+            CommandSigner(settings.command_key, ttl_s=settings.command_ttl_s)
+            if settings.command_key is not None
+            else None
+        )
         self.stats = BridgeStats(guard=DeviceGuard(settings.limits))
         self._guard = self.stats.guard
         self._ingest: queue.SimpleQueue[tuple[str, str, bytes]] = queue.SimpleQueue()
@@ -261,7 +273,15 @@ class FleetBridge:
     def send_commands(self, commands: Iterable[tuple[str, proto.Command]]) -> None:
         """Publish each ``(device_id, command)`` to its device, in order, in one tight loop
         (a wave's installs): every message is still one device's own command."""
-        frames = [(device_id, command, proto.encode(command)) for device_id, command in commands]
+        signer = self._signer
+        frames = [
+            (
+                device_id,
+                command,
+                proto.encode(signer.sign(device_id, command) if signer else command),
+            )
+            for device_id, command in commands
+        ]
         now = time.monotonic()
         with self._fanout_lock:  # once for the wave, not once per device
             for device_id, command, _frame in frames:

@@ -162,6 +162,14 @@ def mqtt_service(
     credentials_every_s: Annotated[
         float, typer.Option(help="Seconds between checks of the devices' broker credentials.")
     ] = 1.0,
+    command_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Ed25519 private key (PEM, from `fedfleet image keygen`) that signs every "
+            "command; devices verify it with their public_key and refuse unsigned rollbacks.",
+            show_default=False,
+        ),
+    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Run the fleet's MQTT service: ingest device messages, serve chunks, drive rollouts,
@@ -173,6 +181,7 @@ def mqtt_service(
         fail("give --broker-pid or --broker-pid-file, not both")
     if release_after_s is not None and release_after_s <= 0:
         fail(f"--release-after-s must be positive, got {release_after_s}")
+    signing = _command_key(command_key)
     with StopSignals() as stop:  # a signal while starting stops it too, no traceback
         engine, settings = engine_and_settings(database_url)
         try:
@@ -191,6 +200,7 @@ def mqtt_service(
                 ),
                 release_after_s=release_after_s,
                 drift_every_s=drift_every_s,
+                command_key=signing,
             )
         finally:
             engine.dispose()
@@ -207,6 +217,7 @@ def _serve_mqtt(
     sync: _SyncLoop | None,
     release_after_s: float | None,
     drift_every_s: float,
+    command_key: Any = None,
 ) -> None:
     """The service loop, until ``stop``; the bridge's pending messages are written before
     it returns (``FleetBridge.stop``)."""
@@ -227,6 +238,7 @@ def _serve_mqtt(
             username=FLEET_USER,
             password=password_file.read_text().strip(),
             ca_file=ca_file,
+            command_key=command_key,
         ),
     )
     release = settings.release_after_s if release_after_s is None else release_after_s
@@ -258,6 +270,19 @@ def _serve_mqtt(
                 logging.getLogger("fleet.ota").exception("fleet mqtt: a pass failed; carrying on")
     finally:
         bridge.stop()
+
+
+def _command_key(path: Path | None) -> Any:
+    """``--command-key`` loaded (None when not given); exit 2 with one line if unusable."""
+    if path is None:
+        return None
+    from firmware_images.errors import KeyFileError
+    from firmware_images.keys import load_private_key
+
+    try:
+        return load_private_key(path)
+    except KeyFileError as err:
+        fail(f"--command-key: {err}")
 
 
 class _SyncLoop:

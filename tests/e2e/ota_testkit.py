@@ -129,12 +129,14 @@ class OtaFleet:
         broker_extra: str = "",
         limits: Limits | None = None,
         spares: int = 0,
+        sign_commands: bool = True,
     ) -> None:
         """``broker_extra``: more ``mosquitto.conf`` lines (e.g. ``log_type subscribe``);
         ``limits``: the bridge's per-device limits (default: the fleet's); ``spares``:
         devices enrolled in group ``{group}-spare`` that run no agent (``self.spares``:
         a test or bench drives their broker sessions itself)."""
         self.chunk_size = chunk_size
+        self.sign_commands = sign_commands  # the bridge signs commands with self.key
         self.limits = limits or Limits()
         self.root = root
         self.engine = make_engine(f"sqlite:///{root / 'fleet.db'}")
@@ -199,6 +201,7 @@ class OtaFleet:
                 chunk_size=self.chunk_size,
                 batch_wait_s=0.05,
                 limits=self.limits,
+                command_key=self.key if self.sign_commands else None,
             ),
         ).start()
         self.controller = RolloutController(engine=self.engine, sender=self.bridge)

@@ -34,6 +34,15 @@ def test_a_good_config_resolves_paths_and_reads_the_password(tmp_path: Path) -> 
     assert config.broker.password == "s3cret" and config.broker.username == config.device_id
     assert config.broker.ca_file == tmp_path / "ca.pem" and config.http_port == 8088
     assert "s3cret" not in repr(config)
+    assert config.task is None and config.command_public_key is None
+
+
+def test_task_and_command_key_are_read(tmp_path: Path) -> None:
+    extra = 'task = "digits-cnn"\ncommand_public_key = "cmd.pub"\n'
+    (tmp_path / "device.toml").write_text(extra + GOOD)
+    (tmp_path / "mqtt.pass").write_text("pw")
+    config = load_config(tmp_path / "device.toml")
+    assert (config.task, config.command_public_key) == ("digits-cnn", tmp_path / "cmd.pub")
 
 
 @pytest.mark.parametrize(
@@ -46,6 +55,7 @@ def test_a_good_config_resolves_paths_and_reads_the_password(tmp_path: Path) -> 
         (GOOD.replace('"dev-0123456789abcdef"', '"a/b"'), "device id"),
         (GOOD.replace("port = 8883", "port = 8883\nflavour = 2"), "unknown [broker] keys"),
         ("device_id = ", "not valid TOML"),
+        ('task = "Digits CNN"\n' + GOOD, "task must be a task name"),
     ],
 )
 def test_bad_configs_are_refused_with_the_key_to_fix(tmp_path: Path, text: str, words: str) -> None:

@@ -78,6 +78,7 @@ def make_manifest(
         key_id=kid,
         builder="fedfleet test",
         opset=18 if fmt == "onnx" else None,
+        release=1,
         latency=LatencyRecord(
             fp32_p50_us=41.5,
             int8_p50_us=37.25,

@@ -64,7 +64,7 @@ def test_any_valid_manifest_round_trips_exactly(values, version, drop, opset):
         (lambda o: o["model"].update(url="http://x"), r"manifest\.model has unknown field.*url"),
         (lambda o: o.pop("target"), r"manifest\.target is missing"),
         (lambda o: o["model"].pop("sha256"), r"manifest\.model\.sha256 is missing"),
-        (lambda o: o.update(schema=3), "schema 3 is not supported"),
+        (lambda o: o.update(schema=4), "schema 4 is not supported"),
         (lambda o: o.pop("latency"), r"manifest\.latency is missing"),
         (lambda o: o["latency"].update(int8_p50_us=0), r"latency\.int8_p50_us must be a positive"),
         (lambda o: o["latency"].update(decision="faster"), r"latency\.decision must be one of"),
@@ -113,7 +113,7 @@ def test_latency_round_trips_and_may_be_null():
 
 def test_a_schema_1_manifest_still_reads_and_cannot_carry_latency():
     # Prepare: what fedfleet wrote before schema 2: no latency field at all.
-    old = replace(make_manifest(), schema=1, latency=None)
+    old = replace(make_manifest(), schema=1, latency=None, release=None)
     data = to_canonical_bytes(old)
     # Assert: read back unchanged, byte for byte; schema 1 never had latency.
     assert b"latency" not in data
@@ -124,3 +124,20 @@ def test_a_schema_1_manifest_still_reads_and_cannot_carry_latency():
     obj["latency"] = None
     with pytest.raises(BundleFormatError, match="unknown field.*latency"):
         parse_manifest(canonical_json(obj))
+
+
+def test_a_schema_2_manifest_still_reads_and_schema_3_needs_a_release():
+    # Prepare: what fedfleet wrote before release numbers (schema 2: no release field).
+    old = replace(make_manifest(), schema=2, release=None)
+    data = to_canonical_bytes(old)
+    # Assert: read back unchanged, without a release; schema 3 refuses a missing release
+    # and a schema-2 manifest cannot carry one.
+    assert b'"release"' not in data
+    assert parse_manifest(data) == old
+    with pytest.raises(BundleFormatError, match="manifest.release must be an integer"):
+        replace(make_manifest(), release=None)
+    with pytest.raises(BundleFormatError, match="manifest.release must be an integer"):
+        replace(make_manifest(), release=0)
+    with pytest.raises(BundleFormatError, match="release needs schema 3"):
+        replace(make_manifest(), schema=2)
+    assert parse_manifest(to_canonical_bytes(make_manifest())).release == 1
