@@ -17,10 +17,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlmodel import Session
 
+from fleet import credentials
 from fleet.audit import Actor
 from fleet.crud import tokens as token_crud
 from fleet.models.auth import ApiToken, Role
 from fleet.models.common import utcnow
+from fleet.token_cache import TokenCache, revocation_epoch
 
 #: The OpenAPI security scheme (every protected operation declares it).
 bearer_scheme = HTTPBearer(
@@ -58,12 +60,16 @@ class Principal:
             )
 
 
-def authenticate(session: Session, authorization: str | None) -> Principal:
+def authenticate(
+    session: Session, authorization: str | None, *, cache: TokenCache[Principal] | None = None
+) -> Principal:
     """The caller named by an ``Authorization`` header value; 401 when there is none.
 
     The one place a bearer token is checked: the :func:`require` dependency and the
     :class:`fleet.auth_gate.AuthGate` middleware (which runs before any body is read)
-    both call it.
+    both call it. With a ``cache`` (:mod:`fleet.token_cache`), a token seen in the last
+    seconds is not queried again, but the revocation epoch is read on every call, so a
+    token revoked anywhere is refused at once.
     """
     scheme, secret = get_authorization_scheme_param(authorization)
     if scheme.lower() != "bearer" or not secret:
@@ -72,7 +78,20 @@ def authenticate(session: Session, authorization: str | None) -> Principal:
             f"missing bearer token: send 'Authorization: Bearer <token>' ({_HOW_TO_GET_ONE})",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    token = token_crud.find_active_token(session, secret, now=utcnow())
+    now = utcnow()
+    if cache is None:
+        token = token_crud.find_active_token(session, secret, now=now)
+    else:
+        token_hash = credentials.hash_secret(secret)
+        epoch = revocation_epoch(session)
+        cached = cache.get(token_hash, epoch=epoch, now=now)
+        if cached is not None:
+            return cached
+        token = token_crud.find_active_token(session, secret, now=now)
+        if token is not None:
+            principal = Principal.from_token(token)
+            cache.put(token_hash, principal, epoch=epoch, expires_at=token.expires_at)
+            return principal
     if token is None:
         raise HTTPException(
             401,
@@ -104,7 +123,11 @@ def require(role: Role, session_dependency: Callable[..., Session]) -> Callable[
     ) -> Principal:
         principal = request.scope.get(GATE_PRINCIPAL)
         if not isinstance(principal, Principal):
-            principal = authenticate(session, request.headers.get("authorization"))
+            principal = authenticate(
+                session,
+                request.headers.get("authorization"),
+                cache=getattr(request.app.state, "token_cache", None),
+            )
         principal.require(role)
         request.state.principal = principal
         return principal

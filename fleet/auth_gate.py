@@ -34,6 +34,7 @@ from fleet.auth import GATE_PRINCIPAL, Principal, authenticate
 from fleet.errors import DATABASE_UNAVAILABLE, RETRY_AFTER
 from fleet.limits import UPLOAD_PATH_RE, ASGIApp, Receive, Scope, Send, reply_json
 from fleet.models.auth import Role
+from fleet.token_cache import TokenCache
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,12 @@ UPLOAD_ROLE = Role.operator
 class AuthGate:
     """Refuse unauthenticated API requests (and uploads by viewers) before the body."""
 
-    def __init__(self, app: ASGIApp, *, engine: Engine) -> None:
+    def __init__(
+        self, app: ASGIApp, *, engine: Engine, cache: TokenCache[Principal] | None = None
+    ) -> None:
         self.app = app
         self.engine = engine
+        self.cache = cache
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(GATED_PREFIX):
@@ -74,4 +78,4 @@ class AuthGate:
 
     def _authenticate(self, authorization: str | None) -> Principal:
         with Session(self.engine) as session:
-            return authenticate(session, authorization)
+            return authenticate(session, authorization, cache=self.cache)

@@ -43,13 +43,31 @@ class DeviceFilter:
 
 def derive_status(device: Device, *, now: datetime, offline_after_s: float) -> DeviceStatus:
     """A device's status from its heartbeats (see :mod:`fleet.models.devices`)."""
-    if device.retired_at is not None:
+    return status_from(
+        retired_at=device.retired_at,
+        last_seen_at=device.last_seen_at,
+        reported_status=device.reported_status,
+        now=now,
+        offline_after_s=offline_after_s,
+    )
+
+
+def status_from(
+    *,
+    retired_at: datetime | None,
+    last_seen_at: datetime | None,
+    reported_status: ReportedStatus | None,
+    now: datetime,
+    offline_after_s: float,
+) -> DeviceStatus:
+    """:func:`derive_status` from the columns alone (for rows read without the ORM)."""
+    if retired_at is not None:
         return DeviceStatus.retired
-    if device.last_seen_at is None:
+    if last_seen_at is None:
         return DeviceStatus.never_seen
-    if device.reported_status == ReportedStatus.offline:
+    if reported_status == ReportedStatus.offline:
         return DeviceStatus.offline
-    if now - device.last_seen_at > timedelta(seconds=offline_after_s):
+    if now - last_seen_at > timedelta(seconds=offline_after_s):
         return DeviceStatus.offline
     return DeviceStatus.online
 
@@ -136,19 +154,13 @@ def public_view(session: Session, device: Device, *, offline_after_s: float) -> 
     )
 
 
-def list_devices(
-    session: Session,
-    *,
-    filters: DeviceFilter,
-    limit: int,
-    offset: int,
-    offline_after_s: float,
-) -> Page[DevicePublic]:
-    """One page of devices matching ``filters``, ordered by name.
+def filter_conditions(
+    filters: DeviceFilter, *, now: datetime, offline_after_s: float
+) -> list[ColumnElement[bool]]:
+    """The WHERE conditions for ``filters`` (the query must outer-join ``groups``).
 
     Without a status filter, retired devices are left out (ask for ``status=retired``).
     """
-    now = utcnow()
     conditions: list[ColumnElement[bool]] = []
     if filters.status is None:
         conditions.append(col(Device.retired_at).is_(None))
@@ -167,6 +179,23 @@ def list_devices(
             .where(Tag.name == tag)
         )
         conditions.append(col(Device.id).in_(tagged))
+    return conditions
+
+
+def list_devices(
+    session: Session,
+    *,
+    filters: DeviceFilter,
+    limit: int,
+    offset: int,
+    offline_after_s: float,
+) -> Page[DevicePublic]:
+    """One page of devices matching ``filters``, ordered by name.
+
+    Without a status filter, retired devices are left out (ask for ``status=retired``).
+    """
+    now = utcnow()
+    conditions = filter_conditions(filters, now=now, offline_after_s=offline_after_s)
 
     base = select(Device, Group.name).outerjoin(Group, col(Group.id) == col(Device.group_id))
     base = base.where(*conditions)

@@ -93,7 +93,15 @@ def test_list_filters_combine_and_paginate(client: TestClient, admin: Headers) -
     assert names("group=nowhere") == []
     page = client.get("/api/v1/devices?group=wards&limit=2&offset=2", headers=admin).json()
     assert [d["name"] for d in page["items"]] == ["ward-2", "ward-3"]
-    assert (page["total"], page["limit"], page["offset"]) == (5, 2, 2)
+    assert (page["total"], page["limit"], page["offset"]) == (None, 2, 2)
+    assert page["next_after"] == "ward-3"
+    counted = client.get("/api/v1/devices?group=wards&limit=2&total=true", headers=admin).json()
+    assert counted["total"] == 5
+    after = client.get(
+        "/api/v1/devices?group=wards&limit=2&after=ward-3&total=true", headers=admin
+    ).json()
+    assert [d["name"] for d in after["items"]] == ["ward-4"]
+    assert (after["total"], after["next_after"]) == (5, None)
 
 
 def test_status_follows_heartbeats_and_last_will(
@@ -200,7 +208,7 @@ def test_retire_keeps_history_revokes_broker_access_and_refuses_changes(
     engine = client.app.state.engine  # type: ignore[attr-defined]
     stored = run_sql(engine, "SELECT mqtt_password_hash FROM devices WHERE id = :id", id=device)
     assert stored == [(None,)]
-    assert client.get("/api/v1/devices", headers=admin).json()["total"] == 0
+    assert client.get("/api/v1/devices?total=true", headers=admin).json()["total"] == 0
     listed = client.get("/api/v1/devices?status=retired", headers=admin).json()["items"]
     assert [d["id"] for d in listed] == [device]
     again = client.post(f"/api/v1/devices/{device}/retire", headers=admin)
@@ -251,7 +259,7 @@ def test_bad_enrollment_is_refused_with_a_reason_and_changes_nothing(
     response = client.post("/api/v1/devices", json=body, headers=admin)
     assert response.status_code == status
     assert fragment in response.text
-    assert client.get("/api/v1/devices", headers=admin).json()["total"] == 0
+    assert client.get("/api/v1/devices?total=true", headers=admin).json()["total"] == 0
     assert client.get("/api/v1/audit?action=device.enroll", headers=admin).json()["total"] == 0
 
 
@@ -303,4 +311,6 @@ def test_operator_can_write_devices_viewer_cannot(
     )
     created = client.post("/api/v1/devices", json=body, headers=headers[Role.operator])
     assert created.status_code == 201
-    assert client.get("/api/v1/devices", headers=headers[Role.viewer]).json()["total"] == 1
+    assert (
+        client.get("/api/v1/devices?total=true", headers=headers[Role.viewer]).json()["total"] == 1
+    )
