@@ -45,7 +45,8 @@ _EPOCH = select(func.count(ApiToken.revoked_at))  # type: ignore[arg-type]
 
 def revocation_epoch(session: Session) -> int:
     """How many tokens have ever been revoked (it changes whenever one is)."""
-    return int(session.execute(_EPOCH).scalar_one())
+    # Through the session's connection: the ORM execute path costs more than the query.
+    return int(session.connection().execute(_EPOCH).scalar_one())
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
+from pydantic_core import to_json
 
 from fleet.api.deps import (
     COMMON_RESPONSES,
@@ -198,17 +199,19 @@ def heartbeat(
     session: SessionDep,
     principal: Operator,
     body: Heartbeat | None = None,
-) -> HeartbeatAck:
+) -> Response:
     model: object = crud.heartbeat_unchanged()
     if body is not None and "model_version_id" in body.model_fields_set:
         model = body.model_version_id
-    recorded = crud.record_heartbeat(session, device_id, model_version_id=model)
+    recorded = crud.record_heartbeat(session.connection(), device_id, model_version_id=model)
     if recorded is None:
         raise HTTPException(404, f"device {device_id} does not exist")
     session.commit()
-    return HeartbeatAck(
-        device_id=recorded.device_id,
-        status=DeviceStatus.online,
-        last_seen_at=recorded.last_seen_at,
-        model_version_id=recorded.model_version_id,
-    )
+    # A HeartbeatAck as a dict, serialized once (the response model is only documentation).
+    ack = {
+        "device_id": recorded.device_id,
+        "status": DeviceStatus.online.value,
+        "last_seen_at": recorded.last_seen_at,
+        "model_version_id": recorded.model_version_id,
+    }
+    return Response(content=to_json(ack), media_type="application/json")
