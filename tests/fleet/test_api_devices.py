@@ -314,3 +314,59 @@ def test_operator_can_write_devices_viewer_cannot(
     assert (
         client.get("/api/v1/devices?total=true", headers=headers[Role.viewer]).json()["total"] == 1
     )
+
+
+def test_keyset_pages_return_every_device_once_while_devices_are_added(
+    client: TestClient, admin: Headers
+) -> None:
+    # Prepare: 20 devices; between page reads, devices are enrolled before and after the cursor.
+    original = {f"m-{i:02d}" for i in range(20)}
+    for name in sorted(original):
+        enroll(client, admin, name)
+    seen: list[str] = []
+    after: str | None = None
+    # Execute
+    for page_number in range(20):
+        query = "limit=6" + (f"&after={after}" if after else "")
+        page = client.get(f"/api/v1/devices?{query}", headers=admin).json()
+        seen += [d["name"] for d in page["items"]]
+        enroll(client, admin, f"a-{page_number:02d}")  # sorts before every cursor
+        enroll(client, admin, f"z-{page_number:02d}")  # sorts after every cursor
+        after = page["next_after"]
+        if after is None:
+            break
+    # Assert: each original device exactly once, nothing twice, in name order.
+    assert len(seen) == len(set(seen))
+    assert original <= set(seen)
+    assert seen == sorted(seen)
+
+
+def test_heartbeat_marks_seen_now_online_and_keeps_other_fields(
+    client: TestClient, admin: Headers, run_sql: Callable[..., Any]
+) -> None:
+    # Prepare: a device the broker reported offline, seen an hour ago.
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    device = enroll(client, admin, "pi-1", tags=["icu"])["device"]["id"]
+    run_sql(
+        engine,
+        "UPDATE devices SET reported_status = 'offline', last_seen_at = :t WHERE id = :id",
+        t=utcnow() - timedelta(hours=1),
+        id=device,
+    )
+    before = utcnow()
+    # Execute
+    ack = client.post(f"/api/v1/devices/{device}/heartbeat", headers=admin)
+    # Assert: the ack and the stored row agree, the device is online, the rest unchanged.
+    assert ack.status_code == 200
+    body = ack.json()
+    assert set(body) == {"device_id", "status", "last_seen_at", "model_version_id"}
+    assert (body["device_id"], body["status"], body["model_version_id"]) == (device, "online", None)
+    stored = client.get(f"/api/v1/devices/{device}", headers=admin).json()
+    assert stored["last_seen_at"] == body["last_seen_at"] and body["last_seen_at"].endswith("Z")
+    assert stored["status"] == "online" and stored["tags"] == ["icu"]
+    assert run_sql(engine, "SELECT reported_status FROM devices WHERE id = :id", id=device) == [
+        ("online",)
+    ]
+    assert stored["last_seen_at"] >= before.isoformat().replace("+00:00", "Z")[:19]
+    # The list (Core rows, serialized once) says exactly what the model-built view says.
+    assert client.get("/api/v1/devices", headers=admin).json()["items"] == [stored]
