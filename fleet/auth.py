@@ -60,6 +60,25 @@ class Principal:
             )
 
 
+def _bearer_secret(authorization: str | None) -> str | None:
+    scheme, secret = get_authorization_scheme_param(authorization)
+    return secret if scheme.lower() == "bearer" and secret else None
+
+
+def cached_principal(
+    authorization: str | None, cache: TokenCache[Principal] | None
+) -> Principal | None:
+    """The caller as cached in the last seconds, without a query: a hint for the gate.
+
+    Not a verdict: the route's dependency still reads the revocation epoch (see
+    :func:`require`), so a token revoked by another process is refused before the handler.
+    """
+    secret = _bearer_secret(authorization)
+    if secret is None or cache is None:
+        return None
+    return cache.peek(credentials.hash_secret(secret), now=utcnow())
+
+
 def authenticate(
     session: Session, authorization: str | None, *, cache: TokenCache[Principal] | None = None
 ) -> Principal:
@@ -71,8 +90,8 @@ def authenticate(
     seconds is not queried again, but the revocation epoch is read on every call, so a
     token revoked anywhere is refused at once.
     """
-    scheme, secret = get_authorization_scheme_param(authorization)
-    if scheme.lower() != "bearer" or not secret:
+    secret = _bearer_secret(authorization)
+    if secret is None:
         raise HTTPException(
             401,
             f"missing bearer token: send 'Authorization: Bearer <token>' ({_HOW_TO_GET_ONE})",
@@ -104,13 +123,19 @@ def authenticate(
 #: The ASGI scope key where :class:`fleet.auth_gate.AuthGate` leaves the caller it
 #: authenticated (the scope, unlike a server's shared state, is this request's alone).
 GATE_PRINCIPAL = "fedfleet.gate_principal"
+#: Set (True) in the scope when the gate checked the token in the database itself; a
+#: principal the gate only found in the token cache is checked again by :func:`require`.
+GATE_VERIFIED = "fedfleet.gate_verified"
 
 
 def require(role: Role, session_dependency: Callable[..., Session]) -> Callable[..., Principal]:
     """The dependency that authenticates a bearer token and checks it has ``role``.
 
-    A request the gate already authenticated (before its body was read) is not looked
-    up again: the gate's :class:`Principal` is used and only the role is checked here.
+    A request the gate already authenticated in the database (before its body was read)
+    is not looked up again: the gate's :class:`Principal` is used and only the role is
+    checked here. One the gate let through on the token cache's word is authenticated
+    here, in the request's own session: the cache answers, after the revocation epoch is
+    read (:mod:`fleet.token_cache`).
     """
 
     # Plain defaults, not Annotated: the annotations of this closure are strings (PEP 563)
@@ -122,7 +147,7 @@ def require(role: Role, session_dependency: Callable[..., Session]) -> Callable[
         _credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),  # noqa: B008
     ) -> Principal:
         principal = request.scope.get(GATE_PRINCIPAL)
-        if not isinstance(principal, Principal):
+        if not isinstance(principal, Principal) or not request.scope.get(GATE_VERIFIED):
             principal = authenticate(
                 session,
                 request.headers.get("authorization"),

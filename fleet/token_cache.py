@@ -86,6 +86,21 @@ class TokenCache(Generic[P]):
             return None
         return entry.principal
 
+    def peek(self, token_hash: str, *, now: datetime) -> P | None:
+        """The cached principal without reading the epoch: a hint, not a verdict.
+
+        :class:`fleet.auth_gate.AuthGate` uses it to let a request through to the route,
+        whose dependency then checks the epoch in the request's own transaction (one
+        connection per request instead of two). After :meth:`clear` it finds nothing.
+        """
+        with self._lock:
+            entry = self._entries.get(token_hash) if self._epoch is not None else None
+        if entry is None or self._clock() - entry.cached_at > self.ttl_s:
+            return None
+        if entry.expires_at is not None and entry.expires_at <= now:
+            return None
+        return entry.principal
+
     def put(
         self, token_hash: str, principal: P, *, epoch: int, expires_at: datetime | None
     ) -> None:
