@@ -9,9 +9,12 @@ same :class:`Principal` and checks roles with the same :meth:`Principal.require`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
+from anyio import to_thread
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
@@ -128,7 +131,9 @@ GATE_PRINCIPAL = "fedfleet.gate_principal"
 GATE_VERIFIED = "fedfleet.gate_verified"
 
 
-def require(role: Role, session_dependency: Callable[..., Session]) -> Callable[..., Principal]:
+def require(
+    role: Role, session_dependency: Callable[..., Any]
+) -> Callable[..., Awaitable[Principal]]:
     """The dependency that authenticates a bearer token and checks it has ``role``.
 
     A request the gate already authenticated in the database (before its body was read)
@@ -140,18 +145,24 @@ def require(role: Role, session_dependency: Callable[..., Session]) -> Callable[
 
     # Plain defaults, not Annotated: the annotations of this closure are strings (PEP 563)
     # and FastAPI could not resolve the local ``session_dependency`` from them.
-    def dependency(
+    async def dependency(
         request: Request,
         session: Session = Depends(session_dependency),  # noqa: B008
         # Declared for the OpenAPI security scheme; the header is read below.
         _credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),  # noqa: B008
     ) -> Principal:
-        principal = request.scope.get(GATE_PRINCIPAL)
-        if not isinstance(principal, Principal) or not request.scope.get(GATE_VERIFIED):
-            principal = authenticate(
-                session,
-                request.headers.get("authorization"),
-                cache=getattr(request.app.state, "token_cache", None),
+        # Async: a request the gate verified needs no worker thread at all.
+        gate_principal = request.scope.get(GATE_PRINCIPAL)
+        if isinstance(gate_principal, Principal) and request.scope.get(GATE_VERIFIED):
+            principal = gate_principal
+        else:
+            principal = await to_thread.run_sync(
+                partial(
+                    authenticate,
+                    session,
+                    request.headers.get("authorization"),
+                    cache=getattr(request.app.state, "token_cache", None),
+                )
             )
         principal.require(role)
         request.state.principal = principal
