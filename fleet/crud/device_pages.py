@@ -15,17 +15,20 @@ large fleet.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pydantic_core import to_json
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, Select, bindparam, func, select
 
-from fleet.crud.devices import DeviceFilter, filter_conditions, status_from
+from fleet.crud.devices import DeviceFilter, status_clause, status_from
+from fleet.db import UTCDateTime
 from fleet.models.common import utcnow
-from fleet.models.devices import Device, DeviceTagLink, Group, Tag
+from fleet.models.devices import Device, DeviceStatus, DeviceTagLink, Group, Tag
 
 _D = Device.__table__.c  # type: ignore[attr-defined]
 _G = Group.__table__.c  # type: ignore[attr-defined]
@@ -76,15 +79,79 @@ def _tags_of(connection: Connection, device_ids: Sequence[str]) -> dict[str, lis
     return found
 
 
+@functools.lru_cache(maxsize=256)
+def _statements(
+    *,
+    group: bool,
+    tags: int,
+    target: bool,
+    status: DeviceStatus | None,
+    model: bool,
+    after: bool,
+) -> tuple[Select[Any], Select[Any]]:
+    """(page, count) statements for one combination of filters, with bound parameters.
+
+    Built once per combination (at most a few hundred): building and hashing a fresh
+    statement per request cost more CPU than running it (profiled).
+    """
+    matching = [
+        _D.retired_at.is_(None)
+        if status is None
+        else status_clause(status, cutoff=bindparam("cutoff", type_=UTCDateTime()))
+    ]
+    if group:
+        matching.append(_G.name == bindparam("group"))
+    if target:
+        matching.append(_D.hardware_target == bindparam("hardware_target"))
+    if model:
+        matching.append(_D.model_version_id == bindparam("model_version_id"))
+    for i in range(tags):
+        tagged = (
+            select(_L.device_id)
+            .join_from(DeviceTagLink.__table__, Tag.__table__, _T.id == _L.tag_id)  # type: ignore[attr-defined]
+            .where(_T.name == bindparam(f"tag_{i}"))
+        )
+        matching.append(_D.id.in_(tagged))
+    conditions = [*matching, _D.name > bindparam("after")] if after else matching
+    page = (
+        select(*_COLUMNS)
+        .select_from(_FROM)
+        .where(*conditions)
+        .order_by(_D.name)
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+    )
+    # The total counts every match, not only those after the cursor.
+    count = select(func.count()).select_from(_FROM).where(*matching)
+    return page, count
+
+
 def device_page(
     connection: Connection, query: DevicePageQuery, *, offline_after_s: float
 ) -> dict[str, Any]:
     """One page as a dict shaped like ``DevicePage`` (items shaped like ``DevicePublic``)."""
     now = utcnow()
-    matching = filter_conditions(query.filters, now=now, offline_after_s=offline_after_s)
-    conditions = [*matching, _D.name > query.after] if query.after is not None else matching
-    statement = select(*_COLUMNS).select_from(_FROM).where(*conditions).order_by(_D.name)
-    rows = connection.execute(statement.limit(query.limit).offset(query.offset)).all()
+    filters = query.filters
+    wanted = tuple(dict.fromkeys(filters.tags))
+    page_statement, count_statement = _statements(
+        group=filters.group is not None,
+        tags=len(wanted),
+        target=filters.hardware_target is not None,
+        status=filters.status,
+        model=filters.model_version_id is not None,
+        after=query.after is not None,
+    )
+    params: dict[str, Any] = {
+        "cutoff": now - timedelta(seconds=offline_after_s),
+        "group": filters.group,
+        "hardware_target": filters.hardware_target,
+        "model_version_id": filters.model_version_id,
+        "after": query.after,
+        "limit": query.limit,
+        "offset": query.offset,
+        **{f"tag_{i}": tag for i, tag in enumerate(wanted)},
+    }
+    rows = connection.execute(page_statement, params).all()
     tags = _tags_of(connection, [row[0] for row in rows])
     items = [
         {
@@ -122,9 +189,8 @@ def device_page(
         ) in rows
     ]
     total = None
-    if query.with_total:  # every match, not only those after the cursor
-        counted = select(func.count()).select_from(_FROM).where(*matching)
-        total = int(connection.execute(counted).scalar_one())
+    if query.with_total:
+        total = int(connection.execute(count_statement, params).scalar_one())
     return {
         "items": items,
         "total": total,

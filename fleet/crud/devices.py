@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, or_, text, update
 from sqlalchemy.sql.elements import ColumnElement
@@ -76,7 +77,13 @@ def _status_clause(
     status: DeviceStatus, *, now: datetime, offline_after_s: float
 ) -> ColumnElement[bool]:
     """SQL condition equivalent to ``derive_status(device) == status``."""
-    cutoff = now - timedelta(seconds=offline_after_s)
+    return status_clause(status, cutoff=now - timedelta(seconds=offline_after_s))
+
+
+def status_clause(status: DeviceStatus, *, cutoff: Any) -> ColumnElement[bool]:
+    """:func:`_status_clause` for a device last seen before ``cutoff`` being offline;
+    ``cutoff`` is a datetime or a bound parameter (statements built once, see
+    :mod:`fleet.crud.device_pages`)."""
     active = col(Device.retired_at).is_(None)
     seen = col(Device.last_seen_at)
     said_offline = col(Device.reported_status) == ReportedStatus.offline
