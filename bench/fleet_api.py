@@ -5,7 +5,8 @@ over ``--groups`` groups, each with one or two tags; a real ``fedfleet fleet ser
 process (uvicorn, one worker) on a loopback port; then ``--concurrency`` concurrent
 HTTP clients for ``--seconds`` per scenario:
 
-- ``list``: ``GET /api/v1/devices?group=<random group>&limit=50`` (page of 50, total);
+- ``list``: ``GET /api/v1/devices?group=<random group>&limit=50`` (page of 50; the total
+  only with ``--total``);
 - ``heartbeat``: ``POST /api/v1/devices/<random device>/heartbeat`` (one UPDATE);
 - ``mixed``: both at once, half the clients each.
 
@@ -16,7 +17,10 @@ the same treatment. The PostgreSQL side runs in its own schema (dropped at the e
 127.0.0.1:5432, database ``test``.
 
     python bench/fleet_api.py [--devices 10000] [--concurrency 32] [--seconds 8]
-        [--backends sqlite,postgres]
+        [--backends sqlite,postgres] [--total]
+
+The end of the report says, per backend, whether issue 16's goals are met: at most 1.5 ms
+of API CPU per list-of-50 request and 0.5 ms per heartbeat, p99 under 50 ms.
 
 Bounded: about (3 scenarios × seconds + ~30 s set-up) per backend.
 """
@@ -193,6 +197,7 @@ async def load(
     seconds: float,
     ids: list[str],
     groups: int,
+    with_total: bool = False,
 ) -> dict[str, tuple[int, int, list[float]]]:
     """Run ``concurrency`` clients (kinds assigned round-robin) for ``seconds``."""
     headers = {"Authorization": f"Bearer {token}"}
@@ -211,9 +216,10 @@ async def load(
                 try:
                     if kind == "list":
                         group = f"group-{rng.randrange(groups):02d}"
-                        response = await client.get(
-                            "/api/v1/devices", params={"group": group, "limit": 50}
-                        )
+                        params: dict[str, str | int] = {"group": group, "limit": 50}
+                        if with_total:
+                            params["total"] = "true"
+                        response = await client.get("/api/v1/devices", params=params)
                     else:
                         response = await client.post(
                             f"/api/v1/devices/{rng.choice(ids)}/heartbeat", json={}
@@ -279,6 +285,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Result]:
                     seconds=args.seconds,
                     ids=ids,
                     groups=args.groups,
+                    with_total=args.total,
                 )
             )
             elapsed = time.perf_counter() - t0
@@ -346,6 +353,27 @@ def print_table(results: list[Result]) -> None:
     )
     load1, _, _ = os.getloadavg()
     print(f"machine: {os.cpu_count()} CPUs, 1-minute load average at the end {load1:.1f}")
+    print_goals(results)
+
+
+#: Issue 16's goals per request kind: (API CPU ms per request, p99 ms), on a quiet machine
+#: at 32 concurrent clients.
+GOALS = {"list": (1.5, 50.0), "heartbeat": (0.5, 50.0)}
+
+
+def print_goals(results: list[Result]) -> None:
+    """One line per backend and goal: met or not met (single-kind scenarios only)."""
+    print("goals (issue 16; p99 holds only on a quiet machine):")
+    for r in results:
+        if r.scenario != r.kind or r.kind not in GOALS:
+            continue
+        cpu_goal, p99_goal = GOALS[r.kind]
+        for what, value, goal in (
+            ("API CPU ms", r.cpu_ms_per_request, cpu_goal),
+            ("p99 ms", r.percentile(0.99), p99_goal),
+        ):
+            verdict = "met" if value <= goal else "NOT met"
+            print(f"  {r.backend:<8} {r.kind:<9} {what:<10} {value:>8.2f} <= {goal:<5} {verdict}")
 
 
 def main() -> None:
@@ -355,6 +383,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument(
+        "--total", action="store_true", help="list requests ask for the total (a COUNT)"
+    )
     args = parser.parse_args()
     if not 1 <= args.devices <= 200_000:
         parser.error("--devices must be between 1 and 200000")
@@ -367,13 +398,15 @@ def main() -> None:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if not backends or any(b not in ("sqlite", "postgres") for b in backends):
         parser.error("--backends takes sqlite and/or postgres, comma-separated")
+    load_before = os.getloadavg()[0]
     results: list[Result] = []
     for backend in backends:
         results += run_backend(backend, args)
     print()
     print(
         f"fleet API, {args.devices} devices in {args.groups} groups, {args.concurrency} concurrent "
-        f"clients, {args.seconds:.0f} s per scenario, one uvicorn worker, loopback HTTP"
+        f"clients, {args.seconds:.0f} s per scenario, one uvicorn worker, loopback HTTP; "
+        f"1-minute load average before the run {load_before:.1f}"
     )
     print_table(results)
 

@@ -20,6 +20,7 @@ from fleet import migrate
 from fleet.api import api_router, health_router
 from fleet.api_docs import mount_api_docs
 from fleet.artifacts import ArtifactStore, load_public_key
+from fleet.auth import Principal
 from fleet.auth_gate import AuthGate
 from fleet.crud.devices import status_counts
 from fleet.dashboard import mount_dashboard
@@ -29,6 +30,7 @@ from fleet.limits import BodySizeLimit
 from fleet.models.registry import ModelStage, ModelVersion
 from fleet.observability import FleetStateCollector, HttpMetrics, MetricsMiddleware
 from fleet.settings import FleetSettings
+from fleet.token_cache import TokenCache
 
 _DESCRIPTION = """
 Admin API of the fedfleet device fleet: devices, groups and tags, the model registry,
@@ -95,6 +97,8 @@ def create_app(settings: FleetSettings) -> FastAPI:
         load_public_key(settings.signing_public_key) if settings.signing_public_key else None
     )
     app.state.metrics_registry = registry
+    # Shared by the auth gate and the route dependency; revoking a token empties it.
+    app.state.token_cache = TokenCache[Principal]()
 
     install_error_handlers(app)
     app.include_router(health_router())
@@ -103,7 +107,7 @@ def create_app(settings: FleetSettings) -> FastAPI:
     mount_dashboard(app)
     # Added last = outermost. The size limit answers first (from Content-Length alone),
     # metrics count every answer, the auth gate refuses before any body is read.
-    app.add_middleware(AuthGate, engine=engine)
+    app.add_middleware(AuthGate, engine=engine, cache=app.state.token_cache)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(
         BodySizeLimit,

@@ -9,18 +9,23 @@ same :class:`Principal` and checks roles with the same :meth:`Principal.require`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
+from anyio import to_thread
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlmodel import Session
 
+from fleet import credentials
 from fleet.audit import Actor
 from fleet.crud import tokens as token_crud
 from fleet.models.auth import ApiToken, Role
 from fleet.models.common import utcnow
+from fleet.token_cache import TokenCache, revocation_epoch
 
 #: The OpenAPI security scheme (every protected operation declares it).
 bearer_scheme = HTTPBearer(
@@ -58,21 +63,57 @@ class Principal:
             )
 
 
-def authenticate(session: Session, authorization: str | None) -> Principal:
+def _bearer_secret(authorization: str | None) -> str | None:
+    scheme, secret = get_authorization_scheme_param(authorization)
+    return secret if scheme.lower() == "bearer" and secret else None
+
+
+def cached_principal(
+    authorization: str | None, cache: TokenCache[Principal] | None
+) -> Principal | None:
+    """The caller as cached in the last seconds, without a query: a hint for the gate.
+
+    Not a verdict: the route's dependency still reads the revocation epoch (see
+    :func:`require`), so a token revoked by another process is refused before the handler.
+    """
+    secret = _bearer_secret(authorization)
+    if secret is None or cache is None:
+        return None
+    return cache.peek(credentials.hash_secret(secret), now=utcnow())
+
+
+def authenticate(
+    session: Session, authorization: str | None, *, cache: TokenCache[Principal] | None = None
+) -> Principal:
     """The caller named by an ``Authorization`` header value; 401 when there is none.
 
     The one place a bearer token is checked: the :func:`require` dependency and the
     :class:`fleet.auth_gate.AuthGate` middleware (which runs before any body is read)
-    both call it.
+    both call it. With a ``cache`` (:mod:`fleet.token_cache`), a token seen in the last
+    seconds is not queried again, but the revocation epoch is read on every call, so a
+    token revoked anywhere is refused at once.
     """
-    scheme, secret = get_authorization_scheme_param(authorization)
-    if scheme.lower() != "bearer" or not secret:
+    secret = _bearer_secret(authorization)
+    if secret is None:
         raise HTTPException(
             401,
             f"missing bearer token: send 'Authorization: Bearer <token>' ({_HOW_TO_GET_ONE})",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    token = token_crud.find_active_token(session, secret, now=utcnow())
+    now = utcnow()
+    if cache is None:
+        token = token_crud.find_active_token(session, secret, now=now)
+    else:
+        token_hash = credentials.hash_secret(secret)
+        epoch = revocation_epoch(session)
+        cached = cache.get(token_hash, epoch=epoch, now=now)
+        if cached is not None:
+            return cached
+        token = token_crud.find_active_token(session, secret, now=now)
+        if token is not None:
+            principal = Principal.from_token(token)
+            cache.put(token_hash, principal, epoch=epoch, expires_at=token.expires_at)
+            return principal
     if token is None:
         raise HTTPException(
             401,
@@ -85,26 +126,44 @@ def authenticate(session: Session, authorization: str | None) -> Principal:
 #: The ASGI scope key where :class:`fleet.auth_gate.AuthGate` leaves the caller it
 #: authenticated (the scope, unlike a server's shared state, is this request's alone).
 GATE_PRINCIPAL = "fedfleet.gate_principal"
+#: Set (True) in the scope when the gate checked the token in the database itself; a
+#: principal the gate only found in the token cache is checked again by :func:`require`.
+GATE_VERIFIED = "fedfleet.gate_verified"
 
 
-def require(role: Role, session_dependency: Callable[..., Session]) -> Callable[..., Principal]:
+def require(
+    role: Role, session_dependency: Callable[..., Any]
+) -> Callable[..., Awaitable[Principal]]:
     """The dependency that authenticates a bearer token and checks it has ``role``.
 
-    A request the gate already authenticated (before its body was read) is not looked
-    up again: the gate's :class:`Principal` is used and only the role is checked here.
+    A request the gate already authenticated in the database (before its body was read)
+    is not looked up again: the gate's :class:`Principal` is used and only the role is
+    checked here. One the gate let through on the token cache's word is authenticated
+    here, in the request's own session: the cache answers, after the revocation epoch is
+    read (:mod:`fleet.token_cache`).
     """
 
     # Plain defaults, not Annotated: the annotations of this closure are strings (PEP 563)
     # and FastAPI could not resolve the local ``session_dependency`` from them.
-    def dependency(
+    async def dependency(
         request: Request,
         session: Session = Depends(session_dependency),  # noqa: B008
         # Declared for the OpenAPI security scheme; the header is read below.
         _credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),  # noqa: B008
     ) -> Principal:
-        principal = request.scope.get(GATE_PRINCIPAL)
-        if not isinstance(principal, Principal):
-            principal = authenticate(session, request.headers.get("authorization"))
+        # Async: a request the gate verified needs no worker thread at all.
+        gate_principal = request.scope.get(GATE_PRINCIPAL)
+        if isinstance(gate_principal, Principal) and request.scope.get(GATE_VERIFIED):
+            principal = gate_principal
+        else:
+            principal = await to_thread.run_sync(
+                partial(
+                    authenticate,
+                    session,
+                    request.headers.get("authorization"),
+                    cache=getattr(request.app.state, "token_cache", None),
+                )
+            )
         principal.require(role)
         request.state.principal = principal
         return principal

@@ -14,6 +14,13 @@ middleware that runs first, on the headers alone, for every path under ``/api/``
 - otherwise the request goes on with the caller kept in its ASGI scope, so the route's
   dependency does not look the token up again (:data:`fleet.auth.GATE_PRINCIPAL`).
 
+A token this process authenticated in the last seconds (:mod:`fleet.token_cache`) passes
+the gate without a query; the route's dependency then reads the revocation epoch in the
+request's own transaction, so a token revoked by another process is refused (401) before
+the handler runs — after its body, at most ``max_body_bytes`` (or an upload, for a token
+that was an operator's), was read. A revocation through this process empties the cache
+and the gate refuses at once.
+
 The reply says ``Connection: close``: the server does not read what the client is still
 sending. Bodies of requests that pass the gate are bounded by :mod:`fleet.limits`.
 Outside ``/api/`` (health, ``/metrics``, the spec, the dashboard) the routes' own checks
@@ -30,10 +37,11 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from fleet.auth import GATE_PRINCIPAL, Principal, authenticate
+from fleet.auth import GATE_PRINCIPAL, GATE_VERIFIED, Principal, authenticate, cached_principal
 from fleet.errors import DATABASE_UNAVAILABLE, RETRY_AFTER
 from fleet.limits import UPLOAD_PATH_RE, ASGIApp, Receive, Scope, Send, reply_json
 from fleet.models.auth import Role
+from fleet.token_cache import TokenCache
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +54,12 @@ UPLOAD_ROLE = Role.operator
 class AuthGate:
     """Refuse unauthenticated API requests (and uploads by viewers) before the body."""
 
-    def __init__(self, app: ASGIApp, *, engine: Engine) -> None:
+    def __init__(
+        self, app: ASGIApp, *, engine: Engine, cache: TokenCache[Principal] | None = None
+    ) -> None:
         self.app = app
         self.engine = engine
+        self.cache = cache
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(GATED_PREFIX):
@@ -59,7 +70,12 @@ class AuthGate:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
         try:
-            principal = await to_thread.run_sync(self._authenticate, authorization)
+            # A token cached in the last seconds needs no query here; the route's dependency
+            # reads the revocation epoch in its own transaction (fleet.token_cache).
+            principal = cached_principal(authorization, self.cache)
+            verified = principal is None
+            if principal is None:
+                principal = await to_thread.run_sync(self._authenticate, authorization)
             if scope.get("method") == "POST" and UPLOAD_PATH_RE.match(scope["path"]):
                 principal.require(UPLOAD_ROLE)
         except HTTPException as exc:
@@ -70,8 +86,9 @@ class AuthGate:
             await reply_json(send, 503, DATABASE_UNAVAILABLE, headers=RETRY_AFTER)
             return
         scope[GATE_PRINCIPAL] = principal
+        scope[GATE_VERIFIED] = verified
         await self.app(scope, receive, send)
 
     def _authenticate(self, authorization: str | None) -> Principal:
         with Session(self.engine) as session:
-            return authenticate(session, authorization)
+            return authenticate(session, authorization, cache=self.cache)

@@ -7,9 +7,10 @@ error bodies every protected route can return.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+from anyio import to_thread
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -36,16 +37,33 @@ def get_store(request: Request) -> ArtifactStore:
     return request.app.state.artifact_store  # type: ignore[no-any-return]
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """One session per request. Routes commit explicitly; anything uncommitted is
-    rolled back when the request ends."""
+    rolled back when the request ends.
+
+    Async so FastAPI does not hop to a worker thread to open it and again to close it
+    (profiled: each hop costs more CPU than a heartbeat's query): opening a session does
+    no I/O; closing it (a rollback, returning the connection) runs in a worker thread.
+    """
     import fleet.audit  # noqa: F401  (attaches the audit checks to FleetSession)
 
     engine = get_engine(request)
     if request.method not in SAFE_METHODS:
-        engine = engine.execution_options(fleet_write=True)  # type: ignore[assignment]
-    with FleetSession(engine, expire_on_commit=False) as session:
+        engine = _write_engine(request, engine)
+    session = FleetSession(engine, expire_on_commit=False)
+    try:
         yield session
+    finally:
+        await to_thread.run_sync(session.close)
+
+
+def _write_engine(request: Request, engine: Engine) -> Engine:
+    # One write-option engine per app, not one per request.
+    cached = getattr(request.app.state, "write_engine", None)
+    if cached is None:
+        cached = engine.execution_options(fleet_write=True)
+        request.app.state.write_engine = cached
+    return cached  # type: ignore[no-any-return]
 
 
 SettingsDep = Annotated[FleetSettings, Depends(get_settings)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Response
+from fastapi import APIRouter, HTTPException, Path, Request, Response
 
 from fleet.api.deps import COMMON_RESPONSES, NOT_FOUND, Admin, SessionDep, Viewer
 from fleet.crud import tokens as crud
@@ -62,10 +62,15 @@ def create_token(
     summary="Revoke a token (and end its dashboard sessions)",
 )
 def revoke_token(
-    token_id: Annotated[int, Path(ge=1, le=MAX_ID)], session: SessionDep, principal: Admin
+    token_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+    request: Request,
+    session: SessionDep,
+    principal: Admin,
 ) -> ApiTokenPublic:
     token = crud.revoke_token(session, token_id, actor=principal.actor("api"))
     if token is None:
         raise HTTPException(404, f"token {token_id} does not exist")
     session.commit()
+    # Other processes see the new revocation epoch on their next request (fleet.token_cache).
+    request.app.state.token_cache.clear()
     return crud.token_public(token)

@@ -6,8 +6,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, func, or_, text, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, text, update
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
@@ -43,13 +44,31 @@ class DeviceFilter:
 
 def derive_status(device: Device, *, now: datetime, offline_after_s: float) -> DeviceStatus:
     """A device's status from its heartbeats (see :mod:`fleet.models.devices`)."""
-    if device.retired_at is not None:
+    return status_from(
+        retired_at=device.retired_at,
+        last_seen_at=device.last_seen_at,
+        reported_status=device.reported_status,
+        now=now,
+        offline_after_s=offline_after_s,
+    )
+
+
+def status_from(
+    *,
+    retired_at: datetime | None,
+    last_seen_at: datetime | None,
+    reported_status: ReportedStatus | None,
+    now: datetime,
+    offline_after_s: float,
+) -> DeviceStatus:
+    """:func:`derive_status` from the columns alone (for rows read without the ORM)."""
+    if retired_at is not None:
         return DeviceStatus.retired
-    if device.last_seen_at is None:
+    if last_seen_at is None:
         return DeviceStatus.never_seen
-    if device.reported_status == ReportedStatus.offline:
+    if reported_status == ReportedStatus.offline:
         return DeviceStatus.offline
-    if now - device.last_seen_at > timedelta(seconds=offline_after_s):
+    if now - last_seen_at > timedelta(seconds=offline_after_s):
         return DeviceStatus.offline
     return DeviceStatus.online
 
@@ -58,7 +77,13 @@ def _status_clause(
     status: DeviceStatus, *, now: datetime, offline_after_s: float
 ) -> ColumnElement[bool]:
     """SQL condition equivalent to ``derive_status(device) == status``."""
-    cutoff = now - timedelta(seconds=offline_after_s)
+    return status_clause(status, cutoff=now - timedelta(seconds=offline_after_s))
+
+
+def status_clause(status: DeviceStatus, *, cutoff: Any) -> ColumnElement[bool]:
+    """:func:`_status_clause` for a device last seen before ``cutoff`` being offline;
+    ``cutoff`` is a datetime or a bound parameter (statements built once, see
+    :mod:`fleet.crud.device_pages`)."""
     active = col(Device.retired_at).is_(None)
     seen = col(Device.last_seen_at)
     said_offline = col(Device.reported_status) == ReportedStatus.offline
@@ -136,19 +161,13 @@ def public_view(session: Session, device: Device, *, offline_after_s: float) -> 
     )
 
 
-def list_devices(
-    session: Session,
-    *,
-    filters: DeviceFilter,
-    limit: int,
-    offset: int,
-    offline_after_s: float,
-) -> Page[DevicePublic]:
-    """One page of devices matching ``filters``, ordered by name.
+def filter_conditions(
+    filters: DeviceFilter, *, now: datetime, offline_after_s: float
+) -> list[ColumnElement[bool]]:
+    """The WHERE conditions for ``filters`` (the query must outer-join ``groups``).
 
     Without a status filter, retired devices are left out (ask for ``status=retired``).
     """
-    now = utcnow()
     conditions: list[ColumnElement[bool]] = []
     if filters.status is None:
         conditions.append(col(Device.retired_at).is_(None))
@@ -167,6 +186,23 @@ def list_devices(
             .where(Tag.name == tag)
         )
         conditions.append(col(Device.id).in_(tagged))
+    return conditions
+
+
+def list_devices(
+    session: Session,
+    *,
+    filters: DeviceFilter,
+    limit: int,
+    offset: int,
+    offline_after_s: float,
+) -> Page[DevicePublic]:
+    """One page of devices matching ``filters``, ordered by name.
+
+    Without a status filter, retired devices are left out (ask for ``status=retired``).
+    """
+    now = utcnow()
+    conditions = filter_conditions(filters, now=now, offline_after_s=offline_after_s)
 
     base = select(Device, Group.name).outerjoin(Group, col(Group.id) == col(Device.group_id))
     base = base.where(*conditions)
@@ -349,8 +385,25 @@ class HeartbeatRecorded:
     model_version_id: int | None
 
 
+_DEVICES = Device.__table__  # type: ignore[attr-defined]
+# Built once (SQLAlchemy Core, bound parameters): the ORM bulk-update path and a statement
+# compiled afresh per heartbeat were most of its CPU (profiled).
+_SEEN = (
+    update(_DEVICES)
+    .where(_DEVICES.c.id == bindparam("device_id"), _DEVICES.c.retired_at.is_(None))
+    .values(last_seen_at=bindparam("seen"), reported_status=bindparam("reported"))
+    .returning(_DEVICES.c.model_version_id)
+)
+_SEEN_RUNNING = _SEEN.values(model_version_id=bindparam("model_version_id"))
+_EXISTS = select(_DEVICES.c.id).where(_DEVICES.c.id == bindparam("device_id"))
+_VERSION_EXISTS = select(col(ModelVersion.id)).where(
+    col(ModelVersion.id) == bindparam("model_version_id")
+)
+_ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")
+
+
 def record_heartbeat(
-    session: Session,
+    connection: Connection,
     device_id: str,
     *,
     model_version_id: int | object | None = _UNCHANGED,
@@ -358,35 +411,38 @@ def record_heartbeat(
 ) -> HeartbeatRecorded | None:
     """Mark a device as seen now (and running ``model_version_id`` when given).
 
-    One ``UPDATE ... RETURNING`` statement, not audited (a device signal, not an admin
-    change). On PostgreSQL the transaction commits without waiting for its WAL flush
+    One ``UPDATE ... RETURNING`` statement on ``connection`` (the caller commits), not
+    audited: a device signal, not an admin change, so it goes past the ORM session and its
+    audit check. On PostgreSQL the transaction commits without waiting for its WAL flush
     (``synchronous_commit = off``): a crash can lose the last fraction of a second of
     heartbeats, which the next heartbeat repeats anyway, and a busy fleet no longer pays
     one disk flush per heartbeat. Returns None when the device does not exist; raises
     Conflict when it is retired and InvalidReference when the model version is unknown.
     """
     when = now or utcnow()
-    values: dict[str, object] = {"last_seen_at": when, "reported_status": ReportedStatus.online}
+    params: dict[str, object] = {
+        "device_id": device_id,
+        "seen": when,
+        "reported": ReportedStatus.online,
+    }
+    statement = _SEEN
     if model_version_id is not _UNCHANGED:
-        if model_version_id is not None and session.get(ModelVersion, model_version_id) is None:
+        if (
+            model_version_id is not None
+            and connection.execute(_VERSION_EXISTS, {"model_version_id": model_version_id}).first()
+            is None
+        ):
             raise InvalidReference(
                 f"model version {model_version_id} is not registered; register it first"
             )
-        values["model_version_id"] = model_version_id
-    statement = (
-        update(Device)
-        .where(col(Device.id) == device_id, col(Device.retired_at).is_(None))
-        .values(**values)
-        .returning(col(Device.model_version_id))
-        .execution_options(synchronize_session=False)
-    )
-    with audit.exempt(session, reason="heartbeat"):
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-        row = session.execute(statement).first()
+        params["model_version_id"] = model_version_id
+        statement = _SEEN_RUNNING
+    if connection.dialect.name == "postgresql":
+        connection.execute(_ASYNC_COMMIT)
+    row = connection.execute(statement, params).first()
     if row is not None:
         return HeartbeatRecorded(device_id=device_id, last_seen_at=when, model_version_id=row[0])
-    if session.get(Device, device_id) is None:
+    if connection.execute(_EXISTS, {"device_id": device_id}).first() is None:
         return None
     raise Conflict(f"device {device_id} is retired; it can no longer report")
 

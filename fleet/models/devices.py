@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator
 from pydantic import Field as PydanticField
+from sqlalchemy import Index
 from sqlmodel import Field
 
 from firmware_images.targets import available_targets
@@ -164,6 +165,8 @@ class DeviceUpdate(InputModel):
 
 class Device(DeviceBase, table=True):
     __tablename__ = "devices"
+    # A group's page by name comes straight from this index (see fleet.crud.device_pages).
+    __table_args__ = (Index("ix_devices_group_id_name", "group_id", "name"),)
 
     id: str = Field(primary_key=True, max_length=32)
     group_id: int | None = Field(default=None, foreign_key="groups.id", index=True)
@@ -190,6 +193,20 @@ class DevicePublic(DeviceBase):
     enrolled_at: datetime
     enrolled_by: str
     retired_at: datetime | None
+
+
+class DevicePage(FleetModel):
+    """One page of ``GET /api/v1/devices``, ordered by name."""
+
+    items: list[DevicePublic]
+    total: int | None = PydanticField(
+        description="Devices matching the filters across all pages; null unless total=true."
+    )
+    limit: int
+    offset: int
+    next_after: str | None = PydanticField(
+        description="Pass as `after` for the next page; null on the last page."
+    )
 
 
 class MqttCredentials(FleetModel):

@@ -93,7 +93,15 @@ def test_list_filters_combine_and_paginate(client: TestClient, admin: Headers) -
     assert names("group=nowhere") == []
     page = client.get("/api/v1/devices?group=wards&limit=2&offset=2", headers=admin).json()
     assert [d["name"] for d in page["items"]] == ["ward-2", "ward-3"]
-    assert (page["total"], page["limit"], page["offset"]) == (5, 2, 2)
+    assert (page["total"], page["limit"], page["offset"]) == (None, 2, 2)
+    assert page["next_after"] == "ward-3"
+    counted = client.get("/api/v1/devices?group=wards&limit=2&total=true", headers=admin).json()
+    assert counted["total"] == 5
+    after = client.get(
+        "/api/v1/devices?group=wards&limit=2&after=ward-3&total=true", headers=admin
+    ).json()
+    assert [d["name"] for d in after["items"]] == ["ward-4"]
+    assert (after["total"], after["next_after"]) == (5, None)
 
 
 def test_status_follows_heartbeats_and_last_will(
@@ -200,7 +208,7 @@ def test_retire_keeps_history_revokes_broker_access_and_refuses_changes(
     engine = client.app.state.engine  # type: ignore[attr-defined]
     stored = run_sql(engine, "SELECT mqtt_password_hash FROM devices WHERE id = :id", id=device)
     assert stored == [(None,)]
-    assert client.get("/api/v1/devices", headers=admin).json()["total"] == 0
+    assert client.get("/api/v1/devices?total=true", headers=admin).json()["total"] == 0
     listed = client.get("/api/v1/devices?status=retired", headers=admin).json()["items"]
     assert [d["id"] for d in listed] == [device]
     again = client.post(f"/api/v1/devices/{device}/retire", headers=admin)
@@ -251,7 +259,7 @@ def test_bad_enrollment_is_refused_with_a_reason_and_changes_nothing(
     response = client.post("/api/v1/devices", json=body, headers=admin)
     assert response.status_code == status
     assert fragment in response.text
-    assert client.get("/api/v1/devices", headers=admin).json()["total"] == 0
+    assert client.get("/api/v1/devices?total=true", headers=admin).json()["total"] == 0
     assert client.get("/api/v1/audit?action=device.enroll", headers=admin).json()["total"] == 0
 
 
@@ -303,4 +311,62 @@ def test_operator_can_write_devices_viewer_cannot(
     )
     created = client.post("/api/v1/devices", json=body, headers=headers[Role.operator])
     assert created.status_code == 201
-    assert client.get("/api/v1/devices", headers=headers[Role.viewer]).json()["total"] == 1
+    assert (
+        client.get("/api/v1/devices?total=true", headers=headers[Role.viewer]).json()["total"] == 1
+    )
+
+
+def test_keyset_pages_return_every_device_once_while_devices_are_added(
+    client: TestClient, admin: Headers
+) -> None:
+    # Prepare: 20 devices; between page reads, devices are enrolled before and after the cursor.
+    original = {f"m-{i:02d}" for i in range(20)}
+    for name in sorted(original):
+        enroll(client, admin, name)
+    seen: list[str] = []
+    after: str | None = None
+    # Execute
+    for page_number in range(20):
+        query = "limit=6" + (f"&after={after}" if after else "")
+        page = client.get(f"/api/v1/devices?{query}", headers=admin).json()
+        seen += [d["name"] for d in page["items"]]
+        enroll(client, admin, f"a-{page_number:02d}")  # sorts before every cursor
+        enroll(client, admin, f"z-{page_number:02d}")  # sorts after every cursor
+        after = page["next_after"]
+        if after is None:
+            break
+    # Assert: each original device exactly once, nothing twice, in name order.
+    assert len(seen) == len(set(seen))
+    assert original <= set(seen)
+    assert seen == sorted(seen)
+
+
+def test_heartbeat_marks_seen_now_online_and_keeps_other_fields(
+    client: TestClient, admin: Headers, run_sql: Callable[..., Any]
+) -> None:
+    # Prepare: a device the broker reported offline, seen an hour ago.
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    device = enroll(client, admin, "pi-1", tags=["icu"])["device"]["id"]
+    run_sql(
+        engine,
+        "UPDATE devices SET reported_status = 'offline', last_seen_at = :t WHERE id = :id",
+        t=utcnow() - timedelta(hours=1),
+        id=device,
+    )
+    before = utcnow()
+    # Execute
+    ack = client.post(f"/api/v1/devices/{device}/heartbeat", headers=admin)
+    # Assert: the ack and the stored row agree, the device is online, the rest unchanged.
+    assert ack.status_code == 200
+    body = ack.json()
+    assert set(body) == {"device_id", "status", "last_seen_at", "model_version_id"}
+    assert (body["device_id"], body["status"], body["model_version_id"]) == (device, "online", None)
+    stored = client.get(f"/api/v1/devices/{device}", headers=admin).json()
+    assert stored["last_seen_at"] == body["last_seen_at"] and body["last_seen_at"].endswith("Z")
+    assert stored["status"] == "online" and stored["tags"] == ["icu"]
+    assert run_sql(engine, "SELECT reported_status FROM devices WHERE id = :id", id=device) == [
+        ("online",)
+    ]
+    assert stored["last_seen_at"] >= before.isoformat().replace("+00:00", "Z")[:19]
+    # The list (Core rows, serialized once) says exactly what the model-built view says.
+    assert client.get("/api/v1/devices", headers=admin).json()["items"] == [stored]

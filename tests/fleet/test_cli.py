@@ -145,7 +145,7 @@ def test_serve_and_a_cli_token_work_together(fleet_server: Any, tmp_path: Path) 
         timeout=5,
     )
     assert enrolled.status_code == 201
-    assert httpx.get(f"{base}/api/v1/devices", headers=headers, timeout=5).json()["total"] == 1
+    assert len(httpx.get(f"{base}/api/v1/devices", headers=headers, timeout=5).json()["items"]) == 1
     assert httpx.get(f"{base}/docs", timeout=5).status_code == 200
     assert httpx.get(f"{base}/", timeout=5, follow_redirects=False).status_code == 303
     # A second server on the same port fails with one clear line.
