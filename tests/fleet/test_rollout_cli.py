@@ -211,7 +211,7 @@ def test_simulate_devices_enrols_over_the_api_and_writes_no_database(
     work = tmp_path / "cwd"
     work.mkdir()
     headers = {"Authorization": f"Bearer {fleet.tokens[Role.viewer]}"}
-    listed = f"{fleet.server.base_url}/api/v1/devices?group=sim-api"
+    listed = f"{fleet.server.base_url}/api/v1/devices?group=sim-api&total=true"
     env = {
         **os.environ,
         "FEDFLEET_URL": fleet.server.base_url,
