@@ -62,6 +62,25 @@ def fit_scaling(x_train_raw: np.ndarray, *, per_feature: bool) -> tuple[np.ndarr
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def scaled_split(x_raw: np.ndarray, y: np.ndarray, *, seed: int, per_feature: bool) -> Dataset:
+    """A stratified 80/20 split by ``seed``, scaled with :func:`fit_scaling` of the
+    training split only (the test split is never looked at)."""
+    from sklearn.model_selection import train_test_split
+
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x_raw, y, test_size=0.2, random_state=seed, stratify=y
+    )
+    mean, std = fit_scaling(x_tr, per_feature=per_feature)
+    return Dataset(
+        x_train=((x_tr - mean) / std).astype(np.float32),
+        y_train=y_tr,
+        x_test=((x_te - mean) / std).astype(np.float32),
+        y_test=y_te,
+        input_mean=mean,
+        input_std=std,
+    )
+
+
 @dataclass(frozen=True)
 class TrainDefaults:
     """Default local-training hyper-parameters of a task (minibatch SGD with momentum).

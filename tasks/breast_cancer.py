@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tasks.base import Dataset, TaskSpec, TrainDefaults, fit_scaling
+from tasks.base import Dataset, TaskSpec, TrainDefaults, scaled_split
 from tasks.dataset_cache import cached_dataset, library_version
 from tasks.registry import register_task
 
@@ -60,21 +60,11 @@ def load_breast_cancer_dataset(seed: int = 0) -> Dataset:
 def prepare_breast_cancer(seed: int) -> Dataset:
     """:func:`load_breast_cancer_dataset`, prepared with scikit-learn."""
     from sklearn.datasets import load_breast_cancer
-    from sklearn.model_selection import train_test_split
 
     bunch = load_breast_cancer()
     x = bunch.data.astype(np.float32)
     y = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
-    mean, std = fit_scaling(x_tr, per_feature=True)
-    return Dataset(
-        x_train=((x_tr - mean) / std).astype(np.float32),
-        y_train=y_tr,
-        x_test=((x_te - mean) / std).astype(np.float32),
-        y_test=y_te,
-        input_mean=mean,
-        input_std=std,
-    )
+    return scaled_split(x, y, seed=seed, per_feature=True)
 
 
 SPEC = register_task(

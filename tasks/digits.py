@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tasks.base import Dataset, TaskSpec, TrainDefaults, fit_scaling
+from tasks.base import Dataset, TaskSpec, TrainDefaults, scaled_split
 from tasks.dataset_cache import cached_dataset, library_version
 from tasks.registry import register_task
 
@@ -42,21 +42,11 @@ def prepare_digits(seed: int) -> Dataset:
     one mean and standard deviation over all pixels of the training split: zero-mean,
     unit-variance inputs let the default learning rate train in a few rounds."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
     x = bunch.data.astype(np.float32).reshape(-1, 1, 8, 8)
     y = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
-    mean, std = fit_scaling(x_tr, per_feature=False)
-    return Dataset(
-        x_train=((x_tr - mean) / std).astype(np.float32),
-        y_train=y_tr,
-        x_test=((x_te - mean) / std).astype(np.float32),
-        y_test=y_te,
-        input_mean=mean,
-        input_std=std,
-    )
+    return scaled_split(x, y, seed=seed, per_feature=False)
 
 
 SPEC = register_task(
