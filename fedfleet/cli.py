@@ -46,6 +46,8 @@ _BY_NAME = {name: (target, help_text) for name, target, help_text in _SUBAPPS}
 # simulator (DESIGN), so `fedfleet fleet broker-config|mqtt|simulate-devices` join here.
 _EXTENSIONS: dict[str, tuple[str, ...]] = {
     "fleet": ("fleet.ota.cli:fleet_commands", "simulation.fleet_devices_cli:fleet_commands"),
+    # The conformance kit plays the fleet's side, so it lives in fleet/ota/.
+    "device": ("fleet.ota.conformance_cli:device_commands",),
 }
 
 
@@ -70,8 +72,16 @@ def _with_extensions(name: str, app: typer.Typer) -> typer.Typer:
     if not parts:
         return app
     merged = sub_app()
-    for part in (*parts, app):
+    for part in parts:
         merged.add_typer(part)  # no name: its commands join the merged app's
+    if app.registered_callback is None:
+        merged.add_typer(app)
+    else:
+        # typer ignores (with a warning) the callback of a nameless add_typer: an app with
+        # one (`device`: its group's help) gives the merged app its commands and callback.
+        merged.registered_commands.extend(app.registered_commands)
+        merged.registered_groups.extend(app.registered_groups)
+        merged.registered_callback = app.registered_callback
     return merged
 
 
