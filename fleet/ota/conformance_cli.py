@@ -32,6 +32,12 @@ def _read_secret(path: Path | None, option: str) -> str | None:
         fail(f"{option} {path}: {err.strerror}; give a readable file")
 
 
+def _discard(folder: Path, work: Path | None) -> None:
+    """Bad input leaves nothing behind: a temporary folder made for this run goes."""
+    if work is None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _broker(text: str | None) -> tuple[str, int] | None:
     if text is None:
         return None
@@ -106,6 +112,7 @@ def conformance(
             only=tuple(n.strip() for n in only.split(",") if n.strip()) if only else (),
         )
     except ValueError as err:
+        _discard(folder, work)
         fail(str(err))
     results = []
     with StopSignals() as stop:
@@ -116,6 +123,7 @@ def conformance(
                 emit=lambda r: typer.echo(line(r)),
             )
         except ValueError as err:
+            _discard(folder, work)
             fail(str(err))
         except StopRequested:
             say_stopped("device conformance", stop.signum)
@@ -128,7 +136,7 @@ def conformance(
                 shutil.rmtree(folder, ignore_errors=True)
     typer.echo(summary(results))
     if not conforms:
-        typer.echo(f"the kit's folder (device.toml, agent.log, broker/): {folder}")
+        typer.echo(f"the kit's folder (device.toml, agent.log, mosquitto.log): {folder}")
     if report is not None:
         write_report(report, results, device_id=device_id)
     if not conforms:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_client.protocol.mqtt import check_device_id
 from fleet.ota.conformance.checks import Check, Context, select
 from fleet.ota.conformance.fleet_side import CheckFailed, FleetSide, StopRequested
 from fleet.ota.conformance.report import Result, line
@@ -84,6 +85,7 @@ def run_kit(
     """Run the selected checks; ``emit`` gets each result as it ends. Raises ValueError
     for bad input (before anything starts), :class:`StopRequested` when ``stop`` is set."""
     checks = select(list(options.only))
+    check_device_id(options.device_id)  # before the folder is made
     port = options.broker[1] if options.broker else (options.port or free_port())
     host = options.broker[0] if options.broker else "127.0.0.1"
     workspace = prepare(

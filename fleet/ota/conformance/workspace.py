@@ -7,7 +7,9 @@
     device.pass                 the test device's broker password
     device.toml                 the device's settings in ``fedfleet device run``'s format
     slots/                      a fresh state folder for the agent (emptied each run)
-    broker/                     the kit's Mosquitto files (``fleet broker-config``'s)
+    mosquitto.log               what the kit's own Mosquitto printed (its files, as
+                                ``fleet broker-config`` writes them, live in a
+                                temporary folder for the run)
     agent.log                   what the agent the kit started printed
 
 Keys and the password are kept across runs, so an agent configured once (an already
@@ -24,6 +26,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,19 +196,20 @@ class KitBroker:
             )
         self.executable = found
         self.port = port
-        folder = workspace.folder / "broker"
+        # Mosquitto started as root drops to the mosquitto user, which must reach these
+        # files: they go to a fresh folder under the system's temporary folder (the kit's
+        # folder may sit below one only its owner can enter), removed by stop().
+        self.folder = Path(tempfile.mkdtemp(prefix="fedfleet-conformance-broker-"))
+        os.chmod(self.folder, 0o755)  # noqa: S103 - a folder; passwd stays 0640
         files = write_broker_config(
-            out=folder,
+            out=self.folder,
             devices=[(workspace.device_id, mosquitto_hash(workspace.device_password))],
             port=port,
         )
-        # Mosquitto started as root drops to the mosquitto user: it must read these.
-        for path in (workspace.folder, folder):
-            os.chmod(path, 0o755)  # noqa: S103 - folders only; secrets stay 0600/0640
         self.conf = files.conf
         self.fleet_user = FLEET_USER
         self.fleet_password = files.fleet_password_file.read_text().strip()
-        self.log = folder / "mosquitto.log"
+        self.log = workspace.folder / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, timeout_s: float = 10.0) -> None:
@@ -229,6 +233,7 @@ class KitBroker:
         proc, self._proc = self._proc, None
         if proc is not None:
             stop_tree(proc, timeout=5.0)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class AgentProcess:

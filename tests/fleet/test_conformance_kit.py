@@ -1,0 +1,111 @@
+"""The conformance kit's parts that need no broker: which checks run, the reports, the
+validation seam, the fault-injecting chunk server's bookkeeping and the command line's
+bad input (one line, exit 2, nothing started). The kit against real agents over real
+Mosquitto: tests/e2e/test_device_conformance.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edge_client.protocol import mqtt as proto
+from fedfleet.cli import build_app
+from fleet.ota.conformance.checks import NAMES, select
+from fleet.ota.conformance.fleet_side import Transfer
+from fleet.ota.conformance.report import Result, summary, write_report
+from fleet.ota.conformance.validate import ProtocolError, validate
+
+
+def test_only_adds_what_a_check_needs_in_run_order() -> None:
+    # Execute
+    chosen = [c.name for c in select(["unsigned-rollback-refused"])]
+    # Assert: its installs and the status check come first, nothing else
+    assert chosen == [
+        "status-online",
+        "install",
+        "resume-after-disconnect",
+        "unsigned-rollback-refused",
+    ]
+    assert [c.name for c in select(None)] == list(NAMES)
+
+
+def test_only_refuses_an_unknown_check_naming_the_choices() -> None:
+    with pytest.raises(ValueError, match="unknown checks \\['instal'\\]; choose from status"):
+        select(["instal"])
+
+
+def test_validate_is_the_wire_codecs() -> None:
+    # Prepare
+    good = proto.encode(proto.Heartbeat(uptime_s=1.5))
+    # Execute / Assert
+    assert validate("heartbeat", good) == proto.Heartbeat(uptime_s=1.5)
+    with pytest.raises(ProtocolError, match="channel ack carries 'ack'"):
+        validate("ack", good)
+    with pytest.raises(ProtocolError, match="'error' has the wrong type"):
+        validate(
+            "ack",
+            b'{"schema":1,"type":"ack","command_id":"c","ok":true,"action":"ping","error":null}',
+        )
+
+
+def test_transfer_tampers_only_the_first_delivery_and_describes_its_chunks() -> None:
+    # Prepare
+    data = bytes(range(256)) * 40  # 10240 bytes: chunks of 4096, 4096, 2048
+    transfer = Transfer(data, 4096, tamper={1})
+    # Execute
+    ref = transfer.ref()
+    # Assert
+    assert transfer.chunks == 3 and ref.chunks == 3
+    assert ref.sha256 == hashlib.sha256(data).hexdigest()
+    assert ref.chunk_sha256[2] == hashlib.sha256(data[8192:]).hexdigest()
+    proto.check_message(proto.Command(command_id="c", action="install", artifact=ref))
+
+
+def _results() -> list[Result]:
+    return [
+        Result("install", "PASS", "installed", 1.0, "an ack"),
+        Result("downgrade-refused", "FAIL", "the device installed it", 0.5, "an ack"),
+        Result("signed-rollback-accepted", "SKIP", "needs install", 0.0, "an ack"),
+    ]
+
+
+def test_reports_say_which_check_failed(tmp_path: Path) -> None:
+    # Execute
+    write_report(tmp_path / "r.json", _results(), device_id="dev-1")
+    write_report(tmp_path / "r.xml", _results(), device_id="dev-1")
+    # Assert
+    document = json.loads((tmp_path / "r.json").read_text())
+    assert document["conforms"] is False
+    assert [c["outcome"] for c in document["checks"]] == ["PASS", "FAIL", "SKIP"]
+    suite = ET.parse(tmp_path / "r.xml").getroot()
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("3", "1", "1")
+    failure = suite.find("testcase[@name='downgrade-refused']/failure")
+    assert failure is not None and failure.get("message") == "the device installed it"
+    assert summary(_results()) == "DOES NOT CONFORM: 1 passed, 1 failed, 1 skipped"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--only", "nope"], "--only: unknown checks ['nope']"),
+        (["--broker", "localhost"], "--broker 'localhost' must be HOST:PORT"),
+        (["--broker", "127.0.0.1:1883"], "with --broker, give --fleet-password-file"),
+        (["--timeout", "0"], "--timeout must be positive seconds"),
+        (["--device-id", "a/b"], "device id 'a/b' must be 1-64 letters"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
+    # Execute
+    result = CliRunner().invoke(
+        build_app(), ["device", "conformance", "--work", str(tmp_path / "kit"), *args]
+    )
+    # Assert
+    assert result.exit_code == 2, result.output
+    assert says in result.output
+    assert result.output.count("\n") == 1, result.output
+    assert not (tmp_path / "kit").exists(), "bad input must leave nothing behind"
