@@ -87,13 +87,28 @@ def conformance(
     report: Annotated[
         Path | None, typer.Option(help="Write a report: JUnit XML if it ends in .xml, else JSON.")
     ] = None,
+    prepare: Annotated[
+        bool,
+        typer.Option(
+            "--prepare",
+            help="Only write --work's keys and device.toml (for an agent you start yourself).",
+        ),
+    ] = False,
 ) -> None:
     """Play the fleet over a real broker against a device agent and check each behaviour."""
-    from fleet.ota.conformance.kit import KitOptions, StopRequested, line, run_kit
+    from fleet.ota.conformance.kit import KitOptions, StopRequested, line, prepare_folder, run_kit
     from fleet.ota.conformance.report import summary, write_report
 
     if report is not None and not report.parent.is_dir():
         fail(f"--report {report}: folder {report.parent} does not exist")
+    if agent_cmd is None and work is None:
+        fail(
+            "without --agent-cmd your agent runs on its own: give --work, the folder whose "
+            "device.toml it runs with (write it first with --prepare)"
+        )
+    broker_address = _broker(broker)
+    fleet_password = _read_secret(fleet_password_file, "--fleet-password-file")
+    device_password = _read_secret(device_password_file, "--device-password-file")
     folder = work or Path(tempfile.mkdtemp(prefix="fedfleet-conformance-"))
     try:
         options = KitOptions(
@@ -102,18 +117,27 @@ def conformance(
             device_id=device_id,
             target=target,
             task=task,
-            broker=_broker(broker),
+            broker=broker_address,
             fleet_user=fleet_user,
-            fleet_password=_read_secret(fleet_password_file, "--fleet-password-file"),
-            device_password=_read_secret(device_password_file, "--device-password-file"),
+            fleet_password=fleet_password,
+            device_password=device_password,
             port=port,
             mosquitto=mosquitto,
             timeout_s=timeout,
             only=tuple(n.strip() for n in only.split(",") if n.strip()) if only else (),
         )
+        if prepare:
+            workspace = prepare_folder(options)
     except ValueError as err:
         _discard(folder, work)
         fail(str(err))
+    if prepare:
+        typer.echo(
+            f"wrote {workspace.config} (device {workspace.device_id}); the agent trusts "
+            f"{folder / 'bundle.pub'} for bundles and {folder / 'command.pub'} for commands. "
+            "Start your agent with it, then run this command again without --prepare."
+        )
+        return
     results = []
     with StopSignals() as stop:
         try:

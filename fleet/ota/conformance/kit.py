@@ -23,6 +23,7 @@ from fleet.ota.conformance.report import Result, line
 from fleet.ota.conformance.workspace import (
     AgentProcess,
     KitBroker,
+    Workspace,
     build_bundles,
     free_port,
     fresh_state,
@@ -55,6 +56,11 @@ class KitOptions:
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:
             raise ValueError("--timeout must be positive seconds")
+        if self.agent_cmd is None and self.broker is None and self.port == 0:
+            raise ValueError(
+                "an agent you start yourself needs a fixed broker port: give --port (the "
+                "port its device.toml names) or --broker HOST:PORT"
+            )
         if self.broker is not None and (self.fleet_password is None or not self.device_password):
             raise ValueError(
                 "with --broker, give --fleet-password-file and --device-password-file "
@@ -79,24 +85,36 @@ class _Run:
             self.broker.stop()
 
 
+def _address(options: KitOptions) -> tuple[str, int]:
+    if options.broker is not None:
+        return options.broker
+    return "127.0.0.1", options.port or free_port()
+
+
+def prepare_folder(options: KitOptions) -> Workspace:
+    """Write the kit's folder (keys, ``device.toml``) for ``options``; ValueError on bad
+    input."""
+    check_device_id(options.device_id)  # before the folder is made
+    host, chosen = _address(options)
+    return prepare(
+        options.work,
+        device_id=options.device_id,
+        target=options.target,
+        task=options.task,
+        host=host,
+        port=chosen,
+        password=options.device_password,
+    )
+
+
 def run_kit(
     options: KitOptions, *, stop: threading.Event, emit: Callable[[Result], None]
 ) -> list[Result]:
     """Run the selected checks; ``emit`` gets each result as it ends. Raises ValueError
     for bad input (before anything starts), :class:`StopRequested` when ``stop`` is set."""
     checks = select(list(options.only))
-    check_device_id(options.device_id)  # before the folder is made
-    port = options.broker[1] if options.broker else (options.port or free_port())
-    host = options.broker[0] if options.broker else "127.0.0.1"
-    workspace = prepare(
-        options.work,
-        device_id=options.device_id,
-        target=options.target,
-        task=options.task,
-        host=host,
-        port=port,
-        password=options.device_password,
-    )
+    workspace = prepare_folder(options)
+    host, port = workspace.host, workspace.port
     run = _Run()
     try:
         fleet_user, fleet_password = options.fleet_user, options.fleet_password or ""

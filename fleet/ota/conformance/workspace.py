@@ -60,6 +60,8 @@ class Workspace:
     bundle_key: Ed25519PrivateKey
     command_key: Ed25519PrivateKey
     config: Path
+    host: str
+    port: int
 
     @property
     def slots(self) -> Path:
@@ -130,6 +132,8 @@ def prepare(
         bundle_key=_key(folder, "bundle"),
         command_key=_key(folder, "command"),
         config=config,
+        host=host,
+        port=port,
     )
 
 
