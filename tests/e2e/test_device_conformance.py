@@ -21,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from silo_testkit import FEDFLEET, descendants
+from silo_testkit import FEDFLEET, descendants, free_port
 
 from fleet.ota.conformance.checks import NAMES
 
@@ -157,3 +157,36 @@ def test_sigint_stops_the_kit_its_broker_and_the_agent(tmp_path: Path) -> None:
         if kit.poll() is None:
             kit.kill()
             kit.wait()
+
+
+def test_an_agent_the_vendor_starts_itself(tmp_path: Path) -> None:
+    # Prepare: the kit writes keys and device.toml; the "vendor" starts its agent with them
+    kit_dir, port = tmp_path / "kit", free_port()
+    base = [FEDFLEET, "device", "conformance", "--work", str(kit_dir), "--port", str(port)]
+    prepared = subprocess.run(
+        [*base, "--prepare"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert prepared.returncode == 0, prepared.stderr
+    assert f"wrote {kit_dir / 'device.toml'}" in prepared.stdout
+    with (tmp_path / "agent.log").open("wb") as log:
+        agent = subprocess.Popen(
+            [FEDFLEET, "device", "run", "--config", str(kit_dir / "device.toml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        # Execute: the kit's broker comes up on that port; the agent connects on its own
+        done = subprocess.run(
+            [*base, "--mosquitto", MOSQUITTO, "--timeout", "20", "--only", "install"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        # Assert: the checks passed, and the kit left the agent it did not start running
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "PASS  install" in done.stdout
+        assert agent.poll() is None, "the kit must not stop an agent it did not start"
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=20)

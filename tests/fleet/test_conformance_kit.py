@@ -97,15 +97,29 @@ def test_reports_say_which_check_failed(tmp_path: Path) -> None:
         (["--broker", "127.0.0.1:1883"], "with --broker, give --fleet-password-file"),
         (["--timeout", "0"], "--timeout must be positive seconds"),
         (["--device-id", "a/b"], "device id 'a/b' must be 1-64 letters"),
+        (["--agent-cmd", ""], "--agent-cmd is empty"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
     # Execute
     result = CliRunner().invoke(
-        build_app(), ["device", "conformance", "--work", str(tmp_path / "kit"), *args]
+        build_app(),
+        ["device", "conformance", "--work", str(tmp_path / "kit"), "--agent-cmd", "true", *args],
     )
     # Assert
     assert result.exit_code == 2, result.output
     assert says in result.output
     assert result.output.count("\n") == 1, result.output
     assert not (tmp_path / "kit").exists(), "bad input must leave nothing behind"
+
+
+def test_an_agent_started_elsewhere_needs_the_folder_and_a_fixed_port(tmp_path: Path) -> None:
+    # Execute
+    no_work = CliRunner().invoke(build_app(), ["device", "conformance"])
+    no_port = CliRunner().invoke(
+        build_app(), ["device", "conformance", "--work", str(tmp_path / "kit")]
+    )
+    # Assert
+    assert no_work.exit_code == 2 and "give --work" in no_work.output
+    assert no_port.exit_code == 2 and "needs a fixed broker port: give --port" in no_port.output
+    assert not (tmp_path / "kit").exists()

@@ -64,6 +64,33 @@ class Context:
         )
         return status
 
+    def status_naming(self, bundle: TestBundle, *, since: float, what: str) -> proto.Status:
+        """Wait for a status since ``since`` naming ``bundle``; the failure names the
+        last status seen instead."""
+
+        def naming() -> proto.Status | None:
+            found = self.fleet.messages(proto.Status, since=since)
+            return next((s for s in found if s.online and s.sha256 == bundle.sha), None)
+
+        try:
+            status: proto.Status = self.fleet.wait_for(
+                naming, timeout_s=self.timeout_s, what=f"a status naming {what}"
+            )
+        except CheckFailed:
+            last = self.fleet.last_status(since=since)
+            if last is None:
+                raise
+            raise CheckFailed(
+                f"status reports sha256 {last.sha256} (online={last.online}); expected "
+                f"{bundle.sha} ({what})"
+            ) from None
+        self.expect(
+            status.model_version_id == bundle.model_version_id,
+            f"status.model_version_id is {status.model_version_id}, expected "
+            f"{bundle.model_version_id}",
+        )
+        return status
+
     def unchanged(self, since: float) -> None:
         """The device still runs what it ran (no status naming another bundle since)."""
         running = self.running
@@ -119,6 +146,10 @@ def heartbeat(ctx: Context) -> str:
         beats[1].uptime_s >= beats[0].uptime_s,
         f"uptime_s went backwards: {beats[0].uptime_s} then {beats[1].uptime_s}",
     )
+    ctx.expect(
+        all(b.model_version_id is None for b in beats),
+        "a device with no model must send heartbeat.model_version_id null",
+    )
     gap = beats[1].uptime_s - beats[0].uptime_s
     return f"two heartbeats {gap:.2f} s apart (uptime_s), model_version_id null"
 
@@ -149,15 +180,7 @@ def _install(
         f"ack.model_version_id is {ack.model_version_id}; the signed manifest names "
         f"{bundle.model_version_id}",
     )
-    status = ctx.status(since=since, what=f"a status naming the installed bundle {bundle.name}")
-    ctx.expect(
-        status.online and status.sha256 == bundle.sha,
-        f"status after the install reports sha256 {status.sha256}, expected {bundle.sha}",
-    )
-    ctx.expect(
-        status.model_version_id == bundle.model_version_id,
-        f"status.model_version_id is {status.model_version_id}, expected {bundle.model_version_id}",
-    )
+    status = ctx.status_naming(bundle, since=since, what=f"the installed bundle {bundle.name}")
     missing = set(range(transfer.chunks)) - set(transfer.delivered)
     ctx.expect(not missing, f"installed without chunks {sorted(missing)} (never requested)")
     ctx.installed.append(bundle)
@@ -242,7 +265,9 @@ def _refused_install(ctx: Context, name: str, stage: str, why: str) -> str:
     bundle = ctx.bundles[name]
     transfer = Transfer(bundle.data, CHUNK_SIZE)
     since = time.monotonic()
-    sent = ctx.fleet.install(transfer, command_id=ctx.command_id(name), model_version_id=104)
+    sent = ctx.fleet.install(
+        transfer, command_id=ctx.command_id(name), model_version_id=bundle.model_version_id
+    )
     ack = ctx.ack(sent, since=since, what=f"the install of {why}")
     ctx.expect(not ack.ok, f"the device installed {why} (acked ok, stage {ack.stage!r})")
     ctx.expect(
@@ -315,12 +340,7 @@ def signed_rollback(ctx: Context) -> str:
         ack.ok and ack.stage == "rolled-back",
         f"a signed rollback acked ok={ack.ok} stage={ack.stage!r}: {ack.error}",
     )
-    status = ctx.status(since=since, what="a status after the rollback")
-    ctx.expect(
-        status.sha256 == previous.sha,
-        f"after the rollback status reports {status.sha256}; the previous slot holds "
-        f"{previous.sha} ({previous.name})",
-    )
+    ctx.status_naming(previous, since=since, what=f"the previous slot's bundle {previous.name}")
     ctx.expect(
         ack.model_version_id == previous.model_version_id,
         f"ack.model_version_id is {ack.model_version_id}, expected {previous.model_version_id}",

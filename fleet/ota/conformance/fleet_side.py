@@ -111,7 +111,8 @@ class FleetSide:
         self._stop = stop or threading.Event()
         self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self.seen: list[Seen] = []
-        self.transfer: Transfer | None = None
+        self.transfer: Transfer | None = None  # the latest install's
+        self.offered: dict[str, Transfer] = {}  # every transfer offered, by SHA-256
         self.unknown_requests: list[str] = []  # requests for a transfer not being served
         self.sent: dict[str, bytes] = {}  # command id -> the bytes published
         self._ready = threading.Event()
@@ -213,8 +214,8 @@ class FleetSide:
     # --- chunks -------------------------------------------------------------------
 
     def _serve(self, request: proto.ChunkRequest) -> None:
-        transfer = self.transfer
-        if transfer is None or request.transfer_id != transfer.sha256:
+        transfer = self.offered.get(request.transfer_id)
+        if transfer is None:  # a transfer never offered to this device
             self.unknown_requests.append(request.transfer_id)
             return
         transfer.requests.append((request.indices, request.via, time.monotonic()))
@@ -264,6 +265,7 @@ class FleetSide:
     def install(self, transfer: Transfer, *, command_id: str, model_version_id: int) -> str:
         """Serve ``transfer`` and send the signed install command for it."""
         self.transfer = transfer
+        self.offered.setdefault(transfer.sha256, transfer)
         self.send(
             proto.Command(
                 command_id=command_id,

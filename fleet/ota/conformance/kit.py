@@ -10,6 +10,7 @@ agent and the broker it started are stopped before it returns.
 
 from __future__ import annotations
 
+import shlex
 import threading
 import time
 from collections.abc import Callable
@@ -56,6 +57,13 @@ class KitOptions:
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:
             raise ValueError("--timeout must be positive seconds")
+        if self.agent_cmd is not None:
+            try:
+                words = shlex.split(self.agent_cmd)
+            except ValueError as err:
+                raise ValueError(f"--agent-cmd: {err}; quote it as a shell would") from None
+            if not words:
+                raise ValueError("--agent-cmd is empty; give the command that starts your agent")
         if self.agent_cmd is None and self.broker is None and self.port == 0:
             raise ValueError(
                 "an agent you start yourself needs a fixed broker port: give --port (the "
