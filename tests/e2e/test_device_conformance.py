@@ -190,3 +190,25 @@ def test_an_agent_the_vendor_starts_itself(tmp_path: Path) -> None:
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=20)
+
+
+@pytest.mark.parametrize(
+    ("agent", "says"),
+    [
+        ("sleep 60", "timed out after 1 s waiting for a retained status message with online=true"),
+        ("sh -c 'exit 3'", "the agent exited with code 3 (see "),
+    ],
+)
+def test_a_silent_or_dead_agent_fails_in_bounded_time(
+    tmp_path: Path, agent: str, says: str
+) -> None:
+    # Execute
+    began = time.monotonic()
+    code, output, document = _kit(tmp_path, agent, "--timeout", "1", "--only", "ping")
+    # Assert: the first check says what it waited for, the next is skipped, the kit ends
+    outcomes = _outcomes(document)
+    assert code == 1, output
+    assert outcomes["status-online"][0] == "FAIL", output
+    assert says in outcomes["status-online"][1], output
+    assert outcomes["ping"] == ("SKIP", "needs status-online")
+    assert time.monotonic() - began < 30, output

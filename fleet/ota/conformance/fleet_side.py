@@ -115,6 +115,8 @@ class FleetSide:
         self.offered: dict[str, Transfer] = {}  # every transfer offered, by SHA-256
         self.unknown_requests: list[str] = []  # requests for a transfer not being served
         self.sent: dict[str, bytes] = {}  # command id -> the bytes published
+        # Asked at every step of a wait: a reason to give up at once (the agent exited).
+        self.watch: Callable[[], str | None] = lambda: None
         self._ready = threading.Event()
         self._connect_error = ""
         self.client = mqtt.Client(
@@ -169,6 +171,9 @@ class FleetSide:
                 return result
             if self._stop.is_set():
                 raise StopRequested
+            gone = self.watch()
+            if gone:
+                raise CheckFailed(f"{gone} while waiting for {what}")
             left = deadline - time.monotonic()
             if left <= 0:
                 raise CheckFailed(f"timed out after {timeout_s:g} s waiting for {what}")

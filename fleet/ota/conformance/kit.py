@@ -146,6 +146,7 @@ def run_kit(
         run.fleet.start(timeout_s=options.timeout_s)
         if run.agent is not None:
             run.agent.start()
+            run.fleet.watch = run.agent.gone
         ctx = Context(
             fleet=run.fleet,
             bundles=bundles,
@@ -169,19 +170,13 @@ def _run_checks(
     for check in checks:
         began = time.monotonic()
         failed_needs = [n for n in check.needs if outcome.get(n) != "PASS"]
-        code = agent.exited() if agent is not None else None
+        gone = agent.gone() if agent is not None else None
         if failed_needs:
             result = Result(
                 check.name, "SKIP", f"needs {', '.join(failed_needs)}", 0.0, check.waits_for
             )
-        elif code is not None:
-            result = Result(
-                check.name,
-                "FAIL",
-                f"the agent exited with code {code} (see {agent.log if agent else ''})",
-                0.0,
-                check.waits_for,
-            )
+        elif gone is not None:
+            result = Result(check.name, "FAIL", gone, 0.0, check.waits_for)
         else:
             try:
                 detail = check.body(ctx)

@@ -277,8 +277,10 @@ class AgentProcess:
             except OSError as err:
                 raise ValueError(f"--agent-cmd could not start {self.argv[0]!r}: {err}") from None
 
-    def exited(self) -> int | None:
-        return self._proc.poll() if self._proc is not None else None
+    def gone(self) -> str | None:
+        """Why the agent is no longer running (None while it runs)."""
+        code = self._proc.poll() if self._proc is not None else None
+        return None if code is None else f"the agent exited with code {code} (see {self.log})"
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
