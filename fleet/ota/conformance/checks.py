@@ -294,6 +294,10 @@ def downgrade(ctx: Context) -> str:
     return _refused_install(ctx, "downgrade", "floor", "a validly signed older release")
 
 
+def replayed_bundle(ctx: Context) -> str:
+    return _refused_install(ctx, "first", "floor", "the first bundle again (a replayed release)")
+
+
 # --- commands -----------------------------------------------------------------------
 
 
@@ -455,6 +459,12 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check("bad-signature-refused", "an ack ok=false stage=verify", ("install",), bad_signature),
     Check("downgrade-refused", "an ack ok=false stage=floor", ("install",), downgrade),
+    Check(
+        "replayed-bundle-refused",
+        "an ack ok=false stage=floor",
+        ("resume-after-disconnect",),
+        replayed_bundle,
+    ),
     Check(
         "replayed-command-refused",
         "an ack ok=false stage=auth",
