@@ -103,8 +103,10 @@ def build_demo_bundle(
     model_version: str | None = None,
     release: int | None = None,
     task: str = "synthetic-logreg",
+    arch: str = "x86_64",
 ) -> DemoBundle:
-    """Build and sign a demo bundle; ``pad_to`` is the approximate total size in bytes."""
+    """Build and sign a demo bundle; ``pad_to`` is the approximate total size in bytes;
+    ``arch`` the manifest's CPU architecture (the target's, e.g. ``aarch64`` for rpi5)."""
     if features < 1 or classes < 2:
         raise ValueError("a demo model needs at least 1 feature and 2 classes")
     model = int8_linear_onnx(features=features, classes=classes, seed=seed)
@@ -122,7 +124,7 @@ def build_demo_bundle(
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         task=task,
         target=target,
-        arch="x86_64",
+        arch=arch,
         runtime=RuntimeSpec(
             name="onnxruntime", min_version="1.17", providers=("CPUExecutionProvider",)
         ),

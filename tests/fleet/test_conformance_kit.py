@@ -98,6 +98,8 @@ def test_reports_say_which_check_failed(tmp_path: Path) -> None:
         (["--timeout", "0"], "--timeout must be positive seconds"),
         (["--device-id", "a/b"], "device id 'a/b' must be 1-64 letters"),
         (["--agent-cmd", ""], "--agent-cmd is empty"),
+        (["--target", "rpi4"], "--target rpi4 runs tflite models; the kit's test bundles are ONNX"),
+        (["--target", "nope"], "unknown target 'nope'; choose one of"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
@@ -123,3 +125,31 @@ def test_an_agent_started_elsewhere_needs_the_folder_and_a_fixed_port(tmp_path: 
     assert no_work.exit_code == 2 and "give --work" in no_work.output
     assert no_port.exit_code == 2 and "needs a fixed broker port: give --port" in no_port.output
     assert not (tmp_path / "kit").exists()
+
+
+def test_the_kits_bundles_are_what_each_check_needs(tmp_path: Path) -> None:
+    # Prepare
+    from firmware_images.bundle import verify_bundle
+    from firmware_images.errors import WrongKeyError
+    from firmware_images.keys import load_public_key
+    from fleet.ota.conformance.workspace import build_bundles, prepare
+
+    workspace = prepare(
+        tmp_path / "kit", device_id="d-1", target="rpi5", task="t-1", host="127.0.0.1", port=1
+    )
+    trusted = load_public_key(tmp_path / "kit" / "bundle.pub")
+    # Execute
+    bundles = build_bundles(workspace)
+    # Assert: signed for the device's target and architecture, releases in the order the
+    # checks rely on, the resume bundle spans many chunks, one bundle under another key
+    for name in ("first", "second", "third", "downgrade"):
+        manifest = verify_bundle(bundles[name].data, public_key=trusted, target="rpi5").manifest
+        assert (manifest.arch, manifest.task) == ("aarch64", "t-1")
+        assert manifest.release == bundles[name].release
+        assert manifest.source.model_version == str(bundles[name].model_version_id)
+    with pytest.raises(WrongKeyError):
+        verify_bundle(bundles["bad-signature"].data, public_key=trusted)
+    order = ["downgrade", "first", "second", "third", "bad-signature"]
+    assert [bundles[n].release for n in order] == sorted(b.release for b in bundles.values())
+    assert len(bundles["second"].data) > 9 * 4096
+    assert 'target = "rpi5"' in (tmp_path / "kit" / "device.toml").read_text()

@@ -62,10 +62,28 @@ class Workspace:
     config: Path
     host: str
     port: int
+    arch: str = "x86_64"
 
     @property
     def slots(self) -> Path:
         return self.folder / "slots"
+
+
+def onnx_target(name_or_path: str) -> tuple[str, str]:
+    """``(target name, arch)`` of a registered target or a recipe ``.toml``; ValueError
+    when unknown or not an ONNX target (the kit's test models are ONNX)."""
+    from firmware_images.targets import resolve_target
+
+    try:
+        recipe = resolve_target(name_or_path)
+    except OSError as err:
+        raise ValueError(f"--target {name_or_path}: {err}") from None
+    if recipe.model.format != "onnx":
+        raise ValueError(
+            f"--target {recipe.name} runs {recipe.model.format} models; the kit's test bundles "
+            'are ONNX: give an ONNX target, or a recipe .toml of yours with format = "onnx"'
+        )
+    return recipe.name, recipe.arch
 
 
 def free_port() -> int:
@@ -97,6 +115,7 @@ def prepare(
     ``password``: the device's broker password on a broker the kit does not run (None:
     keep or generate ``device.pass``)."""
     check_device_id(device_id)
+    target, arch = onnx_target(target)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--work {folder} exists and is not a folder; choose a folder")
@@ -134,6 +153,7 @@ def prepare(
         config=config,
         host=host,
         port=port,
+        arch=arch,
     )
 
 
@@ -177,6 +197,7 @@ def build_bundles(workspace: Workspace) -> dict[str, TestBundle]:
             private_key=key,
             version=f"conformance-{name}-{base}",
             target=workspace.target,
+            arch=workspace.arch,
             task=workspace.task,
             seed=seed,
             pad_to=pad,
