@@ -2,7 +2,8 @@
 negative tests: ``python nonconforming_agent.py --config device.toml --flaw FLAW``.
 
 - ``unsigned-rollback``: obeys a rollback that carries no signature;
-- ``downgrade``: installs a validly signed bundle whatever its release (no floor check).
+- ``downgrade``: installs a validly signed bundle whatever its release (no floor check);
+- ``replay``: obeys a signed command however old (forgets the last accepted ``issued_at``).
 
 Everything else is the real agent (``fedfleet device run``), so the kit must name
 exactly the check the flaw breaks.
@@ -20,7 +21,7 @@ import edge_client.ota as ota
 from edge_client.command_auth import Verdict
 from edge_client.device_config import load_config
 
-FLAWS = ("unsigned-rollback", "downgrade")
+FLAWS = ("unsigned-rollback", "downgrade", "replay")
 
 
 def _break(flaw: str) -> None:
@@ -35,6 +36,13 @@ def _break(flaw: str) -> None:
         device_agent.check_command = lenient  # type: ignore[assignment]
     elif flaw == "downgrade":
         ota.refusal = lambda *_a, **_k: None  # type: ignore[assignment]
+    elif flaw == "replay":
+        checked = device_agent.check_command
+
+        def forgetful(command, **kwargs):  # type: ignore[no-untyped-def]
+            return checked(command, **{**kwargs, "last_issued_at": 0, "last_command_id": ""})
+
+        device_agent.check_command = forgetful  # type: ignore[assignment]
 
 
 def main() -> None:

@@ -99,6 +99,7 @@ def test_fedfleet_agent_passes_every_check(tmp_path: Path) -> None:
     [
         ("unsigned-rollback", "unsigned-rollback-refused", "obeyed an unsigned rollback"),
         ("downgrade", "downgrade-refused", "installed a validly signed older release"),
+        ("replay", "replayed-command-refused", "obeyed an earlier signed ping replayed"),
     ],
 )
 def test_a_flawed_agent_fails_the_right_check(
