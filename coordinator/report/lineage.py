@@ -1,0 +1,80 @@
+"""A run's lineage in the fleet: run → model version → bundles → rollouts → devices.
+
+Read through the fleet API (:class:`fleet.client.FleetClient`, a viewer token is enough),
+never the fleet's database. Every value keeps the API path it was read from
+(``source``), so the report can say, and a test can check, where each number came from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fleet.client import FleetClient, RolloutInfo
+
+INSTALLED = "installed"
+
+
+def fleet_lineage(client: FleetClient, fleet_run_id: int, *, model_sha256: str | None) -> dict:
+    """The lineage of fleet run ``fleet_run_id`` (raises :class:`fleet.client.FleetError`).
+
+    ``model_sha256``: the run folder's ``model.pt`` digest, compared with the registered
+    ``torch`` checkpoint's (does the registry hold the very model this folder produced?).
+    """
+    run = client.get_run(fleet_run_id)
+    lineage: dict[str, Any] = {
+        "fleet_url": client.url,
+        "run": {
+            "id": run.id,
+            "name": run.name,
+            "status": run.status,
+            "final_model_version_id": run.final_model_version_id,
+            "source": f"/runs/{run.id}",
+        },
+        "model": None,
+        "rollouts": [],
+    }
+    if run.final_model_version_id is None:
+        return lineage
+    model = client.get_model(run.final_model_version_id)
+    artifacts = [
+        {
+            "index": i,
+            "id": a.id,
+            "format": a.format,
+            "target": a.target,
+            "sha256": a.sha256,
+            "size_bytes": a.size_bytes,
+            "signed": a.signature is not None,
+        }
+        for i, a in enumerate(model.artifacts)
+    ]
+    checkpoints = [a["sha256"] for a in artifacts if a["format"] == "torch"]
+    lineage["model"] = {
+        "id": model.id,
+        "task": model.task,
+        "stage": model.stage,
+        "artifacts": artifacts,
+        "checkpoint_matches_run": (model_sha256 in checkpoints) if model_sha256 else None,
+        "source": f"/models/{model.id}",
+    }
+    page = client.list_rollouts()
+    mine = [r for r in page.items if r.model_version_id == model.id]
+    lineage["rollouts_searched"] = len(page.items)
+    lineage["rollouts_total"] = page.total
+    lineage["rollouts"] = [_rollout(client.get_rollout(r.id)) for r in mine]
+    return lineage
+
+
+def _rollout(info: RolloutInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "group": info.group,
+        "status": info.status,
+        "waves": info.waves,
+        "installed": sum(d.phase == INSTALLED for d in info.devices),
+        "devices": [
+            {"index": i, "id": d.device_id, "name": d.device_name, "phase": d.phase}
+            for i, d in enumerate(info.devices)
+        ],
+        "source": f"/rollouts/{info.id}",
+    }
