@@ -1,5 +1,8 @@
 """A run's lineage in the fleet: run → model version → bundles → rollouts → devices.
 
+Devices running the version are those whose heartbeat reports it (``GET /devices
+?model_version=N``); a rollout's own rows say which devices it installed.
+
 Read through the fleet API (:class:`fleet.client.FleetClient`, a viewer token is enough),
 never the fleet's database. Every value keeps the API path it was read from
 (``source``), so the report can say, and a test can check, where each number came from.
@@ -12,6 +15,7 @@ from typing import Any
 from fleet.client import FleetClient, RolloutInfo
 
 INSTALLED = "installed"
+DEVICE_PAGE = 500  # the API's largest page: one request in the common case
 
 
 def fleet_lineage(client: FleetClient, fleet_run_id: int, *, model_sha256: str | None) -> dict:
@@ -31,6 +35,7 @@ def fleet_lineage(client: FleetClient, fleet_run_id: int, *, model_sha256: str |
             "source": f"/runs/{run.id}",
         },
         "model": None,
+        "devices": None,
         "rollouts": [],
     }
     if run.final_model_version_id is None:
@@ -56,6 +61,12 @@ def fleet_lineage(client: FleetClient, fleet_run_id: int, *, model_sha256: str |
         "artifacts": artifacts,
         "checkpoint_matches_run": (model_sha256 in checkpoints) if model_sha256 else None,
         "source": f"/models/{model.id}",
+    }
+    running = client.devices_running(model.id, page_size=DEVICE_PAGE)
+    lineage["devices"] = {
+        "count": len(running),
+        "names": [d.name for d in running],
+        "source": f"/devices?model_version={model.id}&limit={DEVICE_PAGE}",
     }
     page = client.list_rollouts()
     mine = [r for r in page.items if r.model_version_id == model.id]

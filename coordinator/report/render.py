@@ -413,6 +413,13 @@ def _lineage(doc: dict[str, Any]) -> str:
             ["artifact", "format", "target", "bytes", "sha256", ""], artifacts, ident="artifacts"
         )
     )
+    devices = lineage["devices"]
+    dsrc = f"fleet:{devices['source']}"
+    parts.append(
+        f'<p id="devices-running">Devices reporting this model version: '
+        f"{cell(devices['count'], f'{dsrc}#count:@/items', tag='span')} "
+        f"({cell(devices['names'], f'{dsrc}#field:name@/items', tag='span')}).</p>"
+    )
     parts.append(_rollouts(lineage))
     return f"<section><h2>Lineage</h2>{''.join(parts)}</section>"
 

@@ -27,12 +27,13 @@ _SITE_CLI = ("-c", "from edge_client.site_cli import app; app()")
 class SiteEvidence:
     """What one site's commands said. ``verdict``: the ``--verify --json`` object (``ok``,
     ``entries``, ``problem``, ``note``, ``authenticated``, ``path``, ``site``); ``rounds``:
-    the rounds in which it sent a training reply for this run; ``budget``: its ledger rows."""
+    the rounds in which it sent a training reply for this run (None when its log failed
+    verification: a tampered log says nothing trustworthy); ``budget``: its ledger rows."""
 
     config: Path
     site: str
     verdict: dict[str, Any]
-    rounds: list[int] = field(default_factory=list)
+    rounds: list[int] | None = None
     budget: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -73,8 +74,9 @@ def site_evidence(config: Path, *, flower_runs: list[int]) -> SiteEvidence:
     if not verdicts:  # the command refused the site.toml itself
         raise SiteCommandError(f"--site {config}: {_error_line(verify)}")
     verdict = verdicts[0]
-    rounds: set[int] = set()
+    rounds: set[int] | None = None
     if verdict.get("ok"):
+        rounds = set()
         listing = _site_command(["audit", "--config", str(config), "--json"])
         for entry in _json_lines(listing.stdout):
             if (
@@ -89,6 +91,6 @@ def site_evidence(config: Path, *, flower_runs: list[int]) -> SiteEvidence:
         config=config,
         site=str(verdict.get("site", config.parent.name)),
         verdict=verdict,
-        rounds=sorted(rounds),
+        rounds=None if rounds is None else sorted(rounds),
         budget=_json_lines(budget.stdout),
     )
