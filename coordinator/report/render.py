@@ -185,8 +185,11 @@ def _participants(doc: dict[str, Any]) -> str:
             + "</tr>"
         )
     for site in doc["sites"]:
+        source = "site audit log"
+        if site["rounds"] is None:
+            source += " (failed verification: its rounds are not shown)"
         rows.append(
-            f"<tr><td>{_esc(site['site'])}</td><td>site audit log</td>"
+            f"<tr><td>{_esc(site['site'])}</td><td>{source}</td>"
             + cell(site["rounds"], f"site:{site['site']}/rounds")
             + "</tr>"
         )

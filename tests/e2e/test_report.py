@@ -425,7 +425,8 @@ def test_lineage_sites_and_audit_through_the_real_fleet_and_sites(
     assert "id=\"checkpoint-match\" data-value='true'" in html
     assert values["site:st-marys/verdict/ok"] is True
     assert values["site:city-bank/verdict/ok"] is False and "TAMPERED" in html
-    assert values["site:st-marys/rounds"] == [1, 2]
+    assert values["site:st-marys/rounds"] == [1, 2] and values["site:city-bank/rounds"] is None
+    assert viewer not in html and viewer not in done.stdout + done.stderr
     assert values["site:st-marys/budget/breast-cancer-mlp/completed"] == 2
     seen = _open_in_chromium(out, tmp_path, "report-lineage")
     assert seen["problems"] == [] and seen["elsewhere"] == []
