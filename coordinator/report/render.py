@@ -173,7 +173,7 @@ def _rounds(doc: dict[str, Any]) -> str:
     ]
     chart = _line_chart(points, title="accuracy per round", ident="accuracy-chart")
     table = _table([c[1] for c in present], rows, ident="rounds")
-    return f'<section><h2 id="participants-h">Rounds</h2>{chart}{table}</section>'
+    return f'<section><h2 id="rounds-h">Rounds</h2>{chart}{table}</section>'
 
 
 def _participants(doc: dict[str, Any]) -> str:
@@ -526,7 +526,13 @@ def render_html(doc: dict[str, Any]) -> str:
     """The report page for the evidence ``doc`` (see :func:`coordinator.report.build.collect`)."""
     title = f"Compliance report · run {doc['run']['id']}"
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    data = json.dumps(doc, sort_keys=True).replace("</", "<\\/")
+    # <, > and & as JSON escapes: no text from a source can end or confuse the script element
+    data = (
+        json.dumps(doc, sort_keys=True)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
     sections = (
         _summary(doc),
         _rounds(doc),
