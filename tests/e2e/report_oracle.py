@@ -10,6 +10,7 @@ no code with the report beyond the names of the sources.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata as metadata
 import json
@@ -195,3 +196,67 @@ def check_page(html: str, resolvers: dict[str, Resolver]) -> tuple[Page, list[st
             problems.append(f"{item.src}: shows {item.text!r} for {item.value!r}")
     problems += [f"a number without a source: {t!r}" for t in page.unsourced_numbers]
     return page, problems
+
+
+def site_resolver(configs: list[Path], *, flower_runs: list[int]) -> Resolver:
+    """``site:NAME/...`` from each site's own files: the verdict of ``verify_log``, the
+    rounds of its audit lines (train replies of ``flower_runs``; none shown for a log
+    that fails verification), and its ledger's rows."""
+    from edge_client.audit import verify_log
+    from edge_client.site_config import SiteConfig
+
+    by_name = {config.name: config for config in map(SiteConfig.load, configs)}
+
+    def resolve(rest: str) -> Any:
+        name, kind, *more = rest.split("/")
+        site = by_name[name]
+        verdict = verify_log(site.state_dir, key_file=site.audit_key)
+        if kind == "verdict":
+            return dataclasses.asdict(verdict)[more[0]]
+        if kind == "rounds":
+            if not verdict.ok:
+                return None
+            lines = (site.state_dir / "audit.jsonl").read_text().splitlines()
+            entries = [json.loads(line) for line in lines if line.strip()]
+            return sorted(
+                {
+                    e["round"]
+                    for e in entries
+                    if e.get("run") in flower_runs
+                    and e["kind"] == "reply"
+                    and str(e["type"]).startswith("train")
+                }
+            )
+        task, name_of_field = more
+        return ledger_facts(site.state_dir / "privacy_ledger.sqlite", name, task)[name_of_field]
+
+    return resolve
+
+
+def run_resolvers(run: Path, root: Path) -> dict[str, Resolver]:
+    """``metrics:``, ``ledger:``, ``software:`` and ``run:`` for the run folder ``run``
+    (``root``: the checkout whose fedfleet sources the report hashed)."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    ledger = run / "privacy_ledger.sqlite"
+
+    def from_ledger(rest: str) -> Any:
+        site, task, name = rest.split("/")
+        return ledger_facts(ledger, site, task)[name]
+
+    def from_software(rest: str) -> Any:
+        if rest == "source_sha256":
+            return source_sha256(root)
+        name, what = rest.split("/")
+        return software_fact(name, what)
+
+    def from_run(rest: str) -> Any:
+        target = {"model_sha256": run / "model.pt", "app_sha256": run / "app" / "pyproject.toml"}
+        path = target[rest]
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+    return {
+        "metrics": lambda rest: pointer(metrics, rest),
+        "ledger": from_ledger,
+        "software": from_software,
+        "run": from_run,
+    }

@@ -12,7 +12,6 @@ commands. ``report_oracle`` reads each source again on its own and compares ever
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -28,9 +27,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fleet_server import create_token, fleet_fixtures
-from report_oracle import check_page, ledger_facts, pointer, software_fact, source_sha256
+from report_oracle import (
+    check_page,
+    pointer,
+    run_resolvers,
+    site_resolver,
+)
 
-from edge_client.audit import AuditLog, verify_log
+from edge_client.audit import AuditLog
 from edge_client.site import init_site
 from edge_client.site_config import SiteConfig
 from privacy.dp.accounting import Mechanism
@@ -107,32 +111,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _local_resolvers(run: Path) -> dict[str, Any]:
-    metrics = json.loads((run / "metrics.json").read_text())
-    ledger = run / "privacy_ledger.sqlite"
-
-    def from_ledger(rest: str) -> Any:
-        site, task, name = rest.split("/")
-        return ledger_facts(ledger, site, task)[name]
-
-    def from_software(rest: str) -> Any:
-        if rest == "source_sha256":
-            return source_sha256(ROOT)
-        name, what = rest.split("/")
-        return software_fact(name, what)
-
-    def from_run(rest: str) -> Any:
-        path = {"model_sha256": run / "model.pt", "app_sha256": run / "app" / "pyproject.toml"}
-        target = path[rest]
-        import hashlib
-
-        return hashlib.sha256(target.read_bytes()).hexdigest() if target.is_file() else None
-
-    return {
-        "metrics": lambda rest: pointer(metrics, rest),
-        "ledger": from_ledger,
-        "software": from_software,
-        "run": from_run,
-    }
+    return run_resolvers(run, ROOT)
 
 
 def _screenshot(page: Any, name: str, tmp_path: Path) -> Path:
@@ -406,7 +385,7 @@ def test_lineage_sites_and_audit_through_the_real_fleet_and_sites(
 
         resolvers = _local_resolvers(run)
         resolvers["fleet"] = from_fleet
-        resolvers["site"] = _site_resolver(sites)
+        resolvers["site"] = site_resolver(sites, flower_runs=[FLOWER_RUN])
         html = out.read_text()
         page, problems = check_page(html, resolvers)
         api.close()
@@ -430,28 +409,6 @@ def test_lineage_sites_and_audit_through_the_real_fleet_and_sites(
     assert values["site:st-marys/budget/breast-cancer-mlp/completed"] == 2
     seen = _open_in_chromium(out, tmp_path, "report-lineage")
     assert seen["problems"] == [] and seen["elsewhere"] == []
-
-
-def _site_resolver(configs: list[Path]) -> Any:
-    """``site:NAME/...`` from the site's files themselves."""
-    by_name = {SiteConfig.load(c).name: SiteConfig.load(c) for c in configs}
-
-    def resolve(rest: str) -> Any:
-        name, kind, *more = rest.split("/")
-        site = by_name[name]
-        if kind == "verdict":
-            return dataclasses.asdict(verify_log(site.state_dir, key_file=site.audit_key))[more[0]]
-        if kind == "rounds":
-            if not verify_log(site.state_dir, key_file=site.audit_key).ok:
-                return None  # a tampered log's rounds are not shown
-            entries = [json.loads(line) for line in (site.state_dir / "audit.jsonl").open()]
-            return sorted(
-                {e["round"] for e in entries if e.get("run") == FLOWER_RUN and e["kind"] == "reply"}
-            )
-        task, field = more
-        return ledger_facts(site.state_dir / "privacy_ledger.sqlite", name, task)[field]
-
-    return resolve
 
 
 def test_the_cross_check_sees_a_wrong_or_unsourced_number(run_dir: Path) -> None:
