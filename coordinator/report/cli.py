@@ -94,6 +94,14 @@ def report(
         write_report(doc, target, fmt=fmt)
     except PdfError as exc:
         fail(str(exc), EXIT_FAILURE)
+    for site_doc in doc["sites"]:
+        verdict = site_doc["verdict"]
+        if not verdict.get("ok"):
+            typer.echo(
+                f"warning: site {site_doc['site']}'s audit log failed verification "
+                f"({verdict.get('problem')}); the report shows it as TAMPERED",
+                err=True,
+            )
     typer.echo(f"report: {target}")
 
 

@@ -68,10 +68,7 @@ def fleet_lineage(client: FleetClient, fleet_run_id: int, *, model_sha256: str |
         "names": [d.name for d in running],
         "source": f"/devices?model_version={model.id}&limit={DEVICE_PAGE}",
     }
-    page = client.list_rollouts()
-    mine = [r for r in page.items if r.model_version_id == model.id]
-    lineage["rollouts_searched"] = len(page.items)
-    lineage["rollouts_total"] = page.total
+    mine = client.rollouts_of_model(model.id)
     lineage["rollouts"] = [_rollout(client.get_rollout(r.id)) for r in mine]
     return lineage
 

@@ -453,14 +453,10 @@ def _rollouts(lineage: dict[str, Any]) -> str:
             f"{cell(r['installed'], f'fleet:{src}#count:phase=installed@/devices')}"
             f"<td>{_esc(names) or '–'}</td></tr>"
         )
-    searched = (
-        f'<p class="meta">Rollouts searched: the newest {lineage["rollouts_searched"]} of '
-        f"{lineage['rollouts_total']} in the fleet.</p>"
-    )
     if not rows:
-        return searched + _absent("No rollout of this model version.", "rollouts")
+        return _absent("No rollout of this model version.", "rollouts")
     headers = ["rollout", "group", "status", "devices", "running it", "devices running it"]
-    return searched + _table(headers, rows, ident="rollouts")
+    return _table(headers, rows, ident="rollouts")
 
 
 def _audit(doc: dict[str, Any]) -> str:

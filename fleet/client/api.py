@@ -372,6 +372,21 @@ class FleetClient:
         self._check(response, what="listing rollouts")
         return RolloutPage.from_json(response.json())
 
+    def rollouts_of_model(self, version: int, *, page_size: int = 500) -> list[RolloutSummary]:
+        """Every rollout of model version ``version``, newest first (all pages read)."""
+        found: list[RolloutSummary] = []
+        offset = 0
+        what = f"listing the rollouts of model version {version}"
+        while True:
+            params = {"limit": page_size, "offset": offset}
+            response = self._call(LIST_ROLLOUTS, LIST_ROLLOUTS.url(), what=what, params=params)
+            self._check(response, what=what)
+            page = RolloutPage.from_json(response.json())
+            found += [r for r in page.items if r.model_version_id == version]
+            offset += len(page.items)
+            if not page.items or offset >= page.total:
+                return found
+
     def _rollout_call(
         self, route: Route, rollout_id: int, body: Mapping[str, Any] | None, *, verb: str
     ) -> RolloutInfo:

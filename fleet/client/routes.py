@@ -440,7 +440,7 @@ ABORT_ROLLOUT = Route(
     "POST", "/rollouts/{rollout_id}/abort", body=RolloutAbortBody, result=RolloutInfo
 )
 CREATE_ROLLOUT = Route("POST", "/rollouts", body=RolloutCreateBody, result=RolloutSummary)
-LIST_ROLLOUTS = Route("GET", "/rollouts", result=RolloutPage)
+LIST_ROLLOUTS = Route("GET", "/rollouts", result=RolloutPage, query=("limit", "offset"))
 CREATE_TOKEN = Route("POST", "/tokens", body=TokenCreateBody, result=TokenCreated)
 LIST_TOKENS = Route("GET", "/tokens", result=TokenInfo)  # a JSON list of them
 REVOKE_TOKEN = Route("DELETE", "/tokens/{token_id}", result=TokenInfo)

@@ -383,6 +383,18 @@ def test_lineage_sites_and_audit_through_the_real_fleet_and_sites(
             path, _, where = rest.partition("#")
             return pointer(viewer_api.get(path).raise_for_status().json(), where)
 
+        # The client pages to the end: one item a page gives the same answer.
+        from fleet.client import FleetClient, FleetConnection
+
+        paged = FleetClient(FleetConnection(url=server.base_url, token=viewer))
+        with paged:
+            assert [d.name for d in paged.devices_running(version, page_size=1)] == [
+                "pi-1",
+                "pi-2",
+            ]
+            assert [r.model_version_id for r in paged.rollouts_of_model(version, page_size=1)] == [
+                version
+            ]
         resolvers = _local_resolvers(run)
         resolvers["fleet"] = from_fleet
         resolvers["site"] = site_resolver(sites, flower_runs=[FLOWER_RUN])
@@ -404,6 +416,7 @@ def test_lineage_sites_and_audit_through_the_real_fleet_and_sites(
     assert "id=\"checkpoint-match\" data-value='true'" in html
     assert values["site:st-marys/verdict/ok"] is True
     assert values["site:city-bank/verdict/ok"] is False and "TAMPERED" in html
+    assert "warning: site city-bank's audit log failed verification" in done.stderr
     assert values["site:st-marys/rounds"] == [1, 2] and values["site:city-bank/rounds"] is None
     assert viewer not in html and viewer not in done.stdout + done.stderr
     assert values["site:st-marys/budget/breast-cancer-mlp/completed"] == 2

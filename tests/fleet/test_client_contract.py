@@ -267,6 +267,7 @@ def _every_call(client: FleetClient, tmp_path: Path) -> list[Callable[[], object
         lambda: client.ensure_group("wards"),
         lambda: client.enroll_device(name="pi-1", hardware_target="rpi5", group="wards"),
         lambda: client.devices_running(2),
+        lambda: client.rollouts_of_model(2),
     ]
 
 
