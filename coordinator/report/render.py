@@ -227,6 +227,7 @@ def _privacy(doc: dict[str, Any]) -> str:
             rows.append(
                 _budget_row(row, f"site:{site['site']}/budget/{row['task']}", "site's ledger")
             )
+    parts.append(_run_accounting(doc))
     if rows:
         headers = ["site", "task", "source", "trainings", "refused", "δ", "ε spent", "budget ε"]
         parts.append(_table([*headers, "ε left"], rows, ident="budgets"))
@@ -239,6 +240,29 @@ def _privacy(doc: dict[str, Any]) -> str:
             )
         )
     return f"<section><h2>Differential privacy: ε per site against its budget</h2>{''.join(parts)}</section>"
+
+
+def _run_accounting(doc: dict[str, Any]) -> str:
+    """The run's own ε (central or distributed DP: per client, after the last round that
+    recorded one) against its target ``dp-epsilon``; empty when no round recorded ε."""
+    rounds = doc["run"]["rounds"]
+    last = next((i for i in range(len(rounds) - 1, -1, -1) if "epsilon" in rounds[i]), None)
+    if last is None:
+        return ""
+    config = doc["run"]["config"]
+    target = ""
+    if "dp-epsilon" in config:
+        target = " against the target " + cell(
+            config["dp-epsilon"], "metrics:/config/dp-epsilon", "g", tag="span"
+        )
+    return (
+        '<p id="run-accounting">The run\'s own accounting (metrics.json): ε '
+        + cell(rounds[last]["epsilon"], f"metrics:/rounds/{last}/epsilon", ".4f", tag="span")
+        + " after round "
+        + cell(rounds[last]["round"], f"metrics:/rounds/{last}/round", tag="span")
+        + target
+        + ".</p>"
+    )
 
 
 def _budget_row(row: dict[str, Any], base: str, source: str) -> str:

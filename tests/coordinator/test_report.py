@@ -135,3 +135,24 @@ def test_the_format_follows_the_name_or_the_flag_and_a_failed_pdf_writes_nothing
     with pytest.raises(PdfError, match="does not exist"):
         write_report(collect(folder), tmp_path / "r.pdf", fmt="pdf")
     assert list(tmp_path.glob("r.pdf*")) == [] and list(tmp_path.glob(".r.pdf*")) == []
+
+
+def test_central_dp_shows_the_runs_own_accounting_against_its_target(tmp_path: Path) -> None:
+    # Prepare: what `simulate --dp central --epsilon 5` writes (no ledger: no site trained DP).
+    rounds = [
+        {"round": 1, "accuracy": 0.6, "epsilon": 3.356},
+        {"round": 2, "accuracy": 0.7, "epsilon": 4.9817},
+    ]
+    folder = _run(tmp_path / "run", rounds)
+    doc = json.loads((folder / "metrics.json").read_text())
+    doc["config"].update({"dp": "central", "dp-epsilon": 5.0})
+    (folder / "metrics.json").write_text(json.dumps(doc))
+    # Execute
+    html = render_html(collect(folder))
+    # Assert
+    page, problems = check_page(html, _metrics_only(folder))
+    assert problems == []
+    shown = {v.src: v.value for v in page.values}
+    assert shown["metrics:/rounds/1/epsilon"] == 4.9817
+    assert shown["metrics:/config/dp-epsilon"] == 5.0
+    assert 'id="run-accounting"' in html and "No privacy ledger" in html
