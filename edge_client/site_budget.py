@@ -9,19 +9,46 @@ accountants, RDP and PRV; ``spent`` is the one the site's decisions use.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from fedfleet.cli_support import fail
+
+if TYPE_CHECKING:
+    from privacy.ledger import TaskSummary
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
     if value is None:
         return "–"
     return "∞" if math.isinf(value) else format(value, spec)
+
+
+def _json_row(site: str, ledger: Path, row: TaskSummary) -> dict[str, Any]:
+    """One ledger summary row as JSON (infinite ε as null: JSON has no infinity)."""
+
+    def number(value: float | None) -> float | None:
+        return None if value is None or math.isinf(value) else value
+
+    return {
+        "site": site,
+        "ledger": str(ledger),
+        "task": row.task,
+        "completed": row.completed,
+        "refused": row.refused,
+        "in_flight": row.in_flight,
+        "delta": row.delta,
+        "accountant": row.accountant,
+        "epsilon_rdp": number(row.epsilon_rdp),
+        "epsilon_prv": number(row.epsilon_prv),
+        "spent": number(row.spent),
+        "budget_epsilon": number(row.budget_epsilon),
+        "remaining": number(row.remaining),
+    }
 
 
 def site_budget(
@@ -38,6 +65,13 @@ def site_budget(
     prv: Annotated[
         bool, typer.Option("--prv/--no-prv", help="Also compute ε with the PRV accountant.")
     ] = True,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON object per site and task (what `fedfleet report --site` reads).",
+        ),
+    ] = False,
 ) -> None:
     """Print ε spent and remaining per task from the site's privacy ledger."""
     if (config is None) == (state_dir is None):
@@ -68,6 +102,11 @@ def site_budget(
         return
     if not sites:
         sites = [site] if site else PrivacyLedger.sites_in(path)
+    if as_json:
+        for name in sites:
+            for row in PrivacyLedger(path, site=name).summary(budget=budget, with_prv=prv):
+                typer.echo(json.dumps(_json_row(name, path, row), sort_keys=True))
+        return
     table = Table(title=f"privacy budget · {path}")
     for column in (
         "site",

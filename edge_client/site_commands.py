@@ -6,6 +6,7 @@ line on stderr and exit code 2; nothing half-written is left.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
@@ -74,7 +75,14 @@ def site_join(
 def site_audit(
     config: ConfigOpt = Path("site.toml"),
     verify: Annotated[bool, typer.Option(help="Check the hash chain; exit 1 if tampered.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON object per line (with --verify: the verdict as one object, "
+            "what `fedfleet report --site` reads).",
+        ),
+    ] = False,
 ) -> None:
     """Print every message the site sent (hash-chained audit log); --verify checks it."""
     from edge_client.audit import AuditLog
@@ -87,6 +95,10 @@ def site_audit(
     audit = AuditLog.for_site(site)
     if verify:
         result = audit.verify()
+        if as_json:
+            verdict = {"site": site.name, "path": str(audit.path), **dataclasses.asdict(result)}
+            typer.echo(json.dumps(verdict, sort_keys=True))
+            raise typer.Exit(code=0 if result.ok else EXIT_FAILURE)
         if not result.ok:
             typer.echo(f"TAMPERED: {audit.path}: {result.problem}", err=True)
             raise typer.Exit(code=EXIT_FAILURE)

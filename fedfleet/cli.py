@@ -36,6 +36,7 @@ _SUBAPPS: tuple[tuple[str, str, str], ...] = (
     ("fleet", "fleet.cli:app", "The fleet admin API, dashboard, tokens and broker config."),
     ("rollout", "fleet.ota.cli:rollout_app", "Staged OTA rollouts."),
     ("model", "coordinator.model_cli:model_app", "The model registry: register a run's model."),
+    ("report", "coordinator.report.cli:report", "A run's compliance report (HTML or PDF)."),
     ("image", "firmware_images.cli:image_app", "Build, verify, inspect, publish signed bundles."),
     ("keys", "firmware_images.cli:keys_app", "Ed25519 signing keys."),
 )

@@ -51,6 +51,7 @@ from fleet.client.routes import (
     GET_MODEL,
     GET_ROLLOUT,
     GET_RUN,
+    LIST_DEVICES,
     LIST_ROLLOUTS,
     LIST_TOKENS,
     PAUSE_ROLLOUT,
@@ -63,6 +64,8 @@ from fleet.client.routes import (
     ArtifactForm,
     ArtifactInfo,
     DeviceCreateBody,
+    DeviceInfo,
+    DevicePage,
     EnrolledDevice,
     ModelCreateBody,
     ModelInfo,
@@ -369,6 +372,21 @@ class FleetClient:
         self._check(response, what="listing rollouts")
         return RolloutPage.from_json(response.json())
 
+    def rollouts_of_model(self, version: int, *, page_size: int = 500) -> list[RolloutSummary]:
+        """Every rollout of model version ``version``, newest first (all pages read)."""
+        found: list[RolloutSummary] = []
+        offset = 0
+        what = f"listing the rollouts of model version {version}"
+        while True:
+            params = {"limit": page_size, "offset": offset}
+            response = self._call(LIST_ROLLOUTS, LIST_ROLLOUTS.url(), what=what, params=params)
+            self._check(response, what=what)
+            page = RolloutPage.from_json(response.json())
+            found += [r for r in page.items if r.model_version_id == version]
+            offset += len(page.items)
+            if not page.items or offset >= page.total:
+                return found
+
     def _rollout_call(
         self, route: Route, rollout_id: int, body: Mapping[str, Any] | None, *, verb: str
     ) -> RolloutInfo:
@@ -426,6 +444,24 @@ class FleetClient:
         body: DeviceCreateBody = {"name": name, "hardware_target": hardware_target, "group": group}
         answer = self._send(ENROLL_DEVICE, body, what=f"enrolling device {name}")
         return EnrolledDevice.from_json(answer)
+
+    def devices_running(self, version: int, *, page_size: int = 200) -> list[DeviceInfo]:
+        """Every device that reports running model version ``version`` (by name; the
+        fleet's keyset pages are followed to the end)."""
+        devices: list[DeviceInfo] = []
+        after: str | None = None
+        what = f"listing the devices running model version {version}"
+        while True:
+            params: dict[str, Any] = {"model_version": version, "limit": page_size}
+            if after is not None:
+                params["after"] = after
+            response = self._call(LIST_DEVICES, LIST_DEVICES.url(), what=what, params=params)
+            self._check(response, what=what)
+            page = DevicePage.from_json(response.json())
+            devices.extend(page.items)
+            if page.next_after is None or not page.items:
+                return devices
+            after = page.next_after
 
     # --- plumbing ---------------------------------------------------------------------
 

@@ -273,6 +273,48 @@ class DeviceRef:
         return cls(id=str(body["id"]), name=str(body["name"]))
 
 
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One device of a device list (``DevicePublic``): what it runs and how it is."""
+
+    id: str
+    name: str
+    hardware_target: str
+    group: str | None
+    status: str
+    model_version_id: int | None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> DeviceInfo:
+        version = body.get("model_version_id")
+        return cls(
+            id=str(body["id"]),
+            name=str(body["name"]),
+            hardware_target=str(body["hardware_target"]),
+            group=body.get("group"),
+            status=str(body["status"]),
+            model_version_id=None if version is None else int(version),
+        )
+
+
+@dataclass(frozen=True)
+class DevicePage:
+    """One page of devices by name (``DevicePage``); ``next_after`` pages on."""
+
+    items: tuple[DeviceInfo, ...]
+    total: int | None
+    next_after: str | None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> DevicePage:
+        total = body.get("total")
+        return cls(
+            items=tuple(DeviceInfo.from_json(d) for d in body.get("items") or ()),
+            total=None if total is None else int(total),
+            next_after=body.get("next_after"),
+        )
+
+
 # --- request bodies (only the fields the client sends) -------------------------------
 
 
@@ -373,6 +415,7 @@ class Route:
     body: Any = None  # the TypedDict of the fields sent, None when there is no body
     files: tuple[str, ...] = ()  # multipart file parts (the body is then form fields)
     result: type | None = None  # the dataclass the JSON answer is read into
+    query: tuple[str, ...] = ()  # the query parameters the client may send
 
     def url(self, **params: int) -> str:
         """The path with its parameters filled in, e.g. ``/runs/7``."""
@@ -397,12 +440,15 @@ ABORT_ROLLOUT = Route(
     "POST", "/rollouts/{rollout_id}/abort", body=RolloutAbortBody, result=RolloutInfo
 )
 CREATE_ROLLOUT = Route("POST", "/rollouts", body=RolloutCreateBody, result=RolloutSummary)
-LIST_ROLLOUTS = Route("GET", "/rollouts", result=RolloutPage)
+LIST_ROLLOUTS = Route("GET", "/rollouts", result=RolloutPage, query=("limit", "offset"))
 CREATE_TOKEN = Route("POST", "/tokens", body=TokenCreateBody, result=TokenCreated)
 LIST_TOKENS = Route("GET", "/tokens", result=TokenInfo)  # a JSON list of them
 REVOKE_TOKEN = Route("DELETE", "/tokens/{token_id}", result=TokenInfo)
 CREATE_GROUP = Route("POST", "/groups", body=GroupCreateBody)
 ENROLL_DEVICE = Route("POST", "/devices", body=DeviceCreateBody, result=EnrolledDevice)
+LIST_DEVICES = Route(
+    "GET", "/devices", result=DevicePage, query=("model_version", "limit", "after")
+)
 
 #: Every call the client makes.
 ROUTES: tuple[Route, ...] = (
@@ -426,4 +472,5 @@ ROUTES: tuple[Route, ...] = (
     REVOKE_TOKEN,
     CREATE_GROUP,
     ENROLL_DEVICE,
+    LIST_DEVICES,
 )

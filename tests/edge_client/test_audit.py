@@ -3,6 +3,7 @@ deletion or duplicate key is caught; a crash (kill -9) is repaired without a fal
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -455,3 +456,31 @@ def test_site_audit_verify_cli_reports_a_deleted_log(tmp_path: Path) -> None:
     assert ok.exit_code == 0 and "ok: 2 entries" in ok.output and "authenticated" in ok.output
     assert log.key_file.parent == site.parent  # beside the private key, not in state/
     assert bad.exit_code == 1 and "TAMPERED" in bad.output and "deleted" in bad.output
+
+
+def test_site_audit_verify_json_is_the_verdict_as_one_object(tmp_path: Path) -> None:
+    """`--verify --json` (what `fedfleet report --site` reads): verify_log's result."""
+    # Prepare
+    site = make_site(tmp_path, {})
+    config = SiteConfig.load(site)
+    log = AuditLog.for_site(config)
+    _fill(log, 3)
+    runner = CliRunner()
+    # Execute
+    ok = runner.invoke(site_app, ["audit", "--config", str(site), "--verify", "--json"])
+    _rewrite(log, _lines(log)[:-1])
+    bad = runner.invoke(site_app, ["audit", "--config", str(site), "--verify", "--json"])
+    # Assert
+    assert ok.exit_code == 0 and bad.exit_code == 1
+    good, broken = json.loads(ok.stdout), json.loads(bad.stdout)
+    assert good == {
+        "site": "st-marys",
+        "path": str(log.path),
+        "ok": True,
+        "entries": 3,
+        "problem": "",
+        "note": "",
+        "authenticated": True,
+    }
+    assert broken["ok"] is False and "removed from the end" in broken["problem"]
+    assert broken == {**broken, **dataclasses.asdict(log.verify()), "site": "st-marys"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -49,6 +50,23 @@ def test_budget_from_site_toml_uses_its_policy(tmp_path: Path) -> None:
     prv = epsilon([ROUND] * 2, delta=1e-5, accountant="prv")
     assert "st-marys" in result.output and f"{prv:.3f}" in result.output
     assert f"{5.0 - epsilon([ROUND] * 2, delta=1e-5):.3f}" in result.output
+
+
+def test_budget_json_is_one_object_per_site_and_task(tmp_path: Path) -> None:
+    """`--json` (what `fedfleet report --site` reads): the same numbers, machine-readable."""
+    # Prepare
+    budget = _fill(tmp_path, "client-0")
+    # Execute
+    result = CliRunner().invoke(app, ["budget", "--state-dir", str(tmp_path), "--json"])
+    # Assert
+    assert result.exit_code == 0, result.output
+    (row,) = [json.loads(line) for line in result.output.splitlines()]
+    spent = epsilon([ROUND] * 2, delta=1e-5)
+    assert row["site"] == "client-0" and row["task"] == "breast-cancer-mlp"
+    assert (row["completed"], row["refused"], row["in_flight"]) == (2, 1, 0)
+    assert row["spent"] == pytest.approx(spent) and row["budget_epsilon"] == pytest.approx(budget)
+    assert row["remaining"] == pytest.approx(budget - spent)
+    assert row["epsilon_prv"] == pytest.approx(epsilon([ROUND] * 2, delta=1e-5, accountant="prv"))
 
 
 @pytest.mark.parametrize(

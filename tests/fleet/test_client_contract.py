@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from fleet.client import API_PREFIX, FleetClient, FleetConnection
-from fleet.client.routes import GET_RUN, ROUTES, UPLOAD_ARTIFACT, Route, RunInfo
+from fleet.client.routes import GET_RUN, LIST_DEVICES, ROUTES, UPLOAD_ARTIFACT, Route, RunInfo
 
 Spec = dict[str, Any]
 
@@ -69,6 +69,9 @@ def contract_problems(spec: Spec, route: Route) -> list[str]:
     in_path = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
     if in_path != set(re.findall(r"{(\w+)}", route.path)):
         problems.append(f"{where}: the API's path parameters are {sorted(in_path)}")
+    in_query = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
+    if unknown_query := set(route.query) - in_query:
+        problems.append(f"{where}: the API has no query parameter {sorted(unknown_query)}")
     request = operation.get("requestBody")
     if route.body is None:
         if request is not None:
@@ -124,6 +127,9 @@ def test_the_check_sees_a_renamed_route_parameter_or_field(spec: Spec) -> None:
     wrong_result = dataclasses.replace(GET_RUN, result=RunWithOwner)
     assert "reads 'owner'" in contract_problems(spec, wrong_result)[0]
 
+    wrong_query = dataclasses.replace(LIST_DEVICES, query=("model",))
+    assert "no query parameter ['model']" in contract_problems(spec, wrong_query)[0]
+
 
 # --- what the client really sends -------------------------------------------------------
 
@@ -174,6 +180,14 @@ _ROLLOUT = {
 _TOKEN = {"id": 6, "name": "ci", "role": "viewer", "prefix": "ffk_abcd", "revoked_at": None}
 _WAVES = [{"devices": 2, "installed": 1}]
 _SUMMARY = {**_ROLLOUT, "max_failure_rate": 0.1, "progress": _WAVES}
+_DEVICE = {
+    "id": "dev-1",
+    "name": "pi-1",
+    "hardware_target": "rpi5",
+    "group": "wards",
+    "status": "online",
+    "model_version_id": 2,
+}
 _ENROLLED = {
     "device": {"id": "dev-1", "name": "pi-1"},
     "mqtt": {"username": "dev-1", "password": "p"},
@@ -192,6 +206,8 @@ def _answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json=[_TOKEN] if request.method == "GET" else _TOKEN)
     if path == "/groups":
         return httpx.Response(409, json={"detail": "a group named 'wards' already exists"})
+    if path == "/devices" and request.method == "GET":
+        return httpx.Response(200, json={"items": [_DEVICE], "total": None, "next_after": None})
     if path == "/devices":
         return httpx.Response(201, json=_ENROLLED)
     if path.endswith("/download"):
@@ -250,6 +266,8 @@ def _every_call(client: FleetClient, tmp_path: Path) -> list[Callable[[], object
         lambda: client.revoke_token(6),
         lambda: client.ensure_group("wards"),
         lambda: client.enroll_device(name="pi-1", hardware_target="rpi5", group="wards"),
+        lambda: client.devices_running(2),
+        lambda: client.rollouts_of_model(2),
     ]
 
 
@@ -277,5 +295,6 @@ def test_the_client_calls_only_its_declared_routes(tmp_path: Path) -> None:
         used.add(route)
         declared = set(typing.get_type_hints(route.body)) if route.body is not None else set()
         assert _sent_fields(request) <= declared | set(route.files), route
-        assert not request.url.query, f"{route}: query parameters are not declared"
+        sent_query = set(request.url.params)
+        assert sent_query <= set(route.query), f"{route}: query {sent_query} is not declared"
     assert used == set(ROUTES), "a declared route the client never calls"
