@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from edge_client.protocol import keys as k
@@ -29,6 +29,7 @@ from privacy.secagg.config import SecAggParams
 from privacy.secagg.keys import ShareAuthenticationError
 from privacy.secagg.quantize import encode_input
 from privacy.secagg.shamir import encode_share
+from tasks.npy import npy_array
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def make_train_handler(
         _save(context, state)
         content = RecordDict(
             {
-                sa.SECAGG_MASKED: ArrayRecord({sa.SECAGG_VECTOR: Array(masked)}),
+                sa.SECAGG_MASKED: ArrayRecord({sa.SECAGG_VECTOR: npy_array(masked)}),
                 sa.SECAGG: ConfigRecord({sa.SA_ROUND: state.server_round}),
             }
         )

@@ -422,7 +422,7 @@ def unpack_ids(data: bytes) -> list[int]:
     """Inverse of :func:`pack_ids`."""
     if len(data) % 8:
         raise ValueError("packed node ids must be a multiple of 8 bytes")
-    return [int(v) for v in np.frombuffer(bytes(data), dtype=">u8")]
+    return np.frombuffer(data, dtype=">u8").tolist()  # type: ignore[no-any-return]
 
 
 def _blocks(data: bytes, size: int) -> list[bytes]:

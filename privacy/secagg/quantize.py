@@ -10,6 +10,7 @@ at most half a step, R/(2^B − 2), per coordinate.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,25 +43,27 @@ def encode_input(update: np.ndarray, *, weight: int, params: SecAggParams) -> np
     """
     if update.ndim != 1:
         raise ValueError("encode_input expects a flat update vector")
-    if not np.all(np.isfinite(update)):
+    d = update.size
+    # min and max (NaN propagates through both, ±inf shows in one) check finiteness
+    # and tell whether anything needs clipping: one pass instead of three.
+    lo, hi = (float(update.min()), float(update.max())) if d else (0.0, 0.0)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("the update has non-finite values; secure aggregation refuses it")
     w = int(min(max(weight, 0), params.max_weight))
     qmax = 2 ** (params.bits - 1) - 1
-    d = update.size
-    n_clipped = int(np.count_nonzero(np.abs(update) > params.clip))
-    scaled = np.multiply(update, params.scale, dtype=np.float64)
-    np.clip(scaled, -qmax, qmax, out=scaled)
-    np.rint(scaled, out=scaled)
+    clipping = hi > params.clip or -lo > params.clip
+    n_clipped = int(np.count_nonzero(np.abs(update) > params.clip)) if clipping else 0
     ring = np.empty(input_length(d), dtype=ring_dtype(params.modulus_bits))
     signed = ring.view(np.int32 if params.modulus_bits == 32 else np.int64)
-    if w * qmax < 2**53:  # w·q is exact in float64: one pass fewer
-        if w != 1:
-            np.multiply(scaled, w, out=scaled)
-        signed[:d] = scaled
-    else:
-        q = scaled.astype(np.int64)
-        q *= w
-        signed[:d] = q
+    head = signed[:d]
+    # u·s, clipped, rounded: in the ring's own memory when it is 64 bits wide
+    scaled = ring[:d].view(np.float64) if ring.itemsize == 8 else np.empty(d, np.float64)
+    np.multiply(update, params.scale, out=scaled, dtype=np.float64)
+    if clipping:  # else |scaled| <= qmax up to rounding, which rint below removes
+        np.clip(scaled, -qmax, qmax, out=scaled)
+    np.rint(scaled, out=head, casting="unsafe")  # integers, so the cast is exact
+    if w != 1:
+        np.multiply(head, w, out=head)  # exact: the modulus holds n · w · qmax
     signed[-2] = w
     signed[-1] = round(CLIP_FRACTION_SCALE * n_clipped / max(d, 1))
     return ring
