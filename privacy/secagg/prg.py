@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from typing import Literal, Protocol, get_args
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from privacy.secagg.keys import KEY_BYTES
 
@@ -79,30 +79,26 @@ class _CtrByGcm:
     GCM with a 96-bit IV N encrypts block i of the message with AES_k(N ‖ i + 2);
     with N = 0^96 that is block i + 2 of the CTR stream. Only ``update_into`` runs:
     no tag is finalized, and GCM here is nothing but a faster counter-mode engine.
+    Once the first 32 bytes are out, ``update_into`` is the GCM context's own method
+    (no Python in between for the rest of the stream).
     """
-
-    __slots__ = ("_body", "_head", "_key", "_pos")
 
     def __init__(self, key16: bytes) -> None:
         self._key = key16
-        self._head: CipherContext | None = Cipher(
-            algorithms.AES(key16), modes.CTR(_NONCE)
-        ).encryptor()
-        self._body: CipherContext | None = None
+        self._head = Cipher(algorithms.AES(key16), modes.CTR(_NONCE)).encryptor()
         self._pos = 0
 
     def update_into(self, data: bytes | memoryview, buf: memoryview) -> int:
         n = len(data)
-        done = 0
-        if self._pos < _GCM_SKIP and self._head is not None:
-            done = min(_GCM_SKIP - self._pos, n)
-            self._head.update_into(data[:done], buf[:done])
+        done = min(_GCM_SKIP - self._pos, n)
+        self._head.update_into(data[:done], buf[:done])
+        self._pos += done
+        if self._pos < _GCM_SKIP:
+            return n
+        body = Cipher(algorithms.AES(self._key), modes.GCM(_NONCE[:12])).encryptor()
+        self.update_into = body.update_into  # type: ignore[method-assign]
         if done < n:
-            if self._body is None:
-                self._head = None
-                self._body = Cipher(algorithms.AES(self._key), modes.GCM(_NONCE[:12])).encryptor()
-            self._body.update_into(data[done:], buf[done:n])
-        self._pos += n
+            body.update_into(data[done:], buf[done:n])
         return n
 
 

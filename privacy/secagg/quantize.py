@@ -35,11 +35,15 @@ def input_length(num_params: int) -> int:
     return num_params + EXTRA_COORDS
 
 
-def encode_input(update: np.ndarray, *, weight: int, params: SecAggParams) -> np.ndarray:
+def encode_input(
+    update: np.ndarray, *, weight: int, params: SecAggParams, out: np.ndarray | None = None
+) -> np.ndarray:
     """Clip, quantize and weight ``update`` (float, flat) into a ring vector.
 
     Non-finite coordinates are refused: a NaN would silently poison the sum.
     ``weight`` is clamped to [0, max_weight] so no client can overflow the modulus.
+    ``out`` (optional): a buffer of the ring's dtype and length to write into and
+    return (a reused buffer costs no fresh pages of memory).
     """
     if update.ndim != 1:
         raise ValueError("encode_input expects a flat update vector")
@@ -53,7 +57,13 @@ def encode_input(update: np.ndarray, *, weight: int, params: SecAggParams) -> np
     qmax = 2 ** (params.bits - 1) - 1
     clipping = hi > params.clip or -lo > params.clip
     n_clipped = int(np.count_nonzero(np.abs(update) > params.clip)) if clipping else 0
-    ring = np.empty(input_length(d), dtype=ring_dtype(params.modulus_bits))
+    dtype = ring_dtype(params.modulus_bits)
+    if out is None:
+        ring = np.empty(input_length(d), dtype=dtype)
+    elif out.dtype != dtype or out.shape != (input_length(d),) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous {np.dtype(dtype)} array of {input_length(d)}")
+    else:
+        ring = out
     signed = ring.view(np.int32 if params.modulus_bits == 32 else np.int64)
     head = signed[:d]
     # u·s, clipped, rounded: in the ring's own memory when it is 64 bits wide

@@ -110,3 +110,17 @@ def test_encoding_equals_its_definition(values, boundary, weight, bits, max_weig
     got = encode_input(update, weight=weight, params=params)
     assert got.dtype == (np.uint64 if params.modulus_bits == 64 else np.uint32)
     assert np.array_equal(got, _encode_by_definition(update, weight=weight, params=params))
+
+
+def test_encoding_into_a_reused_buffer_equals_a_fresh_one():
+    """Prepare a dirty buffer; Assert encoding into it gives the fresh result, in it, and
+    that a buffer of the wrong dtype or length is refused."""
+    params = SecAggConfig(enabled=True).params_for(10)
+    update = np.random.default_rng(3).normal(scale=0.3, size=1000)
+    dirty = np.full(1002, 2**63 + 5, dtype=np.uint64)
+    got = encode_input(update, weight=7, params=params, out=dirty)
+    assert got is dirty
+    assert np.array_equal(got, encode_input(update, weight=7, params=params))
+    for wrong in (np.empty(1002, np.uint32), np.empty(1001, np.uint64)):
+        with pytest.raises(ValueError, match="out must be"):
+            encode_input(update, weight=7, params=params, out=wrong)
