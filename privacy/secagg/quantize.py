@@ -35,6 +35,12 @@ def input_length(num_params: int) -> int:
     return num_params + EXTRA_COORDS
 
 
+BLOCK = 1 << 15
+"""Coordinates quantized at a time: a block (256 KiB of float64) stays in cache while it
+is checked, scaled, clipped, rounded and weighted, so the update is read from memory
+once and the ring written once."""
+
+
 def encode_input(
     update: np.ndarray, *, weight: int, params: SecAggParams, out: np.ndarray | None = None
 ) -> np.ndarray:
@@ -48,15 +54,6 @@ def encode_input(
     if update.ndim != 1:
         raise ValueError("encode_input expects a flat update vector")
     d = update.size
-    # min and max (NaN propagates through both, ±inf shows in one) check finiteness
-    # and tell whether anything needs clipping: one pass instead of three.
-    lo, hi = (float(update.min()), float(update.max())) if d else (0.0, 0.0)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError("the update has non-finite values; secure aggregation refuses it")
-    w = int(min(max(weight, 0), params.max_weight))
-    qmax = 2 ** (params.bits - 1) - 1
-    clipping = hi > params.clip or -lo > params.clip
-    n_clipped = int(np.count_nonzero(np.abs(update) > params.clip)) if clipping else 0
     dtype = ring_dtype(params.modulus_bits)
     if out is None:
         ring = np.empty(input_length(d), dtype=dtype)
@@ -64,19 +61,39 @@ def encode_input(
         raise ValueError(f"out must be a contiguous {np.dtype(dtype)} array of {input_length(d)}")
     else:
         ring = out
+    w = int(min(max(weight, 0), params.max_weight))
     signed = ring.view(np.int32 if params.modulus_bits == 32 else np.int64)
     head = signed[:d]
-    # u·s, clipped, rounded: in the ring's own memory when it is 64 bits wide
-    scaled = ring[:d].view(np.float64) if ring.itemsize == 8 else np.empty(d, np.float64)
-    np.multiply(update, params.scale, out=scaled, dtype=np.float64)
-    if clipping:  # else |scaled| <= qmax up to rounding, which rint below removes
-        np.clip(scaled, -qmax, qmax, out=scaled)
-    np.rint(scaled, out=head, casting="unsafe")  # integers, so the cast is exact
-    if w != 1:
-        np.multiply(head, w, out=head)  # exact: the modulus holds n · w · qmax
+    scratch = np.empty(min(BLOCK, d), dtype=np.float64)
+    n_clipped = 0
+    for start in range(0, d, BLOCK):
+        n_clipped += _quantize_block(
+            update[start : start + BLOCK], head[start : start + BLOCK], scratch, w, params
+        )
     signed[-2] = w
     signed[-1] = round(CLIP_FRACTION_SCALE * n_clipped / max(d, 1))
     return ring
+
+
+def _quantize_block(
+    u: np.ndarray, out: np.ndarray, scratch: np.ndarray, w: int, params: SecAggParams
+) -> int:
+    """out = w · rint(clip(u · s, ±qmax)) for one block; returns its clipped count."""
+    # min and max (NaN propagates through both, ±inf shows in one) check finiteness
+    # and tell whether anything needs clipping: one pass instead of three.
+    lo, hi = float(u.min()), float(u.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError("the update has non-finite values; secure aggregation refuses it")
+    clipping = hi > params.clip or -lo > params.clip
+    scaled = scratch[: u.size]
+    np.multiply(u, params.scale, out=scaled, dtype=np.float64)
+    if clipping:  # else |scaled| <= qmax up to rounding, which rint below removes
+        qmax = 2 ** (params.bits - 1) - 1
+        np.clip(scaled, -qmax, qmax, out=scaled)
+    np.rint(scaled, out=out, casting="unsafe")  # integers, so the cast is exact
+    if w != 1:
+        np.multiply(out, w, out=out)  # exact: the modulus holds n · w · qmax
+    return int(np.count_nonzero(np.abs(u) > params.clip)) if clipping else 0
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from privacy.secagg import SecAggConfig
 from privacy.secagg.config import CLIP_FRACTION_SCALE
 from privacy.secagg.prg import _CtrByGcm, apply_masks, keystream, stream
-from privacy.secagg.quantize import encode_input
+from privacy.secagg.quantize import BLOCK, encode_input
 
 
 def _aes_ctr(key: bytes, nbytes: int) -> bytes:
@@ -124,3 +124,20 @@ def test_encoding_into_a_reused_buffer_equals_a_fresh_one():
     for wrong in (np.empty(1002, np.uint32), np.empty(1001, np.uint64)):
         with pytest.raises(ValueError, match="out must be"):
             encode_input(update, weight=7, params=params, out=wrong)
+
+
+@pytest.mark.parametrize("bits", [12, 16])
+def test_blockwise_encoding_equals_its_definition_across_blocks(bits):
+    """Prepare an update of several quantization blocks where only one block needs
+    clipping; Assert the blockwise encoder equals the definition, clipped count included,
+    and that a NaN in a late block is still refused."""
+    params = SecAggConfig(enabled=True, bits=bits, max_weight=1024).params_for(10)
+    rng = np.random.default_rng(5)
+    update = rng.normal(scale=0.2, size=3 * BLOCK + 5).clip(-0.99, 0.99)
+    update[BLOCK + 17], update[2 * BLOCK + 3] = 1.7, -np.nextafter(1.0, 2)
+    expected = _encode_by_definition(update, weight=300, params=params)
+    assert np.array_equal(encode_input(update, weight=300, params=params), expected)
+    assert encode_input(update, weight=300, params=params)[-1] == round(65535 * 2 / update.size)
+    update[-1] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        encode_input(update, weight=300, params=params)
