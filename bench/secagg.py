@@ -1,7 +1,16 @@
 """Round time of secure aggregation against plain FedAvg and against Flower's SecAgg+.
 
-    python bench/secagg.py            # full table (n = 100 and 1,000; 100k and 1M params)
-    python bench/secagg.py --quick    # n = 100 only, and Flower at n = 50
+    python bench/secagg.py            # n = 100 and 1,000 at 100k and 1M params; Flower at 50, 100
+    python bench/secagg.py --quick    # n = 100 (100k, 1M) and 1,000 (100k); Flower at n = 50
+    git worktree add /tmp/before main && python bench/secagg.py --quick --baseline /tmp/before
+
+With ``--baseline DIR`` every fedfleet row is measured twice, alternately, each in a
+fresh process: once with the code in DIR ("before") and once with this checkout
+("after"), so both come from the same machine state. The goals of issue 18 are printed
+with each row, met or not met: SecAgg+ / plain <= 2x at n = 100 and 1M parameters,
+<= 1.5x at n = 1,000, and Flower's SecAgg+ with the same K+1 shares and threshold at
+n = 50 taking >= 20x fedfleet's time. The machine's load average is printed with each
+row (CPU seconds are the measure; load still slows memory-bound work).
 
 Every row is one federated round of the same task — an MLP of about 100k or 1M
 parameters, 32 synthetic samples per client, one local epoch of SGD — run by the
@@ -9,17 +18,17 @@ in-process engine (the same Grid for every contender):
 
 - ``plain``: fedfleet's round loop with FedAvg;
 - ``secagg``: the same loop with ``secagg = true`` (SecAgg+: X25519, Shamir, AES-GCM,
-  ChaCha20 masks, K = 2⌈log2 n⌉ neighbours, 16-bit quantization) — 10% of the clients
+  AES-128-CTR masks, K = 2⌈log2 n⌉ neighbours, 16-bit quantization) — 10% of the clients
   drop after sharing keys unless ``--no-dropout``, so the unmasking stage also
   recovers dropped clients' masks;
 - ``flower plain`` / ``flower secagg+``: Flower 1.42's legacy ``DefaultWorkflow`` with
   its default fit workflow or with ``SecAggPlusWorkflow``, a ``NumPyClient`` training
   the same model on the same data, with ``secaggplus_mod``; SecAgg+ once with the same
   K+1 shares and threshold as fedfleet, once with the complete graph
-  (``num_shares = 1.0``, Bonawitz's SecAgg: at n = 50 by default, at n = 100 with
-  ``--complete-100``).
+  (``num_shares = 1.0``, Bonawitz's SecAgg: at n = 50 in the full run, at n = 100
+  with ``--complete-100``).
 
-Times are this process's CPU seconds (wall seconds in brackets) for one round: the
+Times are the measuring process's CPU seconds (wall seconds in brackets) for one round: the
 whole in-process run of one round for fedfleet (train exchange, aggregation, central
 evaluation), the fit workflow for Flower. The engine is single-threaded (torch uses one
 thread), so CPU time is the round time an idle machine would show, and it is far less
@@ -33,9 +42,11 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import json
 import logging
 import math
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -43,7 +54,13 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The fedfleet code to measure: this checkout, or another one (--code, for --baseline).
+sys.path.insert(
+    0,
+    sys.argv[sys.argv.index("--code") + 1]
+    if "--code" in sys.argv[:-1]
+    else str(Path(__file__).resolve().parents[1]),
+)
 
 import numpy as np
 import torch
@@ -241,86 +258,170 @@ def flower_round(
     return fit.timing
 
 
-def warm_up(client_counts: set[int]) -> None:
+def warm_up(client_counts: set[int], *, sizes: tuple[str, ...] = tuple(HIDDEN)) -> None:
     """Generate the data and partitions and run a small round, outside the timings."""
     from edge_client.data import cached_partitions
 
     for n in sorted(client_counts):
-        for size in HIDDEN:
+        for size in sizes:
             cached_partitions(f"bench-mlp-{size}", n, "iid", 1)
-    fedfleet_round(n=10, size="100k", secagg=True, dropout=0.1)
+    fedfleet_round(n=10, size=sizes[0], secagg=True, dropout=0.1)
 
 
 # -- the table ------------------------------------------------------------------------
+GOAL_RATIO_100 = 2.0  # SecAgg+ / plain at n = 100 and 1M parameters (issue 18)
+GOAL_RATIO_1000 = 1.5  # SecAgg+ / plain at n = 1,000
+GOAL_FLOWER = 20.0  # Flower's SecAgg+ (same K+1 shares and T) / fedfleet's, at n = 50
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def measure_row(*, n: int, size: str, repeat: int, dropout: float) -> dict[str, Any]:
+    """Plain and SecAgg+ rounds of one configuration (best of ``repeat``), interleaved."""
+    plain, secure, note = INF, INF, ""
+    for _ in range(repeat):
+        plain = Timing.best(plain, fedfleet_round(n=n, size=size, secagg=False, dropout=dropout)[0])
+        gc.collect()
+        timing, note = fedfleet_round(n=n, size=size, secagg=True, dropout=dropout)
+        secure = Timing.best(secure, timing)
+        gc.collect()
+    return {"plain": [plain.cpu, plain.wall], "secagg": [secure.cpu, secure.wall], "note": note}
+
+
+def row_in_subprocess(code: Path, *, n: int, size: str, repeat: int, dropout: float) -> dict:
+    """:func:`measure_row` run by ``code``'s fedfleet (this script, in a fresh process
+    whose imports come from ``code``): before/after from the same machine state."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--code", str(code), "--row",
+           f"{n},{size},{repeat},{dropout}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the run of {code} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.1f}/{five:.1f}"
+
+
+def _ratio_cell(row: dict) -> str:
+    (pc, pw), (sc, sw) = row["plain"], row["secagg"]
+    return f"{pc:.2f} ({pw:.2f}) | {sc:.2f} ({sw:.2f}) | **{sc / pc:.2f}x** ({sw / pw:.2f}x)"
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "not met"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="n = 100 only; Flower at n = 50")
+    parser.add_argument("--quick", action="store_true", help="n = 100 and n = 1,000 at 100k only")
     parser.add_argument("--no-dropout", action="store_true", help="no simulated dropouts")
     parser.add_argument("--no-flower", action="store_true", help="skip Flower's workflows")
     parser.add_argument("--repeat", type=int, default=2, help="best of R rounds at n <= 100")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of older fedfleet code (e.g. `git worktree add /tmp/before main`): "
+        "each row is measured with it and with this code, alternately, in fresh processes",
+    )
     parser.add_argument(
         "--complete-100",
         action="store_true",
         help="also run Flower's complete-graph SecAgg+ at n = 100 (about 6 CPU minutes)",
     )
+    parser.add_argument("--code", type=Path, help=argparse.SUPPRESS)  # internal: a row's code
+    parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: "n,size,repeat,dropout"
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     torch.set_num_threads(1)
+    if args.row:
+        n_text, size, repeat_text, dropout_text = args.row.split(",")
+        n = int(n_text)
+        register_bench_tasks(n)
+        warm_up({n}, sizes=(size,))
+        row = measure_row(n=n, size=size, repeat=int(repeat_text), dropout=float(dropout_text))
+        print(json.dumps(row))
+        return
+    if args.baseline is not None and not (args.baseline / "privacy" / "secagg").is_dir():
+        raise SystemExit(f"--baseline {args.baseline}: not a fedfleet checkout; give its root")
     dropout = 0.0 if args.no_dropout else 0.1
-    sizes = [(100, "100k"), (100, "1M")] + ([] if args.quick else [(1000, "100k"), (1000, "1M")])
-    flower_sizes = [] if args.no_flower else ([50] if args.quick else [50, 100])
-    register_bench_tasks(max(n for n, _ in sizes))
-    warm_up({n for n, _ in sizes} | set(flower_sizes))
+    sizes = [(100, "100k"), (100, "1M"), (1000, "100k")] + ([] if args.quick else [(1000, "1M")])
     started = time.perf_counter()
     print(
         f"one round each, best of {args.repeat} at n <= 100; {SAMPLES_PER_CLIENT} samples per "
-        f"client, 1 local epoch; dropout {dropout:.0%} after key sharing; CPU (wall) seconds",
+        f"client, 1 local epoch; dropout {dropout:.0%} after key sharing; CPU (wall) seconds; "
+        f"{os.cpu_count()} CPUs, {_load()}",
         flush=True,
     )
-    print("| system | n | params | plain s | secagg s | secagg/plain | notes |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    codes = ([("before", args.baseline)] if args.baseline else []) + [("after", ROOT)]
+    print("| code | n | params | plain s | secagg s | secagg/plain | goal | notes |")
+    print("|---|---:|---:|---:|---:|---:|---|---|")
+    results: dict[tuple[str, int, str], dict] = {}
     for n, size in sizes:
-        plain, secure, note = INF, INF, ""
-        for _ in range(args.repeat if n <= 100 else 1):  # best of: the machine is shared
-            plain = Timing.best(
-                plain, fedfleet_round(n=n, size=size, secagg=False, dropout=dropout)[0]
+        goal = GOAL_RATIO_100 if n <= 100 else GOAL_RATIO_1000
+        checked = (n, size) in ((100, "1M"), (1000, "100k"), (1000, "1M"))
+        for label, code in codes:
+            repeat = args.repeat if n <= 100 else 1
+            load = _load()
+            row = row_in_subprocess(code, n=n, size=size, repeat=repeat, dropout=dropout)
+            results[(label, n, size)] = row
+            ratio = row["secagg"][0] / row["plain"][0]
+            verdict = f"<= {goal}x: {_met(ratio <= goal)}" if checked else ""
+            print(
+                f"| {label} | {n} | {params_of(size):,} | {_ratio_cell(row)} | {verdict} | "
+                f"{row['note']}; {load} |",
+                flush=True,
             )
-            gc.collect()
-            timing, note = fedfleet_round(n=n, size=size, secagg=True, dropout=dropout)
-            secure = Timing.best(secure, timing)
-            gc.collect()
-        print(
-            f"| fedfleet | {n} | {params_of(size):,} | {_fmt(plain)} | {_fmt(secure)} | "
-            f"{secure.cpu / plain.cpu:.2f}x ({secure.wall / plain.wall:.2f}x) | {note} |",
-            flush=True,
-        )
-    for n in flower_sizes:
+    if not args.no_flower:
+        flower_table(args, codes)
+    print(f"total {time.perf_counter() - started:.0f}s; {_load()}")
+
+
+def flower_table(args: argparse.Namespace, codes: list[tuple[str, Path]]) -> None:
+    """fedfleet's SecAgg+ (each code) against Flower's legacy SecAgg+ with the same
+    K+1 shares and threshold (and, in the full run, the complete graph)."""
+    ns = [50] if args.quick else [50, 100]
+    register_bench_tasks(max(ns))
+    warm_up(set(ns), sizes=("100k",))
+    print()
+    print("| system | n | params | plain s | secagg s | secagg/plain | vs fedfleet (goal) |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for n in ns:
         degree = min(n - 1, 2 * math.ceil(math.log2(n)))
         threshold = (degree + 1) // 2 + 1
-        ours = INF
-        for _ in range(args.repeat):
-            ours = Timing.best(ours, fedfleet_round(n=n, size="100k", secagg=True, dropout=0.0)[0])
+        ours: dict[str, Timing] = {}
+        for label, code in codes:
+            row = row_in_subprocess(code, n=n, size="100k", repeat=args.repeat, dropout=0.0)
+            ours[label] = Timing(row["secagg"][1], row["secagg"][0])
+            print(
+                f"| fedfleet SecAgg+ ({label}) | {n} | {params_of('100k'):,} | "
+                f"{_ratio_cell(row)} | no dropout; K = {degree}, T = {threshold}; {_load()} |",
+                flush=True,
+            )
         plain = flower_round(n=n, size="100k", secagg=False, shares=degree + 1, threshold=threshold)
         variants: list[tuple[str, int | float, int | float]] = [
             (f"same K+1 = {degree + 1} shares, T = {threshold}", degree + 1, threshold)
         ]
-        if n <= 50 or args.complete_100:  # ~6 min of CPU at n = 100 (O(n²) work)
+        if (n <= 50 and not args.quick) or args.complete_100:  # O(n²): minutes of CPU
             variants.append(("complete graph (num_shares = 1.0), T = n/2", 1.0, 0.5))
-        print(
-            f"| fedfleet SecAgg+ | {n} | {params_of('100k'):,} | | {_fmt(ours)} | | "
-            f"no dropout; K = {degree}, T = {threshold} |",
-            flush=True,
-        )
         for label, shares, t in variants:
             secure = flower_round(n=n, size="100k", secagg=True, shares=shares, threshold=t)
+            against = "; ".join(
+                f"{code}: **{secure.cpu / timing.cpu:.1f}x** ({secure.wall / timing.wall:.1f}x)"
+                + (
+                    f" (>= {GOAL_FLOWER:.0f}x: {_met(secure.cpu / timing.cpu >= GOAL_FLOWER)})"
+                    if n == 50 and shares != 1.0
+                    else ""
+                )
+                for code, timing in ours.items()
+            )
             print(
-                f"| Flower legacy SecAgg+ | {n} | {params_of('100k'):,} | {_fmt(plain)} | "
-                f"{_fmt(secure)} | {secure.cpu / plain.cpu:.2f}x "
-                f"({secure.wall / plain.wall:.2f}x) | {label}: **{secure.cpu / ours.cpu:.1f}x** "
-                f"({secure.wall / ours.wall:.1f}x) fedfleet's time |",
+                f"| Flower legacy SecAgg+, {label} | {n} | {params_of('100k'):,} | "
+                f"{_fmt(plain)} | {_fmt(secure)} | {secure.cpu / plain.cpu:.2f}x "
+                f"({secure.wall / plain.wall:.2f}x) | {against}; {_load()} |",
                 flush=True,
             )
-    print(f"total {time.perf_counter() - started:.0f}s")
 
 
 def _fmt(t: Timing) -> str:

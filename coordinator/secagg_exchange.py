@@ -34,6 +34,7 @@ from privacy.secagg.client import pack_ids
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.quantize import decode_sum, input_length, ring_dtype
 from privacy.secagg.shamir import decode_share
+from tasks.npy import array_view
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,7 @@ def _masked_vector(reply: Message, *, length: int, dtype: type) -> np.ndarray | 
     if record is None or sa.SECAGG_VECTOR not in record:
         return None
     try:
-        vector = record[sa.SECAGG_VECTOR].numpy()
+        vector = array_view(record[sa.SECAGG_VECTOR])  # read-only view: only added up
     except (ValueError, TypeError):
         return None
     if vector.dtype != dtype or vector.shape != (length,):

@@ -9,7 +9,8 @@ every array, which for a small model's layers costs more than the data itself; a
 headers round after round, so here each distinct header is built or parsed once and
 cached:
 
-- :func:`encode_npy` is ``np.save``'s bytes, byte for byte;
+- :func:`encode_npy` is ``np.save``'s bytes, byte for byte (:func:`npy_array` the
+  ``Array`` that carries them);
 - :func:`decode_npy` is ``np.load(BytesIO(data), allow_pickle=False)`` as a read-only
   view of the bytes (no copy);
 - :func:`array_view` is ``Array.numpy()`` as such a view.
@@ -50,7 +51,17 @@ def encode_npy(array: NDArray[Any]) -> bytes:
         if len(_WRITTEN) >= _MAX_CACHED:
             _WRITTEN.clear()
         _WRITTEN[key] = header
-    return header + array.tobytes()
+    if array.size == 0:
+        return header
+    data = memoryview(array.reshape(-1)).cast("B")  # type: ignore[arg-type]
+    return b"".join((header, data))  # one copy of the data
+
+
+def npy_array(array: NDArray[Any]) -> Array:
+    """``Array(array)``: the same ``.npy`` bytes, built by :func:`encode_npy`."""
+    return Array(
+        dtype=str(array.dtype), shape=tuple(array.shape), stype=SType.NUMPY, data=encode_npy(array)
+    )
 
 
 def _np_save(array: NDArray[Any]) -> bytes:

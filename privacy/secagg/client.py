@@ -68,13 +68,15 @@ class ClientRound:
     ``peers_s`` holds the mask public keys of the neighbours that advertised keys and
     ``peer_share_keys`` the AES-GCM keys agreed with them (used in both directions);
     ``held_seed``/``held_key`` the shares of neighbours' secrets this client holds;
-    ``revealed`` what it has disclosed per owner (``"seed"`` or ``"key"``).
+    ``revealed`` what it has disclosed per owner (``"seed"`` or ``"key"``);
+    ``num_participants`` how many clients the round started with (the list itself is
+    needed only at setup, to find the neighbours).
     """
 
     node_id: int
     server_round: int
     params: SecAggParams
-    participants: tuple[int, ...]
+    num_participants: int
     neighbours: tuple[int, ...]
     c_private: bytes
     c_public: bytes
@@ -108,7 +110,7 @@ class ClientRound:
             ],
             "clip": self.params.clip,
             "prg": self.params.prg,
-            "participants": pack_ids(self.participants),
+            "participants": self.num_participants,
             "neighbours": pack_ids(self.neighbours),
             "c-private": self.c_private,
             "c-public": self.c_public,
@@ -148,7 +150,7 @@ class ClientRound:
             node_id=int(data["node-id"]),
             server_round=int(data["round"]),
             params=params,
-            participants=tuple(unpack_ids(data["participants"])),
+            num_participants=int(data["participants"]),
             neighbours=tuple(unpack_ids(data["neighbours"])),
             c_private=bytes(data["c-private"]),
             c_public=bytes(data["c-public"]),
@@ -242,7 +244,7 @@ def setup(
         node_id=node_id,
         server_round=server_round,
         params=params,
-        participants=tuple(participants),
+        num_participants=len(participants),
         neighbours=neighbours,
         c_private=c.private,
         c_public=c.public,
@@ -422,7 +424,7 @@ def unpack_ids(data: bytes) -> list[int]:
     """Inverse of :func:`pack_ids`."""
     if len(data) % 8:
         raise ValueError("packed node ids must be a multiple of 8 bytes")
-    return [int(v) for v in np.frombuffer(bytes(data), dtype=">u8")]
+    return np.frombuffer(data, dtype=">u8").tolist()  # type: ignore[no-any-return]
 
 
 def _blocks(data: bytes, size: int) -> list[bytes]:

@@ -14,6 +14,7 @@ from the seed and checks that the coordinator routes keys only from them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,11 +31,18 @@ def ring_order(node_ids: Sequence[int], *, seed: bytes) -> list[int]:
     among the sorted ids; sorting by (value, id) is a uniform permutation up to ties of
     probability ≈ n²/2^65.
     """
+    return list(_ring_order(tuple(node_ids), bytes(seed)))
+
+
+@functools.lru_cache(maxsize=4)
+def _ring_order(node_ids: tuple[int, ...], seed: bytes) -> tuple[int, ...]:
+    """:func:`ring_order`, remembered for a few (ids, seed): it is a function of public
+    values only, so the clients of a round simulated in one process share it."""
     ids = np.array(sorted(set(node_ids)), dtype=np.uint64)
     if len(ids) != len(node_ids):
         raise ValueError("node ids must be distinct")
     values = keystream(seed, len(ids), np.uint64, prg="chacha20")  # fixed: part of the wire spec
-    return [int(v) for v in ids[np.lexsort((ids, values))]]
+    return tuple(ids[np.lexsort((ids, values))].tolist())
 
 
 def _check_degree(n: int, degree: int) -> None:

@@ -10,6 +10,7 @@ at most half a step, R/(2^B − 2), per coordinate.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,36 +35,65 @@ def input_length(num_params: int) -> int:
     return num_params + EXTRA_COORDS
 
 
-def encode_input(update: np.ndarray, *, weight: int, params: SecAggParams) -> np.ndarray:
+BLOCK = 1 << 15
+"""Coordinates quantized at a time: a block (256 KiB of float64) stays in cache while it
+is checked, scaled, clipped, rounded and weighted, so the update is read from memory
+once and the ring written once."""
+
+
+def encode_input(
+    update: np.ndarray, *, weight: int, params: SecAggParams, out: np.ndarray | None = None
+) -> np.ndarray:
     """Clip, quantize and weight ``update`` (float, flat) into a ring vector.
 
     Non-finite coordinates are refused: a NaN would silently poison the sum.
     ``weight`` is clamped to [0, max_weight] so no client can overflow the modulus.
+    ``out`` (optional): a buffer of the ring's dtype and length to write into and
+    return (a reused buffer costs no fresh pages of memory).
     """
     if update.ndim != 1:
         raise ValueError("encode_input expects a flat update vector")
-    if not np.all(np.isfinite(update)):
-        raise ValueError("the update has non-finite values; secure aggregation refuses it")
-    w = int(min(max(weight, 0), params.max_weight))
-    qmax = 2 ** (params.bits - 1) - 1
     d = update.size
-    n_clipped = int(np.count_nonzero(np.abs(update) > params.clip))
-    scaled = np.multiply(update, params.scale, dtype=np.float64)
-    np.clip(scaled, -qmax, qmax, out=scaled)
-    np.rint(scaled, out=scaled)
-    ring = np.empty(input_length(d), dtype=ring_dtype(params.modulus_bits))
-    signed = ring.view(np.int32 if params.modulus_bits == 32 else np.int64)
-    if w * qmax < 2**53:  # w·q is exact in float64: one pass fewer
-        if w != 1:
-            np.multiply(scaled, w, out=scaled)
-        signed[:d] = scaled
+    dtype = ring_dtype(params.modulus_bits)
+    if out is None:
+        ring = np.empty(input_length(d), dtype=dtype)
+    elif out.dtype != dtype or out.shape != (input_length(d),) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous {np.dtype(dtype)} array of {input_length(d)}")
     else:
-        q = scaled.astype(np.int64)
-        q *= w
-        signed[:d] = q
+        ring = out
+    w = int(min(max(weight, 0), params.max_weight))
+    signed = ring.view(np.int32 if params.modulus_bits == 32 else np.int64)
+    head = signed[:d]
+    scratch = np.empty(min(BLOCK, d), dtype=np.float64)
+    n_clipped = 0
+    for start in range(0, d, BLOCK):
+        n_clipped += _quantize_block(
+            update[start : start + BLOCK], head[start : start + BLOCK], scratch, w, params
+        )
     signed[-2] = w
     signed[-1] = round(CLIP_FRACTION_SCALE * n_clipped / max(d, 1))
     return ring
+
+
+def _quantize_block(
+    u: np.ndarray, out: np.ndarray, scratch: np.ndarray, w: int, params: SecAggParams
+) -> int:
+    """out = w · rint(clip(u · s, ±qmax)) for one block; returns its clipped count."""
+    # min and max (NaN propagates through both, ±inf shows in one) check finiteness
+    # and tell whether anything needs clipping: one pass instead of three.
+    lo, hi = float(u.min()), float(u.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError("the update has non-finite values; secure aggregation refuses it")
+    clipping = hi > params.clip or -lo > params.clip
+    scaled = scratch[: u.size]
+    np.multiply(u, params.scale, out=scaled, dtype=np.float64)
+    if clipping:  # else |scaled| <= qmax up to rounding, which rint below removes
+        qmax = 2 ** (params.bits - 1) - 1
+        np.clip(scaled, -qmax, qmax, out=scaled)
+    np.rint(scaled, out=out, casting="unsafe")  # integers, so the cast is exact
+    if w != 1:
+        np.multiply(out, w, out=out)  # exact: the modulus holds n · w · qmax
+    return int(np.count_nonzero(np.abs(u) > params.clip)) if clipping else 0
 
 
 @dataclass(frozen=True)

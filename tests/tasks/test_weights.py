@@ -10,7 +10,7 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 from tasks import get_task
-from tasks.npy import array_view, decode_npy, encode_npy
+from tasks.npy import array_view, decode_npy, encode_npy, npy_array
 from tasks.weights import weights_record
 
 ARRAYS = [
@@ -52,6 +52,17 @@ def _npy(array: np.ndarray, version: tuple[int, int] | None = None) -> bytes:
 def test_encoding_is_np_save_byte_for_byte(array: np.ndarray) -> None:
     for _ in range(2):  # the second time the header comes from the cache
         assert encode_npy(array) == _npy(array)
+
+
+@pytest.mark.parametrize("array", ARRAYS, ids=IDS)
+def test_npy_array_is_flowers_array_byte_for_byte(array: np.ndarray) -> None:
+    ours, flowers = npy_array(array), Array(array)
+    assert (ours.dtype, tuple(ours.shape), ours.stype, ours.data) == (
+        flowers.dtype,
+        tuple(flowers.shape),
+        flowers.stype,
+        flowers.data,
+    )
 
 
 def test_weights_record_is_array_record_byte_for_byte() -> None:
