@@ -1,7 +1,7 @@
 """The strategy side of a run, assembled in one place for ``build_loop``.
 
 From the run config: the registered strategy with its ``strategy-*`` knobs, the
-selector (``selection``, ``over-select``, ``min-battery``), the train exchange (plain,
+selector (``selection``, ``over-select``, ``min-battery``, ``min-per-group``), the train exchange (plain,
 or buffered for an asynchronous strategy such as FedBuff), and the reply filters:
 
 1. the update guard (non-finite / ``strategy-max-update-norm`` / malformed),
@@ -31,6 +31,7 @@ from coordinator.config import RunConfig
 from coordinator.loop import PlainExchange, ReplyFilter, Selector, TrainExchange
 from edge_client.protocol import keys as k
 from strategies import StrategyParams, build_strategy, strategy_info
+from strategies.carbon_selection import BatteryAwareSelector, CarbonAwareSelector
 from strategies.guard import UpdateGuard
 from strategies.selection import (
     CountSelector,
@@ -148,6 +149,23 @@ def build_strategy_setup(
             outstanding_rounds=params.max_staleness if info.asynchronous else 0,
             telemetry=telemetry,
             seconds_key=k.SIM_SECONDS,
+        )
+    elif selection.mode == "carbon-aware":
+        inner = CarbonAwareSelector(
+            clients_per_round=config.clients_per_round,
+            seed=config.seed,
+            over_select=0.0 if info.asynchronous else selection.over_select,
+            min_per_group=selection.min_per_group,
+            telemetry=telemetry,
+        )
+    elif selection.mode == "battery-aware":
+        inner = BatteryAwareSelector(
+            clients_per_round=config.clients_per_round,
+            seed=config.seed,
+            over_select=0.0 if info.asynchronous else selection.over_select,
+            min_per_group=selection.min_per_group,
+            telemetry=telemetry,
+            min_battery=selection.min_battery,
         )
     else:
         inner = RandomSelector(
