@@ -1,7 +1,7 @@
 """The strategy side of a run, assembled in one place for ``build_loop``.
 
 From the run config: the registered strategy with its ``strategy-*`` knobs, the
-selector (``selection``, ``over-select``, ``min-battery``, ``min-per-group``), the train exchange (plain,
+selector (``selection``, ``over-select``, ``min-battery``, ``min-per-group``, ``rest-rounds``), the train exchange (plain,
 or buffered for an asynchronous strategy such as FedBuff), and the reply filters:
 
 1. the update guard (non-finite / ``strategy-max-update-norm`` / malformed),
@@ -156,6 +156,7 @@ def build_strategy_setup(
             seed=config.seed,
             over_select=0.0 if info.asynchronous else selection.over_select,
             min_per_group=selection.min_per_group,
+            rest_rounds=selection.rest_rounds,
             telemetry=telemetry,
         )
     elif selection.mode == "battery-aware":
@@ -164,6 +165,7 @@ def build_strategy_setup(
             seed=config.seed,
             over_select=0.0 if info.asynchronous else selection.over_select,
             min_per_group=selection.min_per_group,
+            rest_rounds=selection.rest_rounds,
             telemetry=telemetry,
             min_battery=selection.min_battery,
         )

@@ -208,6 +208,7 @@ class SimulatedFleet:
             speed=relative_speed(self.profile_of(node_id), self.task),
             region=self.region_of(node_id),
             carbon_intensity=self.carbon_intensity(node_id),
+            power_w=self.profile_of(node_id).train_w,
         )
 
     # -- one instruction ---------------------------------------------------------------

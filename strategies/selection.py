@@ -39,6 +39,7 @@ RC_OVER_SELECT = "over-select"  # fraction of extra clients to start, >= 0
 RC_DEADLINE_S = "deadline-s"  # round deadline in simulated seconds, 0 = none
 RC_MIN_BATTERY = "min-battery"  # state of charge in [0, 1]
 RC_MIN_PER_GROUP = "min-per-group"  # participation floor of carbon/battery-aware selection
+RC_REST_ROUNDS = "rest-rounds"  # rounds a node chosen by preference rests (carbon/battery)
 SelectionMode = Literal["random", "device-aware", "carbon-aware", "battery-aware"]
 SELECTION_MODES: tuple[SelectionMode, ...] = (
     "random",
@@ -54,7 +55,8 @@ class NodeStatus:
 
     ``battery`` is the state of charge in [0, 1]; ``speed`` the device profile's
     training speed relative to a reference device (2.0 = twice as fast); ``region`` the
-    grid region (or any group) it belongs to; ``carbon_intensity`` its grid's g CO2/kWh now.
+    grid region (or any group) it belongs to; ``carbon_intensity`` its grid's g CO2/kWh now;
+    ``power_w`` its draw while training, in watts.
     """
 
     available: bool = True
@@ -63,6 +65,7 @@ class NodeStatus:
     speed: float | None = None
     region: str | None = None
     carbon_intensity: float | None = None
+    power_w: float | None = None
 
 
 TelemetrySource = Callable[[int], NodeStatus | None]
@@ -300,13 +303,15 @@ class SelectionConfig:
     carbon-aware | battery-aware), ``over-select`` (fraction ≥ 0), ``deadline-s``
     (simulated seconds, 0 = none), ``min-battery`` (state of charge in [0, 1]),
     ``min-per-group`` (clients each group gets per round under carbon- or
-    battery-aware selection, ≥ 0)."""
+    battery-aware selection, ≥ 0), ``rest-rounds`` (rounds before their preference
+    pass may choose a node again, ≥ 0)."""
 
     mode: SelectionMode = "random"
     over_select: float = 0.0
     deadline_s: float | None = None
     min_battery: float = 0.2
     min_per_group: int = 1
+    rest_rounds: int = 1
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> SelectionConfig:
@@ -319,6 +324,9 @@ class SelectionConfig:
         floor = _number(run_config, RC_MIN_PER_GROUP, 1)
         if floor < 0 or floor != int(floor):
             raise ValueError("min-per-group must be a whole number >= 0 (0: no floor)")
+        rest = _number(run_config, RC_REST_ROUNDS, 1)
+        if rest < 0 or rest != int(rest):
+            raise ValueError("rest-rounds must be a whole number >= 0")
         if over < 0:
             raise ValueError("over-select must be >= 0 (0.3 starts 30% more clients)")
         if deadline < 0:
@@ -331,6 +339,7 @@ class SelectionConfig:
             deadline_s=deadline or None,
             min_battery=battery,
             min_per_group=int(floor),
+            rest_rounds=int(rest),
         )
 
 

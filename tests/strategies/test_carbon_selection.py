@@ -6,6 +6,7 @@ import itertools
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -213,3 +214,32 @@ def test_selection_config_reads_the_floor() -> None:
     config = SelectionConfig.from_run_config({"selection": "carbon-aware", "min-per-group": 2})
     assert (config.mode, config.min_per_group) == ("carbon-aware", 2)
     assert math.isclose(SelectionConfig().min_per_group, 1)
+
+
+def test_preferred_nodes_rest_and_the_floor_rotates_through_a_group() -> None:
+    # Prepare: a clean region of 4 nodes, a dirty one of 3; 3 slots, floor 1, rest 1.
+    groups = {0: "SE", 1: "SE", 2: "SE", 3: "SE", 4: "PL", 5: "PL", 6: "PL"}
+    costs = {0: 40.0, 1: 41.0, 2: 42.0, 3: 43.0, 4: 600.0, 5: 650.0, 6: 700.0}
+    selector = CarbonAwareSelector(clients_per_round=3, seed=0, telemetry=_carbon(groups, costs))
+    # Execute
+    rounds = [selector.select(rnd, list(groups)) for rnd in range(1, 7)]
+    # Assert: SE's two cheapest, then the next two while they rest, and so on; PL's floor
+    # slot goes round its three members (cheapest first among those never chosen).
+    assert [r[:2] for r in rounds] == [[0, 1], [2, 3], [0, 1], [2, 3], [0, 1], [2, 3]]
+    assert [r[2] for r in rounds] == [4, 5, 6, 4, 5, 6]
+    never_rest = CarbonAwareSelector(
+        clients_per_round=3, seed=0, rest_rounds=0, telemetry=_carbon(groups, costs)
+    )
+    assert all(0 in never_rest.select(rnd, list(groups)) for rnd in range(1, 5))  # no rest
+    with pytest.raises(ValueError, match="rest-rounds must be >= 0"):
+        CarbonAwareSelector(clients_per_round=1, seed=0, rest_rounds=-1)
+
+
+def test_energy_per_unit_of_work_counts_with_intensity() -> None:
+    # Same grid: the 7 W device at a third of the speed (21 J per unit) beats 45 W at 1x.
+    status = {
+        1: NodeStatus(region="A", carbon_intensity=100.0, power_w=45.0, speed=1.0),
+        2: NodeStatus(region="A", carbon_intensity=100.0, power_w=7.0, speed=1 / 3),
+    }
+    selector = CarbonAwareSelector(clients_per_round=1, seed=0, telemetry=status.get)
+    assert selector.select(1, [1, 2]) == [2]
