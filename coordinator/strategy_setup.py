@@ -8,7 +8,9 @@ or buffered for an asynchronous strategy such as FedBuff), and the reply filters
 2. the device-aware selector's observer (learns failures and speeds),
 3. the round deadline (synchronous rounds on the simulated clock: ``deadline-s``,
    over-selection surplus),
-4. the buffered exchange's state (asynchronous rounds).
+4. the buffered exchange's state (asynchronous rounds),
+5. the sites' measured energy (``energy-kwh``, ``co2-g`` reply metrics, codecarbon at
+   the sites) summed into the round's ``energy_kwh`` and ``co2_g``.
 
 Asynchrony is chosen here, once, from the registry's ``asynchronous`` flag; the round
 loop itself has no FedBuff case. Set-ups that cannot work are refused before round 1
@@ -115,6 +117,21 @@ def _secure_aggregation(run_config: Mapping[str, Any]) -> bool:
     return bool(value)
 
 
+def measured_energy(
+    server_round: int, replies: list[Message]
+) -> tuple[list[Message], dict[str, float]]:
+    """Reply filter: the round's ``energy_kwh`` and ``co2_g``, summed over the replies that
+    report them (sites measuring with codecarbon); nothing when none does."""
+    energy, co2, seen = 0.0, 0.0, False
+    for reply in replies:
+        for record in reply.content.metric_records.values():
+            kwh, grams = record.get(k.ENERGY_KWH), record.get(k.CO2_G)
+            if isinstance(kwh, int | float) and isinstance(grams, int | float):
+                energy, co2, seen = energy + float(kwh), co2 + float(grams), True
+                break
+    return replies, ({"energy_kwh": energy, "co2_g": co2} if seen else {})
+
+
 def build_strategy_setup(
     config: RunConfig,
     run_config: Mapping[str, Any],
@@ -204,6 +221,7 @@ def build_strategy_setup(
             seconds_key=k.SIM_SECONDS,
         )
         filters.append(deadline.filter)
+    filters.append(measured_energy)
     return StrategySetup(
         strategy=build_strategy(config.strategy, params),
         params=params,
