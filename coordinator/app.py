@@ -26,6 +26,9 @@ from tasks import evaluate, get_task
 
 log = logging.getLogger(__name__)
 
+SectionsSource = Callable[[], dict[str, Any]]
+"""Further top-level sections of metrics.json, read at each write."""
+
 
 def initial_arrays(config: RunConfig) -> ArrayRecord:
     """The round-0 global model: ``initial-model``'s weights when set, else the task's
@@ -133,8 +136,12 @@ def run_federation(
     *,
     on_round: Callable[[RoundRecord], None] | None = None,
     telemetry: TelemetrySource | None = None,
+    sections: SectionsSource | None = None,
 ) -> None:
-    """The ServerApp's main: validate the run config, run the rounds, write results."""
+    """The ServerApp's main: validate the run config, run the rounds, write results.
+
+    ``sections`` gives further top-level sections of metrics.json at each write (the
+    simulator's ``carbon``)."""
     # The task's training defaults filled in, so metrics.json records what ran.
     config = RunConfig.from_run_config(context.run_config).with_task_defaults()
     out_dir = Path(config.out_dir) if config.out_dir else None
@@ -155,7 +162,13 @@ def run_federation(
             record.duration_s,
         )
         if out_dir is not None:
-            write_results(out_dir, config=recorded_config, rounds=records, state_dict=None)
+            write_results(
+                out_dir,
+                config=recorded_config,
+                rounds=records,
+                state_dict=None,
+                sections=sections() if sections else None,
+            )
         if on_round is not None:
             on_round(record)
 
@@ -174,6 +187,7 @@ def run_federation(
             config=recorded_config,
             rounds=result.rounds,
             state_dict=result.arrays.to_torch_state_dict(),
+            sections=sections() if sections else None,
         )
 
 
@@ -181,15 +195,16 @@ def build_server_app(
     *,
     on_round: Callable[[RoundRecord], None] | None = None,
     telemetry: TelemetrySource | None = None,
+    sections: SectionsSource | None = None,
 ) -> ServerApp:
     """A ServerApp running fedfleet's round loop; ``on_round`` sees each round's record,
-    ``telemetry`` feeds device-aware selection."""
+    ``telemetry`` feeds device-aware selection, ``sections`` adds metrics.json sections."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            run_federation(grid, context, on_round=on_round, telemetry=telemetry)
+            run_federation(grid, context, on_round=on_round, telemetry=telemetry, sections=sections)
         except Exception as exc:
             # `fedfleet run submit --wait` and `run status` read this within seconds.
             RunTracker.for_run(context.run_config).record_failure(exc, flower_run=context.run_id)

@@ -46,11 +46,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     write_private_bytes(path, data)
 
 
-def metrics_document(config: dict[str, Any], rounds: list[RoundRecord]) -> dict[str, Any]:
-    """The ``metrics.json`` contract: config, rounds[], final_accuracy."""
+def metrics_document(
+    config: dict[str, Any],
+    rounds: list[RoundRecord],
+    sections: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``metrics.json`` contract: config, rounds[], final_accuracy, and the items of
+    ``sections`` (further top-level sections, e.g. ``carbon``) merged in."""
     rows = [r.as_row() for r in rounds]
     final = next((r["accuracy"] for r in reversed(rows) if r["accuracy"] is not None), None)
-    return {"config": config, "rounds": rows, "final_accuracy": final}
+    return {"config": config, "rounds": rows, "final_accuracy": final, **(sections or {})}
 
 
 def write_results(
@@ -59,9 +64,11 @@ def write_results(
     config: dict[str, Any],
     rounds: list[RoundRecord],
     state_dict: dict[str, torch.Tensor] | None,
+    sections: dict[str, Any] | None = None,
 ) -> None:
-    """Write metrics.json, metrics.csv and (when given) model.pt into ``out_dir``."""
-    doc = metrics_document(config, rounds)
+    """Write metrics.json, metrics.csv and (when given) model.pt into ``out_dir``;
+    ``sections`` are further top-level sections of metrics.json."""
+    doc = metrics_document(config, rounds, sections=sections)
     atomic_write_bytes(out_dir / "metrics.json", json.dumps(doc, indent=2).encode())
     rows = doc["rounds"]
     if rows:

@@ -1,14 +1,16 @@
 """The strategy side of a run, assembled in one place for ``build_loop``.
 
 From the run config: the registered strategy with its ``strategy-*`` knobs, the
-selector (``selection``, ``over-select``, ``min-battery``), the train exchange (plain,
+selector (``selection``, ``over-select``, ``min-battery``, ``min-per-group``, ``rest-rounds``), the train exchange (plain,
 or buffered for an asynchronous strategy such as FedBuff), and the reply filters:
 
 1. the update guard (non-finite / ``strategy-max-update-norm`` / malformed),
 2. the device-aware selector's observer (learns failures and speeds),
 3. the round deadline (synchronous rounds on the simulated clock: ``deadline-s``,
    over-selection surplus),
-4. the buffered exchange's state (asynchronous rounds).
+4. the buffered exchange's state (asynchronous rounds),
+5. the sites' measured energy (``energy-kwh``, ``co2-g`` reply metrics, codecarbon at
+   the sites) summed into the round's ``energy_kwh`` and ``co2_g``.
 
 Asynchrony is chosen here, once, from the registry's ``asynchronous`` flag; the round
 loop itself has no FedBuff case. Set-ups that cannot work are refused before round 1
@@ -31,6 +33,7 @@ from coordinator.config import RunConfig
 from coordinator.loop import PlainExchange, ReplyFilter, Selector, TrainExchange
 from edge_client.protocol import keys as k
 from strategies import StrategyParams, build_strategy, strategy_info
+from strategies.carbon_selection import BatteryAwareSelector, CarbonAwareSelector
 from strategies.guard import UpdateGuard
 from strategies.selection import (
     CountSelector,
@@ -114,6 +117,21 @@ def _secure_aggregation(run_config: Mapping[str, Any]) -> bool:
     return bool(value)
 
 
+def measured_energy(
+    server_round: int, replies: list[Message]
+) -> tuple[list[Message], dict[str, float]]:
+    """Reply filter: the round's ``energy_kwh`` and ``co2_g``, summed over the replies that
+    report them (sites measuring with codecarbon); nothing when none does."""
+    energy, co2, seen = 0.0, 0.0, False
+    for reply in replies:
+        for record in reply.content.metric_records.values():
+            kwh, grams = record.get(k.ENERGY_KWH), record.get(k.CO2_G)
+            if isinstance(kwh, int | float) and isinstance(grams, int | float):
+                energy, co2, seen = energy + float(kwh), co2 + float(grams), True
+                break
+    return replies, ({"energy_kwh": energy, "co2_g": co2} if seen else {})
+
+
 def build_strategy_setup(
     config: RunConfig,
     run_config: Mapping[str, Any],
@@ -148,6 +166,25 @@ def build_strategy_setup(
             outstanding_rounds=params.max_staleness if info.asynchronous else 0,
             telemetry=telemetry,
             seconds_key=k.SIM_SECONDS,
+        )
+    elif selection.mode == "carbon-aware":
+        inner = CarbonAwareSelector(
+            clients_per_round=config.clients_per_round,
+            seed=config.seed,
+            over_select=0.0 if info.asynchronous else selection.over_select,
+            min_per_group=selection.min_per_group,
+            rest_rounds=selection.rest_rounds,
+            telemetry=telemetry,
+        )
+    elif selection.mode == "battery-aware":
+        inner = BatteryAwareSelector(
+            clients_per_round=config.clients_per_round,
+            seed=config.seed,
+            over_select=0.0 if info.asynchronous else selection.over_select,
+            min_per_group=selection.min_per_group,
+            rest_rounds=selection.rest_rounds,
+            telemetry=telemetry,
+            min_battery=selection.min_battery,
         )
     else:
         inner = RandomSelector(
@@ -184,6 +221,7 @@ def build_strategy_setup(
             seconds_key=k.SIM_SECONDS,
         )
         filters.append(deadline.filter)
+    filters.append(measured_energy)
     return StrategySetup(
         strategy=build_strategy(config.strategy, params),
         params=params,

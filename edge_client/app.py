@@ -17,6 +17,7 @@ from flwr.clientapp.typing import Mod
 from edge_client.data import ClientData, partition_data
 from edge_client.dp_mods import distributed_dp_share
 from edge_client.dp_training import train_with_dp
+from edge_client.energy import energy_mod
 from edge_client.protocol import keys as k
 from edge_client.secagg_client import PreMaskTransform, register_secagg
 from edge_client.settings import ClientSettings
@@ -129,4 +130,4 @@ def build_client_app(
 
 
 # The component Flower loads (`[tool.flwr.app.components] clientapp`).
-app = build_client_app(mods=[site_mod])
+app = build_client_app(mods=[site_mod, energy_mod])  # energy inside: the audit sees it

@@ -62,6 +62,10 @@ dp-clip = 1.0                # this site's per-sample gradient L2 bound when req
 require-secagg = false       # refuse rounds whose updates are not securely aggregated
 min-secagg-sites = 2         # refuse a secure-aggregation round with fewer participants
 
+[energy]                     # measure each training's energy and CO2 with codecarbon
+codecarbon = false           # needs `pip install fedfleet[energy]`
+country-iso-code = "DEU"     # the grid whose average intensity codecarbon applies (ISO 3166 alpha-3)
+
 [code]                       # what code this site runs; anything else is refused unstarted
 fedfleet-app = true          # fedfleet's own ClientApp (edge_client.app:app) as installed here
 fab-sha256 = []              # other Flower apps, by the SHA-256 of their .fab (64 hex digits)
@@ -84,6 +88,7 @@ _ALLOWED: dict[str, set[str]] = {
         "min-secagg-sites",
     },
     "code": {"fedfleet-app", "fab-sha256"},
+    "energy": {"codecarbon", "country-iso-code"},
 }
 FEDFLEET_CLIENTAPP = "edge_client.app:app"  # the component of fedfleet's own ClientApp
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -130,6 +135,15 @@ class CodePins:
 
 
 @dataclass(frozen=True)
+class EnergySettings:
+    """``[energy]``: measure each training with codecarbon's offline tracker, at the
+    average intensity of ``country_iso_code``'s grid (ISO 3166 alpha-3)."""
+
+    codecarbon: bool = False
+    country_iso_code: str = "DEU"
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     """A parsed ``site.toml`` (paths resolved)."""
 
@@ -145,6 +159,7 @@ class SiteConfig:
     data: DataSpec
     policy: SitePolicy
     code: CodePins = CodePins()
+    energy: EnergySettings = EnergySettings()
 
     @classmethod
     def load(cls, path: Path) -> SiteConfig:
@@ -233,7 +248,20 @@ class SiteConfig:
                 fedfleet_app=get.get_bool("code", "fedfleet-app", default=True),
                 fab_sha256=frozenset(pins),
             ),
+            energy=_energy(get, source=source.name),
         )
+
+
+def _energy(get: _Getter, *, source: str) -> EnergySettings:
+    country = get.get_str("energy", "country-iso-code", default="DEU")
+    if not re.fullmatch(r"[A-Z]{3}", country):
+        raise ValueError(
+            f"{source}: energy.country-iso-code {country!r} must be an ISO 3166 alpha-3 "
+            "code such as DEU or FRA"
+        )
+    return EnergySettings(
+        codecarbon=get.get_bool("energy", "codecarbon", default=False), country_iso_code=country
+    )
 
 
 def _key_paths(

@@ -133,7 +133,8 @@ SpeedsOption = Annotated[
 SelectionOption = Annotated[
     str | None,
     typer.Option(
-        help=f"Client selection: random | device-aware. (default: {_default('selection')})"
+        help="Client selection: random | device-aware | carbon-aware | battery-aware. "
+        f"(default: {_default('selection')})"
     ),
 ]
 
@@ -207,6 +208,29 @@ DevicesOption = Annotated[
     typer.Option(
         help="Simulated device mix NAME=FRACTION,... of jetson-orin, rpi5, rpi4, cpu-x86, "
         "phone-like; reports simulated wall-clock per round. (default: off)"
+    ),
+]
+
+CarbonTraceOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Hourly carbon-intensity CSV (timestamp,region,gco2_per_kwh) or a shipped "
+        "trace (europe-2023); records energy_kwh and co2_g (needs --devices). (default: off)"
+    ),
+]
+
+RegionsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Grid regions of the clients REGION=FRACTION,... (e.g. FR=0.5,PL=0.5). "
+        "(default: the region in each device profile's power table)"
+    ),
+]
+
+RoundHoursOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Simulated hours from one round's start to the next (0: back to back). (default: 0)"
     ),
 ]
 
@@ -343,6 +367,9 @@ def simulate(
     dropout: DropoutOption = None,
     dropout_stage: DropoutStageOption = None,
     devices: DevicesOption = None,
+    carbon_trace: CarbonTraceOption = None,
+    regions: RegionsOption = None,
+    round_hours: RoundHoursOption = None,
     app: AppOption = None,
     app_config: AppConfigOption = None,
     threads: ThreadsOption = None,

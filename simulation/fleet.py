@@ -17,7 +17,13 @@ The in-process engine consults a :class:`SimulatedFleet` for every instruction:
 All random draws are functions of (seed, node, hour or per-node instruction count), so
 a run is reproducible and independent of the order in which the engine executes clients.
 The clock itself is the coordinator's: after each round the engine sets ``now_s`` to the
-simulated time the coordinator reports (``sim_time_s``).
+simulated time the coordinator reports (``sim_time_s``), or to the next round's scheduled
+start when rounds are spaced (``round_hours``).
+
+With a carbon ledger (``--carbon-trace``) each client draws from a grid region
+(``--regions``, else its profile's ``[power] region``); ``stamp`` charges each completed
+instruction's energy at the region's intensity in the current simulated hour, and
+``telemetry`` reports region and intensity to selectors (``--selection carbon-aware``).
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ import numpy as np
 from flwr.app import Message, MetricRecord
 
 from edge_client.protocol import keys as k
+from simulation.carbon.accounting import CarbonLedger, RegionMix, assign_regions
 from simulation.devices import (
+    ClientTiming,
     DeviceMix,
     DeviceProfile,
     MessageKind,
     assign_devices,
-    client_duration_s,
+    client_energy_kwh,
+    client_timing,
     draw_slowdown,
     get_profile,
     relative_speed,
@@ -85,9 +94,14 @@ class SimulatedFleet:
         task: str,
         seed: int,
         start_hour: float = START_HOUR,
+        round_hours: float = 0.0,
+        regions: RegionMix | None = None,
+        carbon: CarbonLedger | None = None,
     ) -> None:
         if not 0.0 <= start_hour < 24.0:
             raise ValueError("start_hour must be in [0, 24)")
+        if not (round_hours >= 0 and math.isfinite(round_hours)):
+            raise ValueError("round_hours must be >= 0")
         self.mix = mix
         self.task = task
         self.seed = seed
@@ -103,6 +117,32 @@ class SimulatedFleet:
         self._stats = FleetStats()
         self._online: tuple[int, list[int]] | None = None
         self._deferred: set[int] = set()  # nodes to drop at their next message
+        self.round_hours = round_hours
+        self.carbon = carbon
+        self._regions: list[str | None] = (
+            list(assign_regions(num_nodes, regions, seed=seed))
+            if regions is not None
+            else [get_profile(n).region for n in names]
+        )
+        if carbon is not None:
+            self._check_carbon(carbon)
+
+    def _check_carbon(self, carbon: CarbonLedger) -> None:
+        """Refuse, before round 1, regions the trace lacks and profiles without watts."""
+        for profile in self._profiles:
+            if profile.train_w is None or profile.idle_w is None:
+                raise ValueError(
+                    f"device profile {profile.name!r} has no [power] train-w and idle-w; "
+                    "add them to use --carbon-trace"
+                )
+        for region in sorted({r or "" for r in self._regions}):
+            if not region:
+                raise ValueError(
+                    "some clients have no grid region; give --regions or a [power] region "
+                    "in their device profiles"
+                )
+            if region not in carbon.trace.intensities:
+                raise ValueError(carbon.trace.unknown_region(region) + " (check --regions)")
 
     # -- who is who --------------------------------------------------------------------
     def _index(self, node_id: int) -> int:
@@ -114,6 +154,17 @@ class SimulatedFleet:
     def profile_of(self, node_id: int) -> DeviceProfile:
         """The device profile of ``node_id``."""
         return self._profiles[int(self._kind[self._index(node_id)])]
+
+    def region_of(self, node_id: int) -> str | None:
+        """The grid region ``node_id`` draws power from (``None``: not known)."""
+        return self._regions[self._index(node_id)]
+
+    def carbon_intensity(self, node_id: int) -> float | None:
+        """g CO2/kWh of the node's grid now (``None`` without a carbon trace)."""
+        region = self.region_of(node_id)
+        if self.carbon is None or region is None:
+            return None
+        return self.carbon.trace.intensity(region, self._slot())
 
     def counts(self) -> dict[str, int]:
         """How many clients have each profile."""
@@ -155,6 +206,9 @@ class SimulatedFleet:
         return NodeStatus(
             available=self.online(node_id),
             speed=relative_speed(self.profile_of(node_id), self.task),
+            region=self.region_of(node_id),
+            carbon_intensity=self.carbon_intensity(node_id),
+            power_w=self.profile_of(node_id).train_w,
         )
 
     # -- one instruction ---------------------------------------------------------------
@@ -194,12 +248,16 @@ class SimulatedFleet:
 
     def duration_s(self, message: Message, reply: Message) -> float:
         """Seconds the device took for ``message`` → ``reply`` (download to upload)."""
+        return self.timing(message, reply).total_s
+
+    def timing(self, message: Message, reply: Message) -> ClientTiming:
+        """Compute and transfer seconds of ``message`` → ``reply`` on the device."""
         node = message.metadata.dst_node_id
         kind: MessageKind = (
             "train" if message.metadata.message_type.startswith("train") else ("evaluate")
         )
         _, slowdown = self._draws(node)
-        return client_duration_s(
+        return client_timing(
             self.profile_of(node),
             task=self.task,
             num_examples=_metric_int(reply, k.NUM_EXAMPLES),
@@ -219,7 +277,16 @@ class SimulatedFleet:
         (``sim-seconds``)."""
         if reply.has_error():
             return reply
-        seconds = self.duration_s(message, reply)
+        timing = self.timing(message, reply)
+        seconds = timing.total_s
+        if self.carbon is not None:
+            node = message.metadata.dst_node_id
+            self.carbon.charge(
+                node_id=node,
+                region=str(self.region_of(node)),
+                hour=self._slot(),
+                energy_kwh=client_energy_kwh(self.profile_of(node), timing),
+            )
         self._stats.bytes_up += payload_bytes(reply)
         self._stats.seconds.append(seconds)
         if not write:
@@ -240,7 +307,8 @@ class SimulatedFleet:
         (instructions that never came back), ``timed_out`` (replies past a server's timeout,
         third-party apps only), ``bytes_down``/``bytes_up`` (array payload
         bytes sent to and received from devices), ``sim_median_s``/``sim_slowest_s``
-        (device durations of the replies that came back: the stragglers).
+        (device durations of the replies that came back: the stragglers); with a carbon
+        ledger, ``energy_kwh`` and ``co2_g`` (the round's total over its clients).
         """
         s = self._stats
         stats: dict[str, float] = {
@@ -251,11 +319,19 @@ class SimulatedFleet:
             "bytes_down": float(s.bytes_down),
             "bytes_up": float(s.bytes_up),
         }
+        if self.carbon is not None:
+            stats.update(self.carbon.take_round())
         if s.seconds:
             stats["sim_median_s"] = float(np.median(s.seconds))
             stats["sim_slowest_s"] = float(max(s.seconds))
         self._stats = FleetStats()
         return stats
+
+    def end_round(self, server_round: int, sim_time_s: float | None) -> None:
+        """After ``server_round``: move the clock to the coordinator's simulated time, and
+        to the next round's scheduled start (``round_hours`` after the first round's)."""
+        scheduled = server_round * self.round_hours * 3600.0
+        self.advance_to(max(scheduled, sim_time_s or 0.0))
 
     def advance_to(self, sim_time_s: float) -> None:
         """Set the simulated clock (never backwards)."""

@@ -130,14 +130,19 @@ def run_inprocess_engine(
     """fedfleet's apps on the in-process engine, with the simulated fleet if any."""
     from coordinator.app import build_server_app
     from simulation.apps import batches_training, build_simulation_client_app
-    from simulation.fleet_settings import build_fleet, fleet_round_stats, grid_summary
+    from simulation.fleet_settings import (
+        build_fleet,
+        fleet_round_stats,
+        fleet_sections,
+        grid_summary,
+    )
     from simulation.inprocess import run_inprocess
 
     fleet = build_fleet(settings)
 
     def on_round_inprocess(record: RoundRecord) -> None:
         if fleet is not None:
-            fleet_round_stats(fleet, record.extra)
+            fleet_round_stats(fleet, record.extra, server_round=record.round)
         on_round(record)
 
     client_app = build_simulation_client_app()  # simulation mods: simulation/apps.py
@@ -145,6 +150,7 @@ def run_inprocess_engine(
         server_app=build_server_app(
             on_round=on_round_inprocess,
             telemetry=fleet.telemetry if fleet is not None else None,
+            sections=fleet_sections(fleet),
         ),
         client_app=client_app,
         num_nodes=settings.clients,

@@ -67,6 +67,9 @@ FEDFLEET_APP_ONLY = (
     "speeds",
     "selection",
     "over_select",
+    "carbon_trace",
+    "regions",
+    "round_hours",
     "deadline",
     "secagg",
     "dropout",
@@ -115,6 +118,10 @@ class SimulateSettings:
     devices: str = ""
     app: str = ""
     app_config: str = ""
+    # carbon accounting and carbon-aware selection (issue 19): simulation/fleet_settings.py
+    carbon_trace: str = ""
+    regions: str = ""
+    round_hours: float = 0.0
     threads: int = 1  # torch intra-op threads of the in-process engine; 0 = torch's default
     # differential privacy (issue 4): see simulation/dp_settings.py
     dp: str = _DP.mode

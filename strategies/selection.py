@@ -34,11 +34,19 @@ if TYPE_CHECKING:  # annotations only: validating --selection must not load Flow
 
 SIM_SECONDS_KEY = "sim-seconds"  # reply metric with a client's simulated train+upload seconds
 # Run-config keys parsed by SelectionConfig.from_run_config.
-RC_SELECTION = "selection"  # random | device-aware
+RC_SELECTION = "selection"  # random | device-aware | carbon-aware | battery-aware
 RC_OVER_SELECT = "over-select"  # fraction of extra clients to start, >= 0
 RC_DEADLINE_S = "deadline-s"  # round deadline in simulated seconds, 0 = none
 RC_MIN_BATTERY = "min-battery"  # state of charge in [0, 1]
-SelectionMode = Literal["random", "device-aware"]
+RC_MIN_PER_GROUP = "min-per-group"  # participation floor of carbon/battery-aware selection
+RC_REST_ROUNDS = "rest-rounds"  # rounds a node chosen by preference rests (carbon/battery)
+SelectionMode = Literal["random", "device-aware", "carbon-aware", "battery-aware"]
+SELECTION_MODES: tuple[SelectionMode, ...] = (
+    "random",
+    "device-aware",
+    "carbon-aware",
+    "battery-aware",
+)
 
 
 @dataclass(frozen=True)
@@ -46,13 +54,18 @@ class NodeStatus:
     """What telemetry says about a device now; ``None`` where it says nothing.
 
     ``battery`` is the state of charge in [0, 1]; ``speed`` the device profile's
-    training speed relative to a reference device (2.0 = twice as fast).
+    training speed relative to a reference device (2.0 = twice as fast); ``region`` the
+    grid region (or any group) it belongs to; ``carbon_intensity`` its grid's g CO2/kWh now;
+    ``power_w`` its draw while training, in watts.
     """
 
     available: bool = True
     battery: float | None = None
     charging: bool | None = None
     speed: float | None = None
+    region: str | None = None
+    carbon_intensity: float | None = None
+    power_w: float | None = None
 
 
 TelemetrySource = Callable[[int], NodeStatus | None]
@@ -286,23 +299,34 @@ class RoundDeadline:
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    """Selection settings from the run config: ``selection`` (random | device-aware),
-    ``over-select`` (fraction ≥ 0), ``deadline-s`` (simulated seconds, 0 = none),
-    ``min-battery`` (state of charge in [0, 1])."""
+    """Selection settings from the run config: ``selection`` (random | device-aware |
+    carbon-aware | battery-aware), ``over-select`` (fraction ≥ 0), ``deadline-s``
+    (simulated seconds, 0 = none), ``min-battery`` (state of charge in [0, 1]),
+    ``min-per-group`` (clients each group gets per round under carbon- or
+    battery-aware selection, ≥ 0), ``rest-rounds`` (rounds before their preference
+    pass may choose a node again, ≥ 0)."""
 
     mode: SelectionMode = "random"
     over_select: float = 0.0
     deadline_s: float | None = None
     min_battery: float = 0.2
+    min_per_group: int = 1
+    rest_rounds: int = 1
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> SelectionConfig:
         mode = str(run_config.get(RC_SELECTION, "random"))
-        if mode not in ("random", "device-aware"):
-            raise ValueError(f"unknown selection {mode!r}; choose random or device-aware")
+        if mode not in SELECTION_MODES:
+            raise ValueError(f"unknown selection {mode!r}; choose {' | '.join(SELECTION_MODES)}")
         over = _number(run_config, RC_OVER_SELECT, 0.0)
         deadline = _number(run_config, RC_DEADLINE_S, 0.0)
         battery = _number(run_config, RC_MIN_BATTERY, 0.2)
+        floor = _number(run_config, RC_MIN_PER_GROUP, 1)
+        if floor < 0 or floor != int(floor):
+            raise ValueError("min-per-group must be a whole number >= 0 (0: no floor)")
+        rest = _number(run_config, RC_REST_ROUNDS, 1)
+        if rest < 0 or rest != int(rest):
+            raise ValueError("rest-rounds must be a whole number >= 0")
         if over < 0:
             raise ValueError("over-select must be >= 0 (0.3 starts 30% more clients)")
         if deadline < 0:
@@ -314,6 +338,8 @@ class SelectionConfig:
             over_select=over,
             deadline_s=deadline or None,
             min_battery=battery,
+            min_per_group=int(floor),
+            rest_rounds=int(rest),
         )
 
 

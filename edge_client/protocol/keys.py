@@ -34,6 +34,10 @@ EVAL_ACCURACY: Final = "eval-acc"
 # The simulated seconds a device took to train and upload (simulation only; the
 # coordinator orders arrivals by it when the run's clock is "simulated").
 SIM_SECONDS: Final = "sim-seconds"
+# MetricRecord keys of a train reply whose site measures its energy (codecarbon,
+# `[energy] codecarbon = true` in site.toml; docs/carbon.md).
+ENERGY_KWH: Final = "energy-kwh"  # kWh the site spent on this training
+CO2_G: Final = "co2-g"  # grams CO2-eq of that energy at the site's grid
 # MetricRecord keys of a DP train reply (docs/privacy.md).
 DP_EPSILON: Final = "dp-epsilon"  # the site's ε spent on this task after this training
 DP_NOISE_MULTIPLIER: Final = "dp-noise-multiplier"

@@ -9,7 +9,11 @@ duplicates. A profile gives
   compute time;
 - network: downlink and uplink bandwidth (Mbit/s) and one-way latency (ms);
 - availability: the probability of being online for each hour of the local day;
-- reliability: the probability of dropping out during an instruction.
+- reliability: the probability of dropping out during an instruction;
+- power (optional ``[power]``): watts while training (``train-w``) and while idle or
+  transferring (``idle-w``), battery capacity in Wh (``battery-wh``, 0 = mains
+  powered), and a default grid ``region`` for carbon accounting (``simulation.carbon``).
+  Profiles without it still load; carbon accounting then asks for it.
 
 :func:`client_duration_s` is the one timing model: the seconds a device needs to
 download an instruction, compute and upload its reply. The simulator stamps it on
@@ -23,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import tomllib
@@ -51,6 +55,10 @@ class DeviceProfile:
     latency_ms: float
     hourly_availability: tuple[float, ...]
     dropout: float
+    train_w: float | None = None
+    idle_w: float | None = None
+    battery_wh: float = 0.0
+    region: str | None = None
     source: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -73,6 +81,11 @@ class DeviceProfile:
                 raise ValueError(f"{where}: {key} must be >= 0, got {value!r}")
         if len(self.hourly_availability) != 24:
             raise ValueError(f"{where}: availability.hourly needs 24 values (00:00 .. 23:00)")
+        for key, watts in (("power.train-w", self.train_w), ("power.idle-w", self.idle_w)):
+            if watts is not None and not (watts >= 0 and math.isfinite(watts)):
+                raise ValueError(f"{where}: {key} must be a number of watts >= 0, got {watts!r}")
+        if not (self.battery_wh >= 0 and math.isfinite(self.battery_wh)):
+            raise ValueError(f"{where}: power.battery-wh must be >= 0 (0 = mains powered)")
         for p in (*self.hourly_availability, self.dropout):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{where}: probabilities must lie in [0, 1], got {p!r}")
@@ -108,12 +121,28 @@ class DeviceProfile:
                 latency_ms=float(network.get("latency-ms", 0.0)),
                 hourly_availability=tuple(float(p) for p in raw["availability"]["hourly"]),
                 dropout=float(raw.get("reliability", {}).get("dropout", 0.0)),
+                train_w=_watts(raw.get("power", {}), "train-w"),
+                idle_w=_watts(raw.get("power", {}), "idle-w"),
+                battery_wh=float(raw.get("power", {}).get("battery-wh", 0.0)),
+                region=_region(raw.get("power", {})),
                 source=path,
             )
         except KeyError as exc:
             raise ValueError(f"device profile {path} lacks the key {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
             raise ValueError(f"device profile {path}: {exc}") from None
+
+
+def _watts(power: Mapping[str, Any], key: str) -> float | None:
+    """An optional ``[power]`` wattage."""
+    value = power.get(key)
+    return None if value is None else float(value)
+
+
+def _region(power: Mapping[str, Any]) -> str | None:
+    """The optional ``[power] region``."""
+    value = power.get("region")
+    return None if value is None else str(value)
 
 
 _PROFILES: dict[str, DeviceProfile] = {}
@@ -159,6 +188,43 @@ def relative_speed(profile: DeviceProfile, task: str) -> float:
     return reference / profile.seconds_per_example_for(task)
 
 
+@dataclass(frozen=True)
+class ClientTiming:
+    """Where an instruction's seconds go: ``compute_s`` (overhead + training or
+    evaluation) and ``transfer_s`` (latency both ways, download and upload)."""
+
+    compute_s: float
+    transfer_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.transfer_s + self.compute_s
+
+
+def client_timing(
+    profile: DeviceProfile,
+    *,
+    task: str,
+    num_examples: int,
+    model_bytes: int,
+    upload_bytes: int | None = None,
+    epochs: int = 1,
+    kind: MessageKind = "train",
+    slowdown: float = 1.0,
+) -> ClientTiming:
+    """The parts of :func:`client_duration_s` (same arguments)."""
+    if num_examples < 0 or model_bytes < 0 or epochs < 0:
+        raise ValueError("num_examples, model_bytes and epochs must be >= 0")
+    up = model_bytes if upload_bytes is None else upload_bytes
+    per_example = profile.seconds_per_example_for(task)
+    work = num_examples * (epochs if kind == "train" else EVALUATE_COST_FRACTION)
+    latency = profile.latency_ms / 1000.0
+    download = model_bytes * 8 / (profile.downlink_mbps * 1e6)
+    upload = up * 8 / (profile.uplink_mbps * 1e6)
+    compute = profile.overhead_s + per_example * work * slowdown
+    return ClientTiming(compute_s=compute, transfer_s=latency + download + latency + upload)
+
+
 def client_duration_s(
     profile: DeviceProfile,
     *,
@@ -178,16 +244,33 @@ def client_duration_s(
     third of one epoch for evaluation (a forward pass only). ``slowdown`` is the
     round's random compute factor (1.0 = nominal; see :func:`draw_slowdown`).
     """
-    if num_examples < 0 or model_bytes < 0 or epochs < 0:
-        raise ValueError("num_examples, model_bytes and epochs must be >= 0")
-    up = model_bytes if upload_bytes is None else upload_bytes
-    per_example = profile.seconds_per_example_for(task)
-    work = num_examples * (epochs if kind == "train" else EVALUATE_COST_FRACTION)
-    latency = profile.latency_ms / 1000.0
-    download = model_bytes * 8 / (profile.downlink_mbps * 1e6)
-    upload = up * 8 / (profile.uplink_mbps * 1e6)
-    compute = profile.overhead_s + per_example * work * slowdown
-    return latency + download + compute + latency + upload
+    timing = client_timing(
+        profile,
+        task=task,
+        num_examples=num_examples,
+        model_bytes=model_bytes,
+        upload_bytes=upload_bytes,
+        epochs=epochs,
+        kind=kind,
+        slowdown=slowdown,
+    )
+    return timing.transfer_s + timing.compute_s
+
+
+def client_energy_kwh(profile: DeviceProfile, timing: ClientTiming) -> float:
+    """kWh a device spends on one instruction: ``train-w`` × compute seconds +
+    ``idle-w`` × transfer seconds (the radio's extra draw is within idle power).
+
+    Raises:
+        ValueError: the profile has no ``[power]`` watts.
+    """
+    if profile.train_w is None or profile.idle_w is None:
+        raise ValueError(
+            f"device profile {profile.name!r} has no [power] train-w and idle-w; "
+            "add them to its TOML to account energy and CO2"
+        )
+    joules = profile.train_w * timing.compute_s + profile.idle_w * timing.transfer_s
+    return joules / 3.6e6
 
 
 def draw_slowdown(profile: DeviceProfile, rng: np.random.Generator) -> float:

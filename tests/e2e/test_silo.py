@@ -324,3 +324,25 @@ def test_coordinator_killed_then_resumed_equals_uninterrupted_run(fed: SiloFeder
         state.rounds(),
         reference.rounds(),
     )
+
+
+def test_sites_measuring_energy_report_it_per_round(fed: SiloFederation) -> None:
+    # Prepare: every site turns codecarbon on in its own site.toml (read per message).
+    pytest.importorskip("codecarbon")
+    originals = {site.config: site.config.read_text() for site in fed.sites}
+    for path, text in originals.items():
+        path.write_text(text.replace("codecarbon = false", "codecarbon = true"))
+    try:
+        # Execute: a plain run (no secure aggregation: its stages are not measured)
+        state = fed.submit({**BASE_RUN, "num-server-rounds": 2})
+        fed.wait_finished(state, timeout=600)
+    finally:
+        for path, text in originals.items():
+            path.write_text(text)
+    # Assert: each round's energy and CO2, summed over the three sites' measurements
+    rounds = state.rounds()
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        assert r["clients"] == 3
+        assert r["energy_kwh"] > 0 and r["co2_g"] > 0, r
+        assert 100 < r["co2_g"] / r["energy_kwh"] < 1000  # codecarbon's DEU average, g/kWh

@@ -126,7 +126,9 @@ def test_deadline_passes_untimed_replies_through(make_reply) -> None:
 @pytest.mark.parametrize(
     ("run_config", "message"),
     [
-        ({"selection": "fastest"}, "random or device-aware"),
+        ({"selection": "fastest"}, "random | device-aware | carbon-aware | battery-aware"),
+        ({"min-per-group": -1}, "min-per-group"),
+        ({"min-per-group": 1.5}, "min-per-group"),
         ({"over-select": -0.1}, "over-select"),
         ({"deadline-s": -5}, "deadline-s"),
         ({"min-battery": 1.5}, "min-battery"),

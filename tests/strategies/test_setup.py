@@ -21,14 +21,15 @@ def test_synchronous_setup_guards_every_reply() -> None:
     assert isinstance(setup.exchange, RecordingExchange)
     assert isinstance(setup.exchange.inner, PlainExchange)
     assert isinstance(setup.selector, RandomSelector)
-    assert _names(setup.reply_filters) == ["filter"]  # the update guard
+    # the update guard, then the sites' measured energy (summed when replies carry it)
+    assert _names(setup.reply_filters) == ["filter", "measured_energy"]
 
 
 def test_secure_aggregation_replaces_the_exchange_and_drops_the_guard() -> None:
     secure = PlainExchange()
     setup = build_strategy_setup(CONFIG, {"secagg": True}, exchange=secure)
     assert setup.exchange is secure
-    assert setup.reply_filters == []
+    assert _names(setup.reply_filters) == ["measured_energy"]
 
 
 def test_device_aware_selection_on_the_simulated_clock() -> None:
@@ -36,7 +37,7 @@ def test_device_aware_selection_on_the_simulated_clock() -> None:
     setup = build_strategy_setup(CONFIG, rc)
     assert isinstance(setup.selector, DeviceAwareSelector)
     assert len(setup.selector.select(1, list(range(1000, 1020)))) == 13
-    assert _names(setup.reply_filters) == ["filter", "observe", "filter"]
+    assert _names(setup.reply_filters) == ["filter", "observe", "filter", "measured_energy"]
 
 
 def test_fedbuff_gets_the_buffered_exchange_and_top_up_selection() -> None:
@@ -48,7 +49,7 @@ def test_fedbuff_gets_the_buffered_exchange_and_top_up_selection() -> None:
     assert isinstance(setup.exchange.inner, BufferedExchange)
     assert setup.exchange.inner.buffer_size == 3
     assert isinstance(setup.selector, TopUpSelector) and setup.selector.concurrency == 8
-    assert _names(setup.reply_filters) == ["filter", "round_stats"]
+    assert _names(setup.reply_filters) == ["filter", "round_stats", "measured_energy"]
 
 
 def test_quorum_rises_to_what_the_aggregator_needs() -> None:
