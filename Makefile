@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --progress-bar on "torch==2.13.0"
-	$(BIN)/python -m pip install --progress-bar on -e ".[server,site,dev,litert]"
+	$(BIN)/python -m pip install --progress-bar on -e ".[server,site,dev,litert,energy]"
 	touch $(STAMP)
 
 # TFLite conversion (coordinator side, ~0.95 GB), installed without dependency resolution:
