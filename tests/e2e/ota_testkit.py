@@ -257,7 +257,7 @@ class OtaFleet:
 
 
 def _json(**fields: object) -> bytes:
-    return json.dumps({"schema": 1, **fields}).encode()
+    return json.dumps({"schema": 2, **fields}).encode()
 
 
 # The findings' payloads, each a valid shape but for one value (or no shape at all).
@@ -280,8 +280,8 @@ POISONS: dict[str, bytes] = {
     "id-2^70-ack": _json(
         type="ack", command_id="x", ok=True, action="install", model_version_id=2**70
     ),
-    "non-utf8": b'{"schema":1,"type":"heartbeat","uptime_s":1,"\xff\xfe":2}',
-    "huge-2mb": b'{"schema":1,"type":"heartbeat","uptime_s":1,"pad":"' + b"x" * 2_000_000 + b'"}',
+    "non-utf8": b'{"schema":2,"type":"heartbeat","uptime_s":1,"\xff\xfe":2}',
+    "huge-2mb": b'{"schema":2,"type":"heartbeat","uptime_s":1,"pad":"' + b"x" * 2_000_000 + b'"}',
 }
 
 
