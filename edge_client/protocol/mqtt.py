@@ -68,8 +68,9 @@ MAX_BINS = 1001  # bins per feature (edges per feature: MAX_BINS - 1)
 MAX_CLASSES = 1000  # predicted classes counted in one telemetry message
 MAX_TEXT = 4096  # any string field (command_id: 128)
 
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# ``\Z``, not ``$``: ``$`` also matches before a trailing newline ("<64 hex>\n").
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 
 Channel = Literal["status", "heartbeat", "telemetry", "ack", "chunk-req", "cmd", "chunk"]
 UPLINK: tuple[Channel, ...] = ("status", "heartbeat", "telemetry", "ack", "chunk-req")
@@ -388,6 +389,8 @@ def check_message(message: Message) -> None:
     elif isinstance(message, Ack):
         if not message.command_id or len(message.command_id) > 128:
             raise ProtocolError("command_id must be 1-128 characters")
+        if message.action not in ACTIONS:
+            raise ProtocolError(f"unknown action {message.action!r}; expected one of {ACTIONS}")
     elif isinstance(message, Heartbeat):
         _check_seconds("uptime_s", message.uptime_s)
     for name in ("model_version_id", "rollout_id"):
@@ -412,9 +415,9 @@ def _check_command(message: Command) -> None:
         raise ProtocolError(
             f"telemetry_bins holds at most {MAX_FEATURES} features of {MAX_BINS - 1} edges"
         )
-    if message.action == "install":
-        if message.artifact is None:
-            raise ProtocolError("an install command needs an artifact")
+    if message.action == "install" and message.artifact is None:
+        raise ProtocolError("an install command needs an artifact")
+    if message.artifact is not None:  # whatever the action: a present artifact is checked
         _check_artifact(message.artifact)
 
 
@@ -498,6 +501,8 @@ def decode_chunk(frame: bytes) -> Chunk:
         raise ProtocolError("chunk header nested too deeply") from None
     if not isinstance(header, dict) or header.get("schema") != CHUNK_SCHEMA:
         raise ProtocolError("chunk header has an unknown schema version")
+    if set(header) != {"schema", "transfer_id", "index"}:
+        raise ProtocolError("chunk header holds exactly schema, transfer_id and index")
     transfer_id, index = header.get("transfer_id"), header.get("index")
     if not isinstance(transfer_id, str) or not _SHA256.match(transfer_id):
         raise ProtocolError("chunk transfer_id must be a SHA-256")
