@@ -22,7 +22,7 @@ SCHEMA_DIR = Path(__file__).resolve().parent / f"v{PROTOCOL_VERSION}"
 
 # Message type ("type" field) or other document -> its schema file in SCHEMA_DIR.
 MESSAGES = ("status", "heartbeat", "telemetry", "command", "ack", "chunk-req")
-DOCUMENTS = MESSAGES + ("chunk-header", "command-envelope", "drift-reference")
+DOCUMENTS = (*MESSAGES, "chunk-header", "command-envelope", "drift-reference")
 # Topic channel -> the message type it carries.
 CHANNEL_MESSAGE = {
     "status": "status",
