@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from ota_testkit import DeviceClient, OtaFleet, stored_seqs, wait_for
 from edge_client.protocol import mqtt as proto
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+FEDFLEET = str(Path(sys.executable).parent / "fedfleet")
 
 
 def _fleet(tmp_path: Path, *, v1_until: float | None) -> OtaFleet:
@@ -141,3 +144,52 @@ def test_the_window_closes_at_its_date(open_window: OtaFleet) -> None:
     until = bridge.settings.v1_until
     assert until is not None
     assert bridge.v1_accepted(now=until - 1) and not bridge.v1_accepted(now=until)
+
+
+def test_the_fleet_mqtt_process_refuses_v1_unless_its_window_is_open(tmp_path: Path) -> None:
+    # Prepare: the real broker and one enrolled device speaking v1 over its own session.
+    fleet = OtaFleet(tmp_path, devices=1)
+    fleet.broker.start()
+    device = DeviceClient(fleet, fleet.devices[0])
+    log = tmp_path / "fleet-mqtt.log"
+    base = [
+        *(FEDFLEET, "fleet", "mqtt", "--broker-port", str(fleet.broker.port)),
+        *("--password-file", str(tmp_path / "broker" / "fleet.pass")),
+        *("--database-url", f"sqlite:///{tmp_path / 'fleet.db'}"),
+    ]
+    env = {**os.environ, "FEDFLEET_FLEET_DATA_DIR": str(tmp_path)}
+    service: subprocess.Popen[bytes] | None = None
+
+    def run(extra: list[str]) -> subprocess.Popen[bytes]:
+        with open(log, "wb") as out:
+            process = subprocess.Popen(base + extra, env=env, stdout=out, stderr=subprocess.STDOUT)
+        wait_for(lambda: "connected to" in log.read_text(), timeout_s=60, what="fleet mqtt")
+        return process
+
+    try:
+        # Execute / Assert: no window (the default) -> the v1 message is refused, named.
+        service = run([])
+        device.send("telemetry", _v1_telemetry(1))
+        wait_for(
+            lambda: "protocol v1" in log.read_text().split("connected to")[-1],
+            timeout_s=30,
+            what="refusal",
+        )
+        text = log.read_text()
+        assert "device protocol v2 only: v1 devices are refused" in text, text
+        assert f"device {device.device_id}: message refused" in text, text
+        assert "a device protocol v1 message (schema 1)" in text, text
+        assert 1 not in stored_seqs(fleet, device.device_id)
+        service.terminate()
+        assert service.wait(timeout=15) == 0
+        # With a window that is still open, the same v1 device is served.
+        service = run(["--protocol-v1-until", "2999-01-01"])
+        assert "v1 devices served until 2999-01-01T00:00:00+00:00" in log.read_text()
+        device.send("telemetry", _v1_telemetry(2))
+        wait_for(lambda: 2 in stored_seqs(fleet, device.device_id), timeout_s=30, what="v1 row")
+    finally:
+        if service is not None and service.poll() is None:
+            service.terminate()
+            service.wait(timeout=15)
+        device.close()
+        fleet.close()
