@@ -79,7 +79,7 @@ def test_a_v1_device_keeps_working_during_the_migration_window(open_window: OtaF
                 device.device_id,
                 proto.Command(command_id=f"back-{device.device_id}", action="rollback"),
             )
-        wait_for(lambda: old.frames and new.frames, timeout_s=10, what="both commands")
+        wait_for(lambda: bool(old.frames and new.frames), timeout_s=10, what="both commands")
         to_old, to_new = old.frames[0], new.frames[0]
         command = v1.decode(to_old, channel="cmd")  # what a v1 agent reads: no envelope
         assert isinstance(command, v1.Command) and command.action == "rollback"
