@@ -16,13 +16,19 @@ refuses it with 422 unless:
 
 A bundle built from a file (no ``--model``) for a version that holds no checkpoint has
 nothing to be compared with and is accepted: register the checkpoint first to bind it.
+
+**Releases only go up** (:func:`release_conflict`): the manifest's signed ``release`` must
+be greater than the release of every bundle already stored for the same task and target
+(the devices running that task on that target keep a floor and would refuse it; a
+rollout of it could only fail). A bundle without a release (manifest schema 1 or 2) is
+accepted only while no stored bundle of that task and target has one.
 ``fedfleet image publish`` checks the same on the operator's side
 (:func:`firmware_images.registry.publish_bundle`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -78,5 +84,30 @@ def mismatch(
             f"{manifest.source.checkpoint_sha256[:16]}…, which is not model version "
             f"{model_version_id}'s checkpoint; build it with "
             f"`fedfleet image build --model {model_version_id}`"
+        )
+    return None
+
+
+def release_conflict(manifest: Manifest, *, stored: Iterable[tuple[int, int | None]]) -> str | None:
+    """Why ``manifest``'s release is not above every ``(model_version_id, release)`` already
+    stored for its task and target (releases None: bundles from before manifest schema 3,
+    which bind nothing), or None."""
+    known = [(release, version) for version, release in stored if release is not None]
+    if not known:
+        return None
+    top, version = max(known)
+    if manifest.release is None:
+        return (
+            f"the bundle has no release number (manifest schema {manifest.schema}), but "
+            f"release {top} is stored for task {manifest.task!r} on target "
+            f"{manifest.target!r} (model version {version}); build it again with "
+            f"`fedfleet image build` (a release above {top})"
+        )
+    if manifest.release <= top:
+        return (
+            f"bundle release {manifest.release} for task {manifest.task!r} on target "
+            f"{manifest.target!r} is not above release {top}, stored for model version "
+            f"{version}; devices would refuse it as a downgrade: build with "
+            f"`--release` above {top}"
         )
     return None

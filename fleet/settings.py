@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,10 @@ class FleetSettings:
         drift_min_share: ... and at least this fraction of the group's devices on record
             as running the model version.
         drift_min_samples: Inputs per feature a device's window needs to be scored.
+        protocol_v1_until: End of the device protocol v1 migration window (UTC; an
+            ISO 8601 date or time, ``2027-03-31`` = its midnight): until then ``fleet
+            mqtt`` serves devices that speak protocol v1; after it, or when unset, their
+            messages are refused with a log line naming the version.
         session_ttl_s: Lifetime of a dashboard login (seconds).
         cookie_secure: Mark the dashboard cookie ``Secure`` (set when serving over HTTPS,
             directly or behind a TLS-terminating proxy).
@@ -66,6 +71,7 @@ class FleetSettings:
     drift_min_devices: int = 3
     drift_min_share: float = 0.2
     drift_min_samples: int = 100
+    protocol_v1_until: datetime | None = None
     session_ttl_s: int = 8 * 3600
     cookie_secure: bool = False
     migrate_on_start: bool = True
@@ -127,6 +133,7 @@ class FleetSettings:
             "drift_min_devices": int,
             "drift_min_share": float,
             "drift_min_samples": int,
+            "protocol_v1_until": parse_utc,
             "session_ttl_s": int,
             "cookie_secure": _parse_bool,
             "migrate_on_start": _parse_bool,
@@ -164,6 +171,15 @@ class FleetSettings:
     def with_changes(self, **changes: Any) -> FleetSettings:
         """A copy with some fields replaced (validated again)."""
         return replace(self, **changes)
+
+
+def parse_utc(raw: str) -> datetime:
+    """An ISO 8601 date or date-time as an aware UTC datetime (no zone given: UTC)."""
+    try:
+        value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("expected an ISO 8601 date or time, e.g. 2027-03-31") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _parse_bool(raw: str) -> bool:

@@ -16,7 +16,10 @@ Topics (``{d}`` is the device id, which is also its broker user name)::
                                     for every device fetching that artifact (read-only
                                     for devices)
 
-JSON messages are UTF-8 objects with ``"schema": 1`` and ``"type"`` naming the message.
+JSON messages are UTF-8 objects with ``"schema": 2`` (device protocol v2; the normative
+text is ``docs/device-protocol.md``, the JSON Schemas ``schemas/v2/``) and ``"type"``
+naming the message. Protocol v1 messages (``"schema": 1``) are decoded only when the
+receiver asks for them (:func:`decode_versioned`; the fleet, during its migration window).
 An unknown schema version, a wrong type, a missing or mistyped field, or a value out of
 its bounds (the ``MAX_*`` constants below: nesting, integer digits, ids, counts, lengths)
 is refused with a :class:`ProtocolError` — :func:`decode` raises nothing else, whatever
@@ -24,10 +27,8 @@ the bytes (the receiver logs it and ignores the message; it never crashes).
 Chunks are binary: ``b"FFC1"``, a 2-byte big-endian header length, a JSON header, then
 the chunk's bytes.
 
-Schema 1 grows only by additions an older peer survives: a ``chunk-req`` may carry
-``"via": "artifact"`` (answer on the shared artifact topic); it is left out when it is
-``"device"`` (the default), so an older fleet sees exactly the messages it knows and
-refuses only the shared requests, which the device then repeats the old way.
+A ``chunk-req`` may carry ``"via": "artifact"`` (answer on the shared artifact topic); it
+is left out when it is ``"device"`` (the default).
 
 Imports only the standard library (device side).
 """
@@ -41,7 +42,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # device protocol v2 (docs/device-protocol.md)
+V1_SCHEMA = 1  # device protocol v1: what agents before v2 send
+KNOWN_SCHEMAS = (V1_SCHEMA, SCHEMA_VERSION)
+CHUNK_SCHEMA = 1  # the chunk frame's header: unchanged since v1 (its format is ``FFC1``)
 TOPIC_ROOT = "fedfleet/v1"
 QOS = 1
 MAX_JSON_BYTES = 1024 * 1024
@@ -64,8 +68,9 @@ MAX_BINS = 1001  # bins per feature (edges per feature: MAX_BINS - 1)
 MAX_CLASSES = 1000  # predicted classes counted in one telemetry message
 MAX_TEXT = 4096  # any string field (command_id: 128)
 
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# ``\Z``, not ``$``: ``$`` also matches before a trailing newline ("<64 hex>\n").
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 
 Channel = Literal["status", "heartbeat", "telemetry", "ack", "chunk-req", "cmd", "chunk"]
 UPLINK: tuple[Channel, ...] = ("status", "heartbeat", "telemetry", "ack", "chunk-req")
@@ -78,6 +83,18 @@ ACTIONS: tuple[Action, ...] = ("install", "rollback", "ping")
 
 class ProtocolError(ValueError):
     """A message that does not follow this contract; ``str(err)`` says what is wrong."""
+
+
+class VersionRefused(ProtocolError):
+    """A well-known protocol version the receiver does not accept (``schema`` names it)."""
+
+    def __init__(self, schema: int, accepted: tuple[int, ...]) -> None:
+        names = " or ".join(f"v{v} (schema {v})" for v in accepted)
+        super().__init__(
+            f"a device protocol v{schema} message (schema {schema}); this peer accepts "
+            f"{names} only: upgrade the sender (docs/device-protocol.md, Versioning)"
+        )
+        self.schema = schema
 
 
 # --- topics ---------------------------------------------------------------------------
@@ -288,8 +305,13 @@ _CHANNEL_TYPE: dict[str, str] = {
 }
 
 
-def encode(message: Message) -> bytes:
-    """Serialise a message to JSON bytes with the schema version."""
+def encode(message: Message, *, schema: int = SCHEMA_VERSION) -> bytes:
+    """Serialise a message to JSON bytes with the schema version (``V1_SCHEMA``: for a
+    protocol v1 peer, which knows no signed command envelope)."""
+    if schema not in KNOWN_SCHEMAS:
+        raise ValueError(f"schema must be one of {KNOWN_SCHEMAS}, got {schema!r}")
+    if schema == V1_SCHEMA and isinstance(message, Command) and message.signature is not None:
+        raise ValueError("a protocol v1 agent refuses signed commands: send it unsigned")
     check_message(message)
     body = asdict(message)
     if isinstance(message, ChunkRequest) and message.via == "device":
@@ -298,12 +320,21 @@ def encode(message: Message) -> bytes:
         for name in _ENVELOPE_FIELDS:  # unsigned: left out, as agents before them expect
             if body[name] is None:
                 del body[name]
-    body["schema"] = SCHEMA_VERSION
+    body["schema"] = schema
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 def decode(data: bytes, *, channel: Channel | None = None) -> Message:
-    """Parse and validate a JSON message; ``channel`` (when given) fixes the expected type."""
+    """Parse and validate a protocol v2 JSON message; ``channel`` (when given) fixes the
+    expected type. A v1 message is refused with :class:`VersionRefused`."""
+    return decode_versioned(data, channel=channel, accept=(SCHEMA_VERSION,))[1]
+
+
+def decode_versioned(
+    data: bytes, *, channel: Channel | None = None, accept: tuple[int, ...] = KNOWN_SCHEMAS
+) -> tuple[int, Message]:
+    """``(schema, message)`` of a JSON message of one of the ``accept``-ed versions (v1
+    and v2 messages have the same fields; v1 is what an older agent sends)."""
     if len(data) > MAX_JSON_BYTES:
         raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_JSON_BYTES}")
     try:
@@ -320,10 +351,13 @@ def decode(data: bytes, *, channel: Channel | None = None) -> Message:
     if not isinstance(obj, dict):
         raise ProtocolError("a message must be a JSON object")
     schema = obj.pop("schema", None)
-    if schema != SCHEMA_VERSION:
+    if schema not in KNOWN_SCHEMAS or not _is_int(schema):
         raise ProtocolError(
-            f"unknown schema version {schema!r}; this agent speaks schema {SCHEMA_VERSION}"
+            f"unknown schema version {schema!r}; this peer speaks schema {SCHEMA_VERSION} "
+            "(device protocol v2)"
         )
+    if schema not in accept:
+        raise VersionRefused(schema, accept)
     kind = obj.get("type")
     if channel is not None:
         expected = _CHANNEL_TYPE.get(channel)
@@ -334,7 +368,7 @@ def decode(data: bytes, *, channel: Channel | None = None) -> Message:
         raise ProtocolError(f"unknown message type {kind!r}")
     message = _build(cls, obj)
     check_message(message)
-    return message  # type: ignore[no-any-return]
+    return schema, message
 
 
 def check_message(message: Message) -> None:
@@ -355,6 +389,8 @@ def check_message(message: Message) -> None:
     elif isinstance(message, Ack):
         if not message.command_id or len(message.command_id) > 128:
             raise ProtocolError("command_id must be 1-128 characters")
+        if message.action not in ACTIONS:
+            raise ProtocolError(f"unknown action {message.action!r}; expected one of {ACTIONS}")
     elif isinstance(message, Heartbeat):
         _check_seconds("uptime_s", message.uptime_s)
     for name in ("model_version_id", "rollout_id"):
@@ -379,9 +415,9 @@ def _check_command(message: Command) -> None:
         raise ProtocolError(
             f"telemetry_bins holds at most {MAX_FEATURES} features of {MAX_BINS - 1} edges"
         )
-    if message.action == "install":
-        if message.artifact is None:
-            raise ProtocolError("an install command needs an artifact")
+    if message.action == "install" and message.artifact is None:
+        raise ProtocolError("an install command needs an artifact")
+    if message.artifact is not None:  # whatever the action: a present artifact is checked
         _check_artifact(message.artifact)
 
 
@@ -439,7 +475,7 @@ def encode_chunk(chunk: Chunk) -> bytes:
     if len(chunk.data) > MAX_CHUNK_BYTES:
         raise ValueError(f"chunk of {len(chunk.data)} bytes exceeds {MAX_CHUNK_BYTES}")
     header = json.dumps(
-        {"schema": SCHEMA_VERSION, "transfer_id": chunk.transfer_id, "index": chunk.index},
+        {"schema": CHUNK_SCHEMA, "transfer_id": chunk.transfer_id, "index": chunk.index},
         separators=(",", ":"),
     ).encode("utf-8")
     return CHUNK_MAGIC + struct.pack(">H", len(header)) + header + chunk.data
@@ -463,8 +499,10 @@ def decode_chunk(frame: bytes) -> Chunk:
         raise ProtocolError(f"chunk header is malformed JSON: {str(err)[:200]}") from None
     except RecursionError:
         raise ProtocolError("chunk header nested too deeply") from None
-    if not isinstance(header, dict) or header.get("schema") != SCHEMA_VERSION:
+    if not isinstance(header, dict) or header.get("schema") != CHUNK_SCHEMA:
         raise ProtocolError("chunk header has an unknown schema version")
+    if set(header) != {"schema", "transfer_id", "index"}:
+        raise ProtocolError("chunk header holds exactly schema, transfer_id and index")
     transfer_id, index = header.get("transfer_id"), header.get("index")
     if not isinstance(transfer_id, str) or not _SHA256.match(transfer_id):
         raise ProtocolError("chunk transfer_id must be a SHA-256")
@@ -548,8 +586,8 @@ def _field_checks(cls: type[Any]) -> dict[str, Any]:
             "action": str,
             "rollout_id": "opt_int",
             "model_version_id": "opt_int",
-            "error": str,
-            "stage": str,
+            "error": "text",
+            "stage": "text",
             "type": str,
         },
         ChunkRequest: {"transfer_id": str, "indices": "int_list", "via": str, "type": str},
@@ -616,6 +654,11 @@ def _to_opt_int(name: str, value: Any) -> int | None:
 
 def _to_opt_str(name: str, value: Any) -> str | None:
     return None if value is None else _to_str(name, value)
+
+
+def _to_text(name: str, value: Any) -> str:
+    """A string that may be sent as ``null`` (the same as ``""``: an ack's error/stage)."""
+    return "" if value is None else _to_str(name, value)
 
 
 def _to_int_list(name: str, value: Any) -> tuple[int, ...]:
@@ -690,6 +733,7 @@ _CONVERTERS: dict[Any, Callable[[str, Any], Any]] = {
     "num": _to_num,
     "opt_int": _to_opt_int,
     "opt_str": _to_opt_str,
+    "text": _to_text,
     "int_list": _to_int_list,
     "counts": _to_counts,
     "features": _to_features,

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import WithJsonSchema
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from fleet import bundle_binding
 from fleet.api.deps import (
@@ -28,6 +28,7 @@ from fleet.crud import registry as crud
 from fleet.errors import InvalidInput
 from fleet.models.common import MAX_ID, ErrorBody, Page, Slug, check_text
 from fleet.models.registry import (
+    Artifact,
     ArtifactFormat,
     ArtifactPublic,
     ModelStage,
@@ -217,6 +218,7 @@ def upload_artifact(
             _check_bundle_binding(
                 session, model, path=store.path_for(stored.sha256), target=target, key=signing_key
             )
+            _check_release(session, model, store=store, path=store.path_for(stored.sha256))
         artifact = crud.add_artifact(
             session,
             model,
@@ -260,6 +262,33 @@ def _check_bundle_binding(
     )
     if problem is not None:
         raise InvalidInput(problem)
+
+
+def _check_release(session: Session, model: ModelVersion, *, store: Any, path: FilePath) -> None:
+    """422 unless the bundle's signed release is above every bundle of the same task and
+    target already stored (:func:`fleet.bundle_binding.release_conflict`)."""
+    manifest = bundle_binding.read_manifest(path, public_key=None)  # verified just before
+    rows = session.exec(
+        select(Artifact.model_version_id, Artifact.sha256)
+        .join(ModelVersion, col(ModelVersion.id) == col(Artifact.model_version_id))
+        .where(
+            col(Artifact.format) == ArtifactFormat.bundle,
+            col(Artifact.target) == manifest.target,
+            col(ModelVersion.task) == manifest.task,
+        )
+    ).all()
+    stored = [(version, _stored_release(store, sha)) for version, sha in rows]
+    problem = bundle_binding.release_conflict(manifest, stored=stored)
+    if problem is not None:
+        raise InvalidInput(problem)
+
+
+def _stored_release(store: Any, sha256: str) -> int | None:
+    """The signed release of a stored bundle (None: none, or its file is unreadable)."""
+    try:
+        return bundle_binding.read_manifest(store.path_for(sha256), public_key=None).release
+    except (ValueError, OSError):
+        return None
 
 
 @router.get(

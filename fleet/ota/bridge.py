@@ -76,7 +76,11 @@ class BridgeSettings:
     ``limits``: per-device rates and queue caps (:mod:`fleet.ota.guard`);
     ``command_key``: the Ed25519 private key every command is signed with
     (:mod:`fleet.ota.command_signing`; None: unsigned, and devices refuse rollbacks);
-    ``command_ttl_s``: how long a signed command stays valid.
+    ``command_ttl_s``: how long a signed command stays valid;
+    ``v1_until``: the end of the protocol v1 migration window (Unix seconds): until then
+    a device speaking v1 (``"schema": 1``) is served — its messages decoded, its commands
+    sent as v1 and unsigned — and after it (or when None) its messages are refused with
+    one log line naming the version (docs/device-protocol.md, Versioning).
     """
 
     host: str = "127.0.0.1"
@@ -93,6 +97,7 @@ class BridgeSettings:
     limits: Limits = field(default_factory=Limits)
     command_key: Ed25519PrivateKey | None = None
     command_ttl_s: float = DEFAULT_TTL_S
+    v1_until: float | None = None
 
     def __repr__(self) -> str:  # never print the password
         return f"BridgeSettings(host={self.host!r}, port={self.port}, user={self.username!r})"
@@ -118,6 +123,7 @@ class BridgeStats:
     shared_published: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=10_000))
     # Per-device throttled / dropped / poison counts (set by the bridge).
     guard: DeviceGuard = field(default_factory=lambda: DeviceGuard(Limits()))
+    v1_refused: int = 0  # protocol v1 messages refused after the migration window
     thread_errors: int = 0  # unexpected exceptions a worker thread logged and survived
 
 
@@ -152,6 +158,8 @@ class FleetBridge:
         self._connected = threading.Event()
         self._known: set[str] = set()
         self._models: set[int] = set()
+        # Devices last heard speaking protocol v1 (their commands are encoded for v1).
+        self._v1_devices: set[str] = set()
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
@@ -273,13 +281,8 @@ class FleetBridge:
     def send_commands(self, commands: Iterable[tuple[str, proto.Command]]) -> None:
         """Publish each ``(device_id, command)`` to its device, in order, in one tight loop
         (a wave's installs): every message is still one device's own command."""
-        signer = self._signer
         frames = [
-            (
-                device_id,
-                command,
-                proto.encode(signer.sign(device_id, command) if signer else command),
-            )
+            (device_id, command, self._encode_command(device_id, command))
             for device_id, command in commands
         ]
         now = time.monotonic()
@@ -289,6 +292,35 @@ class FleetBridge:
                     self._fanout.expect(command.artifact.sha256, device_id, now=now)
         for device_id, _command, frame in frames:
             self.client.publish(proto.topic(device_id, "cmd"), frame, qos=proto.QOS)
+
+    def _encode_command(self, device_id: str, command: proto.Command) -> bytes:
+        """The command as the device's protocol version reads it: v2 signed (with a
+        command key), or — for a v1 device inside the migration window — v1, unsigned."""
+        if device_id in self._v1_devices and self.v1_accepted():
+            return proto.encode(command, schema=proto.V1_SCHEMA)
+        signer = self._signer
+        return proto.encode(signer.sign(device_id, command) if signer else command)
+
+    def v1_accepted(self, now: float | None = None) -> bool:
+        """Whether protocol v1 devices are still served (the migration window is open)."""
+        until = self.settings.v1_until
+        return until is not None and (time.time() if now is None else now) < until
+
+    def _decode_device(self, device_id: str, topic_name: str, payload: bytes, channel: Any) -> Any:
+        """Decode a device message of v2, or of v1 while the window is open (the device is
+        then remembered as v1); a v1 message after the window raises VersionRefused."""
+        accept = proto.KNOWN_SCHEMAS if self.v1_accepted() else (proto.SCHEMA_VERSION,)
+        try:
+            schema, message = proto.decode_versioned(payload, channel=channel, accept=accept)
+        except proto.VersionRefused as err:
+            self.stats.v1_refused += 1
+            self._guard.refused_version(device_id, topic_name, str(err))
+            raise
+        if schema == proto.V1_SCHEMA:
+            self._v1_devices.add(device_id)
+        else:
+            self._v1_devices.discard(device_id)
+        return message
 
     def artifact_ref(self, sha256: str) -> proto.ArtifactRef:
         """Size, chunking and per-chunk hashes of a stored artifact (cached)."""
@@ -386,7 +418,10 @@ class FleetBridge:
             log.warning("ignored a chunk request on %s: %s", topic_name, err)
             return None
         try:
-            request = proto.decode(payload, channel="chunk-req")
+            request = self._decode_device(device_id, topic_name, payload, "chunk-req")
+        except proto.VersionRefused:
+            self.stats.ignored += 1
+            return None
         except proto.ProtocolError as err:
             self.stats.ignored += 1
             self._guard.poisoned(device_id, topic_name, str(err))
@@ -481,7 +516,10 @@ class FleetBridge:
             log.warning("ignored a message on %s: %s", topic_name, err)
             return None
         try:
-            message = proto.decode(payload, channel=channel)
+            message = self._decode_device(device_id, topic_name, payload, channel)
+        except proto.VersionRefused:
+            self.stats.ignored += 1
+            return None
         except proto.ProtocolError as err:
             reason = str(err)
         except Exception as err:  # decode raises only ProtocolError; never trust that here

@@ -170,6 +170,15 @@ def mqtt_service(
             show_default=False,
         ),
     ] = None,
+    protocol_v1_until: Annotated[
+        str | None,
+        typer.Option(
+            help="End of the device protocol v1 migration window (UTC, e.g. 2027-03-31): "
+            "v1 devices are served until then, refused after (default: "
+            "$FEDFLEET_FLEET_PROTOCOL_V1_UNTIL, else refused).",
+            show_default=False,
+        ),
+    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Run the fleet's MQTT service: ingest device messages, serve chunks, drive rollouts,
@@ -182,8 +191,11 @@ def mqtt_service(
     if release_after_s is not None and release_after_s <= 0:
         fail(f"--release-after-s must be positive, got {release_after_s}")
     signing = _command_key(command_key)
+    v1_until = _v1_until(protocol_v1_until)
     with StopSignals() as stop:  # a signal while starting stops it too, no traceback
         engine, settings = engine_and_settings(database_url)
+        if v1_until is not None:
+            settings = settings.with_changes(protocol_v1_until=v1_until)
         try:
             _serve_mqtt(
                 stop,
@@ -239,6 +251,11 @@ def _serve_mqtt(
             password=password_file.read_text().strip(),
             ca_file=ca_file,
             command_key=command_key,
+            v1_until=(
+                settings.protocol_v1_until.timestamp()
+                if settings.protocol_v1_until is not None
+                else None
+            ),
         ),
     )
     release = settings.release_after_s if release_after_s is None else release_after_s
@@ -249,6 +266,7 @@ def _serve_mqtt(
     try:
         controller = RolloutController(engine=engine, sender=bridge, release_after_s=release)
         typer.echo(f"fleet MQTT service connected to {host}:{port}")
+        typer.echo(_v1_line(settings.protocol_v1_until))
         next_drift = time.monotonic() + drift_every_s
         reported: set[str] = set()  # bad stored drift rows, each reported once
         rule = settings.drift_rule()
@@ -270,6 +288,31 @@ def _serve_mqtt(
                 logging.getLogger("fleet.ota").exception("fleet mqtt: a pass failed; carrying on")
     finally:
         bridge.stop()
+
+
+def _v1_until(raw: str | None) -> Any:
+    """``--protocol-v1-until`` parsed (None when not given); exit 2 with one line if bad."""
+    if raw is None:
+        return None
+    from fleet.settings import parse_utc
+
+    try:
+        return parse_utc(raw)
+    except ValueError as err:
+        fail(f"--protocol-v1-until {raw!r}: {err}")
+
+
+def _v1_line(until: Any) -> str:
+    """What the service says at start about device protocol v1 (docs/device-protocol.md)."""
+    from datetime import UTC, datetime
+
+    if until is None:
+        return (
+            "device protocol v2 only: v1 devices are refused (--protocol-v1-until opens a window)"
+        )
+    if until <= datetime.now(UTC):
+        return f"device protocol v2 only: the v1 migration window ended {until.isoformat()}"
+    return f"device protocol v1 devices served until {until.isoformat()} (then refused)"
 
 
 def _command_key(path: Path | None) -> Any:

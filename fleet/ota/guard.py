@@ -101,6 +101,7 @@ class DeviceGuard:
         self.throttled: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self.poison: Counter[str] = Counter()
+        self.version_refused: Counter[str] = Counter()  # protocol v1 messages refused
 
     # --- before queueing (paho's callback) -------------------------------------------
 
@@ -167,6 +168,13 @@ class DeviceGuard:
             self.poison[device_id] += 1
             self._flag(device_id, "poison", self._clock(), detail=f"on {topic}: {reason}")
 
+    def refused_version(self, device_id: str, topic: str, reason: str) -> None:
+        """A message of ``device_id`` in a protocol version this fleet no longer accepts
+        was dropped; count it and log one line naming the device and the version."""
+        with self._lock:
+            self.version_refused[device_id] += 1
+            self._flag(device_id, "version", self._clock(), detail=f"on {topic}: {reason}")
+
     @property
     def pending(self) -> tuple[int, int]:
         """Chunk requests and device messages waiting now (admitted, not yet taken)."""
@@ -200,5 +208,7 @@ class DeviceGuard:
                 channel,
                 more,
             )
+        elif kind == "version":
+            log.warning("device %s: message refused %s%s", device_id, detail[:300], more)
         else:
             log.warning("device %s: poison message dropped %s%s", device_id, detail[:300], more)

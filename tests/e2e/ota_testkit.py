@@ -130,6 +130,7 @@ class OtaFleet:
         limits: Limits | None = None,
         spares: int = 0,
         sign_commands: bool = True,
+        v1_until: float | None = None,
     ) -> None:
         """``broker_extra``: more ``mosquitto.conf`` lines (e.g. ``log_type subscribe``);
         ``limits``: the bridge's per-device limits (default: the fleet's); ``spares``:
@@ -137,6 +138,7 @@ class OtaFleet:
         a test or bench drives their broker sessions itself)."""
         self.chunk_size = chunk_size
         self.sign_commands = sign_commands  # the bridge signs commands with self.key
+        self.v1_until = v1_until  # end of the protocol v1 window (Unix s; None: refused)
         self.limits = limits or Limits()
         self.root = root
         self.engine = make_engine(f"sqlite:///{root / 'fleet.db'}")
@@ -202,6 +204,7 @@ class OtaFleet:
                 batch_wait_s=0.05,
                 limits=self.limits,
                 command_key=self.key if self.sign_commands else None,
+                v1_until=self.v1_until,
             ),
         ).start()
         self.controller = RolloutController(engine=self.engine, sender=self.bridge)
@@ -257,7 +260,7 @@ class OtaFleet:
 
 
 def _json(**fields: object) -> bytes:
-    return json.dumps({"schema": 1, **fields}).encode()
+    return json.dumps({"schema": 2, **fields}).encode()
 
 
 # The findings' payloads, each a valid shape but for one value (or no shape at all).
@@ -280,8 +283,8 @@ POISONS: dict[str, bytes] = {
     "id-2^70-ack": _json(
         type="ack", command_id="x", ok=True, action="install", model_version_id=2**70
     ),
-    "non-utf8": b'{"schema":1,"type":"heartbeat","uptime_s":1,"\xff\xfe":2}',
-    "huge-2mb": b'{"schema":1,"type":"heartbeat","uptime_s":1,"pad":"' + b"x" * 2_000_000 + b'"}',
+    "non-utf8": b'{"schema":2,"type":"heartbeat","uptime_s":1,"\xff\xfe":2}',
+    "huge-2mb": b'{"schema":2,"type":"heartbeat","uptime_s":1,"pad":"' + b"x" * 2_000_000 + b'"}',
 }
 
 
@@ -311,9 +314,12 @@ class DeviceClient:
             self.frames.append(bytes(message.payload))
 
     def subscribe_chunks(self) -> None:
+        self.subscribe("chunk")
+
+    def subscribe(self, channel: proto.Channel) -> None:
         done = threading.Event()
         self.client.on_subscribe = lambda *_: done.set()
-        self.client.subscribe(proto.topic(self.device_id, "chunk"), 1)
+        self.client.subscribe(proto.topic(self.device_id, channel), 1)
         assert done.wait(10)
 
     def send(self, channel: proto.Channel, payload: bytes, *, qos: int = 1) -> None:

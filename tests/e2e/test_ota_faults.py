@@ -135,7 +135,7 @@ def test_garbage_on_device_topics_is_ignored_and_the_agent_keeps_working(
     garbage = [
         (proto.topic(dev, "cmd"), b"{not json"),
         (proto.topic(dev, "cmd"), b'{"schema": 99, "type": "command"}'),
-        (proto.topic(dev, "cmd"), b'{"schema": 1, "type": "command", "command_id": 5}'),
+        (proto.topic(dev, "cmd"), b'{"schema": 2, "type": "command", "command_id": 5}'),
         (proto.topic(dev, "cmd"), b"\xff\xfe"),
         (proto.topic(dev, "chunk"), b"FFC1\x00\x05{bad}data"),
         (proto.topic(dev, "chunk"), b"not a chunk"),

@@ -20,10 +20,10 @@ SHA = "ab" * 32
 
 # One valid message per device->fleet channel, as the JSON object a device sends.
 VALID: dict[str, dict[str, Any]] = {
-    "status": {"schema": 1, "type": "status", "online": True, "model_version_id": 1},
-    "heartbeat": {"schema": 1, "type": "heartbeat", "uptime_s": 3.5},
+    "status": {"schema": 2, "type": "status", "online": True, "model_version_id": 1},
+    "heartbeat": {"schema": 2, "type": "heartbeat", "uptime_s": 3.5},
     "telemetry": {
-        "schema": 1,
+        "schema": 2,
         "type": "telemetry",
         "seq": 1,
         "window_s": 60.0,
@@ -34,7 +34,7 @@ VALID: dict[str, dict[str, Any]] = {
         "features": [{"counts": [5, 5]}],
     },
     "ack": {
-        "schema": 1,
+        "schema": 2,
         "type": "ack",
         "command_id": "c1",
         "ok": True,
@@ -42,7 +42,7 @@ VALID: dict[str, dict[str, Any]] = {
         "rollout_id": 1,
         "model_version_id": 1,
     },
-    "chunk-req": {"schema": 1, "type": "chunk-req", "transfer_id": SHA, "indices": [0, 1]},
+    "chunk-req": {"schema": 2, "type": "chunk-req", "transfer_id": SHA, "indices": [0, 1]},
 }
 FIELDS = sorted({k for message in VALID.values() for k in message} | {"via", "error", "stage"})
 
@@ -96,7 +96,7 @@ def _nested(draw: st.DrawFn) -> bytes:
     depth = draw(st.integers(min_value=1, max_value=100_000))
     opener = draw(st.sampled_from([b"[", b'{"a":']))
     inside = b"[" * depth if opener == b"[" else opener * depth
-    return draw(st.sampled_from([inside, b'{"schema":1,"type":"heartbeat","uptime_s":' + inside]))
+    return draw(st.sampled_from([inside, b'{"schema":2,"type":"heartbeat","uptime_s":' + inside]))
 
 
 @st.composite

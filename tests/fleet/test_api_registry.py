@@ -305,3 +305,50 @@ def test_a_bundle_must_be_the_model_version_it_is_uploaded_for(
     assert stored_files(settings) == files_before
     own = build_demo_bundle(private_key=key, version="v2", model_version=str(v2), seed=1).data
     assert upload(client, admin, v2, own, format="bundle").status_code == 201
+
+
+def test_the_registry_refuses_a_bundle_whose_release_is_not_newer(
+    client: TestClient, admin: Headers, settings: FleetSettings
+) -> None:
+    # Prepare: release 200 stored for synthetic-logreg on cpu-x86.
+    from firmware_images.demo import build_demo_bundle
+
+    key = Ed25519PrivateKey.generate()
+    first, second, third, other_task = (
+        register(client, admin, task=task)["id"]
+        for task in ("synthetic-logreg",) * 3 + ("digits-cnn",)
+    )
+
+    def bundle(model: int, release: int | None, *, task: str = "synthetic-logreg") -> bytes:
+        return build_demo_bundle(
+            private_key=key,
+            version=f"v{model}",
+            model_version=str(model),
+            release=release,
+            task=task,
+        ).data
+
+    assert upload(client, admin, first, bundle(first, 200), format="bundle").status_code == 201
+    files_before = stored_files(settings)
+
+    # Execute / Assert: an older or equal release is one 422 naming both releases.
+    for release in (100, 200):
+        response = upload(client, admin, second, bundle(second, release), format="bundle")
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert (
+            f"bundle release {release} for task 'synthetic-logreg' on target 'cpu-x86' is "
+            f"not above release 200, stored for model version {first}"
+        ) in detail
+    assert stored_files(settings) == files_before  # nothing refused was kept
+    # Another task on the same target has its own releases (its devices, its floor).
+    assert (
+        upload(
+            client, admin, other_task, bundle(other_task, 5, task="digits-cnn"), format="bundle"
+        ).status_code
+        == 201
+    )
+    # A newer release is stored; from then on it is the one to beat.
+    assert upload(client, admin, second, bundle(second, 201), format="bundle").status_code == 201
+    response = upload(client, admin, third, bundle(third, 201), format="bundle")
+    assert response.status_code == 422 and "not above release 201" in response.json()["detail"]

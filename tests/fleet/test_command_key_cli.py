@@ -35,3 +35,15 @@ def test_a_missing_public_or_world_readable_command_key_exits_2(tmp_path: Path) 
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and words in lines[0], result.output
+
+
+def test_a_bad_protocol_v1_window_exits_2(tmp_path: Path) -> None:
+    password = tmp_path / "fleet.pass"
+    password.write_text("pw")
+    result = CliRunner().invoke(
+        build_app(),
+        ["fleet", "mqtt", "--password-file", str(password), "--protocol-v1-until", "soon"],
+    )
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--protocol-v1-until 'soon'" in lines[0] and "ISO 8601" in lines[0]

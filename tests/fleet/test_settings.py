@@ -77,3 +77,15 @@ def test_rollout_release_bound_defaults_to_twice_the_heartbeat_timeout() -> None
     assert fixed.release_after_s == 45.0
     with pytest.raises(ValueError, match="rollout_release_after_s must be positive"):
         FleetSettings.from_env({**base, "FEDFLEET_FLEET_ROLLOUT_RELEASE_AFTER_S": "-1"})
+
+
+def test_the_protocol_v1_window_is_a_utc_date_or_time_and_off_by_default() -> None:
+    from datetime import UTC, datetime
+
+    assert FleetSettings.from_env({}).protocol_v1_until is None
+    day = FleetSettings.from_env({"FEDFLEET_FLEET_PROTOCOL_V1_UNTIL": "2027-03-31"})
+    assert day.protocol_v1_until == datetime(2027, 3, 31, tzinfo=UTC)
+    local = FleetSettings.from_env({"FEDFLEET_FLEET_PROTOCOL_V1_UNTIL": "2027-03-31T02:00+02:00"})
+    assert local.protocol_v1_until == datetime(2027, 3, 31, tzinfo=UTC)
+    with pytest.raises(ValueError, match=r"PROTOCOL_V1_UNTIL='soon'.*ISO 8601"):
+        FleetSettings.from_env({"FEDFLEET_FLEET_PROTOCOL_V1_UNTIL": "soon"})
