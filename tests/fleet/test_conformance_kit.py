@@ -39,18 +39,20 @@ def test_only_refuses_an_unknown_check_naming_the_choices() -> None:
         select(["instal"])
 
 
-def test_validate_is_the_wire_codecs() -> None:
+def test_validate_holds_messages_to_the_v2_schemas_then_the_codec() -> None:
     # Prepare
     good = proto.encode(proto.Heartbeat(uptime_s=1.5))
+    ack_null = b'{"schema":2,"type":"ack","command_id":"c","ok":true,"action":"ping","error":null}'
     # Execute / Assert
     assert validate("heartbeat", good) == proto.Heartbeat(uptime_s=1.5)
-    with pytest.raises(ProtocolError, match="channel ack carries 'ack'"):
+    assert isinstance(validate("ack", ack_null), proto.Ack)  # null error: the spec allows it
+    with pytest.raises(ProtocolError, match=r"schema ack\.json"):
         validate("ack", good)
-    with pytest.raises(ProtocolError, match="'error' has the wrong type"):
-        validate(
-            "ack",
-            b'{"schema":1,"type":"ack","command_id":"c","ok":true,"action":"ping","error":null}',
-        )
+    with pytest.raises(ProtocolError, match=r"schema heartbeat\.json at uptime_s"):
+        validate("heartbeat", b'{"schema":2,"type":"heartbeat","uptime_s":"1.5"}')
+    # what a schema cannot state is still the codec's: an integer written with a fraction
+    with pytest.raises(ProtocolError):
+        validate("heartbeat", b'{"schema":2.0,"type":"heartbeat","uptime_s":1.5}')
 
 
 def test_transfer_tampers_only_the_first_delivery_and_describes_its_chunks() -> None:
