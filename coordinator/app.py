@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator.checkpoint import CheckpointStore
 from coordinator.config import RunConfig
 from coordinator.dp import configure_dp
+from coordinator.fairness import FairnessAudit
 from coordinator.loop import RoundLoop, wait_for_nodes
 from coordinator.privacy_checks import secagg_from_run_config
 from coordinator.results import RoundRecord, write_results
@@ -123,6 +124,7 @@ def build_loop(
         timeout=config.round_timeout,
         min_clients=setup.min_clients,
         fraction_evaluate=config.fraction_evaluate,
+        fairness=FairnessAudit.for_task(config.task, config.sensitive_attribute),
     )
     return configure_dp(loop, config, run_config)  # dp=local|central|distributed
 

@@ -17,12 +17,14 @@ from tasks import PartitionSpec, get_task, partition_indices
 
 @dataclass(frozen=True)
 class ClientData:
-    """A client's local training and evaluation arrays."""
+    """A client's local training and evaluation arrays; ``s_eval`` holds the sensitive
+    attribute's group code of each evaluation sample when the task declares one."""
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_eval: np.ndarray
     y_eval: np.ndarray
+    s_eval: np.ndarray | None = None
 
 
 @lru_cache(maxsize=16)
@@ -63,4 +65,5 @@ def partition_data(
         y_train=data.y_train[train_idx],
         x_eval=data.x_train[eval_idx],
         y_eval=data.y_train[eval_idx],
+        s_eval=None if data.sensitive_train is None else data.sensitive_train[eval_idx],
     )

@@ -61,6 +61,7 @@ FEDFLEET_APP_ONLY = (
     "momentum",
     "partition",
     "fraction_evaluate",
+    "sensitive_attribute",
     "strategy_options",
     "attack",
     "attackers",
@@ -94,6 +95,7 @@ class SimulateSettings:
     seed: int = _CORE.seed
     engine: str = ENGINES[0]
     fraction_evaluate: float = _CORE.fraction_evaluate
+    sensitive_attribute: str = _CORE.sensitive_attribute  # fairness audit (issue 19)
     # strategies, selection, attacks (issue 10): see simulation/strategy_settings.py
     strategy_options: str = ""
     attack: str = ""
@@ -201,6 +203,7 @@ class SimulateSettings:
             partition=self.partition,
             seed=self.seed,
             fraction_evaluate=self.fraction_evaluate,
+            sensitive_attribute=self.sensitive_attribute,
             out_dir=out_dir,
         )
         config.validate()
