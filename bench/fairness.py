@@ -9,7 +9,8 @@ worst-group accuracy, the largest gap between the groups' accuracies, demographi
 and equalized-odds differences, and the worst decile of the clients' accuracies.
 
 Prints a markdown table (means over seeds) and the verdict against the goal: q-FFL
-narrows the largest group gap with final accuracy within 1 point of FedAvg's.
+narrows the largest group gap by at least 10 % (ratio ≤ 0.90) with final accuracy
+within 1 point of FedAvg's.
 
 Run: ``python bench/fairness.py [--clients 20 --rounds 10 --seeds 0,1,2 --q 1 --client-lr 2]``.
 """
@@ -81,10 +82,10 @@ def main() -> None:
     base, fair = results["fedavg"], results["qffl"]
     gap_ratio = fair["max_gap"] / base["max_gap"]
     drop = base["final_accuracy"] - fair["final_accuracy"]
-    met = gap_ratio < 1.0 and drop <= 0.01
+    met = gap_ratio <= 0.90 and drop <= 0.01
     print(
         f"max gap qffl/fedavg = {gap_ratio:.2f}, final accuracy {drop * 100:+.2f} points "
-        f"below fedavg: goal (narrower gap, accuracy within 1 point) "
+        f"below fedavg: goal (gap ratio <= 0.90, accuracy within 1 point) "
         f"{'met' if met else 'not met'}"
     )
 
