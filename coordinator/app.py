@@ -97,7 +97,12 @@ def build_loop(
     """
     run_config = run_config or config.as_run_config()
     secagg = secagg_from_run_config(run_config, config)  # refuses bad settings before round 1
-    secure = SecAggExchange(secagg) if secagg is not None else None
+    audit = FairnessAudit.for_task(config.task, config.sensitive_attribute)
+    secure = (
+        SecAggExchange(secagg, extra_ints=4 * len(audit.group_names))
+        if secagg is not None
+        else None
+    )
     setup = build_strategy_setup(config, run_config, exchange=secure, telemetry=telemetry)
     train = config.train_defaults()  # what the run sets, else the task's defaults
     train_config = ConfigRecord(
@@ -124,7 +129,7 @@ def build_loop(
         timeout=config.round_timeout,
         min_clients=setup.min_clients,
         fraction_evaluate=config.fraction_evaluate,
-        fairness=FairnessAudit.for_task(config.task, config.sensitive_attribute),
+        fairness=audit,
     )
     return configure_dp(loop, config, run_config)  # dp=local|central|distributed
 

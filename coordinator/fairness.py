@@ -13,9 +13,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from flwr.app import Message
 
 from edge_client.protocol import keys as k
+from edge_client.protocol.secagg import AGGREGATED_CLIENTS
 from tasks.fairness import counts_from_flat, fairness_summary, sum_counts
 
 log = logging.getLogger(__name__)
@@ -38,11 +40,16 @@ class FairnessAudit:
 
         return cls(sensitive_attribute, get_task(task_name).sensitive_groups)
 
-    def summarize(self, replies: list[Message]) -> dict[str, Any] | None:
+    def summarize(
+        self, replies: list[Message], *, secure_counts: Message | None = None
+    ) -> dict[str, Any] | None:
         """The round's fairness record from the evaluate replies; None without replies.
 
         A reply without counts (a client that could not count) is left out of the group
-        metrics, and the record says how many clients' counts it holds.
+        metrics, and the record says how many clients' counts it holds. Under secure
+        aggregation the counts are not in the evaluate replies: ``secure_counts`` is the
+        round's aggregated train reply, whose ``eval-fairness-counts`` is the unmasked sum
+        of the survivors' counts of the model the round started from.
         """
         accuracies: dict[str, tuple[int, float]] = {}
         parts = []
@@ -63,6 +70,9 @@ class FairnessAudit:
                     log.warning("client %s: %s; left out of the fairness audit", node, exc)
         if not accuracies:
             return None
+        counted = len(parts)
+        if secure_counts is not None:
+            parts, counted = self._unmasked(secure_counts)
         summary = fairness_summary(
             client_accuracies=accuracies,
             counts=sum_counts(parts) if parts else None,
@@ -70,5 +80,15 @@ class FairnessAudit:
             sensitive_attribute=self.sensitive_attribute if parts else None,
         )
         if self.sensitive_attribute:
-            summary["clients_counted"] = len(parts)
+            summary["clients_counted"] = counted
+        if secure_counts is not None:
+            summary["counts"] = "secure-aggregation sum, model at the start of the round"
         return summary
+
+    def _unmasked(self, reply: Message) -> tuple[list[np.ndarray], int]:
+        metrics = reply.content.metric_records[k.METRICS]
+        flat = metrics.get(k.EVAL_FAIRNESS_COUNTS)
+        clients = metrics.get(AGGREGATED_CLIENTS, 0)
+        if not isinstance(flat, list):
+            return [], 0
+        return [counts_from_flat(flat, n_groups=len(self.group_names))], int(clients)  # type: ignore[arg-type,call-overload]

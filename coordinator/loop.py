@@ -23,11 +23,18 @@ from coordinator.checkpoint import Checkpoint, CheckpointStore
 from coordinator.fairness import FairnessAudit
 from coordinator.grid_view import SelectedNodesGrid
 from coordinator.results import RoundRecord
+from edge_client.protocol.keys import EVAL_FAIRNESS_COUNTS, METRICS
 from edge_client.protocol.secagg import AGGREGATED_CLIENTS
 
 log = logging.getLogger(__name__)
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+def _carries_counts(reply: Message) -> bool:
+    """Whether a train reply carries fairness counts (only SecAgg+'s aggregated one does)."""
+    metrics = reply.content.metric_records.get(METRICS)
+    return metrics is not None and EVAL_FAIRNESS_COUNTS in metrics
 
 
 class Selector(Protocol):
@@ -196,7 +203,11 @@ class RoundLoop:
         current = new_arrays if new_arrays is not None else arrays
         audit: dict[str, Any] | None = None
         if self.fraction_evaluate > 0:
-            fed, audit = self._federated_evaluate(grid, server_round, current, node_ids)
+            # under secure aggregation the audit's counts came back inside the masked sum
+            secure = next((m for m in ok if _carries_counts(m)), None)
+            fed, audit = self._federated_evaluate(
+                grid, server_round, current, node_ids, secure_counts=secure
+            )
             extra.update(fed)
         accuracy, loss = float("nan"), float("nan")
         if self.evaluate_fn is not None:
@@ -219,7 +230,13 @@ class RoundLoop:
         return record, new_arrays
 
     def _federated_evaluate(
-        self, grid: Grid, server_round: int, arrays: ArrayRecord, node_ids: list[int]
+        self,
+        grid: Grid,
+        server_round: int,
+        arrays: ArrayRecord,
+        node_ids: list[int],
+        *,
+        secure_counts: Message | None = None,
     ) -> tuple[dict[str, float], dict[str, Any] | None]:
         """The strategy's aggregated evaluate metrics (``fed_*``) and the round's
         fairness audit (:mod:`coordinator.fairness`)."""
@@ -235,7 +252,7 @@ class RoundLoop:
             key=lambda m: m.metadata.src_node_id,
         )
         ok = [m for m in replies if not m.has_error()]
-        audit = self.fairness.summarize(ok)
+        audit = self.fairness.summarize(ok, secure_counts=secure_counts)
         metrics = self.strategy.aggregate_evaluate(server_round, ok)
         if metrics is None:
             return {}, audit

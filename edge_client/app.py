@@ -17,14 +17,14 @@ from flwr.clientapp.typing import Mod
 from edge_client.data import ClientData, partition_data
 from edge_client.dp_mods import distributed_dp_share
 from edge_client.dp_training import train_with_dp
+from edge_client.fairness import audits_fairness, fairness_counts, secure_run
 from edge_client.protocol import keys as k
 from edge_client.secagg_client import PreMaskTransform, register_secagg
 from edge_client.settings import ClientSettings
 from edge_client.site_config import SiteConfig
 from edge_client.site_policy import site_dp_config, site_mod
 from privacy.dp.config import dp_mode
-from tasks import evaluate, get_task, reported_loss, train_local
-from tasks.fairness import group_confusion_counts
+from tasks import evaluate, reported_loss, train_local
 from tasks.model_pool import give_back, take_model
 from tasks.weights import weights_record
 
@@ -107,28 +107,10 @@ def handle_evaluate(message: Message, context: Context) -> Message:
         k.EVAL_LOSS: result.loss,
         k.EVAL_ACCURACY: result.accuracy,
     }
-    if str(context.run_config.get(k.RC_SENSITIVE_ATTRIBUTE, "")):
+    if audits_fairness(context) and not secure_run(context):  # else: inside the masked sum
         values[k.EVAL_FAIRNESS_COUNTS] = fairness_counts(settings.task, model, data)
     give_back(settings.task, model)
     return Message(content=RecordDict({k.METRICS: MetricRecord(values)}), reply_to=message)
-
-
-def fairness_counts(task_name: str, model: torch.nn.Module, data: ClientData) -> list[int]:
-    """Per-group confusion counts of ``model`` on the client's held-out data, flat
-    (tasks/fairness.py): the only fairness data that leaves the client."""
-    task = get_task(task_name)
-    if data.s_eval is None or not task.sensitive_groups:
-        raise ValueError(
-            f"task {task_name!r} has no sensitive attribute in this client's data; "
-            "run without sensitive-attribute"
-        )
-    model.eval()
-    with torch.no_grad():
-        pred = model(torch.from_numpy(data.x_eval)).argmax(dim=1).numpy()
-    counts = group_confusion_counts(
-        data.y_eval, pred, data.s_eval, n_groups=len(task.sensitive_groups)
-    )
-    return [int(c) for c in counts.ravel()]
 
 
 def build_client_app(

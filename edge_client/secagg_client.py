@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from edge_client.fairness import start_model_counts
 from edge_client.protocol import keys as k
 from edge_client.protocol import secagg as sa
 from privacy.secagg import client as protocol
@@ -130,6 +131,10 @@ def make_train_handler(
         except (protocol.ProtocolError, ShareAuthenticationError, KeyError, ValueError) as exc:
             context.state.config_records.pop(sa.SECAGG_STATE, None)
             return _refuse(message, exc)
+        try:  # the fairness audit's counts of the received model, summed under the mask
+            counts = start_model_counts(message, context)
+        except ValueError as exc:
+            return _refuse(message, exc)
         trained = train(message, context)
         if trained.has_error():
             return trained
@@ -147,7 +152,9 @@ def make_train_handler(
         for transform in pre_mask:
             item = transform(item, context)
         try:
-            encoded = encode_input(item.update, weight=item.weight, params=state.params)
+            encoded = encode_input(
+                item.update, weight=item.weight, params=state.params, extra=counts
+            )
             masked = protocol.masked_input(state, encoded=encoded)
         except (protocol.ProtocolError, ValueError) as exc:
             return _refuse(message, exc)
