@@ -66,6 +66,8 @@ class RunConfig:
     fresh model: retraining a deployed model warm (``fedfleet run submit --retrain``).
     ``sensitive_attribute`` (the task's declared one, or "") makes each federated
     evaluation count per group of it (tasks/fairness.py); it needs ``fraction_evaluate``.
+    ``fairness_reweigh`` makes clients resample their training data so the label does not
+    depend on that attribute's group (Kamiran & Calders 2012); it needs the attribute.
 
     The local-training hyper-parameters (``local_epochs``, ``batch_size``,
     ``learning_rate``, ``momentum``) default to ``None``: the task's own
@@ -90,6 +92,7 @@ class RunConfig:
     out_dir: str = ""
     initial_model: str = ""
     sensitive_attribute: str = ""
+    fairness_reweigh: bool = False
 
     @classmethod
     def key_types(cls) -> dict[str, type]:
@@ -156,6 +159,11 @@ class RunConfig:
             raise ValueError("round-timeout must be > 0 seconds")
         if self.sensitive_attribute:
             self._validate_sensitive_attribute()
+        if self.fairness_reweigh and not self.sensitive_attribute:
+            raise ValueError(
+                "fairness-reweigh needs the task's sensitive attribute: add "
+                "--sensitive-attribute (and --fraction-evaluate)"
+            )
         if self.initial_model and not Path(self.initial_model).is_file():
             raise ValueError(
                 f"initial-model {self.initial_model!r} is not a file; give the path of a "

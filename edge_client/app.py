@@ -26,6 +26,7 @@ from edge_client.site_policy import site_dp_config, site_mod
 from privacy.dp.config import dp_mode
 from tasks import evaluate, reported_loss, train_local
 from tasks.model_pool import give_back, take_model
+from tasks.run_config import as_bool
 from tasks.weights import weights_record
 
 
@@ -53,6 +54,8 @@ def handle_train(message: Message, context: Context) -> Message:
     """Train the received global model on local data; reply with weights and metrics."""
     settings = ClientSettings.from_message(context, message.content.config_records[k.CONFIG])
     data = load_client_data(settings)
+    if as_bool(k.RC_FAIRNESS_REWEIGH, context.run_config.get(k.RC_FAIRNESS_REWEIGH, False)):
+        data = data.reweighed(seed=settings.train_seed)
     model = _model_from(message, settings.task)
     # A site whose policy requires DP trains with its own DP-SGD whatever the run says.
     site_dp = None

@@ -112,6 +112,16 @@ SensitiveAttributeOption = Annotated[
     ),
 ]
 
+FairnessReweighOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--fairness-reweigh/--no-fairness-reweigh",
+        help="Clients resample their training data so the label does not depend on the "
+        "sensitive attribute's group (Kamiran & Calders 2012); needs --sensitive-attribute. "
+        f"\\[default: {_default('fairness_reweigh')}]",
+    ),
+]
+
 StrategyOptionsOption = Annotated[
     str | None,
     typer.Option(
@@ -337,6 +347,7 @@ def simulate(
     engine: EngineOption = None,
     fraction_evaluate: FractionEvaluateOption = None,
     sensitive_attribute: SensitiveAttributeOption = None,
+    fairness_reweigh: FairnessReweighOption = None,
     strategy_options: StrategyOptionsOption = None,
     attack: AttackOption = None,
     attackers: AttackersOption = None,

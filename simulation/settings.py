@@ -62,6 +62,7 @@ FEDFLEET_APP_ONLY = (
     "partition",
     "fraction_evaluate",
     "sensitive_attribute",
+    "fairness_reweigh",
     "strategy_options",
     "attack",
     "attackers",
@@ -96,6 +97,7 @@ class SimulateSettings:
     engine: str = ENGINES[0]
     fraction_evaluate: float = _CORE.fraction_evaluate
     sensitive_attribute: str = _CORE.sensitive_attribute  # fairness audit (issue 19)
+    fairness_reweigh: bool = _CORE.fairness_reweigh
     # strategies, selection, attacks (issue 10): see simulation/strategy_settings.py
     strategy_options: str = ""
     attack: str = ""
@@ -204,6 +206,7 @@ class SimulateSettings:
             seed=self.seed,
             fraction_evaluate=self.fraction_evaluate,
             sensitive_attribute=self.sensitive_attribute,
+            fairness_reweigh=self.fairness_reweigh,
             out_dir=out_dir,
         )
         config.validate()

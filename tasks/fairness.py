@@ -165,3 +165,27 @@ def fairness_summary(
     summary["worst_group_accuracy"] = min(finite) if finite else math.nan
     summary["max_gap"] = _spread(finite)
     return summary
+
+
+def reweighed_indices(y: np.ndarray, groups: np.ndarray, *, seed: int) -> np.ndarray:
+    """Uniform resampling (Kamiran & Calders, "Data preprocessing techniques for
+    classification without discrimination", KAIS 2012, §4.2): indices into ``(y, groups)``
+    where each (group, label) cell holds its expected size under independence,
+    ``n_g · n_y / n``, drawn with replacement from the cell (deterministic by ``seed``).
+    The label then no longer depends on the group in the training data; a cell that is
+    empty stays empty. The total stays ``n`` up to rounding.
+    """
+    y = np.asarray(y)
+    groups = np.asarray(groups)
+    n = len(y)
+    rng = np.random.default_rng(seed)
+    picked = []
+    for g in np.unique(groups):
+        in_group = groups == g
+        for label in np.unique(y):
+            cell = np.flatnonzero(in_group & (y == label))
+            if len(cell) == 0:
+                continue
+            target = round(int(in_group.sum()) * int((y == label).sum()) / n)
+            picked.append(rng.choice(cell, size=target, replace=True))
+    return np.sort(np.concatenate(picked)) if picked else np.empty(0, dtype=np.int64)

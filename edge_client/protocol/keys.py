@@ -64,6 +64,9 @@ RC_ATTACKERS: Final = "attackers"  # fraction of clients that attack, in [0, 1]
 # Fairness audit (issue 19): the task's sensitive attribute evaluate replies count by
 # ("" = none: groups are the clients).
 RC_SENSITIVE_ATTRIBUTE: Final = "sensitive-attribute"
+# Clients resample their training data so the label does not depend on the attribute's
+# group (Kamiran & Calders 2012; tasks.fairness.reweighed_indices).
+RC_FAIRNESS_REWEIGH: Final = "fairness-reweigh"
 
 # node_config keys (set by the simulation engines, or by a SuperNode's --node-config).
 NC_PARTITION_ID: Final = "partition-id"

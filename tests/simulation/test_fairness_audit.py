@@ -109,6 +109,7 @@ def test_without_an_attribute_the_groups_are_the_clients(tmp_path: Path) -> None
         (["--task", "digits-cnn", "--sensitive-attribute", "sex"], "has no sensitive attribute"),
         (["--task", "credit-scoring", "--sensitive-attribute", "race"], "it has only 'sex'"),
         (["--task", "credit-scoring", "--sensitive-attribute", "sex"], "--fraction-evaluate"),
+        (["--task", "credit-scoring", "--fairness-reweigh"], "fairness-reweigh needs"),
     ],
 )
 def test_a_sensitive_attribute_the_run_cannot_audit_is_one_line_exit_2(

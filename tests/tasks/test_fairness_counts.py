@@ -71,3 +71,23 @@ def test_flat_counts_of_the_wrong_length_are_refused() -> None:
         assert "expected 8 counts" in str(exc)
     else:
         raise AssertionError("accepted 3 counts for 2 groups")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(20, 400), st.integers(0, 2**32 - 1))
+def test_reweighing_makes_the_label_rate_equal_across_groups(n: int, seed: int) -> None:
+    from tasks.fairness import reweighed_indices
+
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, 2, n)
+    y = (rng.random(n) < np.where(g == 1, 0.2, 0.7)).astype(np.int64)  # biased labels
+    idx = reweighed_indices(y, g, seed=seed)
+    assert len(idx) == 0 or (idx.min() >= 0 and idx.max() < n)
+    if all(((g == a) & (y == b)).any() for a in (0, 1) for b in (0, 1)):
+        assert abs(len(idx) - n) <= 2  # each of the 4 cells rounds by at most 1/2
+    for group in (0, 1):
+        in_group = g[idx] == group
+        full_cells = all(((g == group) & (y == lab)).any() for lab in (0, 1))
+        if in_group.sum() >= 10 and full_cells:
+            # every group's positive rate is the overall one, up to rounding of 2 cells
+            assert abs(y[idx][in_group].mean() - y.mean()) <= 2 / in_group.sum() + 1e-9
