@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator.checkpoint import CheckpointStore
 from coordinator.config import RunConfig
 from coordinator.dp import configure_dp
+from coordinator.fairness import FairnessAudit
 from coordinator.loop import RoundLoop, wait_for_nodes
 from coordinator.privacy_checks import secagg_from_run_config
 from coordinator.results import RoundRecord, write_results
@@ -99,7 +100,12 @@ def build_loop(
     """
     run_config = run_config or config.as_run_config()
     secagg = secagg_from_run_config(run_config, config)  # refuses bad settings before round 1
-    secure = SecAggExchange(secagg) if secagg is not None else None
+    audit = FairnessAudit.for_task(config.task, config.sensitive_attribute)
+    secure = (
+        SecAggExchange(secagg, extra_ints=4 * len(audit.group_names))
+        if secagg is not None
+        else None
+    )
     setup = build_strategy_setup(config, run_config, exchange=secure, telemetry=telemetry)
     train = config.train_defaults()  # what the run sets, else the task's defaults
     train_config = ConfigRecord(
@@ -126,6 +132,7 @@ def build_loop(
         timeout=config.round_timeout,
         min_clients=setup.min_clients,
         fraction_evaluate=config.fraction_evaluate,
+        fairness=audit,
     )
     return configure_dp(loop, config, run_config)  # dp=local|central|distributed
 

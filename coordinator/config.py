@@ -64,6 +64,10 @@ class RunConfig:
     quorum of successful replies below which a round is not applied. ``initial_model``
     is a ``model.pt`` (a state dict of the task's model) to start from instead of a
     fresh model: retraining a deployed model warm (``fedfleet run submit --retrain``).
+    ``sensitive_attribute`` (the task's declared one, or "") makes each federated
+    evaluation count per group of it (tasks/fairness.py); it needs ``fraction_evaluate``.
+    ``fairness_reweigh`` makes clients resample their training data so the label does not
+    depend on that attribute's group (Kamiran & Calders 2012); it needs the attribute.
 
     The local-training hyper-parameters (``local_epochs``, ``batch_size``,
     ``learning_rate``, ``momentum``) default to ``None``: the task's own
@@ -87,6 +91,8 @@ class RunConfig:
     min_clients: int = 1
     out_dir: str = ""
     initial_model: str = ""
+    sensitive_attribute: str = ""
+    fairness_reweigh: bool = False
 
     @classmethod
     def key_types(cls) -> dict[str, type]:
@@ -151,10 +157,33 @@ class RunConfig:
             raise ValueError("fraction-evaluate must be between 0 and 1")
         if not self.round_timeout > 0:
             raise ValueError("round-timeout must be > 0 seconds")
+        if self.sensitive_attribute:
+            self._validate_sensitive_attribute()
+        if self.fairness_reweigh and not self.sensitive_attribute:
+            raise ValueError(
+                "fairness-reweigh needs the task's sensitive attribute: add "
+                "--sensitive-attribute (and --fraction-evaluate)"
+            )
         if self.initial_model and not Path(self.initial_model).is_file():
             raise ValueError(
                 f"initial-model {self.initial_model!r} is not a file; give the path of a "
                 "model.pt on the coordinator (a run's model.pt, or a registry checkpoint)"
+            )
+
+    def _validate_sensitive_attribute(self) -> None:
+        from tasks import get_task
+
+        declared = get_task(self.task).sensitive_attribute
+        if self.sensitive_attribute != declared:
+            has = f"only {declared!r}" if declared else "none"
+            raise ValueError(
+                f"task {self.task!r} has no sensitive attribute {self.sensitive_attribute!r} "
+                f"(it has {has}); name the task's attribute or leave --sensitive-attribute out"
+            )
+        if self.fraction_evaluate <= 0:
+            raise ValueError(
+                "sensitive-attribute needs federated evaluation: set --fraction-evaluate "
+                "above 0 (e.g. 1.0)"
             )
 
     def as_run_config(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -20,13 +20,21 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from coordinator.checkpoint import Checkpoint, CheckpointStore
+from coordinator.fairness import FairnessAudit
 from coordinator.grid_view import SelectedNodesGrid
 from coordinator.results import RoundRecord
+from edge_client.protocol.keys import EVAL_FAIRNESS_COUNTS, METRICS
 from edge_client.protocol.secagg import AGGREGATED_CLIENTS
 
 log = logging.getLogger(__name__)
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+def _carries_counts(reply: Message) -> bool:
+    """Whether a train reply carries fairness counts (only SecAgg+'s aggregated one does)."""
+    metrics = reply.content.metric_records.get(METRICS)
+    return metrics is not None and EVAL_FAIRNESS_COUNTS in metrics
 
 
 class Selector(Protocol):
@@ -126,6 +134,7 @@ class RoundLoop:
     min_clients: int = 1
     fraction_evaluate: float = 0.0
     evaluate_config: ConfigRecord = field(default_factory=ConfigRecord)
+    fairness: FairnessAudit = field(default_factory=FairnessAudit)
 
     def run(self, grid: Grid, arrays: ArrayRecord) -> LoopResult:
         """Run the remaining rounds (resuming from the checkpoint store if it has one)."""
@@ -192,8 +201,14 @@ class RoundLoop:
                 self.min_clients,
             )
         current = new_arrays if new_arrays is not None else arrays
+        audit: dict[str, Any] | None = None
         if self.fraction_evaluate > 0:
-            extra.update(self._federated_evaluate(grid, server_round, current, node_ids))
+            # under secure aggregation the audit's counts came back inside the masked sum
+            secure = next((m for m in ok if _carries_counts(m)), None)
+            fed, audit = self._federated_evaluate(
+                grid, server_round, current, node_ids, secure_counts=secure
+            )
+            extra.update(fed)
         accuracy, loss = float("nan"), float("nan")
         if self.evaluate_fn is not None:
             metrics = self.evaluate_fn(server_round, current)
@@ -210,12 +225,21 @@ class RoundLoop:
             failures=failures,
             applied=new_arrays is not None,
             extra=extra,
+            fairness=audit,
         )
         return record, new_arrays
 
     def _federated_evaluate(
-        self, grid: Grid, server_round: int, arrays: ArrayRecord, node_ids: list[int]
-    ) -> dict[str, float]:
+        self,
+        grid: Grid,
+        server_round: int,
+        arrays: ArrayRecord,
+        node_ids: list[int],
+        *,
+        secure_counts: Message | None = None,
+    ) -> tuple[dict[str, float], dict[str, Any] | None]:
+        """The strategy's aggregated evaluate metrics (``fed_*``) and the round's
+        fairness audit (:mod:`coordinator.fairness`)."""
         k = max(1, int(len(node_ids) * self.fraction_evaluate))
         rng = np.random.default_rng([server_round, 0xE7A1])
         chosen = sorted(int(node_ids[i]) for i in rng.choice(len(node_ids), size=k, replace=False))
@@ -227,9 +251,10 @@ class RoundLoop:
             grid.send_and_receive(messages, timeout=self.timeout),
             key=lambda m: m.metadata.src_node_id,
         )
-        metrics = self.strategy.aggregate_evaluate(
-            server_round, [m for m in replies if not m.has_error()]
-        )
+        ok = [m for m in replies if not m.has_error()]
+        audit = self.fairness.summarize(ok, secure_counts=secure_counts)
+        metrics = self.strategy.aggregate_evaluate(server_round, ok)
         if metrics is None:
-            return {}
-        return {f"fed_{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}  # type: ignore[arg-type]
+            return {}, audit
+        fed = {f"fed_{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}  # type: ignore[arg-type]
+        return fed, audit

@@ -55,6 +55,15 @@ def model_register(
             show_default=False,
         ),
     ] = None,
+    max_group_gap: Annotated[
+        float | None,
+        typer.Option(
+            "--max-group-gap",
+            help="Refuse the run when its last fairness audit's largest accuracy gap between "
+            "groups (metrics.json fairness.max_gap) is above this, or when it has none.",
+            show_default=False,
+        ),
+    ] = None,
     fleet_url: FleetUrl = None,
 ) -> None:
     """Record the run in the fleet and register its model.pt as a new model version."""
@@ -64,7 +73,14 @@ def model_register(
         connection = connection_from_env(fleet_url)
     except FleetError as err:
         fail(str(err))
-    register_and_report(run_dir, connection, name=name, description=description, key=key)
+    register_and_report(
+        run_dir,
+        connection,
+        name=name,
+        description=description,
+        key=key,
+        max_group_gap=max_group_gap,
+    )
 
 
 def register_and_report(
@@ -76,13 +92,16 @@ def register_and_report(
     key: Path | None = None,
     fleet_run_id: int | None = None,
     parent_id: int | None = None,
+    max_group_gap: float | None = None,
 ) -> int:
     """Register ``run_dir`` with the fleet at ``connection`` (from
     ``connection_from_env``), print the summary and the next step on stderr and the
-    version alone on stdout; exit 2 for a bad folder or key, 1 when the fleet refuses."""
+    version alone on stdout; exit 2 for a bad folder or key, 1 when the fleet refuses
+    or a gate (``max_group_gap``) refuses the run — before anything reaches the fleet."""
     from coordinator.registration import (
         RunFolderError,
         check_checkpoint,
+        check_max_group_gap,
         read_run_folder,
         register_run,
     )
@@ -92,6 +111,13 @@ def register_and_report(
         run = read_run_folder(run_dir)
     except RunFolderError as err:
         fail(str(err))
+    if max_group_gap is not None:
+        if not 0.0 <= max_group_gap <= 1.0:
+            fail(f"--max-group-gap {max_group_gap:g} must be between 0 and 1 (an accuracy gap)")
+        try:
+            check_max_group_gap(run, max_group_gap)
+        except RunFolderError as err:
+            fail(str(err), EXIT_FAILURE)
     private_key = None
     if key is not None:
         from firmware_images.errors import KeyFileError

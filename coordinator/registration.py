@@ -59,6 +59,7 @@ class RunFolder:
     final_accuracy: float | None
     checkpoint: Path
     extra: dict[str, float] = field(default_factory=dict)
+    fairness: dict[str, Any] | None = None  # metrics.json's last fairness audit
 
     @property
     def last_round(self) -> int | None:
@@ -119,6 +120,9 @@ def read_run_folder(path: Path) -> RunFolder:
     wall = _finite(doc.get("wall_time_s"))
     if wall is not None:
         extra["wall_time_s"] = wall
+    fairness = doc.get("fairness")
+    fairness = fairness if isinstance(fairness, dict) else None
+    extra.update(_fairness_metrics(fairness or {}, prefix="final_fairness_"))
     strategy = config.get("strategy")
     run_id = config.get(RUN_ID_KEY)
     return RunFolder(
@@ -131,7 +135,62 @@ def read_run_folder(path: Path) -> RunFolder:
         final_accuracy=_finite(final),
         checkpoint=checkpoint,
         extra=extra,
+        fairness=fairness,
     )
+
+
+# The fairness audit's numbers a registered run carries (its per-round reports and its
+# model version's metrics), as ``fairness_<name>``.
+_FAIRNESS_NUMBERS = (
+    "worst_group_accuracy",
+    "max_gap",
+    "worst_decile_accuracy",
+    "accuracy_std",
+    "demographic_parity_difference",
+    "equalized_odds_difference",
+)
+
+
+def _fairness_metrics(audit: dict[str, Any], *, prefix: str) -> dict[str, float]:
+    """The audit's finite numbers, and each sensitive group's accuracy (not the clients':
+    there may be thousands) as ``<prefix>accuracy_<group>``."""
+    out: dict[str, float] = {}
+    for name in _FAIRNESS_NUMBERS:
+        value = _finite(audit.get(name))
+        if value is not None:
+            out[f"{prefix}{name}"] = value
+    groups = audit.get("groups")
+    if audit.get("group_by") not in (None, "client") and isinstance(groups, dict):
+        for group, row in groups.items():
+            value = _finite(row.get("accuracy")) if isinstance(row, dict) else None
+            name = f"{prefix}accuracy_{group}"
+            if value is not None and _METRIC_NAME.fullmatch(name):
+                out[name] = value
+    return out
+
+
+def check_max_group_gap(run: RunFolder, max_group_gap: float) -> None:
+    """Refuse a run whose last fairness audit shows a gap between groups' accuracies
+    above ``max_group_gap`` (or that was never audited), naming the numbers."""
+    if run.fairness is None or _finite(run.fairness.get("max_gap")) is None:
+        raise RunFolderError(
+            f"run {run.run_id} has no fairness audit to check --max-group-gap against; "
+            "rerun with --fraction-evaluate (and --sensitive-attribute where the task has one)"
+        )
+    gap = float(run.fairness["max_gap"])
+    if gap > max_group_gap:
+        groups = run.fairness.get("groups") or {}
+        accuracies = ", ".join(
+            f"{name} {row['accuracy']:.3f}"
+            for name, row in list(groups.items())[:6]
+            if isinstance(row, dict) and _finite(row.get("accuracy")) is not None
+        )
+        raise RunFolderError(
+            f"run {run.run_id} not registered: its largest accuracy gap between groups "
+            f"(by {run.fairness.get('group_by')}) is {gap:.4f} > --max-group-gap "
+            f"{max_group_gap:g} ({accuracies}); train fairer (e.g. --strategy qffl) or "
+            "raise the limit"
+        )
 
 
 def check_checkpoint(run: RunFolder) -> str:
@@ -267,6 +326,11 @@ def _round_report(row: dict[str, Any]) -> RoundReportBody:
         ):
             continue
         metrics[key] = value
+    audit = row.get("fairness")
+    if isinstance(audit, dict):
+        for key, value in _fairness_metrics(audit, prefix="fairness_").items():
+            if len(metrics) < _MAX_METRICS:
+                metrics[key] = value
     report["metrics"] = metrics
     return cast("RoundReportBody", report)
 

@@ -70,6 +70,9 @@ class SecAggExchange:
     """The SecAgg+ train exchange; ``round_stats`` is its reply filter for metrics."""
 
     config: SecAggConfig
+    # Integers each client appends to its masked input (the fairness audit's per-group
+    # counts, tasks/fairness.py); their sum comes back as the reply's eval-fairness-counts.
+    extra_ints: int = 0
     _stats: dict[int, dict[str, float]] = field(default_factory=dict)
 
     # -- the loop's hooks -------------------------------------------------------------
@@ -180,7 +183,7 @@ class SecAggExchange:
         routed shares; returns the global model and the sum of the masked inputs."""
         state = rnd.state
         global_arrays = next(iter(rnd.train.values())).content.array_records[k.ARRAYS]
-        length = input_length(num_params(global_arrays))
+        length = input_length(num_params(global_arrays), self.extra_ints)
         dtype = ring_dtype(state.params.modulus_bits)
         total = np.zeros(length, dtype=dtype)
         requests = {}
@@ -263,7 +266,9 @@ class SecAggExchange:
                 seed_shares=seed_shares,
                 key_shares=key_shares,
             )
-            decoded = decode_sum(plain, num_inputs=len(survivors), params=state.params)
+            decoded = decode_sum(
+                plain, num_inputs=len(survivors), params=state.params, extra=self.extra_ints
+            )
         except (protocol.UnmaskError, ValueError) as exc:
             raise SecAggRoundFailed(str(exc)) from None
         rnd.stats["secagg_survivors"] = float(len(survivors))
@@ -273,6 +278,8 @@ class SecAggExchange:
         metrics = MetricRecord(
             {k.NUM_EXAMPLES: decoded.total_weight, sa.AGGREGATED_CLIENTS: len(survivors)}
         )
+        if self.extra_ints:
+            metrics[k.EVAL_FAIRNESS_COUNTS] = list(decoded.extra_sums)
         return Message(
             RecordDict({k.ARRAYS: new_arrays, k.METRICS: metrics}),
             reply_to=rnd.sent[min(survivors)],

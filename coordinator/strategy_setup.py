@@ -19,6 +19,7 @@ loop itself has no FedBuff case. Set-ups that cannot work are refused before rou
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -145,6 +146,8 @@ def build_strategy_setup(
     ``telemetry`` feeds device-aware selection (battery, charging, profile speed).
     """
     params = StrategyParams.from_run_config(run_config)
+    if params.client_lr is None:  # q-FFL's Lipschitz estimate: the run's learning rate
+        params = dataclasses.replace(params, client_lr=config.train_defaults().learning_rate)
     secagg = _secure_aggregation(run_config)
     check_strategy_setup(
         strategy=config.strategy,

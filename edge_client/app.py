@@ -18,6 +18,7 @@ from edge_client.data import ClientData, partition_data
 from edge_client.dp_mods import distributed_dp_share
 from edge_client.dp_training import train_with_dp
 from edge_client.energy import energy_mod
+from edge_client.fairness import audits_fairness, fairness_counts, secure_run
 from edge_client.protocol import keys as k
 from edge_client.secagg_client import PreMaskTransform, register_secagg
 from edge_client.settings import ClientSettings
@@ -26,6 +27,7 @@ from edge_client.site_policy import site_dp_config, site_mod
 from privacy.dp.config import dp_mode
 from tasks import evaluate, reported_loss, train_local
 from tasks.model_pool import give_back, take_model
+from tasks.run_config import as_bool
 from tasks.weights import weights_record
 
 
@@ -53,6 +55,8 @@ def handle_train(message: Message, context: Context) -> Message:
     """Train the received global model on local data; reply with weights and metrics."""
     settings = ClientSettings.from_message(context, message.content.config_records[k.CONFIG])
     data = load_client_data(settings)
+    if as_bool(k.RC_FAIRNESS_REWEIGH, context.run_config.get(k.RC_FAIRNESS_REWEIGH, False)):
+        data = data.reweighed(seed=settings.train_seed)
     model = _model_from(message, settings.task)
     # A site whose policy requires DP trains with its own DP-SGD whatever the run says.
     site_dp = None
@@ -102,15 +106,15 @@ def handle_evaluate(message: Message, context: Context) -> Message:
     data = load_client_data(settings)
     model = _model_from(message, settings.task)
     result = evaluate(model, data.x_eval, data.y_eval)
+    values: dict[str, int | float | list[int] | list[float]] = {
+        k.NUM_EXAMPLES: result.num_examples,
+        k.EVAL_LOSS: result.loss,
+        k.EVAL_ACCURACY: result.accuracy,
+    }
+    if audits_fairness(context) and not secure_run(context):  # else: inside the masked sum
+        values[k.EVAL_FAIRNESS_COUNTS] = fairness_counts(settings.task, model, data)
     give_back(settings.task, model)
-    metrics = MetricRecord(
-        {
-            k.NUM_EXAMPLES: result.num_examples,
-            k.EVAL_LOSS: result.loss,
-            k.EVAL_ACCURACY: result.accuracy,
-        }
-    )
-    return Message(content=RecordDict({k.METRICS: metrics}), reply_to=message)
+    return Message(content=RecordDict({k.METRICS: MetricRecord(values)}), reply_to=message)
 
 
 def build_client_app(

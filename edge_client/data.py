@@ -7,22 +7,36 @@ read their own files instead (see the site runtime).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
 
 from tasks import PartitionSpec, get_task, partition_indices
+from tasks.fairness import reweighed_indices
 
 
 @dataclass(frozen=True)
 class ClientData:
-    """A client's local training and evaluation arrays."""
+    """A client's local training and evaluation arrays; ``s_eval`` holds the sensitive
+    attribute's group code of each evaluation sample when the task declares one."""
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_eval: np.ndarray
     y_eval: np.ndarray
+    s_eval: np.ndarray | None = None
+    s_train: np.ndarray | None = None
+
+    def reweighed(self, *, seed: int) -> ClientData:
+        """This data with the training split resampled so that the label does not depend
+        on the sensitive group (``tasks.fairness.reweighed_indices``)."""
+        if self.s_train is None:
+            raise ValueError("fairness-reweigh needs a task with a sensitive attribute")
+        idx = reweighed_indices(self.y_train, self.s_train, seed=seed)
+        return replace(
+            self, x_train=self.x_train[idx], y_train=self.y_train[idx], s_train=self.s_train[idx]
+        )
 
 
 @lru_cache(maxsize=16)
@@ -63,4 +77,6 @@ def partition_data(
         y_train=data.y_train[train_idx],
         x_eval=data.x_train[eval_idx],
         y_eval=data.y_train[eval_idx],
+        s_eval=None if data.sensitive_train is None else data.sensitive_train[eval_idx],
+        s_train=None if data.sensitive_train is None else data.sensitive_train[train_idx],
     )

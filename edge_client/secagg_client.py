@@ -23,6 +23,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from edge_client.fairness import start_model_counts
 from edge_client.protocol import keys as k
 from edge_client.protocol import secagg as sa
 from privacy.secagg import client as protocol
@@ -133,6 +134,10 @@ def make_train_handler(
         except (protocol.ProtocolError, ShareAuthenticationError, KeyError, ValueError) as exc:
             context.state.config_records.pop(sa.SECAGG_STATE, None)
             return _refuse(message, exc)
+        try:  # the fairness audit's counts of the received model, summed under the mask
+            counts = start_model_counts(message, context)
+        except ValueError as exc:
+            return _refuse(message, exc)
         trained = train(message, context)
         if trained.has_error():
             return trained
@@ -150,8 +155,11 @@ def make_train_handler(
         for transform in pre_mask:
             item = transform(item, context)
         try:
-            ring = _scratch_ring(input_length(item.update.size), state.params.modulus_bits)
-            encoded = encode_input(item.update, weight=item.weight, params=state.params, out=ring)
+            length = input_length(item.update.size, len(counts))
+            ring = _scratch_ring(length, state.params.modulus_bits)
+            encoded = encode_input(
+                item.update, weight=item.weight, params=state.params, out=ring, extra=counts
+            )
             masked = protocol.masked_input(state, encoded=encoded)
         except (protocol.ProtocolError, ValueError) as exc:
             return _refuse(message, exc)

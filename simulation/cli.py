@@ -104,6 +104,24 @@ FractionEvaluateOption = Annotated[
     ),
 ]
 
+SensitiveAttributeOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Audit fairness per group of the task's sensitive attribute (credit-scoring: "
+        "sex); needs --fraction-evaluate. Without it, groups are the clients."
+    ),
+]
+
+FairnessReweighOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--fairness-reweigh/--no-fairness-reweigh",
+        help="Clients resample their training data so the label does not depend on the "
+        "sensitive attribute's group (Kamiran & Calders 2012); needs --sensitive-attribute. "
+        f"\\[default: {_default('fairness_reweigh')}]",
+    ),
+]
+
 StrategyOptionsOption = Annotated[
     str | None,
     typer.Option(
@@ -352,6 +370,8 @@ def simulate(
     seed: SeedOption = None,
     engine: EngineOption = None,
     fraction_evaluate: FractionEvaluateOption = None,
+    sensitive_attribute: SensitiveAttributeOption = None,
+    fairness_reweigh: FairnessReweighOption = None,
     strategy_options: StrategyOptionsOption = None,
     attack: AttackOption = None,
     attackers: AttackersOption = None,
@@ -386,7 +406,8 @@ def simulate(
     out: OutOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Run a federated simulation; writes metrics.json, metrics.csv, model.pt and accuracy.png."""
+    """Run a federated simulation; writes metrics.json, metrics.csv, model.pt and accuracy.png
+    (and fairness.png when rounds were audited: --fraction-evaluate)."""
     flags = dict(locals())  # first statement: exactly the parameters, as given
     settings = build_settings(config, overrides=settings_overrides(flags))
     out_dir, created = prepare_out_dir(out)
@@ -470,7 +491,10 @@ def report(settings: SimulateSettings, *, out_dir: Path) -> None:
     elif settings.sweep_epsilon:
         typer.echo(f"results: {out_dir}/privacy_utility.png, {out_dir}/privacy_utility.csv")
     else:
-        typer.echo(f"results: {out_dir}/metrics.json, {out_dir}/accuracy.png, {out_dir}/model.pt")
+        fairness = f", {out_dir}/fairness.png" if (out_dir / "fairness.png").exists() else ""
+        typer.echo(
+            f"results: {out_dir}/metrics.json, {out_dir}/accuracy.png{fairness}, {out_dir}/model.pt"
+        )
 
 
 def main() -> None:  # pragma: no cover - convenience for `python -m simulation.cli`

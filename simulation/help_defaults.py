@@ -25,6 +25,7 @@ SHOWN_DEFAULTS: dict[str, str] = {
     "seed": "0",
     "engine": "inprocess",
     "fraction_evaluate": "0",
+    "fairness_reweigh": "off",
     "attackers": "0",
     "selection": "random",
     "over_select": "0",

@@ -20,7 +20,7 @@ from rich.progress import (
 )
 
 from coordinator.results import RoundRecord, atomic_write_bytes
-from simulation.report import plot_accuracy
+from simulation.report import plot_accuracy, plot_fairness
 from simulation.run_config import RunConfigDict
 from simulation.settings import SimulateSettings
 
@@ -168,6 +168,8 @@ def finish(settings: SimulateSettings, *, out_dir: Path, started: float, console
     doc["wall_time_s"] = time.perf_counter() - started
     atomic_write_bytes(metrics_path, json.dumps(doc, indent=2).encode())
     plot_accuracy(metrics_path, out_dir / "accuracy.png")
+    if any(r.get("fairness") for r in doc["rounds"]):
+        plot_fairness(metrics_path, out_dir / "fairness.png")
     simulated = doc["rounds"][-1].get("sim_time_s") if doc["rounds"] else None
     fleet_text = f"; a real fleet would have taken {simulated:.1f}s" if simulated else ""
     console.print(

@@ -61,6 +61,8 @@ FEDFLEET_APP_ONLY = (
     "momentum",
     "partition",
     "fraction_evaluate",
+    "sensitive_attribute",
+    "fairness_reweigh",
     "strategy_options",
     "attack",
     "attackers",
@@ -97,6 +99,8 @@ class SimulateSettings:
     seed: int = _CORE.seed
     engine: str = ENGINES[0]
     fraction_evaluate: float = _CORE.fraction_evaluate
+    sensitive_attribute: str = _CORE.sensitive_attribute  # fairness audit (issue 19)
+    fairness_reweigh: bool = _CORE.fairness_reweigh
     # strategies, selection, attacks (issue 10): see simulation/strategy_settings.py
     strategy_options: str = ""
     attack: str = ""
@@ -208,6 +212,8 @@ class SimulateSettings:
             partition=self.partition,
             seed=self.seed,
             fraction_evaluate=self.fraction_evaluate,
+            sensitive_attribute=self.sensitive_attribute,
+            fairness_reweigh=self.fairness_reweigh,
             out_dir=out_dir,
         )
         config.validate()

@@ -9,6 +9,12 @@ and with the fewest updates their guarantees need:
 - Krum / Multi-Krum (Blanchard et al., NeurIPS 2017): n ≥ 2f + 3.
 - Bulyan (El Mhamdi et al., ICML 2018): n ≥ 4f + 3.
 - Coordinate-wise median and trimmed mean (Yin et al., ICML 2018).
+
+q-FFL (Li, Sanjabi, Beirami & Smith, "Fair Resource Allocation in Federated Learning",
+ICLR 2020) is Flower's ``QFedAvg``: it weighs each client's update by its training loss
+to the power ``q``, narrowing the accuracy gap between clients (and so between groups
+that clients over-represent). It needs each client's update and loss, so it is flagged
+``needs_individual_updates`` too.
 """
 
 from __future__ import annotations
@@ -155,6 +161,27 @@ def _multikrum(params: StrategyParams) -> Strategy:
 )
 def _bulyan(params: StrategyParams) -> Strategy:
     return _flower().Bulyan(num_malicious_nodes=params.byzantine, **ALL_OF_VIEW)
+
+
+# The MetricRecord key of a client's training loss (edge_client.protocol.keys.TRAIN_LOSS;
+# strategies/ may not import the device side: tests/strategies/test_qffl.py checks they agree).
+TRAIN_LOSS_KEY = "train-loss"
+
+
+@register_strategy(
+    "qffl",
+    needs_individual_updates=True,
+    summary="q-FFL (Li et al. 2020): updates weighed by loss^q, for a fairer accuracy spread",
+)
+def _qffl(params: StrategyParams) -> Strategy:
+    if params.client_lr is None:
+        raise ValueError("qffl needs the clients' learning rate: set strategy-client-lr")
+    return _flower().QFedAvg(
+        client_learning_rate=params.client_lr,
+        q=params.q,
+        train_loss_key=TRAIN_LOSS_KEY,
+        **ALL_OF_VIEW,
+    )
 
 
 @register_strategy(

@@ -34,7 +34,10 @@ class StrategyParams:
     ``byzantine`` is *f*, the number of a round's updates assumed malicious (Krum,
     Multi-Krum, Bulyan). ``max_update_norm`` bounds the L2 norm of an update
     (reply weights minus the weights the client started from); ``None`` means no
-    bound (non-finite updates are rejected regardless).
+    bound (non-finite updates are rejected regardless). ``q`` is q-FFL's fairness
+    exponent (0 = FedAvg's objective; larger weighs clients with higher loss more),
+    ``client_lr`` the clients' learning rate q-FFL estimates its Lipschitz constant
+    from (L = 1 / client_lr; ``None``: the coordinator fills in the run's).
     """
 
     proximal_mu: float = 0.01
@@ -50,6 +53,8 @@ class StrategyParams:
     staleness_exponent: float = 0.5
     max_staleness: int = 20
     max_update_norm: float | None = None
+    q: float = 1.0
+    client_lr: float | None = None
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> StrategyParams:
@@ -86,6 +91,8 @@ class StrategyParams:
             ("staleness-exponent", self.staleness_exponent >= 0, ">= 0"),
             ("max-staleness", self.max_staleness >= 0, ">= 0"),
             ("max-update-norm", self.max_update_norm is None or self.max_update_norm > 0, "> 0"),
+            ("q", self.q >= 0, ">= 0"),
+            ("client-lr", self.client_lr is None or self.client_lr > 0, "> 0"),
         ]
         for name, ok, expected in checks:
             value = getattr(self, name.replace("-", "_"))

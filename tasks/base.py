@@ -27,6 +27,11 @@ class Dataset:
     reads its own raw records applies the same scaling (:meth:`scale_raw`), so every
     party feeds the model what it was trained on. ``None`` where the raw features are
     the model's inputs already.
+
+    ``sensitive_train``/``sensitive_test`` hold, for a task that declares a sensitive
+    attribute (:attr:`TaskSpec.sensitive_attribute`), each sample's group code
+    (``0 .. len(TaskSpec.sensitive_groups) - 1``); the attribute is not a model input.
+    ``None`` for tasks without one.
     """
 
     x_train: np.ndarray
@@ -36,10 +41,19 @@ class Dataset:
     groups_train: np.ndarray | None = None
     input_mean: np.ndarray | None = None
     input_std: np.ndarray | None = None
+    sensitive_train: np.ndarray | None = None
+    sensitive_test: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
             raise ValueError("Dataset: features and labels must have the same length")
+        if (self.sensitive_train is None) != (self.sensitive_test is None):
+            raise ValueError("Dataset: sensitive_train and sensitive_test are given together")
+        if self.sensitive_train is not None and (
+            len(self.sensitive_train) != len(self.y_train)
+            or len(self.sensitive_test) != len(self.y_test)  # type: ignore[arg-type]
+        ):
+            raise ValueError("Dataset: sensitive attributes must have one value per sample")
         if (self.input_mean is None) != (self.input_std is None):
             raise ValueError("Dataset: input_mean and input_std are given together or not at all")
 
@@ -106,6 +120,9 @@ class TaskSpec:
     BatchNorm (it breaks DP-SGD and batched per-client training).
     ``load_data(seed)`` generates or loads the dataset offline; it never downloads.
     ``feature_names`` names the input columns of a tabular task (a site's CSV schema).
+    ``sensitive_attribute`` names a protected attribute the task's data carries (not a
+    model input; fairness audits group by it), ``sensitive_groups`` its values' names in
+    code order (``Dataset.sensitive_*`` hold the codes).
     """
 
     name: str
@@ -116,3 +133,5 @@ class TaskSpec:
     input_shape: tuple[int, ...]
     defaults: TrainDefaults = field(default_factory=TrainDefaults)
     feature_names: tuple[str, ...] | None = None
+    sensitive_attribute: str | None = None
+    sensitive_groups: tuple[str, ...] = ()

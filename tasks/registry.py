@@ -17,6 +17,7 @@ _TASKS: dict[str, TaskSpec] = {}
 # Built-in task name → the module that registers it.
 BUILTIN_TASKS: dict[str, str] = {
     "breast-cancer-mlp": "tasks.breast_cancer",
+    "credit-scoring": "tasks.credit_scoring",
     "digits-cnn": "tasks.digits",
     "synthetic-logreg": "tasks.synthetic",
 }

@@ -182,7 +182,7 @@ SIMULATE_BAD_INPUT = [
     ),
     (
         ["--task", "nope"],
-        "error: unknown task 'nope'; choose one of: breast-cancer-mlp, digits-cnn, "
+        "error: unknown task 'nope'; choose one of: breast-cancer-mlp, credit-scoring, digits-cnn, "
         "synthetic-logreg",
     ),
     (["--partition", "bogus"], "error: unknown partition 'bogus'"),

@@ -31,6 +31,9 @@ NUM_EXAMPLES: Final = "num-examples"  # weighting key of Flower's strategies
 TRAIN_LOSS: Final = "train-loss"
 EVAL_LOSS: Final = "eval-loss"
 EVAL_ACCURACY: Final = "eval-acc"
+# Per-group confusion counts of an evaluate reply (list of ints, tasks.fairness order:
+# tp, fp, tn, fn per group code of the run's sensitive attribute); only with one set.
+EVAL_FAIRNESS_COUNTS: Final = "eval-fairness-counts"
 # The simulated seconds a device took to train and upload (simulation only; the
 # coordinator orders arrivals by it when the run's clock is "simulated").
 SIM_SECONDS: Final = "sim-seconds"
@@ -62,6 +65,12 @@ RC_CLOCK: Final = "clock"  # "wall" (default) | "simulated"
 RC_SPEEDS: Final = "speeds"  # simulated device-speed model, e.g. "pareto:1.5"
 RC_ATTACK: Final = "attack"  # "" | sign-flip | scale:F | gaussian:S | label-flip
 RC_ATTACKERS: Final = "attackers"  # fraction of clients that attack, in [0, 1]
+# Fairness audit (issue 19): the task's sensitive attribute evaluate replies count by
+# ("" = none: groups are the clients).
+RC_SENSITIVE_ATTRIBUTE: Final = "sensitive-attribute"
+# Clients resample their training data so the label does not depend on the attribute's
+# group (Kamiran & Calders 2012; tasks.fairness.reweighed_indices).
+RC_FAIRNESS_REWEIGH: Final = "fairness-reweigh"
 
 # node_config keys (set by the simulation engines, or by a SuperNode's --node-config).
 NC_PARTITION_ID: Final = "partition-id"

@@ -35,6 +35,37 @@ def _charts(detail: RunDetail) -> tuple[str, str | None]:
     return accuracy, loss
 
 
+# Round metrics a registered run's fairness audit reports (coordinator/registration.py):
+# shown, with their labels, in the run page's fairness section.
+FAIRNESS_COLUMNS = (
+    ("fairness_worst_group_accuracy", "Worst-group accuracy"),
+    ("fairness_max_gap", "Largest gap"),
+    ("fairness_worst_decile_accuracy", "Worst-decile client accuracy"),
+    ("fairness_accuracy_std", "Client accuracy std"),
+    ("fairness_demographic_parity_difference", "DP difference"),
+    ("fairness_equalized_odds_difference", "EO difference"),
+)
+
+
+def _fairness(detail: RunDetail) -> tuple[list[dict[str, float | None]], str | None]:
+    """Each audited round's fairness numbers (``FAIRNESS_COLUMNS``, and ``round``), and a
+    chart of the largest gap between groups; empty when no round was audited."""
+    rows: list[dict[str, float | None]] = [
+        {"round": r.round, **{key: r.metrics.get(key) for key, _ in FAIRNESS_COLUMNS}}
+        for r in detail.rounds
+        if "fairness_max_gap" in r.metrics
+    ]
+    if not rows:
+        return [], None
+    chart = line_chart_svg(
+        [(float(row["round"] or 0), row["fairness_max_gap"]) for row in rows],
+        title="Largest accuracy gap between groups per round",
+        x_label="round",
+        y_label="gap",
+    )
+    return rows, chart
+
+
 def runs_router(pages: Pages) -> APIRouter:
     """``GET /runs`` and ``GET /runs/{id}``."""
     router = APIRouter(include_in_schema=False)
@@ -53,6 +84,7 @@ def runs_router(pages: Pages) -> APIRouter:
             raise HTTPException(404, f"run {run_id} does not exist")
         detail = run_crud.detail_view(session, run)
         accuracy, loss = _charts(detail)
+        fairness_rows, fairness_chart = _fairness(detail)
         return pages.render(
             request,
             "run_detail.html",
@@ -60,6 +92,9 @@ def runs_router(pages: Pages) -> APIRouter:
             run=detail,
             accuracy_chart=accuracy,
             loss_chart=loss,
+            fairness_rows=fairness_rows,
+            fairness_columns=FAIRNESS_COLUMNS,
+            fairness_chart=fairness_chart,
             config_json=json.dumps(detail.config, indent=2, sort_keys=True),
             terminal=RunStatus(detail.status).terminal,
         )

@@ -6,11 +6,17 @@ is its update quantized with s = (2^(B−1)−1)/R levels per unit, w its intege
 1/65535 units. All arithmetic is integer, so the decoded sum of the inputs is exact and
 the only error of the recovered weighted mean Σ w·q / (Σw · s) is rounding:
 at most half a step, R/(2^B − 2), per coordinate.
+
+Optionally, ``extra`` non-negative integers (a fairness audit's per-group confusion
+counts) travel between the update and ``w``: [w·q_1, …, w·q_d, e_1, …, e_m, w, c]. Each
+is clamped to [0, max_weight] like ``w``, so the modulus sized for the weight coordinate
+holds their sum too; the server learns only Σ e_j over the survivors.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,9 +36,10 @@ def ring_dtype(modulus_bits: int) -> type[np.unsignedinteger]:
     raise ValueError(f"modulus of {modulus_bits} bits is not supported; use 32 or 64")
 
 
-def input_length(num_params: int) -> int:
-    """Length of a client's ring vector for a model of ``num_params`` numbers."""
-    return num_params + EXTRA_COORDS
+def input_length(num_params: int, extra: int = 0) -> int:
+    """Length of a client's ring vector for a model of ``num_params`` numbers and
+    ``extra`` summed integers."""
+    return num_params + extra + EXTRA_COORDS
 
 
 BLOCK = 1 << 15
@@ -42,23 +49,30 @@ once and the ring written once."""
 
 
 def encode_input(
-    update: np.ndarray, *, weight: int, params: SecAggParams, out: np.ndarray | None = None
+    update: np.ndarray,
+    *,
+    weight: int,
+    params: SecAggParams,
+    out: np.ndarray | None = None,
+    extra: Sequence[int] = (),
 ) -> np.ndarray:
     """Clip, quantize and weight ``update`` (float, flat) into a ring vector.
 
     Non-finite coordinates are refused: a NaN would silently poison the sum.
     ``weight`` is clamped to [0, max_weight] so no client can overflow the modulus.
     ``out`` (optional): a buffer of the ring's dtype and length to write into and
-    return (a reused buffer costs no fresh pages of memory).
+    return (a reused buffer costs no fresh pages of memory). ``extra``: summed integers
+    carried after the update (see the module's docstring).
     """
     if update.ndim != 1:
         raise ValueError("encode_input expects a flat update vector")
     d = update.size
     dtype = ring_dtype(params.modulus_bits)
+    length = input_length(d, len(extra))
     if out is None:
-        ring = np.empty(input_length(d), dtype=dtype)
-    elif out.dtype != dtype or out.shape != (input_length(d),) or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a contiguous {np.dtype(dtype)} array of {input_length(d)}")
+        ring = np.empty(length, dtype=dtype)
+    elif out.dtype != dtype or out.shape != (length,) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous {np.dtype(dtype)} array of {length}")
     else:
         ring = out
     w = int(min(max(weight, 0), params.max_weight))
@@ -70,6 +84,8 @@ def encode_input(
         n_clipped += _quantize_block(
             update[start : start + BLOCK], head[start : start + BLOCK], scratch, w, params
         )
+    if extra:
+        signed[d:-EXTRA_COORDS] = [min(max(int(e), 0), params.max_weight) for e in extra]
     signed[-2] = w
     signed[-1] = round(CLIP_FRACTION_SCALE * n_clipped / max(d, 1))
     return ring
@@ -102,16 +118,20 @@ class DecodedSum:
 
     ``mean_update`` is Σ w·clip(u) / Σ w (float64, within ``quantization_error``),
     ``total_weight`` is Σ w, ``clipped_fraction`` the mean over clients of the fraction
-    of clipped coordinates.
+    of clipped coordinates, ``extra_sums`` Σ of each extra integer.
     """
 
     mean_update: np.ndarray
     total_weight: int
     clipped_fraction: float
+    extra_sums: tuple[int, ...] = ()
 
 
-def decode_sum(ring_sum: np.ndarray, *, num_inputs: int, params: SecAggParams) -> DecodedSum:
-    """Interpret the unmasked sum of ``num_inputs`` ring vectors (two's complement)."""
+def decode_sum(
+    ring_sum: np.ndarray, *, num_inputs: int, params: SecAggParams, extra: int = 0
+) -> DecodedSum:
+    """Interpret the unmasked sum of ``num_inputs`` ring vectors (two's complement)
+    whose last ``extra`` coordinates before the weight are summed integers."""
     dtype = ring_dtype(params.modulus_bits)
     if ring_sum.dtype != dtype:
         raise ValueError(f"ring sum has dtype {ring_sum.dtype}, expected {np.dtype(dtype)}")
@@ -119,7 +139,13 @@ def decode_sum(ring_sum: np.ndarray, *, num_inputs: int, params: SecAggParams) -
     total_weight = int(signed[-2])
     if total_weight <= 0:
         raise ValueError("the survivors' total weight is 0; there is no update to average")
-    mean = signed[:-EXTRA_COORDS].astype(np.float64)
+    d = len(signed) - EXTRA_COORDS - extra
+    mean = signed[:d].astype(np.float64)
     mean /= total_weight * params.scale
     clipped = float(signed[-1]) / (CLIP_FRACTION_SCALE * max(num_inputs, 1))
-    return DecodedSum(mean_update=mean, total_weight=total_weight, clipped_fraction=clipped)
+    return DecodedSum(
+        mean_update=mean,
+        total_weight=total_weight,
+        clipped_fraction=clipped,
+        extra_sums=tuple(int(v) for v in signed[d:-EXTRA_COORDS]),
+    )

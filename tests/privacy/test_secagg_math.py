@@ -293,3 +293,32 @@ def test_config_round_trips_through_the_run_config():
     assert (params.degree, params.threshold, params.modulus_bits) == (8, 5, 64)
     small = SecAggConfig(enabled=True, bits=12, max_weight=1024).params_for(1000)
     assert small.modulus_bits == 32
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, 5000), min_size=8, max_size=8), min_size=3, max_size=12),
+    st.integers(0, 2**32 - 1),
+)
+def test_extra_counts_sum_exactly_beside_the_update(counts, seed):
+    # Prepare: each client's update and its fairness counts (8 = 2 groups × 4).
+    rng = np.random.default_rng(seed)
+    params = SecAggConfig(enabled=True, clip=1.0, bits=16, max_weight=10_000).params_for(
+        len(counts)
+    )
+    updates = [rng.uniform(-0.5, 0.5, 5) for _ in counts]
+    # Execute: the modular sum of the encoded inputs, as unmasking reveals it
+    total = sum(
+        encode_input(u, weight=10, params=params, extra=c)
+        for u, c in zip(updates, counts, strict=True)
+    )
+    decoded = decode_sum(np.asarray(total), num_inputs=len(counts), params=params, extra=8)
+    plain = decode_sum(
+        np.asarray(sum(encode_input(u, weight=10, params=params) for u in updates)),
+        num_inputs=len(counts),
+        params=params,
+    )
+    # Assert: the counts' sum is exact and the update is decoded as without them
+    assert decoded.extra_sums == tuple(int(v) for v in np.sum(counts, axis=0))
+    assert decoded.total_weight == 10 * len(counts)
+    np.testing.assert_array_equal(decoded.mean_update, plain.mean_update)

@@ -25,6 +25,7 @@ FEDFLEET = [sys.executable, "-c", "from fedfleet.cli import main; main()"]
 TARGETS = [
     ("digits-cnn", ["--clients", "30", "--clients-per-round", "10", "--rounds", "5"], 0.85),
     ("breast-cancer-mlp", ["--rounds", "3"], 0.90),
+    ("credit-scoring", ["--rounds", "3"], 0.85),
     (
         "synthetic-logreg",
         ["--clients", "30", "--clients-per-round", "10", "--rounds", "3"],

@@ -175,3 +175,19 @@ def test_naming_a_task_and_loading_its_data_loads_no_torch(name: str) -> None:
     )
     loaded, rows, params = json.loads(out.stdout)
     assert not loaded and rows > 0 and params > 0
+
+
+def test_credit_scoring_is_deterministic_and_biased_against_its_protected_group() -> None:
+    from tasks.credit_scoring import generate_credit
+
+    a = generate_credit(applicants=2000, branches=5, seed=4)
+    b = generate_credit(applicants=2000, branches=5, seed=4)
+    assert all((x == y).all() for x, y in zip(a, b, strict=True))
+    _, y, sex, branch = a
+    assert y[sex == 1].mean() < y[sex == 0].mean() - 0.1  # label bias + pay gap
+    share = [sex[branch == k].mean() for k in range(5)]
+    assert share[0] < share[-1]  # branches differ in their mix: non-IID by group
+    spec = get_task("credit-scoring")
+    data = spec.load_data(0)
+    assert spec.sensitive_attribute == "sex"
+    assert data.sensitive_test is not None and set(data.sensitive_test) == {0, 1}
