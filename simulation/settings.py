@@ -115,6 +115,7 @@ class SimulateSettings:
     devices: str = ""
     app: str = ""
     app_config: str = ""
+    app_workers: str = "auto"  # --app: simulation/app_calls.py
     threads: int = 1  # torch intra-op threads of the in-process engine; 0 = torch's default
     # differential privacy (issue 4): see simulation/dp_settings.py
     dp: str = _DP.mode
