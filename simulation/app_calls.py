@@ -21,7 +21,10 @@ worker comes back as its whole traceback (:class:`simulation.app_errors.ClientFa
 
 **auto** (the default) measures instead of guessing: per message type, the first push
 large enough to fill the workers (two calls per worker or more) runs in process, the
-next one in the workers, and the faster per call runs the rest. Pushes smaller than
+next one in the workers, and the faster per call runs the rest: in process, the median
+of the calls' own seconds (a one-time warm-up, the first call's, left out); in
+workers, the push's wall seconds per call (their warm-ups included: when in doubt, in
+process). Pushes smaller than
 that run in process. One core: no workers.
 
 **Timeouts.** In process, a call is bounded in wall time (:mod:`simulation.timed_calls`).
@@ -37,24 +40,25 @@ import functools
 import os
 import random
 import signal
+import statistics
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any, Literal
-
-from flwr.app import Context, Error, Message
-from flwr.clientapp import ClientApp
-from flwr.common.constant import ErrorCode
+from typing import TYPE_CHECKING, Any, Literal
 
 from simulation.app_errors import ClientFailure
 from simulation.timed_calls import TimedCalls
 
+if TYPE_CHECKING:  # Flower is imported when a call is made: bad input answers without it
+    from flwr.app import Context, Message
+    from flwr.clientapp import ClientApp
+
 Mode = Literal["inprocess", "workers"]
 # (the instruction, what its ClientApp call raised)
-FailureCallback = Callable[[Message, ClientFailure], None]
+FailureCallback = Callable[["Message", ClientFailure], None]
 AUTO = -1  # --app-workers auto
 PARENT_POLL_S = 1.0  # how often an idle worker checks that its parent is still there
 STOP_WAIT_S = 5.0  # wall seconds a worker gets to end after being told to
@@ -124,6 +128,9 @@ def call_client_app(
     client_app: ClientApp, message: Message, context: Context, *, seed_value: int
 ) -> CallOutcome:
     """One call from its own random state; an exception is the reply, never a crash."""
+    from flwr.app import Error, Message
+    from flwr.common.constant import ErrorCode
+
     started = time.perf_counter()
     failure = None
     with own_random_state(seed_value):
@@ -258,9 +265,9 @@ class Calibration:
             return "workers"
         return "workers" if workers < inprocess else "inprocess"
 
-    def record(self, message_type: str, mode: Mode, seconds: float, calls: int) -> None:
+    def record(self, message_type: str, mode: Mode, per_call_s: float, calls: int) -> None:
         if calls >= 2 * self.workers:
-            self.per_call[(message_type, mode)] = seconds / calls
+            self.per_call[(message_type, mode)] = per_call_s
 
 
 class AppCalls:
@@ -339,7 +346,11 @@ class AppCalls:
                 self._in_process(message, context, seed, timeout)
                 for message, context, seed in zip(messages, contexts, seeds, strict=True)
             ]
-        self.calibration.record(message_type, mode, time.perf_counter() - started, len(messages))
+        if mode == "workers":  # throughput: wall seconds per call (warm-ups included)
+            per_call = (time.perf_counter() - started) / len(messages)
+        else:  # one call's own seconds, a one-time warm-up (the first call's) left out
+            per_call = statistics.median(spent for _, spent in results) if results else 0.0
+        self.calibration.record(message_type, mode, per_call, len(messages))
         self.last_mode = mode
         return results
 
@@ -368,5 +379,8 @@ class AppCalls:
         if self.on_failure is not None:
             self.on_failure(message, outcome.failure)
         else:  # no one shows it: the reply carries the whole traceback
+            from flwr.app import Error, Message
+            from flwr.common.constant import ErrorCode
+
             error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=outcome.failure.trace)
             outcome.reply = Message(error, reply_to=message)

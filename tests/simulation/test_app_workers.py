@@ -236,13 +236,13 @@ def test_auto_measures_in_process_then_workers_then_keeps_the_faster() -> None:
     calibration = Calibration(workers=2)
     assert calibration.mode("train", 3) == "inprocess"  # too small to fill the workers
     assert calibration.mode("train", 10) == "inprocess"  # first: measured in process
-    calibration.record("train", "inprocess", 10.0, 10)
+    calibration.record("train", "inprocess", 1.0, 10)
     assert calibration.mode("train", 10) == "workers"  # then in workers
-    calibration.record("train", "workers", 6.0, 10)
+    calibration.record("train", "workers", 0.6, 10)
     assert calibration.mode("train", 10) == "workers"  # faster: kept
     assert calibration.mode("evaluate", 10) == "inprocess"  # each message type on its own
-    calibration.record("evaluate", "inprocess", 1.0, 10)
-    calibration.record("evaluate", "workers", 2.0, 10)
+    calibration.record("evaluate", "inprocess", 0.1, 10)
+    calibration.record("evaluate", "workers", 0.2, 10)
     assert calibration.mode("evaluate", 10) == "inprocess"
 
 
