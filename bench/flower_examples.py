@@ -15,7 +15,9 @@ the table takes minutes) and logs ``RESULT {json}`` at the end:
 
 Columns: whether the app ran on both; its results compared (bench/app_vs_flower.py:
 "identical", or the largest relative difference: every app uses full participation
-here, so both engines aggregate the same clients, in their own order); wall seconds of
+here and waits for all its nodes before round 1 (``min-nodes``: on Flower they
+register while the run starts), so both engines aggregate the same clients, in their
+own order); wall seconds of
 each, end to end; Flower / fedfleet; and the faithfulness points: the app's own INFO
 lines shown by fedfleet (its RESULT line), the same metric names on both engines
 (nothing injected), and a server timeout honoured (the sleeping client left out on
@@ -79,7 +81,9 @@ def main() -> None:
     )
     lines = [header]
     for name in [a.strip() for a in args.apps.split(",") if a.strip()]:
-        app, run_config = APPS / name, EXAMPLES[name]
+        app = APPS / name
+        # every node connected before round 1 (Flower's nodes register while it starts)
+        run_config = f"{EXAMPLES[name]} min-nodes={args.clients}".strip()
         print(f"{name}: fedfleet ...", flush=True)
         ours = run_fedfleet(app, clients=args.clients, run_config=run_config)
         print(f"{name}: flower ...", flush=True)

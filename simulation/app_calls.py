@@ -30,7 +30,8 @@ that run in process. One core: no workers.
 **Timeouts.** In process, a call is bounded in wall time (:mod:`simulation.timed_calls`).
 A worker's call is late when its own seconds exceed the timeout (its reply is then
 dropped, as Flower's ``send_and_receive`` drops it), but the push waits for it; so
-under auto a message type that had a late call in workers runs in process from then on.
+under auto a message type that had a late call (in process or in workers) runs in
+process from then on.
 """
 
 from __future__ import annotations
@@ -346,6 +347,8 @@ class AppCalls:
                 self._in_process(message, context, seed, timeout)
                 for message, context, seed in zip(messages, contexts, seeds, strict=True)
             ]
+            if any(outcome is None for outcome, _ in results):  # a worker would wait for it
+                self.calibration.per_call[(message_type, "workers")] = float("inf")
         if mode == "workers":  # throughput: wall seconds per call (warm-ups included)
             per_call = (time.perf_counter() - started) / len(messages)
         else:  # one call's own seconds, a one-time warm-up (the first call's) left out

@@ -46,7 +46,9 @@ def main(grid: Grid, context: Context) -> None:
     random.seed(int(cfg["seed"]))
     torch.manual_seed(int(cfg["seed"]))
     strategy = CustomFedAvg(
-        fraction_train=cfg["fraction-train"], fraction_evaluate=cfg["fraction-evaluate"]
+        fraction_train=cfg["fraction-train"],
+        fraction_evaluate=cfg["fraction-evaluate"],
+        min_available_nodes=cfg["min-nodes"],
     )
     result = strategy.start(
         grid=grid,

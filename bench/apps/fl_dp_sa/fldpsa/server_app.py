@@ -28,7 +28,7 @@ def main(grid: Grid, context: Context) -> None:
         fraction_fit=cfg["fraction-fit"],
         fraction_evaluate=0.0,
         min_fit_clients=2,
-        min_available_clients=2,
+        min_available_clients=cfg["min-nodes"],
         initial_parameters=ndarrays_to_parameters([np.zeros((4, 3), dtype=np.float32)]),
         fit_metrics_aggregation_fn=weighted_loss,
     )
@@ -36,7 +36,7 @@ def main(grid: Grid, context: Context) -> None:
         fedavg,
         noise_multiplier=cfg["noise-multiplier"],
         clipping_norm=cfg["clipping-norm"],
-        num_sampled_clients=len(list(grid.get_node_ids())) or 1,
+        num_sampled_clients=cfg["min-nodes"],
     )
     legacy = LegacyContext(
         context=context, config=ServerConfig(num_rounds=cfg["num-server-rounds"]), strategy=strategy

@@ -21,7 +21,11 @@ def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     random.seed(int(cfg["seed"]))
     torch.manual_seed(int(cfg["seed"]))
-    strategy = FedAvg(fraction_train=cfg["fraction-train"], fraction_evaluate=0.0)
+    strategy = FedAvg(
+        fraction_train=cfg["fraction-train"],
+        fraction_evaluate=0.0,
+        min_available_nodes=cfg["min-nodes"],
+    )
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(Net().state_dict()),

@@ -18,7 +18,11 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     random.seed(int(context.run_config["seed"]))
     arrays = ArrayRecord([np.ones((2, 3)), np.zeros(4)])
-    strategy = FedAvg(fraction_train=context.run_config["fraction-train"], fraction_evaluate=0.0)
+    strategy = FedAvg(
+        fraction_train=context.run_config["fraction-train"],
+        fraction_evaluate=0.0,
+        min_available_nodes=context.run_config["min-nodes"],
+    )
     result = strategy.start(
         grid=grid, initial_arrays=arrays, num_rounds=context.run_config["num-server-rounds"]
     )

@@ -2,6 +2,7 @@
 
 import json
 import random
+import time
 from logging import INFO
 
 import numpy as np
@@ -19,7 +20,8 @@ def main(grid: Grid, context: Context) -> None:
     features = str(cfg["feature-names"])
     totals: dict[str, dict[str, list[int]]] = {}
     for server_round in range(1, int(cfg["num-server-rounds"]) + 1):
-        nodes = sorted(grid.get_node_ids())
+        while len(nodes := sorted(grid.get_node_ids())) < int(cfg["min-nodes"]):
+            time.sleep(1.0)  # wait for the nodes to connect
         content = RecordDict({"config": ConfigRecord({"feature-names": features})})
         messages = [
             Message(

@@ -30,7 +30,11 @@ def main(grid: Grid, context: Context) -> None:
     global_model = Net()
     arrays = ArrayRecord(global_model.state_dict())
 
-    strategy = FedAvg(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate)
+    strategy = FedAvg(
+        fraction_train=fraction_train,
+        fraction_evaluate=fraction_evaluate,
+        min_available_nodes=context.run_config["min-nodes"],
+    )
     result = strategy.start(
         grid=grid,
         initial_arrays=arrays,

@@ -20,7 +20,9 @@ def main(grid: Grid, context: Context) -> None:
     random.seed(int(cfg["seed"]))
     arrays = ArrayRecord([np.zeros((3, 4)), np.zeros(3)])  # coef_, intercept_
     strategy = FedAvg(
-        fraction_train=cfg["fraction-train"], fraction_evaluate=cfg["fraction-evaluate"]
+        fraction_train=cfg["fraction-train"],
+        fraction_evaluate=cfg["fraction-evaluate"],
+        min_available_nodes=cfg["min-nodes"],
     )
     result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=cfg["num-server-rounds"])
     digest = hashlib.sha256(b"".join(a.tobytes() for a in result.arrays.to_numpy_ndarrays()))

@@ -22,7 +22,7 @@ def main(grid: Grid, context: Context) -> None:
         fraction_fit=1.0,
         fraction_evaluate=0.0,
         min_fit_clients=2,
-        min_available_clients=2,
+        min_available_clients=cfg["min-nodes"],
         initial_parameters=ndarrays_to_parameters([np.zeros(5, dtype=np.float32)]),
         fit_metrics_aggregation_fn=lambda metrics: {"clients": len(metrics)},
     )
