@@ -12,8 +12,11 @@ with the reply. What is not carried: an app's module-level globals changed by a 
 (as on Flower, where each simulation actor holds its own); and with more than one
 torch thread per process (``--threads``) torch may sum in another order.
 
-**Workers** are forked once, before the ServerApp starts (so no thread pool of the
-parent is copied mid-use), and serve calls of any node; a push's calls are handed out
+**Workers** are forked once, when first needed: under auto after the in-process
+measurement, so they inherit what the app's first calls imported and warmed up (torch's
+first optimizer step imports ~2 s of modules), never while a late call's thread runs;
+with more than one torch thread (``--threads``) before the ServerApp starts, as an
+OpenMP pool must not be forked once used. They serve calls of any node; a push's calls are handed out
 one at a time to whichever worker is free. They ignore SIGINT (the parent stops them),
 end on their pipe's end-of-file or when the parent is gone (polled each second), and
 are ended by PID when the run ends, however it ends. A ClientApp exception in a
@@ -306,10 +309,15 @@ class AppCalls:
         return self._size
 
     def start(self) -> AppCalls:
-        """Fork the workers (if any): before the ServerApp runs anything."""
-        if self._size > 0 and self.pool is None:
-            self.pool = WorkerPool(self.client_app, self._size, self._threads).start()
+        """Fork the workers now if they cannot wait: with more than one torch thread
+        (an OpenMP pool must not be forked once used); else when first needed."""
+        if self._size > 0 and self._threads != 1:
+            self._fork()
         return self
+
+    def _fork(self) -> None:
+        if self.pool is None:
+            self.pool = WorkerPool(self.client_app, self._size, self._threads).start()
 
     def close(self) -> None:
         if self.pool is not None:
@@ -317,9 +325,14 @@ class AppCalls:
             self.pool = None
 
     def _mode(self, message_type: str, calls: int) -> Mode:
-        if self.pool is None or calls < 2:
+        if self._size == 0 or calls < 2:
             return "inprocess"
-        return self.calibration.mode(message_type, calls) if self._auto else "workers"
+        mode = self.calibration.mode(message_type, calls) if self._auto else "workers"
+        if mode == "workers" and self.pool is None:
+            if self.timed.running():  # never fork while a late call's thread runs
+                return "inprocess"
+            self._fork()
+        return mode
 
     def run(
         self, messages: list[Message], contexts: list[Context], *, timeout: float | None

@@ -4,6 +4,7 @@ on the server, and a checkpoint of the best model."""
 import hashlib
 import json
 import random
+import time
 from collections.abc import Iterable
 from logging import INFO
 
@@ -45,6 +46,10 @@ def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     random.seed(int(cfg["seed"]))
     torch.manual_seed(int(cfg["seed"]))
+    # wait for every node before round 1: FedAvg sizes its sample from the nodes
+    # connected when it starts (Flower's simulated nodes register while it starts)
+    while len(list(grid.get_node_ids())) < int(context.run_config["min-nodes"]):
+        time.sleep(1.0)
     strategy = CustomFedAvg(
         fraction_train=cfg["fraction-train"],
         fraction_evaluate=cfg["fraction-evaluate"],

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import random
+import time
 from logging import INFO
 
 import torch
@@ -21,6 +22,10 @@ def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     random.seed(int(cfg["seed"]))
     torch.manual_seed(int(cfg["seed"]))
+    # wait for every node before round 1: FedAvg sizes its sample from the nodes
+    # connected when it starts (Flower's simulated nodes register while it starts)
+    while len(list(grid.get_node_ids())) < int(context.run_config["min-nodes"]):
+        time.sleep(1.0)
     strategy = FedAvg(
         fraction_train=cfg["fraction-train"],
         fraction_evaluate=0.0,

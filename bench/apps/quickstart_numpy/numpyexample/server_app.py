@@ -3,6 +3,7 @@
 import hashlib
 import json
 import random
+import time
 from logging import INFO
 
 import numpy as np
@@ -18,6 +19,10 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     random.seed(int(context.run_config["seed"]))
     arrays = ArrayRecord([np.ones((2, 3)), np.zeros(4)])
+    # wait for every node before round 1: FedAvg sizes its sample from the nodes
+    # connected when it starts (Flower's simulated nodes register while it starts)
+    while len(list(grid.get_node_ids())) < int(context.run_config["min-nodes"]):
+        time.sleep(1.0)
     strategy = FedAvg(
         fraction_train=context.run_config["fraction-train"],
         fraction_evaluate=0.0,

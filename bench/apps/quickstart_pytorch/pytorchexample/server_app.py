@@ -3,6 +3,7 @@
 import hashlib
 import json
 import random
+import time
 from logging import INFO
 
 import torch
@@ -30,6 +31,10 @@ def main(grid: Grid, context: Context) -> None:
     global_model = Net()
     arrays = ArrayRecord(global_model.state_dict())
 
+    # wait for every node before round 1: FedAvg sizes its sample from the nodes
+    # connected when it starts (Flower's simulated nodes register while it starts)
+    while len(list(grid.get_node_ids())) < int(context.run_config["min-nodes"]):
+        time.sleep(1.0)
     strategy = FedAvg(
         fraction_train=fraction_train,
         fraction_evaluate=fraction_evaluate,

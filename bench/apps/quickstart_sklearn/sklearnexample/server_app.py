@@ -3,6 +3,7 @@
 import hashlib
 import json
 import random
+import time
 from logging import INFO
 
 import numpy as np
@@ -19,6 +20,10 @@ def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     random.seed(int(cfg["seed"]))
     arrays = ArrayRecord([np.zeros((3, 4)), np.zeros(3)])  # coef_, intercept_
+    # wait for every node before round 1: FedAvg sizes its sample from the nodes
+    # connected when it starts (Flower's simulated nodes register while it starts)
+    while len(list(grid.get_node_ids())) < int(context.run_config["min-nodes"]):
+        time.sleep(1.0)
     strategy = FedAvg(
         fraction_train=cfg["fraction-train"],
         fraction_evaluate=cfg["fraction-evaluate"],
