@@ -48,6 +48,8 @@ EXAMPLES = {
     "custom_mods": "",
     "opacus_dp": "",
     "fl_dp_sa": "",
+    # on Flower's engine here every round halted at SecAgg+ setup ("Insufficient
+    # available nodes"), with timeout 2 s and with 8 s (sleep 10 s) alike
     "secure_aggregation": "",
     "advanced_pytorch": "fraction-evaluate=1.0",
 }
