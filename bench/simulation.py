@@ -26,6 +26,14 @@ one importing torch, one importing torch and ``flwr.serverapp`` — are measured
 so the engine's own cold start shows apart from Python's and torch's. Prints a table
 with ratios and writes ``simulation.json`` and ``simulation.png`` to ``--out``.
 
+Any Flower App instead (``--app DIR``): fedfleet's ``simulate --app`` against Flower's
+own simulation engine on that app, side by side (bench/app_vs_flower.py), with the
+ratio and the goal (>= 5x end to end at 100 clients for a quickstart-pytorch-style app,
+e.g. bench/apps/quickstart_pytorch):
+
+    python bench/simulation.py --app DIR [--clients 100] [--run-config "k=v ..."]
+                               [--app-workers auto|0|N] [--out runs/bench-simulation]
+
     python bench/simulation.py [--clients 1000] [--per-round 100] [--rounds 3]
                                [--engines flower,plain,fedfleet,fedfleet-first]
                                [--repeats N]
@@ -374,10 +382,27 @@ def plot(results: dict[str, EngineResult], path: Path) -> None:
     plt.close(fig)
 
 
+def bench_app(args: argparse.Namespace) -> None:
+    """``--app DIR``: fedfleet against Flower's engine on one Flower App."""
+    from app_vs_flower import side_by_side  # bench/ is the script's folder
+
+    clients = args.clients or 100
+    lines = side_by_side(
+        args.app, clients=clients, run_config=args.run_config, workers=args.app_workers
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    doc = {"app": str(args.app), "clients": clients, "run_config": args.run_config, "table": lines}
+    (args.out / "simulation-app.json").write_text(json.dumps(doc, indent=2))
+    print(f"wrote {args.out / 'simulation-app.json'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=None, help="1000; with --app 100")
+    parser.add_argument("--app", type=Path, default=None, help="a Flower App folder")
+    parser.add_argument("--run-config", default="", help="with --app: its run-config overrides")
+    parser.add_argument("--app-workers", default="auto", help="with --app: fedfleet's workers")
     parser.add_argument("--per-round", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
@@ -394,6 +419,10 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/bench-simulation"))
     args = parser.parse_args()
+    if args.app is not None:
+        bench_app(args)
+        return
+    args.clients = args.clients or 1000
     if args.plain:
         plain_loop(args.clients, args.per_round, args.rounds, args.seed, args.local_epochs)
         return

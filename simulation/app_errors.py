@@ -49,6 +49,26 @@ def _failing_line(exc: BaseException) -> tuple[str, str, int]:
     return type(exc).__name__, last.filename if last else "", last.lineno or 0 if last else 0
 
 
+@dataclass(frozen=True)
+class ClientFailure:
+    """What one ClientApp call raised, as plain text (it crosses from a worker
+    process): its whole traceback, its failing line, and Flower's short reason."""
+
+    summary: str  # "IndexError: list index out of range"
+    trace: str  # every frame, down to the failing line
+    place: tuple[str, str, int]  # (exception type, file, line)
+    reason: str  # Flower's reason in the error reply: "<class 'IndexError'>:<'...'>"
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ClientFailure:
+        return cls(
+            summary=f"{type(exc).__name__}: {exc}",
+            trace="".join(traceback.format_exception(exc)),
+            place=_failing_line(exc),
+            reason=f"{type(exc)}:<'{exc}'>",
+        )
+
+
 @dataclass
 class ClientErrors:
     """The ClientApp's exceptions of one run, logged once per failing line."""
@@ -56,15 +76,15 @@ class ClientErrors:
     counts: Counter[tuple[str, str, int]] = field(default_factory=Counter)
     first: str = ""
 
-    def __call__(self, message: Message, exc: Exception) -> None:
+    def __call__(self, message: Message, failure: ClientFailure) -> None:
         from flwr.common.logger import log
 
-        place = _failing_line(exc)
+        place = failure.place
         self.counts[place] += 1
         if self.counts[place] > 1:
             return
-        trace = "".join(traceback.format_exception(exc))
-        self.first = self.first or f"{type(exc).__name__}: {exc}"
+        trace = failure.trace
+        self.first = self.first or failure.summary
         log(
             ERROR,
             "ClientApp raised an exception (node %s, %s message); later calls failing "

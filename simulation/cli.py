@@ -267,6 +267,14 @@ AppConfigOption = Annotated[
     ),
 ]
 
+AppWorkersOption = Annotated[
+    str | None,
+    typer.Option(
+        help="With --app: ClientApp worker processes: auto (measure, use them when faster), "
+        f"0 (in process) or a count; results are the same. (default: {_default('app_workers')})"
+    ),
+]
+
 ThreadsOption = Annotated[
     int | None,
     typer.Option(
@@ -392,6 +400,7 @@ def simulate(
     round_hours: RoundHoursOption = None,
     app: AppOption = None,
     app_config: AppConfigOption = None,
+    app_workers: AppWorkersOption = None,
     threads: ThreadsOption = None,
     dp: DpOption = None,
     epsilon: EpsilonOption = None,

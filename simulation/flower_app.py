@@ -18,6 +18,11 @@ The app's output is the app's: Flower's logger keeps its INFO lines (``--quiet``
 warnings and errors only). The app's exceptions come back whole
 (:mod:`simulation.app_errors`).
 
+Random state: the ServerApp starts from Python's, numpy's and torch's global
+generators seeded from ``--seed``, and each ClientApp call from its own
+(:mod:`simulation.app_calls`, which also runs the calls in worker processes when that
+is faster): a seeded run repeats, in process or in workers.
+
 The app runs with the run folder as its working directory, so files it writes with
 relative paths land there. fedfleet knows nothing about its rounds; it records each
 exchange of messages in ``exchanges.json``.
@@ -30,6 +35,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -40,12 +46,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rich.console import Console
 
 from privacy.private_files import write_private_bytes
+from simulation.app_calls import AppCalls, call_seed, own_random_state, parse_app_workers
 from simulation.app_errors import ClientErrors, app_raised
 from simulation.fleet_settings import FleetFields
 from simulation.run_config import RunConfigDict
 
 if TYPE_CHECKING:
     from flwr.app import Message
+
+
+SERVER_SEED_NODE = 0  # the ServerApp's random state is drawn as this node's (no client's id)
 
 
 class AppFields(FleetFields, Protocol):
@@ -55,6 +65,8 @@ class AppFields(FleetFields, Protocol):
     def app(self) -> str: ...
     @property
     def app_config(self) -> str: ...
+    @property
+    def app_workers(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -116,7 +128,12 @@ def validate_app_settings(settings: AppFields, *, fedfleet_flags: Sequence[str])
     if settings.app_config and not settings.app:
         raise ValueError("--run-config sets a Flower App's config; it needs --app DIR")
     if not settings.app:
+        if settings.app_workers != "auto":
+            raise ValueError(
+                "--app-workers sets how a Flower App's ClientApp runs; it needs --app DIR"
+            )
         return
+    parse_app_workers(settings.app_workers)
     app_dir = Path(settings.app)
     if not (app_dir / "pyproject.toml").is_file():
         raise ValueError(f"--app {app_dir}: no pyproject.toml there; point it at a Flower App")
@@ -198,6 +215,21 @@ def show_app_logs(*, quiet: bool) -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING if quiet else logging.DEBUG)
 
 
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM stops the run as Ctrl-C does (KeyboardInterrupt), so the ClientApp's
+    worker processes are ended on the way out; the previous handler comes back after."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def exchange_row(
     number: int, batch: list[Message], replies: list[Message], seconds: float
 ) -> dict[str, Any]:
@@ -229,6 +261,13 @@ def run_flower_app(
     exchanges: list[dict[str, Any]] = []
     client_errors = ClientErrors()
     show_app_logs(quiet=quiet)
+    calls = AppCalls(
+        client_app,
+        seed=settings.seed,
+        workers=parse_app_workers(settings.app_workers),
+        threads=settings.threads,
+        on_failure=client_errors,
+    )
 
     def on_exchange(
         batch: list[Message], replies: list[Message], seconds: float, timeout: float | None
@@ -243,11 +282,12 @@ def run_flower_app(
                 waited = timeout  # the server waited the whole timeout
             fleet.advance_to(fleet.now_s + waited)
             row["sim_time_s"] = fleet.now_s
+        row["calls"] = calls.last_mode
         exchanges.append(row)
         console.print(
             f"exchange {row['exchange']:>3}: {row['message_type']} to {len(batch)} clients, "
             f"{row['replies']} replies, {row['errors']} errors, "
-            f"{row['timed_out']} timed out, {seconds:.2f}s"
+            f"{row['timed_out']} timed out, {seconds:.2f}s ({calls.last_mode})"
         )
 
     started = time.perf_counter()
@@ -259,7 +299,12 @@ def run_flower_app(
         "exchanges": exchanges,
     }
     try:
-        with working_directory(out_dir):
+        with (
+            working_directory(out_dir),
+            stop_on_sigterm(),
+            contextlib.closing(calls.start()),
+            own_random_state(call_seed(settings.seed, SERVER_SEED_NODE, 0)),
+        ):
             grid = run_inprocess(
                 server_app=server_app,
                 client_app=client_app,
@@ -267,10 +312,16 @@ def run_flower_app(
                 run_config=app.run_config,
                 fleet=fleet,
                 on_exchange=on_exchange,
-                on_client_error=client_errors,
                 app_kind="flower",  # Flower's semantics: simulation/inprocess.py
+                app_calls=calls,  # in process or in workers: simulation/app_calls.py
             )
         doc["clients_materialised"] = grid.materialised_clients
+        doc["app_workers"] = {
+            "workers": calls.pool_size,
+            "seconds_per_call": {
+                f"{kind} {mode}": s for (kind, mode), s in calls.calibration.per_call.items()
+            },
+        }
     except Exception as exc:
         doc["error"] = f"ServerApp raised {type(exc).__name__}: {exc}"
         raise app_raised(exc) from exc

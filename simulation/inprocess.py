@@ -37,7 +37,9 @@ where fedfleet's own apps use fedfleet's:
   when availability is drawn again;
 - a device sampled for a SecAgg+ round is not lost before it has shared its keys
   (:mod:`simulation.secaggplus_stages`);
-- nothing is written into the replies.
+- nothing is written into the replies;
+- its ClientApp is called through :class:`simulation.app_calls.AppCalls`: each call
+  from its own seeded random state, in this process or in worker processes.
 """
 
 from __future__ import annotations
@@ -57,10 +59,10 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from simulation.app_calls import AppCalls
 from simulation.cohort import CohortStats, run_cohort
 from simulation.fleet import SimulatedFleet
 from simulation.secaggplus_stages import can_drop_out
-from simulation.timed_calls import TimedCalls
 from simulation.transport import for_client, for_server
 
 ERROR_CLIENT_EXCEPTION = ErrorCode.CLIENT_APP_RAISED_EXCEPTION  # the ClientApp raised
@@ -68,8 +70,6 @@ NodeConfigFn = Callable[[int], dict[str, bool | int | float | str]]
 # (instructions of one push, the replies that came back in time, machine seconds the
 # push took, the server's timeout if it gave one)
 ExchangeCallback = Callable[[list[Message], list[Message], float, float | None], None]
-# (the instruction, what its ClientApp call raised)
-ClientErrorCallback = Callable[[Message, Exception], None]
 # whose ClientApp and ServerApp run: fedfleet's own, or a third-party Flower app's
 AppKind = Literal["fedfleet", "flower"]
 IDLE_POLL_S = 1.0  # wall seconds between two node polls, nothing sent: the server waits
@@ -92,9 +92,8 @@ class InProcessGrid(Grid):
     ``on_message`` (if given) sees every (instruction, reply, seconds) for progress;
     in a batched cohort the seconds are the cohort's time shared equally.
     ``on_exchange`` (if given) sees each push: its instructions, replies and seconds.
-    ``on_client_error`` (if given) sees each exception a ClientApp call raised (the
-    server gets it as an error reply either way). ``app_kind``: see the module's
-    docstring.
+    ``app_kind``: see the module's docstring; ``app_calls`` calls a Flower app's
+    ClientApp (default: in process, seed 0, tracebacks in the error replies).
     """
 
     NODE_ID_BASE = 1000
@@ -111,8 +110,8 @@ class InProcessGrid(Grid):
         batch_train: bool = False,
         fleet: SimulatedFleet | None = None,
         on_exchange: ExchangeCallback | None = None,
-        on_client_error: ClientErrorCallback | None = None,
         app_kind: AppKind = "fedfleet",
+        app_calls: AppCalls | None = None,
     ) -> None:
         if num_nodes < 1:
             raise ValueError("num_nodes must be >= 1")
@@ -128,9 +127,8 @@ class InProcessGrid(Grid):
         self.fleet = fleet
         self.cohort_stats = CohortStats()
         self._on_exchange = on_exchange
-        self._on_client_error = on_client_error
         self._flower = app_kind == "flower"
-        self.timed_calls = TimedCalls()
+        self.app_calls = app_calls or AppCalls(client_app)
         self._last_poll: float | None = None  # wall time of the last node poll, if idle
 
     # -- Grid API -------------------------------------------------------------------
@@ -217,29 +215,37 @@ class InProcessGrid(Grid):
         return ctx
 
     def _call_client(self, message: Message) -> Message:
-        """One ClientApp call; a client's failure is its reply, never the engine's crash."""
+        """One call of fedfleet's ClientApp; a client's failure is its reply (with the
+        whole traceback), never the engine's crash."""
         ctx = self.context_for(message.metadata.dst_node_id)
         try:
             return self._client_app(message, ctx)
         except Exception as exc:
-            if self._on_client_error is not None:  # it shows the traceback, once
-                self._on_client_error(message, exc)
-                reason = f"{type(exc)}:<'{exc}'>"  # Flower's own reason for it
-            else:  # the whole traceback (every frame, down to the failing line)
-                reason = "".join(format_exception(exc))
+            reason = "".join(format_exception(exc))
             return Message(Error(code=ERROR_CLIENT_EXCEPTION, reason=reason), reply_to=message)
 
-    def _call_one(self, message: Message, timeout: float | None) -> tuple[Message | None, float]:
-        """One call, bounded by ``timeout`` when timeouts are honoured: its reply (``None``
-        when late) and the seconds it took on this machine."""
-        if timeout is None or not self._flower:
-            t0 = time.perf_counter()
-            return self._call_client(message), time.perf_counter() - t0
-        return self.timed_calls.call(
-            message.metadata.dst_node_id,
-            functools.partial(self._call_client, message),
-            budget_s=max(0.0, timeout),
-        )
+    def _call_all(
+        self, messages: list[Message], timeout: float | None
+    ) -> tuple[list[Message | None], list[float]]:
+        """The admitted messages' ClientApp calls, one by one (fedfleet's apps) or through
+        ``app_calls`` (a Flower app: timeouts honoured, maybe in workers): the replies
+        (``None`` when late) and the seconds each took on this machine."""
+        if not self._flower:
+            outs: list[Message | None] = []
+            seconds: list[float] = []
+            for message in messages:
+                t0 = time.perf_counter()
+                outs.append(self._call_client(message))
+                seconds.append(time.perf_counter() - t0)
+            return outs, seconds
+        contexts = [self.context_for(m.metadata.dst_node_id) for m in messages]
+        results = self.app_calls.run(messages, contexts, timeout=timeout)
+        replies: list[Message | None] = []
+        for message, (outcome, _) in zip(messages, results, strict=True):
+            if outcome is not None:  # a worker's call sends the node's Context back
+                self._contexts[message.metadata.dst_node_id] = outcome.context
+            replies.append(outcome.reply if outcome is not None else None)
+        return replies, [spent for _, spent in results]
 
     def _in_time(self, message: Message, reply: Message, timeout: float | None) -> bool:
         """Whether ``reply`` reaches the server within ``timeout`` simulated seconds (the
@@ -277,11 +283,7 @@ class InProcessGrid(Grid):
             share = (time.perf_counter() - t0) / len(admitted)
             seconds = [share] * len(admitted)
         else:
-            outs, seconds = [], []
-            for i in admitted:
-                out, spent = self._call_one(batch[i], timeout)
-                outs.append(out)
-                seconds.append(spent)
+            outs, seconds = self._call_all([batch[i] for i in admitted], timeout)
         for i, reply, spent in zip(admitted, outs, seconds, strict=True):
             if reply is None or not self._in_time(batch[i], reply, timeout):
                 if self.fleet is not None:
@@ -308,8 +310,8 @@ def run_inprocess(
     batch_train: bool = False,
     fleet: SimulatedFleet | None = None,
     on_exchange: ExchangeCallback | None = None,
-    on_client_error: ClientErrorCallback | None = None,
     app_kind: AppKind = "fedfleet",
+    app_calls: AppCalls | None = None,
 ) -> InProcessGrid:
     """Run ``server_app`` to completion against ``num_nodes`` in-process clients."""
     grid = InProcessGrid(
@@ -321,8 +323,8 @@ def run_inprocess(
         batch_train=batch_train,
         fleet=fleet,
         on_exchange=on_exchange,
-        on_client_error=on_client_error,
         app_kind=app_kind,
+        app_calls=app_calls,
     )
     TaskIdentity.task_id = 1
     TaskIdentity.run_id = grid.run.run_id

@@ -122,6 +122,7 @@ class SimulateSettings:
     devices: str = ""
     app: str = ""
     app_config: str = ""
+    app_workers: str = "auto"  # --app: simulation/app_calls.py
     # carbon accounting and carbon-aware selection (issue 19): simulation/fleet_settings.py
     carbon_trace: str = ""
     regions: str = ""

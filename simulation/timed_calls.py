@@ -18,19 +18,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
-from flwr.app import Message
+T = TypeVar("T")
 
 
 @dataclass
-class TimedCalls:
+class TimedCalls(Generic[T]):
     """The nodes whose late calls are still running (``node id -> thread``)."""
 
     busy: dict[int, threading.Thread] = field(default_factory=dict)
 
     def call(
-        self, node_id: int, run: Callable[[], Message], *, budget_s: float
-    ) -> tuple[Message | None, float]:
+        self, node_id: int, run: Callable[[], T], *, budget_s: float
+    ) -> tuple[T | None, float]:
         """``run()`` for ``node_id`` within ``budget_s`` wall seconds: its reply and the
         seconds it took, or ``(None, budget_s)`` when it did not finish in time."""
         started = time.perf_counter()
@@ -40,7 +41,7 @@ class TimedCalls:
             if earlier.is_alive():  # still busy with the earlier message: late again
                 self.busy[node_id] = earlier
                 return None, budget_s
-        out: list[Message] = []
+        out: list[T] = []
         worker = threading.Thread(
             target=lambda: out.append(run()), name=f"clientapp-{node_id}", daemon=True
         )

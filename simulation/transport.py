@@ -68,6 +68,18 @@ class DecodedOnceArray(Array):
 
     __hash__ = None  # type: ignore[assignment]  # mutable, like Array
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Pickled (to a ClientApp worker process) as Flower's own ``Array``, without
+        the decoded copy: the worker decodes its own."""
+        return (_plain_array, ({k: v for k, v in self.__dict__.items() if k != _DECODED},))
+
+
+def _plain_array(state: dict[str, Any]) -> Array:
+    """Flower's ``Array`` with ``state`` (how a :class:`DecodedOnceArray` unpickles)."""
+    array = cast(Array, object.__new__(Array))
+    array.__dict__.update(state)
+    return array
+
 
 # Flower writes an object's class name into its serialized header and checks it when
 # reading; a DecodedOnceArray serializes exactly as, and reads back as, an Array.

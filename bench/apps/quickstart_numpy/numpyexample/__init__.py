@@ -1,0 +1,1 @@
+"""The quickstart-numpy pattern: NumPy arrays trained by a ClientApp, FedAvg ServerApp."""

@@ -1,0 +1,1 @@
+"""pytorchexample: the quickstart-pytorch pattern on offline CIFAR-10-shaped data."""

@@ -1,0 +1,402 @@
+"""How a third-party ClientApp (``--app``) is called: in this process, or in parallel
+worker processes when that is faster (``--app-workers N|auto|0``).
+
+**Same results wherever a call runs.** Every call starts from random state drawn from
+(``--seed``, node id, that node's call number): Python's ``random``, numpy's global
+generator and torch's are seeded before the call and the caller's state is put back
+after it. A call's result therefore depends neither on the process that runs it nor on
+what ran before it there, and the ServerApp's own random draws (FedAvg samples nodes
+with ``random``) never see the clients'. The node's ``Context`` (its state, which
+mods such as SecAgg+ keep there) travels with each call to a worker and comes back
+with the reply. What is not carried: an app's module-level globals changed by a call
+(as on Flower, where each simulation actor holds its own); and with more than one
+torch thread per process (``--threads``) torch may sum in another order.
+
+**Workers** are forked once, when first needed: under auto after the in-process
+measurement, so they inherit what the app's first calls imported and warmed up (torch's
+first optimizer step imports ~2 s of modules), never while a late call's thread runs;
+with more than one torch thread (``--threads``) before the ServerApp starts, as an
+OpenMP pool must not be forked once used. They serve calls of any node; a push's calls are handed out
+one at a time to whichever worker is free. They ignore SIGINT (the parent stops them),
+end on their pipe's end-of-file or when the parent is gone (polled each second), and
+are ended by PID when the run ends, however it ends. A ClientApp exception in a
+worker comes back as its whole traceback (:class:`simulation.app_errors.ClientFailure`).
+
+**auto** (the default) measures instead of guessing: per message type, the first push
+large enough to fill the workers (two calls per worker or more) runs in process, the
+next one in the workers, and the faster per call runs the rest: in process, the median
+of the calls' own seconds (a one-time warm-up, the first call's, left out); in
+workers, the push's wall seconds per call (their warm-ups included: when in doubt, in
+process). Pushes smaller than
+that run in process. One core: no workers.
+
+**Timeouts.** In process, a call is bounded in wall time (:mod:`simulation.timed_calls`).
+A worker's call is late when its own seconds exceed the timeout (its reply is then
+dropped, as Flower's ``send_and_receive`` drops it), but the push waits for it; so
+under auto a message type that had a late call (in process or in workers) runs in
+process from then on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+import signal
+import statistics
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any, Literal
+
+from simulation.app_errors import ClientFailure
+from simulation.timed_calls import TimedCalls
+
+if TYPE_CHECKING:  # Flower is imported when a call is made: bad input answers without it
+    from flwr.app import Context, Message
+    from flwr.clientapp import ClientApp
+
+Mode = Literal["inprocess", "workers"]
+# (the instruction, what its ClientApp call raised)
+FailureCallback = Callable[["Message", ClientFailure], None]
+AUTO = -1  # --app-workers auto
+PARENT_POLL_S = 1.0  # how often an idle worker checks that its parent is still there
+STOP_WAIT_S = 5.0  # wall seconds a worker gets to end after being told to
+
+
+def usable_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def parse_app_workers(text: str) -> int:
+    """``--app-workers``: ``auto`` (``AUTO``), ``0`` (in process) or a count."""
+    if text.strip().lower() == "auto":
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if value < 0:
+        raise ValueError(f"--app-workers {text!r}: give auto, 0 (in process) or a count >= 1")
+    return value
+
+
+def call_seed(seed: int, node_id: int, call_number: int) -> int:
+    """The random seed of ``node_id``'s ``call_number``-th call (32 bits)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, node_id, call_number]).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def own_random_state(value: int) -> Iterator[None]:
+    """Seed Python's, numpy's and (if imported) torch's global generators with
+    ``value``; put the caller's state back afterwards."""
+    import numpy as np
+
+    torch = sys.modules.get("torch")
+    saved = (random.getstate(), np.random.get_state(), torch.get_rng_state() if torch else None)
+    random.seed(value)
+    np.random.seed(value)
+    if torch is not None:
+        torch.manual_seed(value)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        if torch is not None and saved[2] is not None:
+            torch.set_rng_state(saved[2])
+
+
+@dataclass
+class CallOutcome:
+    """One ClientApp call: its reply (an error reply if it raised), the node's Context
+    after it, its own seconds, and what it raised."""
+
+    reply: Message
+    context: Context
+    seconds: float
+    failure: ClientFailure | None = None
+
+
+def call_client_app(
+    client_app: ClientApp, message: Message, context: Context, *, seed_value: int
+) -> CallOutcome:
+    """One call from its own random state; an exception is the reply, never a crash."""
+    from flwr.app import Error, Message
+    from flwr.common.constant import ErrorCode
+
+    started = time.perf_counter()
+    failure = None
+    with own_random_state(seed_value):
+        try:
+            reply = client_app(message, context)
+        except Exception as exc:
+            failure = ClientFailure.of(exc)
+            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=failure.reason)
+            reply = Message(error, reply_to=message)
+    return CallOutcome(reply, context, time.perf_counter() - started, failure)
+
+
+# -- worker processes ---------------------------------------------------------------------
+def _serve(conn: Connection, client_app: ClientApp, threads: int, parent: int) -> None:
+    """A worker's loop: ``(message, context, seed)`` in, :class:`CallOutcome` out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers end
+    torch = sys.modules.get("torch")
+    if torch is not None and threads > 0:
+        torch.set_num_threads(threads)
+    while True:
+        if not conn.poll(PARENT_POLL_S):
+            if os.getppid() != parent:
+                return  # the parent is gone: nobody will read a reply
+            continue
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        message, context, seed_value = task
+        conn.send(call_client_app(client_app, message, context, seed_value=seed_value))
+
+
+@dataclass
+class WorkerPool:
+    """``size`` forked processes, each running the app's ClientApp."""
+
+    client_app: ClientApp
+    size: int
+    threads: int
+    conns: list[Connection] = field(default_factory=list)
+    processes: list[Any] = field(default_factory=list)
+
+    def start(self) -> WorkerPool:
+        import multiprocessing
+
+        fork = multiprocessing.get_context("fork")
+        for number in range(self.size):
+            ours, theirs = fork.Pipe()
+            process = fork.Process(
+                target=_serve,
+                args=(theirs, self.client_app, self.threads, os.getpid()),
+                name=f"clientapp-worker-{number}",
+            )
+            process.start()
+            theirs.close()
+            self.conns.append(ours)
+            self.processes.append(process)
+        return self
+
+    def run(self, tasks: list[tuple[Message, Context, int]]) -> list[CallOutcome]:
+        """Run ``tasks`` on whichever worker is free; outcomes in the tasks' order."""
+        outcomes: list[CallOutcome | None] = [None] * len(tasks)
+        todo = deque(enumerate(tasks))
+        busy: dict[Connection, int] = {}
+        for conn in self.conns:
+            if todo:
+                index, task = todo.popleft()
+                conn.send(task)
+                busy[conn] = index
+        while busy:
+            for ready in wait(list(busy)):
+                if not isinstance(ready, Connection):
+                    continue
+                conn = ready
+                index = busy.pop(conn)
+                try:
+                    outcomes[index] = conn.recv()
+                except (EOFError, OSError):
+                    raise RuntimeError(self._died(conn)) from None
+                if todo:
+                    index, task = todo.popleft()
+                    conn.send(task)
+                    busy[conn] = index
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _died(self, conn: Connection) -> str:
+        process = self.processes[self.conns.index(conn)]
+        process.join(1.0)
+        return (
+            f"a ClientApp worker process ended unexpectedly (exit code {process.exitcode}); "
+            "rerun with --app-workers 0 to call the ClientApp in this process"
+        )
+
+    def close(self) -> None:
+        """Tell each worker to end, then end the ones still there by PID; reap all."""
+        for conn in self.conns:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+        deadline = time.monotonic() + STOP_WAIT_S
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.terminate()
+                process.join(2.0)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for conn in self.conns:
+            conn.close()
+        self.conns.clear()
+        self.processes.clear()
+
+
+# -- choosing ------------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    """Seconds per call of each (message type, mode) measured so far (``auto``)."""
+
+    workers: int
+    per_call: dict[tuple[str, Mode], float] = field(default_factory=dict)
+
+    def mode(self, message_type: str, calls: int) -> Mode:
+        if calls < 2 * self.workers:
+            return "inprocess"
+        inprocess = self.per_call.get((message_type, "inprocess"))
+        if inprocess is None:
+            return "inprocess"
+        workers = self.per_call.get((message_type, "workers"))
+        if workers is None:
+            return "workers"
+        return "workers" if workers < inprocess else "inprocess"
+
+    def record(self, message_type: str, mode: Mode, per_call_s: float, calls: int) -> None:
+        if calls >= 2 * self.workers:
+            self.per_call[(message_type, mode)] = per_call_s
+
+
+class AppCalls:
+    """The ClientApp calls of one run (see the module's docstring).
+
+    ``workers``: ``AUTO``, 0 or a count; ``threads``: torch threads per worker (0:
+    torch's default); ``on_failure`` sees each exception a call raised (without it the
+    error reply carries the whole traceback)."""
+
+    def __init__(
+        self,
+        client_app: ClientApp,
+        *,
+        seed: int = 0,
+        workers: int = 0,
+        threads: int = 1,
+        on_failure: FailureCallback | None = None,
+    ) -> None:
+        self.client_app = client_app
+        self.seed = seed
+        self.on_failure = on_failure
+        self.timed: TimedCalls[CallOutcome] = TimedCalls()
+        self._calls: dict[int, int] = {}  # node id -> calls so far
+        size = usable_cores() if workers == AUTO else workers
+        self._auto = workers == AUTO
+        self._size = size if size > 1 or not self._auto else 0
+        self._threads = threads
+        self.pool: WorkerPool | None = None
+        self.calibration = Calibration(workers=max(1, self._size))
+        self.last_mode: Mode = "inprocess"
+
+    @property
+    def pool_size(self) -> int:
+        """Worker processes of this run (0: every call in process)."""
+        return self._size
+
+    def start(self) -> AppCalls:
+        """Fork the workers now if they cannot wait: with more than one torch thread
+        (an OpenMP pool must not be forked once used); else when first needed."""
+        if self._size > 0 and self._threads != 1:
+            self._fork()
+        return self
+
+    def _fork(self) -> None:
+        if self.pool is None:
+            self.pool = WorkerPool(self.client_app, self._size, self._threads).start()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def _mode(self, message_type: str, calls: int) -> Mode:
+        if self._size == 0 or calls < 2:
+            return "inprocess"
+        mode = self.calibration.mode(message_type, calls) if self._auto else "workers"
+        if mode == "workers" and self.pool is None:
+            if self.timed.running():  # never fork while a late call's thread runs
+                return "inprocess"
+            self._fork()
+        return mode
+
+    def run(
+        self, messages: list[Message], contexts: list[Context], *, timeout: float | None
+    ) -> list[tuple[CallOutcome | None, float]]:
+        """Call the ClientApp for each message (with its node's Context): each call's
+        outcome (``None`` when late) and the seconds it took."""
+        seeds = [self._next_seed(m.metadata.dst_node_id) for m in messages]
+        types = {m.metadata.message_type for m in messages}
+        message_type = types.pop() if len(types) == 1 else "mixed"
+        mode = self._mode(message_type, len(messages))
+        started = time.perf_counter()
+        if mode == "workers" and self.pool is not None:
+            tasks = list(zip(messages, contexts, seeds, strict=True))
+            results: list[tuple[CallOutcome | None, float]] = []
+            for message, outcome in zip(messages, self.pool.run(tasks), strict=True):
+                self._report(message, outcome)
+                late = timeout is not None and outcome.seconds > timeout
+                results.append(
+                    (None, timeout) if late and timeout is not None else (outcome, outcome.seconds)
+                )
+            if any(outcome is None for outcome, _ in results):
+                self.calibration.per_call[(message_type, "workers")] = float("inf")
+        else:
+            results = [
+                self._in_process(message, context, seed, timeout)
+                for message, context, seed in zip(messages, contexts, seeds, strict=True)
+            ]
+            if any(outcome is None for outcome, _ in results):  # a worker would wait for it
+                self.calibration.per_call[(message_type, "workers")] = float("inf")
+        if mode == "workers":  # throughput: wall seconds per call (warm-ups included)
+            per_call = (time.perf_counter() - started) / len(messages)
+        else:  # one call's own seconds, a one-time warm-up (the first call's) left out
+            per_call = statistics.median(spent for _, spent in results) if results else 0.0
+        self.calibration.record(message_type, mode, per_call, len(messages))
+        self.last_mode = mode
+        return results
+
+    def _next_seed(self, node_id: int) -> int:
+        number = self._calls.get(node_id, 0)
+        self._calls[node_id] = number + 1
+        return call_seed(self.seed, node_id, number)
+
+    def _in_process(
+        self, message: Message, context: Context, seed_value: int, timeout: float | None
+    ) -> tuple[CallOutcome | None, float]:
+        run = functools.partial(self._call_and_report, message, context, seed_value)
+        if timeout is None:
+            outcome = run()
+            return outcome, outcome.seconds
+        return self.timed.call(message.metadata.dst_node_id, run, budget_s=max(0.0, timeout))
+
+    def _call_and_report(self, message: Message, context: Context, seed_value: int) -> CallOutcome:
+        outcome = call_client_app(self.client_app, message, context, seed_value=seed_value)
+        self._report(message, outcome)
+        return outcome
+
+    def _report(self, message: Message, outcome: CallOutcome) -> None:
+        if outcome.failure is None:
+            return
+        if self.on_failure is not None:
+            self.on_failure(message, outcome.failure)
+        else:  # no one shows it: the reply carries the whole traceback
+            from flwr.app import Error, Message
+            from flwr.common.constant import ErrorCode
+
+            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=outcome.failure.trace)
+            outcome.reply = Message(error, reply_to=message)
