@@ -10,10 +10,9 @@
    (and a ``refused`` ledger row) — never a crash, never a training;
 3. train with Opacus 1.6's ``PrivacyEngine`` (DP-SGD: per-sample clipping to
    ``max_grad_norm``, Gaussian noise, Poisson sampling — Abadi et al., "Deep Learning
-   with Differential Privacy", CCS 2016); by default with ghost clipping (per-sample
-   gradient norms without per-sample gradients; Li et al., "Large Language Models Can
-   Be Strong Differentially Private Learners", ICLR 2022), the cheapest mode here
-   (``bench/dp.py``);
+   with Differential Privacy", CCS 2016) in the Opacus mode measured fastest for the
+   task's model (``edge_client.dp_modes``: ghost clipping — Li et al., ICLR 2022 — for
+   the CNN, hooks for the small MLPs; ``bench/dp.py --modes``);
 4. mark the reservation completed (or aborted when training failed, so nothing left).
 
 Randomness: the Poisson sampler and the noise use generators seeded from
@@ -38,11 +37,12 @@ from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordD
 from torch import nn
 
 from edge_client.data import ClientData
+from edge_client.dp_modes import resolve_grad_sample_mode
 from edge_client.dp_settings import ledger_settings
 from edge_client.protocol import keys as k
 from edge_client.settings import ClientSettings
 from privacy.dp import DPConfig, local_mechanism
-from privacy.dp.config import GradSampleMode
+from privacy.dp.config import OpacusMode
 from privacy.ledger import PrivacyLedger
 from tasks import reported_loss
 
@@ -119,7 +119,7 @@ def train_dp_local(
     learning_rate: float,
     noise_multiplier: float,
     max_grad_norm: float,
-    grad_sample_mode: GradSampleMode = "ghost",
+    grad_sample_mode: OpacusMode = "ghost",
     proximal_mu: float = 0.0,
     momentum: float = 0.0,
     sample_generator: torch.Generator | None = None,
@@ -187,7 +187,7 @@ def _train_opacus(
     learning_rate: float,
     noise_multiplier: float,
     max_grad_norm: float,
-    grad_sample_mode: GradSampleMode,
+    grad_sample_mode: OpacusMode,
     proximal_mu: float,
     momentum: float,
     sample_generator: torch.Generator,
@@ -331,7 +331,7 @@ def train_with_dp(
             learning_rate=settings.learning_rate,
             noise_multiplier=mechanism.noise_multiplier,
             max_grad_norm=dp.clip,
-            grad_sample_mode=dp.grad_sample_mode,
+            grad_sample_mode=resolve_grad_sample_mode(dp.grad_sample_mode, task=settings.task),
             proximal_mu=settings.proximal_mu,
             momentum=settings.momentum,
         )

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge_client.dp_training import DPTrainResult, expected_batch_size, train_dp_local
-from privacy.dp.config import GradSampleMode
+from privacy.dp.config import OpacusMode
 from simulation.batched import batchable
 
 
@@ -66,7 +66,7 @@ class DPTrainJob:
     max_grad_norm: float
     sample_generator: torch.Generator
     noise_generator: torch.Generator
-    grad_sample_mode: GradSampleMode = "ghost"
+    grad_sample_mode: OpacusMode = "ghost"
     proximal_mu: float = 0.0
     momentum: float = 0.0
 
