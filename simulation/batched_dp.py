@@ -313,9 +313,8 @@ class _DPGroup:
         summed: dict[str, torch.Tensor] = {}
         for (name, module), t in zip(self.layers, terms, strict=True):
             prefix = f"{name}." if name else ""
-            summed[prefix + "weight"] = t.weight_sum(weights).reshape(
-                len(members), *module.weight.shape
-            )
+            shape: tuple[int, ...] = tuple(module.weight.shape)  # type: ignore[arg-type]
+            summed[prefix + "weight"] = t.weight_sum(weights).reshape(len(members), *shape)
             if t.bias is not None:
                 summed[prefix + "bias"] = torch.einsum("cb,cbo->co", weights, t.bias)
         return summed
