@@ -21,7 +21,24 @@ thread; the ratio ``× plain`` is of the best process CPU time over ``--repeats`
 neighbours; best and median wall time are shown too). Peak memory is the rise of the
 process's max RSS over its state after loading data and model.
 
-Run: ``python bench/dp.py [--batch-sizes 16,64 --repeats 7]``.
+The default run (``--before TREE``) prints the issue-18 goal table instead: DP-SGD over
+plain, in CPU seconds, at batch 16 and 64, for
+
+* ``simulation`` — a cohort of 20 ``digits-cnn`` clients (the training split cut in
+  20, ~71 records each), one local epoch, trained through ``simulation.cohort.run_cohort``
+  as the in-process engine does: plain = ``train_local`` calls (batched), DP =
+  ``train_dp_local`` calls (batched across the cohort where the code has
+  ``simulation/batched_dp.py``, else Opacus one client after another);
+* ``site`` — one site's epoch on the whole training split: plain ``train_local`` against
+  ``train_dp_local`` in the mode the site runs by default (``dp-grad-sample-mode``;
+  ``auto`` where the code has ``edge_client/dp_modes.py``);
+
+each for the code in ``TREE`` (e.g. ``git worktree add /tmp/dp-before <main>``) and for
+this checkout, with the goal ≤ 2.5× met / not met. ``--modes`` prints the per-mode
+table above.
+
+Run: ``python bench/dp.py --before /tmp/dp-before`` or
+``python bench/dp.py --modes [--batch-sizes 16,64 --repeats 7]``.
 """
 
 from __future__ import annotations
@@ -37,6 +54,54 @@ import warnings
 from collections.abc import Callable
 
 VARIANTS = ("plain", "hooks", "functorch", "ghost", "vmap")
+GOAL = 2.5  # issue 18: DP-SGD at most 2.5x plain
+COHORT = 20
+REPO = __file__.rsplit("/bench/", 1)[0]
+
+
+def _goal_epoch(variant: str, batch_size: int):  # type: ignore[no-untyped-def]
+    """A timed function for one goal-table variant (sim-plain, sim-dp, site-plain,
+    site-dp) with this process's fedfleet code; the models are built outside it."""
+    import copy
+
+    import torch
+
+    from edge_client.dp_training import train_dp_local
+    from simulation.cohort import run_cohort
+    from tasks import get_task, train_local
+
+    spec = get_task("digits-cnn")
+    data = spec.load_data(0)
+    x, y = data.x_train, data.y_train
+    torch.manual_seed(0)
+    base = spec.build_model()
+    mode = "ghost"  # main's default
+    try:
+        from edge_client.dp_modes import resolve_grad_sample_mode
+
+        mode = resolve_grad_sample_mode("auto", task="digits-cnn")
+    except ImportError:
+        pass
+    dp = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "grad_sample_mode": mode}
+    n = len(x) // COHORT
+    parts = [(x[c * n : (c + 1) * n], y[c * n : (c + 1) * n]) for c in range(COHORT)]
+
+    def one(model, xs, ys, seed: int):  # type: ignore[no-untyped-def]
+        if variant.endswith("plain"):
+            return train_local(model, xs, ys, epochs=1, batch_size=batch_size,
+                               learning_rate=0.05, seed=seed)  # fmt: skip
+        return train_dp_local(model, xs, ys, epochs=1, batch_size=batch_size,
+                              learning_rate=0.05, **dp)  # fmt: skip
+
+    def prepare():  # type: ignore[no-untyped-def]
+        if variant.startswith("site"):
+            model = copy.deepcopy(base)
+            return lambda: one(model, x, y, 0)
+        models = [copy.deepcopy(base) for _ in parts]
+        calls = [(lambda c=c: one(models[c], parts[c][0], parts[c][1], c)) for c in range(COHORT)]
+        return lambda: run_cohort(calls)
+
+    return prepare
 
 
 def _vmap_epoch(model, x, y, *, batch_size: int) -> None:  # type: ignore[no-untyped-def]
@@ -111,24 +176,65 @@ def worker(variant: str, batch_size: int, repeats: int) -> dict[str, float | lis
                 grad_sample_mode=variant,  # type: ignore[arg-type]
             )
 
+    prepare = None
+    if variant.startswith(("sim-", "site-")):
+        prepare = _goal_epoch(variant, batch_size)
+        prepare()()  # warm-up: first-call costs are not the steady state
     base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times, cpu = [], []
     for _ in range(repeats):
+        run = prepare() if prepare is not None else epoch
         t0, c0 = time.perf_counter(), time.process_time()
-        epoch()
+        run()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"times": times, "cpu": cpu, "peak_extra_mib": (peak_kib - base_kib) / 1024}
 
 
-def _run_worker(variant: str, batch_size: int, repeats: int) -> dict:
+def _run_worker(variant: str, batch_size: int, repeats: int, tree: str = REPO) -> dict:
+    import os
+
+    env = {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, __file__, "--worker", variant, "--batch-sizes", str(batch_size),
          "--repeats", str(repeats)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env=env, cwd=tree,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _uptime() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def goal_table(before: str, batch_sizes: list[int], repeats: int) -> None:
+    """DP/plain at each batch size, simulation and site, before and after, met/not met."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"DP-SGD / plain, digits-cnn, CPU s (best of {repeats}), goal ≤ {GOAL}×")
+    for column in ("path", "batch", "code", "plain CPU s", "DP CPU s", "DP / plain", "goal"):
+        table.add_column(column, justify="left" if column in ("path", "code") else "right")
+    rows = []
+    console.print(f"load average before: {_uptime()}")
+    for path in ("simulation", "site"):
+        prefix = "sim" if path == "simulation" else "site"
+        for batch_size in batch_sizes:
+            for code, tree in (("before", before), ("after", REPO)):
+                plain = min(_run_worker(f"{prefix}-plain", batch_size, repeats, tree)["cpu"])
+                dp = min(_run_worker(f"{prefix}-dp", batch_size, repeats, tree)["cpu"])
+                ratio = dp / plain
+                verdict = "met" if ratio <= GOAL else "not met"
+                rows.append({"path": path, "batch": batch_size, "code": code,
+                             "plain_cpu_s": plain, "dp_cpu_s": dp, "ratio": ratio})  # fmt: skip
+                table.add_row(path, str(batch_size), code, f"{plain:.3f}", f"{dp:.3f}",
+                              f"{ratio:.2f}", verdict)  # fmt: skip
+    console.print(table)
+    console.print(f"load average after: {_uptime()}")
+    console.print(json.dumps(rows))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,11 +242,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", default="16,64")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--before", default=None, help="checkout of the code to compare with")
+    parser.add_argument("--modes", action="store_true", help="the per-Opacus-mode table")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     if args.worker:
+        # bench/simulation.py would shadow the simulation package: import the tree's code
+        here = __file__.rsplit("/", 1)[0]
+        sys.path[:] = [p for p in sys.path if p.rstrip("/") != here]
         print(json.dumps(worker(args.worker, batch_sizes[0], args.repeats)))
+        return
+    if not args.modes:
+        goal_table(args.before or REPO, batch_sizes, args.repeats)
         return
     from rich.console import Console
     from rich.table import Table

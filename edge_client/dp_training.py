@@ -10,10 +10,9 @@
    (and a ``refused`` ledger row) — never a crash, never a training;
 3. train with Opacus 1.6's ``PrivacyEngine`` (DP-SGD: per-sample clipping to
    ``max_grad_norm``, Gaussian noise, Poisson sampling — Abadi et al., "Deep Learning
-   with Differential Privacy", CCS 2016); by default with ghost clipping (per-sample
-   gradient norms without per-sample gradients; Li et al., "Large Language Models Can
-   Be Strong Differentially Private Learners", ICLR 2022), the cheapest mode here
-   (``bench/dp.py``);
+   with Differential Privacy", CCS 2016) in the Opacus mode measured fastest for the
+   task's model (``edge_client.dp_modes``: ghost clipping — Li et al., ICLR 2022 — for
+   the CNN, hooks for the small MLPs; ``bench/dp.py --modes``);
 4. mark the reservation completed (or aborted when training failed, so nothing left).
 
 Randomness: the Poisson sampler and the noise use generators seeded from
@@ -27,6 +26,9 @@ import logging
 import math
 import secrets
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,11 +37,12 @@ from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordD
 from torch import nn
 
 from edge_client.data import ClientData
+from edge_client.dp_modes import resolve_grad_sample_mode
 from edge_client.dp_settings import ledger_settings
 from edge_client.protocol import keys as k
 from edge_client.settings import ClientSettings
 from privacy.dp import DPConfig, local_mechanism
-from privacy.dp.config import GradSampleMode
+from privacy.dp.config import OpacusMode
 from privacy.ledger import PrivacyLedger
 from tasks import reported_loss
 
@@ -79,6 +82,33 @@ def _secret_generator() -> torch.Generator:
     return torch.Generator().manual_seed(secrets.randbits(63))
 
 
+# A simulator may train many clients' DP-SGD together with the same semantics
+# (simulation/batched_dp.py). It installs a replacement for the current execution
+# context only; everywhere else ``train_dp_local`` runs Opacus as written.
+TrainDPFn = Callable[..., DPTrainResult]
+_TRAIN_DP_OVERRIDE: ContextVar[TrainDPFn | None] = ContextVar(
+    "fedfleet_train_dp_override", default=None
+)
+
+
+@contextmanager
+def train_dp_local_override(fn: TrainDPFn) -> Iterator[None]:
+    """Route ``train_dp_local`` calls made in this context to ``fn`` (same signature,
+    with the generators already drawn: ``sample_generator``/``noise_generator``)."""
+    token = _TRAIN_DP_OVERRIDE.set(fn)
+    try:
+        yield
+    finally:
+        _TRAIN_DP_OVERRIDE.reset(token)
+
+
+def expected_batch_size(num_examples: int, batch_size: int) -> int:
+    """Opacus's ``expected_batch_size`` for Poisson sampling: ``int(n · q)`` with
+    ``q = 1 / ceil(n / B)`` (``PrivacyEngine.make_private``); the noisy sum of clipped
+    per-sample gradients is divided by it (``loss_reduction="mean"``)."""
+    return int(num_examples * (1 / -(-num_examples // batch_size)))
+
+
 def train_dp_local(
     model: nn.Module,
     x: np.ndarray,
@@ -89,9 +119,11 @@ def train_dp_local(
     learning_rate: float,
     noise_multiplier: float,
     max_grad_norm: float,
-    grad_sample_mode: GradSampleMode = "ghost",
+    grad_sample_mode: OpacusMode = "ghost",
     proximal_mu: float = 0.0,
     momentum: float = 0.0,
+    sample_generator: torch.Generator | None = None,
+    noise_generator: torch.Generator | None = None,
 ) -> DPTrainResult:
     """Train ``model`` in place with DP-SGD (Opacus ``PrivacyEngine``, Poisson sampling).
 
@@ -101,17 +133,73 @@ def train_dp_local(
     data-independent step after each noisy update, so it costs no privacy; so does SGD
     ``momentum``, which only combines the noisy gradients already released.
     ``model`` must already be DP-compatible (:func:`make_dp_compatible`).
+    ``sample_generator``/``noise_generator``: the Poisson sampler's and the noise's
+    torch generators; None (always, outside tests) seeds each from ``secrets``.
     """
-    from opacus import PrivacyEngine
-    from torch.utils.data import DataLoader, TensorDataset
-
     n = len(x)
     if n == 0:
         raise ValueError("DP-SGD needs at least one training record")
     if not noise_multiplier > 0:
         raise ValueError(f"noise multiplier {noise_multiplier} must be > 0 for DP-SGD")
+    sample_generator = sample_generator or _secret_generator()
+    noise_generator = noise_generator or _secret_generator()
+    override = _TRAIN_DP_OVERRIDE.get()
+    if override is not None:
+        return override(
+            model,
+            x,
+            y,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            grad_sample_mode=grad_sample_mode,
+            proximal_mu=proximal_mu,
+            momentum=momentum,
+            sample_generator=sample_generator,
+            noise_generator=noise_generator,
+        )
+    return _train_opacus(
+        model,
+        x,
+        y,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        grad_sample_mode=grad_sample_mode,
+        proximal_mu=proximal_mu,
+        momentum=momentum,
+        sample_generator=sample_generator,
+        noise_generator=noise_generator,
+    )
+
+
+def _train_opacus(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    grad_sample_mode: OpacusMode,
+    proximal_mu: float,
+    momentum: float,
+    sample_generator: torch.Generator,
+    noise_generator: torch.Generator,
+) -> DPTrainResult:
+    """:func:`train_dp_local` with Opacus's ``PrivacyEngine`` (arguments checked)."""
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    n = len(x)
     dataset = TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y))
-    loader = DataLoader(dataset, batch_size=batch_size, generator=_secret_generator())
+    loader = DataLoader(dataset, batch_size=batch_size, generator=sample_generator)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
     model.train()
@@ -130,7 +218,7 @@ def train_dp_local(
             poisson_sampling=True,
             grad_sample_mode=grad_sample_mode,
             criterion=nn.CrossEntropyLoss(),
-            noise_generator=_secret_generator(),
+            noise_generator=noise_generator,
         )
         if grad_sample_mode == "ghost":
             dp_model, dp_optimizer, criterion, dp_loader = private
@@ -243,7 +331,7 @@ def train_with_dp(
             learning_rate=settings.learning_rate,
             noise_multiplier=mechanism.noise_multiplier,
             max_grad_norm=dp.clip,
-            grad_sample_mode=dp.grad_sample_mode,
+            grad_sample_mode=resolve_grad_sample_mode(dp.grad_sample_mode, task=settings.task),
             proximal_mu=settings.proximal_mu,
             momentum=settings.momentum,
         )

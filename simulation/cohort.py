@@ -1,7 +1,9 @@
 """Run a round's client calls side by side so their local training is batched.
 
 Each call (a ``ClientApp`` handling one message, mods and all) runs unchanged in its
-own greenlet. When it reaches ``tasks.train_local`` it hands the arguments over and
+own greenlet. When it reaches ``tasks.train_local`` (or DP-SGD's
+``edge_client.dp_training.train_dp_local``, batched by
+:func:`simulation.batched_dp.train_dp_batched`) it hands the arguments over and
 pauses; once every call of the cohort has either paused there or finished, the paused
 jobs are trained together by :func:`simulation.batched.train_batched`, each call is
 resumed with its own result, and so on until all have returned.
@@ -24,7 +26,9 @@ import numpy as np
 from greenlet import greenlet
 from torch import nn
 
+from edge_client.dp_training import DPTrainResult, train_dp_local_override
 from simulation.batched import TrainJob, train_batched
+from simulation.batched_dp import DPTrainJob, train_dp_batched
 from tasks import TrainResult
 from tasks.training import train_local_override
 
@@ -53,6 +57,7 @@ def run_cohort(
     calls: Sequence[Callable[[], T]],
     *,
     trainer: Callable[[Sequence[TrainJob]], list[TrainResult]] = train_batched,
+    dp_trainer: Callable[[Sequence[DPTrainJob]], list[DPTrainResult]] = train_dp_batched,
     stats: CohortStats | None = None,
 ) -> list[T]:
     """Run ``calls`` with batched ``train_local``; return their results in order.
@@ -60,11 +65,12 @@ def run_cohort(
     An exception raised by a call propagates from here after every other call has
     been allowed to finish (callers that turn client failures into replies catch
     inside the call). An exception in ``trainer`` is raised inside each waiting call,
-    where ``train_local`` was called.
+    where ``train_local`` was called. ``train_dp_local`` (DP-SGD) calls are gathered
+    the same way and trained together by ``dp_trainer``.
     """
     main = greenlet.getcurrent()
     results: list[Any] = [None] * len(calls)
-    waiting: dict[int, TrainJob] = {}
+    waiting: dict[int, TrainJob | DPTrainJob] = {}
     lets: list[greenlet] = []
 
     def submit(
@@ -85,15 +91,21 @@ def run_cohort(
             raise outcome.error
         return outcome  # type: ignore[no-any-return]
 
+    def submit_dp(model: nn.Module, x: np.ndarray, y: np.ndarray, **kw: Any) -> DPTrainResult:
+        outcome = main.switch(DPTrainJob(model=model, x=x, y=y, **kw))
+        if isinstance(outcome, _Failed):
+            raise outcome.error
+        return outcome  # type: ignore[no-any-return]
+
     def body(call: Callable[[], T]) -> _Done[T] | _Failed:
         try:
-            with train_local_override(submit):
+            with train_local_override(submit), train_dp_local_override(submit_dp):
                 return _Done(call())
         except BaseException as exc:  # delivered to the scheduler, re-raised there
             return _Failed(exc)
 
     def advance(index: int, outcome: object) -> None:
-        if isinstance(outcome, TrainJob):
+        if isinstance(outcome, TrainJob | DPTrainJob):
             waiting[index] = outcome
         else:
             results[index] = outcome
@@ -104,19 +116,26 @@ def run_cohort(
         lets.append(let)
         advance(index, let.switch(call))
     while waiting:
-        order = sorted(waiting)
-        jobs = [waiting.pop(i) for i in order]
-        trained: list[Any]
-        try:
-            trained = list(trainer(jobs))
-        except Exception as exc:
-            trained = [_Failed(exc)] * len(jobs)
-        if stats is not None:
-            stats.jobs += len(jobs)
-            stats.batches += 1
-        for index, outcome in zip(order, trained, strict=True):
-            advance(index, lets[index].switch(outcome))
+        for kind, train in ((TrainJob, trainer), (DPTrainJob, dp_trainer)):
+            order = sorted(i for i, job in waiting.items() if isinstance(job, kind))
+            if order:
+                trained = _train([waiting.pop(i) for i in order], train, stats)
+                for index, outcome in zip(order, trained, strict=True):
+                    advance(index, lets[index].switch(outcome))
     failures = [r.error for r in results if isinstance(r, _Failed)]
     if failures:
         raise failures[0]
     return [r.value for r in results]
+
+
+def _train(jobs: list[Any], train: Callable[[Any], Any], stats: CohortStats | None) -> list[Any]:
+    """One batched training of ``jobs``; a failure becomes every job's outcome."""
+    trained: list[Any]
+    try:
+        trained = list(train(jobs))
+    except Exception as exc:
+        trained = [_Failed(exc)] * len(jobs)
+    if stats is not None:
+        stats.jobs += len(jobs)
+        stats.batches += 1
+    return trained

@@ -28,7 +28,10 @@ Clipping = Literal["fixed", "adaptive"]
 CLIPPINGS: tuple[str, ...] = get_args(Clipping)
 # Opacus per-sample-gradient modes that support Poisson sampling's empty batches
 # (torch's expanded weights, "ew", refuses a batch of size 0).
-GradSampleMode = Literal["hooks", "functorch", "ghost"]
+OpacusMode = Literal["hooks", "functorch", "ghost"]
+OPACUS_MODES: tuple[str, ...] = get_args(OpacusMode)
+# "auto": the fastest Opacus mode measured for the task's model (edge_client/dp_modes.py).
+GradSampleMode = Literal["auto", "hooks", "functorch", "ghost"]
 GRAD_SAMPLE_MODES: tuple[str, ...] = get_args(GradSampleMode)
 
 # Run-config keys of a run's DP switches (same names as `fedfleet simulate` flags),
@@ -41,7 +44,7 @@ RC_DP_NOISE_MULTIPLIER: Final = "dp-noise-multiplier"  # absent: calibrated from
 RC_DP_CLIPPING: Final = "dp-clipping"  # fixed | adaptive (central only)
 RC_DP_ACCOUNTANT: Final = "dp-accountant"  # rdp | prv
 RC_DP_MIN_CLIENTS: Final = "dp-min-clients"  # distributed: surviving clients assumed
-RC_DP_GRAD_SAMPLE_MODE: Final = "dp-grad-sample-mode"  # Opacus: hooks|functorch|ghost
+RC_DP_GRAD_SAMPLE_MODE: Final = "dp-grad-sample-mode"  # Opacus: auto|hooks|functorch|ghost
 
 #: Strategies whose aggregate is a (weighted) mean of client models: the only ones whose
 #: sensitivity client-level DP can bound (robust aggregators and server optimisers are not).
@@ -69,8 +72,8 @@ class DPConfig:
     clipping: Clipping = "fixed"
     accountant: Accountant = "rdp"
     min_clients: int | None = None
-    # Ghost clipping: the cheapest Opacus mode on fedfleet's tasks (bench/dp.py).
-    grad_sample_mode: GradSampleMode = "ghost"
+    # The fastest Opacus mode measured per task model (bench/dp.py, edge_client/dp_modes.py).
+    grad_sample_mode: GradSampleMode = "auto"
     target_quantile: float = 0.5
     clip_learning_rate: float = 0.2
 

@@ -15,6 +15,7 @@ from edge_client.dp_training import make_dp_compatible, train_dp_local, train_wi
 from edge_client.protocol import keys as k
 from edge_client.protocol.site import NC_DP_BUDGET_EPSILON, NC_SITE_NAME, NC_STATE_DIR
 from edge_client.settings import ClientSettings
+from privacy.dp import DPConfig
 from privacy.dp.config import RC_DP, RC_DP_DELTA, RC_DP_EPSILON, RC_DP_NOISE_MULTIPLIER
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from tasks import get_task
@@ -202,3 +203,28 @@ def test_model_that_dp_cannot_train_compatibly_is_refused(tmp_path: Path) -> Non
         not (tmp_path / LEDGER_FILE).exists()
         or not PrivacyLedger(tmp_path / LEDGER_FILE, site="client-0").entries()
     )
+
+
+def test_auto_mode_runs_the_measured_fastest_opacus_mode_per_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: record the mode Opacus is asked to run for an "auto" (default) DP round
+    import edge_client.dp_training as dp_training
+    from edge_client.dp_modes import FASTEST_MODE, resolve_grad_sample_mode
+
+    seen: list[str] = []
+    real = dp_training._train_opacus
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs["grad_sample_mode"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dp_training, "_train_opacus", spy)
+    # Execute / Assert: the table's choice is applied; an explicit mode wins; unknown → ghost
+    assert DPConfig().grad_sample_mode == "auto"
+    assert resolve_grad_sample_mode("auto", task="breast-cancer-mlp") == "hooks"
+    assert resolve_grad_sample_mode("functorch", task="digits-cnn") == "functorch"
+    assert resolve_grad_sample_mode("auto", task="not-a-task") == "ghost"
+    reply = _call(tmp_path, run_config=LOCAL)
+    assert not reply.has_error()
+    assert seen == [FASTEST_MODE[TASK]]
