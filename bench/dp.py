@@ -53,7 +53,7 @@ import time
 import warnings
 from collections.abc import Callable
 
-VARIANTS = ("plain", "hooks", "functorch", "ghost", "vmap")
+VARIANTS = ("plain", "fused", "hooks", "functorch", "ghost", "vmap")
 GOAL = 2.5  # issue 18: DP-SGD at most 2.5x plain
 COHORT = 20
 REPO = __file__.rsplit("/bench/", 1)[0]
@@ -141,7 +141,9 @@ def _vmap_epoch(model, x, y, *, batch_size: int) -> None:  # type: ignore[no-unt
         optimizer.step()
 
 
-def worker(variant: str, batch_size: int, repeats: int) -> dict[str, float | list[float]]:
+def worker(
+    variant: str, batch_size: int, repeats: int, task: str = "digits-cnn"
+) -> dict[str, float | list[float]]:
     """Run ``repeats`` epochs of ``variant`` in this process; times and memory."""
     warnings.filterwarnings("ignore")
     import opacus  # noqa: F401 - same imports for every variant: equal RSS baselines
@@ -151,7 +153,7 @@ def worker(variant: str, batch_size: int, repeats: int) -> dict[str, float | lis
     from tasks import get_task, train_local
 
     torch.set_num_threads(1)
-    spec = get_task("digits-cnn")
+    spec = get_task(task)
     data = spec.load_data(0)
     x, y = data.x_train, data.y_train
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
@@ -192,13 +194,15 @@ def worker(variant: str, batch_size: int, repeats: int) -> dict[str, float | lis
     return {"times": times, "cpu": cpu, "peak_extra_mib": (peak_kib - base_kib) / 1024}
 
 
-def _run_worker(variant: str, batch_size: int, repeats: int, tree: str = REPO) -> dict:
+def _run_worker(
+    variant: str, batch_size: int, repeats: int, tree: str = REPO, task: str = "digits-cnn"
+) -> dict:
     import os
 
     env = {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, __file__, "--worker", variant, "--batch-sizes", str(batch_size),
-         "--repeats", str(repeats)],
+         "--repeats", str(repeats), "--task", task],
         capture_output=True, text=True, check=True, env=env, cwd=tree,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -244,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--before", default=None, help="checkout of the code to compare with")
     parser.add_argument("--modes", action="store_true", help="the per-Opacus-mode table")
+    parser.add_argument("--task", default="digits-cnn", help="--modes: the task's model")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -251,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         # bench/simulation.py would shadow the simulation package: import the tree's code
         here = __file__.rsplit("/", 1)[0]
         sys.path[:] = [p for p in sys.path if p.rstrip("/") != here]
-        print(json.dumps(worker(args.worker, batch_sizes[0], args.repeats)))
+        print(json.dumps(worker(args.worker, batch_sizes[0], args.repeats, args.task)))
         return
     if not args.modes:
         goal_table(args.before or REPO, batch_sizes, args.repeats)
@@ -266,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         results: dict[str, dict] = {}
         for variant in variants:
             with console.status(f"batch {batch_size}: {variant} × {args.repeats} epochs"):
-                results[variant] = _run_worker(variant, batch_size, args.repeats)
+                results[variant] = _run_worker(variant, batch_size, args.repeats, task=args.task)
         base = min(results["plain"]["cpu"]) if "plain" in results else None
         base_mem = results["plain"]["peak_extra_mib"] if "plain" in results else None
         for variant, r in results.items():
@@ -283,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
                     "mem_ratio": r["peak_extra_mib"] / base_mem if base_mem else float("nan"),
                 }
             )
-    table = Table(title="digits-cnn, one local epoch (1,437 records), 1 torch thread")
+    table = Table(title=f"{args.task}, one local epoch (training split), 1 torch thread")
     for column in (
         "batch",
         "variant",

@@ -8,16 +8,21 @@
 2. ``check_and_reserve`` it in the site's ledger BEFORE touching the data: a request
    that would exceed the budget is refused with an error reply the coordinator records
    (and a ``refused`` ledger row) — never a crash, never a training;
-3. train with Opacus 1.6's ``PrivacyEngine`` (DP-SGD: per-sample clipping to
-   ``max_grad_norm``, Gaussian noise, Poisson sampling — Abadi et al., "Deep Learning
-   with Differential Privacy", CCS 2016) in the Opacus mode measured fastest for the
-   task's model (``edge_client.dp_modes``: ghost clipping — Li et al., ICLR 2022 — for
-   the CNN, hooks for the small MLPs; ``bench/dp.py --modes``);
+3. train with DP-SGD (per-sample clipping to ``max_grad_norm``, Gaussian noise, Poisson
+   sampling — Abadi et al., "Deep Learning with Differential Privacy", CCS 2016) in the
+   mode measured fastest for the task's model (``edge_client.dp_modes``,
+   ``bench/dp.py --modes``): ``fused`` (``privacy.dp.fused``: Opacus's mechanism with
+   ghost norms, no per-sample gradient of a linear layer stored) for models made of
+   ``Linear``/``Conv2d`` layers, else Opacus 1.6's ``PrivacyEngine`` in one of its
+   modes (hooks, functorch, ghost clipping — Li et al., ICLR 2022);
 4. mark the reservation completed (or aborted when training failed, so nothing left).
 
 Randomness: the Poisson sampler and the noise use generators seeded from
-``secrets`` — never from the run seed, which the coordinator knows. A DP run is
-therefore not bit-reproducible; that is the point.
+``secrets`` — never from the run seed, which the coordinator knows — in every mode
+(``fused`` draws from the very same two generators Opacus would). A DP run is
+therefore not bit-reproducible; that is the point. The ledger accounts the mechanism
+``(q, σ, steps)`` it reserved; every mode runs exactly that mechanism, and
+:func:`train_with_dp` checks the trained rate and steps against the reservation.
 """
 
 from __future__ import annotations
@@ -37,12 +42,21 @@ from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordD
 from torch import nn
 
 from edge_client.data import ClientData
-from edge_client.dp_modes import resolve_grad_sample_mode
+from edge_client.dp_modes import fused_fallback, resolve_grad_sample_mode
 from edge_client.dp_settings import ledger_settings
 from edge_client.protocol import keys as k
 from edge_client.settings import ClientSettings
 from privacy.dp import DPConfig, local_mechanism
-from privacy.dp.config import OpacusMode
+from privacy.dp.config import OpacusMode, TrainingMode
+from privacy.dp.fused import (
+    FusedClipper,
+    gaussian_noise,
+    poisson_batch,
+    sample_rate,
+    steps_per_epoch,
+    supported_layers,
+)
+from privacy.dp.fused import expected_batch_size as expected_batch_size
 from privacy.ledger import PrivacyLedger
 from tasks import reported_loss
 
@@ -102,13 +116,6 @@ def train_dp_local_override(fn: TrainDPFn) -> Iterator[None]:
         _TRAIN_DP_OVERRIDE.reset(token)
 
 
-def expected_batch_size(num_examples: int, batch_size: int) -> int:
-    """Opacus's ``expected_batch_size`` for Poisson sampling: ``int(n · q)`` with
-    ``q = 1 / ceil(n / B)`` (``PrivacyEngine.make_private``); the noisy sum of clipped
-    per-sample gradients is divided by it (``loss_reduction="mean"``)."""
-    return int(num_examples * (1 / -(-num_examples // batch_size)))
-
-
 def train_dp_local(
     model: nn.Module,
     x: np.ndarray,
@@ -119,7 +126,7 @@ def train_dp_local(
     learning_rate: float,
     noise_multiplier: float,
     max_grad_norm: float,
-    grad_sample_mode: OpacusMode = "ghost",
+    grad_sample_mode: TrainingMode = "ghost",
     proximal_mu: float = 0.0,
     momentum: float = 0.0,
     sample_generator: torch.Generator | None = None,
@@ -133,6 +140,8 @@ def train_dp_local(
     data-independent step after each noisy update, so it costs no privacy; so does SGD
     ``momentum``, which only combines the noisy gradients already released.
     ``model`` must already be DP-compatible (:func:`make_dp_compatible`).
+    ``grad_sample_mode="fused"`` runs :mod:`privacy.dp.fused` when every parameter of
+    the model is in a supported layer, else Opacus's ghost clipping (logged once).
     ``sample_generator``/``noise_generator``: the Poisson sampler's and the noise's
     torch generators; None (always, outside tests) seeds each from ``secrets``.
     """
@@ -160,6 +169,28 @@ def train_dp_local(
             sample_generator=sample_generator,
             noise_generator=noise_generator,
         )
+    mode: OpacusMode
+    if grad_sample_mode == "fused":
+        layers = supported_layers(model)
+        if layers is not None:
+            return _train_fused(
+                model,
+                layers,
+                x,
+                y,
+                epochs=epochs,
+                batch_size=batch_size,
+                learning_rate=learning_rate,
+                noise_multiplier=noise_multiplier,
+                max_grad_norm=max_grad_norm,
+                proximal_mu=proximal_mu,
+                momentum=momentum,
+                sample_generator=sample_generator,
+                noise_generator=noise_generator,
+            )
+        mode = fused_fallback(model, "ghost")
+    else:
+        mode = grad_sample_mode
     return _train_opacus(
         model,
         x,
@@ -169,11 +200,70 @@ def train_dp_local(
         learning_rate=learning_rate,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
-        grad_sample_mode=grad_sample_mode,
+        grad_sample_mode=mode,
         proximal_mu=proximal_mu,
         momentum=momentum,
         sample_generator=sample_generator,
         noise_generator=noise_generator,
+    )
+
+
+def _train_fused(
+    model: nn.Module,
+    layers: list[tuple[str, nn.Module]],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    proximal_mu: float,
+    momentum: float,
+    sample_generator: torch.Generator,
+    noise_generator: torch.Generator,
+) -> DPTrainResult:
+    """:func:`train_dp_local` with :mod:`privacy.dp.fused`: Opacus's sampling, clipping,
+    noise and scaling, then ``torch.optim.SGD``'s step and FedProx's, as
+    :func:`_train_opacus` runs them."""
+    n = len(x)
+    xs = torch.from_numpy(np.ascontiguousarray(x))
+    ys = torch.from_numpy(np.ascontiguousarray(y)).long()
+    rate = sample_rate(n, batch_size)
+    per_epoch = steps_per_epoch(rate)
+    scale = float(expected_batch_size(n, batch_size))
+    std = noise_multiplier * max_grad_norm
+    named = list(model.named_parameters())
+    global_params = [p.detach().clone() for _, p in named] if proximal_mu > 0 else None
+    optimizer = torch.optim.SGD([p for _, p in named], lr=learning_rate, momentum=momentum)
+    clipper = FusedClipper(model, layers)
+    model.train()
+    loss_sum, loss_count = 0.0, 0
+    for step in range(epochs * per_epoch):
+        index = poisson_batch(sample_generator, n, rate, epoch_start=step % per_epoch == 0)
+        summed: dict[str, torch.Tensor] = {}
+        if len(index):
+            summed, losses = clipper.clipped_sum(xs[index], ys[index], max_grad_norm)
+            if step >= (epochs - 1) * per_epoch:
+                loss_sum += float(losses.sum())
+                loss_count += len(index)
+        with torch.no_grad():
+            for name, p in named:  # model.parameters() order, as DPOptimizer.add_noise
+                noise = gaussian_noise(p.shape, std, noise_generator)
+                p.grad = ((summed[name] + noise) if summed else noise) / scale
+        optimizer.step()
+        if global_params is not None:
+            with torch.no_grad():
+                for (_, p), g in zip(named, global_params, strict=True):
+                    p.sub_(learning_rate * proximal_mu * (p - g))
+    optimizer.zero_grad(set_to_none=True)
+    return DPTrainResult(
+        num_examples=n,
+        loss=loss_sum / loss_count if loss_count else float("nan"),
+        steps=epochs * per_epoch,
+        sample_rate=rate,
+        noise_multiplier=noise_multiplier,
     )
 
 
@@ -331,7 +421,9 @@ def train_with_dp(
             learning_rate=settings.learning_rate,
             noise_multiplier=mechanism.noise_multiplier,
             max_grad_norm=dp.clip,
-            grad_sample_mode=resolve_grad_sample_mode(dp.grad_sample_mode, task=settings.task),
+            grad_sample_mode=resolve_grad_sample_mode(
+                dp.grad_sample_mode, task=settings.task, model=fixed
+            ),
             proximal_mu=settings.proximal_mu,
             momentum=settings.momentum,
         )

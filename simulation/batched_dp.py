@@ -22,7 +22,9 @@ cohort of such jobs together, each client with exactly the mechanism Opacus runs
 With the same generators the result equals Opacus's to float rounding
 (``tests/simulation/test_batched_dp.py`` checks it against ``PrivacyEngine``).
 
-How it is fast: one forward pass of all clients' padded batches (``vmap`` over the
+The mechanism's core (sampling, per-layer ghost norms, clipping, noise) is
+:mod:`privacy.dp.fused`, which a site runs too (``dp-grad-sample-mode = "fused"``); this
+module batches it over a cohort. How it is fast: one forward pass of all clients' padded batches (``vmap`` over the
 stacked parameters), one backward pass to each layer's *output* (the gradient of the
 summed per-sample losses there is each sample's own output gradient, since samples do
 not mix), then per layer, from its inputs ``a`` and output gradients ``g``:
@@ -44,11 +46,21 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from edge_client.dp_training import DPTrainResult, expected_batch_size, train_dp_local
-from privacy.dp.config import OpacusMode
+from edge_client.dp_training import DPTrainResult, train_dp_local
+from privacy.dp.config import TrainingMode
+from privacy.dp.fused import (
+    clip_weights,
+    clipped_sums,
+    expected_batch_size,
+    gaussian_noise,
+    layer_terms,
+    poisson_batch,
+    sample_rate,
+    steps_per_epoch,
+    supported_layers,
+)
 from simulation.batched import batchable
 
 
@@ -66,7 +78,7 @@ class DPTrainJob:
     max_grad_norm: float
     sample_generator: torch.Generator
     noise_generator: torch.Generator
-    grad_sample_mode: OpacusMode = "ghost"
+    grad_sample_mode: TrainingMode = "ghost"
     proximal_mu: float = 0.0
     momentum: float = 0.0
 
@@ -91,31 +103,6 @@ def train_dp_one_by_one(job: DPTrainJob) -> DPTrainResult:
     )
 
 
-def _layers(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
-    """The model's parametrised layers if every parameter belongs to a ``Linear`` or a
-    zero-padded, ungrouped ``Conv2d`` (the layers whose per-sample terms are computed
-    here), else None."""
-    layers: list[tuple[str, nn.Module]] = []
-    owned: set[str] = set()
-    for name, module in model.named_modules():
-        own = [n for n, _ in module.named_parameters(recurse=False)]
-        if not own:
-            continue
-        if isinstance(module, nn.Linear):
-            pass
-        elif isinstance(module, nn.Conv2d):
-            if module.groups != 1 or module.padding_mode != "zeros":
-                return None
-            if isinstance(module.padding, str):
-                return None
-        else:
-            return None
-        layers.append((name, module))
-        owned.update(f"{name}.{n}" if name else n for n in own)
-    params = {n for n, _ in model.named_parameters()}
-    return layers if layers and owned == params else None
-
-
 def train_dp_batched(jobs: Sequence[DPTrainJob]) -> list[DPTrainResult]:
     """Train every job's model in place with DP-SGD; results in the order of ``jobs``.
 
@@ -127,7 +114,7 @@ def train_dp_batched(jobs: Sequence[DPTrainJob]) -> list[DPTrainResult]:
         _check(job)
         params = list(job.model.named_parameters())
         key = (type(job.model), tuple((n, tuple(p.shape)) for n, p in params))
-        if key not in groups and not (batchable(job.model) and _layers(job.model)):
+        if key not in groups and not (batchable(job.model) and supported_layers(job.model)):
             results[i] = train_dp_one_by_one(job)
             continue
         groups[key].append(i)
@@ -162,7 +149,7 @@ class _DPGroup:
         self.jobs = jobs
         self.template = jobs[0].model
         self.names = [n for n, _ in self.template.named_parameters()]
-        layers = _layers(self.template)
+        layers = supported_layers(self.template)
         if layers is None:  # checked by the caller
             raise ValueError("model not batchable for DP-SGD")
         self.layers = layers
@@ -186,10 +173,10 @@ class _DPGroup:
         )
         self.xs = [torch.from_numpy(np.ascontiguousarray(j.x)) for j in jobs]
         self.ys = [torch.from_numpy(np.ascontiguousarray(j.y)).long() for j in jobs]
-        self.rates = [1 / -(-len(j.x) // j.batch_size) for j in jobs]
-        self.steps = [j.epochs * int(1 / q) for j, q in zip(jobs, self.rates, strict=True)]
+        self.rates = [sample_rate(len(j.x), j.batch_size) for j in jobs]
+        self.steps = [j.epochs * steps_per_epoch(q) for j, q in zip(jobs, self.rates, strict=True)]
         self.last_epoch_start = [
-            s - int(1 / q) for s, q in zip(self.steps, self.rates, strict=True)
+            s - steps_per_epoch(q) for s, q in zip(self.steps, self.rates, strict=True)
         ]
         self.ebs = [expected_batch_size(len(j.x), j.batch_size) for j in jobs]
         self.loss_sum = [0.0] * len(jobs)
@@ -233,17 +220,16 @@ class _DPGroup:
         return hook
 
     def _sample(self, members: list[int], step: int) -> list[torch.Tensor]:
-        """Each member's Poisson batch: Opacus's ``DPDataLoader`` with the client's
-        generator, which also draws one int64 at each epoch's start (the base seed torch's
-        ``DataLoader`` iterator takes from it) — drawn here too, so the streams match."""
-        batches = []
-        for c in members:
-            generator = self.jobs[c].sample_generator
-            if step % int(1 / self.rates[c]) == 0:
-                torch.empty((), dtype=torch.int64).random_(generator=generator)
-            mask = torch.rand(len(self.xs[c]), generator=generator) < self.rates[c]
-            batches.append(mask.nonzero().reshape(-1))
-        return batches
+        """Each member's Poisson batch, from the client's own sampler generator."""
+        return [
+            poisson_batch(
+                self.jobs[c].sample_generator,
+                len(self.xs[c]),
+                self.rates[c],
+                epoch_start=step % steps_per_epoch(self.rates[c]) == 0,
+            )
+            for c in members
+        ]
 
     def _step(self, members: list[int], step: int) -> None:
         batches = self._sample(members, step)
@@ -304,20 +290,11 @@ class _DPGroup:
         outgrads = torch.autograd.grad(losses.sum(), probes)
         self._record_losses(members, batches, losses.detach(), step)
         terms = [
-            _layer_terms(module, a, g)
+            layer_terms(module, a, g)
             for (_, module), a, g in zip(self.layers, inputs, outgrads, strict=True)
         ]
-        sq = sum(t.sq_norms for t in terms)
         clip = torch.tensor([self.jobs[c].max_grad_norm for c in members]).unsqueeze(1)
-        weights = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0) * valid  # type: ignore[union-attr]
-        summed: dict[str, torch.Tensor] = {}
-        for (name, module), t in zip(self.layers, terms, strict=True):
-            prefix = f"{name}." if name else ""
-            shape: tuple[int, ...] = tuple(module.weight.shape)  # type: ignore[arg-type]
-            summed[prefix + "weight"] = t.weight_sum(weights).reshape(len(members), *shape)
-            if t.bias is not None:
-                summed[prefix + "bias"] = torch.einsum("cb,cbo->co", weights, t.bias)
-        return summed
+        return clipped_sums(self.layers, terms, clip_weights(terms, clip, valid))
 
     def _output_shapes(
         self, params: dict[str, torch.Tensor], x: torch.Tensor
@@ -374,9 +351,7 @@ class _DPGroup:
                 shape = params[n].shape[1:]
                 noise = torch.stack(
                     [
-                        torch.normal(0.0, s, size=shape, generator=j.noise_generator)
-                        if s > 0
-                        else torch.zeros(shape)
+                        gaussian_noise(shape, s, j.noise_generator)
                         for j, s in zip(jobs, std, strict=True)
                     ]
                 )
@@ -402,54 +377,3 @@ def _buckets(sizes: list[int]) -> list[list[int]]:
     count = min(4, -(-len(order) // 8))
     cuts = [round(i * len(order) / count) for i in range(count + 1)]
     return [sorted(order[cuts[i] : cuts[i + 1]]) for i in range(count) if cuts[i] < cuts[i + 1]]
-
-
-def _sq_norm(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    return torch.linalg.vector_norm(x, dim=dims).square()
-
-
-@dataclass
-class _LayerTerms:
-    """One layer's per-sample quantities for a padded batch (clients × samples)."""
-
-    sq_norms: torch.Tensor  # [C, B]: squared norm of each sample's gradient of this layer
-    bias: torch.Tensor | None  # [C, B, out]: each sample's bias gradient
-    inputs: torch.Tensor  # linear: [C, B, in]; conv/sequence: per-sample weight grads
-    outgrads: torch.Tensor | None  # linear: [C, B, out]; else None
-
-    def weight_sum(self, weights: torch.Tensor) -> torch.Tensor:
-        """Σ_i w_i · (sample i's weight gradient), per client: [C, out, in...]."""
-        if self.outgrads is not None:  # g_i a_iᵀ summed with weights: one bmm
-            return torch.bmm((self.outgrads * weights.unsqueeze(-1)).transpose(1, 2), self.inputs)
-        return torch.einsum("cb,cbok->cok", weights, self.inputs)
-
-
-def _layer_terms(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> _LayerTerms:
-    """Per-sample gradient norms and what the clipped sums need, from the layer's
-    inputs ``a`` and output gradients ``g`` (both [clients, samples, ...])."""
-    c, b = g.shape[:2]
-    has_bias = getattr(module, "bias", None) is not None
-    if isinstance(module, nn.Conv2d):
-        unfolded = F.unfold(
-            a.flatten(0, 1),
-            module.kernel_size,
-            dilation=module.dilation,
-            padding=module.padding,  # type: ignore[arg-type]
-            stride=module.stride,
-        )  # [CB, Cin·kh·kw, L]
-        out = g.flatten(0, 1).flatten(2)  # [CB, Cout, L]
-        per_sample = torch.bmm(out, unfolded.transpose(1, 2))  # [CB, Cout, K]
-        sq = _sq_norm(per_sample, (1, 2)).view(c, b)
-        bias = out.sum(-1).view(c, b, -1) if has_bias else None
-        if bias is not None:
-            sq = sq + _sq_norm(bias, (-1,))
-        return _LayerTerms(sq, bias, per_sample.view(c, b, *per_sample.shape[1:]), None)
-    if a.dim() == 3:  # Linear on one vector per sample: ‖g aᵀ‖ = ‖g‖·‖a‖
-        g_sq = _sq_norm(g, (-1,))
-        sq = _sq_norm(a, (-1,)) * g_sq + (g_sq if has_bias else 0.0)
-        return _LayerTerms(sq, g if has_bias else None, a, g)
-    a3, g3 = a.reshape(c, b, -1, a.shape[-1]), g.reshape(c, b, -1, g.shape[-1])
-    per_sample = torch.einsum("cbto,cbti->cboi", g3, a3)
-    bias = g3.sum(2) if has_bias else None
-    sq = _sq_norm(per_sample, (2, 3)) + (_sq_norm(bias, (-1,)) if bias is not None else 0.0)
-    return _LayerTerms(sq, bias, per_sample, None)

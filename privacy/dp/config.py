@@ -30,8 +30,12 @@ CLIPPINGS: tuple[str, ...] = get_args(Clipping)
 # (torch's expanded weights, "ew", refuses a batch of size 0).
 OpacusMode = Literal["hooks", "functorch", "ghost"]
 OPACUS_MODES: tuple[str, ...] = get_args(OpacusMode)
-# "auto": the fastest Opacus mode measured for the task's model (edge_client/dp_modes.py).
-GradSampleMode = Literal["auto", "hooks", "functorch", "ghost"]
+# "fused": fedfleet's own per-sample clipping (privacy/dp/fused.py) for models made of
+# Linear/Conv2d layers only, the same mechanism as Opacus's; other models use Opacus.
+TrainingMode = Literal["fused", "hooks", "functorch", "ghost"]
+TRAINING_MODES: tuple[str, ...] = get_args(TrainingMode)
+# "auto": the fastest mode measured for the task's model (edge_client/dp_modes.py).
+GradSampleMode = Literal["auto", "fused", "hooks", "functorch", "ghost"]
 GRAD_SAMPLE_MODES: tuple[str, ...] = get_args(GradSampleMode)
 
 # Run-config keys of a run's DP switches (same names as `fedfleet simulate` flags),
@@ -44,7 +48,7 @@ RC_DP_NOISE_MULTIPLIER: Final = "dp-noise-multiplier"  # absent: calibrated from
 RC_DP_CLIPPING: Final = "dp-clipping"  # fixed | adaptive (central only)
 RC_DP_ACCOUNTANT: Final = "dp-accountant"  # rdp | prv
 RC_DP_MIN_CLIENTS: Final = "dp-min-clients"  # distributed: surviving clients assumed
-RC_DP_GRAD_SAMPLE_MODE: Final = "dp-grad-sample-mode"  # Opacus: auto|hooks|functorch|ghost
+RC_DP_GRAD_SAMPLE_MODE: Final = "dp-grad-sample-mode"  # auto|fused|hooks|functorch|ghost
 
 #: Strategies whose aggregate is a (weighted) mean of client models: the only ones whose
 #: sensitivity client-level DP can bound (robust aggregators and server optimisers are not).

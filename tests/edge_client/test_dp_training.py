@@ -16,7 +16,13 @@ from edge_client.protocol import keys as k
 from edge_client.protocol.site import NC_DP_BUDGET_EPSILON, NC_SITE_NAME, NC_STATE_DIR
 from edge_client.settings import ClientSettings
 from privacy.dp import DPConfig
-from privacy.dp.config import RC_DP, RC_DP_DELTA, RC_DP_EPSILON, RC_DP_NOISE_MULTIPLIER
+from privacy.dp.config import (
+    RC_DP,
+    RC_DP_DELTA,
+    RC_DP_EPSILON,
+    RC_DP_GRAD_SAMPLE_MODE,
+    RC_DP_NOISE_MULTIPLIER,
+)
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from tasks import get_task
 
@@ -41,7 +47,7 @@ def data():
     return d.x_train[:120], d.y_train[:120]
 
 
-@pytest.mark.parametrize("mode", ["hooks", "functorch", "ghost"])
+@pytest.mark.parametrize("mode", ["fused", "hooks", "functorch", "ghost"])
 def test_dp_sgd_trains_with_poisson_sampling(data, mode: str) -> None:
     # Prepare
     x, y = data
@@ -205,26 +211,50 @@ def test_model_that_dp_cannot_train_compatibly_is_refused(tmp_path: Path) -> Non
     )
 
 
-def test_auto_mode_runs_the_measured_fastest_opacus_mode_per_task(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("mode", "task", "ran"),
+    [
+        ("fused", TASK, "fused"),
+        ("auto", TASK, None),
+        ("auto", "digits-cnn", None),
+        ("ghost", TASK, "ghost"),
+    ],
+)
+def test_a_site_round_runs_the_chosen_mode_and_charges_the_same_mechanism(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, task: str, ran: str | None
 ) -> None:
-    # Prepare: record the mode Opacus is asked to run for an "auto" (default) DP round
+    # Prepare: record which trainer a DP round runs (fused or Opacus in which mode)
     import edge_client.dp_training as dp_training
-    from edge_client.dp_modes import FASTEST_MODE, resolve_grad_sample_mode
+    from edge_client.dp_modes import fastest_mode
 
     seen: list[str] = []
-    real = dp_training._train_opacus
+    real_fused, real_opacus = dp_training._train_fused, dp_training._train_opacus
 
-    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def fused(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append("fused")
+        return real_fused(*args, **kwargs)
+
+    def opacus(*args, **kwargs):  # type: ignore[no-untyped-def]
         seen.append(kwargs["grad_sample_mode"])
-        return real(*args, **kwargs)
+        return real_opacus(*args, **kwargs)
 
-    monkeypatch.setattr(dp_training, "_train_opacus", spy)
-    # Execute / Assert: the table's choice is applied; an explicit mode wins; unknown → ghost
+    monkeypatch.setattr(dp_training, "_train_fused", fused)
+    monkeypatch.setattr(dp_training, "_train_opacus", opacus)
+    torch.manual_seed(0)
+    model = get_task(task).build_model()
+    # Execute: a real site round through train_with_dp, ledger and all
+    reply = _call(
+        tmp_path,
+        run_config={**LOCAL, "task": task, RC_DP_GRAD_SAMPLE_MODE: mode},
+        model=model,
+    )
+    # Assert: the mode ran (auto: the table's fastest), trained, and the ledger charged
+    # exactly the mechanism trained (train_with_dp checks rate and steps against it)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert seen == [ran or fastest_mode(task)]
+    (entry,) = PrivacyLedger(tmp_path / LEDGER_FILE, site="client-0").entries()
+    metrics = reply.content.metric_records[k.METRICS]
+    assert entry.status == "completed" and metrics[k.DP_STEPS] == entry.steps
+    assert metrics[k.DP_SAMPLE_RATE] == pytest.approx(entry.sample_rate)
+    assert metrics[k.DP_NOISE_MULTIPLIER] == pytest.approx(entry.noise_multiplier)
     assert DPConfig().grad_sample_mode == "auto"
-    assert resolve_grad_sample_mode("auto", task="breast-cancer-mlp") == "hooks"
-    assert resolve_grad_sample_mode("functorch", task="digits-cnn") == "functorch"
-    assert resolve_grad_sample_mode("auto", task="not-a-task") == "ghost"
-    reply = _call(tmp_path, run_config=LOCAL)
-    assert not reply.has_error()
-    assert seen == [FASTEST_MODE[TASK]]

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from edge_client.dp_training import expected_batch_size, train_dp_local
-from simulation.batched_dp import DPTrainJob, _layer_terms, train_dp_batched
+from privacy.dp.fused import layer_terms
+from simulation.batched_dp import DPTrainJob, train_dp_batched
 from tasks import get_task
 
 
@@ -159,7 +160,7 @@ def test_clipped_per_sample_gradients_never_exceed_the_bound(
     a_conv = torch.randn(2, 5, 2, 4, 4, generator=gen) * scale
     g_conv = torch.randn(2, 5, 4, 4, 4, generator=gen)
     # Execute
-    terms = [_layer_terms(linear, a_lin, g_lin), _layer_terms(conv, a_conv, g_conv)]
+    terms = [layer_terms(linear, a_lin, g_lin), layer_terms(conv, a_conv, g_conv)]
     sq = terms[0].sq_norms + terms[1].sq_norms
     weights = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
     # Assert: each sample's clipped gradient (formed explicitly) has norm ≤ clip, and
