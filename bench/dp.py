@@ -7,8 +7,10 @@ Side by side, in one run on this machine, each variant in its own fresh process
 * ``hooks``     — ``edge_client.dp_training.train_dp_local`` with Opacus 1.6's
   ``PrivacyEngine`` in hooks mode (per-layer per-sample-gradient hooks);
 * ``functorch`` — the same with Opacus's functorch grad sampler;
+* ``fused``     — the same with ``privacy.dp.fused`` (Opacus's mechanism, ghost norms
+  from each layer's inputs and output gradients, no per-sample linear gradients);
 * ``ghost``     — the same with Opacus's ghost clipping (per-sample norms without
-  per-sample gradients, two backward passes) — the client's default;
+  per-sample gradients, two backward passes) — the fastest Opacus mode on this model;
 * ``vmap``      — a peer outside Opacus's grad samplers: whole-model per-sample
   gradients with ``torch.func.vmap(grad(...))`` fed to Opacus's ``DPOptimizer``
   (same clipping and noise). Not used by the client; it shows how much of the cost is
@@ -31,14 +33,15 @@ plain, in CPU seconds, at batch 16 and 64, for
   ``simulation/batched_dp.py``, else Opacus one client after another);
 * ``site`` — one site's epoch on the whole training split: plain ``train_local`` against
   ``train_dp_local`` in the mode the site runs by default (``dp-grad-sample-mode``;
-  ``auto`` where the code has ``edge_client/dp_modes.py``);
+  ``auto`` where the code has ``edge_client/dp_modes.py``: ``fused`` for digits-cnn
+  since ``privacy/dp/fused.py``), the mode shown next to the code;
 
 each for the code in ``TREE`` (e.g. ``git worktree add /tmp/dp-before <main>``) and for
 this checkout, with the goal ≤ 2.5× met / not met. ``--modes`` prints the per-mode
 table above.
 
 Run: ``python bench/dp.py --before /tmp/dp-before`` or
-``python bench/dp.py --modes [--batch-sizes 16,64 --repeats 7]``.
+``python bench/dp.py --modes [--task digits-cnn --batch-sizes 16,64 --repeats 7]``.
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ def _goal_epoch(variant: str, batch_size: int):  # type: ignore[no-untyped-def]
         calls = [(lambda c=c: one(models[c], parts[c][0], parts[c][1], c)) for c in range(COHORT)]
         return lambda: run_cohort(calls)
 
+    prepare.mode = mode if variant == "site-dp" else ""  # type: ignore[attr-defined]
     return prepare
 
 
@@ -191,7 +195,12 @@ def worker(
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"times": times, "cpu": cpu, "peak_extra_mib": (peak_kib - base_kib) / 1024}
+    return {
+        "times": times,
+        "cpu": cpu,
+        "peak_extra_mib": (peak_kib - base_kib) / 1024,
+        "mode": getattr(prepare, "mode", ""),
+    }
 
 
 def _run_worker(
@@ -229,12 +238,14 @@ def goal_table(before: str, batch_sizes: list[int], repeats: int) -> None:
         for batch_size in batch_sizes:
             for code, tree in (("before", before), ("after", REPO)):
                 plain = min(_run_worker(f"{prefix}-plain", batch_size, repeats, tree)["cpu"])
-                dp = min(_run_worker(f"{prefix}-dp", batch_size, repeats, tree)["cpu"])
+                dp_run = _run_worker(f"{prefix}-dp", batch_size, repeats, tree)
+                dp = min(dp_run["cpu"])
+                label = f"{code} ({dp_run['mode']})" if dp_run.get("mode") else code
                 ratio = dp / plain
                 verdict = "met" if ratio <= GOAL else "not met"
-                rows.append({"path": path, "batch": batch_size, "code": code,
+                rows.append({"path": path, "batch": batch_size, "code": label,
                              "plain_cpu_s": plain, "dp_cpu_s": dp, "ratio": ratio})  # fmt: skip
-                table.add_row(path, str(batch_size), code, f"{plain:.3f}", f"{dp:.3f}",
+                table.add_row(path, str(batch_size), label, f"{plain:.3f}", f"{dp:.3f}",
                               f"{ratio:.2f}", verdict)  # fmt: skip
     console.print(table)
     console.print(f"load average after: {_uptime()}")

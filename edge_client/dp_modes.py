@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 #: DP/plain CPU time at batch (16, 64), one epoch of the task's training split
 #: (bench/dp.py --modes --task T, 2026-12-04).
 MEASURED: Final[dict[str, dict[TrainingMode, tuple[float, float]]]] = {
+    "credit-scoring": {"fused": (3.45, 3.32), "hooks": (7.18, 7.89), "ghost": (8.99, 9.68)},
     "digits-cnn": {"fused": (1.85, 1.83), "hooks": (3.63, 3.67), "ghost": (3.72, 3.07)},
     "breast-cancer-mlp": {"fused": (3.09, 2.34), "hooks": (5.60, 5.69), "ghost": (6.62, 6.18)},
     "synthetic-logreg": {"fused": (4.12, 3.38), "hooks": (7.11, 7.32), "ghost": (8.89, 8.48)},
