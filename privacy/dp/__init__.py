@@ -1,6 +1,8 @@
 """Differential privacy: accounting, noise calibration, configuration (pure functions).
 
-Local training with Opacus lives on the device side (``edge_client.dp_training``), the
+``privacy.dp.fused`` is DP-SGD's per-sample clipping step with Opacus's semantics
+(torch; the site's ``fused`` mode and the simulator's cohort trainer use it). Local
+training lives on the device side (``edge_client.dp_training``), the
 persistent budget ledger in ``privacy.ledger``, the coordinator's client-level DP in
 ``coordinator.dp``. See ``docs/privacy.md``.
 """
