@@ -67,16 +67,19 @@ def resolve_grad_sample_mode(
 _FALLBACK_LOGGED: set[str] = set()
 
 
-def fused_fallback(model: nn.Module, mode: OpacusMode) -> OpacusMode:
+def fused_fallback(
+    model: nn.Module, mode: OpacusMode, why: str = "has layers other than Linear and Conv2d"
+) -> OpacusMode:
     """``mode``, the Opacus mode a model ``fused`` cannot train runs instead; says so in
     the log once per model class."""
     name = type(model).__name__
     if name not in _FALLBACK_LOGGED:
         _FALLBACK_LOGGED.add(name)
         log.info(
-            "DP-SGD: fused mode trains only models made of Linear and Conv2d layers; "
-            "%s has others, so Opacus's %s mode trains it (same mechanism)",
+            "DP-SGD: fused mode cannot train %s (it %s), so Opacus's %s mode trains it "
+            "(same mechanism)",
             name,
+            why,
             mode,
         )
     return mode

@@ -171,11 +171,11 @@ def train_dp_local(
         )
     mode: OpacusMode
     if grad_sample_mode == "fused":
-        layers = supported_layers(model)
-        if layers is not None:
+        clipper = _fused_clipper(model, x)
+        if isinstance(clipper, FusedClipper):
             return _train_fused(
                 model,
-                layers,
+                clipper,
                 x,
                 y,
                 epochs=epochs,
@@ -188,7 +188,8 @@ def train_dp_local(
                 sample_generator=sample_generator,
                 noise_generator=noise_generator,
             )
-        mode = fused_fallback(model, "ghost")
+        # Opacus's ghost clipping refuses a layer used twice; hooks sums its terms.
+        mode = fused_fallback(model, "ghost") if clipper is None else clipper
     else:
         mode = grad_sample_mode
     return _train_opacus(
@@ -208,9 +209,23 @@ def train_dp_local(
     )
 
 
+def _fused_clipper(model: nn.Module, x: np.ndarray) -> FusedClipper | OpacusMode | None:
+    """The fused clipping step for ``model``; None when ``model`` has layers it does
+    not train (only Linear/Conv2d), the Opacus mode to run when a forward pass calls a
+    layer more than once (logged)."""
+    layers = supported_layers(model)
+    if layers is None:
+        return None
+    clipper = FusedClipper(model, layers)
+    one = torch.from_numpy(np.ascontiguousarray(x[:1]))
+    if clipper.calls_each_layer_once(one):
+        return clipper
+    return fused_fallback(model, "hooks", "calls a layer more than once a forward pass")
+
+
 def _train_fused(
     model: nn.Module,
-    layers: list[tuple[str, nn.Module]],
+    clipper: FusedClipper,
     x: np.ndarray,
     y: np.ndarray,
     *,
@@ -237,7 +252,6 @@ def _train_fused(
     named = list(model.named_parameters())
     global_params = [p.detach().clone() for _, p in named] if proximal_mu > 0 else None
     optimizer = torch.optim.SGD([p for _, p in named], lr=learning_rate, momentum=momentum)
-    clipper = FusedClipper(model, layers)
     model.train()
     loss_sum, loss_count = 0.0, 0
     for step in range(epochs * per_epoch):

@@ -51,6 +51,7 @@ from torch import nn
 from edge_client.dp_training import DPTrainResult, train_dp_local
 from privacy.dp.config import TrainingMode
 from privacy.dp.fused import (
+    FusedClipper,
     clip_weights,
     clipped_sums,
     expected_batch_size,
@@ -114,7 +115,7 @@ def train_dp_batched(jobs: Sequence[DPTrainJob]) -> list[DPTrainResult]:
         _check(job)
         params = list(job.model.named_parameters())
         key = (type(job.model), tuple((n, tuple(p.shape)) for n, p in params))
-        if key not in groups and not (batchable(job.model) and supported_layers(job.model)):
+        if key not in groups and not (batchable(job.model) and _fusable(job)):
             results[i] = train_dp_one_by_one(job)
             continue
         groups[key].append(i)
@@ -123,6 +124,16 @@ def train_dp_batched(jobs: Sequence[DPTrainJob]) -> list[DPTrainResult]:
         for i, result in zip(members, trained, strict=True):
             results[i] = result
     return [r for r in results if r is not None]
+
+
+def _fusable(job: DPTrainJob) -> bool:
+    """Whether the fused step trains the job's model: only Linear/Conv2d parameters,
+    each layer called once a forward pass (the taps hold one input per layer)."""
+    layers = supported_layers(job.model)
+    if layers is None:
+        return False
+    one = torch.from_numpy(np.ascontiguousarray(job.x[:1]))
+    return FusedClipper(job.model, layers).calls_each_layer_once(one)
 
 
 def _check(job: DPTrainJob) -> None:

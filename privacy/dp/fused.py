@@ -200,6 +200,23 @@ class FusedClipper:
 
         return hook
 
+    def calls_each_layer_once(self, x: torch.Tensor) -> bool:
+        """Whether a forward pass of ``x`` calls every supported layer exactly once (a
+        layer used twice would need its per-sample terms summed before the norm)."""
+        calls = [0] * len(self.layers)
+
+        def counter(k: int):  # type: ignore[no-untyped-def]
+            return lambda *_: calls.__setitem__(k, calls[k] + 1)
+
+        handles = [m.register_forward_hook(counter(k)) for k, (_, m) in enumerate(self.layers)]
+        try:
+            with torch.no_grad():
+                self.model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return all(c == 1 for c in calls)
+
     def clipped_sum(
         self, x: torch.Tensor, y: torch.Tensor, max_grad_norm: float
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

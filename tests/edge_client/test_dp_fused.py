@@ -172,7 +172,7 @@ def test_fused_on_an_unsupported_model_falls_back_to_opacus_and_says_so_once(
         first = _train(model, x, y, "fused", epochs=1)
         _train(model, x, y, "fused", epochs=1)
     assert first.steps == 5 and math.isfinite(first.loss)
-    assert caplog.text.count("fused mode trains only models") == 1
+    assert caplog.text.count("fused mode cannot train") == 1
     assert "Normed" in caplog.text
 
 
@@ -185,3 +185,31 @@ def test_auto_picks_the_lowest_measured_ratio_per_task() -> None:
     assert resolve_grad_sample_mode("ghost", task="digits-cnn") == "ghost"
     assert fastest_mode("not-a-task") == "fused"
     assert fastest_opacus_mode("not-a-task") == "ghost"
+
+
+def test_fused_on_a_model_that_reuses_a_layer_falls_back_to_opacus(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = nn.Linear(30, 30)
+            self.out = nn.Linear(30, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.relu(self.inner(torch.relu(self.inner(x)))))
+
+    data = get_task("breast-cancer-mlp").load_data(0)
+    x, y = data.x_train[:40], data.y_train[:40]
+    torch.manual_seed(0)
+    model = Twice()
+    assert supported_layers(model) is not None  # layer types alone would qualify
+    reference = copy.deepcopy(model)
+    with caplog.at_level(logging.INFO, logger="edge_client.dp_modes"):
+        result = _train(model, x, y, "fused", epochs=1)
+    _train(reference, x, y, "hooks", epochs=1)
+    assert "cannot train Twice (it calls a layer more than once" in caplog.text
+    assert "Opacus's hooks mode" in caplog.text
+    assert result.steps == 5
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b)

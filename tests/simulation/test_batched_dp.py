@@ -201,3 +201,33 @@ def test_noise_has_std_sigma_times_clip_over_expected_batch_size() -> None:
     expected = 1000.0 * 1e-3 / expected_batch_size(64, 64)
     assert abs(float(delta.std()) / expected - 1) < 0.05
     assert abs(float(delta.mean())) < 5 * expected / math.sqrt(delta.numel())
+
+
+def test_a_model_that_reuses_a_layer_is_trained_by_opacus_not_batched() -> None:
+    # Prepare: Linear layers only, but one called twice (its taps would be overwritten)
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = nn.Linear(30, 30)
+            self.out = nn.Linear(30, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.relu(self.inner(torch.relu(self.inner(x)))))
+
+    ((x, y),) = _clients("breast-cancer-mlp", [24])
+    torch.manual_seed(0)
+    model = Twice()
+    reference = copy.deepcopy(model)
+    # Execute
+    (result,) = train_dp_batched([_job(model, x, y, 0, grad_sample_mode="hooks")])
+    job = _job(reference, x, y, 0)
+    train_dp_local(
+        reference, x, y, epochs=job.epochs, batch_size=job.batch_size,
+        learning_rate=job.learning_rate, noise_multiplier=job.noise_multiplier,
+        max_grad_norm=job.max_grad_norm, grad_sample_mode="hooks",
+        sample_generator=job.sample_generator, noise_generator=job.noise_generator,
+    )  # fmt: skip
+    # Assert: exactly Opacus's result
+    assert result.steps == 2 * 3
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
