@@ -122,6 +122,9 @@ def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
 def policy_from_document(data: dict[str, Any], *, source: str = "<policy>") -> Policy:
     """Build a :class:`Policy` from parsed TOML (or a stored document), checking each key."""
     top = _Table(data, source, "")
+    # A misspelt table ([gatez]) is named as such, not as the table it leaves missing.
+    top.read.update(("group", "targets", "gates", "canary", "signing", "retrain"))
+    top.done()
     group = top.slug("group")
     targets = top.targets("targets")
     gates = _gates(top.table("gates", required=True))
