@@ -18,13 +18,20 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from pydantic import AfterValidator
+from pydantic import AfterValidator, WithJsonSchema
 from pydantic import Field as PydanticField
 from sqlalchemy import JSON, UniqueConstraint
 from sqlmodel import Field
 
 from fleet.db import UTCDateTime
-from fleet.models.common import FleetModel, InputModel, check_text, enum_type, utcnow
+from fleet.models.common import (
+    TEXT_PATTERN,
+    FleetModel,
+    InputModel,
+    check_text,
+    enum_type,
+    utcnow,
+)
 from fleet.policy import MAX_POLICY_BYTES
 
 
@@ -35,6 +42,14 @@ class PolicyApply(InputModel):
         str,
         PydanticField(min_length=1, max_length=MAX_POLICY_BYTES),
         AfterValidator(check_text),
+        WithJsonSchema(
+            {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_POLICY_BYTES,
+                "pattern": TEXT_PATTERN,
+            }
+        ),
     ] = PydanticField(description="The policy file's TOML text.")
 
 
