@@ -155,3 +155,28 @@ def test_an_operator_approval_is_recorded_once_and_audited(
     events = client.get("/api/v1/audit?action=promotion.", headers=admin).json()["items"]
     assert [e["action"] for e in events] == ["promotion.approve", "promotion.create"]
     assert client.post("/api/v1/promotions/999/approve", headers=admin).status_code == 404
+
+
+def test_deleting_a_group_removes_its_policies_and_promotions(
+    client: TestClient, admin: Headers, fleet_group: str
+) -> None:
+    # Prepare: a policy and a promotion, then the group's devices retired
+    assert apply(client, admin, policy_text()).status_code == 201
+    model = client.post("/api/v1/models", json={"task": "digits-cnn"}, headers=admin).json()
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    with session_scope(engine, write=True) as session:
+        group = group_by_name(session, "ward-3")
+        assert group is not None
+        crud.create_promotion(session, group=group, model_version_id=model["id"], actor=ACTOR)
+    devices = client.get("/api/v1/devices?group=ward-3", headers=admin).json()["items"]
+    for device in devices:
+        retired = client.post(f"/api/v1/devices/{device['id']}/retire", headers=admin)
+        assert retired.status_code == 200, retired.text
+    # Execute
+    deleted = client.delete("/api/v1/groups/ward-3", headers=admin)
+    # Assert
+    assert deleted.status_code == 204, deleted.text
+    assert client.get("/api/v1/policies", headers=admin).json() == []
+    assert client.get("/api/v1/promotions", headers=admin).json() == []
+    events = client.get("/api/v1/audit?action=policy.apply", headers=admin).json()["items"]
+    assert len(events) == 1  # the history stays in the audit log
