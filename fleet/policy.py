@@ -50,6 +50,30 @@ class Gates:
     max_fairness_gap: float | None = None  # metrics.json fairness.max_gap, where measured
     max_bundle_accuracy_drop_points: float = 1.0  # the bundle build's accuracy gate
 
+    def failures(
+        self, *, accuracy: float | None, epsilon: float | None, fairness_gap: float | None
+    ) -> list[str]:
+        """Why a finished run does not pass these gates (empty: it passes), one reason each.
+
+        ``accuracy`` is the run's final accuracy (None: it reported none, which fails);
+        ``epsilon`` its DP epsilon (None: no DP, which fails a privacy gate);
+        ``fairness_gap`` its ``fairness.max_gap`` (None: not measured, which passes).
+        The bundle accuracy drop is the bundle build's own gate.
+        """
+        reasons = []
+        if accuracy is None or not accuracy >= self.min_accuracy:
+            reasons.append(f"accuracy {_show(accuracy)} is below the gate {self.min_accuracy:g}")
+        if self.max_epsilon is not None and (epsilon is None or not epsilon <= self.max_epsilon):
+            reasons.append(f"epsilon {_show(epsilon)} is above the gate {self.max_epsilon:g}")
+        gap_gate = self.max_fairness_gap
+        if gap_gate is not None and fairness_gap is not None and not fairness_gap <= gap_gate:
+            reasons.append(f"fairness gap {_show(fairness_gap)} is above the gate {gap_gate:g}")
+        return reasons
+
+
+def _show(value: float | None) -> str:
+    return "(not reported)" if value is None else f"{value:g}"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Canary:

@@ -30,7 +30,7 @@ from fleet.models.policies import (
     PromotionPublic,
     PromotionState,
 )
-from fleet.policy import Policy, PolicyError, parse_policy
+from fleet.policy import Policy, PolicyError, parse_policy, policy_from_document
 
 
 def check_against_fleet(session: Session, policy: Policy) -> Group:
@@ -160,6 +160,16 @@ def policy_version(session: Session, group: Group, version: int | None) -> Polic
     if version is None:
         return versions[0] if versions else None
     return next((v for v in versions if v.version == version), None)
+
+
+def current_policy(session: Session, group: str) -> Policy | None:
+    """``group``'s current policy as a :class:`Policy` (None: no such group or no policy);
+    what the promotion controller reads."""
+    found = group_by_name(session, group)
+    if found is None:
+        return None
+    current = policy_version(session, found, None)
+    return None if current is None else policy_from_document(current.document)
 
 
 # --- promotions -----------------------------------------------------------------------

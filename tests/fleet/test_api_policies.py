@@ -62,6 +62,11 @@ def test_every_apply_is_a_new_version_and_old_versions_stay_readable(
     assert [v["version"] for v in versions] == [2, 1]
     listed = client.get("/api/v1/policies", headers=admin).json()
     assert [(p["group"], p["version"]) for p in listed] == [("ward-3", 2)]
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    with session_scope(engine, write=False) as session:  # what the controller reads
+        policy = crud.current_policy(session, "ward-3")
+        assert policy is not None and policy.targets == ("rpi5", "cpu-x86")
+        assert crud.current_policy(session, "nowhere") is None
     missing = client.get("/api/v1/policies/ward-3?version=9", headers=admin)
     assert missing.status_code == 404 and "no policy version 9" in missing.json()["detail"]
 

@@ -185,3 +185,31 @@ def _toml_float(value: float) -> str:
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
     return repr(value)
+
+
+maybe = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True))
+
+
+@given(accuracy=maybe, epsilon=maybe, gap=maybe)
+def test_gates_fail_exactly_the_runs_outside_them(accuracy, epsilon, gap) -> None:
+    # Oracle: the rule as docs/policies.md states it, written independently.
+    gates = parse_policy(GOOD).gates  # accuracy >= 0.9, epsilon <= 8, gap <= 0.1
+    reasons = gates.failures(accuracy=accuracy, epsilon=epsilon, fairness_gap=gap)
+    expected = [
+        accuracy is None or math.isnan(accuracy) or accuracy < 0.9,
+        epsilon is None or math.isnan(epsilon) or epsilon > 8.0,
+        gap is not None and (math.isnan(gap) or gap > 0.1),
+    ]
+    assert [
+        any(r.startswith(word) for r in reasons) for word in ("accuracy", "epsilon", "fairness")
+    ] == expected
+    assert all("\n" not in r for r in reasons)
+
+
+def test_gates_without_privacy_or_fairness_limits_ignore_them() -> None:
+    text = 'group = "g"\ntargets = ["rpi5"]\n[gates]\nmin_accuracy = 0.5\n[signing]\napproval = "operator"\n'
+    gates = parse_policy(text).gates
+    assert gates.failures(accuracy=0.5, epsilon=None, fairness_gap=0.9) == []
+    assert gates.failures(accuracy=None, epsilon=None, fairness_gap=None) == [
+        "accuracy (not reported) is below the gate 0.5"
+    ]
