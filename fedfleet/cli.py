@@ -35,6 +35,7 @@ _SUBAPPS: tuple[tuple[str, str, str], ...] = (
     ("device", "edge_client.device_cli:app", "The MQTT device agent."),
     ("fleet", "fleet.cli:app", "The fleet admin API, dashboard, tokens and broker config."),
     ("rollout", "fleet.ota.cli:rollout_app", "Staged OTA rollouts."),
+    ("policy", "fleet.policy_cli:policy_app", "Promotion policies: apply, list, show, approve."),
     ("model", "coordinator.model_cli:model_app", "The model registry: register a run's model."),
     ("report", "coordinator.report.cli:report", "A run's compliance report (HTML or PDF)."),
     ("image", "firmware_images.cli:image_app", "Build, verify, inspect, publish signed bundles."),

@@ -34,12 +34,12 @@ from fleet.token_cache import TokenCache
 
 _DESCRIPTION = """
 Admin API of the fedfleet device fleet: devices, groups and tags, the model registry,
-federated runs, and the audit log.
+federated runs, promotion policies (docs/policies.md), and the audit log.
 
 Every route except `/healthz` and `/readyz` needs `Authorization: Bearer <token>`,
 this spec (`/openapi.json`) included. Create the first token with `fedfleet fleet token create --bootstrap --database-url URL`. Roles:
 `viewer` reads, `operator` also changes devices, models and runs, `admin` also manages
-tokens. Errors are JSON: `{"detail": "what was wrong and how to fix it"}`.
+tokens, applies promotion policies and approves promotions. Errors are JSON: `{"detail": "what was wrong and how to fix it"}`.
 """
 
 

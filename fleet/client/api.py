@@ -14,6 +14,9 @@ the fleet's database code, so it works against any reachable fleet (``docs/fleet
   (``fedfleet rollout create|list|show|pause|resume|abort``);
 - ``POST /tokens``, ``GET /tokens``, ``DELETE /tokens/{id}`` (admin) to manage API tokens
   (``fedfleet fleet token create|list|revoke``);
+- ``POST /policies``, ``GET /policies``, ``GET /policies/{group}`` (admin to apply) and
+  ``POST /promotions/{id}/approve`` (admin) for promotion policies
+  (``fedfleet policy apply|list|show|approve``);
 - ``POST /groups`` and ``POST /devices`` to enrol devices, each with its broker
   credentials shown once (``fedfleet fleet simulate-devices``).
 
@@ -37,10 +40,13 @@ from fleet.client.connection import (
     TOKEN_ENV,
     FleetConnection,
     FleetError,
+    FleetInputError,
     FleetNotFoundError,
 )
 from fleet.client.routes import (
     ABORT_ROLLOUT,
+    APPLY_POLICY,
+    APPROVE_PROMOTION,
     CREATE_GROUP,
     CREATE_ROLLOUT,
     CREATE_RUN,
@@ -49,9 +55,11 @@ from fleet.client.routes import (
     DOWNLOAD_ARTIFACT,
     ENROLL_DEVICE,
     GET_MODEL,
+    GET_POLICY,
     GET_ROLLOUT,
     GET_RUN,
     LIST_DEVICES,
+    LIST_POLICIES,
     LIST_ROLLOUTS,
     LIST_TOKENS,
     PAUSE_ROLLOUT,
@@ -69,6 +77,9 @@ from fleet.client.routes import (
     EnrolledDevice,
     ModelCreateBody,
     ModelInfo,
+    PolicyApplyBody,
+    PolicyInfo,
+    PromotionInfo,
     RolloutAbortBody,
     RolloutCreateBody,
     RolloutInfo,
@@ -428,6 +439,49 @@ class FleetClient:
             )
         self._check(response, what=what, admin=True)
         return TokenInfo.from_json(response.json())
+
+    # --- promotion policies (admin to change) -----------------------------------------------
+
+    def apply_policy(self, source: str) -> PolicyInfo:
+        """Store a policy file's text as its group's next version.
+
+        The fleet's refusal (an unknown group or target, a value out of range, a signing
+        key it cannot read) is a :class:`FleetInputError` whose line is the fleet's reason.
+        """
+        body: PolicyApplyBody = {"source": source}
+        what = "applying a promotion policy"
+        response = self._call(APPLY_POLICY, APPLY_POLICY.url(), what=what, json=dict(body))
+        if response.status_code == 422:
+            raise FleetInputError(_detail(response))
+        self._check(response, what=what, admin=True)
+        return PolicyInfo.from_json(response.json())
+
+    def list_policies(self) -> list[PolicyInfo]:
+        """Every group's current policy, by group name."""
+        answer = self._send(LIST_POLICIES, None, what="listing promotion policies")
+        return [PolicyInfo.from_json(p) for p in answer]
+
+    def get_policy(self, group: str, *, version: int | None = None) -> PolicyInfo:
+        """``group``'s current policy, or its version ``version``; :class:`FleetNotFoundError`."""
+        what = f"reading the policy of group {group}"
+        params = {} if version is None else {"params": {"version": version}}
+        response = self._call(GET_POLICY, GET_POLICY.url(group=group), what=what, **params)
+        if response.status_code in (404, 422):
+            raise FleetNotFoundError(_detail(response))
+        self._check(response, what=what)
+        return PolicyInfo.from_json(response.json())
+
+    def approve_promotion(self, promotion_id: int) -> PromotionInfo:
+        """Record an operator's approval of a pending promotion (admin)."""
+        what = f"approving promotion {promotion_id}"
+        path = APPROVE_PROMOTION.url(promotion_id=promotion_id)
+        response = self._call(APPROVE_PROMOTION, path, what=what)
+        if response.status_code == 404:
+            raise FleetNotFoundError(_detail(response))
+        if response.status_code == 409:
+            raise FleetError(_detail(response))
+        self._check(response, what=what, admin=True)
+        return PromotionInfo.from_json(response.json())
 
     # --- devices ----------------------------------------------------------------------------
 

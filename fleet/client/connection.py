@@ -26,6 +26,11 @@ class FleetError(Exception):
     """The fleet could not be used. ``str(err)`` is one line with the fix."""
 
 
+class FleetInputError(FleetError):
+    """The fleet refused what the caller sent (HTTP 422): the caller's input is wrong and
+    ``str(err)`` is the fleet's one-line reason (commands exit 2 on it)."""
+
+
 class FleetNotFoundError(FleetError):
     """The run, version or artifact asked for does not exist (or has no such artifact)."""
 

@@ -381,6 +381,60 @@ class RolloutCreateBody(TypedDict):
     ack_timeout_s: float
 
 
+@dataclass(frozen=True)
+class PolicyInfo:
+    """One version of a group's promotion policy (``PolicyPublic``)."""
+
+    group: str
+    version: int
+    current: bool
+    signing: str
+    source: str
+    created_at: str
+    created_by: str
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> PolicyInfo:
+        return cls(
+            group=str(body["group"]),
+            version=int(body["version"]),
+            current=bool(body["current"]),
+            signing=str(body["signing"]),
+            source=str(body["source"]),
+            created_at=str(body["created_at"]),
+            created_by=str(body["created_by"]),
+        )
+
+
+@dataclass(frozen=True)
+class PromotionInfo:
+    """A model version on its way to a group (``PromotionPublic``)."""
+
+    id: int
+    group: str
+    policy_version: int
+    model_version_id: int
+    state: str
+    decided_by: str | None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> PromotionInfo:
+        return cls(
+            id=int(body["id"]),
+            group=str(body["group"]),
+            policy_version=int(body["policy_version"]),
+            model_version_id=int(body["model_version_id"]),
+            state=str(body["state"]),
+            decided_by=body.get("decided_by"),
+        )
+
+
+class PolicyApplyBody(TypedDict):
+    """``PolicyApply``: the policy file's TOML text."""
+
+    source: str
+
+
 class TokenCreateBody(TypedDict, total=False):
     """``ApiTokenCreate``."""
 
@@ -417,7 +471,7 @@ class Route:
     result: type | None = None  # the dataclass the JSON answer is read into
     query: tuple[str, ...] = ()  # the query parameters the client may send
 
-    def url(self, **params: int) -> str:
+    def url(self, **params: int | str) -> str:
         """The path with its parameters filled in, e.g. ``/runs/7``."""
         return self.path.format(**params)
 
@@ -449,6 +503,10 @@ ENROLL_DEVICE = Route("POST", "/devices", body=DeviceCreateBody, result=Enrolled
 LIST_DEVICES = Route(
     "GET", "/devices", result=DevicePage, query=("model_version", "limit", "after")
 )
+APPLY_POLICY = Route("POST", "/policies", body=PolicyApplyBody, result=PolicyInfo)
+LIST_POLICIES = Route("GET", "/policies", result=PolicyInfo)  # a JSON list of them
+GET_POLICY = Route("GET", "/policies/{group}", result=PolicyInfo, query=("version",))
+APPROVE_PROMOTION = Route("POST", "/promotions/{promotion_id}/approve", result=PromotionInfo)
 
 #: Every call the client makes.
 ROUTES: tuple[Route, ...] = (
@@ -473,4 +531,8 @@ ROUTES: tuple[Route, ...] = (
     CREATE_GROUP,
     ENROLL_DEVICE,
     LIST_DEVICES,
+    APPLY_POLICY,
+    LIST_POLICIES,
+    GET_POLICY,
+    APPROVE_PROMOTION,
 )

@@ -1,7 +1,7 @@
 """The dashboard: its pages composed into one router, static files and error pages.
 
 One module per page registers that page's routes (:mod:`fleet.dashboard.devices_page`,
-``models_page``, ``runs_page``, ``audit_page``, ``rollouts_page``; log-in and log-out in
+``models_page``, ``runs_page``, ``policies_page``, ``audit_page``, ``rollouts_page``; log-in and log-out in
 :mod:`fleet.dashboard.account`). Pages are rendered on the server from the same CRUD
 functions the API uses, so they apply the same validation, role checks and audit
 records; forms post back with a CSRF token (see :mod:`fleet.dashboard.session`). No
@@ -24,6 +24,7 @@ from fleet.dashboard.audit_page import audit_router
 from fleet.dashboard.devices_page import devices_router
 from fleet.dashboard.models_page import models_router
 from fleet.dashboard.pages import Pages
+from fleet.dashboard.policies_page import policies_router
 from fleet.dashboard.runs_page import runs_router
 from fleet.dashboard.session import BadForm, LoginRequired
 from fleet.errors import http_exception_handler, validation_exception_handler
@@ -32,6 +33,7 @@ PAGE_ROUTERS: tuple[Callable[[Pages], APIRouter], ...] = (
     devices_router,
     models_router,
     runs_router,
+    policies_router,
     audit_router,
 )
 """The pages behind the navigation bar, each a router factory taking the renderer."""

@@ -37,6 +37,14 @@ from fleet.models.ota import (  # OTA rollouts, telemetry, drift (issue 7)
     RolloutDevice,
     TelemetryRecord,
 )
+from fleet.models.policies import (  # promotion policies (issue 20)
+    PolicyApply,
+    PolicyPublic,
+    Promotion,
+    PromotionPolicy,
+    PromotionPublic,
+    PromotionState,
+)
 from fleet.models.registry import (
     Artifact,
     ArtifactFormat,
@@ -97,6 +105,12 @@ __all__ = [
     "ModelVersionUpdate",
     "MqttCredentials",
     "Page",
+    "PolicyApply",
+    "PolicyPublic",
+    "Promotion",
+    "PromotionPolicy",
+    "PromotionPublic",
+    "PromotionState",
     "ReportedStatus",
     "Role",
     "Rollout",

@@ -31,6 +31,10 @@ def required_role(method: str, path: str) -> Role:
     """The fleet's access policy, stated independently of the code under test."""
     if path.startswith("/api/v1/tokens"):
         return Role.admin
+    # Promotion policies decide what reaches devices unattended: applying and approving
+    # are admin's (docs/security.md §6).
+    if method == "POST" and (path == "/api/v1/policies" or path.startswith("/api/v1/promotions")):
+        return Role.admin
     return Role.viewer if method in ("GET", "HEAD") else Role.operator
 
 

@@ -194,12 +194,43 @@ _ENROLLED = {
 }
 
 
+_POLICY = {
+    "id": 1,
+    "group": "wards",
+    "version": 2,
+    "current": True,
+    "signing": "approval",
+    "document": {},
+    "source": "group = 'wards'",
+    "created_at": "2026-12-04T00:00:00Z",
+    "created_by": "token:ci#1",
+}
+_PROMOTION = {
+    "id": 5,
+    "group": "wards",
+    "policy_version": 2,
+    "model_version_id": 2,
+    "state": "approved",
+    "decided_by": "token:ci#1",
+}
+
+
+def _policy_answer(method: str, path: str) -> httpx.Response:
+    if path.startswith("/promotions"):
+        return httpx.Response(200, json=_PROMOTION)
+    if method == "POST":
+        return httpx.Response(201, json=_POLICY)
+    return httpx.Response(200, json=_POLICY if path != "/policies" else [_POLICY])
+
+
 def _answer(request: httpx.Request) -> httpx.Response:
     path = request.url.path.removeprefix(API_PREFIX)
     if path == "/rollouts":
         if request.method == "POST":
             return httpx.Response(201, json=_SUMMARY)
         return httpx.Response(200, json={"items": [_SUMMARY], "total": 1})
+    if path.startswith(("/policies", "/promotions")):
+        return _policy_answer(request.method, path)
     if path.startswith("/tokens"):
         if request.method == "POST":
             return httpx.Response(201, json={"token": "ffk_secret", "info": _TOKEN})
@@ -268,6 +299,10 @@ def _every_call(client: FleetClient, tmp_path: Path) -> list[Callable[[], object
         lambda: client.enroll_device(name="pi-1", hardware_target="rpi5", group="wards"),
         lambda: client.devices_running(2),
         lambda: client.rollouts_of_model(2),
+        lambda: client.apply_policy("group = 'wards'"),
+        lambda: client.list_policies(),
+        lambda: client.get_policy("wards", version=1),
+        lambda: client.approve_promotion(5),
     ]
 
 
@@ -288,7 +323,7 @@ def test_the_client_calls_only_its_declared_routes(tmp_path: Path) -> None:
         matching = [
             r
             for r in ROUTES
-            if r.method == request.method and re.fullmatch(re.sub(r"{\w+}", "[0-9]+", r.path), path)
+            if r.method == request.method and re.fullmatch(re.sub(r"{\w+}", "[^/]+", r.path), path)
         ]
         assert len(matching) == 1, f"{request.method} {path} is not one declared route"
         route = matching[0]
