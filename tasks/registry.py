@@ -35,12 +35,22 @@ def get_task(name: str) -> TaskSpec:
     """Look a task up by name, with the list of valid names in the error."""
     if name not in _TASKS and name in BUILTIN_TASKS:
         importlib.import_module(BUILTIN_TASKS[name])  # registers it
+    if name not in _TASKS and is_task_name(name):  # a dataset: hf:NAME[@DIR]
+        from tasks.hf_data import build_task
+
+        return register_task(build_task(name))
     try:
         return _TASKS[name]
     except KeyError:
         raise ValueError(
             f"unknown task {name!r}; choose one of: {', '.join(available_tasks())}"
         ) from None
+
+
+def is_task_name(name: str) -> bool:
+    """Whether ``name`` names a task: a registered or built-in one, or a Hugging Face
+    dataset's (``hf:NAME[@DIR]``, tasks/hf_data.py; checked for syntax only)."""
+    return name in _TASKS or name in BUILTIN_TASKS or (name.startswith("hf:") and len(name) > 3)
 
 
 def available_tasks() -> list[str]:
