@@ -213,3 +213,30 @@ def test_generic_image_dataset_gets_a_cnn_of_its_shape(tmp_path: Path) -> None:
     data = task.load_data(0)
     assert task.input_shape == (1, 16, 16) and data.x_test.shape == (4, 1, 16, 16)
     assert task.build_model()(torch.from_numpy(data.x_train[:2])).shape == (2, 2)
+
+
+def test_a_dataset_in_the_local_cache_is_read_by_name_offline(tmp_path: Path) -> None:
+    """The cache as `load_dataset` leaves it (its parquet builder's output under
+    <cache>/OWNER___NAME/default/0.0.0/HASH), read with the Hub off."""
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    table = datasets.Dataset.from_dict(
+        {"a": [float(i) for i in range(20)], "label": [i % 2 for i in range(20)]},
+        features=datasets.Features(
+            {"a": datasets.Value("float32"), "label": datasets.ClassLabel(names=["n", "y"])}
+        ),
+    )
+    table.to_parquet(str(tmp_path / "t.parquet"))
+    cache = Path(datasets.config.HF_DATASETS_CACHE)
+    builder = Parquet(
+        cache_dir=str(cache),
+        dataset_name="cached-table",
+        repo_id="tester/cached-table",
+        data_files={"train": str(tmp_path / "t.parquet")},
+        hash="0123abcd",
+    )
+    builder.download_and_prepare()
+    (configs,) = (cache / "tester___cached-table").iterdir()
+    configs.rename(configs.with_name("default"))  # a Hub dataset's config name
+    task = get_task(task_name("tester/cached-table"))
+    assert task.num_classes == 2 and len(task.load_data(0).y_train) == 18
