@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from tasks.base import TaskSpec
 
 _TASKS: dict[str, TaskSpec] = {}
+_DATASET_TASKS: dict[str, TaskSpec] = {}  # Hugging Face datasets by task name (hf_data.py)
 # Built-in task name → the module that registers it.
 BUILTIN_TASKS: dict[str, str] = {
     "breast-cancer-mlp": "tasks.breast_cancer",
@@ -35,10 +36,13 @@ def get_task(name: str) -> TaskSpec:
     """Look a task up by name, with the list of valid names in the error."""
     if name not in _TASKS and name in BUILTIN_TASKS:
         importlib.import_module(BUILTIN_TASKS[name])  # registers it
-    if name not in _TASKS and is_task_name(name):  # a dataset: hf:NAME[@DIR]
-        from tasks.hf_data import build_task
+    if name not in _TASKS and name.startswith("hf:") and len(name) > 3:
+        # a dataset (hf:NAME[@DIR]): built from its name, not listed among the tasks
+        if name not in _DATASET_TASKS:
+            from tasks.hf_data import build_task
 
-        return register_task(build_task(name))
+            _DATASET_TASKS[name] = build_task(name)
+        return _DATASET_TASKS[name]
     try:
         return _TASKS[name]
     except KeyError:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 datasets = pytest.importorskip("datasets")
 pytest.importorskip("flwr_datasets")
@@ -240,3 +242,43 @@ def test_a_dataset_in_the_local_cache_is_read_by_name_offline(tmp_path: Path) ->
     configs.rename(configs.with_name("default"))  # a Hub dataset's config name
     task = get_task(task_name("tester/cached-table"))
     assert task.num_classes == 2 and len(task.load_data(0).y_train) == 18
+
+
+def test_dataset_tasks_are_not_listed_among_the_tasks(tmp_path: Path) -> None:
+    from tasks import available_tasks
+
+    name = task_name("femnist", str(femnist_like(tmp_path)))
+    assert get_task(name) is get_task(name)  # built once per process
+    assert name not in available_tasks()
+
+
+@pytest.fixture(scope="module")
+def femnist_task(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return task_name("femnist", str(femnist_like(tmp_path_factory.mktemp("fem"), rows=48)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    clients=st.integers(1, 6),
+    alpha=st.floats(0.05, 100.0),
+    seed=st.integers(0, 2**31 - 1),
+    kind=st.sampled_from(["iid", "dirichlet", "natural"]),
+)
+def test_every_partition_is_disjoint_and_natural_ones_follow_owners(
+    femnist_task: str, clients: int, alpha: float, seed: int, kind: str
+) -> None:
+    from tasks.hf_data import _rows, open_splits
+
+    text = {"iid": "iid", "dirichlet": f"dirichlet:{alpha}", "natural": "natural"}[kind]
+    parts = split_clients(femnist_task, clients, text, seed)
+    joined = np.concatenate(parts)
+    n_train = len(_rows(femnist_task, seed)[0])
+    assert len(parts) == clients and len(set(joined.tolist())) == len(joined)
+    if kind != "natural":
+        assert sorted(joined.tolist()) == list(range(n_train))  # every row, once
+    else:  # client i holds exactly the rows of the i-th writer (sorted ids)
+        train, _ = open_splits(femnist_task)
+        writers = np.asarray(train["writer_id"])[_rows(femnist_task, seed)[0]]
+        owners = sorted(set(writers.tolist()))
+        for i, part in enumerate(parts):
+            assert part.tolist() == np.flatnonzero(writers == owners[i]).tolist()
