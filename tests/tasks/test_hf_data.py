@@ -282,3 +282,34 @@ def test_every_partition_is_disjoint_and_natural_ones_follow_owners(
         owners = sorted(set(writers.tolist()))
         for i, part in enumerate(parts):
             assert part.tolist() == np.flatnonzero(writers == owners[i]).tolist()
+
+
+def test_the_hub_is_switched_off_by_fedfleet_not_by_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With offline mode off everywhere, a dataset missing from the cache is still one
+    clear error and no socket is opened; the flags are restored afterwards."""
+    import socket
+
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    dialled: list[object] = []
+
+    def no_network(self: socket.socket, address: object) -> None:
+        dialled.append(address)
+        raise OSError("network is off in this test")
+
+    def no_lookup(*args: object, **kwargs: object) -> None:
+        dialled.append(args[0])
+        raise OSError("network is off in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+    with pytest.raises(ValueError, match="is not in the local Hugging Face cache; get it once"):
+        get_task(task_name("someone/never-downloaded"))
+    assert dialled == []
+    assert datasets.config.HF_HUB_OFFLINE is False and constants.HF_HUB_OFFLINE is False
