@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks import PartitionSpec, available_tasks
+from tasks import PartitionSpec, available_tasks, is_task_name
 
 if TYPE_CHECKING:
     from tasks.base import TrainDefaults
@@ -121,7 +121,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Refuse settings that cannot work, naming the value to change."""
-        if self.task not in available_tasks():
+        if not is_task_name(self.task):
             raise ValueError(
                 f"unknown task {self.task!r}; choose one of: {', '.join(available_tasks())}"
             )

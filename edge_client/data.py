@@ -44,7 +44,10 @@ def cached_partitions(
     task_name: str, num_partitions: int, partition: str, seed: int
 ) -> tuple[np.ndarray, ...]:
     """All clients' index arrays for one (task, N, partition, seed): computed once."""
-    data = get_task(task_name).load_data(seed)
+    task = get_task(task_name)
+    if task.split_clients is not None:  # its own partitioner (a Hugging Face dataset)
+        return tuple(task.split_clients(num_partitions, PartitionSpec.parse(partition), seed))
+    data = task.load_data(seed)
     parts = partition_indices(
         data.y_train,
         num_partitions,

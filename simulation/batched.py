@@ -43,11 +43,13 @@ from tasks import TrainResult
 from tasks.training import batch_order, train_local
 
 # Modules whose training-mode forward pass draws random numbers or updates state: a
-# batched forward pass would not reproduce them, so such models train one by one.
+# batched forward pass would not reproduce them, so such models train one by one. So do
+# recurrent layers: torch.func.vmap has no batching rule for aten::lstm (torch 2.13).
 _STATEFUL_OR_RANDOM: tuple[type[nn.Module], ...] = (
     nn.modules.dropout._DropoutNd,
     nn.modules.batchnorm._NormBase,
     nn.AlphaDropout,
+    nn.RNNBase,
 )
 
 

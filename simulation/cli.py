@@ -81,7 +81,24 @@ MomentumOption = Annotated[
 PartitionOption = Annotated[
     str | None,
     typer.Option(
-        help=f"iid | dirichlet:ALPHA | shards:K | natural. (default: {_default('partition')})"
+        help="iid | dirichlet:ALPHA[:COLUMN] | shards:K | natural[:COLUMN] (COLUMN: of a "
+        f"--dataset, e.g. natural:writer_id). (default: {_default('partition')})"
+    ),
+]
+
+DatasetOption = Annotated[
+    str | None,
+    typer.Option(
+        help="A Hugging Face dataset instead of --task: femnist, cifar10, shakespeare or "
+        "OWNER/NAME, read from --data-dir or the local cache (never downloaded). (default: none)"
+    ),
+]
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder the --dataset was saved to (datasets' save_to_disk). (default: the "
+        "local Hugging Face cache)"
     ),
 ]
 
@@ -375,6 +392,8 @@ def simulate(
     lr: LrOption = None,
     momentum: MomentumOption = None,
     partition: PartitionOption = None,
+    dataset: DatasetOption = None,
+    data_dir: DataDirOption = None,
     seed: SeedOption = None,
     engine: EngineOption = None,
     fraction_evaluate: FractionEvaluateOption = None,
@@ -434,6 +453,8 @@ def settings_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
     app, app_config = flags.get("app"), flags.get("app_config")
     overrides["app"] = str(app) if app is not None else None
     overrides["app_config"] = " ".join(app_config) if app_config else None
+    data_dir = flags.get("data_dir")
+    overrides["data_dir"] = str(data_dir) if data_dir is not None else None
     return overrides
 
 

@@ -52,6 +52,8 @@ _SELECTION = SelectionConfig()
 # Settings that configure fedfleet's own apps; a third-party app (--app) reads its own.
 FEDFLEET_APP_ONLY = (
     "task",
+    "dataset",
+    "data_dir",
     "strategy",
     "clients_per_round",
     "rounds",
@@ -96,6 +98,9 @@ class SimulateSettings:
     lr: float | None = _CORE.learning_rate
     momentum: float | None = _CORE.momentum
     partition: str = _CORE.partition
+    # a Hugging Face dataset instead of --task (tasks/hf_data.py): it becomes the task
+    dataset: str = ""
+    data_dir: str = ""
     seed: int = _CORE.seed
     engine: str = ENGINES[0]
     fraction_evaluate: float = _CORE.fraction_evaluate
@@ -159,6 +164,8 @@ class SimulateSettings:
                     f"unknown setting {key.replace('_', '-')!r}; valid keys: "
                     + ", ".join(sorted(n.replace("_", "-") for n in known))
                 )
+        if values.get("dataset") or values.get("data_dir"):
+            values["task"] = dataset_task(values)
         try:
             settings = cls(**values)
         except TypeError as exc:
@@ -192,6 +199,10 @@ class SimulateSettings:
         validate_secagg_run_config(run_config, core=core)
         validate_fleet_settings(self)
         validate_dp_settings(self, core=core, run_config=run_config)
+        if self.dataset:  # the data is there and splits as asked, before a run folder
+            from tasks.hf_data import check
+
+            check(self.task, num_clients=self.clients, partition=self.partition, seed=self.seed)
 
     def changed(self, names: tuple[str, ...]) -> list[str]:
         """Those of ``names`` whose value differs from its default, in order."""
@@ -232,6 +243,19 @@ class SimulateSettings:
     def flower_run_config(self, *, out_dir: str = "") -> RunConfigDict:
         """The whole run config of a run into ``out_dir``: core keys, then features'."""
         return {**self.run_config(out_dir=out_dir).as_run_config(), **self.feature_run_config()}
+
+
+def dataset_task(values: Mapping[str, Any]) -> str:
+    """The task name of ``--dataset`` (``hf:NAME[@DIR]``, tasks/hf_data.py); refuses
+    ``--task`` beside it and ``--data-dir`` without it."""
+    dataset, data_dir = str(values.get("dataset") or ""), str(values.get("data_dir") or "")
+    if not dataset:
+        raise ValueError("--data-dir needs --dataset NAME (femnist, cifar10, shakespeare, ...)")
+    if values.get("task"):
+        raise ValueError("give --task or --dataset, not both (a dataset brings its own model)")
+    from tasks.hf_data import task_name
+
+    return task_name(dataset, data_dir)
 
 
 def _field_type(field: Any) -> type:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tasks.base import Dataset, TaskSpec, TrainDefaults
     from tasks.partition import PartitionSpec, partition_indices
-    from tasks.registry import available_tasks, get_task, register_task
+    from tasks.registry import available_tasks, get_task, is_task_name, register_task
     from tasks.training import EvalResult, TrainResult, evaluate, reported_loss, train_local
 
 # Each name's module, imported on first use: naming a task or a partition (validating
@@ -24,6 +24,7 @@ _HOMES = {
     "partition_indices": "tasks.partition",
     "available_tasks": "tasks.registry",
     "get_task": "tasks.registry",
+    "is_task_name": "tasks.registry",
     "register_task": "tasks.registry",
     "EvalResult": "tasks.training",
     "TrainResult": "tasks.training",
@@ -51,6 +52,7 @@ __all__ = [
     "available_tasks",
     "evaluate",
     "get_task",
+    "is_task_name",
     "partition_indices",
     "register_task",
     "reported_loss",

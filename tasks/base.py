@@ -11,6 +11,8 @@ import numpy as np
 if TYPE_CHECKING:  # the contract names torch's Module; importing a task loads no torch
     from torch import nn
 
+    from tasks.partition import PartitionSpec
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -123,6 +125,9 @@ class TaskSpec:
     ``sensitive_attribute`` names a protected attribute the task's data carries (not a
     model input; fairness audits group by it), ``sensitive_groups`` its values' names in
     code order (``Dataset.sensitive_*`` hold the codes).
+    ``split_clients(num_clients, partition, seed)``, where given, replaces
+    ``tasks.partition_indices`` for this task: one index array into ``x_train`` per client
+    (a Hugging Face dataset is split by flwr-datasets' partitioners: tasks/hf_data.py).
     """
 
     name: str
@@ -135,3 +140,4 @@ class TaskSpec:
     feature_names: tuple[str, ...] | None = None
     sensitive_attribute: str | None = None
     sensitive_groups: tuple[str, ...] = ()
+    split_clients: Callable[[int, PartitionSpec, int], list[np.ndarray]] | None = None

@@ -4,9 +4,11 @@ All are pure functions of (labels, number of clients, spec, seed) that return on
 array per client; every sample is assigned to exactly one client. A client is its index
 array until it trains, so 10,000 clients cost 10,000 small arrays, not 10,000 datasets.
 
-We write these ourselves rather than use ``flwr-datasets``: its partitioners operate on
-Hugging Face ``datasets.Dataset`` objects (an extra dependency and a copy of the data),
-while ours need only the label vector, are seedable and are property-tested.
+For the built-in tasks we write these ourselves rather than use ``flwr-datasets``: its
+partitioners operate on Hugging Face ``datasets.Dataset`` objects (a copy of the data),
+while ours need only the label vector, are seedable and are property-tested. Hugging Face
+datasets (``--dataset``, tasks/hf_data.py) are split by flwr-datasets' partitioners, by the
+column a partition names (``natural:COLUMN``, ``dirichlet:ALPHA:COLUMN``).
 """
 
 from __future__ import annotations
@@ -21,29 +23,40 @@ PartitionKind = Literal["iid", "dirichlet", "shards", "natural"]
 
 @dataclass(frozen=True)
 class PartitionSpec:
-    """A parsed ``--partition`` value: ``iid``, ``dirichlet:ALPHA``, ``shards:K``, ``natural``."""
+    """A parsed ``--partition`` value: ``iid``, ``dirichlet:ALPHA[:COLUMN]``, ``shards:K``,
+    ``natural[:COLUMN]``. ``column`` names the dataset column a Hugging Face dataset is
+    split by (``""``: the dataset's default: its label, or its natural owner)."""
 
     kind: PartitionKind
     alpha: float = 0.0
     shards_per_client: int = 0
+    column: str = ""
 
     @classmethod
     def parse(cls, text: str) -> PartitionSpec:
         """Parse the command-line form; the error says which forms are valid."""
         name, _, arg = text.strip().partition(":")
-        hint = "use iid, dirichlet:ALPHA (e.g. dirichlet:0.3), shards:K (e.g. shards:2) or natural"
+        hint = (
+            "use iid, dirichlet:ALPHA[:COLUMN] (e.g. dirichlet:0.3), shards:K (e.g. shards:2) "
+            "or natural[:COLUMN] (e.g. natural:writer_id)"
+        )
         if name == "iid" and not arg:
             return cls("iid")
-        if name == "natural" and not arg:
-            return cls("natural")
+        if name == "natural":
+            if arg.strip() != arg or ":" in arg:
+                raise ValueError(f"partition {text!r}: COLUMN is one column name; {hint}")
+            return cls("natural", column=arg)
         if name == "dirichlet":
+            alpha_text, _, column = arg.partition(":")
             try:
-                alpha = float(arg)
+                alpha = float(alpha_text)
             except ValueError:
                 raise ValueError(f"partition {text!r}: ALPHA must be a number; {hint}") from None
             if not alpha > 0 or not np.isfinite(alpha):
                 raise ValueError(f"partition {text!r}: ALPHA must be > 0; {hint}")
-            return cls("dirichlet", alpha=alpha)
+            if column.strip() != column or ":" in column or (arg.endswith(":") and not column):
+                raise ValueError(f"partition {text!r}: COLUMN is one column name; {hint}")
+            return cls("dirichlet", alpha=alpha, column=column)
         if name == "shards":
             try:
                 k = int(arg)
@@ -55,11 +68,12 @@ class PartitionSpec:
         raise ValueError(f"unknown partition {text!r}; {hint}")
 
     def __str__(self) -> str:
+        column = f":{self.column}" if self.column else ""
         if self.kind == "dirichlet":
-            return f"dirichlet:{self.alpha:g}"
+            return f"dirichlet:{self.alpha:g}{column}"
         if self.kind == "shards":
             return f"shards:{self.shards_per_client}"
-        return self.kind
+        return f"{self.kind}{column}"
 
 
 def partition_indices(
@@ -73,6 +87,11 @@ def partition_indices(
     """Split ``range(len(labels))`` into ``num_clients`` disjoint, sorted index arrays."""
     if num_clients < 1:
         raise ValueError("num_clients must be >= 1")
+    if spec.column:
+        raise ValueError(
+            f"partition {spec}: a COLUMN names a column of a Hugging Face dataset; "
+            "use it with --dataset, or leave ':COLUMN' out"
+        )
     rng = np.random.default_rng(seed)
     n = len(labels)
     if spec.kind == "iid":
