@@ -1,5 +1,9 @@
 """OTA rollout and telemetry ingestion over a real Mosquitto on loopback.
 
+``--broker nats`` runs the same over NATS with MQTT enabled (the clustered broker,
+docs/scale-out.md), started from the ``nats.conf`` ``fleet broker-config --broker nats``
+writes; its floor is the same ``mosquitto_pub``/``mosquitto_sub`` clients against NATS.
+
 Part 1 — rollout. One signed int8 bundle of ``--size`` bytes (default 200 KB) is rolled
 out to ``--devices`` simulated devices (default 1,000; real :class:`DeviceAgent`s, one
 MQTT connection each, in ``--processes`` worker processes, default one per core, as the
