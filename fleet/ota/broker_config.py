@@ -54,6 +54,8 @@ from edge_client.protocol.mqtt import (
 from fleet.credentials import mosquitto_hash
 
 FLEET_USER = "fedfleet-fleet"
+# The brokers `fedfleet fleet broker-config --broker` writes for (docs/scale-out.md).
+BROKERS = ("mosquitto", "nats")
 # A listener line: the broker names each session after the user (one session per credential).
 SESSION_PER_USER = "use_username_as_clientid true"
 
@@ -176,7 +178,9 @@ def write_broker_config(
     out.mkdir(parents=True, exist_ok=True)
     fleet_pass = out / "fleet.pass"
     count = write_credentials(out=out, devices=entries, fleet_password=fleet_password(fleet_pass))
-    _write(out / "mosquitto.conf", conf_text(folder=out.resolve(), port=port, bind=bind, tls=tls))
+    write_file(
+        out / "mosquitto.conf", conf_text(folder=out.resolve(), port=port, bind=bind, tls=tls)
+    )
     return BrokerFiles(
         folder=out,
         passwd=out / "passwd",
@@ -192,7 +196,7 @@ def fleet_password(path: Path) -> str:
     if path.is_file():
         return path.read_text().strip()
     password = secrets.token_urlsafe(24)
-    _write(path, password + "\n", mode=0o600)
+    write_file(path, password + "\n", mode=0o600)
     return password
 
 
@@ -209,8 +213,8 @@ def write_credentials(*, out: Path, devices: Iterable[tuple[str, str]], fleet_pa
         check_device_id(device_id)
         entries.append((device_id, hashed))
     text = passwd_text([*entries, (FLEET_USER, mosquitto_hash(fleet_password))])
-    _write(out / "acl", acl_text(devices=[user for user, _ in entries]), mode=0o644)
-    _write(out / "passwd", text, mode=0o640, group=_mosquitto_gid())
+    write_file(out / "acl", acl_text(devices=[user for user, _ in entries]), mode=0o644)
+    write_file(out / "passwd", text, mode=0o640, group=_mosquitto_gid())
     return len(entries)
 
 
@@ -229,7 +233,8 @@ def device_credentials_from_db(engine: object) -> list[tuple[str, str]]:
     return [(user, hashed) for user, hashed in rows if hashed]
 
 
-def _write(path: Path, text: str, *, mode: int = 0o644, group: int | None = None) -> None:
+def write_file(path: Path, text: str, *, mode: int = 0o644, group: int | None = None) -> None:
+    """Replace ``path`` atomically with ``text`` (written aside with ``mode``, then renamed)."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as handle:
@@ -251,3 +256,16 @@ def _mosquitto_gid() -> int | None:
         return grp.getgrnam("mosquitto").gr_gid
     except (ImportError, KeyError):
         return None
+
+
+def check_broker(name: str) -> str:
+    """``name`` if broker-config can write its configuration; ValueError otherwise."""
+    if name in BROKERS:
+        return name
+    why = (
+        " (RabbitMQ was measured but not chosen: its MQTT plugin sends no retained message "
+        "to a wildcard subscription; see docs/scale-out.md)"
+        if name == "rabbitmq"
+        else ""
+    )
+    raise ValueError(f"unknown broker {name!r}; choose one of {', '.join(BROKERS)}{why}")

@@ -75,8 +75,17 @@ def broker_config(
             show_default=False,
         ),
     ] = None,
+    broker: Annotated[
+        str, typer.Option(help="mosquitto (embedded default) or nats (clusters, MQTT enabled).")
+    ] = "mosquitto",
+    client_port: Annotated[
+        int, typer.Option(help="--broker nats: its own client port (127.0.0.1).")
+    ] = 4222,
 ) -> None:
-    """Write Mosquitto's password file, ACL file and config from the enrolled devices.
+    """Write the broker's configuration (users, permissions) from the enrolled devices.
+
+    Mosquitto: password file, ACL file and mosquitto.conf. NATS: nats.conf with the same
+    permissions as subjects (docs/scale-out.md).
 
     A server-side command: it runs on the broker's host, next to `fedfleet fleet mqtt`, and
     reads the devices' password hashes from the fleet's database, which must be named
@@ -86,10 +95,17 @@ def broker_config(
 
     from fleet.ota.broker_config import (
         TlsListener,
+        check_broker,
         device_credentials_from_db,
         write_broker_config,
     )
 
+    try:
+        check_broker(broker)
+    except ValueError as err:
+        fail(str(err))
+    if broker == "nats" and tls_cert is not None:
+        fail("--tls-cert is for Mosquitto; give NATS its TLS in nats.conf (mqtt { tls {...} })")
     if (tls_cert is None) != (tls_key is None):
         fail("give both --tls-cert and --tls-key for a TLS listener, or neither")
     database_url = database_url or os.environ.get("FEDFLEET_FLEET_DATABASE_URL", "").strip()
@@ -107,6 +123,9 @@ def broker_config(
                 "`fedfleet fleet serve` prints"
             )
     engine, _settings = engine_and_settings(database_url)
+    if broker == "nats":
+        _nats_config(engine, out=out, port=port, client_port=client_port, bind=bind)
+        return
     try:
         tls = TlsListener(tls_cert, tls_key, tls_port) if tls_cert and tls_key else None
         files = write_broker_config(
@@ -121,6 +140,31 @@ def broker_config(
         f"run: mosquitto -c {files.conf}, then `fedfleet fleet mqtt --password-file "
         f"{files.fleet_password_file} --broker-pid PID` keeps the devices' credentials in step"
     )
+
+
+def _nats_config(engine: Any, *, out: Path, port: int, client_port: int, bind: str) -> None:
+    from fleet.ota.broker_config import device_credentials_from_db
+    from fleet.ota.broker_nats import write_nats_config
+
+    try:
+        conf, kept, left_out = write_nats_config(
+            out=out,
+            devices=device_credentials_from_db(engine),
+            port=port,
+            client_port=client_port,
+            bind=bind,
+        )
+    except (ValueError, OSError) as err:
+        fail(str(err))
+    finally:
+        engine.dispose()
+    typer.echo(f"wrote {conf} for {kept} devices; run: nats-server -c {conf}")
+    if left_out:
+        typer.echo(
+            f"{left_out} devices are left out: NATS cannot check the PBKDF2 ($7$) hash the "
+            "fleet keeps of their broker passwords; they log in once re-keyed with a "
+            "password NATS can check (docs/scale-out.md)"
+        )
 
 
 # --- fedfleet fleet mqtt ---------------------------------------------------------------

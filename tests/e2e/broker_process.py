@@ -133,3 +133,45 @@ class MosquittoProcess:
         _tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+NATS_SERVER = "/usr/sbin/nats-server"
+
+
+class NatsProcess(MosquittoProcess):
+    """A ``nats-server`` child process (MQTT enabled) running a config written by
+    ``fedfleet fleet broker-config --broker nats``; its JetStream store (MQTT sessions,
+    retained messages, queued QoS 1 messages) is on disk, so ``restart()`` keeps them."""
+
+    def __init__(self, *, config: Path, port: int, executable: str = NATS_SERVER) -> None:
+        if not Path(executable).exists():
+            raise FileNotFoundError(
+                f"{executable} not found; install it with: apt-get install -y nats-server"
+            )
+        self.executable = executable
+        self.port = port
+        self.folder = Path(tempfile.mkdtemp(prefix="fedfleet-nats-"))
+        self.log = self.folder / "nats.log"
+        self.conf = config
+        self._proc = None
+
+    def start(self, *, timeout_s: float = 10.0) -> NatsProcess:
+        """Start nats-server and wait until its MQTT listener accepts connections."""
+        with open(self.log, "ab") as log:
+            self._proc = subprocess.Popen(
+                [self.executable, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited at start: {self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"nats-server did not listen on port {self.port} within {timeout_s} s")
+
+    def __enter__(self) -> NatsProcess:
+        return self.start()

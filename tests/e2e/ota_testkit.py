@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from broker_process import MosquittoProcess
+from broker_process import MosquittoProcess, NatsProcess, free_port
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine
@@ -35,6 +35,7 @@ from fleet.db import make_engine, session_scope
 from fleet.models.ota import TelemetryRecord
 from fleet.ota.bridge import BridgeSettings, FleetBridge
 from fleet.ota.broker_config import FLEET_USER, device_credentials_from_db, write_broker_config
+from fleet.ota.broker_nats import write_nats_config
 from fleet.ota.controller import RolloutController
 from fleet.ota.guard import Limits
 from fleet.ota.reference_push import push_references
@@ -131,11 +132,14 @@ class OtaFleet:
         spares: int = 0,
         sign_commands: bool = True,
         v1_until: float | None = None,
+        broker: str = "mosquitto",
     ) -> None:
         """``broker_extra``: more ``mosquitto.conf`` lines (e.g. ``log_type subscribe``);
         ``limits``: the bridge's per-device limits (default: the fleet's); ``spares``:
         devices enrolled in group ``{group}-spare`` that run no agent (``self.spares``:
-        a test or bench drives their broker sessions itself)."""
+        a test or bench drives their broker sessions itself); ``broker``: ``mosquitto``
+        or ``nats`` (its config from ``fleet.ota.broker_nats``, with the devices'
+        passwords, which this kit knows and the fleet does not)."""
         self.chunk_size = chunk_size
         self.sign_commands = sign_commands  # the bridge signs commands with self.key
         self.v1_until = v1_until  # end of the protocol v1 window (Unix s; None: refused)
@@ -168,7 +172,19 @@ class OtaFleet:
             out=root / "broker", devices=device_credentials_from_db(self.engine)
         )
         self.fleet_password = files.fleet_password_file.read_text().strip()
-        self.broker = MosquittoProcess(passwd=files.passwd, acl=files.acl, extra=broker_extra)
+        self.broker: MosquittoProcess = MosquittoProcess(
+            passwd=files.passwd, acl=files.acl, extra=broker_extra
+        )
+        if broker == "nats":
+            port = free_port()
+            conf, _kept, _left = write_nats_config(
+                out=root / "broker",
+                devices=[(d.device_id, d.password) for d in self.devices + self.spares],
+                port=port,
+                client_port=free_port(),
+            )
+            self.broker.close()
+            self.broker = NatsProcess(config=conf, port=port)
         self.bridge: FleetBridge | None = None
         self.controller: RolloutController | None = None
         self.sim: SimulatedFleet | None = None

@@ -41,6 +41,16 @@ def fleet(tmp_path: Path) -> Iterator[OtaFleet]:
         ota.close()
 
 
+@pytest.fixture(params=["mosquitto", "nats"])
+def any_broker_fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[OtaFleet]:
+    """One device on Mosquitto, and on NATS (the clustered broker, docs/scale-out.md)."""
+    ota = OtaFleet(tmp_path, devices=1, broker=request.param)
+    try:
+        yield ota
+    finally:
+        ota.close()
+
+
 def _install(fleet: OtaFleet, version: str, *, pad_to: int = 0, seed: int = 1) -> proto.Command:
     bundle = build_demo_bundle(private_key=fleet.key, version=version, seed=seed, pad_to=pad_to)
     model_id = register_bundle(
@@ -56,8 +66,9 @@ def _install(fleet: OtaFleet, version: str, *, pad_to: int = 0, seed: int = 1) -
 
 
 def test_broker_restart_mid_transfer_resumes_and_completes(
-    fleet: OtaFleet, monkeypatch: pytest.MonkeyPatch
+    any_broker_fleet: OtaFleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    fleet = any_broker_fleet
     # Prepare: a 1 MB bundle in 16 KiB chunks, and a device that writes chunks slowly.
     slow_accept = Download.accept
 

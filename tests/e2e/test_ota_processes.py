@@ -26,9 +26,9 @@ from simulation.fleet_devices import ProcessFleet
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[OtaFleet]:
-    ota = OtaFleet(tmp_path, devices=6)
+@pytest.fixture(params=["mosquitto", "nats"])
+def fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[OtaFleet]:
+    ota = OtaFleet(tmp_path, devices=6, broker=request.param)
     try:
         yield ota.start(processes=2, durable=True)
     finally:

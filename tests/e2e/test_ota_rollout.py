@@ -1,4 +1,5 @@
-"""End to end with the real Mosquitto: 20 devices, a staged rollout, and a bad model."""
+"""End to end with a real broker (Mosquitto, and NATS, the clustered one): 20 devices, a
+staged rollout, and a bad model."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from fleet.models.ota import Rollout, RolloutCreate, RolloutStatus
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[OtaFleet]:
-    ota = OtaFleet(tmp_path, devices=20)
+@pytest.fixture(params=["mosquitto", "nats"])
+def fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[OtaFleet]:
+    ota = OtaFleet(tmp_path, devices=20, broker=request.param)
     try:
         yield ota.start()
     finally:

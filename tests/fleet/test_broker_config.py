@@ -28,13 +28,14 @@ from typer.testing import CliRunner
 # The test broker (tests/e2e/broker_process.py) lives with the end-to-end helpers.
 sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
 
-from broker_process import MosquittoProcess, free_port
+from broker_process import MosquittoProcess, NatsProcess, free_port
 
 from edge_client.device_agent import DeviceAgent
 from edge_client.device_config import BrokerSettings, DeviceConfig
 from edge_client.protocol import mqtt as proto
 from fleet.credentials import mosquitto_hash
 from fleet.ota.broker_config import FLEET_USER, acl_text, passwd_text, write_broker_config
+from fleet.ota.broker_nats import write_nats_config
 
 PASSWORDS = {"dev-aaaa": "pw-a-" + uuid.uuid4().hex, "dev-bbbb": "pw-b-" + uuid.uuid4().hex}
 
@@ -73,8 +74,26 @@ class Listener:
         self.client.disconnect()
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[tuple[MosquittoProcess, str]]:
+@pytest.fixture(params=["mosquitto", "nats"])
+def broker(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[MosquittoProcess, str]]:
+    """The generated config on Mosquitto, and on NATS (the clustered broker): the same
+    permissions hold on both."""
+    if request.param == "nats":
+        port = free_port()
+        conf, _, _ = write_nats_config(
+            out=tmp_path / "nats",
+            devices=list(PASSWORDS.items()),
+            port=port,
+            client_port=free_port(),
+        )
+        nats = NatsProcess(config=conf, port=port)
+        try:
+            yield nats.start(), (tmp_path / "nats" / "fleet.pass").read_text().strip()
+        finally:
+            nats.close()
+        return
     files = write_broker_config(
         out=tmp_path / "broker",
         devices=[(user, mosquitto_hash(pw)) for user, pw in PASSWORDS.items()],
