@@ -128,7 +128,7 @@ def validate_app_settings(settings: AppFields, *, fedfleet_flags: Sequence[str])
     if settings.app_config and not settings.app:
         raise ValueError("--run-config sets a Flower App's config; it needs --app DIR")
     if not settings.app:
-        if settings.app_workers != "auto":
+        if settings.app_workers not in ("0", ""):
             raise ValueError(
                 "--app-workers sets how a Flower App's ClientApp runs; it needs --app DIR"
             )
