@@ -8,9 +8,9 @@ refuses (a constraint, a trigger) raises and writes nothing: the bridge then wri
 message on its own (:meth:`fleet.ota.bridge.FleetBridge.ingest_batch`) and drops only the
 refused one.
 
-Measured (``bench/ota.py --storage``, docs/decisions.md): before, the PostgreSQL
-executemany (psycopg pipeline, one INSERT per row) was the bulk of the ingester's write
-time.
+Measured (docs/decisions.md, "Issue 16 item 4"): the PostgreSQL executemany it
+replaces (psycopg pipeline, one INSERT and one round of JSON bind processing per row)
+was the larger half of the ingester's write time.
 """
 
 from __future__ import annotations
