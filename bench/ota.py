@@ -45,8 +45,21 @@ by default /dev/shm when it exists: one disk standing in for 1,000 devices' flas
 would serialise their fsyncs and unlinks in one queue, which a real fleet with 1,000
 flashes does not have. ``--state-dir /tmp`` measures that too.
 
+Part 3 — the storage path alone: ``--telemetry`` pre-encoded messages through the
+bridge's ``ingest_batch`` (decode, validate, write; batches of 1,000), no MQTT.
+
+``--database postgresql://...`` puts the fleet in a fresh schema of that database
+(dropped afterwards). ``--profile FILE`` writes a cProfile, in CPU seconds, of the fleet's
+threads during the rollout and the telemetry. ``--before DIR`` (a checkout of older code,
+e.g. ``git worktree add DIR COMMIT``) runs the bench on it and on this checkout, once per
+``--database`` (``sqlite`` names SQLite), and prints the before/after table: the fleet's
+CPU per device during the rollout (the bench's own driver thread left out) and the
+telemetry rates, against the goals (0.2 ms per device; 20,000 messages/s into PostgreSQL).
+
     python bench/ota.py [--devices 1000] [--size 200000] [--telemetry 20000]
                         [--processes K] [--state-dir DIR] [--poison-rate R]
+                        [--database URL] [--profile FILE] [--before DIR --database sqlite
+                        --database postgresql://postgres@127.0.0.1:5432/test]
 """
 
 from __future__ import annotations
