@@ -49,13 +49,28 @@ by default /dev/shm when it exists: one disk standing in for 1,000 devices' flas
 would serialise their fsyncs and unlinks in one queue, which a real fleet with 1,000
 flashes does not have. ``--state-dir /tmp`` measures that too.
 
+Part 3 — the storage path alone: ``--telemetry`` pre-encoded messages through the
+bridge's ``ingest_batch`` (decode, validate, write; batches of 1,000), no MQTT.
+
+``--database postgresql://...`` puts the fleet in a fresh schema of that database
+(dropped afterwards). ``--profile FILE`` writes a cProfile, in CPU seconds, of the fleet's
+threads during the rollout and the telemetry. ``--before DIR`` (a checkout of older code,
+e.g. ``git worktree add DIR COMMIT``) runs the bench on it and on this checkout, once per
+``--database`` (``sqlite`` names SQLite), and prints the before/after table: the fleet's
+CPU per device during the rollout (the bench's own driver thread left out) and the
+telemetry rates, against the goals (0.2 ms per device; 20,000 messages/s into PostgreSQL).
+
     python bench/ota.py [--devices 1000] [--size 200000] [--telemetry 20000]
                         [--processes K] [--state-dir DIR] [--poison-rate R]
+                        [--database URL] [--profile FILE] [--before DIR --database sqlite
+                        --database postgresql://postgres@127.0.0.1:5432/test]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import json
 import logging
 import multiprocessing
 import os
@@ -65,6 +80,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -72,8 +88,17 @@ from typing import Any
 from sqlmodel import Session, func, select
 
 # The repository before bench/ (whose simulation.py would shadow the simulation package
-# that ota_testkit imports), and the end-to-end helpers before both.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# that ota_testkit imports), and the end-to-end helpers before both. ``--code DIR`` (read
+# here, before the imports) runs the fleet's code of another checkout — a worktree of an
+# older commit, for a before/after in one run — with this checkout's bench and helpers.
+sys.path.insert(
+    0,
+    str(
+        Path(sys.argv[sys.argv.index("--code") + 1]).resolve()
+        if "--code" in sys.argv[:-1]
+        else Path(__file__).resolve().parents[1]
+    ),
+)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
 from broker_process import NatsProcess
@@ -305,6 +330,9 @@ def rollout(
     assert fleet.bridge is not None
     model_id = register_bundle(fleet.engine, fleet.store, bundle=data, task="bench", target=TARGET)
     broker_cpu, (own_cpu, agents_cpu) = _cpu_s(fleet.broker.pid), _fleet_cpu_s(fleet)
+    # This thread creates the rollout (the API's work) and polls for its end (the bench's):
+    # neither is the fleet service's, so its CPU is left out of the fleet's.
+    driver_cpu = time.thread_time()
     began, began_mono = time.perf_counter(), time.monotonic()
     with session_scope(fleet.engine, write=True) as session:
         rollout_id = create_rollout(
@@ -323,6 +351,7 @@ def rollout(
     wait_for(finished, timeout_s=1800, what="the rollout")
     total = time.perf_counter() - began
     own_after, agents_after = _fleet_cpu_s(fleet)
+    own_after -= time.thread_time() - driver_cpu
     broker_cpu = _cpu_s(fleet.broker.pid) - broker_cpu
     own_cpu, agents_cpu = own_after - own_cpu, agents_after - agents_cpu
     with Session(fleet.engine) as session:
@@ -414,6 +443,42 @@ def telemetry(fleet: OtaFleet, *, messages: int) -> tuple[float, int, int]:
     return sent / elapsed, stored() - before, sent
 
 
+def storage(fleet: OtaFleet, *, messages: int) -> float:
+    """Messages/s of the storage path alone: ``messages`` pre-encoded telemetry messages
+    of the enrolled devices through the bridge's ``ingest_batch`` (decode, validate,
+    write) in batches of 1,000, no MQTT; checks every row arrived."""
+    bridge = fleet.bridge
+    assert bridge is not None
+    rounds = -(-messages // len(fleet.devices))
+    features = tuple(proto.FeatureSummary(counts=(1, 5, 20, 50, 20, 3, 1)) for _ in range(4))
+    frames = [
+        (
+            "msg",
+            proto.topic(d.device_id, "telemetry"),
+            proto.encode(
+                proto.Telemetry(
+                    seq=10_000_000 + i,
+                    window_s=60.0,
+                    count=100,
+                    latency_p50_ms=1.5,
+                    latency_p95_ms=3.2,
+                    predictions={"0": 60, "1": 40},
+                    features=features,
+                )
+            ),
+        )
+        for i in range(rounds)
+        for d in fleet.devices
+    ][:messages]
+    rows = bridge.stats.telemetry_rows
+    began = time.perf_counter()
+    for first in range(0, len(frames), 1000):
+        bridge.ingest_batch(frames[first : first + 1000])
+    elapsed = time.perf_counter() - began
+    assert bridge.stats.telemetry_rows - rows == len(frames), "storage path lost rows"
+    return len(frames) / elapsed
+
+
 def _fs_type(path: Path) -> str:
     """The file system type ``path`` is on (from /proc/mounts; "?" if unknown)."""
     try:
@@ -432,6 +497,128 @@ def _fs_type(path: Path) -> str:
 def _default_state_dir() -> Path:
     shm = Path("/dev/shm")
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+class ThreadProfiles:
+    """cProfile of every thread of this process started from now on, and of this one, in
+    CPU seconds (``time.thread_time``): the fleet bridge's and controller's threads (the
+    devices run in worker processes). :meth:`mark` reads every profiler's counters
+    without stopping it; :meth:`write` prints the costs between two marks — one phase
+    (the rollout, the telemetry) of a run."""
+
+    def __init__(self) -> None:
+        self._profiles: list[cProfile.Profile] = []
+        self._original = threading.Thread.run
+        original, profiles = self._original, self._profiles
+
+        def run(thread: threading.Thread) -> None:
+            profile = cProfile.Profile(time.thread_time)
+            profiles.append(profile)
+            profile.enable()
+            try:
+                original(thread)
+            finally:
+                profile.disable()
+
+        threading.Thread.run = run  # type: ignore[method-assign]
+        main_thread = cProfile.Profile(time.thread_time)
+        profiles.append(main_thread)
+        main_thread.enable()
+
+    def mark(self) -> dict[str, tuple[int, float, float]]:
+        """``{function: (calls, own s, cumulative s)}`` summed over the threads so far."""
+        totals: dict[str, tuple[int, float, float]] = {}
+        for profile in list(self._profiles):
+            for entry in profile.getstats():  # type: ignore[attr-defined]
+                code = entry.code
+                name = (
+                    f"{code.co_filename.rsplit('/', 2)[-1]}:{code.co_firstlineno}({code.co_name})"
+                    if hasattr(code, "co_filename")
+                    else str(code)
+                )
+                calls, own, cum = totals.get(name, (0, 0.0, 0.0))
+                totals[name] = (
+                    calls + entry.callcount,
+                    own + entry.inlinetime,
+                    cum + entry.totaltime,
+                )
+        return totals
+
+    def stop(self) -> None:
+        threading.Thread.run = self._original  # type: ignore[method-assign]
+
+    @staticmethod
+    def write(
+        out: Path, title: str, before: dict[str, tuple[int, float, float]], after: dict
+    ) -> None:
+        delta = {
+            name: (
+                c - before.get(name, (0, 0.0, 0.0))[0],
+                o - before.get(name, (0, 0.0, 0.0))[1],
+                t - before.get(name, (0, 0.0, 0.0))[2],
+            )
+            for name, (c, o, t) in after.items()
+        }
+        own_total = sum(o for _c, o, _t in delta.values())
+        with out.open("a") as stream:
+            stream.write(f"== {title}: {own_total:.3f} CPU s in all (profiled)\n")
+            for key, label in ((1, "own"), (2, "cumulative")):
+                stream.write(f"-- top by {label} CPU s\n{'calls':>9} {'own s':>8} {'cum s':>8}\n")
+                top = sorted(delta.items(), key=lambda kv: -kv[1][key])[:35]
+                for name, (calls, own, cum) in top:
+                    stream.write(f"{calls:>9} {own:>8.3f} {cum:>8.3f}  {name}\n")
+
+
+def compare(args: argparse.Namespace, databases: list[str]) -> None:
+    """Run this bench on the code of ``args.before`` and on this checkout, on each of
+    ``databases``, one child process each, and print the before/after table."""
+    here = Path(__file__).resolve()
+    results: dict[tuple[str, str], dict[str, float]] = {}
+    load0 = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    for code_name, code in (("before", args.before.resolve()), ("after", here.parents[1])):
+        for database in databases:
+            out = Path(tempfile.mkstemp(suffix=".json")[1])
+            command = [sys.executable, str(here), "--code", str(code), "--json", str(out)]
+            command += ["--devices", str(args.devices), "--telemetry", str(args.telemetry)]
+            command += ["--processes", str(args.processes), "--size", str(args.size)]
+            command += ["--database", database] if database != "sqlite" else []
+            print(f"== {code_name} ({code}) on {_db_name(database)}", flush=True)
+            subprocess.run(command, check=True)
+            results[code_name, database] = json.loads(out.read_text())
+            out.unlink()
+    load1 = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print()
+    print(
+        f"before: {args.before}; after: this checkout; {args.devices} devices, "
+        f"{args.telemetry} telemetry messages; load average before/after: {load0} / {load1} "
+        f"on {os.cpu_count()} cores (CPU seconds are what count)"
+    )
+    print(f"{'measure':<52}{'before':>11}{'after':>11}{'goal':>10}  verdict")
+    for database in databases:
+        name = _db_name(database)
+        b, a = results["before", database], results["after", database]
+        ms_b, ms_a = b["fleet_cpu_ms_per_device"], a["fleet_cpu_ms_per_device"]
+        row = f"rollout fleet CPU ms/device ({name})"
+        verdict = "met" if ms_a <= 0.2 else "not met"
+        print(f"{row:<52}{ms_b:>11.3f}{ms_a:>11.3f}{'<= 0.2':>10}  {verdict}")
+        row = f"telemetry msg/s into {name} (lost b/a: {b['lost']}/{a['lost']})"
+        goal = "met" if a["telemetry_rate"] >= 20_000 and a["lost"] == 0 else "not met"
+        rate_b, rate_a = b["telemetry_rate"], a["telemetry_rate"]
+        print(
+            f"{row:<52}{rate_b:>11,.0f}{rate_a:>11,.0f}{'>= 20000':>10}  "
+            + (goal if database != "sqlite" else "(goal is PostgreSQL's)")
+        )
+        row = f"  storage path alone (decode + write), {name}"
+        rate_b, rate_a = b["storage_rate"], a["storage_rate"]
+        goal = "met" if rate_a >= 20_000 else "not met"
+        print(
+            f"{row:<52}{rate_b:>11,.0f}{rate_a:>11,.0f}{'>= 20000':>10}  "
+            + (goal if database != "sqlite" else "(goal is PostgreSQL's)")
+        )
+
+
+def _db_name(database: str) -> str:
+    return "SQLite" if database == "sqlite" else "PostgreSQL"
 
 
 def main() -> None:
@@ -463,7 +650,39 @@ def main() -> None:
         default=_default_state_dir(),
         help="where the devices' slots live (default /dev/shm when present: see below)",
     )
+    parser.add_argument(
+        "--database",
+        action="append",
+        default=None,
+        help="a PostgreSQL URL (e.g. postgresql://postgres@127.0.0.1:5432/test): the fleet "
+        "lives in a fresh schema there, dropped afterwards (default: a SQLite file); "
+        "with --before, may be given with 'sqlite' to compare on both",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="a checkout of older code (git worktree add DIR COMMIT): run the bench on it "
+        "and on this checkout, and print the before/after table",
+    )
+    parser.add_argument("--code", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="write a cProfile (CPU seconds) of this process's threads (the fleet) here",
+    )
     args = parser.parse_args()
+    databases = args.database or ["sqlite"]
+    if args.before is not None:
+        if not (args.before / "fleet" / "ota" / "bridge.py").is_file():
+            parser.error(f"--before {args.before} is not a fedfleet checkout")
+        compare(args, databases)
+        return
+    if len(databases) > 1:
+        parser.error("--database once, unless --before compares on several")
+    database = None if databases[0] == "sqlite" else databases[0]
     if args.processes < 1:
         parser.error("--processes must be at least 1")
     if args.poison_rate < 0:
@@ -500,7 +719,9 @@ def main() -> None:
         limits=Limits(rates=rates),
         spares=1 if args.poison_rate > 0 else 0,
         broker=args.broker,
+        database=database,
     )
+    profiles = ThreadProfiles() if args.profile is not None else None
     poisoner: Poisoner | None = None
     try:
         # chunk_timeout_s: a chunk unanswered this long is asked for again on the
@@ -528,14 +749,19 @@ def main() -> None:
                 port=fleet.broker.port, device=fleet.spares[0], rate=args.poison_rate
             ).start()
         say("rollout through the fleet ...")
+        marks = [profiles.mark()] if profiles is not None else []
         times, timeline = rollout(fleet, data=bundle.data, sha256=bundle.sha256)
+        marks += [profiles.mark()] if profiles is not None else []
         bridge = fleet.bridge
         assert bridge is not None
         served, shared = bridge.stats.chunks_served, bridge.stats.chunks_shared
         dropped = int(times["dropped"])
         alone = one_install(fleet, data=bundle.data, root=state)
         say("telemetry ingestion ...")
+        marks += [profiles.mark()] if profiles is not None else []
         rate, rows, sent = telemetry(fleet, messages=args.telemetry)
+        marks += [profiles.mark()] if profiles is not None else []
+        stored_rate = storage(fleet, messages=args.telemetry)
         if poisoner is not None:
             poisoner.stop()
         alive = bridge.alive  # every bridge thread still running, before the stop
@@ -546,6 +772,19 @@ def main() -> None:
         fleet.close()
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
+    if profiles is not None:
+        profiles.stop()
+        args.profile.write_text("")
+        profiles.write(args.profile, f"rollout to {args.devices} devices", marks[0], marks[1])
+        profiles.write(args.profile, f"telemetry, {sent} messages", marks[2], marks[3])
+    if args.json is not None:
+        fleet_ms = times["fleet_cpu"] / args.devices * 1000
+        numbers = {
+            "fleet_cpu_ms_per_device": fleet_ms,
+            "telemetry_rate": rate,
+            "storage_rate": stored_rate,
+        }
+        args.json.write_text(json.dumps({**numbers, "rows": rows, "lost": sent - rows}))
     cores = os.cpu_count() or 1
     chunks = -(-len(bundle.data) // (64 * 1024))
     transfer, total = times["transfer"], times["total"]
@@ -590,7 +829,8 @@ def main() -> None:
         f"{floor_clients_cpu:.2f} vs the fleet + {args.devices} Python agents in "
         f"{args.processes} process(es) {times['own_cpu']:.2f}"
         + (
-            f" (this process — fleet bridge and controller — {times['fleet_cpu']:.2f}, "
+            f" (the fleet's bridge and controller threads {times['fleet_cpu']:.2f} = "
+            f"{times['fleet_cpu'] / args.devices * 1000:.2f} ms per device, "
             f"the device worker processes {times['agents_cpu']:.2f}: "
             f"{times['agents_cpu'] / args.devices * 1000:.1f} ms per device)"
             if args.processes > 1
@@ -607,7 +847,8 @@ def main() -> None:
     print(
         f"telemetry: {sent} messages from {args.devices} device connections -> {rows} rows "
         f"stored ({'nothing lost' if rows == sent else f'LOST {sent - rows}'}), "
-        f"{rate:,.0f} messages/s sustained into SQLite"
+        f"{rate:,.0f} messages/s sustained into {_db_name(databases[0])}; the storage path "
+        f"alone (ingest_batch: decode + write, no MQTT) {stored_rate:,.0f} messages/s"
     )
     if poisoner is not None:
         _print_poison(poisoner, bridge, fleet, lost=sent - rows, alive=alive)

@@ -35,6 +35,7 @@ Imports only the standard library (device side).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import struct
@@ -544,7 +545,10 @@ def _is_num(value: Any) -> bool:
     return (isinstance(value, (int, float))) and not isinstance(value, bool)
 
 
-def _field_checks(cls: type[Any]) -> dict[str, Any]:
+@functools.cache
+def _field_checks(cls: Any) -> dict[str, Any]:
+    """Each field of ``cls`` and its converter's kind (built once per class: every
+    message decoded asks, and the fleet decodes thousands a second)."""
     ann = {
         Status: {
             "online": bool,
@@ -595,13 +599,19 @@ def _field_checks(cls: type[Any]) -> dict[str, Any]:
     return ann[cls]
 
 
-def _build(cls: type[Any], obj: dict[str, Any]) -> Any:
+@functools.cache
+def _required(cls: Any) -> frozenset[str]:
+    """The fields of ``cls`` a message must carry (those without a default)."""
+    defaults = {f for f, v in cls.__dataclass_fields__.items() if _has_default(v)}
+    return frozenset(set(_field_checks(cls)) - defaults)
+
+
+def _build(cls: Any, obj: dict[str, Any]) -> Any:
     checks = _field_checks(cls)
-    unknown = set(obj) - set(checks)
+    unknown = obj.keys() - checks.keys()
     if unknown:
         raise ProtocolError(f"{obj.get('type')} message has unknown fields {sorted(unknown)}")
-    defaults = {f for f, v in cls.__dataclass_fields__.items() if _has_default(v)}
-    missing = set(checks) - set(obj) - defaults
+    missing = _required(cls) - obj.keys()
     if missing:
         raise ProtocolError(f"{obj.get('type')} message lacks fields {sorted(missing)}")
     values: dict[str, Any] = {}

@@ -9,7 +9,8 @@ Three threads, none of them paho's callback (which only enqueues):
   artifact topic (:mod:`fleet.ota.fanout` decides when);
 - the **ingester** drains status, heartbeat, telemetry and ack messages in batches (up
   to ``batch_max`` messages or ``batch_wait_s`` seconds) and writes each batch in one
-  transaction: one UPDATE per kind for devices, one multi-row INSERT for telemetry,
+  transaction: one UPDATE per kind for devices, telemetry in bulk (one COPY on PostgreSQL:
+  :mod:`fleet.ota.telemetry_rows`),
   rollout-device states for acks;
 - the caller's thread sends commands (:meth:`FleetBridge.send_command`).
 
@@ -44,7 +45,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Engine, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
 
 from edge_client.mqtt_loop import SharedLoop
@@ -54,11 +56,12 @@ from fleet.artifacts import ArtifactStore
 from fleet.db import session_scope
 from fleet.models.common import utcnow
 from fleet.models.devices import Device, ReportedStatus
-from fleet.models.ota import DeviceRolloutState, RolloutDevice, TelemetryRecord
+from fleet.models.ota import DeviceRolloutState, RolloutDevice
 from fleet.models.registry import ModelVersion
 from fleet.ota.command_signing import DEFAULT_TTL_S, CommandSigner
 from fleet.ota.fanout import FanoutPlanner
 from fleet.ota.guard import CHUNKS, DeviceGuard, Limits
+from fleet.ota.telemetry_rows import insert_telemetry, telemetry_row
 
 log = logging.getLogger(__name__)
 
@@ -556,7 +559,7 @@ class FleetBridge:
                 offline.discard(device_id)
             elif isinstance(message, proto.Telemetry):
                 seen.add(device_id)
-                telemetry.append(_telemetry_row(device_id, message, now))
+                telemetry.append(telemetry_row(device_id, message, now))
             elif isinstance(message, proto.Ack):
                 counts["acks"] += 1
                 acks.append((device_id, message))
@@ -570,17 +573,15 @@ class FleetBridge:
             known = self._known_devices(session, seen | offline | set(versions))
             models = self._known_models(session, {v for v in versions.values() if v})
             self._update_devices(session, seen & known, offline & known, now)
-            for device_id, version in versions.items():
-                if device_id in known and (version is None or version in models):
-                    session.execute(
-                        update(Device)
-                        .where(col(Device.id) == device_id)
-                        .values(model_version_id=version)
-                        .execution_options(synchronize_session=False)
-                    )
+            running = [
+                {"id": device_id, "model_version_id": version}
+                for device_id, version in versions.items()
+                if device_id in known and (version is None or version in models)
+            ]
+            if running:  # one executemany UPDATE by primary key (was one per device)
+                session.execute(update(Device), running)
             rows = [r for r in telemetry if r["device_id"] in known]
-            if rows:
-                session.execute(insert(TelemetryRecord), rows)
+            insert_telemetry(session, rows)  # one COPY on PostgreSQL
             if acks:
                 self._apply_acks(session, acks, now)
             session.flush()
@@ -632,17 +633,34 @@ class FleetBridge:
     @staticmethod
     def _apply_acks(session: Any, acks: list[tuple[str, proto.Ack]], now: Any) -> None:
         """Rollout-device states from a batch's acks: the rows in one query (a wave's
-        thousand acks were a thousand SELECTs), then applied in arrival order."""
+        thousand acks were a thousand SELECTs), applied in arrival order, and written in
+        one executemany UPDATE by primary key (they were one UPDATE statement each)."""
         found = session.exec(
             select(RolloutDevice).where(
                 col(RolloutDevice.command_id).in_(sorted({a.command_id for _, a in acks}))
             )
         ).all()
         rows = {(r.device_id, r.command_id): r for r in found}
+        changed: dict[tuple[int, str], RolloutDevice] = {}
         for device_id, ack in acks:
             row = rows.get((device_id, ack.command_id))
-            if row is not None:  # else: not (or no longer) a rollout's command
-                FleetBridge._apply_ack(session, row, ack, now)
+            # else: not (or no longer) a rollout's command
+            if row is not None and FleetBridge._apply_ack(row, ack, now):
+                changed[row.rollout_id, row.device_id] = row
+        if changed:
+            session.execute(
+                update(RolloutDevice),
+                [
+                    {
+                        "rollout_id": r.rollout_id,
+                        "device_id": r.device_id,
+                        "state": r.state,
+                        "error": r.error,
+                        "acked_at": r.acked_at,
+                    }
+                    for r in changed.values()
+                ],
+            )
 
     @staticmethod
     def _counts_late_success(row: RolloutDevice) -> bool:
@@ -656,33 +674,22 @@ class FleetBridge:
         return row.state is DeviceRolloutState.failed and row.acked_at is None
 
     @staticmethod
-    def _apply_ack(session: Any, row: RolloutDevice, ack: proto.Ack, now: Any) -> None:
+    def _apply_ack(row: RolloutDevice, ack: proto.Ack, now: Any) -> bool:
+        """Apply ``ack`` to the loaded ``row`` (not marked dirty: the caller writes the
+        changed rows in bulk); whether it changed."""
+        state, error = row.state, row.error
         if ack.action == "install":
             if row.state is not DeviceRolloutState.sent and not (
                 ack.ok and FleetBridge._counts_late_success(row)
             ):
-                return  # a duplicate, or a late failure of a device already counted
-            row.state = DeviceRolloutState.installed if ack.ok else DeviceRolloutState.failed
-            row.error = "" if ack.ok else f"{ack.stage}: {ack.error}"[:500]
+                return False  # a duplicate, or a late failure of a device already counted
+            state = DeviceRolloutState.installed if ack.ok else DeviceRolloutState.failed
+            error = "" if ack.ok else f"{ack.stage}: {ack.error}"[:500]
         elif ack.action == "rollback":
             if ack.ok:
-                row.state = DeviceRolloutState.rolled_back
+                state = DeviceRolloutState.rolled_back
             else:
-                row.error = f"rollback failed: {ack.error}"[:500]
-        row.acked_at = now
-        session.add(row)
-
-
-def _telemetry_row(device_id: str, message: proto.Telemetry, now: Any) -> dict[str, Any]:
-    return {
-        "device_id": device_id,
-        "received_at": now,
-        "model_version_id": message.model_version_id,
-        "seq": message.seq,
-        "window_s": message.window_s,
-        "count": message.count,
-        "latency_p50_ms": message.latency_p50_ms,
-        "latency_p95_ms": message.latency_p95_ms,
-        "predictions": message.predictions,
-        "features": [list(f.counts) for f in message.features],
-    }
+                error = f"rollback failed: {ack.error}"[:500]
+        for key, value in (("state", state), ("error", error), ("acked_at", now)):
+            set_committed_value(row, key, value)
+        return True

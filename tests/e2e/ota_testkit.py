@@ -133,8 +133,11 @@ class OtaFleet:
         sign_commands: bool = True,
         v1_until: float | None = None,
         broker: str = "mosquitto",
+        database: str | None = None,
     ) -> None:
-        """``broker_extra``: more ``mosquitto.conf`` lines (e.g. ``log_type subscribe``);
+        """``database``: a PostgreSQL URL; the fleet then lives in a fresh schema there,
+        dropped in :meth:`close` (default: a SQLite file under ``root``);
+        ``broker_extra``: more ``mosquitto.conf`` lines (e.g. ``log_type subscribe``);
         ``limits``: the bridge's per-device limits (default: the fleet's); ``spares``:
         devices enrolled in group ``{group}-spare`` that run no agent (``self.spares``:
         a test or bench drives their broker sessions itself); ``broker``: ``mosquitto``
@@ -145,7 +148,17 @@ class OtaFleet:
         self.v1_until = v1_until  # end of the protocol v1 window (Unix s; None: refused)
         self.limits = limits or Limits()
         self.root = root
-        self.engine = make_engine(f"sqlite:///{root / 'fleet.db'}")
+        self._pg: tuple[str, str] | None = None
+        if database is not None:
+            schema = f"ota_{uuid.uuid4().hex[:12]}"
+            self._pg = (database, schema)
+            admin = make_engine(database)
+            with admin.begin() as connection:
+                connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+            admin.dispose()
+            self.engine = make_engine(database, schema=schema)
+        else:
+            self.engine = make_engine(f"sqlite:///{root / 'fleet.db'}")
         migrate.upgrade(self.engine)
         self.store = ArtifactStore(root / "artifacts")
         self.key = Ed25519PrivateKey.generate()
@@ -220,7 +233,8 @@ class OtaFleet:
                 batch_wait_s=0.05,
                 limits=self.limits,
                 command_key=self.key if self.sign_commands else None,
-                v1_until=self.v1_until,
+                # only when set: bench/ota.py --before runs code that predates the window
+                **({"v1_until": self.v1_until} if self.v1_until is not None else {}),
             ),
         ).start()
         self.controller = RolloutController(engine=self.engine, sender=self.bridge)
@@ -270,6 +284,12 @@ class OtaFleet:
             self.bridge.stop()
         self.broker.close()
         self.engine.dispose()
+        if self._pg is not None:
+            url, schema = self._pg
+            engine = make_engine(url)
+            with engine.begin() as connection:
+                connection.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            engine.dispose()
 
 
 # --- a device's raw broker session (tests of hostile devices) -------------------------
