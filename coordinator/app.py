@@ -14,7 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator.checkpoint import CheckpointStore
 from coordinator.config import RunConfig
 from coordinator.dp import configure_dp
-from coordinator.fairness import FairnessAudit
+from coordinator.fairness import EqualOpportunityWeights, FairnessAudit
 from coordinator.loop import RoundLoop, wait_for_nodes
 from coordinator.privacy_checks import secagg_from_run_config
 from coordinator.results import RoundRecord, write_results
@@ -133,6 +133,11 @@ def build_loop(
         min_clients=setup.min_clients,
         fraction_evaluate=config.fraction_evaluate,
         fairness=audit,
+        equal_opportunity=(
+            EqualOpportunityWeights(audit.group_names, rate=config.equal_opportunity)
+            if config.equal_opportunity > 0
+            else None
+        ),
     )
     return configure_dp(loop, config, run_config)  # dp=local|central|distributed
 

@@ -68,6 +68,9 @@ class RunConfig:
     evaluation count per group of it (tasks/fairness.py); it needs ``fraction_evaluate``.
     ``fairness_reweigh`` makes clients resample their training data so the label does not
     depend on that attribute's group (Kamiran & Calders 2012); it needs the attribute.
+    ``equal_opportunity`` > 0 is the step rate of the server's equal-opportunity
+    multipliers (coordinator.fairness.EqualOpportunityWeights; 0 = off); it needs the
+    attribute.
 
     The local-training hyper-parameters (``local_epochs``, ``batch_size``,
     ``learning_rate``, ``momentum``) default to ``None``: the task's own
@@ -93,6 +96,7 @@ class RunConfig:
     initial_model: str = ""
     sensitive_attribute: str = ""
     fairness_reweigh: bool = False
+    equal_opportunity: float = 0.0
 
     @classmethod
     def key_types(cls) -> dict[str, type]:
@@ -162,6 +166,13 @@ class RunConfig:
         if self.fairness_reweigh and not self.sensitive_attribute:
             raise ValueError(
                 "fairness-reweigh needs the task's sensitive attribute: add "
+                "--sensitive-attribute (and --fraction-evaluate)"
+            )
+        if self.equal_opportunity < 0 or not math.isfinite(self.equal_opportunity):
+            raise ValueError("equal-opportunity must be a step rate >= 0 (0 = off; try 2)")
+        if self.equal_opportunity > 0 and not self.sensitive_attribute:
+            raise ValueError(
+                "equal-opportunity needs the task's sensitive attribute: add "
                 "--sensitive-attribute (and --fraction-evaluate)"
             )
         if self.initial_model and not Path(self.initial_model).is_file():

@@ -10,7 +10,8 @@ per-client accuracies a plain federated evaluation already returns.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,12 @@ from flwr.app import Message
 
 from edge_client.protocol import keys as k
 from edge_client.protocol.secagg import AGGREGATED_CLIENTS
-from tasks.fairness import counts_from_flat, fairness_summary, sum_counts
+from tasks.fairness import (
+    counts_from_flat,
+    equal_opportunity_step,
+    fairness_summary,
+    sum_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +98,55 @@ class FairnessAudit:
         if not isinstance(flat, list):
             return [], 0
         return [counts_from_flat(flat, n_groups=len(self.group_names))], int(clients)  # type: ignore[arg-type,call-overload]
+
+
+MAX_POSITIVE_WEIGHT = 3.0  # cap on a group's positive weight (exp of the multiplier)
+
+
+@dataclass
+class EqualOpportunityWeights:
+    """The server's equal-opportunity multipliers (``--equal-opportunity RATE``).
+
+    After each round's audit it steps the multipliers from the groups' true-positive
+    rates (:func:`tasks.fairness.equal_opportunity_step`, Jiang & Nachum 2020) and the
+    next train instruction carries ``exp(λ_g)`` per group code
+    (``fairness-positive-weights``); clients count their positives of group ``g`` that
+    many times (:func:`tasks.fairness.positive_weighted_indices`). It reads only the
+    audit's summed counts, so it works unchanged under secure aggregation; the model
+    does not take the attribute as input, nor does serving it need it.
+    """
+
+    group_names: tuple[str, ...]
+    rate: float
+    log_weights: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.log_weights:
+            self.log_weights = [0.0] * len(self.group_names)
+
+    def weights(self) -> list[float]:
+        """``exp(λ_g)`` per group code: what the next train instruction carries."""
+        return [math.exp(lam) for lam in self.log_weights]
+
+    def update(self, audit: dict[str, Any] | None) -> None:
+        """Step from a round's audit (no step without per-group rates)."""
+        groups = (audit or {}).get("groups")
+        if not isinstance(groups, dict) or not any(name in groups for name in self.group_names):
+            return
+        tpr = [float(groups.get(name, {}).get("tpr", math.nan)) for name in self.group_names]
+        self.log_weights = equal_opportunity_step(
+            self.log_weights, tpr, rate=self.rate, max_log_weight=math.log(MAX_POSITIVE_WEIGHT)
+        )
+
+    def restore(self, extra: dict[str, float]) -> None:
+        """Resume from the weights a checkpointed round recorded (:meth:`round_stats`)."""
+        for i, name in enumerate(self.group_names):
+            weight = extra.get(f"eo_weight_{name}")
+            if weight is not None and weight > 0:
+                self.log_weights[i] = math.log(weight)
+
+    def round_stats(self) -> dict[str, float]:
+        """The weights as per-round floats for ``RoundRecord.extra``."""
+        return {
+            f"eo_weight_{name}": w for name, w in zip(self.group_names, self.weights(), strict=True)
+        }

@@ -20,10 +20,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from coordinator.checkpoint import Checkpoint, CheckpointStore
-from coordinator.fairness import FairnessAudit
+from coordinator.fairness import EqualOpportunityWeights, FairnessAudit
 from coordinator.grid_view import SelectedNodesGrid
 from coordinator.results import RoundRecord
-from edge_client.protocol.keys import EVAL_FAIRNESS_COUNTS, METRICS
+from edge_client.protocol.keys import EVAL_FAIRNESS_COUNTS, FAIRNESS_POSITIVE_WEIGHTS, METRICS
 from edge_client.protocol.secagg import AGGREGATED_CLIENTS
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,7 @@ class RoundLoop:
     fraction_evaluate: float = 0.0
     evaluate_config: ConfigRecord = field(default_factory=ConfigRecord)
     fairness: FairnessAudit = field(default_factory=FairnessAudit)
+    equal_opportunity: EqualOpportunityWeights | None = None
 
     def run(self, grid: Grid, arrays: ArrayRecord) -> LoopResult:
         """Run the remaining rounds (resuming from the checkpoint store if it has one)."""
@@ -143,6 +144,8 @@ class RoundLoop:
         if self.checkpoints is not None and (ckpt := self.checkpoints.load()) is not None:
             result.arrays, result.rounds = ckpt.arrays, list(ckpt.rounds)
             start = ckpt.round + 1
+            if self.equal_opportunity is not None and result.rounds:
+                self.equal_opportunity.restore(result.rounds[-1].extra)
             log.info("resuming after round %d from %s", ckpt.round, self.checkpoints.path)
         for server_round in range(start, self.num_rounds + 1):
             record, new_arrays = self._one_round(grid, server_round, result.arrays)
@@ -164,9 +167,10 @@ class RoundLoop:
         node_ids = sorted(grid.get_node_ids())
         selected = self.selector.select(server_round, node_ids)
         view = SelectedNodesGrid(grid, selected)
-        messages = self.strategy.configure_train(
-            server_round, arrays, ConfigRecord(dict(self.train_config)), view
-        )
+        train_config = ConfigRecord(dict(self.train_config))
+        if self.equal_opportunity is not None:
+            train_config[FAIRNESS_POSITIVE_WEIGHTS] = self.equal_opportunity.weights()
+        messages = self.strategy.configure_train(server_round, arrays, train_config, view)
         in_flight_before = getattr(self.exchange, "in_flight", 0)
         replies = self.exchange.exchange(
             view, messages, server_round=server_round, timeout=self.timeout
@@ -209,6 +213,9 @@ class RoundLoop:
                 grid, server_round, current, node_ids, secure_counts=secure
             )
             extra.update(fed)
+            if self.equal_opportunity is not None:
+                self.equal_opportunity.update(audit)  # the next round's weights
+                extra.update(self.equal_opportunity.round_stats())
         accuracy, loss = float("nan"), float("nan")
         if self.evaluate_fn is not None:
             metrics = self.evaluate_fn(server_round, current)

@@ -57,6 +57,9 @@ def handle_train(message: Message, context: Context) -> Message:
     data = load_client_data(settings)
     if as_bool(k.RC_FAIRNESS_REWEIGH, context.run_config.get(k.RC_FAIRNESS_REWEIGH, False)):
         data = data.reweighed(seed=settings.train_seed)
+    positive_weights = message.content.config_records[k.CONFIG].get(k.FAIRNESS_POSITIVE_WEIGHTS)
+    if isinstance(positive_weights, list):  # equal-opportunity reweighting (server's)
+        data = data.positive_weighted(positive_weights, seed=settings.train_seed)  # type: ignore[arg-type]
     model = _model_from(message, settings.task)
     # A site whose policy requires DP trains with its own DP-SGD whatever the run says.
     site_dp = None

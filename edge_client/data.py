@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 
 from tasks import PartitionSpec, get_task, partition_indices
-from tasks.fairness import reweighed_indices
+from tasks.fairness import positive_weighted_indices, reweighed_indices
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,17 @@ class ClientData:
     y_eval: np.ndarray
     s_eval: np.ndarray | None = None
     s_train: np.ndarray | None = None
+
+    def positive_weighted(self, weights: list[float], *, seed: int) -> ClientData:
+        """This data with each group's positives counted ``weights[group]`` times
+        (``tasks.fairness.positive_weighted_indices``; the server's equal-opportunity
+        weights)."""
+        if self.s_train is None:
+            raise ValueError("equal-opportunity needs a task with a sensitive attribute")
+        idx = positive_weighted_indices(self.y_train, self.s_train, weights, seed=seed)
+        return replace(
+            self, x_train=self.x_train[idx], y_train=self.y_train[idx], s_train=self.s_train[idx]
+        )
 
     def reweighed(self, *, seed: int) -> ClientData:
         """This data with the training split resampled so that the label does not depend

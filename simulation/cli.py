@@ -139,6 +139,17 @@ FairnessReweighOption = Annotated[
     ),
 ]
 
+EqualOpportunityOption = Annotated[
+    float | None,
+    typer.Option(
+        metavar="RATE",
+        help="Equal-opportunity reweighting (Jiang & Nachum 2020): after each audit the "
+        "server raises the weight of the positives of groups whose true-positive rate is "
+        "below the mean, by this step rate (0 = off; try 2); needs --sensitive-attribute. "
+        f"\\[default: {_default('equal_opportunity')}]",
+    ),
+]
+
 StrategyOptionsOption = Annotated[
     str | None,
     typer.Option(
@@ -399,6 +410,7 @@ def simulate(
     fraction_evaluate: FractionEvaluateOption = None,
     sensitive_attribute: SensitiveAttributeOption = None,
     fairness_reweigh: FairnessReweighOption = None,
+    equal_opportunity: EqualOpportunityOption = None,
     strategy_options: StrategyOptionsOption = None,
     attack: AttackOption = None,
     attackers: AttackersOption = None,

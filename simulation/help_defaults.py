@@ -26,6 +26,7 @@ SHOWN_DEFAULTS: dict[str, str] = {
     "engine": "inprocess",
     "fraction_evaluate": "0",
     "fairness_reweigh": "off",
+    "equal_opportunity": "0",
     "attackers": "0",
     "selection": "random",
     "over_select": "0",

@@ -65,6 +65,7 @@ FEDFLEET_APP_ONLY = (
     "fraction_evaluate",
     "sensitive_attribute",
     "fairness_reweigh",
+    "equal_opportunity",
     "strategy_options",
     "attack",
     "attackers",
@@ -106,6 +107,7 @@ class SimulateSettings:
     fraction_evaluate: float = _CORE.fraction_evaluate
     sensitive_attribute: str = _CORE.sensitive_attribute  # fairness audit (issue 19)
     fairness_reweigh: bool = _CORE.fairness_reweigh
+    equal_opportunity: float = _CORE.equal_opportunity
     # strategies, selection, attacks (issue 10): see simulation/strategy_settings.py
     strategy_options: str = ""
     attack: str = ""
@@ -226,6 +228,7 @@ class SimulateSettings:
             fraction_evaluate=self.fraction_evaluate,
             sensitive_attribute=self.sensitive_attribute,
             fairness_reweigh=self.fairness_reweigh,
+            equal_opportunity=self.equal_opportunity,
             out_dir=out_dir,
         )
         config.validate()

@@ -90,16 +90,33 @@ def generate_credit(
     return x, y, sex, branch.astype(np.int64)
 
 
-@lru_cache(maxsize=4)
-def load_credit_dataset(seed: int = 0) -> Dataset:
-    """The generated book, split 80/20 stratified by (label, sex) and standardised per
-    column with the training split's mean and std."""
-    x, y, sex, branch = generate_credit(applicants=APPLICANTS, branches=BRANCHES, seed=seed)
+def _test_mask(y: np.ndarray, sex: np.ndarray, seed: int) -> np.ndarray:
+    """The 20 % test split, stratified by (recorded label, sex)."""
     rng = np.random.default_rng([seed, 0x5E7])
     is_test = np.zeros(len(y), dtype=bool)
     for stratum in np.unique(y * 2 + sex):
         idx = rng.permutation(np.flatnonzero(y * 2 + sex == stratum))
         is_test[idx[: round(len(idx) * 0.2)]] = True
+    return is_test
+
+
+def true_test_labels(seed: int = 0) -> np.ndarray:
+    """Whether each applicant of the test split (``load_credit_dataset(seed).y_test``
+    order) actually repaid: the labels before the label bias, which only a generator
+    knows. The task's own labels, in training and test, are the recorded ones."""
+    _, y, sex, _ = generate_credit(applicants=APPLICANTS, branches=BRANCHES, seed=seed)
+    _, repaid, _, _ = generate_credit(
+        applicants=APPLICANTS, branches=BRANCHES, seed=seed, label_bias=0.0
+    )  # the same draws: only the flips are left out
+    return repaid[_test_mask(y, sex, seed)]
+
+
+@lru_cache(maxsize=4)
+def load_credit_dataset(seed: int = 0) -> Dataset:
+    """The generated book, split 80/20 stratified by (label, sex) and standardised per
+    column with the training split's mean and std."""
+    x, y, sex, branch = generate_credit(applicants=APPLICANTS, branches=BRANCHES, seed=seed)
+    is_test = _test_mask(y, sex, seed)
     mean, std = fit_scaling(x[~is_test], per_feature=True)
     return Dataset(
         x_train=((x[~is_test] - mean) / std).astype(np.float32),

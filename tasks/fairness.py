@@ -189,3 +189,66 @@ def reweighed_indices(y: np.ndarray, groups: np.ndarray, *, seed: int) -> np.nda
             target = round(int(in_group.sum()) * int((y == label).sum()) / n)
             picked.append(rng.choice(cell, size=target, replace=True))
     return np.sort(np.concatenate(picked)) if picked else np.empty(0, dtype=np.int64)
+
+
+def positive_weighted_indices(
+    y: np.ndarray, groups: np.ndarray, weights: Sequence[float], *, seed: int
+) -> np.ndarray:
+    """Indices into ``(y, groups)`` in which the positives (``y == 1``) of group code
+    ``g`` count ``weights[g]`` times (expected): a weight ``w ≥ 1`` keeps every one and
+    adds ``round((w - 1) · n_cell)`` drawn with replacement, a weight below 1 keeps
+    ``round(w · n_cell)`` of them. Every other sample is kept once. Resampling is the
+    client's form of a weighted loss (deterministic by ``seed``); the weights come from
+    :func:`equal_opportunity_step`.
+    """
+    y = np.asarray(y)
+    groups = np.asarray(groups)
+    if any(not (w >= 0.0 and math.isfinite(w)) for w in weights):
+        raise ValueError("fairness weights must be finite and >= 0")
+    rng = np.random.default_rng(seed)
+    picked = [np.flatnonzero((y != 1) | (groups >= len(weights)))]
+    for g, w in enumerate(weights):
+        cell = np.flatnonzero((y == 1) & (groups == g))
+        if len(cell) == 0:
+            continue
+        if w >= 1.0:
+            extra = round((w - 1.0) * len(cell))
+            picked += [cell, rng.choice(cell, size=extra, replace=True)]
+        else:
+            picked.append(rng.choice(cell, size=round(w * len(cell)), replace=False))
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def equal_opportunity_step(
+    log_weights: Sequence[float],
+    group_tpr: Sequence[float],
+    *,
+    rate: float,
+    max_log_weight: float,
+) -> list[float]:
+    """One multiplier step of the equal-opportunity reweighting of Jiang & Nachum
+    ("Identifying and correcting label bias in machine learning", AISTATS 2020):
+    ``λ_g ← clip(λ_g + rate · (TPR̄ − TPR_g), 0, max_log_weight)`` with ``TPR̄`` the
+    mean of the groups' true-positive rates; the positives of group ``g`` then weigh
+    ``exp(λ_g)``. A group whose TPR is below the mean gains weight on its positives, one
+    above loses it (never below weight 1). A group without a TPR this round (nan: no
+    positives) keeps its multiplier and is left out of the mean.
+
+    Under label bias that records some positives of one group as negatives (Blum &
+    Stangl, "Recovering from biased data", FORC 2020) the observed positives of that
+    group are still an unbiased sample of its true positives, so its TPR on the
+    recorded labels measures its TPR on the true ones: equalising it undoes the bias.
+    """
+    if len(log_weights) != len(group_tpr):
+        raise ValueError("one multiplier per group")
+    if not (rate >= 0.0 and max_log_weight >= 0.0):
+        raise ValueError("rate and max_log_weight must be >= 0")
+    known = [t for t in group_tpr if not math.isnan(t)]
+    target = sum(known) / len(known) if known else math.nan
+    out = []
+    for lam, tpr in zip(log_weights, group_tpr, strict=True):
+        if math.isnan(tpr):
+            out.append(float(lam))
+            continue
+        out.append(float(min(max(lam + rate * (target - tpr), 0.0), max_log_weight)))
+    return out

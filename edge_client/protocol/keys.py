@@ -71,6 +71,11 @@ RC_SENSITIVE_ATTRIBUTE: Final = "sensitive-attribute"
 # Clients resample their training data so the label does not depend on the attribute's
 # group (Kamiran & Calders 2012; tasks.fairness.reweighed_indices).
 RC_FAIRNESS_REWEIGH: Final = "fairness-reweigh"
+# Equal-opportunity reweighting (coordinator.fairness.EqualOpportunityWeights): the
+# multipliers' step rate (0 = off) in the run config, and in each train instruction's
+# config the weight of each group code's positives (a float list).
+RC_EQUAL_OPPORTUNITY: Final = "equal-opportunity"
+FAIRNESS_POSITIVE_WEIGHTS: Final = "fairness-positive-weights"
 
 # node_config keys (set by the simulation engines, or by a SuperNode's --node-config).
 NC_PARTITION_ID: Final = "partition-id"

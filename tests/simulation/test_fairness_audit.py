@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -110,6 +111,18 @@ def test_without_an_attribute_the_groups_are_the_clients(tmp_path: Path) -> None
         (["--task", "credit-scoring", "--sensitive-attribute", "race"], "it has only 'sex'"),
         (["--task", "credit-scoring", "--sensitive-attribute", "sex"], "--fraction-evaluate"),
         (["--task", "credit-scoring", "--fairness-reweigh"], "fairness-reweigh needs"),
+        (["--task", "credit-scoring", "--equal-opportunity", "2"], "equal-opportunity needs"),
+        (
+            [
+                "--task",
+                "credit-scoring",
+                "--sensitive-attribute",
+                "sex",
+                "--equal-opportunity",
+                "-1",
+            ],
+            "equal-opportunity must be a step rate >= 0",
+        ),
     ],
 )
 def test_a_sensitive_attribute_the_run_cannot_audit_is_one_line_exit_2(
@@ -122,3 +135,32 @@ def test_a_sensitive_attribute_the_run_cannot_audit_is_one_line_exit_2(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0]
     assert not out.exists()
+
+
+def _tpr_gap(doc: dict[str, Any]) -> float:
+    groups = doc["fairness"]["groups"]
+    return float(groups["male"]["tpr"] - groups["female"]["tpr"])
+
+
+def test_equal_opportunity_weights_travel_each_round_and_narrow_the_tpr_gap(
+    tmp_path: Path,
+) -> None:
+    # Prepare: the same run with and without the server's equal-opportunity weights
+    common = [
+        "--task", "credit-scoring", "--clients", "6", "--clients-per-round", "6",
+        "--rounds", "6", "--partition", "natural", "--fraction-evaluate", "1",
+        "--sensitive-attribute", "sex", "--seed", "1",
+    ]  # fmt: skip
+    # Execute
+    plain = _simulate(*common, "--out", str(tmp_path / "plain"))
+    fair = _simulate(*common, "--equal-opportunity", "2", "--out", str(tmp_path / "eo"))
+    # Assert
+    assert plain.returncode == 0, plain.stderr
+    assert fair.returncode == 0, fair.stderr
+    base = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    doc = json.loads((tmp_path / "eo" / "metrics.json").read_text())
+    female = [r["eo_weight_female"] for r in doc["rounds"]]
+    assert all(r["eo_weight_male"] == 1.0 for r in doc["rounds"])
+    assert female[0] > 1.0 and female[-1] > female[0]  # the women's TPR stayed below
+    assert "eo_weight_female" not in base["rounds"][0]
+    assert 0 < _tpr_gap(doc) < _tpr_gap(base)  # the weights reached the clients' training
