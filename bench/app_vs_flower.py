@@ -28,6 +28,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for simulation/
 
+from proc_tree import rss_bytes, tree  # bench/ is the script's folder
+
 from simulation.flower_engine import (
     SuperLink,
     flower_env,
@@ -40,34 +42,6 @@ from simulation.flower_engine import (
 FEDFLEET = [sys.executable, "-c", "from fedfleet.cli import main; main()"]
 GOAL_X = 5.0  # issue 23: >= 5x end to end at 100 clients, quickstart-pytorch-style app
 RESULT_MARK = "RESULT "
-
-
-def _tree(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, []))
-    return found
-
-
-def _rss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 @dataclass
@@ -84,8 +58,8 @@ class TreeSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            pids = set().union(*(_tree(r) for r in self.roots))
-            self.peak_bytes = max(self.peak_bytes, sum(_rss(p) for p in pids))
+            pids = set().union(*(tree(r) for r in self.roots))
+            self.peak_bytes = max(self.peak_bytes, sum(rss_bytes(p) for p in pids))
             self._stop.wait(0.2)
 
     def stop(self) -> float:

@@ -54,6 +54,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proc_tree import rss_bytes, tree  # bench/ is the script's folder
+
 FEDFLEET = [sys.executable, "-c", "from fedfleet.cli import main; main()"]
 ENGINES = ("flower", "plain", "fedfleet", "fedfleet-first")
 
@@ -111,37 +113,6 @@ def plain_loop(clients: int, per_round: int, rounds: int, seed: int, epochs: int
 
 
 # -- measuring from outside ------------------------------------------------------------
-def _tree(root: int) -> set[int]:
-    """``root`` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, []))
-    return found
-
-
-def _rss_bytes(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 @dataclass
 class Sampler:
     """Samples the summed RSS of a process tree until stopped."""
@@ -153,8 +124,8 @@ class Sampler:
 
     def run(self) -> None:
         while not self._stop.is_set():
-            pids = _tree(self.root)
-            total = sum(_rss_bytes(p) for p in pids)
+            pids = tree(self.root)
+            total = sum(rss_bytes(p) for p in pids)
             if total > self.peak_bytes:
                 self.peak_bytes, self.peak_processes = total, len(pids)
             self._stop.wait(0.2)
