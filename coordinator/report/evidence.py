@@ -182,9 +182,8 @@ def software_inventory(root: Path | None = None) -> dict[str, Any]:
     (every ``.py`` of its packages under ``root``, by relative path and content)."""
     packages = {}
     for name in SOFTWARE:
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
+        dist = installed_distribution(name)
+        if dist is None:
             continue
         record = dist.read_text("RECORD")
         packages[name] = {
@@ -193,6 +192,15 @@ def software_inventory(root: Path | None = None) -> dict[str, Any]:
         }
     base = root or Path(__file__).resolve().parents[2]
     return {"packages": packages, "source_sha256": source_sha256(base)}
+
+
+def installed_distribution(name: str) -> metadata.Distribution | None:
+    """The installed distribution ``name``: the first one on the path that has a
+    ``RECORD`` (an install's), before build metadata without one (a checkout's
+    ``*.egg-info``, found first when the current folder is the checkout); None if absent."""
+    found = list(metadata.distributions(name=name))
+    installed = [dist for dist in found if dist.read_text("RECORD")]
+    return next(iter(installed or found), None)
 
 
 def source_sha256(root: Path) -> str:

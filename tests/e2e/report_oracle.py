@@ -138,7 +138,12 @@ def ledger_facts(path: Path, site: str, task: str) -> dict[str, Any]:
 
 
 def software_fact(name: str, what: str) -> Any:
-    dist = metadata.distribution(name)
+    # The installed distribution is the one with a RECORD; a checkout's *.egg-info (no
+    # RECORD) comes first on the path when the tests run from the checkout.
+    dist = next(
+        (d for d in metadata.distributions(name=name) if d.read_text("RECORD")),
+        metadata.distribution(name),
+    )
     if what == "version":
         return dist.version
     return hashlib.sha256((dist.read_text("RECORD") or "").encode()).hexdigest()
