@@ -18,6 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 from edge_client.protocol.mqtt import MAX_PACKET_BYTES
 
@@ -79,8 +83,11 @@ class MosquittoProcess:
         self.conf.write_text("\n".join(lines) + "\n")
         os.chmod(self.conf, 0o644)
 
-    def start(self, *, timeout_s: float = 10.0) -> MosquittoProcess:
-        """Start Mosquitto and wait until it accepts connections."""
+    name = "mosquitto"  # in start-up errors
+
+    def start(self, *, timeout_s: float = 10.0) -> Self:
+        """Start the broker (``executable -c conf``) and wait until its MQTT listener
+        accepts connections."""
         with open(self.log, "ab") as log:
             self._proc = subprocess.Popen(
                 [self.executable, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
@@ -88,14 +95,14 @@ class MosquittoProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited at start: {self.log.read_text()[-2000:]}")
+                raise RuntimeError(f"{self.name} exited at start: {self.log.read_text()[-2000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout_s} s")
+        raise RuntimeError(f"{self.name} did not listen on port {self.port} within {timeout_s} s")
 
     @property
     def pid(self) -> int | None:
@@ -143,6 +150,8 @@ class NatsProcess(MosquittoProcess):
     ``fedfleet fleet broker-config --broker nats``; its JetStream store (MQTT sessions,
     retained messages, queued QoS 1 messages) is on disk, so ``restart()`` keeps them."""
 
+    name = "nats-server"
+
     def __init__(self, *, config: Path, port: int, executable: str = NATS_SERVER) -> None:
         if not Path(executable).exists():
             raise FileNotFoundError(
@@ -154,24 +163,6 @@ class NatsProcess(MosquittoProcess):
         self.log = self.folder / "nats.log"
         self.conf = config
         self._proc = None
-
-    def start(self, *, timeout_s: float = 10.0) -> NatsProcess:
-        """Start nats-server and wait until its MQTT listener accepts connections."""
-        with open(self.log, "ab") as log:
-            self._proc = subprocess.Popen(
-                [self.executable, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited at start: {self.log.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"nats-server did not listen on port {self.port} within {timeout_s} s")
 
     def __enter__(self) -> NatsProcess:
         return self.start()
