@@ -74,6 +74,21 @@ def modulus_bits_for(*, num_clients: int, bits: int, max_weight: int) -> int | N
     return None
 
 
+def max_weight_for_ring(*, num_clients: int, bits: int, modulus_bits: int = 32) -> int | None:
+    """The largest ``max_weight`` for which :func:`modulus_bits_for` picks a modulus of at
+    most 2^``modulus_bits`` at this many clients and bits; ``None`` if none does.
+
+    The narrower ring is exact, not approximate: the signed sum of the inputs provably
+    stays inside it, so the aggregate is the same integer as in a wider ring (a client
+    whose weight is at most this cap is not clamped either way)."""
+    qmax = 2 ** (bits - 1) - 1
+    limit = 2 ** (modulus_bits - 1) - 1  # the largest |sum| the ring holds
+    if num_clients < 1 or num_clients * CLIP_FRACTION_SCALE > limit:
+        return None
+    weight = limit // (num_clients * max(qmax, 1))
+    return weight if weight >= 1 else None
+
+
 @dataclass(frozen=True)
 class SecAggParams:
     """What one round of the protocol runs with (all resolved, all checked).

@@ -13,7 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privacy.secagg import SecAggConfig
-from privacy.secagg.config import default_degree, default_threshold, modulus_bits_for
+from privacy.secagg.config import (
+    default_degree,
+    default_threshold,
+    max_weight_for_ring,
+    modulus_bits_for,
+)
 from privacy.secagg.graph import neighbour_graph
 from privacy.secagg.keys import (
     ShareAuthenticationError,
@@ -233,6 +238,19 @@ def test_modulus_holds_the_largest_possible_sum(n, bits, max_weight):
     else:
         assert largest < 2 ** (m - 1)
         assert m == 64 or largest < 2**31
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 40000), bits=st.integers(2, 32))
+def test_max_weight_for_ring_is_the_largest_cap_that_keeps_32_bits(n, bits):
+    """Assert the cap it names selects the 32-bit ring and one more selects 64 bits
+    (oracle: modulus_bits_for), and that None means no cap gives 32 bits."""
+    cap = max_weight_for_ring(num_clients=n, bits=bits)
+    if cap is None:
+        assert modulus_bits_for(num_clients=n, bits=bits, max_weight=1) == 64
+        return
+    assert modulus_bits_for(num_clients=n, bits=bits, max_weight=cap) == 32
+    assert modulus_bits_for(num_clients=n, bits=bits, max_weight=cap + 1) == 64
 
 
 # -- share encryption -----------------------------------------------------------------

@@ -7,6 +7,8 @@ bound; beyond the tolerated dropouts the server refuses (never a wrong sum).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 from privacy.secagg import SecAggConfig
 from privacy.secagg import client as C
 from privacy.secagg import server as S
+from privacy.secagg.config import max_weight_for_ring
 from privacy.secagg.quantize import decode_sum, encode_input
 
 
@@ -167,3 +170,56 @@ def test_weights_above_max_weight_count_as_max_weight():
     decoded, _, _ = run_protocol(updates=updates, weights={1: 1000, 2: 10, 3: 10}, config=config)
     assert decoded.total_weight == 30
     assert decoded.mean_update[0] == pytest.approx(0.5 / 3, abs=1e-3)
+
+
+def _wide_ring_oracle(updates, weights, params, survivors):
+    """The survivors' aggregate computed without masks in the 64-bit ring."""
+    wide = dataclasses.replace(params, modulus_bits=64)
+    total = sum(encode_input(updates[i], weight=weights[i], params=wide) for i in survivors)
+    return decode_sum(total, num_inputs=len(survivors), params=wide)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(3, 9), bits=st.integers(8, 16), data=st.data())
+def test_32_bit_ring_gives_the_64_bit_aggregate_bit_for_bit(n, bits, data):
+    """Prepare a cap that selects the 32-bit ring, random updates (some beyond the clip),
+    weights up to the cap and a tolerated dropout; Execute the masked protocol; Assert its
+    aggregate equals the 64-bit ring's unmasked one exactly (every float bit)."""
+    cap = max_weight_for_ring(num_clients=n, bits=bits)
+    assert cap is not None
+    config = SecAggConfig(enabled=True, clip=1.0, bits=bits, max_weight=cap)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    ids = list(range(1, n + 1))
+    updates = {i: rng.normal(scale=0.8, size=30) for i in ids}
+    weights = {i: int(rng.integers(1, cap + 1)) for i in ids}
+    weights[ids[0]] = cap  # the largest weight the ring must hold
+    dropped = {ids[-1]} if data.draw(st.booleans()) else set()
+    decoded, survivors, state = run_protocol(
+        updates=updates, weights=weights, config=config, drop_after_share=dropped
+    )
+    assert state.params.modulus_bits == 32
+    oracle = _wide_ring_oracle(updates, weights, state.params, survivors)
+    assert decoded.mean_update.tobytes() == oracle.mean_update.tobytes()
+    assert decoded.total_weight == oracle.total_weight == sum(weights[i] for i in survivors)
+    assert decoded.clipped_fraction == oracle.clipped_fraction
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_32_bit_ring_holds_the_largest_sum_at_its_cap(sign):
+    """Prepare every client at the clip with the largest weight the 32-bit ring allows
+    (the sum is within 2^31 of wrapping); Assert the mean is exactly ±clip; one more unit
+    of weight makes the configuration choose 64 bits instead."""
+    n, bits = 7, 16
+    cap = max_weight_for_ring(num_clients=n, bits=bits)
+    assert cap is not None
+    config = SecAggConfig(enabled=True, clip=1.0, bits=bits, max_weight=cap)
+    updates = {i: np.full(5, 3.0 * sign) for i in range(1, n + 1)}
+    decoded, _, state = run_protocol(
+        updates=updates, weights=dict.fromkeys(updates, cap), config=config
+    )
+    assert state.params.modulus_bits == 32
+    assert n * (cap + 1) * (2 ** (bits - 1) - 1) >= 2**31  # one more unit would wrap
+    assert np.array_equal(decoded.mean_update, np.full(5, sign))
+    assert decoded.total_weight == n * cap
+    wider = SecAggConfig(enabled=True, clip=1.0, bits=bits, max_weight=cap + 1)
+    assert wider.params_for(n).modulus_bits == 64
