@@ -135,8 +135,11 @@ class Timing:
 INF = Timing(math.inf, math.inf)
 
 
-def fedfleet_round(*, n: int, size: str, secagg: bool, dropout: float) -> tuple[Timing, str]:
-    """Time of one round of fedfleet's loop (plain FedAvg or SecAgg+)."""
+def fedfleet_round(
+    *, n: int, size: str, secagg: bool, dropout: float, extra: dict[str, int] | None = None
+) -> tuple[Timing, str]:
+    """Time of one round of fedfleet's loop (plain FedAvg or SecAgg+); ``extra``: more
+    secure-aggregation run-config keys (the ``tuned`` variant)."""
     from coordinator.app import build_server_app
     from edge_client.app import build_client_app
     from simulation.dropout import dropout_mod
@@ -158,6 +161,7 @@ def fedfleet_round(*, n: int, size: str, secagg: bool, dropout: float) -> tuple[
         run_config["secagg"] = True
         if n > 200:  # bound the coordinator's memory for masked vectors
             run_config["secagg-max-in-flight"] = 200
+        run_config.update(extra or {})
     wall, cpu = time.perf_counter(), time.process_time()
     run_inprocess(
         server_app=build_server_app(on_round=records.append),
@@ -275,23 +279,27 @@ GOAL_FLOWER = 20.0  # Flower's SecAgg+ (same K+1 shares and T) / fedfleet's, at 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure_row(*, n: int, size: str, repeat: int, dropout: float) -> dict[str, Any]:
+def measure_row(
+    *, n: int, size: str, repeat: int, dropout: float, extra: dict[str, int] | None = None
+) -> dict[str, Any]:
     """Plain and SecAgg+ rounds of one configuration (best of ``repeat``), interleaved."""
     plain, secure, note = INF, INF, ""
     for _ in range(repeat):
         plain = Timing.best(plain, fedfleet_round(n=n, size=size, secagg=False, dropout=dropout)[0])
         gc.collect()
-        timing, note = fedfleet_round(n=n, size=size, secagg=True, dropout=dropout)
+        timing, note = fedfleet_round(n=n, size=size, secagg=True, dropout=dropout, extra=extra)
         secure = Timing.best(secure, timing)
         gc.collect()
     return {"plain": [plain.cpu, plain.wall], "secagg": [secure.cpu, secure.wall], "note": note}
 
 
-def row_in_subprocess(code: Path, *, n: int, size: str, repeat: int, dropout: float) -> dict:
+def row_in_subprocess(
+    code: Path, *, n: int, size: str, repeat: int, dropout: float, variant: str = "default"
+) -> dict:
     """:func:`measure_row` run by ``code``'s fedfleet (this script, in a fresh process
     whose imports come from ``code``): before/after from the same machine state."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--code", str(code), "--row",
-           f"{n},{size},{repeat},{dropout}"]  # fmt: skip
+           f"{n},{size},{repeat},{dropout}", "--extra", json.dumps(variant_config(variant, n))]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(code)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -313,6 +321,77 @@ def _met(ok: bool) -> str:
     return "met" if ok else "not met"
 
 
+VARIANTS = ("default", "tuned")
+WINDOW = 16  # tuned: clients with a masked vector out at once (the in-process engine runs them one by one)
+
+
+def variant_config(variant: str, n: int) -> dict[str, int]:
+    """Run-config keys of a variant. ``default``: none. ``tuned``: a window of ``WINDOW``
+    clients per stage (the coordinator adds each masked vector and frees it before the
+    next window: no fresh pages for 100 vectors at once) and the largest
+    ``secagg-max-weight`` that selects the exact 32-bit ring — only when it is at least
+    the clients' weight (32 examples), so no weight is clamped and the aggregate is the
+    default's bit for bit (tests/privacy/test_secagg_protocol.py)."""
+    if variant == "default":
+        return {}
+    from privacy.secagg.config import max_weight_for_ring
+
+    extra = {"secagg-max-in-flight": WINDOW}
+    cap = max_weight_for_ring(num_clients=n, bits=16)
+    if cap is not None and cap >= SAMPLES_PER_CLIENT:
+        extra["secagg-max-weight"] = cap
+    return extra
+
+
+def _best_cpu(fn: Any, repeat: int = 3) -> float:
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return best
+
+
+def protocol_floor(*, n: int, size: str, survivors: int, modulus_bits: int) -> float:
+    """CPU seconds of the work a SecAgg+ round cannot skip, measured here: the mask
+    streams (K+1 per surviving client; the coordinator's one per survivor and K per
+    dropped client) expanded and added, and the X25519 agreements (2K per survivor, K
+    per dropped client and K more by the coordinator to rebuild its masks)."""
+    from privacy.secagg.config import default_degree
+    from privacy.secagg.keys import agree_all, generate_keypair
+    from privacy.secagg.prg import apply_masks
+    from privacy.secagg.quantize import input_length, ring_dtype
+
+    k = default_degree(n)
+    dropped = n - survivors
+    acc = np.zeros(input_length(params_of(size)), dtype=ring_dtype(modulus_bits))
+    terms = [(os.urandom(32), 1) for _ in range(k + 1)]
+    per_stream = _best_cpu(lambda: apply_masks(acc, terms)) / (k + 1)
+    streams = survivors * (k + 1) + survivors + dropped * k
+    me = generate_keypair().private
+    peers = {i: generate_keypair().public for i in range(2 * k)}
+    per_agreement = _best_cpu(lambda: agree_all(me, peers)) / len(peers)
+    agreements = survivors * 2 * k + dropped * 2 * k
+    return per_stream * streams + per_agreement * agreements
+
+
+def floor_line(*, n: int, size: str, row: dict, goal: float) -> str:
+    """The best ratio any code could reach at 64 and at 32 bits, against this plain round."""
+    survivors = int(row["note"].split("/")[0])
+    plain = row["plain"][0]
+    cells = []
+    for bits in (64, 32):
+        floor = protocol_floor(n=n, size=size, survivors=survivors, modulus_bits=bits)
+        best = (plain + floor) / plain
+        cells.append(
+            f"{bits}-bit ring: masks + X25519 {floor:.2f} s -> secagg/plain >= {best:.2f}x "
+            f"(<= {goal}x {'reachable' if best <= goal else 'unreachable'})"
+        )
+    return f"floor at n = {n}, {params_of(size):,} params (plain {plain:.2f} s): " + "; ".join(
+        cells
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n = 100 and n = 1,000 at 100k only")
@@ -332,6 +411,14 @@ def main() -> None:
     )
     parser.add_argument("--code", type=Path, help=argparse.SUPPRESS)  # internal: a row's code
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: "n,size,repeat,dropout"
+    parser.add_argument("--extra", default="{}", help=argparse.SUPPRESS)  # internal: run config
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="fedfleet configurations to measure: default (the shipped defaults) and/or "
+        f"tuned (a {WINDOW}-client window and the weight cap that selects the exact 32-bit "
+        "ring; the same aggregate here)",
+    )
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     torch.set_num_threads(1)
@@ -340,7 +427,13 @@ def main() -> None:
         n = int(n_text)
         register_bench_tasks(n)
         warm_up({n}, sizes=(size,))
-        row = measure_row(n=n, size=size, repeat=int(repeat_text), dropout=float(dropout_text))
+        row = measure_row(
+            n=n,
+            size=size,
+            repeat=int(repeat_text),
+            dropout=float(dropout_text),
+            extra=json.loads(args.extra),
+        )
         print(json.dumps(row))
         return
     if args.baseline is not None and not (args.baseline / "privacy" / "secagg").is_dir():
@@ -355,24 +448,33 @@ def main() -> None:
         flush=True,
     )
     codes = ([("before", args.baseline)] if args.baseline else []) + [("after", ROOT)]
-    print("| code | n | params | plain s | secagg s | secagg/plain | goal | notes |")
-    print("|---|---:|---:|---:|---:|---:|---|---|")
-    results: dict[tuple[str, int, str], dict] = {}
+    args.variant_list = [v for v in args.variants.split(",") if v]
+    if not args.variant_list or set(args.variant_list) - set(VARIANTS):
+        raise SystemExit(f"--variants {args.variants}: choose from {', '.join(VARIANTS)}")
+    print("| code | config | n | params | plain s | secagg s | secagg/plain | goal | notes |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---|")
+    floors = []
     for n, size in sizes:
         goal = GOAL_RATIO_100 if n <= 100 else GOAL_RATIO_1000
         checked = (n, size) in ((100, "1M"), (1000, "100k"), (1000, "1M"))
-        for label, code in codes:
-            repeat = args.repeat if n <= 100 else 1
-            load = _load()
-            row = row_in_subprocess(code, n=n, size=size, repeat=repeat, dropout=dropout)
-            results[(label, n, size)] = row
-            ratio = row["secagg"][0] / row["plain"][0]
-            verdict = f"<= {goal}x: {_met(ratio <= goal)}" if checked else ""
-            print(
-                f"| {label} | {n} | {params_of(size):,} | {_ratio_cell(row)} | {verdict} | "
-                f"{row['note']}; {load} |",
-                flush=True,
-            )
+        for variant in args.variant_list:
+            for label, code in codes:
+                repeat = args.repeat if n <= 100 else 1
+                load = _load()
+                row = row_in_subprocess(
+                    code, n=n, size=size, repeat=repeat, dropout=dropout, variant=variant
+                )
+                ratio = row["secagg"][0] / row["plain"][0]
+                verdict = f"<= {goal}x: {_met(ratio <= goal)}" if checked else ""
+                print(
+                    f"| {label} | {variant} | {n} | {params_of(size):,} | {_ratio_cell(row)} | "
+                    f"{verdict} | {row['note']}; {load} |",
+                    flush=True,
+                )
+        if checked:
+            floors.append(floor_line(n=n, size=size, row=row, goal=goal))
+    for line in floors:
+        print(line)
     if not args.no_flower:
         flower_table(args, codes)
     print(f"total {time.perf_counter() - started:.0f}s; {_load()}")
@@ -391,14 +493,18 @@ def flower_table(args: argparse.Namespace, codes: list[tuple[str, Path]]) -> Non
         degree = min(n - 1, 2 * math.ceil(math.log2(n)))
         threshold = (degree + 1) // 2 + 1
         ours: dict[str, Timing] = {}
-        for label, code in codes:
-            row = row_in_subprocess(code, n=n, size="100k", repeat=args.repeat, dropout=0.0)
-            ours[label] = Timing(row["secagg"][1], row["secagg"][0])
-            print(
-                f"| fedfleet SecAgg+ ({label}) | {n} | {params_of('100k'):,} | "
-                f"{_ratio_cell(row)} | no dropout; K = {degree}, T = {threshold}; {_load()} |",
-                flush=True,
-            )
+        for variant in args.variant_list:
+            for label, code in codes:
+                row = row_in_subprocess(
+                    code, n=n, size="100k", repeat=args.repeat, dropout=0.0, variant=variant
+                )
+                ours[f"{label}, {variant}"] = Timing(row["secagg"][1], row["secagg"][0])
+                print(
+                    f"| fedfleet SecAgg+ ({label}, {variant}) | {n} | {params_of('100k'):,} | "
+                    f"{_ratio_cell(row)} | no dropout; K = {degree}, T = {threshold}; "
+                    f"{row['note']}; {_load()} |",
+                    flush=True,
+                )
         plain = flower_round(n=n, size="100k", secagg=False, shares=degree + 1, threshold=threshold)
         variants: list[tuple[str, int | float, int | float]] = [
             (f"same K+1 = {degree + 1} shares, T = {threshold}", degree + 1, threshold)

@@ -27,10 +27,10 @@ from edge_client.fairness import start_model_counts
 from edge_client.protocol import keys as k
 from edge_client.protocol import secagg as sa
 from privacy.secagg import client as protocol
-from privacy.secagg.arrays import MaskInput, update_between
+from privacy.secagg.arrays import MaskInput, difference, update_pairs
 from privacy.secagg.config import SecAggParams
 from privacy.secagg.keys import ShareAuthenticationError
-from privacy.secagg.quantize import encode_input, input_length, ring_dtype
+from privacy.secagg.quantize import encode_difference, encode_input, input_length, ring_dtype
 from privacy.secagg.shamir import encode_share
 from tasks.npy import npy_array
 
@@ -142,24 +142,13 @@ def make_train_handler(
         if trained.has_error():
             return trained
         start = message.content.array_records[k.ARRAYS]
-        update = update_between(trained.content.array_records[k.ARRAYS], start)
+        pairs = update_pairs(trained.content.array_records[k.ARRAYS], start)
         weight = trained.content.metric_records[k.METRICS][k.NUM_EXAMPLES]
         if not isinstance(weight, int | float):
             return _refuse(message, ValueError("the train reply has no numeric num-examples"))
-        item = MaskInput(
-            update=update,
-            weight=int(weight),
-            clip=state.params.clip,
-            participants=state.num_participants,
-        )
-        for transform in pre_mask:
-            item = transform(item, context)
+        item = _transformed(pairs, int(weight), state, pre_mask, context)
         try:
-            length = input_length(item.update.size, len(counts))
-            ring = _scratch_ring(length, state.params.modulus_bits)
-            encoded = encode_input(
-                item.update, weight=item.weight, params=state.params, out=ring, extra=counts
-            )
+            encoded = _encode(pairs, item, int(weight), state, counts)
             masked = protocol.masked_input(state, encoded=encoded)
         except (protocol.ProtocolError, ValueError) as exc:
             return _refuse(message, exc)
@@ -197,6 +186,47 @@ def handle_unmask(message: Message, context: Context) -> Message:
             sa.SA_KEY_SHARES: [encode_share(v) for v in key_shares.values()],
         },
     )
+
+
+def _transformed(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    weight: int,
+    state: protocol.ClientRound,
+    pre_mask: Sequence[PreMaskTransform],
+    context: Context,
+) -> MaskInput | None:
+    """The client's update (trained − global) through the pre-mask transforms; ``None``
+    when there are none (the update is then never built, see :func:`_encode`)."""
+    if not pre_mask:
+        return None
+    item = MaskInput(
+        update=difference(pairs),
+        weight=weight,
+        clip=state.params.clip,
+        participants=state.num_participants,
+    )
+    for transform in pre_mask:
+        item = transform(item, context)
+    return item
+
+
+def _encode(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    item: MaskInput | None,
+    weight: int,
+    state: protocol.ClientRound,
+    counts: Sequence[int],
+) -> np.ndarray:
+    """The ring vector in this thread's scratch ring: ``item`` (a transformed update)
+    clipped, quantized and weighted, or without one each block of trained − global
+    quantized while in cache (``encode_difference``: the same integers)."""
+    params = state.params
+    if item is None:
+        size = sum(a.size for a, _ in pairs)
+        ring = _scratch_ring(input_length(size, len(counts)), params.modulus_bits)
+        return encode_difference(pairs, weight=weight, params=params, out=ring, extra=counts)
+    ring = _scratch_ring(input_length(item.update.size, len(counts)), params.modulus_bits)
+    return encode_input(item.update, weight=item.weight, params=params, out=ring, extra=counts)
 
 
 _scratch = threading.local()

@@ -52,21 +52,31 @@ def flatten(record: ArrayRecord, *, keys: Sequence[str] | None = None) -> np.nda
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def update_between(trained: ArrayRecord, start: ArrayRecord) -> np.ndarray:
-    """trained − start, flat float64, in ``start``'s key order; shapes must match."""
-    sizes = []
+def update_pairs(trained: ArrayRecord, start: ArrayRecord) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(trained, start) flat read-only views of each array, in ``start``'s key order;
+    ``trained − start`` is the update (see :func:`update_between`). Shapes must match."""
+    pairs = []
     for key in start:
         if key not in trained or trained[key].shape != start[key].shape:
             raise ValueError(f"trained model does not match the global model at {key!r}")
-        sizes.append(int(np.prod(start[key].shape)))
-    out = np.empty(sum(sizes), dtype=np.float64)
-    offset = 0
-    for key, size in zip(start, sizes, strict=True):
-        piece = out[offset : offset + size]
         # read-only views of the arrays' bytes: no decoding copies
-        a, b = array_view(trained[key]).ravel(), array_view(start[key]).ravel()
+        pairs.append((array_view(trained[key]).ravel(), array_view(start[key]).ravel()))
+    return pairs
+
+
+def update_between(trained: ArrayRecord, start: ArrayRecord) -> np.ndarray:
+    """trained − start, flat float64, in ``start``'s key order; shapes must match."""
+    return difference(update_pairs(trained, start))
+
+
+def difference(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """concatenate([a − b for a, b in pairs]), each difference in float64."""
+    out = np.empty(sum(a.size for a, _ in pairs), dtype=np.float64)
+    offset = 0
+    for a, b in pairs:
+        piece = out[offset : offset + a.size]
         np.subtract(a, b, out=piece, dtype=np.float64)  # in float64, as before
-        offset += size
+        offset += a.size
     return out
 
 

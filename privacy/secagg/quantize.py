@@ -66,7 +66,37 @@ def encode_input(
     """
     if update.ndim != 1:
         raise ValueError("encode_input expects a flat update vector")
-    d = update.size
+    return _encode([(update, None)], weight=weight, params=params, out=out, extra=extra)
+
+
+def encode_difference(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    weight: int,
+    params: SecAggParams,
+    out: np.ndarray | None = None,
+    extra: Sequence[int] = (),
+) -> np.ndarray:
+    """:func:`encode_input` of the update ``concatenate([a − b for a, b in pairs])``
+    (each difference in float64), bit for bit, without building the update: each block
+    of ``a − b`` is computed into the cache-resident scratch and quantized there."""
+    for a, b in pairs:
+        if a.ndim != 1 or a.shape != b.shape:
+            raise ValueError("encode_difference expects pairs of flat arrays of one size")
+    return _encode(pairs, weight=weight, params=params, out=out, extra=extra)
+
+
+def _encode(
+    parts: Sequence[tuple[np.ndarray, np.ndarray | None]],
+    *,
+    weight: int,
+    params: SecAggParams,
+    out: np.ndarray | None,
+    extra: Sequence[int],
+) -> np.ndarray:
+    """The ring vector of the update made of ``parts``: (u, None) is u itself, (a, b)
+    is a − b in float64."""
+    d = sum(a.size for a, _ in parts)
     dtype = ring_dtype(params.modulus_bits)
     length = input_length(d, len(extra))
     if out is None:
@@ -77,13 +107,18 @@ def encode_input(
         ring = out
     w = int(min(max(weight, 0), params.max_weight))
     signed = ring.view(np.int32 if params.modulus_bits == 32 else np.int64)
-    head = signed[:d]
-    scratch = np.empty(min(BLOCK, d), dtype=np.float64)
-    n_clipped = 0
-    for start in range(0, d, BLOCK):
-        n_clipped += _quantize_block(
-            update[start : start + BLOCK], head[start : start + BLOCK], scratch, w, params
-        )
+    scratch = np.empty(min(BLOCK, max(d, 1)), dtype=np.float64)
+    n_clipped, offset = 0, 0
+    for a, b in parts:
+        for start in range(0, a.size, BLOCK):
+            u = a[start : start + BLOCK]
+            if b is not None:
+                u = np.subtract(
+                    u, b[start : start + BLOCK], out=scratch[: u.size], dtype=np.float64
+                )
+            target = signed[offset + start : offset + start + u.size]
+            n_clipped += _quantize_block(u, target, scratch, w, params)
+        offset += a.size
     if extra:
         signed[d:-EXTRA_COORDS] = [min(max(int(e), 0), params.max_weight) for e in extra]
     signed[-2] = w
@@ -101,6 +136,8 @@ def _quantize_block(
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("the update has non-finite values; secure aggregation refuses it")
     clipping = hi > params.clip or -lo > params.clip
+    # counted before scaling: ``u`` may itself be the scratch (encode_difference)
+    clipped = int(np.count_nonzero(np.abs(u) > params.clip)) if clipping else 0
     scaled = scratch[: u.size]
     np.multiply(u, params.scale, out=scaled, dtype=np.float64)
     if clipping:  # else |scaled| <= qmax up to rounding, which rint below removes
@@ -109,7 +146,7 @@ def _quantize_block(
     np.rint(scaled, out=out, casting="unsafe")  # integers, so the cast is exact
     if w != 1:
         np.multiply(out, w, out=out)  # exact: the modulus holds n · w · qmax
-    return int(np.count_nonzero(np.abs(u) > params.clip)) if clipping else 0
+    return clipped
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from privacy.secagg import SecAggConfig
 from privacy.secagg.config import CLIP_FRACTION_SCALE
 from privacy.secagg.prg import _CtrByGcm, apply_masks, keystream, stream
-from privacy.secagg.quantize import BLOCK, encode_input
+from privacy.secagg.quantize import BLOCK, encode_difference, encode_input
 
 
 def _aes_ctr(key: bytes, nbytes: int) -> bytes:
@@ -141,3 +141,43 @@ def test_blockwise_encoding_equals_its_definition_across_blocks(bits):
     update[-1] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
         encode_input(update, weight=300, params=params)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([0, 1, 7, BLOCK - 1, BLOCK, BLOCK + 3]), min_size=1, max_size=4),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    bits=st.sampled_from([8, 16]),
+    max_weight=st.sampled_from([1024, 65536]),
+    weight=st.integers(0, 70_000),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_encoding_a_difference_equals_encoding_the_built_update(
+    sizes, dtype, bits, max_weight, weight, seed
+):
+    """Prepare trained and global layers (float32 or float64, sizes around a block, some
+    coordinates beyond the clip); Assert encode_difference, which quantizes trained −
+    global block by block without building the update, equals the definition on the
+    float64 update the client used to build — every ring element, the clipped count
+    included — for 32- and 64-bit rings."""
+    rng = np.random.default_rng(seed)
+    params = SecAggConfig(enabled=True, bits=bits, max_weight=max_weight).params_for(10)
+    pairs = []
+    for size in sizes:
+        start = rng.normal(size=size).astype(dtype)
+        trained = (start + rng.normal(scale=0.6, size=size)).astype(dtype)
+        pairs.append((trained, start))
+    update = np.concatenate([np.subtract(a, b, dtype=np.float64) for a, b in pairs])
+    got = encode_difference(pairs, weight=weight, params=params)
+    assert np.array_equal(got, _encode_by_definition(update, weight=weight, params=params))
+    assert np.array_equal(got, encode_input(update, weight=weight, params=params))
+
+
+def test_encoding_a_difference_refuses_non_finite_and_mismatched_layers():
+    params = SecAggConfig(enabled=True).params_for(10)
+    a, b = np.zeros(BLOCK + 9), np.zeros(BLOCK + 9)
+    a[BLOCK + 4] = np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        encode_difference([(np.zeros(3), np.zeros(3)), (a, b)], weight=1, params=params)
+    with pytest.raises(ValueError, match="one size"):
+        encode_difference([(np.zeros(3), np.zeros(4))], weight=1, params=params)
