@@ -53,22 +53,32 @@ def share_parameters(run_config: Mapping[str, Any]) -> tuple[DPConfig, float, in
     return dp, sigma, n_min
 
 
-def distributed_dp_share(item: MaskInput, context: Context) -> MaskInput:
-    """Secure-aggregation pre-mask transform: clip + noise share, weight 1."""
-    if dp_mode(context.run_config) != "distributed":
-        return item
-    from privacy.secagg.arrays import MaskInput
+class _DistributedDpShare:
+    """Secure-aggregation pre-mask transform: clip + noise share, weight 1 (a no-op
+    unless ``dp = distributed``; :meth:`active` says which, so the client can skip
+    building the update it would return unchanged)."""
 
-    dp, sigma, n_min = share_parameters(context.run_config)
-    (noisy,), norm = noisy_share(
-        [item.update], clip=dp.clip, noise_multiplier=sigma, min_clients=n_min
-    )
-    log.info(
-        "distributed DP: update norm %.4g clipped to %g, noise share σ=%.4g (z=%.4g, n_min=%d)",
-        norm,
-        dp.clip,
-        sigma * dp.clip / np.sqrt(n_min),
-        sigma,
-        n_min,
-    )
-    return MaskInput(update=noisy, weight=1, clip=item.clip, participants=item.participants)
+    def active(self, context: Context) -> bool:
+        return dp_mode(context.run_config) == "distributed"
+
+    def __call__(self, item: MaskInput, context: Context) -> MaskInput:
+        if not self.active(context):
+            return item
+        from privacy.secagg.arrays import MaskInput
+
+        dp, sigma, n_min = share_parameters(context.run_config)
+        (noisy,), norm = noisy_share(
+            [item.update], clip=dp.clip, noise_multiplier=sigma, min_clients=n_min
+        )
+        log.info(
+            "distributed DP: update norm %.4g clipped to %g, noise share σ=%.4g (z=%.4g, n_min=%d)",
+            norm,
+            dp.clip,
+            sigma * dp.clip / np.sqrt(n_min),
+            sigma,
+            n_min,
+        )
+        return MaskInput(update=noisy, weight=1, clip=item.clip, participants=item.participants)
+
+
+distributed_dp_share = _DistributedDpShare()

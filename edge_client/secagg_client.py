@@ -196,7 +196,10 @@ def _transformed(
     context: Context,
 ) -> MaskInput | None:
     """The client's update (trained − global) through the pre-mask transforms; ``None``
-    when there are none (the update is then never built, see :func:`_encode`)."""
+    when none is active (the update is then never built, see :func:`_encode`). A
+    transform with an ``active(context)`` method that answers False is skipped: it
+    would return the update unchanged."""
+    pre_mask = [t for t in pre_mask if _active(t, context)]
     if not pre_mask:
         return None
     item = MaskInput(
@@ -208,6 +211,11 @@ def _transformed(
     for transform in pre_mask:
         item = transform(item, context)
     return item
+
+
+def _active(transform: PreMaskTransform, context: Context) -> bool:
+    check = getattr(transform, "active", None)
+    return check is None or bool(check(context))
 
 
 def _encode(

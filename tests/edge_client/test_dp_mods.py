@@ -53,3 +53,13 @@ def test_share_is_a_no_op_without_distributed_dp() -> None:
     item = MaskInput(update=np.ones(3), weight=5, clip=1.0, participants=3)
     assert distributed_dp_share(item, context({RC_DP: "local", RC_DP_EPSILON: 1.0})) is item
     assert distributed_dp_share(item, context({})) is item
+
+
+def test_share_says_it_is_inactive_exactly_when_it_is_a_no_op() -> None:
+    """Assert ``active`` is False where the share returns the item unchanged (the secure
+    client then skips building the update) and True under distributed DP."""
+    item = MaskInput(update=np.ones(3), weight=5, clip=1.0, participants=3)
+    for run in ({RC_DP: "local", RC_DP_EPSILON: 1.0}, {}):
+        assert not distributed_dp_share.active(context(run))
+        assert distributed_dp_share(item, context(run)) is item
+    assert distributed_dp_share.active(context(RUN))
