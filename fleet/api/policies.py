@@ -11,7 +11,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from fleet.api.deps import COMMON_RESPONSES, CONFLICT, NOT_FOUND, Admin, SessionDep, Viewer
+from fleet.api.deps import (
+    COMMON_RESPONSES,
+    CONFLICT,
+    NOT_FOUND,
+    Admin,
+    SessionDep,
+    SettingsDep,
+    Viewer,
+)
 from fleet.crud import policies as crud
 from fleet.crud.groups import group_by_name
 from fleet.models.common import MAX_ID, Slug
@@ -29,8 +37,12 @@ GroupName = Annotated[Slug, Path(description="Group name.")]
     tags=["policies"],
     summary="Apply a promotion policy: its group's next version (admin)",
 )
-def apply_policy(body: PolicyApply, session: SessionDep, principal: Admin) -> PolicyPublic:
-    row = crud.apply_policy(session, body.source, actor=principal.actor("api"))
+def apply_policy(
+    body: PolicyApply, session: SessionDep, settings: SettingsDep, principal: Admin
+) -> PolicyPublic:
+    row = crud.apply_policy(
+        session, body.source, actor=principal.actor("api"), key_dir=settings.signing_key_dir
+    )
     session.commit()
     group = str(row.document["group"])
     return crud.policy_public(row, group=group, current=True)

@@ -33,8 +33,27 @@ from fleet.models.policies import (
 from fleet.policy import Policy, PolicyError, parse_policy, policy_from_document
 
 
-def check_against_fleet(session: Session, policy: Policy) -> Group:
-    """The policy's group; :class:`InvalidInput` when the fleet cannot carry it out."""
+def check_key_folder(key: str, key_dir: Path | None) -> None:
+    """:class:`InvalidInput` unless ``key`` lies in the fleet's signing-key folder."""
+    if key_dir is None:
+        raise InvalidInput(
+            f"this fleet holds no signing keys (FEDFLEET_FLEET_SIGNING_KEY_DIR is unset), so it "
+            f'cannot sign with {key}; set that folder, or use approval = "operator" in [signing]'
+        )
+    folder = key_dir.resolve()
+    resolved = Path(key).resolve()
+    if not resolved.is_relative_to(folder) or resolved == folder:
+        raise InvalidInput(
+            f"signing key {key} is outside the fleet's signing-key folder {key_dir}; move the "
+            "key there and give that path"
+        )
+
+
+def check_against_fleet(session: Session, policy: Policy, *, key_dir: Path | None = None) -> Group:
+    """The policy's group; :class:`InvalidInput` when the fleet cannot carry it out.
+
+    A signing key must lie in ``key_dir`` (the fleet's ``signing_key_dir`` setting, links
+    resolved) before the fleet even tries to read it."""
     from firmware_images.errors import KeyFileError
     from firmware_images.keys import load_private_key
     from firmware_images.targets import available_targets
@@ -65,6 +84,7 @@ def check_against_fleet(session: Session, policy: Policy) -> Group:
                 f"of the group runs it; the group's targets are {has}"
             )
     if policy.signing.key is not None:
+        check_key_folder(policy.signing.key, key_dir)
         try:
             load_private_key(Path(policy.signing.key))
         except (KeyFileError, OSError) as err:
@@ -74,13 +94,15 @@ def check_against_fleet(session: Session, policy: Policy) -> Group:
     return group
 
 
-def apply_policy(session: Session, source: str, *, actor: Actor) -> PromotionPolicy:
+def apply_policy(
+    session: Session, source: str, *, actor: Actor, key_dir: Path | None = None
+) -> PromotionPolicy:
     """Check ``source`` (a policy file's text) and store it as its group's next version."""
     try:
         policy = parse_policy(source, source="policy")
     except PolicyError as err:
         raise InvalidInput(str(err)) from None
-    group = check_against_fleet(session, policy)
+    group = check_against_fleet(session, policy, key_dir=key_dir)
     newest = _newest_version(session, group.id or 0)
     row = PromotionPolicy(
         group_id=group.id or 0,
