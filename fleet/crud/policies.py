@@ -247,12 +247,15 @@ def list_promotions(session: Session, *, limit: int = 100) -> list[PromotionPubl
 
 
 def approve_promotion(session: Session, promotion: Promotion, *, actor: Actor) -> Promotion:
-    """Record an operator's approval; Conflict unless it is waiting for one."""
+    """Record an operator's approval; Conflict unless it is waiting for one and the
+    version holds a bundle for every target of the policy (the operator signed them
+    offline and uploaded them: ``fedfleet policy approve ID --key PATH`` does both)."""
     if promotion.state is not PromotionState.pending_approval:
         raise Conflict(
             f"promotion {promotion.id} is {promotion.state.value}, not pending_approval; "
             "only a pending promotion can be approved"
         )
+    _require_bundles(session, promotion)
     before = promotion_public(session, promotion)
     promotion.state = PromotionState.approved
     promotion.decided_at = utcnow()
@@ -269,3 +272,25 @@ def approve_promotion(session: Session, promotion: Promotion, *, actor: Actor) -
         after=promotion_public(session, promotion),
     )
     return promotion
+
+
+def _require_bundles(session: Session, promotion: Promotion) -> None:
+    from fleet.models.registry import Artifact, ArtifactFormat
+
+    policy = session.get(PromotionPolicy, promotion.policy_id)
+    targets = policy_from_document(policy.document).targets if policy is not None else ()
+    held = set(
+        session.exec(
+            select(Artifact.target).where(
+                col(Artifact.model_version_id) == promotion.model_version_id,
+                col(Artifact.format) == ArtifactFormat.bundle,
+            )
+        ).all()
+    )
+    missing = [t for t in targets if t not in held]
+    if missing:
+        raise Conflict(
+            f"model version {promotion.model_version_id} has no signed bundle for "
+            f"{', '.join(missing)}; build, sign and upload them with `fedfleet policy approve "
+            f"{promotion.id} --key PATH` (your offline key), which then approves"
+        )

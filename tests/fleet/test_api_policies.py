@@ -14,9 +14,11 @@ from firmware_images.keys import generate_keypair
 from fleet.audit import Actor
 from fleet.crud import policies as crud
 from fleet.crud.groups import group_by_name
+from fleet.crud.registry import add_artifact
 from fleet.db import session_scope
 from fleet.errors import InvalidInput
 from fleet.models.auth import Role
+from fleet.models.registry import ArtifactFormat, ModelVersion
 from fleet.settings import FleetSettings
 
 Headers = dict[str, str]
@@ -177,6 +179,23 @@ def test_an_operator_approval_is_recorded_once_and_audited(
             session, group=group, model_version_id=model["id"], actor=ACTOR
         )
         promotion_id = promotion.id
+    # Approving before the offline-signed bundles are uploaded is refused.
+    early = client.post(f"/api/v1/promotions/{promotion_id}/approve", headers=admin)
+    assert early.status_code == 409 and "no signed bundle for rpi5" in early.json()["detail"]
+    with session_scope(engine, write=True) as session:
+        stored = session.get(ModelVersion, model["id"])
+        assert stored is not None
+        add_artifact(
+            session,
+            stored,
+            format=ArtifactFormat.bundle,
+            target="rpi5",
+            filename="b.bundle",
+            size_bytes=3,
+            sha256="ab" * 32,
+            signature=None,
+            actor=ACTOR,
+        )
     pending = client.get("/api/v1/promotions", headers=admin).json()
     assert [(p["id"], p["state"], p["policy_version"]) for p in pending] == [
         (promotion_id, "pending_approval", 1)
