@@ -56,6 +56,7 @@ from fleet.client.routes import (
     ENROLL_DEVICE,
     GET_MODEL,
     GET_POLICY,
+    GET_PROMOTION,
     GET_ROLLOUT,
     GET_RUN,
     LIST_DEVICES,
@@ -67,6 +68,7 @@ from fleet.client.routes import (
     REPORT_ROUND,
     RESUME_ROLLOUT,
     REVOKE_TOKEN,
+    TIMELINE,
     UPDATE_RUN,
     UPLOAD_ARTIFACT,
     ArtifactForm,
@@ -90,6 +92,7 @@ from fleet.client.routes import (
     RunCreateBody,
     RunInfo,
     RunUpdateBody,
+    TimelineEntry,
     TokenCreateBody,
     TokenCreated,
     TokenInfo,
@@ -482,6 +485,28 @@ class FleetClient:
             raise FleetError(_detail(response))
         self._check(response, what=what, admin=True)
         return PromotionInfo.from_json(response.json())
+
+    def get_promotion(self, promotion_id: int) -> PromotionInfo:
+        """One promotion; :class:`FleetNotFoundError` when there is none."""
+        what = f"reading promotion {promotion_id}"
+        path = GET_PROMOTION.url(promotion_id=promotion_id)
+        response = self._call(GET_PROMOTION, path, what=what)
+        if response.status_code == 404:
+            raise FleetNotFoundError(_detail(response))
+        self._check(response, what=what)
+        return PromotionInfo.from_json(response.json())
+
+    def timeline(self, group: str, *, model_version: int | None = None) -> list[TimelineEntry]:
+        """``group``'s timeline, oldest first; :class:`FleetNotFoundError` for no such group."""
+        what = f"reading the timeline of group {group}"
+        params: dict[str, Any] = {"group": group}
+        if model_version is not None:
+            params["model_version"] = model_version
+        response = self._call(TIMELINE, TIMELINE.url(), what=what, params=params)
+        if response.status_code in (404, 422):
+            raise FleetNotFoundError(_detail(response))
+        self._check(response, what=what)
+        return [TimelineEntry.from_json(item) for item in response.json()]
 
     # --- devices ----------------------------------------------------------------------------
 

@@ -429,6 +429,31 @@ class PromotionInfo:
         )
 
 
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One item of a group's timeline (``TimelineItem``)."""
+
+    at: str
+    kind: str
+    subject: str
+    action: str
+    actor: str
+    summary: str
+    reason: str
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> TimelineEntry:
+        return cls(
+            at=str(body["at"]),
+            kind=str(body["kind"]),
+            subject=str(body["subject"]),
+            action=str(body["action"]),
+            actor=str(body["actor"]),
+            summary=str(body["summary"]),
+            reason=str(body.get("reason") or ""),
+        )
+
+
 class PolicyApplyBody(TypedDict):
     """``PolicyApply``: the policy file's TOML text."""
 
@@ -507,6 +532,8 @@ APPLY_POLICY = Route("POST", "/policies", body=PolicyApplyBody, result=PolicyInf
 LIST_POLICIES = Route("GET", "/policies", result=PolicyInfo)  # a JSON list of them
 GET_POLICY = Route("GET", "/policies/{group}", result=PolicyInfo, query=("version",))
 APPROVE_PROMOTION = Route("POST", "/promotions/{promotion_id}/approve", result=PromotionInfo)
+GET_PROMOTION = Route("GET", "/promotions/{promotion_id}", result=PromotionInfo)
+TIMELINE = Route("GET", "/timeline", result=TimelineEntry, query=("group", "model_version"))
 
 #: Every call the client makes.
 ROUTES: tuple[Route, ...] = (
@@ -535,4 +562,6 @@ ROUTES: tuple[Route, ...] = (
     LIST_POLICIES,
     GET_POLICY,
     APPROVE_PROMOTION,
+    GET_PROMOTION,
+    TIMELINE,
 )

@@ -223,12 +223,25 @@ def _policy_answer(method: str, path: str) -> httpx.Response:
     return httpx.Response(200, json=_POLICY if path != "/policies" else [_POLICY])
 
 
+_TIMELINE_ITEM = {
+    "at": "2026-12-04T20:00:00Z",
+    "kind": "promotion",
+    "subject": "promotion 5",
+    "action": "promotion.reject",
+    "actor": "system:promotions",
+    "summary": "promotion 5 of model version 3 to group 'wards': rejected",
+    "reason": "gates failed: accuracy 0.8 is below the gate 0.9",
+}
+
+
 def _answer(request: httpx.Request) -> httpx.Response:
     path = request.url.path.removeprefix(API_PREFIX)
     if path == "/rollouts":
         if request.method == "POST":
             return httpx.Response(201, json=_SUMMARY)
         return httpx.Response(200, json={"items": [_SUMMARY], "total": 1})
+    if path == "/timeline":
+        return httpx.Response(200, json=[_TIMELINE_ITEM])
     if path.startswith(("/policies", "/promotions")):
         return _policy_answer(request.method, path)
     if path.startswith("/tokens"):
@@ -303,6 +316,8 @@ def _every_call(client: FleetClient, tmp_path: Path) -> list[Callable[[], object
         lambda: client.list_policies(),
         lambda: client.get_policy("wards", version=1),
         lambda: client.approve_promotion(5),
+        lambda: client.get_promotion(5),
+        lambda: client.timeline("wards", model_version=3),
     ]
 
 

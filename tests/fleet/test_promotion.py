@@ -18,7 +18,7 @@ from fleet import audit
 from fleet.artifacts import ArtifactStore
 from fleet.audit import Actor
 from fleet.crud import policies as policy_crud
-from fleet.crud.registry import add_artifact
+from fleet.crud.registry import add_artifact, public_view
 from fleet.db import session_scope
 from fleet.models.audit import AuditEvent
 from fleet.models.ota import Rollout, RolloutStatus
@@ -117,6 +117,15 @@ def register(engine: Engine, store: ArtifactStore, metrics: dict[str, float]) ->
         )
         session.add(model)
         session.flush()
+        # What fleet.crud.registry.register_model audits (without the drift reference).
+        audit.record(
+            session,
+            actor=ACTOR,
+            action="model.register",
+            entity_type="model",
+            entity_id=model.id or 0,
+            after=public_view(session, model),
+        )
         stored = store.save(io.BytesIO(b"weights %d" % (model.id or 0)), max_bytes=1 << 20)
         add_artifact(
             session,
@@ -208,6 +217,26 @@ def test_a_run_passing_the_gates_is_built_signed_rolled_out_and_promoted(
         "promotion.rollout",
         "promotion.promote",
     ]
+    # The timeline serves the chain oldest first, each automatic decision with its reason.
+    answer = client.get("/api/v1/timeline", params={"group": "ward-3"}, headers=admin)
+    assert answer.status_code == 200, answer.text
+    items = answer.json()
+    chain = [i["action"] for i in items]
+    assert chain.index("model.register") < chain.index("promotion.gates_pass")
+    bundle_stored = len(chain) - 1 - chain[::-1].index("artifact.upload")  # the last upload
+    assert chain.index("promotion.gates_pass") < bundle_stored < chain.index("rollout.create")
+    assert "bundle artifact" in items[bundle_stored]["summary"]
+    assert chain[-1] == "promotion.promote"
+    gates = next(i for i in items if i["action"] == "promotion.gates_pass")
+    assert gates["reason"] == "gates passed: accuracy 0.95 >= 0.9; epsilon 4 <= 8"
+    assert gates["actor"] == "system:promotions" and gates["at"]
+    assert items == sorted(items, key=lambda i: i["at"])
+    only = client.get(
+        "/api/v1/timeline", params={"group": "ward-3", "model_version": 999}, headers=admin
+    )
+    assert only.status_code == 200 and only.json() == []
+    missing = client.get("/api/v1/timeline", params={"group": "nope"}, headers=admin)
+    assert missing.status_code == 404
 
 
 def test_a_run_failing_a_gate_is_rejected_with_its_reason_and_nothing_is_built(
@@ -225,6 +254,9 @@ def test_a_run_failing_a_gate_is_rejected_with_its_reason_and_nothing_is_built(
     assert "epsilon (not reported) is above the gate 8" in promotion.reason
     assert build.calls == [] and promotion.rollout_id is None
     assert actions(engine, promotion.id or 0) == ["promotion.reject"]
+    items = client.get("/api/v1/timeline?group=ward-3", headers=admin).json()
+    rejected = [i for i in items if i["action"] == "promotion.reject"]
+    assert len(rejected) == 1 and "accuracy 0.8 is below the gate 0.9" in rejected[0]["reason"]
 
 
 def test_an_offline_key_waits_for_bundles_and_approval_then_rolls_out_and_rolls_back(
