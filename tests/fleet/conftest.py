@@ -366,13 +366,13 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_server(data_dir: Path) -> Iterator[Server]:
+def running_server(data_dir: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
     """``fedfleet fleet serve`` (as ``python -m fleet.cli serve``, which skips importing the
     other sub-apps) on a free loopback port with a fresh SQLite database; stopped by PID."""
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "fleet.cli", "serve", "--port", str(port), "--log-level", "warning"],
-        env={**os.environ, "FEDFLEET_FLEET_DATA_DIR": str(data_dir)},
+        env={**os.environ, "FEDFLEET_FLEET_DATA_DIR": str(data_dir), **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -57,9 +57,27 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(module_fleet_server: Any) -> Iterator[Fleet]:
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """``fleet serve`` with a signing-key folder (FEDFLEET_FLEET_SIGNING_KEY_DIR)."""
+    from fleet_server import fleet_fixtures
+
+    work = tmp_path_factory.mktemp("policy-fleet")
+    keys = work / "signing-keys"
+    keys.mkdir(mode=0o700)
+    env = {"FEDFLEET_FLEET_SIGNING_KEY_DIR": str(keys)}
+    with fleet_fixtures().running_server(work / "fleet-data", env=env) as server:
+        yield server
+
+
+def key_dir(fleet: Fleet) -> Path:
+    return Path(fleet.server.data_dir).parent / "signing-keys"
+
+
+@pytest.fixture(scope="module")
+def fleet(keyed_server: Any) -> Iterator[Fleet]:
     from fleet.crud import tokens
 
+    module_fleet_server = keyed_server
     engine = make_engine(module_fleet_server.database_url)
     enroll_devices(engine, count=2, group="wards", target="cpu-x86")
     found: dict[Role, str] = {}
@@ -110,7 +128,10 @@ def test_apply_show_apply_again_is_version_2(fleet: Fleet, tmp_path: Path) -> No
         (("min_accuracy = 0.8", "min_accuracy = 1.2"), "min_accuracy = 1.2 is out of range"),
         (("[25, 50, 100]", "[25, 50, 90]"), "must increase and end at 100"),
         (("[gates]", "[gates]\nmax_epsilon = -1.0"), "max_epsilon = -1.0 is out of range"),
-        (('approval = "operator"', 'key = "/no/such/ward.key"'), "cannot use signing key"),
+        (
+            ('approval = "operator"', 'key = "/no/such/ward.key"'),
+            "outside the fleet's signing-key folder",
+        ),
         (("[gates]", "[gatez]"), "unknown key 'gatez'"),
     ],
 )
@@ -128,7 +149,7 @@ def test_bad_policies_are_refused_with_one_line_and_exit_2(
 
 def test_a_key_the_fleet_cannot_read_is_refused_by_the_fleet(fleet: Fleet, tmp_path: Path) -> None:
     # The file parses here; only the fleet knows it cannot use the key (mode 0644).
-    pair = generate_keypair(prefix=tmp_path / "wards")
+    pair = generate_keypair(prefix=key_dir(fleet) / "wards", force=True)
     os.chmod(pair.private, 0o644)
     path = tmp_path / "keyed.toml"
     path.write_text(POLICY.replace('approval = "operator"', f'key = "{pair.private}"'))
@@ -150,3 +171,22 @@ def test_approve_of_an_unknown_promotion_is_one_line(fleet: Fleet) -> None:
     assert result.returncode == 2 and "promotion 999 does not exist" in _one_error_line(
         result.stderr
     )
+
+
+def test_approve_with_an_unreadable_offline_key_is_one_line_before_any_call(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    result = fleet.run("approve", "1", "--key", str(tmp_path / "missing.key"))
+    assert result.returncode == 2
+    assert "--key" in _one_error_line(result.stderr)
+
+
+def test_timeline_of_a_group_and_of_an_unknown_group(fleet: Fleet) -> None:
+    shown = fleet.run("timeline", "wards", role=Role.viewer)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "nothing on the timeline of group 'wards' yet" or (
+        "system:" in shown.stdout or "token:" in shown.stdout
+    )
+    missing = fleet.run("timeline", "nowhere", role=Role.viewer)
+    assert missing.returncode == 2
+    assert "group 'nowhere' does not exist" in _one_error_line(missing.stderr)
