@@ -128,10 +128,11 @@ def _summary(action: str, entity_id: str, after: dict[str, Any]) -> str:
             f"group '{after.get('group')}': {after.get('state')}"
         )
     if action.startswith("rollout."):
-        waves = after.get("waves")
+        waves, wave = after.get("waves"), after.get("current_wave")
+        shown = wave + 1 if isinstance(wave, int) else "?"  # stored 0-based
         return (
             f"rollout {entity_id} of model version {after.get('model_version_id')} "
-            f"({verb}): {after.get('status')}, wave {after.get('current_wave')} of "
+            f"({verb}): {after.get('status')}, wave {shown} of "
             f"{len(waves) if isinstance(waves, list) else '?'}"
         )
     if action == "model.register":
@@ -157,6 +158,8 @@ def _summary(action: str, entity_id: str, after: dict[str, Any]) -> str:
             f"drift on model version {after.get('model_version_id')}: PSI "
             f"{_num(after.get('score'))} > {_num(after.get('threshold'))}"
         )
+    if action == "drift.reference":
+        return f"drift reference of model version {entity_id} stored"
     if action == "drift.retrain":
         return f"drift event {entity_id} started retraining run {after.get('run_id')}"
     return f"{action} {entity_id}"
