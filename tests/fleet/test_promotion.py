@@ -329,3 +329,40 @@ def test_models_registered_before_the_groups_first_policy_are_left_alone(
     PromotionController(engine=engine, store=store, build=FakeBuild()).step()
     assert policy_crud.list_promotions  # the listing exists; nothing in it
     assert client.get("/api/v1/promotions", headers=admin).json() == []
+
+
+def test_a_restart_mid_build_resumes_without_building_a_stored_bundle_again(
+    client: TestClient, admin: Headers, ward: str, settings: FleetSettings, backend: Any
+) -> None:
+    # Prepare: a promotion left in `building` with its bundle already stored (the process
+    # stopped between storing the bundle and creating the rollout).
+    assert settings.signing_key_dir is not None
+    key = generate_keypair(prefix=settings.signing_key_dir / "ward3", force=True).private
+    body = {"source": policy_text(f'key = "{key}"')}
+    assert client.post("/api/v1/policies", json=body, headers=admin).status_code == 201
+    engine, store = backend.engine, ArtifactStore(settings.artifact_dir)
+    model_id = register(engine, store, {"final_accuracy": 0.95, "final_epsilon": 4.0})
+    with session_scope(engine, write=True) as session:
+        model = session.get(ModelVersion, model_id)
+        assert model is not None
+        stored = store.save(io.BytesIO(b"built before the restart"), max_bytes=1 << 20)
+        add_artifact(
+            session,
+            model,
+            format=ArtifactFormat.bundle,
+            target="cpu-x86",
+            filename="b.bundle",
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+            signature=None,
+            actor=ACTOR,
+        )
+    first = PromotionController(engine=engine, store=store, build=FakeBuild(fail=True))
+    first._enqueue()  # the old process got as far as the gates
+    assert promotion_of(engine, model_id).state is PromotionState.building
+    # Execute: a new process's controller (its builder would fail if it were called).
+    restarted = PromotionController(engine=engine, store=store, build=FakeBuild(fail=True))
+    restarted.step()
+    # Assert
+    resumed = promotion_of(engine, model_id)
+    assert resumed.state is PromotionState.rolling_out, resumed.reason
