@@ -44,13 +44,14 @@ from fleet import audit
 from fleet.artifacts import ArtifactStore
 from fleet.db import session_scope
 from fleet.errors import FleetError
+from fleet.models import audit as audit_model
 from fleet.models.common import utcnow
 from fleet.models.devices import Device, Group
-from fleet.models.ota import Rollout, RolloutCreate, RolloutStatus
+from fleet.models.ota import DriftEvent, Rollout, RolloutCreate, RolloutStatus
 from fleet.models.policies import Promotion, PromotionPolicy, PromotionState
 from fleet.models.registry import Artifact, ArtifactFormat, ModelVersion
 from fleet.models.runs import Run
-from fleet.policy import Policy, policy_from_document
+from fleet.policy import Policy, Retrain, policy_from_document
 
 log = logging.getLogger(__name__)
 _Row = TypeVar("_Row")
@@ -124,6 +125,35 @@ def outcome(status: RolloutStatus, reason: str) -> tuple[PromotionState, str] | 
     if status is RolloutStatus.aborted:
         return PromotionState.rolled_back, f"the rollout aborted: {reason or 'no reason given'}"
     return None
+
+
+def retrain_decision(
+    retrain: Retrain, *, now: datetime, recent: list[datetime]
+) -> tuple[bool, str]:
+    """Whether a drift event starts a retraining run now, and why (not).
+
+    ``recent``: when the group's earlier drift-started runs were created. The policy's
+    ``cooldown_s`` counts from the newest; ``max_runs_per_day`` over the last 24 hours.
+    """
+    if not retrain.enabled:
+        return False, "retraining on drift is off in the policy ([retrain] enabled = false)"
+    day = [t for t in recent if (now - t).total_seconds() < 86400]
+    if len(day) >= retrain.max_runs_per_day:
+        return False, (
+            f"{len(day)} drift-started run(s) in the last 24 h, the policy allows "
+            f"{retrain.max_runs_per_day}"
+        )
+    if recent:
+        since = (now - max(recent)).total_seconds()
+        if since < retrain.cooldown_s:
+            return False, (
+                f"cooldown: the last drift-started run was {since:.0f} s ago, the policy "
+                f"waits {retrain.cooldown_s:g} s"
+            )
+    return True, (
+        f"drift agreed; {len(day)} of {retrain.max_runs_per_day} drift-started runs in the "
+        f"last 24 h, cooldown {retrain.cooldown_s:g} s passed"
+    )
 
 
 # --- bundle building ------------------------------------------------------------------
@@ -202,6 +232,7 @@ class PromotionController:
 
     def step(self) -> None:
         with self._lock:  # one step at a time, even when a test calls it by hand
+            self._retrain()
             self._enqueue()
             for promotion_id in self._unfinished():
                 try:
@@ -244,6 +275,37 @@ class PromotionController:
         session.flush()
         action = "promotion.reject" if state is PromotionState.rejected else "promotion.gates_pass"
         _audit(session, promotion, action)
+
+    # drift -> retraining run, under the policy's [retrain]
+
+    def _retrain(self) -> None:
+        from fleet.crud.telemetry import retrain_from_event
+
+        with session_scope(self.engine, write=True) as session:
+            for group, policy_row, first_at in _current_policies(session):
+                policy = policy_from_document(policy_row.document)
+                for event in _open_drift_events(session, group.id or 0, since=first_at):
+                    now = self.now()
+                    start, reason = retrain_decision(
+                        policy.retrain, now=now, recent=_drift_runs(session, group.id or 0)
+                    )
+                    if not start:
+                        _note_once(session, event, "promotion.retrain_wait", reason)
+                        continue
+                    run = retrain_from_event(session, event, actor=SYSTEM)
+                    audit.record(
+                        session,
+                        actor=SYSTEM,
+                        action="promotion.retrain",
+                        entity_type="drift_event",
+                        entity_id=event.id or 0,
+                        after={
+                            "run_id": run.id,
+                            "model_version_id": event.model_version_id,
+                            "group": group.name,
+                            "reason": f"retraining run {run.id} created: {reason}",
+                        },
+                    )
 
     # 2-4. advance
 
@@ -513,6 +575,56 @@ def _new_models(session: Session, group_id: int, *, since: datetime) -> list[Mod
             )
             .order_by(col(ModelVersion.id))
         ).all()
+    )
+
+
+def _open_drift_events(session: Session, group_id: int, *, since: datetime) -> list[DriftEvent]:
+    """The group's drift events since its first policy that started no run yet."""
+    return list(
+        session.exec(
+            select(DriftEvent)
+            .where(
+                col(DriftEvent.group_id) == group_id,
+                col(DriftEvent.run_id).is_(None),
+                col(DriftEvent.created_at) >= since,
+            )
+            .order_by(col(DriftEvent.id))
+        ).all()
+    )
+
+
+def _drift_runs(session: Session, group_id: int) -> list[datetime]:
+    """When the group's drift-started runs were created."""
+    return list(
+        session.exec(
+            select(Run.created_at)
+            .join(DriftEvent, col(DriftEvent.run_id) == col(Run.id))
+            .where(col(DriftEvent.group_id) == group_id)
+        ).all()
+    )
+
+
+def _note_once(session: Session, event: DriftEvent, action: str, reason: str) -> None:
+    """Audit why ``event`` waits, once per distinct reason (not every step)."""
+    last = session.exec(
+        select(audit_model.AuditEvent.after)
+        .where(
+            col(audit_model.AuditEvent.entity_type) == "drift_event",
+            col(audit_model.AuditEvent.entity_id) == str(event.id),
+            col(audit_model.AuditEvent.action) == action,
+        )
+        .order_by(col(audit_model.AuditEvent.id).desc())
+    ).first()
+    shown = reason.split(":", 1)[0]  # "cooldown", or the count line: not every second
+    if last is not None and str(last.get("reason", "")).split(":", 1)[0] == shown:
+        return
+    audit.record(
+        session,
+        actor=SYSTEM,
+        action=action,
+        entity_type="drift_event",
+        entity_id=event.id or 0,
+        after={"model_version_id": event.model_version_id, "reason": reason},
     )
 
 

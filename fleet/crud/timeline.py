@@ -122,6 +122,10 @@ def item(event: AuditEvent) -> TimelineItem:
 
 def _summary(action: str, entity_id: str, after: dict[str, Any]) -> str:
     verb = action.split(".", 1)[-1]
+    if action == "promotion.retrain":
+        return f"drift event {entity_id} started retraining run {after.get('run_id')}"
+    if action == "promotion.retrain_wait":
+        return f"drift event {entity_id}: no retraining run yet"
     if action.startswith("promotion."):
         return (
             f"promotion {entity_id} of model version {after.get('model_version_id')} to "

@@ -366,3 +366,81 @@ def test_a_restart_mid_build_resumes_without_building_a_stored_bundle_again(
     # Assert
     resumed = promotion_of(engine, model_id)
     assert resumed.state is PromotionState.rolling_out, resumed.reason
+
+
+def test_retraining_waits_for_the_cooldown_and_the_daily_cap() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from fleet.policy import Retrain
+    from fleet.promotion import retrain_decision
+
+    now = datetime(2026, 12, 4, 12, tzinfo=UTC)
+    rule = Retrain(enabled=True, cooldown_s=3600, max_runs_per_day=2)
+    assert retrain_decision(rule, now=now, recent=[])[0]
+    ok, why = retrain_decision(rule, now=now, recent=[now - timedelta(minutes=10)])
+    assert not ok and why.startswith("cooldown: the last drift-started run was 600 s ago")
+    two = [now - timedelta(hours=3), now - timedelta(hours=2)]
+    ok, why = retrain_decision(rule, now=now, recent=two)
+    assert not ok and "2 drift-started run(s) in the last 24 h" in why
+    old = [now - timedelta(hours=30), now - timedelta(hours=2)]
+    assert retrain_decision(rule, now=now, recent=old)[0]  # one falls out of the day
+    assert not retrain_decision(Retrain(enabled=False), now=now, recent=[])[0]
+
+
+def test_an_agreed_drift_event_starts_one_retraining_run_then_the_cooldown_holds(
+    client: TestClient, admin: Headers, ward: str, settings: FleetSettings, backend: Any
+) -> None:
+    from fleet.models.devices import Group
+    from fleet.models.ota import DriftEvent
+
+    source = policy_text('approval = "operator"') + (
+        "[retrain]\nenabled = true\ncooldown_s = 3600\nmax_runs_per_day = 2\n"
+    )
+    assert (
+        client.post("/api/v1/policies", json={"source": source}, headers=admin).status_code == 201
+    )
+    engine, store = backend.engine, ArtifactStore(settings.artifact_dir)
+    deployed = register(engine, store, {"final_accuracy": 0.80})  # rejected: never mind
+
+    def drift() -> int:
+        with session_scope(engine, write=True) as session:
+            group = session.exec(select(Group).where(col(Group.name) == "ward-3")).one()
+            event = DriftEvent(
+                model_version_id=deployed,
+                group_id=group.id,
+                method="psi",
+                score=0.6,
+                threshold=0.2,
+                per_feature=[0.6],
+                samples=500,
+            )
+            session.add(event)
+            session.flush()
+            audit.record(
+                session,
+                actor=ACTOR,
+                action="drift.detected",
+                entity_type="drift_event",
+                entity_id=event.id or 0,
+            )
+            return event.id or 0
+
+    controller = PromotionController(engine=engine, store=store, build=FakeBuild())
+    first = drift()
+    controller.step()
+    second = drift()
+    controller.step()
+    controller.step()
+    with session_scope(engine, write=False) as session:
+        started = session.get(DriftEvent, first)
+        waiting = session.get(DriftEvent, second)
+        assert started is not None and waiting is not None
+        run = session.get(Run, started.run_id) if started.run_id else None
+        assert run is not None and run.config["parent_model_version_id"] == deployed
+        assert waiting.run_id is None  # the cooldown holds it
+    items = client.get("/api/v1/timeline?group=ward-3", headers=admin).json()
+    auto = [i for i in items if i["action"] == "promotion.retrain"]
+    assert len(auto) == 1 and auto[0]["actor"] == "system:promotions"
+    assert auto[0]["reason"].startswith(f"retraining run {run.id} created: drift agreed")
+    waits = [i for i in items if i["action"] == "promotion.retrain_wait"]
+    assert len(waits) == 1 and waits[0]["reason"].startswith("cooldown:")  # noted once
