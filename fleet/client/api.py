@@ -62,6 +62,7 @@ from fleet.client.routes import (
     LIST_DEVICES,
     LIST_POLICIES,
     LIST_ROLLOUTS,
+    LIST_RUNS,
     LIST_TOKENS,
     PAUSE_ROLLOUT,
     REGISTER_MODEL,
@@ -91,6 +92,7 @@ from fleet.client.routes import (
     Route,
     RunCreateBody,
     RunInfo,
+    RunPage,
     RunUpdateBody,
     TimelineEntry,
     TokenCreateBody,
@@ -148,6 +150,14 @@ class FleetClient:
             raise FleetNotFoundError(f"{what}: not found at {self.url}{API_PREFIX}{path}")
         self._check(response, what=what)
         return RunInfo.from_json(response.json())
+
+    def list_runs(self, *, status: str, limit: int = 500) -> list[RunInfo]:
+        """The fleet's runs in ``status`` (e.g. ``created``), newest first."""
+        what = f"listing the fleet's {status} runs"
+        params = {"status": status, "limit": limit}
+        response = self._call(LIST_RUNS, LIST_RUNS.url(), what=what, params=params)
+        self._check(response, what=what)
+        return list(RunPage.from_json(response.json()).items)
 
     def create_run(
         self,

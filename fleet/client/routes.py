@@ -96,6 +96,21 @@ class RunInfo:
 
 
 @dataclass(frozen=True)
+class RunPage:
+    """One page of runs, newest first (``Page[RunPublic]``)."""
+
+    items: tuple[RunInfo, ...]
+    total: int
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> RunPage:
+        return cls(
+            items=tuple(RunInfo.from_json(r) for r in body.get("items") or ()),
+            total=int(body["total"]),
+        )
+
+
+@dataclass(frozen=True)
 class RolloutDeviceInfo:
     """One device's row of a rollout (``RolloutDevicePublic``); ``phase`` is what it means
     now: ``waiting``, ``not_sent``, ``installed``, ``failed``, ``released``, ..."""
@@ -503,6 +518,7 @@ class Route:
 
 CREATE_RUN = Route("POST", "/runs", body=RunCreateBody, result=RunInfo)
 GET_RUN = Route("GET", "/runs/{run_id}", result=RunInfo)
+LIST_RUNS = Route("GET", "/runs", result=RunPage, query=("status", "limit"))
 UPDATE_RUN = Route("PATCH", "/runs/{run_id}", body=RunUpdateBody, result=RunInfo)
 REPORT_ROUND = Route("PUT", "/runs/{run_id}/rounds/{round_number}", body=RoundReportBody)
 REGISTER_MODEL = Route("POST", "/models", body=ModelCreateBody, result=ModelInfo)
@@ -539,6 +555,7 @@ TIMELINE = Route("GET", "/timeline", result=TimelineEntry, query=("group", "mode
 ROUTES: tuple[Route, ...] = (
     CREATE_RUN,
     GET_RUN,
+    LIST_RUNS,
     UPDATE_RUN,
     REPORT_ROUND,
     REGISTER_MODEL,
