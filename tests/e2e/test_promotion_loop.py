@@ -189,6 +189,56 @@ def test_a_passing_run_is_promoted_to_every_device_and_a_failing_one_is_rejected
         print(f"{item.at.isoformat()}  {item.actor:20}  {item.summary}  {item.reason}")
 
 
+def test_a_bundle_failing_on_the_first_wave_is_rolled_back_with_the_reason_on_the_timeline(
+    fleet: OtaFleet, checkpoint: bytes, tmp_path: Path
+) -> None:
+    """A model that passes the gates but whose bundle fails the devices' self-test: the
+    first wave (25 %: one device) fails, the rollout aborts, the promotion is rolled back
+    and nobody else ever got it."""
+    from firmware_images.demo import build_demo_bundle
+
+    keys = tmp_path / "signing-keys"
+    keys.mkdir(mode=0o700)
+    key = keys / "wards.key"
+    key.write_bytes(
+        fleet.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key.chmod(0o600)
+    with session_scope(fleet.engine, write=True) as session:
+        apply_policy(session, _policy(key), actor=SIM_ACTOR, key_dir=keys)
+
+    def broken_build(**request: object) -> None:  # signed, but fails on the device
+        bundle = build_demo_bundle(
+            private_key=fleet.key, version="v-broken", seed=5, break_self_test=True
+        )
+        Path(str(request["out"])).write_bytes(bundle.data)
+
+    controller = PromotionController(engine=fleet.engine, store=fleet.store, build=broken_build)
+    model = _register(fleet, checkpoint, {"final_accuracy": 0.95, "final_epsilon": 3.0})
+
+    def settled() -> bool:
+        controller.step()
+        return _state(fleet, model) in (PromotionState.rolled_back, PromotionState.promoted)
+
+    wait_for(settled, timeout_s=60, what="the broken model's promotion to end")
+    ended = _promotion(fleet, model)
+    assert ended is not None and ended.state is PromotionState.rolled_back, ended
+    assert ended.reason.startswith("the rollout aborted: ") and "wave 1" in ended.reason
+    assert _devices_on(fleet, model) == 0  # nobody runs it
+    with Session(fleet.engine) as session:
+        group = session.exec(select(Group).where(col(Group.name) == "wards")).one()
+        items = timeline(session, group, model_version_id=model)
+    last = items[-1]
+    assert last.action == "promotion.roll_back" and last.actor == "system:promotions"
+    assert "wave 1" in last.reason
+    for item in items:
+        print(f"{item.at.isoformat()}  {item.actor:20}  {item.summary}  {item.reason}")
+
+
 def _devices_on(fleet: OtaFleet, model_id: int) -> int:
     with Session(fleet.engine) as session:
         return len(
