@@ -305,6 +305,69 @@ def run_submit(
         _register(state, connection, plan)
 
 
+@run_app.command("autopilot")
+def run_autopilot(
+    config: Annotated[
+        Path,
+        typer.Option(
+            help="run.toml used for every retraining run (--retrain fills in the task and initial model)."
+        ),
+    ],
+    coordinator: CoordinatorOpt = Path("coordinator.toml"),
+    fleet_url: FleetUrl = None,
+    interval: Annotated[
+        float, typer.Option("--interval", min=1.0, help="Seconds between two looks at the fleet.")
+    ] = 30.0,
+    timeout: Annotated[float, typer.Option(help="Seconds one run may take at most.")] = 3600.0,
+    once: Annotated[
+        bool, typer.Option("--once", help="Execute what waits now, then exit.")
+    ] = False,
+) -> None:
+    """Execute the fleet's drift-started retraining runs as they appear (each like
+    `run submit --retrain RUN`); their models then follow the group's promotion policy."""
+    import time
+
+    from coordinator.autopilot import waiting_retrains
+    from coordinator.run_state import parse_run_toml
+    from fleet.client import FleetClient, FleetError
+
+    _settings(coordinator)
+    try:
+        parse_run_toml(config)
+    except ValueError as exc:
+        fail(str(exc))
+    connection = _registry_connection(fleet_url)
+    tried: set[int] = set()
+    while True:
+        try:
+            with FleetClient(connection) as client:
+                todo = waiting_retrains(client.list_runs(status="created"), tried=tried)
+        except FleetError as err:
+            fail(str(err), EXIT_FAILURE)
+        if not todo and once:
+            typer.echo("no retraining run waiting", err=True)
+        for run_id in todo:
+            tried.add(run_id)
+            typer.echo(f"autopilot: executing fleet run {run_id}", err=True)
+            try:
+                run_submit(
+                    config=config,
+                    coordinator=coordinator,
+                    wait=True,
+                    timeout=timeout,
+                    register=True,
+                    fleet_url=fleet_url,
+                    retrain=run_id,
+                )
+            except typer.Exit as stop:  # its one line is printed; the next run still goes
+                typer.echo(
+                    f"autopilot: fleet run {run_id} ended with exit {stop.exit_code}", err=True
+                )
+        if once:
+            return
+        time.sleep(interval)
+
+
 def _preflight(settings: Any, run_config: dict[str, Any]) -> None:
     """Refuse now what the ServerApp would refuse later (secure aggregation's sites...)."""
     from coordinator.preflight import check_run_config, registered_sites

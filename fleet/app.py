@@ -29,6 +29,7 @@ from fleet.errors import install_error_handlers
 from fleet.limits import BodySizeLimit
 from fleet.models.registry import ModelStage, ModelVersion
 from fleet.observability import FleetStateCollector, HttpMetrics, MetricsMiddleware
+from fleet.promotion import start_promotions
 from fleet.settings import FleetSettings
 from fleet.token_cache import TokenCache
 
@@ -73,8 +74,17 @@ def create_app(settings: FleetSettings) -> FastAPI:
         migrate.upgrade(engine)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop_promotions = (
+            start_promotions(
+                engine, app.state.artifact_store, interval_s=settings.promotion_interval_s
+            )
+            if settings.promotion_interval_s > 0
+            else None
+        )
         yield
+        if stop_promotions is not None:
+            stop_promotions()
         engine.dispose()
 
     app = FastAPI(

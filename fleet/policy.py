@@ -121,6 +121,9 @@ class Policy:
     signing: Signing
     canary: Canary = field(default_factory=Canary)
     retrain: Retrain = field(default_factory=Retrain)
+    # The task whose new model versions this policy promotes; None: the tasks the group's
+    # devices already run (a group with no model yet needs it).
+    task: str | None = None
 
     def to_document(self) -> dict[str, Any]:
         """The policy as JSON-ready data with the TOML file's shape (what the API serves)."""
@@ -129,6 +132,8 @@ class Policy:
         doc["canary"]["waves"] = list(self.canary.waves)
         doc["gates"] = {k: v for k, v in doc["gates"].items() if v is not None}
         doc["signing"] = {k: v for k, v in doc["signing"].items() if v is not None}
+        if self.task is None:
+            del doc["task"]
         return doc
 
 
@@ -147,9 +152,10 @@ def policy_from_document(data: dict[str, Any], *, source: str = "<policy>") -> P
     """Build a :class:`Policy` from parsed TOML (or a stored document), checking each key."""
     top = _Table(data, source, "")
     # A misspelt table ([gatez]) is named as such, not as the table it leaves missing.
-    top.read.update(("group", "targets", "gates", "canary", "signing", "retrain"))
+    top.read.update(("group", "targets", "gates", "canary", "signing", "retrain", "task"))
     top.done()
     group = top.slug("group")
+    task = top.slug("task") if top.data.get("task") is not None else None
     targets = top.targets("targets")
     gates = _gates(top.table("gates", required=True))
     canary = _canary(top.table("canary"))
@@ -157,7 +163,13 @@ def policy_from_document(data: dict[str, Any], *, source: str = "<policy>") -> P
     retrain = _retrain(top.table("retrain"))
     top.done()
     return Policy(
-        group=group, targets=targets, gates=gates, canary=canary, signing=signing, retrain=retrain
+        group=group,
+        targets=targets,
+        gates=gates,
+        canary=canary,
+        signing=signing,
+        retrain=retrain,
+        task=task,
     )
 
 
@@ -257,10 +269,10 @@ class _Table:
 
         value = self._get(key)
         if not isinstance(value, str) or not re.fullmatch(SLUG_PATTERN, value):
-            raise PolicyError(
-                f'{self._key(key)} must name a device group, e.g. {key} = "ward-3" '
-                "(see `fedfleet fleet` groups)"
+            what, example = (
+                ("a task", "digits-cnn") if key == "task" else ("a device group", "ward-3")
             )
+            raise PolicyError(f'{self._key(key)} must name {what}, e.g. {key} = "{example}"')
         return value
 
     def targets(self, key: str) -> tuple[str, ...]:

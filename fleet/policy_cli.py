@@ -1,4 +1,4 @@
-"""``fedfleet policy apply|list|show|approve``: promotion policies over the fleet API.
+"""``fedfleet policy apply|list|show|approve|timeline``: promotion policies over the fleet API.
 
 Operator commands: they reach the fleet only through its API (``--fleet-url`` /
 ``$FEDFLEET_URL``, token in ``$FEDFLEET_TOKEN``; applying and approving need an admin
@@ -16,7 +16,7 @@ import typer
 
 from fedfleet.cli_support import EXIT_BAD_INPUT, EXIT_FAILURE, FleetUrl, fail, sub_app
 
-policy_app = sub_app(help="Promotion policies: apply, list, show, approve.")
+policy_app = sub_app(help="Promotion policies: apply, list, show, approve, timeline.")
 
 
 def _over_api(fleet_url: str | None, call: Any) -> Any:
@@ -106,19 +106,113 @@ def policy_approve(
     promotion: Annotated[
         int, typer.Argument(min=1, help="Promotion id (GET /api/v1/promotions lists them).")
     ],
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            help="Your offline Ed25519 private key: build the policy's bundles here, sign "
+            "them with it and upload them before approving (a target already holding a "
+            "bundle is skipped).",
+        ),
+    ] = None,
     fleet_url: FleetUrl = None,
 ) -> None:
     """Approve a promotion waiting for an operator (policies with approval = "operator")."""
     from fleet.client import FleetNotFoundError
 
+    if key is not None:
+        _check_key(key)
+
     def call(client: Any) -> Any:
         try:
-            return client.approve_promotion(promotion)
+            pending = client.get_promotion(promotion)
         except FleetNotFoundError as err:
             fail(str(err))
+        if pending.state != "pending_approval":
+            fail(
+                f"promotion {promotion} is {pending.state}, not pending_approval; only a "
+                "pending promotion can be approved",
+                EXIT_FAILURE,
+            )
+        if key is not None:
+            _sign_offline(client, pending, key)
+        return client.approve_promotion(promotion)
 
     info = _over_api(fleet_url, call)
     typer.echo(
         f"promotion {info.id} of model {info.model_version_id} to group '{info.group}' "
         f"(policy version {info.policy_version}): {info.state} by {info.decided_by}"
     )
+
+
+def _check_key(key: Path) -> None:
+    from firmware_images.errors import KeyFileError
+    from firmware_images.keys import load_private_key
+
+    try:
+        load_private_key(key)
+    except (KeyFileError, OSError) as err:
+        fail(f"--key {key}: {err}")
+
+
+def _sign_offline(client: Any, pending: Any, key: Path) -> None:
+    """Build each of the policy's bundles from the version's checkpoint, sign with
+    ``key``, upload (what ``fedfleet image build --model V --upload`` does per target)."""
+    import tempfile
+
+    from firmware_images.registry import fetch_checkpoint, publish_bundle
+    from fleet.policy import parse_policy
+    from fleet.promotion import build_bundle_file
+
+    source = client.get_policy(pending.group, version=pending.policy_version).source
+    policy = parse_policy(source)
+    number = pending.model_version_id
+    with tempfile.TemporaryDirectory(prefix="fedfleet-approve-") as scratch:
+        fetched = fetch_checkpoint(client, number, dest_dir=Path(scratch))
+        held = {a.target for a in fetched.model.artifacts if a.format == "bundle"}
+        for target in policy.targets:
+            if target in held:
+                typer.echo(f"{target}: model version {number} already holds a bundle; skipped")
+                continue
+            out = Path(scratch) / f"{target}.bundle"
+            try:
+                build_bundle_file(
+                    task=fetched.model.task,
+                    checkpoint=fetched.path,
+                    target=target,
+                    key=key,
+                    out=out,
+                    model_version=number,
+                    max_drop_points=policy.gates.max_bundle_accuracy_drop_points,
+                    data_seed=0,
+                )
+            except Exception as err:  # the build's own one-line reasons (gate, export)
+                fail(f"building the {target} bundle failed: {err}", EXIT_FAILURE)
+            artifact = publish_bundle(client, number, bundle=out, key=key).artifact
+            typer.echo(f"{target}: built, signed with {key} and stored as artifact {artifact.id}")
+
+
+@policy_app.command("timeline")
+def policy_timeline(
+    group: Annotated[str, typer.Argument(help="Group name.")],
+    model: Annotated[
+        int | None, typer.Option("--model", min=1, help="Only this model version's chain.")
+    ] = None,
+    fleet_url: FleetUrl = None,
+) -> None:
+    """The group's chain, oldest first: run, version, gates, bundles, promotion, rollout
+    waves, drift, retraining run; each automatic decision with who, when and why."""
+    from fleet.client import FleetNotFoundError
+
+    def call(client: Any) -> Any:
+        try:
+            return client.timeline(group, model_version=model)
+        except FleetNotFoundError as err:
+            fail(str(err))
+
+    items = _over_api(fleet_url, call)
+    if not items:
+        typer.echo(f"nothing on the timeline of group '{group}' yet")
+    for item in items:
+        reason = f" -- {item.reason}" if item.reason else ""
+        typer.echo(f"{item.at}  {item.actor}  {item.summary}{reason}")

@@ -55,6 +55,12 @@ class FleetSettings:
         migrate_on_start: Upgrade the schema to the newest revision when the app starts.
         signing_public_key: Optional Ed25519 public key (PEM file); when set, artifact
             uploads must carry a valid signature of their SHA-256 digest.
+        signing_key_dir: The only folder a promotion policy's ``[signing] key`` may lie
+            in (unset: the fleet holds no signing key, and only ``approval = "operator"``
+            policies are accepted).
+        promotion_interval_s: Seconds between two steps of the promotion controller that
+            ``fleet serve`` runs (gates, bundles, rollout, outcome; ``docs/policies.md``);
+            0 turns it off.
     """
 
     database_url: str
@@ -76,6 +82,8 @@ class FleetSettings:
     cookie_secure: bool = False
     migrate_on_start: bool = True
     signing_public_key: Path | None = None
+    signing_key_dir: Path | None = None
+    promotion_interval_s: float = 2.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "database_url", normalize_database_url(self.database_url))
@@ -101,6 +109,15 @@ class FleetSettings:
             raise ValueError(
                 f"signing public key {self.signing_public_key} does not exist; give the PEM "
                 "file written by `fedfleet keys create`"
+            )
+        if self.signing_key_dir is not None and not self.signing_key_dir.is_dir():
+            raise ValueError(
+                f"signing key folder {self.signing_key_dir} does not exist; create it (mode "
+                "0700) and keep the keys the fleet may sign with there"
+            )
+        if not 0 <= self.promotion_interval_s <= 3600:
+            raise ValueError(
+                f"promotion_interval_s must be in 0..3600 (0: off), got {self.promotion_interval_s}"
             )
 
     @classmethod
@@ -138,6 +155,8 @@ class FleetSettings:
             "cookie_secure": _parse_bool,
             "migrate_on_start": _parse_bool,
             "signing_public_key": Path,
+            "signing_key_dir": Path,
+            "promotion_interval_s": float,
         }
         for name, parse in parsers.items():
             raw = env.get(ENV_PREFIX + name.upper())

@@ -11,9 +11,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from fleet.api.deps import COMMON_RESPONSES, CONFLICT, NOT_FOUND, Admin, SessionDep, Viewer
+from fleet.api.deps import (
+    COMMON_RESPONSES,
+    CONFLICT,
+    NOT_FOUND,
+    Admin,
+    SessionDep,
+    SettingsDep,
+    Viewer,
+)
 from fleet.crud import policies as crud
 from fleet.crud.groups import group_by_name
+from fleet.crud.timeline import TimelineItem, timeline
 from fleet.models.common import MAX_ID, Slug
 from fleet.models.policies import PolicyApply, PolicyPublic, Promotion, PromotionPublic
 
@@ -29,8 +38,12 @@ GroupName = Annotated[Slug, Path(description="Group name.")]
     tags=["policies"],
     summary="Apply a promotion policy: its group's next version (admin)",
 )
-def apply_policy(body: PolicyApply, session: SessionDep, principal: Admin) -> PolicyPublic:
-    row = crud.apply_policy(session, body.source, actor=principal.actor("api"))
+def apply_policy(
+    body: PolicyApply, session: SessionDep, settings: SettingsDep, principal: Admin
+) -> PolicyPublic:
+    row = crud.apply_policy(
+        session, body.source, actor=principal.actor("api"), key_dir=settings.signing_key_dir
+    )
     session.commit()
     group = str(row.document["group"])
     return crud.policy_public(row, group=group, current=True)
@@ -104,3 +117,43 @@ def approve_promotion(
     crud.approve_promotion(session, promotion, actor=principal.actor("api"))
     session.commit()
     return crud.promotion_public(session, promotion)
+
+
+PromotionId = Annotated[int, Path(ge=1, le=MAX_ID, description="Promotion id.")]
+
+
+@router.get(
+    "/promotions/{promotion_id}",
+    response_model=PromotionPublic,
+    responses=NOT_FOUND,
+    tags=["policies"],
+)
+def get_promotion(
+    promotion_id: PromotionId, session: SessionDep, principal: Viewer
+) -> PromotionPublic:
+    promotion = session.get(Promotion, promotion_id)
+    if promotion is None:
+        raise HTTPException(404, f"promotion {promotion_id} does not exist")
+    return crud.promotion_public(session, promotion)
+
+
+@router.get(
+    "/timeline",
+    response_model=list[TimelineItem],
+    responses=NOT_FOUND,
+    tags=["policies"],
+    summary="A group's chain: run, version, gates, bundles, promotion, waves, drift, retraining",
+)
+def get_timeline(
+    session: SessionDep,
+    principal: Viewer,
+    group: Annotated[Slug, Query(description="Group name.")],
+    model_version: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="Only this model version's chain.")
+    ] = None,
+) -> list[TimelineItem]:
+    """Oldest first; each automatic decision with its actor, timestamp and reason."""
+    found = group_by_name(session, group)
+    if found is None:
+        raise HTTPException(404, f"group '{group}' does not exist")
+    return timeline(session, found, model_version_id=model_version)

@@ -30,6 +30,7 @@ from fleet.client.routes import (
     RolloutInfo,
     RoundReportBody,
     RunInfo,
+    TimelineEntry,
 )
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "RolloutInfo",
     "RoundReportBody",
     "RunInfo",
+    "TimelineEntry",
     "connection_from_env",
     "parse_model_version",
 ]

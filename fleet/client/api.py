@@ -56,17 +56,20 @@ from fleet.client.routes import (
     ENROLL_DEVICE,
     GET_MODEL,
     GET_POLICY,
+    GET_PROMOTION,
     GET_ROLLOUT,
     GET_RUN,
     LIST_DEVICES,
     LIST_POLICIES,
     LIST_ROLLOUTS,
+    LIST_RUNS,
     LIST_TOKENS,
     PAUSE_ROLLOUT,
     REGISTER_MODEL,
     REPORT_ROUND,
     RESUME_ROLLOUT,
     REVOKE_TOKEN,
+    TIMELINE,
     UPDATE_RUN,
     UPLOAD_ARTIFACT,
     ArtifactForm,
@@ -89,7 +92,9 @@ from fleet.client.routes import (
     Route,
     RunCreateBody,
     RunInfo,
+    RunPage,
     RunUpdateBody,
+    TimelineEntry,
     TokenCreateBody,
     TokenCreated,
     TokenInfo,
@@ -145,6 +150,14 @@ class FleetClient:
             raise FleetNotFoundError(f"{what}: not found at {self.url}{API_PREFIX}{path}")
         self._check(response, what=what)
         return RunInfo.from_json(response.json())
+
+    def list_runs(self, *, status: str, limit: int = 500) -> list[RunInfo]:
+        """The fleet's runs in ``status`` (e.g. ``created``), newest first."""
+        what = f"listing the fleet's {status} runs"
+        params = {"status": status, "limit": limit}
+        response = self._call(LIST_RUNS, LIST_RUNS.url(), what=what, params=params)
+        self._check(response, what=what)
+        return list(RunPage.from_json(response.json()).items)
 
     def create_run(
         self,
@@ -482,6 +495,28 @@ class FleetClient:
             raise FleetError(_detail(response))
         self._check(response, what=what, admin=True)
         return PromotionInfo.from_json(response.json())
+
+    def get_promotion(self, promotion_id: int) -> PromotionInfo:
+        """One promotion; :class:`FleetNotFoundError` when there is none."""
+        what = f"reading promotion {promotion_id}"
+        path = GET_PROMOTION.url(promotion_id=promotion_id)
+        response = self._call(GET_PROMOTION, path, what=what)
+        if response.status_code == 404:
+            raise FleetNotFoundError(_detail(response))
+        self._check(response, what=what)
+        return PromotionInfo.from_json(response.json())
+
+    def timeline(self, group: str, *, model_version: int | None = None) -> list[TimelineEntry]:
+        """``group``'s timeline, oldest first; :class:`FleetNotFoundError` for no such group."""
+        what = f"reading the timeline of group {group}"
+        params: dict[str, Any] = {"group": group}
+        if model_version is not None:
+            params["model_version"] = model_version
+        response = self._call(TIMELINE, TIMELINE.url(), what=what, params=params)
+        if response.status_code in (404, 422):
+            raise FleetNotFoundError(_detail(response))
+        self._check(response, what=what)
+        return [TimelineEntry.from_json(item) for item in response.json()]
 
     # --- devices ----------------------------------------------------------------------------
 

@@ -96,6 +96,21 @@ class RunInfo:
 
 
 @dataclass(frozen=True)
+class RunPage:
+    """One page of runs, newest first (``Page[RunPublic]``)."""
+
+    items: tuple[RunInfo, ...]
+    total: int
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> RunPage:
+        return cls(
+            items=tuple(RunInfo.from_json(r) for r in body.get("items") or ()),
+            total=int(body["total"]),
+        )
+
+
+@dataclass(frozen=True)
 class RolloutDeviceInfo:
     """One device's row of a rollout (``RolloutDevicePublic``); ``phase`` is what it means
     now: ``waiting``, ``not_sent``, ``installed``, ``failed``, ``released``, ..."""
@@ -429,6 +444,31 @@ class PromotionInfo:
         )
 
 
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One item of a group's timeline (``TimelineItem``)."""
+
+    at: str
+    kind: str
+    subject: str
+    action: str
+    actor: str
+    summary: str
+    reason: str
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> TimelineEntry:
+        return cls(
+            at=str(body["at"]),
+            kind=str(body["kind"]),
+            subject=str(body["subject"]),
+            action=str(body["action"]),
+            actor=str(body["actor"]),
+            summary=str(body["summary"]),
+            reason=str(body.get("reason") or ""),
+        )
+
+
 class PolicyApplyBody(TypedDict):
     """``PolicyApply``: the policy file's TOML text."""
 
@@ -478,6 +518,7 @@ class Route:
 
 CREATE_RUN = Route("POST", "/runs", body=RunCreateBody, result=RunInfo)
 GET_RUN = Route("GET", "/runs/{run_id}", result=RunInfo)
+LIST_RUNS = Route("GET", "/runs", result=RunPage, query=("status", "limit"))
 UPDATE_RUN = Route("PATCH", "/runs/{run_id}", body=RunUpdateBody, result=RunInfo)
 REPORT_ROUND = Route("PUT", "/runs/{run_id}/rounds/{round_number}", body=RoundReportBody)
 REGISTER_MODEL = Route("POST", "/models", body=ModelCreateBody, result=ModelInfo)
@@ -507,11 +548,14 @@ APPLY_POLICY = Route("POST", "/policies", body=PolicyApplyBody, result=PolicyInf
 LIST_POLICIES = Route("GET", "/policies", result=PolicyInfo)  # a JSON list of them
 GET_POLICY = Route("GET", "/policies/{group}", result=PolicyInfo, query=("version",))
 APPROVE_PROMOTION = Route("POST", "/promotions/{promotion_id}/approve", result=PromotionInfo)
+GET_PROMOTION = Route("GET", "/promotions/{promotion_id}", result=PromotionInfo)
+TIMELINE = Route("GET", "/timeline", result=TimelineEntry, query=("group", "model_version"))
 
 #: Every call the client makes.
 ROUTES: tuple[Route, ...] = (
     CREATE_RUN,
     GET_RUN,
+    LIST_RUNS,
     UPDATE_RUN,
     REPORT_ROUND,
     REGISTER_MODEL,
@@ -535,4 +579,6 @@ ROUTES: tuple[Route, ...] = (
     LIST_POLICIES,
     GET_POLICY,
     APPROVE_PROMOTION,
+    GET_PROMOTION,
+    TIMELINE,
 )

@@ -33,8 +33,27 @@ from fleet.models.policies import (
 from fleet.policy import Policy, PolicyError, parse_policy, policy_from_document
 
 
-def check_against_fleet(session: Session, policy: Policy) -> Group:
-    """The policy's group; :class:`InvalidInput` when the fleet cannot carry it out."""
+def check_key_folder(key: str, key_dir: Path | None) -> None:
+    """:class:`InvalidInput` unless ``key`` lies in the fleet's signing-key folder."""
+    if key_dir is None:
+        raise InvalidInput(
+            f"this fleet holds no signing keys (FEDFLEET_FLEET_SIGNING_KEY_DIR is unset), so it "
+            f'cannot sign with {key}; set that folder, or use approval = "operator" in [signing]'
+        )
+    folder = key_dir.resolve()
+    resolved = Path(key).resolve()
+    if not resolved.is_relative_to(folder) or resolved == folder:
+        raise InvalidInput(
+            f"signing key {key} is outside the fleet's signing-key folder {key_dir}; move the "
+            "key there and give that path"
+        )
+
+
+def check_against_fleet(session: Session, policy: Policy, *, key_dir: Path | None = None) -> Group:
+    """The policy's group; :class:`InvalidInput` when the fleet cannot carry it out.
+
+    A signing key must lie in ``key_dir`` (the fleet's ``signing_key_dir`` setting, links
+    resolved) before the fleet even tries to read it."""
     from firmware_images.errors import KeyFileError
     from firmware_images.keys import load_private_key
     from firmware_images.targets import available_targets
@@ -65,6 +84,7 @@ def check_against_fleet(session: Session, policy: Policy) -> Group:
                 f"of the group runs it; the group's targets are {has}"
             )
     if policy.signing.key is not None:
+        check_key_folder(policy.signing.key, key_dir)
         try:
             load_private_key(Path(policy.signing.key))
         except (KeyFileError, OSError) as err:
@@ -74,13 +94,15 @@ def check_against_fleet(session: Session, policy: Policy) -> Group:
     return group
 
 
-def apply_policy(session: Session, source: str, *, actor: Actor) -> PromotionPolicy:
+def apply_policy(
+    session: Session, source: str, *, actor: Actor, key_dir: Path | None = None
+) -> PromotionPolicy:
     """Check ``source`` (a policy file's text) and store it as its group's next version."""
     try:
         policy = parse_policy(source, source="policy")
     except PolicyError as err:
         raise InvalidInput(str(err)) from None
-    group = check_against_fleet(session, policy)
+    group = check_against_fleet(session, policy, key_dir=key_dir)
     newest = _newest_version(session, group.id or 0)
     row = PromotionPolicy(
         group_id=group.id or 0,
@@ -225,12 +247,15 @@ def list_promotions(session: Session, *, limit: int = 100) -> list[PromotionPubl
 
 
 def approve_promotion(session: Session, promotion: Promotion, *, actor: Actor) -> Promotion:
-    """Record an operator's approval; Conflict unless it is waiting for one."""
+    """Record an operator's approval; Conflict unless it is waiting for one and the
+    version holds a bundle for every target of the policy (the operator signed them
+    offline and uploaded them: ``fedfleet policy approve ID --key PATH`` does both)."""
     if promotion.state is not PromotionState.pending_approval:
         raise Conflict(
             f"promotion {promotion.id} is {promotion.state.value}, not pending_approval; "
             "only a pending promotion can be approved"
         )
+    _require_bundles(session, promotion)
     before = promotion_public(session, promotion)
     promotion.state = PromotionState.approved
     promotion.decided_at = utcnow()
@@ -247,3 +272,25 @@ def approve_promotion(session: Session, promotion: Promotion, *, actor: Actor) -
         after=promotion_public(session, promotion),
     )
     return promotion
+
+
+def _require_bundles(session: Session, promotion: Promotion) -> None:
+    from fleet.models.registry import Artifact, ArtifactFormat
+
+    policy = session.get(PromotionPolicy, promotion.policy_id)
+    targets = policy_from_document(policy.document).targets if policy is not None else ()
+    held = set(
+        session.exec(
+            select(Artifact.target).where(
+                col(Artifact.model_version_id) == promotion.model_version_id,
+                col(Artifact.format) == ArtifactFormat.bundle,
+            )
+        ).all()
+    )
+    missing = [t for t in targets if t not in held]
+    if missing:
+        raise Conflict(
+            f"model version {promotion.model_version_id} has no signed bundle for "
+            f"{', '.join(missing)}; build, sign and upload them with `fedfleet policy approve "
+            f"{promotion.id} --key PATH` (your offline key), which then approves"
+        )

@@ -5,10 +5,11 @@ Every ``fedfleet policy apply`` stores a new ``promotion_policies`` row: the gro
 :meth:`fleet.policy.Policy.to_document`); earlier versions stay readable. The newest
 version of a group is its current policy. The file format lives in :mod:`fleet.policy`.
 
-A ``promotions`` row is one model version on its way to a group under a policy version.
-Today it only carries the operator's approval (``pending_approval`` → ``approved``, for
-policies whose bundles are signed offline); the promotion controller (issue 20) adds the
-states after it.
+A ``promotions`` row is one model version on its way to a group under a policy version,
+driven by the promotion controller (:mod:`fleet.promotion`): ``rejected`` (a gate failed),
+or ``building`` → (``pending_approval`` → ``approved``, when the policy's key is kept
+offline) → ``rolling_out`` (``rollout_id``) → ``promoted`` or ``rolled_back``; ``failed``
+when a bundle could not be built or the rollout not created. ``reason`` says why.
 """
 
 from __future__ import annotations
@@ -81,13 +82,34 @@ class PolicyPublic(FleetModel):
 
 
 class PromotionState(str, enum.Enum):
+    building = "building"  # gates passed: the fleet builds and signs bundles
     pending_approval = "pending_approval"  # bundles wait for an operator's signature
-    approved = "approved"  # an operator approved; the controller may go on
-    rejected = "rejected"
+    approved = "approved"  # an operator approved (bundles uploaded); the controller goes on
+    rolling_out = "rolling_out"  # a rollout carries it out (rollout_id)
+    promoted = "promoted"  # the rollout reached every wave
+    rolled_back = "rolled_back"  # the rollout aborted; its devices went back
+    rejected = "rejected"  # a gate failed (reason)
+    failed = "failed"  # a bundle build or the rollout's creation failed (reason)
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+
+_FINISHED = frozenset(
+    {
+        PromotionState.promoted,
+        PromotionState.rolled_back,
+        PromotionState.rejected,
+        PromotionState.failed,
+    }
+)
 
 
 class Promotion(FleetModel, table=True):
     __tablename__ = "promotions"
+    # One promotion per model version and group, whatever happens to it.
+    __table_args__ = (UniqueConstraint("group_id", "model_version_id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     group_id: int = Field(foreign_key="groups.id", index=True, ondelete="CASCADE")
@@ -100,6 +122,8 @@ class Promotion(FleetModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     decided_by: str | None = Field(default=None, max_length=100)
+    rollout_id: int | None = Field(default=None, foreign_key="rollouts.id")
+    updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class PromotionPublic(FleetModel):
@@ -112,3 +136,5 @@ class PromotionPublic(FleetModel):
     created_at: datetime
     decided_at: datetime | None
     decided_by: str | None
+    rollout_id: int | None = None
+    updated_at: datetime | None = None

@@ -120,6 +120,7 @@ def make_settings(database: Database, data_dir: Path, **changes: object) -> Flee
         "data_dir": data_dir,
         "artifact_dir": data_dir / "artifacts",
         "migrate_on_start": False,
+        "promotion_interval_s": 0.0,  # tests step the promotion controller themselves
     }
     values.update(changes)
     return FleetSettings(**values)  # type: ignore[arg-type]
@@ -139,7 +140,9 @@ class AppHandle:
         self.database = database
         self.data_dir = data_dir
         self.template = template
-        self.settings = make_settings(database, data_dir)
+        keys = data_dir / "signing-keys"
+        keys.mkdir(mode=0o700, exist_ok=True)
+        self.settings = make_settings(database, data_dir, signing_key_dir=keys)
         self.reset()
         self.client = TestClient(create_app(self.settings))
         self.client.__enter__()
@@ -363,13 +366,13 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_server(data_dir: Path) -> Iterator[Server]:
+def running_server(data_dir: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
     """``fedfleet fleet serve`` (as ``python -m fleet.cli serve``, which skips importing the
     other sub-apps) on a free loopback port with a fresh SQLite database; stopped by PID."""
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "fleet.cli", "serve", "--port", str(port), "--log-level", "warning"],
-        env={**os.environ, "FEDFLEET_FLEET_DATA_DIR": str(data_dir)},
+        env={**os.environ, "FEDFLEET_FLEET_DATA_DIR": str(data_dir), **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

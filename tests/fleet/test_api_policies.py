@@ -14,8 +14,12 @@ from firmware_images.keys import generate_keypair
 from fleet.audit import Actor
 from fleet.crud import policies as crud
 from fleet.crud.groups import group_by_name
+from fleet.crud.registry import add_artifact
 from fleet.db import session_scope
+from fleet.errors import InvalidInput
 from fleet.models.auth import Role
+from fleet.models.registry import ArtifactFormat, ModelVersion
+from fleet.settings import FleetSettings
 
 Headers = dict[str, str]
 ACTOR = Actor(name="controller", role="admin", source="cli")
@@ -102,7 +106,10 @@ def test_only_an_admin_applies_and_approves_and_a_viewer_reads(
         (policy_text(targets='["jetson-orin"]'), "target 'jetson-orin' is not present in group"),
         (policy_text().replace("0.9", "1.5"), "min_accuracy = 1.5 is out of range"),
         (policy_text().replace("[1, 10, 50, 100]", "[50, 10]"), "must increase and end at 100"),
-        (policy_text(signing='key = "/nonexistent/k.key"'), "the fleet cannot use signing key"),
+        (
+            policy_text(signing='key = "/nonexistent/k.key"'),
+            "is outside the fleet's signing-key folder",
+        ),
     ],
 )
 def test_bad_policies_are_refused_with_422_and_one_line(
@@ -116,9 +123,10 @@ def test_bad_policies_are_refused_with_422_and_one_line(
 
 
 def test_a_signing_key_must_be_a_private_key_the_fleet_can_read(
-    client: TestClient, admin: Headers, fleet_group: str, tmp_path: Path
+    client: TestClient, admin: Headers, fleet_group: str, settings: FleetSettings
 ) -> None:
-    pair = generate_keypair(prefix=tmp_path / "ward")
+    assert settings.signing_key_dir is not None
+    pair = generate_keypair(prefix=settings.signing_key_dir / "ward")
     public = apply(client, admin, policy_text(signing=f'key = "{pair.public}"'))
     assert public.status_code == 422 and "holds a public key" in public.json()["detail"]
     os.chmod(pair.private, 0o644)
@@ -130,6 +138,31 @@ def test_a_signing_key_must_be_a_private_key_the_fleet_can_read(
     # Only the path is stored, never the key's bytes.
     assert pair.private.read_text() not in ok.text
     assert ok.json()["document"]["signing"] == {"key": str(pair.private)}
+
+
+def test_a_signing_key_outside_the_key_folder_is_refused_before_it_is_read(
+    client: TestClient, admin: Headers, fleet_group: str, settings: FleetSettings, tmp_path: Path
+) -> None:
+    assert settings.signing_key_dir is not None
+    outside = generate_keypair(prefix=tmp_path / "elsewhere")
+    refused = apply(client, admin, policy_text(signing=f'key = "{outside.private}"'))
+    assert refused.status_code == 422
+    assert "outside the fleet's signing-key folder" in refused.json()["detail"]
+    # A link from inside the folder to a key outside it is resolved, and refused too.
+    link = settings.signing_key_dir / "link.key"
+    link.unlink(missing_ok=True)
+    link.symlink_to(outside.private)
+    via_link = apply(client, admin, policy_text(signing=f'key = "{link}"'))
+    assert via_link.status_code == 422 and "outside" in via_link.json()["detail"]
+    link.unlink()
+
+
+def test_a_fleet_without_a_key_folder_accepts_only_approval_policies(tmp_path: Path) -> None:
+    pair = generate_keypair(prefix=tmp_path / "ward")
+    with pytest.raises(InvalidInput, match="this fleet holds no signing keys") as err:
+        crud.check_key_folder(str(pair.private), None)
+    assert "\n" not in str(err.value)
+    crud.check_key_folder(str(pair.private), tmp_path)  # inside: accepted
 
 
 def test_an_operator_approval_is_recorded_once_and_audited(
@@ -146,6 +179,23 @@ def test_an_operator_approval_is_recorded_once_and_audited(
             session, group=group, model_version_id=model["id"], actor=ACTOR
         )
         promotion_id = promotion.id
+    # Approving before the offline-signed bundles are uploaded is refused.
+    early = client.post(f"/api/v1/promotions/{promotion_id}/approve", headers=admin)
+    assert early.status_code == 409 and "no signed bundle for rpi5" in early.json()["detail"]
+    with session_scope(engine, write=True) as session:
+        stored = session.get(ModelVersion, model["id"])
+        assert stored is not None
+        add_artifact(
+            session,
+            stored,
+            format=ArtifactFormat.bundle,
+            target="rpi5",
+            filename="b.bundle",
+            size_bytes=3,
+            sha256="ab" * 32,
+            signature=None,
+            actor=ACTOR,
+        )
     pending = client.get("/api/v1/promotions", headers=admin).json()
     assert [(p["id"], p["state"], p["policy_version"]) for p in pending] == [
         (promotion_id, "pending_approval", 1)

@@ -223,12 +223,33 @@ def _policy_answer(method: str, path: str) -> httpx.Response:
     return httpx.Response(200, json=_POLICY if path != "/policies" else [_POLICY])
 
 
+_TIMELINE_ITEM = {
+    "at": "2026-12-04T20:00:00Z",
+    "kind": "promotion",
+    "subject": "promotion 5",
+    "action": "promotion.reject",
+    "actor": "system:promotions",
+    "summary": "promotion 5 of model version 3 to group 'wards': rejected",
+    "reason": "gates failed: accuracy 0.8 is below the gate 0.9",
+}
+
+
+def _lists() -> dict[tuple[str, str], object]:
+    return {
+        ("/runs", "GET"): {"items": [_RUN], "total": 1, "limit": 500, "offset": 0},
+        ("/timeline", "GET"): [_TIMELINE_ITEM],
+    }
+
+
 def _answer(request: httpx.Request) -> httpx.Response:
     path = request.url.path.removeprefix(API_PREFIX)
     if path == "/rollouts":
         if request.method == "POST":
             return httpx.Response(201, json=_SUMMARY)
         return httpx.Response(200, json={"items": [_SUMMARY], "total": 1})
+    lists = _lists()
+    if (path, request.method) in lists:
+        return httpx.Response(200, json=lists[path, request.method])
     if path.startswith(("/policies", "/promotions")):
         return _policy_answer(request.method, path)
     if path.startswith("/tokens"):
@@ -303,6 +324,9 @@ def _every_call(client: FleetClient, tmp_path: Path) -> list[Callable[[], object
         lambda: client.list_policies(),
         lambda: client.get_policy("wards", version=1),
         lambda: client.approve_promotion(5),
+        lambda: client.get_promotion(5),
+        lambda: client.list_runs(status="created"),
+        lambda: client.timeline("wards", model_version=3),
     ]
 
 

@@ -42,6 +42,8 @@ def test_flags_override_environment_which_overrides_defaults(tmp_path: Path) -> 
         ({"FEDFLEET_FLEET_DATABASE_SCHEMA": "Robert'); DROP"}, "invalid schema name"),
         ({"FEDFLEET_FLEET_OFFLINE_AFTER_S": "0"}, "must be positive"),
         ({"FEDFLEET_FLEET_SIGNING_PUBLIC_KEY": "/nonexistent.pem"}, "does not exist"),
+        ({"FEDFLEET_FLEET_SIGNING_KEY_DIR": "/nonexistent-keys"}, "signing key folder"),
+        ({"FEDFLEET_FLEET_PROMOTION_INTERVAL_S": "-1"}, "promotion_interval_s must be in"),
     ],
 )
 def test_bad_settings_say_what_to_fix(env: dict[str, str], fragment: str) -> None:
