@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -49,9 +50,6 @@ from simulation.inprocess import ERROR_CLIENT_EXCEPTION, InProcessGrid
 
 if TYPE_CHECKING:
     from flwr.app import Context, Message
-
-# Ray's environment variable for the address of a running cluster (ray start --head).
-RAY_ADDRESS_ENV = "RAY_ADDRESS"
 
 
 @dataclass(frozen=True)
@@ -79,9 +77,10 @@ def ray_session(setup: RaySetup) -> Iterator[int]:
     if setup.address:
         kwargs["address"] = setup.address
     else:
-        # A RAY_ADDRESS in the environment would make a plain init join that cluster;
-        # without --ray-address this run's Ray is its own.
-        os.environ.pop(RAY_ADDRESS_ENV, None)
+        # A plain init joins the cluster in RAY_ADDRESS or the last one `ray start`ed on
+        # this machine (/tmp/ray/ray_current_cluster); without --ray-address this run's
+        # Ray is its own: "local" always starts a new one.
+        kwargs["address"] = "local"
         kwargs["num_cpus"] = setup.workers or os.cpu_count() or 1
     try:
         ray.init(**kwargs)
@@ -90,11 +89,20 @@ def ray_session(setup: RaySetup) -> Iterator[int]:
             f"cannot connect to the Ray cluster at {setup.address!r} ({exc}); "
             "check --ray-address (the head's HOST:6379, or ray://HOST:10001)"
         ) from None
+    # Ray's core installs a SIGTERM handler that aborts the process: put back one that
+    # unwinds it, so the ``finally`` below shuts Ray down.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         yield max(1, setup.workers or cpus)
     finally:
         ray.shutdown()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM during a Ray run: unwind (``finally`` blocks run), exit 128 + 15."""
+    raise SystemExit(128 + signum)
 
 
 class SliceWorker:
