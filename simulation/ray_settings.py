@@ -3,7 +3,8 @@
 Checked before any run folder exists, and without importing Ray (``simulate`` without
 ``--engine ray`` never loads it): the flags need ``--engine ray``, and a given address
 must answer on its port within a few seconds (Ray itself would retry for a minute before
-saying it cannot connect).
+saying it cannot connect) and answer as gRPC (Ray would wait for minutes on a port where
+something else listens).
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from urllib.parse import urlsplit
 CONNECT_TIMEOUT_S = 3.0
 RAY_CLIENT_PORT = 10001  # ray://HOST without a port: Ray Client's default
 GCS_PORT = 6379  # HOST without a port: the head's default GCS port (ray start --head)
+# A gRPC server answers the HTTP/2 client preface with a SETTINGS frame (RFC 9113 §3.4).
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HTTP2_EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+HTTP2_SETTINGS = 0x04  # the frame type byte of a SETTINGS frame
 
 
 class RayFields(Protocol):
@@ -63,14 +68,41 @@ def host_port(address: str) -> tuple[str, int]:
 
 
 def check_reachable(address: str) -> None:
-    """One clear line when nothing answers at ``address``."""
+    """One clear line when nothing answers at ``address``, or something that is not a
+    gRPC server (Ray's GCS and Ray Client both are): given such a port, Ray would wait
+    for it for minutes."""
     host, port = host_port(address)
     try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
-            pass
+        conn = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
     except OSError as exc:
         raise ValueError(
             f"no Ray cluster answers at --ray-address {address} ({exc.strerror or exc}); "
             "start one with `ray start --head` and pass the address it prints, or drop "
             "--ray-address to run a local Ray"
         ) from None
+    with conn:
+        try:
+            conn.settimeout(CONNECT_TIMEOUT_S)
+            conn.sendall(HTTP2_PREFACE + HTTP2_EMPTY_SETTINGS)
+            answer = _read(conn, 9)
+        except OSError:  # reset by a server of another protocol
+            answer = b""
+    if len(answer) < 9 or answer[3] != HTTP2_SETTINGS:
+        raise ValueError(
+            f"--ray-address {address} answers, but not as a Ray cluster (no gRPC); give the "
+            f"head's GCS port (HOST:{GCS_PORT}) or Ray Client's (ray://HOST:{RAY_CLIENT_PORT})"
+        )
+
+
+def _read(conn: socket.socket, size: int) -> bytes:
+    """Up to ``size`` bytes: fewer when the peer closes or stays silent."""
+    data = b""
+    while len(data) < size:
+        try:
+            chunk = conn.recv(size - len(data))
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -96,6 +97,21 @@ def test_bad_ray_flags_one_clear_line_no_run_folder(
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert not out.exists()
     assert time.perf_counter() - t0 < 20  # refused up front, not after Ray's retries
+
+
+def test_a_port_that_is_not_ray_is_refused_at_once(tmp_path: Path) -> None:
+    # Prepare: something listening that is not a gRPC server (Ray would wait minutes)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        # Execute
+        proc = _simulate(["--engine", "ray", "--ray-address", address, "--out", "run"], tmp_path)
+    # Assert
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "answers, but not as a Ray cluster" in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_inprocess_engine_never_imports_ray(tmp_path: Path) -> None:
