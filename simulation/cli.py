@@ -110,7 +110,24 @@ SeedOption = Annotated[
 EngineOption = Annotated[
     str | None,
     typer.Option(
-        help=f"inprocess (fast, no Ray) | flower (Flower's Ray engine). (default: {_default('engine')})"
+        help="inprocess (fast, no Ray) | ray (inprocess's cohorts spread over Ray workers, "
+        f"one machine or a cluster) | flower (Flower's Ray engine). (default: {_default('engine')})"
+    ),
+]
+
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        help="With --engine ray: a running Ray cluster's address (HOST:6379 from `ray start "
+        "--head`, ray://HOST:10001, or auto). (default: start a local Ray for this run)"
+    ),
+]
+
+RayWorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        help="With --engine ray: Ray workers (actors, one CPU each) that share each round's "
+        f"clients; 0 = one per CPU of the cluster. (default: {_default('ray_workers')})"
     ),
 ]
 
@@ -407,6 +424,8 @@ def simulate(
     data_dir: DataDirOption = None,
     seed: SeedOption = None,
     engine: EngineOption = None,
+    ray_address: RayAddressOption = None,
+    ray_workers: RayWorkersOption = None,
     fraction_evaluate: FractionEvaluateOption = None,
     sensitive_attribute: SensitiveAttributeOption = None,
     fairness_reweigh: FairnessReweighOption = None,

@@ -79,9 +79,9 @@ def validate_fleet_settings(settings: FleetFields) -> None:
         raise ValueError("--threads must be >= 1, or 0 for torch's default")
     if settings.devices:
         parse_device_mix(settings.devices)
-        if settings.engine != "inprocess":
+        if settings.engine == "flower":
             raise ValueError(
-                "--devices is simulated by the in-process engine; drop --engine flower"
+                "--devices is simulated by fedfleet's engines (inprocess, ray); drop --engine flower"
             )
         if settings.speeds:
             raise ValueError("--devices and --speeds both model device speed; keep one")

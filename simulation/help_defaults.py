@@ -39,6 +39,7 @@ SHOWN_DEFAULTS: dict[str, str] = {
     "dropout_stage": "after-key-share",
     "app_workers": "0",
     "threads": "1",
+    "ray_workers": "0",
     "dp": "none",
     "delta": "1e-5",
     "clip": "1.0",

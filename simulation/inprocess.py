@@ -247,6 +247,20 @@ class InProcessGrid(Grid):
             replies.append(outcome.reply if outcome is not None else None)
         return replies, [spent for _, spent in results]
 
+    def _run_admitted(
+        self, messages: list[Message], timeout: float | None
+    ) -> tuple[list[Message | None], list[float]]:
+        """The admitted messages' replies (``None``: late) and the seconds each took:
+        one batched cohort (fedfleet's apps), else call by call. The Ray engine
+        (:mod:`simulation.ray_engine`) runs them on its workers instead."""
+        if self._batch_train and len(messages) > 1:
+            t0 = time.perf_counter()
+            calls = [functools.partial(self._call_client, message) for message in messages]
+            outs: list[Message | None] = list(run_cohort(calls, stats=self.cohort_stats))
+            share = (time.perf_counter() - t0) / len(messages)
+            return outs, [share] * len(messages)
+        return self._call_all(messages, timeout)
+
     def _in_time(self, message: Message, reply: Message, timeout: float | None) -> bool:
         """Whether ``reply`` reaches the server within ``timeout`` simulated seconds (the
         device's, under a fleet; the call's own seconds were checked by ``_call_one``)."""
@@ -275,15 +289,7 @@ class InProcessGrid(Grid):
             else:
                 error = Error(code=ErrorCode.NODE_UNAVAILABLE, reason=refusal)
                 replies[i] = Message(error, reply_to=message)
-        outs: list[Message | None]
-        if self._batch_train and len(admitted) > 1:
-            t0 = time.perf_counter()
-            calls = [functools.partial(self._call_client, batch[i]) for i in admitted]
-            outs = list(run_cohort(calls, stats=self.cohort_stats))
-            share = (time.perf_counter() - t0) / len(admitted)
-            seconds = [share] * len(admitted)
-        else:
-            outs, seconds = self._call_all([batch[i] for i in admitted], timeout)
+        outs, seconds = self._run_admitted([batch[i] for i in admitted], timeout)
         for i, reply, spent in zip(admitted, outs, seconds, strict=True):
             if reply is None or not self._in_time(batch[i], reply, timeout):
                 if self.fleet is not None:
@@ -326,6 +332,13 @@ def run_inprocess(
         app_kind=app_kind,
         app_calls=app_calls,
     )
+    return run_grid(grid, server_app=server_app, run_config=run_config)
+
+
+def run_grid(
+    grid: InProcessGrid, *, server_app: ServerApp, run_config: dict[str, bool | int | float | str]
+) -> InProcessGrid:
+    """Run ``server_app`` to completion on ``grid`` (this engine's, or a subclass's)."""
     TaskIdentity.task_id = 1
     TaskIdentity.run_id = grid.run.run_id
     TaskIdentity.node_id = SUPERLINK_NODE_ID

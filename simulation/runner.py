@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -23,6 +24,9 @@ from coordinator.results import RoundRecord, atomic_write_bytes
 from simulation.report import plot_accuracy, plot_fairness
 from simulation.run_config import RunConfigDict
 from simulation.settings import SimulateSettings
+
+if TYPE_CHECKING:
+    from simulation.ray_engine import RayGrid, RaySetup
 
 
 def quiet_flower_logs() -> None:
@@ -68,7 +72,7 @@ def run_simulation(settings: SimulateSettings, *, out_dir: Path, quiet: bool = F
     started = time.perf_counter()
     with progress:
         on_round = round_printer(progress, total=settings.rounds)
-        if settings.engine == "inprocess":
+        if settings.engine in ("inprocess", "ray"):
             run_inprocess_engine(
                 settings, run_config=run_config, on_round=on_round, console=progress.console
             )
@@ -136,7 +140,7 @@ def run_inprocess_engine(
         fleet_sections,
         grid_summary,
     )
-    from simulation.inprocess import run_inprocess
+    from simulation.inprocess import InProcessGrid, partition_node_config, run_grid
 
     fleet = build_fleet(settings)
 
@@ -146,19 +150,53 @@ def run_inprocess_engine(
         on_round(record)
 
     client_app = build_simulation_client_app()  # simulation mods: simulation/apps.py
-    grid = run_inprocess(
-        server_app=build_server_app(
-            on_round=on_round_inprocess,
-            telemetry=fleet.telemetry if fleet is not None else None,
-            sections=fleet_sections(fleet),
-        ),
+    server_app = build_server_app(
+        on_round=on_round_inprocess,
+        telemetry=fleet.telemetry if fleet is not None else None,
+        sections=fleet_sections(fleet),
+    )
+    grid_kwargs = {"node_config_fn": partition_node_config(settings.clients), "fleet": fleet}
+    if settings.engine == "ray":  # the same grid, its client calls on Ray workers
+        from simulation.ray_engine import RayGrid, ray_session
+
+        with ray_session(ray_setup(settings)) as workers:
+            ray_grid = RayGrid(
+                workers=workers,
+                threads=settings.threads,
+                client_app=client_app,
+                num_nodes=settings.clients,
+                run_config=run_config,
+                **grid_kwargs,  # type: ignore[arg-type]
+            )
+            console.print(f"Ray: {workers} workers on {len(set(ray_grid.worker_nodes))} nodes")
+            run_grid(ray_grid, server_app=server_app, run_config=run_config)
+            console.print(f"{settings.clients} clients, {ray_summary(ray_grid)}")
+        return
+    grid = InProcessGrid(
         client_app=client_app,
         num_nodes=settings.clients,
         run_config=run_config,
         batch_train=batches_training(client_app),
-        fleet=fleet,
+        **grid_kwargs,  # type: ignore[arg-type]
     )
+    run_grid(grid, server_app=server_app, run_config=run_config)
     console.print(f"{settings.clients} clients, {grid_summary(grid)}")
+
+
+def ray_setup(settings: SimulateSettings) -> RaySetup:
+    """The Ray engine's settings (``--ray-address``, ``--ray-workers``, ``--threads``)."""
+    from simulation.ray_engine import RaySetup
+
+    return RaySetup(
+        address=settings.ray_address, workers=settings.ray_workers, threads=settings.threads
+    )
+
+
+def ray_summary(grid: RayGrid) -> str:
+    """One line about the Ray engine's work: slices run per node."""
+    per_node = grid.tasks_per_node
+    spread = ", ".join(f"{node[:8]}: {count}" for node, count in sorted(per_node.items()))
+    return f"{grid.materialised_clients} clients materialised; slices per Ray node: {spread}"
 
 
 def finish(settings: SimulateSettings, *, out_dir: Path, started: float, console: Console) -> dict:

@@ -32,6 +32,7 @@ from simulation.dp_settings import dp_run_config, validate_dp_settings
 from simulation.dropout import DROPOUT_STAGES
 from simulation.fleet_settings import fleet_run_config, validate_fleet_settings
 from simulation.flower_app import validate_app_settings
+from simulation.ray_settings import validate_ray_settings
 from simulation.run_config import RunConfigDict
 from simulation.secagg_settings import (
     secagg_run_config,
@@ -41,8 +42,8 @@ from simulation.secagg_settings import (
 from simulation.strategy_settings import strategy_run_config, validate_strategy_settings
 from strategies.selection import SelectionConfig
 
-Engine = Literal["inprocess", "flower"]
-ENGINES: tuple[Engine, ...] = ("inprocess", "flower")
+Engine = Literal["inprocess", "flower", "ray"]
+ENGINES: tuple[Engine, ...] = ("inprocess", "flower", "ray")
 
 _CORE = RunConfig()
 _SECAGG = SecAggConfig()
@@ -134,6 +135,9 @@ class SimulateSettings:
     carbon_trace: str = ""
     regions: str = ""
     round_hours: float = 0.0
+    # the Ray engine (issue 17): simulation/ray_settings.py, simulation/ray_engine.py
+    ray_address: str = ""
+    ray_workers: int = 0  # 0 = one per CPU of the Ray cluster
     threads: int = 1  # torch intra-op threads of the in-process engine; 0 = torch's default
     # differential privacy (issue 4): see simulation/dp_settings.py
     dp: str = _DP.mode
@@ -181,7 +185,8 @@ class SimulateSettings:
         fleet's and the app's: fedfleet's own defaults (clients per round, ...) never
         constrain a Flower App's run."""
         if self.engine not in ENGINES:
-            raise ValueError(f"unknown engine {self.engine!r}; choose inprocess or flower")
+            raise ValueError(f"unknown engine {self.engine!r}; choose inprocess, flower or ray")
+        validate_ray_settings(self)
         if self.app or self.app_config:  # a Flower App: only the settings that apply to it
             validate_fleet_settings(self)
             validate_app_settings(self, fedfleet_flags=self.changed(FEDFLEET_APP_ONLY))
