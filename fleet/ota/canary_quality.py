@@ -23,8 +23,10 @@ rollout's thresholds:
 Every signal needs ``min_devices`` devices (with data for it) and ``min_labelled`` labelled
 samples / ``min_inferences`` inferences on each side it uses; otherwise it is *not
 measured* (never a regression). And a regression must **hold with any one device left
-out**, of either side: one device's reports alone — a liar, a broken sensor — can neither
-abort a rollout nor hide a regression the others show (docs/security.md).
+out**, of either side (on the ``min_devices - 1`` devices left): one device's reports
+alone — a liar, a broken sensor — cannot abort a rollout (docs/security.md). With the
+default ``min_devices`` of 2, a canary of two devices aborts only when each of them shows
+the regression on its own.
 """
 
 from __future__ import annotations
@@ -221,12 +223,13 @@ def total_variation(a: Mapping[str, int], b: Mapping[str, int]) -> float:
 
 # One signal on pooled sums: (value or None when not measured, regressed, detail).
 _Outcome = tuple[float | None, bool, str]
-_Check = Callable[[_Totals, _Totals, QualityThresholds, float], _Outcome]
+# ``need``: devices each side must have (``min_devices``; one fewer with one left out).
+_Check = Callable[[_Totals, _Totals, QualityThresholds, float, int], _Outcome]
 
 
-def _accuracy(c: _Totals, b: _Totals, t: QualityThresholds, limit: float) -> _Outcome:
+def _accuracy(c: _Totals, b: _Totals, t: QualityThresholds, limit: float, need: int) -> _Outcome:
     if (
-        min(c.labelled_devices, b.labelled_devices) < t.min_devices
+        min(c.labelled_devices, b.labelled_devices) < need
         or min(c.labelled, b.labelled) < t.min_labelled
     ):
         return None, False, ""
@@ -245,9 +248,9 @@ def _accuracy(c: _Totals, b: _Totals, t: QualityThresholds, limit: float) -> _Ou
     return drop, drop > limit and lower > 0, detail
 
 
-def _latency(c: _Totals, b: _Totals, t: QualityThresholds, limit: float) -> _Outcome:
+def _latency(c: _Totals, b: _Totals, t: QualityThresholds, limit: float, need: int) -> _Outcome:
     if (
-        min(c.calls_devices, b.calls_devices) < t.min_devices
+        min(c.calls_devices, b.calls_devices) < need
         or min(c.inferences, b.inferences) < t.min_inferences
     ):
         return None, False, ""
@@ -259,9 +262,9 @@ def _latency(c: _Totals, b: _Totals, t: QualityThresholds, limit: float) -> _Out
     return ratio, ratio > limit, detail
 
 
-def _errors(c: _Totals, _b: _Totals, t: QualityThresholds, limit: float) -> _Outcome:
+def _errors(c: _Totals, _b: _Totals, t: QualityThresholds, limit: float, need: int) -> _Outcome:
     calls = c.inferences + c.errors
-    if c.calls_devices < t.min_devices or calls < t.min_inferences:
+    if c.calls_devices < need or calls < t.min_inferences:
         return None, False, ""
     rate = c.errors / calls
     lower = wilson_lower(c.errors, calls, t.z)
@@ -271,9 +274,9 @@ def _errors(c: _Totals, _b: _Totals, t: QualityThresholds, limit: float) -> _Out
     return rate, lower > limit, detail
 
 
-def _predictions(c: _Totals, b: _Totals, t: QualityThresholds, limit: float) -> _Outcome:
+def _predictions(c: _Totals, b: _Totals, t: QualityThresholds, limit: float, need: int) -> _Outcome:
     if (
-        min(c.calls_devices, b.calls_devices) < t.min_devices
+        min(c.calls_devices, b.calls_devices) < need
         or min(sum(c.predictions.values()), sum(b.predictions.values())) < t.min_inferences
     ):
         return None, False, ""
@@ -315,7 +318,7 @@ def _holds_without_any_one(
             less = (c_all if side == 0 else b_all).copy()
             less.add(d, -1)
             c, b = (less, b_all) if side == 0 else (c_all, less)
-            value, regressed, _ = check(c, b, t, limit)
+            value, regressed, _ = check(c, b, t, limit, t.min_devices - 1)
             if value is None or not regressed:
                 return False
     return True
@@ -334,7 +337,7 @@ def compare(
         if limit is None:
             continue
         check = _CHECKS[signal]
-        value, regressed, detail = check(*pooled, thresholds, limit)
+        value, regressed, detail = check(*pooled, thresholds, limit, thresholds.min_devices)
         if regressed:
             regressed = _holds_without_any_one(check, canary, baseline, pooled, thresholds, limit)
         findings.append(

@@ -172,10 +172,10 @@ def test_a_regression_holds_with_any_one_device_left_out(
         check = _CHECKS[finding.signal]
         for i in range(len(canary)):
             rest = _pooled([*canary[:i], *canary[i + 1 :]])
-            assert check(rest, _pooled(baseline), ALL, finding.limit)[1]
+            assert check(rest, _pooled(baseline), ALL, finding.limit, ALL.min_devices - 1)[1]
         for i in range(len(baseline)):
             rest = _pooled([*baseline[:i], *baseline[i + 1 :]])
-            assert check(_pooled(canary), rest, ALL, finding.limit)[1]
+            assert check(_pooled(canary), rest, ALL, finding.limit, ALL.min_devices - 1)[1]
 
 
 @settings(max_examples=100, deadline=None)
