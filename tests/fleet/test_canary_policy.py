@@ -38,9 +38,9 @@ def test_the_canary_table_becomes_the_rollouts_thresholds() -> None:
 @pytest.mark.parametrize(
     ("line", "words"),
     [
-        ("max_prediction_shift = 1.5", "canary.max_prediction_shift"),
-        ("min_quality_devices = 1", "canary.min_quality_devices"),
-        ("min_quality_samples = 0", "canary.min_quality_samples"),
+        ("max_prediction_shift = 1.5", r"\[canary\]: max_prediction_shift = 1.5 is out of range"),
+        ("min_quality_devices = 1", "min_quality_devices must be a whole number in 2.."),
+        ("min_quality_samples = 0", "min_quality_samples must be a whole number in 1.."),
     ],
 )
 def test_out_of_range_quality_keys_are_one_line(line: str, words: str) -> None:
