@@ -167,7 +167,7 @@ def main() -> None:
             results[name] = _run(
                 fleet, models[name], waves, gated=True, soak_s=args.soak_s, timeout_s=900
             )
-            say(f"{name}: {results[name]['status']} ({results[name]['reason'][:160]})")
+            say(f"{name}: {results[name]['status']} ({str(results[name]['reason'])[:160]})")
             if name != "good":
                 wait_for(lambda: _all_back(fleet, models["v1"]), timeout_s=120, what="the rollback")
         say("peer: the worse model with install-failure checks only ...")

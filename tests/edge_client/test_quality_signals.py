@@ -75,7 +75,7 @@ def _agent(tmp_path: Path) -> tuple[DeviceAgent, list[tuple[str, proto.Message]]
         DeviceConfig(device_id="dev-q", target="cpu-x86", slots_dir=tmp_path / "s", public_key=key)
     )
     sent: list[tuple[str, proto.Message]] = []
-    agent._publish = lambda channel, message, retain=False: sent.append((channel, message))  # type: ignore[method-assign]
+    agent._publish = lambda channel, message, retain=False: sent.append((channel, message))  # type: ignore[method-assign,misc]
     return agent, sent
 
 

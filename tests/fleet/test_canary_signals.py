@@ -58,7 +58,7 @@ def world(tmp_path: Path) -> Iterator[tuple[Engine, int, int, int]]:
     with session_scope(engine, write=True) as session:
         rollout = create_rollout(
             session,
-            RolloutCreate(model_version_id=v2, group="wards", waves=[50, 100], **GATES),
+            RolloutCreate(model_version_id=v2, group="wards", waves=[50, 100], **GATES),  # type: ignore[arg-type]
             actor=SIM_ACTOR,
         )
         rollout_id = rollout.id or 0
