@@ -34,7 +34,7 @@ import ssl
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -65,9 +65,14 @@ class _Stats:
     latencies_ms: deque[float] | None = None
     predictions: Counter[str] | None = None
     features: list[np.ndarray] | None = None
+    errors: int = 0
+    # True class -> [correct, wrong] of the labelled outcomes reported in the window.
+    labels: dict[str, list[int]] | None = None
 
     def reset(self, bins: tuple[tuple[float, ...], ...]) -> None:
         self.count = 0
+        self.errors = 0
+        self.labels = {}
         self.latencies_ms = deque(maxlen=_MAX_LATENCIES)
         self.predictions = Counter()
         self.features = [np.zeros(len(edges) + 1, dtype=np.int64) for edges in bins]
@@ -596,11 +601,27 @@ class DeviceAgent:
             latency_p95_ms=float(np.percentile(lat, 95)),
             model_version_id=model.meta.model_version_id if model else None,
             predictions=dict(stats.predictions or {}),
+            errors=min(stats.errors, proto.MAX_COUNT),
             features=tuple(
                 proto.FeatureSummary(counts=tuple(int(c) for c in f)) for f in stats.features or []
             ),
         )
         self._publish("telemetry", message)
+        if stats.labels:  # only where labels came back in the window
+            self._publish(
+                "feedback",
+                proto.Feedback(
+                    seq=message.seq,
+                    window_s=window,
+                    model_version_id=message.model_version_id,
+                    labels={
+                        k: proto.LabelCount(
+                            correct=min(c, proto.MAX_COUNT), wrong=min(w, proto.MAX_COUNT)
+                        )
+                        for k, (c, w) in stats.labels.items()
+                    },
+                ),
+            )
 
     def _ack(self, command: proto.Command, *, ok: bool, stage: str = "", error: str = "") -> None:
         model = self.model
@@ -626,10 +647,34 @@ class DeviceAgent:
             raise RuntimeError("no model installed yet; wait for a rollout")
         batch = np.asarray(x, dtype=np.float32)
         began = time.perf_counter()
-        out = model.runner.run(batch)
+        try:
+            out = model.runner.run(batch)
+        except Exception:
+            with self._model_lock:
+                self._stats.errors += 1  # reported as telemetry ``errors``
+            raise
         elapsed_ms = (time.perf_counter() - began) * 1000.0
         self._record(batch, out, elapsed_ms)
         return out
+
+    def feedback(self, *, labels: Sequence[int | str], predicted: Sequence[int | str]) -> None:
+        """Report labelled outcomes: the true ``labels`` that came back for earlier
+        inferences and what the model ``predicted`` for them (same length). Counted per
+        true class in the current window and sent as a ``feedback`` message with its
+        telemetry (only classes seen; at most ``MAX_CLASSES`` of them)."""
+        if len(labels) != len(predicted):
+            raise ValueError(
+                f"labels ({len(labels)}) and predicted ({len(predicted)}) must be as long"
+            )
+        with self._model_lock:
+            counts = self._stats.labels
+            assert counts is not None  # noqa: S101 - reset() sets it
+            for truth, guess in zip(labels, predicted, strict=True):
+                key = str(truth)[:64]
+                if key not in counts and len(counts) >= proto.MAX_CLASSES:
+                    continue  # bounded: classes past the limit are not counted
+                row = counts.setdefault(key, [0, 0])
+                row[0 if str(guess) == str(truth) else 1] += 1
 
     def _record(self, batch: np.ndarray, out: np.ndarray, elapsed_ms: float) -> None:
         with self._model_lock:

@@ -83,10 +83,29 @@ class Canary:
     waves: tuple[int, ...] = (1, 10, 50, 100)
     soak_s: float = 600.0
     max_install_failure_rate: float = 0.1  # failed fraction of a wave
-    # Quality regressions against devices still on the previous version (used later):
+    # Quality regressions against devices still on the previous version
+    # (fleet/ota/canary_quality.py):
     max_latency_ratio: float = 1.5  # canary p95 latency / previous version's
     max_accuracy_drop_points: float = 2.0  # where labels come back
     max_error_rate: float = 0.01  # inference errors per inference
+    max_prediction_shift: float = 0.25  # total variation of predicted classes, [0, 1]
+    min_quality_devices: int = 2  # devices with data per side before a signal counts
+    min_quality_samples: int = 200  # labelled samples / inferences per side
+
+    def rollout_fields(self) -> dict[str, Any]:
+        """The ``RolloutCreate`` fields (and ``create_rollout`` keywords) this canary
+        sets: waves, install failure rate, soak and quality thresholds."""
+        return {
+            "waves": list(self.waves),
+            "max_failure_rate": self.max_install_failure_rate,
+            "soak_s": self.soak_s,
+            "max_latency_ratio": self.max_latency_ratio,
+            "max_accuracy_drop_points": self.max_accuracy_drop_points,
+            "max_error_rate": self.max_error_rate,
+            "max_prediction_shift": self.max_prediction_shift,
+            "min_quality_devices": self.min_quality_devices,
+            "min_quality_samples": self.min_quality_samples,
+        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,6 +223,15 @@ def _canary(t: _Table) -> Canary:
             t.number("max_accuracy_drop_points", 0.0, 100.0, default=base.max_accuracy_drop_points)
         ),
         max_error_rate=t.require(t.number("max_error_rate", 0.0, 1.0, default=base.max_error_rate)),
+        max_prediction_shift=t.require(
+            t.number("max_prediction_shift", 0.0, 1.0, default=base.max_prediction_shift)
+        ),
+        min_quality_devices=t.integer(
+            "min_quality_devices", 2, 100_000, default=base.min_quality_devices
+        ),
+        min_quality_samples=t.integer(
+            "min_quality_samples", 1, 10_000_000, default=base.min_quality_samples
+        ),
     )
     t.done()
     return canary

@@ -108,13 +108,13 @@ def in_scope(policy: Policy, *, task: str, group_tasks: set[str]) -> bool:
 
 
 def rollout_request(policy: Policy, *, model_version_id: int) -> RolloutCreate:
-    """The rollout a promotion creates: the policy's waves and install-failure threshold."""
+    """The rollout a promotion creates: the policy's waves, install-failure threshold,
+    soak and quality thresholds (``Canary.rollout_fields``)."""
     return RolloutCreate(
         model_version_id=model_version_id,
         group=policy.group,
-        waves=list(policy.canary.waves),
-        max_failure_rate=policy.canary.max_install_failure_rate,
         ack_timeout_s=ACK_TIMEOUT_S,
+        **policy.canary.rollout_fields(),
     )
 
 

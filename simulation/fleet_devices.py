@@ -35,6 +35,7 @@ from edge_client.device_agent import DeviceAgent
 from edge_client.device_config import BrokerSettings, DeviceConfig
 from edge_client.mqtt_loop import SharedLoop
 from edge_client.protocol import mqtt as proto
+from simulation.device_quality import TrafficModel
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,15 @@ class SimulatedFleet:
         chunk_window: int = 8,
         chunk_timeout_s: float = 5.0,
         durable: bool = False,
+        traffic: TrafficModel | None = None,
     ) -> None:
         """``durable=False`` skips the fsyncs a real device makes (its hundreds of simulated
         devices share one disk); give ``root`` on a tmpfs such as /dev/shm to keep them
-        cheap with ``durable=True``."""
+        cheap with ``durable=True``. ``traffic``: every ``traffic.window_s`` seconds each
+        agent with a model publishes one synthetic window of quality signals (telemetry
+        and feedback) for the version it runs (:mod:`simulation.device_quality`)."""
+        self.traffic = traffic
+        self._traffic_seq = 1_000_000  # apart from the agents' own telemetry seqs
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="sim-agent")
         # One network thread for all agents (paho's per-client threads use select(),
         # which cannot watch more than ~330 clients' sockets in one process).
@@ -159,9 +165,32 @@ class SimulatedFleet:
         return self
 
     def _tick(self) -> None:
+        next_traffic = time.monotonic()
         while not self._stop.wait(0.25):
             for agent in self.agents:
                 agent.tick()
+            if self.traffic is not None and time.monotonic() >= next_traffic:
+                next_traffic = time.monotonic() + self.traffic.window_s
+                self._publish_traffic(self.traffic)
+
+    def _publish_traffic(self, traffic: TrafficModel) -> None:
+        """One synthetic window per agent that runs a model, for the version it runs."""
+        self._traffic_seq += 1
+        for agent in self.agents:
+            model = agent.model
+            if model is None or not agent.connected:
+                continue
+            telemetry, feedback = traffic.window(
+                seq=self._traffic_seq, model_version_id=model.meta.model_version_id
+            )
+            device = agent.config.device_id
+            agent.client.publish(
+                proto.topic(device, "telemetry"), proto.encode(telemetry), qos=proto.QOS
+            )
+            if feedback is not None:
+                agent.client.publish(
+                    proto.topic(device, "feedback"), proto.encode(feedback), qos=proto.QOS
+                )
 
     def stop(self) -> None:
         self._stop.set()

@@ -10,6 +10,7 @@ Topics (``{d}`` is the device id, which is also its broker user name)::
     fedfleet/v1/dev/{d}/telemetry   device -> fleet
     fedfleet/v1/dev/{d}/ack         device -> fleet  result of a command
     fedfleet/v1/dev/{d}/chunk-req   device -> fleet  "send me these chunks"
+    fedfleet/v1/dev/{d}/feedback    device -> fleet  labelled outcomes (label counts)
     fedfleet/v1/dev/{d}/cmd         fleet -> device  install / rollback / ping
     fedfleet/v1/dev/{d}/chunk       fleet -> device  binary artifact chunk (repair path)
     fedfleet/v1/artifacts/{sha}/chunk  fleet -> devices  the same frames, published once
@@ -73,8 +74,17 @@ MAX_TEXT = 4096  # any string field (command_id: 128)
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 
-Channel = Literal["status", "heartbeat", "telemetry", "ack", "chunk-req", "cmd", "chunk"]
-UPLINK: tuple[Channel, ...] = ("status", "heartbeat", "telemetry", "ack", "chunk-req")
+Channel = Literal[
+    "status", "heartbeat", "telemetry", "ack", "chunk-req", "feedback", "cmd", "chunk"
+]
+UPLINK: tuple[Channel, ...] = (
+    "status",
+    "heartbeat",
+    "telemetry",
+    "ack",
+    "chunk-req",
+    "feedback",
+)
 DOWNLINK: tuple[Channel, ...] = ("cmd", "chunk")
 Action = Literal["install", "rollback", "ping"]
 Via = Literal["device", "artifact"]
@@ -199,7 +209,8 @@ class Telemetry:
     ``count`` inferences (samples) in ``window_s`` seconds; latency percentiles in
     milliseconds per call; ``predictions`` counts per predicted class; ``features`` the
     per-feature bin counts of the inputs (bins from the install command's
-    ``telemetry_bins``; empty when none were given).
+    ``telemetry_bins``; empty when none were given); ``errors`` the inference calls of
+    the window that raised (0 when left out: agents before it send none).
     """
 
     seq: int
@@ -210,7 +221,36 @@ class Telemetry:
     model_version_id: int | None = None
     predictions: dict[str, int] = field(default_factory=dict)
     features: tuple[FeatureSummary, ...] = ()
+    errors: int = 0
     type: Literal["telemetry"] = "telemetry"
+
+
+@dataclass(frozen=True)
+class LabelCount:
+    """Labelled outcomes of one true class in a window: predictions that matched the
+    label (``correct``) and those that did not (``wrong``)."""
+
+    correct: int
+    wrong: int
+
+    @property
+    def total(self) -> int:
+        return self.correct + self.wrong
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Labelled outcomes over one window (where labels come back to the device).
+
+    ``labels`` maps a true class (as a string) to its :class:`LabelCount`, for the
+    inferences of model ``model_version_id`` whose label arrived in the window.
+    """
+
+    seq: int
+    window_s: float
+    model_version_id: int | None = None
+    labels: dict[str, LabelCount] = field(default_factory=dict)
+    type: Literal["feedback"] = "feedback"
 
 
 @dataclass(frozen=True)
@@ -286,7 +326,7 @@ class Chunk:
     data: bytes
 
 
-Message = Status | Heartbeat | Telemetry | Command | Ack | ChunkRequest
+Message = Status | Heartbeat | Telemetry | Command | Ack | ChunkRequest | Feedback
 
 _TYPES: dict[str, type[Any]] = {
     "status": Status,
@@ -295,6 +335,7 @@ _TYPES: dict[str, type[Any]] = {
     "command": Command,
     "ack": Ack,
     "chunk-req": ChunkRequest,
+    "feedback": Feedback,
 }
 _CHANNEL_TYPE: dict[str, str] = {
     "status": "status",
@@ -303,6 +344,7 @@ _CHANNEL_TYPE: dict[str, str] = {
     "cmd": "command",
     "ack": "ack",
     "chunk-req": "chunk-req",
+    "feedback": "feedback",
 }
 
 
@@ -317,6 +359,8 @@ def encode(message: Message, *, schema: int = SCHEMA_VERSION) -> bytes:
     body = asdict(message)
     if isinstance(message, ChunkRequest) and message.via == "device":
         del body["via"]  # the default, left out: schema-1 fleets that predate it accept it
+    if isinstance(message, Telemetry) and message.errors == 0:
+        del body["errors"]  # the default, left out: fleets that predate it accept it
     if isinstance(message, Command) and message.signature is None:
         for name in _ENVELOPE_FIELDS:  # unsigned: left out, as agents before them expect
             if body[name] is None:
@@ -387,6 +431,8 @@ def check_message(message: Message) -> None:
             raise ProtocolError(f"chunk-req via must be one of {VIAS}, got {message.via!r}")
     elif isinstance(message, Telemetry):
         _check_telemetry(message)
+    elif isinstance(message, Feedback):
+        _check_feedback(message)
     elif isinstance(message, Ack):
         if not message.command_id or len(message.command_id) > 128:
             raise ProtocolError("command_id must be 1-128 characters")
@@ -446,12 +492,28 @@ def _check_telemetry(message: Telemetry) -> None:
             f"predictions: at most {MAX_CLASSES} classes (names <= 64 characters), "
             f"counts in 0..{MAX_COUNT}"
         )
+    if not 0 <= message.errors <= MAX_COUNT:
+        raise ProtocolError(f"telemetry errors must be in 0..{MAX_COUNT}")
     if len(message.features) > MAX_FEATURES or any(
         len(f.counts) > MAX_BINS for f in message.features
     ):
         raise ProtocolError(f"features: at most {MAX_FEATURES} features of {MAX_BINS} bins")
     if any(not 0 <= c <= MAX_COUNT for f in message.features for c in f.counts):
         raise ProtocolError(f"feature bin counts must be in 0..{MAX_COUNT}")
+
+
+def _check_feedback(message: Feedback) -> None:
+    if not 0 <= message.seq <= MAX_COUNT:
+        raise ProtocolError(f"feedback seq must be in 0..{MAX_COUNT}")
+    _check_seconds("window_s", message.window_s)
+    if len(message.labels) > MAX_CLASSES or any(
+        len(k) > 64 or not (0 <= v.correct <= MAX_COUNT and 0 <= v.wrong <= MAX_COUNT)
+        for k, v in message.labels.items()
+    ):
+        raise ProtocolError(
+            f"labels: at most {MAX_CLASSES} classes (names <= 64 characters), "
+            f"correct and wrong in 0..{MAX_COUNT}"
+        )
 
 
 def _check_seconds(name: str, value: float) -> None:
@@ -570,6 +632,14 @@ def _field_checks(cls: Any) -> dict[str, Any]:
             "model_version_id": "opt_int",
             "predictions": "counts",
             "features": "features",
+            "errors": "int",
+            "type": str,
+        },
+        Feedback: {
+            "seq": "int",
+            "window_s": "num",
+            "model_version_id": "opt_int",
+            "labels": "labels",
             "type": str,
         },
         Command: {
@@ -685,6 +755,21 @@ def _to_counts(name: str, value: Any) -> dict[str, int]:
     return dict(value)
 
 
+def _to_labels(name: str, value: Any) -> dict[str, LabelCount]:
+    if not isinstance(value, dict):
+        raise _wrong_type(name, value)
+    out = {}
+    for key, item in value.items():
+        if (
+            not isinstance(item, dict)
+            or set(item) != {"correct", "wrong"}
+            or not all(_is_int(v) for v in item.values())
+        ):
+            raise _wrong_type(name, value)
+        out[key] = LabelCount(correct=item["correct"], wrong=item["wrong"])
+    return out
+
+
 def _to_features(name: str, value: Any) -> tuple[FeatureSummary, ...]:
     if not isinstance(value, list):
         raise _wrong_type(name, value)
@@ -749,6 +834,7 @@ _CONVERTERS: dict[Any, Callable[[str, Any], Any]] = {
     "features": _to_features,
     "bins": _to_bins,
     "artifact": _to_artifact,
+    "labels": _to_labels,
 }
 
 

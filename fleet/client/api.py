@@ -370,11 +370,20 @@ class FleetClient:
         waves: list[int],
         max_failure_rate: float,
         ack_timeout_s: float,
+        max_accuracy_drop_points: float | None = None,
+        max_latency_ratio: float | None = None,
+        max_error_rate: float | None = None,
+        max_prediction_shift: float | None = None,
+        soak_s: float = 0.0,
+        min_quality_devices: int = 2,
+        min_quality_samples: int = 200,
     ) -> RolloutSummary:
         """Record a staged rollout; the fleet's MQTT service carries it out.
 
-        The fleet's refusal (an unknown model version or group, waves that do not
-        increase) is the :class:`FleetError`'s line.
+        The quality thresholds (None: not checked), ``soak_s`` and the evidence bounds
+        are the model-aware canary's (``RolloutCreate``). The fleet's refusal (an unknown
+        model version or group, waves that do not increase) is the :class:`FleetError`'s
+        line.
         """
         body: RolloutCreateBody = {
             "model_version_id": model_version_id,
@@ -382,7 +391,18 @@ class FleetClient:
             "waves": list(waves),
             "max_failure_rate": max_failure_rate,
             "ack_timeout_s": ack_timeout_s,
+            "soak_s": soak_s,
+            "min_quality_devices": min_quality_devices,
+            "min_quality_samples": min_quality_samples,
         }
+        if max_accuracy_drop_points is not None:
+            body["max_accuracy_drop_points"] = max_accuracy_drop_points
+        if max_latency_ratio is not None:
+            body["max_latency_ratio"] = max_latency_ratio
+        if max_error_rate is not None:
+            body["max_error_rate"] = max_error_rate
+        if max_prediction_shift is not None:
+            body["max_prediction_shift"] = max_prediction_shift
         what = f"creating a rollout of model version {model_version_id}"
         response = self._call(CREATE_ROLLOUT, CREATE_ROLLOUT.url(), what=what, json=dict(body))
         if response.status_code in (404, 409, 422):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 # --- results ---------------------------------------------------------------------------
 
@@ -394,6 +394,14 @@ class RolloutCreateBody(TypedDict):
     waves: list[int]
     max_failure_rate: float
     ack_timeout_s: float
+    # Model-aware canary (left out: not checked / defaults).
+    max_accuracy_drop_points: NotRequired[float]
+    max_latency_ratio: NotRequired[float]
+    max_error_rate: NotRequired[float]
+    max_prediction_shift: NotRequired[float]
+    soak_s: NotRequired[float]
+    min_quality_devices: NotRequired[int]
+    min_quality_samples: NotRequired[int]
 
 
 @dataclass(frozen=True)

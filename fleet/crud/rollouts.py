@@ -106,6 +106,13 @@ def create_rollout(session: Session, data: RolloutCreate, *, actor: audit.Actor)
         waves=list(data.waves),
         max_failure_rate=data.max_failure_rate,
         ack_timeout_s=data.ack_timeout_s,
+        max_accuracy_drop_points=data.max_accuracy_drop_points,
+        max_latency_ratio=data.max_latency_ratio,
+        max_error_rate=data.max_error_rate,
+        max_prediction_shift=data.max_prediction_shift,
+        soak_s=data.soak_s,
+        min_quality_devices=data.min_quality_devices,
+        min_quality_samples=data.min_quality_samples,
         created_by=actor.name,
     )
     session.add(rollout)
@@ -201,6 +208,11 @@ def public_view(session: Session, rollout: Rollout) -> RolloutPublic:
         finished_at=rollout.finished_at,
         progress=progress,
         waiting=sum(w.waiting for w in progress),
+        max_accuracy_drop_points=rollout.max_accuracy_drop_points,
+        max_latency_ratio=rollout.max_latency_ratio,
+        max_error_rate=rollout.max_error_rate,
+        max_prediction_shift=rollout.max_prediction_shift,
+        soak_s=rollout.soak_s,
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import Field as PydanticField
 from pydantic import field_validator
-from sqlalchemy import JSON
+from sqlalchemy import JSON, BigInteger
 from sqlmodel import Field
 
 from fleet.db import UTCDateTime
@@ -91,6 +91,55 @@ class RolloutCreate(InputModel):
     ack_timeout_s: float = PydanticField(
         default=600.0, gt=0.0, le=86400.0, description="Seconds a device has to acknowledge."
     )
+    # Model-aware canary thresholds (fleet/ota/canary_quality.py); None: not checked.
+    max_accuracy_drop_points: float | None = PydanticField(
+        default=None,
+        ge=0.0,
+        le=100.0,
+        description="Abort when the canary is this many accuracy points (0..100) below "
+        "devices on the previous version (significant at 99 %; needs labels).",
+    )
+    max_latency_ratio: float | None = PydanticField(
+        default=None,
+        ge=1.0,
+        le=1000.0,
+        description="Abort when the canary's p95 latency is over this multiple of the "
+        "previous version's.",
+    )
+    max_error_rate: float | None = PydanticField(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Abort when the canary's inference error rate is over this (0..1; "
+        "its 99 % Wilson lower bound).",
+    )
+    max_prediction_shift: float | None = PydanticField(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Abort when the canary's predicted-class distribution is over this "
+        "total variation distance (0..1) from the previous version's.",
+    )
+    soak_s: float = PydanticField(
+        default=0.0,
+        ge=0.0,
+        le=7 * 86400.0,
+        description="Seconds each wave is watched after it installed before the next "
+        "starts (quality is checked throughout).",
+    )
+    min_quality_devices: int = PydanticField(
+        default=2,
+        ge=2,
+        le=100_000,
+        description="Devices with data each side needs before a quality signal counts.",
+    )
+    min_quality_samples: int = PydanticField(
+        default=200,
+        ge=1,
+        le=10_000_000,
+        description="Labelled samples (accuracy) or inferences (other signals) each side "
+        "needs before a quality signal counts.",
+    )
 
     @field_validator("waves")
     @classmethod
@@ -122,6 +171,14 @@ class Rollout(FleetModel, table=True):
     # After an abort: devices of waves >= this one that installed the new model are sent a
     # rollback (0 on an automatic abort: every wave; NULL: an operator kept them on it).
     rollback_from_wave: int | None = None
+    # Model-aware canary (fleet/ota/canary_quality.py): NULL thresholds are not checked.
+    max_accuracy_drop_points: float | None = None
+    max_latency_ratio: float | None = None
+    max_error_rate: float | None = None
+    max_prediction_shift: float | None = None
+    soak_s: float = 0.0
+    min_quality_devices: int = 2
+    min_quality_samples: int = 200
 
 
 class RolloutDevice(FleetModel, table=True):
@@ -191,6 +248,11 @@ class RolloutPublic(FleetModel):
     finished_at: datetime | None
     progress: list[WaveProgress]
     waiting: int = PydanticField(description="Devices the rollout is waiting for now.")
+    max_accuracy_drop_points: float | None = None
+    max_latency_ratio: float | None = None
+    max_error_rate: float | None = None
+    max_prediction_shift: float | None = None
+    soak_s: float = 0.0
 
 
 class RolloutDetail(RolloutPublic):
@@ -216,6 +278,24 @@ class TelemetryRecord(FleetModel, table=True):
     latency_p95_ms: float
     predictions: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     features: list[Any] = Field(default_factory=list, sa_type=JSON)
+    errors: int = 0  # inference calls of the window that raised
+
+
+class FeedbackRecord(FleetModel, table=True):
+    """One device ``feedback`` message: labelled outcomes of a window (label counts per
+    true class, ``{"class": [correct, wrong]}``; ``labelled``/``correct`` their sums)."""
+
+    __tablename__ = "feedback_records"
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(foreign_key="devices.id", index=True, max_length=32)
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+    model_version_id: int | None = Field(default=None, index=True)
+    seq: int
+    window_s: float
+    labelled: int = Field(sa_type=BigInteger)
+    correct: int = Field(sa_type=BigInteger)
+    labels: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
 
 
 @dataclass(frozen=True)

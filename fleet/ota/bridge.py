@@ -61,7 +61,12 @@ from fleet.models.registry import ModelVersion
 from fleet.ota.command_signing import DEFAULT_TTL_S, CommandSigner
 from fleet.ota.fanout import FanoutPlanner
 from fleet.ota.guard import CHUNKS, DeviceGuard, Limits
-from fleet.ota.telemetry_rows import insert_telemetry, telemetry_row
+from fleet.ota.telemetry_rows import (
+    feedback_row,
+    insert_feedback,
+    insert_telemetry,
+    telemetry_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -541,6 +546,7 @@ class FleetBridge:
         offline: set[str] = set()
         versions: dict[str, int | None] = {}
         telemetry: list[dict[str, Any]] = []
+        feedback: list[dict[str, Any]] = []
         acks: list[tuple[str, proto.Ack]] = []
         counts = {"statuses": 0, "heartbeats": 0, "acks": 0}
         for device_id, _topic, message in decoded:
@@ -560,6 +566,10 @@ class FleetBridge:
             elif isinstance(message, proto.Telemetry):
                 seen.add(device_id)
                 telemetry.append(telemetry_row(device_id, message, now))
+            elif isinstance(message, proto.Feedback):
+                seen.add(device_id)
+                if message.model_version_id is not None:  # null: unknown, not stored
+                    feedback.append(feedback_row(device_id, message, now))
             elif isinstance(message, proto.Ack):
                 counts["acks"] += 1
                 acks.append((device_id, message))
@@ -582,6 +592,7 @@ class FleetBridge:
                 session.execute(update(Device), running)
             rows = [r for r in telemetry if r["device_id"] in known]
             insert_telemetry(session, rows)  # one COPY on PostgreSQL
+            insert_feedback(session, [r for r in feedback if r["device_id"] in known])
             if acks:
                 self._apply_acks(session, acks, now)
             session.flush()

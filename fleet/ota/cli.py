@@ -439,9 +439,35 @@ def rollout_create(
         float, typer.Option(help="Failed fraction of a wave that aborts (0..1).")
     ] = 0.1,
     ack_timeout_s: Annotated[float, typer.Option(help="Seconds a device has to answer.")] = 600.0,
+    max_accuracy_drop_points: Annotated[
+        float | None,
+        typer.Option(help="Abort when the canary is this many accuracy points below (0..100)."),
+    ] = None,
+    max_latency_ratio: Annotated[
+        float | None,
+        typer.Option(help="Abort when the canary's p95 latency is over this multiple (>= 1)."),
+    ] = None,
+    max_error_rate: Annotated[
+        float | None, typer.Option(help="Abort above this inference error rate (0..1).")
+    ] = None,
+    max_prediction_shift: Annotated[
+        float | None,
+        typer.Option(help="Abort above this predicted-class distribution shift (0..1, TV)."),
+    ] = None,
+    soak_s: Annotated[
+        float, typer.Option(help="Seconds to watch each wave after it installed.")
+    ] = 0.0,
+    min_quality_devices: Annotated[
+        int, typer.Option(help="Devices with data each side needs for a quality verdict.")
+    ] = 2,
+    min_quality_samples: Annotated[
+        int, typer.Option(help="Samples each side needs for a quality verdict.")
+    ] = 200,
     fleet_url: FleetUrl = None,
 ) -> None:
-    """Create a staged rollout over the fleet API; the fleet's MQTT service carries it out."""
+    """Create a staged rollout over the fleet API; the fleet's MQTT service carries it out.
+    With quality thresholds, each wave is compared with the devices still on the previous
+    version and aborted (and rolled back) on a regression (docs/mqtt.md)."""
     from pydantic import ValidationError
 
     from fleet.models.ota import RolloutCreate
@@ -454,6 +480,13 @@ def rollout_create(
             waves=percents,
             max_failure_rate=max_failure_rate,
             ack_timeout_s=ack_timeout_s,
+            max_accuracy_drop_points=max_accuracy_drop_points,
+            max_latency_ratio=max_latency_ratio,
+            max_error_rate=max_error_rate,
+            max_prediction_shift=max_prediction_shift,
+            soak_s=soak_s,
+            min_quality_devices=min_quality_devices,
+            min_quality_samples=min_quality_samples,
         )
     except ValueError as err:
         if isinstance(err, ValidationError):
@@ -469,14 +502,39 @@ def rollout_create(
             waves=data.waves,
             max_failure_rate=data.max_failure_rate,
             ack_timeout_s=data.ack_timeout_s,
+            max_accuracy_drop_points=data.max_accuracy_drop_points,
+            max_latency_ratio=data.max_latency_ratio,
+            max_error_rate=data.max_error_rate,
+            max_prediction_shift=data.max_prediction_shift,
+            soak_s=data.soak_s,
+            min_quality_devices=data.min_quality_devices,
+            min_quality_samples=data.min_quality_samples,
         ),
     )
     sizes = ", ".join(str(w.devices) for w in view.progress)
     typer.echo(
         f"rollout {view.id}: model {view.model_version_id} to group '{view.group}' in "
         f"{len(view.progress)} waves ({sizes} devices); abort above "
-        f"{view.max_failure_rate:.0%} failures"
+        f"{view.max_failure_rate:.0%} failures{_quality_terms(data)}"
     )
+
+
+def _quality_terms(data: Any) -> str:
+    """The canary's quality thresholds, as the create command echoes them."""
+    terms = [
+        f"{label} {value:g}"
+        for label, value in (
+            ("accuracy drop > points", data.max_accuracy_drop_points),
+            ("p95 latency ratio >", data.max_latency_ratio),
+            ("error rate >", data.max_error_rate),
+            ("prediction shift >", data.max_prediction_shift),
+        )
+        if value is not None
+    ]
+    if not terms and not data.soak_s:
+        return ""
+    quality = ", ".join(terms) or "none"
+    return f", or on quality ({quality}; soak {data.soak_s:g} s per wave)"
 
 
 @rollout_app.command("list")

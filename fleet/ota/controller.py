@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
@@ -57,6 +58,7 @@ from fleet.models.ota import (
     RolloutStatus,
 )
 from fleet.models.registry import Artifact
+from fleet.ota.canary_signals import thresholds_of, wave_quality
 from fleet.ota.release import RELEASE_AFTER_S, releasable, release
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,8 @@ class RolloutController:
     max_attempts: int = MAX_ATTEMPTS
     offline_grace_s: float = 60.0
     release_after_s: float = RELEASE_AFTER_S
+    quality_every_s: float = 1.0  # a gated wave's quality is compared this often
+    _quality_at: dict[int, float] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.release_after_s <= 0:
@@ -180,7 +184,7 @@ class RolloutController:
                 failed=wave[DeviceRolloutState.failed],
                 max_failure_rate=rate,
             )
-            if verdict != "wait":
+            if verdict == "abort" or (verdict == "advance" and self._quality_due(rollout)):
                 return True
             if releasable(session, rollout, now, bound_s=self.release_after_s, limit=1):
                 return True
@@ -264,6 +268,12 @@ class RolloutController:
                 if members and lost / len(members) > rollout.max_failure_rate:
                     verdict, bad_wave, failed, size = "abort", wave, lost, len(members)
                     break
+            reason = (
+                f"wave {bad_wave + 1}: {failed} of {size} devices "
+                f"failed (over {rollout.max_failure_rate:.0%})"
+            )
+            if verdict == "advance" and _gated(rollout):
+                verdict, reason = self._quality_gate(session, rollout, rows, now)
             if verdict == "wait":
                 pass  # nothing to record: the common case, kept cheap
             elif verdict == "abort":
@@ -283,10 +293,7 @@ class RolloutController:
                     "rollout.abort",
                     _SYSTEM,
                     status=RolloutStatus.aborted,
-                    reason=(
-                        f"wave {bad_wave + 1}: {failed} of {size} devices "
-                        f"failed (over {rollout.max_failure_rate:.0%})"
-                    ),
+                    reason=reason,
                     finished_at=now,
                     rollback_from_wave=0,  # every wave's installed devices go back
                 )
@@ -311,6 +318,50 @@ class RolloutController:
         # The wave's commands go out together (one call, a tight publish loop).
         if outbox:
             self.sender.send_commands(outbox)
+
+    def _quality_due(self, rollout: Rollout) -> bool:
+        """Whether a wave that answered may advance now: always for an ungated rollout;
+        for a gated one (thresholds or soak) every ``quality_every_s`` (each check reads
+        the period's reports)."""
+        if not _gated(rollout) or rollout.id is None:
+            return True
+        at = time.monotonic()
+        if at < self._quality_at.get(rollout.id, 0.0):
+            return False
+        self._quality_at[rollout.id] = at + self.quality_every_s
+        return True
+
+    def _quality_gate(
+        self, session: Session, rollout: Rollout, rows: Sequence[RolloutDevice], now: datetime
+    ) -> tuple[Verdict, str]:
+        """A wave whose installs all answered: abort on a quality regression against the
+        devices still on the previous version (:mod:`fleet.ota.canary_signals`), wait
+        while it soaks, else advance."""
+        wave = [
+            r
+            for r in rows
+            if r.wave == rollout.current_wave and r.state is not DeviceRolloutState.released
+        ]
+        sent = [r.sent_at for r in wave if r.sent_at is not None]
+        since = min(sent) if sent else rollout.created_at
+        if thresholds_of(rollout).enabled:
+            verdict = wave_quality(session, rollout, list(rows), since=since)
+            if verdict.regressed:
+                exposed = sum(
+                    r.state is DeviceRolloutState.installed
+                    for r in rows
+                    if r.wave <= rollout.current_wave
+                )
+                reason = (
+                    f"wave {rollout.current_wave + 1}: quality regression on {exposed} of "
+                    f"{len(rows)} devices against the previous version: {verdict.reason}"
+                )
+                return "abort", reason[:1000]
+        acks = [r.acked_at for r in wave if r.acked_at is not None]
+        installed_at = max(acks) if acks else now
+        if (now - installed_at).total_seconds() < rollout.soak_s:
+            return "wait", ""
+        return "advance", ""
 
     def _check_health(
         self, session: Session, wave_rows: Sequence[RolloutDevice], now: datetime
@@ -403,6 +454,11 @@ class RolloutController:
             set_committed_value(row, key, value)
         sends.append({"rollout_id": row.rollout_id, "device_id": row.device_id, **change})
         outbox.append((row.device_id, command))
+
+
+def _gated(rollout: Rollout) -> bool:
+    """Whether ``rollout`` watches its waves' quality (thresholds) or soaks them."""
+    return rollout.soak_s > 0 or thresholds_of(rollout).enabled
 
 
 def _rollback_command(rollout_id: int) -> proto.Command:

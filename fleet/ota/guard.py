@@ -56,6 +56,7 @@ DEFAULT_RATES: Mapping[str, Rate] = MappingProxyType(
     {
         CHUNKS: Rate(per_s=200.0, burst=1000),
         "telemetry": Rate(per_s=1.0, burst=60),
+        "feedback": Rate(per_s=1.0, burst=60),  # at most one per telemetry window
         "heartbeat": Rate(per_s=1.0, burst=30),
         "status": Rate(per_s=1.0, burst=30),
         "ack": Rate(per_s=20.0, burst=200),

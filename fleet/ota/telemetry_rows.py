@@ -24,7 +24,7 @@ from sqlalchemy import insert
 from sqlmodel import Session
 
 from edge_client.protocol import mqtt as proto
-from fleet.models.ota import TelemetryRecord
+from fleet.models.ota import FeedbackRecord, TelemetryRecord
 
 #: The columns a telemetry row fills, in COPY order (``id`` comes from its sequence).
 COLUMNS = (
@@ -38,6 +38,7 @@ COLUMNS = (
     "latency_p95_ms",
     "predictions",
     "features",
+    "errors",
 )
 _JSON = frozenset({"predictions", "features"})
 
@@ -55,7 +56,30 @@ def telemetry_row(device_id: str, message: proto.Telemetry, now: datetime) -> di
         "latency_p95_ms": message.latency_p95_ms,
         "predictions": message.predictions,
         "features": [list(f.counts) for f in message.features],
+        "errors": message.errors,
     }
+
+
+def feedback_row(device_id: str, message: proto.Feedback, now: datetime) -> dict[str, Any]:
+    """The stored row of one decoded feedback message (label counts and their sums)."""
+    labels = {k: [v.correct, v.wrong] for k, v in message.labels.items()}
+    return {
+        "device_id": device_id,
+        "received_at": now,
+        "model_version_id": message.model_version_id,
+        "seq": message.seq,
+        "window_s": message.window_s,
+        "labelled": sum(v.total for v in message.labels.values()),
+        "correct": sum(v.correct for v in message.labels.values()),
+        "labels": labels,
+    }
+
+
+def insert_feedback(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Write feedback ``rows`` (from :func:`feedback_row`) in one executemany INSERT
+    (one message a window per labelled device: far fewer than telemetry rows)."""
+    if rows:
+        session.connection().execute(insert(FeedbackRecord), list(rows))
 
 
 def insert_telemetry(session: Session, rows: Sequence[dict[str, Any]]) -> None:

@@ -39,6 +39,7 @@ from fleet.ota.broker_nats import write_nats_config
 from fleet.ota.controller import RolloutController
 from fleet.ota.guard import Limits
 from fleet.ota.reference_push import push_references
+from simulation.device_quality import TrafficModel
 from simulation.fleet_devices import AgentReport, ProcessFleet, SimDevice, SimulatedFleet
 
 SIM_ACTOR = Actor(name="cli:simulate-devices", role="operator", source="cli")
@@ -216,11 +217,13 @@ class OtaFleet:
         processes: int = 1,
         durable: bool = False,
         device_root: Path | None = None,
+        traffic: TrafficModel | None = None,
         **sim_options: float,
     ) -> OtaFleet:
         """``processes > 1`` runs the agents in worker processes (``self.procs``, else
         ``self.sim``); ``durable`` makes them fsync like real devices; ``device_root``
-        holds their slots (default ``root/devices``)."""
+        holds their slots (default ``root/devices``); ``traffic``: synthetic quality signals
+        the agents publish for the version each runs (:mod:`simulation.device_quality`)."""
         self.broker.start()
         self.bridge = FleetBridge(
             engine=self.engine,
@@ -251,6 +254,8 @@ class OtaFleet:
                 "chunk_timeout_s": float(sim_options.get("chunk_timeout_s", 2.0)),
                 "durable": durable,
             }
+            if traffic is not None:
+                options["traffic"] = traffic
             if processes > 1:
                 self.procs = ProcessFleet(self.devices, processes=processes, **options).start()
             else:

@@ -182,6 +182,18 @@ messages = st.one_of(
             st.builds(proto.FeatureSummary, counts=st.lists(counts, max_size=5).map(tuple)),
             max_size=3,
         ).map(tuple),
+        errors=counts,
+    ),
+    st.builds(
+        proto.Feedback,
+        seq=counts,
+        window_s=seconds,
+        model_version_id=ids,
+        labels=st.dictionaries(
+            st.text(max_size=64),
+            st.builds(proto.LabelCount, correct=counts, wrong=counts),
+            max_size=4,
+        ),
     ),
     commands(),
     st.builds(
@@ -208,6 +220,7 @@ _SCHEMA_OF = {
     proto.Command: ("command", "cmd"),
     proto.Ack: ("ack", "ack"),
     proto.ChunkRequest: ("chunk-req", "chunk-req"),
+    proto.Feedback: ("feedback", "feedback"),
 }
 
 

@@ -155,3 +155,12 @@ def test_the_kits_bundles_are_what_each_check_needs(tmp_path: Path) -> None:
     assert [bundles[n].release for n in order] == sorted(b.release for b in bundles.values())
     assert len(bundles["second"].data) > 9 * 4096
     assert 'target = "rpi5"' in (tmp_path / "kit" / "device.toml").read_text()
+
+
+def test_the_kit_holds_an_agents_feedback_to_its_schema() -> None:
+    # A vendor's agent that sends feedback (optional) must send it as specified.
+    good = b'{"schema":2,"type":"feedback","seq":1,"window_s":60,"model_version_id":7,'
+    good += b'"labels":{"0":{"correct":9,"wrong":1}}}'
+    assert isinstance(validate("feedback", good), proto.Feedback)
+    with pytest.raises(ProtocolError, match="feedback.json"):
+        validate("feedback", good.replace(b'"wrong":1', b'"wrong":-1'))

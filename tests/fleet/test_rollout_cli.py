@@ -114,10 +114,13 @@ def test_rollout_create_and_list_over_the_api(fleet: Fleet, as_role: Any) -> Non
             "create",
             *("--model", str(fleet.model), "--group", "wards", "--waves", "25,50,100"),
             *("--max-failure-rate", "0.1", *fleet.url),
+            *("--max-accuracy-drop-points", "2", "--max-latency-ratio", "1.5"),
+            *("--soak-s", "60"),
         ],
     )
     assert created.exit_code == 0, created.output
     assert "3 waves (1, 1, 2 devices)" in created.output
+    assert "accuracy drop > points 2, p95 latency ratio > 1.5; soak 60 s" in created.output
     assert fleet.rollouts() == before + 1
     rollout = created.output.split(":", 1)[0].removeprefix("rollout ")
     as_role(Role.viewer)  # listing needs only a viewer
@@ -136,6 +139,9 @@ def test_rollout_create_and_list_over_the_api(fleet: Fleet, as_role: Any) -> Non
         (["--waves", "5,x,100"], "--waves", 2),
         (["--waves", "50,25,100"], "increase", 2),
         (["--max-failure-rate", "2"], "--max-failure-rate", 2),
+        (["--max-latency-ratio", "0.5"], "--max-latency-ratio", 2),
+        (["--max-accuracy-drop-points", "101"], "--max-accuracy-drop-points", 2),
+        (["--min-quality-devices", "1"], "--min-quality-devices", 2),
         (["--group", "nowhere"], "group 'nowhere' does not exist", 1),
         (["--model", "999"], "model version 999 is not registered", 1),
     ],

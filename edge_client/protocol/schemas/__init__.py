@@ -21,7 +21,7 @@ PROTOCOL_VERSION = 2
 SCHEMA_DIR = Path(__file__).resolve().parent / f"v{PROTOCOL_VERSION}"
 
 # Message type ("type" field) or other document -> its schema file in SCHEMA_DIR.
-MESSAGES = ("status", "heartbeat", "telemetry", "command", "ack", "chunk-req")
+MESSAGES = ("status", "heartbeat", "telemetry", "command", "ack", "chunk-req", "feedback")
 DOCUMENTS = (*MESSAGES, "chunk-header", "command-envelope", "drift-reference")
 # Topic channel -> the message type it carries.
 CHANNEL_MESSAGE = {
@@ -31,6 +31,7 @@ CHANNEL_MESSAGE = {
     "ack": "ack",
     "chunk-req": "chunk-req",
     "cmd": "command",
+    "feedback": "feedback",
 }
 
 # What every receiver checks beyond the schemas (JSON Schema cannot say these).

@@ -1,0 +1,191 @@
+"""What the canary comparison believes from the database (fleet/ota/canary_signals.py):
+reports naming a version the device does not run are ignored, and one lying device
+cannot abort a rollout alone."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
+
+from ota_testkit import SIM_ACTOR, TARGET, enroll_devices, register_bundle
+
+from firmware_images.demo import build_demo_bundle
+from fleet import audit, migrate
+from fleet.artifacts import ArtifactStore
+from fleet.crud.rollouts import create_rollout
+from fleet.db import make_engine, session_scope
+from fleet.models.common import utcnow
+from fleet.models.devices import Device
+from fleet.models.ota import (
+    DeviceRolloutState,
+    FeedbackRecord,
+    Rollout,
+    RolloutCreate,
+    RolloutDevice,
+    TelemetryRecord,
+)
+from fleet.ota.canary_signals import wave_quality
+
+GATES = {"max_accuracy_drop_points": 2.0, "max_latency_ratio": 1.5, "max_error_rate": 0.01}
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[Engine, int, int, int]]:
+    """6 devices on v1; a rollout of v2 whose first wave (3 devices) installed it."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}")
+    migrate.upgrade(engine)
+    store, key = ArtifactStore(tmp_path / "artifacts"), Ed25519PrivateKey.generate()
+    enroll_devices(engine, count=6, group="wards", target=TARGET)
+    v1, v2 = (
+        register_bundle(
+            engine,
+            store,
+            bundle=build_demo_bundle(private_key=key, version=v, seed=i).data,
+            task="t",
+            target=TARGET,
+        )
+        for i, v in enumerate(("v1", "v2"))
+    )
+    with session_scope(engine, write=True) as session:
+        rollout = create_rollout(
+            session,
+            RolloutCreate(model_version_id=v2, group="wards", waves=[50, 100], **GATES),  # type: ignore[arg-type]
+            actor=SIM_ACTOR,
+        )
+        rollout_id = rollout.id or 0
+    with (
+        session_scope(engine, write=True) as session,
+        audit.exempt(session, reason="test setup: devices report running v1, wave 1 installed"),
+    ):
+        for device in session.exec(select(Device)).all():
+            device.model_version_id = v1
+            session.add(device)
+        for row in session.exec(select(RolloutDevice)).all():
+            if row.wave == 0:
+                row.state, row.sent_at = DeviceRolloutState.installed, utcnow()
+                row.acked_at = utcnow()
+                session.get(Device, row.device_id).model_version_id = v2  # type: ignore[union-attr]
+                session.add(row)
+        session.flush()
+    yield engine, rollout_id, v1, v2
+    engine.dispose()
+
+
+def _sides(engine: Engine, rollout_id: int) -> tuple[list[str], list[str]]:
+    with Session(engine) as session:
+        rows = session.exec(
+            select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id)
+        ).all()
+    return [r.device_id for r in rows if r.wave == 0], [r.device_id for r in rows if r.wave == 1]
+
+
+def _report(
+    engine: Engine, device: str, version: int, *, correct: int, wrong: int, at_s: float = 1.0
+) -> None:
+    at = utcnow() + timedelta(seconds=at_s)
+    with (
+        session_scope(engine, write=True) as session,
+        audit.exempt(session, reason="device reports, as the bridge writes them"),
+    ):
+        session.add(
+            FeedbackRecord(
+                device_id=device,
+                received_at=at,
+                model_version_id=version,
+                seq=0,
+                window_s=1.0,
+                labelled=correct + wrong,
+                correct=correct,
+                labels={"0": [correct, wrong]},
+            )
+        )
+        session.add(
+            TelemetryRecord(
+                device_id=device,
+                received_at=at,
+                model_version_id=version,
+                seq=0,
+                window_s=1.0,
+                count=correct + wrong,
+                latency_p50_ms=1.0,
+                latency_p95_ms=2.0,
+                errors=0,
+            )
+        )
+        session.flush()
+
+
+def _verdict(engine: Engine, rollout_id: int):  # type: ignore[no-untyped-def]
+    with Session(engine) as session:
+        rollout = session.get(Rollout, rollout_id)
+        assert rollout is not None
+        rows = list(
+            session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id))
+        )
+        return wave_quality(session, rollout, rows, since=utcnow() - timedelta(minutes=5))
+
+
+def test_a_worse_canary_regresses(world: tuple[Engine, int, int, int]) -> None:
+    engine, rollout_id, v1, v2 = world
+    canary, baseline = _sides(engine, rollout_id)
+    for d in canary:
+        _report(engine, d, v2, correct=9200, wrong=800)
+    for d in baseline:
+        _report(engine, d, v1, correct=9500, wrong=500)
+
+    verdict = _verdict(engine, rollout_id)
+
+    assert verdict.regressed and "accuracy" in verdict.reason
+
+
+def test_reports_naming_a_version_the_device_does_not_run_are_ignored(
+    world: tuple[Engine, int, int, int],
+) -> None:
+    # Prepare: honest, equal sides; then forgeries: a baseline device claims terrible
+    # accuracy for the new version it does not run, a canary device claims the old one,
+    # and a canary device's report from before its install was acknowledged.
+    engine, rollout_id, v1, v2 = world
+    canary, baseline = _sides(engine, rollout_id)
+    for d in canary:
+        _report(engine, d, v2, correct=950, wrong=50)
+    for d in baseline:
+        _report(engine, d, v1, correct=950, wrong=50)
+    _report(engine, baseline[0], v2, correct=0, wrong=10**6)
+    _report(engine, canary[0], v1, correct=10**6, wrong=0)
+    _report(engine, canary[1], v2, correct=0, wrong=10**6, at_s=-60.0)
+
+    # Execute
+    verdict = _verdict(engine, rollout_id)
+
+    # Assert: measured on the honest reports only
+    accuracy = next(f for f in verdict.findings if f.signal == "accuracy")
+    assert accuracy.value == pytest.approx(0.0) and not verdict.regressed
+    assert "3000 vs 3000 labelled samples" in accuracy.detail
+
+
+def test_one_lying_device_cannot_abort_a_rollout(world: tuple[Engine, int, int, int]) -> None:
+    # Prepare: one canary device reports a million wrong answers; the rest are honest.
+    engine, rollout_id, v1, v2 = world
+    canary, baseline = _sides(engine, rollout_id)
+    for d in canary:
+        _report(engine, d, v2, correct=950, wrong=50)
+    for d in baseline:
+        _report(engine, d, v1, correct=950, wrong=50)
+    _report(engine, canary[0], v2, correct=0, wrong=10**6)
+
+    # Execute
+    verdict = _verdict(engine, rollout_id)
+
+    # Assert: pooled, the lie shows; left out, it does not: no abort.
+    accuracy = next(f for f in verdict.findings if f.signal == "accuracy")
+    assert accuracy.value is not None and accuracy.value > 50
+    assert not verdict.regressed
