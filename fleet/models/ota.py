@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import Field as PydanticField
 from pydantic import field_validator
-from sqlalchemy import JSON
+from sqlalchemy import JSON, Index
 from sqlmodel import Field
 
 from fleet.db import UTCDateTime
@@ -204,6 +204,11 @@ class RolloutDetail(RolloutPublic):
 
 class TelemetryRecord(FleetModel, table=True):
     __tablename__ = "telemetry_records"
+    # A message delivered twice (a replica killed between commit and acknowledgement)
+    # is stored once: fleet/ota/telemetry_rows.py inserts with ON CONFLICT DO NOTHING.
+    __table_args__ = (
+        Index("ux_telemetry_records_device_id_digest", "device_id", "digest", unique=True),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     device_id: str = Field(foreign_key="devices.id", index=True, max_length=32)
@@ -216,6 +221,8 @@ class TelemetryRecord(FleetModel, table=True):
     latency_p95_ms: float
     predictions: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     features: list[Any] = Field(default_factory=list, sa_type=JSON)
+    # The message's digest when written by replicated bridges (``--replica``), else NULL.
+    digest: str | None = Field(default=None, max_length=32)
 
 
 @dataclass(frozen=True)
