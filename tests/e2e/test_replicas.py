@@ -101,7 +101,12 @@ class Replica:
 
     def wait_said(self, words: str, timeout_s: float = 30) -> None:
         try:
-            wait_for(lambda: self.said(words), timeout_s=timeout_s, what=repr(words))
+            wait_for(
+                lambda: self.said(words) or self.process.poll() is not None,
+                timeout_s=timeout_s,
+                what=repr(words),
+            )
+            assert self.said(words)
         except AssertionError:
             raise AssertionError(f"{words!r} not in: {self.lines[-20:]}") from None
 
@@ -129,6 +134,7 @@ def _key_file(fleet: OtaFleet) -> Path:
             serialization.NoEncryption(),
         )
     )
+    path.chmod(0o600)
     return path
 
 
@@ -218,18 +224,20 @@ def test_leader_killed_mid_rollout_standby_takes_over_no_wave_sent_twice(
 def test_two_replicas_store_every_telemetry_message_once_across_a_kill_9(
     tmp_path: Path, pg_url: str
 ) -> None:
-    # Prepare: one device's raw session, two replicas sharing the subscription.
-    fleet = OtaFleet(tmp_path, devices=1, database=pg_url)
+    # Prepare: 30 devices' raw sessions (each under the bridge's per-device telemetry
+    # burst, so nothing is throttled), two replicas sharing the subscription.
+    fleet = OtaFleet(tmp_path, devices=30, database=pg_url)
     replicas: list[Replica] = []
-    device = None
-    total = 3000
+    devices: list[DeviceClient] = []
+    per_device = 50
+    total = per_device * 30
     try:
         fleet.start(fleet_service=False, agents=False)
         key = _key_file(fleet)
         replicas = [Replica(fleet, "a", key), Replica(fleet, "b", key)]
         for replica in replicas:
             replica.wait_said("fleet MQTT service connected")
-        device = DeviceClient(fleet, fleet.devices[0])
+        devices = [DeviceClient(fleet, d) for d in fleet.devices]
 
         def stored() -> int:
             with Session(fleet.engine) as session:
@@ -237,23 +245,30 @@ def test_two_replicas_store_every_telemetry_message_once_across_a_kill_9(
 
         # Execute: publish N (QoS 1); kill -9 replica a mid-stream, then start it again
         # (the same name: the broker kept its session and unacknowledged messages).
-        for seq in range(total):
-            device.telemetry(seq)
-            if seq == total // 2:
+        for seq in range(per_device):
+            for device in devices:
+                device.telemetry(seq)
+            if seq == per_device // 2:
                 wait_for(lambda: stored() > 0, timeout_s=20, what="the first rows")
                 replicas[0].kill()
+        before_restart = stored()
         replicas[0] = Replica(fleet, "a", key)
         replicas[0].wait_said("fleet MQTT service connected")
-        wait_for(lambda: stored() >= total, timeout_s=40, what=f"{total} rows")
+        try:
+            wait_for(lambda: stored() >= total, timeout_s=30, what=f"{total} rows")
+        except AssertionError:
+            raise AssertionError(f"{stored()} of {total} rows; {replicas[0].lines[-5:]}") from None
         time.sleep(1.0)  # anything redelivered late would land now
 
-        # Assert: exactly N rows, each sequence number once; both replicas ingested.
+        # Assert: exactly N rows, each (device, seq) once; the kill left some to redeliver.
         with Session(fleet.engine) as session:
-            seqs = session.exec(select(TelemetryRecord.seq)).all()
-        assert len(seqs) == total and set(seqs) == set(range(total))
+            rows = session.exec(select(TelemetryRecord.device_id, TelemetryRecord.seq)).all()
+        assert len(rows) == total
+        assert set(rows) == {(d.device_id, s) for d in fleet.devices for s in range(per_device)}
+        assert before_restart < total
         assert replicas[1].process.poll() is None
     finally:
-        if device is not None:
+        for device in devices:
             device.close()
         for replica in replicas:
             replica.stop()
