@@ -335,7 +335,7 @@ def _serve_mqtt(
         next_drift = time.monotonic() + drift_every_s
         reported: set[str] = set()  # bad stored drift rows, each reported once
         rule = settings.drift_rule()
-        leading = False
+        leading: bool | None = None  # said at start, then at each change
         while not stop.wait(CONTROLLER_TICK_S):
             try:  # no stored row or device message ends the service: log, carry on
                 if sync is not None:
