@@ -121,6 +121,10 @@ class Leadership:
         """Give the lock up (closing the session releases it) and forget the connection."""
         if self._connection is not None and not self._connection.closed:
             with contextlib.suppress(SQLAlchemyError):  # already gone
+                if self._leader:  # at once: a closed session's locks go when it ends
+                    self._connection.execute(
+                        text("SELECT pg_advisory_unlock(:key)"), {"key": self.key}
+                    )
                 self._connection.close()
         self._connection = None
         if not self._single:
