@@ -431,7 +431,8 @@ def main() -> None:
     print()
     print(
         f"fleet API, {args.devices} devices in {args.groups} groups, {args.concurrency} concurrent "
-        f"clients, {args.seconds:.0f} s per scenario, one uvicorn worker, loopback HTTP; "
+        f"clients, {args.seconds:.0f} s per scenario, one uvicorn worker (postgres-wN: N), "
+        "loopback HTTP; "
         f"1-minute load average before the run {load_before:.1f}"
     )
     print_table(results)
