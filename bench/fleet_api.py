@@ -17,7 +17,11 @@ the same treatment. The PostgreSQL side runs in its own schema (dropped at the e
 127.0.0.1:5432, database ``test``.
 
     python bench/fleet_api.py [--devices 10000] [--concurrency 32] [--seconds 8]
-        [--backends sqlite,postgres] [--total]
+        [--backends sqlite,postgres] [--total] [--workers N]
+
+``--workers N`` adds the backend ``postgres-wN``: the same PostgreSQL fleet served by
+``fleet serve --workers N``, its CPU summed over the supervisor and its workers, and a
+line per scenario with its ratios to the one-worker ``postgres`` run of the same report.
 
 The end of the report says, per backend, whether issue 16's goals are met: at most 1.5 ms
 of API CPU per list-of-50 request and 0.5 ms per heartbeat, p99 under 50 ms.
@@ -138,9 +142,18 @@ def seed(url: str, schema: str | None, *, devices: int, groups: int) -> tuple[st
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by process ``pid`` (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds used so far by process ``pid`` and its live children
+    (``fleet serve --workers N``'s workers; Linux /proc)."""
+    import psutil
+
+    total = 0.0
+    for pid_ in [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]:
+        try:
+            fields = Path(f"/proc/{pid_}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def free_port() -> int:
@@ -150,7 +163,7 @@ def free_port() -> int:
 
 
 def start_server(
-    url: str, schema: str | None, data_dir: Path
+    url: str, schema: str | None, data_dir: Path, workers: int = 1
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     command = [
@@ -164,6 +177,8 @@ def start_server(
         url,
         "--log-level",
         "warning",
+        "--workers",
+        str(workers),
     ]
     if schema:
         command += ["--database-schema", schema]
@@ -241,6 +256,7 @@ async def load(
 def run_backend(backend: str, args: argparse.Namespace) -> list[Result]:
     workdir = Path(tempfile.mkdtemp(prefix=f"fleet-bench-{backend}-"))
     schema = None
+    workers = int(backend.split("-w")[1]) if "-w" in backend else 1
     if backend == "sqlite":
         url = f"sqlite:///{workdir / 'fleet.db'}"
     else:
@@ -256,7 +272,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Result]:
             f"[{backend}] seeded {args.devices} devices in {time.perf_counter() - started:.1f} s",
             file=sys.stderr,
         )
-        process, base = start_server(url, schema, workdir)
+        process, base = start_server(url, schema, workdir, workers)
         asyncio.run(
             load(
                 base,
@@ -386,6 +402,12 @@ def main() -> None:
     parser.add_argument(
         "--total", action="store_true", help="list requests ask for the total (a COUNT)"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also run PostgreSQL with `fleet serve --workers N` (backend postgres-wN)",
+    )
     args = parser.parse_args()
     if not 1 <= args.devices <= 200_000:
         parser.error("--devices must be between 1 and 200000")
@@ -398,6 +420,10 @@ def main() -> None:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if not backends or any(b not in ("sqlite", "postgres") for b in backends):
         parser.error("--backends takes sqlite and/or postgres, comma-separated")
+    if not 1 <= args.workers <= 16:
+        parser.error("--workers must be between 1 and 16")
+    if args.workers > 1:
+        backends.append(f"postgres-w{args.workers}")
     load_before = os.getloadavg()[0]
     results: list[Result] = []
     for backend in backends:
@@ -405,10 +431,25 @@ def main() -> None:
     print()
     print(
         f"fleet API, {args.devices} devices in {args.groups} groups, {args.concurrency} concurrent "
-        f"clients, {args.seconds:.0f} s per scenario, one uvicorn worker, loopback HTTP; "
+        f"clients, {args.seconds:.0f} s per scenario, one uvicorn worker (postgres-wN: N), "
+        "loopback HTTP; "
         f"1-minute load average before the run {load_before:.1f}"
     )
     print_table(results)
+    print_workers(results)
+
+
+def print_workers(results: list[Result]) -> None:
+    """N workers against one, both on PostgreSQL, measured in this run."""
+    one = {(r.scenario, r.kind): r for r in results if r.backend == "postgres"}
+    for r in results:
+        base = one.get((r.scenario, r.kind))
+        if "-w" in r.backend and base is not None and base.rps:
+            print(
+                f"{r.backend} / postgres: {r.scenario} {r.kind} req/s {r.rps / base.rps:.2f}x, "
+                f"p99 {r.percentile(0.99) / max(base.percentile(0.99), 1e-9):.2f}x, "
+                f"cpu ms/request {r.cpu_ms_per_request:.2f} vs {base.cpu_ms_per_request:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -130,3 +130,26 @@ def create_app(settings: FleetSettings) -> FastAPI:
 def app_from_env() -> FastAPI:
     """App factory for ``uvicorn --factory fleet.app:app_from_env`` (reads the env)."""
     return create_app(FleetSettings.from_env())
+
+
+def settings_environment(settings: FleetSettings) -> dict[str, str]:
+    """The ``FEDFLEET_FLEET_*`` variables that give ``settings``' command-line values to
+    ``fleet serve --workers N``'s worker processes (the rest already come from the
+    environment they inherit)."""
+    from fleet.settings import ENV_PREFIX
+
+    values = {
+        "DATA_DIR": str(settings.data_dir),
+        "DATABASE_URL": settings.database_url,
+        "ARTIFACT_DIR": str(settings.artifact_dir),
+        "HOST": settings.host,
+        "PORT": str(settings.port),
+        "DATABASE_SCHEMA": settings.database_schema or "",
+    }
+    return {ENV_PREFIX + name: value for name, value in values.items()}
+
+
+def create_app_from_env() -> FastAPI:
+    """The app of one ``fleet serve --workers N`` worker: settings from the environment,
+    no migration (the supervisor migrated once before starting the workers)."""
+    return create_app(FleetSettings.from_env().with_changes(migrate_on_start=False))

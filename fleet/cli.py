@@ -19,6 +19,7 @@ with one line on stderr saying what to change.
 from __future__ import annotations
 
 import getpass
+import os
 import socket
 import sys
 from typing import Annotated, Any
@@ -100,15 +101,25 @@ def serve(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes serving the API (PostgreSQL only; SQLite is the "
+            "single-process embedded default)."
+        ),
+    ] = 1,
 ) -> None:
     """Serve the API (/api/v1), the dashboard (/) and the OpenAPI docs (/docs).
 
-    Upgrades the database schema to the newest revision before serving.
+    Upgrades the database schema to the newest revision before serving. With
+    ``--workers N`` (PostgreSQL) N processes share the port; SIGINT/SIGTERM stops them all.
     """
     from pathlib import Path
 
     if log_level not in ("critical", "error", "warning", "info", "debug"):
         fail(f"unknown log level {log_level!r}; use one of critical, error, warning, info, debug")
+    if not 1 <= workers <= 64:
+        fail(f"--workers must be between 1 and 64, got {workers}")
     settings = settings_from_env(
         host=host,
         port=port,
@@ -116,6 +127,11 @@ def serve(
         database_schema=database_schema,
         data_dir=Path(data_dir) if data_dir else None,
     )
+    if workers > 1 and settings.database_url.startswith("sqlite"):
+        fail(
+            f"--workers {workers} needs PostgreSQL: SQLite is the single-process embedded "
+            "default (drop --workers, or give --database-url postgresql://...)"
+        )
     _check_port_free(settings.host, settings.port)
     from fedfleet.stopping import StopSignals, say_stopped
 
@@ -124,25 +140,42 @@ def serve(
     # command ends with exit 0 and one line instead of a KeyboardInterrupt or code 143.
     with StopSignals() as stop:
         migrated_engine(settings).dispose()  # migrate (and report an unreachable database)
-        _serve(settings, log_level=log_level, stop=stop)
+        _serve(settings, log_level=log_level, stop=stop, workers=workers)
     say_stopped("fleet serve", stop.signum)
 
 
-def _serve(settings: Any, *, log_level: str, stop: Any) -> None:
-    """uvicorn in this process (no workers), unless a stop came while starting."""
+def _serve(settings: Any, *, log_level: str, stop: Any, workers: int = 1) -> None:
+    """uvicorn in this process, or its supervisor of ``workers`` processes (each builds
+    the app from the settings handed over in the environment); nothing if a stop came
+    while starting."""
     import uvicorn
     from sqlalchemy.engine import make_url
 
     from fleet.app import create_app
 
-    application = create_app(settings.with_changes(migrate_on_start=False))
+    application = None if workers > 1 else create_app(settings.with_changes(migrate_on_start=False))
     if stop.requested.is_set():
         return
     base = f"http://{settings.host}:{settings.port}"
     where = make_url(settings.database_url).render_as_string(hide_password=True)
     typer.echo(f"fleet: database {where}", err=True)
     typer.echo(f"fleet: dashboard {base}/  API {base}/api/v1  docs {base}/docs", err=True)
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level)
+    if application is not None:
+        uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level)
+        return
+    from fleet.app import settings_environment
+
+    os.environ.update(settings_environment(settings))  # read by each worker's factory
+    typer.echo(f"fleet: {workers} worker processes", err=True)
+    # uvicorn's supervisor takes SIGINT/SIGTERM, stops and joins every worker, returns.
+    uvicorn.run(
+        "fleet.app:create_app_from_env",
+        factory=True,
+        workers=workers,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+    )
 
 
 def _check_port_free(host: str, port: int) -> None:

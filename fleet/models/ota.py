@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import Field as PydanticField
 from pydantic import field_validator
-from sqlalchemy import JSON, BigInteger
+from sqlalchemy import JSON, BigInteger, Index
 from sqlmodel import Field
 
 from fleet.db import UTCDateTime
@@ -266,6 +266,11 @@ class RolloutDetail(RolloutPublic):
 
 class TelemetryRecord(FleetModel, table=True):
     __tablename__ = "telemetry_records"
+    # A message delivered twice (a replica killed between commit and acknowledgement)
+    # is stored once: fleet/ota/telemetry_rows.py inserts with ON CONFLICT DO NOTHING.
+    __table_args__ = (
+        Index("ux_telemetry_records_device_id_digest", "device_id", "digest", unique=True),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     device_id: str = Field(foreign_key="devices.id", index=True, max_length=32)
@@ -279,6 +284,8 @@ class TelemetryRecord(FleetModel, table=True):
     predictions: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     features: list[Any] = Field(default_factory=list, sa_type=JSON)
     errors: int = 0  # inference calls of the window that raised
+    # The message's digest when written by replicated bridges (``--replica``), else NULL.
+    digest: str | None = Field(default=None, max_length=32)
 
 
 class FeedbackRecord(FleetModel, table=True):

@@ -88,7 +88,12 @@ class BridgeSettings:
     ``v1_until``: the end of the protocol v1 migration window (Unix seconds): until then
     a device speaking v1 (``"schema": 1``) is served — its messages decoded, its commands
     sent as v1 and unsigned — and after it (or when None) its messages are refused with
-    one log line naming the version (docs/device-protocol.md, Versioning).
+    one log line naming the version (docs/device-protocol.md, Versioning);
+    ``shared_group``: one of several bridges (replicas, docs/scale-out.md): device
+    messages arrive over ``$share/GROUP/...`` (each to one member), the session persists
+    (``client_id`` must be the replica's own and stable across restarts), and each QoS 1
+    message is acknowledged only once written, telemetry deduplicated by its digest — a
+    bridge killed mid-batch gets its unacknowledged messages again, none stored twice.
     """
 
     host: str = "127.0.0.1"
@@ -106,6 +111,7 @@ class BridgeSettings:
     command_key: Ed25519PrivateKey | None = None
     command_ttl_s: float = DEFAULT_TTL_S
     v1_until: float | None = None
+    shared_group: str | None = None
 
     def __repr__(self) -> str:  # never print the password
         return f"BridgeSettings(host={self.host!r}, port={self.port}, user={self.username!r})"
@@ -156,7 +162,8 @@ class FleetBridge:
         )
         self.stats = BridgeStats(guard=DeviceGuard(settings.limits))
         self._guard = self.stats.guard
-        self._ingest: queue.SimpleQueue[tuple[str, str, bytes]] = queue.SimpleQueue()
+        self._ingest: queue.SimpleQueue[tuple[str, str, bytes, int]] = queue.SimpleQueue()
+        self._shared = settings.shared_group is not None
         self._chunks: queue.SimpleQueue[tuple[str, bytes, float] | None] = queue.SimpleQueue()
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -171,8 +178,9 @@ class FleetBridge:
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
-            clean_session=True,
+            clean_session=not self._shared,
             protocol=mqtt.MQTTv311,
+            manual_ack=self._shared,
         )
         if settings.username is not None:
             self.client.username_pw_set(settings.username, settings.password)
@@ -234,7 +242,8 @@ class FleetBridge:
         if reason.is_failure:
             log.error("broker refused the fleet: %s", reason)
             return
-        client.subscribe([(proto.uplink_filter(c), proto.QOS) for c in proto.UPLINK])
+        prefix = f"$share/{self.settings.shared_group}/" if self._shared else ""
+        client.subscribe([(prefix + proto.uplink_filter(c), proto.QOS) for c in proto.UPLINK])
         self._connected.set()
 
     def _on_disconnect(self, *_args: Any) -> None:
@@ -246,18 +255,26 @@ class FleetBridge:
         device_id, channel = (parts[3], parts[4]) if len(parts) == 5 else ("", "")
         size = len(message.payload)
         if not self._guard.admit(device_id, channel, size=size):
+            self._ack(message.mid, message.qos)
             return
         if size > proto.MAX_JSON_BYTES:  # refused unread: never copied nor queued
+            self._ack(message.mid, message.qos)
             self._guard.taken(device_id, channel)
             self.stats.received += 1
             self.stats.ignored += 1
             self._guard.poisoned(device_id, message.topic, f"{size} bytes (limit 1 MiB)")
             return
         payload = bytes(message.payload)
-        if channel == CHUNKS:
+        if channel == CHUNKS:  # nothing stored: acknowledged at once
+            self._ack(message.mid, message.qos)
             self._chunks.put((message.topic, payload, time.monotonic()))
-        else:
-            self._ingest.put(("msg", message.topic, payload))
+        else:  # acknowledged once written (shared_group; else paho did already)
+            self._ingest.put(("msg", message.topic, payload, message.mid if message.qos else 0))
+
+    def _ack(self, mid: int, qos: int) -> None:
+        """Acknowledge a QoS 1 message (with ``shared_group`` only: else paho has)."""
+        if self._shared and qos:
+            self.client.ack(mid, qos)
 
     @property
     def alive(self) -> bool:
@@ -464,7 +481,7 @@ class FleetBridge:
         """Gather one batch and write it; True once stopped and drained."""
         if self._stop.is_set() and self._ingest.empty():
             return True
-        batch: list[tuple[str, str, bytes]] = []
+        batch: list[tuple[str, str, bytes, int]] = []
         deadline = time.monotonic() + self.settings.batch_wait_s
         while len(batch) < self.settings.batch_max:
             timeout = deadline - time.monotonic()
@@ -474,11 +491,13 @@ class FleetBridge:
                 batch.append(self._ingest.get(timeout=timeout))
             except queue.Empty:
                 break
-        for _kind, topic_name, _payload in batch:
+        for _kind, topic_name, _payload, _mid in batch:
             parts = topic_name.split("/")
             self._guard.taken(parts[3] if len(parts) == 5 else "", "")
         if batch:
-            self.ingest_batch(batch)
+            self.ingest_batch([(kind, name, payload) for kind, name, payload, _ in batch])
+            for *_message, mid in batch:  # written (or dropped as poison): acknowledge
+                self._ack(mid, proto.QOS if mid else 0)
         return False
 
     def flush(self, timeout_s: float = 10.0) -> None:
@@ -565,7 +584,7 @@ class FleetBridge:
                 offline.discard(device_id)
             elif isinstance(message, proto.Telemetry):
                 seen.add(device_id)
-                telemetry.append(telemetry_row(device_id, message, now))
+                telemetry.append(telemetry_row(device_id, message, now, dedupe=self._shared))
             elif isinstance(message, proto.Feedback):
                 seen.add(device_id)
                 if message.model_version_id is not None:  # null: unknown, not stored

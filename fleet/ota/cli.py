@@ -18,6 +18,7 @@ Heavy imports stay inside the commands. Errors: one line on stderr, non-zero exi
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -223,10 +224,23 @@ def mqtt_service(
             show_default=False,
         ),
     ] = None,
+    replica: Annotated[
+        str | None,
+        typer.Option(
+            help="Run as one of several `fleet mqtt` processes on one PostgreSQL database, "
+            "named NAME (its own, stable across restarts: the broker keeps its session): "
+            "device messages are shared among the replicas ($share/fedfleet/...), each "
+            "stored once; the rollout controller and drift checks run in the leader only.",
+            show_default=False,
+        ),
+    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Run the fleet's MQTT service: ingest device messages, serve chunks, drive rollouts,
-    and (with --broker-pid/--broker-pid-file) keep the broker's credentials in step."""
+    and (with --broker-pid/--broker-pid-file) keep the broker's credentials in step.
+
+    On PostgreSQL only the leader (a session advisory lock, fleet/ota/leader.py) runs the
+    rollout controller and the drift checks; another process takes over when it dies."""
     # Flags first: nothing is created or connected for a command line that is refused.
     if not password_file.is_file():
         fail(f"{password_file} not found; run `fedfleet fleet broker-config --out DIR` first")
@@ -236,6 +250,7 @@ def mqtt_service(
         fail(f"--release-after-s must be positive, got {release_after_s}")
     signing = _command_key(command_key)
     v1_until = _v1_until(protocol_v1_until)
+    _check_replica(replica, database_url)
     with StopSignals() as stop:  # a signal while starting stops it too, no traceback
         engine, settings = engine_and_settings(database_url)
         if v1_until is not None:
@@ -257,6 +272,7 @@ def mqtt_service(
                 release_after_s=release_after_s,
                 drift_every_s=drift_every_s,
                 command_key=signing,
+                replica=replica,
             )
         finally:
             engine.dispose()
@@ -274,13 +290,16 @@ def _serve_mqtt(
     release_after_s: float | None,
     drift_every_s: float,
     command_key: Any = None,
+    replica: str | None = None,
 ) -> None:
     """The service loop, until ``stop``; the bridge's pending messages are written before
-    it returns (``FleetBridge.stop``)."""
+    it returns (``FleetBridge.stop``). Rollouts, reference pushes and drift checks run
+    only while this process leads (:mod:`fleet.ota.leader`); ingestion always."""
     from fleet.artifacts import ArtifactStore
     from fleet.ota.bridge import BridgeSettings, FleetBridge
     from fleet.ota.broker_config import FLEET_USER
     from fleet.ota.controller import RolloutController
+    from fleet.ota.leader import Leadership
     from fleet.ota.reference_push import push_references
     from fleet.ota.telemetry import check_all
 
@@ -300,6 +319,7 @@ def _serve_mqtt(
                 if settings.protocol_v1_until is not None
                 else None
             ),
+            **_replica_settings(replica),
         ),
     )
     release = settings.release_after_s if release_after_s is None else release_after_s
@@ -307,6 +327,7 @@ def _serve_mqtt(
         bridge.start()
     except ConnectionError as err:
         fail(str(err), EXIT_FAILURE)
+    leadership = Leadership(engine, schema=settings.database_schema)
     try:
         controller = RolloutController(engine=engine, sender=bridge, release_after_s=release)
         typer.echo(f"fleet MQTT service connected to {host}:{port}")
@@ -314,11 +335,19 @@ def _serve_mqtt(
         next_drift = time.monotonic() + drift_every_s
         reported: set[str] = set()  # bad stored drift rows, each reported once
         rule = settings.drift_rule()
+        leading: bool | None = None  # said at start, then at each change
         while not stop.wait(CONTROLLER_TICK_S):
             try:  # no stored row or device message ends the service: log, carry on
-                controller.step()
                 if sync is not None:
                     sync.step()
+                if leadership.check() != leading:
+                    leading = leadership.is_leader
+                    typer.echo(
+                        f"fleet mqtt: {'leader' if leading else 'standby'} (pid {os.getpid()})"
+                    )
+                if not leading:
+                    continue  # a standby ingests only
+                controller.step()
                 push_references(engine, bridge)
                 if time.monotonic() >= next_drift:
                     next_drift = time.monotonic() + drift_every_s
@@ -331,7 +360,35 @@ def _serve_mqtt(
             except Exception:
                 logging.getLogger("fleet.ota").exception("fleet mqtt: a pass failed; carrying on")
     finally:
+        leadership.close()
         bridge.stop()
+
+
+def _check_replica(replica: str | None, database_url: str | None) -> None:
+    """``--replica`` needs PostgreSQL and a name fit for a client id; exit 2 if not."""
+    if replica is None:
+        return
+    if not replica or not all(c.isalnum() or c in "-_" for c in replica) or len(replica) > 40:
+        fail(f"--replica {replica!r}: use 1-40 letters, digits, '-' or '_' (e.g. --replica a)")
+    from fleet import cli as fleet_cli
+
+    url = fleet_cli.settings_from_env(database_url=database_url).database_url
+    if url.startswith("sqlite"):
+        fail(
+            "--replica needs PostgreSQL: SQLite is the single-process embedded default "
+            "(run one `fleet mqtt` without --replica, or use --database-url postgresql://...)"
+        )
+
+
+def _replica_settings(replica: str | None) -> dict[str, Any]:
+    """The bridge settings of a replica: its own persistent session in the shared group."""
+    if replica is None:
+        return {}
+    return {
+        "client_id": f"fedfleet-fleet-{replica}",
+        "shared_group": "fedfleet",
+        "batch_wait_s": 0.02,  # acknowledged after the write: keep batches short
+    }
 
 
 def _v1_until(raw: str | None) -> Any:

@@ -15,12 +15,14 @@ was the larger half of the ingester's write time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
 from edge_client.protocol import mqtt as proto
@@ -39,13 +41,36 @@ COLUMNS = (
     "predictions",
     "features",
     "errors",
+    "digest",
 )
 _JSON = frozenset({"predictions", "features"})
+_STAGE = "fedfleet_telemetry_in"  # per session, emptied at commit
+_COLUMN_LIST = ", ".join(COLUMNS)
+# Constants only (no input in them): the staging table for deduplicated batches.
+_STAGE_CREATE = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "  # noqa: S608
+    f"SELECT {_COLUMN_LIST} FROM telemetry_records WITH NO DATA"
+)
+_STAGE_INSERT = (
+    f"INSERT INTO telemetry_records ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} "  # noqa: S608
+    f"FROM {_STAGE} ON CONFLICT (device_id, digest) DO NOTHING"
+)
+_STAGE_EMPTY = f"DELETE FROM {_STAGE}"  # noqa: S608
 
 
-def telemetry_row(device_id: str, message: proto.Telemetry, now: datetime) -> dict[str, Any]:
-    """The stored row of one decoded telemetry message received at ``now`` (aware UTC)."""
+def message_digest(message: proto.Telemetry) -> str:
+    """32 hex digits that are the same for every delivery of one message (its decoded
+    fields, so a redelivery's DUP flag or key order does not matter)."""
+    return hashlib.blake2b(repr(message).encode(), digest_size=16).hexdigest()
+
+
+def telemetry_row(
+    device_id: str, message: proto.Telemetry, now: datetime, *, dedupe: bool = False
+) -> dict[str, Any]:
+    """The stored row of one decoded telemetry message received at ``now`` (aware UTC);
+    with ``dedupe`` its digest, so a second delivery is not stored again."""
     return {
+        "digest": message_digest(message) if dedupe else None,
         "device_id": device_id,
         "received_at": now,
         "model_version_id": message.model_version_id,
@@ -89,18 +114,24 @@ def insert_telemetry(session: Session, rows: Sequence[dict[str, Any]]) -> None:
         return
     connection = session.connection()
     if connection.dialect.name != "postgresql":
-        connection.execute(insert(TelemetryRecord), list(rows))
+        statement = sqlite_insert(TelemetryRecord).on_conflict_do_nothing()
+        connection.execute(statement, list(rows))
         return
     driver = connection.connection.driver_connection  # psycopg.Connection
     if driver is None:  # pragma: no cover - a pooled connection always has one
         raise RuntimeError("no PostgreSQL driver connection to COPY through")
     table = TelemetryRecord.__tablename__
-    with (
-        driver.cursor() as cursor,
-        cursor.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN") as copy,
-    ):
-        for row in rows:
-            copy.write_row(_copy_values(row))
+    deduped = any(row["digest"] is not None for row in rows)
+    with driver.cursor() as cursor:
+        if deduped:  # COPY cannot skip conflicts: through a temporary table, then INSERT
+            cursor.execute(_STAGE_CREATE)
+        target = _STAGE if deduped else table
+        with cursor.copy(f"COPY {target} ({_COLUMN_LIST}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(_copy_values(row))
+        if deduped:
+            cursor.execute(_STAGE_INSERT)
+            cursor.execute(_STAGE_EMPTY)
 
 
 def _copy_values(row: dict[str, Any]) -> tuple[Any, ...]:

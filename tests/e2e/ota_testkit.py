@@ -218,13 +218,23 @@ class OtaFleet:
         durable: bool = False,
         device_root: Path | None = None,
         traffic: TrafficModel | None = None,
+        fleet_service: bool = True,
         **sim_options: float,
     ) -> OtaFleet:
         """``processes > 1`` runs the agents in worker processes (``self.procs``, else
         ``self.sim``); ``durable`` makes them fsync like real devices; ``device_root``
         holds their slots (default ``root/devices``); ``traffic``: synthetic quality signals
-        the agents publish for the version each runs (:mod:`simulation.device_quality`)."""
+        the agents publish for the version each runs (:mod:`simulation.device_quality`);
+        ``fleet_service=False``: no bridge or controller in this process (the test runs
+        ``fleet mqtt`` processes)."""
         self.broker.start()
+        if fleet_service:
+            self._start_fleet_service()
+        if agents and self.devices:
+            self._start_agents(processes, durable, device_root, sim_options, traffic)
+        return self
+
+    def _start_fleet_service(self) -> None:
         self.bridge = FleetBridge(
             engine=self.engine,
             store=self.store,
@@ -243,24 +253,31 @@ class OtaFleet:
         self.controller = RolloutController(engine=self.engine, sender=self.bridge)
         self._thread = threading.Thread(target=self._control, daemon=True)
         self._thread.start()
-        if agents and self.devices:
-            options: dict[str, Any] = {
-                "root": device_root or self.root / "devices",
-                "target": TARGET,
-                "public_key": self.pubkey,
-                "broker": self.broker_settings,
-                "heartbeat_s": float(sim_options.get("heartbeat_s", 5.0)),
-                "telemetry_s": float(sim_options.get("telemetry_s", 60.0)),
-                "chunk_timeout_s": float(sim_options.get("chunk_timeout_s", 2.0)),
-                "durable": durable,
-            }
-            if traffic is not None:
-                options["traffic"] = traffic
-            if processes > 1:
-                self.procs = ProcessFleet(self.devices, processes=processes, **options).start()
-            else:
-                self.sim = SimulatedFleet(self.devices, **options).start()
-        return self
+
+    def _start_agents(
+        self,
+        processes: int,
+        durable: bool,
+        device_root: Path | None,
+        sim_options: Any,
+        traffic: TrafficModel | None = None,
+    ) -> None:
+        options: dict[str, Any] = {
+            "root": device_root or self.root / "devices",
+            "target": TARGET,
+            "public_key": self.pubkey,
+            "broker": self.broker_settings,
+            "heartbeat_s": float(sim_options.get("heartbeat_s", 5.0)),
+            "telemetry_s": float(sim_options.get("telemetry_s", 60.0)),
+            "chunk_timeout_s": float(sim_options.get("chunk_timeout_s", 2.0)),
+            "durable": durable,
+        }
+        if traffic is not None:
+            options["traffic"] = traffic
+        if processes > 1:
+            self.procs = ProcessFleet(self.devices, processes=processes, **options).start()
+        else:
+            self.sim = SimulatedFleet(self.devices, **options).start()
 
     def reports(self) -> list[AgentReport]:
         """Every simulated agent's state, wherever it runs."""

@@ -92,3 +92,29 @@ def test_a_refused_batch_raises_and_writes_nothing(database: Any) -> None:
     with Session(engine) as session:
         assert session.exec(select(TelemetryRecord)).all() == []
     engine.dispose()
+
+
+def test_a_message_delivered_twice_is_stored_once_with_dedupe(database: Any) -> None:
+    # Prepare: a replica killed between commit and PUBACK gets the same messages again,
+    # in a later batch and in the same one; without dedupe (one process) nothing changes.
+    a, b = _enroll(database, ["rows-d", "rows-e"])
+    now = datetime.now(UTC)
+    first = [telemetry_row(a, _message(i, {"0": i}), now, dedupe=True) for i in range(3)]
+    other = [telemetry_row(b, _message(i, {"0": i}), now, dedupe=True) for i in range(3)]
+    again = [telemetry_row(a, _message(i, {"0": i}), now, dedupe=True) for i in (2, 3, 3)]
+    plain = [telemetry_row(a, _message(9, {}), now) for _ in range(2)]
+    engine = database.engine()
+
+    # Execute
+    for batch in (first, again, plain, other):
+        with session_scope(engine, write=True) as session:
+            insert_telemetry(session, batch)
+
+    # Assert: seq 0..3 once each; the two undeduplicated rows both kept.
+    with Session(engine) as session:
+        stored = session.exec(select(TelemetryRecord)).all()
+    engine.dispose()
+    assert sorted(r.seq for r in stored if r.device_id == a) == [0, 1, 2, 3, 9, 9]
+    # Another device's identical messages are its own: all stored (the index is per device).
+    assert sorted(r.seq for r in stored if r.device_id == b) == [0, 1, 2]
+    assert first[0]["digest"] != first[1]["digest"] and plain[0]["digest"] is None
