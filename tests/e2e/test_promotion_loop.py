@@ -44,7 +44,7 @@ def _policy(key: Path) -> str:
         'group = "wards"\ntask = "digits-cnn"\ntargets = ["cpu-x86"]\n'
         "[gates]\nmin_accuracy = 0.8\nmax_epsilon = 8.0\n"
         "max_bundle_accuracy_drop_points = 5.0\n"
-        "[canary]\nwaves = [25, 100]\nmax_install_failure_rate = 0.0\n"
+        "[canary]\nwaves = [25, 100]\nsoak_s = 1.0\nmax_install_failure_rate = 0.0\n"
         f'[signing]\nkey = "{key}"\n'
     )
 
