@@ -56,6 +56,24 @@ class DigitsCNN(nn.Module):
         return {"loss": Weighted(loss, len(y)), "accuracy": Weighted(correct, len(y))}
 
 
+class SmallCNN(DigitsCNN):
+    """fedfleet's CIFAR-10 model (tasks/hf_models.py SmallCNN((3, 32, 32), 10))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, kernel_size=5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, kernel_size=5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(64 * 8 * 8, 512), nn.ReLU(), nn.Linear(512, 10)
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True)
@@ -66,6 +84,7 @@ def main() -> None:
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", choices=["digits", "cifar"], default="digits")
     args = parser.parse_args()
     started = time.perf_counter()
     from pfl.aggregate.simulate import SimulatedBackend
@@ -92,7 +111,7 @@ def main() -> None:
 
     train = FederatedDataset(make_user, get_user_sampler("random", list(range(clients))))
     val = FederatedDataset(make_user, get_user_sampler("random", list(range(clients))))
-    model = DigitsCNN()
+    model = SmallCNN() if args.model == "cifar" else DigitsCNN()
     pfl_model = PyTorchModel(
         model=model,
         local_optimizer_create=lambda params, lr: torch.optim.SGD(

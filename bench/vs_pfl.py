@@ -1,6 +1,9 @@
 """fedfleet against pfl-research (Apple's pfl 0.6), side by side in one run.
 
-Workload: digits-cnn, ``--clients`` (default 1,000) clients split iid by fedfleet, FedAvg
+Workloads: digits-cnn (``--workload digits``), or a CIFAR-10-shaped one (``--workload cifar``:
+random 3x32x32 images of uoft-cs/cifar10's schema, ``--rows`` of them, saved and loaded
+through ``--dataset cifar10 --data-dir``, fedfleet's SmallCNN, batch 32); ``--clients``
+(default 1,000) clients split iid by fedfleet, FedAvg
 weighted by examples, local SGD lr 0.05, momentum 0.9, batch 16, seed 0, one thread.
 For each (cohort, local epochs) configuration both run ``--rounds`` rounds in fresh
 processes: ``fedfleet simulate`` (round times from metrics.json, peak RSS from the
@@ -38,7 +41,40 @@ MEASURE = (
     "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, flush=True)\n"
     "sys.exit(code)\n"
 )
-TASK = "digits-cnn"
+WORKLOADS = {  # name: (fedfleet task, pfl model, lr, momentum, batch size)
+    "digits": ("digits-cnn", "digits", 0.05, 0.9, 16),
+    "cifar": ("", "cifar", 0.05, 0.9, 32),  # the task is hf:cifar10@<synthetic data dir>
+}
+
+
+def synthetic_cifar(root: Path, rows: int, seed: int) -> str:
+    """A CIFAR-10-shaped dataset (uoft-cs/cifar10's schema: 32x32 RGB ``img``, 10-class
+    ``label``) of random images, saved with save_to_disk; its fedfleet task name."""
+    import datasets
+    from PIL import Image
+
+    from tasks.hf_data import task_name
+
+    rng = np.random.default_rng(seed)
+    features = datasets.Features(
+        {"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)}
+    )
+
+    def split(n: int) -> datasets.Dataset:
+        images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        return datasets.Dataset.from_dict(
+            {
+                "img": [Image.fromarray(i, "RGB") for i in images],
+                "label": rng.integers(0, 10, n).tolist(),
+            },
+            features=features,
+        )
+
+    out = root / "cifar10"
+    datasets.DatasetDict({"train": split(rows), "test": split(max(100, rows // 10))}).save_to_disk(
+        str(out)
+    )
+    return task_name("cifar10", str(out))
 
 
 def pfl_python(venv: Path) -> Path:
@@ -53,14 +89,14 @@ def pfl_python(venv: Path) -> Path:
     return python
 
 
-def export(clients: int, seed: int, path: Path) -> None:
+def export(task_name: str, clients: int, seed: int, path: Path) -> None:
     """The rows each fedfleet client trains on (edge_client.data.partition_data's
     split: 10% of a client's share held out for its evaluation), and the test split."""
     from edge_client.data import cached_partitions
     from tasks import get_task
 
-    data = get_task(TASK).load_data(seed)
-    parts = cached_partitions(TASK, clients, "iid", seed)
+    data = get_task(task_name).load_data(seed)
+    parts = cached_partitions(task_name, clients, "iid", seed)
     rows, sizes = [], []
     for idx in parts:
         n_eval = len(idx) // 10 if len(idx) >= 10 else min(1, len(idx) // 2)
@@ -82,8 +118,13 @@ def steady(times: list[float]) -> float:
     return rest[len(rest) // 2]
 
 
-def run_fedfleet(args: argparse.Namespace, cohort: int, epochs: int, out: Path) -> dict:
-    cmd = [sys.executable, "-c", MEASURE, *FEDFLEET, "simulate", "--task", TASK]
+def run_fedfleet(args: argparse.Namespace, task: str, cohort: int, epochs: int, out: Path) -> dict:
+    cmd = [sys.executable, "-c", MEASURE, *FEDFLEET, "simulate"]
+    if task.startswith("hf:"):
+        _, _, data_dir = task.partition("@")
+        cmd += ["--dataset", "cifar10", "--data-dir", data_dir, "--partition", "iid"]
+    else:
+        cmd += ["--task", task]
     cmd += ["--clients", str(args.clients), "--clients-per-round", str(cohort)]
     cmd += ["--rounds", str(args.rounds), "--local-epochs", str(epochs), "--threads", "1"]
     cmd += ["--seed", "0", "--quiet", "--out", str(out)]
@@ -97,7 +138,10 @@ def run_fedfleet(args: argparse.Namespace, cohort: int, epochs: int, out: Path) 
 
 
 def run_pfl(python: Path, data: Path, args: argparse.Namespace, cohort: int, epochs: int) -> dict:
+    _, model, lr, momentum, batch = WORKLOADS[args.workload]
     cmd = [str(python), str(Path(__file__).with_name("pfl_peer.py")), "--data", str(data)]
+    cmd += ["--model", model, "--lr", str(lr), "--momentum", str(momentum)]
+    cmd += ["--batch-size", str(batch)]
     cmd += ["--per-round", str(cohort), "--rounds", str(args.rounds), "--epochs", str(epochs)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH="")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -117,6 +161,8 @@ def main() -> None:
     parser.add_argument("--cohorts", default="10,100,1000")
     parser.add_argument("--epochs", default="1,5")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="digits")
+    parser.add_argument("--rows", type=int, default=10000, help="cifar: training rows")
     cache = Path(os.environ.get("FEDFLEET_CACHE_DIR", Path.home() / ".cache" / "fedfleet"))
     parser.add_argument("--pfl-venv", type=Path, default=cache / "pfl-venv")
     args = parser.parse_args()
@@ -127,10 +173,11 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "clients.npz"
-        export(args.clients, 0, data)
+        task = WORKLOADS[args.workload][0] or synthetic_cifar(Path(tmp), args.rows, 0)
+        export(task, args.clients, 0, data)
         for cohort in [int(c) for c in args.cohorts.split(",")]:
             for epochs in [int(e) for e in args.epochs.split(",")]:
-                ff = run_fedfleet(args, cohort, epochs, Path(tmp) / f"ff-{cohort}-{epochs}")
+                ff = run_fedfleet(args, task, cohort, epochs, Path(tmp) / f"ff-{cohort}-{epochs}")
                 pf = run_pfl(python, data, args, cohort, epochs)
                 ratio = ff["steady"] / pf["steady"]
                 print(
