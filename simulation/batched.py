@@ -93,7 +93,7 @@ def chunk_size(job: TrainJob, budget_bytes: int) -> int:
 
 
 def _activation_bytes(job: TrainJob) -> int:
-    """Bytes of every module's output for one sample of ``job`` (a forward pass)."""
+    """Bytes of every leaf module's output for one sample of ``job`` (a forward pass)."""
     total = 0
 
     def count(_module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -101,7 +101,8 @@ def _activation_bytes(job: TrainJob) -> int:
         if isinstance(output, torch.Tensor):
             total += output.numel() * output.element_size()
 
-    hooks = [m.register_forward_hook(count) for m in job.model.modules()]
+    leaves = [m for m in job.model.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(count) for m in leaves]
     try:
         with torch.no_grad():
             job.model(torch.from_numpy(np.ascontiguousarray(job.x[:1])))

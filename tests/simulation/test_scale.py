@@ -57,7 +57,10 @@ def test_ten_thousand_clients_stay_under_one_and_a_half_gib(tmp_path: Path) -> N
     assert [r["selected"] for r in rows] == [100, 100]
     materialised = int(re.search(r"(\d+) clients materialised", proc.stderr).group(1))  # type: ignore[union-attr]
     assert 100 <= materialised <= 200
-    assert "200 local trainings in 2 batched steps" in proc.stderr
+    # Trained in waves of the batched-training memory budget (~57 digits clients at the
+    # default 128 MiB): two a round.
+    steps = int(re.search(r"200 local trainings in (\d+) batched", proc.stderr).group(1))  # type: ignore[union-attr]
+    assert 2 <= steps <= 4
 
 
 @pytest.mark.slow
