@@ -26,6 +26,10 @@ one importing torch, one importing torch and ``flwr.serverapp`` — are measured
 so the engine's own cold start shows apart from Python's and torch's. Prints a table
 with ratios and writes ``simulation.json`` and ``simulation.png`` to ``--out``.
 
+Against pfl-research (Apple's pfl 0.6, in its own venv): bench/vs_pfl.py, the same
+digits workload and a CIFAR-10-shaped one, cohorts 10/100/1,000 and 1/5 local epochs.
+Registered clients at scale (100,000 and 1,000,000): bench/scale.py.
+
 Any Flower App instead (``--app DIR``): fedfleet's ``simulate --app`` against Flower's
 own simulation engine on that app, side by side (bench/app_vs_flower.py), with the
 ratio and the goal (>= 5x end to end at 100 clients for a quickstart-pytorch-style app,

@@ -12,8 +12,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from tasks import PartitionSpec, get_task, partition_indices
+from tasks import PartitionSpec, get_task
 from tasks.fairness import positive_weighted_indices, reweighed_indices
+from tasks.partition import Partitions, partition
 
 
 @dataclass(frozen=True)
@@ -52,21 +53,16 @@ class ClientData:
 
 @lru_cache(maxsize=16)
 def cached_partitions(
-    task_name: str, num_partitions: int, partition: str, seed: int
-) -> tuple[np.ndarray, ...]:
-    """All clients' index arrays for one (task, N, partition, seed): computed once."""
+    task_name: str, num_partitions: int, partition_text: str, seed: int
+) -> Partitions:
+    """All clients' index arrays for one (task, N, partition, seed): computed once, kept
+    as two flat arrays (``tasks.partition.Partitions``), whatever N is."""
     task = get_task(task_name)
+    spec = PartitionSpec.parse(partition_text)
     if task.split_clients is not None:  # its own partitioner (a Hugging Face dataset)
-        return tuple(task.split_clients(num_partitions, PartitionSpec.parse(partition), seed))
+        return Partitions.from_arrays(task.split_clients(num_partitions, spec, seed))
     data = task.load_data(seed)
-    parts = partition_indices(
-        data.y_train,
-        num_partitions,
-        PartitionSpec.parse(partition),
-        seed=seed,
-        groups=data.groups_train,
-    )
-    return tuple(parts)
+    return partition(data.y_train, num_partitions, spec, seed=seed, groups=data.groups_train)
 
 
 def partition_data(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,64 @@ _STATEFUL_OR_RANDOM: tuple[type[nn.Module], ...] = (
     nn.AlphaDropout,
     nn.RNNBase,
 )
+
+
+# The memory one batched training may take for its stacks (parameters, gradients,
+# momentum and proximal copies, gathered slices, activations), in MiB; a larger group
+# is trained in consecutive chunks that fit. ``FEDFLEET_BATCH_MEMORY_MIB`` overrides it.
+DEFAULT_BATCH_MEMORY_MIB = 128
+BATCH_MEMORY_ENV = "FEDFLEET_BATCH_MEMORY_MIB"
+
+
+def batch_memory_bytes() -> int:
+    """The memory budget of one batched training (``FEDFLEET_BATCH_MEMORY_MIB``)."""
+    text = os.environ.get(BATCH_MEMORY_ENV, "").strip()
+    if not text:
+        return DEFAULT_BATCH_MEMORY_MIB * 1024**2
+    try:
+        mib = float(text)
+    except ValueError:
+        mib = -1.0
+    if not mib > 0:
+        raise ValueError(
+            f"{BATCH_MEMORY_ENV}={text!r}: give the batched-training memory budget in MiB "
+            f"(a number > 0, e.g. {DEFAULT_BATCH_MEMORY_MIB})"
+        )
+    return int(mib * 1024**2)
+
+
+def chunk_size(job: TrainJob, budget_bytes: int) -> int:
+    """How many clients like ``job`` one batched step may stack within ``budget_bytes``.
+
+    Per client: its parameters about six times over (the stack, its gradient, the
+    momentum buffer, the proximal copy, the gathered copy of a partial step and the
+    update) plus the activations of one minibatch kept for the backward pass (each
+    module's output, counted on one sample, three times: the value, its gradient and
+    a temporary). At least one client.
+    """
+    param_bytes = sum(p.numel() * p.element_size() for p in job.model.parameters())
+    per_client = 6 * param_bytes + 3 * job.batch_size * _activation_bytes(job)
+    return max(1, budget_bytes // max(1, per_client))
+
+
+def _activation_bytes(job: TrainJob) -> int:
+    """Bytes of every leaf module's output for one sample of ``job`` (a forward pass)."""
+    total = 0
+
+    def count(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in job.model.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            job.model(torch.from_numpy(np.ascontiguousarray(job.x[:1])))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
 
 
 @dataclass
@@ -94,14 +153,20 @@ def train_one_by_one(job: TrainJob) -> TrainResult:
     )
 
 
-def train_batched(jobs: Sequence[TrainJob]) -> list[TrainResult]:
+def train_batched(
+    jobs: Sequence[TrainJob], *, memory_bytes: int | None = None
+) -> list[TrainResult]:
     """Train every job's model in place; results in the order of ``jobs``.
 
     Jobs are grouped by model architecture (class and parameter shapes) and minibatch
-    size; each group is trained as one stack. Jobs with no data return what
-    ``train_local`` returns (0 examples). An architecture that :func:`batchable`
-    refuses (checked on its first model) is trained one by one.
+    size; each group is trained as stacks of at most :func:`chunk_size` clients for the
+    memory budget ``memory_bytes`` (default :func:`batch_memory_bytes`): consecutive
+    chunks, one after the other. Clients never interact, so the chunks give the same
+    results as one stack. Jobs with no data return what ``train_local`` returns (0
+    examples). An architecture that :func:`batchable` refuses (checked on its first
+    model) is trained one by one.
     """
+    budget = batch_memory_bytes() if memory_bytes is None else memory_bytes
     results: list[TrainResult | None] = [None] * len(jobs)
     groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     named: dict[int, list[tuple[str, nn.Parameter]]] = {}
@@ -125,9 +190,12 @@ def train_batched(jobs: Sequence[TrainJob]) -> list[TrainResult]:
         if len(members) == 1:
             results[members[0]] = train_one_by_one(jobs[members[0]])
             continue
-        trained = _train_group([jobs[i] for i in members], [named[i] for i in members])
-        for i, result in zip(members, trained, strict=True):
-            results[i] = result
+        size = chunk_size(jobs[members[0]], budget)
+        for start in range(0, len(members), size):
+            chunk = members[start : start + size]
+            trained = _train_group([jobs[i] for i in chunk], [named[i] for i in chunk])
+            for i, result in zip(chunk, trained, strict=True):
+                results[i] = result
     return [r for r in results if r is not None]
 
 

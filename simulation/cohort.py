@@ -18,6 +18,7 @@ nothing that is safe one by one becomes unsafe here.
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -27,7 +28,7 @@ from greenlet import greenlet
 from torch import nn
 
 from edge_client.dp_training import DPTrainResult, train_dp_local_override
-from simulation.batched import TrainJob, train_batched
+from simulation.batched import TrainJob, batch_memory_bytes, chunk_size, train_batched
 from simulation.batched_dp import DPTrainJob, train_dp_batched
 from tasks import TrainResult
 from tasks.training import train_local_override
@@ -59,6 +60,7 @@ def run_cohort(
     trainer: Callable[[Sequence[TrainJob]], list[TrainResult]] = train_batched,
     dp_trainer: Callable[[Sequence[DPTrainJob]], list[DPTrainResult]] = train_dp_batched,
     stats: CohortStats | None = None,
+    wave_size: Callable[[TrainJob], int] | None = None,
 ) -> list[T]:
     """Run ``calls`` with batched ``train_local``; return their results in order.
 
@@ -67,7 +69,17 @@ def run_cohort(
     inside the call). An exception in ``trainer`` is raised inside each waiting call,
     where ``train_local`` was called. ``train_dp_local`` (DP-SGD) calls are gathered
     the same way and trained together by ``dp_trainer``.
+
+    Calls run in waves: once ``wave_size(job)`` calls (default: the chunk that fits the
+    batched-training memory budget, ``simulation.batched.chunk_size``) wait in
+    ``train_local``, they are trained and run to completion before the next calls
+    start, so only a wave's models, messages and training state are alive at once,
+    however large the cohort.
     """
+    if wave_size is None:
+        budget = batch_memory_bytes()
+        wave_size = functools.partial(_chunk_of, budget=budget)
+    limit: int | None = None
     main = greenlet.getcurrent()
     results: list[Any] = [None] * len(calls)
     waiting: dict[int, TrainJob | DPTrainJob] = {}
@@ -110,22 +122,49 @@ def run_cohort(
         else:
             results[index] = outcome
 
+    def drain() -> None:
+        _drain(waiting, lambda i, outcome: advance(i, lets[i].switch(outcome)), trainers, stats)
+
+    trainers = ((TrainJob, trainer), (DPTrainJob, dp_trainer))
     for index, call in enumerate(calls):
         let = greenlet(body, parent=main)
         let.gr_context = contextvars.copy_context()
         lets.append(let)
         advance(index, let.switch(call))
-    while waiting:
-        for kind, train in ((TrainJob, trainer), (DPTrainJob, dp_trainer)):
-            order = sorted(i for i, job in waiting.items() if isinstance(job, kind))
-            if order:
-                trained = _train([waiting.pop(i) for i in order], train, stats)
-                for index, outcome in zip(order, trained, strict=True):
-                    advance(index, lets[index].switch(outcome))
+        limit = limit or _wave_limit(waiting.get(index), wave_size)
+        if limit and len(waiting) >= limit:
+            drain()
+    drain()
     failures = [r.error for r in results if isinstance(r, _Failed)]
     if failures:
         raise failures[0]
     return [r.value for r in results]
+
+
+def _drain(
+    waiting: dict[int, Any],
+    resume: Callable[[int, Any], None],
+    trainers: Sequence[tuple[type, Callable[[Any], Any]]],
+    stats: CohortStats | None,
+) -> None:
+    """Train every waiting job (each kind by its trainer) and resume its call, until
+    no call waits."""
+    while waiting:
+        for kind, train in trainers:
+            order = sorted(i for i, job in waiting.items() if isinstance(job, kind))
+            if order:
+                trained = _train([waiting.pop(i) for i in order], train, stats)
+                for index, outcome in zip(order, trained, strict=True):
+                    resume(index, outcome)
+
+
+def _wave_limit(job: object, wave_size: Callable[[TrainJob], int]) -> int | None:
+    """The wave size, once the first plain training job is known."""
+    return max(1, wave_size(job)) if isinstance(job, TrainJob) else None
+
+
+def _chunk_of(job: TrainJob, *, budget: int) -> int:
+    return chunk_size(job, budget)
 
 
 def _train(jobs: list[Any], train: Callable[[Any], Any], stats: CohortStats | None) -> list[Any]:

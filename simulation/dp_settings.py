@@ -96,10 +96,12 @@ def parse_sweep(text: str) -> list[float]:
 
 def smallest_client_records(settings: DPFields) -> int:
     """Training records of the smallest simulated client (N of the local δ < 1/N rule)."""
+    import numpy as np
+
     from edge_client.data import cached_partitions, partition_data
 
     parts = cached_partitions(settings.task, settings.clients, settings.partition, settings.seed)
-    smallest = min(range(len(parts)), key=lambda i: len(parts[i]))
+    smallest = int(np.argmin(parts.sizes()))
     data = partition_data(
         task_name=settings.task,
         partition_id=smallest,

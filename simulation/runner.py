@@ -90,10 +90,11 @@ def empty_clients_warning(settings: SimulateSettings) -> str | None:
     from edge_client.data import cached_partitions
 
     parts = cached_partitions(settings.task, settings.clients, settings.partition, settings.seed)
-    empty = sum(1 for part in parts if len(part) == 0)
+    sizes = parts.sizes()
+    empty = int((sizes == 0).sum())
     if not empty:
         return None
-    rows = sum(len(part) for part in parts)
+    rows = int(sizes.sum())
     fix = (
         f"use --clients {rows} or fewer"
         if settings.clients > rows

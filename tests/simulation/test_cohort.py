@@ -110,3 +110,36 @@ def test_outside_a_cohort_train_local_is_untouched() -> None:
         model, data.x_train[:8], data.y_train[:8], epochs=1, batch_size=4, learning_rate=0.1, seed=0
     )
     assert result.steps == 2
+
+
+def test_a_large_cohort_runs_in_waves_of_the_memory_budget() -> None:
+    # Prepare: 10 calls, waves of 3 (as a memory budget of three clients would give).
+    torch.manual_seed(0)
+    base = get_task("synthetic-logreg").build_model()
+    log: list[str] = []
+    seen: list[int] = []
+
+    def trainer(jobs: Sequence[TrainJob]) -> list[TrainResult]:
+        seen.append(len(jobs))
+        return train_batched(jobs)
+
+    # Execute
+    waved = run_cohort(
+        [_client(c, base, log) for c in range(10)], trainer=trainer, wave_size=lambda job: 3
+    )
+    sequential = [_client(c, base, [])() for c in range(10)]
+    # Assert: no more than three calls alive at once; each wave ends before the next
+    # starts; the results are the calls' own, as one by one.
+    assert seen == [3, 3, 3, 1]
+    live, peak = 0, 0
+    for line in log:
+        live += 1 if line.startswith("start") else -1
+        peak = max(peak, live)
+    assert peak == 3 and log[:6] == [
+        *(f"start {c}" for c in range(3)),
+        *(f"end {c}" for c in range(3)),
+    ]
+    for (c1, r1, p1), (c2, r2, p2) in zip(waved, sequential, strict=True):
+        assert c1 == c2 and r1.num_examples == r2.num_examples
+        for a, b in zip(p1, p2, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

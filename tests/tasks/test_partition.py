@@ -90,3 +90,30 @@ def test_bad_partition_specs_say_what_is_valid(text: str) -> None:
 def test_spec_round_trips_through_its_text() -> None:
     for text in ("iid", "dirichlet:0.3", "shards:2", "natural"):
         assert str(PartitionSpec.parse(text)) == text
+
+
+def test_a_million_clients_cost_two_flat_arrays() -> None:
+    # Execute: partition 1,437 labels (digits' size) into a million clients, each kind.
+    from tasks.partition import Partitions, partition
+
+    labels = np.random.default_rng(0).integers(0, 10, 1437)
+    for text in ["iid", "dirichlet:0.5", "shards:2", "natural"]:
+        parts = partition(
+            labels, 1_000_000, PartitionSpec.parse(text), seed=0, groups=np.arange(1437) % 97
+        )
+        # Assert: compact (order + offsets only), exact cover, the same arrays as a list.
+        assert isinstance(parts, Partitions) and len(parts) == 1_000_000
+        assert parts.order.nbytes + parts.offsets.nbytes <= 8 * (1437 + 1_000_001)
+        _assert_exact_cover([*list(parts[:2000]), parts.order[parts.offsets[2000] :]], 1437)
+        assert int(parts.sizes().sum()) == 1437
+        assert np.all(np.diff(parts[int(np.argmax(parts.sizes()))]) > 0)  # sorted per client
+
+
+def test_partitions_index_like_a_list() -> None:
+    from tasks.partition import Partitions
+
+    parts = Partitions.from_arrays([np.array([3, 1]), np.empty(0, np.int64), np.array([2])])
+    assert [p.tolist() for p in parts] == [[3, 1], [], [2]]
+    assert parts[-1].tolist() == [2] and parts.sizes().tolist() == [2, 0, 1]
+    with pytest.raises(IndexError, match="outside 0..2"):
+        parts[3]
