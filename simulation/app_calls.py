@@ -249,6 +249,7 @@ class WorkerPool:
     size: int
     threads: int
     say: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+    ack_s: float = ACK_S
     slots: list[_Slot] = field(default_factory=list)
 
     def start(self) -> WorkerPool:
@@ -291,7 +292,8 @@ class WorkerPool:
             busy = {slot.conn: slot for slot in self.slots if slot.pending}
             now = time.monotonic()
             bound = min(self._deadline(slot, timeout) for slot in busy.values()) - now
-            for ready in wait(list(busy), timeout=max(0.0, bound)):
+            limit = None if math.isinf(bound) else max(0.0, bound)  # no timeout: replies
+            for ready in wait(list(busy), timeout=limit):
                 if isinstance(ready, Connection):
                     self._receive(busy[ready], outcomes)
             now = time.monotonic()
@@ -315,10 +317,9 @@ class WorkerPool:
         slot.since = time.monotonic()
         slot.conn.send([tasks[index] for index in indices])
 
-    @staticmethod
-    def _deadline(slot: _Slot, timeout: float | None) -> float:
+    def _deadline(self, slot: _Slot, timeout: float | None) -> float:
         if not slot.acknowledged:
-            return slot.since + ACK_S
+            return slot.since + self.ack_s
         return slot.since + (timeout + HANG_GRACE_S if timeout is not None else math.inf)
 
     def _receive(self, slot: _Slot, outcomes: list[CallOutcome | Stuck | None]) -> None:
@@ -337,7 +338,7 @@ class WorkerPool:
     ) -> None:
         why: Literal["late", "not started"] = "late" if slot.acknowledged else "not started"
         pid = slot.process.pid
-        bound = f"{timeout:g}s timeout + {HANG_GRACE_S:g}s" if why == "late" else f"{ACK_S:g}s"
+        bound = f"{timeout:g}s timeout + {HANG_GRACE_S:g}s" if why == "late" else f"{self.ack_s:g}s"
         self.say(
             f"warning: ClientApp worker pid {pid} gave no reply within {bound} "
             f"({'its call is late: dropped' if why == 'late' else 'it never started its calls: rerun in process'}); "
