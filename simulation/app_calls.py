@@ -47,6 +47,7 @@ import random
 import signal
 import statistics
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -256,9 +257,11 @@ class WorkerPool:
         import multiprocessing
 
         context = multiprocessing.get_context("forkserver")
-        preload = ["simulation.app_calls"]
+        preload = ["simulation.app_calls", "flwr.app", "flwr.clientapp"]
         if isinstance(self.source, AppSource):
             preload.append(self.source.module)
+        if "torch" in sys.modules:  # a first optimizer step imports torch._dynamo (~3 s)
+            preload += ["torch", "torch._dynamo"]
         context.set_forkserver_preload(preload)  # used when the forkserver starts
         self._context = context
         self.slots = [self._spawn(number) for number in range(self.size)]
@@ -435,6 +438,9 @@ class AppCalls:
         self.pool: WorkerPool | None = None
         self.calibration = Calibration(workers=max(1, self._size))
         self.last_mode: Mode = "inprocess"
+        self._starting: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
         self.stuck = 0  # calls whose worker was ended for not answering in its bound
 
     @property
@@ -443,21 +449,56 @@ class AppCalls:
         return self._size
 
     def start(self) -> AppCalls:
-        """Nothing to start yet: the workers start when first needed."""
+        """Start the workers in the background (a forkserver importing the app, then
+        the workers): under auto the first pushes run in process meanwhile, never
+        waiting; a count of workers (``--app-workers N``) waits for them here."""
+        if self._size > 0 and not self._auto:
+            self._ready()
+        elif self._size > 0:
+            self._starting = threading.Thread(
+                target=self._start_pool, name="clientapp-workers-start", daemon=True
+            )
+            self._starting.start()
         return self
 
+    def _start_pool(self) -> None:
+        source = self.source if self.source is not None else self.client_app
+        try:
+            pool = WorkerPool(source, self._size, self._threads).start()
+            with self._lock:
+                if self._closed:  # the run ended while they started: end them here
+                    pool.close()
+                else:
+                    self.pool = pool
+        except Exception as exc:  # in process, said once
+            print(
+                f"warning: ClientApp workers did not start ({exc}); calls run in process",
+                file=sys.stderr,
+            )
+            self._size = 0
+
+    def _ready(self) -> bool:
+        """Whether the workers have started (starting them now if start() did not)."""
+        if self._starting is None:
+            self._start_pool()
+            self._starting = threading.Thread()
+            return self.pool is not None
+        return not self._starting.is_alive() and self.pool is not None
+
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
+        """End the workers; ones still starting end as soon as they have started."""
+        with self._lock:
+            self._closed = True
+            pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.close()
 
     def _mode(self, message_type: str, calls: int) -> Mode:
         if self._size == 0 or calls < 2:
             return "inprocess"
         mode = self.calibration.mode(message_type, calls) if self._auto else "workers"
-        if mode == "workers" and self.pool is None:
-            source = self.source if self.source is not None else self.client_app
-            self.pool = WorkerPool(source, self._size, self._threads).start()
+        if mode == "workers" and not self._ready():
+            return "inprocess"  # still starting: this push here, never a wait
         return mode
 
     def run(
