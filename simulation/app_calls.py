@@ -12,29 +12,30 @@ with the reply. What is not carried: an app's module-level globals changed by a 
 (as on Flower, where each simulation actor holds its own); and with more than one
 torch thread per process (``--threads``) torch may sum in another order.
 
-**Workers** are forked once, when first needed: under auto after the in-process
-measurement, so they inherit what the app's first calls imported and warmed up (torch's
-first optimizer step imports ~2 s of modules), never while a late call's thread runs;
-with more than one torch thread (``--threads``) before the ServerApp starts, as an
-OpenMP pool must not be forked once used. They serve calls of any node; a push's calls are handed out
-one at a time to whichever worker is free. They ignore SIGINT (the parent stops them),
-end on their pipe's end-of-file or when the parent is gone (polled each second), and
-are ended by PID when the run ends, however it ends. A ClientApp exception in a
-worker comes back as its whole traceback (:class:`simulation.app_errors.ClientFailure`).
+**Workers** start from a forkserver (a fresh single-threaded process that imports
+flwr, the app's ClientApp module and torch once), never by forking this process, which
+runs threads (a child could inherit a lock one of them held). Under auto they start in
+the background when the run starts, while the first pushes run in process; with a
+count, before the first push. They serve calls of any node, handed out in batches to
+whichever worker is free. They ignore SIGINT (the parent stops them), end on their
+pipe's end of file or when the parent is gone (polled each second), and are ended by
+PID when the run ends, however it ends. A ClientApp exception in a worker comes back as
+its whole traceback (:class:`simulation.app_errors.ClientFailure`).
+
+**Every wait on a worker is bounded** (:class:`WorkerPool`): a worker acknowledges each
+batch as it takes it; one that does not within ``ACK_S`` is ended by PID and replaced,
+and its calls run in process instead (seeded: the same results); one whose call runs
+``HANG_GRACE_S`` past the push's timeout is ended and replaced, and that call is late
+(its reply missing, as Flower's ``send_and_receive`` drops it). Each says one line.
 
 **auto** (the default) measures instead of guessing: per message type, the first push
 large enough to fill the workers (two calls per worker or more) runs in process, the
 next one in the workers, and the faster per call runs the rest: in process, the median
 of the calls' own seconds (a one-time warm-up, the first call's, left out); in
 workers, the push's wall seconds per call (their warm-ups included: when in doubt, in
-process). Pushes smaller than
-that run in process. One core: no workers.
-
-**Timeouts.** In process, a call is bounded in wall time (:mod:`simulation.timed_calls`).
-A worker's call is late when its own seconds exceed the timeout (its reply is then
-dropped, as Flower's ``send_and_receive`` drops it), but the push waits for it; so
-under auto a message type that had a late call (in process or in workers) runs in
-process from then on.
+process). Pushes smaller than that, and pushes while the workers are still starting,
+run in process. One core: no workers. A message type that had a late call (in process
+or in workers) runs in process from then on.
 """
 
 from __future__ import annotations

@@ -44,6 +44,8 @@ def test_auto_workers_under_cpu_load_finish_five_runs_in_a_row(tmp_path: Path) -
         # the forkserver starts once per process (~10 s at load 15 here); the runs after
         # the first reuse it, so start it first for the runs to reach their workers
         signal.alarm(int(RUN_BOUND_S))
+        import torch  # noqa: F401  # as in a run, whose app imported it: preloaded then
+
         source = AppSource("quickstart_app.client_app:app", str(APP))
         WorkerPool(source, 2, 1).start().close()
         signal.alarm(0)
