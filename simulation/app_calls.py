@@ -18,8 +18,9 @@ runs threads (a child could inherit a lock one of them held). Under auto they st
 the background when the run starts, while the first pushes run in process; with a
 count, before the first push. They serve calls of any node, handed out in batches to
 whichever worker is free. They ignore SIGINT (the parent stops them), end on their
-pipe's end of file or when the parent is gone (polled each second), and are ended by
-PID when the run ends, however it ends. A ClientApp exception in a worker comes back as
+pipe's end of file or when the parent is gone (polled each second; on Linux a worker
+also gets SIGTERM when the forkserver ends, which it does with the run, so a SIGKILLed
+run's workers end mid-call), and are ended by PID when the run ends, however it ends. A ClientApp exception in a worker comes back as
 its whole traceback (:class:`simulation.app_errors.ClientFailure`).
 
 **Every wait on a worker is bounded** (:class:`WorkerPool`): a worker acknowledges each
@@ -74,6 +75,7 @@ ACK_S = 60.0  # wall seconds a worker gets to acknowledge a batch (its start inc
 HANG_GRACE_S = 2.0  # wall seconds past a call's timeout before its worker is ended
 MAX_BATCH = 8  # calls handed to a worker at once (fewer as a push ends)
 ACK = "started"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def usable_cores() -> int:
@@ -190,12 +192,34 @@ def _parent_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def _end_with_the_forkserver() -> None:
+    """SIGTERM this worker when the forkserver (its parent, which ends with the run)
+    ends, even mid-call (Linux's PR_SET_PDEATHSIG; elsewhere the polling below)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    # multiprocessing hands each forkserver child the write end of the pipe whose end
+    # of file ends the forkserver: held here, a SIGKILLed run's forkserver (and so this
+    # worker, mid-call) would live until the call ended. A worker does not need it.
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(alive, int):
+        with contextlib.suppress(OSError):
+            os.close(alive)
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+
+
 def _serve(conn: Connection, source: AppSource | ClientApp, setup: tuple[int, int, str]) -> None:
     """A worker's loop: a batch of ``(message, context, seed)`` in; an acknowledgement,
     then one :class:`CallOutcome` per call out. Ends on ``None``, on the pipe's end of
     file, or when the parent is gone (polled each ``PARENT_POLL_S``)."""
     threads, parent, cwd = setup
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers end
+    _end_with_the_forkserver()
     with contextlib.suppress(OSError):
         os.chdir(cwd)  # the run folder, as for a call in process
     client_app = source.load() if isinstance(source, AppSource) else source
