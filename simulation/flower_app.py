@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rich.console import Console
 
 from privacy.private_files import write_private_bytes
-from simulation.app_calls import AppCalls, call_seed, own_random_state, parse_app_workers
+from simulation.app_calls import AppCalls, AppSource, call_seed, own_random_state, parse_app_workers
 from simulation.app_errors import ClientErrors, app_raised
 from simulation.fleet_settings import FleetFields
 from simulation.run_config import RunConfigDict
@@ -128,7 +128,7 @@ def validate_app_settings(settings: AppFields, *, fedfleet_flags: Sequence[str])
     if settings.app_config and not settings.app:
         raise ValueError("--run-config sets a Flower App's config; it needs --app DIR")
     if not settings.app:
-        if settings.app_workers not in ("0", ""):
+        if settings.app_workers not in ("auto", ""):
             raise ValueError(
                 "--app-workers sets how a Flower App's ClientApp runs; it needs --app DIR"
             )
@@ -267,6 +267,7 @@ def run_flower_app(
         workers=parse_app_workers(settings.app_workers),
         threads=settings.threads,
         on_failure=client_errors,
+        source=AppSource(app.clientapp, str(app.app_dir)),  # what a worker loads
     )
 
     def on_exchange(
@@ -318,6 +319,7 @@ def run_flower_app(
         doc["clients_materialised"] = grid.materialised_clients
         doc["app_workers"] = {
             "workers": calls.pool_size,
+            "stuck_calls": calls.stuck,
             "seconds_per_call": {
                 f"{kind} {mode}": s for (kind, mode), s in calls.calibration.per_call.items()
             },

@@ -37,7 +37,7 @@ SHOWN_DEFAULTS: dict[str, str] = {
     "secagg_bits": "16",
     "dropout": "0",
     "dropout_stage": "after-key-share",
-    "app_workers": "0",
+    "app_workers": "auto",
     "threads": "1",
     "ray_workers": "0",
     "dp": "none",

@@ -130,7 +130,7 @@ class SimulateSettings:
     devices: str = ""
     app: str = ""
     app_config: str = ""
-    app_workers: str = "0"  # --app: simulation/app_calls.py (auto is opt-in: docs/simulation.md)
+    app_workers: str = "auto"  # --app: simulation/app_calls.py (docs/simulation.md)
     # carbon accounting and carbon-aware selection (issue 19): simulation/fleet_settings.py
     carbon_trace: str = ""
     regions: str = ""
