@@ -50,6 +50,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,10 +165,13 @@ BRIDGE_TOPICS = [
 class Brokers:
     core: MosquittoProcess
     edges: list[MosquittoProcess]
+    tls_ports: dict[int, int]  # plain port -> TLS port of the same broker
+    tls: bool
 
     @property
     def device_ports(self) -> list[int]:
-        return [e.port for e in self.edges] or [self.core.port]
+        plain = [e.port for e in self.edges] or [self.core.port]
+        return [self.tls_ports[p] for p in plain] if self.tls else plain
 
     @property
     def pids(self) -> list[int]:
@@ -178,16 +182,19 @@ class Brokers:
             broker.close()
 
 
-def _conf_for(base: str, *, port: int, extra: list[str]) -> str:
-    lines = []
+def _conf_for(base: str, *, port: int, tls_port: int, extra: list[str]) -> str:
+    """``base`` (broker-config's mosquitto.conf) on ``port`` (and its TLS listener, when
+    it has one, on ``tls_port``), with no connection limit and ``extra`` lines."""
+    lines, seen = [], 0
     for line in base.splitlines():
         if line.startswith("listener "):
-            line = f"listener {port} 127.0.0.1"
+            line = f"listener {port if seen == 0 else tls_port} 127.0.0.1"
+            seen += 1
         lines.append(line)
     return "\n".join([*lines, "max_connections -1", *extra]) + "\n"
 
 
-def start_brokers(folder: Path, edges: int) -> Brokers:
+def start_brokers(folder: Path, edges: int, *, tls: bool = False) -> Brokers:
     """One Mosquitto (``edges == 0``) or a core plus ``edges`` bridged edge brokers, all
     from the files ``fleet broker-config`` wrote into ``folder``."""
     from fleet.credentials import mosquitto_hash
@@ -201,12 +208,16 @@ def start_brokers(folder: Path, edges: int) -> Brokers:
         head = "".join(f"user {u}\ntopic readwrite fedfleet/v1/#\n" for u, _ in bridges)
         (folder / "acl").write_text(head + acl)
     core_port = free_port()
+    tls_ports = {core_port: free_port()}
     core_conf = folder / "core.conf"
-    core_conf.write_text(_conf_for(base, port=core_port, extra=[]))
-    core = MosquittoProcess(config=core_conf, port=core_port).start()
+    core_conf.write_text(_conf_for(base, port=core_port, tls_port=tls_ports[core_port], extra=[]))
+    # A broker reads its passwd and ACL (one entry per device) before it listens: with
+    # 100,000 devices that takes seconds; the edges start at once, in threads.
+    core = MosquittoProcess(config=core_conf, port=core_port).start(timeout_s=300)
     out = []
     for k, (user, password) in enumerate(bridges):
         port = free_port()
+        tls_ports[port] = free_port()
         conf = folder / f"edge-{k}.conf"
         bridge = [
             f"connection edge-{k}",
@@ -218,10 +229,52 @@ def start_brokers(folder: Path, edges: int) -> Brokers:
             "bridge_protocol_version mqttv311",
             *BRIDGE_TOPICS,
         ]
-        conf.write_text(_conf_for(base, port=port, extra=bridge))
+        conf.write_text(_conf_for(base, port=port, tls_port=tls_ports[port], extra=bridge))
         os.chmod(conf, 0o644)
-        out.append(MosquittoProcess(config=conf, port=port).start())
-    return Brokers(core=core, edges=out)
+        out.append(MosquittoProcess(config=conf, port=port))
+    with ThreadPoolExecutor(max_workers=max(1, len(out))) as pool:
+        list(pool.map(lambda b: b.start(timeout_s=300), out))
+    return Brokers(core=core, edges=out, tls_ports=tls_ports, tls=tls)
+
+
+def self_signed(root: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (PEM, readable by the broker)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedfleet-bench")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = root / "cert.pem", root / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    os.chmod(key_path, 0o644)  # the broker drops to the mosquitto user; a throwaway key
+    return cert_path, key_path
 
 
 def _count_seen(engine: Any, since: Any) -> int:
@@ -277,6 +330,7 @@ def connection_step(n: int, args: argparse.Namespace) -> StepResult:
     os.chmod(root, 0o755)
     edges = 0 if n <= args.per_broker else -(-n // args.per_broker)
     layout = "1 Mosquitto" if not edges else f"{edges} edge Mosquittos bridged to 1 core"
+    layout += ", TLS" if args.tls else ", plain"
     say(f"--- {n:,} connections ({layout}); seeding the database directly (bench set-up) ...")
     fresh_database()
     creds, group = seed_devices(n)
@@ -287,14 +341,16 @@ def connection_step(n: int, args: argparse.Namespace) -> StepResult:
         "FEDFLEET_FLEET_DATA_DIR": str(root / "data"),
     }
     broker_dir = root / "broker"
+    tls = self_signed(root) if args.tls else None
     subprocess.run(
-        [*fedfleet(), "fleet", "broker-config", "--out", str(broker_dir)],
+        [*fedfleet(), "fleet", "broker-config", "--out", str(broker_dir)]
+        + (["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []),
         env=env,
         check=True,
         stdout=subprocess.DEVNULL,
     )
     os.chmod(broker_dir, 0o755)
-    brokers = start_brokers(broker_dir, edges)
+    brokers = start_brokers(broker_dir, edges, tls=tls is not None)
     fleet_log = open(root / "fleet-mqtt.log", "wb")  # noqa: SIM115 - closed below
     fleet = subprocess.Popen(
         [
@@ -326,6 +382,7 @@ def connection_step(n: int, args: argparse.Namespace) -> StepResult:
             processes=processes,
             source_ips=max(2, -(-n // 20_000)),
             heartbeat_s=args.heartbeat_s,
+            tls_ca=tls[0] if tls else None,
         ).start()
         t = time.perf_counter()
         try:
@@ -451,7 +508,7 @@ def probe_one_broker(n: int, args: argparse.Namespace) -> tuple[int, list[str]]:
 
 
 def print_connections(results: list[StepResult]) -> None:
-    print("\n## Device connections (bench/mqtt_swarm.py, plain MQTT on loopback, PostgreSQL)\n")
+    print("\n## Device connections (bench/mqtt_swarm.py, MQTT on loopback, PostgreSQL)\n")
     print(
         "| connections | brokers | connected | connect s | heartbeats stored | install at "
         "| install s | broker RSS MB (KB/conn) | broker CPU s | fleet mqtt RSS MB "
@@ -553,6 +610,7 @@ def main() -> None:
     parser.add_argument("--per-broker", type=int, default=18_000)
     parser.add_argument("--probe", type=int, default=0, help="probe one Mosquitto with N")
     parser.add_argument("--connect-timeout-s", type=float, default=300.0)
+    parser.add_argument("--tls", action="store_true", help="devices connect over TLS")
     parser.add_argument("--api-devices", type=int, default=10_000)
     parser.add_argument("--api-seconds", type=float, default=4.0)
     parser.add_argument("--ota-devices", type=int, default=500)
@@ -583,8 +641,10 @@ def main() -> None:
         if args.probe:
             up, errors = probe_one_broker(args.probe, args)
             say(f"one Mosquitto, {args.probe:,} tried: {up:,} connected; first errors {errors[:2]}")
-        results = [connection_step(n, args) for n in steps]
-        print_connections(results)
+        results = []
+        for n in steps:
+            results.append(connection_step(n, args))
+            print_connections(results)
     say(f"done; load {load()}")
 
 

@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -53,6 +53,9 @@ from edge_client.protocol import mqtt as proto
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK = 1, 2, 3, 4, 8, 9
 PINGREQ, PINGRESP, DISCONNECT = 12, 13, 14
 MAX_ERRORS_KEPT = 5
+# The same for every device: encoded once per process.
+OFFLINE = proto.encode(proto.Status(online=False))
+ONLINE = proto.encode(proto.Status(online=True, agent="fedfleet-swarm"))
 
 
 # --- the MQTT 3.1.1 packets this client speaks ------------------------------------------
@@ -176,16 +179,16 @@ class DeviceConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one
-        self.transport = transport  # type: ignore[assignment]
-        will = proto.encode(proto.Status(online=False))
+        writer = cast(asyncio.Transport, transport)
+        self.transport = writer
         keepalive = min(65535, max(60, int(self.heartbeat_s * 3)))
-        self.transport.write(
+        writer.write(
             connect_packet(
                 client_id=self.device_id,
                 username=self.device_id,
                 password=self.password,
                 keepalive=keepalive,
-                will=(proto.topic(self.device_id, "status"), will),
+                will=(proto.topic(self.device_id, "status"), OFFLINE),
             )
         )
 
@@ -234,10 +237,9 @@ class DeviceConnection(asyncio.Protocol):
         self.up = True
         self.counters.connected += 1
         self.counters.ever_connected += 1
-        status = proto.encode(proto.Status(online=True, agent="fedfleet-swarm"))
         transport.write(
             publish_packet(
-                proto.topic(self.device_id, "status"), status, packet_id=self._id(), retain=True
+                proto.topic(self.device_id, "status"), ONLINE, packet_id=self._id(), retain=True
             )
             + subscribe_packet(proto.topic(self.device_id, "cmd"), packet_id=self._id())
         )
