@@ -194,12 +194,38 @@ def _conf_for(base: str, *, port: int, tls_port: int, extra: list[str]) -> str:
     return "\n".join([*lines, "max_connections -1", *extra]) + "\n"
 
 
-def start_brokers(folder: Path, edges: int, *, tls: bool = False) -> Brokers:
+def pattern_acl(path: Path) -> None:
+    """Bench-only rewrite (``--acl pattern``): broker-config's per-device ``user <id>`` /
+    ``topic read <artifacts>`` pairs become one ``pattern read <artifacts>`` line. The
+    same permissions for devices (every device may read the shared chunks), but
+    Mosquitto 2.0 keeps ACL users in a list it searches for each line it loads and at
+    each connect, so 100,000 user sections take it minutes to load (docs/scale-out.md);
+    the price is the start-up warning the sections were written to avoid."""
+    lines = path.read_text().splitlines()
+    out, i = [], 0
+    while i < len(lines):
+        if (
+            lines[i].startswith("user ")
+            and i + 1 < len(lines)
+            and lines[i + 1] == "topic read fedfleet/v1/artifacts/+/chunk"
+        ):
+            i += 2
+            continue
+        out.append(lines[i])
+        i += 1
+    path.write_text("\n".join([*out, "pattern read fedfleet/v1/artifacts/+/chunk"]) + "\n")
+
+
+def start_brokers(
+    folder: Path, edges: int, *, tls: bool = False, acl_pattern: bool = False
+) -> Brokers:
     """One Mosquitto (``edges == 0``) or a core plus ``edges`` bridged edge brokers, all
     from the files ``fleet broker-config`` wrote into ``folder``."""
     from fleet.credentials import mosquitto_hash
 
     base = (folder / "mosquitto.conf").read_text()
+    if acl_pattern:
+        pattern_acl(folder / "acl")
     bridges = [(f"bridge-{k}", secrets.token_urlsafe(18)) for k in range(edges)]
     if bridges:  # bridge users: read/write the fleet's topics on the core, like the fleet
         with open(folder / "passwd", "a") as f:
@@ -330,7 +356,7 @@ def connection_step(n: int, args: argparse.Namespace) -> StepResult:
     os.chmod(root, 0o755)
     edges = 0 if n <= args.per_broker else -(-n // args.per_broker)
     layout = "1 Mosquitto" if not edges else f"{edges} edge Mosquittos bridged to 1 core"
-    layout += ", TLS" if args.tls else ", plain"
+    layout += (", TLS" if args.tls else ", plain") + f", ACL {args.acl}"
     say(f"--- {n:,} connections ({layout}); seeding the database directly (bench set-up) ...")
     fresh_database()
     creds, group = seed_devices(n)
@@ -350,7 +376,11 @@ def connection_step(n: int, args: argparse.Namespace) -> StepResult:
         stdout=subprocess.DEVNULL,
     )
     os.chmod(broker_dir, 0o755)
-    brokers = start_brokers(broker_dir, edges, tls=tls is not None)
+    t = time.perf_counter()
+    brokers = start_brokers(
+        broker_dir, edges, tls=tls is not None, acl_pattern=args.acl == "pattern"
+    )
+    say(f"brokers listening after {time.perf_counter() - t:.1f} s (ACL: {args.acl})")
     fleet_log = open(root / "fleet-mqtt.log", "wb")  # noqa: SIM115 - closed below
     fleet = subprocess.Popen(
         [
@@ -487,7 +517,7 @@ def probe_one_broker(n: int, args: argparse.Namespace) -> tuple[int, list[str]]:
         stdout=subprocess.DEVNULL,
     )
     os.chmod(root / "b", 0o755)
-    brokers = start_brokers(root / "b", 0)
+    brokers = start_brokers(root / "b", 0, acl_pattern=args.acl == "pattern")
     swarm = Swarm(
         creds,
         ports=brokers.device_ports,
@@ -611,6 +641,13 @@ def main() -> None:
     parser.add_argument("--probe", type=int, default=0, help="probe one Mosquitto with N")
     parser.add_argument("--connect-timeout-s", type=float, default=300.0)
     parser.add_argument("--tls", action="store_true", help="devices connect over TLS")
+    parser.add_argument(
+        "--acl",
+        choices=("generated", "pattern"),
+        default="pattern",
+        help="generated: broker-config's ACL as written (one user section per device: "
+        "minutes to load at 100,000); pattern: its artifact read as one pattern line",
+    )
     parser.add_argument("--api-devices", type=int, default=10_000)
     parser.add_argument("--api-seconds", type=float, default=4.0)
     parser.add_argument("--ota-devices", type=int, default=500)
