@@ -13,7 +13,8 @@ Parts (``--parts``, default all), each printed with the machine's load before an
     device and the telemetry rate into PostgreSQL (nothing lost).
 ``connections``
     For each step of ``--steps`` (default: 10,000 and ``--connections``): a fresh
-    PostgreSQL database (``conn_scale``, dropped and created), N devices **seeded
+    PostgreSQL database (``conn_scale``, or ``$FEDFLEET_SCALE_DB``; dropped and created),
+    N devices **seeded
     directly into the database** (bench set-up, labelled: one INSERT, one shared
     password hash, no audit events — enrolling 100,000 devices through the API is not
     what is measured), ``fedfleet fleet broker-config`` (per-device credentials + ACL),
@@ -65,7 +66,8 @@ from mqtt_swarm import Swarm, raise_nofile  # noqa: E402
 from proc_tree import rss_bytes  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-DB_NAME = "conn_scale"
+# The connection run's own database (dropped and created per step); --db-name changes it.
+DB_NAME = os.environ.get("FEDFLEET_SCALE_DB", "conn_scale")
 PG_URL = f"postgresql://postgres@127.0.0.1:5432/{DB_NAME}"
 TARGET = "cpu-x86"
 GOAL_CONNECTIONS = 100_000

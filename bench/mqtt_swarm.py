@@ -53,6 +53,7 @@ from edge_client.protocol import mqtt as proto
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK = 1, 2, 3, 4, 8, 9
 PINGREQ, PINGRESP, DISCONNECT = 12, 13, 14
 MAX_ERRORS_KEPT = 5
+CONNECT_ATTEMPTS = 3  # a TCP connect that fails (backlog full, timed out) is tried again
 # The same for every device: encoded once per process.
 OFFLINE = proto.encode(proto.Status(online=False))
 ONLINE = proto.encode(proto.Status(online=True, agent="fedfleet-swarm"))
@@ -115,7 +116,8 @@ class Counters:
     connected: int = 0  # CONNACK accepted, connection still open
     ever_connected: int = 0
     refused: int = 0  # CONNACK with a non-zero return code (bad credentials, ...)
-    failed: int = 0  # TCP/TLS connect failed or the connection was lost
+    failed: int = 0  # TCP/TLS connect failed CONNECT_ATTEMPTS times or the connection was lost
+    retried: int = 0  # TCP/TLS connects tried again
     subscribed: int = 0
     heartbeats: int = 0  # heartbeats published
     pubacks: int = 0  # PUBACKs received for our publishes
@@ -333,24 +335,31 @@ async def _run_worker(plan: WorkerPlan, conn: Any, stop: Any, offset: int) -> No
     connections: list[DeviceConnection] = []
 
     async def open_one(index: int, device_id: str, password: str) -> None:
-        async with gate:
-            source = plan.source_ips[(offset + index) % len(plan.source_ips)]
-            port = plan.ports[(offset + index) % len(plan.ports)]
-            try:
-                _t, proto_conn = await loop.create_connection(
-                    lambda: DeviceConnection(device_id, password, counters, plan.heartbeat_s),
-                    plan.host,
-                    port,
-                    local_addr=(source, 0),
-                    ssl=ctx,
-                )
-            except OSError as err:
-                counters.failed += 1
-                counters.error(f"{device_id}: connect to {plan.host}:{port} from {source}: {err}")
+        source = plan.source_ips[(offset + index) % len(plan.source_ips)]
+        port = plan.ports[(offset + index) % len(plan.ports)]
+        for attempt in range(CONNECT_ATTEMPTS):  # a device retries, as agents do
+            async with gate:
+                try:
+                    _t, proto_conn = await loop.create_connection(
+                        lambda: DeviceConnection(device_id, password, counters, plan.heartbeat_s),
+                        plan.host,
+                        port,
+                        local_addr=(source, 0),
+                        ssl=ctx,
+                    )
+                except OSError as err:
+                    if attempt + 1 < CONNECT_ATTEMPTS:
+                        counters.retried += 1
+                        continue
+                    counters.failed += 1
+                    counters.error(
+                        f"{device_id}: connect to {plan.host}:{port} from {source}: {err}"
+                    )
+                    return
+                connections.append(proto_conn)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(proto_conn.done), 30)
                 return
-            connections.append(proto_conn)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(proto_conn.done), 30)
 
     tasks = [asyncio.ensure_future(open_one(i, d, p)) for i, (d, p) in enumerate(plan.devices)]
     while not stop.is_set():
