@@ -297,6 +297,8 @@ class DeviceConnection(asyncio.Protocol):
             self.counters.error(f"{self.device_id}: connection lost: {exc}")
 
     def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(bytes([DISCONNECT << 4, 0]))
             self.transport.close()
