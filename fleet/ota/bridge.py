@@ -31,6 +31,7 @@ traceback and carries on. The wire contract is :mod:`edge_client.protocol.mqtt`.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import queue
@@ -69,6 +70,8 @@ from fleet.ota.telemetry_rows import (
 )
 
 log = logging.getLogger(__name__)
+#: QoS 1 messages in flight to the broker at most: below paho's 65,535 packet ids.
+MAX_UNACKED = 32_768
 
 _CACHE_ARTIFACTS = 4
 
@@ -175,6 +178,9 @@ class FleetBridge:
         self._models: set[int] = set()
         # Devices last heard speaking protocol v1 (their commands are encoded for v1).
         self._v1_devices: set[str] = set()
+        # QoS 1 publishes not yet acknowledged by the broker, oldest first (see _publish).
+        self._unacked: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()
+        self._unacked_lock = threading.Lock()
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
@@ -316,7 +322,31 @@ class FleetBridge:
                 if command.action == "install" and command.artifact is not None:
                     self._fanout.expect(command.artifact.sha256, device_id, now=now)
         for device_id, _command, frame in frames:
-            self.client.publish(proto.topic(device_id, "cmd"), frame, qos=proto.QOS)
+            self._publish(proto.topic(device_id, "cmd"), frame)
+
+    def _publish(self, topic: str, frame: bytes) -> None:
+        """Publish at QoS 1 with at most ``MAX_UNACKED`` messages the broker has not yet
+        acknowledged. paho numbers them with 16-bit packet ids and keys the pending ones by
+        id, so a 65,536th pending message would silently replace the first (a 100,000-device
+        wave reached exactly 65,535 devices). Past the window this waits for the oldest,
+        saying so once a minute; a stopping bridge stops waiting."""
+        with self._unacked_lock:
+            while self._unacked and self._unacked[0].is_published():
+                self._unacked.popleft()
+            since = time.monotonic()
+            said = since
+            while len(self._unacked) >= MAX_UNACKED and not self._stop.wait(0.02):
+                while self._unacked and self._unacked[0].is_published():
+                    self._unacked.popleft()
+                if time.monotonic() - said >= 60.0:
+                    said = time.monotonic()
+                    log.warning(
+                        "fleet mqtt: %d messages wait for the broker's acknowledgement "
+                        "(%.0f s); is the broker reachable?",
+                        len(self._unacked),
+                        said - since,
+                    )
+            self._unacked.append(self.client.publish(topic, frame, qos=proto.QOS))
 
     def _encode_command(self, device_id: str, command: proto.Command) -> bytes:
         """The command as the device's protocol version reads it: v2 signed (with a
@@ -471,7 +501,7 @@ class FleetBridge:
             frame = proto.encode_chunk(
                 proto.Chunk(transfer_id=transfer_id, index=index, data=data[start : start + size])
             )
-            self.client.publish(out_topic, frame, qos=proto.QOS)
+            self._publish(out_topic, frame)
             self.stats.chunks_served += 1
             self.stats.chunks_shared += shared
 
