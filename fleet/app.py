@@ -77,7 +77,10 @@ def create_app(settings: FleetSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop_promotions = (
             start_promotions(
-                engine, app.state.artifact_store, interval_s=settings.promotion_interval_s
+                engine,
+                app.state.artifact_store,
+                interval_s=settings.promotion_interval_s,
+                schema=settings.database_schema,
             )
             if settings.promotion_interval_s > 0
             else None

@@ -51,6 +51,7 @@ from fleet.models.ota import DriftEvent, Rollout, RolloutCreate, RolloutStatus
 from fleet.models.policies import Promotion, PromotionPolicy, PromotionState
 from fleet.models.registry import Artifact, ArtifactFormat, ModelVersion
 from fleet.models.runs import Run
+from fleet.ota.leader import Leadership
 from fleet.policy import Policy, Retrain, policy_from_document
 
 log = logging.getLogger(__name__)
@@ -632,17 +633,24 @@ def _note_once(session: Session, event: DriftEvent, action: str, reason: str) ->
 
 
 def start_promotions(
-    engine: Engine, store: ArtifactStore, *, interval_s: float
+    engine: Engine, store: ArtifactStore, *, interval_s: float, schema: str | None = None
 ) -> Callable[[], None]:
     """Step a :class:`PromotionController` every ``interval_s`` seconds in a daemon
-    thread; returns the function that stops it (and waits for the step under way)."""
+    thread; returns the function that stops it (and waits for the step under way).
+
+    Only the process holding the ``promotions`` leader lock steps (a PostgreSQL advisory
+    lock, :mod:`fleet.ota.leader`): ``fleet serve --workers N`` and replicas behind a load
+    balancer run one promotion controller between them, and another takes over when its
+    holder dies. On SQLite the one process always leads."""
     controller = PromotionController(engine=engine, store=store)
+    leadership = Leadership(engine, schema=schema, role="promotions")
     stop = threading.Event()
 
     def loop() -> None:
         while not stop.wait(interval_s):
             try:
-                controller.step()
+                if leadership.check():
+                    controller.step()
             except Exception:
                 log.exception("promotion controller step failed; next step in %ss", interval_s)
 
@@ -652,5 +660,6 @@ def start_promotions(
     def close() -> None:
         stop.set()
         thread.join(timeout=60)
+        leadership.close()
 
     return close

@@ -37,10 +37,12 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0
 
 
-def leader_key(schema: str | None = None) -> int:
-    """The advisory lock's 64-bit key: one leader per fleet (per PostgreSQL schema), and
-    distinct from the migrations' lock (:mod:`fleet.migrate`)."""
-    digest = hashlib.blake2b(f"fedfleet.ota.leader:{schema or ''}".encode(), digest_size=8)
+def leader_key(schema: str | None = None, role: str = "ota") -> int:
+    """The advisory lock's 64-bit key: one leader per fleet (per PostgreSQL schema) and
+    per ``role`` (``ota``: ``fleet mqtt``'s controller and drift checks; ``promotions``:
+    ``fleet serve``'s promotion controller), distinct from the migrations' lock
+    (:mod:`fleet.migrate`)."""
+    digest = hashlib.blake2b(f"fedfleet.{role}.leader:{schema or ''}".encode(), digest_size=8)
     return int.from_bytes(digest.digest(), "big", signed=True)
 
 
@@ -53,6 +55,7 @@ class Leadership:
         engine: Engine,
         *,
         schema: str | None = None,
+        role: str = "ota",
         poll_s: float = POLL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -62,7 +65,7 @@ class Leadership:
         # Its own engine without a pool: the lock lives and dies with one connection
         # that no request ever borrows (a pooled one could be closed or reset under it).
         self._engine = None if self._single else create_engine(engine.url, poolclass=NullPool)
-        self.key = leader_key(schema)
+        self.key = leader_key(schema, role)
         self.poll_s = poll_s
         self._clock = clock
         self._connection: Connection | None = None

@@ -108,3 +108,16 @@ def test_keys_are_stable_and_differ_per_schema() -> None:
 def test_poll_must_be_positive(pg_engine: Engine) -> None:
     with pytest.raises(ValueError, match="poll_s must be positive"):
         Leadership(pg_engine, poll_s=0)
+
+
+def test_the_promotion_lock_is_apart_from_the_ota_lock(pg_engine: Engine) -> None:
+    # Arrange/Execute: fleet mqtt's leader and fleet serve's promotion leader on one fleet.
+    assert leader_key(None, "promotions") != leader_key(None)
+    with (
+        Leadership(pg_engine) as ota,
+        Leadership(pg_engine, role="promotions") as promotions,
+        Leadership(pg_engine, role="promotions") as second,
+    ):
+        # Assert: each role has one leader, and the roles do not wait on each other.
+        assert ota.check() and promotions.check()
+        assert not second.check()
