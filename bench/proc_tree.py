@@ -3,6 +3,8 @@ measure from outside the processes they start."""
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -35,3 +37,24 @@ def rss_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+@dataclass
+class Sampler:
+    """Samples the summed RSS of a process tree until stopped (``run`` in a thread)."""
+
+    root: int
+    peak_bytes: int = 0
+    peak_processes: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            pids = tree(self.root)
+            total = sum(rss_bytes(p) for p in pids)
+            if total > self.peak_bytes:
+                self.peak_bytes, self.peak_processes = total, len(pids)
+            self._stop.wait(0.2)
+
+    def stop(self) -> None:
+        self._stop.set()

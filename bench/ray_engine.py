@@ -34,31 +34,13 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from proc_tree import rss_bytes, tree  # bench/ is the script's folder
+from proc_tree import Sampler  # bench/ is the script's folder
 
 FEDFLEET = [sys.executable, "-c", "from fedfleet.cli import main; main()"]
 GOAL_OVERHEAD = 0.25  # Ray's steady-round overhead at one worker: at most +25%
-
-
-@dataclass
-class Sampler:
-    """Samples the summed RSS of a process tree until stopped."""
-
-    root: int
-    peak_bytes: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            total = sum(rss_bytes(p) for p in tree(self.root))
-            self.peak_bytes = max(self.peak_bytes, total)
-            self._stop.wait(0.2)
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 @dataclass

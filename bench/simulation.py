@@ -54,11 +54,11 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from proc_tree import rss_bytes, tree  # bench/ is the script's folder
+from proc_tree import Sampler  # bench/ is the script's folder
 
 FEDFLEET = [sys.executable, "-c", "from fedfleet.cli import main; main()"]
 ENGINES = ("flower", "plain", "fedfleet", "fedfleet-first")
@@ -117,27 +117,6 @@ def plain_loop(clients: int, per_round: int, rounds: int, seed: int, epochs: int
 
 
 # -- measuring from outside ------------------------------------------------------------
-@dataclass
-class Sampler:
-    """Samples the summed RSS of a process tree until stopped."""
-
-    root: int
-    peak_bytes: int = 0
-    peak_processes: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            pids = tree(self.root)
-            total = sum(rss_bytes(p) for p in pids)
-            if total > self.peak_bytes:
-                self.peak_bytes, self.peak_processes = total, len(pids)
-            self._stop.wait(0.2)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
 @dataclass
 class EngineResult:
     engine: str
