@@ -20,9 +20,9 @@ from coordinator.privacy_checks import secagg_from_run_config
 from coordinator.results import RoundRecord, write_results
 from coordinator.run_tracker import RunTracker
 from coordinator.secagg_exchange import SecAggExchange
-from coordinator.strategy_setup import build_strategy_setup
+from coordinator.strategy_setup import SiteEnergy, build_strategy_setup, site_names
 from edge_client.protocol import keys as k
-from strategies.selection import TelemetrySource
+from strategies.selection import SelectionConfig, TelemetrySource
 from tasks import evaluate, get_task
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ def build_loop(
     on_round: Callable[[RoundRecord], None] | None = None,
     run_config: Mapping[str, Any] | None = None,
     telemetry: TelemetrySource | None = None,
+    energy: SiteEnergy | None = None,
 ) -> RoundLoop:
     """Assemble the round loop for ``config`` (strategy, selector, evaluation, checkpoints).
 
@@ -106,7 +107,9 @@ def build_loop(
         if secagg is not None
         else None
     )
-    setup = build_strategy_setup(config, run_config, exchange=secure, telemetry=telemetry)
+    setup = build_strategy_setup(
+        config, run_config, exchange=secure, telemetry=telemetry, energy=energy
+    )
     train = config.train_defaults()  # what the run sets, else the task's defaults
     train_config = ConfigRecord(
         {
@@ -160,6 +163,14 @@ def run_federation(
     records: list[RoundRecord] = []
     tracker = RunTracker.for_run(context.run_config)  # deployment runs: status.json
     grid = tracker.wrap(grid)
+    energy = SiteEnergy(
+        names=site_names(context.run_config),
+        selection=SelectionConfig.from_run_config(context.run_config).mode,
+    )
+
+    def all_sections() -> dict[str, Any]:
+        # the sites' measured carbon, unless the caller's (the simulator's estimate) has one
+        return {**energy.section(), **(sections() if sections else {})}
 
     def record_round(record: RoundRecord) -> None:
         tracker.annotate(record)
@@ -179,7 +190,7 @@ def run_federation(
                 config=recorded_config,
                 rounds=records,
                 state_dict=None,
-                sections=sections() if sections else None,
+                sections=all_sections(),
             )
         if on_round is not None:
             on_round(record)
@@ -187,7 +198,11 @@ def run_federation(
     # metrics.json records every switch of the run (secagg, dp, attack...), not only core keys.
     recorded_config = {**dict(context.run_config), **config.as_run_config()}
     loop = build_loop(
-        config, on_round=record_round, run_config=context.run_config, telemetry=telemetry
+        config,
+        on_round=record_round,
+        run_config=context.run_config,
+        telemetry=telemetry,
+        energy=energy,
     )
     if loop.checkpoints is not None and (previous := loop.checkpoints.load()) is not None:
         records.extend(previous.rounds)  # a resumed run's files keep the earlier rounds
@@ -199,7 +214,7 @@ def run_federation(
             config=recorded_config,
             rounds=result.rounds,
             state_dict=result.arrays.to_torch_state_dict(),
-            sections=sections() if sections else None,
+            sections=all_sections(),
         )
 
 

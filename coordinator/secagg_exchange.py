@@ -4,7 +4,9 @@
 ``query.secagg_setup``, ``query.secagg_share``, ``train.secagg``, ``query.secagg_unmask``
 — and returns ONE synthetic reply: its ``ArrayRecord`` is the global model plus the
 weighted mean update recovered from the masked sum, its ``num-examples`` the total
-weight, its ``aggregated-clients`` the number of survivors. Any strategy that only needs
+weight, its ``aggregated-clients`` the number of survivors (and, when sites measure
+energy, ``energy-kwh``/``co2-g``/``energy-sites``: the sum of the survivors' measured
+energy, from the masked slots of ``privacy.secagg.energy_slots``). Any strategy that only needs
 the weighted sum of the updates (FedAvg, FedProx, FedAdam, FedYogi, FedAvgM, ...)
 aggregates it unchanged; the coordinator never sees an individual update.
 
@@ -28,6 +30,7 @@ from flwr.serverapp import Grid
 
 from edge_client.protocol import keys as k
 from edge_client.protocol import secagg as sa
+from privacy.secagg import energy_slots
 from privacy.secagg import server as protocol
 from privacy.secagg.arrays import apply_update, num_params
 from privacy.secagg.client import pack_ids
@@ -37,6 +40,8 @@ from privacy.secagg.shamir import decode_share
 from tasks.npy import array_view
 
 log = logging.getLogger(__name__)
+
+ENERGY_SITES = "energy-sites"  # survivors whose masked input carried measured energy
 
 
 class SecAggRoundFailed(Exception):
@@ -183,7 +188,8 @@ class SecAggExchange:
         routed shares; returns the global model and the sum of the masked inputs."""
         state = rnd.state
         global_arrays = next(iter(rnd.train.values())).content.array_records[k.ARRAYS]
-        length = input_length(num_params(global_arrays), self.extra_ints)
+        extra = self.extra_ints + energy_slots.slot_count(state.params.max_weight)
+        length = input_length(num_params(global_arrays), extra)
         dtype = ring_dtype(state.params.modulus_bits)
         total = np.zeros(length, dtype=dtype)
         requests = {}
@@ -266,8 +272,12 @@ class SecAggExchange:
                 seed_shares=seed_shares,
                 key_shares=key_shares,
             )
+            energy_ints = energy_slots.slot_count(state.params.max_weight)
             decoded = decode_sum(
-                plain, num_inputs=len(survivors), params=state.params, extra=self.extra_ints
+                plain,
+                num_inputs=len(survivors),
+                params=state.params,
+                extra=self.extra_ints + energy_ints,
             )
         except (protocol.UnmaskError, ValueError) as exc:
             raise SecAggRoundFailed(str(exc)) from None
@@ -279,7 +289,14 @@ class SecAggExchange:
             {k.NUM_EXAMPLES: decoded.total_weight, sa.AGGREGATED_CLIENTS: len(survivors)}
         )
         if self.extra_ints:
-            metrics[k.EVAL_FAIRNESS_COUNTS] = list(decoded.extra_sums)
+            metrics[k.EVAL_FAIRNESS_COUNTS] = list(decoded.extra_sums[: self.extra_ints])
+        energy = energy_slots.decode(
+            decoded.extra_sums[self.extra_ints :], max_weight=state.params.max_weight
+        )
+        if energy.sites:  # the survivors that measured; only their sum is known
+            metrics[k.ENERGY_KWH] = energy.energy_kwh
+            metrics[k.CO2_G] = energy.co2_g
+            metrics[ENERGY_SITES] = energy.sites
         return Message(
             RecordDict({k.ARRAYS: new_arrays, k.METRICS: metrics}),
             reply_to=rnd.sent[min(survivors)],

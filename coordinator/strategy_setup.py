@@ -10,7 +10,8 @@ or buffered for an asynchronous strategy such as FedBuff), and the reply filters
    over-selection surplus),
 4. the buffered exchange's state (asynchronous rounds),
 5. the sites' measured energy (``energy-kwh``, ``co2-g`` reply metrics, codecarbon at
-   the sites) summed into the round's ``energy_kwh`` and ``co2_g``.
+   the sites; under SecAgg+ their masked sum) summed into the round's ``energy_kwh``
+   and ``co2_g``, and booked per site for metrics.json's ``carbon`` (:class:`SiteEnergy`).
 
 Asynchrony is chosen here, once, from the registry's ``asynchronous`` flag; the round
 loop itself has no FedBuff case. Set-ups that cannot work are refused before round 1
@@ -21,8 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, cast
 
 from flwr.app import ArrayRecord, Message
@@ -32,7 +35,9 @@ from flwr.serverapp.strategy import Strategy
 from coordinator.buffered import BufferedExchange, Clock, TopUpSelector
 from coordinator.config import RunConfig
 from coordinator.loop import PlainExchange, ReplyFilter, Selector, TrainExchange
+from coordinator.secagg_exchange import ENERGY_SITES
 from edge_client.protocol import keys as k
+from edge_client.protocol.secagg import AGGREGATED_CLIENTS
 from strategies import StrategyParams, build_strategy, strategy_info
 from strategies.carbon_selection import BatteryAwareSelector, CarbonAwareSelector
 from strategies.guard import UpdateGuard
@@ -125,12 +130,125 @@ def measured_energy(
     report them (sites measuring with codecarbon); nothing when none does."""
     energy, co2, seen = 0.0, 0.0, False
     for reply in replies:
-        for record in reply.content.metric_records.values():
-            kwh, grams = record.get(k.ENERGY_KWH), record.get(k.CO2_G)
-            if isinstance(kwh, int | float) and isinstance(grams, int | float):
-                energy, co2, seen = energy + float(kwh), co2 + float(grams), True
-                break
+        reading = _reported(reply)
+        if reading is not None:
+            energy, co2, seen = energy + reading[0], co2 + reading[1], True
     return replies, ({"energy_kwh": energy, "co2_g": co2} if seen else {})
+
+
+def _reported(reply: Message) -> tuple[float, float] | None:
+    """The (kWh, g CO2) a reply reports, or None."""
+    for record in reply.content.metric_records.values():
+        kwh, grams = record.get(k.ENERGY_KWH), record.get(k.CO2_G)
+        if isinstance(kwh, int | float) and isinstance(grams, int | float):
+            return float(kwh), float(grams)
+    return None
+
+
+def _masked(reply: Message) -> bool:
+    """Whether ``reply`` is secure aggregation's sum (no single site's values)."""
+    return any(AGGREGATED_CLIENTS in r for r in reply.content.metric_records.values())
+
+
+@dataclass
+class SiteEnergy:
+    """The sites' measured energy over a run: the round filter and metrics.json's
+    ``carbon`` section (``"source": "codecarbon"``).
+
+    A plain reply is booked to the site that sent it: its node id's name in ``names``
+    (the coordinator's ``sites.json``, kept by ``coordinator add-site`` from the node id
+    Flower authenticates), else ``node-<id>``. Secure aggregation's reply is the
+    survivors' sum: it counts in the totals and the round, not per site.
+    """
+
+    names: Mapping[int, str] = field(default_factory=dict)
+    selection: str = "random"
+    per_site: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_round: list[dict[str, Any]] = field(default_factory=list)
+
+    def site_of(self, node_id: int) -> str:
+        return self.names.get(node_id, f"node-{node_id}")
+
+    def measured_energy(
+        self, server_round: int, replies: list[Message]
+    ) -> tuple[list[Message], dict[str, float]]:
+        """Reply filter: :func:`measured_energy`, and the round booked per site."""
+        kept, stats = measured_energy(server_round, replies)
+        if not stats:
+            return kept, stats
+        sites: dict[str, dict[str, float]] | None = {}
+        measured = 0
+        for reply in replies:
+            reading = _reported(reply)
+            if reading is None:
+                continue
+            if _masked(reply):  # the survivors' sum: no site's own values
+                sites = None
+                count = _metric(reply, ENERGY_SITES)
+                measured += int(count) if count is not None else 1
+                continue
+            measured += 1
+            if sites is None:
+                continue
+            name = self.site_of(reply.metadata.src_node_id)
+            row = sites.setdefault(name, {"energy_kwh": 0.0, "co2_g": 0.0})
+            row["energy_kwh"] += reading[0]
+            row["co2_g"] += reading[1]
+        for name, row in (sites or {}).items():
+            total = self.per_site.setdefault(
+                name, {"energy_kwh": 0.0, "co2_g": 0.0, "client_rounds": 0}
+            )
+            total["energy_kwh"] += row["energy_kwh"]
+            total["co2_g"] += row["co2_g"]
+            total["client_rounds"] += 1
+        self.per_round.append(
+            {"round": server_round, **stats, "sites": measured, "per_site": sites}
+        )
+        return kept, stats
+
+    def section(self) -> dict[str, Any]:
+        """``{"carbon": ...}`` once a round was measured, else nothing."""
+        if not self.per_round:
+            return {}
+        return {
+            "carbon": {
+                "energy_kwh": sum(r["energy_kwh"] for r in self.per_round),
+                "co2_g": sum(r["co2_g"] for r in self.per_round),
+                "selection": self.selection,
+                "per_site": {name: dict(row) for name, row in sorted(self.per_site.items())},
+                "masked_rounds": sum(1 for r in self.per_round if r["per_site"] is None),
+                "per_round": [dict(r) for r in self.per_round],
+                "source": "codecarbon",
+            }
+        }
+
+
+def _metric(reply: Message, key: str) -> float | None:
+    for record in reply.content.metric_records.values():
+        value = record.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+    return None
+
+
+def site_names(run_config: Mapping[str, Any]) -> dict[int, str]:
+    """node id → site name from the coordinator's ``sites.json`` (a deployment run's
+    folder is ``<state>/runs/<run-id>``); empty for other runs or without the file."""
+    out_dir = str(run_config.get("out-dir", ""))
+    if not out_dir or not str(run_config.get(k.RC_RUN_ID, "")):
+        return {}
+    path = Path(out_dir).parent.parent / "sites.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    return {
+        int(entry["node-id"]): str(name)
+        for name, entry in doc.items()
+        if isinstance(entry, dict) and isinstance(entry.get("node-id"), int)
+    }
 
 
 def build_strategy_setup(
@@ -139,11 +257,13 @@ def build_strategy_setup(
     *,
     exchange: TrainExchange | None = None,
     telemetry: TelemetrySource | None = None,
+    energy: SiteEnergy | None = None,
 ) -> StrategySetup:
     """Validate and assemble strategy, selector, exchange and reply filters.
 
     ``exchange`` replaces the plain synchronous exchange (e.g. secure aggregation);
-    ``telemetry`` feeds device-aware selection (battery, charging, profile speed).
+    ``telemetry`` feeds device-aware selection (battery, charging, profile speed);
+    ``energy`` books the sites' measured energy (a fresh one when not given).
     """
     params = StrategyParams.from_run_config(run_config)
     if params.client_lr is None:  # q-FFL's Lipschitz estimate: the run's learning rate
@@ -224,7 +344,8 @@ def build_strategy_setup(
             seconds_key=k.SIM_SECONDS,
         )
         filters.append(deadline.filter)
-    filters.append(measured_energy)
+    energy = energy or SiteEnergy(selection=selection.mode)
+    filters.append(energy.measured_energy)
     return StrategySetup(
         strategy=build_strategy(config.strategy, params),
         params=params,

@@ -6,6 +6,8 @@ module only moves them in and out of Flower messages and the node's ``Context``)
 ``train.secagg`` runs the ordinary train handler, turns its reply into the update
 (trained weights − global model) and sends only that update clipped, quantized,
 weighted by num-examples and masked: the plaintext weights and the weight never leave.
+After the update come the fairness audit's counts and the site's measured energy
+(``privacy.secagg.energy_slots``), summed under the same mask.
 
 Pre-mask transforms (``pre_mask``) see each client's :class:`MaskInput` just before
 clipping and quantization — the hook where distributed DP adds its noise share.
@@ -23,6 +25,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from edge_client.energy import masked_energy
 from edge_client.fairness import start_model_counts
 from edge_client.protocol import keys as k
 from edge_client.protocol import secagg as sa
@@ -147,8 +150,10 @@ def make_train_handler(
         if not isinstance(weight, int | float):
             return _refuse(message, ValueError("the train reply has no numeric num-examples"))
         item = _transformed(pairs, int(weight), state, pre_mask, context)
+        # the site's measured energy (zeros when it measures none), summed under the mask
+        extra = [*counts, *masked_energy(context, max_weight=state.params.max_weight)]
         try:
-            encoded = _encode(pairs, item, int(weight), state, counts)
+            encoded = _encode(pairs, item, int(weight), state, extra)
             masked = protocol.masked_input(state, encoded=encoded)
         except (protocol.ProtocolError, ValueError) as exc:
             return _refuse(message, exc)

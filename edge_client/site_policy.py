@@ -41,6 +41,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
 from edge_client.audit import AuditLog
+from edge_client.energy import sent_energy
 from edge_client.protocol import keys as k
 from edge_client.protocol import secagg as sa
 from edge_client.protocol.site import NC_SITE_CONFIG
@@ -308,6 +309,7 @@ def site_mod(message: Message, context: Context, call_next: ClientAppCallable) -
             "dp": {key: _audit_value(v) for key, v in dp_settings(run_config).items()},
             "epsilon": eps,
             "reason": reply.error.reason if reply.has_error() else None,
+            "energy": sent_energy(context),  # measured energy it delivered (edge_client.energy)
         }
     )
     log.info(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
+import threading
 from collections.abc import Callable, Iterable
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from coordinator.app import build_loop, initial_arrays
@@ -15,9 +18,11 @@ from coordinator.config import RunConfig
 from coordinator.grid_view import SelectedNodesGrid
 from coordinator.loop import LoopResult
 from coordinator.secagg_exchange import SecAggRunStopped
+from edge_client import energy
 from edge_client.app import build_client_app
 from edge_client.protocol import keys as k
 from edge_client.protocol import secagg as sa
+from edge_client.site_config import EnergySettings
 from simulation.dropout import dropout_mod
 from simulation.inprocess import run_inprocess
 
@@ -69,6 +74,7 @@ def run_loop(
     *,
     wrap: Callable[[Grid], Grid] | None = None,
     dropout: bool = False,
+    mods: list | None = None,
 ) -> LoopResult:
     captured: dict[str, LoopResult] = {}
     server_app = ServerApp()
@@ -81,7 +87,7 @@ def run_loop(
 
     run_inprocess(
         server_app=server_app,
-        client_app=build_client_app(mods=[dropout_mod] if dropout else []),
+        client_app=build_client_app(mods=mods or ([dropout_mod] if dropout else [])),
         num_nodes=int(run_config["num-clients"]),
         run_config=run_config,
     )
@@ -214,3 +220,61 @@ def test_bad_secure_aggregation_setups_fail_before_round_1(extra, message) -> No
     rc = {**BASE, "secagg": True, **extra}
     with pytest.raises(ValueError, match=message):
         build_loop(RunConfig.from_run_config(rc), run_config=rc)
+
+
+def test_sites_measured_energy_arrives_only_as_the_survivors_sum(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Prepare measuring sites (a fake tracker: each span a random few µWh at 400 g/kWh)
+    and an outer mod that books, per node, what the site says it delivered (as its audit
+    log does); Assert the round's energy is that sum, and no reply carries it in clear."""
+    rng = random.Random(5)
+    lock = threading.Lock()
+
+    class Tracker:
+        def __init__(self, settings: object) -> None:
+            with lock:
+                self.kwh = rng.uniform(1e-7, 1e-5)
+
+        def start(self) -> None:
+            pass
+
+        def stop(self) -> None:
+            self.final_emissions_data = SimpleNamespace(
+                energy_consumed=self.kwh, emissions=self.kwh * 0.4
+            )
+
+    monkeypatch.setattr(energy, "TRACKER", Tracker)
+    monkeypatch.setattr(energy, "site_energy", lambda context: EnergySettings(codecarbon=True))
+    delivered: list[tuple[int, dict]] = []
+    seen: list[Message] = []
+
+    def ledger(message: Message, context: Context, call_next: Callable) -> Message:
+        reply = call_next(message, context)
+        sent = energy.sent_energy(context)
+        if sent is not None:
+            with lock:
+                delivered.append((context.node_id, sent))
+        return reply
+
+    def record(replies: list[Message]) -> list[Message]:
+        seen.extend(replies)
+        return replies
+
+    result = run_loop(
+        {**BASE, "secagg": True, "num-server-rounds": 2},
+        wrap=lambda g: Intercept(g, after=record),
+        mods=[ledger, energy.energy_mod],
+    )
+    assert len(delivered) == 2 * N and {how["how"] for _, how in delivered} == {"masked"}
+    assert len({node for node, _ in delivered}) == N
+    for i, rnd in enumerate(result.rounds):
+        own = delivered[i * N : (i + 1) * N]
+        assert rnd.extra["energy_kwh"] == pytest.approx(sum(s["kwh"] for _, s in own), rel=1e-9)
+        assert rnd.extra["co2_g"] == pytest.approx(sum(s["co2_g"] for _, s in own), rel=1e-9)
+    assert not any(
+        k.ENERGY_KWH in r
+        for m in seen
+        if not m.has_error()
+        for r in m.content.metric_records.values()
+    )

@@ -1,22 +1,30 @@
 """Measured energy at a site: codecarbon's offline tracker inside the ClientApp (real,
-no network), the site.toml switch, and the coordinator's per-round sum."""
+no network), the site.toml switch, SecAgg+'s stages (a fake tracker counting spans) with
+the energy slots of the masked input, and the coordinator's per-round and per-site sums."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from coordinator.strategy_setup import measured_energy
+from coordinator.secagg_exchange import ENERGY_SITES
+from coordinator.strategy_setup import SiteEnergy, measured_energy, site_names
+from edge_client import energy
 from edge_client.energy import energy_mod
 from edge_client.protocol import keys as k
+from edge_client.protocol.secagg import AGGREGATED_CLIENTS
 from edge_client.protocol.site import NC_SITE_CONFIG
 from edge_client.site_config import SiteConfig
+from privacy.secagg import energy_slots
+from privacy.secagg.energy_slots import EnergySum
 
 sys.path.insert(0, str(Path(__file__).parent))
 from site_testkit import make_site
@@ -99,3 +107,173 @@ def test_the_coordinator_sums_the_sites_measurements_per_round() -> None:
     assert kept == replies
     assert stats == {"energy_kwh": 0.75, "co2_g": 120.0}
     assert measured_energy(1, replies[2:])[1] == {}
+
+
+# -- SecAgg+ stages: measured, delivered inside the mask (fake tracker) -----------------
+
+
+class FakeTracker:
+    """Tracker i (counted from 1) reports i µWh... i × 1e-6 kWh at 400 g/kWh."""
+
+    made = 0
+
+    def __init__(self, settings: object) -> None:
+        FakeTracker.made += 1
+        self.number = FakeTracker.made
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        kwh = self.number * 1e-6
+        self.final_emissions_data = SimpleNamespace(energy_consumed=kwh, emissions=kwh * 0.4)
+
+
+@pytest.fixture
+def fake_tracker(monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeTracker.made = 0
+    monkeypatch.setattr(energy, "TRACKER", FakeTracker)
+
+
+def _masked_train(message: Message, context: Context) -> Message:
+    """The part of handle_masked_train that matters here: it asks for the slots."""
+    slots = energy.masked_energy(context, max_weight=MAX_WEIGHT)
+    return Message(RecordDict({"slots": ConfigRecord({"v": slots})}), reply_to=message)
+
+
+def _answer(message: Message, context: Context) -> Message:
+    return Message(RecordDict({"r": ConfigRecord({"ok": 1})}), reply_to=message)
+
+
+MAX_WEIGHT = 1000
+STAGES = ("query.secagg_setup", "query.secagg_share", "train.secagg", "query.secagg_unmask")
+
+
+def _stage(kind: str, context: Context) -> tuple[Message, dict | None]:
+    handler = _masked_train if kind == "train.secagg" else _answer
+    reply = energy_mod(_instruction(kind), context, handler)
+    return reply, energy.sent_energy(context)
+
+
+def test_every_secagg_stage_is_measured_and_delivered_in_the_next_masked_input(
+    tmp_path: Path, fake_tracker: None
+) -> None:
+    # Prepare: a measuring site; trackers 1..n report 1..n µWh.
+    context = _context(make_site(tmp_path, {"codecarbon = false": "codecarbon = true"}))
+    # Execute: round 1's four stages, then round 2 up to its masked input
+    sent = [_stage(kind, context) for kind in STAGES] + [
+        _stage(kind, context) for kind in STAGES[:3]
+    ]
+    # Assert: one tracker per stage, plus one after the slots were taken (masking)
+    assert FakeTracker.made == 9
+    slots_1 = sent[2][0].content.config_records["slots"]["v"]
+    slots_2 = sent[6][0].content.config_records["slots"]["v"]
+    first = energy_slots.decode(slots_1, max_weight=MAX_WEIGHT)  # type: ignore[arg-type]
+    second = energy_slots.decode(slots_2, max_weight=MAX_WEIGHT)  # type: ignore[arg-type]
+    # round 1: setup 1 + share 2 + train up to the slots 3; round 2: the rest of round 1
+    # (masking 4 + unmask 5) and its own setup 6, share 7, train 8
+    assert first.sites == 1 and first.energy_kwh == pytest.approx(6e-6, abs=1e-9)
+    assert second.energy_kwh == pytest.approx(30e-6, abs=2e-9)
+    assert second.co2_g == pytest.approx(30e-6 * 400, abs=2e-6)
+    # Only the masked train delivered, and the audit sees what left, as delivered
+    assert [s for _, s in sent if s is not None] == [
+        {"kwh": first.energy_kwh, "co2_g": first.co2_g, "how": "masked"},
+        {"kwh": second.energy_kwh, "co2_g": second.co2_g, "how": "masked"},
+    ]
+    # Nothing leaves in clear: the stage replies carry no energy metric
+    assert all(k.METRICS not in reply.content for reply, _ in sent)
+    # What stays pending is the last masking (tracker 9) plus rounding residue
+    assert energy._pending(context).kwh == pytest.approx(9e-6, abs=2e-9)
+
+
+def test_a_refused_masked_input_keeps_its_energy_at_the_site(
+    tmp_path: Path, fake_tracker: None
+) -> None:
+    context = _context(make_site(tmp_path, {"codecarbon = false": "codecarbon = true"}))
+
+    def refuse(message: Message, ctx: Context) -> Message:
+        energy.masked_energy(ctx, max_weight=MAX_WEIGHT)
+        return Message(Error(code=1, reason="secagg: refused"), reply_to=message)
+
+    reply = energy_mod(_instruction("train.secagg"), context, refuse)
+    assert reply.has_error()
+    assert energy.sent_energy(context) is None  # nothing left the site
+    assert energy._pending(context).kwh == pytest.approx(3e-6, abs=1e-12)  # trackers 1 + 2
+
+
+def test_a_site_that_does_not_measure_sends_zeros(tmp_path: Path, fake_tracker: None) -> None:
+    context = _context(make_site(tmp_path, {}))
+    reply, sent = _stage("train.secagg", context)
+    slots = reply.content.config_records["slots"]["v"]
+    assert slots == [0] * energy_slots.slot_count(MAX_WEIGHT) and sent is None
+    assert FakeTracker.made == 0
+
+
+@pytest.mark.parametrize("max_weight", [1, 3, 65536])
+def test_summed_slots_decode_to_the_sum_of_the_sites_values(max_weight: int) -> None:
+    values = [(0.0, 0.0), (1.5e-6, 7e-4), (123.456789, 4.5e4), (2e-9, 1e-6)]
+    encoded = [
+        energy_slots.encode(EnergySum(1, kwh, g), max_weight=max_weight) for kwh, g in values
+    ]
+    assert all(0 <= v <= max_weight for slots in encoded for v in slots)
+    total = energy_slots.decode([sum(c) for c in zip(*encoded, strict=True)], max_weight=max_weight)
+    own = [energy_slots.decode(s, max_weight=max_weight) for s in encoded]
+    assert total.sites == 4
+    assert total.energy_kwh == pytest.approx(sum(o.energy_kwh for o in own), rel=1e-12)
+    assert total.co2_g == pytest.approx(sum(o.co2_g for o in own), rel=1e-12)
+    assert total.energy_kwh == pytest.approx(sum(v for v, _ in values), abs=4e-9)
+
+
+# -- the coordinator's run-level carbon section -----------------------------------------
+
+
+def _from(node: int, **metrics: Any) -> Message:
+    request = Message(content=RecordDict(), dst_node_id=node, message_type="train")
+    return Message(RecordDict({k.METRICS: MetricRecord(metrics)}), reply_to=request)
+
+
+def test_plain_rounds_are_booked_per_site_and_masked_rounds_only_in_total() -> None:
+    book = SiteEnergy(names={11: "st-marys"}, selection="random")
+    book.measured_energy(
+        1,
+        [
+            _from(11, **{k.ENERGY_KWH: 0.5, k.CO2_G: 100.0}),
+            _from(12, **{k.ENERGY_KWH: 0.25, k.CO2_G: 20.0}),
+        ],
+    )
+    masked = _from(
+        11, **{k.ENERGY_KWH: 1.0, k.CO2_G: 300.0, AGGREGATED_CLIENTS: 3, ENERGY_SITES: 2}
+    )
+    book.measured_energy(2, [masked])
+    book.measured_energy(3, [_from(12, **{k.NUM_EXAMPLES: 3})])  # nothing measured
+    carbon = book.section()["carbon"]
+    assert carbon["source"] == "codecarbon"
+    assert carbon["energy_kwh"] == 1.75 and carbon["co2_g"] == 420.0
+    assert carbon["per_site"] == {
+        "node-12": {"energy_kwh": 0.25, "co2_g": 20.0, "client_rounds": 1},
+        "st-marys": {"energy_kwh": 0.5, "co2_g": 100.0, "client_rounds": 1},
+    }
+    assert carbon["masked_rounds"] == 1
+    assert [(r["round"], r["sites"], r["per_site"]) for r in carbon["per_round"]] == [
+        (
+            1,
+            2,
+            {
+                "st-marys": {"energy_kwh": 0.5, "co2_g": 100.0},
+                "node-12": {"energy_kwh": 0.25, "co2_g": 20.0},
+            },
+        ),
+        (2, 2, None),
+    ]
+    assert SiteEnergy().section() == {}
+
+
+def test_site_names_come_from_the_coordinators_sites_json(tmp_path: Path) -> None:
+    run_dir = tmp_path / "state" / "runs" / "run-x"
+    run_dir.mkdir(parents=True)
+    (tmp_path / "state" / "sites.json").write_text(
+        json.dumps({"st-marys": {"node-id": 42, "public-key": "k"}, "bad": {"node-id": "x"}})
+    )
+    config = {"out-dir": str(run_dir), k.RC_RUN_ID: "run-x"}
+    assert site_names(config) == {42: "st-marys"}
+    assert site_names({"out-dir": str(run_dir)}) == {}  # not a deployment run
