@@ -384,24 +384,65 @@ def _carbon(doc: dict[str, Any]) -> str:
         ),
         ("CO₂ (g)", cell(carbon.get("co2_g"), "metrics:/carbon/co2_g", ".3f", tag="span")),
         ("selection", cell(carbon.get("selection"), "metrics:/carbon/selection", tag="span")),
-        ("intensity trace", cell(carbon.get("trace"), "metrics:/carbon/trace", tag="span")),
-        ("measured by", cell(carbon.get("source"), "metrics:/carbon/source", tag="span")),
     ]
+    if "trace" in carbon:  # the simulator's estimate; sites measure at their grid's average
+        items.append(
+            ("intensity trace", cell(carbon.get("trace"), "metrics:/carbon/trace", tag="span"))
+        )
+    items.append(("measured by", cell(carbon.get("source"), "metrics:/carbon/source", tag="span")))
+    if "masked_rounds" in carbon:
+        items.append(
+            (
+                "rounds under secure aggregation (per-site values not known)",
+                cell(carbon["masked_rounds"], "metrics:/carbon/masked_rounds", tag="span"),
+            )
+        )
     summary = "".join(f"<dt>{_esc(k)}</dt><dd>{v}</dd>" for k, v in items)
-    regions = []
-    for name, region in sorted((carbon.get("per_region") or {}).items()):
-        base = f"metrics:/carbon/per_region/{_pointer(name)}"
-        regions.append(
+    tables = [
+        _carbon_table(carbon, "per_region", "region", "carbon-regions"),
+        _carbon_table(carbon, "per_site", "site", "carbon-sites"),
+        _carbon_rounds(carbon),
+    ]
+    body = "".join(t for t in tables if t)
+    return f'<section><h2>Energy and CO₂</h2><dl id="carbon">{summary}</dl>{body}</section>'
+
+
+def _carbon_table(carbon: dict[str, Any], key: str, label: str, ident: str) -> str:
+    """The simulator's ``per_region`` or a deployment's ``per_site`` totals."""
+    if key not in carbon:
+        return ""
+    rows = []
+    for name, totals in sorted((carbon.get(key) or {}).items()):
+        base = f"metrics:/carbon/{key}/{_pointer(name)}"
+        rows.append(
             f"<tr><td>{_esc(name)}</td>"
-            + cell(region.get("client_rounds"), f"{base}/client_rounds")
-            + cell(region.get("energy_kwh"), f"{base}/energy_kwh", ".6f")
-            + cell(region.get("co2_g"), f"{base}/co2_g", ".3f")
+            + cell(totals.get("client_rounds"), f"{base}/client_rounds")
+            + cell(totals.get("energy_kwh"), f"{base}/energy_kwh", ".6f")
+            + cell(totals.get("co2_g"), f"{base}/co2_g", ".3f")
             + "</tr>"
         )
-    table = _table(
-        ["region", "client-rounds", "energy kWh", "CO₂ g"], regions, ident="carbon-regions"
-    )
-    return f'<section><h2>Energy and CO₂</h2><dl id="carbon">{summary}</dl>{table}</section>'
+    return _table([label, "client-rounds", "energy kWh", "CO₂ g"], rows, ident=ident)
+
+
+def _carbon_rounds(carbon: dict[str, Any]) -> str:
+    """A deployment's rounds: sites that measured, energy and CO₂, and whether the
+    per-site split is known (not under secure aggregation)."""
+    if not isinstance(carbon.get("per_round"), list):
+        return ""
+    rows = []
+    for i, row in enumerate(carbon["per_round"]):
+        base = f"metrics:/carbon/per_round/{i}"
+        split = "masked sum" if row.get("per_site") is None else "per site"
+        rows.append(
+            "<tr>"
+            + cell(row.get("round"), f"{base}/round")
+            + cell(row.get("sites"), f"{base}/sites")
+            + cell(row.get("energy_kwh"), f"{base}/energy_kwh", ".6f")
+            + cell(row.get("co2_g"), f"{base}/co2_g", ".3f")
+            + f"<td>{split}</td></tr>"
+        )
+    headers = ["round", "sites measured", "energy kWh", "CO₂ g", "known"]
+    return _table(headers, rows, ident="carbon-rounds")
 
 
 def _lineage(doc: dict[str, Any]) -> str:

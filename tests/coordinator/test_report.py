@@ -156,3 +156,41 @@ def test_central_dp_shows_the_runs_own_accounting_against_its_target(tmp_path: P
     assert shown["metrics:/rounds/1/epsilon"] == 4.9817
     assert shown["metrics:/config/dp-epsilon"] == 5.0
     assert 'id="run-accounting"' in html and "No privacy ledger" in html
+
+
+def test_a_deployments_measured_carbon_is_shown_per_site_and_round(tmp_path: Path) -> None:
+    # Prepare: a deployment's section (coordinator.strategy_setup.SiteEnergy's shape):
+    # round 1 plain (per site), round 2 under secure aggregation (the sites' sum only).
+    carbon = {
+        "energy_kwh": 0.003,
+        "co2_g": 1.2,
+        "selection": "random",
+        "per_site": {
+            "st-marys": {"energy_kwh": 0.001, "co2_g": 0.4, "client_rounds": 1},
+            "<b>x</b>": {"energy_kwh": 0.0005, "co2_g": 0.2, "client_rounds": 1},
+        },
+        "masked_rounds": 1,
+        "per_round": [
+            {"round": 1, "energy_kwh": 0.0015, "co2_g": 0.6, "sites": 2, "per_site": {}},
+            {"round": 2, "energy_kwh": 0.0015, "co2_g": 0.6, "sites": 3, "per_site": None},
+        ],
+        "source": "codecarbon",
+    }
+    rounds = [{"round": 1, "accuracy": 0.5}, {"round": 2, "accuracy": 0.6}]
+    folder = _run(tmp_path, rounds, carbon=carbon)
+    # Execute
+    html = render_html(collect(folder))
+    # Assert: every value sourced and equal to metrics.json; no trace row; masked noted
+    page, problems = check_page(html, _metrics_only(folder))
+    assert problems == []
+    shown = {v.src for v in page.values}
+    for name in ("st-marys", "<b>x</b>"):
+        for key in ("energy_kwh", "co2_g", "client_rounds"):
+            token = name.replace("/", "~1")  # a JSON pointer's escape
+            assert f"metrics:/carbon/per_site/{token}/{key}" in shown
+    for i in (0, 1):
+        for key in ("round", "sites", "energy_kwh", "co2_g"):
+            assert f"metrics:/carbon/per_round/{i}/{key}" in shown
+    assert {"metrics:/carbon/source", "metrics:/carbon/masked_rounds"} <= shown
+    assert "metrics:/carbon/trace" not in shown and "<b>x</b>" not in html
+    assert "masked sum" in html and "per-site values not known" in html
