@@ -326,6 +326,19 @@ def test_coordinator_killed_then_resumed_equals_uninterrupted_run(fed: SiloFeder
     )
 
 
+def _delivered(fed: SiloFederation, state: RunState, kind: str) -> dict[str, dict[int, dict]]:
+    """Per site, by round: the energy its audit log says a ``kind`` reply delivered."""
+    flower_run = state.flower_runs[-1]
+    return {
+        site.name: {
+            e["round"]: e["energy"]
+            for e in site.audit_log().entries()
+            if e["run"] == flower_run and e["type"] == kind and e.get("energy")
+        }
+        for site in fed.sites
+    }
+
+
 def test_sites_measuring_energy_report_it_per_round(fed: SiloFederation) -> None:
     # Prepare: every site turns codecarbon on in its own site.toml (read per message).
     pytest.importorskip("codecarbon")
@@ -333,16 +346,26 @@ def test_sites_measuring_energy_report_it_per_round(fed: SiloFederation) -> None
     for path, text in originals.items():
         path.write_text(text.replace("codecarbon = false", "codecarbon = true"))
     try:
-        # Execute: a plain run (no secure aggregation: its stages are not measured)
-        state = fed.submit({**BASE_RUN, "num-server-rounds": 2})
+        # Execute: a round under secure aggregation (every stage measured at the sites;
+        # plain rounds' per-site values: tests/edge_client/test_energy.py)
+        state = fed.submit({**BASE_RUN, "num-server-rounds": 1, "secagg": True})
         fed.wait_finished(state, timeout=600)
     finally:
         for path, text in originals.items():
             path.write_text(text)
-    # Assert: each round's energy and CO2, summed over the three sites' measurements
-    rounds = state.rounds()
-    assert [r["round"] for r in rounds] == [1, 2]
-    for r in rounds:
-        assert r["clients"] == 3
-        assert r["energy_kwh"] > 0 and r["co2_g"] > 0, r
-        assert 100 < r["co2_g"] / r["energy_kwh"] < 1000  # codecarbon's DEU average, g/kWh
+    # Assert: the round's energy and CO2, the sum of the three sites' measurements
+    (r,) = state.rounds()
+    assert r["clients"] == 3
+    assert r["energy_kwh"] > 0 and r["co2_g"] > 0, r
+    assert 100 < r["co2_g"] / r["energy_kwh"] < 1000  # codecarbon's DEU average, g/kWh
+    # Only the sum reached the coordinator, and it equals what each site's audit log
+    # says it put inside its masked input
+    carbon = json.loads((state.run_dir / "metrics.json").read_text())["carbon"]
+    sent = _delivered(fed, state, "train.secagg")
+    assert carbon["source"] == "codecarbon" and set(sent) == {s.name for s in fed.sites}
+    assert carbon["per_site"] == {} and carbon["masked_rounds"] == 1
+    assert carbon["per_round"][0]["sites"] == 3
+    assert {s[1]["how"] for s in sent.values()} == {"masked"}
+    assert carbon["energy_kwh"] == pytest.approx(sum(s[1]["kwh"] for s in sent.values()))
+    assert carbon["co2_g"] == pytest.approx(sum(s[1]["co2_g"] for s in sent.values()))
+    assert r["energy_kwh"] == pytest.approx(carbon["energy_kwh"])

@@ -15,6 +15,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from coordinator.run_state import RunState
 from coordinator.secagg_exchange import ENERGY_SITES
 from coordinator.strategy_setup import SiteEnergy, measured_energy, site_names
 from edge_client import energy
@@ -269,11 +270,14 @@ def test_plain_rounds_are_booked_per_site_and_masked_rounds_only_in_total() -> N
 
 
 def test_site_names_come_from_the_coordinators_sites_json(tmp_path: Path) -> None:
-    run_dir = tmp_path / "state" / "runs" / "run-x"
-    run_dir.mkdir(parents=True)
-    (tmp_path / "state" / "sites.json").write_text(
+    # Prepare: a run folder as `run submit` makes it, and sites.json as add-site writes it
+    state = tmp_path / "state"
+    run = RunState.create(state, {"task": "breast-cancer-mlp"})
+    (state / "sites.json").write_text(
         json.dumps({"st-marys": {"node-id": 42, "public-key": "k"}, "bad": {"node-id": "x"}})
     )
-    config = {"out-dir": str(run_dir), k.RC_RUN_ID: "run-x"}
-    assert site_names(config) == {42: "st-marys"}
-    assert site_names({"out-dir": str(run_dir)}) == {}  # not a deployment run
+    # Execute, Assert
+    assert site_names(run.run_config) == {42: "st-marys"}
+    assert site_names({"out-dir": str(run.run_dir)}) == {}  # not a deployment run
+    (state / "sites.json").write_text("not json")
+    assert site_names(run.run_config) == {}
