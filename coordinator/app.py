@@ -206,6 +206,8 @@ def run_federation(
     )
     if loop.checkpoints is not None and (previous := loop.checkpoints.load()) is not None:
         records.extend(previous.rounds)  # a resumed run's files keep the earlier rounds
+        if out_dir is not None and previous.rounds:  # and the sites' measured energy
+            energy.resume(out_dir / "metrics.json", up_to=previous.rounds[-1].round)
     wait_for_nodes(grid, minimum=config.clients_per_round, timeout=config.round_timeout)
     result = loop.run(grid, initial_arrays(config))
     if out_dir is not None:

@@ -194,17 +194,37 @@ class SiteEnergy:
             row = sites.setdefault(name, {"energy_kwh": 0.0, "co2_g": 0.0})
             row["energy_kwh"] += reading[0]
             row["co2_g"] += reading[1]
-        for name, row in (sites or {}).items():
+        self.book({"round": server_round, **stats, "sites": measured, "per_site": sites})
+        return kept, stats
+
+    def book(self, row: Mapping[str, Any]) -> None:
+        """Add a finished round (a ``per_round`` row) to the per-site totals."""
+        sites = row.get("per_site")
+        for name, values in (sites or {}).items():
             total = self.per_site.setdefault(
                 name, {"energy_kwh": 0.0, "co2_g": 0.0, "client_rounds": 0}
             )
-            total["energy_kwh"] += row["energy_kwh"]
-            total["co2_g"] += row["co2_g"]
+            total["energy_kwh"] += float(values["energy_kwh"])
+            total["co2_g"] += float(values["co2_g"])
             total["client_rounds"] += 1
-        self.per_round.append(
-            {"round": server_round, **stats, "sites": measured, "per_site": sites}
-        )
-        return kept, stats
+        self.per_round.append(dict(row))
+
+    def resume(self, metrics: Path, *, up_to: int) -> None:
+        """Take back the rounds ≤ ``up_to`` (the checkpoint's) from a resumed run's
+        previous ``metrics.json``; nothing when it has no measured carbon."""
+        try:
+            carbon = json.loads(metrics.read_text()).get("carbon") or {}
+        except (OSError, ValueError, AttributeError):
+            return
+        if carbon.get("source") != "codecarbon":
+            return
+        for row in carbon.get("per_round") or []:
+            if (
+                isinstance(row, dict)
+                and isinstance(row.get("round"), int)
+                and row["round"] <= up_to
+            ):
+                self.book(row)
 
     def section(self) -> dict[str, Any]:
         """``{"carbon": ...}`` once a round was measured, else nothing."""

@@ -281,3 +281,31 @@ def test_site_names_come_from_the_coordinators_sites_json(tmp_path: Path) -> Non
     assert site_names({"out-dir": str(run.run_dir)}) == {}  # not a deployment run
     (state / "sites.json").write_text("not json")
     assert site_names(run.run_config) == {}
+
+
+def test_a_resumed_run_takes_back_the_rounds_its_checkpoint_holds(tmp_path: Path) -> None:
+    # Prepare: a first attempt that measured rounds 1-3 (round 3 after the checkpoint)
+    first = SiteEnergy(names={11: "st-marys"})
+    for rnd in (1, 2, 3):
+        first.measured_energy(rnd, [_from(11, **{k.ENERGY_KWH: 0.5 * rnd, k.CO2_G: 10.0})])
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"rounds": [], **first.section()}))
+    # Execute: the resumed attempt, checkpoint at round 2, then its own round 3
+    again = SiteEnergy(names={11: "st-marys"})
+    again.resume(metrics, up_to=2)
+    again.measured_energy(3, [_from(11, **{k.ENERGY_KWH: 2.0, k.CO2_G: 10.0})])
+    # Assert
+    carbon = again.section()["carbon"]
+    assert [r["round"] for r in carbon["per_round"]] == [1, 2, 3]
+    assert carbon["per_site"]["st-marys"] == {
+        "energy_kwh": 3.5,
+        "co2_g": 30.0,
+        "client_rounds": 3,
+    }
+    assert carbon["energy_kwh"] == 3.5
+    estimated = tmp_path / "estimated.json"
+    estimated.write_text(json.dumps({"carbon": {"source": "estimated", "per_round": []}}))
+    for source in (estimated, tmp_path / "missing.json"):  # the simulator's; none
+        fresh = SiteEnergy()
+        fresh.resume(source, up_to=9)
+        assert fresh.section() == {}
