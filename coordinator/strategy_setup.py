@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,11 +138,14 @@ def measured_energy(
 
 
 def _reported(reply: Message) -> tuple[float, float] | None:
-    """The (kWh, g CO2) a reply reports, or None."""
+    """The (kWh, g CO2) a reply reports, or None (also for values that are not finite
+    and ≥ 0: a hostile site cannot poison the totals with NaN or a negative)."""
     for record in reply.content.metric_records.values():
         kwh, grams = record.get(k.ENERGY_KWH), record.get(k.CO2_G)
         if isinstance(kwh, int | float) and isinstance(grams, int | float):
-            return float(kwh), float(grams)
+            values = float(kwh), float(grams)
+            ok = all(math.isfinite(v) and v >= 0 for v in values)
+            return values if ok else None
     return None
 
 
@@ -163,6 +167,7 @@ class SiteEnergy:
 
     names: Mapping[int, str] = field(default_factory=dict)
     selection: str = "random"
+    secure: bool = False  # SecAgg+: the one reply is the coordinator's own masked sum
     per_site: dict[str, dict[str, float]] = field(default_factory=dict)
     per_round: list[dict[str, Any]] = field(default_factory=list)
 
@@ -182,7 +187,7 @@ class SiteEnergy:
             reading = _reported(reply)
             if reading is None:
                 continue
-            if _masked(reply):  # the survivors' sum: no site's own values
+            if self.secure and _masked(reply):  # the survivors' sum: no site's own values
                 sites = None
                 count = _metric(reply, ENERGY_SITES)
                 measured += int(count) if count is not None else 1
@@ -365,6 +370,7 @@ def build_strategy_setup(
         )
         filters.append(deadline.filter)
     energy = energy or SiteEnergy(selection=selection.mode)
+    energy.secure = secagg
     filters.append(energy.measured_energy)
     return StrategySetup(
         strategy=build_strategy(config.strategy, params),

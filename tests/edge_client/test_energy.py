@@ -234,37 +234,35 @@ def _from(node: int, **metrics: Any) -> Message:
 
 
 def test_plain_rounds_are_booked_per_site_and_masked_rounds_only_in_total() -> None:
-    book = SiteEnergy(names={11: "st-marys"}, selection="random")
-    book.measured_energy(
-        1,
-        [
-            _from(11, **{k.ENERGY_KWH: 0.5, k.CO2_G: 100.0}),
-            _from(12, **{k.ENERGY_KWH: 0.25, k.CO2_G: 20.0}),
-        ],
-    )
-    masked = _from(
-        11, **{k.ENERGY_KWH: 1.0, k.CO2_G: 300.0, AGGREGATED_CLIENTS: 3, ENERGY_SITES: 2}
-    )
-    book.measured_energy(2, [masked])
-    book.measured_energy(3, [_from(12, **{k.NUM_EXAMPLES: 3})])  # nothing measured
-    carbon = book.section()["carbon"]
-    assert carbon["source"] == "codecarbon"
-    assert carbon["energy_kwh"] == 1.75 and carbon["co2_g"] == 420.0
+    # Prepare: a plain run's replies, one site claiming to be a masked sum, one NaN
+    plain = SiteEnergy(names={11: "st-marys"}, selection="random")
+    spoof = {k.ENERGY_KWH: 0.25, k.CO2_G: 20.0, AGGREGATED_CLIENTS: 9, ENERGY_SITES: 9}
+    replies = [
+        _from(11, **{k.ENERGY_KWH: 0.5, k.CO2_G: 100.0}),
+        _from(12, **spoof),
+        _from(13, **{k.ENERGY_KWH: float("nan"), k.CO2_G: 1.0}),
+        _from(14, **{k.ENERGY_KWH: -5.0, k.CO2_G: 1.0}),
+    ]
+    # Execute
+    plain.measured_energy(1, replies)
+    plain.measured_energy(2, [_from(12, **{k.NUM_EXAMPLES: 3})])  # nothing measured
+    secure = SiteEnergy(secure=True)
+    masked = {k.ENERGY_KWH: 1.0, k.CO2_G: 300.0, AGGREGATED_CLIENTS: 3, ENERGY_SITES: 2}
+    secure.measured_energy(1, [_from(11, **masked)])
+    # Assert: plain rounds per site by registered name (NaN and negative ignored)
+    carbon = plain.section()["carbon"]
+    assert carbon["source"] == "codecarbon" and carbon["masked_rounds"] == 0
+    assert carbon["energy_kwh"] == 0.75 and carbon["co2_g"] == 120.0
     assert carbon["per_site"] == {
         "node-12": {"energy_kwh": 0.25, "co2_g": 20.0, "client_rounds": 1},
         "st-marys": {"energy_kwh": 0.5, "co2_g": 100.0, "client_rounds": 1},
     }
-    assert carbon["masked_rounds"] == 1
-    assert [(r["round"], r["sites"], r["per_site"]) for r in carbon["per_round"]] == [
-        (
-            1,
-            2,
-            {
-                "st-marys": {"energy_kwh": 0.5, "co2_g": 100.0},
-                "node-12": {"energy_kwh": 0.25, "co2_g": 20.0},
-            },
-        ),
-        (2, 2, None),
+    assert [(r["round"], r["sites"]) for r in carbon["per_round"]] == [(1, 2)]
+    # ... and a SecAgg+ round only in total, with the count of sites that measured
+    carbon = secure.section()["carbon"]
+    assert carbon["per_site"] == {} and carbon["masked_rounds"] == 1
+    assert carbon["per_round"] == [
+        {"round": 1, "energy_kwh": 1.0, "co2_g": 300.0, "sites": 2, "per_site": None}
     ]
     assert SiteEnergy().section() == {}
 
