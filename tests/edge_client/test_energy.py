@@ -15,17 +15,21 @@ import pytest
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from coordinator.app import build_server_app
+from coordinator.config import RunConfig
 from coordinator.run_state import RunState
 from coordinator.secagg_exchange import ENERGY_SITES
 from coordinator.strategy_setup import SiteEnergy, measured_energy, site_names
 from edge_client import energy
+from edge_client.app import build_client_app
 from edge_client.energy import energy_mod
 from edge_client.protocol import keys as k
 from edge_client.protocol.secagg import AGGREGATED_CLIENTS
 from edge_client.protocol.site import NC_SITE_CONFIG
-from edge_client.site_config import SiteConfig
+from edge_client.site_config import EnergySettings, SiteConfig
 from privacy.secagg import energy_slots
 from privacy.secagg.energy_slots import EnergySum
+from simulation.inprocess import run_inprocess
 
 sys.path.insert(0, str(Path(__file__).parent))
 from site_testkit import make_site
@@ -307,3 +311,45 @@ def test_a_resumed_run_takes_back_the_rounds_its_checkpoint_holds(tmp_path: Path
         fresh = SiteEnergy()
         fresh.resume(source, up_to=9)
         assert fresh.section() == {}
+
+
+def test_a_run_writes_the_measured_carbon_per_site_into_metrics_json(
+    tmp_path: Path, fake_tracker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: three measuring clients in process; each books what it delivered
+    monkeypatch.setattr(energy, "site_energy", lambda context: EnergySettings(codecarbon=True))
+    delivered: dict[int, float] = {}
+
+    def ledger(message: Message, context: Context, call_next: Any) -> Message:
+        reply = call_next(message, context)
+        if (sent := energy.sent_energy(context)) is not None:
+            delivered[int(context.node_id)] = delivered.get(int(context.node_id), 0.0) + sent["kwh"]
+        return reply
+
+    out = tmp_path / "run"
+    config = RunConfig(
+        task="breast-cancer-mlp",
+        num_clients=3,
+        clients_per_round=3,
+        num_server_rounds=1,
+        local_epochs=1,
+        batch_size=256,
+        out_dir=str(out),
+    )
+    # Execute
+    run_inprocess(
+        server_app=build_server_app(),
+        client_app=build_client_app(mods=[ledger, energy.energy_mod]),
+        num_nodes=3,
+        run_config=config.as_run_config(),
+    )
+    # Assert: per site (no sites.json in a simulation: node-<id>), equal to the sites'
+    # own records, and the rounds' sum equals the total
+    doc = json.loads((out / "metrics.json").read_text())
+    carbon = doc["carbon"]
+    assert carbon["source"] == "codecarbon" and len(delivered) == 3
+    assert {n: v["energy_kwh"] for n, v in carbon["per_site"].items()} == pytest.approx(
+        {f"node-{node}": kwh for node, kwh in delivered.items()}
+    )
+    assert all(v["client_rounds"] == 1 for v in carbon["per_site"].values())
+    assert sum(r["energy_kwh"] for r in doc["rounds"]) == pytest.approx(carbon["energy_kwh"])
