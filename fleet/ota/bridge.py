@@ -618,7 +618,7 @@ class FleetBridge:
             elif isinstance(message, proto.Feedback):
                 seen.add(device_id)
                 if message.model_version_id is not None:  # null: unknown, not stored
-                    feedback.append(feedback_row(device_id, message, now))
+                    feedback.append(feedback_row(device_id, message, now, dedupe=self._shared))
             elif isinstance(message, proto.Ack):
                 counts["acks"] += 1
                 acks.append((device_id, message))
