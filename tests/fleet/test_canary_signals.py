@@ -36,6 +36,7 @@ from fleet.models.ota import (
     RolloutDevice,
     TelemetryRecord,
 )
+from fleet.models.registry import ModelVersion
 from fleet.ota.canary_signals import wave_quality
 from fleet.ota.telemetry_rows import feedback_row, insert_feedback
 
@@ -235,3 +236,57 @@ def test_feedback_delivered_twice_counts_once(world: tuple[Engine, int, int, int
     accuracy = next(f for f in verdict.findings if f.signal == "accuracy")
     assert "4000 vs 3000 labelled samples" in accuracy.detail
     assert accuracy.value == pytest.approx(95.0 - 100.0 * 2950 / 4000)
+
+
+def test_predictions_are_compared_with_the_versions_stored_reference(
+    world: tuple[Engine, int, int, int],
+) -> None:
+    # Prepare: canary and baseline devices predict alike (class 1); the rollout checks
+    # predictions. First without a stored reference, then v2's held-out reference says
+    # v2 predicts class 0.
+    engine, rollout_id, v1, v2 = world
+    canary, baseline = _sides(engine, rollout_id)
+    at = utcnow() + timedelta(seconds=1)
+    with (
+        session_scope(engine, write=True) as session,
+        audit.exempt(session, reason="device reports, as the bridge writes them"),
+    ):
+        rollout = session.get(Rollout, rollout_id)
+        assert rollout is not None
+        rollout.max_prediction_shift = 0.25
+        session.add(rollout)
+        for device, version in [*((d, v2) for d in canary), *((d, v1) for d in baseline)]:
+            session.add(
+                TelemetryRecord(
+                    device_id=device,
+                    received_at=at,
+                    model_version_id=version,
+                    seq=0,
+                    window_s=1.0,
+                    count=300,
+                    latency_p50_ms=1.0,
+                    latency_p95_ms=2.0,
+                    predictions={"1": 300},
+                )
+            )
+        session.flush()
+    live = _verdict(engine, rollout_id)
+    with (
+        session_scope(engine, write=True) as session,
+        audit.exempt(session, reason="test setup: the version's stored reference"),
+    ):
+        model = session.get(ModelVersion, v2)
+        assert model is not None
+        model.reference_predictions = {"0": 350, "1": 10}
+        session.add(model)
+        session.flush()
+
+    # Execute
+    stored = _verdict(engine, rollout_id)
+
+    # Assert: against live traffic no shift (and the detail says so); against the
+    # reference the canary shifted, and the reason names the reference.
+    (shift,) = [f for f in live.findings if f.signal == "predictions"]
+    assert shift.value == pytest.approx(0.0) and "live traffic" in shift.detail
+    assert stored.regressed
+    assert "from the version's reference (360 held-out samples" in stored.reason
