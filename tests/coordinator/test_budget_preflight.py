@@ -142,3 +142,75 @@ def test_retraining_runs_ask_for_the_preflight_unless_run_toml_turns_it_off(
     assert asked_for({}) is False  # a plain `run submit`: unchanged
     with pytest.raises(ValueError, match="budget-preflight"):
         asked_for({k.RC_BUDGET_PREFLIGHT: "maybe"})
+
+
+def test_the_serverapp_holds_a_run_before_round_1_and_starts_one_with_its_quorum(
+    tmp_path: Path,
+) -> None:
+    # The real ServerApp and ClientApp over the in-process engine (Flower's message
+    # routing of `query.budget` included): client 0's budget fits one of the run's two
+    # trainings.
+    from coordinator.app import build_server_app
+    from edge_client.app import build_client_app
+    from edge_client.dp_training import plan_dp_training
+    from edge_client.settings import ClientSettings
+    from privacy.dp.accounting import epsilon
+    from privacy.ledger import LEDGER_FILE, PrivacyLedger
+    from simulation.inprocess import run_inprocess
+
+    def run_config(out: Path, quorum: int) -> dict[str, bool | int | float | str]:
+        return {
+            "task": TASK,
+            "num-server-rounds": 2,
+            "num-clients": 3,
+            "clients-per-round": 3,
+            "min-clients": quorum,
+            "local-epochs": 1,
+            "batch-size": 32,
+            "out-dir": str(out),
+            RC_DP: "local",
+            RC_DP_NOISE_MULTIPLIER: 1.1,
+            k.RC_BUDGET_PREFLIGHT: True,
+        }
+
+    probe = Context(
+        run_id=1,
+        node_id=1,
+        node_config={k.NC_PARTITION_ID: 0, k.NC_NUM_PARTITIONS: 3},
+        state=RecordDict(),
+        run_config=run_config(tmp_path / "probe", 3),
+    )
+    settings = ClientSettings.from_message(probe, TRAIN)
+    from edge_client.app import load_client_data
+
+    n = len(load_client_data(settings).x_train)
+    _dp, where, mech = plan_dp_training(probe, settings=settings, num_examples=n, dp=None)
+    one_round = epsilon([mech], delta=where.budget.delta) * 1.01
+
+    def node_config(i: int) -> dict[str, bool | int | float | str]:
+        extra = {NC_DP_BUDGET_EPSILON: one_round} if i == 0 else {}
+        return {k.NC_PARTITION_ID: i, k.NC_NUM_PARTITIONS: 3, **extra}
+
+    # Execute / Assert: a quorum of 3 is held before anything trains.
+    held = tmp_path / "held"
+    with pytest.raises(BudgetHeld, match="2 of 3 sites have privacy budget"):
+        run_inprocess(
+            server_app=build_server_app(),
+            client_app=build_client_app(),
+            num_nodes=3,
+            run_config=run_config(held, 3),
+            node_config_fn=node_config,
+        )
+    assert not (held / LEDGER_FILE).exists() and not (held / "metrics.json").exists()
+
+    # A quorum of 2 starts; client 0 then refuses round 2, as its answer said it would.
+    ran = tmp_path / "ran"
+    run_inprocess(
+        server_app=build_server_app(),
+        client_app=build_client_app(),
+        num_nodes=3,
+        run_config=run_config(ran, 2),
+        node_config_fn=node_config,
+    )
+    entries = PrivacyLedger(ran / LEDGER_FILE, site="client-0").entries()
+    assert [(e.server_round, e.status) for e in entries] == [(1, "completed"), (2, "refused")]
