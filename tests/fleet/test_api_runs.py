@@ -205,3 +205,31 @@ def test_a_failed_runs_reason_shows_on_the_timeline(client: TestClient, admin: H
     (item,) = [i for i in items if i["subject"] == f"run {run['id']}" and "failed" in i["summary"]]
     assert item["reason"] == reason
     assert bad.status_code == 422
+
+
+def test_a_held_retraining_run_is_marked_failed_with_its_reason_through_the_client(
+    client: TestClient, admin: Headers, tmp_path: Any
+) -> None:
+    # `run submit --retrain` after the ServerApp recorded the pre-flight's failure: the
+    # real FleetClient against the app (its transport), the reason made one line.
+    from coordinator.retrain import RetrainPlan, mark_failed
+    from fleet.client import FleetClient, FleetConnection
+
+    run = create_run(client, admin)
+    client.patch(f"/api/v1/runs/{run['id']}", json={"status": "running"}, headers=admin)
+    plan = RetrainPlan(
+        fleet_run_id=run["id"], task="digits-cnn", parent_version=1, checkpoint=tmp_path
+    )
+    token = admin["Authorization"].removeprefix("Bearer ")
+    connection = FleetConnection(url=str(client.base_url), token=token)
+
+    # Execute
+    with FleetClient(connection, transport=client._transport) as fleet:
+        mark_failed(fleet, plan, "BudgetHeld: held by the budget pre-flight:\n 1 of 3 sites")
+
+    # Assert
+    assert client.get(f"/api/v1/runs/{run['id']}", headers=admin).json()["status"] == "failed"
+    events = client.get("/api/v1/audit", params={"entity_type": "run"}, headers=admin)
+    assert events.status_code == 200, events.text
+    reasons = [e["after"].get("reason") for e in events.json()["items"] if e["after"]]
+    assert "BudgetHeld: held by the budget pre-flight: 1 of 3 sites" in reasons
