@@ -346,3 +346,36 @@ def test_sites_measuring_energy_report_it_per_round(fed: SiloFederation) -> None
         assert r["clients"] == 3
         assert r["energy_kwh"] > 0 and r["co2_g"] > 0, r
         assert 100 < r["co2_g"] / r["energy_kwh"] < 1000  # codecarbon's DEU average, g/kWh
+
+
+def test_a_run_no_site_has_budget_for_is_held_before_round_1(fed: SiloFederation) -> None:
+    # Prepare: each site's own budget is ε=8 (site.toml); this run would spend 50.
+    def ledgers() -> dict[str, int]:
+        out = {}
+        for site in fed.sites:
+            config = SiteConfig.load(site.config)
+            path = config.state_dir / "privacy_ledger.sqlite"
+            out[site.name] = (
+                len(PrivacyLedger(path, site=config.name).entries()) if path.exists() else 0
+            )
+        return out
+
+    before = ledgers()
+
+    # Execute: the pre-flight the autopilot's runs carry (`--retrain` sets it).
+    state = fed.submit(
+        {**BASE_RUN, "num-server-rounds": 1, "dp": "local", "dp-epsilon": 50.0,
+         "budget-preflight": True, "round-timeout": 120}
+    )  # fmt: skip
+    wait_for(lambda: state.status().get("phase") == "failed", timeout=180, what="the hold")
+
+    # Assert: held before round 1 with the count; nothing trained or reserved; each site
+    # answered through the federation (an audited query.budget reply, one bit).
+    error = state.status()["error"]
+    assert "held by the budget pre-flight: 0 of 3 sites" in error and "needs 2" in error
+    assert state.rounds() == [] and ledgers() == before
+    flower_run = state.flower_runs[-1]
+    for site in fed.sites:
+        lines = [json.loads(line) for line in site.audit.read_text().splitlines() if line]
+        asked = [e for e in lines if e.get("run") == flower_run and e.get("type") == "query.budget"]
+        assert [e["kind"] for e in asked] == ["reply"], site.name
