@@ -95,8 +95,9 @@ class BridgeSettings:
     ``shared_group``: one of several bridges (replicas, docs/scale-out.md): device
     messages arrive over ``$share/GROUP/...`` (each to one member), the session persists
     (``client_id`` must be the replica's own and stable across restarts), and each QoS 1
-    message is acknowledged only once written, telemetry deduplicated by its digest — a
-    bridge killed mid-batch gets its unacknowledged messages again, none stored twice.
+    message is acknowledged only once written, telemetry and feedback deduplicated by
+    their digests — a bridge killed mid-batch gets its unacknowledged messages again, none
+    stored twice.
     """
 
     host: str = "127.0.0.1"
