@@ -271,7 +271,7 @@ def test_a_reference_needs_no_baseline_devices_but_the_canary_still_needs_eviden
     assert few.value is None and not few.regressed  # one device never decides
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     canary=sides,
     baseline=st.lists(device("b"), max_size=6),
