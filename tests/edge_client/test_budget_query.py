@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_client.app import load_client_data
 from edge_client.budget_query import handle_budget_query
@@ -15,9 +17,9 @@ from edge_client.dp_training import plan_dp_training, train_with_dp
 from edge_client.protocol import keys as k
 from edge_client.protocol.site import NC_DP_BUDGET_EPSILON, NC_SITE_NAME, NC_STATE_DIR
 from edge_client.settings import ClientSettings
-from privacy.dp.accounting import epsilon
+from privacy.dp.accounting import Mechanism, epsilon
 from privacy.dp.config import RC_DP, RC_DP_DELTA, RC_DP_EPSILON, RC_DP_NOISE_MULTIPLIER
-from privacy.ledger import LEDGER_FILE, PrivacyLedger
+from privacy.ledger import LEDGER_FILE, Budget, PrivacyLedger
 from tasks import get_task
 
 TASK = "breast-cancer-mlp"
@@ -142,3 +144,39 @@ def test_a_site_without_dp_spends_nothing_and_bad_dp_settings_are_not_enough(
     )
     assert _ask(plain) == 1 and not (tmp_path / "plain").exists()
     assert _ask(bad) == 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    spent=st.integers(0, 3),
+    rounds=st.integers(1, 4),
+    sigma=st.floats(0.6, 3.0),
+    budget=st.floats(0.05, 20.0),
+)
+def test_preview_is_every_sequential_reservation_granted(
+    spent: int, rounds: int, sigma: float, budget: float
+) -> None:
+    # The ledger's read-only preview of a run's trainings against what check_and_reserve
+    # then decides for each of them, one after the other, from any history.
+    import tempfile
+
+    mech = Mechanism(sample_rate=0.1, noise_multiplier=sigma, steps=10)
+    limit = Budget(budget, 1e-5)
+    with tempfile.TemporaryDirectory() as folder:
+        ledger = PrivacyLedger(Path(folder) / LEDGER_FILE, site="s")
+        for r in range(spent):  # history, granted or refused
+            decision = ledger.check_and_reserve(
+                task=TASK, run_id="old", server_round=r, mechanism=mech, budget=limit
+            )
+            if decision.granted:
+                ledger.commit(decision.entry_id)
+        rows = len(ledger.entries())
+        preview = ledger.preview(task=TASK, requested=[mech] * rounds, budget=limit)
+        assert len(ledger.entries()) == rows  # read-only
+        granted = [
+            ledger.check_and_reserve(
+                task=TASK, run_id="new", server_round=r, mechanism=mech, budget=limit
+            ).granted
+            for r in range(rounds)
+        ]
+    assert preview == all(granted)
