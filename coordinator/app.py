@@ -11,6 +11,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from coordinator import budget_preflight
 from coordinator.checkpoint import CheckpointStore
 from coordinator.config import RunConfig
 from coordinator.dp import configure_dp
@@ -204,11 +205,21 @@ def run_federation(
         telemetry=telemetry,
         energy=energy,
     )
-    if loop.checkpoints is not None and (previous := loop.checkpoints.load()) is not None:
+    previous = loop.checkpoints.load() if loop.checkpoints is not None else None
+    if previous is not None:
         records.extend(previous.rounds)  # a resumed run's files keep the earlier rounds
         if out_dir is not None and previous.rounds:  # and the sites' measured energy
             energy.resume(out_dir / "metrics.json", up_to=previous.rounds[-1].round)
-    wait_for_nodes(grid, minimum=config.clients_per_round, timeout=config.round_timeout)
+    nodes = wait_for_nodes(grid, minimum=config.clients_per_round, timeout=config.round_timeout)
+    if previous is None and budget_preflight.asked_for(context.run_config):
+        budget_preflight.check_site_budgets(  # raises BudgetHeld: nothing trains
+            grid,
+            node_ids=nodes,
+            train_config=loop.train_config,
+            minimum=loop.min_clients,
+            rounds=config.num_server_rounds,
+            timeout=config.round_timeout,
+        )
     result = loop.run(grid, initial_arrays(config))
     if out_dir is not None:
         write_results(

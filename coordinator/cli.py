@@ -300,7 +300,12 @@ def run_submit(
     if plan is not None:
         _mark_running(connection, plan)
     if wait or register:
-        _follow(settings, state, timeout)
+        try:
+            _follow(settings, state, timeout)
+        except typer.Exit:
+            if plan is not None:  # the fleet run failed too (e.g. held: budgets)
+                _mark_failed(connection, plan, _failure(settings, state, ask_flower=True))
+            raise
     if connection is not None:
         _register(state, connection, plan)
 
@@ -413,6 +418,19 @@ def _mark_running(connection: Any, plan: Any) -> None:
         try:
             mark_running(client, plan)
         except FleetError as err:  # the run goes on; registering at the end retries
+            typer.echo(f"warning: {err}", err=True)
+
+
+def _mark_failed(connection: Any, plan: Any, cause: str | None) -> None:
+    from coordinator.retrain import mark_failed
+    from fleet.client import FleetClient, FleetError
+
+    if cause is None:  # a timeout: the run may still finish
+        return
+    with FleetClient(connection) as client:
+        try:
+            mark_failed(client, plan, cause)
+        except FleetError as err:
             typer.echo(f"warning: {err}", err=True)
 
 

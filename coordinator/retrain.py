@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_client.protocol.keys import RC_BUDGET_PREFLIGHT
 from firmware_images.registry import fetch_checkpoint
 from fleet.client import FleetClient, FleetError
 
@@ -31,7 +32,8 @@ class RetrainPlan:
     checkpoint: Path
 
     def run_config(self, run_config: dict[str, Any]) -> dict[str, Any]:
-        """``run_config`` (from run.toml) with the task and the initial model set.
+        """``run_config`` (from run.toml) with the task and the initial model set, and
+        the budget pre-flight on unless run.toml turns it off.
 
         Raises:
             ValueError: run.toml names another task than the model to retrain.
@@ -47,7 +49,14 @@ class RetrainPlan:
             raise ValueError(
                 "run.initial-model is set by --retrain (the parent model's checkpoint); remove it"
             )
-        return {**run_config, "task": self.task, "initial-model": str(self.checkpoint.resolve())}
+        return {
+            # Sites' budgets checked before round 1 (coordinator.budget_preflight);
+            # run.toml may say budget-preflight = false.
+            RC_BUDGET_PREFLIGHT: True,
+            **run_config,
+            "task": self.task,
+            "initial-model": str(self.checkpoint.resolve()),
+        }
 
 
 def prepare_retrain(client: FleetClient, fleet_run_id: int, *, dest_dir: Path) -> RetrainPlan:
@@ -84,4 +93,15 @@ def mark_running(client: FleetClient, plan: RetrainPlan) -> None:
     """Tell the fleet the run has started (the dashboard shows it running)."""
     client.update_run(
         plan.fleet_run_id, status="running", what=f"starting fleet run {plan.fleet_run_id}"
+    )
+
+
+def mark_failed(client: FleetClient, plan: RetrainPlan, reason: str) -> None:
+    """Tell the fleet the run failed and why (a run held by the budget pre-flight
+    says so); the reason shows on the fleet's timeline."""
+    client.update_run(
+        plan.fleet_run_id,
+        status="failed",
+        reason=" ".join(reason.split())[:1000],  # the fleet's free text: one line, ≤ 1000
+        what=f"marking fleet run {plan.fleet_run_id} failed",
     )

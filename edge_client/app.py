@@ -14,12 +14,14 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from edge_client.budget_query import handle_budget_query
 from edge_client.data import ClientData, partition_data
 from edge_client.dp_mods import distributed_dp_share
 from edge_client.dp_training import train_with_dp
 from edge_client.energy import energy_mod
 from edge_client.fairness import audits_fairness, fairness_counts, secure_run
 from edge_client.protocol import keys as k
+from edge_client.protocol.keys import MT_BUDGET_QUERY
 from edge_client.secagg_client import PreMaskTransform, register_secagg
 from edge_client.settings import ClientSettings
 from edge_client.site_config import SiteConfig
@@ -123,7 +125,8 @@ def handle_evaluate(message: Message, context: Context) -> Message:
 def build_client_app(
     *, mods: list[Mod] | None = None, pre_mask: Sequence[PreMaskTransform] = ()
 ) -> ClientApp:
-    """A ClientApp with fedfleet's train and evaluate handlers and the given mods.
+    """A ClientApp with fedfleet's train, evaluate and budget-query handlers and the
+    given mods.
 
     Secure aggregation's stages are registered too (``train.secagg`` wraps
     ``handle_train``); ``pre_mask`` transforms each update before it is masked.
@@ -131,6 +134,7 @@ def build_client_app(
     client_app = ClientApp(mods=mods or [])
     client_app.train()(handle_train)
     client_app.evaluate()(handle_evaluate)
+    client_app.query(MT_BUDGET_QUERY.split(".", 1)[1])(handle_budget_query)  # pre-flight
     # Distributed DP adds its noise share last, just before masking (no-op unless dp=distributed).
     register_secagg(client_app, train=handle_train, pre_mask=(*pre_mask, distributed_dp_share))
     return client_app

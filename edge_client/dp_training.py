@@ -43,10 +43,11 @@ from torch import nn
 
 from edge_client.data import ClientData
 from edge_client.dp_modes import fused_fallback, resolve_grad_sample_mode
-from edge_client.dp_settings import ledger_settings
+from edge_client.dp_settings import LedgerSettings, ledger_settings
 from edge_client.protocol import keys as k
 from edge_client.settings import ClientSettings
 from privacy.dp import DPConfig, local_mechanism
+from privacy.dp.accounting import Mechanism
 from privacy.dp.config import OpacusMode, TrainingMode
 from privacy.dp.fused import (
     FusedClipper,
@@ -366,6 +367,47 @@ def _refusal(message: Message, reason: str) -> Message:
     return Message(Error(code=k.ERROR_DP_REFUSED, reason=reason), reply_to=message)
 
 
+def plan_dp_training(
+    context: Context, *, settings: ClientSettings, num_examples: int, dp: DPConfig | None
+) -> tuple[DPConfig, LedgerSettings, Mechanism]:
+    """What one DP-SGD training of this round would be: the DP settings (the site's
+    own, else the run's), the ledger and budget it is charged to, and its mechanism.
+    The budget pre-flight (``edge_client.budget_query``) plans with this very function.
+
+    Raises:
+        ValueError, TypeError: the settings are invalid for this site (the reason).
+    """
+    if dp is None:
+        dp = DPConfig.from_run_config(context.run_config)
+    n = num_examples
+    dp.validate(dataset_size=n)
+    where = ledger_settings(
+        node_config=context.node_config,
+        run_config=context.run_config,
+        dp=dp,
+        partition_id=settings.partition_id,
+    )
+    if where.budget.delta >= 1.0 / max(n, 1):
+        raise ValueError(
+            f"the site's δ {where.budget.delta:g} is not below 1/n = 1/{n}; "
+            "lower the budget's delta"
+        )
+    mechanism = local_mechanism(
+        dp,
+        num_examples=n,
+        batch_size=settings.batch_size,
+        local_epochs=settings.local_epochs,
+        rounds=run_rounds(context),
+    )
+    return dp, where, mechanism
+
+
+def run_rounds(context: Context) -> int:
+    """The run's number of rounds (at least 1): how many trainings a site may be asked
+    for, and what ``local_mechanism`` calibrates the noise over."""
+    return max(int(context.run_config.get(k.RC_NUM_SERVER_ROUNDS, 1)), 1)
+
+
 def train_with_dp(
     message: Message,
     context: Context,
@@ -380,28 +422,8 @@ def train_with_dp(
     ``dp``: the site's own DP-SGD settings (a site that requires DP); None reads the
     run config's."""
     try:
-        if dp is None:
-            dp = DPConfig.from_run_config(context.run_config)
-        n = len(data.x_train)
-        dp.validate(dataset_size=n)
-        where = ledger_settings(
-            node_config=context.node_config,
-            run_config=context.run_config,
-            dp=dp,
-            partition_id=settings.partition_id,
-        )
-        if where.budget.delta >= 1.0 / max(n, 1):
-            raise ValueError(
-                f"the site's δ {where.budget.delta:g} is not below 1/n = 1/{n}; "
-                "lower the budget's delta"
-            )
-        rounds = int(context.run_config.get(k.RC_NUM_SERVER_ROUNDS, 1))
-        mechanism = local_mechanism(
-            dp,
-            num_examples=n,
-            batch_size=settings.batch_size,
-            local_epochs=settings.local_epochs,
-            rounds=max(rounds, 1),
+        dp, where, mechanism = plan_dp_training(
+            context, settings=settings, num_examples=len(data.x_train), dp=dp
         )
     except (TypeError, ValueError) as exc:
         return _refusal(message, f"invalid DP configuration for this site: {exc}")

@@ -17,7 +17,7 @@ One pass, in this order, so that nothing is written unless everything passed:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -123,6 +123,10 @@ class BuildResult:
     manifest: Manifest
     gate: GateReport
     note: str | None = None
+    # The shipped model's predicted classes on the gate's held-out set ({"class": count},
+    # classes as devices report them): the version's reference prediction distribution
+    # for model-aware canaries (fleet.ota.canary_quality).
+    prediction_counts: dict[str, int] = field(default_factory=dict)
 
 
 def build_bundle(request: BuildRequest, *, on_step: StepCallback | None = None) -> BuildResult:
@@ -215,7 +219,20 @@ def build_bundle(request: BuildRequest, *, on_step: StepCallback | None = None) 
     bundle = pack_bundle(manifest=manifest, model=model_bytes, private_key=private_key)
     verify_bundle(bundle, public_key=public_key, target=recipe.name)
     write_atomic(out, bundle)
-    return BuildResult(path=out, size=len(bundle), manifest=manifest, gate=report, note=note)
+    return BuildResult(
+        path=out,
+        size=len(bundle),
+        manifest=manifest,
+        gate=report,
+        note=note,
+        prediction_counts=prediction_counts(exported_logits),
+    )
+
+
+def prediction_counts(logits: np.ndarray) -> dict[str, int]:
+    """How often each class is predicted (argmax), keyed as devices report classes."""
+    classes, counts = np.unique(logits.argmax(axis=1), return_counts=True)
+    return {str(int(c)): int(n) for c, n in zip(classes, counts, strict=True)}
 
 
 def _export(recipe: Recipe, model: torch.nn.Module, x_test: np.ndarray) -> bytes:

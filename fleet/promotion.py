@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -172,7 +172,7 @@ class BundleBuilder(Protocol):
         model_version: int,
         max_drop_points: float,
         data_seed: int,
-    ) -> None: ...
+    ) -> Mapping[str, int] | None: ...
 
 
 def build_bundle_file(
@@ -185,15 +185,16 @@ def build_bundle_file(
     model_version: int,
     max_drop_points: float,
     data_seed: int,
-) -> None:
+) -> Mapping[str, int] | None:
     """Build, gate and sign one bundle with ``firmware_images`` (what ``image build
-    --model`` does), the recipe's accuracy gate replaced by the policy's."""
+    --model`` does), the recipe's accuracy gate replaced by the policy's; return the
+    bundle's predicted-class counts on the gate's held-out set (its reference)."""
     from firmware_images.build import BuildRequest, build_bundle
     from firmware_images.targets import GateRecipe, resolve_target
 
     recipe = resolve_target(target)
     recipe = replace(recipe, gate=GateRecipe(max_accuracy_drop=max_drop_points))
-    build_bundle(
+    return build_bundle(
         BuildRequest(
             recipe=recipe,
             task=task,
@@ -203,7 +204,7 @@ def build_bundle_file(
             model_version=str(model_version),
             data_seed=data_seed,
         )
-    )
+    ).prediction_counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,7 +403,7 @@ class PromotionController:
                 session, job.model_version_id, format=ArtifactFormat.bundle, target=target
             ):
                 return  # built before a restart
-        self.build(
+        reference = self.build(
             task=job.task,
             checkpoint=job.checkpoint,
             target=target,
@@ -417,6 +418,9 @@ class PromotionController:
         signature = sign_digest(load_private_key(job.key), stored.sha256)
         with session_scope(self.engine, write=True) as session:
             model = _model(session, job.model_version_id)
+            if reference and model.reference_predictions is None:  # the first target's
+                model.reference_predictions = dict(reference)
+                session.add(model)
             add_artifact(
                 session,
                 model,

@@ -81,6 +81,23 @@ class Budget:
             raise ValueError(f"budget delta {self.delta} must be in (0, 1)")
 
 
+def verdict(
+    history: list[Mechanism],
+    requested: list[Mechanism],
+    *,
+    budget: Budget,
+    accountant: Accountant = "rdp",
+) -> tuple[bool, float, float]:
+    """The ledger's one budget rule, pure: ``(granted, ε before, ε after)`` of adding the
+    ``requested`` trainings to a task's counted ``history``; granted when ε after stays
+    within ``budget`` (always without a cap). :meth:`PrivacyLedger.check_and_reserve`
+    decides every training with it; the budget pre-flight (:meth:`PrivacyLedger.preview`)
+    asks it about a whole run's trainings, so both give the same answer."""
+    before = epsilon(history, delta=budget.delta, accountant=accountant)
+    after = epsilon([*history, *requested], delta=budget.delta, accountant=accountant)
+    return budget.epsilon is None or after <= budget.epsilon, before, after
+
+
 @dataclass(frozen=True)
 class LedgerEntry:
     """One row of the ledger."""
@@ -236,9 +253,9 @@ class PrivacyLedger:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 history = self._counted(conn, task)
-                before = epsilon(history, delta=budget.delta, accountant=accountant)
-                after = epsilon([*history, mechanism], delta=budget.delta, accountant=accountant)
-                granted = budget.epsilon is None or after <= budget.epsilon
+                granted, before, after = verdict(
+                    history, [mechanism], budget=budget, accountant=accountant
+                )
                 if granted:
                     reason = ""
                 else:
@@ -286,6 +303,23 @@ class PrivacyLedger:
             budget=budget,
             reason=reason,
         )
+
+    def preview(
+        self,
+        *,
+        task: str,
+        requested: list[Mechanism],
+        budget: Budget,
+        accountant: Accountant = "rdp",
+    ) -> bool:
+        """Whether ``requested`` trainings of ``task`` would all be granted now, one after
+        the other (ε only grows, so: whether all of them together stay within ``budget``).
+        Read-only: writes no row, reserves nothing."""
+        check_accountant(accountant)
+        granted, _before, _after = verdict(
+            self.history(task), requested, budget=budget, accountant=accountant
+        )
+        return granted
 
     def commit(self, entry_id: int) -> None:
         """Mark a reservation as a completed training."""

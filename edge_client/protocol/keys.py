@@ -46,6 +46,11 @@ DP_EPSILON: Final = "dp-epsilon"  # the site's ε spent on this task after this 
 DP_NOISE_MULTIPLIER: Final = "dp-noise-multiplier"
 DP_SAMPLE_RATE: Final = "dp-sample-rate"
 DP_STEPS: Final = "dp-steps"
+# The budget pre-flight (coordinator.budget_preflight, edge_client.budget_query): the
+# query's message type, and the one MetricRecord key of its reply (1: the site's ledger
+# has budget for every training of the run, 0: not) — nothing else leaves the site.
+MT_BUDGET_QUERY: Final = "query.budget"
+BUDGET_ENOUGH: Final = "budget-enough"
 # Error.code of a train reply refused by the site's privacy policy (budget, mode).
 ERROR_DP_REFUSED: Final = 4601
 # Error.code of the reply to a run whose ClientApp the site has not pinned (site.toml [code]).
@@ -59,6 +64,10 @@ RC_NUM_CLIENTS: Final = "num-clients"
 RC_NUM_SERVER_ROUNDS: Final = "num-server-rounds"
 RC_CLIENTS_PER_ROUND: Final = "clients-per-round"
 RC_OUT_DIR: Final = "out-dir"  # a simulation's output folder (simulated clients' ledgers)
+# Ask every site whether its privacy budget covers the run before round 1; fewer sites
+# with enough than the run's quorum: the run is held (fails with the count). Set by
+# `--retrain` (the autopilot's drift-started runs).
+RC_BUDGET_PREFLIGHT: Final = "budget-preflight"
 RC_RUN_ID: Final = "run-id"  # the deployment run id (`fedfleet run submit`); absent in simulation
 # Strategies, selection, asynchronous rounds and attacks (issue 10).
 RC_CLOCK: Final = "clock"  # "wall" (default) | "simulated"

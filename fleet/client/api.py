@@ -181,12 +181,16 @@ class FleetClient:
         *,
         status: str | None = None,
         final_model_version_id: int | None = None,
+        reason: str | None = None,
         what: str | None = None,
     ) -> RunInfo:
-        """Change a run's status (``running``, ``completed``, ``failed``) or final model."""
+        """Change a run's status (``running``, ``completed``, ``failed``) or final model;
+        ``reason`` says why (the fleet's timeline shows it)."""
         body: RunUpdateBody = {}
         if status is not None:
             body["status"] = status
+        if reason is not None:
+            body["reason"] = reason
         if final_model_version_id is not None:
             body["final_model_version_id"] = final_model_version_id
         answer = self._send(

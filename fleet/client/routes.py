@@ -347,6 +347,7 @@ class RunUpdateBody(TypedDict, total=False):
 
     status: str
     final_model_version_id: int
+    reason: str
 
 
 class RoundReportBody(TypedDict, total=False):

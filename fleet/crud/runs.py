@@ -180,7 +180,8 @@ def _transition(run: Run, status: RunStatus) -> None:
 
 
 def update_run(session: Session, run: Run, data: RunUpdate, *, actor: Actor) -> Run:
-    """Change a run's status, name or final model version."""
+    """Change a run's status, name or final model version (``data.reason``, when given,
+    is recorded with the change)."""
     before = public_view(session, run)
     if run.status.terminal and data.final_model_version_id not in (
         None,
@@ -203,6 +204,8 @@ def update_run(session: Session, run: Run, data: RunUpdate, *, actor: Actor) -> 
     session.flush()
     after = public_view(session, run)
     if after != before:
+        # The timeline's "why" (fleet.crud.timeline reads after.reason).
+        reason = {"reason": data.reason} if data.reason else {}
         audit.record(
             session,
             actor=actor,
@@ -210,7 +213,7 @@ def update_run(session: Session, run: Run, data: RunUpdate, *, actor: Actor) -> 
             entity_type="run",
             entity_id=run.id or 0,
             before=before,
-            after=after,
+            after={**after.model_dump(mode="json"), **reason},
         )
     return run
 

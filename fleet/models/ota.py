@@ -293,6 +293,11 @@ class FeedbackRecord(FleetModel, table=True):
     true class, ``{"class": [correct, wrong]}``; ``labelled``/``correct`` their sums)."""
 
     __tablename__ = "feedback_records"
+    # Like telemetry: a message delivered twice (two replicas, a redelivery) is stored
+    # once; fleet/ota/telemetry_rows.py inserts with ON CONFLICT DO NOTHING.
+    __table_args__ = (
+        Index("ux_feedback_records_device_id_digest", "device_id", "digest", unique=True),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     device_id: str = Field(foreign_key="devices.id", index=True, max_length=32)
@@ -303,6 +308,8 @@ class FeedbackRecord(FleetModel, table=True):
     labelled: int = Field(sa_type=BigInteger)
     correct: int = Field(sa_type=BigInteger)
     labels: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    # The message's digest when written by replicated bridges (``--replica``), else NULL.
+    digest: str | None = Field(default=None, max_length=32)
 
 
 @dataclass(frozen=True)

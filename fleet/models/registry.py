@@ -140,6 +140,9 @@ class ModelVersion(ModelVersionBase, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     created_by: str = Field(max_length=100)
     stage_changed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Predicted classes of its first built bundle on the accuracy gate's held-out set
+    # ({"class": count}); model-aware canaries compare against it (NULL: not built here).
+    reference_predictions: dict[str, int] | None = Field(default=None, sa_type=JSON)
 
 
 # --- artifacts ------------------------------------------------------------------------

@@ -84,6 +84,9 @@ class RunUpdate(InputModel):
     status: RunStatus | None = None
     final_model_version_id: Id | None = None
     name: Text | None = None
+    # Why (e.g. a run held by the budget pre-flight): recorded with the change in the
+    # audit log, so the timeline shows it; not a column of the run.
+    reason: Text | None = None
 
 
 class Run(RunBase, table=True):

@@ -95,8 +95,9 @@ class BridgeSettings:
     ``shared_group``: one of several bridges (replicas, docs/scale-out.md): device
     messages arrive over ``$share/GROUP/...`` (each to one member), the session persists
     (``client_id`` must be the replica's own and stable across restarts), and each QoS 1
-    message is acknowledged only once written, telemetry deduplicated by its digest — a
-    bridge killed mid-batch gets its unacknowledged messages again, none stored twice.
+    message is acknowledged only once written, telemetry and feedback deduplicated by
+    their digests — a bridge killed mid-batch gets its unacknowledged messages again, none
+    stored twice.
     """
 
     host: str = "127.0.0.1"
@@ -618,7 +619,7 @@ class FleetBridge:
             elif isinstance(message, proto.Feedback):
                 seen.add(device_id)
                 if message.model_version_id is not None:  # null: unknown, not stored
-                    feedback.append(feedback_row(device_id, message, now))
+                    feedback.append(feedback_row(device_id, message, now, dedupe=self._shared))
             elif isinstance(message, proto.Ack):
                 counts["acks"] += 1
                 acks.append((device_id, message))

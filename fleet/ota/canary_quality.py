@@ -17,8 +17,14 @@ rollout's thresholds:
   exceeds ``max_latency_ratio``;
 - **errors**: the Wilson lower bound (``z``) of the canary's inference error rate exceeds
   ``max_error_rate`` (an absolute rate: a failing model needs no baseline);
-- **predictions**: the total variation distance (0..1) between the sides' predicted-class
-  distributions exceeds ``max_prediction_shift``.
+- **predictions**: the total variation distance (0..1) between the canary's
+  predicted-class distribution and a reference exceeds ``max_prediction_shift``. The
+  reference is the new version's own **reference prediction distribution** when it has
+  one (its predicted classes on the accuracy gate's held-out set, stored when the
+  promotion controller built its bundle: ``model_versions.reference_predictions``), else
+  the baseline devices' live traffic on the previous version; the finding's detail (and
+  so the halt reason on the timeline) says which. A stored reference is one fixed
+  distribution, not devices: it needs no baseline devices and is never left out.
 
 Every signal needs ``min_devices`` devices (with data for it) and ``min_labelled`` labelled
 samples / ``min_inferences`` inferences on each side it uses; otherwise it is *not
@@ -281,8 +287,29 @@ def _predictions(c: _Totals, b: _Totals, t: QualityThresholds, limit: float, nee
     ):
         return None, False, ""
     shift = total_variation(c.predictions, b.predictions)
-    detail = f"prediction distribution shifted by {shift:.3f} (total variation; limit {limit:g})"
+    detail = (
+        f"prediction distribution shifted by {shift:.3f} from the previous version's live "
+        f"traffic (total variation; limit {limit:g})"
+    )
     return shift, shift > limit, detail
+
+
+def _predictions_vs(reference: Mapping[str, int]) -> _Check:
+    """The predictions check against a version's stored reference distribution: the
+    canary side alone needs devices and inferences; the reference needs samples."""
+    samples = sum(v for v in reference.values() if v > 0)
+
+    def check(c: _Totals, _b: _Totals, t: QualityThresholds, limit: float, need: int) -> _Outcome:
+        if c.calls_devices < need or sum(c.predictions.values()) < t.min_inferences or not samples:
+            return None, False, ""
+        shift = total_variation(c.predictions, reference)
+        detail = (
+            f"prediction distribution shifted by {shift:.3f} from the version's reference "
+            f"({samples} held-out samples; total variation; limit {limit:g})"
+        )
+        return shift, shift > limit, detail
+
+    return check
 
 
 _CHECKS: dict[Signal, _Check] = {
@@ -328,18 +355,24 @@ def compare(
     canary: Sequence[DeviceQuality],
     baseline: Sequence[DeviceQuality],
     thresholds: QualityThresholds,
+    *,
+    reference: Mapping[str, int] | None = None,
 ) -> QualityVerdict:
-    """The canary's findings against the baseline for every signal with a threshold."""
+    """The canary's findings against the baseline for every signal with a threshold;
+    predictions against ``reference`` (the new version's stored reference prediction
+    distribution) when given and not empty, else against the baseline's."""
     pooled = (_pooled(canary), _pooled(baseline))
     findings = []
     for signal in SIGNALS:
         limit = _limit(thresholds, signal)
         if limit is None:
             continue
-        check = _CHECKS[signal]
+        check, others = _CHECKS[signal], baseline
+        if signal == "predictions" and reference:
+            check, others = _predictions_vs(reference), ()  # nothing to leave out there
         value, regressed, detail = check(*pooled, thresholds, limit, thresholds.min_devices)
         if regressed:
-            regressed = _holds_without_any_one(check, canary, baseline, pooled, thresholds, limit)
+            regressed = _holds_without_any_one(check, canary, others, pooled, thresholds, limit)
         findings.append(
             Finding(
                 signal=signal,

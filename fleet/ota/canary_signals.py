@@ -9,7 +9,9 @@ needs (:class:`~fleet.ota.canary_quality.DeviceQuality`) and compares:
   was acknowledged**;
 - **baseline**: devices of waves not sent yet that the fleet records as running another
   version; only their reports naming **the version the fleet records** for them, received
-  since the current wave went out (the same period as the canary's).
+  since the current wave went out (the same period as the canary's). The predictions
+  signal compares with the new version's stored reference distribution instead, when
+  it has one (``model_versions.reference_predictions``).
 
 What the fleet records a device runs comes from its status and acks (signed data on the
 device side), so a report naming a version the device does not run — a forgery or a stale
@@ -34,6 +36,7 @@ from fleet.models.ota import (
     RolloutDevice,
     TelemetryRecord,
 )
+from fleet.models.registry import ModelVersion
 from fleet.ota.canary_quality import DeviceQuality, QualityThresholds, QualityVerdict, compare
 
 
@@ -89,7 +92,20 @@ def wave_quality(
     quality = _gather(session, expected, acked, since, rollout.max_prediction_shift is not None)
     canary = [quality[d] for d in expected if d in canary_rows and d in quality]
     baseline = [quality[d] for d in expected if d in baseline_ids and d in quality]
-    return compare(canary, baseline, thresholds_of(rollout))
+    reference = None
+    if rollout.max_prediction_shift is not None:  # the version's own, when it has one
+        model = session.get(ModelVersion, new)
+        reference = model.reference_predictions if model is not None else None
+    return compare(canary, baseline, thresholds_of(rollout), reference=_counts(reference))
+
+
+def _counts(stored: object) -> dict[str, int] | None:
+    """A stored reference distribution as counts (None when absent or malformed)."""
+    if not isinstance(stored, dict):
+        return None
+    into: Counter[str] = Counter()
+    _add_counts(into, stored)
+    return dict(into) or None
 
 
 def _gather(

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
@@ -58,7 +58,7 @@ _STAGE_INSERT = (
 _STAGE_EMPTY = f"DELETE FROM {_STAGE}"  # noqa: S608
 
 
-def message_digest(message: proto.Telemetry) -> str:
+def message_digest(message: proto.Telemetry | proto.Feedback) -> str:
     """32 hex digits that are the same for every delivery of one message (its decoded
     fields, so a redelivery's DUP flag or key order does not matter)."""
     return hashlib.blake2b(repr(message).encode(), digest_size=16).hexdigest()
@@ -85,10 +85,14 @@ def telemetry_row(
     }
 
 
-def feedback_row(device_id: str, message: proto.Feedback, now: datetime) -> dict[str, Any]:
-    """The stored row of one decoded feedback message (label counts and their sums)."""
+def feedback_row(
+    device_id: str, message: proto.Feedback, now: datetime, *, dedupe: bool = False
+) -> dict[str, Any]:
+    """The stored row of one decoded feedback message (label counts and their sums);
+    with ``dedupe`` its digest, so a second delivery is not stored again."""
     labels = {k: [v.correct, v.wrong] for k, v in message.labels.items()}
     return {
+        "digest": message_digest(message) if dedupe else None,
         "device_id": device_id,
         "received_at": now,
         "model_version_id": message.model_version_id,
@@ -102,9 +106,14 @@ def feedback_row(device_id: str, message: proto.Feedback, now: datetime) -> dict
 
 def insert_feedback(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Write feedback ``rows`` (from :func:`feedback_row`) in one executemany INSERT
-    (one message a window per labelled device: far fewer than telemetry rows)."""
-    if rows:
-        session.connection().execute(insert(FeedbackRecord), list(rows))
+    (one message a window per labelled device: far fewer than telemetry rows); a row
+    whose ``(device_id, digest)`` is stored already is skipped (ON CONFLICT DO NOTHING,
+    on SQLite and PostgreSQL alike)."""
+    if not rows:
+        return
+    connection = session.connection()
+    dialect = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    connection.execute(dialect(FeedbackRecord).on_conflict_do_nothing(), list(rows))
 
 
 def insert_telemetry(session: Session, rows: Sequence[dict[str, Any]]) -> None:

@@ -369,3 +369,36 @@ def test_sites_measuring_energy_report_it_per_round(fed: SiloFederation) -> None
     assert carbon["energy_kwh"] == pytest.approx(sum(s[1]["kwh"] for s in sent.values()))
     assert carbon["co2_g"] == pytest.approx(sum(s[1]["co2_g"] for s in sent.values()))
     assert r["energy_kwh"] == pytest.approx(carbon["energy_kwh"])
+
+
+def test_a_run_no_site_has_budget_for_is_held_before_round_1(fed: SiloFederation) -> None:
+    # Prepare: each site's own budget is ε=8 (site.toml); this run would spend 50.
+    def ledgers() -> dict[str, int]:
+        out = {}
+        for site in fed.sites:
+            config = SiteConfig.load(site.config)
+            path = config.state_dir / "privacy_ledger.sqlite"
+            out[site.name] = (
+                len(PrivacyLedger(path, site=config.name).entries()) if path.exists() else 0
+            )
+        return out
+
+    before = ledgers()
+
+    # Execute: the pre-flight the autopilot's runs carry (`--retrain` sets it).
+    state = fed.submit(
+        {**BASE_RUN, "num-server-rounds": 1, "dp": "local", "dp-epsilon": 50.0,
+         "budget-preflight": True, "round-timeout": 120}
+    )  # fmt: skip
+    wait_for(lambda: state.status().get("phase") == "failed", timeout=180, what="the hold")
+
+    # Assert: held before round 1 with the count; nothing trained or reserved; each site
+    # answered through the federation (an audited query.budget reply, one bit).
+    error = state.status()["error"]
+    assert "held by the budget pre-flight: 0 of 3 sites" in error and "needs 2" in error
+    assert state.rounds() == [] and ledgers() == before
+    flower_run = state.flower_runs[-1]
+    for site in fed.sites:
+        lines = [json.loads(line) for line in site.audit.read_text().splitlines() if line]
+        asked = [e for e in lines if e.get("run") == flower_run and e.get("type") == "query.budget"]
+        assert [e["kind"] for e in asked] == ["reply"], site.name

@@ -135,6 +135,18 @@ def test_int8_measured_slower_falls_back_to_fp32_unless_the_recipe_insists(
         assert m.reference.atol == pytest.approx(1e-4 * scale, rel=1e-6)  # fp32's self-test
         assert result.note is not None and result.note.startswith("precision: fp32")
     assert result.gate.precision == m.precision  # the gate ran on what ships
+    # What ships predicted on the gate's held-out set: the version's canary reference.
+    assert sum(result.prediction_counts.values()) == result.gate.samples
+    assert set(result.prediction_counts) <= {str(c) for c in range(10)}
+
+
+def test_prediction_counts_are_keyed_as_devices_report_classes() -> None:
+    import numpy as np
+
+    from firmware_images.build import prediction_counts
+
+    logits = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.0, 0.2, 0.7], [0.0, 1.0, 0.0]])
+    assert prediction_counts(logits) == {"0": 1, "1": 2, "2": 1}
 
 
 def test_real_timing_is_recorded_and_the_faster_precision_ships(

@@ -177,3 +177,59 @@ def test_list_runs_filters_by_status_and_task(client: TestClient, admin: Headers
     assert running["items"][0]["last_accuracy"] == 0.4
     by_task = client.get("/api/v1/runs?task=breast-cancer-mlp", headers=admin).json()
     assert by_task["total"] == 1
+
+
+def test_a_failed_runs_reason_shows_on_the_timeline(client: TestClient, admin: Headers) -> None:
+    # Prepare: a retraining run that started, and the group whose timeline shows it.
+    assert client.post("/api/v1/groups", json={"name": "wards"}, headers=admin).status_code == 201
+    run = create_run(client, admin)
+    model = client.post(
+        "/api/v1/models", json={"task": "digits-cnn", "source_run_id": run["id"]}, headers=admin
+    ).json()
+    client.patch(f"/api/v1/runs/{run['id']}", json={"status": "running"}, headers=admin)
+    reason = "held by the budget pre-flight: 1 of 3 sites have privacy budget; a round needs 2"
+
+    # Execute: the coordinator says it failed, and why.
+    failed = client.patch(
+        f"/api/v1/runs/{run['id']}", json={"status": "failed", "reason": reason}, headers=admin
+    )
+    bad = client.patch(f"/api/v1/runs/{run['id']}", json={"reason": "x\x00"}, headers=admin)
+    items = client.get(
+        "/api/v1/timeline", params={"group": "wards", "model_version": model["id"]}, headers=admin
+    ).json()
+
+    # Assert: the run is failed (the reason is not a field of the run) and the timeline
+    # item of that change carries the reason; a control character is refused.
+    assert failed.status_code == 200 and failed.json()["status"] == "failed"
+    assert "reason" not in failed.json()
+    (item,) = [i for i in items if i["subject"] == f"run {run['id']}" and "failed" in i["summary"]]
+    assert item["reason"] == reason
+    assert bad.status_code == 422
+
+
+def test_a_held_retraining_run_is_marked_failed_with_its_reason_through_the_client(
+    client: TestClient, admin: Headers, tmp_path: Any
+) -> None:
+    # `run submit --retrain` after the ServerApp recorded the pre-flight's failure: the
+    # real FleetClient against the app (its transport), the reason made one line.
+    from coordinator.retrain import RetrainPlan, mark_failed
+    from fleet.client import FleetClient, FleetConnection
+
+    run = create_run(client, admin)
+    client.patch(f"/api/v1/runs/{run['id']}", json={"status": "running"}, headers=admin)
+    plan = RetrainPlan(
+        fleet_run_id=run["id"], task="digits-cnn", parent_version=1, checkpoint=tmp_path
+    )
+    token = admin["Authorization"].removeprefix("Bearer ")
+    connection = FleetConnection(url=str(client.base_url), token=token)
+
+    # Execute
+    with FleetClient(connection, transport=client._transport) as fleet:
+        mark_failed(fleet, plan, "BudgetHeld: held by the budget pre-flight:\n 1 of 3 sites")
+
+    # Assert
+    assert client.get(f"/api/v1/runs/{run['id']}", headers=admin).json()["status"] == "failed"
+    events = client.get("/api/v1/audit", params={"entity_type": "run"}, headers=admin)
+    assert events.status_code == 200, events.text
+    reasons = [e["after"].get("reason") for e in events.json()["items"] if e["after"]]
+    assert "BudgetHeld: held by the budget pre-flight: 1 of 3 sites" in reasons

@@ -12,6 +12,7 @@ from fleet.ota.canary_quality import (
     DeviceQuality,
     QualityThresholds,
     _pooled,
+    _predictions_vs,
     compare,
     total_variation,
     wilson_lower,
@@ -224,3 +225,80 @@ def _fields(d: DeviceQuality) -> dict:  # type: ignore[type-arg]
         "correct": d.correct,
         "predictions": dict(d.predictions),
     }
+
+
+# --- the version's reference prediction distribution ---------------------------------
+
+PREDICTIONS = QualityThresholds(max_prediction_shift=0.25)
+UNIFORM = {str(c): 36 for c in range(10)}  # a held-out set of 360, every class predicted
+
+
+def _skewed(rng: np.random.Generator, n: int, *, onto: str, share: float) -> list[DeviceQuality]:
+    """Devices predicting class ``onto`` ``share`` of the time, the rest uniformly."""
+    out = []
+    for i in range(n):
+        predictions = rng.multinomial(1000, [(1 - share) / 10] * 10)
+        classes = {str(c): int(k) for c, k in enumerate(predictions)}
+        classes[onto] += int(1000 * share)
+        out.append(DeviceQuality(device_id=f"d{i}", inferences=1000, predictions=classes))
+    return out
+
+
+def test_the_canary_is_compared_with_the_versions_reference_and_the_reason_says_so() -> None:
+    # Prepare: the canary predicts class 3 half the time; so does the old version's live
+    # traffic (the inputs drifted), while the version's reference is uniform.
+    rng = np.random.default_rng(3)
+    canary, baseline = _skewed(rng, 5, onto="3", share=0.5), _skewed(rng, 5, onto="3", share=0.5)
+
+    # Execute
+    live = compare(canary, baseline, PREDICTIONS)
+    stored = compare(canary, baseline, PREDICTIONS, reference=UNIFORM)
+    empty = compare(canary, baseline, PREDICTIONS, reference={})
+
+    # Assert: against live traffic nothing shifted; against the reference it did, and
+    # the reason names the reference (its samples); an empty reference falls back.
+    assert not live.regressed and "previous version's live traffic" in live.findings[0].detail
+    assert stored.regressed
+    assert "from the version's reference (360 held-out samples" in stored.reason
+    assert empty.findings[0].detail == live.findings[0].detail
+
+
+def test_a_reference_needs_no_baseline_devices_but_the_canary_still_needs_evidence() -> None:
+    rng = np.random.default_rng(4)
+    canary = _skewed(rng, 3, onto="0", share=0.6)
+    assert compare(canary, [], PREDICTIONS, reference=UNIFORM).regressed
+    (few,) = compare(canary[:1], [], PREDICTIONS, reference=UNIFORM).findings
+    assert few.value is None and not few.regressed  # one device never decides
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    canary=sides,
+    baseline=st.lists(device("b"), max_size=6),
+    reference=st.dictionaries(st.sampled_from("0123"), counts, min_size=1, max_size=4),
+)
+def test_a_shift_from_the_reference_holds_with_any_one_canary_device_left_out(
+    canary: list[DeviceQuality], baseline: list[DeviceQuality], reference: dict[str, int]
+) -> None:
+    # Against a reference, the baseline plays no part and one canary device never decides.
+    verdict = compare(canary, baseline, PREDICTIONS, reference=reference)
+    assert verdict == compare(canary, [], PREDICTIONS, reference=reference)
+    if verdict.regressed:
+        check = _predictions_vs(reference)
+        for i in range(len(canary)):
+            rest = _pooled([*canary[:i], *canary[i + 1 :]])
+            value, regressed, _ = check(rest, _pooled([]), PREDICTIONS, 0.25, 1)
+            assert value is not None and regressed
+    if len(canary) <= 1:
+        assert not verdict.regressed
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(device(), max_size=6))
+def test_a_canary_predicting_like_its_reference_never_regresses(
+    devices: list[DeviceQuality],
+) -> None:
+    # The reference is the canary's own pooled predictions (scaled): no shift.
+    pooled = _pooled(devices).predictions
+    reference = {c: 3 * n for c, n in pooled.items() if n > 0}
+    assert not compare(devices, [], PREDICTIONS, reference=reference).regressed

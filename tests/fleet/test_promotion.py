@@ -89,11 +89,12 @@ class FakeBuild:
         self.calls: list[dict[str, Any]] = []
         self.fail = fail
 
-    def __call__(self, **request: Any) -> None:
+    def __call__(self, **request: Any) -> dict[str, int]:
         self.calls.append(request)
         if self.fail:
             raise RuntimeError("accuracy gate: int8 costs 3.2 points, more than 1")
         Path(request["out"]).write_bytes(f"bundle {request['target']}".encode())
+        return {"0": 7, "1": 3}  # the bundle's predicted classes on the held-out set
 
 
 @pytest.fixture
@@ -211,6 +212,8 @@ def test_a_run_passing_the_gates_is_built_signed_rolled_out_and_promoted(
     with session_scope(engine, write=False) as session:
         stored_model = session.get(ModelVersion, model_id)
         assert stored_model is not None and stored_model.stage is ModelStage.promoted
+        # Stored with the version: its reference prediction distribution (canaries).
+        assert stored_model.reference_predictions == {"0": 7, "1": 3}
     assert actions(engine, done.id or 0) == [
         "promotion.gates_pass",
         "promotion.bundle_built",
