@@ -35,7 +35,7 @@ from anyio import to_thread
 from pydantic import ValidationError
 from pydantic_core import to_json
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
@@ -302,6 +302,8 @@ class HotRoutes:
         answer instead (``work`` returned None, having committed nothing)."""
         try:
             content = await to_thread.run_sync(work)
+        except (IntegrityError, DataError):
+            return False  # rolled back; the route's handlers say what clashed (409/422)
         except OperationalError as exc:
             logger.warning("database unavailable: %s", getattr(exc, "orig", exc))
             response: Response = error_response(503, DATABASE_UNAVAILABLE, headers=RETRY_AFTER)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.exc import OperationalError
 
 from fleet.api.hot import HotRoutes, _Delegate, parse_heartbeat_body, parse_list_query
 from fleet.audit import Actor
@@ -18,6 +19,7 @@ from fleet.crud import tokens as token_crud
 from fleet.db import session_scope
 from fleet.models.auth import Role
 from fleet.models.devices import DeviceStatus
+from fleet.settings import FleetSettings
 
 Headers = dict[str, str]
 
@@ -235,3 +237,32 @@ def test_lean_requests_are_counted_under_their_route_template(
     assert 'method="GET",route="/api/v1/devices",status="200"' in text
     assert 'method="POST",route="/api/v1/devices/{device_id}/heartbeat",status="200"' in text
     assert device not in text
+
+
+def test_a_database_that_stops_answering_is_503_from_the_lean_routes(
+    settings_factory: Callable[..., FleetSettings],
+    app_factory: Callable[[FleetSettings], TestClient],
+    new_token: Callable[..., str],
+) -> None:
+    # Prepare: a cached operator token (the gate lets it through without a query), then
+    # a database that refuses every new connection.
+    client = app_factory(settings_factory())
+    operator = {"Authorization": f"Bearer {new_token(client.app.state.engine, Role.operator)}"}  # type: ignore[attr-defined]
+    device = _enroll(client, operator, "pi-1")
+    assert client.get("/api/v1/devices", headers=operator).status_code == 200
+    hot = _hot(client)
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+    hot.engine.connect = broken  # type: ignore[method-assign]
+    hot.write_engine.connect = broken  # type: ignore[method-assign]
+    # Execute
+    with _counting(hot) as passed:
+        listed = client.get("/api/v1/devices", headers=operator)
+        beat = client.post(f"/api/v1/devices/{device}/heartbeat", json={}, headers=operator)
+    # Assert: the lean routes answered, as the routes answer a busy database.
+    assert passed == []
+    for response in (listed, beat):
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "retry" in response.json()["detail"]
