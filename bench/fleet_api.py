@@ -379,7 +379,11 @@ GOALS = {"list": (1.5, 50.0), "heartbeat": (0.5, 50.0)}
 
 def print_goals(results: list[Result]) -> None:
     """One line per backend and goal: met or not met (single-kind scenarios only)."""
-    print("goals (issue 16; p99 holds only on a quiet machine):")
+    load1, _, _ = os.getloadavg()
+    print(
+        f"goals (issue 16, on a quiet machine; this run ended at load {load1:.1f} on "
+        f"{os.cpu_count()} CPUs, the load generator on the same machine):"
+    )
     for r in results:
         if r.scenario != r.kind or r.kind not in GOALS:
             continue

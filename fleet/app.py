@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 
 from fleet import migrate
 from fleet.api import api_router, health_router
+from fleet.api.hot import HotRoutes
 from fleet.api_docs import mount_api_docs
 from fleet.artifacts import ArtifactStore, load_public_key
 from fleet.auth import Principal
@@ -119,7 +120,14 @@ def create_app(settings: FleetSettings) -> FastAPI:
     mount_api_docs(app)
     mount_dashboard(app)
     # Added last = outermost. The size limit answers first (from Content-Length alone),
-    # metrics count every answer, the auth gate refuses before any body is read.
+    # metrics count every answer, the auth gate refuses before any body is read, the
+    # hot routes answer a plain device list or heartbeat without FastAPI's machinery.
+    app.add_middleware(
+        HotRoutes,
+        engine=engine,
+        cache=app.state.token_cache,
+        offline_after_s=settings.offline_after_s,
+    )
     app.add_middleware(AuthGate, engine=engine, cache=app.state.token_cache)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(

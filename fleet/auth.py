@@ -9,7 +9,7 @@ same :class:`Principal` and checks roles with the same :meth:`Principal.require`
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -18,6 +18,7 @@ from anyio import to_thread
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
+from sqlalchemy import Connection
 from sqlmodel import Session
 
 from fleet import credentials
@@ -129,6 +130,34 @@ GATE_PRINCIPAL = "fedfleet.gate_principal"
 #: Set (True) in the scope when the gate checked the token in the database itself; a
 #: principal the gate only found in the token cache is checked again by :func:`require`.
 GATE_VERIFIED = "fedfleet.gate_verified"
+
+
+def gate_principal(
+    connection: Connection,
+    scope: MutableMapping[str, Any],
+    authorization: str | None,
+    cache: TokenCache[Principal] | None,
+) -> Principal | None:
+    """The caller of a request the gate let through, checked as :func:`require` checks it,
+    in ``connection``'s transaction; None when only the full route can tell (no gate
+    principal, or a cached one the revocation epoch no longer vouches for).
+
+    For the lean routes (:mod:`fleet.api.hot`): a principal the gate verified in the
+    database is used as is; one the gate found in the token cache is trusted only if
+    the cache still holds it under the revocation epoch read here — so a token revoked
+    in any process is never answered by a lean route (the full route then says 401).
+    """
+    principal = scope.get(GATE_PRINCIPAL)
+    if not isinstance(principal, Principal):
+        return None
+    if scope.get(GATE_VERIFIED):
+        return principal
+    secret = _bearer_secret(authorization)
+    if secret is None or cache is None:
+        return None
+    return cache.get(
+        credentials.hash_secret(secret), epoch=revocation_epoch(connection), now=utcnow()
+    )
 
 
 def require(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from fleet.models.auth import ApiToken
@@ -43,10 +43,12 @@ MAX_ENTRIES = 1024
 _EPOCH = select(func.count(ApiToken.revoked_at))  # type: ignore[arg-type]
 
 
-def revocation_epoch(session: Session) -> int:
-    """How many tokens have ever been revoked (it changes whenever one is)."""
-    # Through the session's connection: the ORM execute path costs more than the query.
-    return int(session.connection().execute(_EPOCH).scalar_one())
+def revocation_epoch(db: Session | Connection) -> int:
+    """How many tokens have ever been revoked (it changes whenever one is), read in the
+    transaction of ``db`` (a session, or the connection of a lean route)."""
+    # Through the connection: the ORM execute path costs more than the query.
+    connection = db.connection() if isinstance(db, Session) else db
+    return int(connection.execute(_EPOCH).scalar_one())
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,7 +74,8 @@ _TAGS = (
 def _tags_of(connection: Connection, device_ids: Sequence[str]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = defaultdict(list)
     if device_ids:
-        for device_id, tag in connection.execute(_TAGS, {"device_ids": list(device_ids)}):
+        # .all(): one fetchall, not a fetchone per row (iterating the result did that).
+        for device_id, tag in connection.execute(_TAGS, {"device_ids": list(device_ids)}).all():
             found[device_id].append(tag)
     return found
 
