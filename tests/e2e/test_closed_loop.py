@@ -20,6 +20,7 @@ The timeline is printed with its timestamps (``pytest -s``) and written to
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import subprocess
@@ -42,13 +43,15 @@ from fleet_server import create_token, fleet_fixtures
 from ota_testkit import SIM_ACTOR, OtaFleet
 from silo_testkit import FEDFLEET, TASK, SiloFederation, kill_group, wait_for
 
+from coordinator.cli import run_app
+from coordinator.run_state import RunState
 from fleet.crud.registry import add_artifact, register_model
 from fleet.crud.runs import create_run
 from fleet.db import session_scope
 from fleet.models.devices import Device
 from fleet.models.ota import DriftEvent
 from fleet.models.policies import Promotion, PromotionState
-from fleet.models.registry import ArtifactFormat, ModelVersion, ModelVersionCreate
+from fleet.models.registry import Artifact, ArtifactFormat, ModelVersion, ModelVersionCreate
 from fleet.models.runs import Run, RunCreate
 from simulation.device_quality import TrafficModel, VersionQuality
 
@@ -57,9 +60,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 DEVICES = 4
 FIRST_WAVE = 2  # waves [50, 100] of 4 devices
 BASE = VersionQuality(accuracy=0.95, latency_ms=2.0, classes=2)
-RUN_TOML = (
-    "[run]\nsites = 2\nmin-sites = 2\nnum-server-rounds = 1\n"
-    "learning-rate = 0.05\nbatch-size = 16\nseed = 7\n"
+RUN = {
+    "task": TASK,
+    "sites": 2,
+    "min-sites": 2,
+    "num-server-rounds": 1,
+    "learning-rate": 0.05,
+    "batch-size": 16,
+    "seed": 7,
+}
+RUN_TOML = "[run]\n" + "".join(  # the autopilot's: --retrain sets the task
+    f"{k} = {v!r}\n" for k, v in RUN.items() if k != "task"
 )
 
 
@@ -194,25 +205,6 @@ def loop(tmp_path: Path) -> Iterator[Loop]:
         started.close()
 
 
-def _checkpoint() -> tuple[bytes, float]:
-    """A breast-cancer-mlp state dict trained one epoch centrally, and its test accuracy."""
-    import torch
-
-    from tasks import evaluate, get_task, train_local
-
-    torch.manual_seed(0)
-    task = get_task(TASK)
-    data = task.load_data(7)
-    model = task.build_model()
-    train_local(
-        model, data.x_train, data.y_train, epochs=2, batch_size=16, learning_rate=0.05, seed=0
-    )
-    accuracy = float(evaluate(model, data.x_test, data.y_test).accuracy)
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.getvalue(), accuracy
-
-
 def _register(loop: Loop, checkpoint: bytes, accuracy: float, *, parent: int | None) -> int:
     """What ``run submit --register`` leaves in the fleet: a run, its version, model.pt."""
     ota = loop.ota
@@ -293,15 +285,43 @@ def test_drift_retrains_canaries_and_promotes_by_itself_and_a_worse_model_is_rol
     loop: Loop, tmp_path: Path
 ) -> None:
     began = time.monotonic()
-    # Prepare (the operator's commands, once): the policy; the autopilot; a first model.
+    # Prepare (the operator's commands, once): the policy and the autopilot.
     policy = tmp_path / "wards.toml"
     policy.write_text(_policy(loop.key))
     loop.fedfleet("policy", "apply", str(policy), token=loop.admin)
     loop.start_autopilot()
-    checkpoint, accuracy = _checkpoint()
-    first = _register(loop, checkpoint, accuracy, parent=None)
+    fed = loop.fed
+    env = {"FEDFLEET_URL": loop.server.base_url, "FEDFLEET_TOKEN": loop.operator}
+    run_toml, coordinator = loop.root / "run.toml", str(fed.coordinator_toml)
+    # A missing token is refused before anything is submitted.
+    runs_before = len(list(fed.settings.state_dir.glob("runs/*")))
+    refused = fed.runner.invoke(
+        run_app,
+        ["submit", "--config", str(run_toml), "--register", "-c", coordinator],
+        env={**env, "FEDFLEET_TOKEN": ""},
+    )
+    assert refused.exit_code != 0 and "FEDFLEET_TOKEN" in refused.output
+    assert len(list(fed.settings.state_dir.glob("runs/*"))) == runs_before
 
-    # 1. The first model goes through the gates, its bundle, both waves.
+    # 1. A first federated run registers its model (`run submit --register`); it goes
+    #    through the gates, its bundle, both waves.
+    state = fed.submit(RUN, "--register", env=env)
+    first = int(fed.last_stdout.strip().splitlines()[-1])
+    checkpoint = (state.run_dir / "model.pt").read_bytes()
+    with Session(loop.ota.engine) as session:
+        model = session.get(ModelVersion, first)
+        assert model is not None and model.task == TASK and model.source_round == 1
+        accuracy = model.metrics["final_accuracy"]
+        assert accuracy == pytest.approx(state.rounds()[-1]["accuracy"])
+        source = session.get(Run, model.source_run_id)
+        assert source is not None and source.status == "completed"
+        assert source.final_model_version_id == first
+        (torch_pt,) = [
+            a
+            for a in session.exec(select(Artifact).where(col(Artifact.model_version_id) == first))
+            if a.format is ArtifactFormat.torch
+        ]
+        assert torch_pt.sha256 == hashlib.sha256(checkpoint).hexdigest()
     promoted = wait_for(lambda: _ended(loop, first), timeout=90, what="the first promotion")
     assert promoted.state is PromotionState.promoted, promoted.reason
     wait_for(lambda: _devices_on(loop, first) == DEVICES, timeout=20, what="all on v1")
@@ -331,6 +351,21 @@ def test_drift_retrains_canaries_and_promotes_by_itself_and_a_worse_model_is_rol
         assert fleet_run is not None
         assert fleet_run.config.get("reason") == "drift" and fleet_run.status == "completed"
     assert "final_accuracy" in retrained.metrics
+    # ... warm: it started from exactly the deployed model's weights ...
+    (executed,) = [
+        RunState.load(fed.settings.state_dir, p.name)
+        for p in fed.settings.state_dir.glob("runs/*")
+        if "initial-model" in RunState.load(fed.settings.state_dir, p.name).run_config
+    ]
+    initial = Path(executed.run_config["initial-model"])
+    assert hashlib.sha256(initial.read_bytes()).hexdigest() == torch_pt.sha256
+    # ... and once: a retraining run is not executed again.
+    again = fed.runner.invoke(
+        run_app,
+        ["submit", "--config", str(run_toml), "--retrain", str(event.run_id), "-c", coordinator],
+        env=env,
+    )
+    assert again.exit_code != 0 and "not 'created'" in again.output
     promoted = wait_for(lambda: _ended(loop, second), timeout=90, what="the retrained promotion")
     assert promoted.state is PromotionState.promoted, promoted.reason
     wait_for(lambda: _devices_on(loop, second) == DEVICES, timeout=20, what="all on v2")
