@@ -327,7 +327,7 @@ def run_autopilot(
     `run submit --retrain RUN`); their models then follow the group's promotion policy."""
     import time
 
-    from coordinator.autopilot import waiting_retrains
+    from coordinator.autopilot import retry_later, waiting_retrains
     from coordinator.run_state import parse_run_toml
     from fleet.client import FleetClient, FleetError
 
@@ -343,7 +343,10 @@ def run_autopilot(
             with FleetClient(connection) as client:
                 todo = waiting_retrains(client.list_runs(status="created"), tried=tried)
         except FleetError as err:
-            fail(str(err), EXIT_FAILURE)
+            if not retry_later(err, once=once):
+                fail(str(err), EXIT_FAILURE)
+            typer.echo(f"autopilot: {err}; trying again in {interval:g} s", err=True)
+            todo = []
         if not todo and once:
             typer.echo("no retraining run waiting", err=True)
         for run_id in todo:
