@@ -140,7 +140,7 @@ class Loop:
             },
         )
         self.server = self._server_cm.__enter__()
-        self.ota.start(fleet_service=False, traffic=self.traffic, heartbeat_s=2.0, telemetry_s=0.5)
+        self.ota.start(fleet_service=False, traffic=self.traffic, heartbeat_s=2.0, telemetry_s=2.0)
         self.processes.append(
             _start(
                 [
