@@ -130,7 +130,15 @@ class Loop:
     def start(self) -> Loop:
         # The federation's start-up (certificates, registrations) overlaps the fleet's.
         (self.root / "silo").mkdir()
-        federation = threading.Thread(target=self.fed.start, kwargs={"num_sites": 2})
+        failed: list[BaseException] = []
+
+        def start_federation() -> None:
+            try:
+                self.fed.start(num_sites=2)
+            except BaseException as err:  # shown by the assertion below
+                failed.append(err)
+
+        federation = threading.Thread(target=start_federation)
         federation.start()
         self._server_cm = fleet_fixtures().running_server(
             self.data,
@@ -154,7 +162,7 @@ class Loop:
             )
         )
         federation.join(timeout=300)
-        assert self.fed.coordinator is not None and len(self.fed.sites) == 2
+        assert not failed and len(self.fed.sites) == 2, f"the federation did not start: {failed}"
         self.admin = create_token(self.server, "admin", cwd=self.root)
         self.operator = create_token(self.server, "operator", cwd=self.root)
         return self
