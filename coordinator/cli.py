@@ -300,7 +300,12 @@ def run_submit(
     if plan is not None:
         _mark_running(connection, plan)
     if wait or register:
-        _follow(settings, state, timeout)
+        try:
+            _follow(settings, state, timeout)
+        except typer.Exit:  # failed or timed out: the fleet run must not stay `running`
+            if plan is not None:
+                _mark_failed(connection, plan)
+            raise
     if connection is not None:
         _register(state, connection, plan)
 
@@ -416,6 +421,17 @@ def _mark_running(connection: Any, plan: Any) -> None:
         try:
             mark_running(client, plan)
         except FleetError as err:  # the run goes on; registering at the end retries
+            typer.echo(f"warning: {err}", err=True)
+
+
+def _mark_failed(connection: Any, plan: Any) -> None:
+    from coordinator.retrain import mark_failed
+    from fleet.client import FleetClient, FleetError
+
+    with FleetClient(connection) as client:
+        try:
+            mark_failed(client, plan)
+        except FleetError as err:  # the run's own failure line follows
             typer.echo(f"warning: {err}", err=True)
 
 

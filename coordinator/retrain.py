@@ -85,3 +85,11 @@ def mark_running(client: FleetClient, plan: RetrainPlan) -> None:
     client.update_run(
         plan.fleet_run_id, status="running", what=f"starting fleet run {plan.fleet_run_id}"
     )
+
+
+def mark_failed(client: FleetClient, plan: RetrainPlan) -> None:
+    """Tell the fleet the run failed (or timed out), so it does not stay ``running`` for
+    ever: the dashboard and the timeline show that it ended."""
+    client.update_run(
+        plan.fleet_run_id, status="failed", what=f"ending failed fleet run {plan.fleet_run_id}"
+    )
