@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from fleet.client import FleetError, FleetUnreachableError
+
 DRIFT_REASON = "drift"
 
 
@@ -26,3 +28,10 @@ def waiting_retrains(runs: Iterable[Any], *, tried: set[int]) -> list[int]:
         and run.config.get("reason") == DRIFT_REASON
         and run.id not in tried
     )
+
+
+def retry_later(err: FleetError, *, once: bool) -> bool:
+    """Whether the polling loop waits for the next look instead of exiting: the fleet did
+    not answer (``fleet serve`` restarting, the network down), and this is not ``--once``.
+    A refused token or request is a mistake a retry does not fix: it ends the autopilot."""
+    return not once and isinstance(err, FleetUnreachableError)

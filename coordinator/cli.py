@@ -302,8 +302,8 @@ def run_submit(
     if wait or register:
         try:
             _follow(settings, state, timeout)
-        except typer.Exit:
-            if plan is not None:  # the fleet run failed too (e.g. held: budgets)
+        except typer.Exit:  # failed or timed out: the fleet run must not stay `running`
+            if plan is not None:  # (a run held by the budget pre-flight says so)
                 _mark_failed(connection, plan, _failure(settings, state, ask_flower=True))
             raise
     if connection is not None:
@@ -332,7 +332,7 @@ def run_autopilot(
     `run submit --retrain RUN`); their models then follow the group's promotion policy."""
     import time
 
-    from coordinator.autopilot import waiting_retrains
+    from coordinator.autopilot import retry_later, waiting_retrains
     from coordinator.run_state import parse_run_toml
     from fleet.client import FleetClient, FleetError
 
@@ -348,7 +348,10 @@ def run_autopilot(
             with FleetClient(connection) as client:
                 todo = waiting_retrains(client.list_runs(status="created"), tried=tried)
         except FleetError as err:
-            fail(str(err), EXIT_FAILURE)
+            if not retry_later(err, once=once):
+                fail(str(err), EXIT_FAILURE)
+            typer.echo(f"autopilot: {err}; trying again in {interval:g} s", err=True)
+            todo = []
         if not todo and once:
             typer.echo("no retraining run waiting", err=True)
         for run_id in todo:
@@ -425,8 +428,8 @@ def _mark_failed(connection: Any, plan: Any, cause: str | None) -> None:
     from coordinator.retrain import mark_failed
     from fleet.client import FleetClient, FleetError
 
-    if cause is None:  # a timeout: the run may still finish
-        return
+    if cause is None:  # a timeout: this command stops following and registering it
+        cause = "the coordinator stopped following the run (timed out); nothing was registered"
     with FleetClient(connection) as client:
         try:
             mark_failed(client, plan, cause)

@@ -287,6 +287,10 @@ class PromotionController:
             for group, policy_row, first_at in _current_policies(session):
                 policy = policy_from_document(policy_row.document)
                 for event in _open_drift_events(session, group.id or 0, since=first_at):
+                    replaced = _superseded(session, event)
+                    if replaced is not None:
+                        _note_once(session, event, "promotion.retrain_skip", replaced)
+                        continue
                     now = self.now()
                     start, reason = retrain_decision(
                         policy.retrain, now=now, recent=_drift_runs(session, group.id or 0)
@@ -606,6 +610,30 @@ def _drift_runs(session: Session, group_id: int) -> list[datetime]:
             .join(DriftEvent, col(DriftEvent.run_id) == col(Run.id))
             .where(col(DriftEvent.group_id) == group_id)
         ).all()
+    )
+
+
+def _superseded(session: Session, event: DriftEvent) -> str | None:
+    """Why ``event`` starts no run: another model version was promoted to its group after
+    the drift was detected (None: the event's model is still the group's). The drifted
+    windows that keep arriving after a first event make more events on the same model;
+    once its retrained successor is promoted they must not retrain the replaced model
+    again when the cooldown ends."""
+    newer = session.exec(
+        select(Promotion)
+        .where(
+            col(Promotion.group_id) == event.group_id,
+            col(Promotion.state) == PromotionState.promoted,
+            col(Promotion.model_version_id) != event.model_version_id,
+            col(Promotion.decided_at) >= event.created_at,
+        )
+        .order_by(col(Promotion.id))
+    ).first()
+    if newer is None:
+        return None
+    return (
+        f"superseded: model version {newer.model_version_id} was promoted to the group "
+        f"after this drift on model version {event.model_version_id}"
     )
 
 

@@ -18,6 +18,7 @@ from fleet.client.connection import (
     FleetError,
     FleetInputError,
     FleetNotFoundError,
+    FleetUnreachableError,
     connection_from_env,
     parse_model_version,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "FleetError",
     "FleetInputError",
     "FleetNotFoundError",
+    "FleetUnreachableError",
     "ModelInfo",
     "PolicyInfo",
     "PromotionInfo",

@@ -42,6 +42,7 @@ from fleet.client.connection import (
     FleetError,
     FleetInputError,
     FleetNotFoundError,
+    FleetUnreachableError,
 )
 from fleet.client.routes import (
     ABORT_ROLLOUT,
@@ -609,7 +610,7 @@ class FleetClient:
 
     def _unreachable(self, exc: Exception, what: str) -> FleetError:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return FleetError(
+        return FleetUnreachableError(
             f"cannot reach the fleet at {self.url} for {what} ({reason}); is `fedfleet fleet "
             "serve` running there? check --fleet-url or $FEDFLEET_URL"
         )

@@ -31,6 +31,11 @@ class FleetInputError(FleetError):
     ``str(err)`` is the fleet's one-line reason (commands exit 2 on it)."""
 
 
+class FleetUnreachableError(FleetError):
+    """No answer from the fleet (connection refused, timeout, TLS failure): a long-running
+    caller (``fedfleet run autopilot``) may try again later."""
+
+
 class FleetNotFoundError(FleetError):
     """The run, version or artifact asked for does not exist (or has no such artifact)."""
 

@@ -126,6 +126,8 @@ def _summary(action: str, entity_id: str, after: dict[str, Any]) -> str:
         return f"drift event {entity_id} started retraining run {after.get('run_id')}"
     if action == "promotion.retrain_wait":
         return f"drift event {entity_id}: no retraining run yet"
+    if action == "promotion.retrain_skip":
+        return f"drift event {entity_id}: no retraining run (its model was replaced)"
     if action.startswith("promotion."):
         return (
             f"promotion {entity_id} of model version {after.get('model_version_id')} to "

@@ -7,7 +7,6 @@ restarts the shared coordinator.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import sys
@@ -21,19 +20,16 @@ from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fleet_server import create_token, fleet_fixtures
 from silo_testkit import TASK, SiloFederation, free_port, kill_group, wait_for
 
 from coordinator.app import central_evaluate_fn, initial_arrays
 from coordinator.certs import create_dev_ca
-from coordinator.cli import run_app
 from coordinator.config import RunConfig
 from coordinator.run_state import RunState
 from edge_client.audit import AuditLog
 from edge_client.site import init_site
 from edge_client.site_cli import app as site_app
 from edge_client.site_config import SiteConfig
-from fleet.db import make_engine
 from privacy.ledger import PrivacyLedger
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -178,82 +174,6 @@ def test_task_outside_allowlist_is_refused_and_recorded(fed: SiloFederation) -> 
     assert all("not on site" in r["reason"] and "allowlist" in r["reason"] for r in refusals)
     status = fed.status(state.run_id)
     assert "refused in round 1 by site-" in status
-
-
-def test_finished_run_registers_its_model_and_drift_retrains_it_warm(
-    fed: SiloFederation, tmp_path: Path
-) -> None:
-    """Journey 3.5 and the closed loop: `run submit --register` registers the finished
-    run's model with its lineage in a real fleet; a drift event on that model becomes a
-    fleet run that `run submit --retrain` executes from the model's own weights, and the
-    retrained model lands in the same fleet run with the first version as its parent."""
-    with fleet_fixtures().running_server(tmp_path / "fleet") as server:
-        token = create_token(server, "operator", cwd=tmp_path)
-        env = {"FEDFLEET_URL": server.base_url, "FEDFLEET_TOKEN": token}
-        # A missing token is refused before anything is submitted.
-        runs_before = len(list(fed.settings.state_dir.glob("runs/*")))
-        run_toml = tmp_path / "run.toml"
-        run_toml.write_text(f'[run]\ntask = "{TASK}"\nnum-server-rounds = 1\n')
-        coordinator = str(fed.coordinator_toml)
-        refused = fed.runner.invoke(
-            run_app,
-            ["submit", "--config", str(run_toml), "--register", "--coordinator", coordinator],
-            env={"FEDFLEET_URL": server.base_url, "FEDFLEET_TOKEN": ""},
-        )
-        assert refused.exit_code != 0 and "FEDFLEET_TOKEN" in refused.output
-        assert len(list(fed.settings.state_dir.glob("runs/*"))) == runs_before
-
-        # 1. A run registers its model.
-        state = fed.submit({**BASE_RUN, "num-server-rounds": 1}, "--register", env=env)
-        version = int(fed.last_stdout.strip().splitlines()[-1])
-        assert state.finished
-        api = httpx.Client(
-            base_url=f"{server.base_url}/api/v1",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
-        )
-        model = api.get(f"/models/{version}").json()
-        run = api.get(f"/runs/{model['source_run_id']}").json()
-
-        # 2. Devices report drift on it (the event as the fleet's drift check writes it);
-        #    the admin starts a retraining run from the event through the API.
-        engine = make_engine(server.database_url)
-        event_id = fleet_fixtures().record_drift_event(engine, version, score=0.41)
-        engine.dispose()
-        created = api.post(f"/drift-events/{event_id}/runs")
-        assert created.status_code == 201, created.text
-        fleet_run = created.json()["id"]
-
-        # 3. The coordinator executes it warm and registers the result into it.
-        retrained = fed.submit(
-            {**BASE_RUN, "num-server-rounds": 1}, "--retrain", str(fleet_run), env=env
-        )
-        new_version = int(fed.last_stdout.strip().splitlines()[-1])
-        again = fed.runner.invoke(
-            run_app,
-            ["submit", "--config", str(run_toml), "--retrain", str(fleet_run), "-c", coordinator],
-            env=env,
-        )
-        new_model = api.get(f"/models/{new_version}").json()
-        fleet_run_doc = api.get(f"/runs/{fleet_run}").json()
-        api.close()
-
-    assert model["task"] == TASK and model["source_round"] == 1
-    assert model["metrics"]["final_accuracy"] == pytest.approx(state.rounds()[-1]["accuracy"])
-    (checkpoint,) = [a for a in model["artifacts"] if a["format"] == "torch"]
-    model_pt = state.run_dir / "model.pt"
-    assert checkpoint["sha256"] == hashlib.sha256(model_pt.read_bytes()).hexdigest()
-    assert run["status"] == "completed" and run["final_model_version_id"] == version
-
-    # The retraining run started from exactly the deployed model's weights.
-    initial = Path(retrained.run_config["initial-model"])
-    assert hashlib.sha256(initial.read_bytes()).hexdigest() == checkpoint["sha256"]
-    assert retrained.finished
-    assert new_model["parent_id"] == version and new_model["source_run_id"] == fleet_run
-    assert fleet_run_doc["status"] == "completed"
-    assert fleet_run_doc["final_model_version_id"] == new_version
-    # A retraining run is executed once.
-    assert again.exit_code != 0 and "not 'created'" in again.output
 
 
 def test_site_killed_mid_round_rejoins_next_round(fed: SiloFederation) -> None:
