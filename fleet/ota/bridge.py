@@ -46,7 +46,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, bindparam, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
 
@@ -707,13 +707,13 @@ class FleetBridge:
             # else: not (or no longer) a rollout's command
             if row is not None and FleetBridge._apply_ack(row, ack, now):
                 changed[row.rollout_id, row.device_id] = row
-        if changed:
-            session.execute(
-                update(RolloutDevice),
+        if changed:  # Core, not the ORM's bulk update: ~0.1 ms of Python per row less
+            session.connection().execute(
+                _ACKED,
                 [
                     {
-                        "rollout_id": r.rollout_id,
-                        "device_id": r.device_id,
+                        "r_id": r.rollout_id,
+                        "d_id": r.device_id,
                         "state": r.state,
                         "error": r.error,
                         "acked_at": r.acked_at,
@@ -753,3 +753,15 @@ class FleetBridge:
         for key, value in (("state", state), ("error", error), ("acked_at", now)):
             set_committed_value(row, key, value)
         return True
+
+
+# A batch's acknowledged rollout devices, one executemany UPDATE by primary key.
+_ROLLOUT_DEVICES = RolloutDevice.__table__  # type: ignore[attr-defined]
+_ACKED = (
+    update(_ROLLOUT_DEVICES)
+    .where(
+        _ROLLOUT_DEVICES.c.rollout_id == bindparam("r_id"),
+        _ROLLOUT_DEVICES.c.device_id == bindparam("d_id"),
+    )
+    .values(state=bindparam("state"), error=bindparam("error"), acked_at=bindparam("acked_at"))
+)
