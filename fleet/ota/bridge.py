@@ -633,12 +633,12 @@ class FleetBridge:
             models = self._known_models(session, {v for v in versions.values() if v})
             self._update_devices(session, seen & known, offline & known, now)
             running = [
-                {"id": device_id, "model_version_id": version}
+                {"d_id": device_id, "model_version_id": version}
                 for device_id, version in versions.items()
                 if device_id in known and (version is None or version in models)
             ]
             if running:  # one executemany UPDATE by primary key (was one per device)
-                session.execute(update(Device), running)
+                session.connection().execute(_RUNNING, running)  # Core: see _ACKED
             rows = [r for r in telemetry if r["device_id"] in known]
             insert_telemetry(session, rows)  # one COPY on PostgreSQL
             insert_feedback(session, [r for r in feedback if r["device_id"] in known])
@@ -764,4 +764,11 @@ _ACKED = (
         _ROLLOUT_DEVICES.c.device_id == bindparam("d_id"),
     )
     .values(state=bindparam("state"), error=bindparam("error"), acked_at=bindparam("acked_at"))
+)
+# The model version each device of a batch runs, one executemany UPDATE by primary key.
+_DEVICES = Device.__table__  # type: ignore[attr-defined]
+_RUNNING = (
+    update(_DEVICES)
+    .where(_DEVICES.c.id == bindparam("d_id"))
+    .values(model_version_id=bindparam("model_version_id"))
 )
