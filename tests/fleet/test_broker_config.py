@@ -383,6 +383,16 @@ def test_cli_writes_the_files_from_the_database_and_refuses_half_tls(
     )
     assert bad.exit_code == 2 and "--tls-key" in bad.output
     assert not (tmp_path / "o2").exists()
+    # --replicas: a user and password file each; a bad name is one line, nothing written.
+    out = ["--out", str(tmp_path / "o3"), "--database-url", url]
+    named = runner.invoke(app, ["fleet", "broker-config", *out, "--replicas", "a,b"])
+    assert named.exit_code == 0, named.output
+    assert (tmp_path / "o3" / "fleet-a.pass").is_file()
+    assert f"{FLEET_USER}-b:$7$" in (tmp_path / "o3" / "passwd").read_text()
+    out = ["--out", str(tmp_path / "o4"), "--database-url", url]
+    wrong = runner.invoke(app, ["fleet", "broker-config", *out, "--replicas", "a,b/c"])
+    assert wrong.exit_code == 2 and "replica name 'b/c'" in wrong.output
+    assert not (tmp_path / "o4").exists()
 
 
 class Session:
