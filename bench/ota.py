@@ -665,6 +665,12 @@ def main() -> None:
         help="a checkout of older code (git worktree add DIR COMMIT): run the bench on it "
         "and on this checkout, and print the before/after table",
     )
+    parser.add_argument(
+        "--replicas",
+        default=None,
+        help="e.g. 1,2,3: only telemetry, over that many `fleet mqtt --replica` processes "
+        "into --database (PostgreSQL), once per count (bench/ota_replicas.py)",
+    )
     parser.add_argument("--code", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
     parser.add_argument(
@@ -675,10 +681,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     databases = args.database or ["sqlite"]
-    if args.before is not None:
-        if not (args.before / "fleet" / "ota" / "bridge.py").is_file():
-            parser.error(f"--before {args.before} is not a fedfleet checkout")
-        compare(args, databases)
+    if args.replicas is not None or args.before is not None:
+        other_mode(parser, args, databases)
         return
     if len(databases) > 1:
         parser.error("--database once, unless --before compares on several")
@@ -852,6 +856,36 @@ def main() -> None:
     )
     if poisoner is not None:
         _print_poison(poisoner, bridge, fleet, lost=sent - rows, alive=alive)
+
+
+def other_mode(parser: argparse.ArgumentParser, args: argparse.Namespace, dbs: list[str]) -> None:
+    """``--replicas`` (telemetry over replicas) or ``--before`` (the before/after table)."""
+    if args.replicas is not None:
+        replica_runs(parser, args, dbs)
+        return
+    if not (args.before / "fleet" / "ota" / "bridge.py").is_file():
+        parser.error(f"--before {args.before} is not a fedfleet checkout")
+    compare(args, dbs)
+
+
+def replica_runs(parser: argparse.ArgumentParser, args: argparse.Namespace, dbs: list[str]) -> None:
+    """``--replicas 1,2,3``: the telemetry part over N replicas, once per N."""
+    try:
+        counts = [int(n) for n in args.replicas.split(",")]
+    except ValueError:
+        parser.error(f"--replicas {args.replicas!r}: give counts, e.g. --replicas 1,2,3")
+    if not counts or min(counts) < 1 or max(counts) > 16:
+        parser.error("--replicas: counts of 1 to 16 processes, e.g. --replicas 1,2,3")
+    if len(dbs) != 1 or not dbs[0].startswith("postgresql"):
+        parser.error("--replicas needs one --database postgresql://... (replicas share it)")
+    import ota_replicas
+
+    logging.basicConfig(level=logging.ERROR)
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for count in counts:
+        ota_replicas.run(
+            replicas=count, devices=args.devices, messages=args.telemetry, database=dbs[0]
+        )
 
 
 def _print_poison(

@@ -82,6 +82,13 @@ def broker_config(
     client_port: Annotated[
         int, typer.Option(help="--broker nats: its own client port (127.0.0.1).")
     ] = 4222,
+    replicas: Annotated[
+        str,
+        typer.Option(
+            help="Mosquitto: NAME,NAME,... of `fleet mqtt --replica` processes; each gets "
+            "its own broker user fedfleet-fleet-NAME and password file fleet-NAME.pass.",
+        ),
+    ] = "",
 ) -> None:
     """Write the broker's configuration (users, permissions) from the enrolled devices.
 
@@ -97,6 +104,7 @@ def broker_config(
     from fleet.ota.broker_config import (
         TlsListener,
         check_broker,
+        check_replica_name,
         device_credentials_from_db,
         write_broker_config,
     )
@@ -105,6 +113,14 @@ def broker_config(
         check_broker(broker)
     except ValueError as err:
         fail(str(err))
+    replica_names = [name.strip() for name in replicas.split(",") if name.strip()]
+    try:
+        for name in replica_names:
+            check_replica_name(name)
+    except ValueError as err:
+        fail(str(err))
+    if broker == "nats" and replica_names:
+        fail("--replicas is for Mosquitto: replicas are not built on NATS (docs/scale-out.md)")
     if broker == "nats" and tls_cert is not None:
         fail("--tls-cert is for Mosquitto; give NATS its TLS in nats.conf (mqtt { tls {...} })")
     if (tls_cert is None) != (tls_key is None):
@@ -130,7 +146,12 @@ def broker_config(
     try:
         tls = TlsListener(tls_cert, tls_key, tls_port) if tls_cert and tls_key else None
         files = write_broker_config(
-            out=out, devices=device_credentials_from_db(engine), port=port, bind=bind, tls=tls
+            out=out,
+            devices=device_credentials_from_db(engine),
+            port=port,
+            bind=bind,
+            tls=tls,
+            replicas=replica_names,
         )
     except (ValueError, OSError) as err:
         fail(str(err))
@@ -230,7 +251,9 @@ def mqtt_service(
             help="Run as one of several `fleet mqtt` processes on one PostgreSQL database, "
             "named NAME (its own, stable across restarts: the broker keeps its session): "
             "device messages are shared among the replicas ($share/fedfleet/...), each "
-            "stored once; the rollout controller and drift checks run in the leader only.",
+            "stored once; the rollout controller and drift checks run in the leader only. "
+            "It logs in as broker user fedfleet-fleet-NAME with --password-file "
+            "DIR/fleet-NAME.pass (`fleet broker-config --replicas NAME,...` writes both).",
             show_default=False,
         ),
     ] = None,
@@ -250,7 +273,7 @@ def mqtt_service(
         fail(f"--release-after-s must be positive, got {release_after_s}")
     signing = _command_key(command_key)
     v1_until = _v1_until(protocol_v1_until)
-    _check_replica(replica, database_url)
+    _check_replica(replica, database_url, password_file)
     with StopSignals() as stop:  # a signal while starting stops it too, no traceback
         engine, settings = engine_and_settings(database_url)
         if v1_until is not None:
@@ -268,6 +291,7 @@ def mqtt_service(
                     pid=broker_pid,
                     pid_file=broker_pid_file,
                     every_s=credentials_every_s,
+                    replica=replica,
                 ),
                 release_after_s=release_after_s,
                 drift_every_s=drift_every_s,
@@ -297,7 +321,7 @@ def _serve_mqtt(
     only while this process leads (:mod:`fleet.ota.leader`); ingestion always."""
     from fleet.artifacts import ArtifactStore
     from fleet.ota.bridge import BridgeSettings, FleetBridge
-    from fleet.ota.broker_config import FLEET_USER
+    from fleet.ota.broker_config import FLEET_USER, replica_user
     from fleet.ota.controller import RolloutController
     from fleet.ota.leader import Leadership
     from fleet.ota.reference_push import push_references
@@ -310,7 +334,7 @@ def _serve_mqtt(
         settings=BridgeSettings(
             host=host,
             port=port,
-            username=FLEET_USER,
+            username=FLEET_USER if replica is None else replica_user(replica),
             password=password_file.read_text().strip(),
             ca_file=ca_file,
             command_key=command_key,
@@ -364,11 +388,16 @@ def _serve_mqtt(
         bridge.stop()
 
 
-def _check_replica(replica: str | None, database_url: str | None) -> None:
-    """``--replica`` needs PostgreSQL and a name fit for a client id; exit 2 if not."""
+def _check_replica(replica: str | None, database_url: str | None, password_file: Path) -> None:
+    """``--replica`` needs PostgreSQL, a name fit for a client id and its own broker
+    password (``fleet-NAME.pass``); exit 2 if not."""
     if replica is None:
         return
-    if not replica or not all(c.isalnum() or c in "-_" for c in replica) or len(replica) > 40:
+    from fleet.ota.broker_config import check_replica_name, replica_password_file
+
+    try:
+        check_replica_name(replica)
+    except ValueError:
         fail(f"--replica {replica!r}: use 1-40 letters, digits, '-' or '_' (e.g. --replica a)")
     from fleet import cli as fleet_cli
 
@@ -377,6 +406,12 @@ def _check_replica(replica: str | None, database_url: str | None) -> None:
         fail(
             "--replica needs PostgreSQL: SQLite is the single-process embedded default "
             "(run one `fleet mqtt` without --replica, or use --database-url postgresql://...)"
+        )
+    own = replica_password_file(password_file.parent, replica)
+    if password_file.name != own.name:
+        fail(
+            f"--replica {replica} logs in as its own broker user: pass --password-file "
+            f"{own} (write it with `fedfleet fleet broker-config --replicas {replica},...`)"
         )
 
 
@@ -455,7 +490,13 @@ class _SyncLoop:
 
 
 def _credential_sync(
-    engine: Any, *, password_file: Path, pid: int | None, pid_file: Path | None, every_s: float
+    engine: Any,
+    *,
+    password_file: Path,
+    pid: int | None,
+    pid_file: Path | None,
+    every_s: float,
+    replica: str | None = None,
 ) -> _SyncLoop | None:
     from fleet.ota.broker_sync import BrokerProcess, CredentialSync
 
@@ -472,12 +513,17 @@ def _credential_sync(
             CredentialSync(
                 engine=engine,
                 folder=password_file.parent,
-                fleet_password=password_file.read_text().strip(),
+                # The fleet user's password (a replica's own file is its user's only).
+                fleet_password=(
+                    password_file if replica is None else password_file.with_name("fleet.pass")
+                )
+                .read_text()
+                .strip(),
                 reload=broker.reload,
                 every_s=every_s,
             )
         )
-    except ValueError as err:
+    except (ValueError, OSError) as err:
         engine.dispose()
         fail(str(err))
 

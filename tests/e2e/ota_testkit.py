@@ -135,8 +135,10 @@ class OtaFleet:
         v1_until: float | None = None,
         broker: str = "mosquitto",
         database: str | None = None,
+        replicas: tuple[str, ...] = (),
     ) -> None:
-        """``database``: a PostgreSQL URL; the fleet then lives in a fresh schema there,
+        """``replicas``: names given their own broker users (broker-config --replicas);
+        ``database``: a PostgreSQL URL; the fleet then lives in a fresh schema there,
         dropped in :meth:`close` (default: a SQLite file under ``root``);
         ``broker_extra``: more ``mosquitto.conf`` lines (e.g. ``log_type subscribe``);
         ``limits``: the bridge's per-device limits (default: the fleet's); ``spares``:
@@ -183,7 +185,7 @@ class OtaFleet:
             else []
         )
         files = write_broker_config(
-            out=root / "broker", devices=device_credentials_from_db(self.engine)
+            out=root / "broker", devices=device_credentials_from_db(self.engine), replicas=replicas
         )
         self.fleet_password = files.fleet_password_file.read_text().strip()
         self.broker: MosquittoProcess = MosquittoProcess(

@@ -46,7 +46,7 @@ from edge_client.protocol import mqtt as proto
 from fleet.crud.rollouts import create_rollout
 from fleet.db import session_scope
 from fleet.models.ota import Rollout, RolloutCreate, RolloutStatus, TelemetryRecord
-from fleet.ota.broker_config import FLEET_USER
+from fleet.ota.broker_config import FLEET_USER, SESSION_PER_USER
 
 pytestmark = [pytest.mark.e2e]
 
@@ -77,7 +77,7 @@ class Replica:
             [
                 *(FEDFLEET, "fleet", "mqtt", "--replica", name),
                 *("--broker-port", str(fleet.broker.port)),
-                *("--password-file", str(fleet.root / "broker" / "fleet.pass")),
+                *("--password-file", str(fleet.root / "broker" / f"fleet-{name}.pass")),
                 *("--command-key", str(key_file), "--drift-every-s", "3600"),
             ],
             env={
@@ -176,7 +176,11 @@ def test_leader_killed_mid_rollout_standby_takes_over_no_wave_sent_twice(
     tmp_path: Path, pg_url: str
 ) -> None:
     # Prepare: 4 devices, two replicas (a leads: started first), a spy on the commands.
-    fleet = OtaFleet(tmp_path, devices=4, database=pg_url)
+    # The broker names each session after its user (broker-config's listener): each
+    # replica logs in as its own user (broker-config --replicas), or they knock each other off.
+    fleet = OtaFleet(
+        tmp_path, devices=4, database=pg_url, replicas=("a", "b"), broker_extra=SESSION_PER_USER
+    )
     replicas: list[Replica] = []
     spy = None
     try:
@@ -231,7 +235,9 @@ def test_two_replicas_store_every_telemetry_message_once_across_a_kill_9(
 ) -> None:
     # Prepare: 30 devices' raw sessions (each under the bridge's per-device telemetry
     # burst, so nothing is throttled), two replicas sharing the subscription.
-    fleet = OtaFleet(tmp_path, devices=30, database=pg_url)
+    fleet = OtaFleet(
+        tmp_path, devices=30, database=pg_url, replicas=("a", "b"), broker_extra=SESSION_PER_USER
+    )
     replicas: list[Replica] = []
     devices: list[DeviceClient] = []
     per_device = 50
@@ -377,6 +383,16 @@ def test_bad_input_one_line_each_nothing_started(tmp_path: Path) -> None:
     )
     assert replica.returncode == 2 and "--replica needs PostgreSQL" in replica.stderr
     assert len(replica.stderr.strip().splitlines()) == 1
+    shared = _fedfleet(
+        *("fleet", "mqtt", "--replica", "a", "--password-file", str(tmp_path / "fleet.pass")),
+        *("--database-url", "postgresql://postgres@127.0.0.1:1/nowhere"),
+    )
+    assert shared.returncode == 2
+    assert shared.stderr.strip().splitlines() == [
+        "error: --replica a logs in as its own broker user: pass --password-file "
+        f"{tmp_path / 'fleet-a.pass'} (write it with `fedfleet fleet broker-config "
+        "--replicas a,...`)"
+    ]
     unreachable = _fedfleet(
         *("fleet", "serve", "--workers", "2", "--port", str(free_port())),
         *("--database-url", "postgresql://postgres@127.0.0.1:1/nowhere"),

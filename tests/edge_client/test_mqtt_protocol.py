@@ -59,6 +59,19 @@ def test_encode_then_decode_gives_the_same_message(message: proto.Message) -> No
     assert proto.decode(data) == message
 
 
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_encode_writes_what_asdict_would(message: proto.Message) -> None:
+    # The encoder's shallow conversion (no deep copies) gives asdict's JSON, nested
+    # artifact references, chunk hashes and bins included.
+    import dataclasses
+
+    body = json.loads(proto.encode(message))
+    del body["schema"]
+    expected = json.loads(json.dumps(dataclasses.asdict(message)))
+    assert {k: v for k, v in expected.items() if k in body} == body
+    assert set(expected) - set(body) <= {"via", "errors", "issued_at", "expires_at", "signature"}
+
+
 def test_topics_round_trip_and_refuse_foreign_ones() -> None:
     name = proto.topic("dev-0123", "status")
     assert name == "fedfleet/v1/dev/dev-0123/status"
