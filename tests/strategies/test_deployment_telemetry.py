@@ -56,3 +56,41 @@ def test_bad_traces_and_regions_stop_the_run_with_one_line(tmp_path: Path) -> No
     for path, needle in ((gap, "misses 1 hour"), (wrong, "missing column")):
         with pytest.raises(ValueError, match=f"^run config carbon-trace: carbon trace .*{needle}"):
             deployment_telemetry({"carbon-trace": str(path)}, regions={})
+
+
+def test_devices_lying_about_battery_and_region_cannot_crowd_out_other_groups() -> None:
+    # Prepare: 6 liars claim a full, charging battery on the cleanest grid (region A);
+    # 2 honest devices in each of B and C: a battery at 60%, not charging, a dirty grid.
+    from strategies.carbon_selection import BatteryAwareSelector, CarbonAwareSelector
+
+    liars = {
+        n: NodeStatus(battery=1.0, charging=True, region="A", carbon_intensity=0.0)
+        for n in range(6)
+    }
+    honest = {
+        n: NodeStatus(battery=0.6, charging=False, region=r, carbon_intensity=900.0)
+        for n, r in ((6, "B"), (7, "B"), (8, "C"), (9, "C"))
+    }
+    status = {**liars, **honest}
+    for selector in (
+        BatteryAwareSelector(clients_per_round=4, seed=0, telemetry=status.get),
+        CarbonAwareSelector(clients_per_round=4, seed=0, telemetry=status.get),
+    ):
+        for rnd in range(1, 6):
+            # Execute
+            chosen = selector.select(rnd, list(status))
+            # Assert: the floor serves B and C every round; the liars win only preference.
+            regions = {status[n].region for n in chosen}
+            assert {"B", "C"} <= regions, (type(selector).__name__, rnd, chosen)
+            assert sum(n in liars for n in chosen) == 2
+
+
+def test_run_submit_preflight_refuses_a_region_the_trace_lacks(tmp_path: Path) -> None:
+    from coordinator.preflight import check_run_config
+
+    trace = tmp_path / "grid.csv"
+    trace.write_text(CSV)
+    ok = {"carbon-trace": str(trace), "node-regions": "5=FR"}
+    check_run_config(ok, registered=lambda: 0)
+    with pytest.raises(ValueError, match="has no region 'SE'"):
+        check_run_config({**ok, "node-regions": "5=SE"}, registered=lambda: 0)
