@@ -1,4 +1,4 @@
-"""Battery-aware selection against random selection on simulated phone batteries.
+"""Battery-aware selection against random and device-aware selection on simulated phone batteries.
 
 digits-cnn, ``--clients`` clients, all ``phone-like`` (its ``[battery]``: 15.4 Wh, a
 start level uniform in 30..100%, on a charger mostly at night, the owner's own 0.5 W
@@ -9,7 +9,12 @@ flat (``ran_flat``), the devices' mean charge at the end, the replies the rounds
 final accuracy and the mean over the last five rounds (one round's accuracy is noisy:
 phones are rarely online in the day).
 
+``--start-level LO,HI`` and ``--use-w W`` run a variant of the profile (registered in
+this process as ``phone-bench``) whose batteries start emptier or drain faster, so that
+devices do run flat within a short run.
+
     python bench/battery.py [--seeds 0] [--rounds 24] [--clients 40] [--per-round 8]
+                            [--start-level 0.3,1.0] [--use-w 0.5]
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SELECTIONS = ("random", "battery-aware")
+SELECTIONS = ("random", "device-aware", "battery-aware")
 
 
 def run_one(selection: str, *, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -39,7 +44,7 @@ def run_one(selection: str, *, seed: int, args: argparse.Namespace, out: Path) -
             "clients_per_round": args.per_round,
             "rounds": args.rounds,
             "seed": seed,
-            "devices": "phone-like",
+            "devices": args.profile,
             "round_hours": 1.0,
             "selection": selection,
         },
@@ -58,13 +63,36 @@ def run_one(selection: str, *, seed: int, args: argparse.Namespace, out: Path) -
     }
 
 
+def _profile(start_level: str | None, use_w: float | None) -> str:
+    """``phone-like``, or a variant with another start level / owner's draw."""
+    if start_level is None and use_w is None:
+        return "phone-like"
+    from dataclasses import replace
+
+    from simulation.devices import get_profile, register_profile
+
+    base = get_profile("phone-like")
+    assert base.battery is not None
+    battery = base.battery
+    if start_level is not None:
+        lo, hi = (float(x) for x in start_level.split(","))
+        battery = replace(battery, start_level=(lo, hi))
+    if use_w is not None:
+        battery = replace(battery, use_w=use_w)
+    register_profile(replace(base, name="phone-bench", battery=battery, source=None))
+    return "phone-bench"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--clients", type=int, default=40)
     parser.add_argument("--per-round", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=24)
+    parser.add_argument("--start-level", default=None, help="LO,HI (default: the profile's)")
+    parser.add_argument("--use-w", type=float, default=None)
     args = parser.parse_args()
+    args.profile = _profile(args.start_level, args.use_w)
     out = Path(tempfile.mkdtemp(prefix="bench-battery-"))
     print(
         f"{'selection':<14} {'seed':>4} {'empty':>6} {'ran flat':>9} {'mean charge':>12} {'acc':>7}"
@@ -77,6 +105,7 @@ def main() -> None:
                 f"{r['battery_mean_end']:>12.3f} {r['client_rounds']:>13} "
                 f"{r['final_accuracy']:>10.4f} {r['last5_accuracy']:>11.4f}"
             )
+    print(f"profile {args.profile}: start-level {args.start_level}, use-w {args.use_w}")
     print(f"load average {os.getloadavg()}; runs in {out}")
 
 
