@@ -607,7 +607,11 @@ class DeviceAgent:
             features=tuple(
                 proto.FeatureSummary(counts=tuple(int(c) for c in f)) for f in stats.features or []
             ),
-            battery=read_battery(self.config.power_supply_dir),
+            battery=(
+                read_battery(self.config.power_supply_dir)
+                if self.config.power_supply_dir is not None
+                else None
+            ),
             region=self.config.region,
         )
         self._publish("telemetry", message)

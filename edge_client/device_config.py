@@ -80,7 +80,8 @@ class DeviceConfig:
     ``durable``: fsync slot writes (always on a device; the simulator turns it off
     because its hundreds of "devices" share one disk).
     ``region``: the grid region the device reports in its status and telemetry (``DE``;
-    None: none); ``power_supply_dir``: where its battery is read (:mod:`edge_client.battery`).
+    None: none); ``power_supply_dir``: where its battery is read (:mod:`edge_client.battery`; None:
+    never, as the simulator's agents, which share one host).
     """
 
     device_id: str
@@ -99,7 +100,7 @@ class DeviceConfig:
     task: str | None = None
     command_public_key: Path | None = None
     region: str | None = None
-    power_supply_dir: Path = POWER_SUPPLY_DIR
+    power_supply_dir: Path | None = POWER_SUPPLY_DIR
 
     def __post_init__(self) -> None:
         check_device_id(self.device_id)

@@ -63,3 +63,38 @@ def test_device_toml_region_is_checked(tmp_path: Path) -> None:
     path.write_text(base + 'region = "France, mostly"\n')
     with pytest.raises(ValueError, match="region 'France, mostly': region must be 1-32"):
         load_config(path)
+
+
+def test_the_agent_reports_its_battery_and_region(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge_client.device_agent import DeviceAgent
+    from edge_client.device_config import DeviceConfig
+
+    key = tmp_path / "fleet.pub"
+    key.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    _supply(tmp_path / "ps", "BAT0", type="Battery", capacity="42", status="Charging")
+    config = DeviceConfig(
+        device_id="dev-b",
+        target="cpu-x86",
+        slots_dir=tmp_path / "s",
+        public_key=key,
+        region="SE",
+        power_supply_dir=tmp_path / "ps",
+    )
+    sent: list[proto.Message] = []
+    for dir_ in (config.power_supply_dir, None):
+        agent = DeviceAgent(config.with_changes(power_supply_dir=dir_))
+        agent._publish = lambda channel, message, retain=False: sent.append(message)  # type: ignore[method-assign,misc]
+        agent._publish_telemetry(0.0)
+        agent.publish_status()
+    telemetry, status, unread, _ = sent
+    assert isinstance(telemetry, proto.Telemetry) and isinstance(status, proto.Status)
+    assert telemetry.battery == proto.Battery(level=0.42, charging=True)
+    assert telemetry.region == "SE" and status.region == "SE"
+    assert isinstance(unread, proto.Telemetry) and unread.battery is None  # None: never read
