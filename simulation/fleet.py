@@ -58,8 +58,8 @@ from simulation.devices import (
 )
 from strategies.selection import NodeStatus
 
-START_HOUR = 9.0
-LOW_BATTERY = 0.2  # battery_low counts levels under this (battery-aware's default floor)  # the simulated run starts at 09:00 local time on day 0
+START_HOUR = 9.0  # the simulated run starts at 09:00 local time on day 0
+LOW_BATTERY = 0.2  # battery_low counts levels under this (battery-aware's default floor)
 
 
 def payload_bytes(message: Message) -> int:
