@@ -55,4 +55,9 @@ def test_latest_battery_and_region_are_stored_and_shown(client: TestClient, admi
         "region": "FR",
     }
     assert shown[b]["battery_level"] is None and shown[b]["region"] is None
+    listed = client.get("/api/v1/devices", headers=admin).json()["items"]
+    assert {d["id"]: (d["battery_level"], d["region"]) for d in listed} == {
+        a: (0.35, "FR"),
+        b: (None, None),
+    }
     assert bridge.stats.ignored == 1
