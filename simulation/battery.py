@@ -94,6 +94,7 @@ class FleetBatteries:
         rng = np.random.default_rng([seed, 0xBA77])
         draws = rng.random(len(self.specs))
         self.level = np.full(len(self.specs), np.nan)
+        self._with_battery = [i for i, spec in enumerate(self.specs) if spec is not None]
         for i, spec in enumerate(self.specs):
             if spec is not None:
                 lo, hi = spec.start_level
@@ -102,7 +103,7 @@ class FleetBatteries:
     @property
     def any(self) -> bool:
         """Whether any client has a battery."""
-        return any(s is not None for s in self.specs)
+        return bool(self._with_battery)
 
     def plugged(self, i: int, slot: int) -> bool:
         """Whether client ``i`` is on a charger in hour ``slot`` of the run."""
@@ -135,7 +136,7 @@ class FleetBatteries:
     def advance(self, from_s: float, to_s: float, *, start_hour: float) -> None:
         """Charge (plugged) or drain by ``use-w`` (unplugged) from ``from_s`` to ``to_s``
         simulated seconds (since ``start_hour`` on day 0), hour by hour."""
-        if to_s <= from_s:
+        if to_s <= from_s or not self._with_battery:
             return
         t0 = start_hour * 3600.0 + from_s
         t1 = start_hour * 3600.0 + to_s
@@ -146,9 +147,9 @@ class FleetBatteries:
             end = min(t1, (slot + 1) * 3600.0)
             spans.append((slot, end - t))
             t = end
-        for i, spec in enumerate(self.specs):
-            if spec is None:
-                continue
+        for i in self._with_battery:
+            spec = self.specs[i]
+            assert spec is not None
             level = float(self.level[i])
             for slot, seconds in spans:
                 watts = spec.charge_w if self.plugged(i, slot) else -spec.use_w
