@@ -23,6 +23,7 @@ from coordinator.run_tracker import RunTracker
 from coordinator.secagg_exchange import SecAggExchange
 from coordinator.strategy_setup import SiteEnergy, build_strategy_setup, site_names
 from edge_client.protocol import keys as k
+from strategies.deployment_telemetry import deployment_telemetry
 from strategies.selection import SelectionConfig, TelemetrySource
 from tasks import evaluate, get_task
 
@@ -198,6 +199,8 @@ def run_federation(
 
     # metrics.json records every switch of the run (secagg, dp, attack...), not only core keys.
     recorded_config = {**dict(context.run_config), **config.as_run_config()}
+    if telemetry is None:  # a deployment: regions and carbon intensity from the run config
+        telemetry = deployment_telemetry(context.run_config)
     loop = build_loop(
         config,
         on_round=record_round,

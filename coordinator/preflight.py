@@ -15,6 +15,7 @@ from typing import Any
 from coordinator.config import RunConfig
 from coordinator.privacy_checks import secagg_from_run_config
 from coordinator.superlink import CONNECTION, CoordinatorSettings, flwr_json
+from strategies.deployment_telemetry import deployment_telemetry
 
 # Node states of `flwr supernode list` that can take part in a run.
 _USABLE = frozenset({"registered", "online", "offline"})
@@ -31,6 +32,7 @@ def check_run_config(run_config: Mapping[str, Any], *, registered: Callable[[], 
     """Refuse a run that cannot start; ``registered()`` counts the registered sites and
     is asked only when the run needs it. ``ValueError`` names the value to change."""
     config = RunConfig.from_run_config(run_config)
+    deployment_telemetry(run_config)  # carbon-trace and node-regions load (docs/carbon.md)
     secagg = secagg_from_run_config(run_config, config)  # >= 3 clients, T, degree, overflow
     if secagg is None:
         return

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 
+from edge_client.battery import read_battery
 from edge_client.command_auth import Verdict, check_command
 from edge_client.device_config import DeviceConfig
 from edge_client.floor import FloorDamagedError
@@ -570,6 +571,7 @@ class DeviceAgent:
             sha256=model.meta.sha256 if model else None,
             slot=model.slot if model else None,
             target=self.config.target,
+            region=self.config.region,
         )
         self._publish("status", status, retain=True)
 
@@ -605,6 +607,12 @@ class DeviceAgent:
             features=tuple(
                 proto.FeatureSummary(counts=tuple(int(c) for c in f)) for f in stats.features or []
             ),
+            battery=(
+                read_battery(self.config.power_supply_dir)
+                if self.config.power_supply_dir is not None
+                else None
+            ),
+            region=self.config.region,
         )
         self._publish("telemetry", message)
         if stats.labels:  # only where labels came back in the window

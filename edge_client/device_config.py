@@ -13,6 +13,8 @@ Example::
     heartbeat_s = 30
     telemetry_s = 60
     max_failed_starts = 3
+    region = "DE"                           # optional: the grid region it reports
+    power_supply_dir = "/sys/class/power_supply"  # optional: where its battery is read
 
     [broker]
     host = "127.0.0.1"
@@ -33,7 +35,13 @@ from typing import Any
 
 import tomllib
 
-from edge_client.protocol.mqtt import DEFAULT_CHUNK_BYTES, check_device_id
+from edge_client.battery import POWER_SUPPLY_DIR
+from edge_client.protocol.mqtt import (
+    DEFAULT_CHUNK_BYTES,
+    ProtocolError,
+    check_device_id,
+    check_region,
+)
 
 _TASK = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # a manifest's task name
 
@@ -71,6 +79,9 @@ class DeviceConfig:
     --command-key``; None: ``public_key``, i.e. the fleet holds the bundle key).
     ``durable``: fsync slot writes (always on a device; the simulator turns it off
     because its hundreds of "devices" share one disk).
+    ``region``: the grid region the device reports in its status and telemetry (``DE``;
+    None: none); ``power_supply_dir``: where its battery is read (:mod:`edge_client.battery`; None:
+    never, as the simulator's agents, which share one host).
     """
 
     device_id: str
@@ -88,9 +99,16 @@ class DeviceConfig:
     durable: bool = True
     task: str | None = None
     command_public_key: Path | None = None
+    region: str | None = None
+    power_supply_dir: Path | None = POWER_SUPPLY_DIR
 
     def __post_init__(self) -> None:
         check_device_id(self.device_id)
+        if self.region is not None:
+            try:
+                check_region(self.region)
+            except ProtocolError as err:
+                raise ValueError(f"region {self.region!r}: {err}") from None
         if self.heartbeat_s <= 0 or self.telemetry_s <= 0:
             raise ValueError("heartbeat_s and telemetry_s must be positive seconds")
         if not 1 <= self.chunk_window <= 256:
@@ -121,6 +139,8 @@ _TOP = {
     "hold_before_switch_s",
     "task",
     "command_public_key",
+    "region",
+    "power_supply_dir",
     "broker",
     "http",
 }
@@ -185,6 +205,8 @@ def load_config(path: Path) -> DeviceConfig:
             command_public_key=(
                 base / raw["command_public_key"] if "command_public_key" in raw else None
             ),
+            region=raw.get("region"),
+            power_supply_dir=base / raw.get("power_supply_dir", str(POWER_SUPPLY_DIR)),
         )
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: {err}") from None

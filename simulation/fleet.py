@@ -24,6 +24,12 @@ With a carbon ledger (``--carbon-trace``) each client draws from a grid region
 (``--regions``, else its profile's ``[power] region``); ``stamp`` charges each completed
 instruction's energy at the region's intensity in the current simulated hour, and
 ``telemetry`` reports region and intensity to selectors (``--selection carbon-aware``).
+
+Clients whose profile has a ``[battery]`` (:mod:`simulation.battery`) report its level
+and whether it is charging in ``telemetry`` (``--selection battery-aware``); ``stamp``
+drains it by the instruction's energy, the clock charges or drains it between rounds;
+``admit`` refuses a device whose battery is empty and that is not plugged in, and a
+device that runs flat during an instruction loses its reply.
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Message, MetricRecord
+from flwr.app import Error, Message, MetricRecord
+from flwr.common.constant import ErrorCode
 
 from edge_client.protocol import keys as k
+from simulation.battery import FleetBatteries
 from simulation.carbon.accounting import CarbonLedger, RegionMix, assign_regions
 from simulation.devices import (
     ClientTiming,
@@ -51,6 +59,7 @@ from simulation.devices import (
 from strategies.selection import NodeStatus
 
 START_HOUR = 9.0  # the simulated run starts at 09:00 local time on day 0
+LOW_BATTERY = 0.2  # battery_low counts levels under this (battery-aware's default floor)
 
 
 def payload_bytes(message: Message) -> int:
@@ -72,6 +81,8 @@ class FleetStats:
     offline: int = 0
     dropped: int = 0
     timed_out: int = 0
+    battery_empty: int = 0
+    ran_flat: int = 0
     bytes_down: int = 0
     bytes_up: int = 0
     seconds: list[float] = field(default_factory=list)
@@ -126,6 +137,7 @@ class SimulatedFleet:
         )
         if carbon is not None:
             self._check_carbon(carbon)
+        self.batteries = FleetBatteries([get_profile(n).battery for n in names], seed=seed)
 
     def _check_carbon(self, carbon: CarbonLedger) -> None:
         """Refuse, before round 1, regions the trace lacks and profiles without watts."""
@@ -203,8 +215,12 @@ class SimulatedFleet:
     def telemetry(self, node_id: int) -> NodeStatus:
         """What a fleet's telemetry would say about the device now (a
         ``strategies.selection.TelemetrySource`` for device-aware selection)."""
+        battery, charging = self.batteries.status(self._index(node_id), self._slot())
         return NodeStatus(
-            available=self.online(node_id),
+            available=self.online(node_id)
+            and not self.batteries.empty(self._index(node_id), self._slot()),
+            battery=battery,
+            charging=charging,
             speed=relative_speed(self.profile_of(node_id), self.task),
             region=self.region_of(node_id),
             carbon_intensity=self.carbon_intensity(node_id),
@@ -239,6 +255,9 @@ class SimulatedFleet:
         if not self.online(node):
             self._stats.offline += 1
             return f"simulated device {node} ({self.profile_of(node).name}) is offline"
+        if self.batteries.empty(self._index(node), self._slot()):
+            self._stats.battery_empty += 1
+            return f"simulated device {node} ({self.profile_of(node).name}) has an empty battery"
         self._stats.bytes_down += payload_bytes(message)
         u, _ = self._draws(node)
         if u < self.profile_of(node).dropout:
@@ -279,14 +298,22 @@ class SimulatedFleet:
             return reply
         timing = self.timing(message, reply)
         seconds = timing.total_s
+        node = message.metadata.dst_node_id
         if self.carbon is not None:
-            node = message.metadata.dst_node_id
             self.carbon.charge(
                 node_id=node,
                 region=str(self.region_of(node)),
                 hour=self._slot(),
                 energy_kwh=client_energy_kwh(self.profile_of(node), timing),
             )
+        if self.profile_of(node).battery is not None:
+            joules = client_energy_kwh(self.profile_of(node), timing) * 3.6e6
+            if self.batteries.drain(self._index(node), joules, self._slot()):
+                self._stats.ran_flat += 1
+                reason = f"simulated device {node} ({self.profile_of(node).name}) ran flat"
+                return Message(
+                    Error(code=ErrorCode.NODE_UNAVAILABLE, reason=reason), reply_to=message
+                )
         self._stats.bytes_up += payload_bytes(reply)
         self._stats.seconds.append(seconds)
         if not write:
@@ -308,7 +335,12 @@ class SimulatedFleet:
         third-party apps only), ``bytes_down``/``bytes_up`` (array payload
         bytes sent to and received from devices), ``sim_median_s``/``sim_slowest_s``
         (device durations of the replies that came back: the stragglers); with a carbon
-        ledger, ``energy_kwh`` and ``co2_g`` (the round's total over its clients).
+        ledger, ``energy_kwh`` and ``co2_g`` (the round's total over its clients); with
+        batteries, ``battery_empty`` (instructions refused: battery at 0, not plugged in),
+        ``ran_flat`` (replies lost: the battery ran out during the instruction),
+        ``battery_low`` (battery devices online now under 20%, not charging: those
+        ``--selection battery-aware`` skips at its default ``min-battery``) and
+        ``battery_mean`` (mean state of charge).
         """
         s = self._stats
         stats: dict[str, float] = {
@@ -321,11 +353,31 @@ class SimulatedFleet:
         }
         if self.carbon is not None:
             stats.update(self.carbon.take_round())
+        if self.batteries.any:
+            stats.update(self._battery_stats(s))
         if s.seconds:
             stats["sim_median_s"] = float(np.median(s.seconds))
             stats["sim_slowest_s"] = float(max(s.seconds))
         self._stats = FleetStats()
         return stats
+
+    def _battery_stats(self, s: FleetStats) -> dict[str, float]:
+        slot = self._slot()
+        levels = self.batteries.level[~np.isnan(self.batteries.level)]
+        low = sum(
+            1
+            for i, spec in enumerate(self.batteries.specs)
+            if spec is not None
+            and self.batteries.level[i] < LOW_BATTERY
+            and not self.batteries.plugged(i, slot)
+            and self.online(self._base + i)
+        )
+        return {
+            "battery_empty": float(s.battery_empty),
+            "ran_flat": float(s.ran_flat),
+            "battery_low": float(low),
+            "battery_mean": round(float(levels.mean()), 4),
+        }
 
     def end_round(self, server_round: int, sim_time_s: float | None) -> None:
         """After ``server_round``: move the clock to the coordinator's simulated time, and
@@ -334,8 +386,10 @@ class SimulatedFleet:
         self.advance_to(max(scheduled, sim_time_s or 0.0))
 
     def advance_to(self, sim_time_s: float) -> None:
-        """Set the simulated clock (never backwards)."""
-        self.now_s = max(self.now_s, float(sim_time_s))
+        """Set the simulated clock (never backwards); batteries charge or drain meanwhile."""
+        new = max(self.now_s, float(sim_time_s))
+        self.batteries.advance(self.now_s, new, start_hour=self.start_hour)
+        self.now_s = new
 
 
 def _metric_int(reply: Message, key: str) -> int:

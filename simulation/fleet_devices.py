@@ -145,6 +145,7 @@ class SimulatedFleet:
                 chunk_window=chunk_window,
                 chunk_timeout_s=chunk_timeout_s,
                 durable=durable,
+                power_supply_dir=None,  # the host's battery is no simulated device's
             )
             self.agents.append(DeviceAgent(config, executor=self.executor, network=self.network))
         self._stop = threading.Event()

@@ -73,6 +73,8 @@ MAX_TEXT = 4096  # any string field (command_id: 128)
 # ``\Z``, not ``$``: ``$`` also matches before a trailing newline ("<64 hex>\n").
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
+# A grid region (``DE``, ``US-CAL-CISO``): letters, digits, '-' and '_', at most 32.
+_REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")
 
 Channel = Literal[
     "status", "heartbeat", "telemetry", "ack", "chunk-req", "feedback", "cmd", "chunk"
@@ -183,6 +185,7 @@ class Status:
     slot: str | None = None
     target: str | None = None
     agent: str = "fedfleet"
+    region: str | None = None
     type: Literal["status"] = "status"
 
 
@@ -203,6 +206,15 @@ class FeatureSummary:
 
 
 @dataclass(frozen=True)
+class Battery:
+    """The device's battery: state of charge ``level`` in [0, 1] and whether it is
+    ``charging`` (from ``/sys/class/power_supply`` on Linux)."""
+
+    level: float
+    charging: bool
+
+
+@dataclass(frozen=True)
 class Telemetry:
     """Inference summary over one window.
 
@@ -210,7 +222,9 @@ class Telemetry:
     milliseconds per call; ``predictions`` counts per predicted class; ``features`` the
     per-feature bin counts of the inputs (bins from the install command's
     ``telemetry_bins``; empty when none were given); ``errors`` the inference calls of
-    the window that raised (0 when left out: agents before it send none).
+    the window that raised (0 when left out: agents before it send none);
+    ``battery`` the device's battery now and ``region`` its grid region (optional, left
+    out when ``None``: reported by the device, so only a selection preference).
     """
 
     seq: int
@@ -222,6 +236,8 @@ class Telemetry:
     predictions: dict[str, int] = field(default_factory=dict)
     features: tuple[FeatureSummary, ...] = ()
     errors: int = 0
+    battery: Battery | None = None
+    region: str | None = None
     type: Literal["telemetry"] = "telemetry"
 
 
@@ -361,6 +377,10 @@ def encode(message: Message, *, schema: int = SCHEMA_VERSION) -> bytes:
         del body["via"]  # the default, left out: schema-1 fleets that predate it accept it
     if isinstance(message, Telemetry) and message.errors == 0:
         del body["errors"]  # the default, left out: fleets that predate it accept it
+    if isinstance(message, Status | Telemetry):
+        for name in ("battery", "region"):  # optional, left out when unknown
+            if body.get(name, 0) is None:
+                del body[name]
     if isinstance(message, Command) and message.signature is None:
         for name in _ENVELOPE_FIELDS:  # unsigned: left out, as agents before them expect
             if body[name] is None:
@@ -454,6 +474,13 @@ def check_message(message: Message) -> None:
             raise ProtocolError(f"unknown action {message.action!r}; expected one of {ACTIONS}")
     elif isinstance(message, Heartbeat):
         _check_seconds("uptime_s", message.uptime_s)
+    _check_common(message)
+
+
+def _check_common(message: Message) -> None:
+    """Ids in range; a device's region well-formed."""
+    if isinstance(message, Status | Telemetry) and message.region is not None:
+        check_region(message.region)
     for name in ("model_version_id", "rollout_id"):
         value = getattr(message, name, None)
         if value is not None and not 0 <= value <= MAX_ID:
@@ -514,6 +541,23 @@ def _check_telemetry(message: Telemetry) -> None:
         raise ProtocolError(f"features: at most {MAX_FEATURES} features of {MAX_BINS} bins")
     if any(not 0 <= c <= MAX_COUNT for f in message.features for c in f.counts):
         raise ProtocolError(f"feature bin counts must be in 0..{MAX_COUNT}")
+    if message.battery is not None:
+        _check_battery(message.battery)
+
+
+def check_region(region: str) -> None:
+    """Refuse a grid region that is not 1-32 letters, digits, '-' or '_'."""
+    if not isinstance(region, str) or not _REGION.match(region):
+        raise ProtocolError(
+            "region must be 1-32 letters, digits, '-' or '_' (a grid region: DE, US-CAL-CISO)"
+        )
+
+
+def _check_battery(battery: Battery) -> None:
+    if not 0.0 <= battery.level <= 1.0:  # also refuses NaN
+        raise ProtocolError(
+            f"telemetry battery level must be in [0, 1] (state of charge), got {battery.level!r}"
+        )
 
 
 def _check_feedback(message: Feedback) -> None:
@@ -635,6 +679,7 @@ def _field_checks(cls: Any) -> dict[str, Any]:
             "slot": "opt_str",
             "target": "opt_str",
             "agent": str,
+            "region": "region",
             "type": str,
         },
         Heartbeat: {"uptime_s": "num", "model_version_id": "opt_int", "type": str},
@@ -648,6 +693,8 @@ def _field_checks(cls: Any) -> dict[str, Any]:
             "predictions": "counts",
             "features": "features",
             "errors": "int",
+            "battery": "battery",
+            "region": "region",
             "type": str,
         },
         Feedback: {
@@ -809,6 +856,23 @@ def _to_bins(name: str, value: Any) -> tuple[tuple[float, ...], ...]:
     return tuple(tuple(float(v) for v in row) for row in value)
 
 
+def _to_region(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _wrong_type(name, value)
+    return value  # the pattern is checked by check_message
+
+
+def _to_battery(name: str, value: Any) -> Battery:
+    if (
+        not isinstance(value, dict)
+        or set(value) != {"level", "charging"}
+        or not _is_num(value["level"])
+        or not isinstance(value["charging"], bool)
+    ):
+        raise _wrong_type(name, value)
+    return Battery(level=float(value["level"]), charging=value["charging"])
+
+
 def _to_artifact(name: str, value: Any) -> ArtifactRef | None:
     if value is None:
         return None
@@ -852,6 +916,8 @@ _CONVERTERS: dict[Any, Callable[[str, Any], Any]] = {
     "bins": _to_bins,
     "artifact": _to_artifact,
     "labels": _to_labels,
+    "battery": _to_battery,
+    "region": _to_region,
 }
 
 

@@ -47,6 +47,9 @@ _COLUMNS = (
     _D.enrolled_at,
     _D.enrolled_by,
     _D.retired_at,
+    _D.battery_level,
+    _D.battery_charging,
+    _D.region,
 )
 _FROM = Device.__table__.outerjoin(Group.__table__, _G.id == _D.group_id)  # type: ignore[attr-defined]
 
@@ -174,6 +177,9 @@ def device_page(
             "enrolled_at": enrolled_at,
             "enrolled_by": enrolled_by,
             "retired_at": retired_at,
+            "battery_level": battery_level,
+            "battery_charging": battery_charging,
+            "region": region,
         }
         for (
             device_id,
@@ -187,6 +193,9 @@ def device_page(
             enrolled_at,
             enrolled_by,
             retired_at,
+            battery_level,
+            battery_charging,
+            region,
         ) in rows
     ]
     total = None

@@ -132,6 +132,9 @@ def to_public(
         enrolled_at=device.enrolled_at,
         enrolled_by=device.enrolled_by,
         retired_at=device.retired_at,
+        battery_level=device.battery_level,
+        battery_charging=device.battery_charging,
+        region=device.region,
     )
 
 

@@ -180,6 +180,11 @@ class Device(DeviceBase, table=True):
     reported_status: ReportedStatus | None = Field(default=None, sa_type=enum_type(ReportedStatus))
     model_version_id: int | None = Field(default=None, foreign_key="model_versions.id", index=True)
     retired_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # What the device last reported (telemetry battery; status/telemetry region): its own
+    # claim, used only as a selection preference (docs/security.md).
+    battery_level: float | None = Field(default=None)
+    battery_charging: bool | None = Field(default=None)
+    region: str | None = Field(default=None, max_length=32)
 
 
 class DevicePublic(DeviceBase):
@@ -193,6 +198,15 @@ class DevicePublic(DeviceBase):
     enrolled_at: datetime
     enrolled_by: str
     retired_at: datetime | None
+    battery_level: float | None = PydanticField(
+        default=None, description="State of charge 0..1 the device last reported; null: none."
+    )
+    battery_charging: bool | None = PydanticField(
+        default=None, description="Whether it last reported charging; null: no battery."
+    )
+    region: str | None = PydanticField(
+        default=None, description="Grid region the device last reported (DE, US-CAL-CISO)."
+    )
 
 
 class DevicePage(FleetModel):

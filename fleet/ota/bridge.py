@@ -599,8 +599,10 @@ class FleetBridge:
         telemetry: list[dict[str, Any]] = []
         feedback: list[dict[str, Any]] = []
         acks: list[tuple[str, proto.Ack]] = []
+        power: dict[str, dict[str, Any]] = {}  # device -> latest battery/region it reported
         counts = {"statuses": 0, "heartbeats": 0, "acks": 0}
         for device_id, _topic, message in decoded:
+            _note_power(power, device_id, message)
             if isinstance(message, proto.Status):
                 counts["statuses"] += 1
                 if message.online:
@@ -641,6 +643,7 @@ class FleetBridge:
             ]
             if running:  # one executemany UPDATE by primary key (was one per device)
                 session.connection().execute(_RUNNING, running)  # Core: see _ACKED
+            _write_power(session, {d: v for d, v in power.items() if d in known})
             rows = [r for r in telemetry if r["device_id"] in known]
             insert_telemetry(session, rows)  # one COPY on PostgreSQL
             insert_feedback(session, [r for r in feedback if r["device_id"] in known])
@@ -783,3 +786,25 @@ def _one_of(session: Any, column: Any, values: set[str]) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return column == any_(bindparam(None, sorted(values), type_=ARRAY(String)))
     return col(column).in_(sorted(values))
+
+
+def _note_power(power: dict[str, dict[str, Any]], device_id: str, message: proto.Message) -> None:
+    """Keep the latest battery and region a device's status or telemetry reports."""
+    if not isinstance(message, proto.Status | proto.Telemetry):
+        return
+    latest = power.setdefault(device_id, {})
+    if message.region is not None:
+        latest["region"] = message.region
+    if isinstance(message, proto.Telemetry) and message.battery is not None:
+        latest["battery_level"] = message.battery.level
+        latest["battery_charging"] = message.battery.charging
+
+
+def _write_power(session: Any, power: dict[str, dict[str, Any]]) -> None:
+    """One executemany UPDATE by primary key per set of reported fields."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for device_id, fields in sorted(power.items()):
+        if fields:
+            groups.setdefault(tuple(sorted(fields)), []).append({"id": device_id, **fields})
+    for rows in groups.values():
+        session.execute(update(Device), rows)

@@ -14,6 +14,8 @@ duplicates. A profile gives
   transferring (``idle-w``), battery capacity in Wh (``battery-wh``, 0 = mains
   powered), and a default grid ``region`` for carbon accounting (``simulation.carbon``).
   Profiles without it still load; carbon accounting then asks for it.
+- battery (optional ``[battery]``): capacity, start level, charging schedule and the
+  owner's own draw (:mod:`simulation.battery`); needs ``[power]`` watts.
 
 :func:`client_duration_s` is the one timing model: the seconds a device needs to
 download an instruction, compute and upload its reply. The simulator stamps it on
@@ -31,6 +33,8 @@ from typing import Any, Literal
 
 import numpy as np
 import tomllib
+
+from simulation.battery import BatterySpec
 
 PROFILE_DIR = Path(__file__).parent
 REFERENCE_PROFILE = "cpu-x86"  # relative speeds are measured against this profile
@@ -59,6 +63,7 @@ class DeviceProfile:
     idle_w: float | None = None
     battery_wh: float = 0.0
     region: str | None = None
+    battery: BatterySpec | None = None
     source: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +91,8 @@ class DeviceProfile:
                 raise ValueError(f"{where}: {key} must be a number of watts >= 0, got {watts!r}")
         if not (self.battery_wh >= 0 and math.isfinite(self.battery_wh)):
             raise ValueError(f"{where}: power.battery-wh must be >= 0 (0 = mains powered)")
+        if self.battery is not None and (self.train_w is None or self.idle_w is None):
+            raise ValueError(f"{where}: [battery] needs [power] train-w and idle-w (its drain)")
         for p in (*self.hourly_availability, self.dropout):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{where}: probabilities must lie in [0, 1], got {p!r}")
@@ -125,6 +132,7 @@ class DeviceProfile:
                 idle_w=_watts(raw.get("power", {}), "idle-w"),
                 battery_wh=float(raw.get("power", {}).get("battery-wh", 0.0)),
                 region=_region(raw.get("power", {})),
+                battery=_battery(raw),
                 source=path,
             )
         except KeyError as exc:
@@ -137,6 +145,17 @@ def _watts(power: Mapping[str, Any], key: str) -> float | None:
     """An optional ``[power]`` wattage."""
     value = power.get(key)
     return None if value is None else float(value)
+
+
+def _battery(raw: Mapping[str, Any]) -> BatterySpec | None:
+    """The optional ``[battery]`` model (capacity defaults to ``[power] battery-wh``)."""
+    table = raw.get("battery")
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ValueError("[battery] must be a table")
+    default = float(raw.get("power", {}).get("battery-wh", 0.0))
+    return BatterySpec.from_table(table, default_capacity_wh=default)
 
 
 def _region(power: Mapping[str, Any]) -> str | None:

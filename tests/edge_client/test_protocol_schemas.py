@@ -117,6 +117,10 @@ texts = st.text(max_size=40) | st.sampled_from(["", "x" * proto.MAX_TEXT])
 opt_texts = st.none() | texts
 command_ids = st.text(min_size=1, max_size=128)
 shas = st.text("0123456789abcdef", min_size=64, max_size=64)
+regions = st.none() | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", fullmatch=True)
+batteries = st.none() | st.builds(
+    proto.Battery, level=st.floats(0, 1, allow_nan=False), charging=st.booleans()
+)
 
 
 @st.composite
@@ -167,6 +171,7 @@ messages = st.one_of(
         slot=opt_texts,
         target=opt_texts,
         agent=texts,
+        region=regions,
     ),
     st.builds(proto.Heartbeat, uptime_s=seconds, model_version_id=ids),
     st.builds(
@@ -183,6 +188,8 @@ messages = st.one_of(
             max_size=3,
         ).map(tuple),
         errors=counts,
+        battery=batteries,
+        region=regions,
     ),
     st.builds(
         proto.Feedback,
@@ -241,9 +248,25 @@ json_scalars = st.one_of(
     st.integers(-(2**40), 2**40),
     st.sampled_from([0, -1, proto.MAX_COUNT, proto.MAX_COUNT + 1, 2**53, proto.MAX_BINS]),
     st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer()),
+    st.sampled_from([0.5, 1.5, -0.5, 1.0000001]),
     st.text(max_size=8),
     st.sampled_from(
-        ["", "x" * 64, "x" * 65, "x" * 128, "x" * 129, "x" * 4097, SHA, SHA + "\n", "artifact"]
+        [
+            "",
+            "DE",
+            "DE\n",
+            "x" * 32,
+            "x" * 33,
+            "-DE",
+            "x" * 64,
+            "x" * 65,
+            "x" * 128,
+            "x" * 129,
+            "x" * 4097,
+            SHA,
+            SHA + "\n",
+            "artifact",
+        ]
     ),
     st.sampled_from(proto.ACTIONS + proto.VIAS),
 )
@@ -274,7 +297,10 @@ def _mutate(doc: Any) -> st.SearchStrategy[Any]:
             st.sampled_from(keys).flatmap(lambda k: _mutate(doc[k]).map(lambda v: {**doc, k: v})),
             st.sampled_from(keys).map(lambda k: {x: y for x, y in doc.items() if x != k}),
             st.tuples(
-                st.sampled_from(["evil", "error", "via", "artifact", "signature"]), json_values
+                st.sampled_from(
+                    ["evil", "error", "via", "artifact", "signature", "battery", "region", "level"]
+                ),
+                json_values,
             ).map(lambda kv: {**doc, kv[0]: kv[1]}),
             json_values,
         )

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012_feedback_digest"
-down_revision = "0011_telemetry_digest"
+down_revision = "0010_device_battery_region"
 branch_labels = None
 depends_on = None
 
