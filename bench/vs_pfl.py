@@ -13,12 +13,17 @@ trains on (exported here). The venv is made on demand under ``--pfl-venv`` (defa
 then ``pip install torch==2.13.0`` first (the CPU wheel: an unpinned torch would pull
 CUDA), then ``pip install pfl==0.6.0``.
 
+``--baseline ROOT`` also runs fedfleet from another checkout (``PYTHONPATH=ROOT``, e.g.
+the commit before a change) in the same run: a before/after under the same load.
+Both sides' rounds end with a central evaluation of the new global model on the test
+split (fedfleet's round does; the pfl peer does the same work in its round callback).
+
 Prints per configuration: steady round (median of rounds 2..R) of each, the ratio
 fedfleet/pfl (goal <= 0.5, met/not met), peak RSS of each (goal: fedfleet's <= pfl's),
 final test accuracy of each. Not the same final model: pfl samples its own cohorts and
 orders minibatches its own way, so accuracies agree statistically, not exactly.
 
-    python bench/vs_pfl.py [--cohorts 10,100,1000] [--epochs 1,5] [--rounds 4]
+    python bench/vs_pfl.py [--cohorts 10,100,1000] [--epochs 1,5] [--rounds 4] [--baseline ROOT]
 """
 
 from __future__ import annotations
@@ -118,8 +123,19 @@ def steady(times: list[float]) -> float:
     return rest[len(rest) // 2]
 
 
-def run_fedfleet(args: argparse.Namespace, task: str, cohort: int, epochs: int, out: Path) -> dict:
+def run_fedfleet(
+    args: argparse.Namespace,
+    task: str,
+    cohort: int,
+    epochs: int,
+    out: Path,
+    root: Path | None = None,
+) -> dict:
+    """``fedfleet simulate`` of one configuration (from checkout ``root`` if given)."""
     cmd = [sys.executable, "-c", MEASURE, *FEDFLEET, "simulate"]
+    env = dict(os.environ)
+    if root is not None:
+        env["PYTHONPATH"] = str(root)
     if task.startswith("hf:"):
         _, _, data_dir = task.partition("@")
         cmd += ["--dataset", "cifar10", "--data-dir", data_dir, "--partition", "iid"]
@@ -128,7 +144,7 @@ def run_fedfleet(args: argparse.Namespace, task: str, cohort: int, epochs: int, 
     cmd += ["--clients", str(args.clients), "--clients-per-round", str(cohort)]
     cmd += ["--rounds", str(args.rounds), "--local-epochs", str(epochs), "--threads", "1"]
     cmd += ["--seed", "0", "--quiet", "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, check=False)
     if proc.returncode:
         sys.exit(f"fedfleet failed:\n{proc.stderr[-2000:]}")
     metrics = json.loads((out / "metrics.json").read_text())["rounds"]
@@ -165,11 +181,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10000, help="cifar: training rows")
     cache = Path(os.environ.get("FEDFLEET_CACHE_DIR", Path.home() / ".cache" / "fedfleet"))
     parser.add_argument("--pfl-venv", type=Path, default=cache / "pfl-venv")
+    parser.add_argument(
+        "--baseline", type=Path, help="also run fedfleet from this checkout (before/after)"
+    )
     args = parser.parse_args()
+    if args.baseline is not None and not (args.baseline / "fedfleet" / "cli.py").is_file():
+        sys.exit(f"--baseline {args.baseline}: not a fedfleet checkout (no fedfleet/cli.py)")
     python = pfl_python(args.pfl_venv)
     print(
         f"{'cohort':>6} {'ep':>3} {'fedfleet s':>10} {'pfl s':>8} {'ratio':>6} {'goal<=0.5':>9}"
         f" {'ff MiB':>7} {'pfl MiB':>7} {'mem':>7} {'ff acc':>6} {'pfl acc':>7}"
+        f"{' before s  MiB  acc' if args.baseline else ''} {'load':>5}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "clients.npz"
@@ -179,12 +201,17 @@ def main() -> None:
             for epochs in [int(e) for e in args.epochs.split(",")]:
                 ff = run_fedfleet(args, task, cohort, epochs, Path(tmp) / f"ff-{cohort}-{epochs}")
                 pf = run_pfl(python, data, args, cohort, epochs)
+                before = ""
+                if args.baseline is not None:
+                    out = Path(tmp) / f"before-{cohort}-{epochs}"
+                    old = run_fedfleet(args, task, cohort, epochs, out, root=args.baseline)
+                    before = f" {old['steady']:>8.3f} {old['peak']:>4.0f} {old['acc']:>4.3f}"
                 ratio = ff["steady"] / pf["steady"]
                 print(
                     f"{cohort:>6} {epochs:>3} {ff['steady']:>10.3f} {pf['steady']:>8.3f} {ratio:>6.2f}"
                     f" {'met' if ratio <= 0.5 else 'NOT met':>9} {ff['peak']:>7.0f} {pf['peak']:>7.0f}"
                     f" {'met' if ff['peak'] <= pf['peak'] else 'NOT met':>7}"
-                    f" {ff['acc']:>6.3f} {pf['acc']:>7.3f}",
+                    f" {ff['acc']:>6.3f} {pf['acc']:>7.3f}{before} {os.getloadavg()[0]:>5.1f}",
                     flush=True,
                 )
 
