@@ -203,3 +203,22 @@ def test_bad_jobs_are_refused() -> None:
         train_batched([TrainJob(model, data.x_train[:4], data.y_train[:4], 0, 4, 0.1, 0)])
     with pytest.raises(ValueError, match="same number of samples"):
         train_batched([TrainJob(model, data.x_train[:4], data.y_train[:3], 1, 4, 0.1, 0)])
+
+
+def test_a_reused_model_whose_parameter_was_replaced_trains_its_new_parameter() -> None:
+    # Setup: two clients trained once (their module walks are now cached), then a
+    # parameter of a submodule replaced by a new one, as a model surgery would.
+    jobs, _ = _jobs_and_references("breast-cancer-mlp", [20, 25])
+    train_batched(jobs)
+    model = jobs[0].model
+    holder = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    holder.weight = nn.Parameter(torch.zeros_like(holder.weight))
+    reference = copy.deepcopy(model)
+    second = [TrainJob(j.model, j.x, j.y, 1, 16, 0.05, 7 + c) for c, j in enumerate(jobs)]
+    # Execute: a second batched training of the same model objects.
+    train_batched(second)
+    train_local(reference, jobs[0].x, jobs[0].y, epochs=1, batch_size=16, learning_rate=0.05, seed=7)
+    # Assert: the new parameter is the one trained, exactly as one-by-one training.
+    assert not torch.equal(holder.weight, torch.zeros_like(holder.weight))
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=PARAM_TOL)
