@@ -217,7 +217,9 @@ def test_a_reused_model_whose_parameter_was_replaced_trains_its_new_parameter() 
     second = [TrainJob(j.model, j.x, j.y, 1, 16, 0.05, 7 + c) for c, j in enumerate(jobs)]
     # Execute: a second batched training of the same model objects.
     train_batched(second)
-    train_local(reference, jobs[0].x, jobs[0].y, epochs=1, batch_size=16, learning_rate=0.05, seed=7)
+    train_local(
+        reference, jobs[0].x, jobs[0].y, epochs=1, batch_size=16, learning_rate=0.05, seed=7
+    )
     # Assert: the new parameter is the one trained, exactly as one-by-one training.
     assert not torch.equal(holder.weight, torch.zeros_like(holder.weight))
     for a, b in zip(model.parameters(), reference.parameters(), strict=True):
