@@ -213,7 +213,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.baseline is not None and not (args.baseline / "fedfleet" / "cli.py").is_file():
-        sys.exit(f"--baseline {args.baseline}: not a fedfleet checkout (no fedfleet/cli.py)")
+        print(
+            f"--baseline {args.baseline}: not a fedfleet checkout (no fedfleet/cli.py); "
+            "give the root of one, e.g. from `git worktree add /tmp/before HEAD~1`",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     python = pfl_python(args.pfl_venv)
     print(HEADER + (" | before: cpu s  wall s   MiB   acc" if args.baseline else "") + "  load")
     with tempfile.TemporaryDirectory() as tmp:
