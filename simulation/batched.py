@@ -65,23 +65,30 @@ BATCH_MEMORY_ENV = "FEDFLEET_BATCH_MEMORY_MIB"
 @dataclass
 class _ModelWalk:
     """What a model's module walk gives, found once per model object: its named
-    parameters (with the submodule holding each) and its submodules. A simulated
-    client's model comes from ``tasks.model_pool`` and is reused round after round, so
-    walking its module tree for every job (``named_parameters``, ``modules``) was a
-    per-client cost of every round; :func:`_walk` re-walks a model whose parameters
-    were replaced since."""
+    parameters and its submodules. A simulated client's model comes from
+    ``tasks.model_pool`` and is reused round after round, so walking its module tree
+    for every job (``named_parameters``, ``modules``) was a per-client cost of every
+    round. :func:`_walk` walks again a model whose structure changed since: a
+    parameter or submodule of any of its modules added, removed or replaced."""
 
     named: list[tuple[str, nn.Parameter]]
-    # (holder, attribute) of each parameter; holder None: the model itself (a weak
-    # key's value must not refer to its key)
-    holders: list[tuple[nn.Module | None, str]]
-    children: list[nn.Module]  # submodules, the model itself excluded
+    children: list[nn.Module]  # submodules, the model itself excluded (a weak key's
+    # value must not refer to its key)
+    # per module (the model, then ``children``): ids of its direct submodules and
+    # parameters. The objects stay alive through ``named``/``children``, so an id
+    # seen here cannot be reused by a newer object.
+    shape: list[tuple[tuple[int, ...], tuple[int, ...]]]
+
+    @staticmethod
+    def of(module: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Ids of ``module``'s direct submodules and of its own parameters."""
+        return tuple(map(id, module._modules.values())), tuple(map(id, module._parameters.values()))
 
     def current(self, model: nn.Module) -> bool:
-        """Whether every parameter is still the one the model holds."""
-        return all(
-            (model if holder is None else holder)._parameters.get(attr) is param
-            for (holder, attr), (_, param) in zip(self.holders, self.named, strict=True)
+        """Whether ``model``'s modules still hold exactly these submodules and parameters."""
+        of = self.of
+        return of(model) == self.shape[0] and all(
+            of(m) == seen for m, seen in zip(self.children, self.shape[1:], strict=True)
         )
 
 
@@ -93,13 +100,9 @@ def _walk(model: nn.Module) -> _ModelWalk:
     walk = _WALKS.get(model)
     if walk is not None and walk.current(model):
         return walk
-    named = list(model.named_parameters())
-    holders: list[tuple[nn.Module | None, str]] = []
-    for name, _ in named:
-        path, _, attr = name.rpartition(".")
-        holder = model.get_submodule(path) if path else None
-        holders.append((holder, attr))
-    walk = _ModelWalk(named, holders, [m for m in model.modules() if m is not model])
+    children = [m for m in model.modules() if m is not model]
+    shape = [_ModelWalk.of(m) for m in (model, *children)]
+    walk = _ModelWalk(list(model.named_parameters()), children, shape)
     _WALKS[model] = walk
     return walk
 
