@@ -13,12 +13,20 @@ trains on (exported here). The venv is made on demand under ``--pfl-venv`` (defa
 then ``pip install torch==2.13.0`` first (the CPU wheel: an unpinned torch would pull
 CUDA), then ``pip install pfl==0.6.0``.
 
-Prints per configuration: steady round (median of rounds 2..R) of each, the ratio
-fedfleet/pfl (goal <= 0.5, met/not met), peak RSS of each (goal: fedfleet's <= pfl's),
+``--baseline ROOT`` also runs fedfleet from another checkout (``PYTHONPATH=ROOT``, e.g.
+the commit before a change) in the same run: a before/after under the same load.
+Both sides' rounds end with a central evaluation of the new global model on the test
+split (fedfleet's round does; the pfl peer does the same work in its round callback).
+
+Prints per configuration: steady round (median of rounds 2..R) of each in process CPU
+seconds (fedfleet: the coordinator's round; pfl: its central iteration) and in wall
+seconds, the ratios fedfleet/pfl (goal <= 0.5, judged on CPU seconds: on a shared
+machine the load stretches wall times by 2x and more between two runs of the same
+thing, and the work is what is compared), peak RSS of each (goal: fedfleet's <= pfl's),
 final test accuracy of each. Not the same final model: pfl samples its own cohorts and
 orders minibatches its own way, so accuracies agree statistically, not exactly.
 
-    python bench/vs_pfl.py [--cohorts 10,100,1000] [--epochs 1,5] [--rounds 4]
+    python bench/vs_pfl.py [--cohorts 10,100,1000] [--epochs 1,5] [--rounds 4] [--baseline ROOT]
 """
 
 from __future__ import annotations
@@ -34,7 +42,24 @@ from pathlib import Path
 
 import numpy as np
 
-FEDFLEET = [sys.executable, "-c", "from fedfleet.cli import main; main()"]
+# ``fedfleet simulate``, with each round's process CPU seconds appended to the file named
+# by $VS_PFL_ROUND_CPU (the coordinator's round, the span metrics.json's duration_s times).
+FEDFLEET_ROUND_CPU = """
+import json, os, time
+import coordinator.loop as loop
+one_round = loop.RoundLoop._one_round
+def timed(self, *args, **kwargs):
+    start = time.process_time()
+    try:
+        return one_round(self, *args, **kwargs)
+    finally:
+        with open(os.environ["VS_PFL_ROUND_CPU"], "a") as out:
+            out.write(json.dumps(time.process_time() - start) + "\\n")
+loop.RoundLoop._one_round = timed
+from fedfleet.cli import main
+main()
+"""
+FEDFLEET = [sys.executable, "-c", FEDFLEET_ROUND_CPU]
 MEASURE = (
     "import resource, subprocess, sys\n"
     "code = subprocess.run(sys.argv[1:]).returncode\n"
@@ -118,8 +143,19 @@ def steady(times: list[float]) -> float:
     return rest[len(rest) // 2]
 
 
-def run_fedfleet(args: argparse.Namespace, task: str, cohort: int, epochs: int, out: Path) -> dict:
+def run_fedfleet(
+    args: argparse.Namespace,
+    task: str,
+    cohort: int,
+    epochs: int,
+    out: Path,
+    root: Path | None = None,
+) -> dict:
+    """``fedfleet simulate`` of one configuration (from checkout ``root`` if given)."""
     cmd = [sys.executable, "-c", MEASURE, *FEDFLEET, "simulate"]
+    env = dict(os.environ, VS_PFL_ROUND_CPU=str(out) + ".cpu")
+    if root is not None:
+        env["PYTHONPATH"] = str(root)
     if task.startswith("hf:"):
         _, _, data_dir = task.partition("@")
         cmd += ["--dataset", "cifar10", "--data-dir", data_dir, "--partition", "iid"]
@@ -128,13 +164,19 @@ def run_fedfleet(args: argparse.Namespace, task: str, cohort: int, epochs: int, 
     cmd += ["--clients", str(args.clients), "--clients-per-round", str(cohort)]
     cmd += ["--rounds", str(args.rounds), "--local-epochs", str(epochs), "--threads", "1"]
     cmd += ["--seed", "0", "--quiet", "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, check=False)
     if proc.returncode:
         sys.exit(f"fedfleet failed:\n{proc.stderr[-2000:]}")
     metrics = json.loads((out / "metrics.json").read_text())["rounds"]
     peak = int(re.search(r"MAXRSS_KB (\d+)", proc.stdout).group(1)) / 1024  # type: ignore[union-attr]
     times = [r["duration_s"] for r in metrics]
-    return {"steady": steady(times), "peak": peak, "acc": metrics[-1]["accuracy"]}
+    cpu = [float(line) for line in Path(str(out) + ".cpu").read_text().split()]
+    return {
+        "steady": steady(times),
+        "cpu": steady(cpu),
+        "peak": peak,
+        "acc": metrics[-1]["accuracy"],
+    }
 
 
 def run_pfl(python: Path, data: Path, args: argparse.Namespace, cohort: int, epochs: int) -> dict:
@@ -150,6 +192,7 @@ def run_pfl(python: Path, data: Path, args: argparse.Namespace, cohort: int, epo
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     return {
         "steady": steady(result["rounds_s"]),
+        "cpu": steady(result["rounds_cpu_s"]),
         "peak": result["peak_mib"],
         "acc": result["accuracy"],
     }
@@ -165,12 +208,19 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10000, help="cifar: training rows")
     cache = Path(os.environ.get("FEDFLEET_CACHE_DIR", Path.home() / ".cache" / "fedfleet"))
     parser.add_argument("--pfl-venv", type=Path, default=cache / "pfl-venv")
-    args = parser.parse_args()
-    python = pfl_python(args.pfl_venv)
-    print(
-        f"{'cohort':>6} {'ep':>3} {'fedfleet s':>10} {'pfl s':>8} {'ratio':>6} {'goal<=0.5':>9}"
-        f" {'ff MiB':>7} {'pfl MiB':>7} {'mem':>7} {'ff acc':>6} {'pfl acc':>7}"
+    parser.add_argument(
+        "--baseline", type=Path, help="also run fedfleet from this checkout (before/after)"
     )
+    args = parser.parse_args()
+    if args.baseline is not None and not (args.baseline / "fedfleet" / "cli.py").is_file():
+        print(
+            f"--baseline {args.baseline}: not a fedfleet checkout (no fedfleet/cli.py); "
+            "give the root of one, e.g. from `git worktree add /tmp/before HEAD~1`",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    python = pfl_python(args.pfl_venv)
+    print(HEADER + (" | before: cpu s  wall s   MiB   acc" if args.baseline else "") + "  load")
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "clients.npz"
         task = WORKLOADS[args.workload][0] or synthetic_cifar(Path(tmp), args.rows, 0)
@@ -179,14 +229,36 @@ def main() -> None:
             for epochs in [int(e) for e in args.epochs.split(",")]:
                 ff = run_fedfleet(args, task, cohort, epochs, Path(tmp) / f"ff-{cohort}-{epochs}")
                 pf = run_pfl(python, data, args, cohort, epochs)
-                ratio = ff["steady"] / pf["steady"]
-                print(
-                    f"{cohort:>6} {epochs:>3} {ff['steady']:>10.3f} {pf['steady']:>8.3f} {ratio:>6.2f}"
-                    f" {'met' if ratio <= 0.5 else 'NOT met':>9} {ff['peak']:>7.0f} {pf['peak']:>7.0f}"
-                    f" {'met' if ff['peak'] <= pf['peak'] else 'NOT met':>7}"
-                    f" {ff['acc']:>6.3f} {pf['acc']:>7.3f}",
-                    flush=True,
-                )
+                line = row(cohort, epochs, ff, pf)
+                if args.baseline is not None:
+                    out = Path(tmp) / f"before-{cohort}-{epochs}"
+                    old = run_fedfleet(args, task, cohort, epochs, out, root=args.baseline)
+                    line += (
+                        f" | {old['cpu']:>13.3f} {old['steady']:>7.3f}"
+                        f" {old['peak']:>5.0f} {old['acc']:>5.3f}"
+                    )
+                print(f"{line} {os.getloadavg()[0]:>5.1f}", flush=True)
+
+
+HEADER = (
+    f"{'cohort':>6} {'ep':>3} {'ff cpu s':>8} {'pfl cpu s':>9} {'ratio':>5} {'goal<=0.5':>9}"
+    f" {'ff wall':>7} {'pfl wall':>8} {'ratio':>5} {'ff MiB':>6} {'pfl MiB':>7} {'mem':>7}"
+    f" {'ff acc':>6} {'pfl acc':>7}"
+)
+
+
+def row(cohort: int, epochs: int, ff: dict, pf: dict) -> str:
+    """One configuration's line: steady round in process CPU seconds (the goal's
+    measure: a loaded machine stretches wall time, not the work) and in wall seconds,
+    peak RSS, final accuracy."""
+    cpu, wall = ff["cpu"] / pf["cpu"], ff["steady"] / pf["steady"]
+    return (
+        f"{cohort:>6} {epochs:>3} {ff['cpu']:>8.3f} {pf['cpu']:>9.3f} {cpu:>5.2f}"
+        f" {'met' if cpu <= 0.5 else 'NOT met':>9} {ff['steady']:>7.3f} {pf['steady']:>8.3f}"
+        f" {wall:>5.2f} {ff['peak']:>6.0f} {pf['peak']:>7.0f}"
+        f" {'met' if ff['peak'] <= pf['peak'] else 'NOT met':>7}"
+        f" {ff['acc']:>6.3f} {pf['acc']:>7.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextvars
 import math
 import os
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,51 @@ _STATEFUL_OR_RANDOM: tuple[type[nn.Module], ...] = (
 # is trained in consecutive chunks that fit. ``FEDFLEET_BATCH_MEMORY_MIB`` overrides it.
 DEFAULT_BATCH_MEMORY_MIB = 128
 BATCH_MEMORY_ENV = "FEDFLEET_BATCH_MEMORY_MIB"
+
+
+@dataclass
+class _ModelWalk:
+    """What a model's module walk gives, found once per model object: its named
+    parameters and its submodules. A simulated client's model comes from
+    ``tasks.model_pool`` and is reused round after round, so walking its module tree
+    for every job (``named_parameters``, ``modules``) was a per-client cost of every
+    round. :func:`_walk` walks again a model whose structure changed since: a
+    parameter or submodule of any of its modules added, removed or replaced."""
+
+    named: list[tuple[str, nn.Parameter]]
+    children: list[nn.Module]  # submodules, the model itself excluded (a weak key's
+    # value must not refer to its key)
+    # per module (the model, then ``children``): ids of its direct submodules and
+    # parameters. The objects stay alive through ``named``/``children``, so an id
+    # seen here cannot be reused by a newer object.
+    shape: list[tuple[tuple[int, ...], tuple[int, ...]]]
+
+    @staticmethod
+    def of(module: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Ids of ``module``'s direct submodules and of its own parameters."""
+        return tuple(map(id, module._modules.values())), tuple(map(id, module._parameters.values()))
+
+    def current(self, model: nn.Module) -> bool:
+        """Whether ``model``'s modules still hold exactly these submodules and parameters."""
+        of = self.of
+        return of(model) == self.shape[0] and all(
+            of(m) == seen for m, seen in zip(self.children, self.shape[1:], strict=True)
+        )
+
+
+_WALKS: weakref.WeakKeyDictionary[nn.Module, _ModelWalk] = weakref.WeakKeyDictionary()
+
+
+def _walk(model: nn.Module) -> _ModelWalk:
+    """``model``'s named parameters and submodules, cached per model object."""
+    walk = _WALKS.get(model)
+    if walk is not None and walk.current(model):
+        return walk
+    children = [m for m in model.modules() if m is not model]
+    shape = [_ModelWalk.of(m) for m in (model, *children)]
+    walk = _ModelWalk(list(model.named_parameters()), children, shape)
+    _WALKS[model] = walk
+    return walk
 
 
 def batch_memory_bytes() -> int:
@@ -176,7 +222,7 @@ def train_batched(
         if len(job.x) == 0:
             results[i] = TrainResult(num_examples=0, loss=float("nan"), steps=0)
             continue
-        params = list(job.model.named_parameters())
+        params = _walk(job.model).named
         key = (type(job.model), tuple((n, tuple(p.shape)) for n, p in params), job.batch_size)
         verdict = verdicts.get(key)
         if verdict is None:
@@ -307,8 +353,9 @@ def _start_group(
     template = jobs[0].model
     names = [name for name, _ in named[0]]
     for job in jobs:  # train_local's model.train(), skipped where it changes nothing
-        if not all(m.training for m in job.model.modules()):
-            job.model.train()
+        model = job.model
+        if not (model.training and all(m.training for m in _walk(model).children)):
+            model.train()
     with torch.no_grad():
         stacked = {
             name: torch.stack([params[j].detach() for params in own_params])

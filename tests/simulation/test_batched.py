@@ -203,3 +203,30 @@ def test_bad_jobs_are_refused() -> None:
         train_batched([TrainJob(model, data.x_train[:4], data.y_train[:4], 0, 4, 0.1, 0)])
     with pytest.raises(ValueError, match="same number of samples"):
         train_batched([TrainJob(model, data.x_train[:4], data.y_train[:3], 1, 4, 0.1, 0)])
+
+
+@pytest.mark.parametrize("surgery", ["parameter", "submodule"])
+def test_a_reused_model_changed_in_place_trains_its_new_weights(surgery: str) -> None:
+    # Setup: two clients trained once (their module walks are now cached), then the
+    # first model changed in place: a parameter replaced, or a layer replaced.
+    jobs, _ = _jobs_and_references("breast-cancer-mlp", [20, 25])
+    train_batched(jobs)
+    model = jobs[0].model
+    assert isinstance(model, nn.Sequential)
+    if surgery == "parameter":
+        model[2].weight = nn.Parameter(torch.zeros_like(model[2].weight))
+    else:
+        model[2] = nn.Linear(32, 2)
+        torch.nn.init.zeros_(model[2].weight)
+    new_weight = model[2].weight
+    reference = copy.deepcopy(model)
+    second = [TrainJob(j.model, j.x, j.y, 1, 16, 0.05, 7 + c) for c, j in enumerate(jobs)]
+    # Execute: a second batched training of the same model objects.
+    train_batched(second)
+    train_local(
+        reference, jobs[0].x, jobs[0].y, epochs=1, batch_size=16, learning_rate=0.05, seed=7
+    )
+    # Assert: the new weights are the ones trained, exactly as one-by-one training.
+    assert not torch.equal(new_weight, torch.zeros_like(new_weight))
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=PARAM_TOL)
