@@ -21,7 +21,12 @@ from coordinator.privacy_checks import secagg_from_run_config
 from coordinator.results import RoundRecord, write_results
 from coordinator.run_tracker import RunTracker
 from coordinator.secagg_exchange import SecAggExchange
-from coordinator.strategy_setup import SiteEnergy, build_strategy_setup, site_names
+from coordinator.strategy_setup import (
+    SiteEnergy,
+    build_strategy_setup,
+    site_names,
+    site_regions,
+)
 from edge_client.protocol import keys as k
 from strategies.deployment_telemetry import deployment_telemetry
 from strategies.selection import SelectionConfig, TelemetrySource
@@ -200,7 +205,9 @@ def run_federation(
     # metrics.json records every switch of the run (secagg, dp, attack...), not only core keys.
     recorded_config = {**dict(context.run_config), **config.as_run_config()}
     if telemetry is None:  # a deployment: regions and carbon intensity from the run config
-        telemetry = deployment_telemetry(context.run_config)
+        telemetry = deployment_telemetry(
+            context.run_config, registered=site_regions(context.run_config)
+        )
     loop = build_loop(
         config,
         on_round=record_round,

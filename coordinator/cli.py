@@ -166,18 +166,25 @@ def coordinator_add_site(
     name: Annotated[str, typer.Argument(help="The site's name (as in its site.toml).")],
     public_key: Annotated[Path, typer.Option(help="The site's public key file (NAME.pub).")],
     coordinator: CoordinatorOpt = Path("coordinator.toml"),
+    region: Annotated[
+        str | None,
+        typer.Option(
+            help="The site's grid region as the run's carbon-trace names it (e.g. DE), "
+            "for carbon-aware selection; a run's node-regions overrides it."
+        ),
+    ] = None,
 ) -> None:
     """Register a site's public key: only registered SuperNodes may connect."""
     from coordinator.superlink import register_site
 
     settings = _settings(coordinator)
     try:
-        node_id = register_site(settings, name=name, public_key=public_key)
+        node_id = register_site(settings, name=name, public_key=public_key, region=region)
     except ValueError as exc:
         fail(str(exc))
     except subprocess.TimeoutExpired as exc:
         fail(str(exc), EXIT_FAILURE)
-    typer.echo(f"site {name} registered as node {node_id}")
+    typer.echo(f"site {name} registered as node {node_id}" + (f" in {region}" if region else ""))
 
 
 # --- runs ------------------------------------------------------------------------------

@@ -256,9 +256,9 @@ def _metric(reply: Message, key: str) -> float | None:
     return None
 
 
-def site_names(run_config: Mapping[str, Any]) -> dict[int, str]:
-    """node id → site name from the coordinator's ``sites.json`` (a deployment run's
-    folder is ``<state>/runs/<run-id>``); empty for other runs or without the file."""
+def _registered_sites(run_config: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+    """node id → its entry in the coordinator's ``sites.json`` (a deployment run's folder
+    is ``<state>/runs/<run-id>``); empty for other runs or without the file."""
     out_dir = str(run_config.get("out-dir", ""))
     if not out_dir or not str(run_config.get(k.RC_RUN_ID, "")):
         return {}
@@ -270,9 +270,24 @@ def site_names(run_config: Mapping[str, Any]) -> dict[int, str]:
     if not isinstance(doc, dict):
         return {}
     return {
-        int(entry["node-id"]): str(name)
+        int(entry["node-id"]): {**entry, "name": str(name)}
         for name, entry in doc.items()
         if isinstance(entry, dict) and isinstance(entry.get("node-id"), int)
+    }
+
+
+def site_names(run_config: Mapping[str, Any]) -> dict[int, str]:
+    """node id → site name from the coordinator's ``sites.json``."""
+    return {node: entry["name"] for node, entry in _registered_sites(run_config).items()}
+
+
+def site_regions(run_config: Mapping[str, Any]) -> dict[int, str]:
+    """node id → the region the site was registered with (``coordinator add-site
+    --region``), for sites registered with one."""
+    return {
+        node: entry["region"]
+        for node, entry in _registered_sites(run_config).items()
+        if isinstance(entry.get("region"), str)
     }
 
 

@@ -32,6 +32,7 @@ from typing import IO, Any
 import tomllib
 
 from privacy.private_files import create_private_file, private_dir, write_private_bytes
+from strategies.deployment_telemetry import check_region
 
 CONNECTION = "fedfleet"
 _ALLOWED = {
@@ -349,12 +350,17 @@ def flwr_json(settings: CoordinatorSettings, args: list[str], *, timeout: float)
     return doc
 
 
-def register_site(settings: CoordinatorSettings, *, name: str, public_key: Path) -> int:
+def register_site(
+    settings: CoordinatorSettings, *, name: str, public_key: Path, region: str | None = None
+) -> int:
     """Register a site's public key with the running SuperLink; return its node id.
 
     The key is an OpenSSH ECDSA (NIST curve) public key as ``fedfleet site init``
-    writes it. The name → node id map is kept in ``<state>/sites.json``.
+    writes it. The name → node id map (and the site's grid ``region`` when given, for
+    carbon-aware selection: docs/carbon.md) is kept in ``<state>/sites.json``.
     """
+    if region is not None:
+        check_region(region)
     if not public_key.is_file():
         raise ValueError(f"public key {public_key} does not exist")
     if name in load_sites(settings):
@@ -374,6 +380,8 @@ def register_site(settings: CoordinatorSettings, *, name: str, public_key: Path)
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         sites = load_sites(settings)
         sites[name] = {"node-id": node_id, "public-key": public_key.read_text().strip()}
+        if region is not None:
+            sites[name]["region"] = region
         write_private_bytes(sites_path(settings), json.dumps(sites, indent=2).encode())
     finally:
         fcntl.flock(lock_fd, fcntl.LOCK_UN)

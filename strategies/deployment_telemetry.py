@@ -40,6 +40,17 @@ RC_NODE_REGIONS = "node-regions"  # run-config key: "NODE_ID=REGION,..." (sites'
 _REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")  # as the device protocol's
 
 
+def check_region(region: str) -> str:
+    """``region`` if it is a region name (as the device protocol's: 1–32 letters, digits,
+    ``-``, ``_``); a one-line ``ValueError`` saying so otherwise."""
+    if not _REGION.match(region):
+        raise ValueError(
+            f"region {region!r} is not a region name: 1-32 letters, digits, '-' or '_', "
+            "e.g. DE or us-east-1"
+        )
+    return region
+
+
 def parse_node_regions(text: str) -> dict[int, str]:
     """``node-regions``: ``NODE_ID=REGION,...``; a one-line ``ValueError`` if malformed."""
     hint = f'give {RC_NODE_REGIONS} as "NODE_ID=REGION,...", e.g. "4711=DE,4712=FR"'
@@ -94,14 +105,18 @@ def deployment_telemetry(
     run_config: Mapping[str, Any],
     *,
     regions: Mapping[int, str] | None = None,
+    registered: Mapping[int, str] | None = None,
     fleet: TelemetrySource | None = None,
 ) -> DeploymentTelemetry | None:
     """The run's telemetry source, or ``None`` when nothing is known (no trace, no
-    regions, no fleet). ``regions`` default to the run config's ``node-regions``. Raises
+    regions, no fleet). ``regions`` default to the regions sites were registered with
+    (``registered``: ``coordinator add-site --region``), overridden node by node by the run
+    config's ``node-regions``. Raises
     a one-line ``ValueError`` for a bad ``carbon-trace`` or ``node-regions``, or a
     declared region the trace lacks."""
     if regions is None:
-        regions = parse_node_regions(str(run_config.get(RC_NODE_REGIONS, "")))
+        declared = parse_node_regions(str(run_config.get(RC_NODE_REGIONS, "")))
+        regions = {**(registered or {}), **declared}
     spec = run_config.get(RC_CARBON_TRACE)
     trace = None
     if spec not in (None, ""):

@@ -86,7 +86,8 @@ def test_leader_whose_session_dies_steps_down_and_standby_leads(pg_engine: Engin
             killed = connection.execute(
                 text(
                     "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                    "WHERE locktype = 'advisory' AND granted"
+                    "WHERE locktype = 'advisory' AND granted AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
                 )
             ).all()
         assert killed == [(True,)]
