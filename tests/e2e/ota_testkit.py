@@ -392,8 +392,10 @@ class DeviceClient:
         self.send("telemetry", proto.encode(message))
 
     def close(self) -> None:
-        self.client.loop_stop()
+        # disconnect first: it wakes the network thread, which sends DISCONNECT and ends;
+        # loop_stop() first waits out the thread's 1 s select (~0.6 s per device).
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 def threads_alive(bridge: FleetBridge) -> bool:

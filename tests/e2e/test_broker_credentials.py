@@ -57,8 +57,8 @@ class Session:
             self.answered.set()
 
     def close(self) -> None:
+        self.client.disconnect()  # before loop_stop(): no wait for the loop's 1 s select
         self.client.loop_stop()
-        self.client.disconnect()
 
 
 def connect(port: int, user: str, password: str) -> Session:

@@ -198,8 +198,8 @@ def test_fleet_mqtt_stops_cleanly_and_writes_its_last_batch(
             (rows,) = db.execute("select count(*) from telemetry_records").fetchone()
         assert rows == 40
     finally:
+        sender.disconnect()  # before loop_stop(): no wait for the loop's 1 s select
         sender.loop_stop()
-        sender.disconnect()
         if process.poll() is None:
             kill_group(process)
 
@@ -238,7 +238,7 @@ def test_device_run_stops_cleanly_and_says_offline(ota: OtaFleet, tmp_path: Path
         assert f"device {device.device_id}: stopped" in log.read_text()
         wait_for(lambda: statuses[-1] is False, timeout=5, what="the offline status")
     finally:
+        watcher.disconnect()  # before loop_stop(): no wait for the loop's 1 s select
         watcher.loop_stop()
-        watcher.disconnect()
         if process.poll() is None:
             kill_group(process)

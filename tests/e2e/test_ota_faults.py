@@ -271,8 +271,8 @@ def test_kill_9_during_install_comes_back_on_the_previous_slot(
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=10)
+        watcher.disconnect()  # before loop_stop(): no wait for the loop's 1 s select
         watcher.loop_stop()
-        watcher.disconnect()
 
     # Assert: after the crash it runs v1 from slot a; the pointer never moved.
     online = [s for s in statuses if s.online]

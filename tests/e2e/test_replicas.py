@@ -161,8 +161,8 @@ class CommandSpy:
             self.installs.append((device_id, command.command_id))
 
     def close(self) -> None:
+        self.client.disconnect()  # before loop_stop(): no wait for the loop's 1 s select
         self.client.loop_stop()
-        self.client.disconnect()
 
 
 def _rollout_status(fleet: OtaFleet, rollout_id: int) -> tuple[RolloutStatus, int]:

@@ -76,8 +76,8 @@ class Listener:
             client.subscribe([(t, 1) for t in self.topics])
 
     def close(self) -> None:
+        self.client.disconnect()  # before loop_stop(): no wait for the loop's 1 s select
         self.client.loop_stop()
-        self.client.disconnect()
 
 
 @pytest.fixture(params=["mosquitto", "nats"])

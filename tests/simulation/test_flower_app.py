@@ -44,6 +44,10 @@ def test_quickstart_style_app_runs_unchanged(tmp_path: Path) -> None:
             "num-server-rounds=2",
             "--out",
             str(out),
+            # in process: this is about the app, not the workers (test_app_workers*.py);
+            # `auto` adds a forkserver and two workers, 2-4x the wall time on 2 busy cores
+            "--app-workers",
+            "0",
         ],
         tmp_path,
     )

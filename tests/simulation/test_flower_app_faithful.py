@@ -121,6 +121,12 @@ def app_dir(tmp_path: Path) -> Path:
     return root
 
 
+# Every ClientApp call in this process: these tests are about what an app sees, not about
+# worker processes (tests/simulation/test_app_workers*.py). Under the default `auto` each
+# run also starts a forkserver and two workers, 2-4x its wall time on 2 busy cores.
+IN_PROCESS = ("--app-workers", "0")
+
+
 def _simulate(app: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", COLUMNS="200", OMP_NUM_THREADS="1")
     return subprocess.run(
@@ -143,7 +149,9 @@ def test_a_raising_server_app_prints_its_whole_traceback_and_exits_1(
     app_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    proc = _simulate(app_dir, out, "--clients", "4", "--run-config", 'raise-in="server"')
+    proc = _simulate(
+        app_dir, out, "--clients", "4", "--run-config", 'raise-in="server"', *IN_PROCESS
+    )
     assert proc.returncode == 1, proc.stderr
     # every frame down to the user's failing line, and the line itself
     assert "Traceback (most recent call last)" in proc.stderr
@@ -159,7 +167,9 @@ def test_a_raising_client_app_is_an_error_reply_then_exit_1_with_its_traceback(
     app_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    proc = _simulate(app_dir, out, "--clients", "3", "--run-config", 'raise-in="client"')
+    proc = _simulate(
+        app_dir, out, "--clients", "3", "--run-config", 'raise-in="client"', *IN_PROCESS
+    )
     assert proc.returncode == 1, proc.stderr
     # the run went on (as on Flower): each round one error reply and two results
     assert [(e["replies"], e["errors"]) for e in _exchanges(out)] == [(2, 1), (2, 1)]
@@ -176,7 +186,7 @@ def test_an_app_module_raising_on_import_prints_its_traceback_and_exits_1(
     client = app_dir / "tiny_app" / "client_app.py"
     client.write_text("import json\nSETTINGS = json.loads('{bad')\n" + client.read_text())
     out = tmp_path / "run"
-    proc = _simulate(app_dir, out, "--clients", "2")
+    proc = _simulate(app_dir, out, "--clients", "2", *IN_PROCESS)
     assert proc.returncode == 1, proc.stderr
     assert 'client_app.py", line 2' in proc.stderr and "json.loads('{bad')" in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -188,7 +198,7 @@ def test_a_component_reference_naming_no_module_is_bad_input(app_dir: Path, tmp_
     pyproject = app_dir / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace("tiny_app.client_app", "tiny_app.clnt"))
     out = tmp_path / "run"
-    proc = _simulate(app_dir, out, "--clients", "2")
+    proc = _simulate(app_dir, out, "--clients", "2", *IN_PROCESS)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "no module 'tiny_app.clnt'" in lines[0], proc.stderr
@@ -213,7 +223,7 @@ def test_four_clients_run_and_the_apps_own_info_logs_are_shown(
     app_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    proc = _simulate(app_dir, out, "--clients", "4")
+    proc = _simulate(app_dir, out, "--clients", "4", *IN_PROCESS)
     assert proc.returncode == 0, proc.stderr
     assert [e["messages"] for e in _exchanges(out)] == [4, 4]
     assert "TINY-APP says: 2 rounds" in proc.stderr  # the app's own log(INFO, ...)
@@ -223,7 +233,7 @@ def test_four_clients_run_and_the_apps_own_info_logs_are_shown(
 
 def test_quiet_silences_the_apps_info_logs(app_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = _simulate(app_dir, out, "--clients", "1", "--quiet")
+    proc = _simulate(app_dir, out, "--clients", "1", "--quiet", *IN_PROCESS)
     assert proc.returncode == 0, proc.stderr
     assert "TINY-APP says" not in proc.stderr and "Aggregated" not in proc.stderr
     assert "exchange" not in proc.stderr
@@ -237,8 +247,8 @@ def test_clients_below_one_is_bad_input(app_dir: Path) -> None:
 # -- 3. nothing injected into the app's records or metrics ------------------------------
 def test_devices_leave_the_apps_metrics_as_they_are(app_dir: Path, tmp_path: Path) -> None:
     plain, fleet = tmp_path / "plain", tmp_path / "fleet"
-    assert _simulate(app_dir, plain, "--clients", "6").returncode == 0
-    proc = _simulate(app_dir, fleet, "--clients", "6", "--devices", "cpu-x86=1")
+    assert _simulate(app_dir, plain, "--clients", "6", *IN_PROCESS).returncode == 0
+    proc = _simulate(app_dir, fleet, "--clients", "6", "--devices", "cpu-x86=1", *IN_PROCESS)
     assert proc.returncode == 0, proc.stderr
     without = json.loads((plain / "app_metrics.json").read_text())
     with_devices = json.loads((fleet / "app_metrics.json").read_text())
@@ -256,12 +266,15 @@ def test_devices_leave_the_apps_metrics_as_they_are(app_dir: Path, tmp_path: Pat
 def test_a_client_sleeping_past_the_servers_timeout_is_left_out(
     app_dir: Path, tmp_path: Path
 ) -> None:
-    # Prepare: client 0 sleeps 6 s each round; the server waits 1 s (Flower's
-    # flower-secure-aggregation pattern).
+    # Prepare: client 0 sleeps 90 s each round; the server waits 1 s (Flower's
+    # flower-secure-aggregation pattern). The sleep is far longer than the run takes
+    # even under heavy load, so the wall-clock bound below cannot be missed by a slow
+    # machine, only by a run that waited for the sleeper.
     out = tmp_path / "run"
-    config = "sleep-client=0 sleep-s=6.0 timeout=1.0"
+    sleep_s = 90.0
+    config = f"sleep-client=0 sleep-s={sleep_s} timeout=1.0"
     t0 = time.perf_counter()
-    proc = _simulate(app_dir, out, "--clients", "4", "--run-config", config)
+    proc = _simulate(app_dir, out, "--clients", "4", "--run-config", config, *IN_PROCESS)
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr
     # Assert: each round the server got the 3 others (client 0 never arrives, as on
@@ -269,7 +282,7 @@ def test_a_client_sleeping_past_the_servers_timeout_is_left_out(
     assert [(e["replies"], e["timed_out"]) for e in _exchanges(out)] == [(3, 1), (3, 1)]
     metrics = json.loads((out / "app_metrics.json").read_text())
     assert [m["train_loss"] for m in metrics.values()] == pytest.approx([2.0, 2.0])
-    assert wall < 2 * 6.0, wall  # 2 rounds of the sleep would be 12 s
+    assert wall < sleep_s, wall  # not even one round waited for the sleep in full
 
 
 def test_a_device_slower_than_the_timeout_is_left_out_without_waiting(
@@ -280,7 +293,10 @@ def test_a_device_slower_than_the_timeout_is_left_out_without_waiting(
     config = "timeout=0.3 examples=1"
     t0 = time.perf_counter()
     proc = _simulate(
-        app_dir, out, "--clients", "8", "--devices", "cpu-x86=0.5,rpi4=0.5", "--run-config", config
+        app_dir,
+        out,
+        *("--clients", "8", "--devices", "cpu-x86=0.5,rpi4=0.5", "--run-config", config),
+        *IN_PROCESS,
     )
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr

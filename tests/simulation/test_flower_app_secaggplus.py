@@ -230,6 +230,7 @@ def test_secaggplus_app_with_device_dropouts_never_breaks_flowers_workflow(
     env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", COLUMNS="200", OMP_NUM_THREADS="1")
     # Execute
     args = ["--app", str(app), "--clients", "60", "--devices", "cpu-x86=0.5,rpi4=0.5"]
+    args += ["--app-workers", "0"]  # about SecAgg+, not workers (test_app_workers*.py)
     proc = subprocess.run(
         [*FEDFLEET, "simulate", *args, "--out", str(out), "--quiet"],
         cwd=tmp_path,
