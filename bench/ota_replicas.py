@@ -21,13 +21,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
-from ota_testkit import OtaFleet, wait_for
+from ota_testkit import OtaFleet, ReplicaProcess, wait_for
 from sqlmodel import Session, func, select
 
 from edge_client.protocol import mqtt as proto
@@ -39,53 +38,9 @@ FEDFLEET = str(Path(sys.executable).parent / "fedfleet")
 GOAL_RATE = 20_000  # messages/s into PostgreSQL (issue 16, item 4)
 
 
-class ReplicaProcess:
-    """One ``fedfleet fleet mqtt --replica NAME`` child, its output kept line by line."""
-
-    def __init__(self, fleet: OtaFleet, name: str) -> None:
-        url, schema = fleet._pg or ("", "")
-        self.name = name
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [
-                *(FEDFLEET, "fleet", "mqtt", "--replica", name),
-                *("--broker-port", str(fleet.broker.port), "--drift-every-s", "3600"),
-                *("--password-file", str(fleet.root / "broker" / f"fleet-{name}.pass")),
-            ],
-            env={
-                **os.environ,
-                "FEDFLEET_FLEET_DATABASE_URL": url,
-                "FEDFLEET_FLEET_DATABASE_SCHEMA": schema,
-                "FEDFLEET_FLEET_DATA_DIR": str(fleet.root),
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip())
-
-    def connected(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"replica {self.name} exited: {self.lines[-5:]}")
-        return any("fleet MQTT service connected" in line for line in self.lines)
-
-    def cpu_s(self) -> float:
-        times = psutil.Process(self.process.pid).cpu_times()
-        return float(times.user + times.system)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()  # our own child, by PID
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+def _cpu_s(replica: ReplicaProcess) -> float:
+    times = psutil.Process(replica.process.pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def _payloads(per: int) -> bytes:
@@ -117,6 +72,12 @@ def run(*, replicas: int, devices: int, messages: int, database: str) -> dict[st
     """Run once; returns the numbers (and prints them)."""
     names = tuple(f"r{k}" for k in range(1, replicas + 1))
     per = -(-messages // devices)
+    burst = DEFAULT_RATES["telemetry"].burst  # the replica processes run the default limits
+    if per > burst:
+        raise SystemExit(
+            f"{per} messages per device exceed the fleet's telemetry burst of {burst} per "
+            f"device, which the replicas enforce: use at least {-(-messages // burst)} devices"
+        )
     # The bench measures ingestion, not the per-device limit (which has its own test).
     rates = {**DEFAULT_RATES, "telemetry": Rate(per_s=1.0, burst=max(60, per + 10))}
     root = Path(tempfile.mkdtemp(prefix="fedfleet-bench-replicas-"))
@@ -136,7 +97,7 @@ def run(*, replicas: int, devices: int, messages: int, database: str) -> dict[st
         wait_for(lambda: all(p.connected() for p in procs), timeout_s=120, what="replicas")
         time.sleep(1.0)  # their shared subscriptions in place
         lines = _payloads(per)
-        cpu0 = [p.cpu_s() for p in procs]
+        cpu0 = [_cpu_s(p) for p in procs]
         began = time.perf_counter()
         for device in fleet.devices:
             pub = subprocess.Popen(
@@ -160,7 +121,7 @@ def run(*, replicas: int, devices: int, messages: int, database: str) -> dict[st
         while _stored(fleet) < sent and time.monotonic() < deadline:
             time.sleep(0.05)
         elapsed = time.perf_counter() - began
-        cpu = [p.cpu_s() - c for p, c in zip(procs, cpu0, strict=True)]
+        cpu = [_cpu_s(p) - c for p, c in zip(procs, cpu0, strict=True)]
         time.sleep(1.0)  # anything stored twice would show now
         rows = _stored(fleet)
         failed = sum(1 for pub in pubs if pub.returncode != 0)

@@ -12,6 +12,10 @@ of what a hostile device can and cannot do.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -419,3 +423,72 @@ def register_demo_bundle(fleet: OtaFleet) -> tuple[int, str]:
         fleet.engine, fleet.store, bundle=bundle.data, task="t", target=TARGET
     )
     return model_id, bundle.sha256
+
+
+FEDFLEET = str(Path(sys.executable).parent / "fedfleet")
+
+
+class ReplicaProcess:
+    """One ``fedfleet fleet mqtt --replica NAME`` child of a test or bench on ``fleet``'s
+    broker and database, logging in as its own broker user; its output kept line by line."""
+
+    def __init__(self, fleet: OtaFleet, name: str, *extra: str) -> None:
+        url, schema = fleet._pg or ("", "")
+        self.name = name
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [
+                *(FEDFLEET, "fleet", "mqtt", "--replica", name),
+                *("--broker-port", str(fleet.broker.port), "--drift-every-s", "3600"),
+                *("--password-file", str(fleet.root / "broker" / f"fleet-{name}.pass")),
+                *extra,
+            ],
+            env={
+                **os.environ,
+                "FEDFLEET_FLEET_DATABASE_URL": url,
+                "FEDFLEET_FLEET_DATABASE_SCHEMA": schema,
+                "FEDFLEET_FLEET_DATA_DIR": str(fleet.root),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip())
+
+    def said(self, words: str) -> bool:
+        return any(words in line for line in self.lines)
+
+    def wait_said(self, words: str, timeout_s: float = 30) -> None:
+        try:
+            wait_for(
+                lambda: self.said(words) or self.process.poll() is not None,
+                timeout_s=timeout_s,
+                what=repr(words),
+            )
+            assert self.said(words)
+        except AssertionError:
+            raise AssertionError(f"{words!r} not in: {self.lines[-20:]}") from None
+
+    def connected(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"replica {self.name} exited: {self.lines[-5:]}")
+        return self.said("fleet MQTT service connected")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)  # our own child, by PID
+        self.process.wait(10)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # our own child, by PID
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode

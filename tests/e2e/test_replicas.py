@@ -38,6 +38,7 @@ from ota_testkit import (
     SIM_ACTOR,
     DeviceClient,
     OtaFleet,
+    ReplicaProcess,
     register_demo_bundle,
     wait_for,
 )
@@ -65,65 +66,6 @@ def pg_url() -> Iterator[str]:
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
-
-
-class Replica:
-    """One `fedfleet fleet mqtt --replica NAME` process, its output read line by line."""
-
-    def __init__(self, fleet: OtaFleet, name: str, key_file: Path) -> None:
-        url, schema = fleet._pg or ("", "")
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [
-                *(FEDFLEET, "fleet", "mqtt", "--replica", name),
-                *("--broker-port", str(fleet.broker.port)),
-                *("--password-file", str(fleet.root / "broker" / f"fleet-{name}.pass")),
-                *("--command-key", str(key_file), "--drift-every-s", "3600"),
-            ],
-            env={
-                **os.environ,
-                "FEDFLEET_FLEET_DATABASE_URL": url,
-                "FEDFLEET_FLEET_DATABASE_SCHEMA": schema,
-                "FEDFLEET_FLEET_DATA_DIR": str(fleet.root),
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip())
-
-    def said(self, words: str) -> bool:
-        return any(words in line for line in self.lines)
-
-    def wait_said(self, words: str, timeout_s: float = 30) -> None:
-        try:
-            wait_for(
-                lambda: self.said(words) or self.process.poll() is not None,
-                timeout_s=timeout_s,
-                what=repr(words),
-            )
-            assert self.said(words)
-        except AssertionError:
-            raise AssertionError(f"{words!r} not in: {self.lines[-20:]}") from None
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)  # this test's own process, by PID
-        self.process.wait(10)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
 
 
 def _key_file(fleet: OtaFleet) -> Path:
@@ -181,14 +123,14 @@ def test_leader_killed_mid_rollout_standby_takes_over_no_wave_sent_twice(
     fleet = OtaFleet(
         tmp_path, devices=4, database=pg_url, replicas=("a", "b"), broker_extra=SESSION_PER_USER
     )
-    replicas: list[Replica] = []
+    replicas: list[ReplicaProcess] = []
     spy = None
     try:
         fleet.start(fleet_service=False, heartbeat_s=1.0)
         key = _key_file(fleet)
-        replicas.append(Replica(fleet, "a", key))
+        replicas.append(ReplicaProcess(fleet, "a", "--command-key", str(key)))
         replicas[0].wait_said("fleet mqtt: leader")
-        replicas.append(Replica(fleet, "b", key))
+        replicas.append(ReplicaProcess(fleet, "b", "--command-key", str(key)))
         replicas[1].wait_said("fleet mqtt: standby")
         spy = CommandSpy(fleet)
         model_id, _sha = register_demo_bundle(fleet)
@@ -208,7 +150,7 @@ def test_leader_killed_mid_rollout_standby_takes_over_no_wave_sent_twice(
         took_over_s = time.monotonic() - killed_at
         # Restarted under its own name (what a supervisor does): it drains the device
         # messages the broker kept in its session, and stands by.
-        replicas[0] = Replica(fleet, "a", key)
+        replicas[0] = ReplicaProcess(fleet, "a", "--command-key", str(key))
         replicas[0].wait_said("fleet MQTT service connected")
         wait_for(
             lambda: _rollout_status(fleet, rollout_id)[0] is not RolloutStatus.running,
@@ -238,14 +180,17 @@ def test_two_replicas_store_every_telemetry_message_once_across_a_kill_9(
     fleet = OtaFleet(
         tmp_path, devices=30, database=pg_url, replicas=("a", "b"), broker_extra=SESSION_PER_USER
     )
-    replicas: list[Replica] = []
+    replicas: list[ReplicaProcess] = []
     devices: list[DeviceClient] = []
     per_device = 50
     total = per_device * 30
     try:
         fleet.start(fleet_service=False, agents=False)
         key = _key_file(fleet)
-        replicas = [Replica(fleet, "a", key), Replica(fleet, "b", key)]
+        replicas = [
+            ReplicaProcess(fleet, "a", "--command-key", str(key)),
+            ReplicaProcess(fleet, "b", "--command-key", str(key)),
+        ]
         for replica in replicas:
             replica.wait_said("fleet MQTT service connected")
         devices = [DeviceClient(fleet, d) for d in fleet.devices]
@@ -263,7 +208,7 @@ def test_two_replicas_store_every_telemetry_message_once_across_a_kill_9(
                 wait_for(lambda: stored() > 0, timeout_s=20, what="the first rows")
                 replicas[0].kill()
         before_restart = stored()
-        replicas[0] = Replica(fleet, "a", key)
+        replicas[0] = ReplicaProcess(fleet, "a", "--command-key", str(key))
         replicas[0].wait_said("fleet MQTT service connected")
         try:
             wait_for(lambda: stored() >= total, timeout_s=30, what=f"{total} rows")
