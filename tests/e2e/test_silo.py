@@ -1,14 +1,18 @@
 """Silo deployment end to end: a real TLS SuperLink with SuperNode authentication and
 three sites as separate processes on 127.0.0.1, sharing one federation (module fixture).
 
-Tests run in file order: the coordinator-crash test comes last because it kills and
-restarts the shared coordinator.
+Tests run in file order: the coordinator-crash test kills and restarts the shared
+coordinator, so the tests after it use the restarted one. The main run (3 rounds, DP-SGD and
+secure aggregation; module fixture ``dp_run``) is checked by the accuracy test and by
+``fedfleet report`` of it, which runs right after it, before other runs add to the
+sites' ledgers and audit logs.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +24,7 @@ from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from report_oracle import check_page, run_resolvers, site_resolver
 from silo_testkit import TASK, SiloFederation, free_port, kill_group, wait_for
 
 from coordinator.app import central_evaluate_fn, initial_arrays
@@ -56,6 +61,12 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiloFederation]:
         yield federation.start()
     finally:
         federation.stop()
+
+
+@pytest.fixture(scope="module")
+def dp_run(fed: SiloFederation) -> RunState:
+    """The main run, finished: 3 rounds, DP-SGD and secure aggregation at every site."""
+    return fed.wait_finished(fed.submit({**BASE_RUN, **PRIVACY}), timeout=600)
 
 
 def initial_accuracy(seed: int) -> float:
@@ -114,10 +125,11 @@ def test_untrusted_connections_are_refused(fed: SiloFederation, tmp_path: Path) 
     assert "No SuperNode found with the given public key" in superlink_log
 
 
-def test_three_rounds_with_tls_and_auth_improve_accuracy(fed: SiloFederation) -> None:
-    # Execute
-    state = fed.submit({**BASE_RUN, **PRIVACY})
-    fed.wait_finished(state, timeout=600)
+def test_three_rounds_with_tls_and_auth_improve_accuracy(
+    fed: SiloFederation, dp_run: RunState
+) -> None:
+    # Execute: the main run (fixture ``dp_run``)
+    state = dp_run
     # Assert: three rounds, all three sites in each, accuracy up from the initial model
     rounds = state.rounds()
     assert [r["round"] for r in rounds] == [1, 2, 3]
@@ -141,6 +153,43 @@ def test_three_rounds_with_tls_and_auth_improve_accuracy(fed: SiloFederation) ->
             ledger = PrivacyLedger.in_state_dir(config.state_dir, site=config.name)
             spent = ledger.spent(task=TASK, delta=config.policy.delta)
             assert 0 < spent <= config.policy.epsilon, (site.name, spent)
+
+
+def test_a_deployment_run_report_names_each_site_from_its_own_files(
+    fed: SiloFederation, dp_run: RunState, tmp_path: Path
+) -> None:
+    """``fedfleet report`` of the main run (TLS SuperLink, three authenticated sites,
+    secure aggregation, DP-SGD at every site) names each site with the rounds its own
+    audit log shows, ε from its own ledger against its own budget, and its log's verdict
+    — every value checked against the run folder and the site's files (report_oracle)."""
+    # Prepare: the finished main run; the rounds it ran, from its own metrics.
+    state = dp_run
+    sites = [site.config for site in fed.sites]
+    ran = [r["round"] for r in state.rounds()]
+    assert len(ran) == BASE_RUN["num-server-rounds"]
+    # Execute
+    out = tmp_path / "report.html"
+    site_args = [arg for config in sites for arg in ("--site", str(config))]
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "fedfleet"), "report", str(state.run_dir),
+         "--out", str(out), *site_args],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    # Assert: every value against the run folder and the sites' own files.
+    assert done.returncode == 0, done.stderr
+    resolvers = run_resolvers(state.run_dir, Path(__file__).resolve().parents[2])
+    resolvers["site"] = site_resolver(sites, flower_runs=state.flower_runs)
+    page, problems = check_page(out.read_text(), resolvers)
+    assert problems == []
+    values = {v.src: v.value for v in page.values}
+    for site in fed.sites:
+        budget = SiteConfig.load(site.config).policy.epsilon  # the site's own (site.toml)
+        assert values[f"site:{site.name}/verdict/ok"] is True
+        assert values[f"site:{site.name}/rounds"] == ran
+        assert values[f"site:{site.name}/budget/{TASK}/completed"] == len(ran)
+        assert 0 < values[f"site:{site.name}/budget/{TASK}/spent"] <= budget
+    assert values["metrics:/config/secagg"] is True and values["metrics:/config/dp"] == "local"
+    assert values["run:app_sha256"] is not None  # the app the run submitted is pinned
 
 
 def test_tampered_audit_line_is_detected(fed: SiloFederation) -> None:
