@@ -29,6 +29,7 @@ from fleet.models.devices import (
     Tag,
 )
 from fleet.models.registry import ModelVersion
+from fleet.token_cache import EPOCH_COLUMN
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -386,6 +387,8 @@ class HeartbeatRecorded:
     device_id: str
     last_seen_at: datetime
     model_version_id: int | None
+    #: The token revocation epoch, read by the same UPDATE (only when asked for).
+    revocation_epoch: int | None = None
 
 
 _DEVICES = Device.__table__  # type: ignore[attr-defined]
@@ -398,6 +401,8 @@ _SEEN = (
     .returning(_DEVICES.c.model_version_id)
 )
 _SEEN_RUNNING = _SEEN.values(model_version_id=bindparam("model_version_id"))
+# The same two statements that also return the revocation epoch (fleet/api/hot.py).
+_WITH_EPOCH = {s: s.returning(EPOCH_COLUMN) for s in (_SEEN, _SEEN_RUNNING)}
 _EXISTS = select(_DEVICES.c.id).where(_DEVICES.c.id == bindparam("device_id"))
 _VERSION_EXISTS = select(col(ModelVersion.id)).where(
     col(ModelVersion.id) == bindparam("model_version_id")
@@ -411,6 +416,7 @@ def record_heartbeat(
     *,
     model_version_id: int | object | None = _UNCHANGED,
     now: datetime | None = None,
+    read_epoch: bool = False,
 ) -> HeartbeatRecorded | None:
     """Mark a device as seen now (and running ``model_version_id`` when given).
 
@@ -421,6 +427,8 @@ def record_heartbeat(
     heartbeats, which the next heartbeat repeats anyway, and a busy fleet no longer pays
     one disk flush per heartbeat. Returns None when the device does not exist; raises
     Conflict when it is retired and InvalidReference when the model version is unknown.
+    ``read_epoch``: the UPDATE also returns the token revocation epoch
+    (:func:`fleet.token_cache.revocation_epoch`), read in this transaction.
     """
     when = now or utcnow()
     params: dict[str, object] = {
@@ -442,9 +450,16 @@ def record_heartbeat(
         statement = _SEEN_RUNNING
     if connection.dialect.name == "postgresql":
         connection.execute(_ASYNC_COMMIT)
+    if read_epoch:
+        statement = _WITH_EPOCH[statement]
     row = connection.execute(statement, params).first()
     if row is not None:
-        return HeartbeatRecorded(device_id=device_id, last_seen_at=when, model_version_id=row[0])
+        return HeartbeatRecorded(
+            device_id=device_id,
+            last_seen_at=when,
+            model_version_id=row[0],
+            revocation_epoch=int(row[1]) if read_epoch else None,
+        )
     if connection.execute(_EXISTS, {"device_id": device_id}).first() is None:
         return None
     raise Conflict(f"device {device_id} is retired; it can no longer report")
