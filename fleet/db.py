@@ -19,13 +19,23 @@ from __future__ import annotations
 import os
 import re
 import select
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, create_engine, event, exc
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Engine,
+    bindparam,
+    create_engine,
+    event,
+    exc,
+    text,
+    update,
+)
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session
@@ -246,3 +256,63 @@ def session_scope(engine: Engine, *, write: bool) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+class KeyedUpdate:
+    """``UPDATE table SET columns WHERE keys`` for many rows at once.
+
+    SQLite: one executemany. PostgreSQL: **one** statement joining the table to the
+    rows passed as one array per column (``unnest``): psycopg's executemany runs the
+    statement once per row (a pipeline of a thousand executions, ~20 µs of client CPU
+    each), the array form is one execution whatever the count (issue 16, item 4: the
+    sends and acks of a rollout). Rows are mappings from column name to value; values
+    go through the columns' types (enums, :class:`UTCDateTime`) as in any statement.
+    """
+
+    def __init__(self, table: Any, keys: tuple[str, ...], columns: tuple[str, ...]) -> None:
+        self.table, self.keys, self.columns = table, keys, columns
+        self._sqlite = (
+            update(table)
+            .where(*(table.c[k] == bindparam(f"k_{k}") for k in keys))
+            .values({c: bindparam(f"v_{c}") for c in columns})
+        )
+        self._postgresql: Any = None
+        self._processors: dict[str, Any] = {}
+
+    def execute(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Write ``rows`` (each with every key and column) in ``connection``'s transaction."""
+        if not rows:
+            return
+        if connection.dialect.name != "postgresql":
+            connection.execute(
+                self._sqlite,
+                [
+                    {
+                        **{f"k_{k}": r[k] for k in self.keys},
+                        **{f"v_{c}": r[c] for c in self.columns},
+                    }
+                    for r in rows
+                ],
+            )
+            return
+        if self._postgresql is None:
+            self._prepare(connection.dialect)
+        arrays = {}
+        for name, process in self._processors.items():
+            values = [r[name] for r in rows]
+            arrays[name] = [process(v) for v in values] if process is not None else values
+        connection.execute(self._postgresql, arrays)
+
+    def _prepare(self, dialect: Dialect) -> None:
+        names = (*self.keys, *self.columns)
+        for name in names:
+            self._processors[name] = self.table.c[name].type.bind_processor(dialect)
+        arrays = ", ".join(
+            f"CAST(:{n} AS {self.table.c[n].type.compile(dialect=dialect)}[])" for n in names
+        )
+        sets = ", ".join(f"{c} = v.{c}" for c in self.columns)
+        match = " AND ".join(f"t.{k} = v.{k}" for k in self.keys)
+        self._postgresql = text(
+            f"UPDATE {self.table.name} AS t SET {sets} "  # noqa: S608 (names from the model)
+            f"FROM unnest({arrays}) AS v({', '.join(names)}) WHERE {match}"
+        )

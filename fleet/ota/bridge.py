@@ -55,7 +55,7 @@ from edge_client.mqtt_loop import SharedLoop
 from edge_client.protocol import mqtt as proto
 from fleet import audit
 from fleet.artifacts import ArtifactStore
-from fleet.db import session_scope
+from fleet.db import KeyedUpdate, session_scope
 from fleet.models.common import utcnow
 from fleet.models.devices import Device, ReportedStatus
 from fleet.models.ota import DeviceRolloutState, RolloutDevice
@@ -637,12 +637,12 @@ class FleetBridge:
             models = self._known_models(session, {v for v in versions.values() if v})
             self._update_devices(session, seen & known, offline & known, now)
             running = [
-                {"d_id": device_id, "model_version_id": version}
+                {"id": device_id, "model_version_id": version}
                 for device_id, version in versions.items()
                 if device_id in known and (version is None or version in models)
             ]
             if running:  # one executemany UPDATE by primary key (was one per device)
-                session.connection().execute(_RUNNING, running)  # Core: see _ACKED
+                _RUNNING.execute(session.connection(), running)  # see _ACKED
             _write_power(session, {d: v for d, v in power.items() if d in known})
             rows = [r for r in telemetry if r["device_id"] in known]
             insert_telemetry(session, rows)  # one COPY on PostgreSQL
@@ -713,12 +713,12 @@ class FleetBridge:
             if row is not None and FleetBridge._apply_ack(row, ack, now):
                 changed[row.rollout_id, row.device_id] = row
         if changed:  # Core, not the ORM's bulk update: ~0.1 ms of Python per row less
-            session.connection().execute(
-                _ACKED,
+            _ACKED.execute(
+                session.connection(),
                 [
                     {
-                        "r_id": r.rollout_id,
-                        "d_id": r.device_id,
+                        "rollout_id": r.rollout_id,
+                        "device_id": r.device_id,
                         "state": r.state,
                         "error": r.error,
                         "acked_at": r.acked_at,
@@ -760,22 +760,18 @@ class FleetBridge:
         return True
 
 
-# A batch's acknowledged rollout devices, one executemany UPDATE by primary key.
-_ROLLOUT_DEVICES = RolloutDevice.__table__  # type: ignore[attr-defined]
-_ACKED = (
-    update(_ROLLOUT_DEVICES)
-    .where(
-        _ROLLOUT_DEVICES.c.rollout_id == bindparam("r_id"),
-        _ROLLOUT_DEVICES.c.device_id == bindparam("d_id"),
-    )
-    .values(state=bindparam("state"), error=bindparam("error"), acked_at=bindparam("acked_at"))
+# A batch's acknowledged rollout devices, one UPDATE by primary key (fleet.db.KeyedUpdate:
+# an executemany on SQLite, one statement over arrays on PostgreSQL).
+_ACKED = KeyedUpdate(
+    RolloutDevice.__table__,  # type: ignore[attr-defined]
+    ("rollout_id", "device_id"),
+    ("state", "error", "acked_at"),
 )
-# The model version each device of a batch runs, one executemany UPDATE by primary key.
-_DEVICES = Device.__table__  # type: ignore[attr-defined]
-_RUNNING = (
-    update(_DEVICES)
-    .where(_DEVICES.c.id == bindparam("d_id"))
-    .values(model_version_id=bindparam("model_version_id"))
+# The model version each device of a batch runs, the same way.
+_RUNNING = KeyedUpdate(
+    Device.__table__,  # type: ignore[attr-defined]
+    ("id",),
+    ("model_version_id",),
 )
 
 

@@ -40,14 +40,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
-from sqlalchemy import Engine, and_, bindparam, or_, update
+from sqlalchemy import Engine, and_, or_, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from edge_client.protocol import mqtt as proto
 from fleet import audit
 from fleet.crud.rollouts import change_rollout, state_counts
-from fleet.db import session_scope
+from fleet.db import KeyedUpdate, session_scope
 from fleet.models.common import utcnow
 from fleet.models.devices import Device, ReportedStatus
 from fleet.models.ota import (
@@ -242,7 +242,7 @@ class RolloutController:
                 for row in wave_rows:
                     self._maybe_send(session, rollout, row, now, outbox, bins, artifacts, sends)
                 if sends:  # every send of this step recorded in this transaction, at once
-                    session.connection().execute(_SENT, sends)
+                    _SENT.execute(session.connection(), sends)
                 self._check_health(
                     session, [r for r in rows if r.wave <= rollout.current_wave], now
                 )
@@ -452,26 +452,17 @@ class RolloutController:
         # row shows the new values without becoming a per-row ORM update.
         for key, value in change.items():
             set_committed_value(row, key, value)
-        sends.append({"r_id": row.rollout_id, "d_id": row.device_id, **change})
+        sends.append({"rollout_id": row.rollout_id, "device_id": row.device_id, **change})
         outbox.append((row.device_id, command))
 
 
-# The wave's sends as one Core executemany UPDATE by primary key: the ORM's bulk update
-# by primary key costs about 0.1 ms of Python per row (bulk_persistence), a rollout's
-# largest per-device cost after encoding and signing the commands (docs/scale-out.md).
-_ROLLOUT_DEVICES = RolloutDevice.__table__  # type: ignore[attr-defined]
-_SENT = (
-    update(_ROLLOUT_DEVICES)
-    .where(
-        _ROLLOUT_DEVICES.c.rollout_id == bindparam("r_id"),
-        _ROLLOUT_DEVICES.c.device_id == bindparam("d_id"),
-    )
-    .values(
-        command_id=bindparam("command_id"),
-        state=bindparam("state"),
-        sent_at=bindparam("sent_at"),
-        attempts=bindparam("attempts"),
-    )
+# The wave's sends as one UPDATE by primary key (Core: the ORM's bulk update by primary
+# key costs about 0.1 ms of Python per row; on PostgreSQL one statement over arrays, not
+# an executemany of one execution per row: fleet.db.KeyedUpdate).
+_SENT = KeyedUpdate(
+    RolloutDevice.__table__,  # type: ignore[attr-defined]
+    ("rollout_id", "device_id"),
+    ("command_id", "state", "sent_at", "attempts"),
 )
 
 
