@@ -374,10 +374,15 @@ class RolloutController:
         if not installed:
             return
         silent_since = now - timedelta(seconds=self.offline_grace_s)
+        # A join, not an IN list of the wave's thousand ids (a thousand placeholders for
+        # the driver to convert on every pass); only the loaded installed rows count.
         offline = set(
             session.exec(
-                select(Device.id).where(
-                    col(Device.id).in_([r.device_id for r in installed]),
+                select(Device.id)
+                .join(RolloutDevice, col(RolloutDevice.device_id) == col(Device.id))
+                .where(
+                    RolloutDevice.rollout_id == installed[0].rollout_id,
+                    RolloutDevice.state == DeviceRolloutState.installed,
                     Device.reported_status == ReportedStatus.offline,
                     col(Device.last_seen_at) < silent_since,
                 )
