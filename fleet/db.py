@@ -278,22 +278,16 @@ class KeyedUpdate:
         )
         self._postgresql: Any = None
         self._processors: dict[str, Any] = {}
+        # the SQLite statement's parameter names, paired once (not formatted per row)
+        self._names = tuple([(f"k_{k}", k) for k in keys] + [(f"v_{c}", c) for c in columns])
 
     def execute(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Write ``rows`` (each with every key and column) in ``connection``'s transaction."""
         if not rows:
             return
         if connection.dialect.name != "postgresql":
-            connection.execute(
-                self._sqlite,
-                [
-                    {
-                        **{f"k_{k}": r[k] for k in self.keys},
-                        **{f"v_{c}": r[c] for c in self.columns},
-                    }
-                    for r in rows
-                ],
-            )
+            names = self._names
+            connection.execute(self._sqlite, [{p: r[c] for p, c in names} for r in rows])
             return
         if self._postgresql is None:
             self._prepare(connection.dialect)

@@ -389,11 +389,16 @@ def encode(message: Message, *, schema: int = SCHEMA_VERSION) -> bytes:
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain(value: Any) -> Any:
     """``dataclasses.asdict`` for the JSON encoder, without its deep copies: nested
     dataclasses become dicts, tuples lists; leaves (str, int, float, bool, None) are
     immutable, so they are shared, not copied. The same JSON, at a third of the cost
     (the fleet encodes one install command per device of a rollout)."""
+    if type(value) in _LEAVES:  # most calls: one set lookup, not three type checks
+        return value
     if hasattr(value, "__dataclass_fields__"):
         return {name: _plain(getattr(value, name)) for name in value.__dataclass_fields__}
     if isinstance(value, (tuple, list)):
