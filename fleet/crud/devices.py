@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, text, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, update
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
@@ -401,13 +401,22 @@ _SEEN = (
     .returning(_DEVICES.c.model_version_id)
 )
 _SEEN_RUNNING = _SEEN.values(model_version_id=bindparam("model_version_id"))
-# The same two statements that also return the revocation epoch (fleet/api/hot.py).
-_WITH_EPOCH = {s: s.returning(EPOCH_COLUMN) for s in (_SEEN, _SEEN_RUNNING)}
+# The same statements that also return the revocation epoch (fleet/api/hot.py), and on
+# PostgreSQL also turn off this transaction's synchronous commit (``set_config(...,
+# true)`` is ``SET LOCAL``) in the same round trip, not in a statement of its own.
+_ASYNC_COMMIT_COLUMN = func.set_config("synchronous_commit", "off", True)
+_VARIANTS = {
+    (s, epoch, pg): s.returning(
+        *([EPOCH_COLUMN] if epoch else []), *([_ASYNC_COMMIT_COLUMN] if pg else [])
+    )
+    for s in (_SEEN, _SEEN_RUNNING)
+    for epoch in (False, True)
+    for pg in (False, True)
+}
 _EXISTS = select(_DEVICES.c.id).where(_DEVICES.c.id == bindparam("device_id"))
 _VERSION_EXISTS = select(col(ModelVersion.id)).where(
     col(ModelVersion.id) == bindparam("model_version_id")
 )
-_ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")
 
 
 def record_heartbeat(
@@ -448,10 +457,7 @@ def record_heartbeat(
             )
         params["model_version_id"] = model_version_id
         statement = _SEEN_RUNNING
-    if connection.dialect.name == "postgresql":
-        connection.execute(_ASYNC_COMMIT)
-    if read_epoch:
-        statement = _WITH_EPOCH[statement]
+    statement = _VARIANTS[statement, read_epoch, connection.dialect.name == "postgresql"]
     row = connection.execute(statement, params).first()
     if row is not None:
         return HeartbeatRecorded(

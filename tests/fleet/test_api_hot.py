@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
 from fleet.api.hot import HotRoutes, _Delegate, parse_heartbeat_body, parse_list_query
@@ -255,6 +255,23 @@ def test_a_lean_heartbeat_reads_the_revocation_epoch_in_its_update(
     updates = [s for s in statements if s.startswith("UPDATE devices")]
     assert len(updates) == 1 and "api_tokens" in updates[0]
     assert [s for s in statements if "api_tokens" in s] == updates
+
+
+def test_a_heartbeat_commits_without_waiting_for_the_wal_on_postgresql(
+    client: TestClient, admin: Headers
+) -> None:
+    device = _enroll(client, admin, "pi-1")
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    with engine.connect() as connection:
+        recorded = crud.record_heartbeat(connection, device, read_epoch=True)
+        assert recorded is not None and recorded.revocation_epoch == 0
+        if engine.dialect.name == "postgresql":  # set in the UPDATE's own round trip
+            setting = connection.execute(text("SHOW synchronous_commit")).scalar_one()
+            assert setting == "off"
+        connection.rollback()
+    with engine.connect() as connection:  # only for that transaction (SET LOCAL)
+        if engine.dialect.name == "postgresql":
+            assert connection.execute(text("SHOW synchronous_commit")).scalar_one() == "on"
 
 
 def test_lean_requests_are_counted_under_their_route_template(
