@@ -12,7 +12,7 @@ last size. Chunk serving, statuses and heartbeats are left out (``bench/ota.py``
 measures the whole rollout with real agents).
 
     python bench/ota_command_path.py --devices 1000 --devices 10000
-        [--database postgresql://postgres@127.0.0.1:5432/test] [--profile]
+        [--database postgresql://postgres@127.0.0.1:5432/test] [--profile [--sort tottime]]
 """
 
 from __future__ import annotations
@@ -118,6 +118,9 @@ def main() -> None:
     parser.add_argument("--devices", type=int, action="append", default=None)
     parser.add_argument("--database", default=None, help="postgresql://... (default SQLite)")
     parser.add_argument("--profile", action="store_true", help="cProfile of the last size")
+    parser.add_argument(
+        "--sort", default="cumulative", help="the profile's order (cumulative, tottime, ...)"
+    )
     args = parser.parse_args()
     sizes = args.devices or [1000]
     if min(sizes) < 1:
@@ -130,7 +133,7 @@ def main() -> None:
         totals.append(one_size(n, args.database, profile))
         print(f"  total {totals[-1]:.3f} CPU-s = {totals[-1] / n * 1e3:.3f} ms/device")
         if profile is not None:
-            pstats.Stats(profile).sort_stats("cumulative").print_stats(30)
+            pstats.Stats(profile).sort_stats(args.sort).print_stats(30)
     if len(sizes) > 1 and sizes[0] != sizes[-1]:
         per = (totals[-1] - totals[0]) / (sizes[-1] - sizes[0])
         fixed = totals[0] - per * sizes[0]

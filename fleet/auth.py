@@ -137,10 +137,13 @@ def gate_principal(
     scope: MutableMapping[str, Any],
     authorization: str | None,
     cache: TokenCache[Principal] | None,
+    *,
+    epoch: int | None = None,
 ) -> Principal | None:
     """The caller of a request the gate let through, checked as :func:`require` checks it,
     in ``connection``'s transaction; None when only the full route can tell (no gate
-    principal, or a cached one the revocation epoch no longer vouches for).
+    principal, or a cached one the revocation epoch no longer vouches for). ``epoch``:
+    the revocation epoch already read in this transaction (else it is read here).
 
     For the lean routes (:mod:`fleet.api.hot`): a principal the gate verified in the
     database is used as is; one the gate found in the token cache is trusted only if
@@ -155,9 +158,9 @@ def gate_principal(
     secret = _bearer_secret(authorization)
     if secret is None or cache is None:
         return None
-    return cache.get(
-        credentials.hash_secret(secret), epoch=revocation_epoch(connection), now=utcnow()
-    )
+    if epoch is None:
+        epoch = revocation_epoch(connection)
+    return cache.get(credentials.hash_secret(secret), epoch=epoch, now=utcnow())
 
 
 def require(

@@ -41,6 +41,9 @@ DEFAULT_TTL_S = 30.0
 MAX_ENTRIES = 1024
 
 _EPOCH = select(func.count(ApiToken.revoked_at))  # type: ignore[arg-type]
+#: The epoch as a column of another statement (the lean heartbeat's UPDATE returns it:
+#: one round trip less than reading it on its own).
+EPOCH_COLUMN = _EPOCH.scalar_subquery()
 
 
 def revocation_epoch(db: Session | Connection) -> int:

@@ -264,13 +264,17 @@ class HotRoutes:
 
         def work() -> bytes | None:
             with self.write_engine.connect() as connection:
-                if not self._allowed(connection, request, Role.operator):
-                    return None
+                # The UPDATE first: it also returns the revocation epoch the caller is
+                # checked under (one round trip less); not allowed → rolled back on close.
                 try:
-                    recorded = crud.record_heartbeat(connection, device_id, model_version_id=model)
+                    recorded = crud.record_heartbeat(
+                        connection, device_id, model_version_id=model, read_epoch=True
+                    )
                 except (Conflict, InvalidReference):
                     return None  # rolled back on close; the route says why
-                if recorded is None:
+                if recorded is None or not self._allowed(
+                    connection, request, Role.operator, epoch=recorded.revocation_epoch
+                ):
                     return None
                 connection.commit()
             ack = {
@@ -285,8 +289,12 @@ class HotRoutes:
         if not await self._answer(scope, replay, send, work, "heartbeat", params):
             await self.app(scope, replay, send)
 
-    def _allowed(self, connection: Any, request: _Request, role: Role) -> bool:
-        principal = gate_principal(connection, request.scope, request.authorization, self.cache)
+    def _allowed(
+        self, connection: Any, request: _Request, role: Role, *, epoch: int | None = None
+    ) -> bool:
+        principal = gate_principal(
+            connection, request.scope, request.authorization, self.cache, epoch=epoch
+        )
         return principal is not None and principal.role.allows(role)
 
     async def _answer(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, text, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, update
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
@@ -29,6 +29,7 @@ from fleet.models.devices import (
     Tag,
 )
 from fleet.models.registry import ModelVersion
+from fleet.token_cache import EPOCH_COLUMN
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -386,6 +387,8 @@ class HeartbeatRecorded:
     device_id: str
     last_seen_at: datetime
     model_version_id: int | None
+    #: The token revocation epoch, read by the same UPDATE (only when asked for).
+    revocation_epoch: int | None = None
 
 
 _DEVICES = Device.__table__  # type: ignore[attr-defined]
@@ -398,11 +401,22 @@ _SEEN = (
     .returning(_DEVICES.c.model_version_id)
 )
 _SEEN_RUNNING = _SEEN.values(model_version_id=bindparam("model_version_id"))
+# The same statements that also return the revocation epoch (fleet/api/hot.py), and on
+# PostgreSQL also turn off this transaction's synchronous commit (``set_config(...,
+# true)`` is ``SET LOCAL``) in the same round trip, not in a statement of its own.
+_ASYNC_COMMIT_COLUMN = func.set_config("synchronous_commit", "off", True)
+_VARIANTS = {
+    (s, epoch, pg): s.returning(
+        *([EPOCH_COLUMN] if epoch else []), *([_ASYNC_COMMIT_COLUMN] if pg else [])
+    )
+    for s in (_SEEN, _SEEN_RUNNING)
+    for epoch in (False, True)
+    for pg in (False, True)
+}
 _EXISTS = select(_DEVICES.c.id).where(_DEVICES.c.id == bindparam("device_id"))
 _VERSION_EXISTS = select(col(ModelVersion.id)).where(
     col(ModelVersion.id) == bindparam("model_version_id")
 )
-_ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")
 
 
 def record_heartbeat(
@@ -411,6 +425,7 @@ def record_heartbeat(
     *,
     model_version_id: int | object | None = _UNCHANGED,
     now: datetime | None = None,
+    read_epoch: bool = False,
 ) -> HeartbeatRecorded | None:
     """Mark a device as seen now (and running ``model_version_id`` when given).
 
@@ -421,6 +436,8 @@ def record_heartbeat(
     heartbeats, which the next heartbeat repeats anyway, and a busy fleet no longer pays
     one disk flush per heartbeat. Returns None when the device does not exist; raises
     Conflict when it is retired and InvalidReference when the model version is unknown.
+    ``read_epoch``: the UPDATE also returns the token revocation epoch
+    (:func:`fleet.token_cache.revocation_epoch`), read in this transaction.
     """
     when = now or utcnow()
     params: dict[str, object] = {
@@ -440,11 +457,15 @@ def record_heartbeat(
             )
         params["model_version_id"] = model_version_id
         statement = _SEEN_RUNNING
-    if connection.dialect.name == "postgresql":
-        connection.execute(_ASYNC_COMMIT)
+    statement = _VARIANTS[statement, read_epoch, connection.dialect.name == "postgresql"]
     row = connection.execute(statement, params).first()
     if row is not None:
-        return HeartbeatRecorded(device_id=device_id, last_seen_at=when, model_version_id=row[0])
+        return HeartbeatRecorded(
+            device_id=device_id,
+            last_seen_at=when,
+            model_version_id=row[0],
+            revocation_epoch=int(row[1]) if read_epoch else None,
+        )
     if connection.execute(_EXISTS, {"device_id": device_id}).first() is None:
         return None
     raise Conflict(f"device {device_id} is retired; it can no longer report")

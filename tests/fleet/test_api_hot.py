@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
 from fleet.api.hot import HotRoutes, _Delegate, parse_heartbeat_body, parse_list_query
@@ -225,6 +226,52 @@ def test_a_revoked_token_is_refused_at_once_by_the_lean_routes(
         seen_before
     )
     assert client.post(heartbeat, json={}, headers=admin).status_code == 200
+
+
+def test_a_lean_heartbeat_reads_the_revocation_epoch_in_its_update(
+    client: TestClient, headers: dict[Role, Headers]
+) -> None:
+    # Prepare: an operator token the app has cached, so the epoch must be read.
+    admin = headers[Role.admin]
+    device = _enroll(client, admin, "pi-1")
+    created = client.post("/api/v1/tokens", json={"name": "ops", "role": "operator"}, headers=admin)
+    operator = {"Authorization": f"Bearer {created.json()['token']}"}
+    heartbeat = f"/api/v1/devices/{device}/heartbeat"
+    assert client.post(heartbeat, json={}, headers=operator).status_code == 200
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with _counting(_hot(client)) as passed:
+            assert client.post(heartbeat, json={}, headers=operator).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    # Assert: lean, and the epoch came back with the UPDATE, not in a statement of its own.
+    assert passed == []
+    updates = [s for s in statements if s.startswith("UPDATE devices")]
+    assert len(updates) == 1 and "api_tokens" in updates[0]
+    assert [s for s in statements if "api_tokens" in s] == updates
+
+
+def test_a_heartbeat_commits_without_waiting_for_the_wal_on_postgresql(
+    client: TestClient, admin: Headers
+) -> None:
+    device = _enroll(client, admin, "pi-1")
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    with engine.connect() as connection:
+        recorded = crud.record_heartbeat(connection, device, read_epoch=True)
+        assert recorded is not None and recorded.revocation_epoch == 0
+        if engine.dialect.name == "postgresql":  # set in the UPDATE's own round trip
+            setting = connection.execute(text("SHOW synchronous_commit")).scalar_one()
+            assert setting == "off"
+        connection.rollback()
+    with engine.connect() as connection:  # only for that transaction (SET LOCAL)
+        if engine.dialect.name == "postgresql":
+            assert connection.execute(text("SHOW synchronous_commit")).scalar_one() == "on"
 
 
 def test_lean_requests_are_counted_under_their_route_template(
