@@ -812,11 +812,18 @@ def _note_power(power: dict[str, dict[str, Any]], device_id: str, message: proto
         latest["battery_charging"] = message.battery.charging
 
 
+# The battery and region a batch's devices last reported: one KeyedUpdate per set of
+# reported fields (a device may report a region and no battery), built once per set.
+_POWER: dict[tuple[str, ...], KeyedUpdate] = {}
+
+
 def _write_power(session: Any, power: dict[str, dict[str, Any]]) -> None:
-    """One executemany UPDATE by primary key per set of reported fields."""
+    """One UPDATE by primary key per set of reported fields (as ``_RUNNING``)."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for device_id, fields in sorted(power.items()):
         if fields:
             groups.setdefault(tuple(sorted(fields)), []).append({"id": device_id, **fields})
-    for rows in groups.values():
-        session.execute(update(Device), rows)
+    for columns, rows in groups.items():
+        if columns not in _POWER:
+            _POWER[columns] = KeyedUpdate(Device.__table__, ("id",), columns)  # type: ignore[attr-defined]
+        _POWER[columns].execute(session.connection(), rows)
